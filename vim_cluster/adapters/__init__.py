@@ -1,0 +1,1 @@
+"""One adapter per real backend. Only `node.wiring` imports these."""

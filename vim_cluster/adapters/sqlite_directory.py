@@ -1,0 +1,131 @@
+"""The Directory port on SQLite: users, departments, groups and members."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from ..errors import Conflict, NotFound
+from ..model import Group, GroupId, User, UserId
+from .sqlite_base import SqliteDatabase
+
+MIGRATIONS = [
+    """
+    CREATE TABLE departments (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        parent_id INTEGER REFERENCES departments(id)
+    );
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        name TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        department_id INTEGER REFERENCES departments(id)
+    );
+    CREATE TABLE chat_groups (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner_id INTEGER NOT NULL REFERENCES users(id)
+    );
+    CREATE TABLE group_members (
+        group_id INTEGER NOT NULL REFERENCES chat_groups(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        PRIMARY KEY (group_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_by_user ON group_members (user_id, group_id)
+    """,
+]
+
+
+def _user(row: tuple) -> User:
+    return User(id=UserId(row[0]), username=row[1], name=row[2], password_hash=row[3], department_id=row[4])
+
+
+USER_COLUMNS = "id, username, name, password_hash, department_id"
+
+
+class SqliteDirectory:
+    def __init__(self, path: str) -> None:
+        self._db = SqliteDatabase(path, MIGRATIONS)
+
+    def create_user(self, user: User) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    (user.id, user.username, user.name, user.password_hash, user.department_id),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"username {user.username!r} exists") from None
+
+    def user_by_username(self, username: str) -> User | None:
+        with self._db.reading() as conn:
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+        return _user(row) if row else None
+
+    def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
+        wanted = list(set(ids))
+        found: dict[UserId, User] = {}
+        with self._db.reading() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({marks})", chunk):
+                    found[UserId(row[0])] = _user(row)
+        return found
+
+    def all_users(self) -> list[User]:
+        with self._db.reading() as conn:
+            return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+
+    def create_group(self, group: Group) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO chat_groups (id, name, owner_id) VALUES (?, ?, ?)",
+                (group.id, group.name, group.owner_id),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                [(group.id, member) for member in group.members],
+            )
+
+    def group(self, group_id: GroupId) -> Group | None:
+        with self._db.reading() as conn:
+            return self._group(conn, group_id)
+
+    @staticmethod
+    def _group(conn: sqlite3.Connection, group_id: int) -> Group | None:
+        row = conn.execute("SELECT id, name, owner_id FROM chat_groups WHERE id = ?", (group_id,)).fetchone()
+        if row is None:
+            return None
+        members = conn.execute(
+            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id", (group_id,)
+        ).fetchall()
+        return Group(GroupId(row[0]), row[1], UserId(row[2]), tuple(UserId(m[0]) for m in members))
+
+    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
+        with self._db.transaction() as conn:
+            if conn.execute("SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)).fetchone() is None:
+                raise NotFound(f"group {group_id}")
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                [(group_id, m) for m in add],
+            )
+            conn.executemany(
+                "DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
+                [(group_id, m) for m in remove],
+            )
+            group = self._group(conn, group_id)
+        assert group is not None
+        return group
+
+    def groups_of(self, user_id: UserId) -> list[Group]:
+        with self._db.reading() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT group_id FROM group_members WHERE user_id = ? ORDER BY group_id", (user_id,)
+            )]
+            return [g for g in (self._group(conn, i) for i in ids) if g is not None]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,178 @@
+"""The MessageStore port on SQLite: messages, offline sets and read cursors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from ..errors import NotFound
+from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId
+from ..ports import NewMessage, Saved
+from .sqlite_base import SqliteDatabase
+
+MIGRATIONS = [
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        cid TEXT NOT NULL,
+        from_id INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL,
+        chat_type TEXT NOT NULL,
+        chat_key TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        extend TEXT,
+        timestamp INTEGER NOT NULL,
+        UNIQUE (from_id, cid)
+    );
+    CREATE INDEX messages_by_chat ON messages (chat_key, id);
+    CREATE TABLE pending (
+        user_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE read_cursors (
+        user_id INTEGER NOT NULL,
+        chat_type TEXT NOT NULL,
+        chat_id INTEGER NOT NULL,
+        timestamp INTEGER NOT NULL,
+        PRIMARY KEY (user_id, chat_type, chat_id)
+    ) WITHOUT ROWID
+    """,
+]
+
+COLUMNS = "id, cid, from_id, chat_id, chat_type, message_type, content, extend, timestamp"
+M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))
+
+
+def _message(row: tuple) -> Message:
+    return Message(
+        id=MessageId(row[0]),
+        cid=row[1],
+        from_id=UserId(row[2]),
+        chat_id=row[3],
+        chat_type=ChatType(row[4]),
+        message_type=MessageType(row[5]),
+        content=row[6],
+        extend=json.loads(row[7]) if row[7] is not None else None,
+        timestamp=row[8],
+    )
+
+
+class SqliteMessages:
+    def __init__(self, path: str) -> None:
+        self._db = SqliteDatabase(path, MIGRATIONS)
+
+    def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
+        results: list[Saved] = []
+        with self._db.transaction() as conn:
+            for item in batch:
+                results.append(self._save_one(conn, item))
+        return results
+
+    @staticmethod
+    def _save_one(conn: sqlite3.Connection, item: NewMessage) -> Saved:
+        m = item.message
+        extend = json.dumps(m.extend, ensure_ascii=False) if m.extend is not None else None
+        cursor = conn.execute(
+            f"INSERT OR IGNORE INTO messages ({COLUMNS}, chat_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.id, m.cid, m.from_id, m.chat_id, m.chat_type.value, m.message_type.value, m.content,
+             extend, m.timestamp, m.chat_key),
+        )
+        if cursor.rowcount == 0:  # (from_id, cid) exists: the earlier message stands
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND cid = ?", (m.from_id, m.cid)
+            ).fetchone()
+            return Saved(_message(row), created=False)
+        conn.executemany(
+            "INSERT OR IGNORE INTO pending (user_id, message_id) VALUES (?, ?)",
+            [(user, m.id) for user in item.pending_for],
+        )
+        return Saved(m, created=True)
+
+    def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
+                "WHERE p.user_id = ? AND p.message_id > ? ORDER BY p.message_id LIMIT ?",
+                (user_id, after, limit),
+            ).fetchall()
+        return [_message(r) for r in rows]
+
+    def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
+        confirmed: list[Message] = []
+        with self._db.transaction() as conn:
+            for message_id in dict.fromkeys(ids):
+                row = conn.execute(
+                    f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
+                    "WHERE p.user_id = ? AND p.message_id = ?",
+                    (user_id, message_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute("DELETE FROM pending WHERE user_id = ? AND message_id = ?", (user_id, message_id))
+                confirmed.append(_message(row))
+        return confirmed
+
+    def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
+        found: list[Message] = []
+        with self._db.reading() as conn:
+            for group_id, cursor in cursors.items():
+                rows = conn.execute(
+                    f"SELECT {COLUMNS} FROM messages WHERE chat_key = ? AND id > ? AND timestamp > ? "
+                    "ORDER BY id LIMIT ?",
+                    (f"g{group_id}", after, cursor, limit),
+                ).fetchall()
+                found.extend(_message(r) for r in rows)
+        found.sort(key=lambda m: m.id)
+        return found[:limit]
+
+    def set_read_cursor(self, user_id: UserId, chat_type: ChatType, chat_id: int, timestamp: int) -> int:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO read_cursors (user_id, chat_type, chat_id, timestamp) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user_id, chat_type, chat_id) DO UPDATE SET "
+                "timestamp = MAX(timestamp, excluded.timestamp)",
+                (user_id, chat_type.value, chat_id, timestamp),
+            )
+            row = conn.execute(
+                "SELECT timestamp FROM read_cursors WHERE user_id = ? AND chat_type = ? AND chat_id = ?",
+                (user_id, chat_type.value, chat_id),
+            ).fetchone()
+        return int(row[0])
+
+    def read_cursors(self, user_id: UserId) -> list[ReadCursor]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT chat_type, chat_id, timestamp FROM read_cursors WHERE user_id = ?", (user_id,)
+            ).fetchall()
+        return [ReadCursor(ChatType(r[0]), r[1], r[2]) for r in rows]
+
+    def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE chat_key = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (chat_key, before if before is not None else (1 << 63) - 1, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        return [_message(r) for r in reversed(rows[:limit])], more
+
+    def get(self, message_id: MessageId) -> Message | None:
+        with self._db.reading() as conn:
+            row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return _message(row) if row else None
+
+    def recall(self, message_id: MessageId) -> Message:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE messages SET message_type = ?, content = '' WHERE id = ?",
+                (MessageType.RECALLED.value, message_id),
+            )
+            row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"message {message_id}")
+        return _message(row)
+
+    def close(self) -> None:
+        self._db.close()

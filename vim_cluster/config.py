@@ -1,0 +1,330 @@
+"""Node configuration: one YAML (or TOML) file per node, keys as in PROTOCOL.md §3.
+
+Rules:
+- Unknown keys and bad values are errors; `load_config` raises `ConfigError(file, key,
+  problem)` for the first problem found, so the node stops with one clear line.
+- Relative paths (secret-file, sqlite stores) are relative to the config file's folder.
+- The secret file is read here: a node that cannot read it does not start.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import yaml
+
+from .errors import ConfigError
+
+NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+MIN_SECRET_BYTES = 16
+
+
+class NodeType(enum.Enum):
+    MASTER = "master"
+    SLAVE = "slave"
+
+
+@attrs.frozen
+class ClusterConfig:
+    node_type: NodeType
+    node_id: str
+    master_url: str | None
+    secret: bytes = attrs.field(repr=False)
+    secret_file: Path
+
+
+@attrs.frozen
+class WebsocketConfig:
+    host: str
+    port: int
+    forward_port: int | None
+    idle_timeout: float
+    max_frame: int
+    max_content: int
+    rate_limit: int
+    tls_cert: Path | None
+    tls_key: Path | None
+
+
+@attrs.frozen
+class HttpConfig:
+    port: int | None
+
+
+@attrs.frozen
+class RedisConfig:
+    url: str  # "embedded", redis://..., rediss://... or unix://...
+
+
+@attrs.frozen
+class StoreConfig:
+    directory: str  # sqlite:///ABS/PATH (resolved) or mysql://USER:PASS@HOST:PORT/DB
+    messages: str  # sqlite:///ABS/PATH (resolved) or mongodb://HOST:PORT/DB
+
+
+@attrs.frozen
+class MessageConfig:
+    recall_window: float
+
+
+@attrs.frozen
+class NodeConfig:
+    file: Path
+    cluster: ClusterConfig
+    websocket: WebsocketConfig
+    http: HttpConfig
+    redis: RedisConfig
+    store: StoreConfig
+    message: MessageConfig
+
+    @property
+    def node_id(self) -> str:
+        return self.cluster.node_id
+
+    @property
+    def is_master(self) -> bool:
+        return self.cluster.node_type is NodeType.MASTER
+
+    @property
+    def client_url(self) -> str:
+        scheme = "wss" if self.websocket.tls_cert else "ws"
+        return f"{scheme}://{_url_host(self.websocket.host)}:{self.websocket.port}/"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+# --- value checkers: each returns the converted value or raises ValueError(problem) ---------
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _node_id(value: Any) -> str:
+    if not isinstance(value, str) or not NODE_ID_RE.match(value):
+        raise ValueError(f"must match [a-z0-9-]{{1,32}}, got {value!r}")
+    return value
+
+
+def _node_type(value: Any) -> NodeType:
+    try:
+        return NodeType(value)
+    except ValueError:
+        raise ValueError(f"must be 'master' or 'slave', got {value!r}") from None
+
+
+def _ws_url(value: Any) -> str:
+    text = _string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
+        raise ValueError(f"must be a ws:// or wss:// URL with host and port, got {value!r}")
+    return text
+
+
+def _redis_url(value: Any) -> str:
+    text = _string(value)
+    if text != "embedded" and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"must be 'embedded' or a redis://, rediss:// or unix:// URL, got {value!r}")
+    return text
+
+
+PORT = _int_range(1, 65535)
+
+# (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
+REQUIRED = object()
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "cluster": {
+        "node-type": (_node_type, NodeType.MASTER),
+        "node-id": (_node_id, REQUIRED),
+        "master-url": (_ws_url, None),
+        "secret-file": (_string, REQUIRED),
+    },
+    "websocket": {
+        "host": (_string, "127.0.0.1"),
+        "port": (PORT, REQUIRED),
+        "forward-port": (PORT, None),
+        "idle-timeout": (_positive_number, 60.0),
+        "max-frame": (_int_range(1024, 64 * 1024 * 1024), 65536),
+        "max-content": (_int_range(1, 64 * 1024 * 1024), 16384),
+        "rate-limit": (_int_range(1, 10_000_000), 200),
+        "tls-cert": (_string, None),
+        "tls-key": (_string, None),
+    },
+    "http": {"port": (PORT, None)},
+    "redis": {"url": (_redis_url, "embedded")},
+    "store": {
+        "directory": (_string, "sqlite:data/directory.db"),
+        "messages": (_string, "sqlite:data/messages.db"),
+    },
+    "message": {"recall-window": (_positive_number, 120.0)},
+}
+
+
+def parse_document(path: Path) -> Any:
+    """Read a YAML or TOML file (by extension; .toml is TOML, anything else YAML)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Load and validate one node's config; raises ConfigError naming file, key and problem."""
+    file = Path(path)
+    name = str(file)
+    try:
+        document = parse_document(file)
+    except OSError as exc:
+        raise ConfigError(name, "-", f"cannot read the file: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, "-", f"not valid YAML/TOML: {exc}") from None
+    if not isinstance(document, Mapping) or set(document) != {"vim"}:
+        found = sorted(document) if isinstance(document, Mapping) else type(document).__name__
+        raise ConfigError(name, "-", f"must hold exactly one top-level key 'vim', found {found}")
+    values = _read_sections(name, document["vim"])
+    return _build(file, values)
+
+
+def _read_sections(name: str, vim: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(vim, Mapping):
+        raise ConfigError(name, "vim", "must be a mapping of sections")
+    for section in vim:
+        if section not in SCHEMA:
+            raise ConfigError(name, f"vim.{section}", f"unknown section (known: {', '.join(SCHEMA)})")
+    values: dict[str, dict[str, Any]] = {}
+    for section, fields in SCHEMA.items():
+        given = vim.get(section) or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(name, f"vim.{section}", "must be a mapping")
+        for key in given:
+            if key not in fields:
+                raise ConfigError(name, f"vim.{section}.{key}", f"unknown key (known: {', '.join(fields)})")
+        values[section] = {}
+        for key, (check, default) in fields.items():
+            dotted = f"vim.{section}.{key}"
+            if key not in given or given[key] is None:
+                if default is REQUIRED:
+                    raise ConfigError(name, dotted, "is required")
+                values[section][key] = default
+                continue
+            try:
+                values[section][key] = check(given[key])
+            except ValueError as exc:
+                raise ConfigError(name, dotted, str(exc)) from None
+    return values
+
+
+def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
+    name = str(file)
+    base = file.resolve().parent
+    c, ws = v["cluster"], v["websocket"]
+    node_type = c["node-type"]
+    if node_type is NodeType.MASTER and ws["forward-port"] is None:
+        raise ConfigError(name, "vim.websocket.forward-port", "is required on a master node")
+    if node_type is NodeType.SLAVE and c["master-url"] is None:
+        raise ConfigError(name, "vim.cluster.master-url", "is required on a slave node")
+    if node_type is NodeType.MASTER and ws["forward-port"] == ws["port"]:
+        raise ConfigError(name, "vim.websocket.forward-port", "must differ from vim.websocket.port")
+    if (ws["tls-cert"] is None) != (ws["tls-key"] is None):
+        raise ConfigError(name, "vim.websocket.tls-cert", "tls-cert and tls-key go together")
+    secret_file = base / c["secret-file"]
+    secret = _read_secret(name, secret_file)
+    store = v["store"]
+    return NodeConfig(
+        file=file,
+        cluster=ClusterConfig(
+            node_type=node_type,
+            node_id=c["node-id"],
+            master_url=c["master-url"],
+            secret=secret,
+            secret_file=secret_file,
+        ),
+        websocket=WebsocketConfig(
+            host=ws["host"],
+            port=ws["port"],
+            forward_port=ws["forward-port"],
+            idle_timeout=ws["idle-timeout"],
+            max_frame=ws["max-frame"],
+            max_content=ws["max-content"],
+            rate_limit=ws["rate-limit"],
+            tls_cert=base / ws["tls-cert"] if ws["tls-cert"] else None,
+            tls_key=base / ws["tls-key"] if ws["tls-key"] else None,
+        ),
+        http=HttpConfig(port=v["http"]["port"]),
+        redis=RedisConfig(url=v["redis"]["url"]),
+        store=StoreConfig(
+            directory=_store_url(name, "vim.store.directory", store["directory"], base, ("sqlite", "mysql")),
+            messages=_store_url(name, "vim.store.messages", store["messages"], base, ("sqlite", "mongodb")),
+        ),
+        message=MessageConfig(recall_window=v["message"]["recall-window"]),
+    )
+
+
+def _read_secret(name: str, path: Path) -> bytes:
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        problem = f"cannot read {path}: {exc.strerror or exc}"
+        raise ConfigError(name, "vim.cluster.secret-file", problem) from None
+    if len(secret) < MIN_SECRET_BYTES:
+        problem = f"{path} must hold at least {MIN_SECRET_BYTES} bytes of secret"
+        raise ConfigError(name, "vim.cluster.secret-file", problem)
+    return secret
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a resolved sqlite URL (`sqlite:///ABS`), else None."""
+    return url[len("sqlite://"):] if url.startswith("sqlite:///") else None
+
+
+def _store_url(name: str, key: str, url: str, base: Path, schemes: tuple[str, ...]) -> str:
+    """Check a store URL's scheme; turn sqlite paths into absolute `sqlite:///ABS` URLs.
+
+    `sqlite:///abs/path` is absolute; `sqlite://rel/path` and `sqlite:rel/path` are relative
+    to the config file's folder.
+    """
+    scheme = url.split(":", 1)[0]
+    if scheme not in schemes:
+        raise ConfigError(name, key, f"must be a {' or '.join(s + '://' for s in schemes)} URL, got {url!r}")
+    if scheme != "sqlite":
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ConfigError(name, key, f"must name a host and a database, got {url!r}")
+        return url
+    rest = url[len("sqlite:"):]
+    if rest.startswith("///"):
+        path = Path(rest[2:])
+    else:
+        relative = rest[2:] if rest.startswith("//") else rest
+        if not relative:
+            raise ConfigError(name, key, f"names no file: {url!r}")
+        path = base / relative
+    return f"sqlite://{path.resolve()}"

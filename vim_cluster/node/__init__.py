@@ -1,0 +1,1 @@
+"""The trio shell: the only package that awaits anything."""

@@ -1,0 +1,192 @@
+"""One client connection: handshake auth, reader loop, ordered outgoing queue, deadlines.
+
+This is the connection bulkhead. A `ClientError` becomes an `error` frame and the connection
+stays; `StoreUnavailable` becomes `error unavailable`; `Disconnect` closes with its code; any
+other exception is logged with its traceback, answered `error internal`, and closes this one
+connection (code 1011), never the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from ..core.limits import RateWindow
+from ..errors import ClientError, CloseCode, Disconnect, ErrorKind, StoreUnavailable
+from ..protocol import frames as f
+from ..protocol.codec import FrameError, OutFrame, decode
+from ..protocol.session import SessionState
+from .context import NodeContext
+from .hub import Close, Session
+
+log = structlog.get_logger()
+QUEUE_SIZE = 1024
+CLOSE_GRACE = 5.0
+_conn_ids = itertools.count(1)
+
+
+@attrs.define(eq=False)
+class Connection:
+    ctx: NodeContext
+    ws: WebSocketConnection
+    conn_id: int
+    state: SessionState
+    queue: trio.MemorySendChannel
+    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    binary: bool = False
+    session: Session | None = None
+
+    @property
+    def user_id(self) -> int:
+        assert self.state.user_id is not None
+        return self.state.user_id
+
+    @property
+    def session_id(self) -> str | None:
+        return self.session.id if self.session else None
+
+    async def reply(self, reply: f.Reply) -> None:
+        """Queue a reply behind whatever this connection was sent before."""
+        await self.queue.send(OutFrame(reply))
+
+    async def open_session(self, user_id: int, client: str, uuid: str | None, holding: bool) -> Session:
+        """Make this connection a live session of `user_id` (routes, hub, other-login)."""
+        from .sessions import open_session  # the session lifecycle lives with its peers
+
+        self.session = await open_session(self, user_id, client, uuid, holding)
+        return self.session
+
+
+async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
+    """trio-websocket handler: authenticate the handshake, then run the connection."""
+    query = parse_qs(urlsplit(request.path).query)
+    token = (query.get("token") or [None])[0]
+    client = (query.get("client") or ["web"])[0][:32] or "web"
+    uuid = (query.get("uuid") or [None])[0]
+    handshake_user: int | None = None
+    if token:
+        try:
+            handshake_user = ctx.tokens.verify(token, ctx.clock_ms())
+        except ClientError as exc:
+            log.info("handshake_rejected", reason=exc.detail)
+            await request.reject(401, body=exc.detail.encode())
+            return
+    ws = await request.accept()
+    conn_id = next(_conn_ids)
+    structlog.contextvars.bind_contextvars(conn_id=conn_id)
+    send, receive = trio.open_memory_channel[OutFrame | Close](QUEUE_SIZE)
+    rate = RateWindow(ctx.config.websocket.rate_limit)
+    state = SessionState(trio.current_time(), rate, ctx.config.websocket.idle_timeout)
+    conn = Connection(ctx, ws, conn_id, state, send)
+    await _run(conn, receive, handshake_user, client, uuid)
+
+
+async def _run(
+    conn: Connection, receive: trio.MemoryReceiveChannel, user: int | None, client: str, uuid: str | None
+) -> None:
+    from .sessions import close_session
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_writer, conn, receive, nursery.cancel_scope)
+            with conn.cancel_scope:
+                close = await _authenticate_handshake(conn, user, client, uuid)
+                if close is None:
+                    close = await _reader(conn)
+                with trio.move_on_after(2 * CLOSE_GRACE):
+                    await conn.queue.send(close)
+                    await trio.sleep_forever()  # the writer ends the nursery once it closed
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await close_session(conn)
+            code = conn.session.close_code if conn.session else None
+            if code is not None:
+                with trio.move_on_after(CLOSE_GRACE):
+                    await conn.ws.aclose(int(code))
+
+
+async def _authenticate_handshake(
+    conn: Connection, user: int | None, client: str, uuid: str | None
+) -> Close | None:
+    if user is None:
+        return None
+    try:
+        await conn.open_session(user, client, uuid, holding=False)
+    except StoreUnavailable as exc:
+        log.warning("session_open_failed", user_id=user, error=str(exc))
+        return Close(CloseCode.INTERNAL, "the cluster is unavailable")
+    conn.state.transition("handshake", user)
+    structlog.contextvars.bind_contextvars(user_id=user)
+    return None
+
+
+async def _writer(conn: Connection, receive: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
+    """Sends queued frames in order; a Close item sends its frame, closes, and ends the task."""
+    try:
+        async for item in receive:
+            if isinstance(item, Close):
+                if item.frame is not None:
+                    await conn.ws.send_message(item.frame.encoded(conn.binary))
+                with trio.move_on_after(CLOSE_GRACE):
+                    await conn.ws.aclose(int(item.code), item.reason)
+                break
+            await conn.ws.send_message(item.encoded(conn.binary))
+    except ConnectionClosed:
+        pass  # the peer went away; the reader sees it too
+    scope.cancel()
+
+
+async def _reader(conn: Connection) -> Close:
+    """Reads and handles frames until the connection must close; returns how to close it."""
+    state = conn.state
+    while True:
+        with trio.move_on_at(state.deadline()):
+            try:
+                data = await conn.ws.get_message()
+            except ConnectionClosed:
+                return Close(CloseCode.NORMAL, "closed by peer")
+            if not state.frame_received(trio.current_time()):
+                await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed"))
+                continue
+            if isinstance(data, bytes):
+                conn.binary = True
+            try:
+                await _handle(conn, data)
+            except Disconnect as exc:
+                return Close(exc.code, exc.reason)
+            continue
+        if state.auth_expired(trio.current_time()):
+            return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
+        return Close(CloseCode.GOING_AWAY, "idle timeout")
+
+
+async def _handle(conn: Connection, data: str | bytes) -> None:
+    from .handlers import dispatch
+
+    rid = cid = None
+    try:
+        command = decode(data, max_content=conn.ctx.config.websocket.max_content)
+        rid = command.rid
+        cid = getattr(command, "cid", None)
+        conn.state.check(command)
+        await dispatch(conn, command)
+    except FrameError as exc:
+        await conn.reply(exc.reply())
+    except ClientError as exc:
+        await conn.reply(f.ErrorReply(exc.kind, exc.detail, rid=rid, cid=cid))
+    except StoreUnavailable as exc:
+        log.warning("store_unavailable", error=str(exc), rid=rid, cid=cid)
+        detail = "a store or the cluster is down: nothing was accepted; retry later"
+        await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, detail, rid=rid, cid=cid))
+    except (Disconnect, trio.Cancelled, ConnectionClosed):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the connection bulkhead
+        log.exception("handler_crashed", rid=rid, cid=cid, command=type(exc).__name__)
+        await conn.reply(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
+        raise Disconnect(CloseCode.INTERNAL, "internal error") from exc

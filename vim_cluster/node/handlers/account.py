@@ -1,0 +1,95 @@
+"""ping, register, login, ready."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ...core import auth
+from ...errors import ClientError, Conflict, ErrorKind
+from ...model import User, UserId
+from ...protocol import frames as f
+from .. import sessions
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+log = structlog.get_logger()
+LOCKOUT_FAILURES = 5
+LOCKOUT_WINDOW_S = 15 * 60
+
+
+async def raw_ping(conn: Connection, command: f.RawPing) -> None:
+    await conn.reply(f.RawPong())
+
+
+async def ping(conn: Connection, command: f.Ping) -> None:
+    await conn.reply(f.Pong(conn.ctx.clock_ms(), rid=command.rid))
+
+
+async def register(conn: Connection, command: f.Register) -> None:
+    ctx = conn.ctx
+    password_hash = await ctx.cpu(auth.hash_password, command.password)
+    user = User(UserId(ctx.ids.next_id()), command.username, command.name or command.username, password_hash)
+    try:
+        await ctx.db(ctx.directory.create_user, user)
+    except Conflict:
+        raise ClientError(ErrorKind.CONFLICT, f"the username {command.username!r} is taken") from None
+    ctx.known_users.add(user.id)
+    log.info("user_registered", user_id=user.id)
+    await conn.reply(f.RegisterOk(user.id, rid=command.rid))
+
+
+async def login(conn: Connection, command: f.Login) -> None:
+    ctx = conn.ctx
+    if await ctx.redis(ctx.registry.login_failures, command.username) >= LOCKOUT_FAILURES:
+        raise ClientError(ErrorKind.LOCKED, "too many failed logins: try again in 15 minutes")
+    user = await ctx.db(ctx.directory.user_by_username, command.username)
+    password_hash = user.password_hash if user else auth.DUMMY_HASH
+    valid = await ctx.cpu(auth.verify_password, password_hash, command.password)
+    if user is None or not valid:
+        await ctx.redis(ctx.registry.record_login_failure, command.username, LOCKOUT_WINDOW_S)
+        log.info("login_failed", user_id=user.id if user else None)
+        raise ClientError(ErrorKind.UNAUTHORIZED, "wrong username or password")
+    await ctx.redis(ctx.registry.clear_login_failures, command.username)
+    token, expires_at = ctx.tokens.issue(user.id, ctx.clock_ms())
+    log.info("login_ok", user_id=user.id)
+    await conn.reply(f.LoginOk(user.id, token, expires_at, rid=command.rid))
+
+
+async def _ready_user(conn: Connection, command: f.Ready) -> int:
+    ctx = conn.ctx
+    if command.token is None:
+        if conn.state.authenticated:
+            return conn.user_id
+        raise ClientError(ErrorKind.UNAUTHORIZED, "ready needs the token that login returned")
+    user_id = ctx.tokens.verify(command.token, ctx.clock_ms())
+    if conn.state.authenticated and user_id != conn.user_id:
+        raise ClientError(ErrorKind.INVALID, "the token is another user's than the handshake's")
+    if user_id not in ctx.known_users:
+        if not await ctx.db(ctx.directory.users_by_id, [UserId(user_id)]):
+            raise ClientError(ErrorKind.UNAUTHORIZED, "the token's user does not exist")
+        ctx.known_users.add(user_id)
+    return user_id
+
+
+async def ready(conn: Connection, command: f.Ready) -> None:
+    ctx = conn.ctx
+    user_id = await _ready_user(conn, command)
+    if conn.session is None:
+        await conn.open_session(user_id, command.client, command.uuid, holding=True)
+        structlog.contextvars.bind_contextvars(user_id=user_id)
+    else:
+        conn.session.holding = []
+    assert conn.session is not None
+    conn.state.transition("ready", user_id)
+    await conn.reply(f.ReadyOk(user_id, ctx.node_id, ctx.clock_ms(), rid=command.rid))
+    replayed: set[int] = set()
+    try:
+        await sessions.replay(conn, user_id, replayed)
+        await conn.reply(f.SyncDone(len(replayed), rid=command.rid))
+    finally:
+        # Live frames flow again whatever happened: after an error mid-replay the rest comes
+        # next time, since replay lasts until `received`.
+        sessions.release(conn.session, replayed)

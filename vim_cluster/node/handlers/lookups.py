@@ -1,0 +1,38 @@
+"""Directory checks the handlers share, each raising the documented client error."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...errors import ClientError, ErrorKind
+from ...model import Group, GroupId, UserId
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+
+async def require_users(conn: Connection, user_ids: set[int] | list[int] | tuple[int, ...]) -> None:
+    """Raises not-found unless every user exists (users are never deleted: cached)."""
+    ctx = conn.ctx
+    unknown = {u for u in user_ids if u not in ctx.known_users}
+    if not unknown:
+        return
+    found = await ctx.db(ctx.directory.users_by_id, [UserId(u) for u in unknown])
+    ctx.known_users.update(found)
+    missing = unknown - set(found)
+    if missing:
+        raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {', '.join(map(str, sorted(missing)))}")
+
+
+async def require_group(conn: Connection, group_id: int) -> Group:
+    group = await conn.ctx.db(conn.ctx.directory.group, GroupId(group_id))
+    if group is None:
+        raise ClientError(ErrorKind.NOT_FOUND, f"no such group: {group_id}")
+    return group
+
+
+async def require_member(conn: Connection, group_id: int, kind: ErrorKind) -> Group:
+    group = await require_group(conn, group_id)
+    if conn.user_id not in group.members:
+        raise ClientError(kind, f"you are not a member of group {group_id}")
+    return group

@@ -1,0 +1,78 @@
+"""message, received, recall."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ...errors import ClientError, ErrorKind
+from ...model import ChatType, Message, MessageId, UserId
+from ...ports import NewMessage
+from ...protocol import frames as f
+from .lookups import require_member, require_users
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+log = structlog.get_logger()
+
+
+async def _recipients(conn: Connection, chat_type: ChatType, chat_id: int, kind: ErrorKind) -> set[int]:
+    """Everyone who sees a message of this chat: both friends, or every group member."""
+    if chat_type is ChatType.FRIEND:
+        await require_users(conn, [chat_id])
+        return {chat_id, conn.user_id}
+    group = await require_member(conn, chat_id, kind)
+    return set(group.members)
+
+
+async def send(conn: Connection, command: f.SendMessage) -> None:
+    ctx = conn.ctx
+    recipients = await _recipients(conn, command.chat_type, command.chat_id, ErrorKind.NOT_MEMBER)
+    sender = UserId(conn.user_id)
+    message = Message(
+        id=MessageId(ctx.ids.next_id()),
+        cid=command.cid,
+        from_id=sender,
+        chat_id=command.chat_id,
+        chat_type=command.chat_type,
+        message_type=command.message_type,
+        content=command.content,
+        extend=command.extend,
+        timestamp=ctx.clock_ms(),
+    )
+    pending = (UserId(command.chat_id),) if command.chat_type is ChatType.FRIEND and command.chat_id != sender else ()
+    saved = await ctx.writer.save(NewMessage(message, pending))
+    stored = saved.message
+    await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=command.rid))
+    if saved.created:
+        ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
+
+
+async def received(conn: Connection, command: f.Received) -> None:
+    ctx = conn.ctx
+    ids = [MessageId(i) for i in command.ids]
+    confirmed = await ctx.store(ctx.messages.confirm, UserId(conn.user_id), ids)
+    for message in confirmed:
+        if message.chat_type is ChatType.FRIEND:
+            receipt = f.Receipt(message.id, message.chat_id, by=conn.user_id)
+            ctx.delivery.to_users([message.from_id], receipt)
+
+
+async def recall(conn: Connection, command: f.Recall) -> None:
+    ctx = conn.ctx
+    message = await ctx.store(ctx.messages.get, MessageId(command.id))
+    if message is None:
+        raise ClientError(ErrorKind.NOT_FOUND, f"no such message: {command.id}")
+    if message.from_id != conn.user_id:
+        raise ClientError(ErrorKind.FORBIDDEN, "only the sender may recall a message")
+    window_ms = ctx.config.message.recall_window * 1000
+    if ctx.clock_ms() - message.timestamp > window_ms:
+        raise ClientError(ErrorKind.EXPIRED, f"messages can be recalled for {ctx.config.message.recall_window:g} s")
+    await ctx.store(ctx.messages.recall, message.id)
+    recipients = await _recipients(conn, message.chat_type, message.chat_id, ErrorKind.FORBIDDEN)
+    notice = f.RecallOut(message.id, message.chat_id, message.chat_type, by=conn.user_id)
+    ctx.delivery.to_users(recipients, notice, exclude=conn.session_id)
+    await conn.reply(f.RecallOut(message.id, message.chat_id, message.chat_type, by=conn.user_id, rid=command.rid))
+    log.info("message_recalled", message_id=message.id)

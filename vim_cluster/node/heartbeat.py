@@ -1,0 +1,79 @@
+"""The node's lease in Redis: node-id lock, worker id, registration, heartbeats.
+
+Rules:
+- A node starts only if it gets the lock on its node id (`NodeIdTaken` otherwise).
+- Every HEARTBEAT_S the lock, the worker lease and the registration are renewed; the TTL is
+  LEASE_TTL_S, so a node that stops heartbeating is dead within that time.
+- If the lock turns out to be someone else's (`LeaseLost`), the node stops: two processes
+  must never serve one node id or mint ids with one worker id.
+- Redis being down for a while is logged and retried; the lease may lapse meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import structlog
+import trio
+
+from .. import __version__
+from ..errors import StoreUnavailable, VimError
+from ..ports import NodeInfo, Registry
+from .blocking import BlockingRunner
+
+log = structlog.get_logger()
+HEARTBEAT_S = 2.0
+LEASE_TTL_S = 10
+
+
+class NodeIdTaken(VimError):
+    """Another live process holds this node id."""
+
+
+class LeaseLost(VimError):
+    """Another process took this node's lock."""
+
+
+class Lease:
+    def __init__(self, registry: Registry, runner: BlockingRunner, describe) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.describe = describe  # () -> NodeInfo, the node's current description
+        self.owner = f"{os.getpid()}-{secrets.token_hex(8)}"
+        self.worker: int | None = None
+        self.last_beat_ms = 0
+
+    async def acquire(self) -> int:
+        """Takes the node-id lock and a worker id; returns the worker id."""
+        info: NodeInfo = self.describe()
+        if not await self.runner(self.registry.acquire_node, info, self.owner, LEASE_TTL_S):
+            raise NodeIdTaken(f"node id {info.node_id!r} is held by another live process")
+        self.worker = await self.runner(self.registry.lease_worker, info.node_id, self.owner, LEASE_TTL_S)
+        log.info("lease_acquired", worker=self.worker)
+        return self.worker
+
+    async def beat(self) -> bool:
+        """One heartbeat; False if Redis did not answer. Raises LeaseLost."""
+        info = self.describe()
+        try:
+            renewed = await self.runner(self.registry.heartbeat, info, self.owner, LEASE_TTL_S)
+        except StoreUnavailable as exc:
+            log.warning("heartbeat_failed", error=str(exc))
+            return False
+        if not renewed:
+            raise LeaseLost(f"node {info.node_id} lost its lock in Redis to another process")
+        self.last_beat_ms = info.heartbeat_at
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            await self.beat()
+
+    async def release(self) -> None:
+        info = self.describe()
+        try:
+            await self.runner(self.registry.release_node, info.node_id, self.owner)
+        except StoreUnavailable as exc:
+            log.warning("lease_release_failed", error=str(exc))

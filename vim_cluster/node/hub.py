@@ -1,0 +1,107 @@
+"""Local sessions of this node: user -> sessions, and non-blocking delivery to them.
+
+Rules:
+- `deliver` never blocks: a frame goes into each session's bounded queue; a session whose
+  queue is full is a slow consumer and is closed (it gets everything again through offline
+  replay, which lasts until it confirms).
+- While a session replays its offline messages (`holding` is a list), live frames are held
+  and released after the replay, so a device sees messages in order.
+"""
+
+from __future__ import annotations
+
+import attrs
+import structlog
+import trio
+
+from ..errors import CloseCode
+from ..protocol.codec import OutFrame
+
+log = structlog.get_logger()
+
+
+@attrs.frozen
+class Close:
+    """Queue item: send `frame` (if any), then close the WebSocket with `code`."""
+
+    code: CloseCode
+    reason: str
+    frame: OutFrame | None = None
+
+
+@attrs.define(eq=False)
+class Session:
+    id: str
+    user_id: int
+    client: str
+    uuid: str | None
+    queue: trio.MemorySendChannel  # of OutFrame | Close
+    cancel_scope: trio.CancelScope
+    holding: list[OutFrame] | None = None
+    close_code: CloseCode | None = None
+
+    def push(self, frame: OutFrame) -> None:
+        if self.holding is not None:
+            self.holding.append(frame)
+            return
+        try:
+            self.queue.send_nowait(frame)
+        except trio.WouldBlock:
+            log.warning("slow_consumer_closed", session_id=self.id, user_id=self.user_id)
+            self.close_now(CloseCode.SLOW_CONSUMER)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the connection is closing; its frames come back by offline replay
+
+    def kick(self, code: CloseCode, reason: str, frame: OutFrame | None = None) -> None:
+        """Close this session after sending `frame`; immediately if its queue is full."""
+        try:
+            self.queue.send_nowait(Close(code, reason, frame))
+        except trio.WouldBlock:
+            self.close_now(code)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # closing already
+
+    def close_now(self, code: CloseCode) -> None:
+        self.close_code = code
+        self.cancel_scope.cancel()
+
+
+@attrs.define
+class Hub:
+    _by_user: dict[int, dict[str, Session]] = attrs.Factory(dict)
+    _count: int = 0
+
+    def add(self, session: Session) -> None:
+        sessions = self._by_user.setdefault(session.user_id, {})
+        if session.id not in sessions:
+            sessions[session.id] = session
+            self._count += 1
+
+    def remove(self, session: Session) -> None:
+        sessions = self._by_user.get(session.user_id)
+        if sessions and sessions.pop(session.id, None) is not None:
+            self._count -= 1
+            if not sessions:
+                del self._by_user[session.user_id]
+
+    def sessions(self, user_id: int) -> list[Session]:
+        return list(self._by_user.get(user_id, {}).values())
+
+    def users(self) -> list[int]:
+        return list(self._by_user)
+
+    def has_user(self, user_id: int) -> bool:
+        return user_id in self._by_user
+
+    def deliver(self, user_ids: set[int] | list[int], frame: OutFrame, exclude: str | None = None) -> int:
+        """Queue `frame` to every local session of the users but `exclude`; returns how many."""
+        delivered = 0
+        for user_id in user_ids:
+            for session in self._by_user.get(user_id, {}).values():
+                if session.id != exclude:
+                    session.push(frame)
+                    delivered += 1
+        return delivered
+
+    def __len__(self) -> int:
+        return self._count

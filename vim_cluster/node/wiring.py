@@ -1,0 +1,38 @@
+"""Picks the adapters from the config's URLs: the only module that imports adapters."""
+
+from __future__ import annotations
+
+from ..adapters.embedded_redis import ensure_embedded_redis
+from ..adapters.redis_registry import RedisRegistry
+from ..adapters.sqlite_directory import SqliteDirectory
+from ..adapters.sqlite_messages import SqliteMessages
+from ..config import NodeConfig, sqlite_path
+from ..errors import ConfigError
+from ..ports import Directory, MessageStore
+
+
+def redis_url(config: NodeConfig) -> str:
+    """The Redis URL, starting the embedded server if the config says `embedded`. Blocking."""
+    if config.redis.url == "embedded":
+        return ensure_embedded_redis()
+    return config.redis.url
+
+
+def open_registry(config: NodeConfig) -> RedisRegistry:
+    return RedisRegistry(redis_url(config))
+
+
+def open_directory(config: NodeConfig) -> Directory:
+    url = config.store.directory
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteDirectory(path)
+    raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
+
+
+def open_messages(config: NodeConfig) -> MessageStore:
+    url = config.store.messages
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteMessages(path)
+    raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")

@@ -1,0 +1,161 @@
+"""The narrow ports between the node shell and its backends, with their guarantees.
+
+Every method is blocking (adapters wrap blocking clients); the node shell calls them through
+`node.blocking.BlockingRunner` in worker threads. Every adapter raises `StoreUnavailable` when
+its server cannot be reached or fails, and never anything else for an outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import attrs
+
+from .model import ChatType, Group, GroupId, Message, MessageId, ReadCursor, User, UserId
+
+
+class Directory(Protocol):
+    """Users, groups, group members and departments."""
+
+    def create_user(self, user: User) -> None:
+        """Durable when it returns. Raises Conflict if the username exists (case-insensitive)."""
+
+    def user_by_username(self, username: str) -> User | None:
+        """Case-insensitive lookup."""
+
+    def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
+        """The users among `ids` that exist."""
+
+    def all_users(self) -> list[User]:
+        """Every user, ordered by id."""
+
+    def create_group(self, group: Group) -> None:
+        """Creates the group and its members in one transaction."""
+
+    def group(self, group_id: GroupId) -> Group | None:
+        """The group with its members (ordered by id), or None."""
+
+    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
+        """Adds and removes members in one transaction; idempotent. Raises NotFound."""
+
+    def groups_of(self, user_id: UserId) -> list[Group]:
+        """Every group `user_id` is a member of, ordered by id."""
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen
+class NewMessage:
+    """A message to store, with the users whose offline set it joins (friend recipients)."""
+
+    message: Message
+    pending_for: tuple[UserId, ...]
+
+
+@attrs.frozen
+class Saved:
+    message: Message  # the stored message: the earlier one when the (from_id, cid) existed
+    created: bool
+
+
+class MessageStore(Protocol):
+    """Chat messages, offline (unconfirmed) sets and read cursors."""
+
+    def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
+        """Durable when it returns (all of the batch or, on error, none of it).
+
+        Idempotent per (from_id, cid): a repeat returns the stored message with created=False
+        and adds nothing to any offline set. Results are in the order of `batch`.
+        """
+
+    def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        """Unconfirmed messages for `user_id` with id > after, oldest first."""
+
+    def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
+        """Removes ids from the offline set; returns those that were in it. Idempotent."""
+
+    def group_messages_after(
+        self, cursors: dict[GroupId, int], after: MessageId, limit: int
+    ) -> list[Message]:
+        """Messages of each group newer than its cursor (ms) with id > after, oldest first."""
+
+    def set_read_cursor(self, user_id: UserId, chat_type: ChatType, chat_id: int, timestamp: int) -> int:
+        """Moves the cursor forward only; returns the cursor now stored."""
+
+    def read_cursors(self, user_id: UserId) -> list[ReadCursor]: ...
+
+    def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
+        """Up to `limit` messages older than `before`, oldest first, and whether more exist."""
+
+    def get(self, message_id: MessageId) -> Message | None: ...
+
+    def recall(self, message_id: MessageId) -> Message:
+        """Marks the message recalled (type `recalled`, empty content); idempotent."""
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen
+class Route:
+    """Where one session of a user lives."""
+
+    session_id: str
+    node_id: str
+    client: str
+    uuid: str | None
+
+
+@attrs.frozen
+class NodeInfo:
+    node_id: str
+    role: str
+    client_url: str
+    forward_url: str | None
+    http_url: str | None
+    pid: int
+    version: str
+    started_at: int
+    connections: int
+    heartbeat_at: int  # ms
+    alive: bool = True
+
+
+class Registry(Protocol):
+    """Cluster state in Redis: node leases, worker ids, user routes, login failures."""
+
+    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+        """Takes the node-id lock and registers; False if another live process holds the id."""
+
+    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+        """Renews the lock and registration; False if the lock was lost to another owner."""
+
+    def release_node(self, node_id: str, owner: str) -> None:
+        """Drops the lock, registration and this node's routes (compare-and-delete)."""
+
+    def lease_worker(self, node_id: str, owner: str, ttl_s: int) -> int:
+        """A worker id (0..1023) leased to this owner, renewed by `heartbeat`."""
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every registered node whose lease has not lapsed."""
+
+    def add_route(self, user_id: UserId, route: Route) -> None: ...
+
+    def remove_route(self, user_id: UserId, session_id: str) -> None:
+        """Removes exactly that session's route; a newer session's route stays."""
+
+    def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
+        """Routes of the users, only those on live nodes."""
+
+    def record_login_failure(self, username: str, window_s: int) -> int:
+        """Counts a failure; returns failures in the current window (starts at the first)."""
+
+    def login_failures(self, username: str) -> int: ...
+
+    def clear_login_failures(self, username: str) -> None: ...
+
+    def purge_routes(self, node_id: str) -> int:
+        """Removes every route of `node_id` (stopped or dead); returns how many."""
+
+    def ping(self) -> None:
+        """Raises StoreUnavailable if Redis does not answer."""

@@ -1,0 +1,1 @@
+"""Sans-I/O client protocol: frames, codec and the per-connection session state machine."""

@@ -1,0 +1,290 @@
+"""Client frame codec: bytes or text in -> a typed Command, a Reply -> text or bytes out.
+
+Rules:
+- Text frames are UTF-8 JSON, binary frames MessagePack, both `{"code": str, "message": {}}`.
+- The bare text frame `ping` decodes to RawPing.
+- Every malformed input raises FrameError with a documented kind: `bad-frame` (not JSON or
+  MessagePack, not an object, no string code), `unknown-code`, `invalid` (a field missing or
+  malformed), `too-large` (message content over the limit). Nothing else escapes `decode`.
+- The frame-size cap is the transport's job (trio-websocket's max_message_size) and happens
+  before this codec sees a byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import msgpack
+
+from ..errors import ClientError, ErrorKind
+from ..model import ChatType, MessageType
+from . import frames as f
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+MAX_RID = 64
+MAX_CID = 64
+MAX_ID = (1 << 63) - 1
+MAX_LIST = 1000
+MAX_NAME = 64
+SENDABLE_TYPES = tuple(t for t in MessageType if t is not MessageType.RECALLED)
+
+E = TypeVar("E")
+
+
+class FrameError(ClientError):
+    """A frame the node cannot act on; `rid`/`cid` are echoed when they could be read."""
+
+    def __init__(self, kind: ErrorKind, detail: str, rid: str | None = None, cid: str | None = None):
+        super().__init__(kind, detail)
+        self.rid = rid
+        self.cid = cid
+
+    def reply(self) -> f.ErrorReply:
+        return f.ErrorReply(self.kind, self.detail, rid=self.rid, cid=self.cid)
+
+
+class _Fields:
+    """Reads typed fields out of a frame's `message` object; raises FrameError(invalid)."""
+
+    def __init__(self, code: str, body: Mapping[str, Any], rid: str | None) -> None:
+        self.code = code
+        self.body = body
+        self.rid = rid
+        self.cid: str | None = None
+
+    def fail(self, key: str, problem: str, kind: ErrorKind = ErrorKind.INVALID) -> FrameError:
+        return FrameError(kind, f"{self.code}.{key}: {problem}", rid=self.rid, cid=self.cid)
+
+    def string(self, key: str, *, max_len: int, min_len: int = 0, required: bool = True) -> Any:
+        value = self.body.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a string")
+        if not min_len <= len(value) <= max_len:
+            raise self.fail(key, f"must be {min_len} to {max_len} characters")
+        return value
+
+    def id(self, key: str, *, required: bool = True) -> Any:
+        value = self.body.get(key)
+        if value is None and not required:
+            return None
+        return self._id_value(key, value)
+
+    def _id_value(self, key: str, value: Any) -> int:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise self.fail(key, "must be an id (a decimal string)")
+        if not 0 < number <= MAX_ID:
+            raise self.fail(key, "is not a valid id")
+        return number
+
+    def ids(self, key: str) -> tuple[int, ...]:
+        value = self.body.get(key)
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise self.fail(key, f"must be a list of at most {MAX_LIST} ids")
+        return tuple(self._id_value(key, item) for item in value)
+
+    def enum(self, key: str, choices: tuple[E, ...], *, required: bool = True, default: E | None = None) -> E:
+        value = self.body.get(key)
+        if value is None and not required and default is not None:
+            return default
+        for choice in choices:
+            if getattr(choice, "value", None) == value:
+                return choice
+        names = ", ".join(str(getattr(c, "value", c)) for c in choices)
+        raise self.fail(key, f"must be one of {names}")
+
+    def integer(self, key: str, *, low: int, high: int, default: int | None = None) -> int:
+        value = self.body.get(key)
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"must be an integer from {low} to {high}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any] | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be an object")
+        return value
+
+
+def _ping(r: _Fields) -> f.Command:
+    return f.Ping(rid=r.rid)
+
+
+def _register(r: _Fields) -> f.Command:
+    username = r.string("username", max_len=MAX_NAME)
+    if not USERNAME_RE.match(username):
+        raise r.fail("username", "must match ^[A-Za-z0-9_.-]{3,32}$")
+    password = r.string("password", max_len=MAX_PASSWORD)
+    if len(password) < MIN_PASSWORD:
+        raise r.fail("password", f"must be at least {MIN_PASSWORD} characters")
+    name = r.string("name", max_len=MAX_NAME, min_len=1, required=False)
+    return f.Register(username, password, name, rid=r.rid)
+
+
+def _login(r: _Fields) -> f.Command:
+    username = r.string("username", max_len=MAX_NAME)
+    password = r.string("password", max_len=MAX_PASSWORD)
+    return f.Login(username, password, rid=r.rid)
+
+
+def _ready(r: _Fields) -> f.Command:
+    token = r.string("token", max_len=4096, min_len=1, required=False)
+    client = r.string("client", max_len=32, min_len=1, required=False) or "web"
+    uuid = r.string("uuid", max_len=64, min_len=1, required=False)
+    return f.Ready(token, client, uuid, rid=r.rid)
+
+
+def _message(r: _Fields, max_content: int) -> f.Command:
+    r.cid = r.string("cid", max_len=MAX_CID, min_len=1)
+    chat_id = r.id("chatId")
+    chat_type = r.enum("type", tuple(ChatType))
+    message_type = r.enum("messageType", SENDABLE_TYPES)
+    content = r.string("content", max_len=max_content * 4)  # characters; bytes checked next
+    if len(content.encode("utf-8", "surrogatepass")) > max_content:
+        raise r.fail("content", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
+    extend = r.mapping("extend")
+    return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
+
+
+def _received(r: _Fields) -> f.Command:
+    return f.Received(r.ids("ids"), rid=r.rid)
+
+
+def _read(r: _Fields) -> f.Command:
+    chat_id = r.id("chatId")
+    chat_type = r.enum("type", tuple(ChatType))
+    timestamp = r.integer("timestamp", low=0, high=MAX_ID)
+    return f.Read(chat_id, chat_type, timestamp, rid=r.rid)
+
+
+def _recall(r: _Fields) -> f.Command:
+    return f.Recall(r.id("id"), rid=r.rid)
+
+
+def _history(r: _Fields) -> f.Command:
+    chat_id = r.id("chatId")
+    chat_type = r.enum("type", tuple(ChatType))
+    before = r.id("before", required=False)
+    limit = r.integer("limit", low=1, high=100, default=50)
+    return f.History(chat_id, chat_type, before, limit, rid=r.rid)
+
+
+def _contacts(r: _Fields) -> f.Command:
+    return f.Contacts(rid=r.rid)
+
+
+def _group_create(r: _Fields) -> f.Command:
+    name = r.string("name", max_len=MAX_NAME, min_len=1)
+    return f.GroupCreate(name, r.ids("members"), rid=r.rid)
+
+
+def _group_add(r: _Fields) -> f.Command:
+    return f.GroupAdd(r.id("groupId"), r.ids("members"), rid=r.rid)
+
+
+def _group_remove(r: _Fields) -> f.Command:
+    return f.GroupRemove(r.id("groupId"), r.ids("members"), rid=r.rid)
+
+
+# The one table from wire code to parser. `message` takes the content limit too.
+PARSERS: dict[str, Callable[[_Fields], f.Command]] = {
+    "ping": _ping,
+    "register": _register,
+    "login": _login,
+    "ready": _ready,
+    "received": _received,
+    "read": _read,
+    "recall": _recall,
+    "history": _history,
+    "contacts": _contacts,
+    "group-create": _group_create,
+    "group-add": _group_add,
+    "group-remove": _group_remove,
+}
+CODES = frozenset(PARSERS) | {"message"}
+
+
+def _load(data: str | bytes) -> Any:
+    if isinstance(data, str):
+        return json.loads(data)
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
+    """Decode one frame. Raises FrameError for every malformed input, nothing else."""
+    if data == "ping":
+        return f.RawPing()
+    try:
+        obj = _load(data)
+    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        kind = "JSON" if isinstance(data, str) else "MessagePack"
+        raise FrameError(ErrorKind.BAD_FRAME, f"not a {kind} object: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise FrameError(ErrorKind.BAD_FRAME, "the frame must be an object")
+    code = obj.get("code")
+    if not isinstance(code, str):
+        raise FrameError(ErrorKind.BAD_FRAME, "the frame has no string 'code'")
+    body = obj.get("message")
+    if body is None:
+        body = {}
+    rid = body.get("rid") if isinstance(body, dict) else None
+    if not (isinstance(rid, str) and len(rid) <= MAX_RID):
+        rid = None
+    if code not in CODES:
+        raise FrameError(ErrorKind.UNKNOWN_CODE, f"unknown code {code[:64]!r}", rid=rid)
+    if not isinstance(body, dict):
+        raise FrameError(ErrorKind.INVALID, f"{code}.message must be an object", rid=rid)
+    fields = _Fields(code, body, rid)
+    if "rid" in body and rid is None:
+        raise fields.fail("rid", f"must be a string of at most {MAX_RID} characters")
+    if code == "message":
+        return _message(fields, max_content)
+    return PARSERS[code](fields)
+
+
+def encode_object(reply: f.Reply) -> dict[str, Any]:
+    return {"code": reply.CODE, "message": reply.wire()}
+
+
+def encode(reply: f.Reply, binary: bool) -> str | bytes:
+    """Encode one reply for a connection in JSON (text) or MessagePack (binary) mode."""
+    if isinstance(reply, f.RawPong):
+        return "pong"
+    obj = encode_object(reply)
+    if binary:
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class OutFrame:
+    """A reply encoded at most once per mode, however many sessions it goes to."""
+
+    __slots__ = ("reply", "_text", "_binary")
+
+    def __init__(self, reply: f.Reply) -> None:
+        self.reply = reply
+        self._text: str | bytes | None = None
+        self._binary: str | bytes | None = None
+
+    def encoded(self, binary: bool) -> str | bytes:
+        if binary:
+            if self._binary is None:
+                self._binary = encode(self.reply, True)
+            return self._binary
+        if self._text is None:
+            self._text = encode(self.reply, False)
+        return self._text

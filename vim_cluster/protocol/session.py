@@ -1,0 +1,99 @@
+"""Per-connection session state: which commands a connection may send, and when it must go.
+
+States and transitions (data, as in h11's _state.py):
+
+    ANONYMOUS --login-ok/register-ok--> ANONYMOUS   (still not authenticated)
+    ANONYMOUS --ready-ok--------------> READY
+    ANONYMOUS --handshake token-------> AUTHENTICATED
+    AUTHENTICATED --ready-ok----------> READY
+    any -------------close------------> CLOSED
+
+Rules:
+- ANONYMOUS accepts only ping, register, login and ready; anything else is `unauthorized`.
+- A connection still ANONYMOUS `AUTH_TIMEOUT` seconds after it opened must be closed.
+- `ready` is accepted once.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from ..core.limits import RateWindow
+from ..errors import ClientError, ErrorKind
+from . import frames as f
+
+AUTH_TIMEOUT = 10.0
+
+
+class Phase(enum.Enum):
+    ANONYMOUS = "anonymous"
+    AUTHENTICATED = "authenticated"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+ALLOWED: dict[Phase, tuple[type[f.Command], ...] | None] = {
+    Phase.ANONYMOUS: (f.RawPing, f.Ping, f.Register, f.Login, f.Ready),
+    Phase.AUTHENTICATED: None,  # None: every command
+    Phase.READY: None,
+    Phase.CLOSED: (),
+}
+
+TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+    (Phase.ANONYMOUS, "handshake"): Phase.AUTHENTICATED,
+    (Phase.ANONYMOUS, "ready"): Phase.READY,
+    (Phase.AUTHENTICATED, "ready"): Phase.READY,
+}
+
+
+@attrs.define
+class SessionState:
+    opened_at: float
+    rate: RateWindow
+    idle_timeout: float
+    phase: Phase = Phase.ANONYMOUS
+    user_id: int | None = None
+    last_frame_at: float = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.last_frame_at is None:
+            self.last_frame_at = self.opened_at
+
+    def deadline(self) -> float:
+        """When the connection must be closed if no frame arrives before."""
+        idle = self.last_frame_at + self.idle_timeout
+        if self.phase is Phase.ANONYMOUS:
+            return min(idle, self.opened_at + AUTH_TIMEOUT)
+        return idle
+
+    def auth_expired(self, now: float) -> bool:
+        return self.phase is Phase.ANONYMOUS and now >= self.opened_at + AUTH_TIMEOUT
+
+    def frame_received(self, now: float) -> bool:
+        """Record a frame; False when it exceeds the rate limit (answer rate-limited)."""
+        self.last_frame_at = now
+        return self.rate.admit(now)
+
+    def check(self, command: f.Command) -> None:
+        """Raise ClientError if this command is not allowed now."""
+        allowed = ALLOWED[self.phase]
+        if allowed is not None and not isinstance(command, allowed):
+            raise ClientError(ErrorKind.UNAUTHORIZED, "authenticate first: login, then ready")
+        if isinstance(command, f.Ready) and self.phase is Phase.READY:
+            raise ClientError(ErrorKind.INVALID, "this connection is ready already")
+
+    def transition(self, event: str, user_id: int) -> None:
+        try:
+            self.phase = TRANSITIONS[(self.phase, event)]
+        except KeyError:
+            raise RuntimeError(f"no transition from {self.phase} on {event}") from None
+        self.user_id = user_id
+
+    @property
+    def authenticated(self) -> bool:
+        return self.phase in (Phase.AUTHENTICATED, Phase.READY)
+
+    def close(self) -> None:
+        self.phase = Phase.CLOSED
