@@ -144,7 +144,7 @@ class RedisRegistry:
         with self._errors():
             members = self._r.smembers(Keys.node_sessions(node_id))
             for member in members:
-                user_id, session_id = member.split(":", 1)
+                user_id, session_id = str(member).split(":", 1)
                 self._remove_route(keys=[Keys.routes(int(user_id))], args=[session_id, user_id])
             self._r.delete(Keys.node_sessions(node_id))
             return len(members)
@@ -162,7 +162,7 @@ class RedisRegistry:
     def nodes(self) -> list[NodeInfo]:
         with self._errors():
             described = self._r.hgetall(Keys.NODES)
-            ids = sorted(described)
+            ids = sorted(str(i) for i in described)
             alive = self._r.mget([Keys.node_lock(i) for i in ids]) if ids else []
         return [_info(described[i], a is not None) for i, a in zip(ids, alive, strict=True)]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
 
 from .. import __version__
 from ..config import NodeConfig
@@ -126,7 +126,7 @@ async def serve_node(
             log.info("node_stopped")
 
 
-async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus) -> None:
+async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
 
     async def handler(request: WebSocketRequest) -> None:

