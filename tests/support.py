@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import trio
 import yaml
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 PASSWORD = "correct horse battery"
 
@@ -129,13 +129,28 @@ class Client:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send_message(data)
 
+    @staticmethod
+    def parse(data: str | bytes) -> dict[str, Any]:
+        """One frame from the node as a dict; the raw `pong` becomes code `raw-pong`."""
+        if data == "pong":
+            return {"code": "raw-pong", "message": {}}
+        return msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+
     async def next_frame(self) -> dict[str, Any]:
         if self.backlog:
             return self.backlog.pop(0)
-        data = await self.ws.get_message()
-        if data == "pong":
-            return {"code": "raw-pong"}
-        return msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+        return self.parse(await self.ws.get_message())
+
+    async def expect_closed(self, timeout: float = 5.0) -> CloseReason:
+        """Reads (into the backlog) until the node closes the connection; returns why."""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    data = await self.ws.get_message()
+                except ConnectionClosed as exc:
+                    assert exc.reason is not None
+                    return exc.reason
+                self.backlog.append(self.parse(data))
 
     async def expect(self, code: str, timeout: float = 5.0) -> dict[str, Any]:
         """The next frame with `code` (its `message`); other frames stay in the backlog."""
@@ -144,11 +159,7 @@ class Client:
                 if frame["code"] == code:
                     return self.backlog.pop(i)["message"]
             while True:
-                data = await self.ws.get_message()
-                if data == "pong":
-                    frame = {"code": "raw-pong", "message": {}}
-                else:
-                    frame = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+                frame = self.parse(await self.ws.get_message())
                 if frame["code"] == code:
                     return frame["message"]
                 self.backlog.append(frame)

@@ -118,6 +118,7 @@ class NodeInfo:
     started_at: int
     connections: int
     heartbeat_at: int  # ms
+    messages: int = 0  # chat messages accepted since start
     alive: bool = True
 
 
@@ -126,6 +127,12 @@ class Registry(Protocol):
 
     def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
         """Takes the node-id lock and registers; False if another live process holds the id."""
+
+    def acquire_master(self, node_id: str, owner: str, ttl_s: int) -> bool:
+        """Takes the master lock (renewed by `heartbeat` for a master's NodeInfo)."""
+
+    def master_holder(self) -> str | None:
+        """The node id holding the master lock, if any."""
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
         """Renews the lock and registration; False if the lock was lost to another owner."""

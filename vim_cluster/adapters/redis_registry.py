@@ -121,9 +121,22 @@ class RedisRegistry:
             self._r.hset(Keys.NODES, info.node_id, _info_json(info))
             return True
 
+    def acquire_master(self, node_id: str, owner: str, ttl_s: int) -> bool:
+        with self._errors():
+            if self._r.set(Keys.MASTER_LOCK, f"{node_id} {owner}", nx=True, ex=ttl_s):
+                return True
+            return self._r.get(Keys.MASTER_LOCK) == f"{node_id} {owner}"
+
+    def master_holder(self) -> str | None:
+        with self._errors():
+            value = self._r.get(Keys.MASTER_LOCK)
+        return str(value).split(" ", 1)[0] if value else None
+
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
         with self._errors():
             if not self._renew(keys=[Keys.node_lock(info.node_id)], args=[owner, ttl_s]):
+                return False
+            if info.role == "master" and not self._renew(keys=[Keys.MASTER_LOCK], args=[f"{info.node_id} {owner}", ttl_s]):
                 return False
             worker = self._workers.get(owner)
             if worker is not None and not self._renew(keys=[Keys.worker(worker)], args=[owner, ttl_s]):
@@ -136,6 +149,7 @@ class RedisRegistry:
             worker = self._workers.pop(owner, None)
             if worker is not None:
                 self._release(keys=[Keys.worker(worker)], args=[owner])
+            self._release(keys=[Keys.MASTER_LOCK], args=[f"{node_id} {owner}"])
             if self._release(keys=[Keys.node_lock(node_id)], args=[owner]):
                 self.purge_routes(node_id)
 

@@ -3,8 +3,9 @@
     serve_node
     ├── lease heartbeat          (losing the lease stops the node)
     ├── store writer             (group commit of new messages)
+    ├── forward link (slave) | forward hub + dead-node reaper (master)
     ├── client listener          (trio-websocket; one task per connection)
-    └── HTTP listener            (health, metrics)
+    └── HTTP listener            (health, metrics, web client, dashboard)
 
 On stop: sessions are told (1001) and given a grace period, then everything is cancelled, the
 lease is released (routes removed) and the stores closed.
@@ -27,13 +28,18 @@ from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
 from ..ids import IdGenerator
-from ..ports import NodeInfo
+from ..ports import Directory, MessageStore, NodeInfo, Registry
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
-from .context import Delivery, NodeContext
-from .heartbeat import Lease
+from .context import NodeContext
+from .delivery import Delivery
+from .forward_hub import MasterHub
+from .forward_link import SlaveLink
+from .heartbeat import HEARTBEAT_S, Lease
+from .http import serve_http
 from .hub import Hub
+from .metrics import NodeMetrics
 from .store_writer import StoreWriter
 
 log = structlog.get_logger()
@@ -50,6 +56,8 @@ class RunningNode:
 
     ctx: NodeContext
     client_port: int
+    http_port: int | None
+    forward_port: int | None
     stop: Callable[[], None]
 
 
@@ -62,6 +70,20 @@ def _ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     return context
 
 
+def forward_url(config: NodeConfig) -> str | None:
+    if not config.is_master:
+        return None
+    host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
+    return f"ws://{host}:{config.websocket.forward_port}/forward"
+
+
+async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
+    registry = await trio.to_thread.run_sync(wiring.open_registry, config)
+    directory = await trio.to_thread.run_sync(wiring.open_directory, config)
+    messages = await trio.to_thread.run_sync(wiring.open_messages, config)
+    return registry, directory, messages
+
+
 async def serve_node(
     config: NodeConfig,
     *,
@@ -69,11 +91,10 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
-    registry = await trio.to_thread.run_sync(wiring.open_registry, config)
-    directory = await trio.to_thread.run_sync(wiring.open_directory, config)
-    messages = await trio.to_thread.run_sync(wiring.open_messages, config)
+    registry, directory, messages = await _open_backends(config)
     redis_runner = BlockingRunner("redis", 16)
     hub = Hub()
+    metrics = NodeMetrics(config.node_id)
     started_at = clock_ms()
 
     def describe() -> NodeInfo:
@@ -81,18 +102,20 @@ async def serve_node(
             node_id=config.node_id,
             role=config.cluster.node_type.value,
             client_url=config.client_url,
-            forward_url=None,
+            forward_url=forward_url(config),
             http_url=f"http://127.0.0.1:{config.http.port}/" if config.http.port else None,
             pid=os.getpid(),
             version=__version__,
             started_at=started_at,
             connections=len(hub),
             heartbeat_at=clock_ms(),
+            messages=metrics.accepted,
         )
 
-    lease = Lease(registry, redis_runner, describe)
+    lease = Lease(registry, redis_runner, describe, master=config.is_master)
     worker = await lease.acquire()
-    store_runner = BlockingRunner("messages", 1)
+    store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
+    delivery = Delivery(config.node_id, hub, metrics)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
@@ -101,29 +124,54 @@ async def serve_node(
         directory=directory,
         messages=messages,
         registry=registry,
-        db=BlockingRunner("directory", 1),
+        db=BlockingRunner("directory", wiring.directory_concurrency(config)),
         store=store_runner,
         redis=redis_runner,
         cpu=BlockingRunner("cpu", 2),
         hub=hub,
-        delivery=Delivery(hub),
+        delivery=delivery,
         writer=StoreWriter(messages, store_runner),
+        metrics=metrics,
     )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lease.run)
             nursery.start_soon(ctx.writer.run)
+            forward_port = await _start_cluster_link(ctx, nursery)
+            metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             server = await nursery.start(_serve_clients, ctx)
+            http_port = None
+            if config.http.port:
+                listeners = await nursery.start(serve_http, ctx, config.websocket.host, config.http.port)
+                http_port = listeners[0].socket.getsockname()[1]
             stopping = trio.Event()
             nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
             log.info("node_started", url=config.client_url, worker=worker, role=config.cluster.node_type.value)
-            task_status.started(RunningNode(ctx, server.port, stopping.set))
+            task_status.started(RunningNode(ctx, server.port, http_port, forward_port, stopping.set))
     finally:
         with trio.CancelScope(shield=True):
             await lease.release()
             await trio.to_thread.run_sync(directory.close)
             await trio.to_thread.run_sync(messages.close)
             log.info("node_stopped")
+
+
+async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | None:
+    """Master: the forward hub and reaper; slave: the link to the master. Returns the
+    forward port the master listens on."""
+    config = ctx.config
+    if config.is_master:
+        hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
+        ctx.delivery.cluster = hub
+        assert config.websocket.forward_port is not None
+        listeners = await nursery.start(hub.serve, config.websocket.host, config.websocket.forward_port)
+        nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
+        return int(listeners.port)
+    assert config.cluster.master_url is not None
+    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms)
+    ctx.delivery.cluster = link
+    nursery.start_soon(link.run)
+    return None
 
 
 async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSocketServer]) -> None:
@@ -158,6 +206,3 @@ async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelS
         while len(ctx.hub):
             await trio.sleep(0.05)
     scope.cancel()
-
-
-__all__ = ["serve_node", "RunningNode"]

@@ -10,23 +10,11 @@ from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..ids import IdGenerator
 from ..ports import Directory, MessageStore, Registry
-from ..protocol.codec import OutFrame
-from ..protocol.frames import Reply
 from .blocking import BlockingRunner
+from .delivery import Delivery
 from .hub import Hub
+from .metrics import NodeMetrics
 from .store_writer import StoreWriter
-
-
-@attrs.define
-class Delivery:
-    """Where a reply for some users goes: their local sessions (and, in a cluster, the others)."""
-
-    hub: Hub
-
-    def to_users(self, user_ids: set[int] | list[int], reply: Reply, exclude: str | None = None) -> OutFrame:
-        frame = OutFrame(reply)
-        self.hub.deliver(user_ids, frame, exclude=exclude)
-        return frame
 
 
 @attrs.define
@@ -45,6 +33,7 @@ class NodeContext:
     hub: Hub
     delivery: Delivery
     writer: StoreWriter
+    metrics: NodeMetrics
     known_users: set[int] = attrs.Factory(set)  # users are never deleted: a positive cache
 
     @property

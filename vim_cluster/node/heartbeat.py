@@ -4,6 +4,8 @@ Rules:
 - A node starts only if it gets the lock on its node id (`NodeIdTaken` otherwise).
 - Every HEARTBEAT_S the lock, the worker lease and the registration are renewed; the TTL is
   LEASE_TTL_S, so a node that stops heartbeating is dead within that time.
+- A master also holds the master lock: one master per cluster.
+- Routes left under this node id by a crashed earlier process are purged at start.
 - If the lock turns out to be someone else's (`LeaseLost`), the node stops: two processes
   must never serve one node id or mint ids with one worker id.
 - Redis being down for a while is logged and retried; the lease may lapse meanwhile.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -35,8 +38,10 @@ class LeaseLost(VimError):
 
 
 class Lease:
-    def __init__(self, registry: Registry, runner: BlockingRunner, describe) -> None:
+    def __init__(self, registry: Registry, runner: BlockingRunner, describe: Callable[[], NodeInfo],
+                 master: bool = False) -> None:
         self.registry = registry
+        self.master = master
         self.runner = runner
         self.describe = describe  # () -> NodeInfo, the node's current description
         self.owner = f"{os.getpid()}-{secrets.token_hex(8)}"
@@ -48,6 +53,13 @@ class Lease:
         info: NodeInfo = self.describe()
         if not await self.runner(self.registry.acquire_node, info, self.owner, LEASE_TTL_S):
             raise NodeIdTaken(f"node id {info.node_id!r} is held by another live process")
+        if self.master and not await self.runner(self.registry.acquire_master, info.node_id, self.owner, LEASE_TTL_S):
+            await self.runner(self.registry.release_node, info.node_id, self.owner)
+            holder = await self.runner(self.registry.master_holder)
+            raise NodeIdTaken(f"the master role is held by live node {holder!r}")
+        stale = await self.runner(self.registry.purge_routes, info.node_id)
+        if stale:
+            log.warning("stale_routes_purged", routes=stale)  # left by a crashed earlier process
         self.worker = await self.runner(self.registry.lease_worker, info.node_id, self.owner, LEASE_TTL_S)
         log.info("lease_acquired", worker=self.worker)
         return self.worker

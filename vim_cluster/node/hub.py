@@ -10,6 +10,8 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 import structlog
 import trio
@@ -93,7 +95,7 @@ class Hub:
     def has_user(self, user_id: int) -> bool:
         return user_id in self._by_user
 
-    def deliver(self, user_ids: set[int] | list[int], frame: OutFrame, exclude: str | None = None) -> int:
+    def deliver(self, user_ids: Iterable[int], frame: OutFrame, exclude: str | None = None) -> int:
         """Queue `frame` to every local session of the users but `exclude`; returns how many."""
         delivered = 0
         for user_id in user_ids:

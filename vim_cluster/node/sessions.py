@@ -38,15 +38,17 @@ async def open_session(conn: Connection, user_id: int, client: str, uuid: str | 
         holding=[] if holding else None,
     )
     route = Route(session.id, ctx.node_id, client, uuid)
+    earlier = (await ctx.redis(ctx.registry.routes, [UserId(user_id)])).get(UserId(user_id), [])
     await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
     ctx.hub.add(session)
+    ctx.delivery.cluster.session_opened(session)
     log.info("session_opened", session_id=session.id, user_id=user_id, client=client)
-    notice = OutFrame(f.OtherLogin(uuid, ctx.node_id))
+    # Sessions Redis may not list yet (opened a moment ago here) count too.
     local = [Route(s.id, ctx.node_id, s.client, s.uuid) for s in ctx.hub.sessions(user_id)]
-    replaced = {r.session_id for r in replaced_sessions(local, session.id, client)}
-    for old in ctx.hub.sessions(user_id):
-        if old.id in replaced:
-            old.kick(CloseCode.OTHER_LOGIN, "logged in elsewhere", notice)
+    candidates = {r.session_id: r for r in [*earlier, *local]}
+    notice = OutFrame(f.OtherLogin(uuid, ctx.node_id))
+    for old in replaced_sessions(candidates.values(), session.id, client):
+        ctx.delivery.kick(old.node_id, user_id, old.session_id, CloseCode.OTHER_LOGIN, notice)
     return session
 
 
@@ -57,6 +59,7 @@ async def close_session(conn: Connection) -> None:
         return
     ctx = conn.ctx
     ctx.hub.remove(session)
+    ctx.delivery.cluster.session_closed(session)
     try:
         await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)
     except StoreUnavailable as exc:
@@ -99,8 +102,7 @@ def release(session: Session, replayed: set[int]) -> None:
     """Sends the frames held during replay, but the messages replay already sent."""
     held, session.holding = session.holding or [], None
     for frame in held:
-        reply = frame.reply
-        if isinstance(reply, f.MessageOut) and reply.message.id in replayed:
+        if frame.reply.message_id() in replayed:
             continue
         session.push(frame)
 

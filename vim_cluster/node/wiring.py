@@ -36,3 +36,13 @@ def open_messages(config: NodeConfig) -> MessageStore:
     if path is not None:
         return SqliteMessages(path)
     raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")
+
+
+def directory_concurrency(config: NodeConfig) -> int:
+    """How many directory calls may run at once (SQLite: one connection, one at a time)."""
+    return 1 if sqlite_path(config.store.directory) is not None else 8
+
+
+def store_concurrency(config: NodeConfig) -> int:
+    """How many message-store calls may run at once (SQLite: one at a time)."""
+    return 1 if sqlite_path(config.store.messages) is not None else 8

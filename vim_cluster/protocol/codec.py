@@ -4,8 +4,12 @@ Rules:
 - Text frames are UTF-8 JSON, binary frames MessagePack, both `{"code": str, "message": {}}`.
 - The bare text frame `ping` decodes to RawPing.
 - Every malformed input raises FrameError with a documented kind: `bad-frame` (not JSON or
-  MessagePack, not an object, no string code), `unknown-code`, `invalid` (a field missing or
-  malformed), `too-large` (message content over the limit). Nothing else escapes `decode`.
+  MessagePack, not an object, no string code, a lone UTF-16 surrogate escape), `unknown-code`,
+  `invalid` (a field missing or malformed), `too-large` (message content over the limit).
+  Nothing else escapes `decode`.
+- What `decode` returns can be stored and sent on in either encoding: every string is valid
+  Unicode, and `extend` holds only JSON values (string keys, 64-bit integers, finite floats,
+  nesting at most MAX_EXTEND_DEPTH deep).
 - The frame-size cap is the transport's job (trio-websocket's max_message_size) and happens
   before this codec sees a byte.
 """
@@ -13,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -31,7 +36,11 @@ MAX_CID = 64
 MAX_ID = (1 << 63) - 1
 MAX_LIST = 1000
 MAX_NAME = 64
+MAX_EXTEND_DEPTH = 16
+EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
 SENDABLE_TYPES = tuple(t for t in MessageType if t is not MessageType.RECALLED)
+# A JSON escape of a UTF-16 surrogate; only a pre-filter: pairs are fine, lone ones are not.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 E = TypeVar("E")
 
@@ -117,7 +126,28 @@ class _Fields:
             return None
         if not isinstance(value, dict):
             raise self.fail(key, "must be an object")
+        if not _plain_json(value, 0):
+            problem = (f"must hold only JSON values (string keys, 64-bit integers, finite numbers, "
+                       f"at most {MAX_EXTEND_DEPTH} levels deep)")
+            raise self.fail(key, problem)
         return value
+
+
+def _plain_json(value: Any, depth: int) -> bool:
+    """True if `value` encodes the same in JSON and MessagePack (see the module rules)."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return EXTEND_INT_RANGE[0] <= value <= EXTEND_INT_RANGE[1]
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth >= MAX_EXTEND_DEPTH:
+        return False
+    if isinstance(value, list):
+        return all(_plain_json(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _ping(r: _Fields) -> f.Command:
@@ -153,8 +183,11 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     chat_id = r.id("chatId")
     chat_type = r.enum("type", tuple(ChatType))
     message_type = r.enum("messageType", SENDABLE_TYPES)
-    content = r.string("content", max_len=max_content * 4)  # characters; bytes checked next
-    if len(content.encode("utf-8", "surrogatepass")) > max_content:
+    content = r.body.get("content")
+    if not isinstance(content, str):
+        raise r.fail("content", "must be a string")
+    # A character is at least one byte: the length is a cheap first check of the size.
+    if len(content) > max_content or len(content.encode("utf-8")) > max_content:
         raise r.fail("content", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     extend = r.mapping("extend")
     return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
@@ -220,8 +253,24 @@ CODES = frozenset(PARSERS) | {"message"}
 
 def _load(data: str | bytes) -> Any:
     if isinstance(data, str):
-        return json.loads(data)
+        obj = json.loads(data)
+        if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
+            raise _LoneSurrogate("a string holds a lone UTF-16 surrogate escape")
+        return obj
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+class _LoneSurrogate(ValueError):
+    pass
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """True if some string of a decoded JSON value is not valid Unicode (cannot be UTF-8)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
@@ -230,6 +279,8 @@ def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
         return f.RawPing()
     try:
         obj = _load(data)
+    except _LoneSurrogate as exc:
+        raise FrameError(ErrorKind.BAD_FRAME, f"not valid Unicode: {exc}") from None
     except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         kind = "JSON" if isinstance(data, str) else "MessagePack"
         raise FrameError(ErrorKind.BAD_FRAME, f"not a {kind} object: {type(exc).__name__}") from None
@@ -257,7 +308,7 @@ def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
 
 
 def encode_object(reply: f.Reply) -> dict[str, Any]:
-    return {"code": reply.CODE, "message": reply.wire()}
+    return {"code": reply.code, "message": reply.wire()}
 
 
 def encode(reply: f.Reply, binary: bool) -> str | bytes:
@@ -273,12 +324,19 @@ def encode(reply: f.Reply, binary: bool) -> str | bytes:
 class OutFrame:
     """A reply encoded at most once per mode, however many sessions it goes to."""
 
-    __slots__ = ("reply", "_text", "_binary")
+    __slots__ = ("reply", "_text", "_binary", "_object")
 
     def __init__(self, reply: f.Reply) -> None:
         self.reply = reply
         self._text: str | bytes | None = None
         self._binary: str | bytes | None = None
+        self._object: dict[str, Any] | None = None
+
+    def wire_object(self) -> dict[str, Any]:
+        """The frame as a {"code", "message"} object (what the forward channel carries)."""
+        if self._object is None:
+            self._object = encode_object(self.reply)
+        return self._object
 
     def encoded(self, binary: bool) -> str | bytes:
         if binary:

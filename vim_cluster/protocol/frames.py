@@ -116,8 +116,36 @@ class GroupRemove(Command):
 class Reply:
     CODE: ClassVar[str]
 
+    @property
+    def code(self) -> str:
+        return self.CODE
+
     def wire(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def message_id(self) -> int | None:
+        """The id of the chat message this frame carries, if it is a `message` frame."""
+        return None
+
+
+@attrs.frozen
+class RawReply(Reply):
+    """A frame that arrived over the forward channel, already in wire form."""
+
+    frame: dict[str, Any]  # {"code": ..., "message": {...}}
+
+    @property
+    def code(self) -> str:
+        return str(self.frame["code"])
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.frame["message"]
+        return body
+
+    def message_id(self) -> int | None:
+        if self.frame["code"] != "message":
+            return None
+        return int(self.frame["message"]["id"])
 
 
 def _with_rid(body: dict[str, Any], rid: str | None) -> dict[str, Any]:
@@ -236,6 +264,9 @@ class MessageOut(Reply):
     CODE = "message"
     message: Message
     offline: bool = False
+
+    def message_id(self) -> int | None:
+        return self.message.id
 
     def wire(self) -> dict[str, Any]:
         body = message_wire(self.message)

@@ -45,6 +45,8 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
     pending = (UserId(command.chat_id),) if command.chat_type is ChatType.FRIEND and command.chat_id != sender else ()
     saved = await ctx.writer.save(NewMessage(message, pending))
     stored = saved.message
+    if saved.created:
+        ctx.metrics.message_accepted()
     await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=command.rid))
     if saved.created:
         ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
@@ -70,8 +72,9 @@ async def recall(conn: Connection, command: f.Recall) -> None:
     window_ms = ctx.config.message.recall_window * 1000
     if ctx.clock_ms() - message.timestamp > window_ms:
         raise ClientError(ErrorKind.EXPIRED, f"messages can be recalled for {ctx.config.message.recall_window:g} s")
-    await ctx.store(ctx.messages.recall, message.id)
+    # Who hears of it is decided before anything changes: a refusal must leave the message be.
     recipients = await _recipients(conn, message.chat_type, message.chat_id, ErrorKind.FORBIDDEN)
+    await ctx.store(ctx.messages.recall, message.id)
     notice = f.RecallOut(message.id, message.chat_id, message.chat_type, by=conn.user_id)
     ctx.delivery.to_users(recipients, notice, exclude=conn.session_id)
     await conn.reply(f.RecallOut(message.id, message.chat_id, message.chat_type, by=conn.user_id, rid=command.rid))

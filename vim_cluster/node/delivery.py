@@ -1,0 +1,94 @@
+"""Where frames go: this node's sessions and, through the cluster link, every other node's.
+
+`to_users` is the one call handlers make; it never blocks and never waits on the network.
+`apply_deliver`/`apply_kick` carry out packets that arrived over the forward channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+
+from ..errors import CloseCode
+from ..protocol.codec import OutFrame
+from ..protocol.frames import RawReply, Reply
+from .hub import Hub, Session
+from .metrics import NodeMetrics
+
+
+class ClusterLink(Protocol):
+    """The node's side of the forward channel (slave link or master hub). Never blocks."""
+
+    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None: ...
+
+    def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None: ...
+
+    def session_opened(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
+
+    def queue_depth(self) -> int: ...
+
+    def healthy(self) -> bool: ...
+
+
+class LocalOnly:
+    """No cluster (not used by running nodes: a master alone is a MasterHub with no peers)."""
+
+    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
+        return None
+
+    def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
+        return None
+
+    def session_opened(self, session: Session) -> None:
+        return None
+
+    def session_closed(self, session: Session) -> None:
+        return None
+
+    def queue_depth(self) -> int:
+        return 0
+
+    def healthy(self) -> bool:
+        return True
+
+
+@attrs.define
+class Delivery:
+    node_id: str
+    hub: Hub
+    metrics: NodeMetrics
+    cluster: ClusterLink = attrs.Factory(LocalOnly)
+
+    def to_users(self, users: set[int] | list[int], reply: Reply, exclude: str | None = None) -> OutFrame:
+        frame = OutFrame(reply)
+        self.metrics.frames_out.inc(self.hub.deliver(users, frame, exclude=exclude))
+        self.cluster.deliver(list(users), frame, exclude)
+        return frame
+
+    def kick(self, node: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
+        if node == self.node_id:
+            self.kick_local(user, session, code, notice)
+        else:
+            self.cluster.kick(node, user, session, code, notice)
+
+    def kick_local(self, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> int:
+        kicked = 0
+        for local in self.hub.sessions(user):
+            if session is None or local.id == session:
+                local.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
+                kicked += 1
+        return kicked
+
+    def apply_deliver(self, users: tuple[int, ...], frame: dict[str, Any], exclude: str | None, ts: int,
+                      now_ms: int) -> OutFrame:
+        out = OutFrame(RawReply(frame))
+        self.metrics.frames_out.inc(self.hub.deliver(users, out, exclude=exclude))
+        self.metrics.relay_latency.observe(max(0, now_ms - ts) / 1000)
+        return out
+
+    def apply_kick(self, user: int, session: str | None, code: int, notice: dict[str, Any] | None) -> None:
+        frame = OutFrame(RawReply(notice)) if notice else None
+        self.kick_local(user, session, CloseCode(code), frame)

@@ -1,0 +1,137 @@
+"""The slave side of the forward channel: one persistent, authenticated link to the master.
+
+Rules:
+- Connects to vim.cluster.master-url, proves it holds the cluster secret (HMAC over both
+  nonces) and checks that the master does too, then reports every local session.
+- Reconnects forever with capped exponential backoff and jitter; packets queued meanwhile are
+  kept and sent (in order) once the link is back; the master drops duplicates.
+- Everything addressed to other nodes goes to the master, which knows where users are.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from ..core.backoff import Backoff
+from ..errors import CloseCode
+from ..protocol import forward_frames as ff
+from ..protocol.codec import OutFrame
+from ..protocol.forward import Inbox, Outbox, OutItem
+from .delivery import Delivery
+from .hub import Session
+from .link import MAX_FRAME, LinkEnd, pump
+
+log = structlog.get_logger()
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class ForwardLinkRefused(Exception):
+    """The master refused this node (unknown or duplicate node id, bad secret)."""
+
+
+class SlaveLink:
+    def __init__(self, node_id: str, master_url: str, secret: bytes, delivery: Delivery,
+                 clock_ms: Any, role: str = "slave") -> None:
+        self.node_id = node_id
+        self.master_url = master_url
+        self.secret = secret
+        self.delivery = delivery
+        self.clock_ms = clock_ms
+        self.role = role
+        self.epoch = secrets.token_hex(8)
+        self.connected = False
+        self.master_id: str | None = None
+        self.connects = 0
+        self.end = LinkEnd(Outbox(), Inbox(epoch=""), self._on_packet, self._on_acked, self._ack_value)
+        self.up = trio.Event()  # set while the link is authenticated (replaced when it drops)
+
+    # --- ClusterLink -----------------------------------------------------------------
+
+    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
+        packet = ff.Deliver(self.node_id, tuple(users), frame.wire_object(), exclude, self.clock_ms())
+        self.end.push(packet)
+
+    def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
+        self.end.push(ff.Kick(dst, user, session, int(code), notice.wire_object() if notice else None))
+
+    def session_opened(self, session: Session) -> None:
+        self.end.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
+
+    def session_closed(self, session: Session) -> None:
+        self.end.push(ff.SessionClose(session.user_id, session.id))
+
+    def queue_depth(self) -> int:
+        return len(self.end.outbox)
+
+    def healthy(self) -> bool:
+        return self.connected
+
+    # --- link ------------------------------------------------------------------------
+
+    def _on_packet(self, seq: int, packet: ff.Packet) -> None:
+        if isinstance(packet, ff.Deliver):
+            self.delivery.apply_deliver(packet.users, packet.frame, packet.exclude, packet.ts, self.clock_ms())
+        elif isinstance(packet, ff.Kick):
+            self.delivery.apply_kick(packet.user, packet.session, packet.code, packet.notice)
+        else:
+            raise ff.ForwardProtocolError(f"the master sent a {type(packet).__name__}")
+
+    def _on_acked(self, items: list[OutItem]) -> None:
+        return None  # nothing waits on our packets but the outbox itself
+
+    def _ack_value(self) -> int:
+        return self.end.inbox.received
+
+    async def run(self) -> None:
+        """Keeps the link up until cancelled; a refused or failed attempt is retried."""
+        backoff = Backoff()
+        while True:
+            try:
+                async with open_websocket_url(self.master_url, max_message_size=MAX_FRAME,
+                                              connect_timeout=HANDSHAKE_TIMEOUT) as ws:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                        await self._handshake(ws)
+                    backoff.reset()
+                    self.connected = True
+                    self.connects += 1
+                    self.up.set()
+                    log.info("forward_link_up", master=self.master_id, pending=len(self.end.outbox))
+                    reason = await pump(ws, self.end)
+                    log.warning("forward_link_lost", reason=reason, pending=len(self.end.outbox))
+            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
+                    ForwardLinkRefused) as exc:
+                log.warning("forward_link_failed", error=f"{type(exc).__name__}: {exc}", master_url=self.master_url)
+            finally:
+                if self.connected:
+                    self.connected = False
+                    self.up = trio.Event()
+            await trio.sleep(backoff.next_delay())
+
+    async def _handshake(self, ws: WebSocketConnection) -> None:
+        nonce = secrets.token_hex(16)
+        await ws.send_message(ff.encode_frame(ff.Hello(self.node_id, self.role, self.epoch, nonce)))
+        challenge = ff.decode_frame(await ws.get_message())
+        if isinstance(challenge, ff.Refused):
+            raise ForwardLinkRefused(challenge.reason)
+        if not isinstance(challenge, ff.Challenge):
+            raise ff.ForwardProtocolError(f"expected a challenge, got {type(challenge).__name__}")
+        if not ff.mac_ok(ff.master_mac(self.secret, nonce, challenge.nonce), challenge.mac):
+            raise ForwardLinkRefused("the master does not hold the cluster secret")
+        if challenge.epoch != self.end.inbox.epoch:  # a new master process: start over
+            self.end.inbox = Inbox(epoch=challenge.epoch)
+        self.master_id = challenge.node
+        sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
+                    for s in self.delivery.hub.sessions(u)]
+        mac = ff.slave_mac(self.secret, self.node_id, nonce, challenge.nonce)
+        await ws.send_message(ff.encode_frame(ff.Auth(mac, self.end.inbox.received, sessions)))
+        answer = ff.decode_frame(await ws.get_message())
+        if isinstance(answer, ff.Refused):
+            raise ForwardLinkRefused(answer.reason)
+        if not isinstance(answer, ff.Welcome):
+            raise ff.ForwardProtocolError(f"expected welcome, got {type(answer).__name__}")
+        self.end.outbox.rewind(int(answer.received))

@@ -1,0 +1,131 @@
+"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard.
+
+Each request is its own bulkhead: an error is logged and answered 500, never the node's end.
+Only GET (and HEAD) are served; one request per connection.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from importlib import resources
+from typing import Any
+
+import h11
+import structlog
+import trio
+
+from ..errors import StoreUnavailable
+from ..model import MessageId
+from .context import NodeContext
+
+log = structlog.get_logger()
+MAX_REQUEST = 16 * 1024
+CHECK_TIMEOUT = 3.0
+
+
+def _static(name: str) -> bytes:
+    return resources.files("vim_cluster.web").joinpath(name).read_bytes()
+
+
+async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
+    """Whether the node can serve: Redis, both stores and (slaves) the master link."""
+    checks: dict[str, str] = {}
+
+    async def check(name: str, runner: Any, fn: Any, *args: Any) -> None:
+        try:
+            with trio.fail_after(CHECK_TIMEOUT):
+                await runner(fn, *args)
+            checks[name] = "ok"
+        except (StoreUnavailable, trio.TooSlowError) as exc:
+            checks[name] = f"down: {exc}" if str(exc) else "down: timeout"
+
+    await check("redis", ctx.redis, ctx.registry.ping)
+    await check("directory", ctx.db, ctx.directory.user_by_username, "-healthz-")
+    await check("messages", ctx.store, ctx.messages.get, MessageId(0))
+    if not ctx.config.is_master:
+        checks["master_link"] = "ok" if ctx.delivery.cluster.healthy() else "down: not connected"
+    ok = all(v == "ok" for v in checks.values())
+    return ok, {
+        "node": ctx.node_id,
+        "role": ctx.config.cluster.node_type.value,
+        "status": "ok" if ok else "unavailable",
+        "checks": checks,
+        "connections": len(ctx.hub),
+        "forward_queue": ctx.delivery.cluster.queue_depth(),
+        "url": ctx.config.client_url,
+    }
+
+
+async def dashboard_data(ctx: NodeContext) -> dict[str, Any]:
+    now = ctx.clock_ms()
+    nodes = await ctx.redis(ctx.registry.nodes)
+    return {
+        "now": now,
+        "nodes": [
+            {
+                "node": n.node_id, "role": n.role, "url": n.client_url, "alive": n.alive,
+                "heartbeat_age_s": round((now - n.heartbeat_at) / 1000, 1),
+                "connections": n.connections, "messages": n.messages,
+            }
+            for n in nodes
+        ],
+    }
+
+
+async def _route(ctx: NodeContext, target: str) -> tuple[int, str, bytes]:
+    path = target.split("?", 1)[0]
+    if path == "/healthz":
+        ok, body = await health(ctx)
+        return (200 if ok else 503), "application/json", json.dumps(body).encode()
+    if path == "/metrics":
+        return 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render()
+    if path == "/dashboard.json":
+        return 200, "application/json", json.dumps(await dashboard_data(ctx)).encode()
+    if path == "/dashboard":
+        return 200, "text/html; charset=utf-8", _static("dashboard.html")
+    if path in ("/", "/index.html"):
+        return 200, "text/html; charset=utf-8", _static("index.html")
+    return 404, "text/plain", b"not found\n"
+
+
+async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    try:
+        with trio.fail_after(10):
+            request = await _read_request(conn, stream)
+            if request is None:
+                return
+            if request.method not in (b"GET", b"HEAD"):
+                status, kind, body = 405, "text/plain", b"only GET\n"
+            else:
+                try:
+                    status, kind, body = await _route(ctx, request.target.decode("ascii", "replace"))
+                except StoreUnavailable as exc:
+                    status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
+            headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close")]
+            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+            if request.method == b"GET":
+                await stream.send_all(conn.send(h11.Data(data=body)) or b"")
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+    except (trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        log.debug("http_request_dropped", error=f"{type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the HTTP request bulkhead
+        log.exception("http_request_crashed")
+    finally:
+        await stream.aclose()
+
+
+async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+    """The request, or None if the client closed before sending a whole one."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(MAX_REQUEST))
+            continue
+        return event if isinstance(event, h11.Request) else None
+
+
+async def serve_http(ctx: NodeContext, host: str, port: int, *,
+                     task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+    await trio.serve_tcp(partial(_handle, ctx), port, host=host, task_status=task_status)
