@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import urllib.error
+import urllib.request
 
 from .config import NodeConfig
 from .core import auth
-from .errors import ClientError, Conflict, ErrorKind
+from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
 from .node import wiring
+from .ports import NodeInfo, Route
 from .protocol.codec import MIN_PASSWORD, USERNAME_RE
 
 ADMIN_LEASE_S = 30
@@ -42,3 +45,85 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
 
 
 __all__ = ["add_user"]
+
+
+# --- cluster views and actions (vim-cluster nodes / heartbeat / whereis / kick) -------------
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def nodes_table(nodes: list[NodeInfo], now: int) -> str:
+    """The `nodes` table: id, role, URL, heartbeat age, connections, alive."""
+    header = ("NODE", "ROLE", "URL", "HEARTBEAT", "CONNECTIONS", "MESSAGES", "ALIVE")
+    rows = [header] + [
+        (n.node_id, n.role, n.client_url, f"{max(0, now - n.heartbeat_at) / 1000:.1f}s ago",
+         str(n.connections), str(n.messages), "yes" if n.alive else "DEAD")
+        for n in nodes
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def resolve_user(config: NodeConfig, user: str) -> UserId:
+    """A user id from an id or a username; raises ClientError(not-found)."""
+    directory = wiring.open_directory(config)
+    try:
+        if user.isdigit():
+            found = directory.users_by_id([UserId(int(user))])
+            if found:
+                return next(iter(found))
+        record = directory.user_by_username(user)
+    finally:
+        directory.close()
+    if record is None:
+        raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {user}")
+    return record.id
+
+
+def routes_of(config: NodeConfig, user_id: UserId) -> list[Route]:
+    registry = wiring.open_registry(config, start=False)
+    try:
+        return registry.routes([user_id]).get(user_id, [])
+    finally:
+        registry.close()
+
+
+def master_forward_url(config: NodeConfig) -> str:
+    if config.cluster.master_url:
+        return config.cluster.master_url
+    registry = wiring.open_registry(config, start=False)
+    try:
+        for node in registry.nodes():
+            if node.role == "master" and node.alive and node.forward_url:
+                return node.forward_url
+    finally:
+        registry.close()
+    raise StoreUnavailable("no live master is registered in Redis")
+
+
+def node_health(config: NodeConfig) -> tuple[bool, str]:
+    """Whether CONFIG's node is registered and alive (and its /healthz says 200 if it has one)."""
+    registry = wiring.open_registry(config, start=False)
+    try:
+        nodes = {n.node_id: n for n in registry.nodes()}
+    finally:
+        registry.close()
+    node = nodes.get(config.node_id)
+    if node is None:
+        return False, f"{config.node_id}: not registered in Redis"
+    age = (now_ms() - node.heartbeat_at) / 1000
+    if not node.alive:
+        return False, f"{config.node_id}: DEAD (last heartbeat {age:.1f}s ago)"
+    if config.http.port:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/healthz", timeout=5) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            return False, f"{config.node_id}: registered but /healthz does not answer: {exc}"
+        if status != 200:
+            return False, f"{config.node_id}: alive but /healthz answers {status} (a store or link is down)"
+    return True, f"{config.node_id}: alive, heartbeat {age:.1f}s ago, {node.connections} connections"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -69,6 +70,68 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from .admin import nodes_table, now_ms
+    from .node import wiring
+
+    config = _load(args.config)
+    registry = wiring.open_registry(config, start=False)
+    try:
+        while True:
+            table = nodes_table(registry.nodes(), now_ms())
+            if args.watch:
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "vim-cluster nodes (Ctrl-C stops)", flush=True)
+            print(table, flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        registry.close()
+
+
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    from .admin import node_health
+
+    alive, line = node_health(_load(args.config))
+    print(line, file=sys.stdout if alive else sys.stderr)
+    return 0 if alive else 1
+
+
+def cmd_whereis(args: argparse.Namespace) -> int:
+    from .admin import resolve_user, routes_of
+
+    config = _load(args.config)
+    user_id = resolve_user(config, args.user)
+    routes = routes_of(config, user_id)
+    if not routes:
+        print(f"user {user_id} has no session on any live node")
+        return 1
+    for route in sorted(routes, key=lambda r: (r.node_id, r.session_id)):
+        print(f"{route.node_id}\tsession {route.session_id}\tclient {route.client}\tuuid {route.uuid or '-'}")
+    return 0
+
+
+def cmd_kick(args: argparse.Namespace) -> int:
+    from .admin import master_forward_url, resolve_user, routes_of
+    from .errors import CloseCode
+    from .node.forward_link import send_as_operator
+    from .protocol.forward_frames import Kick, Packet
+
+    config = _load(args.config)
+    user_id = resolve_user(config, args.user)
+    routes = routes_of(config, user_id)
+    if not routes:
+        print(f"user {user_id} has no session on any live node")
+        return 0
+    nodes = sorted({r.node_id for r in routes})
+    packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
+    trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
+    print(f"closed {len(routes)} session(s) of user {user_id} on {', '.join(nodes)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vim-cluster",
@@ -93,6 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="the node's YAML or TOML config file")
     run.set_defaults(func=cmd_run)
 
+    config_help = f"a node config of the cluster (default {DEFAULT_DIR}/master.yaml)"
+    nodes = commands.add_parser(
+        "nodes",
+        help="the cluster as Redis sees it",
+        description="Every node registered in Redis: role, client URL, seconds since its last "
+        "heartbeat, connections, messages accepted, and whether it is alive.",
+    )
+    nodes.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
+    nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
+    nodes.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    nodes.set_defaults(func=cmd_nodes)
+
+    heartbeat = commands.add_parser(
+        "heartbeat",
+        help="exit 0 if CONFIG's node is registered and alive",
+        description="Check one node for cron and health checks: exit 0 when the node of CONFIG is "
+        "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise.",
+    )
+    heartbeat.add_argument("config", help="the node's config file")
+    heartbeat.set_defaults(func=cmd_heartbeat)
+
+    whereis = commands.add_parser("whereis", help="which nodes hold a user's sessions",
+                                  description="List every live session of USER (a username or user id).")
+    whereis.add_argument("user", help="username or user id")
+    whereis.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
+    whereis.set_defaults(func=cmd_whereis)
+
+    kick = commands.add_parser("kick", help="close every session of a user",
+                               description="Close every session of USER on every node (close code 4002), "
+                               "through the master's forward channel.")
+    kick.add_argument("user", help="username or user id")
+    kick.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
+    kick.set_defaults(func=cmd_kick)
+
     user = commands.add_parser("user", help="manage users", description="Manage users in the directory.")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = user_commands.add_parser(
@@ -110,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except VimError as exc:
+        print(f"vim-cluster: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # `not value > 0` rather than `value <= 0`: NaN compares false both ways and must fail.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"must be a positive number, got {value!r}")
     return float(value)
 
@@ -257,6 +258,9 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         raise ConfigError(name, "vim.websocket.tls-cert", "tls-cert and tls-key go together")
     secret_file = base / c["secret-file"]
     secret = _read_secret(name, secret_file)
+    for key in ("tls-cert", "tls-key"):
+        if ws[key] is not None:
+            _check_readable(name, f"vim.websocket.{key}", base / ws[key])
     store = v["store"]
     return NodeConfig(
         file=file,
@@ -298,6 +302,14 @@ def _read_secret(name: str, path: Path) -> bytes:
         problem = f"{path} must hold at least {MIN_SECRET_BYTES} bytes of secret"
         raise ConfigError(name, "vim.cluster.secret-file", problem)
     return secret
+
+
+def _check_readable(name: str, key: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(name, key, f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def sqlite_path(url: str) -> str | None:

@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -113,25 +114,53 @@ class SlaveLink:
             await trio.sleep(backoff.next_delay())
 
     async def _handshake(self, ws: WebSocketConnection) -> None:
-        nonce = secrets.token_hex(16)
-        await ws.send_message(ff.encode_frame(ff.Hello(self.node_id, self.role, self.epoch, nonce)))
-        challenge = ff.decode_frame(await ws.get_message())
-        if isinstance(challenge, ff.Refused):
-            raise ForwardLinkRefused(challenge.reason)
-        if not isinstance(challenge, ff.Challenge):
-            raise ff.ForwardProtocolError(f"expected a challenge, got {type(challenge).__name__}")
-        if not ff.mac_ok(ff.master_mac(self.secret, nonce, challenge.nonce), challenge.mac):
-            raise ForwardLinkRefused("the master does not hold the cluster secret")
-        if challenge.epoch != self.end.inbox.epoch:  # a new master process: start over
-            self.end.inbox = Inbox(epoch=challenge.epoch)
-        self.master_id = challenge.node
         sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
                     for s in self.delivery.hub.sessions(u)]
-        mac = ff.slave_mac(self.secret, self.node_id, nonce, challenge.nonce)
-        await ws.send_message(ff.encode_frame(ff.Auth(mac, self.end.inbox.received, sessions)))
-        answer = ff.decode_frame(await ws.get_message())
-        if isinstance(answer, ff.Refused):
-            raise ForwardLinkRefused(answer.reason)
-        if not isinstance(answer, ff.Welcome):
-            raise ff.ForwardProtocolError(f"expected welcome, got {type(answer).__name__}")
-        self.end.outbox.rewind(int(answer.received))
+        challenge, welcome = await client_handshake(
+            ws, self.node_id, self.role, self.epoch, self.secret, self._received_from, sessions)
+        self.master_id = challenge.node
+        self.end.outbox.rewind(int(welcome.received))
+
+    def _received_from(self, master_epoch: str) -> int:
+        if master_epoch != self.end.inbox.epoch:  # a new master process: start over
+            self.end.inbox = Inbox(epoch=master_epoch)
+        return self.end.inbox.received
+
+
+async def client_handshake(
+    ws: WebSocketConnection, node_id: str, role: str, epoch: str, secret: bytes,
+    received_from: Callable[[str], int], sessions: list[list[Any]],
+) -> tuple[ff.Challenge, ff.Welcome]:
+    """The connecting side's handshake: hello, check the master's proof, prove ours."""
+    nonce = secrets.token_hex(16)
+    await ws.send_message(ff.encode_frame(ff.Hello(node_id, role, epoch, nonce)))
+    challenge = ff.decode_frame(await ws.get_message())
+    if isinstance(challenge, ff.Refused):
+        raise ForwardLinkRefused(challenge.reason)
+    if not isinstance(challenge, ff.Challenge):
+        raise ff.ForwardProtocolError(f"expected a challenge, got {type(challenge).__name__}")
+    if not ff.mac_ok(ff.master_mac(secret, nonce, challenge.nonce), challenge.mac):
+        raise ForwardLinkRefused("the master does not hold the cluster secret")
+    mac = ff.slave_mac(secret, node_id, nonce, challenge.nonce)
+    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions)))
+    answer = ff.decode_frame(await ws.get_message())
+    if isinstance(answer, ff.Refused):
+        raise ForwardLinkRefused(answer.reason)
+    if not isinstance(answer, ff.Welcome):
+        raise ff.ForwardProtocolError(f"expected welcome, got {type(answer).__name__}")
+    return challenge, answer
+
+
+async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Packet], timeout: float = 10.0) -> None:
+    """Sends packets to the master as an operator tool and returns once all are acked (the
+    master acks a kick when the node holding the session has it)."""
+    with trio.fail_after(timeout):
+        async with open_websocket_url(master_url, max_message_size=MAX_FRAME) as ws:
+            await client_handshake(ws, f"operator-{secrets.token_hex(4)}", "operator",
+                                   secrets.token_hex(8), secret, lambda epoch: 0, [])
+            items = list(enumerate(packets, start=1))
+            await ws.send_message(ff.encode_frame(ff.Batch(items, 0)))
+            while True:
+                frame = ff.decode_frame(await ws.get_message())
+                if isinstance(frame, ff.Batch) and frame.ack is not None and frame.ack >= len(items):
+                    return

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from ..adapters.embedded_redis import ensure_embedded_redis
+from ..adapters.embedded_redis import default_dir, ensure_embedded_redis, running_url
 from ..adapters.redis_registry import RedisRegistry
 from ..adapters.sqlite_directory import SqliteDirectory
 from ..adapters.sqlite_messages import SqliteMessages
 from ..config import NodeConfig, sqlite_path
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
 from ..ports import Directory, MessageStore
 
 
-def redis_url(config: NodeConfig) -> str:
-    """The Redis URL, starting the embedded server if the config says `embedded`. Blocking."""
-    if config.redis.url == "embedded":
+def redis_url(config: NodeConfig, start: bool = True) -> str:
+    """The Redis URL; for `embedded`, the running embedded server, started if `start`.
+    Raises StoreUnavailable if it is not running and must not be started. Blocking."""
+    if config.redis.url != "embedded":
+        return config.redis.url
+    if start:
         return ensure_embedded_redis()
-    return config.redis.url
+    url = running_url()
+    if url is None:
+        raise StoreUnavailable(f"the embedded Redis is not running (in {default_dir()}): start the nodes first")
+    return url
 
 
-def open_registry(config: NodeConfig) -> RedisRegistry:
-    return RedisRegistry(redis_url(config))
+def open_registry(config: NodeConfig, start: bool = True) -> RedisRegistry:
+    """The registry; operator tools pass start=False so they never start a Redis of their own."""
+    return RedisRegistry(redis_url(config, start))
 
 
 def open_directory(config: NodeConfig) -> Directory:
