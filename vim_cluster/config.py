@@ -206,12 +206,21 @@ def load_config(path: str | Path) -> NodeConfig:
     except OSError as exc:
         raise ConfigError(name, "-", f"cannot read the file: {exc.strerror or exc}") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(name, "-", f"not valid YAML/TOML: {exc}") from None
+        raise ConfigError(name, "-", f"not valid YAML/TOML: {_one_line(exc)}") from None
     if not isinstance(document, Mapping) or set(document) != {"vim"}:
         found = sorted(document) if isinstance(document, Mapping) else type(document).__name__
         raise ConfigError(name, "-", f"must hold exactly one top-level key 'vim', found {found}")
     values = _read_sections(name, document["vim"])
     return _build(file, values)
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's complaint in one line (PyYAML's span several, with a caret drawing)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{exc.problem or exc.context or type(exc).__name__}{where}"
+    return " ".join(str(exc).split())
 
 
 def _read_sections(name: str, vim: Any) -> dict[str, dict[str, Any]]:

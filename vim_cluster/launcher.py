@@ -74,6 +74,11 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops `up` the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def launch(folder: Path, log_json: bool = False) -> int:
     if not folder.is_dir():
         print(f"vim-cluster up: {folder} is not a folder", file=sys.stderr)
@@ -94,7 +99,7 @@ def launch(folder: Path, log_json: bool = False) -> int:
         ensure_embedded_redis()
         started_redis = True
     processes: list[subprocess.Popen] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         for config in configs:
             process = _start(config, log_json)

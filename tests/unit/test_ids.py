@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vim_cluster.ids import EPOCH_MS, MAX_SEQUENCE, MAX_WORKER, SEQUENCE_BITS, IdGenerator, timestamp_of
+from vim_cluster.ids import (
+    EPOCH_MS,
+    MAX_SEQUENCE,
+    MAX_WORKER,
+    SEQUENCE_BITS,
+    IdGenerator,
+    timestamp_of,
+)
 
 NOW = 1_750_000_000_000
 

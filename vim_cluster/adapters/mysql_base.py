@@ -6,8 +6,9 @@ Rules:
 - A pool of at most `pool_size` connections: a call borrows one for its duration, so up to
   `pool_size` worker threads work at once and a thread never shares a connection. Connections
   are not tied to threads (trio's worker threads come and go).
-- Reconnect: a borrowed connection is pinged with reconnect=True, so the first call after a
-  server restart (or after MySQL's wait_timeout closed an idle connection) works.
+- Reconnect: a borrowed idle connection is pinged first and replaced by a new one if it does
+  not answer, so the first call after a server restart (or after MySQL's wait_timeout closed
+  an idle connection) works. (pymysql deprecated ping(reconnect=True).)
 - Outage errors (OperationalError, InterfaceError: refused, lost connection, server gone,
   deadlock, lock wait timeout) become StoreUnavailable in `_translated`, once; the connection
   that saw one is dropped. IntegrityError is a rule of the data: the adapter decides.
@@ -116,11 +117,11 @@ class MysqlDatabase:
     def _borrow(self) -> Iterator[Connection]:
         """A live connection for this thread alone; outage errors become StoreUnavailable."""
         with self._slots:
-            conn = self._take_idle()
+            conn: Connection | None = None
             healthy = False
             try:
                 with self._translated():
-                    conn = self._revive(conn)
+                    conn = self._revive(self._take_idle())
                     yield conn
                 healthy = True
             except (pymysql.IntegrityError, Conflict, NotFound):
@@ -134,10 +135,14 @@ class MysqlDatabase:
             return self._idle.pop() if self._idle else None
 
     def _revive(self, conn: Connection | None) -> Connection:
-        if conn is None:
-            return pymysql.connect(**self._params)
-        conn.ping(reconnect=True)
-        return conn
+        """The idle connection if it still answers a ping, else a new one."""
+        if conn is not None:
+            try:
+                conn.ping()
+                return conn
+            except pymysql.MySQLError:  # dropped by the server (restart, wait_timeout)
+                self._give_back(conn, healthy=False)
+        return pymysql.connect(**self._params)
 
     def _give_back(self, conn: Connection | None, healthy: bool) -> None:
         if conn is None:

@@ -223,7 +223,9 @@ class MasterHub:
         if problem:
             await self._refuse(ws, problem)
             return None
-        peer = self._peer_for(hello)
+        if not isinstance(auth.base, int) or auth.base < 0:
+            raise ff.ForwardProtocolError(f"bad base in auth: {auth.base!r}")
+        peer = self._peer_for(hello, auth.base)
         await self._retire_connection(peer)
         peer.connection = ws
         peer.pump_done = trio.Event()
@@ -277,16 +279,18 @@ class MasterHub:
             return f"unknown node id {hello.node!r}: not registered and alive in Redis"
         return None
 
-    def _peer_for(self, hello: ff.Hello) -> Peer:
+    def _peer_for(self, hello: ff.Hello, base: int) -> Peer:
+        """The peer of this node and epoch; a new one (whose Inbox starts at the peer's `base`:
+        after a restart of ours, a slave resends from there) if we have none."""
         key = hello.node if hello.role == "slave" else f"operator:{hello.node}:{hello.epoch}"
         peer = self.peers.get(key)
         if peer is not None and peer.epoch != hello.epoch:
             self.drop_peer(key, "restarted (new epoch)")
             peer = None
         if peer is None:
-            upstream = UpstreamAcks()
-            end = LinkEnd(Outbox(), Inbox(hello.epoch), on_packet=self._no_packet, on_acked=self._on_acked,
-                          ack_value=upstream.ack_value)
+            upstream = UpstreamAcks(received=base)
+            end = LinkEnd(Outbox(), Inbox(hello.epoch, received=base), on_packet=self._no_packet,
+                          on_acked=self._on_acked, ack_value=upstream.ack_value)
             peer = Peer(key, hello.epoch, hello.role, end, upstream)
             end.on_packet = partial(self._on_packet, peer)
             self.peers[key] = peer

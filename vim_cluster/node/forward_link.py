@@ -117,7 +117,8 @@ class SlaveLink:
         sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
                     for s in self.delivery.hub.sessions(u)]
         challenge, welcome = await client_handshake(
-            ws, self.node_id, self.role, self.epoch, self.secret, self._received_from, sessions)
+            ws, self.node_id, self.role, self.epoch, self.secret, self._received_from, sessions,
+            base=self.end.outbox.acked_upto)
         self.master_id = challenge.node
         self.end.outbox.rewind(int(welcome.received))
 
@@ -129,9 +130,11 @@ class SlaveLink:
 
 async def client_handshake(
     ws: WebSocketConnection, node_id: str, role: str, epoch: str, secret: bytes,
-    received_from: Callable[[str], int], sessions: list[list[Any]],
+    received_from: Callable[[str], int], sessions: list[list[Any]], base: int = 0,
 ) -> tuple[ff.Challenge, ff.Welcome]:
-    """The connecting side's handshake: hello, check the master's proof, prove ours."""
+    """The connecting side's handshake: hello, check the master's proof, prove ours.
+
+    `base` is our Outbox's acked_upto: a master with no Inbox for our epoch starts one there."""
     nonce = secrets.token_hex(16)
     await ws.send_message(ff.encode_frame(ff.Hello(node_id, role, epoch, nonce)))
     challenge = ff.decode_frame(await ws.get_message())
@@ -142,7 +145,7 @@ async def client_handshake(
     if not ff.mac_ok(ff.master_mac(secret, nonce, challenge.nonce), challenge.mac):
         raise ForwardLinkRefused("the master does not hold the cluster secret")
     mac = ff.slave_mac(secret, node_id, nonce, challenge.nonce)
-    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions)))
+    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions, base)))
     answer = ff.decode_frame(await ws.get_message())
     if isinstance(answer, ff.Refused):
         raise ForwardLinkRefused(answer.reason)

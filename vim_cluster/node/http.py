@@ -105,7 +105,7 @@ async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
                     status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close")]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-            if request.method == b"GET":
+            if request.method != b"HEAD":
                 await stream.send_all(conn.send(h11.Data(data=body)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
     except (trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:

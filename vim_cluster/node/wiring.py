@@ -30,18 +30,28 @@ def open_registry(config: NodeConfig, start: bool = True) -> RedisRegistry:
 
 
 def open_directory(config: NodeConfig) -> Directory:
+    """The directory adapter for the URL's scheme (sqlite:// or mysql://), migrated. Blocking."""
     url = config.store.directory
     path = sqlite_path(url)
     if path is not None:
         return SqliteDirectory(path)
+    if url.startswith("mysql://"):
+        from ..adapters.mysql_directory import MysqlDirectory  # pymysql only where configured
+
+        return MysqlDirectory(url)
     raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
 
 
 def open_messages(config: NodeConfig) -> MessageStore:
+    """The message store for the URL's scheme (sqlite:// or mongodb://), indexed. Blocking."""
     url = config.store.messages
     path = sqlite_path(url)
     if path is not None:
         return SqliteMessages(path)
+    if url.startswith("mongodb://"):
+        from ..adapters.mongo_messages import MongoMessages  # pymongo only where configured
+
+        return MongoMessages(url)
     raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")
 
 

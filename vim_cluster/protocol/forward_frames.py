@@ -5,14 +5,16 @@ binary frames. Each frame is a MessagePack map with a type tag "t":
 
     hello     slave -> master   {node, role, epoch, nonce}
     challenge master -> slave   {node, epoch, nonce, mac}      mac proves the master holds the secret
-    auth      slave -> master   {mac, received, sessions}      mac proves the slave holds the secret
+    auth      slave -> master   {mac, received, sessions, base} mac proves the slave holds the secret
     welcome   master -> slave   {received}
     refused   master -> slave   {reason}
     batch     both              {items: [[seq, packet], ...], ack}   ack is cumulative, may be null
     beat      both              {ts}
 
 `received` is the highest sequence number the sender of that frame got from the peer's current
-epoch: the peer resends everything after it. Packets (the application payload, V-IM's
+epoch: the peer resends everything after it. `base` is the highest sequence number the slave
+no longer holds (acknowledged): a master that has no Inbox for the slave's epoch (it restarted)
+starts one there, since the slave's resend starts right after it. Packets (the application payload, V-IM's
 ForwardMessage in spirit) are maps with a kind "k":
 
     deliver       {src, users, frame, exclude, ts}   a client frame for the users' sessions
@@ -126,6 +128,7 @@ class Auth:
     mac: str
     received: int
     sessions: list[list[Any]]  # [[user, session, client, uuid], ...]
+    base: int = 0  # the sender's Outbox.acked_upto: its packets after it are all still held
 
 
 @attrs.frozen

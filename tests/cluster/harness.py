@@ -1,0 +1,236 @@
+"""A 3-node cluster (master, dept-1, dept-2) of `vim-cluster run` subprocesses for tests.
+
+Every node of one cluster shares the Redis URL, the secret (one folder) and the SQLite stores
+(absolute URLs). `Cluster.start()` returns once both slaves' /healthz answer 200 (their master
+link is up); `Cluster.stop()` never leaves a process behind (SIGTERM, then SIGKILL).
+The blocking helpers here are for sync fixtures; async tests call them via `blocking(...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from ..support import NodeProcess, free_port, write_config
+from .proxy import ProxyThread
+
+T = TypeVar("T")
+MASTER, DEPT1, DEPT2 = "master", "dept-1", "dept-2"
+START_TIMEOUT = 30.0
+
+
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking helper in a worker thread, so the test's trio loop keeps serving."""
+    return await trio.to_thread.run_sync(lambda: fn(*args))
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; HTTP errors are answers too. Raises OSError if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args: str, timeout: float = 30.0, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`vim-cluster ARGS...` as a subprocess with the tests' environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "vim_cluster.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=cli_env(), input=stdin,
+    )
+
+
+class ClusterNode:
+    def __init__(self, name: str, config: Path, port: int, http_port: int, forward_port: int | None) -> None:
+        self.name = name
+        self.config = config
+        self.port = port
+        self.http_port = http_port
+        self.forward_port = forward_port
+        self.process = NodeProcess(config, port, env=cli_env())
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return self.process.process.pid
+
+    def running(self) -> bool:
+        return self.process.process is not None and self.process.process.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        self.process.start(timeout)
+
+    def stop(self) -> int | None:
+        """SIGTERM (a stopped process is continued first), SIGKILL if it lingers."""
+        if self.running():
+            os.kill(self.pid, signal.SIGCONT)
+        return self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process.process is not None
+        return self.process.process.wait(timeout)
+
+    def healthz(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+        status, body = http_get(f"http://127.0.0.1:{self.http_port}/healthz", timeout)
+        return status, json.loads(body) if body.startswith("{") else {"raw": body}
+
+    def metrics(self) -> str:
+        status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        assert status == 200, (status, body)
+        return body
+
+    def wait_health(self, expected: int, timeout: float = START_TIMEOUT) -> float:
+        """Polls /healthz until it answers `expected`; returns the seconds it took."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise RuntimeError(f"{self.name} exited ({self.process.process.returncode}); log:\n{self.log_tail()}")
+            try:
+                status, body = self.healthz(timeout=2.0)
+                if status == expected:
+                    return time.monotonic() - started
+                last = (status, body)
+            except OSError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} /healthz never answered {expected} in {timeout} s (last: {last})\n"
+                           f"{self.log_tail()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.process.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class Cluster:
+    """master + dept-1 + dept-2; `proxied` slaves reach the master through a TcpProxy."""
+
+    def __init__(self, folder: Path, redis_url: str, proxied: tuple[str, ...] = ()) -> None:
+        self.folder = folder
+        self.redis_url = redis_url
+        self.store = {
+            "directory": f"sqlite://{folder / 'data' / 'directory.db'}",
+            "messages": f"sqlite://{folder / 'data' / 'messages.db'}",
+        }
+        self.nodes: dict[str, ClusterNode] = {}
+        self.proxies: dict[str, ProxyThread] = {}
+        self._proxied = proxied
+
+    @property
+    def master(self) -> ClusterNode:
+        return self.nodes[MASTER]
+
+    @property
+    def dept1(self) -> ClusterNode:
+        return self.nodes[DEPT1]
+
+    @property
+    def dept2(self) -> ClusterNode:
+        return self.nodes[DEPT2]
+
+    @property
+    def forward_url(self) -> str:
+        return f"ws://127.0.0.1:{self.master.forward_port}/forward"
+
+    def write_node(self, node_id: str, node_type: str, master_url: str | None = None,
+                   folder: Path | None = None) -> ClusterNode:
+        """Writes a config for a node of this cluster (or of `folder`: another secret)."""
+        http_port = free_port()
+        config = write_config(
+            folder or self.folder, node_id=node_id, node_type=node_type, redis_url=self.redis_url,
+            master_url=master_url, store=self.store, extra={"http": {"port": http_port}},
+        )
+        written = _read_yaml(config)["vim"]["websocket"]
+        return ClusterNode(node_id, config, written["port"], http_port, written.get("forward-port"))
+
+    def slave_master_url(self, node_id: str) -> str:
+        if node_id in self._proxied:
+            return f"ws://127.0.0.1:{self.proxies[node_id].port}/forward"
+        return self.forward_url
+
+    def start(self) -> Cluster:
+        try:
+            self.nodes[MASTER] = self.write_node(MASTER, "master")
+            for slave in self._proxied:
+                self.proxies[slave] = ProxyThread(self.master.forward_port).start()
+            for slave in (DEPT1, DEPT2):
+                self.nodes[slave] = self.write_node(slave, "slave", self.slave_master_url(slave))
+            self.master.start()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda n: n.start(), [self.dept1, self.dept2]))
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+        """Every node's /healthz answers 200 (a slave's only once its master link is up)."""
+        for node in self.nodes.values():
+            node.wait_health(200, timeout)
+
+    def stop(self) -> None:
+        """Stops every node and proxy; kills what does not stop. Never raises for a dead node."""
+        try:
+            with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+                list(pool.map(_stop_quietly, self.nodes.values()))
+        finally:
+            for node in self.nodes.values():
+                node.kill()
+            for proxy in self.proxies.values():
+                proxy.stop()
+
+    def check_running(self) -> None:
+        """Raises unless every node process is still running (a broken module fixture)."""
+        for node in self.nodes.values():
+            if not node.running():
+                raise RuntimeError(f"{node.name} is not running any more; log tail:\n{node.log_tail()}")
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, timeout=timeout)
+
+
+def _stop_quietly(node: ClusterNode) -> None:
+    try:
+        node.stop()
+    except Exception:  # noqa: BLE001 - teardown: the finally kills it
+        node.kill()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

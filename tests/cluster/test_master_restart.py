@@ -1,0 +1,148 @@
+"""The master restarted under traffic: slaves reconnect by themselves and nothing acked is lost.
+
+Measures (printed; `pytest -s` shows it, and appended to /tmp/vim-measurements.txt) what the
+outage does to traffic: messages acked while the master was down, how long after the master's
+restart they arrived, and the local traffic of a slave meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed
+
+from ..support import Client, online
+from .harness import Cluster, blocking
+
+MEASUREMENTS = "/tmp/vim-measurements.txt"
+OUTAGE_S = 3.0  # how long the test keeps sending while the master is down
+
+
+class Collector:
+    """Reads one client's frames in the background; keeps each message's first arrival."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.arrived: dict[str, float] = {}  # message id -> time.monotonic() of first arrival
+        self.order: list[str] = []  # ids, first arrivals only
+        self.frames = 0
+        self.changed = trio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                frame = await self.client.next_frame()
+            except ConnectionClosed:
+                return
+            if frame["code"] != "message":
+                continue
+            self.frames += 1
+            message_id = frame["message"]["id"]
+            if message_id not in self.arrived:
+                self.arrived[message_id] = time.monotonic()
+                self.order.append(message_id)
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def wait_for(self, ids: list[str], timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while not set(ids) <= set(self.arrived):
+                await self.changed.wait()
+
+
+def record(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(MEASUREMENTS, "a") as out:
+        out.write(text + "\n")
+
+
+async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_outage_arrive(
+    cluster: Cluster,
+) -> None:
+    tag = secrets.token_hex(3)
+    with trio.fail_after(90):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")  # the sender, dept-1
+            carol = await online(stack, cluster.dept1.url, f"carol-{tag}")  # alice's local peer
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")  # the remote peer, dept-2
+            at_bob, at_carol = Collector(bob), Collector(carol)
+            nursery.start_soon(at_bob.run)
+            nursery.start_soon(at_carol.run)
+
+            before = await alice.chat(bob.user_id, "before the outage", "pre")
+            await at_bob.wait_for([before["id"]], 5)
+            assert before["id"] in at_bob.arrived
+
+            # --- the master goes away (SIGTERM); both slaves notice
+            down_at = time.monotonic()
+            assert await blocking(cluster.master.stop) == 0
+            for slave in (cluster.dept1, cluster.dept2):
+                await blocking(slave.wait_health, 503, 15)
+
+            # --- while it is down: alice keeps sending to bob (remote) and carol (local)
+            remote: list[dict[str, Any]] = []
+            local_latency: list[float] = []
+            outage_end = time.monotonic() + OUTAGE_S
+            i = 0
+            while time.monotonic() < outage_end:
+                remote.append(await alice.chat(bob.user_id, f"outage {i}", f"out-{i}"))
+                sent = time.monotonic()
+                ack = await alice.chat(carol.user_id, f"local {i}", f"loc-{i}")
+                await carol_gets(at_carol, ack["id"])
+                local_latency.append(at_carol.arrived[ack["id"]] - sent)
+                i += 1
+                await trio.sleep(0.05)
+            arrived_during_outage = sum(1 for a in remote if a["id"] in at_bob.arrived)
+
+            # --- the master comes back on the same config
+            restart_at = time.monotonic()
+            await blocking(cluster.master.start)
+            listening_at = time.monotonic()
+            await blocking(cluster.wait_healthy, 30)
+            links_up_at = time.monotonic()
+
+            await at_bob.wait_for([a["id"] for a in remote], 30)
+            missing = [a["cid"] for a in remote if a["id"] not in at_bob.arrived]
+            assert not missing, f"acked during the outage, never delivered: {missing}"
+            last_arrival = max(at_bob.arrived[a["id"]] for a in remote)
+            first_arrival = min(at_bob.arrived[a["id"]] for a in remote)
+            in_order = [m for m in at_bob.order if m in {a["id"] for a in remote}]
+            assert in_order == [a["id"] for a in remote], "outage messages arrived out of order"
+
+            # --- traffic between the slaves flows again, both ways
+            resumed_at = time.monotonic()
+            after = await alice.chat(bob.user_id, "after the restart", "post")
+            await at_bob.wait_for([after["id"]], 5)
+            assert after["id"] in at_bob.arrived
+            after_latency = at_bob.arrived[after["id"]] - resumed_at
+            back = await bob.chat(alice.user_id, "back to you", "back")
+            assert (await alice.expect("message"))["id"] == back["id"]
+
+            nursery.cancel_scope.cancel()
+
+    assert len(remote) > 0 and len(local_latency) == len(remote)
+    record([
+        f"== master restart ({time.strftime('%Y-%m-%d %H:%M:%S')}, SIGTERM, then `vim-cluster run` on the same config)",
+        f"master down for {listening_at - down_at:.2f} s (SIGTERM to listening again); "
+        f"restart took {listening_at - restart_at:.2f} s; both slave links up "
+        f"{links_up_at - listening_at:.2f} s after it listened",
+        f"dept-1 -> dept-2 messages acked during the outage: {len(remote)} "
+        f"(delivered during the outage: {arrived_during_outage}; lost: 0)",
+        f"they arrived {first_arrival - listening_at:.2f} s .. {last_arrival - listening_at:.2f} s after the "
+        f"master listened again ({last_arrival - links_up_at:+.2f} s after both links were up), in order",
+        f"local dept-1 -> dept-1 traffic during the outage: {len(local_latency)}/{len(local_latency)} delivered, "
+        f"latency max {max(local_latency) * 1000:.1f} ms, mean "
+        f"{sum(local_latency) / len(local_latency) * 1000:.1f} ms",
+        f"dept-1 -> dept-2 latency right after the restart: {after_latency * 1000:.1f} ms",
+    ])
+
+
+async def carol_gets(collector: Collector, message_id: str) -> None:
+    await collector.wait_for([message_id], 5)
+    assert message_id in collector.arrived, "local traffic stalled while the master was down"

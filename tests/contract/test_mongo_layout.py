@@ -1,0 +1,133 @@
+"""What the MongoDB message store promises beyond the port: V-IM's layout, indexes, the
+idempotent save without transactions, write concern and the daily frame log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from vim_cluster.adapters.mongo_base import open_client, shard_of
+from vim_cluster.adapters.mongo_messages import FrameLogEntry, MongoMessages
+from vim_cluster.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
+from vim_cluster.model import ChatType, GroupId, MessageId, UserId, chat_key
+
+from .test_message_store_contract import ALICE, BOB, G1, friend, grouped, new
+
+pytestmark = pytest.mark.timeout(60)
+T = 1_760_000_000_000
+
+
+@pytest.fixture
+def raw(mongo_url: str) -> Iterator[Database]:
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+    with client:
+        yield client.get_default_database()
+
+
+@pytest.fixture
+def store(mongo_url: str) -> Iterator[MongoMessages]:
+    adapter = MongoMessages(mongo_url)
+    yield adapter
+    adapter.close()
+
+
+def test_messages_land_in_their_conversations_shard_with_vim_field_names(store: MongoMessages, raw: Database) -> None:
+    there, back, in_group = friend(1), friend(2, BOB, ALICE), grouped(3)
+    store.save_messages([new(there, BOB), new(back, ALICE), new(in_group)])
+    assert there.chat_key == back.chat_key
+    for message in (there, back, in_group):
+        doc = raw[f"chat_message_{shard_of(message.chat_key, 16)}"].find_one({"_id": message.id})
+        assert doc is not None
+        assert set(doc) == {"_id", "cid", "from_id", "chat_id", "chat_type", "message_type", "content",
+                            "extend", "timestamp", "chat_key"}
+    total = sum(raw[f"chat_message_{n}"].count_documents({}) for n in range(16))
+    assert total == 3
+
+
+def test_snowflake_conversations_spread_over_the_shards() -> None:
+    # Ids minted 1 ms apart by one worker: their low 12 bits (the sequence) are all 0.
+    ids = [((T + n) - EPOCH_MS) << (WORKER_BITS + SEQUENCE_BITS) | (7 << SEQUENCE_BITS) for n in range(200)]
+    group_shards = {shard_of(chat_key(ChatType.GROUP, 0, i), 16) for i in ids}
+    friend_shards = {shard_of(chat_key(ChatType.FRIEND, ids[0], i), 16) for i in ids[1:]}
+    assert len(group_shards) == 16 and len(friend_shards) == 16
+
+
+
+def test_split_is_a_constructor_argument_fixed_for_the_database(mongo_url: str, raw: Database) -> None:
+    four = MongoMessages(mongo_url, split=4)
+    four.save_messages([new(grouped(n, group=GroupId(G1 + n))) for n in range(20)])
+    four.close()
+    shards = sorted(c for c in raw.list_collection_names() if c.startswith("chat_message_"))
+    assert shards == ["chat_message_0", "chat_message_1", "chat_message_2", "chat_message_3"]
+    with pytest.raises(ValueError, match="split=4"):
+        MongoMessages(mongo_url, split=16)
+
+
+def test_every_query_has_an_index(store: MongoMessages, raw: Database) -> None:
+    def keys(collection: str) -> list[list[tuple[str, int]]]:
+        return [info["key"] for info in raw[collection].index_information().values()]
+
+    assert [("chat_key", 1), ("_id", 1)] in keys("chat_message_0")
+    assert [("chat_key", 1), ("_id", 1)] in keys("chat_message_15")
+    claims = raw["message_ids"].index_information()
+    assert any(i["key"] == [("from_id", 1), ("cid", 1)] and i.get("unique") for i in claims.values())
+    pending = raw["pending_messages"].index_information()
+    assert any(i["key"] == [("user_id", 1), ("message_id", 1)] and i.get("unique") for i in pending.values())
+    assert [("user_id", 1)] in keys("read_cursors")
+
+
+def test_a_save_cut_off_after_its_claim_is_finished_by_the_retry_under_its_first_id(
+    store: MongoMessages, raw: Database
+) -> None:
+    first = friend(1)
+    raw["message_ids"].insert_one(store._claim(new(first, BOB)))  # the crash: only step 1 ran
+    assert store.get(first.id) is None and store.pending(BOB, MessageId(0), 10) == []
+    [retry] = store.save_messages([new(friend(2, cid=first.cid, content="retried"), BOB)])
+    assert (retry.message, retry.created) == (first, True)
+    assert store.pending(BOB, MessageId(0), 10) == [first]
+    assert store.history(first.chat_key, None, 10) == ([first], False)
+    claim = raw["message_ids"].find_one({"_id": first.id})
+    assert claim is not None and claim["done"] is True and "message" not in claim
+    [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
+    assert (repeat.message, repeat.created) == (first, False)
+
+
+def test_a_save_cut_off_before_done_does_not_requeue_a_confirmed_message(
+    store: MongoMessages, raw: Database
+) -> None:
+    first = friend(1)
+    store.save_messages([new(first, BOB)])
+    raw["message_ids"].update_one({"_id": first.id}, {"$set": {"done": False}})  # as if step 4 failed
+    assert [m.id for m in store.confirm(BOB, [first.id])] == [first.id]  # replayed and confirmed
+    [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
+    assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
+    assert store.pending(BOB, MessageId(0), 10) == []
+
+
+def test_write_concern_is_journaled_w1_unless_the_url_says_otherwise(mongo_url: str) -> None:
+    with open_client(mongo_url) as client:
+        assert client.write_concern.document == {"w": 1, "j": True}
+        assert client.options.server_selection_timeout == 3
+    with open_client(f"{mongo_url}?w=1&journal=false&serverSelectionTimeoutMS=1500") as client:
+        assert client.write_concern.document == {"w": 1, "j": False}
+        assert client.options.server_selection_timeout == 1.5
+
+
+def test_log_frames_appends_to_daily_collections(store: MongoMessages, raw: Database) -> None:
+    day1 = int(dt.datetime(2025, 3, 1, 23, 59, tzinfo=dt.UTC).timestamp() * 1000)
+    day2 = day1 + 2 * 60 * 1000
+    store.log_frames([
+        FrameLogEntry('{"code":"message"}', ALICE, day1),
+        FrameLogEntry("中文😀", BOB, day2),
+        FrameLogEntry("ping", UserId(ALICE), day2),
+    ])
+    store.log_frames([])
+    first = list(raw["message-log-20250301"].find({}, {"_id": 0}))
+    assert first == [{"content": '{"code":"message"}', "senderId": ALICE, "sendTime": day1}]
+    second = sorted(raw["message-log-20250302"].find({}, {"_id": 0}), key=lambda d: d["content"])
+    assert [d["content"] for d in second] == ["ping", "中文😀"]

@@ -1,0 +1,70 @@
+"""A node wired to MySQL and MongoDB by its config URLs serves clients like one on SQLite, and
+answers `error unavailable` (never an ack) while its message store is down."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+
+from vim_cluster.adapters.mongo_messages import MongoMessages
+from vim_cluster.adapters.mysql_directory import MysqlDirectory
+from vim_cluster.config import load_config
+from vim_cluster.node import wiring
+
+from ..servers import FerretDB
+from ..support import connect, online, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_wiring_picks_the_adapter_by_url_scheme(tmp_path, mysql_url: str, mongo_url: str) -> None:
+    config = load_config(write_config(
+        tmp_path, redis_url="redis://127.0.0.1:1/0", store={"directory": mysql_url, "messages": mongo_url},
+    ))
+    directory, messages = wiring.open_directory(config), wiring.open_messages(config)
+    try:
+        assert isinstance(directory, MysqlDirectory) and isinstance(messages, MongoMessages)
+    finally:
+        directory.close()
+        messages.close()
+
+
+async def test_friend_chat_and_offline_replay_on_mysql_and_mongo(start_node, mysql_url: str, mongo_url: str) -> None:
+    node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            async with connect(url) as bob:
+                await bob.register_login("bob")
+                await bob.ready()
+                ack = await alice.chat(bob.user_id, "你好 😀", "c1")
+                live = await bob.expect("message")
+                assert (live["id"], live["content"]) == (ack["id"], "你好 😀")
+            offline = await alice.chat(bob.user_id, "later 🌙", "c2")
+            assert await alice.chat(bob.user_id, "later 🌙", "c2") == offline  # idempotent cid
+            async with connect(url) as bob_again:
+                await bob_again.login("BOB")
+                replayed = await bob_again.ready()
+                assert [m["id"] for m in replayed] == [ack["id"], offline["id"]]
+
+
+async def test_message_store_outage_is_answered_unavailable_then_heals(
+    start_node, mysql_url: str, private_ferretdb: FerretDB
+) -> None:
+    node = await start_node(store={"directory": mysql_url, "messages": private_ferretdb.url("vim")})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            await trio.to_thread.run_sync(private_ferretdb.kill)
+            await alice.send("message", cid="c1", chatId=bob.user_id, type="friend", messageType="text", content="x")
+            error = await alice.expect_error("unavailable", timeout=10)
+            assert error.get("cid") == "c1"
+            await bob.no_frame("message", wait=0.5)
+            private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
+            ack = await alice.chat(bob.user_id, "x", "c1")
+            assert (await bob.expect("message"))["id"] == ack["id"]

@@ -1,0 +1,171 @@
+"""register, login (with lockout) and ready over real sockets (PROTOCOL.md §2.1)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from vim_cluster.node.app import RunningNode
+
+from ..support import PASSWORD, connect
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def test_register_returns_a_decimal_user_id_and_echoes_rid(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.send("register", username="alice", password=PASSWORD, name="Alice A.", rid="reg-1")
+            reply = await client.expect("register-ok")
+            assert reply["rid"] == "reg-1"
+            assert isinstance(reply["userId"], str) and reply["userId"].isdigit() and int(reply["userId"]) > 0
+            await client.send("register", username="bob", password=PASSWORD)
+            other = await client.expect("register-ok")
+            assert int(other["userId"]) > int(reply["userId"])  # time-ordered ids
+
+
+async def test_register_with_a_taken_username_is_conflict(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.send("register", username="alice", password=PASSWORD)
+            await client.expect("register-ok")
+            await client.send("register", username="alice", password="another password", rid="again")
+            error = await client.expect_error("conflict")
+            assert error["rid"] == "again"
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("ab", PASSWORD), ("a" * 33, PASSWORD), ("has space", PASSWORD), ("ünï", PASSWORD),
+     ("semi;colon", PASSWORD), ("alice", "short"), ("alice", "1234567"), ("alice", "")],
+)
+async def test_register_with_a_bad_username_or_short_password_is_invalid(url: str, username: str, password: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.send("register", username=username, password=password, rid="bad")
+            error = await client.expect_error("invalid")
+            assert error["rid"] == "bad"
+            await client.send("login", username="alice", password=PASSWORD)  # nothing was created
+            await client.expect_error("unauthorized")
+
+
+async def test_login_returns_user_id_token_and_expiry(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.send("register", username="alice", password=PASSWORD)
+            registered = await client.expect("register-ok")
+            before = now_ms()
+            await client.send("login", username="alice", password=PASSWORD, rid="in")
+            login = await client.expect("login-ok")
+            assert login["userId"] == registered["userId"]
+            assert login["rid"] == "in"
+            assert isinstance(login["token"], str) and login["token"]
+            assert login["expiresAt"] > before + 3600_000  # valid for longer than an hour
+
+
+async def test_login_with_wrong_password_or_unknown_user_is_unauthorized(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.register_login("alice")
+            await client.send("login", username="alice", password="wrong password", rid="w")
+            assert (await client.expect_error("unauthorized"))["rid"] == "w"
+            await client.send("login", username="nobody", password=PASSWORD, rid="n")
+            assert (await client.expect_error("unauthorized"))["rid"] == "n"
+
+
+async def test_five_failed_logins_lock_the_username_even_for_the_right_password(url: str) -> None:
+    with trio.fail_after(15):
+        async with connect(url) as client:
+            await client.send("register", username="alice", password=PASSWORD)
+            await client.expect("register-ok")
+            for i in range(5):
+                await client.send("login", username="alice", password=f"wrong-{i}-password")
+                await client.expect_error("unauthorized")
+            await client.send("login", username="alice", password=PASSWORD, rid="right")
+            error = await client.expect_error("locked")
+            assert error["rid"] == "right"
+            await client.send("login", username="ALICE", password=PASSWORD)  # same username
+            await client.expect_error("locked")
+        async with connect(url) as other:  # the lock is the username's, not the connection's
+            await other.send("login", username="alice", password=PASSWORD)
+            await other.expect_error("locked")
+
+
+async def test_failures_below_the_limit_are_forgotten_after_a_successful_login(url: str) -> None:
+    with trio.fail_after(15):
+        async with connect(url) as client:
+            await client.send("register", username="alice", password=PASSWORD)
+            await client.expect("register-ok")
+            for _ in range(4):
+                await client.send("login", username="alice", password="wrong password")
+                await client.expect_error("unauthorized")
+            await client.login("alice")
+            for _ in range(4):
+                await client.send("login", username="alice", password="wrong password")
+                await client.expect_error("unauthorized")
+            await client.login("alice")
+
+
+async def test_lockout_of_one_username_leaves_others_alone(url: str) -> None:
+    with trio.fail_after(15):
+        async with connect(url) as client:
+            await client.register_login("bob")
+            await client.send("register", username="alice", password=PASSWORD)
+            await client.expect("register-ok")
+            for _ in range(5):
+                await client.send("login", username="alice", password="wrong password")
+                await client.expect_error("unauthorized")
+            await client.login("bob")
+
+
+async def test_ready_answers_ready_ok_then_sync_done_zero(node: RunningNode, url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.register_login("alice")
+            before = now_ms()
+            await client.send("ready", token=client.token, client="pc", uuid="dev-1", rid="go")
+            ready = await client.expect("ready-ok")
+            assert ready["userId"] == client.user_id
+            assert ready["nodeId"] == node.ctx.node_id
+            assert before - 1000 <= ready["serverTime"] <= now_ms() + 1000
+            assert ready["rid"] == "go"
+            first = await client.next_frame()
+            assert first["code"] == "sync-done" and first["message"]["count"] == 0
+
+
+async def test_ready_with_a_bad_token_is_unauthorized_and_the_connection_stays_anonymous(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.register_login("alice")
+            for token in ("garbage", client.token[:-3] + "abc" if client.token else "x"):
+                await client.send("ready", token=token, rid="bad")
+                assert (await client.expect_error("unauthorized"))["rid"] == "bad"
+            await client.send("ready", rid="none")  # no token, no handshake
+            assert (await client.expect_error("unauthorized"))["rid"] == "none"
+            await client.send("contacts")
+            await client.expect_error("unauthorized")
+            assert await client.ready() == []  # the right token still works
+
+
+async def test_a_second_ready_on_one_connection_is_invalid(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.register_login("alice")
+            await client.ready()
+            await client.send("ready", token=client.token, rid="twice")
+            assert (await client.expect_error("invalid"))["rid"] == "twice"
+            await client.send("contacts", rid="still-ready")
+            assert (await client.expect("contacts"))["rid"] == "still-ready"
+
+
+async def test_a_token_from_one_connection_readies_another(url: str) -> None:
+    with trio.fail_after(10):
+        async with connect(url) as first:
+            token = await first.register_login("alice")
+        async with connect(url) as second:
+            await second.send("ready", token=token)
+            assert (await second.expect("ready-ok"))["userId"] == first.user_id

@@ -1,0 +1,204 @@
+"""Friend and group messages (PROTOCOL.md §2.2): durable ack, idempotent cid, order, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+
+import pytest
+import trio
+
+from vim_cluster.config import sqlite_path
+from vim_cluster.node.app import RunningNode
+
+from ..support import Client, online
+
+MESSAGE_FIELDS = {"id", "cid", "chatId", "type", "messageType", "content", "extend", "fromId", "timestamp"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def committed_row(node: RunningNode, message_id: str) -> tuple | None:
+    """The message as another SQLite connection sees it: only committed rows are visible."""
+    path = sqlite_path(node.ctx.config.store.messages)
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT cid, content FROM messages WHERE id = ?", (int(message_id),)).fetchone()
+
+
+async def make_group(owner: Client, name: str, *members: Client) -> str:
+    await owner.send("group-create", name=name, members=[m.user_id for m in members])
+    group = await owner.expect("group-ok")
+    for member in members:
+        await member.expect("group-ok")
+    return group["groupId"]
+
+
+async def test_friend_message_is_delivered_with_every_field(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            before = now_ms()
+            await alice.send("message", cid="c-1", rid="r-1", chatId=bob.user_id, type="friend",
+                             messageType="image", content="https://img/1.png", extend={"w": 640, "h": [1, "x"]})
+            ack = await alice.expect("ack")
+            assert set(ack) == {"cid", "id", "timestamp", "rid"}
+            assert ack["cid"] == "c-1" and ack["rid"] == "r-1"
+            assert ack["id"].isdigit() and before - 1000 <= ack["timestamp"] <= now_ms() + 1000
+            message = await bob.expect("message")
+            assert set(message) == MESSAGE_FIELDS
+            assert message == {
+                "id": ack["id"], "cid": "c-1", "chatId": bob.user_id, "type": "friend", "messageType": "image",
+                "content": "https://img/1.png", "extend": {"w": 640, "h": [1, "x"]}, "fromId": alice.user_id,
+                "timestamp": ack["timestamp"],
+            }
+
+
+async def test_ack_comes_only_after_the_message_is_committed(node: RunningNode, url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            for i in range(20):
+                await alice.send("message", cid=f"d-{i}", chatId=bob.user_id, type="friend",
+                                 messageType="text", content=f"durable {i}")
+            for _ in range(20):
+                ack = await alice.expect("ack")
+                assert committed_row(node, ack["id"]) == (ack["cid"], f"durable {ack['cid'][2:]}")
+
+
+async def test_resending_a_cid_returns_the_same_ack_and_delivers_nothing_new(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            first = await alice.chat(bob.user_id, "once", "same-cid")
+            await bob.expect("message")
+            again = await alice.chat(bob.user_id, "once", "same-cid")
+            assert again == first
+            changed = await alice.chat(bob.user_id, "different content, same cid", "same-cid")
+            assert changed == first  # the earlier message stands
+            await bob.no_frame("message")
+            await bob.send("history", chatId=alice.user_id, type="friend")
+            history = await bob.expect("history")
+            assert [m["id"] for m in history["messages"]] == [first["id"]]
+            assert history["messages"][0]["content"] == "once"
+
+
+async def test_a_cid_is_per_sender(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            from_alice = await alice.chat(bob.user_id, "a", "shared")
+            from_bob = await bob.chat(alice.user_id, "b", "shared")
+            assert from_alice["id"] != from_bob["id"]
+            assert (await alice.expect("message"))["id"] == from_bob["id"]
+
+
+async def test_messages_from_one_sender_arrive_in_ack_order(start_node) -> None:
+    count = 300
+    with trio.fail_after(20):
+        node: RunningNode = await start_node(websocket={"rate-limit": 100_000})  # pipelined: > 200/s
+        url = f"ws://127.0.0.1:{node.client_port}/"
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            for i in range(count):  # pipelined: no waiting for acks
+                await alice.send("message", cid=f"o-{i}", chatId=bob.user_id, type="friend",
+                                 messageType="text", content=str(i))
+            acks = [await alice.expect("ack") for _ in range(count)]
+            assert [a["cid"] for a in acks] == [f"o-{i}" for i in range(count)]
+            ids = [int(a["id"]) for a in acks]
+            assert ids == sorted(ids) and len(set(ids)) == count
+            received = [await bob.expect("message") for _ in range(count)]
+            assert [m["id"] for m in received] == [a["id"] for a in acks]
+            assert [m["content"] for m in received] == [str(i) for i in range(count)]
+
+
+async def test_group_message_reaches_every_member_session(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            bob = await online(stack, url, "bob")
+            carol = await online(stack, url, "carol")
+            dave = await online(stack, url, "dave")
+            group_id = await make_group(alice, "team", bob, carol)
+            await alice_pc.expect("group-ok")
+            ack = await alice.chat(group_id, "hello team", "g-1", chat_type="group")
+            for member in (bob, carol, alice_pc):
+                message = await member.expect("message")
+                assert message["id"] == ack["id"] and message["chatId"] == group_id
+                assert message["type"] == "group" and message["fromId"] == alice.user_id
+            await alice.no_frame("message", wait=0.1)
+            await dave.no_frame("message", wait=0.1)
+
+
+async def test_group_message_from_a_non_member_is_not_member(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            dave = await online(stack, url, "dave")
+            group_id = await make_group(alice, "team", bob)
+            await dave.send("message", cid="intruder", rid="r", chatId=group_id, type="group",
+                            messageType="text", content="let me in")
+            error = await dave.expect_error("not-member")
+            assert (error["cid"], error["rid"]) == ("intruder", "r")
+            await bob.no_frame("message")
+
+
+async def test_message_to_an_unknown_user_or_group_is_not_found(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            for chat_type in ("friend", "group"):
+                await alice.send("message", cid=f"nf-{chat_type}", rid="r", chatId="123456789", type=chat_type,
+                                 messageType="text", content="anyone?")
+                error = await alice.expect_error("not-found")
+                assert (error["cid"], error["rid"]) == (f"nf-{chat_type}", "r")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"chatId": "abc"}, {"chatId": ""}, {"type": "channel"}, {"messageType": "recalled"},
+     {"messageType": "sticker"}, {"content": 42}, {"extend": "not an object"}, {"chatId": None}],
+    ids=["chatId-text", "chatId-empty", "type", "recalled", "messageType", "content", "extend", "no-chatId"],
+)
+async def test_malformed_message_fields_are_invalid_with_cid(url: str, change: dict) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            message = {"cid": "bad-1", "rid": "r", "chatId": bob.user_id, "type": "friend",
+                       "messageType": "text", "content": "x", **change}
+            await alice.send("message", **{k: v for k, v in message.items() if v is not None})
+            error = await alice.expect_error("invalid")
+            assert (error["cid"], error["rid"]) == ("bad-1", "r")
+            await bob.no_frame("message", wait=0.1)
+
+
+async def test_message_without_cid_is_invalid_and_stores_nothing(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            await alice.send("message", rid="r", chatId=bob.user_id, type="friend", messageType="text", content="x")
+            assert (await alice.expect_error("invalid"))["rid"] == "r"
+            await alice.send("history", chatId=bob.user_id, type="friend")
+            assert (await alice.expect("history"))["messages"] == []
+
+
+async def test_a_message_to_oneself_is_acked_and_synced_to_other_devices(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            ack = await alice.chat(alice.user_id, "note to self", "self-1")
+            assert (await alice_pc.expect("message"))["id"] == ack["id"]
+            await alice.no_frame("message", wait=0.1)

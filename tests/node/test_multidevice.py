@@ -1,0 +1,99 @@
+"""One user on several devices (PROTOCOL.md §2.1 multi-device, §2.2 multi-device sync)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from vim_cluster.node.app import RunningNode
+
+from ..support import connect, online
+
+
+async def test_every_device_of_the_recipient_gets_every_message(url: str) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob_web = await online(stack, url, "bob", client="web")
+            bob_pc = await online(stack, url, "bob", register=False, client="pc")
+            bob_phone = await online(stack, url, "bob", register=False, client="android")
+            acks = [await alice.chat(bob_web.user_id, f"m{i}", f"c{i}") for i in range(3)]
+            for device in (bob_web, bob_pc, bob_phone):
+                got = [await device.expect("message") for _ in acks]
+                assert [m["id"] for m in got] == [a["id"] for a in acks]
+                assert [m["content"] for m in got] == ["m0", "m1", "m2"]
+                assert all(m["fromId"] == alice.user_id and m["chatId"] == bob_web.user_id for m in got)
+
+
+async def test_the_senders_other_devices_get_the_message_and_the_sending_session_only_the_ack(url: str) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            bob = await online(stack, url, "bob")
+            alice_web = await online(stack, url, "alice", client="web")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            ack = await alice_web.chat(bob.user_id, "synced", "c-sync")
+            copy = await alice_pc.expect("message")
+            assert copy["id"] == ack["id"] and copy["cid"] == "c-sync"
+            assert copy["fromId"] == alice_web.user_id and copy["chatId"] == bob.user_id
+            assert copy["content"] == "synced" and copy["timestamp"] == ack["timestamp"]
+            assert (await bob.expect("message"))["id"] == ack["id"]
+            await alice_web.no_frame("message")
+
+
+async def test_a_second_session_of_one_client_type_replaces_the_first_with_other_login(
+    node: RunningNode, url: str
+) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            first = await online(stack, url, "bob", client="web", uuid="web-1")
+            phone = await online(stack, url, "bob", register=False, client="android", uuid="phone-1")
+            second = await online(stack, url, "bob", register=False, client="web", uuid="web-2")
+            notice = await first.expect("other-login")
+            assert notice == {"uuid": "web-2", "nodeId": node.ctx.node_id}
+            reason = await first.expect_closed()
+            assert reason.code != 1000 or reason.reason  # closed by the node, not by the client
+            await phone.no_frame("other-login", wait=0.1)  # other client types stay
+            await second.no_frame("other-login", wait=0.1)
+            ack = await alice.chat(second.user_id, "after", "c-after")
+            assert (await second.expect("message"))["id"] == ack["id"]
+            assert (await phone.expect("message"))["id"] == ack["id"]
+            assert not phone.ws.closed and not second.ws.closed
+
+
+async def test_a_replaced_session_gets_no_more_frames(url: str) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            old = await online(stack, url, "bob", client="pc")
+            await online(stack, url, "bob", register=False, client="pc")
+            await old.expect("other-login")
+            await old.expect_closed()
+            await alice.chat(old.user_id, "to the new one", "c-new")
+            assert all(frame["code"] != "message" for frame in old.backlog)
+
+
+async def test_handshake_login_with_the_same_client_type_also_replaces(url: str) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            first = await online(stack, url, "bob", client="ios", uuid="ios-1")
+            assert first.token
+            second = await stack.enter_async_context(connect(f"{url}?token={first.token}&client=ios&uuid=ios-2"))
+            notice = await first.expect("other-login")
+            assert notice["uuid"] == "ios-2"
+            await first.expect_closed()
+            await second.send("ping", rid="alive")
+            assert (await second.expect("pong"))["rid"] == "alive"
+
+
+async def test_a_device_going_away_leaves_the_others_receiving(url: str) -> None:
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob_pc = await online(stack, url, "bob", client="pc")
+            async with connect(url) as bob_web:
+                await bob_web.login("bob")
+                await bob_web.ready(client="web")
+            ack = await alice.chat(bob_pc.user_id, "still here", "c-still")
+            assert (await bob_pc.expect("message"))["id"] == ack["id"]

@@ -1,0 +1,140 @@
+"""Recall (PROTOCOL.md §2.2 `recall`): only the sender, only within the window."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from vim_cluster.node.app import RunningNode
+
+from ..support import connect, online
+
+
+async def test_sender_recalls_and_every_session_that_saw_it_is_told(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            bob = await online(stack, url, "bob")
+            bob_phone = await online(stack, url, "bob", register=False, client="android")
+            ack = await alice.chat(bob.user_id, "oops", "rc-1")
+            for session in (alice_pc, bob, bob_phone):
+                await session.expect("message")
+            await alice.send("recall", id=ack["id"], rid="undo")
+            answer = await alice.expect("recall")
+            assert answer == {"id": ack["id"], "chatId": bob.user_id, "type": "friend", "by": alice.user_id,
+                              "rid": "undo"}
+            for session in (alice_pc, bob, bob_phone):
+                notice = await session.expect("recall")
+                assert notice == {"id": ack["id"], "chatId": bob.user_id, "type": "friend", "by": alice.user_id}
+
+
+async def test_history_shows_a_recalled_message_as_recalled_with_empty_content(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            kept = await alice.chat(bob.user_id, "keep", "rc-keep")
+            gone = await alice.chat(bob.user_id, "secret", "rc-gone")
+            await alice.send("recall", id=gone["id"])
+            await alice.expect("recall")
+            for client, peer in ((alice, bob), (bob, alice)):
+                await client.send("history", chatId=peer.user_id, type="friend")
+                messages = {m["id"]: m for m in (await client.expect("history"))["messages"]}
+                assert messages[gone["id"]]["messageType"] == "recalled"
+                assert messages[gone["id"]]["content"] == ""
+                assert messages[kept["id"]]["content"] == "keep"
+
+
+async def test_a_recalled_message_is_replayed_as_recalled(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            async with connect(url) as bob:
+                await bob.register_login("bob")
+            ack = await alice.chat(bob.user_id, "secret", "rc-off")
+            await alice.send("recall", id=ack["id"])
+            await alice.expect("recall")
+            async with connect(url) as bob:
+                await bob.login("bob")
+                (replayed,) = await bob.ready()
+                assert replayed["id"] == ack["id"]
+                assert (replayed["messageType"], replayed["content"]) == ("recalled", "")
+
+
+async def test_group_recall_reaches_every_member(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            carol = await online(stack, url, "carol")
+            await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
+            group_id = (await alice.expect("group-ok"))["groupId"]
+            ack = await alice.chat(group_id, "wrong chat", "rc-g", chat_type="group")
+            await alice.send("recall", id=ack["id"])
+            await alice.expect("recall")
+            for member in (bob, carol):
+                assert await member.expect("recall") == {"id": ack["id"], "chatId": group_id, "type": "group",
+                                                         "by": alice.user_id}
+
+
+async def test_recalling_another_users_message_is_forbidden(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            ack = await alice.chat(bob.user_id, "mine", "rc-mine")
+            await bob.expect("message")
+            await bob.send("recall", id=ack["id"], rid="nope")
+            assert (await bob.expect_error("forbidden"))["rid"] == "nope"
+            await alice.no_frame("recall", wait=0.1)
+            await bob.send("history", chatId=alice.user_id, type="friend")
+            (message,) = (await bob.expect("history"))["messages"]
+            assert (message["messageType"], message["content"]) == ("text", "mine")
+
+
+async def test_recalling_an_unknown_message_is_not_found(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            await alice.send("recall", id="123456789", rid="nf")
+            assert (await alice.expect_error("not-found"))["rid"] == "nf"
+
+
+async def test_a_removed_group_member_cannot_recall_and_the_message_stays(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            await alice.send("group-create", name="team", members=[bob.user_id])
+            group_id = (await alice.expect("group-ok"))["groupId"]
+            ack = await bob.chat(group_id, "bob was here", "rc-rm", chat_type="group")
+            await alice.expect("message")
+            await alice.send("group-remove", groupId=group_id, members=[bob.user_id])
+            await alice.expect("group-ok")
+            await bob.send("recall", id=ack["id"], rid="late")
+            assert (await bob.expect_error("forbidden"))["rid"] == "late"
+            await alice.send("history", chatId=group_id, type="group")
+            (message,) = (await alice.expect("history"))["messages"]
+            assert (message["messageType"], message["content"]) == ("text", "bob was here")
+
+
+async def test_recall_after_the_window_is_expired(start_node) -> None:
+    with trio.fail_after(10):
+        node: RunningNode = await start_node(extra={"message": {"recall-window": 1}})
+        url = f"ws://127.0.0.1:{node.client_port}/"
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            early = await alice.chat(bob.user_id, "quick", "rc-quick")
+            late = await alice.chat(bob.user_id, "slow", "rc-slow")
+            await alice.send("recall", id=early["id"])
+            await alice.expect("recall")
+            await trio.sleep(1.2)
+            await alice.send("recall", id=late["id"], rid="too-late")
+            assert (await alice.expect_error("expired"))["rid"] == "too-late"
+            await bob.send("history", chatId=alice.user_id, type="friend")
+            messages = {m["id"]: m for m in (await bob.expect("history"))["messages"]}
+            assert messages[late["id"]]["content"] == "slow"
+            assert messages[early["id"]]["messageType"] == "recalled"

@@ -1,0 +1,132 @@
+"""Delivery receipts and read cursors (PROTOCOL.md §2.2 `received`, `read`; §2.3)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from ..support import connect, online
+
+
+async def test_received_sends_a_delivered_receipt_to_every_session_of_the_sender(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            bob = await online(stack, url, "bob")
+            ack = await alice.chat(bob.user_id, "did you get it?", "r-1")
+            await alice_pc.expect("message")
+            message = await bob.expect("message")
+            await bob.send("received", ids=[message["id"]])
+            expected = {"id": ack["id"], "chatId": bob.user_id, "status": "delivered", "by": bob.user_id}
+            assert await alice.expect("receipt") == expected
+            assert await alice_pc.expect("receipt") == expected
+            await bob.no_frame("receipt", wait=0.1)
+
+
+async def test_a_second_received_for_one_message_sends_no_second_receipt(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            ack = await alice.chat(bob.user_id, "once", "r-once")
+            await bob.send("received", ids=[ack["id"], ack["id"]])
+            await alice.expect("receipt")
+            await bob.send("received", ids=[ack["id"]])
+            await alice.no_frame("receipt")
+
+
+async def test_received_for_someone_elses_message_confirms_nothing(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            mallory = await online(stack, url, "mallory")
+            ack = await alice.chat(bob.user_id, "for bob", "r-bob")
+            await mallory.send("received", ids=[ack["id"], "123"])
+            await alice.no_frame("receipt")
+        async with connect(url) as bob_again:  # still unconfirmed: bob gets it again
+            await bob_again.login("bob")
+            assert [m["id"] for m in await bob_again.ready()] == [ack["id"]]
+
+
+async def test_group_messages_get_no_delivery_receipts(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            await alice.send("group-create", name="team", members=[bob.user_id])
+            group = await alice.expect("group-ok")
+            ack = await alice.chat(group["groupId"], "hi all", "g-1", chat_type="group")
+            await bob.expect("message")
+            await bob.send("received", ids=[ack["id"]])
+            await alice.no_frame("receipt")
+
+
+async def test_read_tells_the_peer_with_the_readers_id_as_chat_id(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            bob = await online(stack, url, "bob")
+            ack = await alice.chat(bob.user_id, "read me", "rd-1")
+            await bob.expect("message")
+            await bob.send("read", chatId=alice.user_id, type="friend", timestamp=ack["timestamp"], rid="rd")
+            expected = {"chatId": bob.user_id, "type": "friend", "timestamp": ack["timestamp"], "by": bob.user_id}
+            notice = await alice.expect("read")
+            notice.pop("rid", None)  # the rid is the reader's, not the peer's
+            assert notice == expected
+            notice_pc = await alice_pc.expect("read")
+            notice_pc.pop("rid", None)
+            assert notice_pc == expected
+
+
+async def test_read_of_an_unknown_chat_is_refused(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            await alice.send("read", chatId="123456789", type="friend", timestamp=1, rid="nf")
+            assert (await alice.expect_error("not-found"))["rid"] == "nf"
+            await alice.send("group-create", name="mine", members=[])
+            group = await alice.expect("group-ok")
+            await bob.send("read", chatId=group["groupId"], type="group", timestamp=1, rid="nm")
+            assert (await bob.expect_error("not-member"))["rid"] == "nm"
+
+
+async def test_group_read_cursor_survives_reconnect(url: str) -> None:
+    """Group messages at or before the cursor are not replayed; newer ones are."""
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            async with connect(url) as bob:
+                await bob.register_login("bob")
+                await bob.ready()
+                await alice.send("group-create", name="team", members=[bob.user_id])
+                group_id = (await alice.expect("group-ok"))["groupId"]
+                await bob.expect("group-ok")
+            acks = []
+            for i in range(4):  # bob is away
+                acks.append(await alice.chat(group_id, f"g{i}", f"g-{i}", chat_type="group"))
+                await trio.sleep(0.01)  # distinct milliseconds: the cursor is a timestamp
+            async with connect(url) as bob:
+                await bob.login("bob")
+                replayed = await bob.ready()
+                assert [m["id"] for m in replayed] == [a["id"] for a in acks]
+                await bob.send("read", chatId=group_id, type="group", timestamp=acks[1]["timestamp"])
+                await bob.send("ping", rid="after-read")  # the read is handled once this is answered
+                await bob.expect("pong")
+            async with connect(url) as bob:
+                await bob.login("bob")
+                replayed = await bob.ready()
+                assert [m["id"] for m in replayed] == [a["id"] for a in acks[2:]]
+            async with connect(url) as bob:  # a read cursor never moves back
+                await bob.login("bob")
+                await bob.ready()
+                await bob.send("read", chatId=group_id, type="group", timestamp=acks[0]["timestamp"])
+                await bob.send("ping")
+                await bob.expect("pong")
+            async with connect(url) as bob:
+                await bob.login("bob")
+                assert [m["id"] for m in await bob.ready()] == [a["id"] for a in acks[2:]]

@@ -1,0 +1,357 @@
+"""Private throwaway MariaDB and FerretDB servers for the tests, and the fixtures that hand them out.
+
+- Every server is private: its own temp folder, a free loopback port, started by the test
+  process. `mysql_server` / `mongo_server` start one per session; `mysql_url` / `mongo_url`
+  give each test a fresh database on it (dropped afterwards), so tests are isolated.
+  `private_mariadb` / `private_ferretdb` give a test a server of its own that it may stop.
+- VIM_TEST_MYSQL_URL / VIM_TEST_MONGO_URL point the session fixtures at an existing server
+  instead (its account must be allowed to create and drop databases; the URL's own database
+  is not touched). VIM_FERRETDB names the ferretdb binary (else PATH, else `go env GOPATH`/bin).
+- A missing server skips the tests that need it, with how to get it; with
+  VIM_REQUIRE_TEST_SERVERS=1 (CI) it fails them instead.
+- No process outlives the test run: servers are stopped at fixture teardown, killed at
+  interpreter exit, and (through util-linux's setpriv) killed by the kernel if the test process
+  dies. The kernel's signal follows the thread that started the server: start servers from the
+  main thread (pytest's fixtures do), not from a worker thread.
+- START_TIMES records how long each step took (seconds); the contract conftest prints them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import pymysql
+import pytest
+from pymongo import MongoClient
+
+from .support import free_port
+
+START_TIMES: list[tuple[str, float]] = []
+_LIVE: set[PrivateServer] = set()
+SERVER_START_TIMEOUT_S = 60.0
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skips the test for a missing server, or fails it when VIM_REQUIRE_TEST_SERVERS is set."""
+    if os.environ.get("VIM_REQUIRE_TEST_SERVERS", "") not in ("", "0"):
+        pytest.fail(f"{reason} (VIM_REQUIRE_TEST_SERVERS is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def dies_with_us(command: list[str]) -> list[str]:
+    """The command, run so that the kernel kills it if this process dies (util-linux setpriv)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *command] if shutil.which("setpriv") else command
+
+
+def _timed(label: str, started: float) -> float:
+    seconds = time.monotonic() - started
+    START_TIMES.append((label, seconds))
+    return seconds
+
+
+class PrivateServer:
+    """A server process in `folder` on `port`; `start` waits until it answers."""
+
+    name = "server"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> float:
+        """Starts the server and waits until it answers; returns the seconds it took."""
+        started = time.monotonic()
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                dies_with_us(self.command()), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.folder,
+            )
+        _LIVE.add(self)
+        while not self.answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log}")
+            if time.monotonic() - started > SERVER_START_TIMEOUT_S:
+                self.kill()
+                raise TimeoutError(f"{self.name} did not answer within {SERVER_START_TIMEOUT_S} s; see {self.log}")
+            time.sleep(0.05)
+        return _timed(f"{self.name} start", started)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown), SIGKILL after 20 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        _LIVE.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed on the way out."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        _LIVE.discard(self)
+
+    def port_open(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for server in list(_LIVE):
+        server.kill()
+
+
+# -- MariaDB ------------------------------------------------------------------------------------
+
+
+def find_mariadb() -> tuple[str, str]:
+    mariadbd = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
+    install = shutil.which("mariadb-install-db") or shutil.which("mariadb-install-db", path="/usr/bin:/usr/local/bin")
+    if not mariadbd or not install:
+        unavailable("mariadbd not found: apt-get install mariadb-server (or run "
+                    "scripts/install-test-servers.sh), or set VIM_TEST_MYSQL_URL")
+    return mariadbd, install
+
+
+class MariaDB(PrivateServer):
+    """mariadbd with a fresh datadir; user `vim` (random password) may do anything."""
+
+    name = "mariadb"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.mariadbd, self.install_db = find_mariadb()
+        self.datadir = folder / "data"
+        socket_dir = folder if len(str(folder)) < 80 else Path(tempfile.mkdtemp(prefix="vim-mdb-"))
+        self.socket = socket_dir / "mysqld.sock"
+        self.password = secrets.token_hex(12)
+        self._as_root = ["--user=root"] if os.geteuid() == 0 else []
+
+    def create(self) -> MariaDB:
+        """Initialises the datadir, starts the server and creates the `vim` account."""
+        started = time.monotonic()
+        subprocess.run(
+            dies_with_us([self.install_db, "--no-defaults", "--auth-root-authentication-method=normal",
+                          f"--datadir={self.datadir}", "--skip-test-db", *self._as_root]),
+            check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+        )
+        _timed("mariadb install-db", started)
+        self.start()
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute("CREATE USER 'vim'@'%%' IDENTIFIED BY %s", (self.password,))
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'vim'@'%'")
+        return self
+
+    def command(self) -> list[str]:
+        return [
+            self.mariadbd, "--no-defaults", *self._as_root,
+            f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
+            "--bind-address=127.0.0.1", f"--pid-file={self.folder / 'mariadbd.pid'}",
+            f"--log-error={self.folder / 'error.log'}", "--skip-name-resolve",
+            "--innodb-buffer-pool-size=32M", "--max-connections=500",
+        ]
+
+    def admin(self) -> pymysql.connections.Connection:
+        return pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True, connect_timeout=2)
+
+    def answers(self) -> bool:
+        # pymysql leaks its socket when a Unix-socket connect fails: try only once both are up.
+        if not self.socket.exists() or not self.port_open():
+            return False
+        try:
+            self.admin().close()
+        except pymysql.MySQLError:
+            return False
+        return True
+
+    def url(self, database: str) -> str:
+        return f"mysql://vim:{self.password}@127.0.0.1:{self.port}/{database}"
+
+
+class MysqlDatabases:
+    """Fresh databases on one MySQL/MariaDB server, made and dropped with an admin account."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        parts = urlsplit(base_url)
+        self._admin: dict[str, Any] = {
+            "host": parts.hostname, "port": parts.port or 3306, "user": parts.username or "",
+            "password": parts.password or "", "autocommit": True, "connect_timeout": 5,
+        }
+
+    def create(self) -> str:
+        name = f"vimtest_{secrets.token_hex(6)}"
+        self._execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        return urlunsplit(urlsplit(self.base_url)._replace(path=f"/{name}", query=""))
+
+    def drop(self, url: str) -> None:
+        self._execute(f"DROP DATABASE IF EXISTS `{urlsplit(url).path.lstrip('/')}`")
+
+    def _execute(self, statement: str) -> None:
+        with pymysql.connect(**self._admin) as conn, conn.cursor() as cur:
+            cur.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MysqlDatabases]:
+    """The session's MySQL/MariaDB: VIM_TEST_MYSQL_URL's, or a private MariaDB."""
+    external = os.environ.get("VIM_TEST_MYSQL_URL")
+    if external:
+        yield MysqlDatabases(external)
+        return
+    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    try:
+        server.create()
+        yield MysqlDatabases(server.url(""))
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mysql_url(mysql_server: MysqlDatabases) -> Iterator[str]:
+    """A fresh, empty database for this test."""
+    url = mysql_server.create()
+    yield url
+    mysql_server.drop(url)
+
+
+@pytest.fixture
+def private_mariadb(tmp_path: Path) -> Iterator[MariaDB]:
+    """A MariaDB of this test's own, which it may stop and start."""
+    server = MariaDB(tmp_path / "mariadb")
+    try:
+        yield server.create()
+    finally:
+        server.stop()
+
+
+# -- FerretDB -----------------------------------------------------------------------------------
+
+
+def find_ferretdb() -> str:
+    named = os.environ.get("VIM_FERRETDB")
+    if named:
+        if not os.access(named, os.X_OK):
+            unavailable(f"VIM_FERRETDB={named} is not an executable file")
+        return named
+    found = shutil.which("ferretdb")
+    if found:
+        return found
+    gopath = _go_path()
+    candidate = Path(gopath, "bin", "ferretdb") if gopath else None
+    if candidate is not None and os.access(candidate, os.X_OK):
+        return str(candidate)
+    unavailable("ferretdb not found: run scripts/install-test-servers.sh (builds FerretDB v1.24.2 "
+                "with Go), set VIM_FERRETDB=/path/to/ferretdb, or set VIM_TEST_MONGO_URL")
+
+
+def _go_path() -> str | None:
+    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    if go:
+        result = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip().split(os.pathsep)[0]
+    return str(Path.home() / "go")
+
+
+class FerretDB(PrivateServer):
+    """FerretDB on its SQLite backend: MongoDB's wire protocol over files in `folder`/data."""
+
+    name = "ferretdb"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.binary = find_ferretdb()
+        self.data = folder / "data"
+        self.data.mkdir(exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.data}/",
+            f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=127.0.0.1:0",
+            f"--state-dir={self.folder}", "--telemetry=disable", "--log-level=WARN",
+        ]
+
+    def answers(self) -> bool:
+        return self.port_open()
+
+    def url(self, database: str) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/{database}"
+
+
+class MongoDatabases:
+    """Fresh databases on one MongoDB-wire server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def create(self) -> str:
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(path=f"/vimtest_{secrets.token_hex(6)}"))
+
+    def drop(self, url: str) -> None:
+        client: MongoClient[dict[str, Any]] = MongoClient(self.base_url, serverSelectionTimeoutMS=5000)
+        with client:
+            client.drop_database(urlsplit(url).path.lstrip("/"))
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoDatabases]:
+    """The session's MongoDB-wire server: VIM_TEST_MONGO_URL's, or a private FerretDB."""
+    external = os.environ.get("VIM_TEST_MONGO_URL")
+    if external:
+        yield MongoDatabases(external)
+        return
+    server = FerretDB(tmp_path_factory.mktemp("ferretdb"))
+    try:
+        server.start()
+        yield MongoDatabases(server.url(""))
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mongo_url(mongo_server: MongoDatabases) -> Iterator[str]:
+    """A fresh, empty database for this test."""
+    url = mongo_server.create()
+    yield url
+    mongo_server.drop(url)
+
+
+@pytest.fixture
+def private_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
+    """A FerretDB of this test's own, which it may stop and start."""
+    server = FerretDB(tmp_path / "ferretdb")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,346 @@
+"""The MessageStore port on MongoDB (pymongo), V-IM's layout; works on FerretDB.
+
+Collections (see `mongo_base` for the shard rule and the document fields):
+- `chat_message_{n}`: messages, sharded by conversation; index (chat_key, _id).
+- `message_ids`: one claim per (from_id, cid), unique index (from_id, cid); `_id` is the
+  message id and `shard` says where the message lives (how `get` and `recall` find it).
+- `pending_messages`: offline sets, unique index (user_id, message_id).
+- `read_cursors`: one document per (user, chat), index user_id.
+- `store_layout`: the `split` the database was created with (a different one is refused).
+- `message-log-{yyyyMMdd}`: V-IM's raw frame log, written by `log_frames` (not part of the port).
+Offline sets and cursors live here, not in Redis, so a Redis flush loses nothing.
+
+How save_messages stays idempotent without transactions (FerretDB has none), per message:
+1. claim: insert {_id: id, from_id, cid, shard, message, pending_for} into message_ids. The
+   unique (from_id, cid) index lets exactly one claim per sender and cid exist, across shards.
+2. pending: insert its offline-set rows (a duplicate row is ignored).
+3. message: insert its document into its shard (a duplicate _id is ignored). From here on it
+   is visible to history, pending, get and group replay. Pending rows are written before it,
+   so a visible message is always in every offline set it belongs to.
+4. done: mark the claim done and drop its copy of the message (one update for the batch).
+Each step is one unordered bulk write for the whole batch: a batch costs 3 round trips plus
+one per shard it touches. When a claim already exists (a repeat, or a retry after a failure):
+- claim done: the repeat gets the stored message with created=False and adds nothing.
+- claim not done: an earlier call failed (or is still running elsewhere). This call redoes
+  what is missing with the claim's own copy (same id, timestamp, content and recipients:
+  never a second message), marks it done and reports created=True, because no call has
+  returned it as saved. If its document already existed, its offline rows did too and are not
+  written again (a recipient who already confirmed it is not given it again).
+So after an error part of a batch may be visible, but every message is either absent or
+complete, and the next save of the same (from_id, cid) finishes it under its first id. Two
+nodes saving the same (from_id, cid) at the same moment may both report created=True;
+recipients drop the duplicate by id. A message finished by a retry keeps its first attempt's
+id, so it sorts before messages the sender sent between the failure and the retry.
+
+Acks: every write uses the client's write concern (w=1, journal=true by default), so
+save_messages returns only once the server acknowledged the journaled write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from ..errors import NotFound
+from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId, chat_key
+from ..ports import NewMessage, Saved
+from .mongo_base import (
+    CHAT_PREFIX,
+    CLAIMS,
+    CURSORS,
+    DEFAULT_SPLIT,
+    LAYOUT,
+    LOG_PREFIX,
+    PENDING,
+    insert_new,
+    message_doc,
+    message_of,
+    open_client,
+    redact,
+    shard_of,
+    translated,
+)
+
+Doc = dict[str, Any]
+
+
+@attrs.frozen
+class FrameLogEntry:
+    """One raw client frame for V-IM's daily message log."""
+
+    content: str
+    sender_id: int
+    send_time: int  # ms
+
+
+class MongoMessages:
+    """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
+
+    def __init__(self, url: str, split: int = DEFAULT_SPLIT) -> None:
+        if split < 1:
+            raise ValueError(f"split must be at least 1, got {split}")
+        self.name = redact(url)
+        self.split = split
+        self._client = open_client(url)
+        try:
+            with translated(self.name):
+                self._db = self._client.get_default_database()
+                self._shards: list[Collection[Doc]] = [self._db[f"{CHAT_PREFIX}{n}"] for n in range(split)]
+                self._claims: Collection[Doc] = self._db[CLAIMS]
+                self._pending: Collection[Doc] = self._db[PENDING]
+                self._cursors: Collection[Doc] = self._db[CURSORS]
+                self._check_layout()
+                self._create_indexes()
+        except BaseException:
+            self._client.close()
+            raise
+
+    def _check_layout(self) -> None:
+        """Refuses to open a database created with another split (its shards would be lost)."""
+        layout = self._db[LAYOUT]
+        insert_new(layout, [{"_id": "chat_message", "split": self.split}])
+        stored = layout.find_one({"_id": "chat_message"})
+        if stored is not None and stored["split"] != self.split:
+            raise ValueError(f"{self.name} was created with split={stored['split']}, not {self.split}")
+
+    def _create_indexes(self) -> None:
+        """One index per query; creating an existing index is a no-op (safe at every start)."""
+        for shard in self._shards:
+            shard.create_index([("chat_key", ASCENDING), ("_id", ASCENDING)], name="chat_key_id")
+        self._claims.create_index([("from_id", ASCENDING), ("cid", ASCENDING)], name="from_id_cid", unique=True)
+        self._pending.create_index(
+            [("user_id", ASCENDING), ("message_id", ASCENDING)], name="user_message", unique=True
+        )
+        self._cursors.create_index([("user_id", ASCENDING)], name="user_id")
+
+    def _shard(self, key: str) -> int:
+        return shard_of(key, self.split)
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
+        """Idempotent per (from_id, cid), results in batch order; see the module docstring."""
+        with translated(self.name):
+            firsts: dict[tuple[int, str], int] = {}
+            for i, item in enumerate(batch):
+                firsts.setdefault((item.message.from_id, item.message.cid), i)
+            outcome = self._save_unique([batch[i] for i in firsts.values()])
+        results: list[Saved] = []
+        for i, item in enumerate(batch):
+            key = (item.message.from_id, item.message.cid)
+            saved = outcome[key]
+            results.append(saved if firsts[key] == i else Saved(saved.message, created=False))
+        return results
+
+    def _save_unique(self, items: Sequence[NewMessage]) -> dict[tuple[int, str], Saved]:
+        claims = [self._claim(item) for item in items]
+        refused = insert_new(self._claims, claims)
+        earlier = self._claims_of([items[i].message for i in sorted(refused)])
+        stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
+        outcome: dict[tuple[int, str], Saved] = {}
+        write: list[Doc] = []  # claims whose pending rows and document are still to write
+        finish: list[int] = []  # claims to mark done
+        for i, item in enumerate(items):
+            key = (item.message.from_id, item.message.cid)
+            claim = claims[i] if i not in refused else earlier.get(key)
+            if claim is None:
+                raise RuntimeError(f"message id {item.message.id} is claimed by another (from_id, cid)")
+            found = stored.get(claim["_id"])
+            if claim.get("done"):
+                if found is None:
+                    raise RuntimeError(f"message {claim['_id']} is done but missing from its shard")
+                outcome[key] = Saved(found, created=False)
+                continue
+            outcome[key] = Saved(found if found is not None else message_of(claim["message"]), created=True)
+            finish.append(claim["_id"])
+            if found is None:
+                write.append(claim)
+        self._write(write)
+        if finish:
+            self._claims.update_many(
+                {"_id": {"$in": finish}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
+            )
+        return outcome
+
+    def _claim(self, item: NewMessage) -> Doc:
+        m = item.message
+        return {
+            "_id": m.id,
+            "from_id": m.from_id,
+            "cid": m.cid,
+            "shard": self._shard(m.chat_key),
+            "message": message_doc(m),
+            "pending_for": list(dict.fromkeys(item.pending_for)),
+        }
+
+    def _claims_of(self, messages: Sequence[Message]) -> dict[tuple[int, str], Doc]:
+        """The stored claims of these (from_id, cid) pairs, in one query."""
+        if not messages:
+            return {}
+        cids: dict[int, list[str]] = defaultdict(list)
+        for m in messages:
+            cids[m.from_id].append(m.cid)
+        query = {"$or": [{"from_id": f, "cid": {"$in": c}} for f, c in cids.items()]}
+        return {(doc["from_id"], doc["cid"]): doc for doc in self._claims.find(query)}
+
+    def _write(self, claims: Sequence[Doc]) -> None:
+        """Steps 2 and 3 of the module docstring: offline rows first, then the documents."""
+        rows = [
+            {"user_id": user, "message_id": c["_id"], "shard": c["shard"]}
+            for c in claims
+            for user in c["pending_for"]
+        ]
+        insert_new(self._pending, rows)
+        by_shard: dict[int, list[Doc]] = defaultdict(list)
+        for c in claims:
+            by_shard[c["shard"]].append(c["message"])
+        for shard, docs in sorted(by_shard.items()):
+            insert_new(self._shards[shard], docs)
+
+    def _fetch(self, refs: Iterable[tuple[int, int]]) -> dict[int, Message]:
+        """The messages (id, shard) that exist, by id: one query per shard."""
+        ids: dict[int, list[int]] = defaultdict(list)
+        for message_id, shard in refs:
+            ids[shard].append(message_id)
+        found: dict[int, Message] = {}
+        for shard, wanted in ids.items():
+            for doc in self._shards[shard].find({"_id": {"$in": wanted}}):
+                found[doc["_id"]] = message_of(doc)
+        return found
+
+    # -- offline sets and cursors --------------------------------------------------------------
+
+    def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        """Unconfirmed messages with id > after, oldest first (only complete messages)."""
+        found: list[Message] = []
+        with translated(self.name):
+            while len(found) < limit:
+                want = limit - len(found)
+                rows = list(
+                    self._pending.find({"user_id": user_id, "message_id": {"$gt": after}})
+                    .sort("message_id", ASCENDING)
+                    .limit(want)
+                )
+                messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
+                found.extend(messages[r["message_id"]] for r in rows if r["message_id"] in messages)
+                if len(rows) < want:
+                    break
+                after = MessageId(rows[-1]["message_id"])
+        return found
+
+    def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
+        """Removes ids from the offline set; returns those that were in it, in `ids` order."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        with translated(self.name):
+            rows = self._pending.find({"user_id": user_id, "message_id": {"$in": wanted}})
+            messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
+            if messages:
+                self._pending.delete_many({"user_id": user_id, "message_id": {"$in": list(messages)}})
+        return [messages[i] for i in wanted if i in messages]
+
+    def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
+        """Each group's messages with timestamp > its cursor and id > after, oldest first."""
+        found: list[Message] = []
+        if limit <= 0:
+            return found
+        with translated(self.name):
+            for group_id, cursor in cursors.items():
+                key = chat_key(ChatType.GROUP, 0, group_id)
+                docs = (
+                    self._shards[self._shard(key)]
+                    .find({"chat_key": key, "_id": {"$gt": after}, "timestamp": {"$gt": cursor}})
+                    .sort("_id", ASCENDING)
+                    .limit(limit)
+                )
+                found.extend(message_of(d) for d in docs)
+        found.sort(key=lambda m: m.id)
+        return found[:limit]
+
+    def set_read_cursor(self, user_id: UserId, chat_type: ChatType, chat_id: int, timestamp: int) -> int:
+        """Moves the cursor forward only ($max); returns the cursor now stored."""
+        query = {"_id": f"{user_id}:{chat_type.value}:{chat_id}"}
+        update = {
+            "$max": {"timestamp": timestamp},
+            "$setOnInsert": {"user_id": user_id, "chat_type": chat_type.value, "chat_id": chat_id},
+        }
+        with translated(self.name):
+            try:
+                doc = self._cursors.find_one_and_update(
+                    query, update, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:  # a concurrent upsert inserted it first: now it exists
+                doc = self._cursors.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        assert doc is not None  # upserted, or updated after a concurrent upsert
+        return int(doc["timestamp"])
+
+    def read_cursors(self, user_id: UserId) -> list[ReadCursor]:
+        with translated(self.name):
+            docs = list(self._cursors.find({"user_id": user_id}))
+        cursors = [ReadCursor(ChatType(d["chat_type"]), d["chat_id"], d["timestamp"]) for d in docs]
+        return sorted(cursors, key=lambda c: (c.chat_type.value, c.chat_id))
+
+    # -- history and single messages -----------------------------------------------------------
+
+    def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
+        """Up to `limit` messages older than `before`, oldest first, and whether more exist."""
+        query: Doc = {"chat_key": chat_key}
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        with translated(self.name):
+            docs = list(
+                self._shards[self._shard(chat_key)].find(query).sort("_id", DESCENDING).limit(limit + 1)
+            )
+        more = len(docs) > limit
+        return [message_of(d) for d in reversed(docs[:limit])], more
+
+    def get(self, message_id: MessageId) -> Message | None:
+        with translated(self.name):
+            claim = self._claims.find_one({"_id": message_id}, {"shard": 1})
+            if claim is None:
+                return None
+            doc = self._shards[claim["shard"]].find_one({"_id": message_id})
+        return message_of(doc) if doc is not None else None
+
+    def recall(self, message_id: MessageId) -> Message:
+        """Marks the message recalled (type `recalled`, empty content); idempotent."""
+        with translated(self.name):
+            claim = self._claims.find_one({"_id": message_id}, {"shard": 1})
+            doc = None
+            if claim is not None:
+                doc = self._shards[claim["shard"]].find_one_and_update(
+                    {"_id": message_id},
+                    {"$set": {"message_type": MessageType.RECALLED.value, "content": ""}},
+                    return_document=ReturnDocument.AFTER,
+                )
+        if doc is None:
+            raise NotFound(f"message {message_id}")
+        return message_of(doc)
+
+    # -- V-IM's raw frame log (not part of the port) -------------------------------------------
+
+    def log_frames(self, entries: Sequence[FrameLogEntry]) -> None:
+        """Appends frames to `message-log-{yyyyMMdd}` (the UTC day of each send_time).
+
+        For the node to call off the hot path (e.g. a background task draining a queue): one
+        unordered insert per day touched, acknowledged with the client's write concern. Not
+        idempotent (a retry after an error may log a frame twice). Raises StoreUnavailable.
+        """
+        days: dict[str, list[Doc]] = defaultdict(list)
+        for e in entries:
+            day = dt.datetime.fromtimestamp(e.send_time / 1000, dt.UTC).strftime("%Y%m%d")
+            days[day].append({"content": e.content, "senderId": e.sender_id, "sendTime": e.send_time})
+        with translated(self.name):
+            for day, docs in sorted(days.items()):
+                self._db[f"{LOG_PREFIX}{day}"].insert_many(docs, ordered=False)
+
+    def close(self) -> None:
+        self._client.close()
