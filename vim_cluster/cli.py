@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .launcher import launch
 
-    return launch(Path(args.dir), log_json=args.log_json)
+    return launch(Path(args.dir), log_json=args.log_json, log_level=args.log_level)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -132,6 +132,15 @@ def cmd_kick(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    if not args.url and not Path(args.configs).is_dir():
+        print(f"vim-cluster bench: give --url or a node-configs folder (not found: {args.configs})", file=sys.stderr)
+        return 2
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vim-cluster",
@@ -189,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
     kick.add_argument("user", help="username or user id")
     kick.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     kick.set_defaults(func=cmd_kick)
+
+    bench = commands.add_parser(
+        "bench",
+        help="load generator: run a scenario against a running cluster",
+        description="Speak the client protocol to a running cluster and measure it. Scenarios: "
+        "cross-node (senders on one node, recipients on another, pipelined), local (one node), "
+        "group (one group spread over every node), connections (K idle authenticated "
+        "connections; RSS per connection), churn (connect/ready/close cycles per second). "
+        "Raise vim.websocket.rate-limit in the nodes' configs for high rates.",
+    )
+    bench.add_argument("scenario", choices=["cross-node", "local", "group", "connections", "churn"])
+    bench.add_argument("--configs", default=DEFAULT_DIR, help="node-configs folder of the running cluster")
+    bench.add_argument("--url", action="append", help="a node's client URL (repeat; instead of --configs)")
+    bench.add_argument("--pid", action="append", type=int, help="a node's pid for CPU/RSS (with --url)")
+    bench.add_argument("--senders", type=int, default=4, help="sending clients (churn: parallel loops)")
+    bench.add_argument("--members", type=int, default=12, help="group scenario: members")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds to send (0: use --messages)")
+    bench.add_argument("--messages", type=int, default=0, help="messages in all (instead of --duration)")
+    bench.add_argument("--window", type=int, default=32, help="unacked messages per sender")
+    bench.add_argument("--size", type=int, default=100, help="content bytes per message")
+    bench.add_argument("--connections", type=int, default=1000, help="connections scenario: K")
+    bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bench.set_defaults(func=cmd_bench)
 
     user = commands.add_parser("user", help="manage users", description="Manage users in the directory.")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")

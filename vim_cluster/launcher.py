@@ -79,7 +79,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def launch(folder: Path, log_json: bool = False) -> int:
+def launch(folder: Path, log_json: bool = False, log_level: str = "info") -> int:
     if not folder.is_dir():
         print(f"vim-cluster up: {folder} is not a folder", file=sys.stderr)
         return 2
@@ -102,7 +102,7 @@ def launch(folder: Path, log_json: bool = False) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         for config in configs:
-            process = _start(config, log_json)
+            process = _start(config, log_json, log_level)
             processes.append(process)
             if not _wait_listening(config.websocket.port, process, time.monotonic() + START_TIMEOUT):
                 print(f"vim-cluster up: {config.node_id} did not start (see its log above)", file=sys.stderr)
@@ -125,8 +125,8 @@ def launch(folder: Path, log_json: bool = False) -> int:
             stop_embedded_redis()
 
 
-def _start(config: NodeConfig, log_json: bool) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vim_cluster.cli"]
+def _start(config: NodeConfig, log_json: bool, log_level: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "vim_cluster.cli", "--log-level", log_level]
     if log_json:
         command.append("--log-json")
     command += ["run", str(config.file)]

@@ -1,0 +1,399 @@
+"""`vim-cluster bench`: a load generator that speaks the client protocol to a running cluster.
+
+Scenarios:
+- cross-node: each sender on one node talks to its own recipient on another node, keeping up
+  to `window` messages unacked (pipelined).
+- local: the same, senders and recipients on one node.
+- group: one group whose members are spread over every node; some members send.
+- connections: K idle authenticated connections to one node; reports RSS per connection of
+  the node processes.
+- churn: connect / ready / close cycles per second.
+
+Latency is sender -> recipient, measured in this process with one monotonic clock. `lost`
+counts messages acked to a sender but never delivered to the recipient (after a drain wait).
+Recipients confirm what they got with `received`, as a real client does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import resource
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+PASSWORD = "bench-password-1"
+SCENARIOS = ("cross-node", "local", "group", "connections", "churn")
+DRAIN_S = 10.0
+
+
+@attrs.define
+class Stats:
+    sent: int = 0
+    acked: int = 0
+    delivered: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = attrs.Factory(dict)
+    latencies: list[float] = attrs.Factory(list)
+    sent_at: dict[str, float] = attrs.Factory(dict)
+    acked_cids: set[str] = attrs.Factory(set)
+    delivered_cids: set[str] = attrs.Factory(set)
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (many connections need many fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+async def send(ws: WebSocketConnection, code: str, **message: Any) -> None:
+    await ws.send_message(json.dumps({"code": code, "message": message}))
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    return json.loads(await ws.get_message())  # type: ignore[no-any-return,unused-ignore]
+
+
+async def expect(ws: WebSocketConnection, code: str) -> dict[str, Any]:
+    while True:
+        frame = await receive(ws)
+        if frame["code"] == code:
+            return frame["message"]  # type: ignore[no-any-return,unused-ignore]
+        if frame["code"] == "error":
+            raise RuntimeError(f"{code}: error {frame['message']}")
+
+
+@attrs.frozen
+class Account:
+    user_id: str
+    token: str
+
+
+async def create_users(url: str, count: int, prefix: str, parallel: int = 8) -> list[Account]:
+    """Registers and logs in `count` users (a few connections at a time)."""
+    accounts: list[Account | None] = [None] * count
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        async with open_websocket_url(url) as ws:
+            for i in numbers:
+                name = f"{prefix}{i}"
+                await send(ws, "register", username=name, password=PASSWORD)
+                await expect(ws, "register-ok")
+                await send(ws, "login", username=name, password=PASSWORD)
+                login = await expect(ws, "login-ok")
+                accounts[i] = Account(login["userId"], login["token"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(parallel, count)):
+            nursery.start_soon(worker)
+    return [a for a in accounts if a is not None]
+
+
+async def ready(ws: WebSocketConnection, account: Account, client: str = "bench") -> None:
+    await send(ws, "ready", token=account.token, client=client)
+    await expect(ws, "sync-done")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+# --- message scenarios ---------------------------------------------------------------------
+
+
+async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: Stats, window: int,
+                  content: str, tag: str, keep_going: Callable[[int], bool]) -> None:
+    slots = trio.Semaphore(window)
+
+    async def acks() -> None:
+        while True:
+            frame = await receive(ws)
+            if frame["code"] == "ack":
+                stats.acked += 1
+                stats.acked_cids.add(frame["message"]["cid"])
+                slots.release()
+            elif frame["code"] == "error":
+                stats.error(frame["message"]["error"])
+                slots.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(acks)
+        for n in itertools.count():
+            if not keep_going(n):
+                break
+            await slots.acquire()
+            cid = f"{tag}-{n}"
+            stats.sent += 1
+            stats.sent_at[cid] = trio.current_time()
+            await send(ws, "message", cid=cid, chatId=chat_id, type=chat_type, messageType="text", content=content)
+        with trio.move_on_after(DRAIN_S):
+            for _ in range(window):
+                await slots.acquire()
+        nursery.cancel_scope.cancel()
+
+
+async def _recipient(ws: WebSocketConnection, stats: Stats) -> None:
+    seen: set[str] = set()
+    pending: list[str] = []
+    while True:
+        with trio.move_on_after(0.05):
+            frame = await receive(ws)
+            if frame["code"] == "message":
+                body = frame["message"]
+                if body["id"] in seen:
+                    continue
+                seen.add(body["id"])
+                sent = stats.sent_at.get(body["cid"])
+                if sent is not None:
+                    stats.latencies.append(trio.current_time() - sent)
+                stats.delivered += 1
+                stats.delivered_cids.add(body["cid"])
+                if body["type"] == "friend":
+                    pending.append(body["id"])
+            if len(pending) < 100:
+                continue
+        if pending:
+            await send(ws, "received", ids=pending)
+            pending = []
+
+
+async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Account]]]], chat_type: str,
+                       chat_of: Callable[[int], str], args: Any, stats: Stats) -> float:
+    """plan: (sender url, sender, tag, [(recipient url, recipient account), ...]) per sender."""
+    content = "x" * args.size
+    deadline = trio.current_time() + args.duration if args.duration else math.inf
+    per_sender = math.ceil(args.messages / len(plan)) if args.messages else None
+
+    def keep_going(n: int) -> bool:
+        if per_sender is not None:
+            return n < per_sender
+        return trio.current_time() < deadline
+
+    async with trio.open_nursery() as outer:
+        receivers: list[WebSocketConnection] = []
+        for _, _, _, recipients in plan:
+            for url, account in recipients:
+                ws = await outer.start(_connected, url, account)
+                receivers.append(ws)
+                outer.start_soon(_recipient, ws, stats)
+        senders = [await outer.start(_connected, url, account) for url, account, _, _ in plan]
+        started = trio.current_time()
+        outer.start_soon(_progress, stats, started)
+        async with trio.open_nursery() as sending:
+            for i, (ws, (_, _, tag, _)) in enumerate(zip(senders, plan, strict=True)):
+                sending.start_soon(_sender, ws, chat_of(i), chat_type, stats, args.window, content, tag, keep_going)
+        elapsed = trio.current_time() - started
+        expected = stats.acked * args.fanout
+        with trio.move_on_after(DRAIN_S):
+            while stats.delivered < expected:
+                await trio.sleep(0.05)
+        outer.cancel_scope.cancel()
+    return elapsed
+
+
+async def _connected(url: str, account: Account, *, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+    async with open_websocket_url(url, message_queue_size=1024) as ws:
+        await ready(ws, account, client=f"bench-{secrets.token_hex(3)}")
+        task_status.started(ws)
+        await trio.sleep_forever()
+
+
+async def _progress(stats: Stats, started: float) -> None:
+    while True:
+        await trio.sleep(1)
+        elapsed = trio.current_time() - started
+        print(f"  {elapsed:5.1f}s acked {stats.acked} delivered {stats.delivered} errors {stats.errors}",
+              file=sys.stderr, flush=True)
+
+
+def message_summary(stats: Stats, elapsed: float, fanout: int) -> dict[str, Any]:
+    ms = [x * 1000 for x in stats.latencies]
+    lost = len(stats.acked_cids - stats.delivered_cids) if fanout == 1 else max(0, stats.acked * fanout - stats.delivered)
+    return {
+        "sent": stats.sent,
+        "acked": stats.acked,
+        "delivered": stats.delivered,
+        "seconds": round(elapsed, 2),
+        "acked_per_s": round(stats.acked / elapsed, 1) if elapsed else 0,
+        "delivered_per_s": round(stats.delivered / elapsed, 1) if elapsed else 0,
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2) if ms else float("nan"),
+        "errors": stats.errors,
+        "error_kinds": stats.error_kinds,
+        "lost": lost,
+    }
+
+
+# --- connection scenarios ------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except OSError:
+            continue
+    return total
+
+
+async def run_connections(url: str, accounts: list[Account], count: int, pids: list[int]) -> dict[str, Any]:
+    before = sum(rss_kb(p) for p in pids)
+    opened = 0
+    failed = 0
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        limiter = trio.CapacityLimiter(64)
+
+        async def hold(i: int) -> None:
+            nonlocal opened, failed
+            async with limiter:
+                try:
+                    ws = await nursery.start(_connected, url, accounts[i % len(accounts)])
+                except (OSError, HandshakeError, ConnectionClosed, RuntimeError):
+                    failed += 1
+                    return
+            opened += 1
+            del ws
+
+        async with trio.open_nursery() as openers:
+            for i in range(count):
+                openers.start_soon(hold, i)
+        elapsed = trio.current_time() - started
+        await trio.sleep(2)  # let the node settle (queues, garbage)
+        after = sum(rss_kb(p) for p in pids)
+        nursery.cancel_scope.cancel()
+    per = (after - before) / opened if opened else float("nan")
+    return {"connections": opened, "failed": failed, "open_seconds": round(elapsed, 1),
+            "rss_before_kb": before, "rss_after_kb": after, "rss_per_connection_kb": round(per, 2)}
+
+
+async def run_churn(url: str, accounts: list[Account], duration: float, parallel: int) -> dict[str, Any]:
+    cycles = 0
+    failures = 0
+    deadline = trio.current_time() + duration
+
+    async def loop(account: Account) -> None:
+        nonlocal cycles, failures
+        while trio.current_time() < deadline:
+            try:
+                async with open_websocket_url(url) as ws:
+                    await ready(ws, account, client=f"churn-{secrets.token_hex(3)}")
+                cycles += 1
+            except (OSError, HandshakeError, ConnectionClosed, RuntimeError):
+                failures += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(parallel):
+            nursery.start_soon(loop, accounts[i % len(accounts)])
+    return {"cycles": cycles, "failures": failures, "cycles_per_s": round(cycles / duration, 1)}
+
+
+# --- orchestration -------------------------------------------------------------------------
+
+
+def targets(args: Any) -> tuple[list[str], list[int]]:
+    """Client URLs (master first) and node pids, from --url/--pid or a node-configs folder."""
+    if args.url:
+        return list(args.url), list(args.pid or [])
+    from pathlib import Path
+
+    from .config import load_config
+    from .launcher import config_files
+    from .node import wiring
+
+    configs = sorted((load_config(f) for f in config_files(Path(args.configs))), key=lambda c: not c.is_master)
+    registry = wiring.open_registry(configs[0], start=False)
+    try:
+        alive = {n.node_id: n.pid for n in registry.nodes() if n.alive}
+    finally:
+        registry.close()
+    return [c.client_url for c in configs], [alive[c.node_id] for c in configs if c.node_id in alive]
+
+
+async def run_scenario(args: Any) -> dict[str, Any]:
+    urls, pids = targets(args)
+    prefix = f"b{secrets.token_hex(3)}u"
+    stats = Stats()
+    cpu_before = cpu_seconds(pids)
+    result: dict[str, Any] = {"scenario": args.scenario, "nodes": len(urls)}
+    if args.scenario in ("cross-node", "local"):
+        if args.scenario == "cross-node" and len(urls) < 2:
+            raise SystemExit("bench cross-node needs at least two nodes")
+        src, dst = (urls[-2], urls[-1]) if args.scenario == "cross-node" else (urls[0], urls[0])
+        accounts = await create_users(src, 2 * args.senders, prefix)
+        plan = [(src, accounts[i], f"s{i}", [(dst, accounts[args.senders + i])]) for i in range(args.senders)]
+        args.fanout = 1
+        elapsed = await run_messages(plan, "friend", lambda i: accounts[args.senders + i].user_id, args, stats)
+        result.update(message_summary(stats, elapsed, 1))
+    elif args.scenario == "group":
+        members = max(args.members, args.senders + 1)
+        accounts = await create_users(urls[0], members, prefix)
+        group_id = await _create_group(urls[0], accounts)
+        receivers = [(urls[i % len(urls)], a) for i, a in enumerate(accounts[args.senders:], start=args.senders)]
+        plan = [(urls[i % len(urls)], accounts[i], f"s{i}", receivers if i == 0 else []) for i in range(args.senders)]
+        args.fanout = len(receivers)
+        elapsed = await run_messages(plan, "group", lambda i: group_id, args, stats)
+        result.update(message_summary(stats, elapsed, args.fanout), members=members)
+    elif args.scenario == "connections":
+        accounts = await create_users(urls[-1], max(1, args.connections // 100), prefix)
+        node_pids = pids[-1:] if pids else []
+        result.update(await run_connections(urls[-1], accounts, args.connections, node_pids))
+    else:
+        accounts = await create_users(urls[-1], args.senders, prefix)
+        result.update(await run_churn(urls[-1], accounts, args.duration or 10, args.senders))
+    cpu = cpu_seconds(pids) - cpu_before
+    result["server_cpu_s"] = round(cpu, 2)
+    delivered = result.get("delivered")
+    if delivered:
+        result["server_cpu_us_per_delivered"] = round(cpu / delivered * 1e6, 1)
+    return result
+
+
+async def _create_group(url: str, accounts: list[Account]) -> str:
+    async with open_websocket_url(url) as ws:
+        await ready(ws, accounts[0], client="bench-owner")
+        await send(ws, "group-create", name="bench", members=[a.user_id for a in accounts[1:]])
+        return str((await expect(ws, "group-ok"))["groupId"])
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    return "\n".join(f"{key:>28}: {value}" for key, value in result.items())
+
+
+def main(args: Any) -> int:
+    raise_fd_limit()
+    result = trio.run(run_scenario, args)
+    print(json.dumps(result) if args.json else format_summary(result), flush=True)
+    return 0
