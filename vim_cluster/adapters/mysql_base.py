@@ -9,10 +9,12 @@ Rules:
 - Reconnect: a borrowed idle connection is pinged first and replaced by a new one if it does
   not answer, so the first call after a server restart (or after MySQL's wait_timeout closed
   an idle connection) works. (pymysql deprecated ping(reconnect=True).)
-- Outage errors (OperationalError, InterfaceError: refused, lost connection, server gone,
-  deadlock, lock wait timeout) become StoreUnavailable in `_translated`, once; the connection
-  that saw one is dropped. IntegrityError is a rule of the data: the adapter decides.
-- Bounded waits: connecting gives up after CONNECT_TIMEOUT_S, a read or write after IO_TIMEOUT_S.
+- Outage errors (OperationalError, InterfaceError, InternalError: refused, lost connection,
+  server gone, a broken packet stream, deadlock, lock wait timeout) become StoreUnavailable
+  in `_translated`, once; the connection that saw one is dropped. IntegrityError is a rule of
+  the data: the adapter decides.
+- Bounded waits: connecting gives up after CONNECT_TIMEOUT_S, a read or write after
+  IO_TIMEOUT_S (a server that is down answers at once: refused or reset).
 - Migrations are versioned (`schema_version`) and run under the server-wide named lock
   GET_LOCK('vim_cluster.schema.<db>'), so several nodes may start at once. MySQL commits DDL
   implicitly, so every migration statement must be idempotent by itself (IF NOT EXISTS): a
@@ -84,6 +86,7 @@ class MysqlDatabase:
         self._idle: list[Connection] = []
         self._idle_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
         self.pool_size = pool_size
         self._migrate(migrations)
 
@@ -147,10 +150,10 @@ class MysqlDatabase:
     def _give_back(self, conn: Connection | None, healthy: bool) -> None:
         if conn is None:
             return
-        if healthy and conn.open:
-            with self._idle_lock:
+        with self._idle_lock:
+            if healthy and conn.open and not self._closed:
                 self._idle.append(conn)
-            return
+                return
         with contextlib.suppress(pymysql.MySQLError):
             conn.close()
 
@@ -159,7 +162,7 @@ class MysqlDatabase:
         """The one place where outage errors become StoreUnavailable."""
         try:
             yield
-        except (pymysql.OperationalError, pymysql.InterfaceError, OSError) as exc:
+        except (pymysql.OperationalError, pymysql.InterfaceError, pymysql.InternalError, OSError) as exc:
             raise StoreUnavailable(f"mysql {self.name}: {exc}") from exc
 
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
@@ -196,7 +199,9 @@ class MysqlDatabase:
             cur.execute("INSERT IGNORE INTO schema_version (version) VALUES (%s)", (version,))
 
     def close(self) -> None:
+        """Closes the idle connections; a connection in use is closed when it comes back."""
         with self._idle_lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(pymysql.MySQLError):

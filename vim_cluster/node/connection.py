@@ -22,10 +22,13 @@ from ..protocol import frames as f
 from ..protocol.codec import FrameError, OutFrame, decode
 from ..protocol.session import SessionState
 from .context import NodeContext
+from .handlers.messages import AckJob, complete
 from .hub import Close, Session
 
 log = structlog.get_logger()
 QUEUE_SIZE = 1024
+ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
+UNAVAILABLE_DETAIL = "a store or the cluster is down: nothing was accepted; retry later"
 CLOSE_GRACE = 5.0
 _conn_ids = itertools.count(1)
 
@@ -37,6 +40,7 @@ class Connection:
     conn_id: int
     state: SessionState
     queue: trio.MemorySendChannel
+    acks: trio.MemorySendChannel  # of messages.AckJob: sends waiting for their commit
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     binary: bool = False
     session: Session | None = None
@@ -80,14 +84,16 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
     conn_id = next(_conn_ids)
     structlog.contextvars.bind_contextvars(conn_id=conn_id)
     send, receive = trio.open_memory_channel[OutFrame | Close](QUEUE_SIZE)
+    acks_send, acks_receive = trio.open_memory_channel[AckJob](ACK_WINDOW)
     rate = RateWindow(ctx.config.websocket.rate_limit)
     state = SessionState(trio.current_time(), rate, ctx.config.websocket.idle_timeout)
-    conn = Connection(ctx, ws, conn_id, state, send)
-    await _run(conn, receive, handshake_user, client, uuid)
+    conn = Connection(ctx, ws, conn_id, state, send, acks_send)
+    await _run(conn, receive, acks_receive, handshake_user, client, uuid)
 
 
 async def _run(
-    conn: Connection, receive: trio.MemoryReceiveChannel, user: int | None, client: str, uuid: str | None
+    conn: Connection, receive: trio.MemoryReceiveChannel, acks: trio.MemoryReceiveChannel,
+    user: int | None, client: str, uuid: str | None,
 ) -> None:
     from .sessions import close_session
 
@@ -97,7 +103,10 @@ async def _run(
             with conn.cancel_scope:
                 close = await _authenticate_handshake(conn, user, client, uuid)
                 if close is None:
-                    close = await _reader(conn)
+                    async with trio.open_nursery() as reading:
+                        reading.start_soon(_acker, conn, acks)
+                        close = await _reader(conn)
+                        await conn.acks.aclose()  # the acker finishes what was sent, then ends
                 with trio.move_on_after(2 * CLOSE_GRACE):
                     await conn.queue.send(close)
                     await trio.sleep_forever()  # the writer ends the nursery once it closed
@@ -142,6 +151,20 @@ async def _writer(conn: Connection, receive: trio.MemoryReceiveChannel, scope: t
     scope.cancel()
 
 
+async def _acker(conn: Connection, jobs: trio.MemoryReceiveChannel) -> None:
+    """Acks (and delivers) each sent message once durable, in the order they were sent."""
+    async for job in jobs:
+        rid, cid = job.command.rid, job.command.cid
+        try:
+            await complete(conn, job)
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable", error=str(exc), rid=rid, cid=cid)
+            await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
+        except Exception:  # noqa: BLE001 - the connection bulkhead (the writer logged the cause)
+            log.exception("message_commit_failed", rid=rid, cid=cid)
+            await conn.reply(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
+
+
 async def _reader(conn: Connection) -> Close:
     """Reads and handles frames until the connection must close; returns how to close it."""
     state = conn.state
@@ -182,8 +205,7 @@ async def _handle(conn: Connection, data: str | bytes) -> None:
         await conn.reply(f.ErrorReply(exc.kind, exc.detail, rid=rid, cid=cid))
     except StoreUnavailable as exc:
         log.warning("store_unavailable", error=str(exc), rid=rid, cid=cid)
-        detail = "a store or the cluster is down: nothing was accepted; retry later"
-        await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, detail, rid=rid, cid=cid))
+        await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
     except (Disconnect, trio.Cancelled, ConnectionClosed):
         raise
     except Exception as exc:  # noqa: BLE001 - the connection bulkhead

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import attrs
@@ -62,7 +63,7 @@ class Delivery:
     metrics: NodeMetrics
     cluster: ClusterLink = attrs.Factory(LocalOnly)
 
-    def to_users(self, users: set[int] | list[int], reply: Reply, exclude: str | None = None) -> OutFrame:
+    def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
         frame = OutFrame(reply)
         self.metrics.frames_out.inc(self.hub.deliver(users, frame, exclude=exclude))
         self.cluster.deliver(list(users), frame, exclude)

@@ -10,6 +10,10 @@ Rules:
   acknowledged by its destination (end to end), so a master restart loses nothing: A resends.
 - A peer whose lease lapsed in Redis is dead: its queue is dropped (its users replay from the
   store when they reconnect elsewhere), its routes are forgotten here and purged in Redis.
+- After the master starts, it relays nothing from slaves until every slave alive in Redis has
+  linked (and so reported its sessions), for at most WARMUP_S: a restarted master's route table
+  is empty, and a slave's queued packets for users of a slave that has not linked yet would find
+  no route and be acked as done, never reaching those users' open sessions.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .link import MAX_FRAME, LinkEnd, pump
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
+WARMUP_S = 7.0  # below link.DEAD_AFTER_S: a slave held meanwhile must not give up on the link
 Tag = tuple[str, str, int]  # (source node, its epoch, its seq): whom to ack when done
 
 
@@ -69,6 +74,7 @@ class MasterHub:
         self.epoch = secrets.token_hex(8)
         self.routes = RouteTable()
         self.peers: dict[str, Peer] = {}
+        self.warm = trio.Event()  # every slave alive in Redis has linked since we started
 
     # --- ClusterLink (the master's own traffic) -----------------------------------------
 
@@ -177,8 +183,29 @@ class MasterHub:
             except Exception:  # noqa: BLE001 - the forward link bulkhead: one link, never the node
                 log.exception("forward_peer_crashed")
 
-        await serve_websocket(handler, host, port, None, max_message_size=MAX_FRAME,
-                              connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                serve_websocket, handler, host, port, None, max_message_size=MAX_FRAME,
+                connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5))
+            nursery.start_soon(self._warm_up)
+            task_status.started(server)
+
+    async def _warm_up(self) -> None:
+        """Sets `warm` once every slave alive in Redis has linked, or after WARMUP_S."""
+        with trio.move_on_after(WARMUP_S):
+            while True:
+                try:
+                    nodes = await self.redis(self.registry.nodes)
+                except StoreUnavailable as exc:
+                    log.warning("warm_up_check_failed", error=str(exc))
+                else:
+                    expected = {n.node_id for n in nodes if n.alive and n.role == "slave"}
+                    linked = {k for k, p in self.peers.items() if p.role == "slave" and p.connection is not None}
+                    if expected <= linked:
+                        break
+                await trio.sleep(0.1)
+        log.info("forward_hub_warm", linked=sorted(k for k, p in self.peers.items() if p.role == "slave"))
+        self.warm.set()
 
     async def _serve_peer(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -193,6 +220,8 @@ class MasterHub:
         structlog.contextvars.bind_contextvars(peer=peer.node_id)
         log.info("forward_peer_up", role=peer.role, pending=len(peer.end.outbox))
         try:
+            if peer.role == "slave":
+                await self.warm.wait()  # the route table is complete (see the module's rules)
             reason = await pump(ws, peer.end)
         finally:
             peer.connection = None

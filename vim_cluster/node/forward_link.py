@@ -3,8 +3,10 @@
 Rules:
 - Connects to vim.cluster.master-url, proves it holds the cluster secret (HMAC over both
   nonces) and checks that the master does too, then reports every local session.
-- Reconnects forever with capped exponential backoff and jitter; packets queued meanwhile are
-  kept and sent (in order) once the link is back; the master drops duplicates.
+- Reconnects forever with capped exponential backoff and jitter (started over only after a link
+  that stayed up STABLE_S: a link dropped right after its handshake is not retried in a hot
+  loop); packets queued meanwhile are kept and sent (in order) once the link is back; the
+  master drops duplicates.
 - Everything addressed to other nodes goes to the master, which knows where users are.
 """
 
@@ -29,6 +31,7 @@ from .link import MAX_FRAME, LinkEnd, pump
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
+STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff over
 
 
 class ForwardLinkRefused(Exception):
@@ -97,13 +100,15 @@ class SlaveLink:
                                               connect_timeout=HANDSHAKE_TIMEOUT) as ws:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         await self._handshake(ws)
-                    backoff.reset()
                     self.connected = True
                     self.connects += 1
                     self.up.set()
+                    up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, pending=len(self.end.outbox))
                     reason = await pump(ws, self.end)
                     log.warning("forward_link_lost", reason=reason, pending=len(self.end.outbox))
+                    if trio.current_time() - up_since >= STABLE_S:
+                        backoff.reset()  # not after a link that failed at once: no hot reconnect loop
             except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
                     ForwardLinkRefused) as exc:
                 log.warning("forward_link_failed", error=f"{type(exc).__name__}: {exc}", master_url=self.master_url)

@@ -22,29 +22,38 @@ MAX_BATCH = 512
 
 
 @attrs.define(eq=False)
-class _Pending:
+class PendingSave:
+    """A message handed to the writer; `await outcome()` once it is durable (or failed)."""
+
     item: NewMessage
     done: trio.Event = attrs.Factory(trio.Event)
     result: Saved | None = None
     error: BaseException | None = None
+
+    async def outcome(self) -> Saved:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class StoreWriter:
     def __init__(self, store: MessageStore, runner: BlockingRunner) -> None:
         self._store = store
         self._runner = runner
-        self._send, self._receive = trio.open_memory_channel[_Pending](math.inf)
+        self._send, self._receive = trio.open_memory_channel[PendingSave](math.inf)
         self.batches = 0
         self.saved = 0
 
-    async def save(self, item: NewMessage) -> Saved:
-        pending = _Pending(item)
+    def submit(self, item: NewMessage) -> PendingSave:
+        """Queue a message without waiting; commits keep the order of `submit` calls."""
+        pending = PendingSave(item)
         self._send.send_nowait(pending)
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return pending
+
+    async def save(self, item: NewMessage) -> Saved:
+        return await self.submit(item).outcome()
 
     async def run(self) -> None:
         async for first in self._receive:
@@ -56,7 +65,7 @@ class StoreWriter:
                     break
             await self._commit(batch)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[PendingSave]) -> None:
         try:
             results = await self._runner(self._store.save_messages, [p.item for p in batch])
         except StoreUnavailable as exc:

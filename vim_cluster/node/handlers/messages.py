@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
 import structlog
 
 from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId
 from ...ports import NewMessage
 from ...protocol import frames as f
+from ..store_writer import PendingSave
 from .lookups import require_member, require_users
 
 if TYPE_CHECKING:
@@ -43,13 +45,29 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
         timestamp=ctx.clock_ms(),
     )
     pending = (UserId(command.chat_id),) if command.chat_type is ChatType.FRIEND and command.chat_id != sender else ()
-    saved = await ctx.writer.save(NewMessage(message, pending))
+    # Pipelined: the next frame is read while this one commits; the connection's acker waits
+    # for commits in submit order, so acks and deliveries keep the order of the sends.
+    saving = ctx.writer.submit(NewMessage(message, pending))
+    await conn.acks.send(AckJob(saving, command, frozenset(recipients)))
+
+
+@attrs.frozen
+class AckJob:
+    saving: PendingSave
+    command: f.SendMessage
+    recipients: frozenset[int]
+
+
+async def complete(conn: Connection, job: AckJob) -> None:
+    """Once the message is durable: ack it, then deliver it (a repeated cid delivers nothing)."""
+    ctx = conn.ctx
+    saved = await job.saving.outcome()
     stored = saved.message
     if saved.created:
         ctx.metrics.message_accepted()
-    await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=command.rid))
+    await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=job.command.rid))
     if saved.created:
-        ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
+        ctx.delivery.to_users(job.recipients, f.MessageOut(stored), exclude=conn.session_id)
 
 
 async def received(conn: Connection, command: f.Received) -> None:
