@@ -162,10 +162,6 @@ def test_concurrent_member_changes_all_apply(open_directory: DirectoryOpener) ->
 def test_several_nodes_may_open_a_new_store_at_once(
     open_directory: DirectoryOpener, request: pytest.FixtureRequest
 ) -> None:
-    if request.node.callspec.params["open_directory"] == "sqlite":
-        # SqliteDatabase reads the schema version and applies migrations in separate
-        # transactions, so two first opens can both apply version 1 ("table exists").
-        request.applymarker(pytest.mark.xfail(reason="known race in sqlite_base._migrate", strict=False))
     opened: list[Directory] = []
     errors: list[BaseException] = []
     lock = threading.Lock()

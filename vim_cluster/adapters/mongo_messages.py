@@ -18,8 +18,11 @@ How save_messages stays idempotent without transactions (FerretDB has none), per
    is visible to history, pending, get and group replay. Pending rows are written before it,
    so a visible message is always in every offline set it belongs to.
 4. done: mark the claim done and drop its copy of the message (one update for the batch).
-Each step is one unordered bulk write for the whole batch: a batch costs 3 round trips plus
-one per shard it touches. When a claim already exists (a repeat, or a retry after a failure):
+Each step is one unordered bulk write for the whole batch: a batch of new messages costs at
+most 3 round trips plus one per shard it touches (repeats add a lookup of their claims and
+one query per shard those live in).
+
+When a claim already exists (a repeat, or a retry after a failure):
 - claim done: the repeat gets the stored message with created=False and adds nothing.
 - claim not done: an earlier call failed (or is still running elsewhere). This call redoes
   what is missing with the claim's own copy (same id, timestamp, content and recipients:
@@ -32,8 +35,12 @@ nodes saving the same (from_id, cid) at the same moment may both report created=
 recipients drop the duplicate by id. A message finished by a retry keeps its first attempt's
 id, so it sorts before messages the sender sent between the failure and the retry.
 
+Deviation from the port's "none of it on error": without transactions a failed batch may
+leave some of its messages visible (never half-written, see above); nothing is reported saved.
+
 Acks: every write uses the client's write concern (w=1, journal=true by default), so
-save_messages returns only once the server acknowledged the journaled write.
+save_messages returns only once the server acknowledged the journaled write. FerretDB accepts
+and ignores writeConcern; its SQLite backend commits each write to its WAL before answering.
 """
 
 from __future__ import annotations

@@ -35,15 +35,15 @@ class SqliteDatabase:
             raise StoreUnavailable(f"sqlite {path}: {exc}") from exc
 
     def _migrate(self, migrations: Sequence[str]) -> None:
-        """Applies each migration not yet applied, each in its own transaction (idempotent)."""
+        """Applies every migration not yet applied, in one write transaction: a second process
+        opening the same new file waits for the lock and then finds them applied (idempotent)."""
         with self.transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for version, script in enumerate(migrations, start=1):
-            if version <= current:
-                continue
-            with self.transaction() as conn:
+            current = row[0] or 0
+            for version, script in enumerate(migrations, start=1):
+                if version <= current:
+                    continue
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))

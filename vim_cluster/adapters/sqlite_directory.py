@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import Conflict, NotFound
 from ..model import Group, GroupId, User, UserId
@@ -45,6 +46,15 @@ def _user(row: tuple) -> User:
 USER_COLUMNS = "id, username, name, password_hash, department_id"
 
 
+@contextlib.contextmanager
+def _unknown_user_is_not_found() -> Iterator[None]:
+    """A member that is no user violates a foreign key: that is NotFound, as on MySQL."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise NotFound(f"a member is no user: {exc}") from None
+
+
 class SqliteDirectory:
     def __init__(self, path: str) -> None:
         self._db = SqliteDatabase(path, MIGRATIONS)
@@ -56,8 +66,10 @@ class SqliteDirectory:
                     f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (user.id, user.username, user.name, user.password_hash, user.department_id),
                 )
-        except sqlite3.IntegrityError:
-            raise Conflict(f"username {user.username!r} exists") from None
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise Conflict(f"username {user.username!r} exists") from None
+            raise NotFound(f"department {user.department_id}") from None
 
     def user_by_username(self, username: str) -> User | None:
         with self._db.reading() as conn:
@@ -80,7 +92,7 @@ class SqliteDirectory:
             return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
 
     def create_group(self, group: Group) -> None:
-        with self._db.transaction() as conn:
+        with _unknown_user_is_not_found(), self._db.transaction() as conn:
             conn.execute(
                 "INSERT INTO chat_groups (id, name, owner_id) VALUES (?, ?, ?)",
                 (group.id, group.name, group.owner_id),
@@ -105,7 +117,7 @@ class SqliteDirectory:
         return Group(GroupId(row[0]), row[1], UserId(row[2]), tuple(UserId(m[0]) for m in members))
 
     def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
-        with self._db.transaction() as conn:
+        with _unknown_user_is_not_found(), self._db.transaction() as conn:
             if conn.execute("SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)).fetchone() is None:
                 raise NotFound(f"group {group_id}")
             conn.executemany(

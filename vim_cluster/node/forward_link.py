@@ -32,6 +32,9 @@ from .link import MAX_FRAME, LinkEnd, pump
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
 STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff over
+# TCP connect + WebSocket upgrade. trio-websocket 0.12 notices a connection that the far end
+# closes during the upgrade (a proxy or load balancer without a backend) only at this timeout.
+OPEN_TIMEOUT = 5.0
 
 
 class ForwardLinkRefused(Exception):
@@ -97,7 +100,7 @@ class SlaveLink:
         while True:
             try:
                 async with open_websocket_url(self.master_url, max_message_size=MAX_FRAME,
-                                              connect_timeout=HANDSHAKE_TIMEOUT) as ws:
+                                              connect_timeout=OPEN_TIMEOUT) as ws:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         await self._handshake(ws)
                     self.connected = True

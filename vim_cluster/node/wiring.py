@@ -57,7 +57,7 @@ def open_messages(config: NodeConfig) -> MessageStore:
 
 def directory_concurrency(config: NodeConfig) -> int:
     """How many directory calls may run at once (SQLite: one connection, one at a time)."""
-    return 1 if sqlite_path(config.store.directory) is not None else 8
+    return 1 if sqlite_path(config.store.directory) is not None else 4  # the MySQL pool size
 
 
 def store_concurrency(config: NodeConfig) -> int:
