@@ -120,8 +120,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: Stats, window: int,
-                  content: str, tag: str, keep_going: Callable[[int], bool]) -> None:
+                  content: str, tag: str, keep_going: Callable[[int], bool], interval: float) -> None:
+    """Sends until keep_going says stop: at most `window` unacked, and with `interval` > 0 one
+    message every `interval` seconds (an open-loop rate)."""
     slots = trio.Semaphore(window)
+    next_at = trio.current_time()
 
     async def acks() -> None:
         while True:
@@ -139,6 +142,9 @@ async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: 
         for n in itertools.count():
             if not keep_going(n):
                 break
+            if interval:
+                next_at += interval
+                await trio.sleep_until(next_at)
             await slots.acquire()
             cid = f"{tag}-{n}"
             stats.sent += 1
@@ -199,7 +205,9 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
         outer.start_soon(_progress, stats, started)
         async with trio.open_nursery() as sending:
             for i, (ws, (_, _, tag, _)) in enumerate(zip(senders, plan, strict=True)):
-                sending.start_soon(_sender, ws, chat_of(i), chat_type, stats, args.window, content, tag, keep_going)
+                interval = len(plan) / args.rate if args.rate else 0.0
+                sending.start_soon(_sender, ws, chat_of(i), chat_type, stats, args.window, content, tag,
+                                   keep_going, interval)
         elapsed = trio.current_time() - started
         expected = stats.acked * args.fanout
         with trio.move_on_after(DRAIN_S):
@@ -347,7 +355,7 @@ async def run_scenario(args: Any) -> dict[str, Any]:
     prefix = f"b{secrets.token_hex(3)}u"
     stats = Stats()
     cpu_before = cpu_seconds(pids)
-    result: dict[str, Any] = {"scenario": args.scenario, "nodes": len(urls)}
+    result: dict[str, Any] = {"scenario": args.scenario, "nodes": len(urls), "rate": args.rate or "max"}
     if args.scenario in ("cross-node", "local"):
         if args.scenario == "cross-node" and len(urls) < 2:
             raise SystemExit("bench cross-node needs at least two nodes")

@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=10.0, help="seconds to send (0: use --messages)")
     bench.add_argument("--messages", type=int, default=0, help="messages in all (instead of --duration)")
     bench.add_argument("--window", type=int, default=32, help="unacked messages per sender")
+    bench.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
     bench.add_argument("--size", type=int, default=100, help="content bytes per message")
     bench.add_argument("--connections", type=int, default=1000, help="connections scenario: K")
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")

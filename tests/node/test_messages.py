@@ -89,6 +89,36 @@ async def test_resending_a_cid_returns_the_same_ack_and_delivers_nothing_new(url
             assert history["messages"][0]["content"] == "once"
 
 
+async def test_a_cid_repeated_back_to_back_gets_the_same_ack_twice_and_one_delivery(url: str) -> None:
+    """Pipelined retries: the second copy may commit in the same batch as the first."""
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            for _ in range(3):
+                await alice.send("message", cid="twice", chatId=bob.user_id, type="friend",
+                                 messageType="text", content="retry")
+            acks = [await alice.expect("ack") for _ in range(3)]
+            assert acks[0] == acks[1] == acks[2]
+            assert (await bob.expect("message"))["id"] == acks[0]["id"]
+            await bob.no_frame("message")
+
+
+async def test_an_error_between_pipelined_messages_leaves_their_acks_and_order(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            for cid, chat_id in (("p-1", bob.user_id), ("p-bad", "123456789"), ("p-2", bob.user_id)):
+                await alice.send("message", cid=cid, chatId=chat_id, type="friend", messageType="text", content=cid)
+            error = await alice.expect_error("not-found")
+            assert error["cid"] == "p-bad"
+            acks = [await alice.expect("ack") for _ in range(2)]
+            assert [a["cid"] for a in acks] == ["p-1", "p-2"]
+            received = [await bob.expect("message") for _ in range(2)]
+            assert [m["cid"] for m in received] == ["p-1", "p-2"]
+
+
 async def test_a_cid_is_per_sender(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:

@@ -156,6 +156,36 @@ async def test_many_offline_messages_are_all_replayed_in_order(url: str) -> None
             assert [m["id"] for m in replayed] == [a["id"] for a in acks]
 
 
+async def test_more_offline_messages_than_one_replay_page_are_all_replayed_in_order(start_node) -> None:
+    """Replay reads in pages of 500 (friend and group messages merged): none lost at the seams."""
+    with trio.fail_after(30):
+        node = await start_node(websocket={"rate-limit": 100_000})
+        url = f"ws://127.0.0.1:{node.client_port}/"
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            carol = await online(stack, url, "carol")
+            async with connect(url) as bob:
+                await bob.register_login("bob")
+                await bob.ready()
+                await alice.send("group-create", name="big", members=[bob.user_id, carol.user_id])
+                group_id = (await alice.expect("group-ok"))["groupId"]
+                await bob.expect("group-ok")
+                await carol.expect("group-ok")
+            senders = [(alice, bob.user_id, "friend"), (carol, group_id, "group"), (alice, group_id, "group"),
+                       (carol, bob.user_id, "friend")]
+            for i in range(1300):
+                sender, chat_id, chat_type = senders[i % 4]
+                await sender.send("message", cid=f"pg-{i}", chatId=chat_id, type=chat_type,
+                                  messageType="text", content=str(i))
+            acks = []
+            for client in (alice, carol):
+                acks += [await client.expect("ack", timeout=10) for _ in range(650)]
+            _, replayed = await login_and_replay(url, "bob", stack)
+            replayed_ids = [m["id"] for m in replayed]
+            assert replayed_ids == sorted((a["id"] for a in acks), key=int)
+            assert len(set(replayed_ids)) == 1300
+
+
 async def test_a_message_arriving_during_replay_comes_after_sync_done_or_in_the_replay_once(url: str) -> None:
     with trio.fail_after(15):
         async with contextlib.AsyncExitStack() as stack:

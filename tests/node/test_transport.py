@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 from vim_cluster.core.auth import TOKEN_TTL_MS, TokenIssuer
 from vim_cluster.node.app import RunningNode
@@ -86,6 +86,22 @@ async def test_frame_larger_than_max_frame_closes_the_connection_with_1009(start
             await other.expect("pong")
 
 
+async def test_text_frame_over_max_frame_in_utf8_bytes_closes_with_1009(start_node) -> None:
+    """64 KiB is bytes: a text frame of few characters but many UTF-8 bytes is too large too."""
+    with trio.fail_after(10):
+        node: RunningNode = await start_node(websocket={"max-frame": 2048})
+        async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
+            frame = json.dumps({"code": "ping", "message": {"rid": "wide", "pad": "é" * 1500}}, ensure_ascii=False)
+            assert len(frame) < 2048 < len(frame.encode())  # 1,5xx characters, 3,0xx bytes
+            await client.send_raw(frame)
+            try:
+                reason = await client.expect_closed(timeout=1)
+            except trio.TooSlowError:
+                pytest.fail(f"a {len(frame.encode())}-byte text frame passed max-frame 2048 "
+                            f"(answered: {client.backlog})")
+            assert reason.code == 1009
+
+
 async def test_content_larger_than_max_content_gets_too_large_with_cid(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
@@ -138,6 +154,36 @@ async def test_frames_keep_a_connection_from_idling_out(start_node) -> None:
                 await client.send("ping", rid=f"k{i}")
                 assert (await client.expect("pong"))["rid"] == f"k{i}"
             assert (await client.expect_closed(timeout=4)).code == 1001
+
+
+async def test_a_frame_just_before_the_idle_timeout_is_answered_even_when_the_store_is_slow(
+    start_node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame 0.5 s into a 1 s idle timeout restarts the timeout: the node must answer it, even
+    if the directory takes 0.6 s, and must not close the connection at 1 s."""
+    with trio.fail_after(10):
+        node: RunningNode = await start_node(websocket={"idle-timeout": 1})
+        url = f"ws://127.0.0.1:{node.client_port}/"
+        directory = node.ctx.directory
+        all_users = directory.all_users
+
+        def slow_all_users():  # a busy database: the query takes 0.6 s
+            time.sleep(0.6)
+            return all_users()
+
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            monkeypatch.setattr(directory, "all_users", slow_all_users)
+            await trio.sleep(0.5)
+            await alice.send("contacts", rid="slow")
+            try:
+                contacts = await alice.expect("contacts", timeout=3)
+            except ConnectionClosed as exc:
+                pytest.fail(f"the node closed the connection ({exc.reason}) 0.5 s after a frame, leaving "
+                            "the frame unanswered")
+            assert contacts["rid"] == "slow"
+            await alice.send("ping", rid="still-open")
+            assert (await alice.expect("pong"))["rid"] == "still-open"
 
 
 @pytest.mark.parametrize("after_login", [False, True], ids=["anonymous", "logged-in-not-ready"])

@@ -160,6 +160,10 @@ REPLIES: list[tuple[f.Reply, str, dict[str, Any]]] = [
      {"users": [{"userId": "22", "name": "Bob", "online": True}], "groups": [GROUP_WIRE]}),
     (f.GroupOk(GROUP, rid="r"), "group-ok", {**GROUP_WIRE, "rid": "r"}),
     (f.OtherLogin("u-2", "node-1"), "other-login", {"uuid": "u-2", "nodeId": "node-1"}),
+    # a frame relayed from another node, already in wire form, goes out as it came
+    (f.RawReply({"code": "message", "message": MESSAGE_WIRE}), "message", MESSAGE_WIRE),
+    (f.RawReply({"code": "receipt", "message": {"id": "1", "chatId": "2", "status": "delivered", "by": "2"}}),
+     "receipt", {"id": "1", "chatId": "2", "status": "delivered", "by": "2"}),
 ]
 
 
@@ -181,6 +185,13 @@ def test_every_reply_encodes_to_json_text_and_messagepack(reply: f.Reply, code: 
         assert set(frame) == {"code", "message"}
         assert frame["code"] == code
         assert _without_extras(frame["message"]) == wire
+
+
+def test_message_frames_name_their_message_id_and_others_none() -> None:
+    assert f.MessageOut(MESSAGE).message_id() == 1001
+    assert f.RawReply({"code": "message", "message": MESSAGE_WIRE}).message_id() == 1001
+    assert f.RawReply({"code": "recall", "message": {"id": "1001"}}).message_id() is None
+    assert f.Ack("c", 1001, 1).message_id() is None
 
 
 def test_json_replies_are_utf8_text_not_ascii_escapes() -> None:

@@ -168,25 +168,32 @@ async def _acker(conn: Connection, jobs: trio.MemoryReceiveChannel) -> None:
 async def _reader(conn: Connection) -> Close:
     """Reads and handles frames until the connection must close; returns how to close it."""
     state = conn.state
+    max_frame = conn.ctx.config.websocket.max_frame
     while True:
+        # Only the wait for a frame is under the deadline: a frame that arrived in time is
+        # always handled and answered, however long its handler takes.
+        data: str | bytes | None = None
         with trio.move_on_at(state.deadline()):
             try:
                 data = await conn.ws.get_message()
             except ConnectionClosed:
                 return Close(CloseCode.NORMAL, "closed by peer")
-            if not state.frame_received(trio.current_time()):
-                await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed"))
-                continue
-            if isinstance(data, bytes):
-                conn.binary = True
-            try:
-                await _handle(conn, data)
-            except Disconnect as exc:
-                return Close(exc.code, exc.reason)
+        if data is None:
+            if state.auth_expired(trio.current_time()):
+                return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
+            return Close(CloseCode.GOING_AWAY, "idle timeout")
+        # trio-websocket caps text frames in characters; the limit is in bytes.
+        if isinstance(data, str) and len(data) * 4 > max_frame and len(data.encode("utf-8", "surrogatepass")) > max_frame:
+            return Close(CloseCode.TOO_BIG, f"frame larger than {max_frame} bytes")
+        if not state.frame_received(trio.current_time()):
+            await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed"))
             continue
-        if state.auth_expired(trio.current_time()):
-            return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
-        return Close(CloseCode.GOING_AWAY, "idle timeout")
+        if isinstance(data, bytes):
+            conn.binary = True
+        try:
+            await _handle(conn, data)
+        except Disconnect as exc:
+            return Close(exc.code, exc.reason)
 
 
 async def _handle(conn: Connection, data: str | bytes) -> None:
