@@ -125,14 +125,18 @@ class NodeInfo:
 class Registry(Protocol):
     """Cluster state in Redis: node leases, worker ids, user routes, login failures."""
 
-    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
-        """Takes the node-id lock and registers; False if another live process holds the id."""
+    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
+        """Takes the node-id lock and registers; False if another process holds the id
+        (unless its owner token is `replacing`: a process known to be dead)."""
 
-    def acquire_master(self, node_id: str, owner: str, ttl_s: int) -> bool:
+    def node_owner(self, node_id: str) -> str | None:
+        """The owner token holding the node-id lock, if any."""
+
+    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
         """Takes the master lock (renewed by `heartbeat` for a master's NodeInfo)."""
 
-    def master_holder(self) -> str | None:
-        """The node id holding the master lock, if any."""
+    def master_holder(self) -> tuple[str, str] | None:
+        """(node id, owner token) holding the master lock, if any."""
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
         """Renews the lock and registration; False if the lock was lost to another owner."""

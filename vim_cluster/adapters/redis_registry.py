@@ -61,6 +61,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS[1] = lock; ARGV = value, ttl, replacing. Take the lock if it is free or holds exactly
+# `replacing` (the owner token of a process known to be dead).
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if (not current) or current == ARGV[1] or (ARGV[3] ~= '' and current == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
 # KEYS[1] = lock; ARGV = owner. Delete only if we own it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -98,6 +108,7 @@ class RedisRegistry:
         )
         self._renew = self._r.register_script(_RENEW)
         self._release = self._r.register_script(_RELEASE)
+        self._claim = self._r.register_script(_CLAIM)
         self._remove_route = self._r.register_script(_REMOVE_ROUTE)
         self._workers: dict[str, int] = {}
 
@@ -113,24 +124,31 @@ class RedisRegistry:
         with self._errors():
             self._r.ping()
 
-    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+    def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
         with self._errors():
-            lock = Keys.node_lock(info.node_id)
-            if not self._r.set(lock, owner, nx=True, ex=ttl_s) and self._r.get(lock) != owner:
+            if not self._claim(keys=[Keys.node_lock(info.node_id)], args=[owner, ttl_s, replacing or ""]):
                 return False
             self._r.hset(Keys.NODES, info.node_id, _info_json(info))
             return True
 
-    def acquire_master(self, node_id: str, owner: str, ttl_s: int) -> bool:
+    def node_owner(self, node_id: str) -> str | None:
         with self._errors():
-            if self._r.set(Keys.MASTER_LOCK, f"{node_id} {owner}", nx=True, ex=ttl_s):
-                return True
-            return self._r.get(Keys.MASTER_LOCK) == f"{node_id} {owner}"
+            value = self._r.get(Keys.node_lock(node_id))
+        return str(value) if value else None
 
-    def master_holder(self) -> str | None:
+    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
+        with self._errors():
+            value, old = f"{node_id} {owner}", f"{node_id} {replacing}" if replacing else ""
+            return bool(self._claim(keys=[Keys.MASTER_LOCK], args=[value, ttl_s, old]))
+
+    def master_holder(self) -> tuple[str, str] | None:
+        """(node id, owner token) of the master lock's holder, if any."""
         with self._errors():
             value = self._r.get(Keys.MASTER_LOCK)
-        return str(value).split(" ", 1)[0] if value else None
+        if not value:
+            return None
+        node_id, _, owner = str(value).partition(" ")
+        return node_id, owner
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
         with self._errors():

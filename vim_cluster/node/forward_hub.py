@@ -230,8 +230,8 @@ class MasterHub:
                 self.drop_peer(peer.node_id, "operator done")
         log.info("forward_peer_lost", reason=reason, pending=len(peer.end.outbox))
 
-    async def _refuse(self, ws: WebSocketConnection, reason: str) -> None:
-        log.warning("forward_peer_refused", reason=reason)
+    async def _refuse(self, ws: WebSocketConnection, hello: ff.Hello, reason: str) -> None:
+        log.warning("forward_peer_refused", peer=hello.node, role=hello.role, reason=reason)
         await ws.send_message(ff.encode_frame(ff.Refused(reason)))
         await ws.aclose(1008, reason[:100])
 
@@ -246,11 +246,11 @@ class MasterHub:
         if not isinstance(auth, ff.Auth):
             raise ff.ForwardProtocolError("expected auth")
         if not ff.mac_ok(ff.slave_mac(self.secret, hello.node, hello.nonce, nonce), auth.mac):
-            await self._refuse(ws, "bad credentials: the peer does not hold the cluster secret")
+            await self._refuse(ws, hello, "bad credentials: the peer does not hold the cluster secret")
             return None
         problem = await self._admission_problem(hello)
         if problem:
-            await self._refuse(ws, problem)
+            await self._refuse(ws, hello, problem)
             return None
         if not isinstance(auth.base, int) or auth.base < 0:
             raise ff.ForwardProtocolError(f"bad base in auth: {auth.base!r}")

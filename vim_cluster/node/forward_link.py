@@ -150,9 +150,12 @@ async def client_handshake(
         raise ForwardLinkRefused(challenge.reason)
     if not isinstance(challenge, ff.Challenge):
         raise ff.ForwardProtocolError(f"expected a challenge, got {type(challenge).__name__}")
-    if not ff.mac_ok(ff.master_mac(secret, nonce, challenge.nonce), challenge.mac):
-        raise ForwardLinkRefused("the master does not hold the cluster secret")
     mac = ff.slave_mac(secret, node_id, nonce, challenge.nonce)
+    if not ff.mac_ok(ff.master_mac(secret, nonce, challenge.nonce), challenge.mac):
+        # Our proof still goes (nothing else: no sessions), so that the master sees a peer with
+        # another secret and refuses it by name in its log, rather than a hang-up.
+        await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
+        raise ForwardLinkRefused("the master does not hold the cluster secret")
     await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions, base)))
     answer = ff.decode_frame(await ws.get_message())
     if isinstance(answer, ff.Refused):
