@@ -1,0 +1,152 @@
+"""Run every `vim-cluster bench` scenario on fresh clusters and print a markdown table.
+
+For each profile (sqlite: embedded Redis + SQLite; servers: embedded Redis + private MariaDB
+and FerretDB, when their binaries exist) it starts a master and two department nodes with
+`vim-cluster up` on free loopback ports, runs the scenarios one after the other, stops the
+cluster, and prints one table row per scenario. Everything is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+VIM = [str(ROOT / ".venv" / "bin" / "vim-cluster")]
+SCENARIOS: list[tuple[str, list[str]]] = [
+    ("cross-node", ["--senders", "4", "--window", "32"]),
+    ("cross-node", ["--senders", "4", "--window", "32", "--rate", "1000"]),
+    ("local", ["--senders", "4", "--window", "32"]),
+    ("group", ["--senders", "2", "--members", "12", "--window", "16"]),
+    ("churn", ["--senders", "8"]),
+]
+
+
+def wait_healthy(folder: Path, timeout: float = 40.0) -> None:
+    import yaml
+
+    ports = [yaml.safe_load(p.read_text())["vim"]["http"]["port"] for p in sorted(folder.glob("*.yaml"))]
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the cluster in {folder} did not become healthy")
+            time.sleep(0.2)
+
+
+def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    env = {**os.environ, "VIM_EMBEDDED_REDIS_DIR": str(folder / "redis")}
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), str(folder),
+                    "--directory", stores["directory"], "--messages", stores["messages"]], check=True)
+    log = open(folder / "cluster.log", "w")
+    cluster = subprocess.Popen(VIM + ["--log-level", "warning", "up", str(folder)], stdout=log, stderr=log, env=env)
+    results = []
+    try:
+        wait_healthy(folder)
+        scenarios = SCENARIOS + [("connections", ["--connections", str(args.connections)])]
+        for scenario, extra in scenarios:
+            command = VIM + ["bench", scenario, "--configs", str(folder), "--json", "--duration", str(args.duration)] + extra
+            print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.duration * 4 + 240)
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
+                results.append({"scenario": scenario, "profile": name, "failed": done.returncode})
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["profile"] = name
+            results.append(result)
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        try:
+            cluster.wait(30)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+        from vim_cluster.adapters.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis(folder / "redis")
+    return results
+
+
+def fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = ["profile", "scenario", "rate", "acked msg/s", "delivered/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+            "errors", "lost", "server CPU µs/delivered", "other"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        other = ""
+        if r["scenario"] == "connections":
+            other = f"{r.get('connections')} conns, {r.get('rss_per_connection_kb')} KB RSS/conn"
+        elif r["scenario"] == "churn":
+            other = f"{r.get('cycles_per_s')} cycles/s"
+        elif "failed" in r:
+            other = f"FAILED (exit {r['failed']})"
+        row = [r["profile"], r["scenario"], r.get("rate"), r.get("acked_per_s"), r.get("delivered_per_s"),
+               r.get("p50_ms"), r.get("p90_ms"), r.get("p99_ms"), r.get("max_ms"), r.get("errors"),
+               r.get("lost"), r.get("server_cpu_us_per_delivered"), other]
+        lines.append("| " + " | ".join(fmt(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per message scenario")
+    parser.add_argument("--connections", type=int, default=2000, help="connections scenario: K")
+    parser.add_argument("--profiles", default="sqlite,servers", help="comma-separated: sqlite, servers")
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vim-bench-") as tmp:
+        base = Path(tmp)
+        if "sqlite" in args.profiles:
+            results += run_profile("sqlite", base / "sqlite",
+                                   {"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db"}, args)
+        if "servers" in args.profiles:
+            results += run_servers(base / "servers", args)
+    print(table(results))
+
+
+def run_servers(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tests.servers import FerretDB, MariaDB, find_ferretdb, find_mariadb
+
+    try:
+        find_mariadb()
+        find_ferretdb()
+    except BaseException as exc:  # noqa: BLE001 - pytest's Skipped is a BaseException
+        print(f"skipping the MySQL + MongoDB profile: {exc}", file=sys.stderr)
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    mariadb = MariaDB(folder / "mariadb").create()  # initialised and started
+    ferret = FerretDB(folder / "ferretdb")
+    ferret.start()
+    try:
+        admin = mariadb.admin()
+        with admin.cursor() as cursor:
+            cursor.execute("CREATE DATABASE vimbench CHARACTER SET utf8mb4")
+        admin.close()
+        stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
+        return run_profile("mysql+mongo", folder / "cluster", stores, args)
+    finally:
+        ferret.stop()
+        mariadb.stop()
+
+
+if __name__ == "__main__":
+    main()
