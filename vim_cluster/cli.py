@@ -13,7 +13,7 @@ import trio
 
 from . import __version__
 from .config import NodeConfig, load_config
-from .errors import ConfigError, StoreUnavailable, VimError
+from .errors import ConfigError, VimError
 from .logs import configure_logging
 
 DEFAULT_DIR = "node-configs"
@@ -43,11 +43,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     try:
         trio.run(_run_node, config)
-    except (StoreUnavailable, VimError) as exc:
-        structlog.get_logger().error("node_failed", node_id=config.node_id, error=str(exc))
-        print(f"vim-cluster: {config.node_id}: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        errors = _vim_errors(exc)
+        if not errors:
+            raise
+        for error in errors:
+            structlog.get_logger().error("node_failed", node_id=config.node_id, error=str(error))
+            print(f"vim-cluster: {config.node_id}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _vim_errors(exc: BaseException) -> list[VimError]:
+    """The VimErrors (StoreUnavailable, NodeIdTaken, LeaseLost, ...) that `exc` consists of;
+    trio's nurseries wrap a task's error in exception groups. Empty if anything else is in it:
+    that propagates, with its traceback."""
+    if isinstance(exc, VimError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_vim_errors(inner) for inner in exc.exceptions]
+        if all(found):
+            return [error for errors in found for error in errors]
+    return []
 
 
 def cmd_up(args: argparse.Namespace) -> int:

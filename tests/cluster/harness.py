@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 import trio
+from trio_websocket import ConnectionClosed
 
-from ..support import NodeProcess, free_port, write_config
+from ..support import Client, NodeProcess, free_port, write_config
 from .proxy import ProxyThread
 
 T = TypeVar("T")
@@ -55,6 +58,80 @@ def run_cli(*args: str, timeout: float = 30.0, stdin: str | None = None) -> subp
         [sys.executable, "-m", "vim_cluster.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=cli_env(), input=stdin,
     )
+
+
+def nodes_table(stdout: str) -> dict[str, dict[str, str]]:
+    """`vim-cluster nodes` output as {node: {column: cell}} (cells are 2+ spaces apart)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    header = re.split(r"\s{2,}", lines[0].strip())
+    return {cells[0]: dict(zip(header, cells, strict=True))
+            for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}
+
+
+def routes_on(redis_url: str, user_id: str, node_id: str) -> list[str]:
+    """The sessions of `user_id` that Redis routes to `node_id` (straight from the keys)."""
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        fields = r.hgetall(f"vim:routes:{user_id}")
+        members = r.smembers(f"vim:node-sessions:{node_id}")
+    return [s for s, raw in fields.items() if json.loads(raw)["node_id"] == node_id] + \
+        [m for m in members if m.startswith(f"{user_id}:")]
+
+
+class Collector:
+    """Reads a client's frames in the background (`nursery.start_soon(c.run)`); keeps each
+    message id's first arrival, in order. `stop()` hands the other frames back to the client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.scope = trio.CancelScope()
+        self.arrived: dict[str, float] = {}  # message id -> time.monotonic() of first arrival
+        self.order: list[str] = []  # message ids, first arrivals only, in arrival order
+        self.frames = 0  # message frames, duplicates included
+        self.others: list[dict[str, Any]] = []
+        self.closed = False
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        with self.scope:
+            while True:
+                try:
+                    frame = await self.client.next_frame()
+                except ConnectionClosed:
+                    self.closed = True
+                    self._wake()
+                    return
+                if frame["code"] != "message":
+                    self.others.append(frame)
+                    continue
+                self.frames += 1
+                message_id = frame["message"]["id"]
+                if message_id not in self.arrived:
+                    self.arrived[message_id] = time.monotonic()
+                    self.order.append(message_id)
+                self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def duplicates(self) -> int:
+        return self.frames - len(self.order)
+
+    async def wait_for(self, ids: list[str], timeout: float) -> bool:
+        """Waits until every id arrived (True) or `timeout` passed or the client closed (False)."""
+        with trio.move_on_after(timeout):
+            while not set(ids) <= self.arrived.keys():
+                if self.closed:
+                    return False
+                await self._changed.wait()
+            return True
+        return False
+
+    def stop(self) -> None:
+        self.scope.cancel()
+        self.client.backlog[:0] = self.others
+        self.others = []
 
 
 class ClusterNode:
@@ -183,19 +260,34 @@ class Cluster:
 
     def start(self) -> Cluster:
         try:
-            self.nodes[MASTER] = self.write_node(MASTER, "master")
+            self._start_node(lambda: self.write_node(MASTER, "master"))
             for slave in self._proxied:
                 self.proxies[slave] = ProxyThread(self.master.forward_port).start()
-            for slave in (DEPT1, DEPT2):
-                self.nodes[slave] = self.write_node(slave, "slave", self.slave_master_url(slave))
-            self.master.start()
             with ThreadPoolExecutor(2) as pool:
-                list(pool.map(lambda n: n.start(), [self.dept1, self.dept2]))
+                list(pool.map(
+                    lambda name: self._start_node(lambda: self.write_node(name, "slave", self.slave_master_url(name))),
+                    [DEPT1, DEPT2]))
             self.wait_healthy()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_node(self, write: Callable[[], ClusterNode], attempts: int = 3) -> ClusterNode:
+        """Writes a config (free ports) and starts the node; on another process taking one of
+        its ports between `free_port()` and the bind (tests run in parallel), tries new ports."""
+        for attempt in range(attempts):
+            node = write()
+            self.nodes[node.name] = node  # from here on, stop() stops it whatever happens
+            log_from = len(node.log_text())
+            try:
+                node.start()
+                return node
+            except RuntimeError:
+                node.kill()
+                if "Address already in use" not in node.log_text()[log_from:] or attempt == attempts - 1:
+                    raise RuntimeError(f"{node.name} did not start:\n{node.log_tail()}") from None
+        raise AssertionError("unreachable")
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
         """Every node's /healthz answers 200 (a slave's only once its master link is up)."""

@@ -9,49 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import time
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed
 
-from ..support import Client, online
-from .harness import Cluster, blocking
+from ..support import online
+from .harness import Cluster, Collector, blocking
 
 MEASUREMENTS = "/tmp/vim-measurements.txt"
 OUTAGE_S = 3.0  # how long the test keeps sending while the master is down
-
-
-class Collector:
-    """Reads one client's frames in the background; keeps each message's first arrival."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.arrived: dict[str, float] = {}  # message id -> time.monotonic() of first arrival
-        self.order: list[str] = []  # ids, first arrivals only
-        self.frames = 0
-        self.changed = trio.Event()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                frame = await self.client.next_frame()
-            except ConnectionClosed:
-                return
-            if frame["code"] != "message":
-                continue
-            self.frames += 1
-            message_id = frame["message"]["id"]
-            if message_id not in self.arrived:
-                self.arrived[message_id] = time.monotonic()
-                self.order.append(message_id)
-            self.changed.set()
-            self.changed = trio.Event()
-
-    async def wait_for(self, ids: list[str], timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            while not set(ids) <= set(self.arrived):
-                await self.changed.wait()
 
 
 def record(lines: list[str]) -> None:
@@ -107,9 +75,11 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
             await blocking(cluster.wait_healthy, 30)
             links_up_at = time.monotonic()
 
+            waited = time.monotonic()
             await at_bob.wait_for([a["id"] for a in remote], 30)
             missing = [a["cid"] for a in remote if a["id"] not in at_bob.arrived]
-            assert not missing, f"acked during the outage, never delivered: {missing}"
+            assert not missing, (f"acked during the outage, never delivered: {missing} (of {len(remote)}; waited "
+                                 f"{time.monotonic() - waited:.1f} s; bob got {at_bob.frames} message frames)")
             last_arrival = max(at_bob.arrived[a["id"]] for a in remote)
             first_arrival = min(at_bob.arrived[a["id"]] for a in remote)
             in_order = [m for m in at_bob.order if m in {a["id"] for a in remote}]
@@ -121,6 +91,7 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
             await at_bob.wait_for([after["id"]], 5)
             assert after["id"] in at_bob.arrived
             after_latency = at_bob.arrived[after["id"]] - resumed_at
+            at_bob.stop()  # bob reads his own frames from here on
             back = await bob.chat(alice.user_id, "back to you", "back")
             assert (await alice.expect("message"))["id"] == back["id"]
 
@@ -146,3 +117,39 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
 async def carol_gets(collector: Collector, message_id: str) -> None:
     await collector.wait_for([message_id], 5)
     assert message_id in collector.arrived, "local traffic stalled while the master was down"
+
+
+async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slave(cluster: Cluster) -> None:
+    """The worst order after a master restart: the sender's slave links (and resends) first.
+
+    The master is killed (SIGKILL) and started again at once; dept-2 is held (SIGSTOP) until
+    dept-1's link is back, so the master sees dept-1's queued packets before it knows where
+    dept-2's users are.
+    """
+    tag = secrets.token_hex(3)
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept1.url, f"alice2-{tag}")
+            bob = await online(stack, cluster.dept2.url, f"bob2-{tag}")
+            at_bob = Collector(bob)
+            nursery.start_soon(at_bob.run)
+
+            await blocking(cluster.master.kill)
+            for slave in (cluster.dept1, cluster.dept2):
+                await blocking(slave.wait_health, 503, 15)
+            acks = [await alice.chat(bob.user_id, f"queued {i}", f"q-{i}") for i in range(5)]
+
+            cluster.dept2.signal(signal.SIGSTOP)
+            try:
+                await blocking(cluster.master.start)
+                await blocking(cluster.dept1.wait_health, 200, 15)  # dept-1 linked, dept-2 not
+                await trio.sleep(1.0)
+            finally:
+                cluster.dept2.signal(signal.SIGCONT)
+            await blocking(cluster.wait_healthy, 30)
+
+            assert await at_bob.wait_for([a["id"] for a in acks], 15), (
+                f"bob got {len(at_bob.order)} of the {len(acks)} messages queued on dept-1")
+            assert [m for m in at_bob.order if m in {a["id"] for a in acks}] == [a["id"] for a in acks]
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,92 @@
+"""The forward link of a slave cut and restored under traffic (through a TCP proxy).
+
+dept-2 reaches the master through `TcpProxy`; the test severs every proxied connection and
+refuses new ones for ~2 s while a sender on dept-1 writes to a user on dept-2, then restores
+the link: every acked message arrives, once each after dropping duplicates by id, in order.
+dept-2's /healthz answers 503 while its link is down and 200 once it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from vim_cluster.node.forward_link import OPEN_TIMEOUT
+
+from ..support import online
+from .harness import Cluster, Collector, blocking
+
+CUT_S = 2.0
+
+
+async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and_healthz_follows_it(
+    proxied_cluster: Cluster,
+) -> None:
+    cluster = proxied_cluster
+    proxy = cluster.proxies["dept-2"]
+    tag = secrets.token_hex(3)
+    acks: list[dict[str, Any]] = []
+    stop_sending = trio.Event()
+    sender_done = trio.Event()
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
+            at_bob = Collector(bob)
+            nursery.start_soon(at_bob.run)
+
+            async def sender() -> None:
+                try:
+                    i = 0
+                    while not stop_sending.is_set():
+                        acks.append(await alice.chat(bob.user_id, f"m {i}", f"m-{i}"))
+                        i += 1
+                        await trio.sleep(0.01)
+                finally:
+                    sender_done.set()
+
+            nursery.start_soon(sender)
+            while len(at_bob.order) < 30:  # traffic flows through the proxy
+                await trio.sleep(0.02)
+            assert (await blocking(cluster.dept2.healthz))[0] == 200
+
+            # --- cut: every proxied connection closed, new ones refused, for CUT_S
+            await blocking(proxy.sever)
+            cut_at, acked_at_cut = time.monotonic(), len(acks)
+            down_after = await blocking(cluster.dept2.wait_health, 503, CUT_S)
+            status, body = await blocking(cluster.dept2.healthz)
+            assert status == 503 and body["checks"]["master_link"].startswith("down"), body
+            await trio.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
+            during_cut = len(acks) - acked_at_cut
+            refused = proxy.proxy.refused
+
+            # --- restore: the slave reconnects by itself and resends what the master missed
+            await blocking(proxy.restore)
+            restored_at = time.monotonic()
+            # back within the slave's WebSocket open timeout (an attempt made during the cut
+            # may wait that long) plus its reconnect backoff
+            up_after = await blocking(cluster.dept2.wait_health, 200, OPEN_TIMEOUT + 3)
+            await trio.sleep(0.5)  # and a little traffic over the new link
+            stop_sending.set()
+            await sender_done.wait()
+
+            acked = [a["id"] for a in acks]
+            await at_bob.wait_for(acked, 15)  # checked below, with details
+            lost = [a["cid"] for a in acks if a["id"] not in at_bob.arrived]
+            assert not lost, f"{len(lost)} of {len(acks)} acked messages never arrived: {lost[:10]}"
+            assert set(at_bob.order) == set(acked), "bob got messages nobody acked"
+            assert at_bob.order == acked, "not in the order alice's messages were acked"
+            assert during_cut > 0, "nothing was sent while the link was cut: the test proved nothing"
+            assert cluster.dept2.running() and cluster.master.running()
+            nursery.cancel_scope.cancel()
+
+    print(f"\nforward link cut {CUT_S:.1f} s: {len(acks)} messages acked ({during_cut} during the cut), "
+          f"all delivered in order; {at_bob.duplicates} duplicate frames (dropped by id); "
+          f"/healthz 503 after {down_after:.2f} s, 200 again {up_after:.2f} s after the restore "
+          f"({time.monotonic() - restored_at:.1f} s ago); {refused} connection(s) refused during the cut")

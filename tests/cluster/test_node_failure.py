@@ -1,0 +1,86 @@
+"""A slave killed with SIGKILL while messages flow to its user: nothing acked is lost.
+
+The recipient's node dies mid-stream; the sender (on another node) keeps sending; the
+recipient reconnects to another node and gets every acked message, by offline replay and then
+live, exactly once after dropping duplicates by id, in the order they were acked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any
+
+import trio
+
+from ..support import connect, online
+from .harness import Cluster, Collector, blocking
+
+
+async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_node(cluster: Cluster) -> None:
+    tag = secrets.token_hex(3)
+    acks: list[dict[str, Any]] = []
+    stop_sending = trio.Event()
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
+            before = Collector(bob)
+            nursery.start_soon(before.run)
+
+            async def send_until_stopped() -> None:
+                i = 0
+                while not stop_sending.is_set():
+                    acks.append(await alice.chat(bob.user_id, f"m {i}", f"m-{i}"))
+                    i += 1
+                    await trio.sleep(0.01)
+
+            sender_done = trio.Event()
+
+            async def sender() -> None:
+                try:
+                    await send_until_stopped()
+                finally:
+                    sender_done.set()
+
+            nursery.start_soon(sender)
+            while len(before.order) < 20:  # traffic flows to bob on dept-2
+                await trio.sleep(0.05)
+
+            await blocking(cluster.dept2.kill)  # SIGKILL, while alice keeps sending
+            killed_at = len(acks)
+            with trio.fail_after(10):
+                while not before.closed:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.5)  # alice sends on while bob is offline
+
+            moved = await stack.enter_async_context(connect(cluster.master.url))  # another node
+            await moved.login(f"bob-{tag}")
+            replayed = await moved.ready()
+            assert all(m["offline"] is True for m in replayed)
+            after = Collector(moved)
+            nursery.start_soon(after.run)
+            sent_before_live = len(acks)
+            while len(acks) < sent_before_live + 30:  # and on, while bob is on the master
+                await trio.sleep(0.05)
+            stop_sending.set()
+            await sender_done.wait()
+
+            acked = [a["id"] for a in acks]
+            assert len(set(acked)) == len(acked)
+            already = set(before.order) | {m["id"] for m in replayed}
+            await after.wait_for([i for i in acked if i not in already], 15)  # checked below, with details
+            seen: list[str] = []
+            for message_id in [*before.order, *[m["id"] for m in replayed], *after.order]:
+                if message_id not in seen:
+                    seen.append(message_id)
+            lost = [a["cid"] for a in acks if a["id"] not in seen]
+            assert not lost, (f"{len(lost)} of {len(acks)} acked messages never reached bob: {lost[:10]}... "
+                              f"(killed after {killed_at} acks; {len(before.order)} arrived before, "
+                              f"{len(replayed)} replayed, {len(after.order)} live after)")
+            assert set(seen) == set(acked), "bob got messages nobody acked"
+            assert seen == acked, "after dropping duplicates, not in the order they were acked"
+            assert killed_at < sent_before_live < len(acks)
+            nursery.cancel_scope.cancel()

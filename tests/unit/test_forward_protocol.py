@@ -1,0 +1,312 @@
+"""The forward channel's reliable exchange without sockets: Outbox, Inbox and UpstreamAcks of
+two (or three) ends passing real frames (encode_frame/decode_frame) back to back in memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from vim_cluster.protocol.forward import Inbox, Outbox, OutItem, UpstreamAcks
+from vim_cluster.protocol.forward_frames import (
+    Auth,
+    Batch,
+    Beat,
+    Challenge,
+    Deliver,
+    ForwardProtocolError,
+    Hello,
+    Kick,
+    Packet,
+    Refused,
+    SessionClose,
+    SessionOpen,
+    Welcome,
+    decode_frame,
+    encode_frame,
+    mac_ok,
+    master_mac,
+    slave_mac,
+)
+
+
+def deliver(n: int) -> Deliver:
+    return Deliver("dept-1", (7, 8), {"code": "message", "message": {"id": str(n)}}, "s-1", 1000 + n)
+
+
+class End:
+    """One side of a link: its Outbox to the peer, its Inbox from the peer's epoch."""
+
+    def __init__(self, epoch: str, peer_epoch: str) -> None:
+        self.epoch = epoch
+        self.outbox: Outbox[str] = Outbox()
+        self.inbox = Inbox(peer_epoch)
+        self.got: list[Packet] = []
+        self.completed: list[OutItem[str]] = []
+
+    def push(self, n: int, tag: str | None = None) -> None:
+        self.outbox.push(deliver(n), tag)
+
+    def batch(self, limit: int = 256, ack: int | None = -1) -> bytes:
+        """The next batch frame on the wire (ack: ours by default)."""
+        return encode_frame(Batch(self.outbox.take_batch(limit), self.inbox.received if ack == -1 else ack))
+
+    def receive(self, data: bytes) -> None:
+        frame = decode_frame(data)
+        assert isinstance(frame, Batch)
+        for seq, packet in frame.items:
+            if self.inbox.accept(seq):
+                self.got.append(packet)
+        if frame.ack is not None:
+            self.completed += self.outbox.ack(frame.ack)
+
+
+def ids(packets: list[Packet]) -> list[int]:
+    return [int(p.frame["message"]["id"]) for p in packets if isinstance(p, Deliver)]
+
+
+def test_batches_deliver_every_packet_once_in_order() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    for n in range(1, 11):
+        a.push(n)
+    while a.outbox.has_unsent():
+        b.receive(a.batch(limit=3))
+    assert ids(b.got) == list(range(1, 11))
+    assert b.inbox.received == 10
+    assert not a.outbox.has_unsent() and len(a.outbox) == 10  # kept until acked
+
+
+def test_acks_are_cumulative_and_hand_back_the_tags() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    for n in range(1, 6):
+        a.push(n, tag=f"t{n}")
+    b.receive(a.batch())
+    a.receive(encode_frame(Batch([], 3)))  # b acknowledges up to 3 at once
+    assert [i.tag for i in a.completed] == ["t1", "t2", "t3"]
+    assert [i.seq for i in a.outbox.items] == [4, 5] and a.outbox.acked_upto == 3
+    a.receive(encode_frame(Batch([], 2)))  # an older ack changes nothing
+    assert len(a.completed) == 3 and a.outbox.acked_upto == 3
+    a.receive(b.batch())  # b's current ack: everything
+    assert [i.tag for i in a.completed] == ["t1", "t2", "t3", "t4", "t5"] and len(a.outbox) == 0
+
+
+def test_an_ack_for_a_packet_never_sent_is_a_protocol_error() -> None:
+    a = End("ea", "eb")
+    a.push(1)
+    with pytest.raises(ForwardProtocolError):
+        a.receive(encode_frame(Batch([], 2)))
+
+
+def test_after_a_reconnect_the_outbox_resends_what_the_peer_did_not_receive() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    for n in range(1, 6):
+        a.push(n)
+    b.receive(a.batch(limit=3))  # 1..3 arrive
+    a.batch()  # 4..5 are sent, but the link drops: they never arrive
+    a.push(6)  # queued while the link is down
+    # reconnect: b says what it received (the handshake's `received`), a rewinds to it
+    welcome = decode_frame(encode_frame(Welcome(b.inbox.received)))
+    assert isinstance(welcome, Welcome)
+    a.outbox.rewind(welcome.received)
+    b.receive(a.batch())
+    assert ids(b.got) == [1, 2, 3, 4, 5, 6]
+
+
+def test_rewind_keeps_what_the_peer_received_but_did_not_acknowledge() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    for n in range(1, 6):
+        a.push(n, tag=f"t{n}")
+    b.receive(a.batch())
+    a.receive(encode_frame(Batch([], 2)))  # acked: 1, 2
+    a.outbox.rewind(5)  # b received everything: nothing to resend ...
+    assert not a.outbox.has_unsent()
+    assert [i.seq for i in a.outbox.items] == [3, 4, 5]  # ... but 3..5 stay until acked
+    a.receive(encode_frame(Batch([], 5)))
+    assert [i.tag for i in a.completed] == ["t1", "t2", "t3", "t4", "t5"]
+
+
+def test_rewind_never_resends_acknowledged_packets_and_rejects_impossible_claims() -> None:
+    a = End("ea", "eb")
+    for n in range(1, 6):
+        a.push(n)
+    a.outbox.take_batch(10)
+    a.outbox.ack(3)
+    a.outbox.rewind(0)  # the peer lost track: resend starts after what it acknowledged
+    assert [seq for seq, _ in a.outbox.take_batch(10)] == [4, 5]
+    with pytest.raises(ForwardProtocolError):
+        a.outbox.rewind(6)  # more than was ever sent
+
+
+def test_duplicates_are_dropped_by_sequence_number() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    for n in range(1, 5):
+        a.push(n)
+    b.receive(a.batch(limit=2))
+    a.outbox.rewind(0)  # the peer's `received` got lost: a resends from the start
+    b.receive(a.batch())
+    assert ids(b.got) == [1, 2, 3, 4]
+    assert b.inbox.accept(4) is False and b.inbox.accept(1) is False
+
+
+def test_a_sequence_gap_is_a_protocol_error() -> None:
+    inbox = Inbox("e")
+    assert inbox.accept(1) is True
+    with pytest.raises(ForwardProtocolError, match="gap"):
+        inbox.accept(3)
+    b = End("eb", "ea")
+    with pytest.raises(ForwardProtocolError):
+        b.receive(encode_frame(Batch([(2, deliver(2))], None)))  # the first packet must be 1
+
+
+def test_a_restarted_peer_has_a_new_epoch_and_both_directions_start_at_one() -> None:
+    """A slave restarted: the master drops the old epoch's queue, and exchanges with the new
+    process through a new Inbox and a new Outbox (as MasterHub does for a new epoch)."""
+    master, slave = End("em", "es1"), End("es1", "em")
+    for n in range(1, 4):
+        slave.push(n)
+    master.receive(slave.batch())
+    for n in range(1, 3):
+        master.push(n, tag=f"t{n}")
+    master.batch()  # sent to the old process, never acked
+
+    restarted = End("es2", "em")  # a new process: a new epoch, its seqs from 1 again
+    assert restarted.epoch != master.inbox.epoch
+    dropped = master.outbox.drain()  # what the dead process never acked: its tags complete
+    assert [i.tag for i in dropped] == ["t1", "t2"] and len(master.outbox) == 0
+    assert not master.outbox.has_unsent()
+    master.inbox, master.outbox = Inbox(restarted.epoch), Outbox()
+    restarted.push(1)
+    master.receive(restarted.batch())
+    master.push(9)
+    restarted.receive(master.batch())
+    assert ids(master.got) == [1, 2, 3, 1]
+    assert ids(restarted.got) == [9] and restarted.inbox.received == 1
+    with pytest.raises(ForwardProtocolError, match="gap"):  # the old epoch's numbering is gone
+        Inbox(restarted.epoch).accept(4)
+
+
+def test_a_restarted_master_resumes_a_surviving_slaves_sequence_from_its_base() -> None:
+    """The master restarted (new epoch), the slave did not: the slave's Outbox goes on from its
+    acknowledged base, which it sends in its Auth; the new master's Inbox starts there."""
+    master, slave = End("em1", "es"), End("es", "em1")
+    for n in range(1, 6):
+        slave.push(n)
+    master.receive(slave.batch())
+    slave.receive(master.batch())  # acked 1..5 by the old master
+    assert slave.outbox.acked_upto == 5
+    for n in range(6, 9):
+        slave.push(n)  # queued while the master is down
+
+    new_master = End("em2", "es")
+    auth = decode_frame(encode_frame(Auth("mac", 0, [], slave.outbox.acked_upto)))
+    assert isinstance(auth, Auth) and auth.base == 5
+    slave.inbox = Inbox(new_master.epoch)  # the slave sees the new master epoch: starts over
+    new_master.inbox = Inbox(slave.epoch, received=auth.base)
+    slave.outbox.rewind(new_master.inbox.received)  # the Welcome
+    new_master.receive(slave.batch())
+    assert ids(new_master.got) == [6, 7, 8]
+    # without the base, a fresh Inbox could not take the resend
+    with pytest.raises(ForwardProtocolError, match="gap"):
+        Inbox(slave.epoch).accept(6)
+
+
+def test_auth_without_a_base_decodes_with_base_zero() -> None:
+    raw = msgpack.packb({"t": "auth", "mac": "m", "received": 3, "sessions": [[1, "s", "web", None]]})
+    auth = decode_frame(raw)
+    assert auth == Auth("m", 3, [[1, "s", "web", None]], 0)
+
+
+def test_master_acks_a_slave_only_when_every_forward_was_acked_end_to_end() -> None:
+    """slave A -> master -> slave B: A's packet is acked when B acked the master's forward."""
+    a = End("ea", "em")
+    master_from_a = Inbox("ea")
+    upstream = UpstreamAcks()
+    to_b: Outbox[tuple[str, int]] = Outbox()
+
+    a.push(1)  # for B
+    a.push(2)  # for nobody else (local users only)
+    a.push(3)  # for B too
+    frame = decode_frame(a.batch())
+    assert isinstance(frame, Batch)
+    for seq, packet in frame.items:
+        assert master_from_a.accept(seq)
+        forwards = 0 if seq == 2 else 1
+        if forwards:
+            to_b.push(packet, ("ea", seq))
+        upstream.received_packet(seq, forwards)
+    assert upstream.ack_value() == 0  # 1 is not done: nothing can be acked
+    to_b.take_batch(10)
+    done = to_b.ack(1)  # B acked the forward of A's 1
+    for item in done:
+        assert item.tag is not None
+        upstream.forward_done(item.tag[1])
+    assert upstream.ack_value() == 2  # 1 done, 2 needed no forward, 3 still out
+    a.receive(encode_frame(Batch([], upstream.ack_value())))
+    assert [i.seq for i in a.outbox.items] == [3]
+    for item in to_b.drain():  # B died: its queue is dropped, which completes the forwards
+        assert item.tag is not None
+        upstream.forward_done(item.tag[1])
+    assert upstream.ack_value() == 3
+
+
+def test_upstream_acks_count_each_forward() -> None:
+    upstream = UpstreamAcks()
+    upstream.received_packet(1, 2)  # forwarded to two nodes
+    upstream.received_packet(2, 1)
+    upstream.forward_done(1)
+    assert upstream.ack_value() == 0
+    upstream.forward_done(2)
+    assert upstream.ack_value() == 0  # 2 is done, but 1 still waits for one node
+    upstream.forward_done(1)
+    assert upstream.ack_value() == 2
+    upstream.forward_done(99)  # unknown (a duplicate completion): ignored
+    assert upstream.ack_value() == 2
+
+
+PACKETS: list[Packet] = [
+    deliver(1),
+    Kick("dept-2", 7, "s-9", 4001, {"code": "other-login", "message": {"uuid": None, "nodeId": "m"}}),
+    Kick("dept-2", 7, None, 4002, None),
+    SessionOpen(7, "s-1", "web", "u-1"),
+    SessionClose(7, "s-1"),
+]
+FRAMES: list[Any] = [
+    Hello("dept-1", "slave", "e1", "n1"),
+    Challenge("master", "e2", "n2", "mac"),
+    Auth("mac", 4, [[7, "s-1", "web", None]], 2),
+    Welcome(9),
+    Refused("no"),
+    Batch(list(enumerate(PACKETS, start=1)), 3),
+    Batch([], None),
+    Beat(123),
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda f: type(f).__name__)
+def test_every_frame_survives_the_wire(frame: Any) -> None:
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+@pytest.mark.parametrize("data", [
+    "text",
+    b"\xc1",  # not MessagePack
+    msgpack.packb([1, 2]),
+    msgpack.packb({"t": "nope"}),
+    msgpack.packb({"t": "welcome"}),  # a field missing
+    msgpack.packb({"t": "batch", "items": [[1, {"k": "deliver"}]], "ack": None}),
+    msgpack.packb({"t": "batch", "items": [[1, {"k": "teleport"}]], "ack": None}),
+    msgpack.packb({"t": "batch", "items": [["x", {"k": "session-close", "user": 1, "session": "s"}]], "ack": 0}),
+])
+def test_anything_else_is_a_protocol_error(data: Any) -> None:
+    with pytest.raises(ForwardProtocolError):
+        decode_frame(data)
+
+
+def test_macs_prove_the_secret_both_ways() -> None:
+    secret, other = b"s" * 32, b"o" * 32
+    assert mac_ok(master_mac(secret, "a", "b"), master_mac(secret, "a", "b"))
+    assert not mac_ok(master_mac(secret, "a", "b"), master_mac(other, "a", "b"))
+    assert not mac_ok(slave_mac(secret, "dept-1", "a", "b"), slave_mac(secret, "dept-2", "a", "b"))
+    assert not mac_ok(master_mac(secret, "a", "b"), slave_mac(secret, "x", "a", "b"))
+    assert not mac_ok(master_mac(secret, "a", "b"), None)
