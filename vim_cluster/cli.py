@@ -131,9 +131,11 @@ def cmd_whereis(args: argparse.Namespace) -> int:
 
 
 def cmd_kick(args: argparse.Namespace) -> int:
+    from trio_websocket import ConnectionClosed, HandshakeError
+
     from .admin import master_forward_url, resolve_user, routes_of
     from .errors import CloseCode
-    from .node.forward_link import send_as_operator
+    from .node.forward_link import ForwardLinkRefused, send_as_operator
     from .protocol.forward_frames import Kick, Packet
 
     config = _load(args.config)
@@ -144,7 +146,12 @@ def cmd_kick(args: argparse.Namespace) -> int:
         return 0
     nodes = sorted({r.node_id for r in routes})
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
-    trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
+    try:
+        trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
+    except (OSError, HandshakeError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
+        print(f"vim-cluster kick: the master did not confirm the kick ({type(exc).__name__}: {exc}); "
+              "a node holding the user may be unreachable", file=sys.stderr)
+        return 1
     print(f"closed {len(routes)} session(s) of user {user_id} on {', '.join(nodes)}")
     return 0
 
