@@ -4,7 +4,10 @@ answers `error unavailable` (never an ack) while its message store is down."""
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 
+import pymongo
 import pytest
 import trio
 
@@ -68,3 +71,25 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
             private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
             ack = await alice.chat(bob.user_id, "x", "c1")
             assert (await bob.expect("message"))["id"] == ack["id"]
+
+
+async def test_accepted_messages_reach_the_daily_raw_frame_log(start_node, mysql_url: str, mongo_url: str) -> None:
+    node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            ack = await alice.chat(bob.user_id, "for the audit log", "log-1")
+            day = time.strftime("%Y%m%d", time.gmtime(ack["timestamp"] / 1000))
+            client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=3000)
+            try:
+                collection = client.get_default_database()[f"message-log-{day}"]
+                while (entry := await trio.to_thread.run_sync(collection.find_one, {"sendTime": ack["timestamp"]})) is None:
+                    await trio.sleep(0.05)  # written off the hot path, after the ack
+            finally:
+                client.close()
+            assert entry["senderId"] == int(alice.user_id)
+            frame = json.loads(entry["content"])
+            assert frame["code"] == "message" and frame["message"]["id"] == ack["id"]
+            assert frame["message"]["content"] == "for the audit log"

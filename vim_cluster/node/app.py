@@ -36,6 +36,7 @@ from .context import NodeContext
 from .delivery import Delivery
 from .forward_hub import MasterHub
 from .forward_link import SlaveLink
+from .frame_log import FrameLog
 from .heartbeat import HEARTBEAT_S, Lease
 from .http import serve_http
 from .hub import Hub
@@ -132,11 +133,14 @@ async def serve_node(
         delivery=delivery,
         writer=StoreWriter(messages, store_runner),
         metrics=metrics,
+        frame_log=FrameLog(wiring.frame_log_writer(messages), BlockingRunner("frame-log", 1)),
     )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lease.run)
             nursery.start_soon(ctx.writer.run)
+            if ctx.frame_log.enabled:
+                nursery.start_soon(ctx.frame_log.run)
             forward_port = await _start_cluster_link(ctx, nursery)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             server = await nursery.start(_serve_clients, ctx)

@@ -12,6 +12,7 @@ from ..ids import IdGenerator
 from ..ports import Directory, MessageStore, Registry
 from .blocking import BlockingRunner
 from .delivery import Delivery
+from .frame_log import FrameLog
 from .hub import Hub
 from .metrics import NodeMetrics
 from .store_writer import StoreWriter
@@ -34,6 +35,7 @@ class NodeContext:
     delivery: Delivery
     writer: StoreWriter
     metrics: NodeMetrics
+    frame_log: FrameLog
     known_users: set[int] = attrs.Factory(set)  # users are never deleted: a positive cache
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from ..adapters.embedded_redis import default_dir, ensure_embedded_redis, running_url
 from ..adapters.redis_registry import RedisRegistry
 from ..adapters.sqlite_directory import SqliteDirectory
@@ -63,3 +65,17 @@ def directory_concurrency(config: NodeConfig) -> int:
 def store_concurrency(config: NodeConfig) -> int:
     """How many message-store calls may run at once (SQLite: one at a time)."""
     return 1 if sqlite_path(config.store.messages) is not None else 8
+
+
+def frame_log_writer(messages: MessageStore) -> Callable[[Sequence[tuple[str, int, int]]], None] | None:
+    """The store's raw frame log (MongoDB's daily `message-log-*`), or None if it has none."""
+    from ..adapters.mongo_messages import FrameLogEntry, MongoMessages
+
+    if not isinstance(messages, MongoMessages):
+        return None
+    store = messages
+
+    def write(entries: Sequence[tuple[str, int, int]]) -> None:
+        store.log_frames([FrameLogEntry(content, sender, at) for content, sender, at in entries])
+
+    return write

@@ -65,6 +65,7 @@ async def complete(conn: Connection, job: AckJob) -> None:
     stored = saved.message
     if saved.created:
         ctx.metrics.message_accepted()
+        ctx.frame_log.record(stored)
     await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=job.command.rid))
     if saved.created:
         ctx.delivery.to_users(job.recipients, f.MessageOut(stored), exclude=conn.session_id)
