@@ -105,7 +105,7 @@ class MongoMessages:
                 self._cursors: Collection[Doc] = self._db[CURSORS]
                 self._check_layout()
                 self._create_indexes()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - close what was opened, then re-raise
             self._client.close()
             raise
 

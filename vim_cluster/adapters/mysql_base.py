@@ -104,7 +104,7 @@ class MysqlDatabase:
             try:
                 with conn.cursor() as cur:
                     yield cur
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - roll back, then re-raise
                 self._rollback(conn)
                 raise
             conn.commit()

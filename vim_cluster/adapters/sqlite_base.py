@@ -55,7 +55,7 @@ class SqliteDatabase:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - roll back, then re-raise
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
