@@ -120,6 +120,10 @@ def launch(folder: Path, log_json: bool = False, log_level: str = "info") -> int
         print("stopping...", flush=True)
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the stopping short: the nodes run in their
+        # own sessions and would be left running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop(processes)
         if started_redis:
             stop_embedded_redis()
