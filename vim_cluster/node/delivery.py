@@ -13,6 +13,7 @@ import attrs
 
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
+from ..protocol.forward_frames import ForwardProtocolError
 from ..protocol.frames import RawReply, Reply
 from .hub import Hub, Session
 from .metrics import NodeMetrics
@@ -91,5 +92,9 @@ class Delivery:
         return out
 
     def apply_kick(self, user: int, session: str | None, code: int, notice: dict[str, Any] | None) -> None:
+        try:
+            close_code = CloseCode(code)
+        except ValueError:
+            raise ForwardProtocolError(f"kick with an unknown close code {code}") from None
         frame = OutFrame(RawReply(notice)) if notice else None
-        self.kick_local(user, session, CloseCode(code), frame)
+        self.kick_local(user, session, close_code, frame)

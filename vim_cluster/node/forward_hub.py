@@ -98,12 +98,6 @@ class MasterHub:
     def healthy(self) -> bool:
         return True
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            node: {"connected": p.connection is not None, "queued": len(p.end.outbox), "role": p.role}
-            for node, p in self.peers.items()
-        }
-
     # --- relaying -----------------------------------------------------------------------
 
     def _forward(self, plan: dict[str, list[int]], frame: dict[str, Any], exclude: str | None,
@@ -146,9 +140,6 @@ class MasterHub:
 
     def _no_packet(self, seq: int, packet: ff.Packet) -> None:
         raise ff.ForwardProtocolError("a packet before the peer was set up")
-
-    def _on_acked(self, items: list[OutItem]) -> None:
-        self._complete(items)
 
     def _complete(self, items: list[OutItem]) -> None:
         touched: set[str] = set()
@@ -319,7 +310,7 @@ class MasterHub:
         if peer is None:
             upstream = UpstreamAcks(received=base)
             end = LinkEnd(Outbox(), Inbox(hello.epoch, received=base), on_packet=self._no_packet,
-                          on_acked=self._on_acked, ack_value=upstream.ack_value)
+                          on_acked=self._complete, ack_value=upstream.ack_value)
             peer = Peer(key, hello.epoch, hello.role, end, upstream)
             end.on_packet = partial(self._on_packet, peer)
             self.peers[key] = peer

@@ -43,19 +43,16 @@ class ForwardLinkRefused(Exception):
 
 class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, delivery: Delivery,
-                 clock_ms: Any, role: str = "slave") -> None:
+                 clock_ms: Callable[[], int]) -> None:
         self.node_id = node_id
         self.master_url = master_url
         self.secret = secret
         self.delivery = delivery
         self.clock_ms = clock_ms
-        self.role = role
         self.epoch = secrets.token_hex(8)
         self.connected = False
         self.master_id: str | None = None
-        self.connects = 0
         self.end = LinkEnd(Outbox(), Inbox(epoch=""), self._on_packet, self._on_acked, self._ack_value)
-        self.up = trio.Event()  # set while the link is authenticated (replaced when it drops)
 
     # --- ClusterLink -----------------------------------------------------------------
 
@@ -104,8 +101,6 @@ class SlaveLink:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         await self._handshake(ws)
                     self.connected = True
-                    self.connects += 1
-                    self.up.set()
                     up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, pending=len(self.end.outbox))
                     reason = await pump(ws, self.end)
@@ -116,16 +111,14 @@ class SlaveLink:
                     ForwardLinkRefused) as exc:
                 log.warning("forward_link_failed", error=f"{type(exc).__name__}: {exc}", master_url=self.master_url)
             finally:
-                if self.connected:
-                    self.connected = False
-                    self.up = trio.Event()
+                self.connected = False
             await trio.sleep(backoff.next_delay())
 
     async def _handshake(self, ws: WebSocketConnection) -> None:
         sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
                     for s in self.delivery.hub.sessions(u)]
         challenge, welcome = await client_handshake(
-            ws, self.node_id, self.role, self.epoch, self.secret, self._received_from, sessions,
+            ws, self.node_id, "slave", self.epoch, self.secret, self._received_from, sessions,
             base=self.end.outbox.acked_upto)
         self.master_id = challenge.node
         self.end.outbox.rewind(int(welcome.received))
