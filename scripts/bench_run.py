@@ -50,7 +50,8 @@ def wait_healthy(folder: Path, timeout: float = 40.0) -> None:
             time.sleep(0.2)
 
 
-def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.Namespace,
+                scenarios: list[tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
     env = {**os.environ, "VIM_EMBEDDED_REDIS_DIR": str(folder / "redis")}
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), str(folder),
                     "--directory", stores["directory"], "--messages", stores["messages"]], check=True)
@@ -59,7 +60,8 @@ def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.
     results = []
     try:
         wait_healthy(folder)
-        scenarios = SCENARIOS + [("connections", ["--connections", str(args.connections)])]
+        if scenarios is None:
+            scenarios = SCENARIOS + [("connections", ["--connections", str(args.connections)])]
         for scenario, extra in scenarios:
             command = VIM + ["bench", scenario, "--configs", str(folder), "--json", "--duration", str(args.duration)] + extra
             print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)

