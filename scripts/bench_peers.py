@@ -39,7 +39,6 @@ from bench_run import run_profile  # noqa: E402
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.bench import Account, Event  # noqa: E402
 
-
 # --- dialects: the peers' wire formats ---------------------------------------------------
 
 
