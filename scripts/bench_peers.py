@@ -38,6 +38,7 @@ from bench_run import run_profile  # noqa: E402
 
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.bench import Account, Event  # noqa: E402
+from vim_cluster.sysinfo import cpu_seconds, raise_fd_limit  # noqa: E402
 
 # --- dialects: the peers' wire formats ---------------------------------------------------
 
@@ -197,9 +198,9 @@ def peer_accounts(senders: int) -> tuple[list[Account], list[Account]]:
 
 def measure(dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Namespace) -> dict[str, Any]:
     senders, recipients = peer_accounts(args.senders)
-    cpu_before = bench.cpu_seconds(pids)
+    cpu_before = cpu_seconds(pids)
     result = trio.run(bench.run_pair, src, dst, senders, recipients, args, dialect)
-    cpu = bench.cpu_seconds(pids) - cpu_before
+    cpu = cpu_seconds(pids) - cpu_before
     result["server_cpu_s"] = round(cpu, 2)
     if result["delivered"]:
         result["server_cpu_us_per_delivered"] = round(cpu / result["delivered"] * 1e6, 1)
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--systems", default="vim-cluster,python-socketio,centrifugo")
     args = parser.parse_args()
     args.messages = 0
-    bench.raise_fd_limit()
+    raise_fd_limit()
     shape = ["--senders", str(args.senders), "--window", str(args.window), "--size", str(args.size),
              "--rate", str(args.rate)]
     rows: list[dict[str, Any]] = []

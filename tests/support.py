@@ -235,8 +235,8 @@ async def online(
 class connect:
     """`async with connect(url) as client:` a Client on a fresh WebSocket."""
 
-    def __init__(self, url: str, binary: bool = False) -> None:
-        self._cm = open_websocket_url(url)
+    def __init__(self, url: str, binary: bool = False, message_queue_size: int = 1) -> None:
+        self._cm = open_websocket_url(url, message_queue_size=message_queue_size)
         self._binary = binary
 
     async def __aenter__(self) -> Client:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import resource
 import secrets
 import sys
 from collections.abc import Callable
@@ -30,9 +28,13 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
+from .sysinfo import cpu_seconds, raise_fd_limit, rss_kb
+
 PASSWORD = "bench-password-1"
 SCENARIOS = ("cross-node", "local", "group", "connections", "churn")
 DRAIN_S = 10.0
+CONFIRM_S = 0.05  # a recipient confirms what it got within 50 ms...
+CONFIRM_MAX = 100  # ...in `received` frames of at most 100 ids
 
 
 @attrs.define
@@ -50,14 +52,6 @@ class Stats:
     def error(self, kind: str) -> None:
         self.errors += 1
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one (many connections need many fds)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 async def send(ws: WebSocketConnection, code: str, **message: Any) -> None:
@@ -219,10 +213,13 @@ async def _sender(ws: WebSocketConnection, speaker: Speaker, chat_id: str, chat_
 
 
 async def _recipient(ws: WebSocketConnection, speaker: Speaker, stats: Stats) -> None:
+    """Counts deliveries and confirms them as a client does: within CONFIRM_S of the first
+    unconfirmed one, at most CONFIRM_MAX ids a frame."""
     seen: set[str] = set()
     pending: list[str] = []
+    confirm_at = math.inf
     while True:
-        with trio.move_on_after(0.05):
+        with trio.move_on_at(confirm_at):
             for event in speaker.events(await ws.get_message()):
                 if event.kind == "reply":
                     await ws.send_message(event.key)
@@ -235,14 +232,17 @@ async def _recipient(ws: WebSocketConnection, speaker: Speaker, stats: Stats) ->
                 stats.delivered += 1
                 stats.delivered_cids.add(event.key)
                 if event.confirm:
+                    if not pending:
+                        confirm_at = trio.current_time() + CONFIRM_S
                     pending.append(event.uid)
-            if len(pending) < 100:
+            if len(pending) < CONFIRM_MAX:
                 continue
         if pending:
             confirm = speaker.received(pending)
             if confirm is not None:
                 await ws.send_message(confirm)
             pending = []
+        confirm_at = math.inf
 
 
 async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Account]]]], chat_type: str,
@@ -326,27 +326,6 @@ def message_summary(stats: Stats, elapsed: float, fanout: int) -> dict[str, Any]
 
 
 # --- connection scenarios ------------------------------------------------------------------
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-        except OSError:
-            continue
-    return total
 
 
 async def run_connections(url: str, accounts: list[Account], count: int, pids: list[int]) -> dict[str, Any]:

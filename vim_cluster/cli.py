@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ from . import __version__
 from .config import NodeConfig, load_config
 from .errors import ConfigError, VimError
 from .logs import configure_logging
+from .sysinfo import raise_fd_limit
 
 DEFAULT_DIR = "node-configs"
 
@@ -32,6 +34,10 @@ async def _run_node(config: NodeConfig) -> None:
 
     async with trio.open_nursery() as nursery:
         running = await nursery.start(serve_node, config)
+        # What startup made (modules, config, pools) lives as long as the node: keeping it out
+        # of the collector's generations makes each full collection scan only newer objects
+        # (a full collection of the startup heap took 25 ms, a p99 latency spike).
+        gc.freeze()
         print(f"{config.node_id} ({config.cluster.node_type.value}) ready at {config.client_url}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
@@ -41,6 +47,10 @@ async def _run_node(config: NodeConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    open_files = raise_fd_limit()  # every client connection is a file descriptor
+    if open_files < 4096:
+        structlog.get_logger().warning("open_files_limit_low", limit=open_files,
+                                       hint="raise it (ulimit -Hn) for more client connections")
     try:
         trio.run(_run_node, config)
     except BaseException as exc:

@@ -76,6 +76,9 @@ class StoreUnavailable(VimError):
     """A store (database, Redis) could not be reached or failed; nothing was written."""
 
 
+UNAVAILABLE_DETAIL = "a store or the cluster is down: nothing was accepted; retry later"
+
+
 class Conflict(VimError):
     """A uniqueness rule of a store was violated (e.g. the username exists)."""
 

@@ -13,6 +13,7 @@ lease is released (routes removed) and the stores closed.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
+from trio_websocket import WebSocketServer, serve_websocket
 
 from .. import __version__
 from ..config import NodeConfig
@@ -181,14 +182,8 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | 
 async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
 
-    async def handler(request: WebSocketRequest) -> None:
-        try:
-            await serve_connection(ctx, request)
-        except Exception:  # noqa: BLE001 - the connection bulkhead: one connection, never the node
-            log.exception("connection_crashed")
-
     await serve_websocket(
-        handler,
+        functools.partial(serve_connection, ctx),
         ws.host,
         ws.port,
         _ssl_context(ctx.config),

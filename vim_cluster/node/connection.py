@@ -17,19 +17,24 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from ..core.limits import RateWindow
-from ..errors import ClientError, CloseCode, Disconnect, ErrorKind, StoreUnavailable
+from ..errors import (
+    UNAVAILABLE_DETAIL,
+    ClientError,
+    CloseCode,
+    Disconnect,
+    ErrorKind,
+    StoreUnavailable,
+)
 from ..protocol import frames as f
 from ..protocol.codec import FrameError, OutFrame, decode
 from ..protocol.session import SessionState
 from .context import NodeContext
-from .handlers.messages import AckJob, complete
-from .hub import Close, Session
+from .hub import Session
+from .outbox import CLOSE_GRACE, Close, Outbox
 
 log = structlog.get_logger()
-QUEUE_SIZE = 1024
+QUEUE_SIZE = 1024  # frames waiting in a connection's outbox (more: a slow consumer)
 ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
-UNAVAILABLE_DETAIL = "a store or the cluster is down: nothing was accepted; retry later"
-CLOSE_GRACE = 5.0
 _conn_ids = itertools.count(1)
 
 
@@ -39,11 +44,11 @@ class Connection:
     ws: WebSocketConnection
     conn_id: int
     state: SessionState
-    queue: trio.MemorySendChannel
-    acks: trio.MemorySendChannel  # of messages.AckJob: sends waiting for their commit
-    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    binary: bool = False
+    outbox: Outbox
+    cancel_scope: trio.CancelScope  # cancelling it ends the connection (kicks, slow consumers)
     session: Session | None = None
+    unacked: int = 0  # sent messages waiting for their commit
+    _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
 
     @property
     def user_id(self) -> int:
@@ -55,8 +60,32 @@ class Connection:
         return self.session.id if self.session else None
 
     async def reply(self, reply: f.Reply) -> None:
-        """Queue a reply behind whatever this connection was sent before."""
-        await self.queue.send(OutFrame(reply))
+        """Queue a reply behind whatever this connection was sent before (waits for room)."""
+        await self.outbox.room()
+        self.outbox.append(OutFrame(reply))
+
+    def answer(self, reply: f.Reply) -> None:
+        """Queue a reply without waiting (acks: the ack window bounds them)."""
+        self.outbox.append(OutFrame(reply))
+
+    async def ack_window(self) -> None:
+        """Waits while ACK_WINDOW sent messages wait for their commit."""
+        await self._wait_commits(ACK_WINDOW - 1)
+
+    async def all_committed(self) -> None:
+        await self._wait_commits(0)
+
+    async def _wait_commits(self, at_most: int) -> None:
+        while self.unacked > at_most:
+            if self._commits is None:
+                self._commits = trio.Event()
+            await self._commits.wait()
+
+    def acked_one(self) -> None:
+        self.unacked -= 1
+        if self._commits is not None:
+            self._commits.set()
+            self._commits = None
 
     async def open_session(self, user_id: int, client: str, uuid: str | None, holding: bool) -> Session:
         """Make this connection a live session of `user_id` (routes, hub, other-login)."""
@@ -67,57 +96,57 @@ class Connection:
 
 
 async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
-    """trio-websocket handler: authenticate the handshake, then run the connection."""
-    query = parse_qs(urlsplit(request.path).query)
-    token = query["token"][0] if "token" in query else None
-    client = query["client"][0][:32] if "client" in query else "web"
-    uuid = query["uuid"][0][:64] if "uuid" in query else None
-    handshake_user: int | None = None
-    if token:
-        try:
-            handshake_user = ctx.tokens.verify(token, ctx.clock_ms())
-        except ClientError as exc:
-            log.info("handshake_rejected", reason=exc.detail)
-            await request.reject(401, body=exc.detail.encode())
-            return
-    ws = await request.accept()
-    conn_id = next(_conn_ids)
-    structlog.contextvars.bind_contextvars(conn_id=conn_id)
-    send, receive = trio.open_memory_channel[OutFrame | Close](QUEUE_SIZE)
-    acks_send, acks_receive = trio.open_memory_channel[AckJob](ACK_WINDOW)
-    rate = RateWindow(ctx.config.websocket.rate_limit)
-    state = SessionState(trio.current_time(), rate, ctx.config.websocket.idle_timeout)
-    conn = Connection(ctx, ws, conn_id, state, send, acks_send)
-    await _run(conn, receive, acks_receive, handshake_user, client, uuid)
-
-
-async def _run(
-    conn: Connection, receive: trio.MemoryReceiveChannel, acks: trio.MemoryReceiveChannel,
-    user: int | None, client: str, uuid: str | None,
-) -> None:
+    """trio-websocket handler: authenticate the handshake, then run the connection. The
+    connection bulkhead: whatever fails here is logged and ends this connection, not the node."""
     from .sessions import close_session
 
+    conn: Connection | None = None
     try:
+        query = parse_qs(urlsplit(request.path).query)
+        token = query["token"][0] if "token" in query else None
+        client = query["client"][0][:32] if "client" in query else "web"
+        uuid = query["uuid"][0][:64] if "uuid" in query else None
+        handshake_user: int | None = None
+        if token:
+            try:
+                handshake_user = ctx.tokens.verify(token, ctx.clock_ms())
+            except ClientError as exc:
+                log.info("handshake_rejected", reason=exc.detail)
+                await request.reject(401, body=exc.detail.encode())
+                return
+        ws = await request.accept()
+        conn_id = next(_conn_ids)
+        structlog.contextvars.bind_contextvars(conn_id=conn_id)
+        # The outbox starts its writer in the connection's nursery when there is something to
+        # send; `conn.cancel_scope` (kicks, slow consumers) stops the reading, not the writing.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_writer, conn, receive, nursery.cancel_scope)
+            state = SessionState(trio.current_time(), RateWindow(ctx.config.websocket.rate_limit),
+                                 ctx.config.websocket.idle_timeout)
+            conn = Connection(ctx, ws, conn_id, state, Outbox(ws, QUEUE_SIZE), trio.CancelScope())
+            conn.outbox.attach(nursery, nursery.cancel_scope)
+            close: Close | None = None
             with conn.cancel_scope:
-                close = await _authenticate_handshake(conn, user, client, uuid)
+                close = await _authenticate_handshake(conn, handshake_user, client, uuid)
                 if close is None:
-                    async with trio.open_nursery() as reading:
-                        reading.start_soon(_acker, conn, acks)
-                        close = await _reader(conn)
-                        await conn.acks.aclose()  # the acker finishes what was sent, then ends
-                with trio.move_on_after(2 * CLOSE_GRACE):
-                    await conn.queue.send(close)
-                    await trio.sleep_forever()  # the writer ends the nursery once it closed
-            nursery.cancel_scope.cancel()
+                    close = await _reader(conn)
+                    await conn.all_committed()  # their acks go out before the close
+            with trio.move_on_after(2 * CLOSE_GRACE):
+                if close is not None and not conn.cancel_scope.cancel_called:
+                    while not conn.outbox.close(close):
+                        await conn.outbox.room()
+                await trio.sleep_forever()  # the writer ends the nursery once it closed
+            nursery.cancel_scope.cancel()  # not closed in time: end the writer too
+    except Exception:  # noqa: BLE001 - the connection bulkhead: one connection, never the node
+        log.exception("connection_crashed")
     finally:
-        with trio.CancelScope(shield=True):
-            await close_session(conn)
-            code = conn.session.close_code if conn.session else None
-            if code is not None:
-                with trio.move_on_after(CLOSE_GRACE):
-                    await conn.ws.aclose(int(code))
+        if conn is not None:
+            with trio.CancelScope(shield=True):
+                await close_session(conn)
+                if conn.outbox.broken:
+                    await conn.outbox.drop()
+                elif conn.session is not None and conn.session.close_code is not None:
+                    with trio.move_on_after(CLOSE_GRACE):
+                        await conn.ws.aclose(int(conn.session.close_code))
 
 
 async def _authenticate_handshake(
@@ -133,36 +162,6 @@ async def _authenticate_handshake(
     conn.state.transition("handshake", user)
     structlog.contextvars.bind_contextvars(user_id=user)
     return None
-
-
-async def _writer(conn: Connection, receive: trio.MemoryReceiveChannel, scope: trio.CancelScope) -> None:
-    """Sends queued frames in order; a Close item sends its frame, closes, and ends the task."""
-    try:
-        async for item in receive:
-            if isinstance(item, Close):
-                if item.frame is not None:
-                    await conn.ws.send_message(item.frame.encoded(conn.binary))
-                with trio.move_on_after(CLOSE_GRACE):
-                    await conn.ws.aclose(int(item.code), item.reason)
-                break
-            await conn.ws.send_message(item.encoded(conn.binary))
-    except ConnectionClosed:
-        pass  # the peer went away; the reader sees it too
-    scope.cancel()
-
-
-async def _acker(conn: Connection, jobs: trio.MemoryReceiveChannel) -> None:
-    """Acks (and delivers) each sent message once durable, in the order they were sent."""
-    async for job in jobs:
-        rid, cid = job.command.rid, job.command.cid
-        try:
-            await complete(conn, job)
-        except StoreUnavailable as exc:
-            log.warning("store_unavailable", error=str(exc), rid=rid, cid=cid)
-            await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
-        except Exception:  # noqa: BLE001 - the connection bulkhead (the writer logged the cause)
-            log.exception("message_commit_failed", rid=rid, cid=cid)
-            await conn.reply(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
 
 
 async def _reader(conn: Connection) -> Close:
@@ -189,7 +188,7 @@ async def _reader(conn: Connection) -> Close:
             await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed"))
             continue
         if isinstance(data, bytes):
-            conn.binary = True
+            conn.outbox.binary = True
         try:
             await _handle(conn, data)
         except Disconnect as exc:

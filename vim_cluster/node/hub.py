@@ -1,8 +1,8 @@
 """Local sessions of this node: user -> sessions, and non-blocking delivery to them.
 
 Rules:
-- `deliver` never blocks: a frame goes into each session's bounded queue; a session whose
-  queue is full is a slow consumer and is closed (it gets everything again through offline
+- `deliver` never blocks: a frame goes into each session's bounded outbox; a session whose
+  outbox is full is a slow consumer and is closed (it gets everything again through offline
   replay, which lasts until it confirms).
 - While a session replays its offline messages (`holding` is a list), live frames are held
   and released after the replay, so a device sees messages in order.
@@ -18,17 +18,9 @@ import trio
 
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
+from .outbox import Close, Outbox
 
 log = structlog.get_logger()
-
-
-@attrs.frozen
-class Close:
-    """Queue item: send `frame` (if any), then close the WebSocket with `code`."""
-
-    code: CloseCode
-    reason: str
-    frame: OutFrame | None = None
 
 
 @attrs.define(eq=False)
@@ -37,7 +29,7 @@ class Session:
     user_id: int
     client: str
     uuid: str | None
-    queue: trio.MemorySendChannel  # of OutFrame | Close
+    outbox: Outbox
     cancel_scope: trio.CancelScope
     holding: list[OutFrame] | None = None
     close_code: CloseCode | None = None
@@ -45,27 +37,20 @@ class Session:
     def push(self, frame: OutFrame) -> None:
         if self.holding is not None:
             self.holding.append(frame)
-            return
-        try:
-            self.queue.send_nowait(frame)
-        except trio.WouldBlock:
+        elif not self.outbox.push(frame):
             log.warning("slow_consumer_closed", session_id=self.id, user_id=self.user_id)
             self.close_now(CloseCode.SLOW_CONSUMER)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the connection is closing; its frames come back by offline replay
 
     def kick(self, code: CloseCode, reason: str, frame: OutFrame | None = None) -> None:
-        """Close this session after sending `frame`; immediately if its queue is full."""
-        try:
-            self.queue.send_nowait(Close(code, reason, frame))
-        except trio.WouldBlock:
+        """Close this session after sending `frame`; immediately if its outbox is full."""
+        if not self.outbox.close(Close(code, reason, frame)):
             self.close_now(code)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # closing already
 
     def close_now(self, code: CloseCode) -> None:
+        """Stop reading, drop what waits, close with `code` after the frame being sent."""
         self.close_code = code
         self.cancel_scope.cancel()
+        self.outbox.abort(Close(code, code.name.lower().replace("_", "-")))
 
 
 @attrs.define

@@ -33,7 +33,7 @@ async def open_session(conn: Connection, user_id: int, client: str, uuid: str | 
         user_id=user_id,
         client=client,
         uuid=uuid,
-        queue=conn.queue,
+        outbox=conn.outbox,
         cancel_scope=conn.cancel_scope,
         holding=[] if holding else None,
     )

@@ -1,13 +1,16 @@
 """Group commit for new messages: one transaction for every message waiting, not one each.
 
-`save` returns only when its message is durable (or raises StoreUnavailable: then nothing of
-its batch was stored). Messages are committed in the order `save` was called, so ids minted in
-order by one connection are stored in that order.
+`submit` queues a message with a completion callback, called once the message is durable
+(or with the error: StoreUnavailable means nothing of its batch was stored). Messages are
+committed, and their callbacks called, in the order of `submit`, so ids minted in order by one
+connection are stored, acked and delivered in that order. A callback runs in the writer task
+and must not block; one that raises is logged and does not stop the others.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import structlog
@@ -21,21 +24,13 @@ log = structlog.get_logger()
 MAX_BATCH = 512
 
 
+Done = Callable[[Saved | None, BaseException | None], None]
+
+
 @attrs.define(eq=False)
 class PendingSave:
-    """A message handed to the writer; `await outcome()` once it is durable (or failed)."""
-
     item: NewMessage
-    done: trio.Event = attrs.Factory(trio.Event)
-    result: Saved | None = None
-    error: BaseException | None = None
-
-    async def outcome(self) -> Saved:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
+    on_done: Done
 
 
 class StoreWriter:
@@ -46,14 +41,9 @@ class StoreWriter:
         self.batches = 0
         self.saved = 0
 
-    def submit(self, item: NewMessage) -> PendingSave:
-        """Queue a message without waiting; commits keep the order of `submit` calls."""
-        pending = PendingSave(item)
-        self._send.send_nowait(pending)
-        return pending
-
-    async def save(self, item: NewMessage) -> Saved:
-        return await self.submit(item).outcome()
+    def submit(self, item: NewMessage, on_done: Done) -> None:
+        """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
+        self._send.send_nowait(PendingSave(item, on_done))
 
     async def run(self) -> None:
         async for first in self._receive:
@@ -66,20 +56,21 @@ class StoreWriter:
             await self._commit(batch)
 
     async def _commit(self, batch: list[PendingSave]) -> None:
+        results: list[Saved | None] = [None] * len(batch)
+        error: BaseException | None = None
         try:
-            results = await self._runner(self._store.save_messages, [p.item for p in batch])
+            results = list(await self._runner(self._store.save_messages, [p.item for p in batch]))
         except StoreUnavailable as exc:
             log.warning("store_write_failed", batch=len(batch), error=str(exc))
-            for p in batch:
-                p.error = exc
+            error = exc
         except Exception as exc:  # noqa: BLE001 - bulkhead: each waiting sender gets `internal`
             log.exception("store_write_crashed", batch=len(batch))
-            for p in batch:
-                p.error = exc
+            error = exc
         else:
             self.batches += 1
             self.saved += len(batch)
-            for p, result in zip(batch, results, strict=True):
-                p.result = result
-        for p in batch:
-            p.done.set()
+        for pending, result in zip(batch, results, strict=True):
+            try:
+                pending.on_done(result, error)
+            except Exception:  # noqa: BLE001 - one sender's callback must not stop the others
+                log.exception("save_callback_crashed", message_id=pending.item.message.id)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
-import attrs
 import structlog
 
-from ...errors import ClientError, ErrorKind
+from ...errors import UNAVAILABLE_DETAIL, ClientError, ErrorKind, StoreUnavailable
 from ...model import ChatType, Message, MessageId, UserId
-from ...ports import NewMessage
+from ...ports import NewMessage, Saved
 from ...protocol import frames as f
-from ..store_writer import PendingSave
 from .lookups import require_member, require_users
 
 if TYPE_CHECKING:
@@ -31,6 +30,7 @@ async def _recipients(conn: Connection, chat_type: ChatType, chat_id: int, kind:
 
 async def send(conn: Connection, command: f.SendMessage) -> None:
     ctx = conn.ctx
+    await conn.ack_window()
     recipients = await _recipients(conn, command.chat_type, command.chat_id, ErrorKind.NOT_MEMBER)
     sender = UserId(conn.user_id)
     message = Message(
@@ -45,30 +45,33 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
         timestamp=ctx.clock_ms(),
     )
     pending = (UserId(command.chat_id),) if command.chat_type is ChatType.FRIEND and command.chat_id != sender else ()
-    # Pipelined: the next frame is read while this one commits; the connection's acker waits
-    # for commits in submit order, so acks and deliveries keep the order of the sends.
-    saving = ctx.writer.submit(NewMessage(message, pending))
-    await conn.acks.send(AckJob(saving, command, frozenset(recipients)))
+    # Pipelined: the next frame is read while this one commits; the writer calls `saved` in
+    # submit order, so acks and deliveries keep the order of the sends.
+    conn.unacked += 1
+    ctx.writer.submit(NewMessage(message, pending), functools.partial(saved, conn, command, frozenset(recipients)))
 
 
-@attrs.frozen
-class AckJob:
-    saving: PendingSave
-    command: f.SendMessage
-    recipients: frozenset[int]
-
-
-async def complete(conn: Connection, job: AckJob) -> None:
-    """Once the message is durable: ack it, then deliver it (a repeated cid delivers nothing)."""
-    ctx = conn.ctx
-    saved = await job.saving.outcome()
-    stored = saved.message
-    if saved.created:
+def saved(conn: Connection, command: f.SendMessage, recipients: frozenset[int],
+          result: Saved | None, error: BaseException | None) -> None:
+    """Once the message is durable: ack it, then deliver it (a repeated cid delivers nothing).
+    Runs in the store writer's task: it only queues frames."""
+    conn.acked_one()
+    ctx, rid, cid = conn.ctx, command.rid, command.cid
+    if error is not None or result is None:
+        if isinstance(error, StoreUnavailable):
+            log.warning("store_unavailable", error=str(error), rid=rid, cid=cid, conn_id=conn.conn_id)
+            conn.answer(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
+        else:  # the store writer logged the traceback
+            log.error("message_commit_failed", error=repr(error), rid=rid, cid=cid, conn_id=conn.conn_id)
+            conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
+        return
+    stored = result.message
+    if result.created:
         ctx.metrics.message_accepted()
         ctx.frame_log.record(stored)
-    await conn.reply(f.Ack(stored.cid, stored.id, stored.timestamp, rid=job.command.rid))
-    if saved.created:
-        ctx.delivery.to_users(job.recipients, f.MessageOut(stored), exclude=conn.session_id)
+    conn.answer(f.Ack(stored.cid, stored.id, stored.timestamp, rid=rid))
+    if result.created:
+        ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
 
 
 async def received(conn: Connection, command: f.Received) -> None:
