@@ -111,7 +111,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per message scenario")
-    parser.add_argument("--connections", type=int, default=2000, help="connections scenario: K")
+    parser.add_argument("--connections", type=int, default=10000, help="connections scenario: K")
     parser.add_argument("--profiles", default="sqlite,servers", help="comma-separated: sqlite, servers")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
