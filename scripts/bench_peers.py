@@ -271,37 +271,55 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
     parser.add_argument("--centrifugo", default="", help="the centrifugo binary (none: skip Centrifugo)")
     parser.add_argument("--systems", default="vim-cluster,python-socketio,centrifugo")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per system; the median is compared")
     args = parser.parse_args()
     args.messages = 0
     raise_fd_limit()
     shape = ["--senders", str(args.senders), "--window", str(args.window), "--size", str(args.size),
              "--rate", str(args.rate)]
-    rows: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {}
+    systems = args.systems.split(",")
     with tempfile.TemporaryDirectory(prefix="vim-peers-") as tmp:
         base = Path(tmp)
-        for system in args.systems.split(","):
-            folder = base / system
-            folder.mkdir()
-            print(f"[peers] {system}: cross-node, {args.senders} senders, window {args.window}, "
-                  f"{args.size} B, {args.duration:g} s", file=sys.stderr, flush=True)
-            if system == "vim-cluster":
-                (result,) = run_profile("sqlite", folder, {"directory": "sqlite:data/directory.db",
-                                                           "messages": "sqlite:data/messages.db"},
-                                        args, [("cross-node", shape)])
-            elif system == "python-socketio":
-                result = run_socketio(folder, args)
-            elif system == "centrifugo":
-                if not args.centrifugo:
-                    print("[peers] centrifugo: no binary (Go missing or the build failed): skipped", file=sys.stderr)
-                    continue
-                result = run_centrifugo(args.centrifugo, folder, args)
-            else:
-                raise SystemExit(f"unknown system {system!r}")
-            rows.append({"system": system, **result})
+        for round_ in range(args.repeat):  # interleaved, so a noisy minute hits every system
+            for system in systems:
+                result = run_system(system, base / f"{system}-{round_}", shape, args)
+                if result is not None:
+                    runs.setdefault(system, []).append({"system": system, **result})
+    rows = [median(results) for results in runs.values()]
+    if args.repeat > 1:
+        print(f"median of {args.repeat} interleaved runs (by delivered/s) per system:\n")
     print(table(rows))
     print()
     for line in ratios(rows):
         print(line)
+    if args.repeat > 1:
+        print("\nevery run:\n")
+        print(table([r for results in runs.values() for r in results]))
+
+
+def run_system(system: str, folder: Path, shape: list[str], args: argparse.Namespace) -> dict[str, Any] | None:
+    folder.mkdir()
+    print(f"[peers] {system}: cross-node, {args.senders} senders, window {args.window}, "
+          f"{args.size} B, {args.duration:g} s", file=sys.stderr, flush=True)
+    if system == "vim-cluster":
+        (result,) = run_profile("sqlite", folder, {"directory": "sqlite:data/directory.db",
+                                                   "messages": "sqlite:data/messages.db"},
+                                args, [("cross-node", shape)])
+        return result
+    if system == "python-socketio":
+        return run_socketio(folder, args)
+    if system == "centrifugo":
+        if not args.centrifugo:
+            print("[peers] centrifugo: no binary (Go missing or the build failed): skipped", file=sys.stderr)
+            return None
+        return run_centrifugo(args.centrifugo, folder, args)
+    raise SystemExit(f"unknown system {system!r}")
+
+
+def median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(results, key=lambda r: r.get("delivered_per_s", 0))
+    return ordered[len(ordered) // 2]
 
 
 if __name__ == "__main__":
