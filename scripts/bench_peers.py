@@ -19,11 +19,9 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_cluster import free_port  # noqa: E402
 from bench_run import run_profile  # noqa: E402
 
+from tests.support import wait_port  # noqa: E402
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.bench import Account, Event  # noqa: E402
 from vim_cluster.sysinfo import cpu_seconds, raise_fd_limit  # noqa: E402
@@ -136,25 +136,6 @@ class CentrifugoDialect:
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited with {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not listen on {port} within {timeout:.0f} s")
-
-
 class Processes:
     """Started server processes, stopped (SIGTERM, then SIGKILL) on exit."""
 
@@ -166,7 +147,7 @@ class Processes:
         log = open(self.folder / f"{name}.log", "wb")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
         self.started.append(process)
-        wait_port(port, process, name)
+        wait_port(port, 30.0, process)
         return process
 
     def __enter__(self) -> Processes:
