@@ -36,7 +36,7 @@ async def _run_node(config: NodeConfig) -> None:
         running = await nursery.start(serve_node, config)
         # What startup made (modules, config, pools) lives as long as the node: keeping it out
         # of the collector's generations makes each full collection scan only newer objects
-        # (a full collection of the startup heap took 25 ms, a p99 latency spike).
+        # (a full collection of the startup heap takes 25 ms on a 2-core test machine).
         gc.freeze()
         print(f"{config.node_id} ({config.cluster.node_type.value}) ready at {config.client_url}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ...errors import UNAVAILABLE_DETAIL, ClientError, ErrorKind, StoreUnavailable
+from ...errors import UNAVAILABLE_DETAIL, ClientError, CloseCode, ErrorKind, StoreUnavailable
 from ...model import ChatType, Message, MessageId, UserId
 from ...ports import NewMessage, Saved
 from ...protocol import frames as f
@@ -54,8 +54,20 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
 def saved(conn: Connection, command: f.SendMessage, recipients: frozenset[int],
           result: Saved | None, error: BaseException | None) -> None:
     """Once the message is durable: ack it, then deliver it (a repeated cid delivers nothing).
-    Runs in the store writer's task: it only queues frames."""
+    Runs in the store writer's task: it only queues frames. The connection bulkhead: a
+    failure here is logged, answered `error internal` and closes this connection."""
     conn.acked_one()
+    try:
+        _ack_and_deliver(conn, command, recipients, result, error)
+    except Exception:  # noqa: BLE001 - one connection, never the writer or the node
+        log.exception("ack_failed", rid=command.rid, cid=command.cid, conn_id=conn.conn_id)
+        conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=command.rid, cid=command.cid))
+        if conn.session is not None:
+            conn.session.close_now(CloseCode.INTERNAL)
+
+
+def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: frozenset[int],
+                     result: Saved | None, error: BaseException | None) -> None:
     ctx, rid, cid = conn.ctx, command.rid, command.cid
     if error is not None or result is None:
         if isinstance(error, StoreUnavailable):
