@@ -91,6 +91,7 @@ class Outbox:
         return True
 
     def abort(self, item: Close) -> None:
+        """Drop what waits; close after the frame being sent."""
         self._items = [item]
         self._closing = True
         self._batch += 1
@@ -149,7 +150,9 @@ class Outbox:
     async def _send_close(self, item: Close) -> None:
         try:
             if item.frame is not None:
+                self.broken = True
                 await self._ws.send_message(item.frame.encoded(self.binary))
+                self.broken = False
             with trio.move_on_after(CLOSE_GRACE):
                 await self._ws.aclose(int(item.code), item.reason)
         finally:
@@ -164,5 +167,7 @@ class Outbox:
     def _end(self) -> None:
         self._closing = True
         self._items = []
+        if self._room is not None:
+            self._room.set()
         if self._scope is not None:
             self._scope.cancel()
