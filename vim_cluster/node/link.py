@@ -1,7 +1,8 @@
 """What both ends of a forward link run once it is authenticated: the pump.
 
 One task reads batches (hands each new packet to the owner, applies acks), one writes
-(batches of queued packets with the current ack, or a bare ack, or a beat every BEAT_S).
+(batches of queued packets with the current ack, or a bare ack after ACK_DELAY_S, or a beat
+every BEAT_S).
 A link that hears nothing for DEAD_AFTER_S is dropped; the owner reconnects (slave) or waits
 for the slave to (master). The pump never loses a packet: what is not acked stays in the
 Outbox and is resent on the next connection.
@@ -26,6 +27,7 @@ from ..protocol.forward_frames import (
 )
 
 BEAT_S = 2.0
+ACK_DELAY_S = 0.005
 DEAD_AFTER_S = 10.0
 MAX_BATCH = 256
 MAX_FRAME = 16 * 1024 * 1024
@@ -113,6 +115,12 @@ async def _writer(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], N
             if idle.cancelled_caught:
                 await ws.send_message(encode_frame(Beat(0)))
                 continue
+            if not end.outbox.has_unsent():
+                # Only our ack moved: hold it ACK_DELAY_S so that it rides on a batch, or
+                # covers more packets (a delayed ack). Deliveries never wait for it.
+                with trio.move_on_after(ACK_DELAY_S):
+                    while not end.outbox.has_unsent():
+                        await end.wake.wait()
             ack = end.ack_value()
             items = end.outbox.take_batch(MAX_BATCH)
             await ws.send_message(encode_frame(Batch(items, ack)))
