@@ -232,3 +232,38 @@ async def test_a_message_to_oneself_is_acked_and_synced_to_other_devices(url: st
             ack = await alice.chat(alice.user_id, "note to self", "self-1")
             assert (await alice_pc.expect("message"))["id"] == ack["id"]
             await alice.no_frame("message", wait=0.1)
+
+
+async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_acked_in_order(
+    start_node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vim_cluster.node import connection
+
+    monkeypatch.setattr(connection, "ACK_WINDOW", 2)
+    node: RunningNode = await start_node()
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    store = node.ctx.messages
+    commits = threading.Event()  # the store "hangs" until this is set
+    save = store.save_messages
+
+    def slow_save(batch):  # type: ignore[no-untyped-def]
+        commits.wait(10)
+        return save(batch)
+
+    with trio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            monkeypatch.setattr(store, "save_messages", slow_save)
+            for i in range(4):
+                await alice.send("message", cid=f"w-{i}", chatId=bob.user_id, type="friend", messageType="text",
+                                 content=f"w-{i}")
+            await alice.send("ping", rid="after")
+            await alice.no_frame("pong", wait=0.5)  # the reader waits for room in the window
+            commits.set()
+            acks = [await alice.expect("ack") for _ in range(4)]
+            assert [a["cid"] for a in acks] == ["w-0", "w-1", "w-2", "w-3"]
+            assert (await alice.expect("pong"))["rid"] == "after"
+            assert [(await bob.expect("message"))["cid"] for _ in range(4)] == ["w-0", "w-1", "w-2", "w-3"]

@@ -45,7 +45,7 @@ class Connection:
     conn_id: int
     state: SessionState
     outbox: Outbox
-    cancel_scope: trio.CancelScope  # cancelling it ends the connection (kicks, slow consumers)
+    cancel_scope: trio.CancelScope  # cancelled: stop reading (a kick of a full outbox, a slow consumer)
     session: Session | None = None
     unacked: int = 0  # sent messages waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
