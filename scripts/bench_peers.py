@@ -182,11 +182,7 @@ def measure(dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Na
     senders, recipients = peer_accounts(args.senders)
     cpu_before = cpu_seconds(pids)
     result = trio.run(bench.run_pair, src, dst, senders, recipients, args, dialect)
-    cpu = cpu_seconds(pids) - cpu_before
-    result["server_cpu_s"] = round(cpu, 2)
-    if result["delivered"]:
-        result["server_cpu_us_per_delivered"] = round(cpu / result["delivered"] * 1e6, 1)
-    return result
+    return bench.add_server_cpu(result, cpu_seconds(pids) - cpu_before)
 
 
 def run_socketio(folder: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -433,7 +433,11 @@ async def run_scenario(args: Any) -> dict[str, Any]:
     else:
         accounts = await create_users(urls[-1], args.senders, prefix)
         result.update(await run_churn(urls[-1], accounts, args.duration or 10, args.senders))
-    cpu = cpu_seconds(pids) - cpu_before
+    return add_server_cpu(result, cpu_seconds(pids) - cpu_before)
+
+
+def add_server_cpu(result: dict[str, Any], cpu: float) -> dict[str, Any]:
+    """Adds the servers' CPU seconds of a run, and per delivered message when there were any."""
     result["server_cpu_s"] = round(cpu, 2)
     delivered = result.get("delivered")
     if delivered:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,27 +24,34 @@ from ..servers import (  # noqa: F401 - fixtures for this folder's tests
     private_mariadb,
 )
 
+T = TypeVar("T", Directory, MessageStore)
 DirectoryOpener = Callable[[], Directory]
 MessagesOpener = Callable[[], MessageStore]
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def open_directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DirectoryOpener]:
-    """Opens another adapter on this test's directory store (each is closed after the test)."""
-    opened: list[Directory] = []
-    url = request.getfixturevalue("mysql_url") if request.param == "mysql" else None
+def _openers(make: Callable[[], T]) -> Iterator[Callable[[], T]]:
+    """Yields `open_one`: each call opens another adapter; all are closed after the test."""
+    opened: list[T] = []
 
-    def open_one() -> Directory:
-        if url is None:
-            adapter: Directory = SqliteDirectory(str(tmp_path / "directory.db"))
-        else:
-            adapter = MysqlDirectory(url)
+    def open_one() -> T:
+        adapter = make()
         opened.append(adapter)
         return adapter
 
     yield open_one
     for adapter in opened:
         adapter.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def open_directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DirectoryOpener]:
+    """Opens another adapter on this test's directory store (each is closed after the test)."""
+    url = request.getfixturevalue("mysql_url") if request.param == "mysql" else None
+
+    def make() -> Directory:
+        return SqliteDirectory(str(tmp_path / "directory.db")) if url is None else MysqlDirectory(url)
+
+    yield from _openers(make)
 
 
 @pytest.fixture
@@ -54,20 +62,12 @@ def directory(open_directory: DirectoryOpener) -> Directory:
 @pytest.fixture(params=["sqlite", "mongo"])
 def open_messages(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagesOpener]:
     """Opens another adapter on this test's message store (each is closed after the test)."""
-    opened: list[MessageStore] = []
     url = request.getfixturevalue("mongo_url") if request.param == "mongo" else None
 
-    def open_one() -> MessageStore:
-        if url is None:
-            adapter: MessageStore = SqliteMessages(str(tmp_path / "messages.db"))
-        else:
-            adapter = MongoMessages(url)
-        opened.append(adapter)
-        return adapter
+    def make() -> MessageStore:
+        return SqliteMessages(str(tmp_path / "messages.db")) if url is None else MongoMessages(url)
 
-    yield open_one
-    for adapter in opened:
-        adapter.close()
+    yield from _openers(make)
 
 
 @pytest.fixture
