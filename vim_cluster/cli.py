@@ -16,6 +16,7 @@ from . import __version__
 from .config import NodeConfig, load_config
 from .errors import ConfigError, VimError
 from .logs import configure_logging
+from .ports import Route
 from .sysinfo import raise_fd_limit
 
 DEFAULT_DIR = "node-configs"
@@ -126,7 +127,9 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     return 0 if alive else 1
 
 
-def cmd_whereis(args: argparse.Namespace) -> int:
+def _user_routes(args: argparse.Namespace) -> tuple[NodeConfig, int, list[Route]]:
+    """The config, the user (username or id) and the user's sessions on live nodes; says so
+    when there are none."""
     from .admin import resolve_user, routes_of
 
     config = _load(args.config)
@@ -134,6 +137,12 @@ def cmd_whereis(args: argparse.Namespace) -> int:
     routes = routes_of(config, user_id)
     if not routes:
         print(f"user {user_id} has no session on any live node")
+    return config, user_id, routes
+
+
+def cmd_whereis(args: argparse.Namespace) -> int:
+    _, _, routes = _user_routes(args)
+    if not routes:
         return 1
     for route in sorted(routes, key=lambda r: (r.node_id, r.session_id)):
         print(f"{route.node_id}\tsession {route.session_id}\tclient {route.client}\tuuid {route.uuid or '-'}")
@@ -143,16 +152,13 @@ def cmd_whereis(args: argparse.Namespace) -> int:
 def cmd_kick(args: argparse.Namespace) -> int:
     from trio_websocket import ConnectionClosed, HandshakeError
 
-    from .admin import master_forward_url, resolve_user, routes_of
+    from .admin import master_forward_url
     from .errors import CloseCode
     from .node.forward_link import ForwardLinkRefused, send_as_operator
     from .protocol.forward_frames import Kick, Packet
 
-    config = _load(args.config)
-    user_id = resolve_user(config, args.user)
-    routes = routes_of(config, user_id)
+    config, user_id, routes = _user_routes(args)
     if not routes:
-        print(f"user {user_id} has no session on any live node")
         return 0
     nodes = sorted({r.node_id for r in routes})
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
