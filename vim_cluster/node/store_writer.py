@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 import structlog
@@ -25,6 +26,18 @@ MAX_BATCH = 512
 
 
 Done = Callable[[Saved | None, BaseException | None], None]
+T = TypeVar("T")
+
+
+def take_batch(first: T, receive: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
+    """`first` and whatever else already waits in `receive`, up to `limit` items in all."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            batch.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            break
+    return batch
 
 
 @attrs.define(eq=False)
@@ -47,13 +60,7 @@ class StoreWriter:
 
     async def run(self) -> None:
         async for first in self._receive:
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._commit(batch)
+            await self._commit(take_batch(first, self._receive, MAX_BATCH))
 
     async def _commit(self, batch: list[PendingSave]) -> None:
         results: list[Saved | None] = [None] * len(batch)
