@@ -134,7 +134,9 @@ class Network:
         return "\n".join(lines) + "\n"
 
     def create(self) -> Network:
-        """Makes the switch, the hosts and their links; undoes what it made if a step fails."""
+        """Makes the switch, the hosts and their links; undoes what it made if a step fails.
+        Leftovers with this prefix (an earlier run of a process with the same id) go first."""
+        remove_prefix(self.prefix)
         try:
             ip("netns", "add", self.switch)
             ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
