@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -220,10 +221,11 @@ async def online(
     register: bool = True,
     client: str = "web",
     binary: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
     **ready: Any,
 ) -> Client:
     """A ready Client (registered first unless `register=False`), closed with `stack`."""
-    c = await stack.enter_async_context(connect(url, binary))
+    c = await stack.enter_async_context(connect(url, binary, ssl_context=ssl_context))
     if register:
         await c.register_login(username)
     else:
@@ -235,8 +237,9 @@ async def online(
 class connect:
     """`async with connect(url) as client:` a Client on a fresh WebSocket."""
 
-    def __init__(self, url: str, binary: bool = False, message_queue_size: int = 1) -> None:
-        self._cm = open_websocket_url(url, message_queue_size=message_queue_size)
+    def __init__(self, url: str, binary: bool = False, message_queue_size: int = 1,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._cm = open_websocket_url(url, ssl_context, message_queue_size=message_queue_size)
         self._binary = binary
 
     async def __aenter__(self) -> Client:

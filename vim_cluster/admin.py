@@ -16,6 +16,7 @@ from .model import User, UserId
 from .node import wiring
 from .ports import NodeInfo, Route
 from .protocol.codec import MIN_PASSWORD, USERNAME_RE
+from .tls import local_probe_context
 
 ADMIN_LEASE_S = 30
 
@@ -117,8 +118,10 @@ def node_health(config: NodeConfig) -> tuple[bool, str]:
     if not node.alive:
         return False, f"{config.node_id}: DEAD (last heartbeat {age:.1f}s ago)"
     if config.http.port:
+        scheme, context = ("https", local_probe_context(config)) if config.websocket.tls else ("http", None)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/healthz", timeout=5) as answer:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{config.http.port}/healthz", timeout=5,
+                                        context=context) as answer:
                 status = answer.status
         except urllib.error.HTTPError as exc:
             status = exc.code

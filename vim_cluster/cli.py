@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -151,22 +152,29 @@ def cmd_whereis(args: argparse.Namespace) -> int:
 
 
 def cmd_kick(args: argparse.Namespace) -> int:
-    from trio_websocket import ConnectionClosed, HandshakeError
+    from urllib.parse import urlsplit
+
+    from trio_websocket import ConnectionClosed
 
     from .admin import master_forward_url
     from .errors import CloseCode
-    from .node.forward_link import ForwardLinkRefused, send_as_operator
+    from .node.forward_link import ForwardLinkRefused, link_problem, send_as_operator
+    from .node.ws_open import LinkOpenError
     from .protocol.forward_frames import Kick, Packet
+    from .tls import operator_context
 
     config, user_id, routes = _user_routes(args)
     if not routes:
         return 0
     nodes = sorted({r.node_id for r in routes})
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
+    url = master_forward_url(config)
+    parts = urlsplit(url)
+    context = operator_context(config, parts.hostname or "") if parts.scheme == "wss" else None
     try:
-        trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
-    except (OSError, HandshakeError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
-        print(f"vim-cluster kick: the master did not confirm the kick ({type(exc).__name__}: {exc}); "
+        trio.run(partial(send_as_operator, url, config.cluster.secret, packets, ssl_context=context))
+    except (LinkOpenError, OSError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
+        print(f"vim-cluster kick: the master did not confirm the kick ({link_problem(url, exc)}); "
               "a node holding the user may be unreachable", file=sys.stderr)
         return 1
     print(f"closed {len(routes)} session(s) of user {user_id} on {', '.join(nodes)}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 import time
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ from ..core.auth import TokenIssuer
 from ..errors import CloseCode
 from ..ids import IdGenerator
 from ..ports import Directory, MessageStore, NodeInfo, Registry
+from ..tls import client_context, server_context
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
@@ -63,20 +63,12 @@ class RunningNode:
     stop: Callable[[], None]
 
 
-def _ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
-    ws = config.websocket
-    if ws.tls_cert is None or ws.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ws.tls_cert, ws.tls_key)
-    return context
-
-
 def forward_url(config: NodeConfig) -> str | None:
     if not config.is_master:
         return None
     host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
-    return f"ws://{host}:{config.websocket.forward_port}/forward"
+    scheme = "wss" if config.websocket.tls else "ws"
+    return f"{scheme}://{host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
@@ -105,7 +97,7 @@ async def serve_node(
             role=config.cluster.node_type.value,
             client_url=config.client_url,
             forward_url=forward_url(config),
-            http_url=f"http://127.0.0.1:{config.http.port}/" if config.http.port else None,
+            http_url=config.http_url,
             pid=os.getpid(),
             version=__version__,
             started_at=started_at,
@@ -147,8 +139,7 @@ async def serve_node(
             server = await nursery.start(_serve_clients, ctx)
             http_port = None
             if config.http.port:
-                listeners = await nursery.start(serve_http, ctx, config.websocket.host, config.http.port)
-                http_port = listeners[0].socket.getsockname()[1]
+                http_port = await nursery.start(serve_http, ctx, config.websocket.host, config.http.port)
             stopping = trio.Event()
             nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
             log.info("node_started", url=config.client_url, worker=worker, role=config.cluster.node_type.value)
@@ -166,14 +157,17 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | 
     forward port the master listens on."""
     config = ctx.config
     if config.is_master:
-        hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
+        hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms,
+                        ssl_context=server_context(config))
         ctx.delivery.cluster = hub
         assert config.websocket.forward_port is not None
         listeners = await nursery.start(hub.serve, config.websocket.host, config.websocket.forward_port)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
         return int(listeners.port)
     assert config.cluster.master_url is not None
-    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms)
+    secure = config.cluster.master_url.startswith("wss:")
+    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms,
+                     ssl_context=client_context(config) if secure else None)
     ctx.delivery.cluster = link
     nursery.start_soon(link.run)
     return None
@@ -186,7 +180,7 @@ async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSo
         functools.partial(serve_connection, ctx),
         ws.host,
         ws.port,
-        _ssl_context(ctx.config),
+        server_context(ctx.config),
         max_message_size=ws.max_frame,
         connect_timeout=10,
         disconnect_timeout=5,

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -64,8 +65,9 @@ class Peer:
 
 class MasterHub:
     def __init__(self, node_id: str, secret: bytes, delivery: Delivery, registry: Registry,
-                 redis: BlockingRunner, clock_ms: Callable[[], int]) -> None:
+                 redis: BlockingRunner, clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
+        self.ssl_context = ssl_context  # wss:// forward listener when set
         self.secret = secret
         self.delivery = delivery
         self.registry = registry
@@ -176,7 +178,7 @@ class MasterHub:
 
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(
-                serve_websocket, handler, host, port, None, max_message_size=MAX_FRAME,
+                serve_websocket, handler, host, port, self.ssl_context, max_message_size=MAX_FRAME,
                 connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5))
             nursery.start_soon(self._warm_up)
             task_status.started(server)

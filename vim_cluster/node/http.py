@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import h11
 import structlog
@@ -17,6 +17,7 @@ import trio
 
 from ..errors import StoreUnavailable
 from ..model import MessageId
+from ..tls import server_context
 from .blocking import BlockingRunner
 from .context import NodeContext
 
@@ -49,7 +50,9 @@ async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
         nursery.start_soon(check, "directory", ctx.db, ctx.directory.user_by_username, "-healthz-")
         nursery.start_soon(check, "messages", ctx.store, ctx.messages.get, MessageId(0))
     if not ctx.config.is_master:
-        checks["master_link"] = "ok" if ctx.delivery.cluster.healthy() else "down: not connected"
+        link = ctx.delivery.cluster
+        problem = getattr(link, "problem", "") or "not connected"  # a SlaveLink says why
+        checks["master_link"] = "ok" if link.healthy() else f"down: {problem}"
     checks = {name: checks[name] for name in ("redis", "directory", "messages", "master_link") if name in checks}
     ok = all(v == "ok" for v in checks.values())
     return ok, {
@@ -95,7 +98,7 @@ async def _route(ctx: NodeContext, target: str) -> tuple[int, str, bytes]:
     return 404, "text/plain", b"not found\n"
 
 
-async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
+async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     try:
         with trio.fail_after(10):
@@ -122,16 +125,27 @@ async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
     """The request, or None if the client closed before sending a whole one."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(MAX_REQUEST))
+            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))
             continue
         return event if isinstance(event, h11.Request) else None
 
 
-async def serve_http(ctx: NodeContext, host: str, port: int, *,
-                     task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-    await trio.serve_tcp(partial(_handle, ctx), port, host=host, task_status=task_status)
+async def serve_http(ctx: NodeContext, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
+    """Serves the HTTP port (HTTPS with the node's TLS certificate); reports the bound port."""
+    context = server_context(ctx.config)
+    listeners: list[trio.abc.Listener[Any]]
+    if context is None:
+        plain = await trio.open_tcp_listeners(port, host=host)
+        listeners = list(plain)
+        bound = plain[0].socket.getsockname()[1]
+    else:
+        tls = await trio.open_ssl_over_tcp_listeners(port, context, host=host, https_compatible=True)
+        listeners = list(tls)
+        bound = cast(trio.SocketListener, tls[0].transport_listener).socket.getsockname()[1]
+    task_status.started(int(bound))
+    await trio.serve_listeners(partial(_handle, ctx), listeners)
