@@ -32,6 +32,7 @@ import yaml
 
 from ..servers import FerretDB, MariaDB, PrivateServer, dies_with_us
 from . import netns
+from .pki import Pki
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_CONFIGS = REPO / "docker" / "node-configs"
@@ -255,20 +256,6 @@ class Agent(HostProcess):
 # --- the deployment ---------------------------------------------------------------------------
 
 
-def write_secrets(folder: Path, hostname: str, secret: str, ca: Any) -> None:
-    """secrets/ of one node: the cluster secret, its certificate (for `hostname`), the CA."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cluster-secret").write_text(secret)
-    cert = ca.issue_cert(hostname)
-    cert.private_key_pem.write_to_path(str(folder / "tls-key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(folder / "tls-cert.pem"))
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(str(folder / "tls-cert.pem"), append=True)
-    ca.cert_pem.write_to_path(str(folder / "tls-ca.pem"))
-    for file in folder.iterdir():
-        file.chmod(0o600)
-
-
 def copy_config(node: str, folder: Path, tls: bool) -> Path:
     """docker/node-configs/NODE.yaml into `folder`: unchanged with TLS, else without TLS."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,14 +275,11 @@ def copy_config(node: str, folder: Path, tls: bool) -> Path:
 
 class Deployment:
     def __init__(self, folder: Path, prefix: str, tls: bool) -> None:
-        import trustme
-
         self.folder = folder
         self.tls = tls
         self.network = netns.Network(prefix, HOSTS)
-        self.ca = trustme.CA()
-        self.ca_file = folder / "tls-ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.pki = Pki(folder / "pki")  # a CA made now; each node gets a certificate for its hostname
+        self.ca_file = self.pki.ca_file
         self.secret = secrets.token_hex(32)
         self.configs: dict[str, Path] = {}
         self.nodes: dict[str, HostProcess] = {}
@@ -322,7 +306,7 @@ class Deployment:
             self.timings["db host"] = time.monotonic() - started
             for node in NODES:
                 self.configs[node] = copy_config(node, self.folder / node, self.tls)
-                write_secrets(self.folder / node / "secrets", node, self.secret, self.ca)
+                self.pki.secrets_folder(self.folder / node, node, self.secret)
             self._start_node("master")
             for node in NODES[1:]:
                 self._start_node(node)
