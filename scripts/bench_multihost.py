@@ -5,11 +5,12 @@ FerretDB, the nodes running docker/node-configs/) with TLS on and/or off.
 
 The load generator runs on the clients host; senders on dept-1, recipients on dept-2, so every
 message crosses dept-1 -> master -> dept-2 over the bridge. Server CPU is the three node
-processes' (the db host's servers are not counted). Prints one JSON object per mode.
+processes' (server_cpu_*); the db host's redis-server, MariaDB and FerretDB are counted apart
+(db_host_cpu_*). Prints one JSON object per mode.
 
 Usage (as root, with the test servers installed: scripts/install-test-servers.sh):
     .venv/bin/python scripts/bench_multihost.py [--tls both|on|off] [--duration 10] [--senders 4]
-        [--window 32] [--rate 0]
+        [--window 32] [--rate 0] [--keep]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.deploy import netns  # noqa: E402 - after the path set-up
 from tests.deploy.multihost import NODES, Deployment, host_env, missing_requirement  # noqa: E402
+from vim_cluster.sysinfo import cpu_seconds  # noqa: E402
 
 
 def bench(tls: bool, args: argparse.Namespace) -> dict[str, object]:
@@ -41,15 +43,23 @@ def bench(tls: bool, args: argparse.Namespace) -> dict[str, object]:
             command += ["--url", deployment.client_url(node), "--pid", str(deployment.nodes[node].process.pid)]
         if tls:
             command += ["--ca-file", str(deployment.ca_file)]
+        db_pids = [server.process.pid for server in deployment.servers if server.process is not None]
+        db_cpu = cpu_seconds(db_pids)
         result = subprocess.run([*deployment.network.exec_prefix("clients"), *command], capture_output=True,
                                 text=True, cwd=REPO, env=host_env(None), timeout=args.duration + 180)
         if result.returncode != 0:
             raise SystemExit(f"bench failed ({result.returncode}):\n{result.stderr[-3000:]}")
         summary: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-        return {"tls": tls, **summary}
+        db_cpu = cpu_seconds(db_pids) - db_cpu
+        delivered = summary.get("delivered") or 0
+        return {"tls": tls, **summary, "db_host_cpu_s": round(db_cpu, 2),
+                "db_host_cpu_us_per_delivered": round(db_cpu / delivered * 1e6, 1) if delivered else None}
     finally:
         deployment.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            print(f"bench_multihost: logs kept in {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> int:
@@ -60,6 +70,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--window", type=int, default=32, help="unacked messages per sender")
     parser.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
+    parser.add_argument("--keep", action="store_true", help="keep the deployment's folder (node logs)")
     args = parser.parse_args()
     why = missing_requirement()
     if why:
