@@ -132,4 +132,4 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
           f"/healthz during the cut {during['status']} {during['checks']}, recovered {recovered_s:.1f}s after "
           f"the restore; numbered: " + ", ".join(
               f"{t} sent {r['sent']} acked {len(r['acks'])} errors {[e.get('error') for e in r['errors']]} "
-              f"frames {len(r['frames'])}" for t, r in reports.items()))
+              f"frames {len(r['frames'])}" for t, r in reports.items()) + f"\nvim-cluster nodes:\n{nodes.stdout}")
