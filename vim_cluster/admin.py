@@ -45,7 +45,30 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     return user.id
 
 
-__all__ = ["add_user"]
+def list_users(config: NodeConfig) -> list[User]:
+    directory = wiring.open_directory(config)
+    try:
+        return directory.all_users()
+    finally:
+        directory.close()
+
+
+def set_password(config: NodeConfig, username: str, password: str) -> UserId:
+    """Replaces a user's password; returns the user's id. Raises ClientError(invalid|not-found)."""
+    if len(password) < MIN_PASSWORD:
+        raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
+    directory = wiring.open_directory(config)
+    try:
+        user = directory.user_by_username(username)
+        if user is None:
+            raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {username}")
+        directory.set_password_hash(user.id, auth.hash_password(password))
+    finally:
+        directory.close()
+    return user.id
+
+
+__all__ = ["add_user", "list_users", "set_password"]
 
 
 # --- cluster views and actions (vim-cluster nodes / heartbeat / whereis / kick) -------------
@@ -102,6 +125,22 @@ def master_forward_url(config: NodeConfig) -> str:
     finally:
         registry.close()
     raise StoreUnavailable("no live master is registered in Redis")
+
+
+def live_node(config: NodeConfig) -> NodeInfo | None:
+    """CONFIG's node if a live process holds it in Redis (read-only; None if Redis, or the
+    embedded Redis, is not running)."""
+    try:
+        registry = wiring.open_registry(config, start=False)
+    except StoreUnavailable:
+        return None
+    try:
+        nodes = registry.nodes()
+    except StoreUnavailable:
+        return None
+    finally:
+        registry.close()
+    return next((n for n in nodes if n.node_id == config.node_id and n.alive), None)
 
 
 def node_health(config: NodeConfig) -> tuple[bool, str]:
