@@ -76,6 +76,7 @@ async def _run_node(config: NodeConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
     from .node.listeners import PortTaken
 
     config = _load(args.config)
@@ -83,7 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if open_files < 4096:
         structlog.get_logger().warning("open_files_limit_low", limit=open_files,
                                        hint="raise it (ulimit -Hn) for more client connections")
+    embedded = config.redis.url == "embedded"
     try:
+        if embedded:  # held by this process; the last holder to stop stops it
+            hold_embedded_redis(os.getpid())
         trio.run(_run_node, config)
     except BaseException as exc:
         errors = _vim_errors(exc)
@@ -97,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             structlog.get_logger().error("node_failed", node_id=config.node_id, error=str(error))
             print(f"vim-cluster: {config.node_id}: {error}", file=sys.stderr)
         return 1
+    finally:
+        if embedded:
+            release_embedded_redis(os.getpid())
     return 0
 
 
