@@ -232,6 +232,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.url and not Path(args.configs).is_dir():
         print(f"vim-cluster bench: give --url or a node-configs folder (not found: {args.configs})", file=sys.stderr)
         return 2
+    if args.ca_file:
+        if not os.access(args.ca_file, os.R_OK):
+            print(f"vim-cluster bench: cannot read --ca-file {args.ca_file}", file=sys.stderr)
+            return 2
+        os.environ["SSL_CERT_FILE"] = args.ca_file  # every wss:// connection's default context trusts it
     return bench_main(args)
 
 
@@ -317,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=DEFAULT_DIR, help="node-configs folder of the running cluster")
     bench.add_argument("--url", action="append", help="a node's client URL (repeat; instead of --configs)")
     bench.add_argument("--pid", action="append", type=int, help="a node's pid for CPU/RSS (with --url)")
+    bench.add_argument("--ca-file", help="PEM CA bundle that verifies the nodes' wss:// certificates "
+                       "(instead of the system's CAs)")
     bench.add_argument("--senders", type=int, default=4, help="sending clients (churn: parallel loops)")
     bench.add_argument("--members", type=int, default=12, help="group scenario: members")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds to send (0: use --messages)")
