@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
+from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
@@ -28,11 +29,19 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     if len(password) < MIN_PASSWORD:
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
-    registry = wiring.open_registry(config)
+    # An embedded Redis is held meanwhile: one this command had to start stops again after it.
+    embedded = config.redis.url == "embedded"
+    if embedded:
+        hold_embedded_redis(os.getpid())
     try:
-        worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+        registry = wiring.open_registry(config)
+        try:
+            worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+        finally:
+            registry.close()
     finally:
-        registry.close()
+        if embedded:
+            release_embedded_redis(os.getpid())
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
     user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
     directory = wiring.open_directory(config)

@@ -166,6 +166,30 @@ def test_dockerignore_sends_only_what_builds_the_wheel() -> None:
     assert {c.rstrip("/") for c in " ".join(copied).split()} <= {"pyproject.toml", "vim_cluster"}
 
 
+def test_the_wheel_builds_from_what_dockerignore_lets_into_the_context(tmp_path: Path) -> None:
+    """The builder stage's `python -m build --wheel`, done by pip on a copy of the context."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for pattern in (ROOT / ".dockerignore").read_text().splitlines():
+        if pattern.startswith("!"):
+            source = ROOT / pattern[1:].rstrip("/")
+            if source.is_dir():
+                shutil.copytree(source, context / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(source, context / source.name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "out"),
+                             str(context)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result
+    (wheel,) = (tmp_path / "out").glob("vim_cluster-*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert {"vim_cluster/web/index.html", "vim_cluster/web/dashboard.html", "vim_cluster/cli.py"} <= names
+    assert "vim-cluster = vim_cluster.cli:main" in entry_points
+
+
 def test_the_systemd_unit_runs_one_node_per_config_and_restarts_it_on_failure(tmp_path: Path) -> None:
     unit_file = ROOT / "scripts" / "systemd" / "vim-cluster@.service"
     unit = configparser.ConfigParser(interpolation=None, strict=True)

@@ -69,6 +69,9 @@ def test_config_comes_from_the_environment(config: Path, tmp_path: Path) -> None
     where = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "whereis", "erin"], capture_output=True,
                            text=True, timeout=60, env=env, cwd=tmp_path)
     assert where.returncode == 1 and "no session" in where.stdout, where
+    beat = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "heartbeat"], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)
+    assert beat.returncode == 1 and beat.stderr == "master: not registered in Redis\n", beat
 
 
 @pytest.mark.parametrize("command", ["whereis", "kick"])

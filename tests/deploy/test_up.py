@@ -162,3 +162,13 @@ def test_the_embedded_redis_stops_with_the_last_run_node_that_uses_it(tmp_path: 
     finally:
         for process in processes:
             process.kill()
+
+
+def test_user_add_on_an_embedded_redis_leaves_none_running(tmp_path: Path, redis_dir: Path) -> None:
+    master, _ = write_cluster(tmp_path / "configs")
+    result = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "user", "add", "ivy", "--config", str(master)],
+                            input="a good password\n", text=True, capture_output=True, timeout=60,
+                            env=env_for(redis_dir))
+    assert result.returncode == 0 and result.stdout.strip().isdigit(), result
+    assert (redis_dir / "redis.url").exists()  # it did start one for the worker id
+    assert running_url(redis_dir) is None
