@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from . import __version__, cli_users
+from .cli_users import cmd_user_add
 from .config import NodeConfig, load_config
 from .errors import ConfigError, VimError
 from .logs import configure_logging
@@ -29,6 +30,7 @@ from .sysinfo import raise_fd_limit
 DEFAULT_DIR = "node-configs"
 CONFIG_ENV = "VIM_CLUSTER_CONFIG"
 EXIT_NO_SESSION, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+CONFIG_HELP = f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)"
 
 
 def config_default() -> str:
@@ -37,8 +39,18 @@ def config_default() -> str:
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=config_default(),
-                        help=f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
+    parser.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=CONFIG_HELP)
+
+
+def _config_from_env(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --config (and heartbeat's CONFIG) that defaults to
+    node-configs/master.yaml defaults to $VIM_CLUSTER_CONFIG instead when it is set."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _config_from_env(sub)
+        elif action.dest == "config" and action.default == f"{DEFAULT_DIR}/master.yaml":
+            action.default = config_default()
 
 
 def load_or_exit(path: str) -> NodeConfig:
@@ -202,7 +214,7 @@ def cmd_kick(args: argparse.Namespace) -> int:
     from trio_websocket import ConnectionClosed
 
     from .admin import master_forward_url
-    from .errors import CloseCode
+    from .errors import CloseCode, StoreUnavailable
     from .node.forward_link import ForwardLinkRefused, link_problem, send_as_operator
     from .node.ws_open import LinkOpenError
     from .protocol.forward_frames import Kick, Packet
@@ -213,7 +225,11 @@ def cmd_kick(args: argparse.Namespace) -> int:
         return EXIT_NO_SESSION
     nodes = sorted({r.node_id for r in routes})
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
-    url = master_forward_url(config)
+    try:
+        url = master_forward_url(config)
+    except StoreUnavailable as exc:
+        print(f"vim-cluster kick: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     parts = urlsplit(url)
     context = operator_context(config, parts.hostname or "") if parts.scheme == "wss" else None
     try:
@@ -271,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error.")
     check.add_argument("config", help="the node's YAML or TOML config file")
     check.set_defaults(func=cmd_check)
+
+    config_help = CONFIG_HELP
     nodes = commands.add_parser(
         "nodes",
         help="the cluster as Redis sees it",
         description="Every node registered in Redis: role, client URL, seconds since its last "
         "heartbeat, connections, messages accepted, and whether it is alive.",
     )
-    add_config_option(nodes)
+    nodes.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
     nodes.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
     nodes.set_defaults(func=cmd_nodes)
@@ -288,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check one node for cron and health checks: exit 0 when the node of CONFIG is "
         "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise.",
     )
-    heartbeat.add_argument("config", nargs="?", default=config_default(),
+    heartbeat.add_argument("config", nargs="?", default=f"{DEFAULT_DIR}/master.yaml",
                            help=f"the node's config file (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
     heartbeat.set_defaults(func=cmd_heartbeat)
 
@@ -297,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "Exit 0: listed; 1: the user has no session; 2: no such user (or usage, "
                                   "config error); 3: Redis or the directory is unreachable.")
     whereis.add_argument("user", help="username or user id")
-    add_config_option(whereis)
+    whereis.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     whereis.set_defaults(func=cmd_whereis)
 
     kick = commands.add_parser("kick", help="close every session of a user",
@@ -306,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "session; 2: no such user (or usage, config error); 3: the cluster did not "
                                "confirm.")
     kick.add_argument("user", help="username or user id")
-    add_config_option(kick)
+    kick.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     kick.set_defaults(func=cmd_kick)
 
     bench = commands.add_parser(
@@ -337,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = commands.add_parser("user", help="manage users", description="Manage users in the directory.")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    cli_users.register_user_actions(user_commands, add_config_option)  # list, passwd
     add = user_commands.add_parser(
         "add",
         help="add a user (password prompted, or from stdin / --password-file)",
@@ -344,16 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
         "without echo on a terminal, else read from stdin, or from --password-file.",
     )
     add.add_argument("username")
-    add.add_argument("--name", help="display name (default: the username)")
     cli_users.add_password_file_option(add)
-    add_config_option(add)
-    add.set_defaults(func=cli_users.cmd_user_add)
-    cli_users.register_user_actions(user_commands, add_config_option)
+    add.add_argument("--name", help="display name (default: the username)")
+    add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
+    add.set_defaults(func=cmd_user_add)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _config_from_env(parser)
+    args = parser.parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
     try:
         return int(args.func(args) or 0)
