@@ -92,7 +92,7 @@ def _reply_codes() -> set[str]:
         cls = stack.pop()
         stack += cls.__subclasses__()
         if "CODE" in vars(cls):
-            found.add(cls.CODE)
+            found.add(vars(cls)["CODE"])
     return found
 
 
