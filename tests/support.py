@@ -90,12 +90,22 @@ class NodeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
+        """Starts the node; returns once it says it is ready (its ports are bound before it
+        registers, so an open port alone does not mean ready)."""
+        log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "vim_cluster.cli", "run", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self._env,
             )
+        deadline = time.monotonic() + timeout
         wait_port(self.port, timeout, self.process)
+        while b" ready at " not in self.log.read_bytes()[log_from:]:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node process exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the node did not say it is ready within {timeout} s")
+            time.sleep(0.05)
         return self
 
     def kill(self) -> None:

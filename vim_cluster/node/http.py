@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import h11
 import structlog
@@ -17,9 +17,9 @@ import trio
 
 from ..errors import StoreUnavailable
 from ..model import MessageId
-from ..tls import server_context
 from .blocking import BlockingRunner
 from .context import NodeContext
+from .listeners import Listeners
 
 log = structlog.get_logger()
 MAX_REQUEST = 16 * 1024
@@ -135,17 +135,6 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Re
         return event if isinstance(event, h11.Request) else None
 
 
-async def serve_http(ctx: NodeContext, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
-    """Serves the HTTP port (HTTPS with the node's TLS certificate); reports the bound port."""
-    context = server_context(ctx.config)
-    listeners: list[trio.abc.Listener[Any]]
-    if context is None:
-        plain = await trio.open_tcp_listeners(port, host=host)
-        listeners = list(plain)
-        bound = plain[0].socket.getsockname()[1]
-    else:
-        tls = await trio.open_ssl_over_tcp_listeners(port, context, host=host, https_compatible=True)
-        listeners = list(tls)
-        bound = cast(trio.SocketListener, tls[0].transport_listener).socket.getsockname()[1]
-    task_status.started(int(bound))
+async def serve_http(ctx: NodeContext, listeners: Listeners) -> None:
+    """Serves the HTTP port on bound `listeners` (HTTPS when they are TLS ones)."""
     await trio.serve_listeners(partial(_handle, ctx), listeners)
