@@ -67,9 +67,8 @@ class RunningNode:
 def forward_url(config: NodeConfig) -> str | None:
     if not config.is_master:
         return None
-    host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
     scheme = "wss" if config.websocket.tls else "ws"
-    return f"{scheme}://{host}:{config.websocket.forward_port}/forward"
+    return f"{scheme}://{config.public_host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
