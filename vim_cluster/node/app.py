@@ -22,7 +22,7 @@ from collections.abc import Callable
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketServer, serve_websocket
+from trio_websocket import WebSocketServer
 
 from .. import __version__
 from ..config import NodeConfig
@@ -43,6 +43,7 @@ from .http import serve_http
 from .hub import Hub
 from .metrics import NodeMetrics
 from .store_writer import StoreWriter
+from .ws_listener import serve_websocket
 
 log = structlog.get_logger()
 SHUTDOWN_GRACE = 3.0

@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from ..core import usernames
 from ..errors import ClientError, ErrorKind
 from ..model import ChatType, MessageType
 from . import frames as f
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_RID = 64
@@ -155,9 +155,9 @@ def _ping(r: _Fields) -> f.Command:
 
 
 def _register(r: _Fields) -> f.Command:
-    username = r.string("username", max_len=MAX_NAME)
-    if not USERNAME_RE.match(username):
-        raise r.fail("username", "must match ^[A-Za-z0-9_.-]{3,32}$")
+    username = usernames.valid_new(r.string("username", max_len=MAX_NAME))
+    if username is None:
+        raise r.fail("username", f"must be {usernames.PATTERN} (after Unicode NFKC normalisation)")
     password = r.string("password", max_len=MAX_PASSWORD)
     if len(password) < MIN_PASSWORD:
         raise r.fail("password", f"must be at least {MIN_PASSWORD} characters")

@@ -1,0 +1,107 @@
+"""`serve_websocket` as trio-websocket's, with two things its connections lack.
+
+- A peer that breaks the WebSocket protocol (wsproto's ParseFailed: invalid UTF-8 in a text
+  frame, a bad opcode, a masked frame from the wrong side...) gets a close frame with the
+  code wsproto chose (1007 for invalid UTF-8, 1002 otherwise) and a reason that says what
+  was wrong, before the TCP connection ends. trio-websocket 0.12 only drops the TCP
+  connection, as if the peer had closed: RFC 6455 §7.1.7 says the endpoint fails the
+  connection by sending a close frame first.
+- `ListenerConnection.raise_message_limit(n)`: a listener may start its connections with a
+  small frame cap (unauthenticated peers cannot make it buffer much) and raise it once the
+  peer has proved who it is.
+Both lean on trio-websocket's private names (`_handle_close_connection_event`, `_wsproto`,
+`_max_message_size`, `WebSocketServer._handle_connection`); `tests/adversarial` checks both
+behaviours over real sockets, so an upgrade that moves them fails there first.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket._impl import CONN_TIMEOUT, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, CloseReason
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
+from wsproto.frame_protocol import CloseReason as Code
+
+UTF8_REASON = "a text frame is not valid UTF-8"
+
+
+class ListenerConnection(WebSocketConnection):
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:
+            # Not a close frame from the peer: wsproto failed to parse its data. Fail the
+            # connection as RFC 6455 says: our close frame, then the TCP close (below).
+            reason = _reason(event)
+            self._close_reason = CloseReason(event.code, reason)
+            await self._send(CloseConnection(code=event.code, reason=reason))
+            event = CloseConnection(code=event.code, reason=reason)
+        await super()._handle_close_connection_event(event)
+
+    def raise_message_limit(self, max_message_size: int) -> None:
+        """From now on, accept messages of up to `max_message_size` bytes."""
+        self._max_message_size = max(self._max_message_size, max_message_size)
+
+
+def _reason(event: CloseConnection) -> str:
+    detail = event.reason or ""
+    if event.code == Code.INVALID_FRAME_PAYLOAD_DATA:
+        return f"{UTF8_REASON}: {detail}"[:120]
+    return f"protocol error: {detail}"[:120]
+
+
+class _Server(WebSocketServer):
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        # trio-websocket's own, with ListenerConnection in place of WebSocketConnection.
+        async with trio.open_nursery() as nursery:
+            connection = ListenerConnection(
+                stream, WSConnection(ConnectionType.SERVER),
+                message_queue_size=self._message_queue_size,
+                max_message_size=self._max_message_size,
+                receive_buffer_size=self._receive_buffer_size)
+            nursery.start_soon(connection._reader_task)
+            with trio.move_on_after(self._connect_timeout) as connect_scope:
+                request = await connection._get_request()
+            if connect_scope.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                await stream.aclose()
+                return
+            try:
+                await self._handler(request)
+            finally:
+                with trio.move_on_after(self._disconnect_timeout):
+                    await connection.aclose()
+
+
+async def serve_websocket(
+    handler: Callable[[WebSocketRequest], Awaitable[None]],
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    message_queue_size: int = MESSAGE_QUEUE_SIZE,
+    max_message_size: int = 2**20,
+    receive_buffer_size: int | None = RECEIVE_BYTES,
+    connect_timeout: float = CONN_TIMEOUT,
+    disconnect_timeout: float = CONN_TIMEOUT,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """trio_websocket.serve_websocket's signature and behaviour, with ListenerConnections."""
+    open_listeners: Callable[[], Awaitable[Any]]
+    if ssl_context is None:
+        open_listeners = partial(trio.open_tcp_listeners, port, host=host)
+    else:
+        open_listeners = partial(trio.open_ssl_over_tcp_listeners, port, ssl_context, host=host,
+                                 https_compatible=True)
+    listeners = await open_listeners()
+    server = _Server(handler, listeners, handler_nursery=handler_nursery,
+                     message_queue_size=message_queue_size, max_message_size=max_message_size,
+                     receive_buffer_size=receive_buffer_size, connect_timeout=connect_timeout,
+                     disconnect_timeout=disconnect_timeout)
+    await server.run(task_status=task_status)
