@@ -100,11 +100,13 @@ async def tcp_from(source: str, port: int) -> trio.SocketStream:
 async def connect_from(source: str, node: ClusterNode, resource: str = "/") -> AsyncIterator[Client]:
     """A protocol Client whose connection comes from `source`."""
     async with trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, await tcp_from(source, node.port), "127.0.0.1", resource)
+        stream = await tcp_from(source, node.port)
+        ws = await wrap_client_stream(nursery, stream, "127.0.0.1", resource)
         try:
             yield Client(ws)
         finally:
             await ws.aclose()
+            await trio.aclose_forcefully(stream)  # see support.connect: trio-websocket may not
 
 
 class RawSocket:
