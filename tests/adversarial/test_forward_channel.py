@@ -19,6 +19,7 @@ from ..cluster.harness import Cluster
 from ..support import connect, online
 from .attack import name, rss_kib, watch
 
+
 @contextlib.asynccontextmanager
 async def forward(cluster: Cluster) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket to the master's forward port (closed cleanly however the master ends it)."""

@@ -190,6 +190,10 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     if len(content) > max_content or len(content.encode("utf-8")) > max_content:
         raise r.fail("content", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     extend = r.mapping("extend")
+    # `extend` is stored and fanned out like the content: it gets the same byte limit, so a
+    # message costs at most twice max_content however it is split.
+    if extend and len(json.dumps(extend, ensure_ascii=False, separators=(",", ":")).encode()) > max_content:
+        raise r.fail("extend", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
 
 

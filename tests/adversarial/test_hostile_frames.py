@@ -1,0 +1,130 @@
+"""Malformed and hostile frames on the client port, in both encodings: bombs that aim at the
+parser's memory or recursion, invalid Unicode, oversize frames and fields, and ids and rids
+that are not what they claim."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import trio
+from wsproto.events import CloseConnection
+
+from ..cluster.harness import Cluster
+from ..support import Client, connect, online
+from .attack import RawSocket, name, watch
+
+# (frame, error kind) pairs: each is answered `error <kind>` and the connection stays open.
+JSON_BOMBS: list[tuple[str, str]] = [
+    ("[" * 30_000 + "]" * 30_000, "bad-frame"),  # nesting past the recursion limit
+    ('{"code":"ping","message":{"rid":' + "9" * 30_000 + "}}", "bad-frame"),  # int over 4300 digits
+    ('{"code":"ping","message":{"rid":1e999999}}', "invalid"),  # a float that is infinity
+    ('{"code":"ping","message":{"rid":"\\ud800"}}', "bad-frame"),  # a lone surrogate
+    ('{"code":"ping","message":{"rid":"a"},' + '"k":"v",' * 5000 + '"z":1}', "pong"),  # many keys: fine
+    ('{"code":"' + "x" * 50_000 + '"}', "unknown-code"),
+    ('{"code":["ping"]}', "bad-frame"),
+    ('{"code":"ping","message":[1,2]}', "invalid"),
+    ("null", "bad-frame"),
+    ('{"code":"ping","message":{"rid":"' + "r" * 65 + '"}}', "invalid"),
+]
+MSGPACK_BOMBS: list[tuple[bytes, str]] = [
+    (b"\xdf\xff\xff\xff\xff", "bad-frame"),  # a map announcing 2^32 entries
+    (b"\xdd\xff\xff\xff\xff", "bad-frame"),  # an array announcing 2^32 items
+    (b"\xc6\xff\xff\xff\xff" + b"x" * 10, "bad-frame"),  # bin32 announcing 4 GiB
+    (b"\x91" * 20_000 + b"\xc0", "bad-frame"),  # 20,000 nested arrays
+    (msgpack.packb({"code": "ping", "message": {"rid": b"bytes"}}), "invalid"),
+    (b"\x82\xa4code\xa4ping\xa7message\x81\xa3rid\xa3\xff\xfe\xfd", "bad-frame"),  # str not UTF-8
+    (msgpack.packb({"code": "ping", 1: 2}), "bad-frame"),  # non-string key
+    (msgpack.packb(msgpack.ExtType(1, b"\x00" * 100)), "bad-frame"),
+    (msgpack.packb({"code": "ping", "message": {"rid": "r"}}) + b"\xc0", "bad-frame"),  # trailing data
+]
+
+
+async def _answer(client: Client) -> str:
+    frame = await client.next_frame()
+    return frame["message"]["error"] if frame["code"] == "error" else frame["code"]
+
+
+async def test_parser_bombs_in_json_and_msgpack_are_answered_and_the_connection_stays(cluster: Cluster) -> None:
+    """Attack: JSON and MessagePack bombs: nesting past the recursion limit, a 30,000-digit
+    integer, infinity, a lone surrogate, headers announcing 2^32 entries or a 4 GiB string,
+    invalid UTF-8 inside MessagePack, extension types, trailing bytes; before and after
+    authenticating. Defended: each is answered with an `error` of a documented kind (never
+    `internal`), the same connection goes on working, other users are not slowed."""
+    with trio.fail_after(30):
+        async with watch(cluster, cluster.dept1), contextlib.AsyncExitStack() as stack:
+            anonymous = await stack.enter_async_context(connect(cluster.dept1.url))
+            ready = await online(stack, cluster.dept1.url, name("bomber"))
+            for client in (anonymous, ready):
+                for data, kind in JSON_BOMBS + MSGPACK_BOMBS:
+                    await client.send_raw(data)
+                    answer = await _answer(client)
+                    assert answer == kind, (repr(data[:40]), answer)
+                    client.binary = isinstance(data, bytes)
+                    await client.send("ping", rid="alive")
+                    assert (await client.expect("pong"))["rid"] == "alive"
+
+
+async def test_invalid_utf8_in_a_text_frame_is_closed_with_1007_and_a_reason(cluster: Cluster) -> None:
+    """Attack: a text frame whose bytes are not UTF-8 (RFC 6455 says the endpoint must fail
+    the connection), before and after a valid frame. Defended: the node sends a close frame
+    with code 1007 and a reason naming the problem (before the fix it dropped the TCP
+    connection without one); the node and other users carry on."""
+    with trio.fail_after(20):
+        async with watch(cluster, cluster.dept2):
+            for prefix in (b"", b'{"code":"ping"}'):
+                raw = await RawSocket.open(cluster.dept2.port)
+                try:
+                    if prefix:
+                        await raw.send_frame(0x1, prefix)
+                    await raw.send_frame(0x1, b'{"code":"ping","message":{"rid":"\xff\xfe"}}')
+                    close = await raw.close_frame()
+                    assert isinstance(close, CloseConnection), close
+                    assert close.code == 1007 and "UTF-8" in (close.reason or ""), close
+                finally:
+                    await raw.aclose()
+
+
+async def test_protocol_violations_get_a_close_frame_not_a_silent_drop(cluster: Cluster) -> None:
+    """Attack: WebSocket frames that break RFC 6455: a reserved opcode, an unmasked client
+    frame, a fragmented control frame. Defended: each connection gets a close frame (1002)
+    with a reason before the node ends it."""
+    with trio.fail_after(20):
+        async with watch(cluster, cluster.master):
+            for frame in (b"\x83\x80abcd", b"\x81\x05hello", b"\x09\x80abcd"):
+                raw = await RawSocket.open(cluster.master.port)
+                try:
+                    await raw.stream.send_all(frame)
+                    close = await raw.close_frame()
+                    assert isinstance(close, CloseConnection) and close.code == 1002, (frame, close)
+                finally:
+                    await raw.aclose()
+
+
+async def test_oversize_frames_and_fields_are_refused(cluster: Cluster) -> None:
+    """Attack: a frame over max-frame (64 KiB) as text and as binary, content over
+    max-content, an `extend` of 60 KB (stored and fanned out like content), `extend` nested
+    17 deep or holding 2^70, a 5,000-character cid. Defended: the oversize frames close with
+    1009; the fields are answered `too-large` or `invalid`; nothing is stored or delivered."""
+    with trio.fail_after(30):
+        async with watch(cluster, cluster.dept1), contextlib.AsyncExitStack() as stack:
+            sender = await online(stack, cluster.dept1.url, name("big"))
+            peer = await online(stack, cluster.dept2.url, name("peer"))
+            base = {"chatId": peer.user_id, "type": "friend", "messageType": "text", "content": "x"}
+            deep: dict = {"v": 1}
+            for _ in range(17):
+                deep = {"d": deep}
+            for fields, kind in [({"content": "x" * 20_000}, "too-large"),
+                                 ({"extend": {"blob": "y" * 60_000}}, "too-large"),
+                                 ({"extend": deep}, "invalid"),
+                                 ({"extend": {"n": 1 << 70}}, "invalid"),
+                                 ({"cid": "c" * 5000}, "invalid")]:
+                await sender.send("message", **{"cid": "big-1", **base, **fields})
+                await sender.expect_error(kind)
+            await peer.send("ping", rid="barrier")  # the node handled the peer after them
+            await peer.expect("pong")
+            await peer.no_frame("message", wait=0.2)
+            for binary in (False, True):
+                async with connect(cluster.dept1.url, binary=binary) as client:
+                    await client.send("ping", rid="z" * 70_000)
+                    assert (await client.expect_closed()).code == 1009
