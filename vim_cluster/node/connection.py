@@ -35,6 +35,7 @@ from .outbox import CLOSE_GRACE, Close, Outbox
 
 log = structlog.get_logger()
 QUEUE_SIZE = 1024  # frames waiting in a connection's outbox (more: a slow consumer)
+QUEUE_BYTES = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer)
 ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
 _conn_ids = itertools.count(1)
 
@@ -129,7 +130,7 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
         async with trio.open_nursery() as nursery:
             state = SessionState(trio.current_time(), RateWindow(ctx.config.websocket.rate_limit),
                                  ctx.config.websocket.idle_timeout)
-            conn = Connection(ctx, ws, conn_id, state, Outbox(ws, QUEUE_SIZE), trio.CancelScope(),
+            conn = Connection(ctx, ws, conn_id, state, Outbox(ws, QUEUE_SIZE, QUEUE_BYTES), trio.CancelScope(),
                               _source(request))
             conn.outbox.attach(nursery, nursery.cancel_scope)
             close: Close | None = None
