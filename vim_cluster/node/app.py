@@ -18,6 +18,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import structlog
@@ -87,6 +88,18 @@ async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, Messa
     return registry, directory, messages
 
 
+def _check_secret_file(path: Path) -> None:
+    """Warns when the cluster secret can be read or written by others than its owner (whoever
+    reads it can act as any user: docs/security.md)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        log.warning("secret_file_unchecked", file=str(path), error=str(exc))
+        return
+    if mode & 0o077:
+        log.warning("secret_file_too_open", file=str(path), mode=oct(mode), fix=f"chmod 600 {path}")
+
+
 async def serve_node(
     config: NodeConfig,
     *,
@@ -94,6 +107,7 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
+    _check_secret_file(config.cluster.secret_file)
     registry, directory, messages = await _open_backends(config)
     redis_runner = BlockingRunner("redis", 16)
     hub = Hub()
