@@ -109,6 +109,20 @@ async def connect_from(source: str, node: ClusterNode, resource: str = "/") -> A
             await trio.aclose_forcefully(stream)  # see support.connect: trio-websocket may not
 
 
+def frame_bytes(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame on the wire: header, mask, masked payload."""
+    mask = os.urandom(4)
+    size = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if size < 126:
+        header = bytes([first, 0x80 | size])
+    elif size < 1 << 16:
+        header = bytes([first, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([first, 0x80 | 127]) + size.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawSocket:
     """A WebSocket client that sends whatever bytes it is told (wsproto for the handshake only)."""
 
@@ -127,18 +141,10 @@ class RawSocket:
             raise AssertionError(f"handshake refused: {event}")
         return raw
 
-    async def send_frame(self, opcode: int, payload: bytes) -> None:
-        """One final frame, masked as a client must, with any payload (even invalid)."""
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = bytes([0x80 | opcode, 0x80 | size])
-        elif size < 1 << 16:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await self.stream.send_all(header + mask + masked)
+    async def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        """One frame (final unless `fin` is False), masked as a client must, with any payload
+        (even invalid)."""
+        await self.stream.send_all(frame_bytes(opcode, payload, fin))
 
     async def next_event(self) -> Any:
         """The next wsproto event from the node; None when the TCP connection ended."""

@@ -11,7 +11,7 @@ from wsproto.events import TextMessage
 
 from ..cluster.harness import Cluster, ClusterNode, blocking
 from ..support import Client, connect, online
-from .attack import RawSocket, name, rss_kib, watch
+from .attack import RawSocket, frame_bytes, name, rss_kib, watch
 
 HANDSHAKE_DEADLINE_S = 10.0  # the client and forward listeners' connect timeout, the auth timeout
 SLACK_S = 3.5
@@ -126,6 +126,28 @@ async def test_a_frame_flood_is_rate_limited_on_its_own_connection(cluster: Clus
             await trio.sleep(1.1)  # a new rate window
             await flooder.send("ping", rid="after")
             assert (await flooder.expect("pong"))["rid"] == "after"
+
+
+async def test_a_websocket_ping_flood_that_reads_no_pongs_only_stalls_itself(cluster: Cluster) -> None:
+    """Attack: 30,000 WebSocket-level ping frames (opcode 9, answered by the WebSocket layer
+    below the rate limit) on one connection that never reads the pongs. Defended: once the
+    unread pongs fill the socket, the node stops reading that connection (backpressure): its
+    memory does not grow and another user on the node stays fast."""
+    node = cluster.master
+    with trio.fail_after(30):
+        async with watch(cluster, node):
+            before = rss_kib(node.pid)
+            raw = await RawSocket.open(node.port)
+            try:
+                burst = frame_bytes(0x9, b"p" * 125) * 1000
+                with trio.move_on_after(3), contextlib.suppress(trio.BrokenResourceError):
+                    for _ in range(30):
+                        await raw.stream.send_all(burst)
+            finally:
+                await raw.aclose()
+            grown_mib = (rss_kib(node.pid) - before) / 1024
+    print(f"ping flood: {node.name} RSS grew {grown_mib:.1f} MiB")
+    assert grown_mib < 8
 
 
 async def test_a_recipient_that_stops_reading_is_cut_off_before_it_costs_much_memory(cluster: Cluster) -> None:

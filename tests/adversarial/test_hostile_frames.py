@@ -12,7 +12,7 @@ from wsproto.events import CloseConnection
 
 from ..cluster.harness import Cluster
 from ..support import Client, connect, online
-from .attack import RawSocket, name, watch
+from .attack import RawSocket, frame_bytes, name, rss_kib, watch
 
 # (frame, error kind) pairs: each is answered `error <kind>` and the connection stays open.
 JSON_BOMBS: list[tuple[str, str]] = [
@@ -128,3 +128,31 @@ async def test_oversize_frames_and_fields_are_refused(cluster: Cluster) -> None:
                 async with connect(cluster.dept1.url, binary=binary) as client:
                     await client.send("ping", rid="z" * 70_000)
                     assert (await client.expect_closed()).code == 1009
+
+
+async def test_a_message_in_endless_fragments_is_cut_off(cluster: Cluster) -> None:
+    """Attack: before authenticating, start a text message and never finish it: 400,000
+    empty continuation fragments (6 bytes each on the wire), then 70,000 one-byte ones. Each
+    fragment used to be kept in a list without counting towards the frame limit (an empty one
+    counts 0 bytes), so memory grew with the attacker's bandwidth. Defended: the node closes
+    the connection with 1009 after max(1024, max-frame / 512) fragments, its memory does not
+    grow with the attack, and other users stay fast."""
+    node = cluster.dept2
+    with trio.fail_after(40):
+        async with watch(cluster, node):
+            before = rss_kib(node.pid)
+            for fragment, count in ((b"", 400_000), (b"x", 70_000)):
+                raw = await RawSocket.open(node.port)
+                try:
+                    burst = frame_bytes(0x0, fragment, fin=False) * 1000
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await raw.send_frame(0x1, fragment, fin=False)
+                        for _ in range(count // 1000):
+                            await raw.stream.send_all(burst)
+                    close = await raw.close_frame()
+                    assert isinstance(close, CloseConnection) and close.code == 1009, close
+                finally:
+                    await raw.aclose()
+            grown_mib = (rss_kib(node.pid) - before) / 1024
+    print(f"endless fragments: {node.name} RSS grew {grown_mib:.1f} MiB")
+    assert grown_mib < 8

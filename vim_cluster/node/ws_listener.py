@@ -6,12 +6,17 @@
   was wrong, before the TCP connection ends. trio-websocket 0.12 only drops the TCP
   connection, as if the peer had closed: RFC 6455 §7.1.7 says the endpoint fails the
   connection by sending a close frame first.
+- A message may come in at most `max_fragments(max_message_size)` pieces (frames, or parts
+  of frames as they arrive): trio-websocket keeps every piece in a list until the message
+  ends and counts only their bytes, so a message in endless empty fragments grew without
+  limit. Past the cap the connection closes with 1009.
 - `ListenerConnection.raise_message_limit(n)`: a listener may start its connections with a
   small frame cap (unauthenticated peers cannot make it buffer much) and raise it once the
   peer has proved who it is.
-Both lean on trio-websocket's private names (`_handle_close_connection_event`, `_wsproto`,
-`_max_message_size`, `WebSocketServer._handle_connection`); `tests/adversarial` checks both
-behaviours over real sockets, so an upgrade that moves them fails there first.
+These lean on trio-websocket's private names (`_handle_close_connection_event`,
+`_handle_message_event`, `_wsproto`, `_message_parts`, `_max_message_size`,
+`WebSocketServer._handle_connection`); `tests/adversarial` checks each behaviour over real
+sockets, so an upgrade that moves them fails there first.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServe
 from trio_websocket._impl import CONN_TIMEOUT, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, CloseReason
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.frame_protocol import CloseReason as Code
 
 UTF8_REASON = "a text frame is not valid UTF-8"
@@ -43,9 +48,26 @@ class ListenerConnection(WebSocketConnection):
             event = CloseConnection(code=event.code, reason=reason)
         await super()._handle_close_connection_event(event)
 
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if not event.message_finished and len(self._message_parts) >= max_fragments(self._max_message_size):
+            reason = f"a message in more than {max_fragments(self._max_message_size)} fragments"
+            self._message_size = 0
+            self._message_parts = []
+            self._close_reason = CloseReason(Code.MESSAGE_TOO_BIG, reason)
+            await self._send(CloseConnection(code=Code.MESSAGE_TOO_BIG, reason=reason))
+            await self._recv_channel.aclose()
+            self._reader_running = False
+            return
+        await super()._handle_message_event(event)
+
     def raise_message_limit(self, max_message_size: int) -> None:
         """From now on, accept messages of up to `max_message_size` bytes."""
         self._max_message_size = max(self._max_message_size, max_message_size)
+
+
+def max_fragments(max_message_size: int) -> int:
+    """Pieces one message may arrive in: plenty for a whole frame read in TCP-sized chunks."""
+    return max(1024, max_message_size // 512)
 
 
 def _reason(event: CloseConnection) -> str:
