@@ -156,3 +156,54 @@ async def test_a_message_in_endless_fragments_is_cut_off(cluster: Cluster) -> No
             grown_mib = (rss_kib(node.pid) - before) / 1024
     print(f"endless fragments: {node.name} RSS grew {grown_mib:.1f} MiB")
     assert grown_mib < 8
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Sends `request` on a fresh TCP connection; returns whatever comes back until the node
+    closes it (the node must close it: the test's deadline says how soon)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    answer = b""
+    try:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(request)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    finally:
+        await stream.aclose()
+    return answer
+
+
+async def test_hostile_http_handshakes_are_refused_on_every_port(cluster: Cluster) -> None:
+    """Attack: on the client, forward and HTTP ports at once: a 100 KB URL, 100 KB of
+    headers, a TLS hello on a plain port, a plain GET without the upgrade, a POST; and on the
+    client port a WebSocket upgrade with a bad token (repeated 2,000 times) from a client that
+    then never hangs up. Defended: each gets an HTTP error (the bad token 401) and the node
+    closes the connection at once (a rejected handshake used to stay open for as long as the
+    client liked); the node and other users carry on."""
+    node = cluster.master
+    upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n")
+    everywhere = [
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + b"X-Pad: " + b"p" * 100_000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ]
+    bad_token = b"GET /?" + b"token=x&" * 2000 + b" HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n"
+    answers: list[bytes] = []
+
+    async def probe(port: int, request: bytes) -> None:
+        answers.append(await _exchange(port, request))
+
+    with trio.fail_after(20):
+        async with watch(cluster, node):
+            async with trio.open_nursery() as nursery:
+                for port in (node.port, node.forward_port, node.http_port):
+                    assert port is not None
+                    for request in everywhere:
+                        nursery.start_soon(probe, port, request)
+                nursery.start_soon(probe, node.port, bad_token)
+    assert len(answers) == 16
+    assert not [a for a in answers if a.startswith(b"HTTP/1.1 101")]
+    assert sum(a.startswith(b"HTTP/1.1 401") for a in answers) == 1

@@ -10,6 +10,8 @@
   of frames as they arrive): trio-websocket keeps every piece in a list until the message
   ends and counts only their bytes, so a message in endless empty fragments grew without
   limit. Past the cap the connection closes with 1009.
+- When the handler is done (a rejected handshake included), the TCP connection is closed.
+  trio-websocket 0.12 leaves a rejected one open until the client closes it.
 - `ListenerConnection.raise_message_limit(n)`: a listener may start its connections with a
   small frame cap (unauthenticated peers cannot make it buffer much) and raise it once the
   peer has proved who it is.
@@ -98,6 +100,11 @@ class _Server(WebSocketServer):
             finally:
                 with trio.move_on_after(self._disconnect_timeout):
                     await connection.aclose()
+                # Then end the TCP connection whatever state the WebSocket is in: after a
+                # rejected handshake (401) trio-websocket's reader would otherwise wait for the
+                # client to hang up, keeping the connection and its tasks for as long as the
+                # client likes.
+                await trio.aclose_forcefully(stream)
 
 
 async def serve_websocket(
