@@ -1,4 +1,4 @@
-"""`serve_websocket` as trio-websocket's, with two things its connections lack.
+"""`ListenerServer`: trio-websocket's WebSocketServer, with what its connections lack.
 
 - A peer that breaks the WebSocket protocol (wsproto's ParseFailed: invalid UTF-8 in a text
   frame, a bad opcode, a masked frame from the wrong side...) gets a close frame with the
@@ -23,14 +23,9 @@ sockets, so an upgrade that moves them fails there first.
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any
-
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
-from trio_websocket._impl import CONN_TIMEOUT, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, CloseReason
+from trio_websocket import WebSocketConnection, WebSocketServer
+from trio_websocket._impl import CloseReason
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
@@ -79,7 +74,10 @@ def _reason(event: CloseConnection) -> str:
     return f"protocol error: {detail}"[:120]
 
 
-class _Server(WebSocketServer):
+class ListenerServer(WebSocketServer):
+    """trio-websocket's WebSocketServer (same arguments), whose connections are
+    ListenerConnections and end their TCP connection when the handler is done."""
+
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         # trio-websocket's own, with ListenerConnection in place of WebSocketConnection.
         async with trio.open_nursery() as nursery:
@@ -105,32 +103,3 @@ class _Server(WebSocketServer):
                 # client to hang up, keeping the connection and its tasks for as long as the
                 # client likes.
                 await trio.aclose_forcefully(stream)
-
-
-async def serve_websocket(
-    handler: Callable[[WebSocketRequest], Awaitable[None]],
-    host: str | None,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    *,
-    handler_nursery: trio.Nursery | None = None,
-    message_queue_size: int = MESSAGE_QUEUE_SIZE,
-    max_message_size: int = 2**20,
-    receive_buffer_size: int | None = RECEIVE_BYTES,
-    connect_timeout: float = CONN_TIMEOUT,
-    disconnect_timeout: float = CONN_TIMEOUT,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """trio_websocket.serve_websocket's signature and behaviour, with ListenerConnections."""
-    open_listeners: Callable[[], Awaitable[Any]]
-    if ssl_context is None:
-        open_listeners = partial(trio.open_tcp_listeners, port, host=host)
-    else:
-        open_listeners = partial(trio.open_ssl_over_tcp_listeners, port, ssl_context, host=host,
-                                 https_compatible=True)
-    listeners = await open_listeners()
-    server = _Server(handler, listeners, handler_nursery=handler_nursery,
-                     message_queue_size=message_queue_size, max_message_size=max_message_size,
-                     receive_buffer_size=receive_buffer_size, connect_timeout=connect_timeout,
-                     disconnect_timeout=disconnect_timeout)
-    await server.run(task_status=task_status)
