@@ -17,6 +17,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import structlog
@@ -44,6 +45,7 @@ from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
 from .store_writer import StoreWriter
+from .ws_listener import ListenerServer
 
 log = structlog.get_logger()
 SHUTDOWN_GRACE = 3.0
@@ -78,6 +80,18 @@ async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, Messa
     return registry, directory, messages
 
 
+def _check_secret_file(path: Path) -> None:
+    """Warns when the cluster secret can be read or written by others than its owner (whoever
+    reads it can act as any user: docs/security.md)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        log.warning("secret_file_unchecked", file=str(path), error=str(exc))
+        return
+    if mode & 0o077:
+        log.warning("secret_file_too_open", file=str(path), mode=oct(mode), fix=f"chmod 600 {path}")
+
+
 async def serve_node(
     config: NodeConfig,
     *,
@@ -85,6 +99,7 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
+    _check_secret_file(config.cluster.secret_file)
     listeners = await bind_listeners(config)  # a taken port stops the node before it registers
     try:
         registry, directory, messages = await _open_backends(config)
@@ -191,7 +206,7 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
                          task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
-    server = WebSocketServer(
+    server = ListenerServer(
         functools.partial(serve_connection, ctx),
         listeners,
         max_message_size=ws.max_frame,
