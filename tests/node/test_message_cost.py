@@ -1,0 +1,205 @@
+"""What one cross-node message costs, COUNTED (not timed), against a fixed budget (issue 12).
+
+Master, dept-1 and dept-2 run in this test's process, so that their sockets can be counted,
+and share one SQLite store, as the cluster harness's nodes do. Alice on dept-1 sends friend
+messages (100 bytes of content) to Bob on dept-2, relayed through the master; Bob confirms them
+(`received`) and Alice gets the receipts. Per message, the test counts:
+- `alice frames`, `bob frames`: the WebSocket frames the sender and the recipient receive;
+- `client sends`: the nodes' `trio.SocketStream.send_all` calls on client connections (the
+  test clients' own sends are not counted), from a wrapper that counts and calls the real
+  method;
+- `forward sends`: the same on the forward links (both ends, both slaves);
+- `thread hops`: the nodes' `trio.to_thread.run_sync` calls (store batches, confirms; the
+  lease heartbeat, one every 2 s per node, is in it too).
+
+Two shapes:
+- `lockstep`: one message at a time, its receipt back before the next: nothing can be
+  batched, the worst case per message;
+- `burst`: N messages pipelined, confirmed in one `received` frame: what batching saves.
+
+Per message, measured 2026-11-30 on main at 3d28ad0 (six runs, a loaded 2-core machine),
+and the budget (BUDGETS):
+
+| figure        | lockstep measured | budget | burst measured | budget |
+|---------------|-------------------|--------|----------------|--------|
+| alice frames  | 2                 | 2      | 2              | 2      |
+| bob frames    | 1                 | 1      | 1              | 1      |
+| client sends  | 3                 | 3      | 3              | 3      |
+| forward sends | 4.0-5.5           | 8      | 0.35-1.23      | 3      |
+| thread hops   | 2.0               | 2.25   | 0.08-0.4       | 0.75   |
+
+Frames and client sends are exact (today one send per frame). Forward sends depend on
+timing: a lockstep message is 4 forward packets (dept-1 -> master -> dept-2, and the
+confirmation back the same way), each acked, and a bare ack rides on the next packet if one
+comes within 5 ms or goes alone: 8 is the bound when every ack goes alone. In a burst, how
+many packets share a batch (and how many messages a group commit) depends on scheduling: the
+budgets are about 2.5x the highest measured value, well under what no batching at all would
+give (about 8 forward sends and 1 thread hop per message). The thread-hop budgets leave room
+for the nodes' lease heartbeats on a slow run.
+
+A change that adds a frame, a send or a thread hop per message fails here; an optimisation
+that saves some should lower the budget to its new figure. Counting, not timing, keeps the
+test independent of the machine's load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio_websocket import WebSocketConnection
+
+from vim_cluster.config import load_config
+from vim_cluster.node.app import RunningNode, serve_node
+
+from ..support import Client, online, write_config
+
+N = 40
+# shape -> figure -> budget per message (the measured values are in the docstring)
+BUDGETS: dict[str, dict[str, float]] = {
+    "lockstep": {"alice frames": 2, "bob frames": 1, "client sends": 3, "forward sends": 8, "thread hops": 2.25},
+    "burst": {"alice frames": 2, "bob frames": 1, "client sends": 3, "forward sends": 3, "thread hops": 0.75},
+}
+
+
+@attrs.define
+class Counts:
+    """The nodes' send_all calls (by stream: 'dept-1 client', 'master forward', 'dept-2 link',
+    ...) and thread hops while `counting`."""
+
+    ports: dict[int, str] = attrs.Factory(dict)  # a node's listening port -> 'NODE client|forward'
+    links: dict[int, str] = attrs.Factory(dict)  # a slave's link's local port -> 'NODE link'
+    counting: bool = False
+    sends: Counter[str] = attrs.Factory(Counter)
+    thread_hops: int = 0
+
+    def stream_of(self, stream: trio.SocketStream) -> str | None:
+        """Which node stream this is; None for a test client's."""
+        try:
+            local, peer = stream.socket.getsockname()[1], stream.socket.getpeername()[1]
+        except OSError:
+            return None
+        if local in self.ports:
+            return self.ports[local]
+        if self.ports.get(peer, "").endswith("forward"):
+            return "link"
+        return None
+
+    def reset(self) -> None:
+        self.sends.clear()
+        self.thread_hops = 0
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
+    """Counts send_all calls and thread hops of the whole process while `counts.counting`;
+    the real methods still do the work."""
+    counts = Counts()
+    real_send_all = trio.SocketStream.send_all
+    real_run_sync = trio.to_thread.run_sync
+
+    async def send_all(self: trio.SocketStream, data: Any) -> None:
+        if counts.counting and (name := counts.stream_of(self)) is not None:
+            counts.sends[name] += 1
+        await real_send_all(self, data)
+
+    async def run_sync(*args: Any, **kwargs: Any) -> Any:
+        if counts.counting:
+            counts.thread_hops += 1
+        return await real_run_sync(*args, **kwargs)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", send_all)
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+    yield counts
+
+
+class CountingSocket:
+    """A client's WebSocket that counts the frames it receives."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.received = 0
+
+    async def get_message(self) -> str | bytes:
+        message = await self.ws.get_message()
+        self.received += 1
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ws, name)
+
+
+async def three_nodes(nursery: trio.Nursery, folder: Path, redis_url: str, counts: Counts) -> list[RunningNode]:
+    async def start(node_id: str, node_type: str, master_url: str | None = None) -> RunningNode:
+        config = load_config(write_config(folder, node_id=node_id, node_type=node_type, redis_url=redis_url,
+                                          master_url=master_url))
+        node: RunningNode = await nursery.start(serve_node, config)
+        counts.ports[node.client_port] = f"{node_id} client"
+        if node.forward_port:
+            counts.ports[node.forward_port] = f"{node_id} forward"
+        return node
+
+    master = await start("master", "master")
+    forward = f"ws://127.0.0.1:{master.forward_port}/forward"
+    return [master, await start("dept-1", "slave", forward), await start("dept-2", "slave", forward)]
+
+
+async def lockstep(alice: Client, bob: Client, tag: str, count: int) -> None:
+    """`count` messages alice -> bob, one at a time: ack, delivery, confirm, receipt."""
+    for i in range(count):
+        await alice.send("message", cid=f"{tag}-{i}", chatId=bob.user_id, type="friend", messageType="text",
+                         content="x" * 100)
+        ack = await alice.expect("ack")
+        message = await bob.expect("message")
+        assert message["id"] == ack["id"]
+        await bob.send("received", ids=[message["id"]])
+        assert (await alice.expect("receipt"))["id"] == ack["id"]
+
+
+async def burst(alice: Client, bob: Client, tag: str, count: int) -> None:
+    """`count` messages alice -> bob sent back to back, then confirmed in one frame."""
+    for i in range(count):
+        await alice.send("message", cid=f"{tag}-{i}", chatId=bob.user_id, type="friend", messageType="text",
+                         content="x" * 100)
+    acked = {(await alice.expect("ack"))["id"] for _ in range(count)}
+    delivered = [(await bob.expect("message"))["id"] for _ in range(count)]
+    assert set(delivered) == acked
+    await bob.send("received", ids=delivered)
+    assert {(await alice.expect("receipt"))["id"] for _ in range(count)} == acked
+
+
+@pytest.mark.parametrize("shape", ["lockstep", "burst"])
+async def test_a_cross_node_message_stays_within_its_budget(nursery: trio.Nursery, tmp_path: Path, redis_url: str,
+                                                            counts: Counts, shape: str) -> None:
+    run = {"lockstep": lockstep, "burst": burst}[shape]
+    with trio.fail_after(60):
+        await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
+        urls = {name.split()[0]: f"ws://127.0.0.1:{port}/" for port, name in counts.ports.items()
+                if name.endswith("client")}
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, urls["dept-1"], "alice")
+            bob = await online(stack, urls["dept-2"], "bob")
+            await lockstep(alice, bob, "warm", 3)  # the links are up, routes and caches warm
+            sockets = [CountingSocket(alice.ws), CountingSocket(bob.ws)]
+            alice.ws, bob.ws = sockets  # type: ignore[assignment]
+            counts.counting = True
+            await run(alice, bob, "m", N)
+            counts.counting = False
+            assert not alice.backlog and not bob.backlog, (alice.backlog, bob.backlog)
+    measured = {"alice frames": sockets[0].received / N, "bob frames": sockets[1].received / N,
+                "client sends": sum(v for k, v in counts.sends.items() if k.endswith("client")) / N,
+                "forward sends": sum(v for k, v in counts.sends.items() if not k.endswith("client")) / N,
+                "thread hops": counts.thread_hops / N}
+    print(shape, measured, dict(counts.sends))
+    over = {figure: (value, BUDGETS[shape][figure]) for figure, value in measured.items()
+            if value > BUDGETS[shape][figure]}
+    assert not over, f"{shape}: over budget per message (measured, budget): {over}; sends by stream {counts.sends}"
+    # the instruments see something: the ack, the delivery and the receipt go out somehow,
+    # and so does the message across the forward links
+    assert measured["client sends"] > 0 and measured["forward sends"] > 0, counts.sends
