@@ -9,13 +9,17 @@ Every system gets the same load generator (vim_cluster.bench: same senders, reci
 - Centrifugo v5 (when its binary exists): two nodes with the Redis engine on that Redis;
   insecure client mode, recipients subscribed to their personal channel, senders publish.
 Server CPU is the user + system time of the server processes, Redis included for the peers
-(their messages go through it), per delivered message. Prints a markdown table and the
-ratios vim-cluster / peer.
+(their messages go through it), per delivered message; generator CPU is the load generator's
+own (this process's) CPU time per delivered message. Both are measured from every connection
+ready to the end of the drain. Each system also runs at a fixed --cores-rate (1,000 msg/s),
+where "server cores" (server CPU seconds / wall seconds) is what the system needs for that
+load. Prints markdown tables and the ratios vim-cluster / peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -39,7 +43,7 @@ from bench_run import run_profile  # noqa: E402
 from tests.support import wait_port  # noqa: E402
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.bench import Account, Event  # noqa: E402
-from vim_cluster.sysinfo import cpu_seconds, raise_fd_limit  # noqa: E402
+from vim_cluster.sysinfo import raise_fd_limit  # noqa: E402
 
 # --- dialects: the peers' wire formats ---------------------------------------------------
 
@@ -178,14 +182,24 @@ def peer_accounts(senders: int) -> tuple[list[Account], list[Account]]:
     return ([Account(f"s{i}", "") for i in range(senders)], [Account(f"r{i}", "") for i in range(senders)])
 
 
-def measure(dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    senders, recipients = peer_accounts(args.senders)
-    cpu_before = cpu_seconds(pids)
-    result = trio.run(bench.run_pair, src, dst, senders, recipients, args, dialect)
-    return bench.add_server_cpu(result, cpu_seconds(pids) - cpu_before)
+def measure(dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One run per rate of `rates(args)` on the same servers."""
+    results = []
+    for rate in rates(args):
+        senders, recipients = peer_accounts(args.senders)
+        at_rate = copy.copy(args)
+        at_rate.rate = rate
+        results.append({"rate": rate or "max",
+                        **trio.run(bench.run_pair, src, dst, senders, recipients, at_rate, dialect, pids)})
+    return results
 
 
-def run_socketio(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+def rates(args: argparse.Namespace) -> list[float]:
+    """The main run's rate (0: as fast as acks allow), then --cores-rate when it differs."""
+    return [args.rate] + ([args.cores_rate] if args.cores_rate and args.cores_rate != args.rate else [])
+
+
+def run_socketio(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     python = ROOT / ".venv-peers" / "bin" / "python"
     with Processes(folder) as processes:
         redis_address, redis_pid = redis_server(processes)
@@ -198,7 +212,7 @@ def run_socketio(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         return measure(SocketIODialect(), urls[0], urls[1], [n.pid for n in nodes] + [redis_pid], args)
 
 
-def run_centrifugo(binary: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_centrifugo(binary: str, folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     with Processes(folder) as processes:
         redis_address, redis_pid = redis_server(processes)
         ports = [free_port(), free_port()]
@@ -216,27 +230,39 @@ def run_centrifugo(binary: str, folder: Path, args: argparse.Namespace) -> dict[
 # --- report ------------------------------------------------------------------------------
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ["system", "acked msg/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "lost", "errors", "server CPU s",
-            "server CPU µs/delivered"]
-    keys = ["acked_per_s", "delivered_per_s", "p50_ms", "p99_ms", "max_ms", "lost", "errors", "server_cpu_s",
-            "server_cpu_us_per_delivered"]
+COLUMNS = [("acked msg/s", "acked_per_s"), ("delivered/s", "delivered_per_s"), ("p50 ms", "p50_ms"),
+           ("p99 ms", "p99_ms"), ("max ms", "max_ms"), ("lost", "lost"), ("errors", "errors"),
+           ("server CPU s", "server_cpu_s"), ("server CPU µs/delivered", "server_cpu_us_per_delivered"),
+           ("server cores", "server_cores"), ("generator CPU µs/delivered", "generator_cpu_us_per_delivered")]
+CORES_COLUMNS = [("rate", "rate"), ("delivered/s", "delivered_per_s"), ("p99 ms", "p99_ms"),
+                 ("server CPU µs/delivered", "server_cpu_us_per_delivered"), ("server cores", "server_cores"),
+                 ("generator CPU µs/delivered", "generator_cpu_us_per_delivered")]
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    head = ["system"] + [name for name, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join([row["system"]] + [str(row.get(k, "-")) for k in keys]) + " |")
+        lines.append("| " + " | ".join([row["system"]] + [str(row.get(key, "-")) for _, key in columns]) + " |")
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[str]:
+def ratios(rows: list[dict[str, Any]], fixed: list[dict[str, Any]] | None = None) -> list[str]:
+    """vim-cluster / each peer: throughput and server CPU per message of the main runs, and
+    server cores at the fixed rate (`fixed`: one row per system) when there is one."""
     ours = next((r for r in rows if r["system"] == "vim-cluster" and r.get("delivered")), None)
+    cores = {r["system"]: r.get("server_cores") for r in fixed or []}
     lines = []
     for peer in rows:
         if ours is None or peer is ours or not peer.get("delivered"):
             continue
         throughput = ours["delivered_per_s"] / peer["delivered_per_s"]
         cpu = ours["server_cpu_us_per_delivered"] / peer["server_cpu_us_per_delivered"]
-        lines.append(f"vim-cluster / {peer['system']}: throughput {throughput:.2f}x, "
-                     f"server CPU per delivered message {cpu:.2f}x")
+        line = (f"vim-cluster / {peer['system']}: throughput {throughput:.2f}x, "
+                f"server CPU per delivered message {cpu:.2f}x")
+        if cores.get("vim-cluster") and cores.get(peer["system"]):
+            line += f", server cores at the fixed rate {cores['vim-cluster'] / cores[peer['system']]:.2f}x"
+        lines.append(line)
     return lines
 
 
@@ -247,6 +273,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
+    parser.add_argument("--cores-rate", type=float, default=1000,
+                        help="also run each system at this fixed rate (msg/s) and report the server cores it "
+                             "needs (CPU s / wall s); 0: skip")
     parser.add_argument("--centrifugo", default="", help="the centrifugo binary (none: skip Centrifugo)")
     parser.add_argument("--systems", default="vim-cluster,python-socketio,centrifugo")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per system; the median is compared")
@@ -254,50 +283,65 @@ def main() -> None:
     args.messages = 0
     raise_fd_limit()
     gc.freeze()  # as `vim-cluster bench` does: the load generator's full collections are not latency
-    shape = ["--senders", str(args.senders), "--window", str(args.window), "--size", str(args.size),
-             "--rate", str(args.rate)]
-    runs: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}  # main runs per system
+    fixed: dict[str, list[dict[str, Any]]] = {}  # runs at --cores-rate per system
     systems = args.systems.split(",")
     with tempfile.TemporaryDirectory(prefix="vim-peers-") as tmp:
         base = Path(tmp)
         for round_ in range(args.repeat):  # interleaved, so a noisy minute hits every system
             for system in systems:
-                result = run_system(system, base / f"{system}-{round_}", shape, args)
-                if result is not None:
-                    runs.setdefault(system, []).append({"system": system, **result})
+                results = run_system(system, base / f"{system}-{round_}", args)
+                if not results:  # skipped
+                    continue
+                for rate, result in zip(rates(args), results, strict=True):
+                    at = runs if rate == args.rate else fixed
+                    at.setdefault(system, []).append({"system": system, **result})
+    print(report(runs, fixed, args))
+
+
+def report(runs: dict[str, list[dict[str, Any]]], fixed: dict[str, list[dict[str, Any]]],
+           args: argparse.Namespace) -> str:
+    """The markdown tables: the median main run per system (by delivered/s), the ratios, and
+    the median run at --cores-rate (by server cores); every run when repeated."""
     rows = [median(results) for results in runs.values()]
+    fixed_rows = [median(results, "server_cores") for results in fixed.values()]
+    if args.cores_rate and args.cores_rate == args.rate:
+        fixed_rows = rows
+    out = []
     if args.repeat > 1:
-        print(f"median of {args.repeat} interleaved runs (by delivered/s) per system:\n")
-    print(table(rows))
-    print()
-    for line in ratios(rows):
-        print(line)
+        out.append(f"median of {args.repeat} interleaved runs (by delivered/s) per system:\n")
+    out += [table(rows), ""] + ratios(rows, fixed_rows)
+    if fixed_rows:
+        out += ["", f"cores used at {args.cores_rate:,.0f} msg/s"
+                + (" (the median run by server cores)" if args.repeat > 1 else "") + ":", "",
+                table(fixed_rows, CORES_COLUMNS)]
     if args.repeat > 1:
-        print("\nevery run:\n")
-        print(table([r for results in runs.values() for r in results]))
+        out += ["", "every run:", "", table([r for results in (*runs.values(), *fixed.values()) for r in results])]
+    return "\n".join(out)
 
 
-def run_system(system: str, folder: Path, shape: list[str], args: argparse.Namespace) -> dict[str, Any] | None:
+def run_system(system: str, folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One result per rate of rates(args), on one start of the system; none if it is skipped."""
     folder.mkdir()
     print(f"[peers] {system}: cross-node, {args.senders} senders, window {args.window}, "
-          f"{args.size} B, {args.duration:g} s", file=sys.stderr, flush=True)
+          f"{args.size} B, {args.duration:g} s, rates {rates(args)}", file=sys.stderr, flush=True)
     if system == "vim-cluster":
-        (result,) = run_profile("sqlite", folder, {"directory": "sqlite:data/directory.db",
-                                                   "messages": "sqlite:data/messages.db"},
-                                args, [("cross-node", shape)])
-        return result
+        shapes = [("cross-node", ["--senders", str(args.senders), "--window", str(args.window),
+                                  "--size", str(args.size), "--rate", str(rate)]) for rate in rates(args)]
+        return run_profile("sqlite", folder, {"directory": "sqlite:data/directory.db",
+                                              "messages": "sqlite:data/messages.db"}, args, shapes)
     if system == "python-socketio":
         return run_socketio(folder, args)
     if system == "centrifugo":
         if not args.centrifugo:
             print("[peers] centrifugo: no binary (Go missing or the build failed): skipped", file=sys.stderr)
-            return None
+            return []
         return run_centrifugo(args.centrifugo, folder, args)
     raise SystemExit(f"unknown system {system!r}")
 
 
-def median(results: list[dict[str, Any]]) -> dict[str, Any]:
-    ordered = sorted(results, key=lambda r: r.get("delivered_per_s", 0))
+def median(results: list[dict[str, Any]], key: str = "delivered_per_s") -> dict[str, Any]:
+    ordered = sorted(results, key=lambda r: r.get(key, 0))
     return ordered[len(ordered) // 2]
 
 

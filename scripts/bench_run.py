@@ -4,6 +4,9 @@ For each profile (sqlite: embedded Redis + SQLite; servers: embedded Redis + pri
 and FerretDB, when their binaries exist) it starts a master and two department nodes with
 `vim-cluster up` on free loopback ports, runs the scenarios one after the other, stops the
 cluster, and prints one table row per scenario. Everything is bounded in time.
+"server cores" is the nodes' CPU seconds per wall second of a message scenario (the row at
+rate 1000 is the cores the cluster needs for 1,000 msg/s); "generator CPU" is the load
+generator's own process CPU per delivered message.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def fmt(value: Any) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = ["profile", "scenario", "rate", "acked msg/s", "delivered/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-            "errors", "lost", "server CPU µs/delivered", "other"]
+            "errors", "lost", "server CPU µs/delivered", "server cores", "generator CPU µs/delivered", "other"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         other = ""
@@ -103,7 +106,8 @@ def table(results: list[dict[str, Any]]) -> str:
             other = f"FAILED (exit {r['failed']})"
         row = [r["profile"], r["scenario"], r.get("rate"), r.get("acked_per_s"), r.get("delivered_per_s"),
                r.get("p50_ms"), r.get("p90_ms"), r.get("p99_ms"), r.get("max_ms"), r.get("errors"),
-               r.get("lost"), r.get("server_cpu_us_per_delivered"), other]
+               r.get("lost"), r.get("server_cpu_us_per_delivered"), r.get("server_cores"),
+               r.get("generator_cpu_us_per_delivered"), other]
         lines.append("| " + " | ".join(fmt(c) for c in row) + " |")
     return "\n".join(lines)
 

@@ -12,6 +12,11 @@ Scenarios:
 Latency is sender -> recipient, measured in this process with one monotonic clock. `lost`
 counts messages acked to a sender but never delivered to the recipient (after a drain wait).
 Recipients confirm what they got with `received`, as a real client does.
+
+CPU of the message scenarios is measured over one window, from when every connection is ready
+until the drain ends (user creation and logins are outside it): the servers' (from /proc, for
+the pids given), per delivered message and as cores (CPU seconds / wall seconds), and this
+load generator's own process CPU per delivered message.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import json
 import math
 import secrets
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -49,6 +55,7 @@ class Stats:
     sent_at: dict[str, float] = attrs.Factory(dict)
     acked_cids: set[str] = attrs.Factory(set)
     delivered_cids: set[str] = attrs.Factory(set)
+    cpu: dict[str, float] = attrs.Factory(dict)  # cpu_figures() of the message window
 
     def error(self, kind: str) -> None:
         self.errors += 1
@@ -246,9 +253,42 @@ async def _recipient(ws: WebSocketConnection, speaker: Speaker, stats: Stats) ->
         confirm_at = math.inf
 
 
+class CpuWindow:
+    """Wall time, this process's CPU time and the CPU time of the server processes `pids`,
+    from its creation to `figures()`."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self.wall = time.monotonic()
+        self.own = time.process_time()
+        self.servers = cpu_seconds(self.pids)
+
+    def figures(self, delivered: int) -> dict[str, float]:
+        return cpu_figures(time.monotonic() - self.wall, time.process_time() - self.own,
+                           cpu_seconds(self.pids) - self.servers if self.pids else None, delivered)
+
+
+def cpu_figures(wall_s: float, generator_cpu_s: float, server_cpu_s: float | None, delivered: int) -> dict[str, float]:
+    """The load generator's CPU per delivered message, and the servers' (when measured) per
+    delivered message and in cores: CPU seconds per wall second of the window."""
+    figures = {"cpu_window_s": round(wall_s, 2), "generator_cpu_s": round(generator_cpu_s, 2)}
+    if delivered:
+        figures["generator_cpu_us_per_delivered"] = round(generator_cpu_s / delivered * 1e6, 1)
+    if server_cpu_s is not None:
+        figures["server_cpu_s"] = round(server_cpu_s, 2)
+        if delivered:
+            figures["server_cpu_us_per_delivered"] = round(server_cpu_s / delivered * 1e6, 1)
+        if wall_s > 0:
+            figures["server_cores"] = round(server_cpu_s / wall_s, 2)
+    return figures
+
+
 async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Account]]]], chat_type: str,
-                       chat_of: Callable[[int], str], args: Any, stats: Stats, dialect: Dialect = VIM) -> float:
-    """plan: (sender url, sender, tag, [(recipient url, recipient account), ...]) per sender."""
+                       chat_of: Callable[[int], str], args: Any, stats: Stats, dialect: Dialect = VIM,
+                       pids: Sequence[int] = ()) -> float:
+    """plan: (sender url, sender, tag, [(recipient url, recipient account), ...]) per sender.
+    Fills stats.cpu for the window from every connection ready to the end of the drain
+    (`pids`: the server processes to measure)."""
     content = "x" * args.size
     deadline = trio.current_time() + args.duration if args.duration else math.inf
     per_sender = math.ceil(args.messages / len(plan)) if args.messages else None
@@ -264,6 +304,7 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
                 ws, speaker = await outer.start(_connected, url, account, dialect)
                 outer.start_soon(_recipient, ws, speaker, stats)
         senders = [await outer.start(_connected, url, account, dialect) for url, account, _, _ in plan]
+        window = CpuWindow(pids)
         started = trio.current_time()
         outer.start_soon(_progress, stats, started)
         async with trio.open_nursery() as sending:
@@ -276,17 +317,19 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
         with trio.move_on_after(DRAIN_S):
             while stats.delivered < expected:
                 await trio.sleep(0.05)
+        stats.cpu = window.figures(stats.delivered)
         outer.cancel_scope.cancel()
     return elapsed
 
 
 async def run_pair(src: str, dst: str, senders: list[Account], recipients: list[Account], args: Any,
-                   dialect: Dialect = VIM) -> dict[str, Any]:
-    """The cross-node shape: sender i on `src` talks to recipient i on `dst`."""
+                   dialect: Dialect = VIM, pids: Sequence[int] = ()) -> dict[str, Any]:
+    """The cross-node shape: sender i on `src` talks to recipient i on `dst`; `pids`: the
+    server processes whose CPU is measured."""
     stats = Stats()
     plan = [(src, sender, f"s{i}", [(dst, recipients[i])]) for i, sender in enumerate(senders)]
     args.fanout = 1
-    elapsed = await run_messages(plan, "friend", lambda i: recipients[i].user_id, args, stats, dialect)
+    elapsed = await run_messages(plan, "friend", lambda i: recipients[i].user_id, args, stats, dialect, pids)
     return message_summary(stats, elapsed, 1)
 
 
@@ -323,6 +366,7 @@ def message_summary(stats: Stats, elapsed: float, fanout: int) -> dict[str, Any]
         "errors": stats.errors,
         "error_kinds": stats.error_kinds,
         "lost": lost,
+        **stats.cpu,
     }
 
 
@@ -414,7 +458,7 @@ async def run_scenario(args: Any) -> dict[str, Any]:
             raise SystemExit("bench cross-node needs at least two nodes")
         src, dst = (urls[-2], urls[-1]) if args.scenario == "cross-node" else (urls[0], urls[0])
         accounts = await create_users(src, 2 * args.senders, prefix)
-        result.update(await run_pair(src, dst, accounts[:args.senders], accounts[args.senders:], args))
+        result.update(await run_pair(src, dst, accounts[:args.senders], accounts[args.senders:], args, pids=pids))
     elif args.scenario == "group":
         members = max(args.members, args.senders + 1)
         accounts = await create_users(urls[0], members, prefix)
@@ -422,7 +466,7 @@ async def run_scenario(args: Any) -> dict[str, Any]:
         receivers = [(urls[i % len(urls)], a) for i, a in enumerate(accounts[args.senders:], start=args.senders)]
         plan = [(urls[i % len(urls)], accounts[i], f"s{i}", receivers if i == 0 else []) for i in range(args.senders)]
         args.fanout = len(receivers)
-        elapsed = await run_messages(plan, "group", lambda i: group_id, args, stats)
+        elapsed = await run_messages(plan, "group", lambda i: group_id, args, stats, pids=pids)
         result.update(message_summary(stats, elapsed, args.fanout), members=members)
     elif args.scenario == "connections":
         # Users are made on the first node: password hashing (argon2id, 19 MiB a hash) would
@@ -433,11 +477,14 @@ async def run_scenario(args: Any) -> dict[str, Any]:
     else:
         accounts = await create_users(urls[-1], args.senders, prefix)
         result.update(await run_churn(urls[-1], accounts, args.duration or 10, args.senders))
+    if "server_cpu_s" in result:  # the message scenarios measured their own window
+        return result
     return add_server_cpu(result, cpu_seconds(pids) - cpu_before)
 
 
 def add_server_cpu(result: dict[str, Any], cpu: float) -> dict[str, Any]:
-    """Adds the servers' CPU seconds of a run, and per delivered message when there were any."""
+    """Adds the servers' CPU seconds of a whole run, and per delivered message when there
+    were any."""
     result["server_cpu_s"] = round(cpu, 2)
     delivered = result.get("delivered")
     if delivered:

@@ -2,6 +2,7 @@
 delivered, nothing lost, latencies recorded."""
 
 import argparse
+import os
 
 import trio
 
@@ -24,3 +25,19 @@ async def test_paced_run_keeps_to_the_rate(url: str) -> None:
         args = argparse.Namespace(size=20, duration=1.0, messages=0, window=8, rate=50)
         result = await bench.run_pair(url, url, accounts[:1], accounts[1:], args)
     assert 40 <= result["acked"] <= 60 and result["lost"] == 0
+
+
+async def test_run_pair_reports_generator_and_server_cpu_of_the_message_window(url: str) -> None:
+    """The node runs in this process, so the "server" (from /proc, in clock ticks) and the
+    "generator" (process_time) are the same process here: over the same window they agree."""
+    with trio.fail_after(30):
+        accounts = await bench.create_users(url, 4, "bench-c", parallel=2)
+        args = argparse.Namespace(size=20, duration=0, messages=200, window=8, rate=0)  # 100 each: under the rate limit
+        result = await bench.run_pair(url, url, accounts[:2], accounts[2:], args, pids=[os.getpid()])
+    assert result["delivered"] == 200 and result["cpu_window_s"] > 0, result
+    assert result["generator_cpu_s"] > 0
+    assert abs(result["generator_cpu_us_per_delivered"] * 200 / 1e6 - result["generator_cpu_s"]) <= 0.005
+    assert abs(result["server_cpu_s"] - result["generator_cpu_s"]) <= 0.03  # ticks of 10 ms, rounding
+    assert result["server_cores"] > 0
+    assert abs(result["server_cores"] * result["cpu_window_s"] - result["server_cpu_s"]) <= 0.01 + 0.005 * (
+        result["server_cores"] + 1)

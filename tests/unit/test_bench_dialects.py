@@ -1,6 +1,7 @@
 """The load generator's wire formats (vim_cluster.bench and scripts/bench_peers.py), driven
 without sockets: what each system's frames mean to the benchmark."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vim_cluster.bench import Event, VimSpeaker
+from vim_cluster.bench import Event, VimSpeaker, cpu_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +64,58 @@ def test_centrifugo_speaker_matches_replies_to_commands_and_reads_pushes(peers) 
                          json.dumps({"id": 999, "publish": {}})])
     assert speaker.events(replies) == [Event("ack", "a"), Event("error", "103"), Event("reply", "{}"),
                                        Event("message", "a", "a")]
+
+
+def test_cpu_figures_per_delivered_message_and_in_cores() -> None:
+    figures = cpu_figures(wall_s=8.0, generator_cpu_s=1.6, server_cpu_s=4.0, delivered=8000)
+    assert figures == {"cpu_window_s": 8.0, "generator_cpu_s": 1.6, "generator_cpu_us_per_delivered": 200.0,
+                       "server_cpu_s": 4.0, "server_cpu_us_per_delivered": 500.0, "server_cores": 0.5}
+    # no server pids: only the generator's figures; nothing delivered: no per-message figure
+    assert cpu_figures(2.0, 0.5, None, 0) == {"cpu_window_s": 2.0, "generator_cpu_s": 0.5}
+
+
+def test_bench_run_table_has_the_cores_and_generator_columns() -> None:
+    spec = importlib.util.spec_from_file_location("bench_run_table", ROOT / "scripts" / "bench_run.py")
+    assert spec is not None and spec.loader is not None
+    bench_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_run)
+    row = {"profile": "sqlite", "scenario": "cross-node", "rate": 1000.0, "delivered_per_s": 999.0,
+           "server_cpu_us_per_delivered": 1100.0, "server_cores": 1.1, "generator_cpu_us_per_delivered": 190.0}
+    head, _, line = (cells(text) for text in bench_run.table([row]).splitlines())
+    cells_by_column = dict(zip(head, line, strict=True))
+    assert cells_by_column["server cores"] == "1.1" and cells_by_column["generator CPU µs/delivered"] == "190.0"
+
+
+def cells(line: str) -> list[str]:
+    """A markdown table row's cells."""
+    return [cell.strip() for cell in line.split("|")[1:-1]]
+
+
+def _run(system: str, rate: object, delivered_per_s: float, cores: float, generator: float) -> dict:
+    return {"system": system, "rate": rate, "delivered": 1000, "delivered_per_s": delivered_per_s, "p99_ms": 5.0,
+            "server_cpu_us_per_delivered": cores * 1e6 / delivered_per_s, "server_cores": cores,
+            "generator_cpu_us_per_delivered": generator}
+
+
+def test_peers_report_has_generator_cpu_and_cores_at_the_fixed_rate(peers) -> None:
+    args = argparse.Namespace(rate=0, cores_rate=1000, repeat=3)
+    assert peers.rates(args) == [0, 1000]
+    assert peers.rates(argparse.Namespace(rate=1000, cores_rate=1000)) == [1000]
+    assert peers.rates(argparse.Namespace(rate=0, cores_rate=0)) == [0]
+    runs = {"vim-cluster": [_run("vim-cluster", "max", v, 1.0, 190) for v in (3000, 3600, 3400)],
+            "python-socketio": [_run("python-socketio", "max", v, 1.0, 180) for v in (4500, 4600, 4700)]}
+    fixed = {"vim-cluster": [_run("vim-cluster", 1000, 999, c, 200) for c in (1.2, 0.9, 1.0)],
+             "python-socketio": [_run("python-socketio", 1000, 999, c, 185) for c in (0.5, 0.4, 0.3)]}
+    text = peers.report(runs, fixed, args)
+    main, cores = text.split("cores used at 1,000 msg/s")
+    head, _, *rows = [cells(line) for line in main.split("every run")[0].splitlines() if line.startswith("|")]
+    assert "server cores" in head and "generator CPU µs/delivered" in head
+    assert [row[head.index("delivered/s")] for row in rows] == ["3400", "4600"]  # medians of the main runs
+    head, _, *rows = [cells(line) for line in cores.split("every run")[0].splitlines() if line.startswith("|")]
+    assert head == ["system", "rate", "delivered/s", "p99 ms", "server CPU µs/delivered", "server cores",
+                    "generator CPU µs/delivered"]
+    by_system = {row[0]: dict(zip(head, row, strict=True)) for row in rows}
+    assert by_system["vim-cluster"]["server cores"] == "1.0"  # the median run by cores: of 0.9, 1.0, 1.2
+    assert by_system["python-socketio"]["server cores"] == "0.4"
+    assert by_system["vim-cluster"]["generator CPU µs/delivered"] == "200"
+    assert "server cores at the fixed rate 2.50x" in text
