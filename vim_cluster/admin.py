@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
+from . import departments
 from .config import NodeConfig
 from .core import auth
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
@@ -20,8 +21,10 @@ from .protocol.codec import MIN_PASSWORD, USERNAME_RE
 ADMIN_LEASE_S = 30
 
 
-def add_user(config: NodeConfig, username: str, password: str, name: str | None = None) -> int:
-    """Creates a user; returns its id. Raises ClientError(invalid|conflict)."""
+def add_user(config: NodeConfig, username: str, password: str, name: str | None = None,
+             dept: str | None = None) -> int:
+    """Creates a user (in the department at path `dept`, created if missing, e.g.
+    "Engineering/Backend"); returns its id. Raises ClientError(invalid|conflict)."""
     if not USERNAME_RE.match(username):
         raise ClientError(ErrorKind.INVALID, f"username must match {USERNAME_RE.pattern}")
     if len(password) < MIN_PASSWORD:
@@ -33,9 +36,12 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     finally:
         registry.close()
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
-    user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
+    if dept is not None:
+        departments.parse_path(dept)  # an invalid path is refused before anything is written
     directory = wiring.open_directory(config)
     try:
+        department_id = departments.ensure_path(directory, dept, ids.next_id) if dept is not None else None
+        user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password), department_id)
         directory.create_user(user)
     except Conflict:
         raise ClientError(ErrorKind.CONFLICT, f"the username {username!r} is taken") from None

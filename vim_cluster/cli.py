@@ -90,7 +90,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     config = _load(args.config)
     password = sys.stdin.readline().rstrip("\n")
     try:
-        user_id = add_user(config, args.username, password, args.name)
+        user_id = add_user(config, args.username, password, args.name, dept=args.dept)
     except VimError as exc:
         print(f"vim-cluster: {exc}", file=sys.stderr)
         return 1
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("username")
     add.add_argument("--name", help="display name (default: the username)")
+    add.add_argument("--dept", metavar="DEPT",
+                     help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
     add.set_defaults(func=cmd_user_add)
     return parser
