@@ -171,6 +171,7 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | 
         assert config.websocket.forward_port is not None
         listeners = await nursery.start(hub.serve, config.websocket.host, config.websocket.forward_port)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
+        nursery.start_soon(hub.run_presence)
         return int(listeners.port)
     assert config.cluster.master_url is not None
     link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms)

@@ -21,6 +21,9 @@ class NodeMetrics:
         self.frames_out = Counter(
             "vim_frames_out", "frames queued to client sessions", registry=self.registry
         )
+        self.presence_frames = Counter(
+            "vim_presence_frames", "presence frames queued to client sessions", registry=self.registry
+        )
         self.forward_queue = Gauge(
             "vim_forward_queue_depth", "forward packets not yet acknowledged", registry=self.registry
         )

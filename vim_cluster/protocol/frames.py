@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ..core.presence import Change
 from ..errors import ErrorKind
 from ..model import ChatType, Department, Group, Message, MessageType
 
@@ -403,6 +404,26 @@ class GroupOk(Reply):
 
     def wire(self) -> dict[str, Any]:
         return _with_rid(group_wire(self.group), self.rid)
+
+
+@attrs.frozen
+class PresenceOut(Reply):
+    """`{userId, online, nodeId?}` for one change; `{users: [{userId, online, nodeId?}, ...]}`
+    for several announced at once (a coalesced window)."""
+
+    CODE = "presence"
+    changes: tuple[Change, ...]
+
+    def wire(self) -> dict[str, Any]:
+        items = [_presence_item(c) for c in self.changes]
+        return items[0] if len(items) == 1 else {"users": items}
+
+
+def _presence_item(change: Change) -> dict[str, Any]:
+    item: dict[str, Any] = {"userId": str(change.user), "online": change.online}
+    if change.node is not None:
+        item["nodeId"] = change.node
+    return item
 
 
 @attrs.frozen
