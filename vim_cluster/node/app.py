@@ -42,6 +42,8 @@ from .heartbeat import HEARTBEAT_S, Lease
 from .http import serve_http
 from .hub import Hub
 from .metrics import NodeMetrics
+from .operator import Operator
+from .stats import Stats
 from .store_writer import StoreWriter
 
 log = structlog.get_logger()
@@ -144,6 +146,10 @@ async def serve_node(
                 nursery.start_soon(ctx.frame_log.run)
             forward_port = await _start_cluster_link(ctx, nursery)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
+            ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
+                              lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
+            ctx.operator = Operator(config.cluster.secret, clock_ms)
+            nursery.start_soon(ctx.stats.run)
             server = await nursery.start(_serve_clients, ctx)
             http_port = None
             if config.http.port:

@@ -90,7 +90,7 @@ class Delivery:
                       now_ms: int) -> OutFrame:
         out = OutFrame(RawReply(frame))
         self.metrics.frames_out.inc(self.hub.deliver(users, out, exclude=exclude))
-        self.metrics.relay_latency.observe(max(0, now_ms - ts) / 1000)
+        self.metrics.relay_delivered(max(0, now_ms - ts) / 1000)
         return out
 
     def presence_local(self, changes: list[Change]) -> int:
