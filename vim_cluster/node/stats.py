@@ -2,8 +2,8 @@
 SAMPLE_S (connections, msg/s, forward-queue depth, relay latency p50/p99), no external service.
 
 Relay latency is what `Delivery.apply_deliver` measures on this node: from a frame entering
-the cluster on another node to its delivery here. p50/p99 are over the deliveries of the last
-sample interval (null when there were none).
+the cluster on another node to its delivery here. Each sample's p50/p99 are over the
+deliveries of the last LATENCY_WINDOW_S (at most LATENCY_KEEP of them; null when none).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import trio
 
 SAMPLE_S = 2.0
 SAMPLES = 90  # three minutes of history
+LATENCY_WINDOW_S = 30
+LATENCY_KEEP = 8192
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -51,6 +53,8 @@ class Stats:
     take_latencies: Callable[[], list[float]]  # relay latencies (s) since the last call
     samples: collections.deque[Sample] = attrs.Factory(lambda: collections.deque(maxlen=SAMPLES))
     _last: tuple[int, int] | None = None  # (ms, accepted) at the last sample
+    _window: collections.deque[tuple[int, float]] = attrs.Factory(
+        lambda: collections.deque(maxlen=LATENCY_KEEP))  # (ms taken, latency ms)
 
     def sample(self) -> Sample:
         now, accepted = self.clock_ms(), self.accepted()
@@ -58,7 +62,10 @@ class Stats:
         if self._last is not None and now > self._last[0]:
             rate = (accepted - self._last[1]) * 1000 / (now - self._last[0])
         self._last = (now, accepted)
-        latencies = [s * 1000 for s in self.take_latencies()]
+        self._window.extend((now, s * 1000) for s in self.take_latencies())
+        while self._window and now - self._window[0][0] > LATENCY_WINDOW_S * 1000:
+            self._window.popleft()
+        latencies = [latency for _, latency in self._window]
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         sample = Sample(now, self.connections(), round(rate, 2), self.forward_queue(),
                         round(p50, 2) if p50 is not None else None, round(p99, 2) if p99 is not None else None)
