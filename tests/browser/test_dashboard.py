@@ -1,6 +1,7 @@
 """The operators' dashboard in a real browser (issue 13): three nodes with their numbers,
 actions only after the operator login (a kick shows a human message in the kicked person's
-page), and a failed node in red. Killing dept-2 is the last test of the module."""
+page), a drain that moves people to another node, and a failed node in red. Draining
+dept-1 and killing dept-2 are the module's last tests."""
 
 from __future__ import annotations
 
@@ -64,11 +65,26 @@ def test_admin_actions_work_only_after_the_operator_login(cluster: Cluster, new_
     expect(page.locator("#login")).to_be_visible()
 
 
+def test_drain_moves_the_node_s_people_to_another_node(cluster: Cluster, new_page: Any) -> None:
+    joy = open_chat(new_page(), cluster.dept1)
+    register(joy, "joy")
+    expect(joy.locator("#status")).to_contain_text("logged in as joy on dept-1")
+    page = open_dashboard(new_page(), cluster)
+    page.locator("#login [name=name]").fill("ops-ida")
+    page.locator("#login [name=secret]").fill((cluster.folder / "secret.key").read_text())
+    page.locator("#login button").click()
+    row(page, "dept-1").locator("button", has_text="drain").click()  # the confirm() is accepted
+    expect(page.locator("#opmsg")).to_have_text("1 session(s) closed on dept-1")
+    expect(row(page, "dept-1").locator(".pill").last).to_have_text("draining")
+    expect(joy.locator("#status")).to_contain_text(re.compile(r"logged in as joy on (master|dept-2)"))
+    expect(page.locator("#trail tr").first).to_contain_text(re.compile(r"ops-ida.*drain.*dept-1"))
+
+
 def test_a_failed_node_turns_red(cluster: Cluster, new_page: Any) -> None:
     page = open_dashboard(new_page(), cluster)
     expect(row(page, "dept-2").locator(".pill").last).to_have_text("alive")
     cluster.dept2.kill()
     expect(row(page, "dept-2")).to_have_class("dead")
     expect(row(page, "dept-2").locator(".pill.bad").last).to_have_text(re.compile("unreachable|DEAD"))
-    expect(row(page, "dept-1").locator(".pill").last).to_have_text("alive")
-    expect(page.locator("#totAlive")).to_have_text("2 / 3 serving")
+    expect(row(page, "master").locator(".pill").last).to_have_text("alive")
+    expect(page.locator("#totAlive")).to_have_text("2 / 3 serving")  # master and the drained dept-1
