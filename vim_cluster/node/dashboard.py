@@ -25,6 +25,7 @@ import trio
 from ..errors import CloseCode, StoreUnavailable
 from ..model import UserId
 from .context import NodeContext
+from .operator import cookie_header, cookie_of
 
 log = structlog.get_logger()
 PEER_TIMEOUT = 2.0
@@ -60,7 +61,7 @@ def _fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None =
 
 
 async def node_stats(ctx: NodeContext) -> dict[str, Any]:
-    from .http import health
+    from .http import health  # http routes to this module
 
     ok, body = await health(ctx)
     body["draining"] = ctx.draining
@@ -166,15 +167,9 @@ async def post(ctx: NodeContext, request: Request) -> Answer:
         cookie = ctx.operator.login(str(body.get("secret", "")), str(body.get("name", "")), request.remote)
         if cookie is None:
             return Answer(401, {"error": "wrong cluster secret"})
-        from .operator import cookie_header
-
         return Answer(200, {"ok": True, "who": ctx.operator.who(cookie)}, (("set-cookie", cookie_header(cookie)),))
     if request.path == "/logout":
-        from .operator import cookie_header
-
         return Answer(200, {"ok": True}, (("set-cookie", cookie_header("", 0)),))
-    from .operator import cookie_of
-
     who = ctx.operator.who(cookie_of(request.headers.get("cookie")))
     if who is None:
         log.warning("operator_action_refused", path=request.path, remote=request.remote)

@@ -65,7 +65,8 @@ async def _friend_statuses(conn: Connection, messages: list[Message], peer: User
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
     me = UserId(conn.user_id)
-    users = [u for u in await ctx.db(ctx.directory.all_users) if u.id != me]
+    everyone = await ctx.db(ctx.directory.all_users)
+    users = [u for u in everyone if u.id != me]
     groups = await ctx.db(ctx.directory.groups_of, me)
     departments = await ctx.db(ctx.directory.departments)
     routes = await ctx.redis(ctx.registry.routes, [u.id for u in users])
@@ -78,7 +79,7 @@ async def contacts(conn: Connection, command: f.Contacts) -> None:
         for u in users
     )
     members: dict[int, list[int]] = {}
-    for u in await ctx.db(ctx.directory.all_users):
+    for u in everyone:
         if u.department_id is not None:
             members.setdefault(u.department_id, []).append(u.id)
     await conn.reply(f.ContactsOut(
