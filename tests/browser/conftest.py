@@ -30,7 +30,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 PASSWORD = "correct horse battery"
 TIMEOUT_MS = 15_000
 
-pytestmark = pytest.mark.timeout(120)
+TEST_TIMEOUT_S = 120  # per browser test (each module sets it)
 
 
 @pytest.hookimpl(hookwrapper=True)

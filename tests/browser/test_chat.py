@@ -9,13 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from ..cluster.harness import Cluster
-from .conftest import contact, log_in, message, open_chat, register, send_text
+from .conftest import TEST_TIMEOUT_S, contact, log_in, message, open_chat, register, send_text
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture says how to get it (or fails in CI)
     expect = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
 def tick(page: Any, text: str) -> Any:
@@ -109,6 +113,7 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     gus = open_chat(new_page(), cluster.dept2)
     register(gus, "gus")
     contact(gus, "fay").click()
+    expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
     cluster.dept2.stop()  # gus's node goes away (close code 1001, then nothing answers)
     expect(gus.locator("#status")).to_have_text(re.compile("reconnecting…"))
     expect(gus.locator("#banners .banner")).to_contain_text("The server is restarting")

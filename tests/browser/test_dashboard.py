@@ -9,13 +9,17 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from ..cluster.harness import Cluster
-from .conftest import open_chat, register
+from .conftest import TEST_TIMEOUT_S, open_chat, register
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture says how to get it (or fails in CI)
     expect = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
 def open_dashboard(page: Any, cluster: Cluster) -> Any:
