@@ -25,6 +25,13 @@ def changes(frame: dict[str, Any]) -> list[dict[str, Any]]:
     return list(frame.get("users", [frame]))
 
 
+async def watching(client: Client) -> Client:
+    """The client asks for `contacts`, and so gets presence updates from then on."""
+    await client.send("contacts", rid="watch")
+    await client.expect("contacts")
+    return client
+
+
 async def next_change(client: Client, user_id: str | None) -> dict[str, Any]:
     """The next presence change about `user_id` (others' changes are skipped)."""
     while True:
@@ -50,7 +57,7 @@ def ws_url(node: RunningNode, token: str | None = None) -> str:
 async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode, url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
+            alice = await watching(await online(stack, url, "alice"))
             async with connect(url) as bob:
                 await bob.register_login("bob")
                 await bob.ready()
@@ -63,12 +70,22 @@ async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode
             assert await next_change(alice, bob.user_id) == {"userId": bob.user_id, "online": False}
 
 
+async def test_sessions_that_never_asked_for_contacts_get_no_presence(url: str) -> None:
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            bot = await online(stack, url, "bot")
+            watcher = await watching(await online(stack, url, "watcher"))
+            carol = await online(stack, url, "carol")
+            assert (await next_change(watcher, carol.user_id))["online"] is True
+            await bot.no_frame("presence", wait=2 * presence.WINDOW_S + 0.2)
+
+
 async def test_presence_crosses_nodes_through_the_master(start_node: Any) -> None:
     master, slave = await cluster_of_two(start_node)
     with trio.fail_after(15):
         async with contextlib.AsyncExitStack() as stack:
-            on_master = await online(stack, ws_url(master), "alice")
-            on_slave = await online(stack, ws_url(slave), "bob")
+            on_master = await watching(await online(stack, ws_url(master), "alice"))
+            on_slave = await watching(await online(stack, ws_url(slave), "bob"))
             assert await next_change(on_master, on_slave.user_id) == {
                 "userId": on_slave.user_id, "online": True, "nodeId": "s"}
             async with connect(ws_url(master)) as carol:
@@ -92,7 +109,7 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
     tokens = [ctx.tokens.issue(u.id, ctx.clock_ms())[0] for u in users]
     hub = master.ctx.delivery.cluster
     async with contextlib.AsyncExitStack() as stack:
-        observer = await online(stack, ws_url(master), "observer")
+        observer = await watching(await online(stack, ws_url(master), "observer"))
 
         async def all_connected(expected: int) -> None:
             while hub.board.online() != expected or hub.routes.take_touched():

@@ -4,6 +4,9 @@ net changes to announce since the last announcement.
 Rules:
 - The master decides presence from its route table (every session of every node): a user is
   online while they have at least one session anywhere.
+- Announcements go to every session that has asked for `contacts` (presence keeps that
+  snapshot up to date): contacts are every user, so a session that never asks (a bot, a
+  benchmark client) is spared the N x N traffic of a large cluster.
 - Changes are coalesced: the master announces at most once per window (`WINDOW_S`), and only
   the difference between what it announced last and the route table now. A user who goes
   offline and comes back within one window (a reconnect, a node restart that clients survive

@@ -94,11 +94,11 @@ class Delivery:
         return out
 
     def presence_local(self, changes: list[Change]) -> int:
-        """Announce presence changes to every local session; returns the frames queued."""
+        """Announce presence changes to every local session that asked for `contacts` (the
+        snapshot presence keeps up to date); returns the frames queued."""
         queued = 0
         for chunk in presence.chunks(changes):
-            frame = OutFrame(PresenceOut(chunk))
-            queued += self.hub.deliver(self.hub.users(), frame)
+            queued += self.hub.deliver_to_presence_watchers(OutFrame(PresenceOut(chunk)))
         self.metrics.frames_out.inc(queued)
         self.metrics.presence_frames.inc(queued)
         return queued

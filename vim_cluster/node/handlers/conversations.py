@@ -65,6 +65,8 @@ async def _friend_statuses(conn: Connection, messages: list[Message], peer: User
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
     me = UserId(conn.user_id)
+    if conn.session is not None:
+        conn.session.wants_presence = True  # from now on it gets `presence` updates
     everyone = await ctx.db(ctx.directory.all_users)
     users = [u for u in everyone if u.id != me]
     groups = await ctx.db(ctx.directory.groups_of, me)
