@@ -62,6 +62,24 @@ def test_two_people_chat_across_nodes_with_ticks_presence_and_offline_delivery(
     contact(ben, "ann").click()
     expect(message(ben, "are you there?")).to_be_visible()
     expect(tick(ann, "are you there?")).to_have_text("read ✓✓")
+    assert ann.evaluate("localStorage.getItem('token')")  # stay signed in: kept on the device
+    assert not ben.evaluate("localStorage.getItem('token')")  # not asked for: the tab only
+    ann.locator("#logout").click()
+    expect(ann.locator("#auth")).to_be_visible()
+    assert ann.evaluate("localStorage.getItem('token') || sessionStorage.getItem('token')") is None
+
+
+def test_errors_read_as_sentences_and_leave_with_the_next_success(cluster: Cluster, new_page: Any) -> None:
+    page = open_chat(new_page(), cluster.master)
+    form = page.locator("#registerForm")
+    form.locator("[name=username]").fill("x!")
+    form.locator("[name=password]").fill("short")
+    form.locator("button").click()
+    banner = page.locator("#banners .banner")
+    expect(banner).to_have_text(re.compile("Usernames are 3 to 32 letters"))
+    expect(banner).not_to_contain_text("invalid")  # the protocol's kind stays in the console
+    register(page, "ivy")
+    expect(page.locator("#banners .banner")).to_have_count(0)
 
 
 def test_group_chat_and_recall(cluster: Cluster, new_page: Any) -> None:
