@@ -170,3 +170,45 @@ async def test_stats_keep_a_history_of_samples(start_node) -> None:
         assert status == 200 and data["node"] == node.ctx.node_id and data["draining"] is False
         assert data["samples"][-1]["p99_ms"] == 10.0
         assert set(data["samples"][-1]) == {"t", "connections", "msgs_per_s", "forward_queue", "p50_ms", "p99_ms"}
+
+
+async def test_dashboard_json_carries_every_node_s_stats_and_drains_another_node(start_node) -> None:
+    """The master's /dashboard.json fetches the slave's /stats.json; a drain of the slave asked
+    of the master is passed on to the slave's HTTP port with the operator's cookie."""
+    with trio.fail_after(40):
+        master = await start_node(node_id="m", extra={"http": {"port": free_port()}})
+        slave = await start_node(node_id="s", node_type="slave", extra={"http": {"port": free_port()}},
+                                 master_url=f"ws://127.0.0.1:{master.forward_port}/forward")
+        while True:
+            status, _, body = await http(master.http_port, "/dashboard.json")
+            nodes = {n["node"]: n for n in json.loads(body)["nodes"]}
+            if {"m", "s"} <= set(nodes) and (nodes["s"]["stats"] or {}).get("checks", {}).get("master_link") == "ok":
+                break
+            await trio.sleep(0.2)
+        assert nodes["s"]["stats"]["node"] == "s" and nodes["s"]["stats"]["samples"]
+        assert nodes["m"]["stats"]["role"] == "master"
+        status, headers, _ = await post_json(
+            master.http_port, "/login", {"secret": master.ctx.config.cluster.secret.decode(), "name": "ops"})
+        cookie = headers["set-cookie"].split(";")[0]
+        url = f"ws://127.0.0.1:{slave.client_port}/"
+        async with contextlib.AsyncExitStack() as stack:
+            on_slave = await online(stack, url, "sam")
+            status, _, body = await post_json(master.http_port, "/admin/drain", {"node": "s"}, cookie=cookie)
+            assert status == 200 and body == {"ok": True, "node": "s", "closed": 1}
+            assert (await on_slave.expect_closed()).code == 4005
+        assert slave.ctx.draining and not master.ctx.draining
+        # a drain already passed on once is never passed on again (a loop guard)
+        assert await forwarded_drain(slave.http_port, cookie) == 409
+
+
+async def forwarded_drain(port: int, cookie: str) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        data = b'{"node": "m"}'
+        await stream.send_all(
+            b"POST /admin/drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + f"Cookie: {cookie}\r\nX-Vim-Forwarded-By: m\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    return int(raw.split(b" ", 2)[1])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -22,13 +23,16 @@ import attrs
 import structlog
 import trio
 
+from ..config import NodeConfig
 from ..errors import CloseCode, StoreUnavailable
 from ..model import UserId
+from ..tls import operator_context
 from .context import NodeContext
 from .operator import cookie_header, cookie_of
 
 log = structlog.get_logger()
 PEER_TIMEOUT = 2.0
+FORWARDED = "x-vim-forwarded-by"  # a drain passed on by another node (never passed on again)
 POST_PATHS = ("/login", "/logout", "/admin/kick", "/admin/drain")
 
 
@@ -48,10 +52,15 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def _fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def _fetch(config: NodeConfig, url: str, data: bytes | None = None,
+           headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """GET (or POST `data` to) another node's HTTP port; HTTPS is verified like the forward
+    channel (tls.ca-file; only the chain on a loopback address)."""
     request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    parts = urllib.parse.urlsplit(url)
+    context = operator_context(config, parts.hostname or "") if parts.scheme == "https" else None
     try:
-        with urllib.request.urlopen(request, timeout=PEER_TIMEOUT) as answer:
+        with urllib.request.urlopen(request, timeout=PEER_TIMEOUT, context=context) as answer:
             return answer.status, json.loads(answer.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -82,10 +91,16 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
         if not http_url:
             return
         try:
-            status, body = await trio.to_thread.run_sync(_fetch, http_url.rstrip("/") + "/stats.json")
-            stats[node_id] = body if isinstance(body, dict) else {"status": f"HTTP {status}"}
+            status, body = await trio.to_thread.run_sync(_fetch, ctx.config, http_url.rstrip("/") + "/stats.json")
         except (OSError, ValueError) as exc:
             stats[node_id] = {"status": "unreachable", "error": str(exc)}
+            return
+        if not isinstance(body, dict):
+            stats[node_id] = {"status": "unreachable", "error": f"HTTP {status}"}
+        elif body.get("node") != node_id:  # its registered URL reaches another node
+            stats[node_id] = {"status": "unreachable", "error": f"{http_url} answers as {body.get('node')!r}"}
+        else:
+            stats[node_id] = body
 
     async with trio.open_nursery() as nursery:
         for n in nodes:
@@ -146,13 +161,16 @@ def drain_here(ctx: NodeContext) -> int:
 async def _drain(ctx: NodeContext, request: Request, node: str) -> Answer:
     if node == ctx.node_id:
         return Answer(200, {"ok": True, "node": node, "closed": drain_here(ctx)})
+    if request.headers.get(FORWARDED):  # passed on once already: its URL reached another node
+        return Answer(409, {"error": f"{ctx.node_id} is not {node}: its registered HTTP URL reaches another node"})
     target = next((n for n in await ctx.redis(ctx.registry.nodes) if n.node_id == node), None)
     if target is None or not target.http_url:
         return Answer(404, {"error": f"no node {node!r} with an HTTP port"})
-    headers = {"content-type": "application/json", "cookie": request.headers.get("cookie", "")}
+    headers = {"content-type": "application/json", "cookie": request.headers.get("cookie", ""), FORWARDED: ctx.node_id}
     try:
         status, body = await trio.to_thread.run_sync(
-            _fetch, target.http_url.rstrip("/") + "/admin/drain", json.dumps({"node": node}).encode(), headers)
+            _fetch, ctx.config, target.http_url.rstrip("/") + "/admin/drain", json.dumps({"node": node}).encode(),
+            headers)
     except OSError as exc:
         return Answer(502, {"error": f"{node} does not answer: {exc}"})
     return Answer(status, body)
