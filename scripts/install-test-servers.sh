@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the servers the contract tests start privately are installed:
 #   - MariaDB (mariadbd, mariadb-install-db): apt-get install mariadb-server (as root).
+#   - Chromium (/usr/bin/chromium) for the browser tests (tests/browser, Playwright from
+#     PyPI drives it; `playwright install` is never used): apt-get install chromium (as root).
 #   - FerretDB v1.24.2 (the MongoDB-wire server): built from source with Go into
 #     $(go env GOPATH)/bin/ferretdb when no working binary is found ($VIM_FERRETDB, PATH,
 #     $(go env GOPATH)/bin).
@@ -123,6 +125,26 @@ install_debian_packages() {
   fi
 }
 
+install_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "chromium is missing: run 'sudo apt-get install chromium' for the browser tests"
+    return 0
+  fi
+  say "installing chromium with apt-get (for tests/browser)"
+  if ! apt_lists_present || ! apt_install_locked chromium 2>/dev/null; then
+    apt-get -o DPkg::Lock::Timeout=900 update -qq >/dev/null
+    apt_install_locked chromium
+  fi
+  [ -x /usr/bin/chromium ] && say "chromium installed ($(/usr/bin/chromium --version 2>/dev/null))"
+}
+
+# Waits for another apt run's lock (up to 15 min) instead of failing.
+apt_install_locked() {
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 install_mariadb
 install_ferretdb
 install_debian_packages
+install_chromium

@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
+from . import departments
 from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
@@ -22,8 +23,10 @@ from .tls import local_probe_context
 ADMIN_LEASE_S = 30
 
 
-def add_user(config: NodeConfig, username: str, password: str, name: str | None = None) -> int:
-    """Creates a user; returns its id. Raises ClientError(invalid|conflict)."""
+def add_user(config: NodeConfig, username: str, password: str, name: str | None = None,
+             dept: str | None = None) -> int:
+    """Creates a user (in the department at path `dept`, created if missing, e.g.
+    "Engineering/Backend"); returns its id. Raises ClientError(invalid|conflict)."""
     normal = usernames.valid_new(username)
     if normal is None:
         raise ClientError(ErrorKind.INVALID, f"username must be {usernames.PATTERN} (after NFKC normalisation)")
@@ -45,9 +48,12 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
         if embedded:
             release_embedded_redis(os.getpid())
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
-    user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
+    if dept is not None:
+        departments.parse_path(dept)  # an invalid path is refused before anything is written
     directory = wiring.open_directory(config)
     try:
+        department_id = departments.ensure_path(directory, dept, ids.next_id) if dept is not None else None
+        user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password), department_id)
         directory.create_user(user)
     except Conflict:
         raise ClientError(ErrorKind.CONFLICT, f"the username {username!r} is taken") from None

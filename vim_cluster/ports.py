@@ -12,7 +12,17 @@ from typing import Protocol
 
 import attrs
 
-from .model import ChatType, Group, GroupId, Message, MessageId, ReadCursor, User, UserId
+from .model import (
+    ChatType,
+    Department,
+    Group,
+    GroupId,
+    Message,
+    MessageId,
+    ReadCursor,
+    User,
+    UserId,
+)
 
 
 class Directory(Protocol):
@@ -45,6 +55,13 @@ class Directory(Protocol):
 
     def groups_of(self, user_id: UserId) -> list[Group]:
         """Every group `user_id` is a member of, ordered by id."""
+
+    def create_department(self, department: Department) -> None:
+        """Durable when it returns. Raises Conflict if the id exists, NotFound if the parent
+        does not exist."""
+
+    def departments(self) -> list[Department]:
+        """Every department, ordered by id (members: `User.department_id`)."""
 
     def close(self) -> None: ...
 
@@ -88,6 +105,16 @@ class MessageStore(Protocol):
         """Moves the cursor forward only; returns the cursor now stored."""
 
     def read_cursors(self, user_id: UserId) -> list[ReadCursor]: ...
+
+    def pending_among(self, user_id: UserId, ids: Sequence[MessageId]) -> set[MessageId]:
+        """Which of `ids` are still in `user_id`'s offline set (not yet confirmed delivered)."""
+
+    def group_cursors(self, group_id: GroupId) -> dict[UserId, int]:
+        """Every user's read cursor (ms) on the group, by user."""
+
+    def unread_counts(self, user_id: UserId, cursors: dict[str, int]) -> dict[str, int]:
+        """For each chat key, how many of its messages not sent by `user_id` have a timestamp
+        after the given cursor (ms); chats with none are left out."""
 
     def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
         """Up to `limit` messages older than `before`, oldest first, and whether more exist."""

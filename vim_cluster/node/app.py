@@ -44,6 +44,8 @@ from .http import serve_http
 from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
+from .operator import Operator
+from .stats import Stats
 from .store_writer import StoreWriter
 from .ws_listener import ListenerServer
 
@@ -160,6 +162,10 @@ async def serve_node(
                 nursery.start_soon(ctx.frame_log.run)
             forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
+            ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
+                              lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
+            ctx.operator = Operator(config.cluster.secret, clock_ms)
+            nursery.start_soon(ctx.stats.run)
             await nursery.start(_serve_clients, ctx, listeners.client)
             http_port = None
             if listeners.http is not None:
@@ -193,6 +199,7 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: 
         assert forward is not None
         await nursery.start(hub.serve, forward)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
+        nursery.start_soon(hub.run_presence)
         return port_of(forward)
     assert config.cluster.master_url is not None
     secure = config.cluster.master_url.startswith("wss:")

@@ -15,6 +15,8 @@ from .delivery import Delivery
 from .frame_log import FrameLog
 from .hub import Hub
 from .metrics import NodeMetrics
+from .operator import Operator
+from .stats import Stats
 from .store_writer import StoreWriter
 
 
@@ -37,6 +39,9 @@ class NodeContext:
     metrics: NodeMetrics
     frame_log: FrameLog
     known_users: set[int] = attrs.Factory(set)  # users are never deleted: a positive cache
+    stats: Stats | None = None  # the dashboard's samples (set by serve_node)
+    operator: Operator | None = None  # dashboard login, audit and actions (set by serve_node)
+    draining: bool = False  # an operator drained the node: no new client connections
 
     @property
     def node_id(self) -> str:
