@@ -10,6 +10,7 @@ import urllib.request
 
 from .config import NodeConfig
 from .core import auth
+from .core.lease import MintGate
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -27,11 +28,17 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     if len(password) < MIN_PASSWORD:
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
+    # A worker id taken in a young Redis generation waits until it is safe (core/lease.py).
     registry = wiring.open_registry(config)
     try:
-        worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+        sent = time.monotonic()
+        worker, generation = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}",
+                                                   ADMIN_LEASE_S)
     finally:
         registry.close()
+    gate = MintGate()
+    gate.took(worker, generation, sent, time.monotonic())
+    time.sleep(gate.wait_s(time.monotonic()) or 0.0)
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
     user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
     directory = wiring.open_directory(config)
