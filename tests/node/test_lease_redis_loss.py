@@ -73,7 +73,7 @@ async def test_redis_restarted_empty_every_key_is_retaken_and_nothing_stops(
         republished.append(1)
         return 1
 
-    await trio.to_thread.run_sync(redis_process.restart_empty)
+    redis_process.restart_empty()  # from this thread: the server dies with the thread that started it
     await beat_until_redis_answers(master)
     await beat_until_redis_answers(slave, republish)
 
@@ -95,7 +95,7 @@ async def test_a_new_node_takes_a_live_nodes_worker_id_before_its_heartbeat_and_
     newcomer mints only once the generation has settled, when the old holder has long stopped
     using the id; the two never hold one id."""
     old = await lease(registry, "dept-1")
-    await trio.to_thread.run_sync(redis_process.restart_empty)
+    redis_process.restart_empty()  # from this thread: the server dies with the thread that started it
     new = await lease(registry, same_slot("dept-1"))  # gets there before dept-1's heartbeat
     assert new.worker == (zlib.crc32(b"dept-1") % (MAX_WORKER + 1))
     assert new.gate.wait_s(trio.current_time()) == pytest.approx(SETTLE_S, abs=0.5)

@@ -30,6 +30,8 @@ import attrs
 import redis
 import redis.exceptions
 import redis.sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from ..core.lease import SETTLE_S, BeatReport, Generation, KeyState
 from ..errors import StoreUnavailable
@@ -159,7 +161,10 @@ def _info(raw: str | bytes, alive: bool) -> NodeInfo:
 
 def connect(url: str) -> redis.Redis:
     """A client for a redis://, rediss://, unix:// or redis+sentinel:// URL (not connected yet)."""
-    options = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True}
+    # A connection refused or reset (a restart, a failover) is retried twice at once; a
+    # timeout is not (a hung server would hold the caller three times as long).
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(redis.exceptions.ConnectionError,))
+    options = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True, "retry": retry}
     if not url.startswith("redis+sentinel://"):
         return redis.Redis.from_url(url, **options)
     parsed = parse_sentinel_url(url)
