@@ -488,6 +488,11 @@ def redis_sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
         sentinel = RedisSentinel(tmp_path / "sentinel", "vimtest", primary.port)
         servers.append(sentinel)
         sentinel.start()
+        with redis.Redis(port=sentinel.port) as client:
+            while not client.sentinel_slaves(sentinel.service):  # it must know whom to promote
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the Sentinel never found the replica; see {sentinel.log}")
+                time.sleep(0.05)
         yield SentinelSet(primary, replica, sentinel)
     finally:
         for server in servers:

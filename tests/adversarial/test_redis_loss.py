@@ -17,24 +17,23 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
 from vim_cluster.core.lease import HOLD_S, SETTLE_S
 from vim_cluster.model import UserId
 
-from ..cluster.harness import DEPT1, DEPT2, MASTER, Cluster, Collector, blocking
+from ..cluster.harness import Cluster, blocking
+from ..cluster.traffic import Prober, Traffic, assert_nobody_stopped, start_traffic
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
-from ..support import PASSWORD, Client, connect, flush_redis, online
+from ..support import flush_redis
 
 pytestmark = pytest.mark.timeout(240)
 MEASUREMENTS = "/tmp/vim-measurements.txt"
 RETAKE_BOUND_S = 5.0  # issue 11: re-registered, leases re-taken, routes republished within this
-SERVING_BOUND_S = 10.0  # back to full service (3 new logins at once + a round trip) after Redis returns
+SERVING_BOUND_S = 10.0  # back to full service (a new login on every node + a round trip) after Redis returns
 # After an outage longer than a worker id's hold, each node's id is a fresh take in a new
 # generation: it mints again once that generation has settled (core/lease.py, rule F).
 SERVING_AFTER_LONG_OUTAGE_BOUND_S = SETTLE_S + 2 * 2.0 + 2.0
@@ -56,135 +55,6 @@ def loss_cluster(tmp_path: Path, redis_process: RedisServer) -> Iterator[Cluster
         yield cluster
     finally:
         cluster.stop()
-
-
-async def send(client: Client, to: str, cid: str) -> dict[str, Any] | None:
-    """Sends one message; its ack, or None if the node refused it (an `error`: not acked)."""
-    await client.send("message", cid=cid, chatId=to, type="friend", messageType="text", content=cid)
-    while True:
-        frame = await client.next_frame()
-        if frame["code"] == "ack" and frame["message"]["cid"] == cid:
-            return frame["message"]
-        if frame["code"] == "error" and frame["message"].get("cid") in (cid, None):
-            return None
-
-
-class Traffic:
-    """Numbered senders, each to a user on another node, one message every `every` seconds;
-    records what was acked and refused."""
-
-    def __init__(self, pairs: list[tuple[str, Client, Client]], every: float = 0.05) -> None:
-        self.pairs = pairs  # (name, sender, recipient)
-        self.every = every
-        self.acked: dict[str, list[str]] = {name: [] for name, _, _ in pairs}
-        self.refused = 0
-        self.collectors = {name: Collector(to) for name, _, to in pairs}
-
-    async def run(self, nursery: trio.Nursery) -> None:
-        for collector in self.collectors.values():
-            nursery.start_soon(collector.run)
-        for name, sender, to in self.pairs:
-            nursery.start_soon(self._sender, name, sender, to)
-
-    async def _sender(self, name: str, sender: Client, to: Client) -> None:
-        assert to.user_id is not None
-        for i in range(1_000_000):
-            try:
-                ack = await send(sender, to.user_id, f"{name}-{i}")
-            except ConnectionClosed:
-                return  # the test is over (its connections close before its nursery)
-            if ack is None:
-                self.refused += 1
-            else:
-                self.acked[name].append(ack["id"])
-            await trio.sleep(self.every)
-
-    def total(self) -> int:
-        return sum(len(ids) for ids in self.acked.values())
-
-    async def all_delivered(self, timeout: float) -> None:
-        for name, ids in self.acked.items():
-            collector = self.collectors[name]
-            await collector.wait_for(list(ids), timeout)
-            missing = [i for i in ids if i not in collector.arrived]
-            assert not missing, f"{name}: {len(missing)} of {len(ids)} acked messages never arrived: {missing[:5]}"
-
-
-async def start_traffic(stack: contextlib.AsyncExitStack, cluster: Cluster, nursery: trio.Nursery,
-                        tag: str) -> Traffic:
-    alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
-    bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-    dave = await online(stack, cluster.dept2.url, f"dave-{tag}")
-    carol = await online(stack, cluster.dept1.url, f"carol-{tag}")
-    erin = await online(stack, cluster.master.url, f"erin-{tag}")
-    frank = await online(stack, cluster.dept1.url, f"frank-{tag}")
-    traffic = Traffic([("d1-to-d2", alice, bob), ("d2-to-d1", dave, carol), ("m-to-d1", erin, frank)])
-    await traffic.run(nursery)
-    return traffic
-
-
-class Prober:
-    """Users registered beforehand on dept-2, dept-1 and the master; a probe logs each in anew
-    (new sessions) and sends a message from dept-1 to dept-2 and back."""
-
-    def __init__(self, cluster: Cluster, tag: str) -> None:
-        self.cluster = cluster
-        self.names = {node: f"probe-{tag}-{node}"[:32] for node in (DEPT2, DEPT1, MASTER)}
-
-    async def register(self) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            for node, name in self.names.items():
-                await online(stack, self.cluster.nodes[node].url, name)
-
-    async def serving_again(self, since: float, bound: float) -> float:
-        """Retries probes until one succeeds (returns the seconds from `since` to its end) or
-        `bound` seconds after `since` have passed (fails)."""
-        last: BaseException | None = None
-        while time.monotonic() < since + bound:
-            try:
-                with trio.fail_after(max(0.5, since + bound - time.monotonic())):
-                    await self.probe(secrets.token_hex(4))  # a new cid: a repeated one is deduplicated
-                return time.monotonic() - since
-            except (AssertionError, trio.TooSlowError) as exc:
-                last = exc
-            await trio.sleep(0.1)
-        raise AssertionError(f"not fully serving {bound} s after Redis came back (last probe: {last!r})")
-
-    async def probe(self, attempt: str) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {}
-            for node, name in self.names.items():  # a new login (a new session) on every node
-                client = clients[node] = await stack.enter_async_context(connect(self.cluster.nodes[node].url))
-                await client.send("login", username=name, password=PASSWORD)
-                login = await first_of(client, "login-ok")
-                client.user_id = login["userId"]
-                await client.send("ready", token=login["token"], client="web")
-                await first_of(client, "ready-ok")
-                await first_of(client, "sync-done")
-            there, here = clients[DEPT2], clients[DEPT1]
-            assert there.user_id is not None and here.user_id is not None
-            ack = await send(here, there.user_id, f"probe-{attempt}")
-            assert ack is not None, "the probe message was refused"
-            assert (await first_of(there, "message"))["id"] == ack["id"]
-            back = await send(there, here.user_id, f"back-{attempt}")
-            assert back is not None, "the answer was refused"
-            assert (await first_of(here, "message"))["id"] == back["id"]
-
-
-async def first_of(client: Client, code: str) -> dict[str, Any]:
-    """The next frame with `code` (its message); an `error` first fails the probe."""
-    while True:
-        frame = await client.next_frame()
-        if frame["code"] == code:
-            return dict(frame["message"])
-        assert frame["code"] != "error", f"{code}: {frame}"
-
-
-def assert_nobody_stopped(cluster: Cluster) -> None:
-    cluster.check_running()
-    for node in cluster.nodes.values():
-        log = node.log_text()
-        assert "LeaseLost" not in log and "lost its lock" not in log, f"{node.name} wanted to stop:\n{node.log_tail()}"
 
 
 async def retaken(registry: RedisRegistry, cluster: Cluster, traffic: Traffic, since: float) -> float:
@@ -230,8 +100,8 @@ async def test_redis_restarted_empty_under_traffic_loses_nothing_and_serves_agai
                     retakes.append(await retaken(registry, cluster, traffic, back))
                     serving.append(await prober.serving_again(back, SERVING_BOUND_S))
                 await trio.sleep(1.0)
+                await traffic.stop_and_check(20)
                 nursery.cancel_scope.cancel()
-            await traffic.all_delivered(20)
     finally:
         registry.close()
     assert_nobody_stopped(cluster)
@@ -272,8 +142,8 @@ async def test_redis_killed_and_down_for_a_while_nothing_acked_is_lost_and_no_no
             back = time.monotonic()
             serving = await prober.serving_again(back, SERVING_AFTER_LONG_OUTAGE_BOUND_S)
             await trio.sleep(1.0)
+            await traffic.stop_and_check(20)
             nursery.cancel_scope.cancel()
-        await traffic.all_delivered(20)
     assert_nobody_stopped(cluster)
     record([
         f"== Redis killed and down 12 s under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
@@ -307,8 +177,8 @@ async def test_redis_paused_under_traffic_nothing_acked_is_lost_and_no_node_stop
             back = time.monotonic()
             serving = await prober.serving_again(back, SERVING_BOUND_S)
             await trio.sleep(1.0)
+            await traffic.stop_and_check(20)
             nursery.cancel_scope.cancel()
-        await traffic.all_delivered(20)
     assert_nobody_stopped(cluster)
     record([
         f"== Redis paused 6 s (SIGSTOP/SIGCONT) under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
