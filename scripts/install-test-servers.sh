@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the servers the contract tests start privately are installed:
 #   - MariaDB (mariadbd, mariadb-install-db): apt-get install mariadb-server (as root).
+#   - Debian's redis-server and redis-sentinel (the Redis-loss and Sentinel failover tests start
+#     them privately): apt-get install redis-server redis-sentinel (as root).
 #   - FerretDB v1.24.2 (the MongoDB-wire server): built from source with Go into
 #     $(go env GOPATH)/bin/ferretdb when no working binary is found ($VIM_FERRETDB, PATH,
 #     $(go env GOPATH)/bin).
@@ -39,6 +41,26 @@ install_mariadb() {
     apt_install mariadb-server
   fi
   have_mariadb && say "mariadb-server installed ($(mariadbd --version 2>/dev/null || /usr/sbin/mariadbd --version))"
+}
+
+have_redis() {
+  command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1
+}
+
+# The packages' own services are not wanted (the tests start private servers on free ports):
+# where a service manager runs, the packages start one on 6379 that the tests never use.
+install_redis() {
+  have_redis && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "redis-server or redis-sentinel is missing: run 'sudo apt-get install redis-server redis-sentinel'"
+    return 0
+  fi
+  say "installing redis-server and redis-sentinel with apt-get"
+  if ! apt_lists_present || ! apt_install redis-server redis-sentinel 2>/dev/null; then
+    apt-get update -qq >/dev/null
+    apt_install redis-server redis-sentinel
+  fi
+  have_redis && say "redis installed ($(redis-server --version | cut -d' ' -f3))"
 }
 
 go_bin() {
@@ -105,4 +127,5 @@ install_ferretdb() {
 }
 
 install_mariadb
+install_redis
 install_ferretdb
