@@ -72,6 +72,8 @@ class Traffic:
         acked message arrived, the recipients' readers still running."""
         self.stopping = True
         await self._stopped.wait()
+        minted = [i for ids in self.acked.values() for i in ids]
+        assert len(set(minted)) == len(minted), "two acked messages got one id"
         await self.all_delivered(timeout)
 
     def total(self) -> int:
