@@ -31,6 +31,9 @@ class Directory(Protocol):
     def all_users(self) -> list[User]:
         """Every user, ordered by id."""
 
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        """Replaces the user's password hash; durable when it returns. Raises NotFound."""
+
     def create_group(self, group: Group) -> None:
         """Creates the group and its members in one transaction."""
 

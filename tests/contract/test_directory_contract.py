@@ -63,6 +63,16 @@ def test_all_users_are_ordered_by_id(directory: Directory) -> None:
     assert [u.id for u in directory.all_users()] == [10, 20, 30]
 
 
+def test_set_password_hash_replaces_it_and_a_missing_user_is_not_found(directory: Directory) -> None:
+    add_users(directory, 7)
+    directory.set_password_hash(UserId(7), "new-hash")
+    directory.set_password_hash(UserId(7), "new-hash")  # the same again is no error
+    found = directory.user_by_username("user7")
+    assert found is not None and found.password_hash == "new-hash"
+    with pytest.raises(NotFound):
+        directory.set_password_hash(UserId(8), "x")
+
+
 def test_chinese_and_emoji_names_round_trip(directory: Directory) -> None:
     directory.create_user(user(1, "zhang", NAMES))
     directory.create_user(user(2, "li", "李娜😀"))

@@ -9,21 +9,24 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
+from vim_cluster.config import load_config
 from vim_cluster.core.lease import SETTLE_S
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.ids import MAX_WORKER
 from vim_cluster.model import UserId
+from vim_cluster.node.app import RunningNode, serve_node
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.heartbeat import Lease, LeasedIds, LeaseLost
 from vim_cluster.ports import NodeInfo, Route
 
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
-from ..support import flush_redis
+from ..support import connect, flush_redis, write_config
 
 
 def describe(node_id: str, role: str = "slave") -> Callable[[], NodeInfo]:
@@ -137,3 +140,20 @@ async def test_redis_unreachable_minting_waits_then_answers_unavailable(
     await trio.sleep(10)
     with pytest.raises(StoreUnavailable, match="no confirmed worker id"):
         await ids.next_id()
+
+
+async def test_a_node_on_a_brand_new_redis_settles_before_it_serves(
+    redis_process: RedisServer, nursery: trio.Nursery, tmp_path: Path,  # noqa: F811
+) -> None:
+    """An empty Redis cannot tell a first start from a loss (a node cut off from it may still
+    mint with any worker id): the first node's worker id is a fresh take in a young generation,
+    so it waits until the generation settled before it serves, and then mints at once."""
+    config = load_config(write_config(tmp_path, node_id="first", redis_url=redis_process.url))
+    started = trio.current_time()
+    with trio.fail_after(SETTLE_S + 10):
+        running: RunningNode = await nursery.start(serve_node, config)
+    assert trio.current_time() - started > SETTLE_S - 1.0
+    with trio.fail_after(5):
+        async with connect(f"ws://127.0.0.1:{running.client_port}/") as client:
+            await client.register_login("first-user")
+    running.stop()

@@ -139,6 +139,14 @@ class MysqlDirectory:
             cur.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")
             return [_user(row) for row in cur.fetchall()]
 
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        with self._db.cursor() as cur:
+            changed = cur.execute("UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id))
+            if not changed:  # MySQL counts changed rows: the same hash again is 0 too
+                cur.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
+                if cur.fetchone() is None:
+                    raise NotFound(f"user {user_id}")
+
     def create_group(self, group: Group) -> None:
         with _integrity(f"group {group.id}"), self._db.transaction() as cur:
             cur.execute(

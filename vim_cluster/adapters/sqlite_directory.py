@@ -91,6 +91,12 @@ class SqliteDirectory:
         with self._db.reading() as conn:
             return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
 
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        with self._db.transaction() as conn:
+            changed = conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)).rowcount
+        if not changed:
+            raise NotFound(f"user {user_id}")
+
     def create_group(self, group: Group) -> None:
         with _unknown_user_is_not_found(), self._db.transaction() as conn:
             conn.execute(

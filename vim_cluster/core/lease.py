@@ -36,8 +36,9 @@ worker id taken again after a Redis loss must never mint an id minted before. Th
 
 The price of F is paid only by a node that starts (or has to change worker id) within
 SETTLE_S of a generation's birth: on a brand-new Redis too, since an empty Redis cannot tell a
-first start from a loss. It waits for that rest of SETTLE_S before its first id. Nodes that
-already ran re-take their own ids (C) and never wait.
+first start from a loss. A starting node waits out the rest of SETTLE_S before it serves; a
+running one holds its mints meanwhile. Nodes that already ran re-take their own ids (C) and
+never wait; after an outage longer than HOLD_S their right has lapsed, so they wait too.
 """
 
 from __future__ import annotations

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 import time
 from collections.abc import Callable
 
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketServer, serve_websocket
+from trio_websocket import WebSocketServer
 
 from .. import __version__
 from ..config import NodeConfig
@@ -31,6 +30,7 @@ from ..core.auth import TokenIssuer
 from ..errors import CloseCode
 from ..model import UserId
 from ..ports import Directory, MessageStore, NodeInfo, Registry, Route
+from ..tls import client_context
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
@@ -42,6 +42,7 @@ from .frame_log import FrameLog
 from .heartbeat import HEARTBEAT_S, Lease, LeasedIds
 from .http import serve_http
 from .hub import Hub
+from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
 from .store_writer import StoreWriter
 
@@ -64,20 +65,12 @@ class RunningNode:
     stop: Callable[[], None]
 
 
-def _ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
-    ws = config.websocket
-    if ws.tls_cert is None or ws.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ws.tls_cert, ws.tls_key)
-    return context
-
-
 def forward_url(config: NodeConfig) -> str | None:
     if not config.is_master:
         return None
     host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
-    return f"ws://{host}:{config.websocket.forward_port}/forward"
+    scheme = "wss" if config.websocket.tls else "ws"
+    return f"{scheme}://{host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
@@ -94,7 +87,12 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
-    registry, directory, messages = await _open_backends(config)
+    listeners = await bind_listeners(config)  # a taken port stops the node before it registers
+    try:
+        registry, directory, messages = await _open_backends(config)
+    except BaseException:
+        await _close_listeners(listeners)
+        raise
     redis_runner = BlockingRunner("redis", 16)
     hub = Hub()
     metrics = NodeMetrics(config.node_id)
@@ -106,7 +104,7 @@ async def serve_node(
             role=config.cluster.node_type.value,
             client_url=config.client_url,
             forward_url=forward_url(config),
-            http_url=f"http://127.0.0.1:{config.http.port}/" if config.http.port else None,
+            http_url=config.http_url,
             pid=os.getpid(),
             version=__version__,
             started_at=started_at,
@@ -116,7 +114,18 @@ async def serve_node(
         )
 
     lease = Lease(registry, redis_runner, describe, master=config.is_master)
-    worker = await lease.acquire()
+    try:
+        worker = await lease.acquire()
+    except BaseException:
+        await _close_listeners(listeners)
+        raise
+    try:
+        await lease.settle()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await lease.release()
+            await _close_listeners(listeners)
+        raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
     delivery = Delivery(config.node_id, hub, metrics)
     ctx = NodeContext(
@@ -143,17 +152,17 @@ async def serve_node(
             nursery.start_soon(ctx.writer.run)
             if ctx.frame_log.enabled:
                 nursery.start_soon(ctx.frame_log.run)
-            forward_port = await _start_cluster_link(ctx, nursery)
+            forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
-            server = await nursery.start(_serve_clients, ctx)
+            await nursery.start(_serve_clients, ctx, listeners.client)
             http_port = None
-            if config.http.port:
-                listeners = await nursery.start(serve_http, ctx, config.websocket.host, config.http.port)
-                http_port = listeners[0].socket.getsockname()[1]
+            if listeners.http is not None:
+                nursery.start_soon(serve_http, ctx, listeners.http)
+                http_port = port_of(listeners.http)
             stopping = trio.Event()
             nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
             log.info("node_started", url=config.client_url, worker=worker, role=config.cluster.node_type.value)
-            task_status.started(RunningNode(ctx, server.port, http_port, forward_port, stopping.set))
+            task_status.started(RunningNode(ctx, port_of(listeners.client), http_port, forward_port, stopping.set))
     finally:
         with trio.CancelScope(shield=True):
             await lease.release()
@@ -174,37 +183,43 @@ async def republish_routes(ctx: NodeContext) -> int:
     return len(routes)
 
 
-async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | None:
+async def _close_listeners(listeners: NodeListeners) -> None:
+    for group in (listeners.client, listeners.forward or [], listeners.http or []):
+        for listener in group:
+            await trio.aclose_forcefully(listener)
+
+
+async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None) -> int | None:
     """Master: the forward hub and reaper; slave: the link to the master. Returns the
     forward port the master listens on."""
     config = ctx.config
     if config.is_master:
         hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
         ctx.delivery.cluster = hub
-        assert config.websocket.forward_port is not None
-        listeners = await nursery.start(hub.serve, config.websocket.host, config.websocket.forward_port)
+        assert forward is not None
+        await nursery.start(hub.serve, forward)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
-        return int(listeners.port)
+        return port_of(forward)
     assert config.cluster.master_url is not None
-    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms)
+    secure = config.cluster.master_url.startswith("wss:")
+    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms,
+                     ssl_context=client_context(config) if secure else None)
     ctx.delivery.cluster = link
     nursery.start_soon(link.run)
     return None
 
 
-async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSocketServer]) -> None:
+async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
+                         task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
-
-    await serve_websocket(
+    server = WebSocketServer(
         functools.partial(serve_connection, ctx),
-        ws.host,
-        ws.port,
-        _ssl_context(ctx.config),
+        listeners,
         max_message_size=ws.max_frame,
         connect_timeout=10,
         disconnect_timeout=5,
-        task_status=task_status,
     )
+    await server.run(task_status=task_status)
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:

@@ -31,7 +31,6 @@ from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
-    serve_websocket,
 )
 
 from ..core.relay import RouteTable
@@ -44,6 +43,7 @@ from .blocking import BlockingRunner
 from .delivery import Delivery
 from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
+from .listeners import Listeners
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
@@ -166,8 +166,9 @@ class MasterHub:
 
     # --- the listener -------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int, *,
+    async def serve(self, listeners: Listeners, *,
                     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves the forward channel on bound `listeners` (wss:// when they are TLS ones)."""
         async def handler(request: WebSocketRequest) -> None:
             try:
                 await self._serve_peer(request)
@@ -175,9 +176,9 @@ class MasterHub:
                 log.exception("forward_peer_crashed")
 
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(
-                serve_websocket, handler, host, port, None, max_message_size=MAX_FRAME,
-                connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5))
+            server = WebSocketServer(handler, listeners, max_message_size=MAX_FRAME,
+                                     connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5)
+            await nursery.start(server.run)
             nursery.start_soon(self._warm_up)
             task_status.started(server)
 

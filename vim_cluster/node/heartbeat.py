@@ -96,6 +96,19 @@ class Lease:
             log.warning("stale_routes_purged", routes=stale)  # left by a crashed earlier process
         return await self._take_worker()
 
+    async def settle(self) -> None:
+        """At start, before serving: waits, heartbeating, until the worker id is safe to mint
+        with (a fresh take in a young Redis generation, e.g. the first start on a new Redis).
+        A node that serves at once would hold its clients' first requests that long instead."""
+        announced = False
+        while (wait := self.gate.wait_s(trio.current_time())) != 0:
+            if wait is not None and not announced:
+                log.info("worker_id_settling", worker=self.gate.worker, wait_s=round(wait, 3),
+                         reason="the Redis generation is young: holders from before it may still mint")
+                announced = True
+            await trio.sleep(min(wait if wait is not None else HEARTBEAT_S, HEARTBEAT_S))
+            await self.beat()
+
     async def _take_worker(self) -> int:
         sent = trio.current_time()
         worker, generation = await self.runner(self.registry.lease_worker, self.describe().node_id,
