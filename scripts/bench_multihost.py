@@ -10,7 +10,7 @@ processes' (server_cpu_*); the db host's redis-server, MariaDB and FerretDB are 
 
 Usage (as root, with the test servers installed: scripts/install-test-servers.sh):
     .venv/bin/python scripts/bench_multihost.py [--tls both|on|off] [--duration 10] [--senders 4]
-        [--window 32] [--rate 0] [--keep]
+        [--window 32] [--rate 0] [--dir /dev/shm] [--keep]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vim_cluster.sysinfo import cpu_seconds  # noqa: E402
 
 
 def bench(tls: bool, args: argparse.Namespace) -> dict[str, object]:
-    folder = Path(tempfile.mkdtemp(prefix="vim-bench-multihost-"))
+    folder = Path(tempfile.mkdtemp(prefix="vim-bench-multihost-", dir=args.dir))
     deployment = Deployment(folder, netns.run_prefix(), tls=tls)
     try:
         deployment.start()
@@ -43,17 +43,19 @@ def bench(tls: bool, args: argparse.Namespace) -> dict[str, object]:
             command += ["--url", deployment.client_url(node), "--pid", str(deployment.nodes[node].process.pid)]
         if tls:
             command += ["--ca-file", str(deployment.ca_file)]
-        db_pids = [server.process.pid for server in deployment.servers if server.process is not None]
-        db_cpu = cpu_seconds(db_pids)
+        db_pids = {server.name: server.process.pid for server in deployment.servers if server.process is not None}
+        db_cpu = {name: cpu_seconds([pid]) for name, pid in db_pids.items()}
         result = subprocess.run([*deployment.network.exec_prefix("clients"), *command], capture_output=True,
                                 text=True, cwd=REPO, env=host_env(None), timeout=args.duration + 180)
         if result.returncode != 0:
             raise SystemExit(f"bench failed ({result.returncode}):\n{result.stderr[-3000:]}")
         summary: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-        db_cpu = cpu_seconds(db_pids) - db_cpu
+        db_cpu = {name: cpu_seconds([pid]) - db_cpu[name] for name, pid in db_pids.items()}
         delivered = summary.get("delivered") or 0
-        return {"tls": tls, **summary, "db_host_cpu_s": round(db_cpu, 2),
-                "db_host_cpu_us_per_delivered": round(db_cpu / delivered * 1e6, 1) if delivered else None}
+        total = sum(db_cpu.values())
+        return {"tls": tls, **summary, "db_host_cpu_s": round(total, 2),
+                "db_host_cpu_us_per_delivered": round(total / delivered * 1e6, 1) if delivered else None,
+                "db_host_cpu_s_by_server": {name: round(cpu, 2) for name, cpu in db_cpu.items()}}
     finally:
         deployment.stop()
         if args.keep:
@@ -70,6 +72,8 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--window", type=int, default=32, help="unacked messages per sender")
     parser.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
+    parser.add_argument("--dir", help="where the deployment's servers keep their data (default: the temp folder; "
+                        "/dev/shm takes the disk out of the measure)")
     parser.add_argument("--keep", action="store_true", help="keep the deployment's folder (node logs)")
     args = parser.parse_args()
     why = missing_requirement()

@@ -45,6 +45,7 @@ def write_config(
     secret = folder / "secret.key"
     if not secret.exists():
         secret.write_text(secrets.token_hex(32))
+        secret.chmod(0o600)  # as docs/security.md asks (the node warns otherwise)
     ws: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
     if node_type == "master":
         ws["forward-port"] = free_port()

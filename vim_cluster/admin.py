@@ -10,14 +10,14 @@ import urllib.request
 
 from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
-from .core import auth
+from .core import auth, usernames
 from .core.lease import MintGate
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
 from .node import wiring
 from .ports import NodeInfo, Route
-from .protocol.codec import MIN_PASSWORD, USERNAME_RE
+from .protocol.codec import MIN_PASSWORD
 from .tls import local_probe_context
 
 ADMIN_LEASE_S = 30
@@ -25,8 +25,10 @@ ADMIN_LEASE_S = 30
 
 def add_user(config: NodeConfig, username: str, password: str, name: str | None = None) -> int:
     """Creates a user; returns its id. Raises ClientError(invalid|conflict)."""
-    if not USERNAME_RE.match(username):
-        raise ClientError(ErrorKind.INVALID, f"username must match {USERNAME_RE.pattern}")
+    normal = usernames.valid_new(username)
+    if normal is None:
+        raise ClientError(ErrorKind.INVALID, f"username must be {usernames.PATTERN} (after NFKC normalisation)")
+    username = normal
     if len(password) < MIN_PASSWORD:
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.

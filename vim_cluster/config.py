@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 import ssl
 import tomllib
@@ -55,6 +56,7 @@ class WebsocketConfig:
     tls_cert: Path | None  # vim.websocket.tls.cert-file (or the older tls-cert)
     tls_key: Path | None  # vim.websocket.tls.key-file (or the older tls-key)
     tls_ca: Path | None = None  # vim.websocket.tls.ca-file: verifies the master's certificate
+    public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
 
     @property
     def tls(self) -> bool:
@@ -104,7 +106,13 @@ class NodeConfig:
     @property
     def client_url(self) -> str:
         scheme = "wss" if self.websocket.tls else "ws"
-        return f"{scheme}://{_url_host(self.websocket.host)}:{self.websocket.port}/"
+        return f"{scheme}://{self.public_host}:{self.websocket.port}/"
+
+    @property
+    def public_host(self) -> str:
+        """The host part of this node's URLs as others reach it: `public-host` when set, else
+        the listen address (a wildcard address stands for loopback)."""
+        return _url_host(self.websocket.public_host or self.websocket.host)
 
     @property
     def http_url(self) -> str | None:
@@ -112,7 +120,21 @@ class NodeConfig:
         if self.http.port is None:
             return None
         scheme = "https" if self.websocket.tls else "http"
-        return f"{scheme}://{_url_host(self.websocket.host)}:{self.http.port}/"
+        return f"{scheme}://{self.public_host}:{self.http.port}/"
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _public_host(value: Any) -> str:
+    """A DNS name or an IP address (no scheme, no port)."""
+    text = _string(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME_RE.match(text):
+            raise ValueError(f"must be a host name or IP address, got {value!r}") from None
+    return text
 
 
 def _url_host(host: str) -> str:
@@ -218,6 +240,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
     "websocket": {
         "host": (_string, "127.0.0.1"),
+        "public-host": (_public_host, None),
         "port": (PORT, REQUIRED),
         "forward-port": (PORT, None),
         "idle-timeout": (_positive_number, 60.0),
@@ -338,6 +361,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             tls_cert=tls["cert-file"],
             tls_key=tls["key-file"],
             tls_ca=tls["ca-file"],
+            public_host=ws["public-host"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=v["redis"]["url"]),

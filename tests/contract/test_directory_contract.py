@@ -49,6 +49,17 @@ def test_duplicate_username_conflicts_case_insensitively(directory: Directory) -
     directory.create_user(user(4, "alice2"))  # the adapter still works after a conflict
 
 
+def test_look_alike_usernames_are_one_user(directory: Directory) -> None:
+    """Full-width letters, the Kelvin sign and case all fold to the same username key."""
+    directory.create_user(user(1, "Kate"))
+    for n, look_alike in enumerate(["ＫＡＴＥ", "\u212aate", "kATE"], start=2):
+        with pytest.raises(Conflict):
+            directory.create_user(user(n, look_alike))
+        assert directory.user_by_username(look_alike) == user(1, "Kate")
+    assert directory.user_by_username("kate\n") is None  # matched whole, not by prefix
+    assert [u.id for u in directory.all_users()] == [1]
+
+
 def test_users_by_id_returns_only_those_that_exist(directory: Directory) -> None:
     add_users(directory, 1, 2, 3)
     found = directory.users_by_id([UserId(3), UserId(1), UserId(99), UserId(1)])

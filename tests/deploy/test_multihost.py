@@ -90,6 +90,9 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
     assert nodes.returncode == 0, nodes
     rows = table(nodes.stdout)
     assert {node: rows[node]["ALIVE"] for node in NODES} == dict.fromkeys(NODES, "yes"), nodes.stdout
+    # Every node advertises the name other hosts reach it by (vim.websocket.public-host).
+    assert {node: rows[node]["URL"] for node in NODES} == {
+        node: f"wss://{node}:8180/" for node in NODES}, nodes.stdout
     beat = d.cli("master", "heartbeat", master_config)
     assert beat.returncode == 0 and "master: alive" in beat.stdout, beat
     where = d.cli("master", "whereis", erin["user"], "--config", master_config)
@@ -132,4 +135,4 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
           f"/healthz during the cut {during['status']} {during['checks']}, recovered {recovered_s:.1f}s after "
           f"the restore; numbered: " + ", ".join(
               f"{t} sent {r['sent']} acked {len(r['acks'])} errors {[e.get('error') for e in r['errors']]} "
-              f"frames {len(r['frames'])}" for t, r in reports.items()))
+              f"frames {len(r['frames'])}" for t, r in reports.items()) + f"\nvim-cluster nodes:\n{nodes.stdout}")

@@ -18,6 +18,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import structlog
@@ -45,6 +46,7 @@ from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
 from .store_writer import StoreWriter
+from .ws_listener import ListenerServer
 
 log = structlog.get_logger()
 SHUTDOWN_GRACE = 3.0
@@ -68,9 +70,8 @@ class RunningNode:
 def forward_url(config: NodeConfig) -> str | None:
     if not config.is_master:
         return None
-    host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
     scheme = "wss" if config.websocket.tls else "ws"
-    return f"{scheme}://{host}:{config.websocket.forward_port}/forward"
+    return f"{scheme}://{config.public_host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
@@ -80,6 +81,18 @@ async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, Messa
     return registry, directory, messages
 
 
+def _check_secret_file(path: Path) -> None:
+    """Warns when the cluster secret can be read or written by others than its owner (whoever
+    reads it can act as any user: docs/security.md)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        log.warning("secret_file_unchecked", file=str(path), error=str(exc))
+        return
+    if mode & 0o077:
+        log.warning("secret_file_too_open", file=str(path), mode=oct(mode), fix=f"chmod 600 {path}")
+
+
 async def serve_node(
     config: NodeConfig,
     *,
@@ -87,6 +100,7 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
+    _check_secret_file(config.cluster.secret_file)
     listeners = await bind_listeners(config)  # a taken port stops the node before it registers
     try:
         registry, directory, messages = await _open_backends(config)
@@ -212,7 +226,7 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
                          task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
-    server = WebSocketServer(
+    server = ListenerServer(
         functools.partial(serve_connection, ctx),
         listeners,
         max_message_size=ws.max_frame,

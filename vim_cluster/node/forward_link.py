@@ -184,7 +184,8 @@ async def client_handshake(
         # another secret and refuses it by name in its log, rather than a hang-up.
         await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
         raise ForwardLinkRefused("the master does not hold the cluster secret")
-    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions, base)))
+    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), [], base)))
+    await ws.send_message(ff.encode_frame(ff.Sessions(sessions)))
     answer = ff.decode_frame(await ws.get_message())
     if isinstance(answer, ff.Refused):
         raise ForwardLinkRefused(answer.reason)
