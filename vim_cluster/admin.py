@@ -12,6 +12,7 @@ from . import departments
 from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
+from .core.lease import MintGate
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -35,18 +36,24 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
     # An embedded Redis is held meanwhile: one this command had to start stops again after it.
+    # A worker id taken in a young Redis generation waits until it is safe (core/lease.py).
     embedded = config.redis.url == "embedded"
     if embedded:
         hold_embedded_redis(os.getpid())
     try:
         registry = wiring.open_registry(config)
         try:
-            worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+            sent = time.monotonic()
+            worker, generation = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}",
+                                                       ADMIN_LEASE_S)
         finally:
             registry.close()
     finally:
         if embedded:
             release_embedded_redis(os.getpid())
+    gate = MintGate()
+    gate.took(worker, generation, sent, time.monotonic())
+    time.sleep(gate.wait_s(time.monotonic()) or 0.0)
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
     if dept is not None:
         departments.parse_path(dept)  # an invalid path is refused before anything is written

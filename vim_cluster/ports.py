@@ -12,6 +12,7 @@ from typing import Protocol
 
 import attrs
 
+from .core.lease import BeatReport, Generation
 from .model import (
     ChatType,
     Department,
@@ -169,14 +170,20 @@ class Registry(Protocol):
     def master_holder(self) -> tuple[str, str] | None:
         """(node id, owner token) holding the master lock, if any."""
 
-    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
-        """Renews the lock and registration; False if the lock was lost to another owner."""
+    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
+        """Renews the node lock, the master lock (a master's NodeInfo) and the worker id, each
+        re-taken if it is simply missing, and the registration; reports each key's state and
+        the Redis generation (core/lease.py)."""
 
-    def release_node(self, node_id: str, owner: str) -> None:
-        """Drops the lock, registration and this node's routes (compare-and-delete)."""
+    def release_node(self, node_id: str, owner: str, worker: int | None = None) -> None:
+        """Drops the worker id, the locks, and this node's routes (compare-and-delete)."""
 
-    def lease_worker(self, node_id: str, owner: str, ttl_s: int) -> int:
-        """A worker id (0..1023) leased to this owner, renewed by `heartbeat`."""
+    def lease_worker(self, node_id: str, owner: str, ttl_s: int, prefer: int | None = None) -> tuple[int, Generation]:
+        """Takes a free worker id (0..1023; from `prefer` on, if given) for this owner, renewed
+        by `heartbeat`; with the Redis generation it was taken in."""
+
+    def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
+        """Adds these routes again (a node's live sessions, after Redis lost them)."""
 
     def nodes(self) -> list[NodeInfo]:
         """Every registered node whose lease has not lapsed."""

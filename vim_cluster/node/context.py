@@ -8,11 +8,11 @@ import attrs
 
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
-from ..ids import IdGenerator
 from ..ports import Directory, MessageStore, Registry
 from .blocking import BlockingRunner
 from .delivery import Delivery
 from .frame_log import FrameLog
+from .heartbeat import LeasedIds
 from .hub import Hub
 from .metrics import NodeMetrics
 from .operator import Operator
@@ -24,7 +24,7 @@ from .store_writer import StoreWriter
 class NodeContext:
     config: NodeConfig
     clock_ms: Callable[[], int]
-    ids: IdGenerator
+    ids: LeasedIds
     tokens: TokenIssuer
     directory: Directory
     messages: MessageStore

@@ -304,8 +304,10 @@ class MasterHub:
         """Drops peers whose lease lapsed and purges dead nodes' routes in Redis."""
         try:
             nodes = await self.redis(self.registry.nodes)
-            alive = {n.node_id for n in nodes if n.alive}
-            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k not in alive]:
+            # Registered but not alive: its lease lapsed. A node Redis does not list at all is
+            # not dead: Redis lost its data and the node re-registers at its next heartbeat.
+            dead = {n.node_id for n in nodes if not n.alive}
+            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k in dead]:
                 self.drop_peer(node_id, "its lease lapsed in Redis")
             for node in nodes:
                 if not node.alive:
