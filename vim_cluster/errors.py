@@ -50,6 +50,7 @@ class CloseCode(enum.IntEnum):
     KICKED = 4002  # an operator ran `vim-cluster kick`
     AUTH_TIMEOUT = 4003  # not authenticated within 10 s
     SLOW_CONSUMER = 4004  # the client did not read its frames fast enough
+    DRAINING = 4005  # an operator drained the node: reconnect to another node
 
 
 class VimError(Exception):

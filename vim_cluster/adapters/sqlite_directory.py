@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ..core import usernames
 from ..errors import Conflict, NotFound
-from ..model import Group, GroupId, User, UserId
+from ..model import Department, Group, GroupId, User, UserId
 from .sqlite_base import SqliteDatabase
 
 MIGRATIONS = [
@@ -157,6 +157,23 @@ class SqliteDirectory:
                 "SELECT group_id FROM group_members WHERE user_id = ? ORDER BY group_id", (user_id,)
             )]
             return [g for g in (self._group(conn, i) for i in ids) if g is not None]
+
+    def create_department(self, department: Department) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO departments (id, name, parent_id) VALUES (?, ?, ?)",
+                    (department.id, department.name, department.parent_id),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise Conflict(f"department {department.id} exists") from None
+            raise NotFound(f"parent department {department.parent_id}") from None
+
+    def departments(self) -> list[Department]:
+        with self._db.reading() as conn:
+            rows = conn.execute("SELECT id, name, parent_id FROM departments ORDER BY id").fetchall()
+        return [Department(r[0], r[1], r[2]) for r in rows]
 
     def close(self) -> None:
         self._db.close()
