@@ -25,7 +25,7 @@ machine), and the budget (BUDGETS):
 | alice frames  | 2                 | 2      | 2              | 2      |
 | bob frames    | 1                 | 1      | 1              | 1      |
 | client sends  | 3                 | 3      | 3              | 3      |
-| forward sends | 4.0-5.5           | 8      | 0.35-1.48      | 3      |
+| forward sends | 4.0-5.8           | 8      | 0.35-1.48      | 3      |
 | thread hops   | 2.0               | 2.5    | 0.08-0.45      | 0.9    |
 
 Frames and client sends are exact (today one send per frame). Forward sends depend on
