@@ -74,6 +74,7 @@ from .mongo_base import (
     shard_of,
     translated,
 )
+from .mongo_lifecycle import MongoLifecycle
 
 Doc = dict[str, Any]
 
@@ -87,7 +88,7 @@ class FrameLogEntry:
     send_time: int  # ms
 
 
-class MongoMessages:
+class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
     def __init__(self, url: str, split: int = DEFAULT_SPLIT) -> None:
@@ -126,6 +127,7 @@ class MongoMessages:
             [("user_id", ASCENDING), ("message_id", ASCENDING)], name="user_message", unique=True
         )
         self._cursors.create_index([("user_id", ASCENDING)], name="user_id")
+        self._create_lifecycle_indexes()
 
     def _shard(self, key: str) -> int:
         return shard_of(key, self.split)

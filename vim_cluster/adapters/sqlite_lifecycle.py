@@ -1,0 +1,91 @@
+"""Retention, export and erasure on the SQLite message store (the lifecycle ports).
+
+Rules:
+- Every call is one short write transaction on at most `limit` rows, found through an index
+  (the primary key, `pending_by_message`, `messages_by_sender`, `messages_by_recipient`), so
+  a purge never scans the table and never holds the write lock for long.
+- A batch is atomic: a crash rolls it back whole, and the next call finds the same rows again.
+"""
+
+from __future__ import annotations
+
+from ..model import ChatType, Message, MessageId, MessageType, UserId
+from .sqlite_base import SqliteDatabase
+from .sqlite_rows import COLUMNS, _message
+
+# Migration 2 of sqlite_messages: the indexes these queries use.
+INDEXES = """
+    CREATE INDEX IF NOT EXISTS pending_by_message ON pending (message_id);
+    CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (from_id, id);
+    CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (chat_id, id)
+"""
+
+
+class SqliteLifecycle:
+    """Mixed into SqliteMessages: MessageRetention, MessageExport and MessageErasure."""
+
+    _db: SqliteDatabase
+
+    def purge_messages(self, before: MessageId, limit: int) -> int:
+        with self._db.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE id < ? ORDER BY id LIMIT ?", (before, limit)
+            )]
+            if not ids:
+                return 0
+            low, high = ids[0], ids[-1]
+            conn.execute("DELETE FROM pending WHERE message_id BETWEEN ? AND ?", (low, high))
+            conn.execute("DELETE FROM messages WHERE id BETWEEN ? AND ?", (low, high))
+        return len(ids)
+
+    def purge_pending(self, before: MessageId, limit: int) -> int:
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM pending WHERE (user_id, message_id) IN ("
+                " SELECT user_id, message_id FROM pending INDEXED BY pending_by_message"
+                " WHERE message_id < ? ORDER BY message_id LIMIT ?)",
+                (before, limit),
+            )
+        return cursor.rowcount
+
+    def drop_frame_logs(self, before_day: str) -> list[str]:
+        return []  # SQLite keeps no raw frame log
+
+    def messages_of_user(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND id > ?"
+                f" UNION SELECT {COLUMNS} FROM messages WHERE chat_id = ? AND chat_type = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (user_id, after, user_id, ChatType.FRIEND.value, after, limit),
+            ).fetchall()
+        return [_message(r) for r in rows]
+
+    def messages_of_chat(self, chat_key: str, after: MessageId, limit: int) -> list[Message]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE chat_key = ? AND id > ? ORDER BY id LIMIT ?",
+                (chat_key, after, limit),
+            ).fetchall()
+        return [_message(r) for r in rows]
+
+    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> MessageId | None:
+        with self._db.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (user_id, after, limit),
+            )]
+            if not ids:
+                return None
+            conn.execute(
+                "UPDATE messages SET message_type = ?, content = '', extend = NULL"
+                " WHERE from_id = ? AND id BETWEEN ? AND ?",
+                (MessageType.DELETED.value, user_id, ids[0], ids[-1]),
+            )
+        return MessageId(ids[-1])
+
+    def forget_user(self, user_id: UserId) -> int:
+        with self._db.transaction() as conn:
+            removed = conn.execute("DELETE FROM pending WHERE user_id = ?", (user_id,)).rowcount
+            conn.execute("DELETE FROM read_cursors WHERE user_id = ?", (user_id,))
+        return int(removed)
