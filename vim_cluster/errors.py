@@ -48,6 +48,7 @@ class CloseCode(enum.IntEnum):
     KICKED = 4002  # an operator ran `vim-cluster kick`
     AUTH_TIMEOUT = 4003  # not authenticated within 10 s
     SLOW_CONSUMER = 4004  # the client did not read its frames fast enough
+    ACCOUNT_DELETED = 4005  # an operator ran `vim-cluster user delete` (the account is gone)
 
 
 class VimError(Exception):

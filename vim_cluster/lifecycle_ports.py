@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .model import Message, MessageId, UserId
+from .ports import MessageStore, Registry
 
 
 class MessageRetention(Protocol):
@@ -64,3 +65,33 @@ class UserRemoval(Protocol):
         """Removes the account and its group memberships in one transaction; a group the
         user owned passes to its member with the smallest id, or is deleted when no member is
         left. Returns False if there was no such user. Idempotent."""
+
+
+class LifecycleStore(MessageStore, MessageRetention, MessageExport, MessageErasure, Protocol):
+    """A message store with every lifecycle port (both adapters are one)."""
+
+
+class DutyLock(Protocol):
+    """Cluster-wide duties in Redis: one node at a time runs one (a lock with a TTL, renewed
+    while it works); a finished run leaves a stamp so the next node skips it."""
+
+    def acquire_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
+        """True if `owner` now holds the lock (free, lapsed, or already its own)."""
+
+    def renew_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
+        """False if the lock lapsed or belongs to another owner (stop working then)."""
+
+    def release_duty(self, duty: str, owner: str) -> None:
+        """Compare-and-delete: releases only `owner`'s lock."""
+
+    def duty_done(self, duty: str) -> str | None:
+        """The stamp of the last finished run, if any."""
+
+    def mark_duty_done(self, duty: str, stamp: str) -> None: ...
+
+    def forget_user(self, user_id: UserId) -> int:
+        """Removes every route of the user (erasure); returns how many."""
+
+
+class ClusterRegistry(Registry, DutyLock, Protocol):
+    """The Redis registry with its duty locks (one adapter is both)."""

@@ -3,6 +3,7 @@
     serve_node
     ├── lease heartbeat          (losing the lease stops the node)
     ├── store writer             (group commit of new messages)
+    ├── retention purge          (when configured; one node of the cluster at a time)
     ├── forward link (slave) | forward hub + dead-node reaper (master)
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
@@ -29,7 +30,8 @@ from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
 from ..ids import IdGenerator
-from ..ports import Directory, MessageStore, NodeInfo, Registry
+from ..lifecycle_ports import ClusterRegistry, LifecycleStore
+from ..ports import Directory, NodeInfo
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
@@ -42,6 +44,7 @@ from .heartbeat import HEARTBEAT_S, Lease
 from .http import serve_http
 from .hub import Hub
 from .metrics import NodeMetrics
+from .retention import PurgeMetrics, Purger, purge_enabled
 from .store_writer import StoreWriter
 
 log = structlog.get_logger()
@@ -79,7 +82,7 @@ def forward_url(config: NodeConfig) -> str | None:
     return f"ws://{host}:{config.websocket.forward_port}/forward"
 
 
-async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
+async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
     registry = await trio.to_thread.run_sync(wiring.open_registry, config)
     directory = await trio.to_thread.run_sync(wiring.open_directory, config)
     messages = await trio.to_thread.run_sync(wiring.open_messages, config)
@@ -117,7 +120,8 @@ async def serve_node(
     lease = Lease(registry, redis_runner, describe, master=config.is_master)
     worker = await lease.acquire()
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
-    delivery = Delivery(config.node_id, hub, metrics)
+    known_users: set[int] = set()
+    delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
@@ -135,6 +139,7 @@ async def serve_node(
         writer=StoreWriter(messages, store_runner),
         metrics=metrics,
         frame_log=FrameLog(wiring.frame_log_writer(messages), BlockingRunner("frame-log", 1)),
+        known_users=known_users,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -142,6 +147,8 @@ async def serve_node(
             nursery.start_soon(ctx.writer.run)
             if ctx.frame_log.enabled:
                 nursery.start_soon(ctx.frame_log.run)
+            if purge_enabled(config.message):
+                nursery.start_soon(_purge, ctx, registry)
             forward_port = await _start_cluster_link(ctx, nursery)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             server = await nursery.start(_serve_clients, ctx)
@@ -159,6 +166,18 @@ async def serve_node(
             await trio.to_thread.run_sync(directory.close)
             await trio.to_thread.run_sync(messages.close)
             log.info("node_stopped")
+
+
+async def _purge(ctx: NodeContext, registry: ClusterRegistry) -> None:
+    """The retention purge, on an adapter of its own: its batches never hold the node's."""
+    store = await trio.to_thread.run_sync(wiring.open_messages, ctx.config)
+    try:
+        purger = Purger(store, registry, BlockingRunner("purge", 1), ctx.redis, ctx.config.message, ctx.clock_ms,
+                        PurgeMetrics(ctx.metrics.registry))
+        await purger.run()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
 
 
 async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | None:

@@ -10,6 +10,7 @@ from ..adapters.sqlite_directory import SqliteDirectory
 from ..adapters.sqlite_messages import SqliteMessages
 from ..config import NodeConfig, sqlite_path
 from ..errors import ConfigError, StoreUnavailable
+from ..lifecycle_ports import LifecycleStore
 from ..ports import Directory, MessageStore
 
 
@@ -44,7 +45,7 @@ def open_directory(config: NodeConfig) -> Directory:
     raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
 
 
-def open_messages(config: NodeConfig) -> MessageStore:
+def open_messages(config: NodeConfig) -> LifecycleStore:
     """The message store for the URL's scheme (sqlite:// or mongodb://), indexed. Blocking."""
     url = config.store.messages
     path = sqlite_path(url)
