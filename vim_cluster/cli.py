@@ -274,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", help="display name (default: the username)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
     add.set_defaults(func=cmd_user_add)
+
+    from .cli_lifecycle import (  # lifecycle helper's commands
+        add_lifecycle_commands,
+        add_user_delete,
+    )
+
+    add_user_delete(user_commands)
+    add_lifecycle_commands(commands)
     return parser
 
 

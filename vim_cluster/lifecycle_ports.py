@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .model import Message, MessageId, UserId
-from .ports import MessageStore, Registry
+from .ports import Directory, MessageStore, Registry
 
 
 class MessageRetention(Protocol):
@@ -48,10 +48,10 @@ class MessageExport(Protocol):
 class MessageErasure(Protocol):
     """What `vim-cluster user delete --erase` removes from the message store."""
 
-    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> MessageId | None:
-        """Turns up to `limit` messages sent by `user_id` with id > after into placeholders
+    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> list[MessageId]:
+        """Turns the first `limit` messages sent by `user_id` with id > after into placeholders
         (type `deleted`, empty content, no extend; id, chat, sender and time stay). Returns
-        the largest id handled, or None when none is left. Idempotent."""
+        their ids, ascending ([] when none is left). Idempotent."""
 
     def forget_user(self, user_id: UserId) -> int:
         """Removes the user's own state: offline rows waiting for them, read cursors, and
@@ -95,3 +95,7 @@ class DutyLock(Protocol):
 
 class ClusterRegistry(Registry, DutyLock, Protocol):
     """The Redis registry with its duty locks (one adapter is both)."""
+
+
+class UserDirectory(Directory, UserRemoval, Protocol):
+    """A directory that can remove users (both adapters are one)."""

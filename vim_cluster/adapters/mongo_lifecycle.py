@@ -129,7 +129,7 @@ class MongoLifecycle:
 
     # -- erasure -------------------------------------------------------------------------------
 
-    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> MessageId | None:
+    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> list[MessageId]:
         placeholder = {"message_type": MessageType.DELETED.value, "content": "", "extend": None}
         with translated(self.name):
             claims = list(
@@ -137,7 +137,7 @@ class MongoLifecycle:
                 .sort("_id", ASCENDING).limit(limit)
             )
             if not claims:
-                return None
+                return []
             by_shard: dict[int, list[int]] = defaultdict(list)
             for c in claims:
                 by_shard[c["shard"]].append(c["_id"])
@@ -149,7 +149,7 @@ class MongoLifecycle:
                     {"_id": {"$in": unfinished}},
                     {"$set": {f"message.{k}": v for k, v in placeholder.items()}},
                 )
-        return MessageId(claims[-1]["_id"])
+        return [MessageId(c["_id"]) for c in claims]
 
     def forget_user(self, user_id: UserId) -> int:
         with translated(self.name):

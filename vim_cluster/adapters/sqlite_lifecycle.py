@@ -69,20 +69,20 @@ class SqliteLifecycle:
             ).fetchall()
         return [_message(r) for r in rows]
 
-    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> MessageId | None:
+    def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> list[MessageId]:
         with self._db.transaction() as conn:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (user_id, after, limit),
             )]
             if not ids:
-                return None
+                return []
             conn.execute(
                 "UPDATE messages SET message_type = ?, content = '', extend = NULL"
                 " WHERE from_id = ? AND id BETWEEN ? AND ?",
                 (MessageType.DELETED.value, user_id, ids[0], ids[-1]),
             )
-        return MessageId(ids[-1])
+        return [MessageId(i) for i in ids]
 
     def forget_user(self, user_id: UserId) -> int:
         with self._db.transaction() as conn:

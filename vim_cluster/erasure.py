@@ -1,0 +1,117 @@
+"""`vim-cluster user delete NAME [--erase]`: remove an account, and with --erase its personal data.
+
+Order (each step idempotent, so re-running the command after a failure finishes the job):
+1. the account and its group memberships go (no new login; owned groups pass on);
+2. every live node is told (kick code 4005 through the master): the user's sessions close and
+   each node forgets that the user exists (its cache), so an unexpired token no longer works;
+3. with --erase: the content of every message the user sent becomes a `deleted` placeholder
+   (id, conversation, sender id and time stay, so others' conversations keep their shape),
+   the offline messages waiting for the user, their read cursors and raw logged frames go,
+   and their routes are removed from Redis (sessions on dead nodes included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from .config import NodeConfig
+from .errors import ClientError, CloseCode, ErrorKind
+from .model import MessageId, UserId
+from .node import wiring
+
+PAGE = 1000
+
+
+@attrs.frozen
+class DeleteReport:
+    user_id: UserId
+    account_removed: bool  # False: there was no account (a re-run)
+    nodes_told: tuple[str, ...]
+    kick_error: str | None  # why the live nodes could not be told, if they could not
+    messages_erased: int = 0
+    pending_removed: int = 0
+    routes_removed: int = 0
+
+
+def user_id_of(config: NodeConfig, user: str) -> tuple[UserId, bool]:
+    """The user's id and whether the account exists; a bare id is accepted for an account
+    already deleted (so an erasure can be finished). Raises ClientError(not-found)."""
+    directory = wiring.open_directory(config)
+    try:
+        record = directory.user_by_username(user)
+        if record is not None:
+            return record.id, True
+        if user.isdigit():
+            return UserId(int(user)), bool(directory.users_by_id([UserId(int(user))]))
+    finally:
+        directory.close()
+    raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {user} (give the user id to finish an erasure)")
+
+
+def _remove_account(config: NodeConfig, user_id: UserId) -> bool:
+    directory = wiring.open_directory(config)
+    try:
+        return directory.delete_user(user_id)
+    finally:
+        directory.close()
+
+
+def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], str | None]:
+    """Kicks the user (4005) on every live node through the master; (nodes, error or None)."""
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    from .admin import master_forward_url
+    from .node.forward_link import ForwardLinkRefused, send_as_operator
+    from .protocol.forward_frames import Kick, Packet
+
+    registry = wiring.open_registry(config, start=False)
+    try:
+        nodes = tuple(sorted(n.node_id for n in registry.nodes() if n.alive))
+    finally:
+        registry.close()
+    if not nodes:
+        return (), None  # nothing runs: no session, no cache to clear
+    packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.ACCOUNT_DELETED), None) for node in nodes]
+    try:
+        trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
+    except (OSError, HandshakeError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
+        return nodes, f"{type(exc).__name__}: {exc}"
+    return nodes, None
+
+
+def _erase(config: NodeConfig, user_id: UserId, progress: Callable[[int], object]) -> tuple[int, int, int]:
+    store = wiring.open_messages(config)
+    try:
+        erased, after = 0, MessageId(0)
+        while ids := store.erase_sent(user_id, after, PAGE):
+            progress(len(ids))
+            erased += len(ids)
+            after = ids[-1]
+        pending = store.forget_user(user_id)
+    finally:
+        store.close()
+    registry = wiring.open_registry(config, start=False)
+    try:
+        routes = registry.forget_user(user_id)
+    finally:
+        registry.close()
+    return erased, pending, routes
+
+
+def delete_user(config: NodeConfig, user: str, erase: bool,
+                progress: Callable[[int], object] = lambda n: None) -> DeleteReport:
+    """Steps 1-3 of the module docstring. Raises ClientError(not-found) for an unknown user
+    (without --erase), StoreUnavailable when a store is down."""
+    user_id, exists = user_id_of(config, user)
+    if not exists and not erase:
+        raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {user}")
+    removed = _remove_account(config, user_id) if exists else False
+    nodes, kick_error = _tell_nodes(config, user_id)
+    report = DeleteReport(user_id, removed, nodes, kick_error)
+    if not erase:
+        return report
+    erased, pending, routes = _erase(config, user_id, progress)
+    return attrs.evolve(report, messages_erased=erased, pending_removed=pending, routes_removed=routes)
