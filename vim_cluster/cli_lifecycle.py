@@ -129,9 +129,9 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
         report = delete_user(config, args.username, args.erase, bar.update)
     print(f"user {report.user_id}: account {'deleted' if report.account_removed else 'already gone'}", end="")
     if report.nodes_told and not report.kick_error:
-        print(f"; sessions closed on {', '.join(report.nodes_told)}", end="")
+        print(f"; its sessions closed on the live nodes ({', '.join(report.nodes_told)})", end="")
     if args.erase:
-        print(f"; {report.messages_erased} sent messages erased, {report.pending_removed} offline messages "
+        print(f"; {report.messages_erased} sent messages erased (placeholders), {report.pending_removed} offline messages "
               f"and {report.routes_removed} routes removed", end="")
     print()
     if report.kick_error:
