@@ -148,7 +148,7 @@ async def serve_node(
             if ctx.frame_log.enabled:
                 nursery.start_soon(ctx.frame_log.run)
             if purge_enabled(config.message):
-                nursery.start_soon(_purge, ctx, registry)
+                nursery.start_soon(_purge, ctx, registry, messages)
             forward_port = await _start_cluster_link(ctx, nursery)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             server = await nursery.start(_serve_clients, ctx)
@@ -168,16 +168,12 @@ async def serve_node(
             log.info("node_stopped")
 
 
-async def _purge(ctx: NodeContext, registry: ClusterRegistry) -> None:
-    """The retention purge, on an adapter of its own: its batches never hold the node's."""
-    store = await trio.to_thread.run_sync(wiring.open_messages, ctx.config)
-    try:
-        purger = Purger(store, registry, BlockingRunner("purge", 1), ctx.redis, ctx.config.message, ctx.clock_ms,
-                        PurgeMetrics(ctx.metrics.registry))
-        await purger.run()
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(store.close)
+async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: LifecycleStore) -> None:
+    """The retention purge, through the node's own message runner: each batch queues with the
+    live writes (FIFO), so a write waits for at most one batch, never for a lock's backoff."""
+    purger = Purger(messages, registry, ctx.store, ctx.redis, ctx.config.message, ctx.clock_ms,
+                    PurgeMetrics(ctx.metrics.registry))
+    await purger.run()
 
 
 async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | None:

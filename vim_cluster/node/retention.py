@@ -3,8 +3,10 @@
 Rules:
 - Every node runs `Purger.run`; at the purge hour each tries the cluster's `purge` duty lock
   in Redis, and only the holder purges (core/retention.py says when and what).
-- The purge uses its own store adapter and its own worker thread (a BlockingRunner of one),
-  never the node's message runner: live traffic never queues behind a purge batch.
+- The purge runs in worker threads through the node's message runner (trio.to_thread with
+  the store's CapacityLimiter, which is FIFO): on SQLite a live write queues behind at most
+  one purge batch (a separate connection would make it wait on SQLite's busy backoff,
+  which sleeps up to 100 ms a try); on MongoDB the purge takes one of the runner's slots.
 - Each batch is one short transaction of at most `purge-batch` rows; after each, the purge
   rests as long as the batch took (it holds a store's write lock at most half the time), and
   renews the lock. A lost lock stops the run (another node took over).
@@ -71,7 +73,7 @@ def owner_token() -> str:
 class Purger:
     store: MessageRetention
     duties: DutyLock
-    store_runner: BlockingRunner  # this purge's own thread, not the node's message runner
+    store_runner: BlockingRunner  # the node's message runner (an operator's purge: its own)
     redis: BlockingRunner
     settings: MessageConfig
     clock_ms: Callable[[], int]
