@@ -7,7 +7,8 @@ Order (each step idempotent, so re-running the command after a failure finishes 
 3. with --erase: the content of every message the user sent becomes a `deleted` placeholder
    (id, conversation, sender id and time stay, so others' conversations keep their shape),
    the offline messages waiting for the user, their read cursors and raw logged frames go,
-   and their routes are removed from Redis (sessions on dead nodes included).
+   and their routes and failed-login counter are removed from Redis (sessions on dead nodes
+   included).
 """
 
 from __future__ import annotations
@@ -36,16 +37,18 @@ class DeleteReport:
     routes_removed: int = 0
 
 
-def user_id_of(config: NodeConfig, user: str) -> tuple[UserId, bool]:
-    """The user's id and whether the account exists; a bare id is accepted for an account
-    already deleted (so an erasure can be finished). Raises ClientError(not-found)."""
+def user_id_of(config: NodeConfig, user: str) -> tuple[UserId, str | None]:
+    """The user's id and username (None: the account is gone); a bare id is accepted for an
+    account already deleted (so an erasure can be finished). Raises ClientError(not-found)."""
     directory = wiring.open_directory(config)
     try:
         record = directory.user_by_username(user)
+        if record is None and user.isdigit():
+            record = directory.users_by_id([UserId(int(user))]).get(UserId(int(user)))
+            if record is None:
+                return UserId(int(user)), None
         if record is not None:
-            return record.id, True
-        if user.isdigit():
-            return UserId(int(user)), bool(directory.users_by_id([UserId(int(user))]))
+            return record.id, record.username
     finally:
         directory.close()
     raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {user} (give the user id to finish an erasure)")
@@ -82,7 +85,8 @@ def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], s
     return nodes, None
 
 
-def _erase(config: NodeConfig, user_id: UserId, progress: Callable[[int], object]) -> tuple[int, int, int]:
+def _erase(config: NodeConfig, user_id: UserId, username: str | None,
+           progress: Callable[[int], object]) -> tuple[int, int, int]:
     store = wiring.open_messages(config)
     try:
         erased, after = 0, MessageId(0)
@@ -96,6 +100,8 @@ def _erase(config: NodeConfig, user_id: UserId, progress: Callable[[int], object
     registry = wiring.open_registry(config, start=False)
     try:
         routes = registry.forget_user(user_id)
+        if username is not None:
+            registry.clear_login_failures(username)
     finally:
         registry.close()
     return erased, pending, routes
@@ -105,13 +111,13 @@ def delete_user(config: NodeConfig, user: str, erase: bool,
                 progress: Callable[[int], object] = lambda n: None) -> DeleteReport:
     """Steps 1-3 of the module docstring. Raises ClientError(not-found) for an unknown user
     (without --erase), StoreUnavailable when a store is down."""
-    user_id, exists = user_id_of(config, user)
-    if not exists and not erase:
+    user_id, username = user_id_of(config, user)
+    if username is None and not erase:
         raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {user}")
-    removed = _remove_account(config, user_id) if exists else False
+    removed = _remove_account(config, user_id) if username is not None else False
     nodes, kick_error = _tell_nodes(config, user_id)
     report = DeleteReport(user_id, removed, nodes, kick_error)
     if not erase:
         return report
-    erased, pending, routes = _erase(config, user_id, progress)
+    erased, pending, routes = _erase(config, user_id, username, progress)
     return attrs.evolve(report, messages_erased=erased, pending_removed=pending, routes_removed=routes)

@@ -36,7 +36,7 @@ class NodeContext:
     writer: StoreWriter
     metrics: NodeMetrics
     frame_log: FrameLog
-    known_users: set[int] = attrs.Factory(set)  # users are never deleted: a positive cache
+    known_users: set[int] = attrs.Factory(set)  # positive cache; kick 4005 (user delete) evicts
 
     @property
     def node_id(self) -> str:
