@@ -22,6 +22,7 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from ..core.paging import merge_pages
 from ..model import ChatType, Message, MessageId, MessageType, UserId
 from .mongo_base import LOG_PREFIX, message_of, shard_of, translated
 
@@ -96,30 +97,28 @@ class MongoLifecycle:
             after = bound  # every claim of this page had no document (an unfinished save)
 
     def _user_page(self, user_id: UserId, after: MessageId, limit: int) -> tuple[list[Message], MessageId | None]:
-        found: dict[int, Message] = {}
-        bounds: list[int] = []
         with translated(self.name):
-            sent = list(
+            claims = list(
                 self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1})
                 .sort("_id", ASCENDING).limit(limit)
             )
-            if len(sent) == limit:
-                bounds.append(sent[-1]["_id"])
             by_shard: dict[int, list[int]] = defaultdict(list)
-            for c in sent:
+            for c in claims:
                 by_shard[c["shard"]].append(c["_id"])
+            found: dict[int, Message] = {}
             for shard, ids in by_shard.items():
                 for doc in self._shards[shard].find({"_id": {"$in": ids}}):
                     found[doc["_id"]] = message_of(doc)
+            sent = [found[c["_id"]] for c in claims if c["_id"] in found]
+            pages = [sent]
             for collection in self._shards:
                 query = {"chat_id": user_id, "_id": {"$gt": after}, "chat_type": ChatType.FRIEND.value}
-                docs = list(collection.find(query).sort("_id", ASCENDING).limit(limit))
-                if len(docs) == limit:
-                    bounds.append(docs[-1]["_id"])
-                found.update((d["_id"], message_of(d)) for d in docs)
-        bound = min(bounds) if bounds else None
-        ids = sorted(i for i in found if bound is None or i <= bound)[:limit]
-        return [found[i] for i in ids], MessageId(bound) if bound is not None else None
+                pages.append([message_of(d) for d in collection.find(query).sort("_id", ASCENDING).limit(limit)])
+        page, bound = merge_pages(pages, limit)
+        if len(claims) >= limit and claims[-1]["_id"] < (bound if bound is not None else claims[-1]["_id"] + 1):
+            bound = MessageId(claims[-1]["_id"])  # a full page of claims bounds even if some had no document
+            page = [m for m in page if m.id <= bound]
+        return page, bound
 
     def messages_of_chat(self, chat_key: str, after: MessageId, limit: int) -> list[Message]:
         collection = self._shards[shard_of(chat_key, len(self._shards))]

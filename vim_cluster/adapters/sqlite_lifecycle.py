@@ -9,6 +9,7 @@ Rules:
 
 from __future__ import annotations
 
+from ..core.paging import merge_pages
 from ..model import ChatType, Message, MessageId, MessageType, UserId
 from .sqlite_base import SqliteDatabase
 from .sqlite_rows import COLUMNS, _message
@@ -52,14 +53,23 @@ class SqliteLifecycle:
         return []  # SQLite keeps no raw frame log
 
     def messages_of_user(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
-        with self._db.reading() as conn:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND id > ?"
-                f" UNION SELECT {COLUMNS} FROM messages WHERE chat_id = ? AND chat_type = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
-                (user_id, after, user_id, ChatType.FRIEND.value, after, limit),
-            ).fetchall()
-        return [_message(r) for r in rows]
+        """Two index walks (sent: messages_by_sender; received: messages_by_recipient), each
+        its next `limit` ids, merged (core/paging): no page reads more than 2 * limit rows."""
+        while True:
+            with self._db.reading() as conn:
+                sent = conn.execute(
+                    f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?",
+                    (user_id, after, limit),
+                ).fetchall()
+                received = conn.execute(
+                    f"SELECT {COLUMNS} FROM messages INDEXED BY messages_by_recipient"
+                    " WHERE chat_id = ? AND id > ? AND chat_type = ? ORDER BY id LIMIT ?",
+                    (user_id, after, ChatType.FRIEND.value, limit),
+                ).fetchall()
+            page, bound = merge_pages([[_message(r) for r in sent], [_message(r) for r in received]], limit)
+            if page or bound is None:
+                return page
+            after = bound
 
     def messages_of_chat(self, chat_key: str, after: MessageId, limit: int) -> list[Message]:
         with self._db.reading() as conn:
