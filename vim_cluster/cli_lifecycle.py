@@ -2,7 +2,7 @@
 
 Each command works on the stores of CONFIG's node directly (no running node needed), except
 that `user delete` tells the live nodes through the master. Exit codes: 0 done, 1 a store or
-the cluster failed (one line on stderr), 2 a usage or config error.
+the cluster failed (one line on stderr), 2 a usage or config error or an unknown user.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from tqdm import tqdm
+
+from .errors import ClientError
 
 DEFAULT_CONFIG = "node-configs/master.yaml"
 
@@ -50,7 +52,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         chat = chat_key_of(args.chat) if args.chat else None
     except ValueError as exc:
         return _fail("export", str(exc), 2)
-    user = resolve_user(config, args.user) if args.user else None
+    try:
+        user = resolve_user(config, args.user) if args.user else None
+    except ClientError as exc:
+        return _fail("export", exc.detail, 2)
     store = wiring.open_messages(config)
     out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     started, count = time.perf_counter(), 0
@@ -72,7 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .cli import _load
-    from .export import ImportCount, ImportError_, import_lines
+    from .export import BadExportLine, ImportCount, import_lines
     from .node import wiring
 
     config = _load(args.config)
@@ -90,7 +95,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     bar.update(1)
                     yield line
             import_lines(store, lines(), count)
-    except ImportError_ as exc:
+    except BadExportLine as exc:
         return _fail("import", f"{args.file}: {exc} ({count.created} created before it)", 2)
     finally:
         store.close()
@@ -125,8 +130,11 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     from .erasure import delete_user
 
     config = _load(args.config)
-    with _progress("erase") as bar:
-        report = delete_user(config, args.username, args.erase, bar.update)
+    try:
+        with _progress("erase") as bar:
+            report = delete_user(config, args.username, args.erase, bar.update)
+    except ClientError as exc:  # an unknown user
+        return _fail("user delete", exc.detail, 2)
     print(f"user {report.user_id}: account {'deleted' if report.account_removed else 'already gone'}", end="")
     if report.nodes_told and not report.kick_error:
         print(f"; its sessions closed on the live nodes ({', '.join(report.nodes_told)})", end="")

@@ -97,7 +97,7 @@ def exported(store: MessageExport, selection: Selection, page: int = PAGE) -> It
         after = batch[-1].id
 
 
-class ImportError_(ValueError):
+class BadExportLine(ValueError):
     """A line of an import file is not a message of this format (says which line)."""
 
 
@@ -111,7 +111,7 @@ def parse_line(number: int, text: str) -> Message:
             extend=d["extend"], timestamp=int(d["timestamp"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ImportError_(f"line {number}: not a message of {FORMAT} v{VERSION}: {exc}") from None
+        raise BadExportLine(f"line {number}: not a message of {FORMAT} v{VERSION}: {exc}") from None
 
 
 def check_header(text: str) -> None:
@@ -120,9 +120,9 @@ def check_header(text: str) -> None:
     except ValueError:
         d = None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ImportError_(f"line 1: not a {FORMAT} file (no header line)")
+        raise BadExportLine(f"line 1: not a {FORMAT} file (no header line)")
     if d.get("version") != VERSION:
-        raise ImportError_(f"line 1: version {d.get('version')!r} is not supported (this build reads {VERSION})")
+        raise BadExportLine(f"line 1: version {d.get('version')!r} is not supported (this build reads {VERSION})")
 
 
 @attrs.define

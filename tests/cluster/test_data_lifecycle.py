@@ -59,7 +59,7 @@ async def test_erase_closes_every_session_with_4005_voids_the_token_and_leaves_d
         assert rerun.returncode == 0, rerun
         assert "already gone" in rerun.stdout and "2 sent messages erased" in rerun.stdout  # idempotent
         unknown = await blocking(run_cli, "user", "delete", name, "--config", master_cfg)
-        assert unknown.returncode == 1 and "no such user" in unknown.stderr
+        assert unknown.returncode == 2 and "no such user" in unknown.stderr
 
 
 async def test_export_then_import_into_another_store_is_identical_and_idempotent(

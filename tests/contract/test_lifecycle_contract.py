@@ -245,11 +245,11 @@ def test_export_is_byte_identical_on_sqlite_and_mongo_and_import_round_trips(
 
 
 def test_import_refuses_a_file_that_is_not_an_export(messages: LifecycleStore) -> None:
-    from vim_cluster.export import ImportError_
+    from vim_cluster.export import BadExportLine
 
-    with pytest.raises(ImportError_, match="line 1"):
+    with pytest.raises(BadExportLine, match="line 1"):
         import_lines(messages, io.StringIO('{"id": 1}\n'), ImportCount())
-    with pytest.raises(ImportError_, match="line 3"):
+    with pytest.raises(BadExportLine, match="line 3"):
         import_lines(messages, io.StringIO(header() + message_line(sample()[0]) + "{bad\n"), ImportCount())
 
 
