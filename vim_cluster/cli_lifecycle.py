@@ -57,19 +57,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ClientError as exc:
         return _fail("export", exc.detail, 2)
     store = wiring.open_messages(config)
-    out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     started, count = time.perf_counter(), 0
     try:
+        try:
+            out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+        except OSError as exc:
+            return _fail("export", f"cannot write {args.out}: {exc.strerror or exc}", 2)
         with _progress("export") as bar:
             out.write(header())
             for message in exported(store, Selection(user, chat, since)):
                 out.write(message_line(message))
                 count += 1
                 bar.update(1)
-    finally:
-        store.close()
         if out is not sys.stdout:
             out.close()
+    finally:
+        store.close()
     seconds = time.perf_counter() - started
     print(f"exported {count} messages in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr)
     return 0
@@ -97,6 +100,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             import_lines(store, lines(), count)
     except BadExportLine as exc:
         return _fail("import", f"{args.file}: {exc} ({count.created} created before it)", 2)
+    except UnicodeDecodeError as exc:
+        return _fail("import", f"{args.file}: not UTF-8 text ({exc.reason}); {count.created} created before it", 2)
     finally:
         store.close()
     seconds = time.perf_counter() - started
