@@ -4,6 +4,7 @@
 #   - FerretDB v1.24.2 (the MongoDB-wire server): built from source with Go into
 #     $(go env GOPATH)/bin/ferretdb when no working binary is found ($VIM_FERRETDB, PATH,
 #     $(go env GOPATH)/bin).
+#   - redis-server and iproute2 (Debian packages) for the multi-host test (tests/deploy/).
 # Idempotent, and silent when everything is there. What it cannot install it reports, and
 # exits 0: the tests then skip (or fail, with VIM_REQUIRE_TEST_SERVERS=1) with the reason.
 # Usage: scripts/install-test-servers.sh
@@ -104,5 +105,24 @@ install_ferretdb() {
   build_ferretdb "$go"
 }
 
+# The multi-host test (tests/deploy/): Debian's redis-server (a separate server, not the
+# embedded one) and iproute2's `ip` (network namespaces).
+install_debian_packages() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "${missing[*]} missing: run 'sudo apt-get install ${missing[*]}' (the multi-host test needs them)"
+    return 0
+  fi
+  say "installing ${missing[*]} with apt-get"
+  if ! apt_lists_present || ! apt_install "${missing[@]}" 2>/dev/null; then
+    apt-get update -qq >/dev/null
+    apt_install "${missing[@]}"
+  fi
+}
+
 install_mariadb
 install_ferretdb
+install_debian_packages

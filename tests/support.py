@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ def write_config(
     secret = folder / "secret.key"
     if not secret.exists():
         secret.write_text(secrets.token_hex(32))
+        secret.chmod(0o600)  # as docs/security.md asks (the node warns otherwise)
     ws: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
     if node_type == "master":
         ws["forward-port"] = free_port()
@@ -89,12 +91,22 @@ class NodeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
+        """Starts the node; returns once it says it is ready (its ports are bound before it
+        registers, so an open port alone does not mean ready)."""
+        log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "vim_cluster.cli", "run", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=self._env,
             )
+        deadline = time.monotonic() + timeout
         wait_port(self.port, timeout, self.process)
+        while b" ready at " not in self.log.read_bytes()[log_from:]:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node process exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the node did not say it is ready within {timeout} s")
+            time.sleep(0.05)
         return self
 
     def kill(self) -> None:
@@ -220,10 +232,11 @@ async def online(
     register: bool = True,
     client: str = "web",
     binary: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
     **ready: Any,
 ) -> Client:
     """A ready Client (registered first unless `register=False`), closed with `stack`."""
-    c = await stack.enter_async_context(connect(url, binary))
+    c = await stack.enter_async_context(connect(url, binary, ssl_context=ssl_context))
     if register:
         await c.register_login(username)
     else:
@@ -235,8 +248,9 @@ async def online(
 class connect:
     """`async with connect(url) as client:` a Client on a fresh WebSocket."""
 
-    def __init__(self, url: str, binary: bool = False, message_queue_size: int = 1) -> None:
-        self._cm = open_websocket_url(url, message_queue_size=message_queue_size)
+    def __init__(self, url: str, binary: bool = False, message_queue_size: int = 1,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._cm = open_websocket_url(url, ssl_context, message_queue_size=message_queue_size)
         self._binary = binary
 
     async def __aenter__(self) -> Client:

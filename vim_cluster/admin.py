@@ -8,30 +8,42 @@ import time
 import urllib.error
 import urllib.request
 
+from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
-from .core import auth
+from .core import auth, usernames
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
 from .node import wiring
 from .ports import NodeInfo, Route
-from .protocol.codec import MIN_PASSWORD, USERNAME_RE
+from .protocol.codec import MIN_PASSWORD
+from .tls import local_probe_context
 
 ADMIN_LEASE_S = 30
 
 
 def add_user(config: NodeConfig, username: str, password: str, name: str | None = None) -> int:
     """Creates a user; returns its id. Raises ClientError(invalid|conflict)."""
-    if not USERNAME_RE.match(username):
-        raise ClientError(ErrorKind.INVALID, f"username must match {USERNAME_RE.pattern}")
+    normal = usernames.valid_new(username)
+    if normal is None:
+        raise ClientError(ErrorKind.INVALID, f"username must be {usernames.PATTERN} (after NFKC normalisation)")
+    username = normal
     if len(password) < MIN_PASSWORD:
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
-    registry = wiring.open_registry(config)
+    # An embedded Redis is held meanwhile: one this command had to start stops again after it.
+    embedded = config.redis.url == "embedded"
+    if embedded:
+        hold_embedded_redis(os.getpid())
     try:
-        worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+        registry = wiring.open_registry(config)
+        try:
+            worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+        finally:
+            registry.close()
     finally:
-        registry.close()
+        if embedded:
+            release_embedded_redis(os.getpid())
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
     user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
     directory = wiring.open_directory(config)
@@ -44,7 +56,30 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     return user.id
 
 
-__all__ = ["add_user"]
+def list_users(config: NodeConfig) -> list[User]:
+    directory = wiring.open_directory(config)
+    try:
+        return directory.all_users()
+    finally:
+        directory.close()
+
+
+def set_password(config: NodeConfig, username: str, password: str) -> UserId:
+    """Replaces a user's password; returns the user's id. Raises ClientError(invalid|not-found)."""
+    if len(password) < MIN_PASSWORD:
+        raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
+    directory = wiring.open_directory(config)
+    try:
+        user = directory.user_by_username(username)
+        if user is None:
+            raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {username}")
+        directory.set_password_hash(user.id, auth.hash_password(password))
+    finally:
+        directory.close()
+    return user.id
+
+
+__all__ = ["add_user", "list_users", "set_password"]
 
 
 # --- cluster views and actions (vim-cluster nodes / heartbeat / whereis / kick) -------------
@@ -103,6 +138,22 @@ def master_forward_url(config: NodeConfig) -> str:
     raise StoreUnavailable("no live master is registered in Redis")
 
 
+def live_node(config: NodeConfig) -> NodeInfo | None:
+    """CONFIG's node if a live process holds it in Redis (read-only; None if Redis, or the
+    embedded Redis, is not running)."""
+    try:
+        registry = wiring.open_registry(config, start=False)
+    except StoreUnavailable:
+        return None
+    try:
+        nodes = registry.nodes()
+    except StoreUnavailable:
+        return None
+    finally:
+        registry.close()
+    return next((n for n in nodes if n.node_id == config.node_id and n.alive), None)
+
+
 def node_health(config: NodeConfig) -> tuple[bool, str]:
     """Whether CONFIG's node is registered and alive (and its /healthz says 200 if it has one)."""
     registry = wiring.open_registry(config, start=False)
@@ -117,8 +168,10 @@ def node_health(config: NodeConfig) -> tuple[bool, str]:
     if not node.alive:
         return False, f"{config.node_id}: DEAD (last heartbeat {age:.1f}s ago)"
     if config.http.port:
+        scheme, context = ("https", local_probe_context(config)) if config.websocket.tls else ("http", None)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{config.http.port}/healthz", timeout=5) as answer:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{config.http.port}/healthz", timeout=5,
+                                        context=context) as answer:
                 status = answer.status
         except urllib.error.HTTPError as exc:
             status = exc.code

@@ -1,18 +1,26 @@
-"""The `vim-cluster` command: one entry point, a subcommand per job (PROTOCOL.md §4)."""
+"""The `vim-cluster` command: one entry point, a subcommand per job (PROTOCOL.md §4).
+
+Exit codes: 0 done; 1 the job failed or (whereis, kick) the user has no session; 2 usage,
+config error, a taken port or an unknown user; 3 (whereis, kick, user) the cluster or a store
+could not be reached. The user actions live in cli_users.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import structlog
 import trio
 
-from . import __version__
+from . import __version__, cli_users
+from .cli_users import cmd_user_add
 from .config import NodeConfig, load_config
 from .errors import ConfigError, VimError
 from .logs import configure_logging
@@ -20,14 +28,47 @@ from .ports import Route
 from .sysinfo import raise_fd_limit
 
 DEFAULT_DIR = "node-configs"
+CONFIG_ENV = "VIM_CLUSTER_CONFIG"
+EXIT_NO_SESSION, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+CONFIG_HELP = f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)"
 
 
-def _load(path: str) -> NodeConfig:
+def config_default() -> str:
+    """--config's default: $VIM_CLUSTER_CONFIG, else node-configs/master.yaml."""
+    return os.environ.get(CONFIG_ENV) or f"{DEFAULT_DIR}/master.yaml"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=CONFIG_HELP)
+
+
+def _config_from_env(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --config (and heartbeat's CONFIG) that defaults to
+    node-configs/master.yaml defaults to $VIM_CLUSTER_CONFIG instead when it is set."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _config_from_env(sub)
+        elif action.dest == "config" and action.default == f"{DEFAULT_DIR}/master.yaml":
+            action.default = config_default()
+
+
+def load_or_exit(path: str) -> NodeConfig:
+    """The config, or exit 2 with the one-line ConfigError."""
     try:
         return load_config(path)
     except ConfigError as exc:
         print(f"vim-cluster: config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
+
+
+_load = load_or_exit
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_or_exit(args.config)
+    print(f"ok: {args.config} ({config.node_id}, {config.cluster.node_type.value})")
+    return 0
 
 
 async def _run_node(config: NodeConfig) -> None:
@@ -47,22 +88,46 @@ async def _run_node(config: NodeConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
+    from .node.listeners import PortTaken
+
     config = _load(args.config)
     open_files = raise_fd_limit()  # every client connection is a file descriptor
     if open_files < 4096:
         structlog.get_logger().warning("open_files_limit_low", limit=open_files,
                                        hint="raise it (ulimit -Hn) for more client connections")
+    embedded = config.redis.url == "embedded"
     try:
+        if embedded:  # held by this process; the last holder to stop stops it
+            hold_embedded_redis(os.getpid())
         trio.run(_run_node, config)
     except BaseException as exc:
         errors = _vim_errors(exc)
         if not errors:
             raise
+        taken = [error for error in errors if isinstance(error, PortTaken)]
+        if taken:  # one line naming the key and the port; the node never registered
+            print(f"vim-cluster: {config.node_id}: {_taken_why(config, taken[0])}", file=sys.stderr)
+            return EXIT_USAGE
         for error in errors:
             structlog.get_logger().error("node_failed", node_id=config.node_id, error=str(error))
             print(f"vim-cluster: {config.node_id}: {error}", file=sys.stderr)
         return 1
+    finally:
+        if embedded:
+            release_embedded_redis(os.getpid())
     return 0
+
+
+def _taken_why(config: NodeConfig, taken: VimError) -> str:
+    """A taken port's line; says so when this very node already runs (same config twice)."""
+    from .admin import live_node
+
+    running = live_node(config)
+    if running is None:
+        return str(taken)
+    return (f"node id {config.node_id!r} is held by another live process (pid {running.pid}, "
+            f"{running.client_url}): {taken}")
 
 
 def _vim_errors(exc: BaseException) -> list[VimError]:
@@ -82,20 +147,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .launcher import launch
 
     return launch(Path(args.dir), log_json=args.log_json, log_level=args.log_level)
-
-
-def cmd_user_add(args: argparse.Namespace) -> int:
-    from .admin import add_user
-
-    config = _load(args.config)
-    password = sys.stdin.readline().rstrip("\n")
-    try:
-        user_id = add_user(config, args.username, password, args.name)
-    except VimError as exc:
-        print(f"vim-cluster: {exc}", file=sys.stderr)
-        return 1
-    print(user_id)
-    return 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -129,12 +180,20 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 def _user_routes(args: argparse.Namespace) -> tuple[NodeConfig, int, list[Route]]:
     """The config, the user (username or id) and the user's sessions on live nodes; says so
-    when there are none."""
+    when there are none. Exits 2 for an unknown user, 3 if Redis or the directory is down."""
     from .admin import resolve_user, routes_of
+    from .errors import ClientError, StoreUnavailable
 
     config = _load(args.config)
-    user_id = resolve_user(config, args.user)
-    routes = routes_of(config, user_id)
+    try:
+        user_id = resolve_user(config, args.user)
+        routes = routes_of(config, user_id)
+    except ClientError as exc:
+        print(f"vim-cluster {args.command}: {exc.detail}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except StoreUnavailable as exc:
+        print(f"vim-cluster {args.command}: cannot ask the cluster: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE) from None
     if not routes:
         print(f"user {user_id} has no session on any live node")
     return config, user_id, routes
@@ -143,31 +202,42 @@ def _user_routes(args: argparse.Namespace) -> tuple[NodeConfig, int, list[Route]
 def cmd_whereis(args: argparse.Namespace) -> int:
     _, _, routes = _user_routes(args)
     if not routes:
-        return 1
+        return EXIT_NO_SESSION
     for route in sorted(routes, key=lambda r: (r.node_id, r.session_id)):
         print(f"{route.node_id}\tsession {route.session_id}\tclient {route.client}\tuuid {route.uuid or '-'}")
     return 0
 
 
 def cmd_kick(args: argparse.Namespace) -> int:
-    from trio_websocket import ConnectionClosed, HandshakeError
+    from urllib.parse import urlsplit
+
+    from trio_websocket import ConnectionClosed
 
     from .admin import master_forward_url
-    from .errors import CloseCode
-    from .node.forward_link import ForwardLinkRefused, send_as_operator
+    from .errors import CloseCode, StoreUnavailable
+    from .node.forward_link import ForwardLinkRefused, link_problem, send_as_operator
+    from .node.ws_open import LinkOpenError
     from .protocol.forward_frames import Kick, Packet
+    from .tls import operator_context
 
     config, user_id, routes = _user_routes(args)
     if not routes:
-        return 0
+        return EXIT_NO_SESSION
     nodes = sorted({r.node_id for r in routes})
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.KICKED), None) for node in nodes]
     try:
-        trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
-    except (OSError, HandshakeError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
-        print(f"vim-cluster kick: the master did not confirm the kick ({type(exc).__name__}: {exc}); "
+        url = master_forward_url(config)
+    except StoreUnavailable as exc:
+        print(f"vim-cluster kick: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    parts = urlsplit(url)
+    context = operator_context(config, parts.hostname or "") if parts.scheme == "wss" else None
+    try:
+        trio.run(partial(send_as_operator, url, config.cluster.secret, packets, ssl_context=context))
+    except (LinkOpenError, OSError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
+        print(f"vim-cluster kick: the master did not confirm the kick ({link_problem(url, exc)}); "
               "a node holding the user may be unreachable", file=sys.stderr)
-        return 1
+        return EXIT_UNREACHABLE
     print(f"closed {len(routes)} session(s) of user {user_id} on {', '.join(nodes)}")
     return 0
 
@@ -178,6 +248,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.url and not Path(args.configs).is_dir():
         print(f"vim-cluster bench: give --url or a node-configs folder (not found: {args.configs})", file=sys.stderr)
         return 2
+    if args.ca_file:
+        if not os.access(args.ca_file, os.R_OK):
+            print(f"vim-cluster bench: cannot read --ca-file {args.ca_file}", file=sys.stderr)
+            return 2
+        os.environ["SSL_CERT_FILE"] = args.ca_file  # every wss:// connection's default context trusts it
     return bench_main(args)
 
 
@@ -201,11 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"folder of node configs (default {DEFAULT_DIR}/)")
     up.set_defaults(func=cmd_up)
 
-    run = commands.add_parser("run", help="run one node", description="Run one node until Ctrl-C or SIGTERM.")
+    run = commands.add_parser("run", help="run one node", description="Run one node until Ctrl-C or SIGTERM. "
+                              "Exit 2 with one line for a config error or a taken port.")
     run.add_argument("config", help="the node's YAML or TOML config file")
     run.set_defaults(func=cmd_run)
 
-    config_help = f"a node config of the cluster (default {DEFAULT_DIR}/master.yaml)"
+    check = commands.add_parser(
+        "check", help="validate a node config without starting anything",
+        description="Load CONFIG as `run` would (keys, values, the secret and TLS files) and start "
+        "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error.")
+    check.add_argument("config", help="the node's YAML or TOML config file")
+    check.set_defaults(func=cmd_check)
+
+    config_help = CONFIG_HELP
     nodes = commands.add_parser(
         "nodes",
         help="the cluster as Redis sees it",
@@ -223,18 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check one node for cron and health checks: exit 0 when the node of CONFIG is "
         "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise.",
     )
-    heartbeat.add_argument("config", help="the node's config file")
+    heartbeat.add_argument("config", nargs="?", default=f"{DEFAULT_DIR}/master.yaml",
+                           help=f"the node's config file (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
     heartbeat.set_defaults(func=cmd_heartbeat)
 
     whereis = commands.add_parser("whereis", help="which nodes hold a user's sessions",
-                                  description="List every live session of USER (a username or user id).")
+                                  description="List every live session of USER (a username or user id). "
+                                  "Exit 0: listed; 1: the user has no session; 2: no such user (or usage, "
+                                  "config error); 3: Redis or the directory is unreachable.")
     whereis.add_argument("user", help="username or user id")
     whereis.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     whereis.set_defaults(func=cmd_whereis)
 
     kick = commands.add_parser("kick", help="close every session of a user",
                                description="Close every session of USER on every node (close code 4002), "
-                               "through the master's forward channel.")
+                               "through the master's forward channel. Exit 0: closed; 1: the user has no "
+                               "session; 2: no such user (or usage, config error); 3: the cluster did not "
+                               "confirm.")
     kick.add_argument("user", help="username or user id")
     kick.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     kick.set_defaults(func=cmd_kick)
@@ -252,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=DEFAULT_DIR, help="node-configs folder of the running cluster")
     bench.add_argument("--url", action="append", help="a node's client URL (repeat; instead of --configs)")
     bench.add_argument("--pid", action="append", type=int, help="a node's pid for CPU/RSS (with --url)")
+    bench.add_argument("--ca-file", help="PEM CA bundle that verifies the nodes' wss:// certificates "
+                       "(instead of the system's CAs)")
     bench.add_argument("--senders", type=int, default=4, help="sending clients (churn: parallel loops)")
     bench.add_argument("--members", type=int, default=12, help="group scenario: members")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds to send (0: use --messages)")
@@ -265,12 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = commands.add_parser("user", help="manage users", description="Manage users in the directory.")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    cli_users.register_user_actions(user_commands, add_config_option)  # list, passwd
     add = user_commands.add_parser(
         "add",
-        help="add a user (password from stdin)",
-        description="Add a user to the directory of CONFIG's node; reads the password from stdin.",
+        help="add a user (password prompted, or from stdin / --password-file)",
+        description="Add a user to the directory of CONFIG's node. The password is prompted twice "
+        "without echo on a terminal, else read from stdin, or from --password-file.",
     )
     add.add_argument("username")
+    cli_users.add_password_file_option(add)
     add.add_argument("--name", help="display name (default: the username)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
     add.set_defaults(func=cmd_user_add)
@@ -286,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _config_from_env(parser)
+    args = parser.parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
     try:
         return int(args.func(args) or 0)

@@ -3,14 +3,17 @@
 Rules:
 - Unknown keys and bad values are errors; `load_config` raises `ConfigError(file, key,
   problem)` for the first problem found, so the node stops with one clear line.
-- Relative paths (secret-file, sqlite stores) are relative to the config file's folder.
-- The secret file is read here: a node that cannot read it does not start.
+- Relative paths (secret-file, TLS files, sqlite stores) are relative to the config file's folder.
+- The secret file is read here and the TLS files are loaded: a node that cannot read them does
+  not start (and `vim-cluster check` says so).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,8 +52,15 @@ class WebsocketConfig:
     max_frame: int
     max_content: int
     rate_limit: int
-    tls_cert: Path | None
-    tls_key: Path | None
+    tls_cert: Path | None  # vim.websocket.tls.cert-file (or the older tls-cert)
+    tls_key: Path | None  # vim.websocket.tls.key-file (or the older tls-key)
+    tls_ca: Path | None = None  # vim.websocket.tls.ca-file: verifies the master's certificate
+    public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
+
+    @property
+    def tls(self) -> bool:
+        """Whether this node's listeners (client, forward, HTTP) speak TLS."""
+        return self.tls_cert is not None
 
 
 @attrs.frozen
@@ -99,8 +109,36 @@ class NodeConfig:
 
     @property
     def client_url(self) -> str:
-        scheme = "wss" if self.websocket.tls_cert else "ws"
-        return f"{scheme}://{_url_host(self.websocket.host)}:{self.websocket.port}/"
+        scheme = "wss" if self.websocket.tls else "ws"
+        return f"{scheme}://{self.public_host}:{self.websocket.port}/"
+
+    @property
+    def public_host(self) -> str:
+        """The host part of this node's URLs as others reach it: `public-host` when set, else
+        the listen address (a wildcard address stands for loopback)."""
+        return _url_host(self.websocket.public_host or self.websocket.host)
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP port's base URL (https:// with TLS), or None without an HTTP port."""
+        if self.http.port is None:
+            return None
+        scheme = "https" if self.websocket.tls else "http"
+        return f"{scheme}://{self.public_host}:{self.http.port}/"
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _public_host(value: Any) -> str:
+    """A DNS name or an IP address (no scheme, no port)."""
+    text = _string(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME_RE.match(text):
+            raise ValueError(f"must be a host name or IP address, got {value!r}") from None
+    return text
 
 
 def _url_host(host: str) -> str:
@@ -155,6 +193,33 @@ def _ws_url(value: Any) -> str:
     return text
 
 
+class _SubkeyError(ValueError):
+    """A problem with one key of a nested mapping (e.g. vim.websocket.tls.cert-file)."""
+
+    def __init__(self, subkey: str, problem: str) -> None:
+        super().__init__(problem)
+        self.subkey = subkey
+
+
+TLS_KEYS = ("cert-file", "key-file", "ca-file")
+
+
+def _tls_section(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of {', '.join(TLS_KEYS)}, got {value!r}")
+    for key in value:
+        if key not in TLS_KEYS:
+            raise _SubkeyError(str(key), f"unknown key (known: {', '.join(TLS_KEYS)})")
+    found: dict[str, str] = {}
+    for key in TLS_KEYS:
+        if value.get(key) is not None:
+            try:
+                found[key] = _string(value[key])
+            except ValueError as exc:
+                raise _SubkeyError(key, str(exc)) from None
+    return found
+
+
 def _redis_url(value: Any) -> str:
     text = _string(value)
     if text != "embedded" and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
@@ -175,14 +240,16 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
     "websocket": {
         "host": (_string, "127.0.0.1"),
+        "public-host": (_public_host, None),
         "port": (PORT, REQUIRED),
         "forward-port": (PORT, None),
         "idle-timeout": (_positive_number, 60.0),
         "max-frame": (_int_range(1024, 64 * 1024 * 1024), 65536),
         "max-content": (_int_range(1, 64 * 1024 * 1024), 16384),
         "rate-limit": (_int_range(1, 10_000_000), 200),
-        "tls-cert": (_string, None),
-        "tls-key": (_string, None),
+        "tls": (_tls_section, None),
+        "tls-cert": (_string, None),  # older spelling of tls.cert-file
+        "tls-key": (_string, None),  # older spelling of tls.key-file
     },
     "http": {"port": (PORT, None)},
     "redis": {"url": (_redis_url, "embedded")},
@@ -258,6 +325,8 @@ def _read_sections(name: str, vim: Any) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 values[section][key] = check(given[key])
+            except _SubkeyError as exc:
+                raise ConfigError(name, f"{dotted}.{exc.subkey}", str(exc)) from None
             except ValueError as exc:
                 raise ConfigError(name, dotted, str(exc)) from None
     return values
@@ -274,13 +343,9 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         raise ConfigError(name, "vim.cluster.master-url", "is required on a slave node")
     if node_type is NodeType.MASTER and ws["forward-port"] == ws["port"]:
         raise ConfigError(name, "vim.websocket.forward-port", "must differ from vim.websocket.port")
-    if (ws["tls-cert"] is None) != (ws["tls-key"] is None):
-        raise ConfigError(name, "vim.websocket.tls-cert", "tls-cert and tls-key go together")
     secret_file = base / c["secret-file"]
     secret = _read_secret(name, secret_file)
-    for key in ("tls-cert", "tls-key"):
-        if ws[key] is not None:
-            _check_readable(name, f"vim.websocket.{key}", base / ws[key])
+    tls = _tls_files(name, ws, base)
     store = v["store"]
     return NodeConfig(
         file=file,
@@ -299,8 +364,10 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             max_frame=ws["max-frame"],
             max_content=ws["max-content"],
             rate_limit=ws["rate-limit"],
-            tls_cert=base / ws["tls-cert"] if ws["tls-cert"] else None,
-            tls_key=base / ws["tls-key"] if ws["tls-key"] else None,
+            tls_cert=tls["cert-file"],
+            tls_key=tls["key-file"],
+            tls_ca=tls["ca-file"],
+            public_host=ws["public-host"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=v["redis"]["url"]),
@@ -336,6 +403,46 @@ def _read_secret(name: str, path: Path) -> bytes:
         problem = f"{path} must hold at least {MIN_SECRET_BYTES} bytes of secret"
         raise ConfigError(name, "vim.cluster.secret-file", problem)
     return secret
+
+
+def _tls_files(name: str, ws: dict[str, Any], base: Path) -> dict[str, Path | None]:
+    """The TLS files (tls.cert-file, tls.key-file, tls.ca-file; tls-cert and tls-key are older
+    spellings), resolved against the config's folder, checked by loading them."""
+    given: dict[str, str] = dict(ws["tls"] or {})
+    spelled = {key: f"vim.websocket.tls.{key}" for key in TLS_KEYS}  # key names as written
+    for old, new in (("tls-cert", "cert-file"), ("tls-key", "key-file")):
+        if ws[old] is not None:
+            if new in given:
+                raise ConfigError(name, f"vim.websocket.{old}", f"give tls.{new} or the older {old}, not both")
+            given[new] = ws[old]
+            spelled[new] = f"vim.websocket.{old}"
+    if ("cert-file" in given) != ("key-file" in given):
+        present = "cert-file" if "cert-file" in given else "key-file"
+        raise ConfigError(name, spelled[present], "the certificate and its key go together (give both)")
+    files: dict[str, Path | None] = {key: base / given[key] if key in given else None for key in TLS_KEYS}
+    for tls_key, path in files.items():
+        if path is not None:
+            _check_readable(name, spelled[tls_key], path)
+    cert, key, ca = files["cert-file"], files["key-file"], files["ca-file"]
+    try:
+        if cert is not None and key is not None:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        problem = f"cannot load the certificate {cert} with the key {key}: {_ssl_problem(exc)}"
+        raise ConfigError(name, spelled["cert-file"], problem) from None
+    try:
+        if ca is not None:
+            ssl.create_default_context(cafile=str(ca))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(name, "vim.websocket.tls.ca-file", f"cannot load CA certificates from {ca}: "
+                          f"{_ssl_problem(exc)}") from None
+    return files
+
+
+def _ssl_problem(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason} (not PEM, or the key does not match the certificate?)"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _check_readable(name: str, key: str, path: Path) -> None:

@@ -36,11 +36,13 @@ class ErrorKind(enum.Enum):
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the node uses.
 
-    1000-1015 are RFC 6455's; 4000-4099 are ours and documented in the README.
+    1000-1015 are RFC 6455's; 4000-4099 are ours. All are documented in docs/protocol.md §4.
     """
 
     NORMAL = 1000
     GOING_AWAY = 1001  # idle timeout, node shutting down
+    PROTOCOL_ERROR = 1002  # RFC 6455 broken: wsproto's ParseFailed (node/ws_listener.py)
+    INVALID_DATA = 1007  # a text frame that is not UTF-8: wsproto's ParseFailed (ws_listener)
     POLICY = 1008
     TOO_BIG = 1009  # frame larger than vim.websocket.max-frame
     INTERNAL = 1011

@@ -4,15 +4,23 @@ Rules:
 - Every config is validated before anything starts; one bad config starts nothing.
 - A missing secret file that the configs name is created (32 random bytes, hex, mode 0600):
   a new checkout runs without a setup step. An existing one is never touched.
-- Masters start first; each node must accept connections before the next starts.
-- Ctrl-C (or SIGTERM) stops every node with SIGTERM, then SIGKILL after a grace period. If a
-  node dies by itself, the others are stopped too and `up` exits 1.
+- Before anything is printed or started, `up` refuses (exit 2, one line) to start over a
+  running cluster: a node of the configs alive in Redis, or a port of the configs taken.
+- Masters start first; each node must say it is ready (its "ready at" line, read from its
+  stdout: not a TCP probe, which another cluster's node could answer) before the next starts.
+  Each node is printed once: client URL, web client URL, dashboard URL.
+- Ctrl-C (SIGINT) or SIGTERM stops every node with SIGTERM, then SIGKILL after a grace period,
+  however `up` was started (a background job of a script inherits SIGINT ignored: the handler
+  is installed anyway). If a node dies by itself, the others are stopped too and `up` exits 1.
+- `up` holds the embedded Redis (if a config uses it) while it runs; the last holder stops it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -20,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from .adapters.embedded_redis import ensure_embedded_redis, running_url, stop_embedded_redis
+from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig, load_config, parse_document
 from .errors import ConfigError
 
@@ -51,14 +59,72 @@ def ensure_secret(config_file: Path) -> None:
         print(f"created the cluster secret {path}", flush=True)
 
 
-def _wait_listening(port: int, process: subprocess.Popen, deadline: float) -> bool:
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
+def _wait_ready(process: subprocess.Popen, deadline: float) -> bool:
+    """Reads the node's stdout until its "ready at" line (True), its exit or the deadline."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    pending = b""
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return False  # the node exited (its log says why)
+        pending += chunk
+        if b" ready at " in pending:
+            return True
     return False
+
+
+def running_cluster(configs: list[NodeConfig]) -> str | None:
+    """Why these configs cannot start now (a node alive in Redis, a port taken), else None."""
+    from .admin import live_node
+
+    for config in configs:
+        node = live_node(config)
+        if node is not None:
+            return (f"{config.node_id} is already running (pid {node.pid}, {node.client_url}); "
+                    "stop that cluster first (`vim-cluster nodes` lists it)")
+    for config in configs:
+        for key, port in config_ports(config):
+            problem = _port_problem(config.websocket.host, port)
+            if problem:
+                return f"{config.node_id}: {key} {port} on {config.websocket.host} is taken ({problem})"
+    return None
+
+
+def config_ports(config: NodeConfig) -> list[tuple[str, int]]:
+    ports = [("vim.websocket.port", config.websocket.port)]
+    if config.is_master and config.websocket.forward_port:
+        ports.append(("vim.websocket.forward-port", config.websocket.forward_port))
+    if config.http.port:
+        ports.append(("vim.http.port", config.http.port))
+    return ports
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Binds (host, port) as the node would (SO_REUSEADDR) and lets go; the error if it fails."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return "another process listens on it"
+                return exc.strerror or str(exc)
+    return None
+
+
+def node_line(config: NodeConfig) -> str:
+    """The node's one line: id, role, client URL, web client URL, dashboard URL."""
+    http = config.http_url
+    web = f"web {http}  dashboard {http}dashboard" if http else "(no vim.http.port: no web client or dashboard)"
+    return f"{config.node_id:<12} {config.cluster.node_type.value:<6} client {config.client_url}  {web}"
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -94,20 +160,26 @@ def launch(folder: Path, log_json: bool = False, log_level: str = "info") -> int
     except ConfigError as exc:
         print(f"vim-cluster: config error: {exc}", file=sys.stderr)
         return 2
-    started_redis = False
-    if any(c.redis.url == "embedded" for c in configs) and running_url() is None:
-        ensure_embedded_redis()
-        started_redis = True
-    processes: list[subprocess.Popen] = []
+    refused = running_cluster(configs)
+    if refused:
+        print(f"vim-cluster up: {refused}", file=sys.stderr)
+        return 2
+    # Whether started from a terminal, a script or as a background job (which inherits SIGINT
+    # ignored, and Python then installs no handler): both signals stop the cluster.
+    signal.signal(signal.SIGINT, _terminate)
     signal.signal(signal.SIGTERM, _terminate)
+    embedded = any(c.redis.url == "embedded" for c in configs)
+    processes: list[subprocess.Popen] = []
     try:
+        if embedded:
+            hold_embedded_redis(os.getpid())
         for config in configs:
             process = _start(config, log_json, log_level)
             processes.append(process)
-            if not _wait_listening(config.websocket.port, process, time.monotonic() + START_TIMEOUT):
+            if not _wait_ready(process, time.monotonic() + START_TIMEOUT):
                 print(f"vim-cluster up: {config.node_id} did not start (see its log above)", file=sys.stderr)
                 return 1
-            print(f"{config.node_id:<12} {config.cluster.node_type.value:<6} {config.client_url}", flush=True)
+            print(node_line(config), flush=True)
         print("all nodes are up; Ctrl-C stops them", flush=True)
         while True:
             for config, process in zip(configs, processes, strict=True):
@@ -125,8 +197,8 @@ def launch(folder: Path, log_json: bool = False, log_level: str = "info") -> int
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop(processes)
-        if started_redis:
-            stop_embedded_redis()
+        if embedded:
+            release_embedded_redis(os.getpid())
 
 
 def _start(config: NodeConfig, log_json: bool, log_level: str) -> subprocess.Popen:
@@ -135,4 +207,5 @@ def _start(config: NodeConfig, log_json: bool, log_level: str) -> subprocess.Pop
         command.append("--log-json")
     command += ["run", str(config.file)]
     # A process group of its own: Ctrl-C reaches `up` only, which stops the nodes in order.
-    return subprocess.Popen(command, start_new_session=True)
+    # Its stdout (the "ready at" line) comes to `up`; its log (stderr) goes to the terminal.
+    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE)

@@ -19,16 +19,20 @@ class Directory(Protocol):
     """Users, groups, group members and departments."""
 
     def create_user(self, user: User) -> None:
-        """Durable when it returns. Raises Conflict if the username exists (case-insensitive)."""
+        """Durable when it returns. Raises Conflict if a user with the same username key
+        exists (`core.usernames.key`: NFKC, then casefold; unique in the store)."""
 
     def user_by_username(self, username: str) -> User | None:
-        """Case-insensitive lookup."""
+        """Lookup by the username key: any spelling with the same key finds the user."""
 
     def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
         """The users among `ids` that exist."""
 
     def all_users(self) -> list[User]:
         """Every user, ordered by id."""
+
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        """Replaces the user's password hash; durable when it returns. Raises NotFound."""
 
     def create_group(self, group: Group) -> None:
         """Creates the group and its members in one transaction."""
@@ -158,12 +162,16 @@ class Registry(Protocol):
     def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
         """Routes of the users, only those on live nodes."""
 
-    def record_login_failure(self, username: str, window_s: int) -> int:
-        """Counts a failure; returns failures in the current window (starts at the first)."""
+    def reserve_login(self, username: str, address: str, window_s: int, limits: tuple[int, int, int]) -> int:
+        """Atomically counts a login attempt as a failure before its password is checked, for
+        the (username key, address) pair, the username key and the address, each in a window
+        of `window_s` from its first attempt. Returns 0 if it was counted; 1, 2 or 3 (and
+        counts nothing) if the pair's, the username's or the address's counter had reached its
+        limit in `limits` (core.lockout). Parallel calls are counted one by one."""
 
-    def login_failures(self, username: str) -> int: ...
-
-    def clear_login_failures(self, username: str) -> None: ...
+    def refund_login(self, username: str, address: str) -> None:
+        """The reserved attempt was right: clears the pair's count and takes this attempt back
+        from the username's and the address's."""
 
     def purge_routes(self, node_id: str) -> int:
         """Removes every route of `node_id` (stopped or dead); returns how many."""

@@ -3,6 +3,8 @@
 `TcpProxy` listens on a port and pipes every accepted connection to a target port.
 `sever()` closes every proxied connection and, until `restore()`, closes each new connection
 as soon as it is accepted (the peer sees its connection refused mid-handshake).
+With `record=True` it keeps every byte it carried (both directions) in `carried`: what a
+sniffer on the link would read.
 `ProxyThread` runs a `TcpProxy` in its own thread with its own trio loop, so tests that block
 (subprocesses, HTTP polls) never stall the bytes it forwards; its methods are thread-safe.
 """
@@ -17,8 +19,11 @@ BUFFER = 65536
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, host: str = "127.0.0.1", listen_port: int = 0) -> None:
+    def __init__(self, target_port: int, host: str = "127.0.0.1", listen_port: int = 0,
+                 record: bool = False) -> None:
         self.host = host
+        self.record = record
+        self.carried = bytearray()
         self.target_port = target_port
         self.listen_port = listen_port
         self.port: int | None = None
@@ -69,11 +74,12 @@ class TcpProxy:
             await trio.aclose_forcefully(upstream)
             await trio.aclose_forcefully(downstream)
 
-    @staticmethod
-    async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope) -> None:
+    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope) -> None:
         """Copies bytes until either side ends; then ends both directions."""
         try:
             while data := await source.receive_some(BUFFER):
+                if self.record:
+                    self.carried += data
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

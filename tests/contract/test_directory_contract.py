@@ -49,6 +49,17 @@ def test_duplicate_username_conflicts_case_insensitively(directory: Directory) -
     directory.create_user(user(4, "alice2"))  # the adapter still works after a conflict
 
 
+def test_look_alike_usernames_are_one_user(directory: Directory) -> None:
+    """Full-width letters, the Kelvin sign and case all fold to the same username key."""
+    directory.create_user(user(1, "Kate"))
+    for n, look_alike in enumerate(["ＫＡＴＥ", "\u212aate", "kATE"], start=2):
+        with pytest.raises(Conflict):
+            directory.create_user(user(n, look_alike))
+        assert directory.user_by_username(look_alike) == user(1, "Kate")
+    assert directory.user_by_username("kate\n") is None  # matched whole, not by prefix
+    assert [u.id for u in directory.all_users()] == [1]
+
+
 def test_users_by_id_returns_only_those_that_exist(directory: Directory) -> None:
     add_users(directory, 1, 2, 3)
     found = directory.users_by_id([UserId(3), UserId(1), UserId(99), UserId(1)])
@@ -61,6 +72,16 @@ def test_users_by_id_returns_only_those_that_exist(directory: Directory) -> None
 def test_all_users_are_ordered_by_id(directory: Directory) -> None:
     add_users(directory, 30, 10, 20)
     assert [u.id for u in directory.all_users()] == [10, 20, 30]
+
+
+def test_set_password_hash_replaces_it_and_a_missing_user_is_not_found(directory: Directory) -> None:
+    add_users(directory, 7)
+    directory.set_password_hash(UserId(7), "new-hash")
+    directory.set_password_hash(UserId(7), "new-hash")  # the same again is no error
+    found = directory.user_by_username("user7")
+    assert found is not None and found.password_hash == "new-hash"
+    with pytest.raises(NotFound):
+        directory.set_password_hash(UserId(8), "x")
 
 
 def test_chinese_and_emoji_names_round_trip(directory: Directory) -> None:

@@ -169,3 +169,22 @@ async def test_a_token_from_one_connection_readies_another(url: str) -> None:
         async with connect(url) as second:
             await second.send("ready", token=token)
             assert (await second.expect("ready-ok"))["userId"] == first.user_id
+
+
+async def test_a_secret_file_readable_by_others_is_warned_about_at_start(start_node, node_folder) -> None:
+    from structlog.testing import capture_logs
+
+    node_folder.mkdir(parents=True, exist_ok=True)
+    secret = node_folder / "secret.key"
+    secret.write_text("a-secret-of-more-than-32-bytes-for-this-test")
+    secret.chmod(0o644)
+    with capture_logs() as logs:
+        node = await start_node()
+    node.stop()
+    warnings = [e for e in logs if e["event"] == "secret_file_too_open"]
+    assert warnings and warnings[0]["mode"] == "0o644", logs
+    secret.chmod(0o600)
+    with capture_logs() as logs:
+        node = await start_node()
+    node.stop()
+    assert not [e for e in logs if e["event"] == "secret_file_too_open"]

@@ -296,3 +296,22 @@ def test_cli_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None
     assert len(lines) == 1, done.stderr
     assert str(path) in lines[0] and "vim.websocket.port" in lines[0] and "99999" in lines[0]
     assert done.stdout == ""
+
+
+def test_public_host_names_the_advertised_urls(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, config(
+        websocket={"host": "0.0.0.0", "public-host": "dept-1.example.internal"},
+        http={"port": 8190})))
+    assert loaded.client_url == "ws://dept-1.example.internal:8180/"
+    assert loaded.http_url == "http://dept-1.example.internal:8190/"
+
+
+def test_wildcard_host_without_public_host_advertises_loopback(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, config(websocket={"host": "0.0.0.0"}))).client_url \
+        == "ws://127.0.0.1:8180/"
+
+
+@pytest.mark.parametrize("host", ["ws://dept-1", "dept-1:8180", "", "-dept", 7])
+def test_bad_public_host_names_the_key(tmp_path: Path, host: Any) -> None:
+    error = config_error(write(tmp_path, config(websocket={"public-host": host})))
+    assert error.key == "vim.websocket.public-host"

@@ -22,6 +22,7 @@ from vim_cluster.protocol.forward_frames import (
     Refused,
     SessionClose,
     SessionOpen,
+    Sessions,
     Welcome,
     decode_frame,
     encode_frame,
@@ -215,6 +216,14 @@ def test_auth_without_a_base_decodes_with_base_zero() -> None:
     raw = msgpack.packb({"t": "auth", "mac": "m", "received": 3, "sessions": [[1, "s", "web", None]]})
     auth = decode_frame(raw)
     assert auth == Auth("m", 3, [[1, "s", "web", None]], 0)
+
+
+def test_the_session_list_travels_in_its_own_frame_after_auth() -> None:
+    """auth stays small (the master caps frames at 4 KiB until its MAC checked out); the
+    slave's sessions, however many, follow in a `sessions` frame."""
+    sessions = [[n, f"s-{n}", "web", None] for n in range(1000)]
+    assert len(encode_frame(Auth("m" * 64, 3, [], 7))) < 200
+    assert decode_frame(encode_frame(Sessions(sessions))) == Sessions(sessions)
 
 
 def test_master_acks_a_slave_only_when_every_forward_was_acked_end_to_end() -> None:

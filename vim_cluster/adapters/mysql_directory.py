@@ -1,10 +1,10 @@
 """The Directory port on MySQL/MariaDB (pymysql): users, departments, groups and members.
 
 Rules (beyond those of `mysql_base`):
-- Usernames are unique case-insensitively: `users.username` has a UNIQUE index under the
-  case-insensitive collation utf8mb4_unicode_ci, so 'Alice' and 'ALICE' collide (Conflict) and
-  a lookup finds either spelling. That collation also ignores accents and trailing spaces;
-  usernames the protocol accepts are ASCII without spaces, so only case folding applies.
+- Usernames are unique by their normalised key (`core.usernames.key`: NFKC, then casefold):
+  `users.username_key` has a UNIQUE index under the binary collation utf8mb4_bin, so 'Alice',
+  'ALICE' and full-width 'ａｌｉｃｅ' collide (Conflict) and a lookup by any spelling finds the
+  user. (`users.username`'s own UNIQUE index under utf8mb4_unicode_ci stays.)
 - create_group and change_members each run in one InnoDB transaction; change_members first
   locks the group's row (SELECT ... FOR UPDATE), so concurrent changes to one group serialize.
 - Reads of a group and its members are one statement (one consistent snapshot).
@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import pymysql
 from pymysql.cursors import Cursor
 
+from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Group, GroupId, User, UserId
 from .mysql_base import ER_DUP_ENTRY, ER_NO_REFERENCED_ROW, POOL_SIZE, TABLE_OPTIONS, MysqlDatabase
@@ -56,6 +57,16 @@ MIGRATIONS: list[list[str]] = [
         " CONSTRAINT group_members_group FOREIGN KEY (group_id) REFERENCES chat_groups (id),"
         " CONSTRAINT group_members_user FOREIGN KEY (user_id) REFERENCES users (id)"
         f") {TABLE_OPTIONS}",
+    ],
+    # 2: the normalised username key (core.usernames.key), unique byte for byte. Rows from
+    # before it get LOWER(username): their usernames are ASCII, where that is the same key.
+    # (ADD COLUMN / CREATE INDEX IF NOT EXISTS are MariaDB's idempotent DDL.)
+    [
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS username_key VARCHAR(255)"
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
+        "UPDATE users SET username_key = LOWER(username) WHERE username_key IS NULL",
+        "ALTER TABLE users MODIFY username_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+        "CREATE UNIQUE INDEX IF NOT EXISTS users_username_key ON users (username_key)",
     ],
 ]
 
@@ -110,13 +121,14 @@ class MysqlDirectory:
     def create_user(self, user: User) -> None:
         with _integrity(f"username {user.username!r}"), self._db.cursor() as cur:
             cur.execute(
-                f"INSERT INTO users ({USER_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
-                (user.id, user.username, user.name, user.password_hash, user.department_id),
+                f"INSERT INTO users ({USER_COLUMNS}, username_key) VALUES (%s, %s, %s, %s, %s, %s)",
+                (user.id, user.username, user.name, user.password_hash, user.department_id,
+                 usernames.key(user.username)),
             )
 
     def user_by_username(self, username: str) -> User | None:
         with self._db.cursor() as cur:
-            cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = %s", (username,))
+            cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = %s", (usernames.key(username),))
             row = cur.fetchone()
         return _user(row) if row else None
 
@@ -138,6 +150,14 @@ class MysqlDirectory:
         with self._db.cursor() as cur:
             cur.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")
             return [_user(row) for row in cur.fetchall()]
+
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        with self._db.cursor() as cur:
+            changed = cur.execute("UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id))
+            if not changed:  # MySQL counts changed rows: the same hash again is 0 too
+                cur.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
+                if cur.fetchone() is None:
+                    raise NotFound(f"user {user_id}")
 
     def create_group(self, group: Group) -> None:
         with _integrity(f"group {group.id}"), self._db.transaction() as cur:

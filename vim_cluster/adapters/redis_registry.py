@@ -47,9 +47,19 @@ class Keys:
     def routes(user_id: int) -> str:
         return f"vim:routes:{user_id}"  # hash session_id -> Route JSON
 
+    # Login lockout counters (core.lockout): `username` is the normalised username key,
+    # `address` the client's source key (an IPv4 address or an IPv6 /64).
     @staticmethod
     def login_failures(username: str) -> str:
-        return f"vim:login-fail:{username.lower()}"
+        return f"vim:login-fail:user:{username}"
+
+    @staticmethod
+    def login_failures_pair(username: str, address: str) -> str:
+        return f"vim:login-fail:pair:{address}|{username}"
+
+    @staticmethod
+    def login_failures_address(address: str) -> str:
+        return f"vim:login-fail:addr:{address}"
 
     MASTER_LOCK = "vim:master-lock"
 
@@ -96,6 +106,34 @@ local node = cjson.decode(raw)['node_id']
 redis.call('SREM', 'vim:node-sessions:' .. node, ARGV[2] .. ':' .. ARGV[1])
 return 1
 """
+# KEYS = the pair's, the username's and the address's failure counters; ARGV = window, then
+# the three limits. One atomic step: refuse (return which counter, 1..3, is at its limit) or
+# count the attempt in all three (a counter's window starts with its first attempt) and
+# return 0. Parallel attempts are counted one by one, so no more than the limits pass.
+_RESERVE_LOGIN = """
+for i = 1, 3 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i + 1]) then return i end
+end
+for i = 1, 3 do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+# KEYS = the same three counters. A reserved attempt was right: forget the pair's failures,
+# give the username and the address their attempt back (never below zero).
+_REFUND_LOGIN = """
+redis.call('DEL', KEYS[1])
+for i = 2, 3 do
+  local n = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if n > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"""
+
+
+def _login_keys(username: str, address: str) -> list[str]:
+    return [Keys.login_failures_pair(username, address), Keys.login_failures(username),
+            Keys.login_failures_address(address)]
 
 
 def _info_json(info: NodeInfo) -> str:
@@ -118,6 +156,8 @@ class RedisRegistry:
         self._release = self._r.register_script(_RELEASE)
         self._claim = self._r.register_script(_CLAIM)
         self._remove_route = self._r.register_script(_REMOVE_ROUTE)
+        self._reserve_login = self._r.register_script(_RESERVE_LOGIN)
+        self._refund_login = self._r.register_script(_REFUND_LOGIN)
         self._workers: dict[str, int] = {}
 
     @contextlib.contextmanager
@@ -236,21 +276,13 @@ class RedisRegistry:
             alive = dict(zip(nodes, self._r.mget([Keys.node_lock(n) for n in nodes]), strict=True)) if nodes else {}
         return {user: [r for r in rs if alive.get(r.node_id)] for user, rs in routes.items()}
 
-    def record_login_failure(self, username: str, window_s: int) -> int:
-        key = Keys.login_failures(username)
+    def reserve_login(self, username: str, address: str, window_s: int, limits: tuple[int, int, int]) -> int:
         with self._errors():
-            pipe = self._r.pipeline(transaction=True)
-            pipe.set(key, 0, nx=True, ex=window_s)
-            pipe.incr(key)
-            return int(pipe.execute()[1])
+            return int(self._reserve_login(keys=_login_keys(username, address), args=[window_s, *limits]))
 
-    def login_failures(self, username: str) -> int:
+    def refund_login(self, username: str, address: str) -> None:
         with self._errors():
-            return int(self._r.get(Keys.login_failures(username)) or 0)
-
-    def clear_login_failures(self, username: str) -> None:
-        with self._errors():
-            self._r.delete(Keys.login_failures(username))
+            self._refund_login(keys=_login_keys(username, address))
 
     # -- cluster duties and erasure (lifecycle_ports.DutyLock) ---------------------------------
 

@@ -1,4 +1,8 @@
-"""The Directory port on SQLite: users, departments, groups and members."""
+"""The Directory port on SQLite: users, departments, groups and members.
+
+Usernames are unique by their normalised key (`core.usernames.key`: NFKC, then casefold), held
+in `users.username_key` under a UNIQUE index; lookups go by that key.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
+from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Group, GroupId, User, UserId
 from .sqlite_base import SqliteDatabase
@@ -36,6 +41,13 @@ MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX group_members_by_user ON group_members (user_id, group_id)
     """,
+    # 2: the normalised username key (core.usernames.key), unique byte for byte. Rows from
+    # before it get lower(username): their usernames are ASCII, where that is the same key.
+    """
+    ALTER TABLE users ADD COLUMN username_key TEXT;
+    UPDATE users SET username_key = lower(username);
+    CREATE UNIQUE INDEX users_username_key ON users (username_key)
+    """,
 ]
 
 
@@ -63,8 +75,9 @@ class SqliteDirectory:
         try:
             with self._db.transaction() as conn:
                 conn.execute(
-                    f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                    (user.id, user.username, user.name, user.password_hash, user.department_id),
+                    f"INSERT INTO users ({USER_COLUMNS}, username_key) VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.id, user.username, user.name, user.password_hash, user.department_id,
+                     usernames.key(user.username)),
                 )
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
@@ -73,7 +86,7 @@ class SqliteDirectory:
 
     def user_by_username(self, username: str) -> User | None:
         with self._db.reading() as conn:
-            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = ?", (usernames.key(username),)).fetchone()
         return _user(row) if row else None
 
     def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
@@ -90,6 +103,12 @@ class SqliteDirectory:
     def all_users(self) -> list[User]:
         with self._db.reading() as conn:
             return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+
+    def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
+        with self._db.transaction() as conn:
+            changed = conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)).rowcount
+        if not changed:
+            raise NotFound(f"user {user_id}")
 
     def create_group(self, group: Group) -> None:
         with _unknown_user_is_not_found(), self._db.transaction() as conn:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketServer, serve_websocket
+from trio_websocket import WebSocketServer
 
 from .. import __version__
 from ..config import NodeConfig
@@ -32,6 +32,7 @@ from ..errors import CloseCode
 from ..ids import IdGenerator
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..ports import Directory, NodeInfo
+from ..tls import client_context
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
@@ -43,9 +44,11 @@ from .frame_log import FrameLog
 from .heartbeat import HEARTBEAT_S, Lease
 from .http import serve_http
 from .hub import Hub
+from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
 from .retention import PurgeMetrics, Purger, purge_enabled
 from .store_writer import StoreWriter
+from .ws_listener import ListenerServer
 
 log = structlog.get_logger()
 SHUTDOWN_GRACE = 3.0
@@ -66,20 +69,11 @@ class RunningNode:
     stop: Callable[[], None]
 
 
-def _ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
-    ws = config.websocket
-    if ws.tls_cert is None or ws.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ws.tls_cert, ws.tls_key)
-    return context
-
-
 def forward_url(config: NodeConfig) -> str | None:
     if not config.is_master:
         return None
-    host = config.client_url.split("//", 1)[1].rsplit(":", 1)[0]
-    return f"ws://{host}:{config.websocket.forward_port}/forward"
+    scheme = "wss" if config.websocket.tls else "ws"
+    return f"{scheme}://{config.public_host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
@@ -89,6 +83,18 @@ async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory
     return registry, directory, messages
 
 
+def _check_secret_file(path: Path) -> None:
+    """Warns when the cluster secret can be read or written by others than its owner (whoever
+    reads it can act as any user: docs/security.md)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        log.warning("secret_file_unchecked", file=str(path), error=str(exc))
+        return
+    if mode & 0o077:
+        log.warning("secret_file_too_open", file=str(path), mode=oct(mode), fix=f"chmod 600 {path}")
+
+
 async def serve_node(
     config: NodeConfig,
     *,
@@ -96,7 +102,13 @@ async def serve_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
-    registry, directory, messages = await _open_backends(config)
+    _check_secret_file(config.cluster.secret_file)
+    listeners = await bind_listeners(config)  # a taken port stops the node before it registers
+    try:
+        registry, directory, messages = await _open_backends(config)
+    except BaseException:
+        await _close_listeners(listeners)
+        raise
     redis_runner = BlockingRunner("redis", 16)
     hub = Hub()
     metrics = NodeMetrics(config.node_id)
@@ -108,7 +120,7 @@ async def serve_node(
             role=config.cluster.node_type.value,
             client_url=config.client_url,
             forward_url=forward_url(config),
-            http_url=f"http://127.0.0.1:{config.http.port}/" if config.http.port else None,
+            http_url=config.http_url,
             pid=os.getpid(),
             version=__version__,
             started_at=started_at,
@@ -118,7 +130,11 @@ async def serve_node(
         )
 
     lease = Lease(registry, redis_runner, describe, master=config.is_master)
-    worker = await lease.acquire()
+    try:
+        worker = await lease.acquire()
+    except BaseException:
+        await _close_listeners(listeners)
+        raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
     known_users: set[int] = set()
     delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
@@ -149,17 +165,17 @@ async def serve_node(
                 nursery.start_soon(ctx.frame_log.run)
             if purge_enabled(config.message):
                 nursery.start_soon(_purge, ctx, registry, messages)
-            forward_port = await _start_cluster_link(ctx, nursery)
+            forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
-            server = await nursery.start(_serve_clients, ctx)
+            await nursery.start(_serve_clients, ctx, listeners.client)
             http_port = None
-            if config.http.port:
-                listeners = await nursery.start(serve_http, ctx, config.websocket.host, config.http.port)
-                http_port = listeners[0].socket.getsockname()[1]
+            if listeners.http is not None:
+                nursery.start_soon(serve_http, ctx, listeners.http)
+                http_port = port_of(listeners.http)
             stopping = trio.Event()
             nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
             log.info("node_started", url=config.client_url, worker=worker, role=config.cluster.node_type.value)
-            task_status.started(RunningNode(ctx, server.port, http_port, forward_port, stopping.set))
+            task_status.started(RunningNode(ctx, port_of(listeners.client), http_port, forward_port, stopping.set))
     finally:
         with trio.CancelScope(shield=True):
             await lease.release()
@@ -176,37 +192,43 @@ async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: Lifecycl
     await purger.run()
 
 
-async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery) -> int | None:
+async def _close_listeners(listeners: NodeListeners) -> None:
+    for group in (listeners.client, listeners.forward or [], listeners.http or []):
+        for listener in group:
+            await trio.aclose_forcefully(listener)
+
+
+async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None) -> int | None:
     """Master: the forward hub and reaper; slave: the link to the master. Returns the
     forward port the master listens on."""
     config = ctx.config
     if config.is_master:
         hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
         ctx.delivery.cluster = hub
-        assert config.websocket.forward_port is not None
-        listeners = await nursery.start(hub.serve, config.websocket.host, config.websocket.forward_port)
+        assert forward is not None
+        await nursery.start(hub.serve, forward)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
-        return int(listeners.port)
+        return port_of(forward)
     assert config.cluster.master_url is not None
-    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms)
+    secure = config.cluster.master_url.startswith("wss:")
+    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms,
+                     ssl_context=client_context(config) if secure else None)
     ctx.delivery.cluster = link
     nursery.start_soon(link.run)
     return None
 
 
-async def _serve_clients(ctx: NodeContext, *, task_status: trio.TaskStatus[WebSocketServer]) -> None:
+async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
+                         task_status: trio.TaskStatus[WebSocketServer]) -> None:
     ws = ctx.config.websocket
-
-    await serve_websocket(
+    server = ListenerServer(
         functools.partial(serve_connection, ctx),
-        ws.host,
-        ws.port,
-        _ssl_context(ctx.config),
+        listeners,
         max_message_size=ws.max_frame,
         connect_timeout=10,
         disconnect_timeout=5,
-        task_status=task_status,
     )
+    await server.run(task_status=task_status)
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:

@@ -14,9 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
 
 from ..core.limits import RateWindow
+from ..core.lockout import source_key
 from ..errors import (
     UNAVAILABLE_DETAIL,
     ClientError,
@@ -34,6 +35,7 @@ from .outbox import CLOSE_GRACE, Close, Outbox
 
 log = structlog.get_logger()
 QUEUE_SIZE = 1024  # frames waiting in a connection's outbox (more: a slow consumer)
+QUEUE_BYTES = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer)
 ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
 _conn_ids = itertools.count(1)
 
@@ -46,6 +48,7 @@ class Connection:
     state: SessionState
     outbox: Outbox
     cancel_scope: trio.CancelScope  # cancelled: stop reading (a kick of a full outbox, a slow consumer)
+    address: str  # the client's source key (core.lockout.source_key): what lockouts count by
     session: Session | None = None
     unacked: int = 0  # sent messages waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
@@ -98,6 +101,7 @@ class Connection:
 async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
     """trio-websocket handler: authenticate the handshake, then run the connection. The
     connection bulkhead: whatever fails here is logged and ends this connection, not the node."""
+    from .handlers.account import authenticate_token
     from .sessions import close_session
 
     conn: Connection | None = None
@@ -109,10 +113,14 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
         handshake_user: int | None = None
         if token:
             try:
-                handshake_user = ctx.tokens.verify(token, ctx.clock_ms())
+                handshake_user = await authenticate_token(ctx, token)
             except ClientError as exc:
                 log.info("handshake_rejected", reason=exc.detail)
                 await request.reject(401, body=exc.detail.encode())
+                return
+            except StoreUnavailable as exc:
+                log.warning("handshake_unavailable", error=str(exc))
+                await request.reject(503, body=UNAVAILABLE_DETAIL.encode())
                 return
         ws = await request.accept()
         conn_id = next(_conn_ids)
@@ -122,7 +130,8 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
         async with trio.open_nursery() as nursery:
             state = SessionState(trio.current_time(), RateWindow(ctx.config.websocket.rate_limit),
                                  ctx.config.websocket.idle_timeout)
-            conn = Connection(ctx, ws, conn_id, state, Outbox(ws, QUEUE_SIZE), trio.CancelScope())
+            conn = Connection(ctx, ws, conn_id, state, Outbox(ws, QUEUE_SIZE, QUEUE_BYTES), trio.CancelScope(),
+                              _source(request))
             conn.outbox.attach(nursery, nursery.cancel_scope)
             close: Close | None = None
             with conn.cancel_scope:
@@ -147,6 +156,11 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
                 elif conn.session is not None and conn.session.close_code is not None:
                     with trio.move_on_after(CLOSE_GRACE):
                         await conn.ws.aclose(int(conn.session.close_code))
+
+
+def _source(request: WebSocketRequest) -> str:
+    remote = request.remote
+    return source_key(str(remote.address) if isinstance(remote, Endpoint) else str(remote))
 
 
 async def _authenticate_handshake(

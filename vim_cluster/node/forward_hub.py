@@ -2,7 +2,8 @@
 
 Rules:
 - A slave proves it holds the cluster secret (HMAC over both nonces) and must be registered
-  and alive in Redis; a node id that already has a live link, or is the master's own, is
+  and alive in Redis. Until its proof checked out, a peer's frames are capped at
+  PRE_AUTH_MAX_FRAME (its session list comes after the proof, in a `sessions` frame); a node id that already has a live link, or is the master's own, is
   refused. Operator tools (role "operator") may send kicks only.
 - The master is an ordinary node for its own clients; it also keeps the route table (which
   node holds which user's sessions) from the slaves' reports.
@@ -31,7 +32,6 @@ from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
-    serve_websocket,
 )
 
 from ..core.relay import RouteTable
@@ -44,9 +44,15 @@ from .blocking import BlockingRunner
 from .delivery import Delivery
 from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
+from .listeners import Listeners
+from .ws_listener import ListenerConnection, ListenerServer
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
+# Frames of a peer that has not proved it holds the secret (hello, auth) are small: a larger
+# one closes its connection (1009), so unauthenticated peers cannot make the master buffer
+# more than this per connection. MAX_FRAME applies once the auth MAC checked out.
+PRE_AUTH_MAX_FRAME = 4096
 WARMUP_S = 7.0  # below link.DEAD_AFTER_S: a slave held meanwhile must not give up on the link
 Tag = tuple[str, str, int]  # (source node, its epoch, its seq): whom to ack when done
 
@@ -166,8 +172,9 @@ class MasterHub:
 
     # --- the listener -------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int, *,
+    async def serve(self, listeners: Listeners, *,
                     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves the forward channel on bound `listeners` (wss:// when they are TLS ones)."""
         async def handler(request: WebSocketRequest) -> None:
             try:
                 await self._serve_peer(request)
@@ -175,9 +182,9 @@ class MasterHub:
                 log.exception("forward_peer_crashed")
 
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(
-                serve_websocket, handler, host, port, None, max_message_size=MAX_FRAME,
-                connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5))
+            server = ListenerServer(handler, listeners, max_message_size=PRE_AUTH_MAX_FRAME,
+                                    connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5)
+            await nursery.start(server.run)
             nursery.start_soon(self._warm_up)
             task_status.started(server)
 
@@ -239,6 +246,12 @@ class MasterHub:
         if not ff.mac_ok(ff.slave_mac(self.secret, hello.node, hello.nonce, nonce), auth.mac):
             await self._refuse(ws, hello, "bad credentials: the peer does not hold the cluster secret")
             return None
+        if isinstance(ws, ListenerConnection):
+            ws.raise_message_limit(MAX_FRAME)
+        listed = ff.decode_frame(await ws.get_message())
+        if not isinstance(listed, ff.Sessions):
+            raise ff.ForwardProtocolError(f"expected sessions, got {type(listed).__name__}")
+        sessions = auth.sessions + listed.sessions
         problem = await self._admission_problem(hello)
         if problem:
             await self._refuse(ws, hello, problem)
@@ -250,7 +263,7 @@ class MasterHub:
         peer.connection = ws
         peer.pump_done = trio.Event()
         if hello.role == "slave":
-            self.routes.replace_node(hello.node, [(int(s[0]), str(s[1])) for s in auth.sessions])
+            self.routes.replace_node(hello.node, [(int(s[0]), str(s[1])) for s in sessions])
         await ws.send_message(ff.encode_frame(ff.Welcome(peer.end.inbox.received)))
         peer.end.outbox.rewind(int(auth.received))
         return peer

@@ -8,17 +8,21 @@ Rules:
   loop); packets queued meanwhile are kept and sent (in order) once the link is back; the
   master drops duplicates.
 - Everything addressed to other nodes goes to the master, which knows where users are.
+- A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
+  is logged once per cause as `forward_link_failed` naming the master URL and the cause
+  (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
 """
 
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..core.backoff import Backoff
 from ..errors import CloseCode
@@ -28,6 +32,7 @@ from ..protocol.forward import Inbox, Outbox, OutItem
 from .delivery import Delivery
 from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
+from .ws_open import LinkOpenError, open_link
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
@@ -43,9 +48,11 @@ class ForwardLinkRefused(Exception):
 
 class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, delivery: Delivery,
-                 clock_ms: Callable[[], int]) -> None:
+                 clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
         self.master_url = master_url
+        self.ssl_context = ssl_context
+        self.problem = "not connected yet"  # why the link is down (for /healthz)
         self.secret = secret
         self.delivery = delivery
         self.clock_ms = clock_ms
@@ -96,23 +103,36 @@ class SlaveLink:
         backoff = Backoff()
         while True:
             try:
-                async with open_websocket_url(self.master_url, max_message_size=MAX_FRAME,
-                                              connect_timeout=OPEN_TIMEOUT) as ws:
+                async with open_link(self.master_url, self.ssl_context, timeout=OPEN_TIMEOUT,
+                                     max_message_size=MAX_FRAME) as ws:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         await self._handshake(ws)
                     self.connected = True
+                    self.problem = ""
                     up_since = trio.current_time()
-                    log.info("forward_link_up", master=self.master_id, pending=len(self.end.outbox))
+                    log.info("forward_link_up", master=self.master_id, master_url=self.master_url,
+                             pending=len(self.end.outbox))
                     reason = await pump(ws, self.end)
-                    log.warning("forward_link_lost", reason=reason, pending=len(self.end.outbox))
+                    self.problem = f"link to {self.master_url} lost: {reason}"
+                    log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
+                                pending=len(self.end.outbox))
                     if trio.current_time() - up_since >= STABLE_S:
                         backoff.reset()  # not after a link that failed at once: no hot reconnect loop
-            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
+            except (LinkOpenError, OSError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
                     ForwardLinkRefused) as exc:
-                log.warning("forward_link_failed", error=f"{type(exc).__name__}: {exc}", master_url=self.master_url)
+                self._failed(exc)
             finally:
                 self.connected = False
             await trio.sleep(backoff.next_delay())
+
+    def _failed(self, exc: Exception) -> None:
+        """Logs a failed attempt with the master URL and the cause, in one line."""
+        problem = link_problem(self.master_url, exc)
+        if problem != self.problem:
+            log.warning("forward_link_failed", master_url=self.master_url, error=problem)
+        else:
+            log.debug("forward_link_failed", master_url=self.master_url, error=problem)
+        self.problem = problem
 
     async def _handshake(self, ws: WebSocketConnection) -> None:
         sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
@@ -127,6 +147,21 @@ class SlaveLink:
         if master_epoch != self.end.inbox.epoch:  # a new master process: start over
             self.end.inbox = Inbox(epoch=master_epoch)
         return self.end.inbox.received
+
+
+def link_problem(master_url: str, exc: Exception) -> str:
+    """One line: which master, what went wrong."""
+    if isinstance(exc, LinkOpenError):
+        return str(exc)
+    if isinstance(exc, ForwardLinkRefused):
+        return f"{master_url} refused this node: {exc}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"{master_url}: timeout: no answer to the forward handshake within {HANDSHAKE_TIMEOUT:g} s"
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        detail = f"code {reason.code} {reason.reason or ''}".strip() if reason else "no reason"
+        return f"{master_url} closed the connection during the handshake ({detail})"
+    return f"{master_url}: {type(exc).__name__}: {exc}"
 
 
 async def client_handshake(
@@ -149,7 +184,8 @@ async def client_handshake(
         # another secret and refuses it by name in its log, rather than a hang-up.
         await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
         raise ForwardLinkRefused("the master does not hold the cluster secret")
-    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), sessions, base)))
+    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), [], base)))
+    await ws.send_message(ff.encode_frame(ff.Sessions(sessions)))
     answer = ff.decode_frame(await ws.get_message())
     if isinstance(answer, ff.Refused):
         raise ForwardLinkRefused(answer.reason)
@@ -158,11 +194,12 @@ async def client_handshake(
     return challenge, answer
 
 
-async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Packet], timeout: float = 10.0) -> None:
+async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Packet], timeout: float = 10.0,
+                           ssl_context: ssl.SSLContext | None = None) -> None:
     """Sends packets to the master as an operator tool and returns once all are acked (the
     master acks a kick when the node holding the session has it)."""
     with trio.fail_after(timeout):
-        async with open_websocket_url(master_url, max_message_size=MAX_FRAME) as ws:
+        async with open_link(master_url, ssl_context, timeout=OPEN_TIMEOUT, max_message_size=MAX_FRAME) as ws:
             await client_handshake(ws, f"operator-{secrets.token_hex(4)}", "operator",
                                    secrets.token_hex(8), secret, lambda epoch: 0, [])
             items = list(enumerate(packets, start=1))

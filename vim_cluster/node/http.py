@@ -17,7 +17,9 @@ import trio
 
 from ..errors import StoreUnavailable
 from ..model import MessageId
+from .blocking import BlockingRunner
 from .context import NodeContext
+from .listeners import Listeners
 
 log = structlog.get_logger()
 MAX_REQUEST = 16 * 1024
@@ -29,22 +31,29 @@ def _static(name: str) -> bytes:
 
 
 async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
-    """Whether the node can serve: Redis, both stores and (slaves) the master link."""
+    """Whether the node can serve: Redis, both stores and (slaves) the master link.
+
+    The checks run at once, each bounded by CHECK_TIMEOUT (a cut network answers 503 within
+    it, not after the backends' socket timeouts)."""
     checks: dict[str, str] = {}
 
-    async def check(name: str, runner: Any, fn: Any, *args: Any) -> None:
+    async def check(name: str, runner: BlockingRunner, fn: Any, *args: Any) -> None:
         try:
             with trio.fail_after(CHECK_TIMEOUT):
-                await runner(fn, *args)
+                await runner.probe(fn, *args)
             checks[name] = "ok"
         except (StoreUnavailable, trio.TooSlowError) as exc:
             checks[name] = f"down: {exc}" if str(exc) else "down: timeout"
 
-    await check("redis", ctx.redis, ctx.registry.ping)
-    await check("directory", ctx.db, ctx.directory.user_by_username, "-healthz-")
-    await check("messages", ctx.store, ctx.messages.get, MessageId(0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check, "redis", ctx.redis, ctx.registry.ping)
+        nursery.start_soon(check, "directory", ctx.db, ctx.directory.user_by_username, "-healthz-")
+        nursery.start_soon(check, "messages", ctx.store, ctx.messages.get, MessageId(0))
     if not ctx.config.is_master:
-        checks["master_link"] = "ok" if ctx.delivery.cluster.healthy() else "down: not connected"
+        link = ctx.delivery.cluster
+        problem = getattr(link, "problem", "") or "not connected"  # a SlaveLink says why
+        checks["master_link"] = "ok" if link.healthy() else f"down: {problem}"
+    checks = {name: checks[name] for name in ("redis", "directory", "messages", "master_link") if name in checks}
     ok = all(v == "ok" for v in checks.values())
     return ok, {
         "node": ctx.node_id,
@@ -89,7 +98,7 @@ async def _route(ctx: NodeContext, target: str) -> tuple[int, str, bytes]:
     return 404, "text/plain", b"not found\n"
 
 
-async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
+async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     try:
         with trio.fail_after(10):
@@ -116,16 +125,16 @@ async def _handle(ctx: NodeContext, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
     """The request, or None if the client closed before sending a whole one."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(MAX_REQUEST))
+            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))
             continue
         return event if isinstance(event, h11.Request) else None
 
 
-async def serve_http(ctx: NodeContext, host: str, port: int, *,
-                     task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-    await trio.serve_tcp(partial(_handle, ctx), port, host=host, task_status=task_status)
+async def serve_http(ctx: NodeContext, listeners: Listeners) -> None:
+    """Serves the HTTP port on bound `listeners` (HTTPS when they are TLS ones)."""
+    await trio.serve_listeners(partial(_handle, ctx), listeners)

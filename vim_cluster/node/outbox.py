@@ -6,8 +6,10 @@ that is what keeps it small. The writer starts with the first frame, sends every
 waits LINGER_S for more and ends.
 
 Three ways in:
-- push(frame): deliveries from other sessions; never blocks; False when `limit` frames are
-  waiting (the caller closes the slow consumer; replay brings the frames back).
+- push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
+  frames of `byte_limit` bytes, are waiting (the caller closes the slow consumer; replay
+  brings the frames back). The bytes count until a frame is written, so a client that stops
+  reading holds at most `byte_limit` bytes of the node's memory (plus one frame).
 - append(frame): the connection's own replies and acks; no limit here, the reader bounds them
   by waiting for `room()` before it takes the next request.
 - close(Close): the last item; its frame is sent, then the WebSocket is closed, then `scope`
@@ -43,9 +45,9 @@ class Close:
 
 class Outbox:
     __slots__ = ("_ws", "_nursery", "_scope", "_items", "_writing", "_wake", "_room", "_closing", "_batch",
-                 "broken", "limit", "binary")
+                 "broken", "limit", "byte_limit", "binary", "_bytes")
 
-    def __init__(self, ws: WebSocketConnection, limit: int) -> None:
+    def __init__(self, ws: WebSocketConnection, limit: int, byte_limit: int = 1 << 62) -> None:
         self._ws = ws
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -57,6 +59,8 @@ class Outbox:
         self._batch = 0  # which batch the writer sends; abort() starts a new one
         self.broken = False  # cancelled in the middle of a frame
         self.limit = limit
+        self.byte_limit = byte_limit
+        self._bytes = 0  # encoded size of the frames queued or being written
         self.binary = False  # the client spoke msgpack: frames go out binary
 
     def attach(self, nursery: trio.Nursery, scope: trio.CancelScope) -> None:
@@ -71,10 +75,13 @@ class Outbox:
     def push(self, item: OutFrame) -> bool:
         if self._closing:
             return True  # closing: dropped (the client gets it again by replay)
-        if len(self._items) >= self.limit:
+        if len(self._items) >= self.limit or self._bytes + self._size(item) > self.byte_limit:
             return False
         self._add(item)
         return True
+
+    def _size(self, item: OutFrame) -> int:
+        return len(item.encoded(self.binary))
 
     def append(self, item: OutFrame) -> None:
         if not self._closing:
@@ -93,6 +100,7 @@ class Outbox:
     def abort(self, item: Close) -> None:
         """Drop what waits; close after the frame being sent."""
         self._items = [item]
+        self._bytes = 0
         self._closing = True
         self._batch += 1
         self._poke()
@@ -105,6 +113,8 @@ class Outbox:
             await self._room.wait()
 
     def _add(self, item: OutFrame | Close) -> None:
+        if isinstance(item, OutFrame):
+            self._bytes += self._size(item)
         self._items.append(item)
         self._poke()
 
@@ -135,9 +145,12 @@ class Outbox:
                         await self._send_close(item)
                         return
                     self.broken = True
-                    await self._ws.send_message(item.encoded(self.binary))
+                    data = item.encoded(self.binary)
+                    await self._ws.send_message(data)
                     self.broken = False
+                    self._bytes = max(0, self._bytes - len(data))
                 if not self._items:
+                    self._bytes = 0  # all written (forgets any drift of a switch to binary)
                     self._wake = trio.Event()
                     with trio.move_on_after(LINGER_S):
                         await self._wake.wait()
@@ -167,6 +180,7 @@ class Outbox:
     def _end(self) -> None:
         self._closing = True
         self._items = []
+        self._bytes = 0
         if self._room is not None:
             self._room.set()
         if self._scope is not None:

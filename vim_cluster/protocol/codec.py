@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from ..core import usernames
 from ..errors import ClientError, ErrorKind
 from ..model import ChatType, MessageType
 from . import frames as f
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_RID = 64
@@ -155,9 +155,9 @@ def _ping(r: _Fields) -> f.Command:
 
 
 def _register(r: _Fields) -> f.Command:
-    username = r.string("username", max_len=MAX_NAME)
-    if not USERNAME_RE.match(username):
-        raise r.fail("username", "must match ^[A-Za-z0-9_.-]{3,32}$")
+    username = usernames.valid_new(r.string("username", max_len=MAX_NAME))
+    if username is None:
+        raise r.fail("username", f"must be {usernames.PATTERN} (after Unicode NFKC normalisation)")
     password = r.string("password", max_len=MAX_PASSWORD)
     if len(password) < MIN_PASSWORD:
         raise r.fail("password", f"must be at least {MIN_PASSWORD} characters")
@@ -190,6 +190,10 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     if len(content) > max_content or len(content.encode("utf-8")) > max_content:
         raise r.fail("content", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     extend = r.mapping("extend")
+    # `extend` is stored and fanned out like the content: it gets the same byte limit, so a
+    # message costs at most twice max_content however it is split.
+    if extend and len(json.dumps(extend, ensure_ascii=False, separators=(",", ":")).encode()) > max_content:
+        raise r.fail("extend", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
 
 

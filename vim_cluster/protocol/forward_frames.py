@@ -6,6 +6,9 @@ binary frames. Each frame is a MessagePack map with a type tag "t":
     hello     slave -> master   {node, role, epoch, nonce}
     challenge master -> slave   {node, epoch, nonce, mac}      mac proves the master holds the secret
     auth      slave -> master   {mac, received, sessions, base} mac proves the slave holds the secret
+    sessions  slave -> master   {sessions}   right after auth: the slave's sessions, [[user,
+                                session, client, uuid], ...] (auth's own list stays empty: the
+                                master caps frames small until the mac checked out)
     welcome   master -> slave   {received}
     refused   master -> slave   {reason}
     batch     both              {items: [[seq, packet], ...], ack}   ack is cumulative, may be null
@@ -132,6 +135,11 @@ class Auth:
 
 
 @attrs.frozen
+class Sessions:
+    sessions: list[list[Any]]  # [[user, session, client, uuid], ...]
+
+
+@attrs.frozen
 class Welcome:
     received: int
 
@@ -152,11 +160,12 @@ class Beat:
     ts: int
 
 
-Frame = Hello | Challenge | Auth | Welcome | Refused | Batch | Beat
+Frame = Hello | Challenge | Auth | Sessions | Welcome | Refused | Batch | Beat
 _FRAMES: dict[str, type] = {
     "hello": Hello,
     "challenge": Challenge,
     "auth": Auth,
+    "sessions": Sessions,
     "welcome": Welcome,
     "refused": Refused,
     "batch": Batch,

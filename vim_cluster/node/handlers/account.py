@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ...core import auth
+from ...core import auth, usernames
+from ...core.lockout import EXHAUSTED_ORDER, LockoutPolicy
 from ...errors import ClientError, Conflict, ErrorKind
 from ...model import User, UserId
 from ...protocol import frames as f
@@ -14,10 +15,10 @@ from .. import sessions
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..context import NodeContext
 
 log = structlog.get_logger()
-LOCKOUT_FAILURES = 5
-LOCKOUT_WINDOW_S = 15 * 60
+LOCKOUT = LockoutPolicy()
 
 
 async def raw_ping(conn: Connection, command: f.RawPing) -> None:
@@ -42,19 +43,25 @@ async def register(conn: Connection, command: f.Register) -> None:
 
 
 async def login(conn: Connection, command: f.Login) -> None:
+    """Counts the attempt first (atomically, see core.lockout), then checks the password: as
+    many guesses as the lockout allows are checked, however many arrive at once."""
     ctx = conn.ctx
-    if await ctx.redis(ctx.registry.login_failures, command.username) >= LOCKOUT_FAILURES:
-        raise ClientError(ErrorKind.LOCKED, "too many failed logins: try again in 15 minutes")
+    key = usernames.key(command.username)
+    refused = await ctx.redis(ctx.registry.reserve_login, key, conn.address, LOCKOUT.window_s, LOCKOUT.limits)
+    if refused:
+        scope = EXHAUSTED_ORDER[refused - 1]
+        log.warning("login_locked", scope=scope.name.lower(), address=conn.address)
+        minutes = LOCKOUT.window_s // 60
+        raise ClientError(ErrorKind.LOCKED, f"too many failed logins for {scope.value}: try again within {minutes} minutes")
     user = await ctx.db(ctx.directory.user_by_username, command.username)
     password_hash = user.password_hash if user else auth.DUMMY_HASH
     valid = await ctx.cpu(auth.verify_password, password_hash, command.password)
     if user is None or not valid:
-        await ctx.redis(ctx.registry.record_login_failure, command.username, LOCKOUT_WINDOW_S)
-        log.info("login_failed", user_id=user.id if user else None)
+        log.info("login_failed", user_id=user.id if user else None, address=conn.address)
         raise ClientError(ErrorKind.UNAUTHORIZED, "wrong username or password")
-    await ctx.redis(ctx.registry.clear_login_failures, command.username)
+    await ctx.redis(ctx.registry.refund_login, key, conn.address)
     token, expires_at = ctx.tokens.issue(user.id, ctx.clock_ms())
-    log.info("login_ok", user_id=user.id)
+    log.info("login_ok", user_id=user.id, address=conn.address)
     await conn.reply(f.LoginOk(user.id, token, expires_at, rid=command.rid))
 
 
@@ -64,9 +71,17 @@ async def _ready_user(conn: Connection, command: f.Ready) -> int:
         if conn.state.authenticated:
             return conn.user_id
         raise ClientError(ErrorKind.UNAUTHORIZED, "ready needs the token that login returned")
-    user_id = ctx.tokens.verify(command.token, ctx.clock_ms())
+    user_id = await authenticate_token(ctx, command.token)
     if conn.state.authenticated and user_id != conn.user_id:
         raise ClientError(ErrorKind.INVALID, "the token is another user's than the handshake's")
+    return user_id
+
+
+async def authenticate_token(ctx: NodeContext, token: str) -> int:
+    """The one check of a token, for `ready` and for the handshake URL alike: the user id of a
+    well-signed, unexpired token whose user exists; ClientError(unauthorized) otherwise
+    (StoreUnavailable if the directory cannot say)."""
+    user_id = ctx.tokens.verify(token, ctx.clock_ms())
     if user_id not in ctx.known_users:
         if not await ctx.db(ctx.directory.users_by_id, [UserId(user_id)]):
             raise ClientError(ErrorKind.UNAUTHORIZED, "the token's user does not exist")

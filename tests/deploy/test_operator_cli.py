@@ -1,0 +1,175 @@
+"""The operator's first hour (issue 10): `check`, $VIM_CLUSTER_CONFIG, whereis/kick exit codes,
+users added with a prompt that does not echo (or --password-file), listed, given a new
+password, and a taken port that stops a node with one line before it registers."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import socket
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from vim_cluster.config import load_config
+from vim_cluster.core.auth import verify_password
+from vim_cluster.node import wiring
+
+from ..cluster.harness import cli_env, run_cli
+from ..support import PASSWORD, free_port, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_url: str) -> Path:
+    """A master's config (nothing running): SQLite stores, the test's Redis."""
+    return write_config(tmp_path / "cluster", node_id="master", redis_url=redis_url,
+                        extra={"http": {"port": free_port()}})
+
+
+def add(config: Path, username: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+    result = run_cli("user", "add", username, "--config", str(config), stdin=password + "\n")
+    assert result.returncode == 0, result
+    return result
+
+
+def password_hash(config: Path, username: str) -> str:
+    directory = wiring.open_directory(load_config(config))
+    try:
+        user = directory.user_by_username(username)
+    finally:
+        directory.close()
+    assert user is not None
+    return user.password_hash
+
+
+def test_check_says_ok_or_exits_2_with_one_line(config: Path, tmp_path: Path) -> None:
+    ok = run_cli("check", str(config))
+    assert ok.returncode == 0 and ok.stdout == f"ok: {config} (master, master)\n", ok
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("forward-port", "forward-prt"))
+    failed = run_cli("check", str(bad))
+    assert failed.returncode == 2 and failed.stdout == "", failed
+    assert failed.stderr.count("\n") == 1 and "vim.websocket.forward-prt: unknown key" in failed.stderr
+
+
+def test_config_comes_from_the_environment(config: Path, tmp_path: Path) -> None:
+    add(config, "erin")
+    env = {**cli_env(), "VIM_CLUSTER_CONFIG": str(config)}
+    listed = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "user", "list"], capture_output=True,
+                            text=True, timeout=60, env=env, cwd=tmp_path)
+    assert listed.returncode == 0 and "erin" in listed.stdout, listed
+    where = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "whereis", "erin"], capture_output=True,
+                           text=True, timeout=60, env=env, cwd=tmp_path)
+    assert where.returncode == 1 and "no session" in where.stdout, where
+    beat = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "heartbeat"], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)
+    assert beat.returncode == 1 and beat.stderr == "master: not registered in Redis\n", beat
+
+
+@pytest.mark.parametrize("command", ["whereis", "kick"])
+def test_whereis_and_kick_exit_1_for_no_session_and_2_for_no_such_user(config: Path, command: str) -> None:
+    add(config, "frank")
+    none = run_cli(command, "frank", "--config", str(config))
+    assert none.returncode == 1 and "has no session" in none.stdout, none
+    unknown = run_cli(command, "nobody-here", "--config", str(config))
+    assert unknown.returncode == 2 and unknown.stderr == f"vim-cluster {command}: no such user: nobody-here\n"
+
+
+def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path: Path) -> None:
+    password_file = tmp_path / "pw.txt"
+    password_file.write_text("first password 1\n")
+    added = run_cli("user", "add", "grace", "--name", "Grace H", "--password-file", str(password_file),
+                    "--config", str(config))
+    assert added.returncode == 0 and added.stdout.strip().isdigit(), added
+    assert verify_password(password_hash(config, "grace"), "first password 1")
+    listed = run_cli("user", "list", "--config", str(config))
+    assert listed.returncode == 0, listed
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["ID", "USERNAME", "NAME", "DEPARTMENT"]
+    assert row.split() == [added.stdout.strip(), "grace", "Grace", "H", "-"]
+    changed = run_cli("user", "passwd", "grace", "--config", str(config), stdin="second password 2\n")
+    assert changed.returncode == 0 and "password of grace" in changed.stdout, changed
+    assert verify_password(password_hash(config, "grace"), "second password 2")
+    unknown = run_cli("user", "passwd", "nobody", "--config", str(config), stdin="second password 2\n")
+    assert unknown.returncode == 2 and unknown.stderr == "vim-cluster user: no such user: nobody\n"
+    short = run_cli("user", "passwd", "grace", "--config", str(config), stdin="x\n")
+    assert short.returncode == 1 and "at least" in short.stderr
+
+
+def _read_until(fd: int, words: bytes, seen: bytearray, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while words not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {words!r} in {bytes(seen)!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            assert chunk, f"the terminal closed before {words!r}: {bytes(seen)!r}"
+            seen += chunk
+
+
+def test_user_add_on_a_terminal_prompts_twice_without_echo(config: Path) -> None:
+    """The command runs on a pseudo-terminal of its own (its controlling tty, as in a shell):
+    what it writes and what the terminal echoes is read back; the password never appears."""
+    secret = "terminal password 7"
+    controller, terminal = os.openpty()
+
+    def become_session_leader() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vim_cluster.cli", "user", "add", "hana", "--config", str(config)],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=cli_env(), preexec_fn=become_session_leader)
+    os.close(terminal)
+    seen = bytearray()
+    try:
+        _read_until(controller, b"Password: ", seen)
+        os.write(controller, secret.encode() + b"\n")
+        _read_until(controller, b"Again: ", seen)
+        os.write(controller, secret.encode() + b"\n")
+        assert process.wait(60) == 0
+        try:
+            while chunk := os.read(controller, 4096):
+                seen += chunk
+        except OSError:
+            pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    assert secret.encode() not in seen, bytes(seen)
+    assert verify_password(password_hash(config, "hana"), secret)
+
+
+@pytest.mark.parametrize("key", ["vim.websocket.port", "vim.websocket.forward-port", "vim.http.port"])
+def test_a_taken_port_is_one_line_naming_key_and_port_exit_2_and_never_registered(
+    config: Path, redis_url: str, key: str
+) -> None:
+    loaded = load_config(config)
+    port = {"vim.websocket.port": loaded.websocket.port, "vim.websocket.forward-port": loaded.websocket.forward_port,
+            "vim.http.port": loaded.http.port}[key]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = run_cli("run", str(config), timeout=60)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"vim-cluster: master: {key} {port}: cannot listen on 127.0.0.1:{port}: "
+                               "Address already in use"), lines
+    with redis.Redis.from_url(redis_url) as client:
+        assert not [k for k in client.keys("*") if b"master" in k], client.keys("*")
+    listed = run_cli("nodes", "--config", str(config))
+    assert listed.returncode == 0 and "master" not in listed.stdout.split("\n", 1)[1], listed

@@ -1,0 +1,154 @@
+"""Opening a client WebSocket to another node (the forward link, operator tools) with a cause.
+
+trio-websocket's `open_websocket_url` reports a refused TCP connection as `HandshakeError`
+with an empty text and a failed TLS verification as a connect timeout. `open_link` makes the
+TCP connection and the TLS handshake itself, step by step, and raises `LinkOpenError` naming
+the URL and the cause: connection refused, timeout (of which step), cannot resolve the host,
+TLS certificate verification failed (with OpenSSL's reason, e.g. the hostname mismatch),
+the WebSocket upgrade rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
+
+CLOSE_TIMEOUT = 5.0
+
+
+class LinkOpenError(Exception):
+    """A WebSocket to `url` could not be opened; `cause` says why in a few words."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(f"cannot reach {url}: {cause}")
+        self.url = url
+        self.cause = cause
+
+
+@contextlib.asynccontextmanager
+async def open_link(url: str, ssl_context: ssl.SSLContext | None, *, timeout: float,
+                    max_message_size: int) -> AsyncIterator[WebSocketConnection]:
+    """`async with open_link(url, ctx, ...) as ws:` a WebSocket to a ws:// or wss:// URL.
+
+    Raises LinkOpenError if it cannot be opened; errors of the body propagate as they are
+    (not wrapped in an exception group)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream = await _connect(url, host, port, ssl_context if parts.scheme == "wss" else None, timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await _upgrade(nursery, url, stream, f"{host}:{port}", resource, timeout, max_message_size)
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(CLOSE_TIMEOUT) as closing:
+                    closing.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = _single(group)
+        if isinstance(error, ConnectionRejected):  # raised by the connection's reader task
+            raise _rejected(url, error) from None
+        raise error from None
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one real error in `group` (trio's nursery wraps what the body raised); the group
+    itself if it holds only cancellations or several errors."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+async def _connect(url: str, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                   timeout: float) -> trio.abc.Stream:
+    try:
+        with trio.fail_after(timeout):
+            tcp = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise LinkOpenError(url, f"timeout: no TCP connection to {host}:{port} within {timeout:g} s") from None
+    except OSError as exc:
+        raise LinkOpenError(url, _os_cause(exc, host, port)) from None
+    if ssl_context is None:
+        return tcp
+    tls = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+    try:
+        with trio.fail_after(timeout):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(tcp)
+        raise LinkOpenError(url, f"timeout: no TLS handshake with {host}:{port} within {timeout:g} s") from None
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(tcp)
+        raise LinkOpenError(url, _tls_cause(exc.__cause__, host)) from None
+    return tls
+
+
+def _os_cause(exc: BaseException, host: str, port: int) -> str:
+    """The first telling error in `exc`'s chain (trio reports 'all attempts failed')."""
+    seen: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        seen.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None and nxt not in seen:
+                pending.append(nxt)
+    for error in seen:
+        if isinstance(error, ConnectionRefusedError):
+            return f"connection refused by {host}:{port} (is the node running and the port right?)"
+        if isinstance(error, socket.gaierror):
+            return f"cannot resolve the host {host!r}: {error.strerror or error}"
+        if isinstance(error, TimeoutError):
+            return f"timeout connecting to {host}:{port}"
+    for error in seen:
+        if isinstance(error, OSError) and error.strerror:
+            return f"cannot connect to {host}:{port}: {error.strerror}"
+    return f"cannot connect to {host}:{port}: {exc}"
+
+
+def _tls_cause(exc: BaseException | None, host: str) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed for {host}: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {exc.reason or exc}"
+    return f"{host} closed the connection during the TLS handshake (is the master-url scheme right?)"
+
+
+def _rejected(url: str, exc: ConnectionRejected) -> LinkOpenError:
+    return LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {exc.status_code}")
+
+
+async def _upgrade(nursery: trio.Nursery, url: str, stream: trio.abc.Stream, host_header: str,
+                   resource: str, timeout: float, max_message_size: int) -> WebSocketConnection:
+    try:
+        with trio.fail_after(timeout):
+            ws = await wrap_client_stream(nursery, stream, host_header, resource,  # type: ignore[arg-type]
+                                          max_message_size=max_message_size)
+    except trio.TooSlowError:
+        raise LinkOpenError(url, f"timeout: no WebSocket upgrade within {timeout:g} s "
+                                 "(is it a vim-cluster port, and ws/wss right?)") from None
+    except ConnectionRejected as exc:
+        raise _rejected(url, exc) from None
+    if ws.closed:
+        raise LinkOpenError(url, f"the connection closed during the WebSocket upgrade ({ws.closed})")
+    return ws
