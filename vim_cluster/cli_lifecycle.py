@@ -1,23 +1,28 @@
 """The data-lifecycle subcommands: export, import, purge and `user delete` (docs/data-lifecycle.md).
 
 Each command works on the stores of CONFIG's node directly (no running node needed), except
-that `user delete` tells the live nodes through the master. Exit codes: 0 done, 1 a store or
-the cluster failed (one line on stderr), 2 a usage or config error or an unknown user.
+that `user delete` tells the live nodes through the master. Exit codes (as `whereis`/`kick`):
+0 done; 1 `purge` found another purge running; 2 a usage or config error, an unknown user, a bad
+file; 3 a store or Redis unreachable, or (`user delete`) the master did not confirm. Errors are
+one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from .errors import ClientError
+from .errors import ClientError, StoreUnavailable
+
+EXIT_UNREACHABLE = 3
 
 DEFAULT_CONFIG = "node-configs/master.yaml"
 
@@ -40,6 +45,20 @@ def _progress(what: str) -> Iterator[tqdm[Any]]:
         yield bar
 
 
+def _unreachable_is_3(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """A store or Redis that does not answer: one line on stderr and exit 3."""
+    def wrap(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except StoreUnavailable as exc:
+                return _fail(name, str(exc), EXIT_UNREACHABLE)
+        return run
+    return wrap
+
+
+@_unreachable_is_3("export")
 def cmd_export(args: argparse.Namespace) -> int:
     from .admin import resolve_user
     from .cli import _load
@@ -78,6 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_unreachable_is_3("import")
 def cmd_import(args: argparse.Namespace) -> int:
     from .cli import _load
     from .export import BadExportLine, ImportCount, import_lines
@@ -111,6 +131,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+@_unreachable_is_3("purge")
 def cmd_purge(args: argparse.Namespace) -> int:
     import trio
 
@@ -130,6 +151,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+@_unreachable_is_3("user delete")
 def cmd_user_delete(args: argparse.Namespace) -> int:
     from .cli import _load
     from .erasure import delete_user
@@ -149,7 +171,7 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     print()
     if report.kick_error:
         return _fail("user delete", f"the live nodes were not told ({report.kick_error}); their sessions of "
-                     f"user {report.user_id} may stay open: run it again once the master is up", 1)
+                     f"user {report.user_id} may stay open: run it again once the master is up", EXIT_UNREACHABLE)
     return 0
 
 

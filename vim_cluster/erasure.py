@@ -7,8 +7,8 @@ Order (each step idempotent, so re-running the command after a failure finishes 
 3. with --erase: the content of every message the user sent becomes a `deleted` placeholder
    (id, conversation, sender id and time stay, so others' conversations keep their shape),
    the offline messages waiting for the user, their read cursors and raw logged frames go,
-   and their routes and failed-login counter are removed from Redis (sessions on dead nodes
-   included).
+   and their routes are removed from Redis (sessions on dead nodes included); failed-login
+   counters expire on their own within the lockout window.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from .config import NodeConfig
-from .errors import ClientError, CloseCode, ErrorKind
+from .errors import ClientError, CloseCode, ErrorKind, StoreUnavailable
 from .model import MessageId, UserId
 from .node import wiring
 
@@ -63,12 +63,18 @@ def _remove_account(config: NodeConfig, user_id: UserId) -> bool:
 
 
 def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], str | None]:
-    """Kicks the user (4005) on every live node through the master; (nodes, error or None)."""
-    from trio_websocket import ConnectionClosed, HandshakeError
+    """Kicks the user (4005) on every live node through the master, as `vim-cluster kick`
+    does (wss:// verified the same way); returns (nodes, the error or None)."""
+    from functools import partial
+    from urllib.parse import urlsplit
+
+    from trio_websocket import ConnectionClosed
 
     from .admin import master_forward_url
-    from .node.forward_link import ForwardLinkRefused, send_as_operator
+    from .node.forward_link import ForwardLinkRefused, link_problem, send_as_operator
+    from .node.ws_open import LinkOpenError
     from .protocol.forward_frames import Kick, Packet
+    from .tls import operator_context
 
     registry = wiring.open_registry(config, start=False)
     try:
@@ -79,14 +85,19 @@ def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], s
         return (), None  # nothing runs: no session, no cache to clear
     packets: list[Packet] = [Kick(node, user_id, None, int(CloseCode.ACCOUNT_DELETED), None) for node in nodes]
     try:
-        trio.run(send_as_operator, master_forward_url(config), config.cluster.secret, packets)
-    except (OSError, HandshakeError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
-        return nodes, f"{type(exc).__name__}: {exc}"
+        url = master_forward_url(config)
+    except StoreUnavailable as exc:
+        return nodes, str(exc)
+    parts = urlsplit(url)
+    context = operator_context(config, parts.hostname or "") if parts.scheme == "wss" else None
+    try:
+        trio.run(partial(send_as_operator, url, config.cluster.secret, packets, ssl_context=context))
+    except (LinkOpenError, OSError, ConnectionClosed, ForwardLinkRefused, trio.TooSlowError) as exc:
+        return nodes, link_problem(url, exc)
     return nodes, None
 
 
-def _erase(config: NodeConfig, user_id: UserId, username: str | None,
-           progress: Callable[[int], object]) -> tuple[int, int, int]:
+def _erase(config: NodeConfig, user_id: UserId, progress: Callable[[int], object]) -> tuple[int, int, int]:
     store = wiring.open_messages(config)
     try:
         erased, after = 0, MessageId(0)
@@ -100,8 +111,6 @@ def _erase(config: NodeConfig, user_id: UserId, username: str | None,
     registry = wiring.open_registry(config, start=False)
     try:
         routes = registry.forget_user(user_id)
-        if username is not None:
-            registry.clear_login_failures(username)
     finally:
         registry.close()
     return erased, pending, routes
@@ -119,5 +128,5 @@ def delete_user(config: NodeConfig, user: str, erase: bool,
     report = DeleteReport(user_id, removed, nodes, kick_error)
     if not erase:
         return report
-    erased, pending, routes = _erase(config, user_id, username, progress)
+    erased, pending, routes = _erase(config, user_id, progress)
     return attrs.evolve(report, messages_erased=erased, pending_removed=pending, routes_removed=routes)
