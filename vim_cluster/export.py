@@ -131,7 +131,7 @@ class ImportCount:
     existing: int = 0
 
 
-def import_lines(store: MessageStore, lines: Iterable[str], count: ImportCount, batch: int = 500) -> ImportCount:
+def import_lines(store: MessageStore, lines: Iterable[str], count: ImportCount, batch: int = 100) -> ImportCount:
     """Saves the messages of an export, `batch` per call; idempotent per (fromId, cid)."""
     pending: list[NewMessage] = []
 
