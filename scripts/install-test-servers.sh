@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure the servers the contract tests start privately are installed:
 #   - MariaDB (mariadbd, mariadb-install-db): apt-get install mariadb-server (as root).
+#   - Chromium (/usr/bin/chromium) for the browser tests (tests/browser, Playwright from
+#     PyPI drives it; `playwright install` is never used): apt-get install chromium (as root).
+#   - Debian's redis-server and redis-sentinel (the Redis-loss and Sentinel failover tests start
+#     them privately): apt-get install redis-server redis-sentinel (as root).
 #   - FerretDB v1.24.2 (the MongoDB-wire server): built from source with Go into
 #     $(go env GOPATH)/bin/ferretdb when no working binary is found ($VIM_FERRETDB, PATH,
 #     $(go env GOPATH)/bin).
-#   - redis-server and iproute2 (Debian packages) for the multi-host test (tests/deploy/).
+#   - iproute2 (ip) for the multi-host test (tests/deploy/), which also uses redis-server.
 # Idempotent, and silent when everything is there. What it cannot install it reports, and
 # exits 0: the tests then skip (or fail, with VIM_REQUIRE_TEST_SERVERS=1) with the reason.
 # Usage: scripts/install-test-servers.sh
@@ -20,26 +24,45 @@ have_mariadb() {
     command -v mariadb-install-db >/dev/null 2>&1
 }
 
+have() {  # a command on PATH or in the sbin folders
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
 apt_lists_present() {
   compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null
 }
 
+# Waits for another apt run's lock (up to 15 min) instead of failing.
 apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq \
+    --no-install-recommends "$@" >/dev/null
 }
 
-install_mariadb() {
-  have_mariadb && return 0
+# ensure_packages WHAT-FOR PKG... : installs the Debian packages not yet installed (as root),
+# or says how to get them. The packages' own services are not wanted: the tests start private
+# servers on free ports.
+ensure_packages() {
+  local purpose="$1"; shift
+  [ $# -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    say "mariadbd is missing: run 'sudo apt-get install mariadb-server' (or set VIM_TEST_MYSQL_URL)"
+    say "$* missing: run 'sudo apt-get install $*' ($purpose)"
     return 0
   fi
-  say "installing mariadb-server with apt-get"
-  if ! apt_lists_present || ! apt_install mariadb-server 2>/dev/null; then
-    apt-get update -qq >/dev/null
-    apt_install mariadb-server
+  say "installing $* with apt-get ($purpose)"
+  if ! apt_lists_present || ! apt_install "$@" 2>/dev/null; then
+    apt-get -o DPkg::Lock::Timeout=900 update -qq >/dev/null
+    apt_install "$@"
   fi
-  have_mariadb && say "mariadb-server installed ($(mariadbd --version 2>/dev/null || /usr/sbin/mariadbd --version))"
+}
+
+install_debian_packages() {
+  local missing=()
+  have_mariadb || missing+=(mariadb-server)
+  have redis-server || missing+=(redis-server)
+  have redis-sentinel || missing+=(redis-sentinel)
+  have ip || missing+=(iproute2)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  ensure_packages "MariaDB for the contract tests, redis-server/redis-sentinel for the Redis-loss, Sentinel and multi-host tests, iproute2 for the multi-host test, Chromium for tests/browser (Playwright drives it; 'playwright install' is never used)" "${missing[@]}"
 }
 
 go_bin() {
@@ -107,22 +130,5 @@ install_ferretdb() {
 
 # The multi-host test (tests/deploy/): Debian's redis-server (a separate server, not the
 # embedded one) and iproute2's `ip` (network namespaces).
-install_debian_packages() {
-  local missing=()
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    say "${missing[*]} missing: run 'sudo apt-get install ${missing[*]}' (the multi-host test needs them)"
-    return 0
-  fi
-  say "installing ${missing[*]} with apt-get"
-  if ! apt_lists_present || ! apt_install "${missing[@]}" 2>/dev/null; then
-    apt-get update -qq >/dev/null
-    apt_install "${missing[@]}"
-  fi
-}
-
-install_mariadb
-install_ferretdb
 install_debian_packages
+install_ferretdb

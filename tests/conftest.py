@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import trio
 
 from vim_cluster.adapters.embedded_redis import ensure_embedded_redis, stop_embedded_redis
@@ -16,7 +15,7 @@ from vim_cluster.config import load_config
 from vim_cluster.logs import configure_logging
 from vim_cluster.node.app import RunningNode, serve_node
 
-from .support import write_config
+from .support import flush_redis, write_config
 
 configure_logging(level=os.environ.get("VIM_TEST_LOG_LEVEL", "warning"))
 _node_ids = itertools.count(1)
@@ -34,8 +33,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """The session's Redis, emptied for this test."""
-    with redis.Redis.from_url(redis_server) as client:
-        client.flushall()
+    flush_redis(redis_server)
     return redis_server
 
 

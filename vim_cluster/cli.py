@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("username")
     cli_users.add_password_file_option(add)
     add.add_argument("--name", help="display name (default: the username)")
+    add.add_argument("--dept", metavar="DEPT",
+                     help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
     add.set_defaults(func=cmd_user_add)
 

@@ -58,7 +58,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from .cli import load_or_exit
 
     config = load_or_exit(args.config)
-    code, user_id = _answer(lambda: add_user(config, args.username, read_password(args.password_file), args.name))
+    code, user_id = _answer(lambda: add_user(config, args.username, read_password(args.password_file), args.name,
+                                                 dept=args.dept))
     if code == 0:
         print(user_id)
     return code

@@ -24,6 +24,7 @@ import attrs
 import yaml
 
 from .errors import ConfigError
+from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
 
 NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 MIN_SECRET_BYTES = 16
@@ -70,7 +71,7 @@ class HttpConfig:
 
 @attrs.frozen
 class RedisConfig:
-    url: str  # "embedded", redis://..., rediss://... or unix://...
+    url: str  # "embedded", redis://..., rediss://..., unix://... or redis+sentinel://... (redis_url.py)
 
 
 @attrs.frozen
@@ -222,8 +223,12 @@ def _tls_section(value: Any) -> dict[str, str]:
 
 def _redis_url(value: Any) -> str:
     text = _string(value)
-    if text != "embedded" and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"must be 'embedded' or a redis://, rediss:// or unix:// URL, got {value!r}")
+    scheme = urlsplit(text).scheme
+    if scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(text)  # ValueError says what is wrong
+    elif text != "embedded" and scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"must be 'embedded' or a redis://, rediss://, unix:// or "
+                         f"{SENTINEL_SCHEME}://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] URL, got {value!r}")
     return text
 
 

@@ -2,7 +2,7 @@
 
 Order (each step idempotent, so re-running the command after a failure finishes the job):
 1. the account and its group memberships go (no new login; owned groups pass on);
-2. every live node is told (kick code 4005 through the master): the user's sessions close and
+2. every live node is told (kick code 4006 through the master): the user's sessions close and
    each node forgets that the user exists (its cache), so an unexpired token no longer works;
 3. with --erase: the content of every message the user sent becomes a `deleted` placeholder
    (id, conversation, sender id and time stay, so others' conversations keep their shape),
@@ -63,7 +63,7 @@ def _remove_account(config: NodeConfig, user_id: UserId) -> bool:
 
 
 def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], str | None]:
-    """Kicks the user (4005) on every live node through the master, as `vim-cluster kick`
+    """Kicks the user (4006) on every live node through the master, as `vim-cluster kick`
     does (wss:// verified the same way); returns (nodes, the error or None)."""
     from functools import partial
     from urllib.parse import urlsplit

@@ -79,7 +79,8 @@ class DutyLock(Protocol):
         """True if `owner` now holds the lock (free, lapsed, or already its own)."""
 
     def renew_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
-        """False if the lock lapsed or belongs to another owner (stop working then)."""
+        """False if another owner holds the lock now (stop working then); a lapsed, free lock
+        is taken again."""
 
     def release_duty(self, duty: str, owner: str) -> None:
         """Compare-and-delete: releases only `owner`'s lock."""

@@ -70,6 +70,15 @@ class User:
 
 
 @attrs.frozen
+class Department:
+    """A department (V-IM's `dept` table): departments form a tree through `parent_id`."""
+
+    id: int
+    name: str
+    parent_id: int | None = None
+
+
+@attrs.frozen
 class Group:
     id: GroupId
     name: str

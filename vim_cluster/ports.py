@@ -12,7 +12,18 @@ from typing import Protocol
 
 import attrs
 
-from .model import ChatType, Group, GroupId, Message, MessageId, ReadCursor, User, UserId
+from .core.lease import BeatReport, Generation
+from .model import (
+    ChatType,
+    Department,
+    Group,
+    GroupId,
+    Message,
+    MessageId,
+    ReadCursor,
+    User,
+    UserId,
+)
 
 
 class Directory(Protocol):
@@ -45,6 +56,13 @@ class Directory(Protocol):
 
     def groups_of(self, user_id: UserId) -> list[Group]:
         """Every group `user_id` is a member of, ordered by id."""
+
+    def create_department(self, department: Department) -> None:
+        """Durable when it returns. Raises Conflict if the id exists, NotFound if the parent
+        does not exist."""
+
+    def departments(self) -> list[Department]:
+        """Every department, ordered by id (members: `User.department_id`)."""
 
     def close(self) -> None: ...
 
@@ -88,6 +106,16 @@ class MessageStore(Protocol):
         """Moves the cursor forward only; returns the cursor now stored."""
 
     def read_cursors(self, user_id: UserId) -> list[ReadCursor]: ...
+
+    def pending_among(self, user_id: UserId, ids: Sequence[MessageId]) -> set[MessageId]:
+        """Which of `ids` are still in `user_id`'s offline set (not yet confirmed delivered)."""
+
+    def group_cursors(self, group_id: GroupId) -> dict[UserId, int]:
+        """Every user's read cursor (ms) on the group, by user."""
+
+    def unread_counts(self, user_id: UserId, cursors: dict[str, int]) -> dict[str, int]:
+        """For each chat key, how many of its messages not sent by `user_id` have a timestamp
+        after the given cursor (ms); chats with none are left out."""
 
     def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
         """Up to `limit` messages older than `before`, oldest first, and whether more exist."""
@@ -142,14 +170,20 @@ class Registry(Protocol):
     def master_holder(self) -> tuple[str, str] | None:
         """(node id, owner token) holding the master lock, if any."""
 
-    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
-        """Renews the lock and registration; False if the lock was lost to another owner."""
+    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
+        """Renews the node lock, the master lock (a master's NodeInfo) and the worker id, each
+        re-taken if it is simply missing, and the registration; reports each key's state and
+        the Redis generation (core/lease.py)."""
 
-    def release_node(self, node_id: str, owner: str) -> None:
-        """Drops the lock, registration and this node's routes (compare-and-delete)."""
+    def release_node(self, node_id: str, owner: str, worker: int | None = None) -> None:
+        """Drops the worker id, the locks, and this node's routes (compare-and-delete)."""
 
-    def lease_worker(self, node_id: str, owner: str, ttl_s: int) -> int:
-        """A worker id (0..1023) leased to this owner, renewed by `heartbeat`."""
+    def lease_worker(self, node_id: str, owner: str, ttl_s: int, prefer: int | None = None) -> tuple[int, Generation]:
+        """Takes a free worker id (0..1023; from `prefer` on, if given) for this owner, renewed
+        by `heartbeat`; with the Redis generation it was taken in."""
+
+    def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
+        """Adds these routes again (a node's live sessions, after Redis lost them)."""
 
     def nodes(self) -> list[NodeInfo]:
         """Every registered node whose lease has not lapsed."""

@@ -12,16 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 
+from ..support import flush_redis
 from .harness import DEPT2, Cluster
 
 
 @pytest.fixture(scope="module")
 def cluster_redis_url(redis_server: str) -> str:
     """The session's Redis, emptied for this module's cluster."""
-    with redis.Redis.from_url(redis_server) as client:
-        client.flushall()
+    flush_redis(redis_server)
     return redis_server
 
 

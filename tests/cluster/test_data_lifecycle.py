@@ -13,7 +13,7 @@ from ..support import connect, online, write_config
 from .harness import Cluster, blocking, routes_on, run_cli
 
 
-async def test_erase_closes_every_session_with_4005_voids_the_token_and_leaves_deleted_placeholders(
+async def test_erase_closes_every_session_with_4006_voids_the_token_and_leaves_deleted_placeholders(
     cluster: Cluster,
 ) -> None:
     name, peer, away = (f"{who}-{secrets.token_hex(3)}" for who in ("gone", "peer", "away"))
@@ -36,8 +36,8 @@ async def test_erase_closes_every_session_with_4005_voids_the_token_and_leaves_d
             deleted = await blocking(run_cli, "user", "delete", name, "--erase", "--config", master_cfg)
             assert deleted.returncode == 0, deleted
             assert "account deleted" in deleted.stdout and "2 sent messages erased" in deleted.stdout
-            assert (await web.expect_closed(10)).code == 4005
-            assert (await pc.expect_closed(10)).code == 4005
+            assert (await web.expect_closed(10)).code == 4006
+            assert (await pc.expect_closed(10)).code == 4006
             await bob.send("ping")  # everyone else stays
             assert "ts" in await bob.expect("pong")
 

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from vim_cluster.errors import Conflict, NotFound
-from vim_cluster.model import Group, GroupId, User, UserId
+from vim_cluster.departments import ensure_path
+from vim_cluster.errors import ClientError, Conflict, NotFound
+from vim_cluster.model import Department, Group, GroupId, User, UserId
 from vim_cluster.ports import Directory
 
 from .conftest import DirectoryOpener
@@ -203,3 +204,40 @@ def test_several_nodes_may_open_a_new_store_at_once(
         t.join(30)
     assert errors == []
     assert [u.id for u in opened[0].all_users()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_departments_form_a_tree_and_users_belong_to_one(directory: Directory) -> None:
+    directory.create_department(Department(10, "研发部 R&D"))
+    directory.create_department(Department(11, "Backend", parent_id=10))
+    directory.create_department(Department(5, "Sales"))
+    assert directory.departments() == [Department(5, "Sales"), Department(10, "研发部 R&D"),
+                                       Department(11, "Backend", 10)]
+    directory.create_user(User(UserId(1), "alice", "Alice", "h1", department_id=11))
+    directory.create_user(user(2))
+    found = directory.users_by_id([UserId(1), UserId(2)])
+    assert found[UserId(1)].department_id == 11 and found[UserId(2)].department_id is None
+
+
+def test_department_with_a_missing_parent_or_a_taken_id_is_refused(directory: Directory) -> None:
+    directory.create_department(Department(10, "Ops"))
+    with pytest.raises(NotFound):
+        directory.create_department(Department(11, "Orphan", parent_id=999))
+    with pytest.raises(Conflict):
+        directory.create_department(Department(10, "Again"))
+    with pytest.raises(NotFound):
+        directory.create_user(User(UserId(1), "bob", "Bob", "h", department_id=404))
+    assert directory.departments() == [Department(10, "Ops")]
+    assert directory.all_users() == []
+
+
+def test_department_path_is_created_once_and_then_found(directory: Directory) -> None:
+    ids = iter(range(100, 200))
+    backend = ensure_path(directory, "Engineering / Backend", lambda: next(ids))
+    again = ensure_path(directory, "Engineering/Backend", lambda: next(ids))
+    frontend = ensure_path(directory, "Engineering/Frontend", lambda: next(ids))
+    assert backend == again
+    engineering = [d for d in directory.departments() if d.name == "Engineering"]
+    assert len(engineering) == 1
+    assert {d.parent_id for d in directory.departments() if d.id in (backend, frontend)} == {engineering[0].id}
+    with pytest.raises(ClientError):
+        ensure_path(directory, "Engineering//Backend", lambda: next(ids))

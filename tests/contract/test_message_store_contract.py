@@ -247,3 +247,37 @@ def test_a_large_batch_across_many_conversations_keeps_its_order(messages: Messa
     ]
     cursors = {g: 0 for g in groups}
     assert len(messages.group_messages_after(cursors, MessageId(0), 1000)) == 100
+
+
+# ---------------------------------------------------------------- read state (issue 13)
+
+
+def test_pending_among_says_which_messages_are_not_yet_delivered(messages: MessageStore) -> None:
+    messages.save_messages(to_bob(1, 2, 3))
+    messages.confirm(BOB, [mid(2)])
+    assert messages.pending_among(BOB, [mid(1), mid(2), mid(3), mid(99)]) == {mid(1), mid(3)}
+    assert messages.pending_among(ALICE, [mid(1)]) == set()
+    assert messages.pending_among(BOB, []) == set()
+
+
+def test_group_cursors_list_every_reader_of_the_group(messages: MessageStore) -> None:
+    messages.set_read_cursor(ALICE, ChatType.GROUP, G1, T0 + 5)
+    messages.set_read_cursor(BOB, ChatType.GROUP, G1, T0 + 2)
+    messages.set_read_cursor(BOB, ChatType.GROUP, G2, T0 + 9)
+    messages.set_read_cursor(CAROL, ChatType.FRIEND, G1, T0 + 9)  # a friend chat, not the group
+    assert messages.group_cursors(G1) == {ALICE: T0 + 5, BOB: T0 + 2}
+    assert messages.group_cursors(GroupId(BASE + 999)) == {}
+
+
+def test_unread_counts_count_others_messages_after_the_cursor(messages: MessageStore) -> None:
+    messages.save_messages(to_bob(1, 2, 3) + [new(friend(4, sender=BOB, to=ALICE), ALICE)])
+    messages.save_messages([new(grouped(5)), new(grouped(6, sender=BOB)), new(grouped(7, sender=CAROL))])
+    with_bob = chat_key(ChatType.FRIEND, ALICE, BOB)
+    group = chat_key(ChatType.GROUP, 0, G1)
+    empty = chat_key(ChatType.FRIEND, BOB, CAROL)
+    counts = messages.unread_counts(BOB, {with_bob: T0 + 1, group: 0, empty: 0})
+    assert counts == {with_bob: 2, group: 2}  # alice's 2 and 3; alice's 5 and carol's 7
+    assert messages.unread_counts(ALICE, {with_bob: 0, group: T0 + 6}) == {with_bob: 1, group: 1}
+    assert messages.unread_counts(ALICE, {}) == {}
+    many = {chat_key(ChatType.FRIEND, ALICE, UserId(BASE + 10_000 + n)): 0 for n in range(450)}
+    assert messages.unread_counts(ALICE, {**many, with_bob: 0}) == {with_bob: 1}

@@ -29,8 +29,9 @@ async def test_contacts_lists_users_with_online_flags_and_my_groups(url: str) ->
             contacts = await alice.expect("contacts")
             assert contacts["rid"] == "c"
             users = {u["userId"]: u for u in contacts["users"]}
-            assert users[bob.user_id] == {"userId": bob.user_id, "name": "bob", "online": True}
-            assert users[carol.user_id] == {"userId": carol.user_id, "name": "Carol C.", "online": False}
+            extra = {"deptId": None, "unread": 0}  # issue 13's additive fields
+            assert users[bob.user_id] == {"userId": bob.user_id, "name": "bob", "online": True, **extra}
+            assert users[carol.user_id] == {"userId": carol.user_id, "name": "Carol C.", "online": False, **extra}
             (mine,) = contacts["groups"]
             assert (mine["groupId"], mine["name"]) == (group["groupId"], "team")
             assert sorted(mine["members"]) == ids(alice, bob)

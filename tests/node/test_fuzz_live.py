@@ -34,7 +34,7 @@ EXAMPLES = 400
 # and `unavailable` (a store outage) are not among them.
 REPLY_CODES = {
     "pong", "raw-pong", "error", "register-ok", "login-ok", "ready-ok", "sync-done", "ack", "message",
-    "receipt", "read", "recall", "history", "contacts", "group-ok", "other-login",
+    "receipt", "read", "recall", "history", "contacts", "group-ok", "other-login", "presence",
 }
 CLIENT_ERRORS = {
     "bad-frame", "unknown-code", "invalid", "unauthorized", "forbidden", "not-found", "not-member",

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import trio
 
-from ..support import free_port
+from ..support import free_port, online
 
 
-async def http(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+async def http(port: int, path: str, method: str = "GET", cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 request; the node answers and closes the connection."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        if cookie:
+            request += f"Cookie: {cookie}\r\n"
         if method == "POST":
             request += "Content-Length: 2\r\n\r\n{}"
         else:
@@ -83,3 +86,129 @@ async def test_method_not_allowed_carries_its_body(start_node) -> None:
         status, headers, body = await http(node.http_port, "/", method="POST")
         assert status == 405
         assert int(headers["content-length"]) == len(body) and body == b"only GET\n"
+
+
+async def post_json(port: int, path: str, body: dict, cookie: str | None = None) -> tuple[int, dict[str, str], dict]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n")
+        if cookie:
+            head += f"Cookie: {cookie}\r\n"
+        await stream.send_all(head.encode() + b"\r\n" + data)
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    top, _, payload = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = top.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+    return int(status_line.split()[1]), headers, json.loads(payload)
+
+
+async def upgrade_status(port: int) -> int:
+    """The HTTP status a WebSocket upgrade request gets."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answer = await stream.receive_some(4096)
+    return int(answer.split(b" ", 2)[1])
+
+
+async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node) -> None:
+    """Kick and drain answer 401 without the operator cookie; the login takes the cluster
+    secret; every action lands in the trail with the operator's name."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port, ctx = node.http_port, node.ctx
+        url = f"ws://127.0.0.1:{node.client_port}/"
+        status, _, body = await post_json(port, "/admin/kick", {"user": "alice"})
+        assert status == 401 and body == {"error": "operator login required"}
+        status, _, _ = await post_json(port, "/login", {"secret": "wrong", "name": "eve"})
+        assert status == 401
+        forged = "9999999999999.ZXZl.00"
+        status, _, _ = await post_json(port, "/admin/drain", {}, cookie=f"vim_operator={forged}")
+        assert status == 401 and not ctx.draining
+        status, headers, body = await post_json(
+            port, "/login", {"secret": ctx.config.cluster.secret.decode(), "name": "ops-anna"})
+        assert status == 200 and body["who"] == "ops-anna"
+        cookie = headers["set-cookie"].split(";")[0]
+        assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            status, _, body = await post_json(port, "/admin/kick", {"user": "alice"}, cookie=cookie)
+            assert status == 200 and body["result"] == "1 session(s) closed"
+            assert (await alice.expect_closed()).code == 4002
+            bob = await online(stack, url, "bob")
+            status, _, body = await post_json(port, "/admin/drain", {"node": ctx.node_id}, cookie=cookie)
+            assert status == 200 and body["closed"] == 1
+            assert (await bob.expect_closed()).code == 4005
+        assert await upgrade_status(node.client_port) == 503  # no new client connections while draining
+        status, _, health = await http(port, "/healthz")
+        assert status == 503 and json.loads(health)["draining"] is True
+        status, _, body = await http(port, "/dashboard.json", cookie=cookie)
+        data = json.loads(body)
+        assert data["operator"] == "ops-anna"
+        assert [(e["who"], e["action"], e["target"]) for e in data["trail"]] == [
+            ("ops-anna", "login", ""), ("ops-anna", "kick", "alice"), ("ops-anna", "drain", ctx.node_id)]
+        status, _, body = await http(port, "/dashboard.json")
+        assert json.loads(body)["operator"] is None and json.loads(body)["trail"] == []
+
+
+async def test_stats_keep_a_history_of_samples(start_node) -> None:
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        stats = node.ctx.stats
+        node.ctx.metrics.relay_delivered(0.004)
+        node.ctx.metrics.relay_delivered(0.010)
+        sample = stats.sample()
+        assert (sample.p50_ms, sample.p99_ms) == (4.0, 10.0)
+        status, _, body = await http(node.http_port, "/stats.json")
+        data = json.loads(body)
+        assert status == 200 and data["node"] == node.ctx.node_id and data["draining"] is False
+        assert data["samples"][-1]["p99_ms"] == 10.0
+        assert set(data["samples"][-1]) == {"t", "connections", "msgs_per_s", "forward_queue", "p50_ms", "p99_ms"}
+
+
+async def test_dashboard_json_carries_every_node_s_stats_and_drains_another_node(start_node) -> None:
+    """The master's /dashboard.json fetches the slave's /stats.json; a drain of the slave asked
+    of the master is passed on to the slave's HTTP port with the operator's cookie."""
+    with trio.fail_after(40):
+        master = await start_node(node_id="m", extra={"http": {"port": free_port()}})
+        slave = await start_node(node_id="s", node_type="slave", extra={"http": {"port": free_port()}},
+                                 master_url=f"ws://127.0.0.1:{master.forward_port}/forward")
+        while True:
+            status, _, body = await http(master.http_port, "/dashboard.json")
+            nodes = {n["node"]: n for n in json.loads(body)["nodes"]}
+            if {"m", "s"} <= set(nodes) and (nodes["s"]["stats"] or {}).get("checks", {}).get("master_link") == "ok":
+                break
+            await trio.sleep(0.2)
+        assert nodes["s"]["stats"]["node"] == "s" and nodes["s"]["stats"]["samples"]
+        assert nodes["m"]["stats"]["role"] == "master"
+        status, headers, _ = await post_json(
+            master.http_port, "/login", {"secret": master.ctx.config.cluster.secret.decode(), "name": "ops"})
+        cookie = headers["set-cookie"].split(";")[0]
+        url = f"ws://127.0.0.1:{slave.client_port}/"
+        async with contextlib.AsyncExitStack() as stack:
+            on_slave = await online(stack, url, "sam")
+            status, _, body = await post_json(master.http_port, "/admin/drain", {"node": "s"}, cookie=cookie)
+            assert status == 200 and body == {"ok": True, "node": "s", "closed": 1}
+            assert (await on_slave.expect_closed()).code == 4005
+        assert slave.ctx.draining and not master.ctx.draining
+        # a drain already passed on once is never passed on again (a loop guard)
+        assert await forwarded_drain(slave.http_port, cookie) == 409
+
+
+async def forwarded_drain(port: int, cookie: str) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        data = b'{"node": "m"}'
+        await stream.send_all(
+            b"POST /admin/drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + f"Cookie: {cookie}\r\nX-Vim-Forwarded-By: m\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    return int(raw.split(b" ", 2)[1])

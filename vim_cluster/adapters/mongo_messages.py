@@ -77,6 +77,7 @@ from .mongo_base import (
 from .mongo_lifecycle import MongoLifecycle
 
 Doc = dict[str, Any]
+UNREAD_CHUNK = 200
 
 
 @attrs.frozen
@@ -127,6 +128,10 @@ class MongoMessages(MongoLifecycle):
             [("user_id", ASCENDING), ("message_id", ASCENDING)], name="user_message", unique=True
         )
         self._cursors.create_index([("user_id", ASCENDING)], name="user_id")
+        # Read state (history items' delivered/read, unread counts).
+        for shard in self._shards:
+            shard.create_index([("chat_key", ASCENDING), ("timestamp", ASCENDING)], name="chat_key_timestamp")
+        self._cursors.create_index([("chat_type", ASCENDING), ("chat_id", ASCENDING)], name="chat")
         self._create_lifecycle_indexes()
 
     def _shard(self, key: str) -> int:
@@ -296,6 +301,35 @@ class MongoMessages(MongoLifecycle):
             docs = list(self._cursors.find({"user_id": user_id}))
         cursors = [ReadCursor(ChatType(d["chat_type"]), d["chat_id"], d["timestamp"]) for d in docs]
         return sorted(cursors, key=lambda c: (c.chat_type.value, c.chat_id))
+
+    def pending_among(self, user_id: UserId, ids: Sequence[MessageId]) -> set[MessageId]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        with translated(self.name):
+            rows = self._pending.find({"user_id": user_id, "message_id": {"$in": wanted}}, {"message_id": 1})
+            return {MessageId(r["message_id"]) for r in rows}
+
+    def group_cursors(self, group_id: GroupId) -> dict[UserId, int]:
+        with translated(self.name):
+            docs = self._cursors.find({"chat_type": ChatType.GROUP.value, "chat_id": group_id})
+            return {UserId(d["user_id"]): int(d["timestamp"]) for d in docs}
+
+    def unread_counts(self, user_id: UserId, cursors: dict[str, int]) -> dict[str, int]:
+        """One aggregation per shard (and per UNREAD_CHUNK chats) of the chats asked for."""
+        by_shard: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for key, cursor in cursors.items():
+            by_shard[self._shard(key)].append((key, cursor))
+        counts: dict[str, int] = {}
+        with translated(self.name):
+            for shard, chats in sorted(by_shard.items()):
+                for start in range(0, len(chats), UNREAD_CHUNK):
+                    chunk = chats[start : start + UNREAD_CHUNK]
+                    match: Doc = {"$or": [{"chat_key": k, "timestamp": {"$gt": c}} for k, c in chunk],
+                             "from_id": {"$ne": user_id}}
+                    pipeline: list[Doc] = [{"$match": match}, {"$group": {"_id": "$chat_key", "n": {"$sum": 1}}}]
+                    counts.update((d["_id"], int(d["n"])) for d in self._shards[shard].aggregate(pipeline))
+        return counts
 
     # -- history and single messages -----------------------------------------------------------
 

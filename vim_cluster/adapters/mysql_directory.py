@@ -23,7 +23,7 @@ from pymysql.cursors import Cursor
 
 from ..core import usernames
 from ..errors import Conflict, NotFound
-from ..model import Group, GroupId, User, UserId
+from ..model import Department, Group, GroupId, User, UserId
 from .mysql_base import ER_DUP_ENTRY, ER_NO_REFERENCED_ROW, POOL_SIZE, TABLE_OPTIONS, MysqlDatabase
 
 MIGRATIONS: list[list[str]] = [
@@ -225,6 +225,18 @@ class MysqlDirectory:
                     cur.execute("UPDATE chat_groups SET owner_id = %s WHERE id = %s", (heir, group_id))
             cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
         return True
+
+    def create_department(self, department: Department) -> None:
+        with _integrity(f"department {department.id}"), self._db.cursor() as cur:
+            cur.execute(
+                "INSERT INTO departments (id, name, parent_id) VALUES (%s, %s, %s)",
+                (department.id, department.name, department.parent_id),
+            )
+
+    def departments(self) -> list[Department]:
+        with self._db.cursor() as cur:
+            cur.execute("SELECT id, name, parent_id FROM departments ORDER BY id")
+            return [Department(r[0], r[1], r[2]) for r in cur.fetchall()]
 
     def close(self) -> None:
         self._db.close()

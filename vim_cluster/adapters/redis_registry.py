@@ -8,6 +8,13 @@ Rules:
   only its own field (compare-and-delete by session id), never a newer session's route.
 - Every lock change is compare-and-set by owner token (Lua), so a process that lost its lock
   cannot delete or renew another's.
+- A heartbeat re-takes a key that is simply missing (Redis lost its data) and reports a key
+  held by another owner; `core.lease` decides what either means.
+- The generation marker `vim:generation` ("token run_id born_ms") is checked by every worker
+  take and heartbeat, in the same script: missing or naming another server run_id, it is made
+  anew (see core/lease.py for why worker ids need it).
+- `vim.redis.url` may name Sentinels (redis_url.py: `redis+sentinel://HOST:PORT[,...]/SERVICE[/DB]`);
+  the client asks them for the primary and follows it after a failover.
 - Connection failures become StoreUnavailable here, once.
 """
 
@@ -15,17 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import attrs
 import redis
 import redis.exceptions
+import redis.sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
+from ..core.lease import SETTLE_S, BeatReport, Generation, KeyState
 from ..errors import StoreUnavailable
 from ..ids import MAX_WORKER
 from ..model import UserId
 from ..ports import NodeInfo, Route
+from ..redis_url import parse_sentinel_url
 
 
 class Keys:
@@ -41,7 +54,7 @@ class Keys:
 
     @staticmethod
     def worker(worker: int) -> str:
-        return f"vim:worker:{worker}"
+        return f"{Keys.WORKER_PREFIX}{worker}"
 
     @staticmethod
     def routes(user_id: int) -> str:
@@ -62,6 +75,8 @@ class Keys:
         return f"vim:login-fail:addr:{address}"
 
     MASTER_LOCK = "vim:master-lock"
+    GENERATION = "vim:generation"  # "token run_id born_ms": see core/lease.py
+    WORKER_PREFIX = "vim:worker:"
 
     @staticmethod
     def duty_lock(duty: str) -> str:
@@ -72,13 +87,6 @@ class Keys:
         return f"vim:duty-done:{duty}"  # the stamp (e.g. the UTC day) of the last finished run
 
 
-# KEYS[1] = lock; ARGV = owner, ttl. Renew only if we own it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 # KEYS[1] = lock; ARGV = value, ttl, replacing. Take the lock if it is free or holds exactly
 # `replacing` (the owner token of a process known to be dead).
 _CLAIM = """
@@ -95,6 +103,57 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+# The generation check every worker take and heartbeat starts with (KEYS[1] = the marker,
+# ARGV[1] = a token for a new one). Returns {token, age in ms by the server's clock}.
+_GENERATION = """
+local function generation(new_token)
+  local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local raw = redis.call('GET', KEYS[1])
+  if raw then
+    local token, rid, born = string.match(raw, '^(%S+) (%S+) (%d+)$')
+    if rid == run_id then return {token, now_ms - tonumber(born)} end
+  end
+  redis.call('SET', KEYS[1], new_token .. ' ' .. run_id .. ' ' .. now_ms)
+  return {new_token, 0}
+end
+local function hold(key, value, ttl)
+  local current = redis.call('GET', key)
+  if current == value then
+    redis.call('EXPIRE', key, ttl)
+    return 'renewed'
+  end
+  if not current then
+    redis.call('SET', key, value, 'EX', ttl)
+    return 'retaken'
+  end
+  return 'other'
+end
+"""
+# KEYS = marker, node lock, master lock, worker key; ARGV = new token, owner, ttl,
+# master value ('' = not a master), worker ('' = none). Returns {token, age, node, master, worker}.
+_BEAT = _GENERATION + """
+local gen = generation(ARGV[1])
+local node = hold(KEYS[2], ARGV[2], ARGV[3])
+local master, worker = 'absent', 'absent'
+if ARGV[4] ~= '' then master = hold(KEYS[3], ARGV[4], ARGV[3]) end
+if ARGV[5] ~= '' then worker = hold(KEYS[4], ARGV[2], ARGV[3]) end
+return {gen[1], gen[2], node, master, worker}
+"""
+# KEYS = marker; ARGV = new token, owner, ttl, first worker to try, key prefix, how many.
+# Takes the first free worker id from `first` on. Returns {token, age, worker or -1}.
+_TAKE_WORKER = _GENERATION + """
+local gen = generation(ARGV[1])
+local count = tonumber(ARGV[6])
+for offset = 0, count - 1 do
+  local worker = (tonumber(ARGV[4]) + offset) % count
+  if redis.call('SET', ARGV[5] .. worker, ARGV[2], 'NX', 'EX', ARGV[3]) then
+    return {gen[1], gen[2], worker}
+  end
+end
+return {gen[1], gen[2], -1}
 """
 # KEYS[1] = routes hash, KEYS[2..] unused; ARGV = session id, user id. Deletes the route
 # and its entry in the node's session set.
@@ -146,26 +205,42 @@ def _info(raw: str | bytes, alive: bool) -> NodeInfo:
     return NodeInfo(**fields)
 
 
+def connect(url: str) -> redis.Redis:
+    """A client for a redis://, rediss://, unix:// or redis+sentinel:// URL (not connected yet)."""
+    # A connection refused or reset (a restart, a failover) is retried twice at once; a
+    # timeout is not (a hung server would hold the caller three times as long).
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(redis.exceptions.ConnectionError,))
+    options = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True, "retry": retry}
+    if not url.startswith("redis+sentinel://"):
+        return redis.Redis.from_url(url, **options)
+    parsed = parse_sentinel_url(url)
+    sentinel = redis.sentinel.Sentinel(list(parsed.sentinels), socket_timeout=2, socket_connect_timeout=2)
+    return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username,
+                               password=parsed.password, **options)
+
+
+def _state(answer: str | bytes) -> KeyState:
+    return KeyState(answer.decode() if isinstance(answer, bytes) else answer)
+
+
 class RedisRegistry:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._r = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
-        )
-        self._renew = self._r.register_script(_RENEW)
+        self._r = connect(url)
         self._release = self._r.register_script(_RELEASE)
         self._claim = self._r.register_script(_CLAIM)
         self._remove_route = self._r.register_script(_REMOVE_ROUTE)
+        self._beat = self._r.register_script(_BEAT)
+        self._take_worker = self._r.register_script(_TAKE_WORKER)
         self._reserve_login = self._r.register_script(_RESERVE_LOGIN)
         self._refund_login = self._r.register_script(_REFUND_LOGIN)
-        self._workers: dict[str, int] = {}
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError) as exc:
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
             raise StoreUnavailable(f"redis {self.url}: {exc}") from exc
 
     def ping(self) -> None:
@@ -198,21 +273,22 @@ class RedisRegistry:
         node_id, _, owner = str(value).partition(" ")
         return node_id, owner
 
-    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int) -> bool:
+    def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
+        master = f"{info.node_id} {owner}" if info.role == "master" else ""
         with self._errors():
-            if not self._renew(keys=[Keys.node_lock(info.node_id)], args=[owner, ttl_s]):
-                return False
-            if info.role == "master" and not self._renew(keys=[Keys.MASTER_LOCK], args=[f"{info.node_id} {owner}", ttl_s]):
-                return False
-            worker = self._workers.get(owner)
-            if worker is not None and not self._renew(keys=[Keys.worker(worker)], args=[owner, ttl_s]):
-                return False
-            self._r.hset(Keys.NODES, info.node_id, _info_json(info))
-            return True
+            token, age_ms, node, master_state, worker_state = self._beat(
+                keys=[Keys.GENERATION, Keys.node_lock(info.node_id), Keys.MASTER_LOCK,
+                      Keys.worker(worker if worker is not None else 0)],
+                args=[secrets.token_hex(8), owner, ttl_s, master, "" if worker is None else worker],
+            )
+            report = BeatReport(Generation(str(token), int(age_ms) / 1000), _state(node),
+                                _state(master_state), _state(worker_state))
+            if report.node is not KeyState.OTHER:
+                self._r.hset(Keys.NODES, info.node_id, _info_json(info))
+            return report
 
-    def release_node(self, node_id: str, owner: str) -> None:
+    def release_node(self, node_id: str, owner: str, worker: int | None = None) -> None:
         with self._errors():
-            worker = self._workers.pop(owner, None)
             if worker is not None:
                 self._release(keys=[Keys.worker(worker)], args=[owner])
             self._release(keys=[Keys.MASTER_LOCK], args=[f"{node_id} {owner}"])
@@ -229,15 +305,43 @@ class RedisRegistry:
             self._r.delete(Keys.node_sessions(node_id))
             return len(members)
 
-    def lease_worker(self, node_id: str, owner: str, ttl_s: int) -> int:
-        start = zlib.crc32(node_id.encode()) % (MAX_WORKER + 1)
+    def lease_worker(self, node_id: str, owner: str, ttl_s: int, prefer: int | None = None) -> tuple[int, Generation]:
+        first = prefer if prefer is not None else zlib.crc32(node_id.encode()) % (MAX_WORKER + 1)
         with self._errors():
-            for offset in range(MAX_WORKER + 1):
-                worker = (start + offset) % (MAX_WORKER + 1)
-                if self._r.set(Keys.worker(worker), owner, nx=True, ex=ttl_s):
-                    self._workers[owner] = worker
-                    return worker
-        raise StoreUnavailable("no free worker id: 1024 nodes hold one")
+            token, age_ms, worker = self._take_worker(
+                keys=[Keys.GENERATION],
+                args=[secrets.token_hex(8), owner, ttl_s, first, Keys.WORKER_PREFIX, MAX_WORKER + 1],
+            )
+        if int(worker) < 0:
+            raise StoreUnavailable("no free worker id: 1024 nodes hold one")
+        return int(worker), Generation(str(token), int(age_ms) / 1000)
+
+    def workers(self) -> dict[int, str]:
+        """Every worker id held, with its owner token."""
+        with self._errors():
+            keys = sorted(self._r.scan_iter(match=f"{Keys.WORKER_PREFIX}*", count=1000))
+            owners = self._r.mget(keys) if keys else []
+        return {int(str(k).removeprefix(Keys.WORKER_PREFIX)): str(o) for k, o in zip(keys, owners, strict=True) if o}
+
+    def flush_as_new(self) -> None:
+        """Empties this Redis and marks it as one no node has used for a while (a generation
+        SETTLE_S old), so fresh worker ids mint at once. Only for a Redis that no running node
+        uses (tests, a first setup): it waives the wait that protects ids after a loss."""
+        with self._errors():
+            self._r.flushall()
+            run_id = self._r.info("server")["run_id"]
+            seconds, micros = self._r.time()
+            born_ms = seconds * 1000 + micros // 1000 - int(SETTLE_S * 1000) - 1000
+            self._r.set(Keys.GENERATION, f"{secrets.token_hex(8)} {run_id} {born_ms}")
+
+    def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
+        """Adds the routes (a node's live sessions after Redis forgot them) in one round trip."""
+        with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            for user_id, route in routes:
+                pipe.hset(Keys.routes(user_id), route.session_id, json.dumps(attrs.asdict(route)))
+                pipe.sadd(Keys.node_sessions(route.node_id), f"{user_id}:{route.session_id}")
+            pipe.execute()
 
     def nodes(self) -> list[NodeInfo]:
         with self._errors():
@@ -292,8 +396,9 @@ class RedisRegistry:
             return bool(self._claim(keys=[Keys.duty_lock(duty)], args=[owner, ttl_s, ""]))
 
     def renew_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
+        """Extends our lock (re-takes it if it lapsed and is free); False if another owns it."""
         with self._errors():
-            return bool(self._renew(keys=[Keys.duty_lock(duty)], args=[owner, ttl_s]))
+            return bool(self._claim(keys=[Keys.duty_lock(duty)], args=[owner, ttl_s, ""]))
 
     def release_duty(self, duty: str, owner: str) -> None:
         with self._errors():

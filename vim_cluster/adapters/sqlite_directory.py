@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ..core import usernames
 from ..errors import Conflict, NotFound
-from ..model import Group, GroupId, User, UserId
+from ..model import Department, Group, GroupId, User, UserId
 from .sqlite_base import SqliteDatabase
 
 MIGRATIONS = [
@@ -173,6 +173,23 @@ class SqliteDirectory:
                     conn.execute("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group_id))
             conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return True
+
+    def create_department(self, department: Department) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO departments (id, name, parent_id) VALUES (?, ?, ?)",
+                    (department.id, department.name, department.parent_id),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise Conflict(f"department {department.id} exists") from None
+            raise NotFound(f"parent department {department.parent_id}") from None
+
+    def departments(self) -> list[Department]:
+        with self._db.reading() as conn:
+            rows = conn.execute("SELECT id, name, parent_id FROM departments ORDER BY id").fetchall()
+        return [Department(r[0], r[1], r[2]) for r in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -42,8 +42,15 @@ MIGRATIONS = [
         PRIMARY KEY (user_id, chat_type, chat_id)
     ) WITHOUT ROWID
     """,
+    # 2: read state of history items and unread counts (delivered, read, unread).
+    """
+    CREATE INDEX messages_by_chat_time ON messages (chat_key, timestamp);
+    CREATE INDEX read_cursors_by_chat ON read_cursors (chat_type, chat_id, user_id)
+    """,
+    # 3: data lifecycle (purge, export by user, erasure): sqlite_lifecycle.INDEXES.
     INDEXES,
 ]
+UNREAD_CHUNK = 400
 
 class SqliteMessages(SqliteLifecycle):
     def __init__(self, path: str) -> None:
@@ -133,6 +140,44 @@ class SqliteMessages(SqliteLifecycle):
                 "SELECT chat_type, chat_id, timestamp FROM read_cursors WHERE user_id = ?", (user_id,)
             ).fetchall()
         return [ReadCursor(ChatType(r[0]), r[1], r[2]) for r in rows]
+
+    def pending_among(self, user_id: UserId, ids: Sequence[MessageId]) -> set[MessageId]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[MessageId] = set()
+        with self._db.reading() as conn:
+            for start in range(0, len(wanted), UNREAD_CHUNK):
+                chunk = wanted[start : start + UNREAD_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT message_id FROM pending WHERE user_id = ? AND message_id IN ({marks})",
+                    (user_id, *chunk),
+                )
+                found.update(MessageId(r[0]) for r in rows)
+        return found
+
+    def group_cursors(self, group_id: GroupId) -> dict[UserId, int]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT user_id, timestamp FROM read_cursors WHERE chat_type = ? AND chat_id = ?",
+                (ChatType.GROUP.value, group_id),
+            ).fetchall()
+        return {UserId(r[0]): int(r[1]) for r in rows}
+
+    def unread_counts(self, user_id: UserId, cursors: dict[str, int]) -> dict[str, int]:
+        items = list(cursors.items())
+        counts: dict[str, int] = {}
+        with self._db.reading() as conn:
+            for start in range(0, len(items), UNREAD_CHUNK):
+                chunk = items[start : start + UNREAD_CHUNK]
+                values = ",".join(["(?, ?)"] * len(chunk))
+                rows = conn.execute(
+                    f"WITH c(k, t) AS (VALUES {values}) SELECT m.chat_key, COUNT(*) FROM c "
+                    "JOIN messages m ON m.chat_key = c.k AND m.timestamp > c.t "
+                    "WHERE m.from_id != ? GROUP BY m.chat_key",
+                    (*[v for pair in chunk for v in pair], user_id),
+                )
+                counts.update((r[0], int(r[1])) for r in rows)
+        return counts
 
     def history(self, chat_key: str, before: MessageId | None, limit: int) -> tuple[list[Message], bool]:
         with self._db.reading() as conn:

@@ -17,9 +17,11 @@ import attrs
 class RouteTable:
     _sessions: dict[int, dict[str, str]] = attrs.Factory(dict)  # user -> session -> node
     _by_node: dict[str, set[tuple[int, str]]] = attrs.Factory(dict)  # node -> {(user, session)}
+    _touched: set[int] = attrs.Factory(set)  # users whose sessions changed (for presence)
 
     def add(self, user: int, session: str, node: str) -> None:
         self.remove(user, session)
+        self._touched.add(user)
         self._sessions.setdefault(user, {})[session] = node
         self._by_node.setdefault(node, set()).add((user, session))
 
@@ -28,6 +30,7 @@ class RouteTable:
         if not sessions or session not in sessions:
             return
         node = sessions.pop(session)
+        self._touched.add(user)
         if not sessions:
             del self._sessions[user]
         self._by_node.get(node, set()).discard((user, session))
@@ -42,12 +45,23 @@ class RouteTable:
         """Forget every session of a node (it died or restarted); returns how many."""
         entries = self._by_node.pop(node, set())
         for user, session in entries:
+            self._touched.add(user)
             sessions = self._sessions.get(user)
             if sessions is not None:
                 sessions.pop(session, None)
                 if not sessions:
                     del self._sessions[user]
         return len(entries)
+
+    def take_touched(self) -> set[int]:
+        """The users whose sessions changed since the last call."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    def node_of(self, user: int) -> str | None:
+        """A node holding a session of the user (the smallest id), None when offline."""
+        nodes = self._sessions.get(user)
+        return min(nodes.values()) if nodes else None
 
     def nodes_of(self, user: int) -> set[str]:
         return set(self._sessions.get(user, {}).values())

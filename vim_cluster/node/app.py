@@ -1,7 +1,8 @@
 """serve_node(): the nursery tree of one node.
 
     serve_node
-    ├── lease heartbeat          (losing the lease stops the node)
+    ├── lease heartbeat          (a lease held by another owner stops the node; a missing
+    │                             one is re-taken and the node's routes republished)
     ├── store writer             (group commit of new messages)
     ├── retention purge          (when configured; one node of the cluster at a time)
     ├── forward link (slave) | forward hub + dead-node reaper (master)
@@ -29,9 +30,9 @@ from .. import __version__
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
-from ..ids import IdGenerator
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
-from ..ports import Directory, NodeInfo
+from ..model import UserId
+from ..ports import Directory, NodeInfo, Route
 from ..tls import client_context
 from . import wiring
 from .blocking import BlockingRunner
@@ -41,12 +42,14 @@ from .delivery import Delivery
 from .forward_hub import MasterHub
 from .forward_link import SlaveLink
 from .frame_log import FrameLog
-from .heartbeat import HEARTBEAT_S, Lease
+from .heartbeat import HEARTBEAT_S, Lease, LeasedIds
 from .http import serve_http
 from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
+from .operator import Operator
 from .retention import PurgeMetrics, Purger, purge_enabled
+from .stats import Stats
 from .store_writer import StoreWriter
 from .ws_listener import ListenerServer
 
@@ -135,13 +138,20 @@ async def serve_node(
     except BaseException:
         await _close_listeners(listeners)
         raise
+    try:
+        await lease.settle()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await lease.release()
+            await _close_listeners(listeners)
+        raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
     known_users: set[int] = set()
     delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
-        ids=IdGenerator(worker, clock_ms),
+        ids=LeasedIds(lease, clock_ms),
         tokens=TokenIssuer(config.cluster.secret),
         directory=directory,
         messages=messages,
@@ -159,7 +169,7 @@ async def serve_node(
     )
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lease.run)
+            nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
             nursery.start_soon(ctx.writer.run)
             if ctx.frame_log.enabled:
                 nursery.start_soon(ctx.frame_log.run)
@@ -167,6 +177,10 @@ async def serve_node(
                 nursery.start_soon(_purge, ctx, registry, messages)
             forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
+            ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
+                              lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
+            ctx.operator = Operator(config.cluster.secret, clock_ms)
+            nursery.start_soon(ctx.stats.run)
             await nursery.start(_serve_clients, ctx, listeners.client)
             http_port = None
             if listeners.http is not None:
@@ -192,6 +206,18 @@ async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: Lifecycl
     await purger.run()
 
 
+async def republish_routes(ctx: NodeContext) -> int:
+    """Publishes the routes of this node's live sessions again (Redis lost them); a session
+    that closed meanwhile has its route removed again. Returns how many were published."""
+    sessions = [s for user_id in ctx.hub.users() for s in ctx.hub.sessions(user_id)]
+    routes = [(UserId(s.user_id), Route(s.id, ctx.node_id, s.client, s.uuid)) for s in sessions]
+    await ctx.redis(ctx.registry.republish_routes, routes)
+    for session in sessions:
+        if session not in ctx.hub.sessions(session.user_id):
+            await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)
+    return len(routes)
+
+
 async def _close_listeners(listeners: NodeListeners) -> None:
     for group in (listeners.client, listeners.forward or [], listeners.http or []):
         for listener in group:
@@ -208,6 +234,7 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: 
         assert forward is not None
         await nursery.start(hub.serve, forward)
         nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
+        nursery.start_soon(hub.run_presence)
         return port_of(forward)
     assert config.cluster.master_url is not None
     secure = config.cluster.master_url.startswith("wss:")

@@ -111,6 +111,9 @@ async def serve_connection(ctx: NodeContext, request: WebSocketRequest) -> None:
         client = query["client"][0][:32] if "client" in query else "web"
         uuid = query["uuid"][0][:64] if "uuid" in query else None
         handshake_user: int | None = None
+        if ctx.draining:  # an operator drained this node (see node/operator.py)
+            await request.reject(503, body=b"node draining: connect to another node")
+            return
         if token:
             try:
                 handshake_user = await authenticate_token(ctx, token)

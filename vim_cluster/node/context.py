@@ -8,13 +8,15 @@ import attrs
 
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
-from ..ids import IdGenerator
 from ..ports import Directory, MessageStore, Registry
 from .blocking import BlockingRunner
 from .delivery import Delivery
 from .frame_log import FrameLog
+from .heartbeat import LeasedIds
 from .hub import Hub
 from .metrics import NodeMetrics
+from .operator import Operator
+from .stats import Stats
 from .store_writer import StoreWriter
 
 
@@ -22,7 +24,7 @@ from .store_writer import StoreWriter
 class NodeContext:
     config: NodeConfig
     clock_ms: Callable[[], int]
-    ids: IdGenerator
+    ids: LeasedIds
     tokens: TokenIssuer
     directory: Directory
     messages: MessageStore
@@ -36,7 +38,10 @@ class NodeContext:
     writer: StoreWriter
     metrics: NodeMetrics
     frame_log: FrameLog
-    known_users: set[int] = attrs.Factory(set)  # positive cache; kick 4005 (user delete) evicts
+    known_users: set[int] = attrs.Factory(set)  # positive cache; kick 4006 (user delete) evicts
+    stats: Stats | None = None  # the dashboard's samples (set by serve_node)
+    operator: Operator | None = None  # dashboard login, audit and actions (set by serve_node)
+    draining: bool = False  # an operator drained the node: no new client connections
 
     @property
     def node_id(self) -> str:

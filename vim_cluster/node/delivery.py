@@ -11,10 +11,12 @@ from typing import Any, Protocol
 
 import attrs
 
+from ..core import presence
+from ..core.presence import Change
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
 from ..protocol.forward_frames import ForwardProtocolError
-from ..protocol.frames import RawReply, Reply
+from ..protocol.frames import PresenceOut, RawReply, Reply
 from .hub import Hub, Session
 from .metrics import NodeMetrics
 
@@ -63,7 +65,7 @@ class Delivery:
     hub: Hub
     metrics: NodeMetrics
     cluster: ClusterLink = attrs.Factory(LocalOnly)
-    # Called with a user id when an operator deleted that account (kick code 4005), so the
+    # Called with a user id when an operator deleted that account (kick code 4006), so the
     # node stops trusting its cache of existing users for it.
     forget_user: Callable[[int], None] = lambda user: None
 
@@ -91,8 +93,27 @@ class Delivery:
                       now_ms: int) -> OutFrame:
         out = OutFrame(RawReply(frame))
         self.metrics.frames_out.inc(self.hub.deliver(users, out, exclude=exclude))
-        self.metrics.relay_latency.observe(max(0, now_ms - ts) / 1000)
+        self.metrics.relay_delivered(max(0, now_ms - ts) / 1000)
         return out
+
+    def presence_local(self, changes: list[Change]) -> int:
+        """Announce presence changes to every local session that asked for `contacts` (the
+        snapshot presence keeps up to date); returns the frames queued."""
+        queued = 0
+        for chunk in presence.chunks(changes):
+            queued += self.hub.deliver_to_presence_watchers(OutFrame(PresenceOut(chunk)))
+        self.metrics.frames_out.inc(queued)
+        self.metrics.presence_frames.inc(queued)
+        return queued
+
+    def apply_presence(self, changes: list[list[Any]]) -> int:
+        """A `presence` packet from the master."""
+        try:
+            parsed = [Change(int(u), bool(online), str(node) if node is not None else None)
+                      for u, online, node in changes]
+        except (TypeError, ValueError) as exc:
+            raise ForwardProtocolError(f"bad presence changes: {exc}") from None
+        return self.presence_local(parsed)
 
     def apply_kick(self, user: int, session: str | None, code: int, notice: dict[str, Any] | None) -> None:
         try:

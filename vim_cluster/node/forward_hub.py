@@ -34,6 +34,7 @@ from trio_websocket import (
     WebSocketServer,
 )
 
+from ..core import presence
 from ..core.relay import RouteTable
 from ..errors import CloseCode, StoreUnavailable
 from ..ports import Registry
@@ -79,6 +80,7 @@ class MasterHub:
         self.clock_ms = clock_ms
         self.epoch = secrets.token_hex(8)
         self.routes = RouteTable()
+        self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
         self.warm = trio.Event()  # every slave alive in Redis has linked since we started
 
@@ -159,6 +161,26 @@ class MasterHub:
                 touched.add(node)
         for node in touched:
             self.peers[node].end.wake.set()  # its ack may have moved
+
+    # --- presence (see core/presence.py) ---------------------------------------------------
+
+    def publish_presence(self) -> int:
+        """Announces the net presence changes since the last call to every session in the
+        cluster: local sessions directly, each slave's in one `presence` packet."""
+        changes = self.board.changes(self.routes.take_touched(), self.routes.node_of)
+        if not changes:
+            return 0
+        self.delivery.presence_local(changes)
+        packet = ff.Presence([[c.user, c.online, c.node] for c in changes])
+        for peer in self.peers.values():
+            if peer.role == "slave":
+                peer.end.push(packet, None)
+        return len(changes)
+
+    async def run_presence(self, window: float = presence.WINDOW_S) -> None:
+        while True:
+            await trio.sleep(window)
+            self.publish_presence()
 
     def drop_peer(self, node_id: str, why: str) -> None:
         """Forget a dead or restarted peer: its queue, its routes."""
@@ -282,8 +304,10 @@ class MasterHub:
         """Drops peers whose lease lapsed and purges dead nodes' routes in Redis."""
         try:
             nodes = await self.redis(self.registry.nodes)
-            alive = {n.node_id for n in nodes if n.alive}
-            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k not in alive]:
+            # Registered but not alive: its lease lapsed. A node Redis does not list at all is
+            # not dead: Redis lost its data and the node re-registers at its next heartbeat.
+            dead = {n.node_id for n in nodes if not n.alive}
+            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k in dead]:
                 self.drop_peer(node_id, "its lease lapsed in Redis")
             for node in nodes:
                 if not node.alive:

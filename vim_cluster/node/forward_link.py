@@ -89,6 +89,8 @@ class SlaveLink:
             self.delivery.apply_deliver(packet.users, packet.frame, packet.exclude, packet.ts, self.clock_ms())
         elif isinstance(packet, ff.Kick):
             self.delivery.apply_kick(packet.user, packet.session, packet.code, packet.notice)
+        elif isinstance(packet, ff.Presence):
+            self.delivery.apply_presence(packet.changes)
         else:
             raise ff.ForwardProtocolError(f"the master sent a {type(packet).__name__}")
 

@@ -8,9 +8,13 @@ Rules:
   LEASE_TTL_S, so a node that stops heartbeating is dead within that time.
 - A master also holds the master lock: one master per cluster.
 - Routes left under this node id by a crashed earlier process are purged at start.
-- If the lock turns out to be someone else's (`LeaseLost`), the node stops: two processes
-  must never serve one node id or mint ids with one worker id.
-- Redis being down for a while is logged and retried; the lease may lapse meanwhile.
+- A key that is simply missing (Redis lost its data: a crash, a flush, a failover to an empty
+  replica) is re-taken by the next heartbeat, and the node's live routes are published again
+  (`run`'s `republish`). Only a key held by another owner is a loss (core/lease.py): the node
+  id or the master lock (`LeaseLost`: the node stops, two processes must never serve one node
+  id), or the worker id (the node takes another one and mints with it once it is safe).
+- Redis being down for a while is logged and retried; the node keeps running. It mints ids
+  only while its worker id is confirmed (`MintGate`): `LeasedIds.next_id` waits for that.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
 
+from ..core.lease import LEASE_TTL_S, SETTLE_S, Generation, KeyState, MintGate, decide_beat
 from ..errors import StoreUnavailable, VimError
+from ..ids import IdGenerator
 from ..ports import NodeInfo, Registry
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
 HEARTBEAT_S = 2.0
-LEASE_TTL_S = 10
+MINT_WAIT_S = SETTLE_S + HEARTBEAT_S  # longest a mint waits for a safe worker id
+__all__ = ["HEARTBEAT_S", "LEASE_TTL_S", "LeaseLost", "Lease", "LeasedIds", "NodeIdTaken"]
 
 
 class NodeIdTaken(VimError):
@@ -64,8 +71,14 @@ class Lease:
         self.runner = runner
         self.describe = describe  # () -> NodeInfo, the node's current description
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
-        self.worker: int | None = None
+        self.gate = MintGate()
+        self.generation: str | None = None  # the Redis generation this node last saw
         self.last_beat_ms = 0
+        self._changed = trio.Event()
+
+    @property
+    def worker(self) -> int | None:
+        return self.gate.worker
 
     async def acquire(self) -> int:
         """Takes the node-id lock and a worker id; returns the worker id."""
@@ -81,9 +94,35 @@ class Lease:
         stale = await self.runner(self.registry.purge_routes, info.node_id)
         if stale:
             log.warning("stale_routes_purged", routes=stale)  # left by a crashed earlier process
-        self.worker = await self.runner(self.registry.lease_worker, info.node_id, self.owner, LEASE_TTL_S)
-        log.info("lease_acquired", worker=self.worker)
-        return self.worker
+        return await self._take_worker()
+
+    async def settle(self) -> None:
+        """At start, before serving: waits, heartbeating, until the worker id is safe to mint
+        with (a fresh take in a young Redis generation, e.g. the first start on a new Redis).
+        A node that serves at once would hold its clients' first requests that long instead."""
+        announced = False
+        while (wait := self.gate.wait_s(trio.current_time())) != 0:
+            if wait is not None and not announced:
+                log.info("worker_id_settling", worker=self.gate.worker, wait_s=round(wait, 3),
+                         reason="the Redis generation is young: holders from before it may still mint")
+                announced = True
+            await trio.sleep(min(wait if wait is not None else HEARTBEAT_S, HEARTBEAT_S))
+            await self.beat()
+
+    async def _take_worker(self) -> int:
+        sent = trio.current_time()
+        worker, generation = await self.runner(self.registry.lease_worker, self.describe().node_id,
+                                               self.owner, LEASE_TTL_S)
+        self._took(worker, generation, sent)
+        wait = self.gate.wait_s(trio.current_time())
+        log.info("lease_acquired", worker=worker, generation=generation.token,
+                 generation_age_s=round(generation.age_s, 3), mint_wait_s=round(wait or 0.0, 3))
+        return worker
+
+    def _took(self, worker: int, generation: Generation, sent: float) -> None:
+        self.gate.took(worker, generation, sent, trio.current_time())
+        self.generation = generation.token
+        self._wake()
 
     async def _acquire_master(self, node_id: str) -> None:
         holder = await self.runner(self.registry.master_holder)
@@ -93,27 +132,97 @@ class Lease:
             holder = await self.runner(self.registry.master_holder)
             raise NodeIdTaken(f"the master role is held by live node {holder[0] if holder else '?'!r}")
 
-    async def beat(self) -> bool:
+    async def beat(self, republish: Callable[[], Awaitable[int]] | None = None) -> bool:
         """One heartbeat; False if Redis did not answer. Raises LeaseLost."""
         info = self.describe()
+        sent = trio.current_time()
         try:
-            renewed = await self.runner(self.registry.heartbeat, info, self.owner, LEASE_TTL_S)
+            report = await self.runner(self.registry.heartbeat, info, self.owner, LEASE_TTL_S, self.gate.worker)
         except StoreUnavailable as exc:
-            log.warning("heartbeat_failed", error=str(exc))
+            log.warning("heartbeat_failed", error=str(exc), worker=self.gate.worker)
             return False
-        if not renewed:
-            raise LeaseLost(f"node {info.node_id} lost its lock in Redis to another process")
+        decision = decide_beat(report, self.generation)
+        if decision.lost:
+            raise LeaseLost(f"node {info.node_id}: {decision.lost} in Redis")
+        if decision.reset:
+            log.warning("redis_generation_changed", old=self.generation, new=report.generation.token,
+                        node=report.node.value, worker=report.worker.value)
+        if report.worker is KeyState.RETAKEN and self.gate.worker is not None:
+            self._took(self.gate.worker, report.generation, sent)
+        elif report.worker is KeyState.RENEWED:
+            self.gate.renewed(sent)
+        self.generation = report.generation.token
+        if report.node is KeyState.RETAKEN:
+            log.warning("lease_retaken", reason="the node lock was missing in Redis")
+        if decision.worker_lost:
+            log.warning("worker_id_lost", worker=self.gate.worker, reason="another owner holds it")
+            self.gate.lost()
+        if self.gate.worker is None:
+            await self._retake_worker()
+        if decision.republish and republish is not None:
+            await self._republish(republish)
         self.last_beat_ms = info.heartbeat_at
+        self._wake()
         return True
 
-    async def run(self) -> None:
+    async def _retake_worker(self) -> None:
+        try:
+            await self._take_worker()
+        except StoreUnavailable as exc:
+            log.warning("worker_take_failed", error=str(exc))
+
+    async def _republish(self, republish: Callable[[], Awaitable[int]]) -> None:
+        try:
+            count = await republish()
+        except StoreUnavailable as exc:
+            log.warning("routes_republish_failed", error=str(exc))
+            return
+        log.info("routes_republished", routes=count)
+
+    async def run(self, republish: Callable[[], Awaitable[int]] | None = None) -> None:
+        """Heartbeats until cancelled; `republish` publishes the node's live routes again
+        (returns how many) when Redis has forgotten them."""
         while True:
             await trio.sleep(HEARTBEAT_S)
-            await self.beat()
+            await self.beat(republish)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Returns at the next change of the lease (a heartbeat or a worker take)."""
+        await self._changed.wait()
 
     async def release(self) -> None:
         info = self.describe()
         try:
-            await self.runner(self.registry.release_node, info.node_id, self.owner)
+            await self.runner(self.registry.release_node, info.node_id, self.owner, self.gate.worker)
         except StoreUnavailable as exc:
             log.warning("lease_release_failed", error=str(exc))
+
+
+class LeasedIds:
+    """Snowflake ids minted with the lease's worker id, only while it is safe (MintGate)."""
+
+    def __init__(self, lease: Lease, clock_ms: Callable[[], int]) -> None:
+        self.lease = lease
+        self.clock_ms = clock_ms
+        self._generators: dict[int, IdGenerator] = {}
+
+    async def next_id(self) -> int:
+        """Waits (at most MINT_WAIT_S) until the worker id is safe to mint with; raises
+        StoreUnavailable if it does not get there (Redis unreachable)."""
+        with trio.move_on_after(MINT_WAIT_S):
+            while (wait := self.lease.gate.wait_s(trio.current_time())) != 0:
+                if wait is None:
+                    await self.lease.changed()
+                else:
+                    await trio.sleep(wait)
+            worker = self.lease.gate.worker
+            assert worker is not None  # wait_s() == 0 means a worker id is held
+            generator = self._generators.get(worker)
+            if generator is None:
+                generator = self._generators[worker] = IdGenerator(worker, self.clock_ms)
+            return generator.next_id()
+        raise StoreUnavailable(f"no confirmed worker id for {MINT_WAIT_S:.0f} s: Redis is unreachable")

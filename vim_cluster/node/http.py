@@ -1,7 +1,8 @@
-"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard.
+"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard and
+the dashboard's JSON and operator endpoints (see `dashboard`).
 
 Each request is its own bulkhead: an error is logged and answered 500, never the node's end.
-Only GET (and HEAD) are served; one request per connection.
+GET, HEAD and POST (the operator's, see `dashboard`) are served; one request per connection.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import trio
 
 from ..errors import StoreUnavailable
 from ..model import MessageId
+from . import dashboard
 from .blocking import BlockingRunner
 from .context import NodeContext
 from .listeners import Listeners
+from .operator import cookie_of
 
 log = structlog.get_logger()
 MAX_REQUEST = 16 * 1024
@@ -66,36 +69,34 @@ async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
     }
 
 
-async def dashboard_data(ctx: NodeContext) -> dict[str, Any]:
-    now = ctx.clock_ms()
-    nodes = await ctx.redis(ctx.registry.nodes)
-    return {
-        "now": now,
-        "nodes": [
-            {
-                "node": n.node_id, "role": n.role, "url": n.client_url, "alive": n.alive,
-                "heartbeat_age_s": round((now - n.heartbeat_at) / 1000, 1),
-                "connections": n.connections, "messages": n.messages,
-            }
-            for n in nodes
-        ],
-    }
+Response = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
 
 
-async def _route(ctx: NodeContext, target: str) -> tuple[int, str, bytes]:
-    path = target.split("?", 1)[0]
+def _json(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return status, "application/json", json.dumps(body).encode(), headers
+
+
+async def _route(ctx: NodeContext, request: dashboard.Request) -> Response:
+    if request.method == "POST":
+        answer = await dashboard.post(ctx, request)
+        return _json(answer.status, answer.body, answer.headers)
+    path = request.path
     if path == "/healthz":
         ok, body = await health(ctx)
-        return (200 if ok else 503), "application/json", json.dumps(body).encode()
+        body["draining"] = ctx.draining
+        return _json(200 if ok and not ctx.draining else 503, body)
     if path == "/metrics":
-        return 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render()
+        return 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render(), ()
+    if path == "/stats.json":
+        return _json(200, await dashboard.node_stats(ctx))
     if path == "/dashboard.json":
-        return 200, "application/json", json.dumps(await dashboard_data(ctx)).encode()
+        who = ctx.operator.who(cookie_of(request.headers.get("cookie"))) if ctx.operator else None
+        return _json(200, await dashboard.dashboard_data(ctx, who))
     if path == "/dashboard":
-        return 200, "text/html; charset=utf-8", _static("dashboard.html")
+        return 200, "text/html; charset=utf-8", _static("dashboard.html"), ()
     if path in ("/", "/index.html"):
-        return 200, "text/html; charset=utf-8", _static("index.html")
-    return 404, "text/plain", b"not found\n"
+        return 200, "text/html; charset=utf-8", _static("index.html"), ()
+    return 404, "text/plain", b"not found\n", ()
 
 
 async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
@@ -105,16 +106,19 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
             request = await _read_request(conn, stream)
             if request is None:
                 return
-            if request.method not in (b"GET", b"HEAD"):
+            extra: tuple[tuple[str, str], ...] = ()
+            post_ok = request.method == "POST" and request.path in dashboard.POST_PATHS
+            if request.method not in ("GET", "HEAD") and not post_ok:
                 status, kind, body = 405, "text/plain", b"only GET\n"
             else:
                 try:
-                    status, kind, body = await _route(ctx, request.target.decode("ascii", "replace"))
+                    status, kind, body, extra = await _route(ctx, request)
                 except StoreUnavailable as exc:
                     status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
-            headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close")]
+            headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
+                       ("cache-control", "no-store"), *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-            if request.method != b"HEAD":
+            if request.method != "HEAD":
                 await stream.send_all(conn.send(h11.Data(data=body)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
     except (trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:
@@ -125,14 +129,39 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
         await stream.aclose()
 
 
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
-    """The request, or None if the client closed before sending a whole one."""
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> dashboard.Request | None:
+    """The request with its body (at most MAX_REQUEST bytes), or None if the client closed
+    before sending a whole one."""
+    head: h11.Request | None = None
+    body = b""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))
             continue
-        return event if isinstance(event, h11.Request) else None
+        if isinstance(event, h11.Request):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REQUEST:
+                raise h11.LocalProtocolError("request body too large")
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+            remote = _remote(stream)
+            target = head.target.decode("ascii", "replace").split("?", 1)[0]
+            return dashboard.Request(head.method.decode("ascii", "replace"), target, headers, body, remote)
+        else:
+            return None
+
+
+def _remote(stream: Any) -> str:
+    """The peer's address of a TCP stream, or of the TCP stream under a TLS one."""
+    while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
+        stream = stream.transport_stream
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (AttributeError, OSError):
+        return "?"
 
 
 async def serve_http(ctx: NodeContext, listeners: Listeners) -> None:

@@ -33,6 +33,7 @@ class Session:
     cancel_scope: trio.CancelScope
     holding: list[OutFrame] | None = None
     close_code: CloseCode | None = None
+    wants_presence: bool = False  # asked for `contacts`: gets their live updates (presence)
 
     def push(self, frame: OutFrame) -> None:
         if self.holding is not None:
@@ -86,6 +87,16 @@ class Hub:
         for user_id in user_ids:
             for session in self._by_user.get(user_id, {}).values():
                 if session.id != exclude:
+                    session.push(frame)
+                    delivered += 1
+        return delivered
+
+    def deliver_to_presence_watchers(self, frame: OutFrame) -> int:
+        """Queue `frame` to every local session that asked for `contacts`; returns how many."""
+        delivered = 0
+        for sessions in self._by_user.values():
+            for session in sessions.values():
+                if session.wants_presence:
                     session.push(frame)
                     delivered += 1
         return delivered

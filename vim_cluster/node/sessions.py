@@ -29,7 +29,7 @@ async def open_session(conn: Connection, user_id: int, client: str, uuid: str | 
     """
     ctx = conn.ctx
     session = Session(
-        id=str(ctx.ids.next_id()),
+        id=str(await ctx.ids.next_id()),
         user_id=user_id,
         client=client,
         uuid=uuid,

