@@ -369,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
     add.set_defaults(func=cmd_user_add)
+
+    from .cli_lifecycle import (  # lifecycle helper's commands
+        add_lifecycle_commands,
+        add_user_delete,
+    )
+
+    add_user_delete(user_commands)
+    add_lifecycle_commands(commands)
     return parser
 
 

@@ -83,6 +83,11 @@ class StoreConfig:
 @attrs.frozen
 class MessageConfig:
     recall_window: float
+    # Data lifecycle (docs/data-lifecycle.md): None keeps forever.
+    retention_days: int | None = None
+    offline_retention_days: int | None = None
+    purge_hour: int = 2  # UTC hour at which one node of the cluster purges
+    purge_batch: int = 250  # rows per purge transaction (about 25 ms on SQLite)
 
 
 @attrs.frozen
@@ -257,7 +262,13 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "directory": (_string, "sqlite:data/directory.db"),
         "messages": (_string, "sqlite:data/messages.db"),
     },
-    "message": {"recall-window": (_positive_number, 120.0)},
+    "message": {
+        "recall-window": (_positive_number, 120.0),
+        "retention-days": (_int_range(1, 36_500), None),
+        "offline-retention-days": (_int_range(1, 36_500), None),
+        "purge-hour": (_int_range(0, 23), 2),
+        "purge-batch": (_int_range(10, 100_000), 250),
+    },
 }
 
 
@@ -369,7 +380,21 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             directory=_store_url(name, "vim.store.directory", store["directory"], base, ("sqlite", "mysql")),
             messages=_store_url(name, "vim.store.messages", store["messages"], base, ("sqlite", "mongodb")),
         ),
-        message=MessageConfig(recall_window=v["message"]["recall-window"]),
+        message=_message_config(name, v["message"]),
+    )
+
+
+def _message_config(name: str, m: dict[str, Any]) -> MessageConfig:
+    keep, offline = m["retention-days"], m["offline-retention-days"]
+    if keep is not None and offline is not None and offline > keep:
+        raise ConfigError(name, "vim.message.offline-retention-days",
+                          f"must not exceed vim.message.retention-days ({keep}), got {offline}")
+    return MessageConfig(
+        recall_window=m["recall-window"],
+        retention_days=keep,
+        offline_retention_days=offline,
+        purge_hour=m["purge-hour"],
+        purge_batch=m["purge-batch"],
     )
 
 

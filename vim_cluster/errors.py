@@ -51,6 +51,7 @@ class CloseCode(enum.IntEnum):
     AUTH_TIMEOUT = 4003  # not authenticated within 10 s
     SLOW_CONSUMER = 4004  # the client did not read its frames fast enough
     DRAINING = 4005  # an operator drained the node: reconnect to another node
+    ACCOUNT_DELETED = 4006  # an operator ran `vim-cluster user delete` (the account is gone)
 
 
 class VimError(Exception):

@@ -47,3 +47,9 @@ class IdGenerator:
 def timestamp_of(snowflake: int) -> int:
     """The wall-clock millisecond an id was minted in."""
     return (snowflake >> (WORKER_BITS + SEQUENCE_BITS)) + EPOCH_MS
+
+
+def first_id_at(ms: int) -> int:
+    """The smallest id any worker can mint at wall-clock millisecond `ms` (or later): every id
+    minted before `ms` is smaller. Retention and export bound their id ranges with it."""
+    return max(0, ms - EPOCH_MS) << (WORKER_BITS + SEQUENCE_BITS)

@@ -30,6 +30,7 @@ class MessageType(enum.Enum):
     FORWARD = "forward"
     EVENT = "event"
     RECALLED = "recalled"  # what a recalled message becomes; never accepted from clients
+    DELETED = "deleted"  # what an erased user's message becomes; never accepted from clients
 
 
 def chat_key(chat_type: ChatType, from_id: int, chat_id: int) -> str:

@@ -96,10 +96,10 @@ def test_every_command_decodes_from_json_text_and_messagepack(code: str, message
     assert decode(as_binary(code, message)) == command
 
 
-def test_every_message_type_but_recalled_is_sendable() -> None:
+def test_every_message_type_but_recalled_and_deleted_is_sendable() -> None:
     for message_type in MessageType:
         data = as_text("message", {**SEND, "messageType": message_type.value})
-        if message_type is MessageType.RECALLED:
+        if message_type in (MessageType.RECALLED, MessageType.DELETED):
             error = decode_error(data)
             assert error.kind is ErrorKind.INVALID and error.cid == "c-1"
         else:

@@ -74,6 +74,7 @@ from .mongo_base import (
     shard_of,
     translated,
 )
+from .mongo_lifecycle import MongoLifecycle
 
 Doc = dict[str, Any]
 UNREAD_CHUNK = 200
@@ -88,7 +89,7 @@ class FrameLogEntry:
     send_time: int  # ms
 
 
-class MongoMessages:
+class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
     def __init__(self, url: str, split: int = DEFAULT_SPLIT) -> None:
@@ -131,6 +132,7 @@ class MongoMessages:
         for shard in self._shards:
             shard.create_index([("chat_key", ASCENDING), ("timestamp", ASCENDING)], name="chat_key_timestamp")
         self._cursors.create_index([("chat_type", ASCENDING), ("chat_id", ASCENDING)], name="chat")
+        self._create_lifecycle_indexes()
 
     def _shard(self, key: str) -> int:
         return shard_of(key, self.split)

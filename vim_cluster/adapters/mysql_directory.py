@@ -205,6 +205,27 @@ class MysqlDirectory:
             )
             return _groups(cur.fetchall())
 
+    def delete_user(self, user_id: UserId) -> bool:
+        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on.
+        Locks the user's row and the groups it owns first (FOR UPDATE), as change_members does."""
+        with self._db.transaction() as cur:
+            cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+            if cur.fetchone() is None:
+                return False
+            cur.execute("SELECT id FROM chat_groups WHERE owner_id = %s ORDER BY id FOR UPDATE", (user_id,))
+            owned = [r[0] for r in cur.fetchall()]
+            cur.execute("DELETE FROM group_members WHERE user_id = %s", (user_id,))
+            for group_id in owned:
+                cur.execute("SELECT MIN(user_id) FROM group_members WHERE group_id = %s", (group_id,))
+                row = cur.fetchone()
+                heir = row[0] if row else None
+                if heir is None:
+                    cur.execute("DELETE FROM chat_groups WHERE id = %s", (group_id,))
+                else:
+                    cur.execute("UPDATE chat_groups SET owner_id = %s WHERE id = %s", (heir, group_id))
+            cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
+        return True
+
     def create_department(self, department: Department) -> None:
         with _integrity(f"department {department.id}"), self._db.cursor() as cur:
             cur.execute(

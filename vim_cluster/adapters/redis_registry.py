@@ -78,6 +78,14 @@ class Keys:
     GENERATION = "vim:generation"  # "token run_id born_ms": see core/lease.py
     WORKER_PREFIX = "vim:worker:"
 
+    @staticmethod
+    def duty_lock(duty: str) -> str:
+        return f"vim:duty-lock:{duty}"  # one node of the cluster runs the duty (e.g. the purge)
+
+    @staticmethod
+    def duty_done(duty: str) -> str:
+        return f"vim:duty-done:{duty}"  # the stamp (e.g. the UTC day) of the last finished run
+
 
 # KEYS[1] = lock; ARGV = value, ttl, replacing. Take the lock if it is free or holds exactly
 # `replacing` (the owner token of a process known to be dead).
@@ -379,6 +387,40 @@ class RedisRegistry:
     def refund_login(self, username: str, address: str) -> None:
         with self._errors():
             self._refund_login(keys=_login_keys(username, address))
+
+    # -- cluster duties and erasure (lifecycle_ports.DutyLock) ---------------------------------
+
+    def acquire_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
+        """Takes the duty's lock if it is free (or already ours); it lapses after ttl_s."""
+        with self._errors():
+            return bool(self._claim(keys=[Keys.duty_lock(duty)], args=[owner, ttl_s, ""]))
+
+    def renew_duty(self, duty: str, owner: str, ttl_s: int) -> bool:
+        """Extends our lock (re-takes it if it lapsed and is free); False if another owns it."""
+        with self._errors():
+            return bool(self._claim(keys=[Keys.duty_lock(duty)], args=[owner, ttl_s, ""]))
+
+    def release_duty(self, duty: str, owner: str) -> None:
+        with self._errors():
+            self._release(keys=[Keys.duty_lock(duty)], args=[owner])
+
+    def duty_done(self, duty: str) -> str | None:
+        with self._errors():
+            value = self._r.get(Keys.duty_done(duty))
+        return str(value) if value else None
+
+    def mark_duty_done(self, duty: str, stamp: str) -> None:
+        with self._errors():
+            self._r.set(Keys.duty_done(duty), stamp)
+
+    def forget_user(self, user_id: UserId) -> int:
+        """Removes every route of the user (on any node, live or dead); returns how many."""
+        with self._errors():
+            sessions = list(self._r.hkeys(Keys.routes(user_id)))
+            for session_id in sessions:
+                self._remove_route(keys=[Keys.routes(user_id)], args=[session_id, str(user_id)])
+            self._r.delete(Keys.routes(user_id))
+        return len(sessions)
 
     def close(self) -> None:
         self._r.close()

@@ -158,6 +158,22 @@ class SqliteDirectory:
             )]
             return [g for g in (self._group(conn, i) for i in ids) if g is not None]
 
+    def delete_user(self, user_id: UserId) -> bool:
+        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on."""
+        with self._db.transaction() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                return False
+            conn.execute("DELETE FROM group_members WHERE user_id = ?", (user_id,))
+            owned = [r[0] for r in conn.execute("SELECT id FROM chat_groups WHERE owner_id = ?", (user_id,))]
+            for group_id in owned:
+                heir = conn.execute("SELECT MIN(user_id) FROM group_members WHERE group_id = ?", (group_id,)).fetchone()[0]
+                if heir is None:
+                    conn.execute("DELETE FROM chat_groups WHERE id = ?", (group_id,))
+                else:
+                    conn.execute("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group_id))
+            conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        return True
+
     def create_department(self, department: Department) -> None:
         try:
             with self._db.transaction() as conn:

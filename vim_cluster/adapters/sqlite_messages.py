@@ -10,6 +10,8 @@ from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId
 from ..ports import NewMessage, Saved
 from .sqlite_base import SqliteDatabase
+from .sqlite_lifecycle import INDEXES, SqliteLifecycle
+from .sqlite_rows import COLUMNS, M_COLUMNS, _message
 
 MIGRATIONS = [
     """
@@ -45,28 +47,12 @@ MIGRATIONS = [
     CREATE INDEX messages_by_chat_time ON messages (chat_key, timestamp);
     CREATE INDEX read_cursors_by_chat ON read_cursors (chat_type, chat_id, user_id)
     """,
+    # 3: data lifecycle (purge, export by user, erasure): sqlite_lifecycle.INDEXES.
+    INDEXES,
 ]
 UNREAD_CHUNK = 400
 
-COLUMNS = "id, cid, from_id, chat_id, chat_type, message_type, content, extend, timestamp"
-M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))
-
-
-def _message(row: tuple) -> Message:
-    return Message(
-        id=MessageId(row[0]),
-        cid=row[1],
-        from_id=UserId(row[2]),
-        chat_id=row[3],
-        chat_type=ChatType(row[4]),
-        message_type=MessageType(row[5]),
-        content=row[6],
-        extend=json.loads(row[7]) if row[7] is not None else None,
-        timestamp=row[8],
-    )
-
-
-class SqliteMessages:
+class SqliteMessages(SqliteLifecycle):
     def __init__(self, path: str) -> None:
         self._db = SqliteDatabase(path, MIGRATIONS)
 

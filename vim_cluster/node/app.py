@@ -4,6 +4,7 @@
     ├── lease heartbeat          (a lease held by another owner stops the node; a missing
     │                             one is re-taken and the node's routes republished)
     ├── store writer             (group commit of new messages)
+    ├── retention purge          (when configured; one node of the cluster at a time)
     ├── forward link (slave) | forward hub + dead-node reaper (master)
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
@@ -29,8 +30,9 @@ from .. import __version__
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
+from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
-from ..ports import Directory, MessageStore, NodeInfo, Registry, Route
+from ..ports import Directory, NodeInfo, Route
 from ..tls import client_context
 from . import wiring
 from .blocking import BlockingRunner
@@ -46,6 +48,7 @@ from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
 from .metrics import NodeMetrics
 from .operator import Operator
+from .retention import PurgeMetrics, Purger, purge_enabled
 from .stats import Stats
 from .store_writer import StoreWriter
 from .ws_listener import ListenerServer
@@ -76,7 +79,7 @@ def forward_url(config: NodeConfig) -> str | None:
     return f"{scheme}://{config.public_host}:{config.websocket.forward_port}/forward"
 
 
-async def _open_backends(config: NodeConfig) -> tuple[Registry, Directory, MessageStore]:
+async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
     registry = await trio.to_thread.run_sync(wiring.open_registry, config)
     directory = await trio.to_thread.run_sync(wiring.open_directory, config)
     messages = await trio.to_thread.run_sync(wiring.open_messages, config)
@@ -143,7 +146,8 @@ async def serve_node(
             await _close_listeners(listeners)
         raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
-    delivery = Delivery(config.node_id, hub, metrics)
+    known_users: set[int] = set()
+    delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
@@ -161,6 +165,7 @@ async def serve_node(
         writer=StoreWriter(messages, store_runner),
         metrics=metrics,
         frame_log=FrameLog(wiring.frame_log_writer(messages), BlockingRunner("frame-log", 1)),
+        known_users=known_users,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -168,6 +173,8 @@ async def serve_node(
             nursery.start_soon(ctx.writer.run)
             if ctx.frame_log.enabled:
                 nursery.start_soon(ctx.frame_log.run)
+            if purge_enabled(config.message):
+                nursery.start_soon(_purge, ctx, registry, messages)
             forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
@@ -189,6 +196,14 @@ async def serve_node(
             await trio.to_thread.run_sync(directory.close)
             await trio.to_thread.run_sync(messages.close)
             log.info("node_stopped")
+
+
+async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: LifecycleStore) -> None:
+    """The retention purge, through the node's own message runner: each batch queues with the
+    live writes (FIFO), so a write waits for at most one batch, never for a lock's backoff."""
+    purger = Purger(messages, registry, ctx.store, ctx.redis, ctx.config.message, ctx.clock_ms,
+                    PurgeMetrics(ctx.metrics.registry))
+    await purger.run()
 
 
 async def republish_routes(ctx: NodeContext) -> int:

@@ -38,7 +38,7 @@ class NodeContext:
     writer: StoreWriter
     metrics: NodeMetrics
     frame_log: FrameLog
-    known_users: set[int] = attrs.Factory(set)  # users are never deleted: a positive cache
+    known_users: set[int] = attrs.Factory(set)  # positive cache; kick 4006 (user delete) evicts
     stats: Stats | None = None  # the dashboard's samples (set by serve_node)
     operator: Operator | None = None  # dashboard login, audit and actions (set by serve_node)
     draining: bool = False  # an operator drained the node: no new client connections

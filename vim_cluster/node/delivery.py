@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import attrs
@@ -65,6 +65,9 @@ class Delivery:
     hub: Hub
     metrics: NodeMetrics
     cluster: ClusterLink = attrs.Factory(LocalOnly)
+    # Called with a user id when an operator deleted that account (kick code 4006), so the
+    # node stops trusting its cache of existing users for it.
+    forget_user: Callable[[int], None] = lambda user: None
 
     def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
         frame = OutFrame(reply)
@@ -118,4 +121,6 @@ class Delivery:
         except ValueError:
             raise ForwardProtocolError(f"kick with an unknown close code {code}") from None
         frame = OutFrame(RawReply(notice)) if notice else None
+        if close_code is CloseCode.ACCOUNT_DELETED:
+            self.forget_user(user)
         self.kick_local(user, session, close_code, frame)

@@ -10,7 +10,8 @@ from ..adapters.sqlite_directory import SqliteDirectory
 from ..adapters.sqlite_messages import SqliteMessages
 from ..config import NodeConfig, sqlite_path
 from ..errors import ConfigError, StoreUnavailable
-from ..ports import Directory, MessageStore
+from ..lifecycle_ports import LifecycleStore, UserDirectory
+from ..ports import MessageStore
 
 
 def redis_url(config: NodeConfig, start: bool = True) -> str:
@@ -31,7 +32,7 @@ def open_registry(config: NodeConfig, start: bool = True) -> RedisRegistry:
     return RedisRegistry(redis_url(config, start))
 
 
-def open_directory(config: NodeConfig) -> Directory:
+def open_directory(config: NodeConfig) -> UserDirectory:
     """The directory adapter for the URL's scheme (sqlite:// or mysql://), migrated. Blocking."""
     url = config.store.directory
     path = sqlite_path(url)
@@ -44,7 +45,7 @@ def open_directory(config: NodeConfig) -> Directory:
     raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
 
 
-def open_messages(config: NodeConfig) -> MessageStore:
+def open_messages(config: NodeConfig) -> LifecycleStore:
     """The message store for the URL's scheme (sqlite:// or mongodb://), indexed. Blocking."""
     url = config.store.messages
     path = sqlite_path(url)

@@ -38,7 +38,7 @@ MAX_LIST = 1000
 MAX_NAME = 64
 MAX_EXTEND_DEPTH = 16
 EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
-SENDABLE_TYPES = tuple(t for t in MessageType if t is not MessageType.RECALLED)
+SENDABLE_TYPES = tuple(t for t in MessageType if t not in (MessageType.RECALLED, MessageType.DELETED))
 # A JSON escape of a UTF-16 surrogate; only a pre-filter: pairs are fine, lone ones are not.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 

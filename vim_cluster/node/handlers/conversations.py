@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...core import read_state
-from ...errors import ErrorKind
+from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId, chat_key
 from ...protocol import frames as f
 from .lookups import require_member, require_users
@@ -29,14 +29,20 @@ async def read(conn: Connection, command: f.Read) -> None:
 
 async def history(conn: Connection, command: f.History) -> None:
     ctx = conn.ctx
+    unknown_peer: ClientError | None = None
     group = None
     if command.chat_type is ChatType.FRIEND:
-        await require_users(conn, [command.chat_id])
+        try:
+            await require_users(conn, [command.chat_id])
+        except ClientError as exc:  # a deleted account's conversation stays readable
+            unknown_peer = exc
     else:
         group = await require_member(conn, command.chat_id, ErrorKind.FORBIDDEN)
     key = chat_key(command.chat_type, conn.user_id, command.chat_id)
     before = MessageId(command.before) if command.before is not None else None
     messages, more = await ctx.store(ctx.messages.history, key, before, command.limit)
+    if unknown_peer is not None and not messages:
+        raise unknown_peer
     if group is not None:
         cursors = await ctx.store(ctx.messages.group_cursors, group.id)
         state = read_state.group_read_counts(messages, cursors, set(group.members))

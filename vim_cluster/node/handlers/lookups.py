@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 async def require_users(conn: Connection, user_ids: set[int] | list[int] | tuple[int, ...]) -> None:
-    """Raises not-found unless every user exists (users are never deleted: cached)."""
+    """Raises not-found unless every user exists (cached; `user delete` clears a user on every node)."""
     ctx = conn.ctx
     unknown = {u for u in user_ids if u not in ctx.known_users}
     if not unknown:

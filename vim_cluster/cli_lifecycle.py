@@ -1,0 +1,221 @@
+"""The data-lifecycle subcommands: export, import, purge and `user delete` (docs/data-lifecycle.md).
+
+Each command works on the stores of CONFIG's node directly (no running node needed), except
+that `user delete` tells the live nodes through the master. Exit codes (as `whereis`/`kick`):
+0 done; 1 `purge` found another purge running; 2 a usage or config error, an unknown user, a bad
+file; 3 a store or Redis unreachable, or (`user delete`) the master did not confirm. Errors are
+one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from tqdm import tqdm
+
+from .errors import ClientError, StoreUnavailable
+
+EXIT_UNREACHABLE = 3
+
+DEFAULT_CONFIG = "node-configs/master.yaml"
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("VIM_CLUSTER_CONFIG", DEFAULT_CONFIG)
+    parser.add_argument("--config", default=default,
+                        help=f"a node config of the cluster (default $VIM_CLUSTER_CONFIG, else {DEFAULT_CONFIG})")
+
+
+def _fail(command: str, problem: str, code: int) -> int:
+    print(f"vim-cluster {command}: {problem}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[tqdm[Any]]:
+    """A progress bar on stderr when it is a terminal (nothing otherwise)."""
+    with tqdm(unit=" msg", desc=what, file=sys.stderr, disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
+        yield bar
+
+
+def _unreachable_is_3(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """A store or Redis that does not answer: one line on stderr and exit 3."""
+    def wrap(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except StoreUnavailable as exc:
+                return _fail(name, str(exc), EXIT_UNREACHABLE)
+        return run
+    return wrap
+
+
+@_unreachable_is_3("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from .admin import resolve_user
+    from .cli import _load
+    from .export import Selection, chat_key_of, exported, header, message_line, parse_since
+    from .node import wiring
+
+    config = _load(args.config)
+    try:
+        since = parse_since(args.since) if args.since else None
+        chat = chat_key_of(args.chat) if args.chat else None
+    except ValueError as exc:
+        return _fail("export", str(exc), 2)
+    try:
+        user = resolve_user(config, args.user) if args.user else None
+    except ClientError as exc:
+        return _fail("export", exc.detail, 2)
+    store = wiring.open_messages(config)
+    started, count = time.perf_counter(), 0
+    try:
+        try:
+            out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+        except OSError as exc:
+            return _fail("export", f"cannot write {args.out}: {exc.strerror or exc}", 2)
+        with _progress("export") as bar:
+            out.write(header())
+            for message in exported(store, Selection(user, chat, since)):
+                out.write(message_line(message))
+                count += 1
+                bar.update(1)
+        if out is not sys.stdout:
+            out.close()
+    finally:
+        store.close()
+    seconds = time.perf_counter() - started
+    print(f"exported {count} messages in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr)
+    return 0
+
+
+@_unreachable_is_3("import")
+def cmd_import(args: argparse.Namespace) -> int:
+    from .cli import _load
+    from .export import BadExportLine, ImportCount, import_lines
+    from .node import wiring
+
+    config = _load(args.config)
+    try:
+        source = open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        return _fail("import", f"cannot read {args.file}: {exc.strerror or exc}", 2)
+    store = wiring.open_messages(config)
+    count = ImportCount()
+    started = time.perf_counter()
+    try:
+        with source, _progress("import") as bar:
+            def lines() -> Iterator[str]:
+                for line in source:
+                    bar.update(1)
+                    yield line
+            import_lines(store, lines(), count)
+    except BadExportLine as exc:
+        return _fail("import", f"{args.file}: {exc} ({count.created} created before it)", 2)
+    except UnicodeDecodeError as exc:
+        return _fail("import", f"{args.file}: not UTF-8 text ({exc.reason}); {count.created} created before it", 2)
+    finally:
+        store.close()
+    seconds = time.perf_counter() - started
+    total = count.created + count.existing
+    print(f"imported {total} messages in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f}/s): "
+          f"{count.created} created, {count.existing} already there")
+    return 0
+
+
+@_unreachable_is_3("purge")
+def cmd_purge(args: argparse.Namespace) -> int:
+    import trio
+
+    from .cli import _load
+    from .node.purge_once import purge_now
+
+    config = _load(args.config)
+    if config.message.retention_days is None and config.message.offline_retention_days is None:
+        return _fail("purge", f"{args.config} keeps everything (set vim.message.retention-days "
+                     "or vim.message.offline-retention-days)", 2)
+    report = trio.run(purge_now, config)
+    if report is None:
+        return _fail("purge", "another node holds the purge lock (a purge is running)", 1)
+    rate = report.messages / max(report.seconds, 1e-9)
+    print(f"purged {report.messages} messages ({rate:,.0f}/s), {report.pending} offline rows, "
+          f"{len(report.logs)} daily logs in {report.seconds:.1f} s")
+    return 0
+
+
+@_unreachable_is_3("user delete")
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    from .cli import _load
+    from .erasure import delete_user
+
+    config = _load(args.config)
+    try:
+        with _progress("erase") as bar:
+            report = delete_user(config, args.username, args.erase, bar.update)
+    except ClientError as exc:  # an unknown user
+        return _fail("user delete", exc.detail, 2)
+    print(f"user {report.user_id}: account {'deleted' if report.account_removed else 'already gone'}", end="")
+    if report.nodes_told and not report.kick_error:
+        print(f"; its sessions closed on the live nodes ({', '.join(report.nodes_told)})", end="")
+    if args.erase:
+        print(f"; {report.messages_erased} sent messages erased (placeholders), {report.pending_removed} offline messages "
+              f"and {report.routes_removed} routes removed", end="")
+    print()
+    if report.kick_error:
+        return _fail("user delete", f"the live nodes were not told ({report.kick_error}); their sessions of "
+                     f"user {report.user_id} may stay open: run it again once the master is up", EXIT_UNREACHABLE)
+    return 0
+
+
+def add_lifecycle_commands(commands: Any) -> None:
+    """`export`, `import` and `purge`."""
+    export = commands.add_parser(
+        "export", help="write messages as JSON Lines (a user's data request, moving backends)",
+        description="Write the messages of one user (--user: what they sent, and friend messages "
+        "sent to them) or of one conversation (--chat) as JSON Lines, oldest first; the same bytes "
+        "on every backend. A progress bar goes to stderr when it is a terminal.")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", help="username or user id")
+    which.add_argument("--chat", help="g<groupId>, f<userId>-<userId>, or a group id")
+    export.add_argument("--since", help="only messages from this UTC date or date-time on (2026-01-31)")
+    export.add_argument("--out", help="file to write (default: stdout)")
+    _config_arg(export)
+    export.set_defaults(func=cmd_export)
+
+    imp = commands.add_parser(
+        "import", help="load an export file (idempotent)",
+        description="Load a file written by `vim-cluster export` into CONFIG's message store. "
+        "Idempotent: a message that exists (same sender and cid) is left alone, so running it "
+        "twice creates nothing twice.")
+    imp.add_argument("file", help="a JSON Lines file written by `vim-cluster export`")
+    _config_arg(imp)
+    imp.set_defaults(func=cmd_import)
+
+    purge = commands.add_parser(
+        "purge", help="run the retention purge now",
+        description="Run the retention purge now (what each node does daily at vim.message.purge-hour), "
+        "under the cluster's purge lock, so it never runs twice at once.")
+    _config_arg(purge)
+    purge.set_defaults(func=cmd_purge)
+
+
+def add_user_delete(user_commands: Any) -> None:
+    """`user delete USERNAME [--erase]`."""
+    delete = user_commands.add_parser(
+        "delete", help="delete an account (--erase: and the user's personal data)",
+        description="Delete USERNAME's account and close its sessions on every node. With --erase also "
+        "erase what they sent (kept as 'deleted' placeholders so conversations keep their shape), "
+        "the offline messages waiting for them, their read cursors and routes. Give the user id "
+        "to finish an erasure whose account is already gone.")
+    delete.add_argument("username", help="username or user id")
+    delete.add_argument("--erase", action="store_true", help="also erase the user's messages and data")
+    _config_arg(delete)
+    delete.set_defaults(func=cmd_user_delete)
