@@ -103,7 +103,7 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
     counts presence frames. Uncoalesced it would get 2,000 (one per session open or close)."""
     master, slave = await cluster_of_two(start_node)
     ctx = slave.ctx
-    users = [User(UserId(ctx.ids.next_id()), f"storm{n}", f"Storm {n}", "-") for n in range(STORM_USERS)]
+    users = [User(UserId(await ctx.ids.next_id()), f"storm{n}", f"Storm {n}", "-") for n in range(STORM_USERS)]
     for user in users:
         await ctx.db(ctx.directory.create_user, user)
     tokens = [ctx.tokens.issue(u.id, ctx.clock_ms())[0] for u in users]
