@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from vim_cluster import cli, config
 from vim_cluster.errors import CloseCode, ErrorKind
 from vim_cluster.node.metrics import NodeMetrics
+from vim_cluster.node.retention import PurgeMetrics
 from vim_cluster.protocol import codec
 from vim_cluster.protocol import frames as f
 
@@ -129,6 +131,8 @@ def _metric_names() -> tuple[set[str], set[str]]:
     family name; counters and gauges by each sample name (`_total`, `_created`)."""
     metrics = NodeMetrics("docs-test")
     metrics.relay_latency.observe(0.001)
+    purge = PurgeMetrics(metrics.registry)  # registered by the retention job on every node
+    purge.removed.labels(kind="messages").inc(0)
     required: set[str] = set()
     exported: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):
@@ -181,10 +185,17 @@ def test_the_config_example_loads(tmp_path: Path) -> None:
     secret = tmp_path / document["vim"]["cluster"]["secret-file"]
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("x" * 32)
+    tls = document["vim"]["websocket"]["tls"]  # read at load: a real certificate, made here
+    authority = trustme.CA()
+    issued = authority.issue_cert(document["vim"]["websocket"]["public-host"])
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / tls["cert-file"]))
+    issued.private_key_pem.write_to_path(str(tmp_path / tls["key-file"]))
+    authority.cert_pem.write_to_path(str(tmp_path / tls["ca-file"]))
     file = tmp_path / "node.yaml"
     file.write_text(blocks[0], encoding="utf-8")
     loaded = config.load_config(file)  # raises ConfigError naming the key if the example is stale
     assert loaded.node_id == document["vim"]["cluster"]["node-id"]
+    assert loaded.client_url == "wss://dept-1.example.internal:8180/"
 
 
 def test_every_command_and_option_is_documented() -> None:
