@@ -143,3 +143,29 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     expect(gus.locator("#banners .banner")).to_have_count(0)  # no stale banner
     expect(message(gus, "sent while your node was down")).to_be_visible()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
+
+
+def test_an_erased_account_is_signed_out_in_words_and_leaves_the_contact_list(
+        cluster: Cluster, new_page: Any) -> None:
+    """An operator runs `user delete --erase`: the erased user's page says so in words and
+    goes back to the sign-in form (no reconnect loop, no stale token); after a reload the
+    peer's contact list no longer has the account."""
+    eve = open_chat(new_page(), cluster.dept1)
+    register(eve, "eve", stay=True)
+    fay = open_chat(new_page(), cluster.dept2)
+    register(fay, "fay")
+    contact(eve, "fay").click()
+    send_text(eve, "my last words here")
+    contact(fay, "eve").click()
+    expect(message(fay, "my last words here")).to_be_visible()
+
+    erased = cluster.cli("user", "delete", "eve", "--erase", "--config", str(cluster.master.config))
+    assert erased.returncode == 0, erased
+    expect(eve.locator("#banners .banner")).to_contain_text("Your account was deleted")
+    expect(eve.locator("#banners .banner")).not_to_contain_text("4006")
+    expect(eve.locator("#auth")).to_be_visible()
+    assert eve.evaluate("localStorage.getItem('token') || sessionStorage.getItem('token')") is None
+
+    fay.reload()
+    fay.locator("#main").wait_for(state="visible")
+    expect(contact(fay, "eve")).to_have_count(0)
