@@ -6,6 +6,17 @@ import os
 import resource
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (as any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
+
+
 def raise_fd_limit() -> int:
     """Raises the soft open-files limit to the hard one (a connection is a file descriptor);
     returns the limit now in force."""

@@ -24,6 +24,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from vim_cluster.sysinfo import pid_alive
+
 BASE = "vmh"
 SUBNET = "10.213.7"  # /24, inside the run's namespaces only
 NETNS_ETC = Path("/etc/netns")
@@ -88,21 +90,11 @@ def remove_prefix(prefix: str) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> list[str]:
     """Removes what earlier runs left behind (their process is gone); returns their prefixes."""
     names = namespaces() + ([f.name for f in NETNS_ETC.iterdir()] if NETNS_ETC.is_dir() else [])
     stale = sorted({m.group(1) for m in map(_PREFIX_RE.match, names)
-                    if m is not None and not _alive(int(m.group(2), 16))})
+                    if m is not None and not pid_alive(int(m.group(2), 16))})
     for prefix in stale:
         remove_prefix(prefix)
     return stale

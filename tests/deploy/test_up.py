@@ -5,7 +5,6 @@ the last node using it (for `up` and for separate `vim-cluster run` processes al
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from vim_cluster.adapters.embedded_redis import running_url
+from vim_cluster.sysinfo import pid_alive
 
 from ..cluster.harness import cli_env
 from ..support import NodeProcess, free_port, write_config
@@ -81,11 +81,7 @@ def node_pids(redis_url: str) -> list[int]:
 
 
 def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return not pid_alive(pid)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

