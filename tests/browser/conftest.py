@@ -91,17 +91,16 @@ def open_chat(page: Any, node: ClusterNode) -> Any:
 
 
 def register(page: Any, username: str, stay: bool = False) -> None:
-    form = page.locator("#registerForm")
-    form.locator("[name=username]").fill(username)
-    form.locator("[name=password]").fill(PASSWORD)
-    if stay:
-        form.locator("[name=stay]").check()
-    form.locator("button").click()
-    page.locator("#main").wait_for(state="visible")
+    _sign_in(page, "#registerForm", username, stay)
 
 
 def log_in(page: Any, username: str, stay: bool = False) -> None:
-    form = page.locator("#loginForm")
+    _sign_in(page, "#loginForm", username, stay)
+
+
+def _sign_in(page: Any, form_id: str, username: str, stay: bool) -> None:
+    """Fills in one of the two sign-in forms and waits for the chat to show."""
+    form = page.locator(form_id)
     form.locator("[name=username]").fill(username)
     form.locator("[name=password]").fill(PASSWORD)
     if stay:
