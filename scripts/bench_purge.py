@@ -104,13 +104,15 @@ def traffic(folder: Path, env: dict[str, str], rate: float, seconds: float) -> d
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def write_configs(folder: Path, stores: dict[str, str]) -> list[int]:
+def write_configs(folder: Path, stores: dict[str, str], batch: int | None = None) -> list[int]:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), str(folder),
                     "--directory", stores["directory"], "--messages", stores["messages"]], check=True)
     ports = []
     for path in sorted(folder.glob("*.yaml")):
         document = yaml.safe_load(path.read_text())
         document["vim"]["message"] = {"retention-days": 30, "purge-hour": 0}
+        if batch is not None:
+            document["vim"]["message"]["purge-batch"] = batch
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         ports.append(document["vim"]["http"]["port"])
     return ports
@@ -132,7 +134,7 @@ def run_profile(name: str, folder: Path, stores: dict[str, str], open_store: Any
         seed(store, YOUNG, 0, 1000, chat=(5001, 5002))
     finally:
         store.close()
-    http_ports = write_configs(folder, stores)
+    http_ports = write_configs(folder, stores, args.batch)
     env = {**os.environ, "VIM_EMBEDDED_REDIS_DIR": str(folder / "redis")}
     os.environ["VIM_EMBEDDED_REDIS_DIR"] = str(folder / "redis")
     r = redis.Redis.from_url(ensure_embedded_redis(folder / "redis"))
@@ -220,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500, help="live cross-node messages/s during the purge")
     parser.add_argument("--chunk", type=float, default=5.0, help="seconds per traffic slice")
     parser.add_argument("--profiles", default="sqlite,mongo")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="vim.message.purge-batch for the nodes (default: the node's default)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="vim-purge-") as tmp:

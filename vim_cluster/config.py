@@ -87,7 +87,7 @@ class MessageConfig:
     retention_days: int | None = None
     offline_retention_days: int | None = None
     purge_hour: int = 2  # UTC hour at which one node of the cluster purges
-    purge_batch: int = 250  # rows per purge transaction (about 25 ms on SQLite)
+    purge_batch: int = 50  # rows per purge transaction (a live write waits at most one)
 
 
 @attrs.frozen
@@ -267,7 +267,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "retention-days": (_int_range(1, 36_500), None),
         "offline-retention-days": (_int_range(1, 36_500), None),
         "purge-hour": (_int_range(0, 23), 2),
-        "purge-batch": (_int_range(10, 100_000), 250),
+        "purge-batch": (_int_range(10, 100_000), 50),
     },
 }
 

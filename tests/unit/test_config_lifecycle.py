@@ -13,10 +13,10 @@ from vim_cluster.config import load_config
 from .test_config import config, config_error, write
 
 
-def test_defaults_keep_everything_and_purge_at_two_in_batches_of_250(tmp_path: Path) -> None:
+def test_defaults_keep_everything_and_purge_at_two_in_batches_of_50(tmp_path: Path) -> None:
     message = load_config(write(tmp_path, config())).message
     assert (message.retention_days, message.offline_retention_days) == (None, None)
-    assert (message.purge_hour, message.purge_batch) == (2, 250)
+    assert (message.purge_hour, message.purge_batch) == (2, 50)
 
 
 def test_retention_keys_are_read(tmp_path: Path) -> None:
