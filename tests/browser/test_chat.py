@@ -150,22 +150,22 @@ def test_an_erased_account_is_signed_out_in_words_and_leaves_the_contact_list(
     """An operator runs `user delete --erase`: the erased user's page says so in words and
     goes back to the sign-in form (no reconnect loop, no stale token); after a reload the
     peer's contact list no longer has the account."""
-    eve = open_chat(new_page(), cluster.dept1)
-    register(eve, "eve", stay=True)
-    fay = open_chat(new_page(), cluster.dept2)
-    register(fay, "fay")
-    contact(eve, "fay").click()
-    send_text(eve, "my last words here")
-    contact(fay, "eve").click()
-    expect(message(fay, "my last words here")).to_be_visible()
+    wren = open_chat(new_page(), cluster.dept1)
+    register(wren, "wren", stay=True)
+    yuri = open_chat(new_page(), cluster.dept2)
+    register(yuri, "yuri")
+    contact(wren, "yuri").click()
+    send_text(wren, "my last words here")
+    contact(yuri, "wren").click()
+    expect(message(yuri, "my last words here")).to_be_visible()
 
-    erased = cluster.cli("user", "delete", "eve", "--erase", "--config", str(cluster.master.config))
+    erased = cluster.cli("user", "delete", "wren", "--erase", "--config", str(cluster.master.config))
     assert erased.returncode == 0, erased
-    expect(eve.locator("#banners .banner")).to_contain_text("Your account was deleted")
-    expect(eve.locator("#banners .banner")).not_to_contain_text("4006")
-    expect(eve.locator("#auth")).to_be_visible()
-    assert eve.evaluate("localStorage.getItem('token') || sessionStorage.getItem('token')") is None
+    expect(wren.locator("#banners .banner")).to_contain_text("Your account was deleted")
+    expect(wren.locator("#banners .banner")).not_to_contain_text("4006")
+    expect(wren.locator("#auth")).to_be_visible()
+    assert wren.evaluate("localStorage.getItem('token') || sessionStorage.getItem('token')") is None
 
-    fay.reload()
-    fay.locator("#main").wait_for(state="visible")
-    expect(contact(fay, "eve")).to_have_count(0)
+    yuri.reload()
+    yuri.locator("#main").wait_for(state="visible")
+    expect(contact(yuri, "wren")).to_have_count(0)
