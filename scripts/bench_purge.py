@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_run import VIM, wait_healthy  # noqa: E402
+from bench_run import VIM, private_servers, wait_healthy  # noqa: E402
 
 from vim_cluster.ids import first_id_at  # noqa: E402
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId  # noqa: E402
@@ -244,25 +244,13 @@ def main() -> None:
 
 
 def run_servers(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from tests.servers import FerretDB, MariaDB
     from vim_cluster.adapters.mongo_messages import MongoMessages
 
-    folder.mkdir(parents=True, exist_ok=True)
-    mariadb = MariaDB(folder / "mariadb").create()
-    ferret = FerretDB(folder / "ferretdb")
-    ferret.start()
-    try:
-        admin = mariadb.admin()
-        with admin.cursor() as cursor:
-            cursor.execute("CREATE DATABASE vimpurge CHARACTER SET utf8mb4")
-        admin.close()
+    with private_servers(folder, "vimpurge") as (mariadb, ferret):
         stores = {"directory": mariadb.url("vimpurge"), "messages": ferret.url("vimpurge"),
                   "import": ferret.url("vimimport")}
         return run_profile("mysql+mongo", folder / "cluster", stores, lambda: MongoMessages(stores["messages"]),
                            args, args.mongo_messages)
-    finally:
-        ferret.stop()
-        mariadb.stop()
 
 
 if __name__ == "__main__":

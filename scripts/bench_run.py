@@ -12,6 +12,7 @@ generator's own process CPU per delivered message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +132,7 @@ def main() -> None:
 
 
 def run_servers(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from tests.servers import FerretDB, MariaDB, find_ferretdb, find_mariadb
+    from tests.servers import find_ferretdb, find_mariadb
 
     try:
         find_mariadb()
@@ -138,6 +140,16 @@ def run_servers(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     except BaseException as exc:  # noqa: BLE001 - pytest's Skipped is a BaseException
         print(f"skipping the MySQL + MongoDB profile: {exc}", file=sys.stderr)
         return []
+    with private_servers(folder, "vimbench") as (mariadb, ferret):
+        stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
+        return run_profile("mysql+mongo", folder / "cluster", stores, args)
+
+
+@contextlib.contextmanager
+def private_servers(folder: Path, database: str) -> Iterator[tuple[Any, Any]]:
+    """A private MariaDB (with `database` created) and FerretDB under `folder`, stopped on exit."""
+    from tests.servers import FerretDB, MariaDB
+
     folder.mkdir(parents=True, exist_ok=True)
     mariadb = MariaDB(folder / "mariadb").create()  # initialised and started
     ferret = FerretDB(folder / "ferretdb")
@@ -145,10 +157,9 @@ def run_servers(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         admin = mariadb.admin()
         with admin.cursor() as cursor:
-            cursor.execute("CREATE DATABASE vimbench CHARACTER SET utf8mb4")
+            cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
         admin.close()
-        stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
-        return run_profile("mysql+mongo", folder / "cluster", stores, args)
+        yield mariadb, ferret
     finally:
         ferret.stop()
         mariadb.stop()
