@@ -199,32 +199,46 @@ def rates(args: argparse.Namespace) -> list[float]:
     return [args.rate] + ([args.cores_rate] if args.cores_rate and args.cores_rate != args.rate else [])
 
 
-def run_socketio(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def socketio_servers(processes: Processes, folder: Path) -> tuple[str, str, list[int]]:
+    """Two uvicorn processes of scripts/peers/socketio_app.py on one Redis: the two client
+    URLs and the pids to measure (Redis included)."""
     python = ROOT / ".venv-peers" / "bin" / "python"
+    redis_address, redis_pid = redis_server(processes)
+    env = {**os.environ, "REDIS_URL": f"redis://{redis_address}/0"}
+    ports = [free_port(), free_port()]
+    nodes = [processes.start(f"socketio-{i}", [str(python), "-m", "uvicorn", "socketio_app:app", "--host", "127.0.0.1",
+                                               "--port", str(port), "--log-level", "warning"],
+                             port, env=env, cwd=ROOT / "scripts" / "peers") for i, port in enumerate(ports)]
+    urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port in ports]
+    return urls[0], urls[1], [n.pid for n in nodes] + [redis_pid]
+
+
+def centrifugo_servers(binary: str, processes: Processes, folder: Path) -> tuple[str, str, list[int]]:
+    """Two Centrifugo nodes with the Redis engine on one Redis: the two client URLs and the
+    pids to measure (Redis included)."""
+    redis_address, redis_pid = redis_server(processes)
+    ports = [free_port(), free_port()]
+    nodes = []
+    for i, port in enumerate(ports):
+        config = folder / f"centrifugo-{i}.json"
+        config.write_text(json.dumps({
+            "port": port, "address": "127.0.0.1", "client_insecure": True, "allowed_origins": ["*"],
+            "engine": "redis", "redis_address": redis_address, "log_level": "error", "name": f"node-{i}"}))
+        nodes.append(processes.start(f"centrifugo-{i}", [binary, "--config", str(config)], port))
+    urls = [f"ws://127.0.0.1:{port}/connection/websocket" for port in ports]
+    return urls[0], urls[1], [n.pid for n in nodes] + [redis_pid]
+
+
+def run_socketio(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     with Processes(folder) as processes:
-        redis_address, redis_pid = redis_server(processes)
-        env = {**os.environ, "REDIS_URL": f"redis://{redis_address}/0"}
-        ports = [free_port(), free_port()]
-        nodes = [processes.start(f"socketio-{i}", [str(python), "-m", "uvicorn", "socketio_app:app", "--host", "127.0.0.1",
-                                                   "--port", str(port), "--log-level", "warning"],
-                                 port, env=env, cwd=ROOT / "scripts" / "peers") for i, port in enumerate(ports)]
-        urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port in ports]
-        return measure(SocketIODialect(), urls[0], urls[1], [n.pid for n in nodes] + [redis_pid], args)
+        src, dst, pids = socketio_servers(processes, folder)
+        return measure(SocketIODialect(), src, dst, pids, args)
 
 
 def run_centrifugo(binary: str, folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     with Processes(folder) as processes:
-        redis_address, redis_pid = redis_server(processes)
-        ports = [free_port(), free_port()]
-        nodes = []
-        for i, port in enumerate(ports):
-            config = folder / f"centrifugo-{i}.json"
-            config.write_text(json.dumps({
-                "port": port, "address": "127.0.0.1", "client_insecure": True, "allowed_origins": ["*"],
-                "engine": "redis", "redis_address": redis_address, "log_level": "error", "name": f"node-{i}"}))
-            nodes.append(processes.start(f"centrifugo-{i}", [binary, "--config", str(config)], port))
-        urls = [f"ws://127.0.0.1:{port}/connection/websocket" for port in ports]
-        return measure(CentrifugoDialect(), urls[0], urls[1], [n.pid for n in nodes] + [redis_pid], args)
+        src, dst, pids = centrifugo_servers(binary, processes, folder)
+        return measure(CentrifugoDialect(), src, dst, pids, args)
 
 
 # --- report ------------------------------------------------------------------------------

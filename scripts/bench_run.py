@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,9 @@ SCENARIOS: list[tuple[str, list[str]]] = [
 ]
 
 
+PROGRESS = re.compile(r"\s+[\d.]+s acked ")  # the load generator's progress lines
+
+
 def wait_healthy(folder: Path, timeout: float = 40.0) -> None:
     import yaml
 
@@ -60,39 +64,52 @@ def wait_healthy(folder: Path, timeout: float = 40.0) -> None:
             time.sleep(0.2)
 
 
-def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.Namespace,
-                scenarios: list[tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def cluster(name: str, folder: Path, stores: dict[str, str], vim: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """A master + two department nodes (`vim-cluster up` of `vim`, default this tree's) on
+    `stores`, healthy; yields the environment `vim-cluster bench` runs with. Stopped on exit."""
     env = {**os.environ, "VIM_EMBEDDED_REDIS_DIR": str(folder / "redis")}
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), str(folder),
                     "--directory", stores["directory"], "--messages", stores["messages"]], check=True)
     log = open(folder / "cluster.log", "w")
-    cluster = subprocess.Popen(VIM + ["--log-level", "warning", "up", str(folder)], stdout=log, stderr=log, env=env)
-    results = []
+    up = subprocess.Popen((vim or VIM) + ["--log-level", "warning", "up", str(folder)], stdout=log, stderr=log, env=env)
     try:
         wait_healthy(folder)
-        if scenarios is None:
-            scenarios = SCENARIOS + [("connections", ["--connections", str(args.connections)])]
-        for scenario, extra in scenarios:
-            command = VIM + ["bench", scenario, "--configs", str(folder), "--json", "--duration", str(args.duration)] + extra
-            print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.duration * 4 + 240)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                results.append({"scenario": scenario, "profile": name, "failed": done.returncode})
-                continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["profile"] = name
-            results.append(result)
+        yield env
     finally:
-        cluster.send_signal(signal.SIGTERM)
+        up.send_signal(signal.SIGTERM)
         try:
-            cluster.wait(30)
+            up.wait(30)
         except subprocess.TimeoutExpired:
-            cluster.kill()
+            up.kill()
+        log.close()
         from vim_cluster.adapters.embedded_redis import stop_embedded_redis
 
         stop_embedded_redis(folder / "redis")
-    return results
+
+
+def bench_scenario(name: str, folder: Path, env: dict[str, str], scenario: str, extra: list[str],
+                   duration: float) -> dict[str, Any]:
+    """One `vim-cluster bench` run (this tree's load generator) against the cluster in
+    `folder`: its JSON result, or {"failed": exit code}; "profile" and "scenario" set."""
+    command = VIM + ["bench", scenario, "--configs", str(folder), "--json", "--duration", str(duration)] + extra
+    print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration * 4 + 300)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if not PROGRESS.match(line)]
+        print("\n".join(errors[-40:]), file=sys.stderr)
+        return {"scenario": scenario, "profile": name, "failed": done.returncode}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["profile"] = name
+    return result
+
+
+def run_profile(name: str, folder: Path, stores: dict[str, str], args: argparse.Namespace,
+                scenarios: list[tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
+    if scenarios is None:
+        scenarios = SCENARIOS + [("connections", ["--connections", str(args.connections)])]
+    with cluster(name, folder, stores) as env:
+        return [bench_scenario(name, folder, env, scenario, extra, args.duration) for scenario, extra in scenarios]
 
 
 def fmt(value: Any) -> str:

@@ -42,6 +42,7 @@ SCENARIOS = ("cross-node", "local", "group", "connections", "churn")
 DRAIN_S = 10.0
 CONFIRM_S = 0.05  # a recipient confirms what it got within 50 ms...
 CONFIRM_MAX = 100  # ...in `received` frames of at most 100 ids
+REGISTER_CONNECTION_S = 4.0  # create_users: a new connection after this long (nodes close at 10 s)
 
 
 @attrs.define
@@ -91,14 +92,20 @@ async def create_users(url: str, count: int, prefix: str, parallel: int = 8) -> 
     numbers = iter(range(count))
 
     async def worker() -> None:
-        async with open_websocket_url(url) as ws:
-            for i in numbers:
-                name = f"{prefix}{i}"
-                await send(ws, "register", username=name, password=PASSWORD)
-                await expect(ws, "register-ok")
-                await send(ws, "login", username=name, password=PASSWORD)
-                login = await expect(ws, "login-ok")
-                accounts[i] = Account(login["userId"], login["token"])
+        # A node closes a connection that has not sent `ready` within 10 s (PROTOCOL.md): each
+        # worker opens a fresh one after REGISTER_CONNECTION_S.
+        i = next(numbers, None)
+        while i is not None:
+            async with open_websocket_url(url) as ws:
+                opened = trio.current_time()
+                while i is not None and trio.current_time() - opened < REGISTER_CONNECTION_S:
+                    name = f"{prefix}{i}"
+                    await send(ws, "register", username=name, password=PASSWORD)
+                    await expect(ws, "register-ok")
+                    await send(ws, "login", username=name, password=PASSWORD)
+                    login = await expect(ws, "login-ok")
+                    accounts[i] = Account(login["userId"], login["token"])
+                    i = next(numbers, None)
 
     async with trio.open_nursery() as nursery:
         for _ in range(min(parallel, count)):
@@ -290,7 +297,7 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
     Fills stats.cpu for the window from every connection ready to the end of the drain
     (`pids`: the server processes to measure)."""
     content = "x" * args.size
-    deadline = trio.current_time() + args.duration if args.duration else math.inf
+    deadline = math.inf  # set once every connection is ready: opening hundreds takes a while
     per_sender = math.ceil(args.messages / len(plan)) if args.messages else None
 
     def keep_going(n: int) -> bool:
@@ -306,6 +313,8 @@ async def run_messages(plan: list[tuple[str, Account, str, list[tuple[str, Accou
         senders = [await outer.start(_connected, url, account, dialect) for url, account, _, _ in plan]
         window = CpuWindow(pids)
         started = trio.current_time()
+        if args.duration:
+            deadline = started + args.duration
         outer.start_soon(_progress, stats, started)
         async with trio.open_nursery() as sending:
             for i, ((ws, speaker), (_, _, tag, _)) in enumerate(zip(senders, plan, strict=True)):

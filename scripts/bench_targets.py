@@ -1,0 +1,361 @@
+"""Issue 12's target table from one run: vim-cluster against python-socketio and Centrifugo,
+the production-store profiles against SQLite, fan-out and memory; medians of interleaved runs.
+
+Run it through scripts/bench.sh (which prepares the peers). Every system is started once; then
+`--repeat` rounds each run every system in turn (interleaved, so a noisy minute hits all of
+them), and each figure is the median over the rounds:
+- cross-node at full rate (as fast as acks allow): vim-cluster (embedded Redis + SQLite),
+  python-socketio, Centrifugo, and vim-cluster on MySQL + MongoDB (MariaDB + FerretDB, on
+  FerretDB's PostgreSQL backend and on its SQLite backend);
+- cross-node at --cores-rate (1,000 msg/s) for vim-cluster and the two peers: p99 latency and
+  the server cores each system needs;
+- group fan-out: one group of --members (500) spread over the three nodes; 2 members send.
+Once, at the end: RSS per idle authenticated connection at --connections (10,000) on a fresh
+cluster, and a bare trio-websocket server's RSS per connection beside it (scripts/bench_floor.py).
+
+`--quick` measures only what A/B work needs: vim-cluster's server CPU per delivered
+cross-node message, --repeat runs; with `--against DIR` the same for the checkout in DIR
+(its own .venv), interleaved, so a change can be judged on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_peers import (  # noqa: E402
+    CentrifugoDialect,
+    Processes,
+    SocketIODialect,
+    centrifugo_servers,
+    peer_accounts,
+    socketio_servers,
+)
+from bench_run import VIM, bench_scenario, cluster, private_servers  # noqa: E402
+
+from vim_cluster import bench  # noqa: E402
+from vim_cluster.sysinfo import raise_fd_limit  # noqa: E402
+
+SQLITE = {"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db"}
+PROFILES = {"postgresql": "mysql+mongo (FerretDB/PostgreSQL)", "sqlite": "mysql+mongo (FerretDB/SQLite)"}
+
+# A run is one record: {"system": ..., "kind": ..., **the load generator's result}; kinds:
+MAX, FIXED, GROUP, CONNECTIONS, FLOOR = "max", "fixed", "group", "connections", "floor"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Full run: about 15 minutes on 2 cores (--repeat 3). --quick: about 2 minutes per tree.")
+    parser.add_argument("--quick", action="store_true",
+                        help="only vim-cluster's server CPU per delivered cross-node message (A/B work)")
+    parser.add_argument("--against", metavar="DIR",
+                        help="--quick: also run the vim-cluster checkout in DIR (DIR/.venv/bin/vim-cluster), "
+                             "interleaved")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; figures are medians (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds of sending per run (default 8; --quick 5)")
+    parser.add_argument("--cores-rate", type=float, default=1000.0,
+                        help="the fixed rate (msg/s) for p99 and server cores (default 1000)")
+    parser.add_argument("--connections", type=int, default=10_000, help="idle connections for RSS (default 10000)")
+    parser.add_argument("--members", type=int, default=500, help="group fan-out: members (default 500)")
+    parser.add_argument("--systems", default="vim-cluster,python-socketio,centrifugo,postgresql,sqlite,group,"
+                        "connections,floor",
+                        help="what to run, comma-separated (default: everything): vim-cluster, python-socketio, "
+                             "centrifugo, postgresql and sqlite (the MySQL + MongoDB profile on FerretDB's "
+                             "backend), group, connections, floor")
+    parser.add_argument("--centrifugo", default="", help="the centrifugo binary (none: Centrifugo is skipped)")
+    parser.add_argument("--json-out", metavar="FILE", help="also write every run's record as JSON to FILE")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.against and not args.quick:
+        parser.error("--against goes with --quick")
+    if args.against and not (Path(args.against) / ".venv" / "bin" / "vim-cluster").exists():
+        parser.error(f"--against {args.against}: no .venv/bin/vim-cluster there (run scripts/test.sh in it)")
+    if args.duration is None:
+        args.duration = 5.0 if args.quick else 8.0
+    known = {"vim-cluster", "python-socketio", "centrifugo", "postgresql", "sqlite", "group", "connections", "floor"}
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = set(args.systems) - known
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    # the load generator's shape, the same for every system (as scripts/bench_peers.py)
+    args.senders, args.window, args.size, args.messages = 4, 32, 100, 0
+    return args
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(f"[targets] {text}", file=sys.stderr, flush=True)
+
+
+def cross_node(rate: float, args: argparse.Namespace) -> list[str]:
+    return ["--senders", str(args.senders), "--window", str(args.window), "--size", str(args.size),
+            "--rate", str(rate)]
+
+
+Run = Callable[[str], dict[str, Any]]  # kind -> result
+
+
+def vim_runner(name: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> Run:
+    def run(kind: str) -> dict[str, Any]:
+        if kind == GROUP:
+            return bench_scenario(name, folder, env, "group", ["--members", str(args.members), "--senders", "2",
+                                                               "--window", "16"], args.duration)
+        rate = args.cores_rate if kind == FIXED else 0
+        return bench_scenario(name, folder, env, "cross-node", cross_node(rate, args), args.duration)
+    return run
+
+
+def peer_runner(name: str, dialect: Any, src: str, dst: str, pids: list[int], args: argparse.Namespace) -> Run:
+    def run(kind: str) -> dict[str, Any]:
+        at = copy.copy(args)
+        at.rate = args.cores_rate if kind == FIXED else 0
+        say(f"{name}: cross-node, rate {at.rate or 'max'}")
+        senders, recipients = peer_accounts(args.senders)
+        return trio.run(bench.run_pair, src, dst, senders, recipients, at, dialect, pids)  # type: ignore[no-any-return]
+    return run
+
+
+@contextlib.contextmanager
+def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Run, list[str]]]]:
+    """Every system the run needs, started once: name -> (its runner, the kinds it runs each round)."""
+    systems: dict[str, tuple[Run, list[str]]] = {}
+    with contextlib.ExitStack() as stack:
+        if "vim-cluster" in args.systems or "group" in args.systems:
+            folder = base / "vim-cluster"
+            env = stack.enter_context(cluster("vim-cluster", folder, SQLITE))
+            kinds = ([MAX] if args.quick else [MAX, FIXED]) if "vim-cluster" in args.systems else []
+            systems["vim-cluster"] = (vim_runner("vim-cluster", folder, env, args),
+                                      kinds + ([GROUP] if "group" in args.systems else []))
+        if args.against:
+            folder = base / "against"
+            vim = [str(Path(args.against).resolve() / ".venv" / "bin" / "vim-cluster")]
+            env = stack.enter_context(cluster("against", folder, SQLITE, vim))
+            systems[f"vim-cluster ({args.against})"] = (vim_runner("against", folder, env, args), [MAX])
+        if "python-socketio" in args.systems:
+            if not (ROOT / ".venv-peers" / "bin" / "uvicorn").exists():
+                raise SystemExit("python-socketio: no .venv-peers (scripts/bench.sh makes it)")
+            processes = stack.enter_context(Processes(base / "python-socketio"))
+            (base / "python-socketio").mkdir()
+            src, dst, pids = socketio_servers(processes, base / "python-socketio")
+            systems["python-socketio"] = (peer_runner("python-socketio", SocketIODialect(), src, dst, pids, args),
+                                          [MAX, FIXED])
+        if "centrifugo" in args.systems:
+            if args.centrifugo:
+                (base / "centrifugo").mkdir()
+                processes = stack.enter_context(Processes(base / "centrifugo"))
+                src, dst, pids = centrifugo_servers(args.centrifugo, processes, base / "centrifugo")
+                systems["centrifugo"] = (peer_runner("centrifugo", CentrifugoDialect(), src, dst, pids, args),
+                                         [MAX, FIXED])
+            else:
+                say("centrifugo: no binary (Go missing or the build failed): skipped")
+        for backend, name in PROFILES.items():
+            if backend in args.systems:
+                folder = base / f"servers-{backend}"
+                mariadb, ferret = stack.enter_context(private_servers(folder, "vimbench", backend))
+                stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
+                env = stack.enter_context(cluster(name, folder / "cluster", stores))
+                systems[name] = (vim_runner(name, folder / "cluster", env, args), [MAX])
+        yield systems
+
+
+def run_all(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    with started(args, base) as systems:
+        for round_ in range(args.repeat):
+            for name, (run, kinds) in systems.items():
+                for kind in kinds:
+                    if kind == GROUP and round_ > 0:
+                        continue  # once: its 500 users take minutes to register (argon2id)
+                    say(f"round {round_ + 1}/{args.repeat}: {name} {kind}")
+                    records.append({"system": name, "kind": kind, "round": round_, **run(kind)})
+    if "connections" in args.systems:  # once, on a fresh cluster with nothing else running
+        folder = base / "connections"
+        with cluster("connections", folder, SQLITE) as env:
+            result = bench_scenario("connections", folder, env, "connections",
+                                    ["--connections", str(args.connections)], args.duration)
+        records.append({"system": "vim-cluster", "kind": CONNECTIONS, **result})
+    if "floor" in args.systems:
+        records.append({"system": "trio-websocket", "kind": FLOOR, **floor(args.connections)})
+    return records
+
+
+def floor(connections: int) -> dict[str, Any]:
+    say(f"bare trio-websocket server, {connections} connections")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_floor.py"), str(connections)],
+                          capture_output=True, text=True, timeout=600)
+    found = re.search(r"([\d.]+) KB RSS per idle connection", done.stdout)
+    if done.returncode != 0 or not found:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return {"failed": done.returncode}
+    return {"rss_per_connection_kb": float(found.group(1)), "connections": connections}
+
+
+# --- the table ---------------------------------------------------------------------------
+
+
+def figure(records: list[dict[str, Any]], system: str, kind: str, key: str) -> float | None:
+    """The median of `key` over the runs of `system` of `kind` that have it."""
+    values = [r[key] for r in records if r["system"] == system and r["kind"] == kind
+              and isinstance(r.get(key), int | float) and r.get(key) == r.get(key)]  # not NaN
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return text + unit
+
+
+def verdict(value: float | None, limit: float, at_least: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    return "reached" if (value >= limit if at_least else value <= limit) else "not reached"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def target_rows(records: list[dict[str, Any]], cores_rate: float = 1000.0) -> list[list[str]]:
+    """target | goal | vim-cluster | beside it | reached?"""
+    def f(system: str, kind: str, key: str) -> float | None:
+        return figure(records, system, kind, key)
+
+    cpu = "server_cpu_us_per_delivered"
+    ours, sio, cfg = f("vim-cluster", MAX, cpu), f("python-socketio", MAX, cpu), f("centrifugo", MAX, cpu)
+    to_sio, to_cfg = ratio(ours, sio), ratio(ours, cfg)
+    rate = f"{cores_rate:,.0f} msg/s"
+    rows = [
+        ["server CPU per delivered message, cross-node, vs python-socketio", "≤ 0.5×",
+         f"{fmt(to_sio, '×')} ({fmt(ours, ' µs')})", f"python-socketio {fmt(sio, ' µs')}", verdict(to_sio, 0.5)],
+        ["server CPU per delivered message, cross-node, vs Centrifugo", "≤ 1.5×",
+         f"{fmt(to_cfg, '×')} ({fmt(ours, ' µs')})", f"Centrifugo {fmt(cfg, ' µs')}", verdict(to_cfg, 1.5)],
+    ]
+    peers = ("python-socketio", "centrifugo")
+
+    def beside(kind: str, key: str, unit: str) -> str:
+        return ", ".join(f"{p} {fmt(f(p, kind, key), unit)}" for p in peers)
+
+    rows += [
+        ["load generator CPU per delivered message, cross-node", "(context)",
+         fmt(f("vim-cluster", MAX, "generator_cpu_us_per_delivered"), " µs"),
+         beside(MAX, "generator_cpu_us_per_delivered", " µs"), "-"],
+        ["cross-node delivered msg/s at full rate", "(context)", fmt(f("vim-cluster", MAX, "delivered_per_s")),
+         beside(MAX, "delivered_per_s", ""), "-"],
+        [f"server cores used at {rate}", "(context)", fmt(f("vim-cluster", FIXED, "server_cores")),
+         beside(FIXED, "server_cores", ""), "-"],
+    ]
+    p99 = f("vim-cluster", FIXED, "p99_ms")
+    rows.append([f"p99 latency at {rate}, cross-node", "≤ 10 ms", fmt(p99, " ms"), beside(FIXED, "p99_ms", " ms"),
+                 verdict(p99, 10)])
+    rss = f("vim-cluster", CONNECTIONS, "rss_per_connection_kb")
+    count = f("vim-cluster", CONNECTIONS, "connections")
+    rows.append([f"RSS per idle authenticated connection at {fmt(count)} connections", "≤ 15 KB", fmt(rss, " KB"),
+                 f"bare trio-websocket server {fmt(f('trio-websocket', FLOOR, 'rss_per_connection_kb'), ' KB')}",
+                 verdict(rss, 15)])
+    copy_cpu = f("vim-cluster", GROUP, cpu)
+    members = f("vim-cluster", GROUP, "members")
+    rows.append([f"group fan-out ({fmt(members)} members over 3 nodes): server CPU per delivered copy", "≤ 20 µs",
+                 fmt(copy_cpu, " µs"),
+                 f"{fmt(f('vim-cluster', GROUP, 'delivered_per_s'))} copies/s", verdict(copy_cpu, 20)])
+    sqlite_rate = f("vim-cluster", MAX, "delivered_per_s")
+    pg, lite = PROFILES["postgresql"], PROFILES["sqlite"]
+    share = {b: ratio(f(p, MAX, "delivered_per_s"), sqlite_rate) for b, p in PROFILES.items()}
+    percent = {b: None if v is None else v * 100 for b, v in share.items()}
+    rows.append(["MySQL + MongoDB profile cross-node msg/s, % of SQLite's (FerretDB on PostgreSQL)", "≥ 50 %",
+                 f"{fmt(percent['postgresql'], ' %')} ({fmt(f(pg, MAX, 'delivered_per_s'))} vs "
+                 f"{fmt(sqlite_rate)} msg/s)",
+                 f"FerretDB on SQLite: {fmt(percent['sqlite'], ' %')} ({fmt(f(lite, MAX, 'delivered_per_s'))} msg/s)",
+                 verdict(percent["postgresql"], 50, at_least=True)])
+    rows.append(["MySQL + MongoDB profile: server CPU per delivered message (FerretDB on PostgreSQL)", "(context)",
+                 fmt(f(pg, MAX, cpu), " µs"), f"FerretDB on SQLite {fmt(f(lite, MAX, cpu), ' µs')} "
+                 "(the vim-cluster nodes only, not MariaDB/FerretDB/PostgreSQL)", "-"])
+    return rows
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+RUN_COLUMNS = ["system", "kind", "round", "delivered_per_s", "p50_ms", "p99_ms", "lost", "errors",
+               "server_cpu_us_per_delivered", "server_cores", "generator_cpu_us_per_delivered",
+               "rss_per_connection_kb", "failed"]
+
+
+def runs_table(records: list[dict[str, Any]]) -> str:
+    return markdown(RUN_COLUMNS, [[str(r.get(c, "-")) for c in RUN_COLUMNS] for r in records])
+
+
+def quick_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for system in dict.fromkeys(r["system"] for r in records if r["kind"] == MAX):
+        runs = [r for r in records if r["system"] == system and r["kind"] == MAX]
+        every = ", ".join(str(r.get("server_cpu_us_per_delivered", "-")) for r in runs)
+        rows.append([system, fmt(figure(records, system, MAX, "server_cpu_us_per_delivered"), " µs"), every,
+                     fmt(figure(records, system, MAX, "delivered_per_s")),
+                     fmt(figure(records, system, MAX, "generator_cpu_us_per_delivered"), " µs")])
+    return rows
+
+
+def report(records: list[dict[str, Any]], args: argparse.Namespace, load: tuple[str, str], seconds: float) -> str:
+    out = [f"{'quick A/B' if args.quick else 'targets'}: {args.repeat} interleaved round(s), {args.duration:g} s "
+           f"per run, {seconds / 60:.1f} min; load average {load[0]} at the start, {load[1]} at the end", ""]
+    if args.quick:
+        out.append(markdown(["system", "server CPU µs/delivered (median)", "every run", "delivered/s (median)",
+                             "generator CPU µs/delivered"], quick_rows(records)))
+    else:
+        out.append(markdown(["target", "goal", "vim-cluster", "beside it", "reached?"],
+                            target_rows(records, args.cores_rate)))
+    out += ["", "every run:", "", runs_table(records)]
+    return "\n".join(out)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    raise_fd_limit()
+    gc.freeze()  # as `vim-cluster bench` does: the load generator's full collections are not latency
+    if args.quick:
+        args.systems = ["vim-cluster"]
+    if not (Path(VIM[0])).exists():
+        raise SystemExit("no .venv/bin/vim-cluster: run scripts/test.sh first")
+    begin, started_at = loadavg(), time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vim-targets-") as tmp:
+        records = run_all(args, Path(tmp))
+    text = report(records, args, (begin, loadavg()), time.monotonic() - started_at)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(records, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""scripts/bench_targets.py without servers: its arguments and the target table it prints
+from the runs' records (medians of interleaved rounds, reached / not reached)."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def targets() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_targets", ROOT / "scripts" / "bench_targets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_targets"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arguments_default_to_the_full_run_and_quick_shortens_it(targets: Any) -> None:
+    full = targets.parse_args([])
+    assert (full.repeat, full.duration, full.connections, full.members, full.cores_rate) == (3, 8.0, 10000, 500, 1000)
+    assert "centrifugo" in full.systems and "postgresql" in full.systems
+    quick = targets.parse_args(["--quick", "--repeat", "2"])
+    assert quick.quick and quick.duration == 5.0 and quick.repeat == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--systems", "vim-cluster,redis"], "unknown redis"),
+    (["--repeat", "0"], "at least 1"),
+    (["--against", "/tmp"], "goes with --quick"),
+    (["--quick", "--against", "/nonexistent"], "no .venv/bin/vim-cluster"),
+])
+def test_bad_arguments_are_one_line_errors(targets: Any, argv: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        targets.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def _record(system: str, kind: str, **figures: Any) -> dict[str, Any]:
+    return {"system": system, "kind": kind, **figures}
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.split("|")[1:-1]]
+
+
+def test_target_table_takes_medians_and_judges_each_target(targets: Any) -> None:
+    records = []
+    for cpu, rate in ((300.0, 3000.0), (360.0, 3600.0), (1000.0, 2000.0)):  # medians: 360 µs, 3,000 msg/s
+        records.append(_record("vim-cluster", "max", server_cpu_us_per_delivered=cpu, delivered_per_s=rate,
+                               generator_cpu_us_per_delivered=190.0))
+    for cpu in (280.0, 300.0, 320.0):
+        records.append(_record("python-socketio", "max", server_cpu_us_per_delivered=cpu, delivered_per_s=4600.0))
+    records.append(_record("centrifugo", "max", server_cpu_us_per_delivered=240.0, delivered_per_s=8000.0))
+    records += [_record("vim-cluster", "fixed", p99_ms=p99, server_cores=1.0) for p99 in (8.0, 9.0, float("nan"))]
+    records.append(_record("vim-cluster", "connections", rss_per_connection_kb=24.8, connections=10000))
+    records.append(_record("trio-websocket", "floor", rss_per_connection_kb=19.5))
+    records.append(_record("vim-cluster", "group", server_cpu_us_per_delivered=18.0, members=500,
+                           delivered_per_s=20000.0))
+    records.append(_record("mysql+mongo (FerretDB/PostgreSQL)", "max", delivered_per_s=1500.0))
+    records.append(_record("mysql+mongo (FerretDB/SQLite)", "max", delivered_per_s=300.0))
+    records.append(_record("vim-cluster", "max", failed=1))  # a failed run counts in no median
+    rows = {row[0]: row for row in targets.target_rows(records)}
+    socketio = rows["server CPU per delivered message, cross-node, vs python-socketio"]
+    assert socketio[1:] == ["≤ 0.5×", "1.2× (360 µs)", "python-socketio 300 µs", "not reached"]
+    assert rows["server CPU per delivered message, cross-node, vs Centrifugo"][2:] == [
+        "1.5× (360 µs)", "Centrifugo 240 µs", "reached"]
+    assert rows["p99 latency at 1,000 msg/s, cross-node"][2::2] == ["8.5 ms", "reached"]  # NaN left out
+    rss = rows["RSS per idle authenticated connection at 10,000 connections"]
+    assert rss[2:] == ["24.8 KB", "bare trio-websocket server 19.5 KB", "not reached"]
+    group = rows["group fan-out (500 members over 3 nodes): server CPU per delivered copy"]
+    assert group[2] == "18.0 µs" and group[4] == "reached"
+    stores = rows["MySQL + MongoDB profile cross-node msg/s, % of SQLite's (FerretDB on PostgreSQL)"]
+    assert stores[2:] == ["50.0 % (1,500 vs 3,000 msg/s)", "FerretDB on SQLite: 10.0 % (300 msg/s)", "reached"]
+
+
+def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets: Any) -> None:
+    records = [_record("vim-cluster", "max", round=r, server_cpu_us_per_delivered=cpu, delivered_per_s=3000.0)
+               for r, cpu in enumerate((400.0, 380.0, 390.0))]
+    records += [_record("vim-cluster (/work/main)", "max", round=r, server_cpu_us_per_delivered=cpu,
+                        delivered_per_s=2800.0) for r, cpu in enumerate((420.0, 430.0, 410.0))]
+    args = argparse.Namespace(quick=True, repeat=3, duration=5.0, cores_rate=1000.0)
+    text = targets.report(records, args, ("1.00 1.00 1.00", "2.00 1.50 1.00"), 95.0)
+    assert text.splitlines()[0].startswith("quick A/B: 3 interleaved round(s), 5 s per run, 1.6 min; load average")
+    quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
+    assert quick == [["vim-cluster", "390 µs", "400.0, 380.0, 390.0", "3,000", "-"],
+                     ["vim-cluster (/work/main)", "420 µs", "420.0, 430.0, 410.0", "2,800", "-"]]
+    assert len([line for line in text.split("\nevery run:")[1].splitlines() if line.startswith("| vim")]) == 6
+    args.quick = False
+    assert "| target | goal | vim-cluster | beside it | reached? |" in targets.report(records, args, ("", ""), 1.0)
