@@ -89,12 +89,18 @@ def cluster(name: str, folder: Path, stores: dict[str, str], vim: list[str] | No
 
 
 def bench_scenario(name: str, folder: Path, env: dict[str, str], scenario: str, extra: list[str],
-                   duration: float) -> dict[str, Any]:
+                   duration: float, timeout: float | None = None) -> dict[str, Any]:
     """One `vim-cluster bench` run (this tree's load generator) against the cluster in
-    `folder`: its JSON result, or {"failed": exit code}; "profile" and "scenario" set."""
+    `folder`: its JSON result, or {"failed": exit code or "timeout"}; "profile" and "scenario"
+    set. `timeout`: seconds (default: 4 durations + 5 minutes)."""
     command = VIM + ["bench", scenario, "--configs", str(folder), "--json", "--duration", str(duration)] + extra
     print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration * 4 + 300)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=timeout or duration * 4 + 300)
+    except subprocess.TimeoutExpired as exc:
+        print(f"[{name}] {scenario}: no result within {exc.timeout:.0f} s", file=sys.stderr, flush=True)
+        return {"scenario": scenario, "profile": name, "failed": "timeout"}
     if done.returncode != 0:
         errors = [line for line in done.stderr.splitlines() if not PROGRESS.match(line)]
         print("\n".join(errors[-40:]), file=sys.stderr)

@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,7 @@ PROFILES = {"postgresql": "mysql+mongo (FerretDB/PostgreSQL)", "sqlite": "mysql+
 
 # A run is one record: {"system": ..., "kind": ..., **the load generator's result}; kinds:
 MAX, FIXED, GROUP, CONNECTIONS, FLOOR = "max", "fixed", "group", "connections", "floor"
+CONNECTIONS_TIMEOUT_S = 900.0  # opening 10,000 connections took over 5 minutes at load average 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,7 +136,11 @@ def peer_runner(name: str, dialect: Any, src: str, dst: str, pids: list[int], ar
         at.rate = args.cores_rate if kind == FIXED else 0
         say(f"{name}: cross-node, rate {at.rate or 'max'}")
         senders, recipients = peer_accounts(args.senders)
-        return trio.run(bench.run_pair, src, dst, senders, recipients, at, dialect, pids)  # type: ignore[no-any-return]
+        try:
+            return trio.run(bench.run_pair, src, dst, senders, recipients, at, dialect, pids)  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001 - one failed run is a row, not the end of the table
+            say(f"{name}: the run failed: {exc!r}")
+            return {"failed": type(exc).__name__}
     return run
 
 
@@ -181,8 +187,21 @@ def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Ru
         yield systems
 
 
-def run_all(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
+class Records(list[dict[str, Any]]):
+    """The runs so far; with a path, rewritten there as JSON after each run (a crash or a
+    timeout loses nothing measured)."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self.path = Path(path) if path else None
+
+    def append(self, record: dict[str, Any]) -> None:
+        super().append(record)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self, indent=1))
+
+
+def run_all(args: argparse.Namespace, base: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with started(args, base) as systems:
         for round_ in range(args.repeat):
             for name, (run, kinds) in systems.items():
@@ -195,7 +214,8 @@ def run_all(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
         folder = base / "connections"
         with cluster("connections", folder, SQLITE) as env:
             result = bench_scenario("connections", folder, env, "connections",
-                                    ["--connections", str(args.connections)], args.duration)
+                                    ["--connections", str(args.connections)], args.duration,
+                                    timeout=CONNECTIONS_TIMEOUT_S)
         records.append({"system": "vim-cluster", "kind": CONNECTIONS, **result})
     if "floor" in args.systems:
         records.append({"system": "trio-websocket", "kind": FLOOR, **floor(args.connections)})
@@ -342,6 +362,7 @@ def loadavg() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop the servers, print the table
     raise_fd_limit()
     gc.freeze()  # as `vim-cluster bench` does: the load generator's full collections are not latency
     if args.quick:
@@ -349,12 +370,12 @@ def main(argv: list[str] | None = None) -> None:
     if not (Path(VIM[0])).exists():
         raise SystemExit("no .venv/bin/vim-cluster: run scripts/test.sh first")
     begin, started_at = loadavg(), time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="vim-targets-") as tmp:
-        records = run_all(args, Path(tmp))
-    text = report(records, args, (begin, loadavg()), time.monotonic() - started_at)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(records, indent=1))
-    print(text)
+    records = Records(args.json_out)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vim-targets-") as tmp:
+            run_all(args, Path(tmp), records)
+    finally:  # what was measured is printed, also after an interrupt or a failure
+        print(report(records, args, (begin, loadavg()), time.monotonic() - started_at), flush=True)
 
 
 if __name__ == "__main__":
