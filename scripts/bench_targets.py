@@ -51,7 +51,7 @@ from bench_peers import (  # noqa: E402
     peer_accounts,
     socketio_servers,
 )
-from bench_run import VIM, bench_scenario, cluster, private_servers  # noqa: E402
+from bench_run import VIM, bench_scenario, cluster, find_postgresql, private_servers  # noqa: E402
 
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.sysinfo import raise_fd_limit  # noqa: E402
@@ -67,7 +67,9 @@ CONNECTIONS_TIMEOUT_S = 900.0  # opening 10,000 connections took over 5 minutes 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Full run: about 15 minutes on 2 cores (--repeat 3). --quick: about 2 minutes per tree.")
+        epilog="A full run takes 12-15 minutes on an idle 2-core machine (18 at a load average of 15-20); "
+               "--quick about 2 minutes. scripts/bench.sh --scenarios runs every `vim-cluster bench` scenario "
+               "instead (scripts/bench_run.py).")
     parser.add_argument("--quick", action="store_true",
                         help="only vim-cluster's server CPU per delivered cross-node message (A/B work)")
     parser.add_argument("--against", metavar="DIR",
@@ -178,7 +180,7 @@ def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Ru
             else:
                 say("centrifugo: no binary (Go missing or the build failed): skipped")
         for backend, name in PROFILES.items():
-            if backend in args.systems:
+            if backend in args.systems and servers_missing(backend) is None:
                 folder = base / f"servers-{backend}"
                 mariadb, ferret = stack.enter_context(private_servers(folder, "vimbench", backend))
                 stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
@@ -199,6 +201,22 @@ class Records(list[dict[str, Any]]):
         super().append(record)
         if self.path is not None:
             self.path.write_text(json.dumps(self, indent=1))
+
+
+def servers_missing(backend: str) -> str | None:
+    """Why the MySQL + MongoDB profile on FerretDB's `backend` cannot run here (said once),
+    or None."""
+    from tests.servers import find_ferretdb, find_mariadb
+
+    try:
+        find_mariadb()
+        find_ferretdb()
+        if backend == "postgresql":
+            find_postgresql()
+    except BaseException as exc:  # noqa: BLE001 - pytest's Skipped and SystemExit are BaseExceptions
+        say(f"{PROFILES[backend]}: skipped: {exc}")
+        return str(exc)
+    return None
 
 
 def run_all(args: argparse.Namespace, base: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
