@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
+import msgspec
 
 from ..core import usernames
 from ..errors import ClientError, ErrorKind
@@ -39,8 +40,15 @@ MAX_NAME = 64
 MAX_EXTEND_DEPTH = 16
 EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
 SENDABLE_TYPES = tuple(t for t in MessageType if t not in (MessageType.RECALLED, MessageType.DELETED))
+CHAT_TYPES = tuple(ChatType)
 # A JSON escape of a UTF-16 surrogate; only a pre-filter: pairs are fine, lone ones are not.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+# msgspec's JSON: UTF-8 bytes out (the same text as stdlib json with ensure_ascii=False and no
+# spaces, but for float exponents: 1e16, not 1e+16), exact integers of any size in and out;
+# what it refuses to decode gets a second look from the stdlib (see _load_json_leniently).
+json_bytes: Callable[[Any], bytes] = msgspec.json.Encoder().encode
+_json_decode: Callable[[str | bytes], Any] = msgspec.json.Decoder().decode
 
 E = TypeVar("E")
 
@@ -55,6 +63,9 @@ class FrameError(ClientError):
 
     def reply(self) -> f.ErrorReply:
         return f.ErrorReply(self.kind, self.detail, rid=self.rid, cid=self.cid)
+
+
+_BY_VALUE: dict[tuple[Any, ...], dict[Any, Any]] = {}  # enum choices -> {wire value: member}
 
 
 class _Fields:
@@ -106,9 +117,11 @@ class _Fields:
         value = self.body.get(key)
         if value is None and not required and default is not None:
             return default
-        for choice in choices:
-            if getattr(choice, "value", None) == value:
-                return choice
+        by_value = _BY_VALUE.get(choices)
+        if by_value is None:
+            by_value = _BY_VALUE[choices] = {getattr(c, "value", c): c for c in choices}
+        if isinstance(value, str) and value in by_value:
+            return by_value[value]
         names = ", ".join(str(getattr(c, "value", c)) for c in choices)
         raise self.fail(key, f"must be one of {names}")
 
@@ -181,7 +194,7 @@ def _ready(r: _Fields) -> f.Command:
 def _message(r: _Fields, max_content: int) -> f.Command:
     r.cid = r.string("cid", max_len=MAX_CID, min_len=1)
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
+    chat_type = r.enum("type", CHAT_TYPES)
     message_type = r.enum("messageType", SENDABLE_TYPES)
     content = r.body.get("content")
     if not isinstance(content, str):
@@ -192,7 +205,7 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     extend = r.mapping("extend")
     # `extend` is stored and fanned out like the content: it gets the same byte limit, so a
     # message costs at most twice max_content however it is split.
-    if extend and len(json.dumps(extend, ensure_ascii=False, separators=(",", ":")).encode()) > max_content:
+    if extend and len(json_bytes(extend)) > max_content:
         raise r.fail("extend", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
 
@@ -203,7 +216,7 @@ def _received(r: _Fields) -> f.Command:
 
 def _read(r: _Fields) -> f.Command:
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
+    chat_type = r.enum("type", CHAT_TYPES)
     timestamp = r.integer("timestamp", low=0, high=MAX_ID)
     return f.Read(chat_id, chat_type, timestamp, rid=r.rid)
 
@@ -214,7 +227,7 @@ def _recall(r: _Fields) -> f.Command:
 
 def _history(r: _Fields) -> f.Command:
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
+    chat_type = r.enum("type", CHAT_TYPES)
     before = r.id("before", required=False)
     limit = r.integer("limit", low=1, high=100, default=50)
     return f.History(chat_id, chat_type, before, limit, rid=r.rid)
@@ -257,11 +270,21 @@ CODES = frozenset(PARSERS) | {"message"}
 
 def _load(data: str | bytes) -> Any:
     if isinstance(data, str):
-        obj = json.loads(data)
-        if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
-            raise _LoneSurrogate("a string holds a lone UTF-16 surrogate escape")
-        return obj
+        try:
+            return _json_decode(data)
+        except msgspec.DecodeError:
+            return _load_json_leniently(data)
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _load_json_leniently(data: str) -> Any:
+    """What msgspec refused, parsed by the stdlib as before: a frame that is not JSON for
+    msgspec but is for Python's json (NaN, Infinity) still gets its precise `invalid` answer
+    with rid and cid; a lone surrogate escape is `bad-frame`. Only malformed frames come here."""
+    obj = json.loads(data)
+    if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
+        raise _LoneSurrogate("a string holds a lone UTF-16 surrogate escape")
+    return obj
 
 
 class _LoneSurrogate(ValueError):
@@ -312,41 +335,104 @@ def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
 
 
 def encode_object(reply: f.Reply) -> dict[str, Any]:
+    """The frame as a `{"code", "message"}` object (a new dict)."""
     return {"code": reply.code, "message": reply.wire()}
 
 
-def encode(reply: f.Reply, binary: bool) -> str | bytes:
-    """Encode one reply for a connection in JSON (text) or MessagePack (binary) mode."""
+def encode_bytes(reply: f.Reply, binary: bool) -> bytes:
+    """One reply as the payload bytes of its WebSocket frame: UTF-8 JSON for a text frame,
+    MessagePack for a binary one. RawPong is `b"pong"` and goes in a text frame in both modes
+    (`text_frame`)."""
     if isinstance(reply, f.RawPong):
-        return "pong"
-    obj = encode_object(reply)
+        return b"pong"
+    obj = {"code": reply.code, "message": reply.wire()}
     if binary:
         return msgpack.packb(obj, use_bin_type=True)
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json_bytes(obj)
+
+
+def text_frame(reply: f.Reply, binary: bool) -> bool:
+    """Whether `encode_bytes(reply, binary)` goes in a text frame (else a binary one)."""
+    return not binary or isinstance(reply, f.RawPong)
+
+
+def encode(reply: f.Reply, binary: bool) -> str | bytes:
+    """One reply as a WebSocket message: str for a text frame (JSON, or the raw `pong`), bytes
+    for a binary one (MessagePack)."""
+    if isinstance(reply, f.RawPong):
+        return "pong"
+    data = encode_bytes(reply, binary)
+    return data if binary else data.decode()
 
 
 class OutFrame:
-    """A reply encoded at most once per mode, however many sessions it goes to."""
+    """A reply encoded at most once per mode, however many sessions it goes to.
 
-    __slots__ = ("reply", "_text", "_binary", "_object")
+    `encoded(binary)` is what a WebSocket library sends (str: a text frame); `payload(binary)`
+    the same as bytes, with `text_frame(binary)` saying which kind of frame. `from_json` makes
+    one from JSON bytes that another node encoded (written out untouched in text mode).
+    """
+
+    __slots__ = ("_reply", "_object", "_json", "_text", "_binary")
 
     def __init__(self, reply: f.Reply) -> None:
-        self.reply = reply
-        self._text: str | bytes | None = None
-        self._binary: str | bytes | None = None
+        self._reply: f.Reply | None = reply
         self._object: dict[str, Any] | None = None
+        self._json: bytes | None = None
+        self._text: str | None = None
+        self._binary: bytes | None = None
+
+    @classmethod
+    def from_json(cls, data: bytes) -> OutFrame:
+        """A frame from `payload(False)` of another node's frame (a `{"code", "message"}`
+        object in UTF-8 JSON, trusted: it is parsed only if asked for its reply, its object or
+        its MessagePack form)."""
+        frame = cls.__new__(cls)
+        frame._reply = frame._object = frame._text = frame._binary = None
+        frame._json = bytes(data)
+        return frame
+
+    @property
+    def reply(self) -> f.Reply:
+        if self._reply is None:
+            self._reply = f.RawReply(self.wire_object())
+        return self._reply
 
     def wire_object(self) -> dict[str, Any]:
         """The frame as a {"code", "message"} object (what the forward channel carries)."""
         if self._object is None:
-            self._object = encode_object(self.reply)
+            if self._reply is None:
+                assert self._json is not None
+                self._object = _json_decode(self._json)
+            else:
+                self._object = encode_object(self._reply)
         return self._object
 
-    def encoded(self, binary: bool) -> str | bytes:
+    def text_frame(self, binary: bool) -> bool:
+        return not binary or isinstance(self._reply, f.RawPong)
+
+    def payload(self, binary: bool) -> bytes:
+        """The frame's bytes: UTF-8 JSON, or MessagePack if `binary` (b"pong" for RawPong)."""
         if binary:
             if self._binary is None:
-                self._binary = encode(self.reply, True)
+                if isinstance(self._reply, f.RawPong):
+                    self._binary = b"pong"
+                else:
+                    self._binary = msgpack.packb(self.wire_object(), use_bin_type=True)
             return self._binary
+        if self._json is None:
+            reply = self._reply
+            if isinstance(reply, f.RawPong):
+                self._json = b"pong"
+            elif self._object is None and reply is not None:
+                self._json = json_bytes({"code": reply.code, "message": reply.wire()})
+            else:
+                self._json = json_bytes(self.wire_object())
+        return self._json
+
+    def encoded(self, binary: bool) -> str | bytes:
+        if binary and not isinstance(self._reply, f.RawPong):
+            return self.payload(True)
         if self._text is None:
-            self._text = encode(self.reply, False)
+            self._text = self.payload(False).decode()
         return self._text
