@@ -40,7 +40,9 @@ MAX_NAME = 64
 MAX_EXTEND_DEPTH = 16
 EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
 SENDABLE_TYPES = tuple(t for t in MessageType if t not in (MessageType.RECALLED, MessageType.DELETED))
-CHAT_TYPES = tuple(ChatType)
+# wire value -> member, for _Fields.enum
+CHAT_TYPES: dict[str, ChatType] = {t.value: t for t in ChatType}
+SENDABLE: dict[str, MessageType] = {t.value: t for t in SENDABLE_TYPES}
 # A JSON escape of a UTF-16 surrogate; only a pre-filter: pairs are fine, lone ones are not.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -63,9 +65,6 @@ class FrameError(ClientError):
 
     def reply(self) -> f.ErrorReply:
         return f.ErrorReply(self.kind, self.detail, rid=self.rid, cid=self.cid)
-
-
-_BY_VALUE: dict[tuple[Any, ...], dict[Any, Any]] = {}  # enum choices -> {wire value: member}
 
 
 class _Fields:
@@ -113,17 +112,16 @@ class _Fields:
             raise self.fail(key, f"must be a list of at most {MAX_LIST} ids")
         return tuple(self._id_value(key, item) for item in value)
 
-    def enum(self, key: str, choices: tuple[E, ...], *, required: bool = True, default: E | None = None) -> E:
+    def enum(self, key: str, choices: Mapping[str, E], *, required: bool = True, default: E | None = None) -> E:
+        """One of `choices` (wire value -> member)."""
         value = self.body.get(key)
         if value is None and not required and default is not None:
             return default
-        by_value = _BY_VALUE.get(choices)
-        if by_value is None:
-            by_value = _BY_VALUE[choices] = {getattr(c, "value", c): c for c in choices}
-        if isinstance(value, str) and value in by_value:
-            return by_value[value]
-        names = ", ".join(str(getattr(c, "value", c)) for c in choices)
-        raise self.fail(key, f"must be one of {names}")
+        if isinstance(value, str):
+            member = choices.get(value)
+            if member is not None:
+                return member
+        raise self.fail(key, f"must be one of {', '.join(choices)}")
 
     def integer(self, key: str, *, low: int, high: int, default: int | None = None) -> int:
         value = self.body.get(key)
@@ -195,7 +193,7 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     r.cid = r.string("cid", max_len=MAX_CID, min_len=1)
     chat_id = r.id("chatId")
     chat_type = r.enum("type", CHAT_TYPES)
-    message_type = r.enum("messageType", SENDABLE_TYPES)
+    message_type = r.enum("messageType", SENDABLE)
     content = r.body.get("content")
     if not isinstance(content, str):
         raise r.fail("content", "must be a string")
