@@ -12,6 +12,21 @@ Rules:
   nesting at most MAX_EXTEND_DEPTH deep).
 - The frame-size cap is the transport's job (trio-websocket's max_message_size) and happens
   before this codec sees a byte.
+
+Out (what senders use):
+- `OutFrame(reply)`: a reply encoded at most once per mode, however many sessions get it.
+  `frame.encoded(binary)` is str (a text frame) or bytes (a binary one), for a WebSocket
+  library that picks the frame type from the type; `frame.payload(binary)` is always bytes
+  (UTF-8 JSON, or MessagePack in binary mode) with `frame.text_frame(binary)` saying which
+  frame type it goes in (the raw `pong` is text in both modes): for a sender that writes
+  WebSocket frames itself or sends several in one batch.
+- `OutFrame.from_json(data)`: a frame carried between nodes already encoded (`payload(False)`
+  of the sending node's frame); text-mode sessions get `data` untouched, and it is parsed only
+  for a binary-mode session, `wire_object()` or `reply`.
+- `encode(reply, binary)` / `encode_bytes(reply, binary)`: the same for one reply, no caching.
+- `json_bytes(obj)`: the JSON encoder used for client frames (msgspec; UTF-8 bytes).
+JSON text is the same as stdlib `json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`
+wrote before, but for float exponents (`1e16`, not `1e+16`; only `extend` holds floats).
 """
 
 from __future__ import annotations
