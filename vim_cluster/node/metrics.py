@@ -1,44 +1,167 @@
-"""Prometheus metrics of one node (its own registry: tests run several nodes in a process)."""
+"""Prometheus metrics of one node (its own registry: tests run several nodes in a process).
+
+The hot path only adds to plain numbers: `Count.inc`, `Level.set`, `Spread.observe` are an
+attribute update each, with no lock and no label lookup (a node is one trio thread). One
+collector registered in the node's registry turns them into the usual families when /metrics
+is scraped: a `Count` named `x` shows as the counter `x_total` (with `x_created`), a `Level` as
+a gauge, a `Spread` as a histogram (`_bucket`, `_sum`, `_count`, `_created`).
+
+New metrics: `metrics.counter(name, help)`, `metrics.gauge(name, help)` (or `.set_function`),
+`metrics.histogram(name, help, buckets)`; the objects also answer prometheus_client's calls
+(`inc`, `set`, `observe`). A prometheus_client metric registered in `metrics.registry` works
+too, for code off the hot path or in another thread.
+"""
 
 from __future__ import annotations
 
+import bisect
 import collections
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 RECENT_LATENCIES = 4096
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class Count:
+    """A counter: only goes up."""
+
+    __slots__ = ("name", "help", "value", "created")
+
+    def __init__(self, name: str, help: str) -> None:
+        self.name, self.help = name, help
+        self.value: float = 0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def family(self) -> Metric:
+        return CounterMetricFamily(self.name, self.help, value=self.value, created=self.created)
+
+
+class Level:
+    """A gauge: a value set by the node, or read from `function` at each scrape."""
+
+    __slots__ = ("name", "help", "value", "function", "labels")
+
+    def __init__(self, name: str, help: str, labels: dict[str, str] | None = None) -> None:
+        self.name, self.help = name, help
+        self.value: float = 0
+        self.function: Callable[[], float] | None = None
+        self.labels = labels or {}
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        self.function = function
+
+    def family(self) -> Metric:
+        value = self.function() if self.function is not None else self.value
+        family = GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
+        family.add_metric(list(self.labels.values()), value)
+        return family
+
+
+class Spread:
+    """A histogram: counts per bucket (not cumulative until scraped) and the sum."""
+
+    __slots__ = ("name", "help", "bounds", "counts", "sum", "created")
+
+    def __init__(self, name: str, help: str, buckets: Sequence[float]) -> None:
+        self.name, self.help = name, help
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self) -> Metric:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family = HistogramMetricFamily(self.name, self.help, buckets=buckets, sum_value=self.sum)
+        family.add_sample(f"{self.name}_created", {}, self.created)
+        return family
+
+
+class PlainCollector:
+    """Hands the plain metrics to prometheus_client at scrape time, in declaration order."""
+
+    def __init__(self) -> None:
+        self.metrics: list[Count | Level | Spread] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.metrics:
+            yield metric.family()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families are known at scrape time (added metrics too)
+
+
+M = TypeVar("M", Count, Level, Spread)
+
+
 class NodeMetrics:
     def __init__(self, node_id: str) -> None:
         self.registry = CollectorRegistry()
-        self.accepted = 0
-        labels = {"node": node_id}
-        self.connections = Gauge("vim_connections", "open client sessions", registry=self.registry)
-        self.messages_in = Counter(
-            "vim_messages_in", "chat messages accepted (acked) from clients", registry=self.registry
-        )
-        self.frames_out = Counter(
-            "vim_frames_out", "frames queued to client sessions", registry=self.registry
-        )
-        self.presence_frames = Counter(
-            "vim_presence_frames", "presence frames queued to client sessions", registry=self.registry
-        )
-        self.forward_queue = Gauge(
-            "vim_forward_queue_depth", "forward packets not yet acknowledged", registry=self.registry
-        )
-        self.relay_latency = Histogram(
+        self._plain = PlainCollector()
+        self.registry.register(self._plain)
+        self.connections = self.gauge("vim_connections", "open client sessions")
+        self.messages_in = self.counter("vim_messages_in", "chat messages accepted (acked) from clients")
+        self.frames_out = self.counter("vim_frames_out", "frames queued to client sessions")
+        self.presence_frames = self.counter("vim_presence_frames", "presence frames queued to client sessions")
+        self.forward_queue = self.gauge("vim_forward_queue_depth", "forward packets not yet acknowledged")
+        self.relay_latency = self.histogram(
             "vim_relay_latency_seconds",
             "time from a frame entering the cluster to its delivery on another node",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
         self._recent_latencies: collections.deque[float] = collections.deque(maxlen=RECENT_LATENCIES)
-        self.info = Gauge("vim_node_info", "constant 1, labelled with the node id", ["node"],
-                          registry=self.registry)
-        self.info.labels(**labels).set(1)
+        self.info = self.gauge("vim_node_info", "constant 1, labelled with the node id", labels={"node": node_id})
+        self.info.set(1)
+
+    def counter(self, name: str, help: str) -> Count:
+        """A new counter `name` (shown as `name_total`; give it without `_total`)."""
+        return self._add(Count(name.removesuffix("_total"), help))
+
+    def gauge(self, name: str, help: str, labels: dict[str, str] | None = None) -> Level:
+        return self._add(Level(name, help, labels))
+
+    def histogram(self, name: str, help: str, buckets: Sequence[float]) -> Spread:
+        return self._add(Spread(name, help, buckets))
+
+    def _add(self, metric: M) -> M:
+        if any(m.name == metric.name for m in self._plain.metrics):
+            raise ValueError(f"metric {metric.name} is declared twice")
+        self._plain.metrics.append(metric)
+        return metric
+
+    @property
+    def accepted(self) -> int:
+        """Chat messages accepted since the node started (the dashboard's msgs/s)."""
+        return int(self.messages_in.value)
 
     def relay_delivered(self, seconds: float) -> None:
         self.relay_latency.observe(seconds)
@@ -51,8 +174,7 @@ class NodeMetrics:
         return taken
 
     def message_accepted(self) -> None:
-        self.messages_in.inc()
-        self.accepted += 1
+        self.messages_in.value += 1
 
     def bind(self, connections: Callable[[], int], forward_queue: Callable[[], int]) -> None:
         self.connections.set_function(connections)

@@ -12,6 +12,21 @@ Rules:
   nesting at most MAX_EXTEND_DEPTH deep).
 - The frame-size cap is the transport's job (trio-websocket's max_message_size) and happens
   before this codec sees a byte.
+
+Out (what senders use):
+- `OutFrame(reply)`: a reply encoded at most once per mode, however many sessions get it.
+  `frame.encoded(binary)` is str (a text frame) or bytes (a binary one), for a WebSocket
+  library that picks the frame type from the type; `frame.payload(binary)` is always bytes
+  (UTF-8 JSON, or MessagePack in binary mode) with `frame.text_frame(binary)` saying which
+  frame type it goes in (the raw `pong` is text in both modes): for a sender that writes
+  WebSocket frames itself or sends several in one batch.
+- `OutFrame.from_json(data)`: a frame carried between nodes already encoded (`payload(False)`
+  of the sending node's frame); text-mode sessions get `data` untouched, and it is parsed only
+  for a binary-mode session, `wire_object()` or `reply`.
+- `encode(reply, binary)` / `encode_bytes(reply, binary)`: the same for one reply, no caching.
+- `json_bytes(obj)`: the JSON encoder used for client frames (msgspec; UTF-8 bytes).
+JSON text is the same as stdlib `json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`
+wrote before, but for float exponents (`1e16`, not `1e+16`; only `extend` holds floats).
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
+import msgspec
 
 from ..core import usernames
 from ..errors import ClientError, ErrorKind
@@ -39,8 +55,17 @@ MAX_NAME = 64
 MAX_EXTEND_DEPTH = 16
 EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
 SENDABLE_TYPES = tuple(t for t in MessageType if t not in (MessageType.RECALLED, MessageType.DELETED))
+# wire value -> member, for _Fields.enum
+CHAT_TYPES: dict[str, ChatType] = {t.value: t for t in ChatType}
+SENDABLE: dict[str, MessageType] = {t.value: t for t in SENDABLE_TYPES}
 # A JSON escape of a UTF-16 surrogate; only a pre-filter: pairs are fine, lone ones are not.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+# msgspec's JSON: UTF-8 bytes out (the same text as stdlib json with ensure_ascii=False and no
+# spaces, but for float exponents: 1e16, not 1e+16), exact integers of any size in and out;
+# what it refuses to decode gets a second look from the stdlib (see _load_json_leniently).
+json_bytes: Callable[[Any], bytes] = msgspec.json.Encoder().encode
+_json_decode: Callable[[str | bytes], Any] = msgspec.json.Decoder().decode
 
 E = TypeVar("E")
 
@@ -102,15 +127,16 @@ class _Fields:
             raise self.fail(key, f"must be a list of at most {MAX_LIST} ids")
         return tuple(self._id_value(key, item) for item in value)
 
-    def enum(self, key: str, choices: tuple[E, ...], *, required: bool = True, default: E | None = None) -> E:
+    def enum(self, key: str, choices: Mapping[str, E], *, required: bool = True, default: E | None = None) -> E:
+        """One of `choices` (wire value -> member)."""
         value = self.body.get(key)
         if value is None and not required and default is not None:
             return default
-        for choice in choices:
-            if getattr(choice, "value", None) == value:
-                return choice
-        names = ", ".join(str(getattr(c, "value", c)) for c in choices)
-        raise self.fail(key, f"must be one of {names}")
+        if isinstance(value, str):
+            member = choices.get(value)
+            if member is not None:
+                return member
+        raise self.fail(key, f"must be one of {', '.join(choices)}")
 
     def integer(self, key: str, *, low: int, high: int, default: int | None = None) -> int:
         value = self.body.get(key)
@@ -181,8 +207,8 @@ def _ready(r: _Fields) -> f.Command:
 def _message(r: _Fields, max_content: int) -> f.Command:
     r.cid = r.string("cid", max_len=MAX_CID, min_len=1)
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
-    message_type = r.enum("messageType", SENDABLE_TYPES)
+    chat_type = r.enum("type", CHAT_TYPES)
+    message_type = r.enum("messageType", SENDABLE)
     content = r.body.get("content")
     if not isinstance(content, str):
         raise r.fail("content", "must be a string")
@@ -192,7 +218,7 @@ def _message(r: _Fields, max_content: int) -> f.Command:
     extend = r.mapping("extend")
     # `extend` is stored and fanned out like the content: it gets the same byte limit, so a
     # message costs at most twice max_content however it is split.
-    if extend and len(json.dumps(extend, ensure_ascii=False, separators=(",", ":")).encode()) > max_content:
+    if extend and len(json_bytes(extend)) > max_content:
         raise r.fail("extend", f"is larger than {max_content} bytes", ErrorKind.TOO_LARGE)
     return f.SendMessage(r.cid, chat_id, chat_type, message_type, content, extend, rid=r.rid)
 
@@ -203,7 +229,7 @@ def _received(r: _Fields) -> f.Command:
 
 def _read(r: _Fields) -> f.Command:
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
+    chat_type = r.enum("type", CHAT_TYPES)
     timestamp = r.integer("timestamp", low=0, high=MAX_ID)
     return f.Read(chat_id, chat_type, timestamp, rid=r.rid)
 
@@ -214,7 +240,7 @@ def _recall(r: _Fields) -> f.Command:
 
 def _history(r: _Fields) -> f.Command:
     chat_id = r.id("chatId")
-    chat_type = r.enum("type", tuple(ChatType))
+    chat_type = r.enum("type", CHAT_TYPES)
     before = r.id("before", required=False)
     limit = r.integer("limit", low=1, high=100, default=50)
     return f.History(chat_id, chat_type, before, limit, rid=r.rid)
@@ -257,11 +283,21 @@ CODES = frozenset(PARSERS) | {"message"}
 
 def _load(data: str | bytes) -> Any:
     if isinstance(data, str):
-        obj = json.loads(data)
-        if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
-            raise _LoneSurrogate("a string holds a lone UTF-16 surrogate escape")
-        return obj
+        try:
+            return _json_decode(data)
+        except msgspec.DecodeError:
+            return _load_json_leniently(data)
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _load_json_leniently(data: str) -> Any:
+    """What msgspec refused, parsed by the stdlib as before: a frame that is not JSON for
+    msgspec but is for Python's json (NaN, Infinity) still gets its precise `invalid` answer
+    with rid and cid; a lone surrogate escape is `bad-frame`. Only malformed frames come here."""
+    obj = json.loads(data)
+    if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(obj):
+        raise _LoneSurrogate("a string holds a lone UTF-16 surrogate escape")
+    return obj
 
 
 class _LoneSurrogate(ValueError):
@@ -312,41 +348,104 @@ def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
 
 
 def encode_object(reply: f.Reply) -> dict[str, Any]:
+    """The frame as a `{"code", "message"}` object (a new dict)."""
     return {"code": reply.code, "message": reply.wire()}
 
 
-def encode(reply: f.Reply, binary: bool) -> str | bytes:
-    """Encode one reply for a connection in JSON (text) or MessagePack (binary) mode."""
+def encode_bytes(reply: f.Reply, binary: bool) -> bytes:
+    """One reply as the payload bytes of its WebSocket frame: UTF-8 JSON for a text frame,
+    MessagePack for a binary one. RawPong is `b"pong"` and goes in a text frame in both modes
+    (`text_frame`)."""
     if isinstance(reply, f.RawPong):
-        return "pong"
-    obj = encode_object(reply)
+        return b"pong"
+    obj = {"code": reply.code, "message": reply.wire()}
     if binary:
         return msgpack.packb(obj, use_bin_type=True)
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json_bytes(obj)
+
+
+def text_frame(reply: f.Reply, binary: bool) -> bool:
+    """Whether `encode_bytes(reply, binary)` goes in a text frame (else a binary one)."""
+    return not binary or isinstance(reply, f.RawPong)
+
+
+def encode(reply: f.Reply, binary: bool) -> str | bytes:
+    """One reply as a WebSocket message: str for a text frame (JSON, or the raw `pong`), bytes
+    for a binary one (MessagePack)."""
+    if isinstance(reply, f.RawPong):
+        return "pong"
+    data = encode_bytes(reply, binary)
+    return data if binary else data.decode()
 
 
 class OutFrame:
-    """A reply encoded at most once per mode, however many sessions it goes to."""
+    """A reply encoded at most once per mode, however many sessions it goes to.
 
-    __slots__ = ("reply", "_text", "_binary", "_object")
+    `encoded(binary)` is what a WebSocket library sends (str: a text frame); `payload(binary)`
+    the same as bytes, with `text_frame(binary)` saying which kind of frame. `from_json` makes
+    one from JSON bytes that another node encoded (written out untouched in text mode).
+    """
+
+    __slots__ = ("_reply", "_object", "_json", "_text", "_binary")
 
     def __init__(self, reply: f.Reply) -> None:
-        self.reply = reply
-        self._text: str | bytes | None = None
-        self._binary: str | bytes | None = None
+        self._reply: f.Reply | None = reply
         self._object: dict[str, Any] | None = None
+        self._json: bytes | None = None
+        self._text: str | None = None
+        self._binary: bytes | None = None
+
+    @classmethod
+    def from_json(cls, data: bytes) -> OutFrame:
+        """A frame from `payload(False)` of another node's frame (a `{"code", "message"}`
+        object in UTF-8 JSON, trusted: it is parsed only if asked for its reply, its object or
+        its MessagePack form)."""
+        frame = cls.__new__(cls)
+        frame._reply = frame._object = frame._text = frame._binary = None
+        frame._json = bytes(data)
+        return frame
+
+    @property
+    def reply(self) -> f.Reply:
+        if self._reply is None:
+            self._reply = f.RawReply(self.wire_object())
+        return self._reply
 
     def wire_object(self) -> dict[str, Any]:
         """The frame as a {"code", "message"} object (what the forward channel carries)."""
         if self._object is None:
-            self._object = encode_object(self.reply)
+            if self._reply is None:
+                assert self._json is not None
+                self._object = _json_decode(self._json)
+            else:
+                self._object = encode_object(self._reply)
         return self._object
 
-    def encoded(self, binary: bool) -> str | bytes:
+    def text_frame(self, binary: bool) -> bool:
+        return not binary or isinstance(self._reply, f.RawPong)
+
+    def payload(self, binary: bool) -> bytes:
+        """The frame's bytes: UTF-8 JSON, or MessagePack if `binary` (b"pong" for RawPong)."""
         if binary:
             if self._binary is None:
-                self._binary = encode(self.reply, True)
+                if isinstance(self._reply, f.RawPong):
+                    self._binary = b"pong"
+                else:
+                    self._binary = msgpack.packb(self.wire_object(), use_bin_type=True)
             return self._binary
+        if self._json is None:
+            reply = self._reply
+            if isinstance(reply, f.RawPong):
+                self._json = b"pong"
+            elif self._object is None and reply is not None:
+                self._json = json_bytes({"code": reply.code, "message": reply.wire()})
+            else:
+                self._json = json_bytes(self.wire_object())
+        return self._json
+
+    def encoded(self, binary: bool) -> str | bytes:
+        if binary and not isinstance(self._reply, f.RawPong):
+            return self.payload(True)
         if self._text is None:
-            self._text = encode(self.reply, False)
+            self._text = self.payload(False).decode()
         return self._text

@@ -1,19 +1,35 @@
 """Typed client frames: commands (client -> node) and replies (node -> client).
 
 Commands are what `codec.decode` produces; replies are what `codec.encode` consumes. Each reply
-knows its wire code and its wire dict (`wire()`); ids become decimal strings there and nowhere
-else.
+is declared once (`@wire.reply(code)` over `@attrs.frozen`): its fields' annotations say their
+wire names and conversions, and `wire()` (the frame's `message` object) is generated from them
+(see `wire`). Ids become decimal
+strings there and nowhere else; `rid` is written last and only when set.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import attrs
 
 from ..core.presence import Change
 from ..errors import ErrorKind
 from ..model import ChatType, Department, Group, Message, MessageType
+from .wire import (
+    ENUM,
+    ID,
+    IDS,
+    OMIT_FALSY,
+    OMIT_NONE,
+    OPT_ID,
+    Const,
+    FromFrame,
+    Local,
+    Name,
+    Spread,
+    reply,
+)
 
 # ---------------------------------------------------------------- commands (client -> node)
 
@@ -149,101 +165,67 @@ class RawReply(Reply):
         return int(self.frame["message"]["id"])
 
 
-def _with_rid(body: dict[str, Any], rid: str | None) -> dict[str, Any]:
-    if rid is not None:
-        body["rid"] = rid
-    return body
-
-
+@reply("pong")
 @attrs.frozen
 class RawPong(Reply):
-    CODE = "pong"
-
-    def wire(self) -> dict[str, Any]:
-        return {}
+    """The bare text frame `pong` (the codec writes it as such, not as an object)."""
 
 
+@reply("pong")
 @attrs.frozen
 class Pong(Reply):
-    CODE = "pong"
     ts: int
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        return _with_rid({"ts": self.ts}, self.rid)
 
-
+@reply("error")
 @attrs.frozen
 class ErrorReply(Reply):
-    CODE = "error"
-    kind: ErrorKind
+    kind: Annotated[ErrorKind, ENUM, Name("error")]
     detail: str
     rid: str | None = None
-    cid: str | None = None
-
-    def wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.kind.value, "detail": self.detail}
-        if self.cid is not None:
-            body["cid"] = self.cid
-        return _with_rid(body, self.rid)
+    cid: Annotated[str | None, OMIT_NONE] = None
 
 
+@reply("register-ok")
 @attrs.frozen
 class RegisterOk(Reply):
-    CODE = "register-ok"
-    user_id: int
+    user_id: Annotated[int, ID]
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        return _with_rid({"userId": str(self.user_id)}, self.rid)
 
-
+@reply("login-ok")
 @attrs.frozen
 class LoginOk(Reply):
-    CODE = "login-ok"
-    user_id: int
+    user_id: Annotated[int, ID]
     token: str = attrs.field(repr=False)
     expires_at: int
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        body = {"userId": str(self.user_id), "token": self.token, "expiresAt": self.expires_at}
-        return _with_rid(body, self.rid)
 
-
+@reply("ready-ok")
 @attrs.frozen
 class ReadyOk(Reply):
-    CODE = "ready-ok"
-    user_id: int
+    user_id: Annotated[int, ID]
     node_id: str
     server_time: int
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        body = {"userId": str(self.user_id), "nodeId": self.node_id, "serverTime": self.server_time}
-        return _with_rid(body, self.rid)
 
-
+@reply("sync-done")
 @attrs.frozen
 class SyncDone(Reply):
-    CODE = "sync-done"
     count: int
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        return _with_rid({"count": self.count}, self.rid)
 
-
+@reply("ack")
 @attrs.frozen
 class Ack(Reply):
-    CODE = "ack"
     cid: str
-    id: int
+    id: Annotated[int, ID]
     timestamp: int
     rid: str | None = None
-
-    def wire(self) -> dict[str, Any]:
-        return _with_rid({"cid": self.cid, "id": str(self.id), "timestamp": self.timestamp}, self.rid)
 
 
 def message_wire(message: Message) -> dict[str, Any]:
@@ -251,8 +233,8 @@ def message_wire(message: Message) -> dict[str, Any]:
         "id": str(message.id),
         "cid": message.cid,
         "chatId": str(message.chat_id),
-        "type": message.chat_type.value,
-        "messageType": message.message_type.value,
+        "type": message.chat_type._value_,
+        "messageType": message.message_type._value_,
         "content": message.content,
         "extend": message.extend,
         "fromId": str(message.from_id),
@@ -260,93 +242,69 @@ def message_wire(message: Message) -> dict[str, Any]:
     }
 
 
+@reply("message")
 @attrs.frozen
 class MessageOut(Reply):
-    CODE = "message"
-    message: Message
-    offline: bool = False
+    message: Annotated[Message, Spread(message_wire)]
+    offline: Annotated[bool, OMIT_FALSY] = False
 
     def message_id(self) -> int | None:
         return self.message.id
 
-    def wire(self) -> dict[str, Any]:
-        body = message_wire(self.message)
-        if self.offline:
-            body["offline"] = True
-        return body
 
-
+@reply("receipt")
 @attrs.frozen
 class Receipt(Reply):
-    CODE = "receipt"
-    id: int
-    chat_id: int
-    by: int
-
-    def wire(self) -> dict[str, Any]:
-        return {"id": str(self.id), "chatId": str(self.chat_id), "status": "delivered", "by": str(self.by)}
+    id: Annotated[int, ID]
+    chat_id: Annotated[int, ID]
+    status: Annotated[str, Const] = attrs.field(init=False, default="delivered")
+    by: Annotated[int, ID]
 
 
+@reply("read")
 @attrs.frozen
 class ReadOut(Reply):
-    CODE = "read"
-    chat_id: int
-    chat_type: ChatType
+    chat_id: Annotated[int, ID]
+    chat_type: Annotated[ChatType, ENUM, Name("type")]
     timestamp: int
-    by: int
+    by: Annotated[int, ID]
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        body = {
-            "chatId": str(self.chat_id),
-            "type": self.chat_type.value,
-            "timestamp": self.timestamp,
-            "by": str(self.by),
-        }
-        return _with_rid(body, self.rid)
 
-
+@reply("recall")
 @attrs.frozen
 class RecallOut(Reply):
-    CODE = "recall"
-    id: int
-    chat_id: int
-    chat_type: ChatType
-    by: int
+    id: Annotated[int, ID]
+    chat_id: Annotated[int, ID]
+    chat_type: Annotated[ChatType, ENUM, Name("type")]
+    by: Annotated[int, ID]
     rid: str | None = None
 
-    def wire(self) -> dict[str, Any]:
-        body = {"id": str(self.id), "chatId": str(self.chat_id), "type": self.chat_type.value, "by": str(self.by)}
-        return _with_rid(body, self.rid)
+
+def _history_items(frame: HistoryOut) -> list[dict[str, Any]]:
+    items = []
+    for message in frame.messages:
+        item = message_wire(message)
+        if message.id in frame.statuses:
+            item["status"] = frame.statuses[message.id]
+        if message.id in frame.read_counts:
+            item["readCount"] = frame.read_counts[message.id]
+        items.append(item)
+    return items
 
 
+@reply("history")
 @attrs.frozen
 class HistoryOut(Reply):
-    CODE = "history"
-    chat_id: int
-    chat_type: ChatType
-    messages: tuple[Message, ...]
+    chat_id: Annotated[int, ID]
+    chat_type: Annotated[ChatType, ENUM, Name("type")]
+    messages: Annotated[tuple[Message, ...], FromFrame(_history_items)]
     more: bool
     rid: str | None = None
-    statuses: dict[int, str] = attrs.Factory(dict)  # friend chats: my messages' sent/delivered/read
-    read_counts: dict[int, int] = attrs.Factory(dict)  # group chats: members who read each message
-
-    def wire(self) -> dict[str, Any]:
-        body = {
-            "chatId": str(self.chat_id),
-            "type": self.chat_type.value,
-            "messages": [self._item(m) for m in self.messages],
-            "more": self.more,
-        }
-        return _with_rid(body, self.rid)
-
-    def _item(self, message: Message) -> dict[str, Any]:
-        item = message_wire(message)
-        if message.id in self.statuses:
-            item["status"] = self.statuses[message.id]
-        if message.id in self.read_counts:
-            item["readCount"] = self.read_counts[message.id]
-        return item
+    # friend chats: my messages' sent/delivered/read
+    statuses: Annotated[dict[int, str], Local] = attrs.Factory(dict)
+    # group chats: members who read each message
+    read_counts: Annotated[dict[int, int], Local] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -358,33 +316,9 @@ class ContactUser:
     unread: int = 0  # messages from this user newer than the reader's cursor
 
 
-@attrs.frozen
-class ContactsOut(Reply):
-    CODE = "contacts"
-    users: tuple[ContactUser, ...]
-    groups: tuple[Group, ...]
-    rid: str | None = None
-    departments: tuple[Department, ...] = ()
-    group_unread: dict[int, int] = attrs.Factory(dict)  # group id -> unread messages
-    members: dict[int, tuple[int, ...]] = attrs.Factory(dict)  # department id -> user ids
-
-    def wire(self) -> dict[str, Any]:
-        body = {
-            "users": [_contact_wire(u) for u in self.users],
-            "groups": [{**group_wire(g), "unread": self.group_unread.get(g.id, 0)} for g in self.groups],
-            "departments": [
-                {"deptId": str(d.id), "name": d.name,
-                 "parentId": str(d.parent_id) if d.parent_id is not None else None,
-                 "members": [str(m) for m in self.members.get(d.id, ())]}
-                for d in self.departments
-            ],
-        }
-        return _with_rid(body, self.rid)
-
-
 def _contact_wire(u: ContactUser) -> dict[str, Any]:
     return {"userId": str(u.user_id), "name": u.name, "online": u.online,
-            "deptId": str(u.dept_id) if u.dept_id is not None else None, "unread": u.unread}
+            "deptId": OPT_ID(u.dept_id), "unread": u.unread}
 
 
 def group_wire(group: Group) -> dict[str, Any]:
@@ -396,27 +330,35 @@ def group_wire(group: Group) -> dict[str, Any]:
     }
 
 
+def _contact_users(users: tuple[ContactUser, ...]) -> list[dict[str, Any]]:
+    return [_contact_wire(u) for u in users]
+
+
+def _contact_groups(frame: ContactsOut) -> list[dict[str, Any]]:
+    return [{**group_wire(g), "unread": frame.group_unread.get(g.id, 0)} for g in frame.groups]
+
+
+def _departments(frame: ContactsOut) -> list[dict[str, Any]]:
+    return [{"deptId": str(d.id), "name": d.name, "parentId": OPT_ID(d.parent_id),
+             "members": IDS(frame.members.get(d.id, ()))} for d in frame.departments]
+
+
+@reply("contacts")
+@attrs.frozen
+class ContactsOut(Reply):
+    users: Annotated[tuple[ContactUser, ...], _contact_users]
+    groups: Annotated[tuple[Group, ...], FromFrame(_contact_groups)]
+    rid: str | None = None
+    departments: Annotated[tuple[Department, ...], FromFrame(_departments)] = ()
+    group_unread: Annotated[dict[int, int], Local] = attrs.Factory(dict)  # group id -> unread messages
+    members: Annotated[dict[int, tuple[int, ...]], Local] = attrs.Factory(dict)  # department id -> user ids
+
+
+@reply("group-ok")
 @attrs.frozen
 class GroupOk(Reply):
-    CODE = "group-ok"
-    group: Group
+    group: Annotated[Group, Spread(group_wire)]
     rid: str | None = None
-
-    def wire(self) -> dict[str, Any]:
-        return _with_rid(group_wire(self.group), self.rid)
-
-
-@attrs.frozen
-class PresenceOut(Reply):
-    """`{userId, online, nodeId?}` for one change; `{users: [{userId, online, nodeId?}, ...]}`
-    for several announced at once (a coalesced window)."""
-
-    CODE = "presence"
-    changes: tuple[Change, ...]
-
-    def wire(self) -> dict[str, Any]:
-        items = [_presence_item(c) for c in self.changes]
-        return items[0] if len(items) == 1 else {"users": items}
 
 
 def _presence_item(change: Change) -> dict[str, Any]:
@@ -426,11 +368,22 @@ def _presence_item(change: Change) -> dict[str, Any]:
     return item
 
 
+def _presence_body(changes: tuple[Change, ...]) -> dict[str, Any]:
+    items = [_presence_item(c) for c in changes]
+    return items[0] if len(items) == 1 else {"users": items}
+
+
+@reply("presence")
+@attrs.frozen
+class PresenceOut(Reply):
+    """`{userId, online, nodeId?}` for one change; `{users: [{userId, online, nodeId?}, ...]}`
+    for several announced at once (a coalesced window)."""
+
+    changes: Annotated[tuple[Change, ...], Spread(_presence_body)]
+
+
+@reply("other-login")
 @attrs.frozen
 class OtherLogin(Reply):
-    CODE = "other-login"
     uuid: str | None
     node_id: str
-
-    def wire(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "nodeId": self.node_id}
