@@ -22,14 +22,14 @@ from ..ports import MessageStore, NewMessage, Saved
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
-MAX_BATCH = 512
+STORE_BATCH = 512
 
 
 Done = Callable[[Saved | None, BaseException | None], None]
 T = TypeVar("T")
 
 
-def take_batch(first: T, receive: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
+def drain_batch(first: T, receive: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
     """`first` and whatever else already waits in `receive`, up to `limit` items in all."""
     batch = [first]
     while len(batch) < limit:
@@ -60,7 +60,7 @@ class StoreWriter:
 
     async def run(self) -> None:
         async for first in self._receive:
-            await self._commit(take_batch(first, self._receive, MAX_BATCH))
+            await self._commit(drain_batch(first, self._receive, STORE_BATCH))
 
     async def _commit(self, batch: list[PendingSave]) -> None:
         results: list[Saved | None] = [None] * len(batch)
