@@ -57,7 +57,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId, chat_key
-from ..ports import NewMessage, Saved
+from ..ports import Confirm, NewMessage, Saved
 from .mongo_base import (
     CHAT_PREFIX,
     CLAIMS,
@@ -138,6 +138,11 @@ class MongoMessages(MongoLifecycle):
         return shard_of(key, self.split)
 
     # -- saving ------------------------------------------------------------------------------
+
+    def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        """The saves, then the confirms (no transaction: see the module docstring)."""
+        saved = self.save_messages(saves) if saves else []
+        return saved, [self.confirm(c.user_id, c.ids) for c in confirms]
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Idempotent per (from_id, cid), results in batch order; see the module docstring."""

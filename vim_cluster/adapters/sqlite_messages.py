@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId
-from ..ports import NewMessage, Saved
+from ..ports import Confirm, NewMessage, Saved
 from .sqlite_base import SqliteDatabase
 from .sqlite_lifecycle import INDEXES, SqliteLifecycle
 from .sqlite_rows import COLUMNS, M_COLUMNS, _message
@@ -56,12 +56,14 @@ class SqliteMessages(SqliteLifecycle):
     def __init__(self, path: str) -> None:
         self._db = SqliteDatabase(path, MIGRATIONS)
 
-    def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
-        results: list[Saved] = []
+    def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         with self._db.transaction() as conn:
-            for item in batch:
-                results.append(self._save_one(conn, item))
-        return results
+            saved = [self._save_one(conn, item) for item in saves]
+            removed = [self._confirm(conn, c.user_id, c.ids) for c in confirms]
+        return saved, removed
+
+    def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
+        return self.commit(batch, ())[0]
 
     @staticmethod
     def _save_one(conn: sqlite3.Connection, item: NewMessage) -> Saved:
@@ -93,18 +95,21 @@ class SqliteMessages(SqliteLifecycle):
         return [_message(r) for r in rows]
 
     def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
+        return self.commit((), [Confirm(user_id, tuple(ids))])[1][0]
+
+    @staticmethod
+    def _confirm(conn: sqlite3.Connection, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
         confirmed: list[Message] = []
-        with self._db.transaction() as conn:
-            for message_id in dict.fromkeys(ids):
-                row = conn.execute(
-                    f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
-                    "WHERE p.user_id = ? AND p.message_id = ?",
-                    (user_id, message_id),
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute("DELETE FROM pending WHERE user_id = ? AND message_id = ?", (user_id, message_id))
-                confirmed.append(_message(row))
+        for message_id in dict.fromkeys(ids):
+            row = conn.execute(
+                f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
+                "WHERE p.user_id = ? AND p.message_id = ?",
+                (user_id, message_id),
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute("DELETE FROM pending WHERE user_id = ? AND message_id = ?", (user_id, message_id))
+            confirmed.append(_message(row))
         return confirmed
 
     def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
