@@ -99,18 +99,23 @@ class SqliteMessages(SqliteLifecycle):
 
     @staticmethod
     def _confirm(conn: sqlite3.Connection, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
-        confirmed: list[Message] = []
-        for message_id in dict.fromkeys(ids):
-            row = conn.execute(
-                f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
-                "WHERE p.user_id = ? AND p.message_id = ?",
-                (user_id, message_id),
-            ).fetchone()
-            if row is None:
-                continue
-            conn.execute("DELETE FROM pending WHERE user_id = ? AND message_id = ?", (user_id, message_id))
-            confirmed.append(_message(row))
-        return confirmed
+        """DELETE ... RETURNING (SQLite >= 3.35), then the removed messages, in `ids` order."""
+        wanted = list(dict.fromkeys(ids))
+        removed: list[int] = []
+        for start in range(0, len(wanted), UNREAD_CHUNK):
+            chunk = wanted[start : start + UNREAD_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            removed += [r[0] for r in conn.execute(
+                f"DELETE FROM pending WHERE user_id = ? AND message_id IN ({marks}) RETURNING message_id",
+                (user_id, *chunk),
+            ).fetchall()]
+        found: dict[int, Message] = {}
+        for start in range(0, len(removed), UNREAD_CHUNK):
+            part = removed[start : start + UNREAD_CHUNK]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id IN ({marks})", part).fetchall()
+            found.update((r[0], _message(r)) for r in rows)
+        return [found[i] for i in wanted if i in found]
 
     def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
         found: list[Message] = []
