@@ -43,6 +43,7 @@ from ..model import ChatType, Message, MessageId, MessageType, UserId
 DEFAULT_SPLIT = 16
 CHAT_PREFIX = "chat_message_"
 CLAIMS = "message_ids"  # one per (from_id, cid): dedup across shards, and id -> shard
+INTENTS = "message_intents"  # a message's copy while its save is unfinished
 PENDING = "pending_messages"  # offline sets: (user_id, message_id, shard)
 CURSORS = "read_cursors"
 LAYOUT = "store_layout"
