@@ -103,12 +103,12 @@ class FrameLogEntry:
 class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
-    def __init__(self, url: str, split: int = DEFAULT_SPLIT) -> None:
+    def __init__(self, url: str, split: int = DEFAULT_SPLIT, journaled: bool = True) -> None:
         if split < 1:
             raise ValueError(f"split must be at least 1, got {split}")
         self.name = redact(url)
         self.split = split
-        self._client = open_client(url)
+        self._client = open_client(url, journaled)
         try:
             with translated(self.name):
                 self._db = self._client.get_default_database()

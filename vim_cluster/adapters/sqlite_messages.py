@@ -53,8 +53,9 @@ MIGRATIONS = [
 UNREAD_CHUNK = 400
 
 class SqliteMessages(SqliteLifecycle):
-    def __init__(self, path: str) -> None:
-        self._db = SqliteDatabase(path, MIGRATIONS)
+    def __init__(self, path: str, full_sync: bool = True) -> None:
+        """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits)."""
+        self._db = SqliteDatabase(path, MIGRATIONS, full_sync)
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         with self._db.transaction() as conn:
