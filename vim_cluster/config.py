@@ -74,10 +74,18 @@ class RedisConfig:
     url: str  # "embedded", redis://..., rediss://..., unix://... or redis+sentinel://... (redis_url.py)
 
 
+class StoreSync(enum.Enum):
+    """How a message store commit reaches the disk before the ack (docs/operations.md)."""
+
+    FULL = "full"  # survives a power loss: SQLite synchronous=FULL, MongoDB journaled writes
+    NORMAL = "normal"  # survives a process crash; a power loss may lose the last commits
+
+
 @attrs.frozen
 class StoreConfig:
     directory: str  # sqlite:///ABS/PATH (resolved) or mysql://USER:PASS@HOST:PORT/DB
     messages: str  # sqlite:///ABS/PATH (resolved) or mongodb://HOST:PORT/DB
+    sync: StoreSync = StoreSync.FULL
 
 
 @attrs.frozen
@@ -186,6 +194,13 @@ def _node_type(value: Any) -> NodeType:
         raise ValueError(f"must be 'master' or 'slave', got {value!r}") from None
 
 
+def _store_sync(value: Any) -> StoreSync:
+    try:
+        return StoreSync(value)
+    except ValueError:
+        raise ValueError(f"must be 'full' or 'normal', got {value!r}") from None
+
+
 def _ws_url(value: Any) -> str:
     text = _string(value)
     parts = urlsplit(text)
@@ -261,6 +276,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "store": {
         "directory": (_string, "sqlite:data/directory.db"),
         "messages": (_string, "sqlite:data/messages.db"),
+        "sync": (_store_sync, StoreSync.FULL),
     },
     "message": {
         "recall-window": (_positive_number, 120.0),
@@ -379,6 +395,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         store=StoreConfig(
             directory=_store_url(name, "vim.store.directory", store["directory"], base, ("sqlite", "mysql")),
             messages=_store_url(name, "vim.store.messages", store["messages"], base, ("sqlite", "mongodb")),
+            sync=store["sync"],
         ),
         message=_message_config(name, v["message"]),
     )

@@ -81,8 +81,21 @@ class Saved:
     created: bool
 
 
+@attrs.frozen
+class Confirm:
+    """A `received` frame: `user_id` got these messages; drop them from its offline set."""
+
+    user_id: UserId
+    ids: tuple[MessageId, ...]
+
+
 class MessageStore(Protocol):
     """Chat messages, offline (unconfirmed) sets and read cursors."""
+
+    def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        """One group commit: `save_messages(saves)`, then `confirm` for each of `confirms`, in
+        one write (one transaction where the store has them). Durable when it returns. Returns
+        the saves' results in order and, per confirm, the messages it removed (as `confirm`)."""
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Durable when it returns (all of the batch or, on error, none of it).

@@ -15,6 +15,7 @@ from vim_cluster.adapters.mongo_base import open_client, shard_of
 from vim_cluster.adapters.mongo_messages import FrameLogEntry, MongoMessages
 from vim_cluster.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
 from vim_cluster.model import ChatType, GroupId, MessageId, UserId, chat_key
+from vim_cluster.ports import Confirm
 
 from .test_message_store_contract import ALICE, BOB, G1, friend, grouped, new
 
@@ -85,14 +86,16 @@ def test_a_save_cut_off_after_its_claim_is_finished_by_the_retry_under_its_first
     store: MongoMessages, raw: Database
 ) -> None:
     first = friend(1)
-    raw["message_ids"].insert_one(store._claim(new(first, BOB)))  # the crash: only step 1 ran
+    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # the crash: only steps 1-2 ran
+    raw["message_ids"].insert_one(store._claim(new(first, BOB)))
     assert store.get(first.id) is None and store.pending(BOB, MessageId(0), 10) == []
     [retry] = store.save_messages([new(friend(2, cid=first.cid, content="retried"), BOB)])
     assert (retry.message, retry.created) == (first, True)
     assert store.pending(BOB, MessageId(0), 10) == [first]
     assert store.history(first.chat_key, None, 10) == ([first], False)
     claim = raw["message_ids"].find_one({"_id": first.id})
-    assert claim is not None and claim["done"] is True and "message" not in claim
+    assert claim is not None and set(claim) == {"_id", "from_id", "cid", "shard"}
+    assert raw["message_intents"].count_documents({}) == 0  # the retry's own intent is gone too
     [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
     assert (repeat.message, repeat.created) == (first, False)
 
@@ -102,10 +105,32 @@ def test_a_save_cut_off_before_done_does_not_requeue_a_confirmed_message(
 ) -> None:
     first = friend(1)
     store.save_messages([new(first, BOB)])
-    raw["message_ids"].update_one({"_id": first.id}, {"$set": {"done": False}})  # as if step 4 failed
+    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # as if its last step failed
     assert [m.id for m in store.confirm(BOB, [first.id])] == [first.id]  # replayed and confirmed
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
+    assert store.pending(BOB, MessageId(0), 10) == []
+
+
+def test_a_claim_from_before_intents_is_finished_from_its_own_copy(store: MongoMessages, raw: Database) -> None:
+    first = friend(1)
+    legacy = {**store._claim(new(first, BOB)), **store._intent(new(first, BOB))}  # the old claim
+    raw["message_ids"].insert_one(legacy)
+    [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
+    assert (retry.message, retry.created) == (first, True)
+    assert store.pending(BOB, MessageId(0), 10) == [first]
+    claim = raw["message_ids"].find_one({"_id": first.id})
+    assert claim is not None and claim["done"] is True and "message" not in claim
+    [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
+    assert (repeat.message, repeat.created) == (first, False)
+
+
+def test_one_commit_confirms_for_several_users_and_counts_a_repeated_id_once(store: MongoMessages) -> None:
+    one, two = friend(1), friend(2, ALICE, BOB)
+    store.save_messages([new(one, BOB), new(two, BOB)])
+    saved, removed = store.commit([], [Confirm(BOB, (one.id,)), Confirm(BOB, (one.id, two.id)),
+                                       Confirm(ALICE, (one.id,))])
+    assert saved == [] and removed == [[one], [two], []]
     assert store.pending(BOB, MessageId(0), 10) == []
 
 

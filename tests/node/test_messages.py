@@ -246,17 +246,17 @@ async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_
     url = f"ws://127.0.0.1:{node.client_port}/"
     store = node.ctx.messages
     commits = threading.Event()  # the store "hangs" until this is set
-    save = store.save_messages
+    commit = store.commit
 
-    def slow_save(batch):  # type: ignore[no-untyped-def]
+    def slow_commit(saves, confirms):  # type: ignore[no-untyped-def]
         commits.wait(10)
-        return save(batch)
+        return commit(saves, confirms)
 
     with trio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
-            monkeypatch.setattr(store, "save_messages", slow_save)
+            monkeypatch.setattr(store, "commit", slow_commit)
             for i in range(4):
                 await alice.send("message", cid=f"w-{i}", chatId=bob.user_id, type="friend", messageType="text",
                                  content=f"w-{i}")

@@ -4,7 +4,9 @@ Rules:
 - Client defaults, each overridable in the URL: serverSelectionTimeoutMS=3000 and
   connectTimeoutMS=3000 (an outage answers within about 3 s), socketTimeoutMS=10000, and
   write concern w=1 with journal=true (an acknowledged write is in the journal) unless the
-  URL sets `w` or `journal`.
+  URL sets `w` or `journal` (`vim.store.sync: normal`: w=1 alone, acknowledged once applied
+  in memory; mongod syncs its journal every 100 ms, so a mongod crash or power loss may lose
+  up to that much).
 - Outage errors (ConnectionFailure and its kin AutoReconnect, NetworkTimeout,
   ServerSelectionTimeoutError, NotPrimaryError; a write concern error; a server shutting down
   or stepping down) become StoreUnavailable in `translated`, once. pymongo reconnects by
@@ -43,6 +45,7 @@ from ..model import ChatType, Message, MessageId, MessageType, UserId
 DEFAULT_SPLIT = 16
 CHAT_PREFIX = "chat_message_"
 CLAIMS = "message_ids"  # one per (from_id, cid): dedup across shards, and id -> shard
+INTENTS = "message_intents"  # a message's copy while its save is unfinished
 PENDING = "pending_messages"  # offline sets: (user_id, message_id, shard)
 CURSORS = "read_cursors"
 LAYOUT = "store_layout"
@@ -55,12 +58,15 @@ OUTAGE_CODES = frozenset({6, 7, 64, 89, 91, 189, 9001, 10107, 11600, 11602, 1343
 _MASK64 = (1 << 64) - 1
 
 
-def open_client(url: str) -> MongoClient[dict[str, Any]]:
-    """A MongoClient with this store's defaults for what the URL does not set."""
+def open_client(url: str, journaled: bool = True) -> MongoClient[dict[str, Any]]:
+    """A MongoClient with this store's defaults for what the URL does not set (`journaled`
+    False, from `vim.store.sync: normal`: w=1 without journal=true)."""
     given = uri_parser.parse_uri(url)["options"]
     options: dict[str, Any] = {k: v for k, v in CLIENT_DEFAULTS.items() if k not in given}
     if "w" not in given and "journal" not in given:
-        options.update(w=1, journal=True)
+        options["w"] = 1
+        if journaled:
+            options["journal"] = True
     client: MongoClient[dict[str, Any]] = MongoClient(url, **options)
     return client
 

@@ -36,6 +36,7 @@ class MongoLifecycle:
     _db: Database[Doc]
     _shards: list[Collection[Doc]]
     _claims: Collection[Doc]
+    _intents: Collection[Doc]
     _pending: Collection[Doc]
     _cursors: Collection[Doc]
 
@@ -62,6 +63,8 @@ class MongoLifecycle:
             for shard, shard_ids in sorted(by_shard.items()):
                 self._shards[shard].delete_many({"_id": {"$in": shard_ids}})
             self._claims.delete_many({"_id": {"$in": ids}})
+            # Unfinished saves' copies, and those of attempts that never got their claim.
+            self._intents.delete_many({"_id": {"$lte": ids[-1]}})
         return len(ids)
 
     def purge_pending(self, before: MessageId, limit: int) -> int:
@@ -132,7 +135,7 @@ class MongoLifecycle:
         placeholder = {"message_type": MessageType.DELETED.value, "content": "", "extend": None}
         with translated(self.name):
             claims = list(
-                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "done": 1})
+                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "message._id": 1})
                 .sort("_id", ASCENDING).limit(limit)
             )
             if not claims:
@@ -142,12 +145,13 @@ class MongoLifecycle:
                 by_shard[c["shard"]].append(c["_id"])
             for shard, ids in sorted(by_shard.items()):
                 self._shards[shard].update_many({"_id": {"$in": ids}}, {"$set": placeholder})
-            unfinished = [c["_id"] for c in claims if not c.get("done")]
-            if unfinished:  # a claim not yet done still carries the whole message
-                self._claims.update_many(
-                    {"_id": {"$in": unfinished}},
-                    {"$set": {f"message.{k}": v for k, v in placeholder.items()}},
-                )
+            copy = {"$set": {f"message.{k}": v for k, v in placeholder.items()}}
+            # An unfinished save's intent carries the whole message (as did, before intents,
+            # a claim not yet done).
+            self._intents.update_many({"_id": {"$in": [c["_id"] for c in claims]}}, copy)
+            unfinished = [c["_id"] for c in claims if "message" in c]
+            if unfinished:
+                self._claims.update_many({"_id": {"$in": unfinished}}, copy)
         return [MessageId(c["_id"]) for c in claims]
 
     def forget_user(self, user_id: UserId) -> int:

@@ -4,6 +4,7 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 - `chat_message_{n}`: messages, sharded by conversation; index (chat_key, _id).
 - `message_ids`: one claim per (from_id, cid), unique index (from_id, cid); `_id` is the
   message id and `shard` says where the message lives (how `get` and `recall` find it).
+- `message_intents`: a message's copy while its save is unfinished (see below).
 - `pending_messages`: offline sets, unique index (user_id, message_id).
 - `read_cursors`: one document per (user, chat), index user_id.
 - `store_layout`: the `split` the database was created with (a different one is refused).
@@ -11,29 +12,38 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 Offline sets and cursors live here, not in Redis, so a Redis flush loses nothing.
 
 How save_messages stays idempotent without transactions (FerretDB has none), per message:
-1. claim: insert {_id: id, from_id, cid, shard, message, pending_for} into message_ids. The
-   unique (from_id, cid) index lets exactly one claim per sender and cid exist, across shards.
-2. pending: insert its offline-set rows (a duplicate row is ignored).
-3. message: insert its document into its shard (a duplicate _id is ignored). From here on it
+1. intent: insert {_id: id, shard, message, pending_for} into message_intents: the copy a
+   retry finishes the message with.
+2. claim: insert {_id: id, from_id, cid, shard} into message_ids. The unique (from_id, cid)
+   index lets exactly one claim per sender and cid exist, across shards.
+3. pending: insert its offline-set rows (a duplicate row is ignored).
+4. message: insert its document into its shard (a duplicate _id is ignored). From here on it
    is visible to history, pending, get and group replay. Pending rows are written before it,
    so a visible message is always in every offline set it belongs to.
-4. done: mark the claim done and drop its copy of the message (one update for the batch).
-Each step is one unordered bulk write for the whole batch: a batch of new messages costs at
-most 3 round trips plus one per shard it touches (repeats add a lookup of their claims and
-one query per shard those live in).
+5. done: delete its intent (and those of the batch's repeats, which never got a claim).
+Each step is one unordered bulk write for the whole batch, inserts and one delete only (an
+update costs FerretDB milliseconds per document): a batch of new messages costs 4 round trips
+plus one per shard it touches (repeats add a lookup of their claims, of their intents and one
+query per shard those live in). An intent whose claim was refused or never written (a crash
+between steps 1 and 2) is removed by step 5 or by the retention purge.
 
 When a claim already exists (a repeat, or a retry after a failure):
-- claim done: the repeat gets the stored message with created=False and adds nothing.
-- claim not done: an earlier call failed (or is still running elsewhere). This call redoes
-  what is missing with the claim's own copy (same id, timestamp, content and recipients:
-  never a second message), marks it done and reports created=True, because no call has
+- no intent for it: done; the repeat gets the stored message with created=False.
+- its intent exists: an earlier call failed (or is still running elsewhere). This call redoes
+  what is missing with the intent's copy (same id, timestamp, content and recipients: never
+  a second message), deletes the intent and reports created=True, because no call has
   returned it as saved. If its document already existed, its offline rows did too and are not
   written again (a recipient who already confirmed it is not given it again).
+- a claim written before intents existed carries the copy itself and a `done` flag: the same
+  rules, finished by marking it done.
 So after an error part of a batch may be visible, but every message is either absent or
 complete, and the next save of the same (from_id, cid) finishes it under its first id. Two
 nodes saving the same (from_id, cid) at the same moment may both report created=True;
 recipients drop the duplicate by id. A message finished by a retry keeps its first attempt's
 id, so it sorts before messages the sender sent between the failure and the retry.
+
+Confirms (`commit`): every confirm of a group commit costs one find of the offline rows, one
+query per shard holding their messages and one delete, whatever the number of users and ids.
 
 Deviation from the port's "none of it on error": without transactions a failed batch may
 leave some of its messages visible (never half-written, see above); nothing is reported saved.
@@ -57,12 +67,13 @@ from pymongo.errors import DuplicateKeyError
 
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId, chat_key
-from ..ports import NewMessage, Saved
+from ..ports import Confirm, NewMessage, Saved
 from .mongo_base import (
     CHAT_PREFIX,
     CLAIMS,
     CURSORS,
     DEFAULT_SPLIT,
+    INTENTS,
     LAYOUT,
     LOG_PREFIX,
     PENDING,
@@ -92,17 +103,18 @@ class FrameLogEntry:
 class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
-    def __init__(self, url: str, split: int = DEFAULT_SPLIT) -> None:
+    def __init__(self, url: str, split: int = DEFAULT_SPLIT, journaled: bool = True) -> None:
         if split < 1:
             raise ValueError(f"split must be at least 1, got {split}")
         self.name = redact(url)
         self.split = split
-        self._client = open_client(url)
+        self._client = open_client(url, journaled)
         try:
             with translated(self.name):
                 self._db = self._client.get_default_database()
                 self._shards: list[Collection[Doc]] = [self._db[f"{CHAT_PREFIX}{n}"] for n in range(split)]
                 self._claims: Collection[Doc] = self._db[CLAIMS]
+                self._intents: Collection[Doc] = self._db[INTENTS]
                 self._pending: Collection[Doc] = self._db[PENDING]
                 self._cursors: Collection[Doc] = self._db[CURSORS]
                 self._check_layout()
@@ -139,6 +151,12 @@ class MongoMessages(MongoLifecycle):
 
     # -- saving ------------------------------------------------------------------------------
 
+    def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        """The saves, then the confirms (no transaction: see the module docstring)."""
+        saved = self.save_messages(saves) if saves else []
+        with translated(self.name):
+            return saved, self._confirm_all(confirms)
+
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Idempotent per (from_id, cid), results in batch order; see the module docstring."""
         with translated(self.name):
@@ -154,45 +172,76 @@ class MongoMessages(MongoLifecycle):
         return results
 
     def _save_unique(self, items: Sequence[NewMessage]) -> dict[tuple[int, str], Saved]:
+        intents = [self._intent(item) for item in items]
+        # An intent refused as a duplicate is an earlier attempt's with the same id.
+        ours = {intents[i]["_id"] for i in range(len(items))} - {intents[i]["_id"] for i in insert_new(self._intents, intents)}
         claims = [self._claim(item) for item in items]
         refused = insert_new(self._claims, claims)
         earlier = self._claims_of([items[i].message for i in sorted(refused)])
+        unfinished = self._unfinished(list(earlier.values()), ours)
         stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
         outcome: dict[tuple[int, str], Saved] = {}
-        write: list[Doc] = []  # claims whose pending rows and document are still to write
-        finish: list[int] = []  # claims to mark done
+        write: list[Doc] = []  # intents whose pending rows and document are still to write
+        finish: list[int] = []  # intents to drop: their message is complete
         for i, item in enumerate(items):
             key = (item.message.from_id, item.message.cid)
             claim = claims[i] if i not in refused else earlier.get(key)
             if claim is None:
                 raise RuntimeError(f"message id {item.message.id} is claimed by another (from_id, cid)")
             found = stored.get(claim["_id"])
-            if claim.get("done"):
+            intent = intents[i] if i not in refused else unfinished.get(claim["_id"])
+            if i in refused and claim["_id"] not in unfinished:  # done: a repeat
                 if found is None:
                     raise RuntimeError(f"message {claim['_id']} is done but missing from its shard")
                 outcome[key] = Saved(found, created=False)
                 continue
-            outcome[key] = Saved(found if found is not None else message_of(claim["message"]), created=True)
             finish.append(claim["_id"])
-            if found is None:
-                write.append(claim)
+            if found is not None:
+                outcome[key] = Saved(found, created=True)
+                continue
+            if intent is None:
+                raise RuntimeError(f"message {claim['_id']} is unfinished but has no copy to finish it with")
+            outcome[key] = Saved(message_of(intent["message"]), created=True)
+            write.append(intent)
         self._write(write)
-        if finish:
+        # Drop the finished intents and this call's own for the refused (never claimed).
+        drop = sorted(set(finish) | {intents[i]["_id"] for i in refused})
+        if drop:
+            self._intents.delete_many({"_id": {"$in": drop}})
+        legacy = [c["_id"] for c in earlier.values() if c["_id"] in unfinished and ("done" in c or "message" in c)]
+        if legacy:  # claims written before intents existed carried the copy and a done flag
             self._claims.update_many(
-                {"_id": {"$in": finish}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
+                {"_id": {"$in": legacy}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
             )
         return outcome
 
     def _claim(self, item: NewMessage) -> Doc:
         m = item.message
+        return {"_id": m.id, "from_id": m.from_id, "cid": m.cid, "shard": self._shard(m.chat_key)}
+
+    def _intent(self, item: NewMessage) -> Doc:
+        m = item.message
         return {
             "_id": m.id,
-            "from_id": m.from_id,
-            "cid": m.cid,
             "shard": self._shard(m.chat_key),
             "message": message_doc(m),
             "pending_for": list(dict.fromkeys(item.pending_for)),
         }
+
+    def _unfinished(self, claims: Sequence[Doc], ours: set[int]) -> dict[int, Doc | None]:
+        """Which of these stored claims are not finished, with the copy to finish each with
+        (its intent; a claim from before intents existed is its own copy, or None once its
+        copy was dropped). An intent in `ours` was written by this call: not evidence."""
+        found: dict[int, Doc | None] = {}
+        current: list[int] = []
+        for c in claims:
+            if "message" in c or c.get("done") is False:
+                found[c["_id"]] = c if "message" in c else None
+            elif "done" not in c and c["_id"] not in ours:
+                current.append(c["_id"])
+        if current:
+            found.update((doc["_id"], doc) for doc in self._intents.find({"_id": {"$in": current}}))
+        return found
 
     def _claims_of(self, messages: Sequence[Message]) -> dict[tuple[int, str], Doc]:
         """The stored claims of these (from_id, cid) pairs, in one query."""
@@ -251,15 +300,35 @@ class MongoMessages(MongoLifecycle):
 
     def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
         """Removes ids from the offline set; returns those that were in it, in `ids` order."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return []
         with translated(self.name):
-            rows = self._pending.find({"user_id": user_id, "message_id": {"$in": wanted}})
-            messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
-            if messages:
-                self._pending.delete_many({"user_id": user_id, "message_id": {"$in": list(messages)}})
-        return [messages[i] for i in wanted if i in messages]
+            return self._confirm_all([Confirm(user_id, tuple(ids))])[0]
+
+    def _confirm_all(self, confirms: Sequence[Confirm]) -> list[list[Message]]:
+        """Every confirm of a group commit in one find, one query per shard holding their
+        messages and one delete. An id confirmed twice in the batch counts for the first.
+        A row whose message is not yet visible (an unfinished save) stays."""
+        wanted: dict[int, set[int]] = defaultdict(set)
+        for c in confirms:
+            wanted[c.user_id].update(c.ids)
+        if not any(wanted.values()):
+            return [[] for _ in confirms]
+        either = [{"user_id": u, "message_id": {"$in": sorted(ids)}} for u, ids in wanted.items() if ids]
+        query = either[0] if len(either) == 1 else {"$or": either}
+        rows = list(self._pending.find(query, {"user_id": 1, "message_id": 1, "shard": 1}))
+        messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
+        held: dict[int, set[int]] = defaultdict(set)
+        for r in rows:
+            if r["message_id"] in messages:
+                held[r["user_id"]].add(r["message_id"])
+        if held:
+            gone = [{"user_id": u, "message_id": {"$in": sorted(ids)}} for u, ids in held.items()]
+            self._pending.delete_many(gone[0] if len(gone) == 1 else {"$or": gone})
+        results: list[list[Message]] = []
+        for c in confirms:
+            mine = held[c.user_id]
+            results.append([messages[i] for i in dict.fromkeys(c.ids) if i in mine])
+            mine.difference_update(c.ids)
+        return results
 
     def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
         """Each group's messages with timestamp > its cursor and id > after, oldest first."""

@@ -2,6 +2,9 @@
 
 Rules:
 - WAL journal with synchronous=FULL: a committed transaction survives SIGKILL and power loss.
+  `full_sync=False` (the message store's `vim.store.sync: normal`) sets synchronous=NORMAL:
+  a commit still survives SIGKILL (it is in the WAL file), but the WAL is synced only at
+  checkpoints, so a power loss or OS crash may lose the last commits (never corrupts).
 - Several node processes on one machine may share one file (busy_timeout waits for the lock).
 - One connection per adapter, used by one thread at a time (a lock guards it).
 - sqlite3 errors that mean "the database cannot serve" become StoreUnavailable here, once.
@@ -21,14 +24,14 @@ BUSY_TIMEOUT_MS = 10_000
 
 
 class SqliteDatabase:
-    def __init__(self, path: str, migrations: Sequence[str]) -> None:
+    def __init__(self, path: str, migrations: Sequence[str], full_sync: bool = True) -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if full_sync else 'NORMAL'}")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
         except (sqlite3.Error, OSError) as exc:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId
-from ..ports import NewMessage, Saved
+from ..ports import Confirm, NewMessage, Saved
 from .sqlite_base import SqliteDatabase
 from .sqlite_lifecycle import INDEXES, SqliteLifecycle
 from .sqlite_rows import COLUMNS, M_COLUMNS, _message
@@ -53,15 +53,18 @@ MIGRATIONS = [
 UNREAD_CHUNK = 400
 
 class SqliteMessages(SqliteLifecycle):
-    def __init__(self, path: str) -> None:
-        self._db = SqliteDatabase(path, MIGRATIONS)
+    def __init__(self, path: str, full_sync: bool = True) -> None:
+        """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits)."""
+        self._db = SqliteDatabase(path, MIGRATIONS, full_sync)
+
+    def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        with self._db.transaction() as conn:
+            saved = [self._save_one(conn, item) for item in saves]
+            removed = [self._confirm(conn, c.user_id, c.ids) for c in confirms]
+        return saved, removed
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
-        results: list[Saved] = []
-        with self._db.transaction() as conn:
-            for item in batch:
-                results.append(self._save_one(conn, item))
-        return results
+        return self.commit(batch, ())[0]
 
     @staticmethod
     def _save_one(conn: sqlite3.Connection, item: NewMessage) -> Saved:
@@ -93,19 +96,27 @@ class SqliteMessages(SqliteLifecycle):
         return [_message(r) for r in rows]
 
     def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
-        confirmed: list[Message] = []
-        with self._db.transaction() as conn:
-            for message_id in dict.fromkeys(ids):
-                row = conn.execute(
-                    f"SELECT {M_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id "
-                    "WHERE p.user_id = ? AND p.message_id = ?",
-                    (user_id, message_id),
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute("DELETE FROM pending WHERE user_id = ? AND message_id = ?", (user_id, message_id))
-                confirmed.append(_message(row))
-        return confirmed
+        return self.commit((), [Confirm(user_id, tuple(ids))])[1][0]
+
+    @staticmethod
+    def _confirm(conn: sqlite3.Connection, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
+        """DELETE ... RETURNING (SQLite >= 3.35), then the removed messages, in `ids` order."""
+        wanted = list(dict.fromkeys(ids))
+        removed: list[int] = []
+        for start in range(0, len(wanted), UNREAD_CHUNK):
+            chunk = wanted[start : start + UNREAD_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            removed += [r[0] for r in conn.execute(
+                f"DELETE FROM pending WHERE user_id = ? AND message_id IN ({marks}) RETURNING message_id",
+                (user_id, *chunk),
+            ).fetchall()]
+        found: dict[int, Message] = {}
+        for start in range(0, len(removed), UNREAD_CHUNK):
+            part = removed[start : start + UNREAD_CHUNK]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id IN ({marks})", part).fetchall()
+            found.update((r[0], _message(r)) for r in rows)
+        return [found[i] for i in wanted if i in found]
 
     def group_messages_after(self, cursors: dict[GroupId, int], after: MessageId, limit: int) -> list[Message]:
         found: list[Message] = []

@@ -18,7 +18,7 @@ from ..errors import StoreUnavailable
 from ..model import Message
 from ..protocol.frames import message_wire
 from .blocking import BlockingRunner
-from .store_writer import take_batch
+from .store_writer import drain_batch
 
 log = structlog.get_logger()
 QUEUE = 10_000
@@ -51,7 +51,7 @@ class FrameLog:
     async def run(self) -> None:
         assert self._write is not None
         async for first in self._receive:
-            batch = take_batch(first, self._receive, BATCH)
+            batch = drain_batch(first, self._receive, BATCH)
             entries = [(json.dumps({"code": "message", "message": message_wire(m)}, ensure_ascii=False),
                         int(m.from_id), m.timestamp) for m in batch]
             try:

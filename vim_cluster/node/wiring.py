@@ -8,7 +8,7 @@ from ..adapters.embedded_redis import default_dir, ensure_embedded_redis, runnin
 from ..adapters.redis_registry import RedisRegistry
 from ..adapters.sqlite_directory import SqliteDirectory
 from ..adapters.sqlite_messages import SqliteMessages
-from ..config import NodeConfig, sqlite_path
+from ..config import NodeConfig, StoreSync, sqlite_path
 from ..errors import ConfigError, StoreUnavailable
 from ..lifecycle_ports import LifecycleStore, UserDirectory
 from ..ports import MessageStore
@@ -48,13 +48,14 @@ def open_directory(config: NodeConfig) -> UserDirectory:
 def open_messages(config: NodeConfig) -> LifecycleStore:
     """The message store for the URL's scheme (sqlite:// or mongodb://), indexed. Blocking."""
     url = config.store.messages
+    full = config.store.sync is StoreSync.FULL
     path = sqlite_path(url)
     if path is not None:
-        return SqliteMessages(path)
+        return SqliteMessages(path, full_sync=full)
     if url.startswith("mongodb://"):
         from ..adapters.mongo_messages import MongoMessages  # pymongo only where configured
 
-        return MongoMessages(url)
+        return MongoMessages(url, journaled=full)
     raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")
 
 

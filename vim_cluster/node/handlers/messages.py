@@ -89,7 +89,8 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
 async def received(conn: Connection, command: f.Received) -> None:
     ctx = conn.ctx
     ids = [MessageId(i) for i in command.ids]
-    confirmed = await ctx.store(ctx.messages.confirm, UserId(conn.user_id), ids)
+    # In the writer's next group commit; the receipts go out once the delete is committed.
+    confirmed = await ctx.writer.confirm(UserId(conn.user_id), ids)
     for message in confirmed:
         if message.chat_type is ChatType.FRIEND:
             receipt = f.Receipt(message.id, message.chat_id, by=conn.user_id)
