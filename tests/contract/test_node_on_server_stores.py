@@ -11,10 +11,10 @@ import pymongo
 import pytest
 import trio
 
+from vim_cluster import wiring
 from vim_cluster.adapters.mongo_messages import MongoMessages
 from vim_cluster.adapters.mysql_directory import MysqlDirectory
 from vim_cluster.config import load_config
-from vim_cluster.node import wiring
 
 from ..servers import FerretDB
 from ..support import connect, online, write_config

@@ -26,7 +26,7 @@ import structlog
 import trio
 from trio_websocket import WebSocketServer
 
-from .. import __version__
+from .. import __version__, wiring
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
@@ -34,7 +34,6 @@ from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
 from ..tls import client_context
-from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
 from .context import NodeContext

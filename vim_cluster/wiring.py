@@ -1,17 +1,21 @@
-"""Picks the adapters from the config's URLs: the only module that imports adapters."""
+"""Picks the adapters from the config's URLs: the only module that imports adapters
+(tests/unit/test_layers.py holds it to that). The node (node/app.py) and the operator commands
+(admin, cli, launcher, erasure, bench ...) open their stores and the embedded Redis through it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..adapters.embedded_redis import default_dir, ensure_embedded_redis, running_url
-from ..adapters.redis_registry import RedisRegistry
-from ..adapters.sqlite_directory import SqliteDirectory
-from ..adapters.sqlite_messages import SqliteMessages
-from ..config import NodeConfig, sqlite_path
-from ..errors import ConfigError, StoreUnavailable
-from ..lifecycle_ports import LifecycleStore, UserDirectory
-from ..ports import MessageStore
+from .adapters.embedded_redis import default_dir, ensure_embedded_redis, running_url
+from .adapters.embedded_redis import hold_embedded_redis as hold_embedded_redis
+from .adapters.embedded_redis import release_embedded_redis as release_embedded_redis
+from .adapters.redis_registry import RedisRegistry
+from .adapters.sqlite_directory import SqliteDirectory
+from .adapters.sqlite_messages import SqliteMessages
+from .config import NodeConfig, sqlite_path
+from .errors import ConfigError, StoreUnavailable
+from .lifecycle_ports import LifecycleStore, UserDirectory
+from .ports import MessageStore
 
 
 def redis_url(config: NodeConfig, start: bool = True) -> str:
@@ -39,7 +43,7 @@ def open_directory(config: NodeConfig) -> UserDirectory:
     if path is not None:
         return SqliteDirectory(path)
     if url.startswith("mysql://"):
-        from ..adapters.mysql_directory import MysqlDirectory  # pymysql only where configured
+        from .adapters.mysql_directory import MysqlDirectory  # pymysql only where configured
 
         return MysqlDirectory(url)
     raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
@@ -52,7 +56,7 @@ def open_messages(config: NodeConfig) -> LifecycleStore:
     if path is not None:
         return SqliteMessages(path)
     if url.startswith("mongodb://"):
-        from ..adapters.mongo_messages import MongoMessages  # pymongo only where configured
+        from .adapters.mongo_messages import MongoMessages  # pymongo only where configured
 
         return MongoMessages(url)
     raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")
@@ -70,7 +74,7 @@ def store_concurrency(config: NodeConfig) -> int:
 
 def frame_log_writer(messages: MessageStore) -> Callable[[Sequence[tuple[str, int, int]]], None] | None:
     """The store's raw frame log (MongoDB's daily `message-log-*`), or None if it has none."""
-    from ..adapters.mongo_messages import FrameLogEntry, MongoMessages
+    from .adapters.mongo_messages import FrameLogEntry, MongoMessages
 
     if not isinstance(messages, MongoMessages):
         return None
