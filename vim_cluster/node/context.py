@@ -1,4 +1,5 @@
-"""Everything a handler needs, built once per node by `wiring`."""
+"""Everything a handler needs, built once per node by `node.app.serve_node` from the backends
+that `wiring` opens (the registry, the directory, the message store)."""
 
 from __future__ import annotations
 
