@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+import attrs
 
 from .adapters.embedded_redis import default_dir, ensure_embedded_redis, running_url
 from .adapters.embedded_redis import hold_embedded_redis as hold_embedded_redis
@@ -12,10 +15,12 @@ from .adapters.embedded_redis import release_embedded_redis as release_embedded_
 from .adapters.redis_registry import RedisRegistry
 from .adapters.sqlite_directory import SqliteDirectory
 from .adapters.sqlite_messages import SqliteMessages
-from .config import NodeConfig, sqlite_path
+from .config import NodeConfig
 from .errors import ConfigError, StoreUnavailable
 from .lifecycle_ports import LifecycleStore, UserDirectory
 from .ports import MessageStore
+
+T = TypeVar("T")
 
 
 def redis_url(config: NodeConfig, start: bool = True) -> str:
@@ -36,40 +41,75 @@ def open_registry(config: NodeConfig, start: bool = True) -> RedisRegistry:
     return RedisRegistry(redis_url(config, start))
 
 
+@attrs.frozen
+class Backend(Generic[T]):
+    """One store backend: the URL prefix it serves, how to open it (blocking: connects,
+    migrates or indexes), and how many of its calls may run at once."""
+
+    prefix: str
+    open: Callable[[str], T]
+    concurrency: int
+
+
+def _sqlite_directory(url: str) -> UserDirectory:
+    return SqliteDirectory(url[len("sqlite://"):])
+
+
+def _mysql_directory(url: str) -> UserDirectory:
+    from .adapters.mysql_directory import MysqlDirectory  # pymysql only where configured
+
+    return MysqlDirectory(url)
+
+
+def _sqlite_messages(url: str) -> LifecycleStore:
+    return SqliteMessages(url[len("sqlite://"):])
+
+
+def _mongo_messages(url: str) -> LifecycleStore:
+    from .adapters.mongo_messages import MongoMessages  # pymongo only where configured
+
+    return MongoMessages(url)
+
+
+# The one table of backends by URL (config.py resolves every sqlite URL to `sqlite:///ABS`).
+# SQLite has one connection per store: one call at a time. MySQL: its pool size.
+DIRECTORIES: tuple[Backend[UserDirectory], ...] = (
+    Backend("sqlite:///", _sqlite_directory, 1),
+    Backend("mysql://", _mysql_directory, 4),
+)
+MESSAGE_STORES: tuple[Backend[LifecycleStore], ...] = (
+    Backend("sqlite:///", _sqlite_messages, 1),
+    Backend("mongodb://", _mongo_messages, 8),
+)
+
+
+def _backend(config: NodeConfig, key: str, url: str, table: tuple[Backend[T], ...]) -> Backend[T]:
+    for backend in table:
+        if url.startswith(backend.prefix):
+            return backend
+    raise ConfigError(str(config.file), key, f"no adapter for {url.split(':')[0]} in this build")
+
+
 def open_directory(config: NodeConfig) -> UserDirectory:
     """The directory adapter for the URL's scheme (sqlite:// or mysql://), migrated. Blocking."""
     url = config.store.directory
-    path = sqlite_path(url)
-    if path is not None:
-        return SqliteDirectory(path)
-    if url.startswith("mysql://"):
-        from .adapters.mysql_directory import MysqlDirectory  # pymysql only where configured
-
-        return MysqlDirectory(url)
-    raise ConfigError(str(config.file), "vim.store.directory", f"no adapter for {url.split(':')[0]} in this build")
+    return _backend(config, "vim.store.directory", url, DIRECTORIES).open(url)
 
 
 def open_messages(config: NodeConfig) -> LifecycleStore:
     """The message store for the URL's scheme (sqlite:// or mongodb://), indexed. Blocking."""
     url = config.store.messages
-    path = sqlite_path(url)
-    if path is not None:
-        return SqliteMessages(path)
-    if url.startswith("mongodb://"):
-        from .adapters.mongo_messages import MongoMessages  # pymongo only where configured
-
-        return MongoMessages(url)
-    raise ConfigError(str(config.file), "vim.store.messages", f"no adapter for {url.split(':')[0]} in this build")
+    return _backend(config, "vim.store.messages", url, MESSAGE_STORES).open(url)
 
 
 def directory_concurrency(config: NodeConfig) -> int:
-    """How many directory calls may run at once (SQLite: one connection, one at a time)."""
-    return 1 if sqlite_path(config.store.directory) is not None else 4  # the MySQL pool size
+    """How many directory calls may run at once."""
+    return _backend(config, "vim.store.directory", config.store.directory, DIRECTORIES).concurrency
 
 
 def store_concurrency(config: NodeConfig) -> int:
-    """How many message-store calls may run at once (SQLite: one at a time)."""
-    return 1 if sqlite_path(config.store.messages) is not None else 8
+    """How many message-store calls may run at once."""
+    return _backend(config, "vim.store.messages", config.store.messages, MESSAGE_STORES).concurrency
 
 
 def frame_log_writer(messages: MessageStore) -> Callable[[Sequence[tuple[str, int, int]]], None] | None:
