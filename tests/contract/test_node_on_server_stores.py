@@ -67,7 +67,7 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
             await alice.send("message", cid="c1", chatId=bob.user_id, type="friend", messageType="text", content="x")
             error = await alice.expect_error("unavailable", timeout=10)
             assert error.get("cid") == "c1"
-            await bob.no_frame("message", wait=0.5)
+            await bob.no_frame("message")
             private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
             ack = await alice.chat(bob.user_id, "x", "c1")
             assert (await bob.expect("message"))["id"] == ack["id"]
