@@ -230,7 +230,7 @@ async def test_a_byte_limit_refuses_pushes_counting_the_frame_being_written_unti
 
 
 @pytest.mark.parametrize("binary", [False, True])
-async def test_frames_carry_the_connection_s_mode(binary: bool) -> None:
+async def test_frames_carry_the_connection_s_mode_but_a_bare_pong_is_text(binary: bool) -> None:
     ws = Socket()
     box = queue(ws, limit=10)
     box.binary = binary
@@ -238,7 +238,9 @@ async def test_frames_carry_the_connection_s_mode(binary: bool) -> None:
         async with trio.open_nursery() as nursery:
             box.attach(nursery, nursery.cancel_scope)
             box.push(frame(7))
+            box.push(OutFrame(f.RawPong()))
             await trio.testing.wait_all_tasks_blocked()
             payload = frame(7).encoded(binary)
-            assert ws.frames() == [(0x2 if binary else 0x1, payload.encode() if isinstance(payload, str) else payload)]
+            assert ws.frames() == [(0x2 if binary else 0x1, payload.encode() if isinstance(payload, str) else payload),
+                                   (0x1, b"pong")]
             nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import attrs
 import structlog
 import trio
 
+from ..core.limits import RateWindow
 from ..core.login import replaced_sessions
 from ..errors import CloseCode, StoreUnavailable
 from ..model import UserId
@@ -24,6 +25,8 @@ from .ws_server import ServerSocket
 
 log = structlog.get_logger()
 ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
+QUEUE_SIZE = 1024  # frames waiting in a connection's SendQueue (more: a slow consumer)
+QUEUE_BYTES = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer)
 
 
 @attrs.define(eq=False)
@@ -38,6 +41,13 @@ class Connection:
     session: Session | None = None
     unacked: int = 0  # sent messages waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
+
+    @classmethod
+    def new(cls, ctx: NodeContext, ws: ServerSocket, conn_id: int, address: str) -> Connection:
+        """A connection just accepted: anonymous, an empty SendQueue (QUEUE_SIZE, QUEUE_BYTES)."""
+        websocket = ctx.config.websocket
+        state = ClientState(trio.current_time(), RateWindow(websocket.rate_limit), websocket.idle_timeout)
+        return cls(ctx, ws, conn_id, state, SendQueue(ws, QUEUE_SIZE, QUEUE_BYTES), trio.CancelScope(), address)
 
     @property
     def user_id(self) -> int:

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 import trio
 
-from ..core.limits import RateWindow
 from ..core.lockout import source_key
 from ..errors import (
     UNAVAILABLE_DETAIL,
@@ -29,17 +28,14 @@ from ..errors import (
 )
 from ..protocol import frames as f
 from ..protocol.codec import FrameError, decode
-from ..protocol.session import ClientState
 from .connection import Connection
 from .context import NodeContext
 from .handlers import dispatch
 from .handlers.account import authenticate_token
-from .send_queue import CLOSE_GRACE, Close, SendQueue
+from .send_queue import CLOSE_GRACE, Close
 from .ws_server import Request, ServerSocket
 
 log = structlog.get_logger()
-QUEUE_SIZE = 1024  # frames waiting in a connection's SendQueue (more: a slow consumer)
-QUEUE_BYTES = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer)
 _conn_ids = itertools.count(1)
 
 
@@ -59,10 +55,7 @@ async def serve_connection(ctx: NodeContext, request: Request) -> None:
         # The queue starts its writer in the connection's nursery when there is something to
         # send; `conn.cancel_scope` (kicks, slow consumers) stops the reading, not the writing.
         async with trio.open_nursery() as nursery:
-            state = ClientState(trio.current_time(), RateWindow(ctx.config.websocket.rate_limit),
-                                ctx.config.websocket.idle_timeout)
-            conn = Connection(ctx, ws, conn_id, state, SendQueue(ws, QUEUE_SIZE, QUEUE_BYTES), trio.CancelScope(),
-                              address)
+            conn = Connection.new(ctx, ws, conn_id, address)
             conn.send_queue.attach(nursery, nursery.cancel_scope)
             close: Close | None = None
             with conn.cancel_scope:

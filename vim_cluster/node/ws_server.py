@@ -64,9 +64,12 @@ def frame_header(opcode: int, length: int) -> bytes:
 
 
 def frame(payload: str | bytes, binary: bool) -> bytes:
-    """One final text (or binary) frame carrying `payload`."""
-    data = payload.encode() if isinstance(payload, str) else payload
-    return frame_header(0x2 if binary else 0x1, len(data)) + data
+    """One final frame carrying `payload`: binary for bytes on a `binary` (MessagePack)
+    connection, text otherwise (a str, or UTF-8 bytes such as JSON on a text connection)."""
+    if isinstance(payload, str):
+        data = payload.encode()
+        return frame_header(0x1, len(data)) + data
+    return frame_header(0x2 if binary else 0x1, len(payload)) + payload
 
 
 class Rejected(Exception):
