@@ -4,9 +4,9 @@
   loaded machine the stock helper's connections, each registering a dozen users in turn,
   outlive the 10 s authentication deadline and the scenario fails before it measures anything.
 - `bench raw-connections --configs DIR --connections K --json`: K idle connections to the last
-  node, authenticated by the handshake token (`?token=`), held by a bare client (a socket and
-  nothing else per connection, so the client's own cost does not slow the node down); prints
-  the node's RSS growth per connection, as `bench connections` does.
+  node, authenticated by `ready` with a token as `bench connections` does, held by a bare
+  client (a socket and nothing else per connection, so the client's own cost does not slow
+  the node down); prints the node's RSS growth per connection, as `bench connections` does.
 """
 
 from __future__ import annotations
@@ -47,10 +47,20 @@ async def create_users(url: str, count: int, prefix: str, parallel: int = 8) -> 
     return [a for a in accounts if a is not None]
 
 
+def _masked_text(payload: bytes) -> bytes:
+    """One final masked text frame (client to server), payload under 126 bytes... or not."""
+    mask = secrets.token_bytes(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + mask + body
+
+
 async def _open(host: str, port: int, token: str, held: list[trio.SocketStream]) -> None:
+    """Handshake, then `ready` with the token as the load generator does, up to sync-done."""
     stream = await trio.open_tcp_stream(host, port)
     key = base64.b64encode(secrets.token_bytes(16)).decode()
-    await stream.send_all((f"GET /?token={token}&client=raw-{secrets.token_hex(3)} HTTP/1.1\r\nHost: {host}\r\n"
+    await stream.send_all((f"GET / HTTP/1.1\r\nHost: {host}\r\n"
                            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     answer = b""
@@ -61,6 +71,13 @@ async def _open(host: str, port: int, token: str, held: list[trio.SocketStream])
         answer += chunk
     if not answer.startswith(b"HTTP/1.1 101"):
         raise OSError(answer.split(b"\r\n")[0].decode())
+    ready = {"code": "ready", "message": {"token": token, "client": f"raw-{secrets.token_hex(3)}"}}
+    await stream.send_all(_masked_text(json.dumps(ready).encode()))
+    while b"sync-done" not in answer:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise OSError("closed before sync-done")
+        answer += chunk
     held.append(stream)
 
 
