@@ -53,6 +53,7 @@ def main() -> None:
             order = ["base", "new"] if n % 2 == 0 else ["new", "base"]
             for name in order:
                 os.environ["PYTHONPATH"] = trees[name]
+                os.chdir(trees[name])  # `python -m vim_cluster.cli` (the launcher) puts the cwd first on sys.path
                 load = os.getloadavg()[0]
                 try:
                     results = run_profile("sqlite", Path(tmp) / f"{name}-{n}", SQLITE, args, scenarios)
