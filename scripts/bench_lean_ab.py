@@ -1,5 +1,5 @@
 """A/B of two trees of vim-cluster (issue 12, the lean client connection): interleaved rounds
-of `connections` (RSS per idle authenticated connection) and `cross-node` (server CPU per
+of `raw-connections` (RSS per idle authenticated connection, scripts/bench_lean_cli.py) and `cross-node` (server CPU per
 delivered message, at full rate and at 1,000 msg/s), medians per tree, the load average
 beside each run.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bench_run  # noqa: E402
 from bench_run import run_profile  # noqa: E402
 
+bench_run.VIM = [sys.executable, str(ROOT / "scripts" / "bench_lean_cli.py")]  # users one connection each
+
 SQLITE = {"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db"}
-FIGURES = [("connections", "max", "rss_per_connection_kb"),
+FIGURES = [("raw-connections", "max", "rss_per_connection_kb"),
            ("cross-node", "max", "server_cpu_us_per_delivered"),
            ("cross-node", "max", "delivered_per_s"),
            ("cross-node", 1000.0, "server_cpu_us_per_delivered"),
@@ -40,7 +44,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     args = parser.parse_args()
     trees = {"base": str(Path(args.base).resolve()), "new": str(ROOT)}
-    scenarios = [("connections", ["--connections", str(args.connections)]),
+    scenarios = [("raw-connections", ["--connections", str(args.connections)]),
                  ("cross-node", ["--senders", "4", "--window", "32"]),
                  ("cross-node", ["--senders", "4", "--window", "32", "--rate", "1000"])]
     runs: dict[str, list[list[dict[str, Any]]]] = {"base": [], "new": []}
@@ -49,8 +53,13 @@ def main() -> None:
             order = ["base", "new"] if n % 2 == 0 else ["new", "base"]
             for name in order:
                 os.environ["PYTHONPATH"] = trees[name]
+                os.chdir(trees[name])  # `python -m vim_cluster.cli` (the launcher) puts the cwd first on sys.path
                 load = os.getloadavg()[0]
-                results = run_profile("sqlite", Path(tmp) / f"{name}-{n}", SQLITE, args, scenarios)
+                try:
+                    results = run_profile("sqlite", Path(tmp) / f"{name}-{n}", SQLITE, args, scenarios)
+                except subprocess.TimeoutExpired as exc:
+                    print(f"{name} {n}: {exc}", file=sys.stderr, flush=True)
+                    continue
                 for r in results:
                     r["load"] = round(load, 2)
                 runs[name].append(results)

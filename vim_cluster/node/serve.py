@@ -12,6 +12,7 @@ while frames wait to be sent.
 from __future__ import annotations
 
 import itertools
+import math
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -28,6 +29,7 @@ from ..errors import (
 )
 from ..protocol import frames as f
 from ..protocol.codec import FrameError, decode
+from ..protocol.session import ClientState
 from .connection import Connection
 from .context import NodeContext
 from .handlers import dispatch
@@ -58,13 +60,16 @@ async def serve_connection(ctx: NodeContext, request: Request) -> None:
             conn = Connection.new(ctx, ws, conn_id, address)
             conn.send_queue.attach(nursery, nursery.cancel_scope)
             close: Close | None = None
-            with conn.cancel_scope:
+            with conn.cancel_scope:  # cancelled by a kick, or by the reader's deadline
                 close = await _authenticate_handshake(conn, handshake_user, client, uuid)
                 if close is None:
                     close = await _reader(conn)
                     await conn.all_committed()  # their acks go out before the close
+            kicked = conn.session is not None and conn.session.close_code is not None
+            if close is None and not kicked and conn.cancel_scope.cancelled_caught:  # the deadline
+                close = _timed_out(conn.state)
             with trio.move_on_after(2 * CLOSE_GRACE):
-                if close is not None and not conn.cancel_scope.cancel_called:
+                if close is not None and not kicked:
                     while not conn.send_queue.close(close):
                         await conn.send_queue.room()
                 await trio.sleep_forever()  # the writer ends the nursery once it closed
@@ -132,24 +137,30 @@ async def _authenticate_handshake(
     return None
 
 
+def _timed_out(state: ClientState) -> Close:
+    if state.auth_expired(trio.current_time()):
+        return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
+    return Close(CloseCode.GOING_AWAY, "idle timeout")
+
+
 async def _reader(conn: Connection) -> Close:
-    """Reads and handles frames until the connection must close; returns how to close it."""
+    """Reads and handles frames until the connection must close; returns how to close it.
+    When no frame comes in time, the connection's cancel scope ends it at its deadline (one
+    scope for kicks and deadlines: an idle connection holds one, not two)."""
     state = conn.state
     queue = conn.send_queue
+    scope = conn.cancel_scope
     max_frame = conn.ctx.config.websocket.max_frame
     while True:
         # Only the wait for a frame is under the deadline: a frame that arrived in time is
         # always handled and answered, however long its handler takes.
-        data: str | bytes | None = None
-        with trio.move_on_at(state.deadline()):
-            try:
-                data = await conn.ws.receive(queue.control)
-            except Disconnect as exc:  # the peer closed, went away or broke the protocol
-                return Close(exc.code, exc.reason)
-        if data is None:
-            if state.auth_expired(trio.current_time()):
-                return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
-            return Close(CloseCode.GOING_AWAY, "idle timeout")
+        scope.deadline = state.deadline()
+        try:
+            data = await conn.ws.receive(queue.control)
+        except Disconnect as exc:  # the peer closed, went away or broke the protocol
+            scope.deadline = math.inf
+            return Close(exc.code, exc.reason)
+        scope.deadline = math.inf
         # The socket caps text frames in characters; the limit is in bytes.
         if isinstance(data, str) and len(data) * 4 > max_frame and len(data.encode("utf-8", "surrogatepass")) > max_frame:
             return Close(CloseCode.TOO_BIG, f"frame larger than {max_frame} bytes")
