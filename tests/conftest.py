@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from vim_cluster.adapters.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from vim_cluster.config import load_config
@@ -58,11 +60,25 @@ def url(node: RunningNode) -> str:
 
 @pytest.fixture
 def start_node(nursery: trio.Nursery, node_folder: Path, redis_url: str):
-    """`await start_node(websocket={...}, extra={...})`: a node with config overrides."""
+    """`await start_node(websocket={...}, extra={...})`: a node with config overrides;
+    `clock_ms=` gives it a wall clock (e.g. support.virtual_wall_clock())."""
 
-    async def start(**overrides) -> RunningNode:
+    async def start(clock_ms=None, **overrides) -> RunningNode:
         overrides.setdefault("node_id", f"node-{next(_node_ids)}")
         config = load_config(write_config(node_folder, redis_url=redis_url, **overrides))
-        return await nursery.start(serve_node, config)
+        if clock_ms is None:
+            return await nursery.start(serve_node, config)
+        return await nursery.start(functools.partial(serve_node, config, clock_ms=clock_ms))
 
     return start
+
+
+@pytest.fixture
+def jump_clock() -> MockClock:
+    """The test's trio clock: virtual time that runs at real speed, so the node's threads
+    (SQLite, Redis), Redis TTLs and the test's own deadlines behave as with the real clock, and
+    that the test moves past a node's timer (`jump_clock.jump(AUTH_TIMEOUT)`) instead of
+    sleeping through it. (An autojump clock would also jump while a thread runs, and fire
+    deadlines that real time never reached.) Jump only outside a short `fail_after` scope:
+    a jump moves every deadline's "now", the test's own too."""
+    return MockClock(rate=1)

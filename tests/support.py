@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -11,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import yaml
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 PASSWORD = "correct horse battery"
+_barriers = itertools.count(1)
 
 
 def free_port() -> int:
@@ -182,11 +185,29 @@ class Client:
         assert error["error"] == kind, error
         return error
 
-    async def no_frame(self, code: str, wait: float = 0.3) -> None:
-        """Asserts no frame with `code` arrives within `wait` seconds."""
-        with trio.move_on_after(wait):
-            frame = await self.expect(code, timeout=wait + 1)
-            raise AssertionError(f"unexpected {code}: {frame}")
+    async def barrier(self, timeout: float = 5.0) -> None:
+        """A ping/pong round trip: a node answers a connection's frames in order and queues its
+        frames in order, so once the pong is here, every frame the node queued for this
+        connection before it read the ping is in the backlog."""
+        rid = f"barrier-{next(_barriers)}"
+        await self.send("ping", rid=rid)
+        with trio.fail_after(timeout):
+            while True:
+                frame = self.parse(await self.ws.get_message())
+                if frame["code"] == "pong" and frame["message"].get("rid") == rid:
+                    return
+                self.backlog.append(frame)
+
+    async def no_frame(self, code: str, wait: float = 0.0) -> None:
+        """Asserts that no frame with `code` came, after a `barrier` (no fixed wait): whatever
+        this connection's node did before it (an ack someone got, a reply on another
+        connection) queued its frames before the pong. `wait` only for a frame that another
+        node forwards (a barrier on this connection does not order those): waits that long first."""
+        if wait:
+            await trio.sleep(wait)
+        await self.barrier()
+        unexpected = [frame for frame in self.backlog if frame["code"] == code]
+        assert not unexpected, f"unexpected {code}: {unexpected}"
 
     async def register_login(self, username: str, password: str = PASSWORD) -> str:
         await self.send("register", username=username, password=password)
@@ -243,6 +264,128 @@ async def online(
         await c.login(username)
     await c.ready(client=client, **ready)
     return c
+
+
+async def make_group(owner: Client, members: Sequence[Client] = (), name: str = "team",
+                     told: Sequence[Client] | None = None) -> str:
+    """`owner` creates a group with `members` (the owner joins by itself); waits for the
+    owner's `group-ok` and the one each client in `told` (default: `members`) gets. Returns the
+    group id."""
+    await owner.send("group-create", name=name, members=[m.user_id for m in members])
+    group_id = (await owner.expect("group-ok"))["groupId"]
+    for member in members if told is None else told:
+        assert (await member.expect("group-ok"))["groupId"] == group_id
+    return str(group_id)
+
+
+class Collector:
+    """Reads a client's frames in the background (`nursery.start_soon(c.run)`); keeps each
+    message id's first arrival, in order. `stop()` hands the other frames back to the client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.scope = trio.CancelScope()
+        self.arrived: dict[str, float] = {}  # message id -> time.monotonic() of first arrival
+        self.order: list[str] = []  # message ids, first arrivals only, in arrival order
+        self.frames = 0  # message frames, duplicates included
+        self.others: list[dict[str, Any]] = []
+        self.closed = False
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        with self.scope:
+            while True:
+                try:
+                    frame = await self.client.next_frame()
+                except ConnectionClosed:
+                    self.closed = True
+                    self._wake()
+                    return
+                if frame["code"] != "message":
+                    self.others.append(frame)
+                    continue
+                self.frames += 1
+                message_id = frame["message"]["id"]
+                if message_id not in self.arrived:
+                    self.arrived[message_id] = time.monotonic()
+                    self.order.append(message_id)
+                self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def duplicates(self) -> int:
+        return self.frames - len(self.order)
+
+    async def wait_for(self, ids: list[str] | int, timeout: float) -> bool:
+        """Waits until every id of `ids` (or, given a number, that many distinct messages)
+        arrived (True), or `timeout` passed or the client closed (False)."""
+
+        def done() -> bool:
+            return len(self.order) >= ids if isinstance(ids, int) else set(ids) <= self.arrived.keys()
+
+        with trio.move_on_after(timeout):
+            while not done():
+                if self.closed:
+                    return False
+                await self._changed.wait()
+            return True
+        return False
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Waits until the node closed the client's connection (fails after `timeout`)."""
+        with trio.fail_after(timeout):
+            while not self.closed:
+                await self._changed.wait()
+
+    def stop(self) -> None:
+        self.scope.cancel()
+        self.client.backlog[:0] = self.others
+        self.others = []
+
+
+class SteadySender:
+    """Steady traffic: `sender` sends friend messages to `to` one after another (each after the
+    ack of the one before), `every` seconds apart, until `stop()`; `acks` in ack order.
+    `nursery.start_soon(s.run)`."""
+
+    def __init__(self, sender: Client, to: str, every: float = 0.01, prefix: str = "m") -> None:
+        self.sender, self.to, self.every, self.prefix = sender, to, every, prefix
+        self.acks: list[dict[str, Any]] = []
+        self._stopping = trio.Event()
+        self._done = trio.Event()
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            i = 0
+            while not self._stopping.is_set():
+                self.acks.append(await self.sender.chat(self.to, f"{self.prefix} {i}", f"{self.prefix}-{i}"))
+                self._changed.set()
+                self._changed = trio.Event()
+                i += 1
+                await trio.sleep(self.every)
+        finally:
+            self._done.set()
+
+    async def wait_acked(self, count: int) -> None:
+        """Until `count` messages in all were acked."""
+        while len(self.acks) < count:
+            await self._changed.wait()
+
+    async def stop(self) -> None:
+        """Stops sending; returns once the message in flight was acked (or the sender ended)."""
+        self._stopping.set()
+        await self._done.wait()
+
+
+def virtual_wall_clock() -> Callable[[], int]:
+    """A node's wall clock (ms, `serve_node(clock_ms=...)`) that follows trio's clock, so a test
+    on the `jump_clock` fixture moves it too (recall window, timestamps). Call inside trio."""
+    offset = time.time() - trio.current_time()
+    return lambda: int((offset + trio.current_time()) * 1000)
 
 
 class connect:

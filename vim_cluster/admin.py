@@ -8,18 +8,17 @@ import time
 import urllib.error
 import urllib.request
 
-from . import departments
-from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
+from . import departments, wiring
 from .config import NodeConfig
 from .core import auth, usernames
 from .core.lease import MintGate
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
-from .node import wiring
 from .ports import NodeInfo, Route
 from .protocol.codec import MIN_PASSWORD
 from .tls import local_probe_context
+from .wiring import hold_embedded_redis, release_embedded_redis
 
 ADMIN_LEASE_S = 30
 

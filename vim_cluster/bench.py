@@ -443,9 +443,9 @@ def targets(args: Any) -> tuple[list[str], list[int]]:
         return list(args.url), list(args.pid or [])
     from pathlib import Path
 
+    from . import wiring
     from .config import load_config
     from .launcher import config_files
-    from .node import wiring
 
     configs = sorted((load_config(f) for f in config_files(Path(args.configs))), key=lambda c: not c.is_master)
     registry = wiring.open_registry(configs[0], start=False)

@@ -20,9 +20,10 @@ import structlog
 import trio
 
 from . import __version__, cli_users
+from .cli_config import load_or_exit
 from .cli_users import cmd_user_add
-from .config import NodeConfig, load_config
-from .errors import ConfigError, VimError
+from .config import NodeConfig
+from .errors import VimError
 from .logs import configure_logging
 from .ports import Route
 from .sysinfo import raise_fd_limit
@@ -53,15 +54,6 @@ def _config_from_env(parser: argparse.ArgumentParser) -> None:
             action.default = config_default()
 
 
-def load_or_exit(path: str) -> NodeConfig:
-    """The config, or exit 2 with the one-line ConfigError."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"vim-cluster: config error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
-
 _load = load_or_exit
 
 
@@ -88,8 +80,8 @@ async def _run_node(config: NodeConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
     from .node.listeners import PortTaken
+    from .wiring import hold_embedded_redis, release_embedded_redis
 
     config = _load(args.config)
     open_files = raise_fd_limit()  # every client connection is a file descriptor
@@ -150,8 +142,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    from . import wiring
     from .admin import nodes_table, now_ms
-    from .node import wiring
 
     config = _load(args.config)
     registry = wiring.open_registry(config, start=False)

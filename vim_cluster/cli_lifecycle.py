@@ -60,10 +60,10 @@ def _unreachable_is_3(name: str) -> Callable[[Callable[[argparse.Namespace], int
 
 @_unreachable_is_3("export")
 def cmd_export(args: argparse.Namespace) -> int:
+    from . import wiring
     from .admin import resolve_user
-    from .cli import _load
+    from .cli_config import load_or_exit as _load
     from .export import Selection, chat_key_of, exported, header, message_line, parse_since
-    from .node import wiring
 
     config = _load(args.config)
     try:
@@ -99,9 +99,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_unreachable_is_3("import")
 def cmd_import(args: argparse.Namespace) -> int:
-    from .cli import _load
+    from . import wiring
+    from .cli_config import load_or_exit as _load
     from .export import BadExportLine, ImportCount, import_lines
-    from .node import wiring
 
     config = _load(args.config)
     try:
@@ -135,7 +135,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     import trio
 
-    from .cli import _load
+    from .cli_config import load_or_exit as _load
     from .node.purge_once import purge_now
 
     config = _load(args.config)
@@ -153,7 +153,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 @_unreachable_is_3("user delete")
 def cmd_user_delete(args: argparse.Namespace) -> int:
-    from .cli import _load
+    from .cli_config import load_or_exit as _load
     from .erasure import delete_user
 
     config = _load(args.config)

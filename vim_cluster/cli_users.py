@@ -55,7 +55,7 @@ def _answer(action: Callable[[], Any]) -> tuple[int, Any]:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     from .admin import add_user
-    from .cli import load_or_exit
+    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, user_id = _answer(lambda: add_user(config, args.username, read_password(args.password_file), args.name,
@@ -67,7 +67,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     from .admin import list_users
-    from .cli import load_or_exit
+    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, users = _answer(lambda: list_users(config))
@@ -83,7 +83,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     from .admin import set_password
-    from .cli import load_or_exit
+    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, user_id = _answer(lambda: set_password(config, args.username, read_password(

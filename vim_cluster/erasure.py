@@ -18,10 +18,10 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from . import wiring
 from .config import NodeConfig
 from .errors import ClientError, CloseCode, ErrorKind, StoreUnavailable
 from .model import MessageId, UserId
-from .node import wiring
 
 PAGE = 1000
 

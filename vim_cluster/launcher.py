@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig, load_config, parse_document
 from .errors import ConfigError
+from .wiring import hold_embedded_redis, release_embedded_redis
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 10.0

@@ -167,8 +167,9 @@ class NodeInfo:
     alive: bool = True
 
 
-class Registry(Protocol):
-    """Cluster state in Redis: node leases, worker ids, user routes, login failures."""
+class NodeLeases(Protocol):
+    """Node registrations in Redis: the node-id lock, the worker id, the heartbeat that renews
+    them, and the list of live nodes."""
 
     def acquire_node(self, info: NodeInfo, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
         """Takes the node-id lock and registers; False if another process holds the id
@@ -176,12 +177,6 @@ class Registry(Protocol):
 
     def node_owner(self, node_id: str) -> str | None:
         """The owner token holding the node-id lock, if any."""
-
-    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
-        """Takes the master lock (renewed by `heartbeat` for a master's NodeInfo)."""
-
-    def master_holder(self) -> tuple[str, str] | None:
-        """(node id, owner token) holding the master lock, if any."""
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
         """Renews the node lock, the master lock (a master's NodeInfo) and the worker id, each
@@ -195,11 +190,25 @@ class Registry(Protocol):
         """Takes a free worker id (0..1023; from `prefer` on, if given) for this owner, renewed
         by `heartbeat`; with the Redis generation it was taken in."""
 
-    def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
-        """Adds these routes again (a node's live sessions, after Redis lost them)."""
-
     def nodes(self) -> list[NodeInfo]:
         """Every registered node whose lease has not lapsed."""
+
+    def ping(self) -> None:
+        """Raises StoreUnavailable if Redis does not answer."""
+
+
+class MasterLock(Protocol):
+    """The one master of the cluster."""
+
+    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
+        """Takes the master lock (renewed by `heartbeat` for a master's NodeInfo)."""
+
+    def master_holder(self) -> tuple[str, str] | None:
+        """(node id, owner token) holding the master lock, if any."""
+
+
+class UserRoutes(Protocol):
+    """Where each user's sessions live: one route per session, only on live nodes."""
 
     def add_route(self, user_id: UserId, route: Route) -> None: ...
 
@@ -208,6 +217,16 @@ class Registry(Protocol):
 
     def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
         """Routes of the users, only those on live nodes."""
+
+    def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
+        """Adds these routes again (a node's live sessions, after Redis lost them)."""
+
+    def purge_routes(self, node_id: str) -> int:
+        """Removes every route of `node_id` (stopped or dead); returns how many."""
+
+
+class LoginFailures(Protocol):
+    """Failed-login counters (core.lockout decides the limits)."""
 
     def reserve_login(self, username: str, address: str, window_s: int, limits: tuple[int, int, int]) -> int:
         """Atomically counts a login attempt as a failure before its password is checked, for
@@ -220,8 +239,8 @@ class Registry(Protocol):
         """The reserved attempt was right: clears the pair's count and takes this attempt back
         from the username's and the address's."""
 
-    def purge_routes(self, node_id: str) -> int:
-        """Removes every route of `node_id` (stopped or dead); returns how many."""
 
-    def ping(self) -> None:
-        """Raises StoreUnavailable if Redis does not answer."""
+class Registry(NodeLeases, MasterLock, UserRoutes, LoginFailures, Protocol):
+    """Cluster state in Redis, every port above in one: what the node's context holds and the
+    one adapter (adapters/redis_registry.py) implements. A consumer that needs one concern
+    takes that port."""

@@ -8,7 +8,7 @@ import contextlib
 import trio
 
 from ..cluster.harness import Cluster
-from ..support import connect, online
+from ..support import connect, make_group, online
 from .attack import name, watch
 
 ANONYMOUS_PROBES = {
@@ -50,9 +50,7 @@ async def test_a_user_cannot_read_change_or_speak_for_chats_that_are_not_theirs(
             alice = await online(stack, cluster.master.url, name("alice"))
             bob = await online(stack, cluster.dept1.url, name("bob"))
             mallory = await online(stack, cluster.dept2.url, name("mallory"))
-            await alice.send("group-create", name="alice and bob", members=[bob.user_id])
-            group = (await alice.expect("group-ok"))["groupId"]
-            await bob.expect("group-ok")
+            group = await make_group(alice, [bob], name="alice and bob")
             private = await alice.chat(bob.user_id, "our secret", "a-1")
             await alice.send("message", cid="a-2", chatId=group, type="group", messageType="text", content="team secret")
             grouped = await alice.expect("ack")

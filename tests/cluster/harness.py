@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 
 import redis
 import trio
-from trio_websocket import ConnectionClosed
 
-from ..support import Client, NodeProcess, free_port, write_config
+from ..support import (
+    Collector as Collector,  # moved to support; traffic.py and tests/chaos import it here
+)
+from ..support import NodeProcess, free_port, write_config
 from .proxy import ProxyThread
 
 T = TypeVar("T")
@@ -75,63 +77,6 @@ def routes_on(redis_url: str, user_id: str, node_id: str) -> list[str]:
         members = r.smembers(f"vim:node-sessions:{node_id}")
     return [s for s, raw in fields.items() if json.loads(raw)["node_id"] == node_id] + \
         [m for m in members if m.startswith(f"{user_id}:")]
-
-
-class Collector:
-    """Reads a client's frames in the background (`nursery.start_soon(c.run)`); keeps each
-    message id's first arrival, in order. `stop()` hands the other frames back to the client."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.scope = trio.CancelScope()
-        self.arrived: dict[str, float] = {}  # message id -> time.monotonic() of first arrival
-        self.order: list[str] = []  # message ids, first arrivals only, in arrival order
-        self.frames = 0  # message frames, duplicates included
-        self.others: list[dict[str, Any]] = []
-        self.closed = False
-        self._changed = trio.Event()
-
-    async def run(self) -> None:
-        with self.scope:
-            while True:
-                try:
-                    frame = await self.client.next_frame()
-                except ConnectionClosed:
-                    self.closed = True
-                    self._wake()
-                    return
-                if frame["code"] != "message":
-                    self.others.append(frame)
-                    continue
-                self.frames += 1
-                message_id = frame["message"]["id"]
-                if message_id not in self.arrived:
-                    self.arrived[message_id] = time.monotonic()
-                    self.order.append(message_id)
-                self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    @property
-    def duplicates(self) -> int:
-        return self.frames - len(self.order)
-
-    async def wait_for(self, ids: list[str], timeout: float) -> bool:
-        """Waits until every id arrived (True) or `timeout` passed or the client closed (False)."""
-        with trio.move_on_after(timeout):
-            while not set(ids) <= self.arrived.keys():
-                if self.closed:
-                    return False
-                await self._changed.wait()
-            return True
-        return False
-
-    def stop(self) -> None:
-        self.scope.cancel()
-        self.client.backlog[:0] = self.others
-        self.others = []
 
 
 class ClusterNode:

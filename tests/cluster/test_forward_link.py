@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from typing import Any
 
 import trio
 
 from vim_cluster.node.forward_link import OPEN_TIMEOUT
 
-from ..support import online
-from .harness import Cluster, Collector, blocking
+from ..support import Collector, SteadySender, online
+from .harness import Cluster, blocking
 
 CUT_S = 2.0
 
@@ -29,9 +28,6 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
     cluster = proxied_cluster
     proxy = cluster.proxies["dept-2"]
     tag = secrets.token_hex(3)
-    acks: list[dict[str, Any]] = []
-    stop_sending = trio.Event()
-    sender_done = trio.Event()
 
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
@@ -40,20 +36,11 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             at_bob = Collector(bob)
             nursery.start_soon(at_bob.run)
-
-            async def sender() -> None:
-                try:
-                    i = 0
-                    while not stop_sending.is_set():
-                        acks.append(await alice.chat(bob.user_id, f"m {i}", f"m-{i}"))
-                        i += 1
-                        await trio.sleep(0.01)
-                finally:
-                    sender_done.set()
-
-            nursery.start_soon(sender)
-            while len(at_bob.order) < 30:  # traffic flows through the proxy
-                await trio.sleep(0.02)
+            assert bob.user_id is not None
+            sender = SteadySender(alice, bob.user_id)
+            acks = sender.acks
+            nursery.start_soon(sender.run)
+            assert await at_bob.wait_for(30, 15)  # traffic flows through the proxy
             assert (await blocking(cluster.dept2.healthz))[0] == 200
 
             # --- cut: every proxied connection closed, new ones refused, for CUT_S
@@ -72,9 +59,8 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
             # back within the slave's WebSocket open timeout (an attempt made during the cut
             # may wait that long) plus its reconnect backoff
             up_after = await blocking(cluster.dept2.wait_health, 200, OPEN_TIMEOUT + 3)
-            await trio.sleep(0.5)  # and a little traffic over the new link
-            stop_sending.set()
-            await sender_done.wait()
+            await sender.wait_acked(len(acks) + 20)  # and a little traffic over the new link
+            await sender.stop()
 
             acked = [a["id"] for a in acks]
             await at_bob.wait_for(acked, 15)  # checked below, with details

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from typing import Any
 
 import trio
 
-from ..support import connect, online
-from .harness import Cluster, Collector, blocking
+from ..support import Collector, SteadySender, connect, online
+from .harness import Cluster, blocking
 
 
 async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_node(cluster: Cluster) -> None:
     tag = secrets.token_hex(3)
-    acks: list[dict[str, Any]] = []
-    stop_sending = trio.Event()
 
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
@@ -29,32 +26,16 @@ async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_n
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             before = Collector(bob)
             nursery.start_soon(before.run)
-
-            async def send_until_stopped() -> None:
-                i = 0
-                while not stop_sending.is_set():
-                    acks.append(await alice.chat(bob.user_id, f"m {i}", f"m-{i}"))
-                    i += 1
-                    await trio.sleep(0.01)
-
-            sender_done = trio.Event()
-
-            async def sender() -> None:
-                try:
-                    await send_until_stopped()
-                finally:
-                    sender_done.set()
-
-            nursery.start_soon(sender)
-            while len(before.order) < 20:  # traffic flows to bob on dept-2
-                await trio.sleep(0.05)
+            assert bob.user_id is not None
+            sender = SteadySender(alice, bob.user_id)
+            acks = sender.acks
+            nursery.start_soon(sender.run)
+            assert await before.wait_for(20, 15)  # traffic flows to bob on dept-2
 
             await blocking(cluster.dept2.kill)  # SIGKILL, while alice keeps sending
             killed_at = len(acks)
-            with trio.fail_after(10):
-                while not before.closed:
-                    await trio.sleep(0.05)
-            await trio.sleep(0.5)  # alice sends on while bob is offline
+            await before.wait_closed(10)
+            await sender.wait_acked(killed_at + 20)  # alice sends on while bob is offline
 
             moved = await stack.enter_async_context(connect(cluster.master.url))  # another node
             await moved.login(f"bob-{tag}")
@@ -63,10 +44,8 @@ async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_n
             after = Collector(moved)
             nursery.start_soon(after.run)
             sent_before_live = len(acks)
-            while len(acks) < sent_before_live + 30:  # and on, while bob is on the master
-                await trio.sleep(0.05)
-            stop_sending.set()
-            await sender_done.wait()
+            await sender.wait_acked(sent_before_live + 30)  # and on, while bob is on the master
+            await sender.stop()
 
             acked = [a["id"] for a in acks]
             assert len(set(acked)) == len(acked)

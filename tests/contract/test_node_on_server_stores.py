@@ -11,10 +11,10 @@ import pymongo
 import pytest
 import trio
 
+from vim_cluster import wiring
 from vim_cluster.adapters.mongo_messages import MongoMessages
 from vim_cluster.adapters.mysql_directory import MysqlDirectory
 from vim_cluster.config import load_config
-from vim_cluster.node import wiring
 
 from ..servers import FerretDB
 from ..support import connect, online, write_config
@@ -67,7 +67,7 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
             await alice.send("message", cid="c1", chatId=bob.user_id, type="friend", messageType="text", content="x")
             error = await alice.expect_error("unavailable", timeout=10)
             assert error.get("cid") == "c1"
-            await bob.no_frame("message", wait=0.5)
+            await bob.no_frame("message")
             private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
             ack = await alice.chat(bob.user_id, "x", "c1")
             assert (await bob.expect("message"))["id"] == ack["id"]

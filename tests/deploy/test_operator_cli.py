@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from vim_cluster import wiring
 from vim_cluster.config import load_config
 from vim_cluster.core.auth import verify_password
-from vim_cluster.node import wiring
 
 from ..cluster.harness import cli_env, run_cli
 from ..support import PASSWORD, free_port, write_config

@@ -6,7 +6,7 @@ import contextlib
 
 import trio
 
-from ..support import Client, connect, online
+from ..support import Client, connect, make_group, online
 
 
 def ids(*clients: Client) -> list[str]:
@@ -76,8 +76,8 @@ async def test_group_create_answers_the_creator_and_tells_every_member_session(u
                 told = await session.expect("group-ok")
                 assert told["groupId"] == created["groupId"] and sorted(told["members"]) == ids(alice, bob, carol)
                 assert "rid" not in told
-            await outsider.no_frame("group-ok", wait=0.1)
-            await alice.no_frame("group-ok", wait=0.1)
+            await outsider.no_frame("group-ok")
+            await alice.no_frame("group-ok")
 
 
 async def test_group_create_with_an_unknown_member_or_bad_name_is_refused(url: str) -> None:
@@ -98,9 +98,7 @@ async def test_owner_adds_members_and_everyone_involved_hears(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
-            await alice.send("group-create", name="team", members=[bob.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
-            await bob.expect("group-ok")
+            group_id = await make_group(alice, [bob])
             await alice.send("group-add", groupId=group_id, members=[carol.user_id], rid="add")
             changed = await alice.expect("group-ok")
             assert changed["rid"] == "add" and sorted(changed["members"]) == ids(alice, bob, carol)
@@ -116,9 +114,7 @@ async def test_only_the_owner_may_add_or_remove_members(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
-            await alice.send("group-create", name="team", members=[bob.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
-            await bob.expect("group-ok")
+            group_id = await make_group(alice, [bob])
             await bob.send("group-add", groupId=group_id, members=[carol.user_id], rid="a")
             assert (await bob.expect_error("forbidden"))["rid"] == "a"
             await bob.send("group-remove", groupId=group_id, members=[alice.user_id], rid="r")
@@ -136,10 +132,7 @@ async def test_owner_removes_a_member_who_is_told_and_can_no_longer_post(url: st
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
-            await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
-            await bob.expect("group-ok")
-            await carol.expect("group-ok")
+            group_id = await make_group(alice, [bob, carol])
             await alice.send("group-remove", groupId=group_id, members=[bob.user_id], rid="rm")
             changed = await alice.expect("group-ok")
             assert changed["rid"] == "rm" and sorted(changed["members"]) == ids(alice, carol)
@@ -150,15 +143,14 @@ async def test_owner_removes_a_member_who_is_told_and_can_no_longer_post(url: st
             await bob.expect_error("not-member")
             ack = await alice.chat(group_id, "without bob", "wb-1", chat_type="group")
             assert (await carol.expect("message"))["id"] == ack["id"]
-            await bob.no_frame("message", wait=0.1)
+            await bob.no_frame("message")
 
 
 async def test_the_owner_cannot_be_removed(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
-            await alice.send("group-create", name="solo", members=[])
-            group_id = (await alice.expect("group-ok"))["groupId"]
+            group_id = await make_group(alice, name="solo")
             await alice.send("group-remove", groupId=group_id, members=[alice.user_id], rid="me")
             assert (await alice.expect_error("invalid"))["rid"] == "me"
 
@@ -177,8 +169,7 @@ async def test_adding_an_unknown_user_is_not_found_and_changes_nothing(url: str)
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
-            await alice.send("group-create", name="team", members=[])
-            group_id = (await alice.expect("group-ok"))["groupId"]
+            group_id = await make_group(alice)
             await alice.send("group-add", groupId=group_id, members=["123456789"], rid="ghost")
             assert (await alice.expect_error("not-found"))["rid"] == "ghost"
             await alice.send("contacts")

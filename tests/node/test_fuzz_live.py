@@ -27,7 +27,7 @@ from ..strategies import (
     to_json,
     to_msgpack,
 )
-from ..support import Client, online
+from ..support import Client, make_group, online
 
 EXAMPLES = 400
 # What a node may send a client, and the error kinds a client can cause. `internal` (a crash)
@@ -122,9 +122,7 @@ async def test_garbage_gets_documented_answers_and_other_clients_keep_working(st
         async with contextlib.AsyncExitStack() as stack:
             bystander = await online(stack, url, "bystander")
             fuzzer = await online(stack, url, "fuzzer")
-            await fuzzer.send("group-create", name="fuzzed", members=[bystander.user_id])
-            group_id = (await fuzzer.expect("group-ok"))["groupId"]
-            await bystander.expect("group-ok")
+            group_id = await make_group(fuzzer, [bystander], name="fuzzed")
             ack = await fuzzer.chat(bystander.user_id, "a message to recall", "fz-0")
             await bystander.expect("message")
             inputs = collect_inputs([bystander.user_id or "", group_id, ack["id"], fuzzer.user_id or ""])

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import trio
 
-from ..support import online
+from ..support import make_group, online
 
 
 async def test_history_pages_backwards_oldest_first_with_more(url: str) -> None:
@@ -71,8 +71,7 @@ async def test_group_history_for_members_only(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             eve = await online(stack, url, "eve")
-            await alice.send("group-create", name="team", members=[bob.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
+            group_id = await make_group(alice, [bob], told=[])
             acks = [await alice.chat(group_id, "g0", "g-0", chat_type="group"),
                     await bob.chat(group_id, "g1", "g-1", chat_type="group")]
             await bob.send("history", chatId=group_id, type="group", limit=100)

@@ -12,7 +12,7 @@ import trio
 from vim_cluster.config import sqlite_path
 from vim_cluster.node.app import RunningNode
 
-from ..support import Client, online
+from ..support import make_group, online
 
 MESSAGE_FIELDS = {"id", "cid", "chatId", "type", "messageType", "content", "extend", "fromId", "timestamp"}
 
@@ -27,14 +27,6 @@ def committed_row(node: RunningNode, message_id: str) -> tuple | None:
     assert path is not None
     with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute("SELECT cid, content FROM messages WHERE id = ?", (int(message_id),)).fetchone()
-
-
-async def make_group(owner: Client, name: str, *members: Client) -> str:
-    await owner.send("group-create", name=name, members=[m.user_id for m in members])
-    group = await owner.expect("group-ok")
-    for member in members:
-        await member.expect("group-ok")
-    return group["groupId"]
 
 
 async def test_friend_message_is_delivered_with_every_field(url: str) -> None:
@@ -158,15 +150,15 @@ async def test_group_message_reaches_every_member_session(url: str) -> None:
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
             dave = await online(stack, url, "dave")
-            group_id = await make_group(alice, "team", bob, carol)
+            group_id = await make_group(alice, [bob, carol])
             await alice_pc.expect("group-ok")
             ack = await alice.chat(group_id, "hello team", "g-1", chat_type="group")
             for member in (bob, carol, alice_pc):
                 message = await member.expect("message")
                 assert message["id"] == ack["id"] and message["chatId"] == group_id
                 assert message["type"] == "group" and message["fromId"] == alice.user_id
-            await alice.no_frame("message", wait=0.1)
-            await dave.no_frame("message", wait=0.1)
+            await alice.no_frame("message")
+            await dave.no_frame("message")
 
 
 async def test_group_message_from_a_non_member_is_not_member(url: str) -> None:
@@ -175,7 +167,7 @@ async def test_group_message_from_a_non_member_is_not_member(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             dave = await online(stack, url, "dave")
-            group_id = await make_group(alice, "team", bob)
+            group_id = await make_group(alice, [bob])
             await dave.send("message", cid="intruder", rid="r", chatId=group_id, type="group",
                             messageType="text", content="let me in")
             error = await dave.expect_error("not-member")
@@ -210,7 +202,7 @@ async def test_malformed_message_fields_are_invalid_with_cid(url: str, change: d
             await alice.send("message", **{k: v for k, v in message.items() if v is not None})
             error = await alice.expect_error("invalid")
             assert (error["cid"], error["rid"]) == ("bad-1", "r")
-            await bob.no_frame("message", wait=0.1)
+            await bob.no_frame("message")
 
 
 async def test_message_without_cid_is_invalid_and_stores_nothing(url: str) -> None:
@@ -231,7 +223,7 @@ async def test_a_message_to_oneself_is_acked_and_synced_to_other_devices(url: st
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
             ack = await alice.chat(alice.user_id, "note to self", "self-1")
             assert (await alice_pc.expect("message"))["id"] == ack["id"]
-            await alice.no_frame("message", wait=0.1)
+            await alice.no_frame("message")
 
 
 async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_acked_in_order(
@@ -261,7 +253,8 @@ async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_
                 await alice.send("message", cid=f"w-{i}", chatId=bob.user_id, type="friend", messageType="text",
                                  content=f"w-{i}")
             await alice.send("ping", rid="after")
-            await alice.no_frame("pong", wait=0.5)  # the reader waits for room in the window
+            with trio.move_on_after(0.5):  # the reader waits for room in the window (no barrier passes it)
+                raise AssertionError(f"answered with a full window: {await alice.expect('pong', timeout=1)}")
             commits.set()
             acks = [await alice.expect("ack") for _ in range(4)]
             assert [a["cid"] for a in acks] == ["w-0", "w-1", "w-2", "w-3"]

@@ -54,8 +54,8 @@ async def test_a_second_session_of_one_client_type_replaces_the_first_with_other
             assert notice == {"uuid": "web-2", "nodeId": node.ctx.node_id}
             reason = await first.expect_closed()
             assert reason.code != 1000 or reason.reason  # closed by the node, not by the client
-            await phone.no_frame("other-login", wait=0.1)  # other client types stay
-            await second.no_frame("other-login", wait=0.1)
+            await phone.no_frame("other-login")  # other client types stay
+            await second.no_frame("other-login")
             ack = await alice.chat(second.user_id, "after", "c-after")
             assert (await second.expect("message"))["id"] == ack["id"]
             assert (await phone.expect("message"))["id"] == ack["id"]

@@ -7,7 +7,7 @@ import contextlib
 
 import trio
 
-from ..support import Client, connect, online
+from ..support import Client, connect, make_group, online
 
 
 async def login_and_replay(url: str, username: str, stack: contextlib.AsyncExitStack, **ready) -> tuple[Client, list]:
@@ -102,10 +102,7 @@ async def test_group_messages_newer_than_the_read_cursor_are_replayed_with_frien
             async with connect(url) as bob:
                 await bob.register_login("bob")
                 await bob.ready()
-                await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
-                group_id = (await alice.expect("group-ok"))["groupId"]
-                await bob.expect("group-ok")
-                await carol.expect("group-ok")
+                group_id = await make_group(alice, [bob, carol])
                 before = await alice.chat(group_id, "seen live", "g-live", chat_type="group")
                 await bob.expect("message")
                 await bob.send("read", chatId=group_id, type="group", timestamp=before["timestamp"])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 from trio_websocket import open_websocket_url
 
 from vim_cluster.core import presence
@@ -54,8 +55,16 @@ def ws_url(node: RunningNode, token: str | None = None) -> str:
     return f"ws://127.0.0.1:{node.client_port}/" + (f"?token={token}" if token else "")
 
 
-async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode, url: str) -> None:
-    with trio.fail_after(10):
+async def no_presence(client: Client, clock: MockClock) -> None:
+    """No presence frame through two coalescing windows (virtual time, then a barrier each)."""
+    for _ in range(2):
+        clock.jump(presence.WINDOW_S)
+        await client.no_frame("presence")
+
+
+async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode, url: str,
+                                                               jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 2 * presence.WINDOW_S):
         async with contextlib.AsyncExitStack() as stack:
             alice = await watching(await online(stack, url, "alice"))
             async with connect(url) as bob:
@@ -66,18 +75,18 @@ async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode
                 async with connect(url) as bob_pc:  # a second session: no news
                     await bob_pc.login("bob")
                     await bob_pc.ready(client="pc")
-                    await alice.no_frame("presence", wait=2 * presence.WINDOW_S + 0.2)
+                    await no_presence(alice, jump_clock)
             assert await next_change(alice, bob.user_id) == {"userId": bob.user_id, "online": False}
 
 
-async def test_sessions_that_never_asked_for_contacts_get_no_presence(url: str) -> None:
-    with trio.fail_after(10):
+async def test_sessions_that_never_asked_for_contacts_get_no_presence(url: str, jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 2 * presence.WINDOW_S):
         async with contextlib.AsyncExitStack() as stack:
             bot = await online(stack, url, "bot")
             watcher = await watching(await online(stack, url, "watcher"))
             carol = await online(stack, url, "carol")
             assert (await next_change(watcher, carol.user_id))["online"] is True
-            await bot.no_frame("presence", wait=2 * presence.WINDOW_S + 0.2)
+            await no_presence(bot, jump_clock)
 
 
 async def test_presence_crosses_nodes_through_the_master(start_node: Any) -> None:

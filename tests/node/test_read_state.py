@@ -11,7 +11,7 @@ import trio
 from vim_cluster.admin import add_user
 from vim_cluster.node.app import RunningNode
 
-from ..support import PASSWORD, Client, connect, online
+from ..support import PASSWORD, Client, connect, make_group, online
 
 
 async def history(client: Client, chat_id: str, chat_type: str = "friend") -> list[dict[str, Any]]:
@@ -58,8 +58,7 @@ async def test_group_history_counts_readers_and_contacts_count_unread(url: str) 
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
-            await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
-            group = (await alice.expect("group-ok"))["groupId"]
+            group = await make_group(alice, [bob, carol], told=[])
             sent = [await alice.chat(group, f"g{n}", f"g-{n}", chat_type="group") for n in range(2)]
             assert [m["readCount"] for m in await history(alice, group, "group")] == [0, 0]
             (mine,) = (await contacts(bob))["groups"]

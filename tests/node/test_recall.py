@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 
 import trio
+from trio.testing import MockClock
 
 from vim_cluster.node.app import RunningNode
 
-from ..support import connect, online
+from ..support import connect, make_group, online, virtual_wall_clock
 
 
 async def test_sender_recalls_and_every_session_that_saw_it_is_told(url: str) -> None:
@@ -69,8 +70,7 @@ async def test_group_recall_reaches_every_member(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
-            await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
+            group_id = await make_group(alice, [bob, carol], told=[])
             ack = await alice.chat(group_id, "wrong chat", "rc-g", chat_type="group")
             await alice.send("recall", id=ack["id"])
             await alice.expect("recall")
@@ -88,7 +88,7 @@ async def test_recalling_another_users_message_is_forbidden(url: str) -> None:
             await bob.expect("message")
             await bob.send("recall", id=ack["id"], rid="nope")
             assert (await bob.expect_error("forbidden"))["rid"] == "nope"
-            await alice.no_frame("recall", wait=0.1)
+            await alice.no_frame("recall")
             await bob.send("history", chatId=alice.user_id, type="friend")
             (message,) = (await bob.expect("history"))["messages"]
             assert (message["messageType"], message["content"]) == ("text", "mine")
@@ -107,8 +107,7 @@ async def test_a_removed_group_member_cannot_recall_and_the_message_stays(url: s
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
-            await alice.send("group-create", name="team", members=[bob.user_id])
-            group_id = (await alice.expect("group-ok"))["groupId"]
+            group_id = await make_group(alice, [bob], told=[])
             ack = await bob.chat(group_id, "bob was here", "rc-rm", chat_type="group")
             await alice.expect("message")
             await alice.send("group-remove", groupId=group_id, members=[bob.user_id])
@@ -120,9 +119,10 @@ async def test_a_removed_group_member_cannot_recall_and_the_message_stays(url: s
             assert (message["messageType"], message["content"]) == ("text", "bob was here")
 
 
-async def test_recall_after_the_window_is_expired(start_node) -> None:
-    with trio.fail_after(10):
-        node: RunningNode = await start_node(extra={"message": {"recall-window": 1}})
+async def test_recall_after_the_window_is_expired(start_node, jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 1.2):
+        node: RunningNode = await start_node(extra={"message": {"recall-window": 1}},
+                                             clock_ms=virtual_wall_clock())
         url = f"ws://127.0.0.1:{node.client_port}/"
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
@@ -131,7 +131,7 @@ async def test_recall_after_the_window_is_expired(start_node) -> None:
             late = await alice.chat(bob.user_id, "slow", "rc-slow")
             await alice.send("recall", id=early["id"])
             await alice.expect("recall")
-            await trio.sleep(1.2)
+            jump_clock.jump(1.2)
             await alice.send("recall", id=late["id"], rid="too-late")
             assert (await alice.expect_error("expired"))["rid"] == "too-late"
             await bob.send("history", chatId=alice.user_id, type="friend")

@@ -11,10 +11,12 @@ import time
 import msgpack
 import pytest
 import trio
+from trio.testing import MockClock
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 from vim_cluster.core.auth import TOKEN_TTL_MS, TokenIssuer
 from vim_cluster.node.app import RunningNode
+from vim_cluster.protocol.session import AUTH_TIMEOUT
 
 from ..support import Client, connect, online
 
@@ -118,8 +120,10 @@ async def test_content_larger_than_max_content_gets_too_large_with_cid(url: str)
             await bob.no_frame("message")  # the refused ones were not delivered
 
 
-async def test_frames_beyond_the_rate_limit_get_rate_limited_and_the_connection_stays(start_node) -> None:
-    with trio.fail_after(10):
+async def test_frames_beyond_the_rate_limit_get_rate_limited_and_the_connection_stays(
+    start_node, jump_clock: MockClock
+) -> None:
+    with trio.fail_after(10 + 1):
         node: RunningNode = await start_node(websocket={"rate-limit": 5})
         async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
             for i in range(8):
@@ -130,38 +134,43 @@ async def test_frames_beyond_the_rate_limit_get_rate_limited_and_the_connection_
             assert [p["message"]["rid"] for p in pongs] == ["p0", "p1", "p2", "p3", "p4"]
             assert len(limited) == 3
             assert all(e["message"]["error"] == "rate-limited" for e in limited)
-            await trio.sleep(1.1)  # a new second
+            jump_clock.jump(1.0)  # a new second
             await client.send("ping", rid="later")
             assert (await client.expect("pong"))["rid"] == "later"
 
 
-async def test_idle_connection_is_closed_with_1001(start_node) -> None:
-    with trio.fail_after(10):
-        node: RunningNode = await start_node(websocket={"idle-timeout": 1})
+async def test_idle_connection_is_closed_with_1001(start_node, jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 5):
+        node: RunningNode = await start_node(websocket={"idle-timeout": 5})
         async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
-            started = trio.current_time()
+            await client.send("ping", rid="last")
+            await client.expect("pong")
+            jump_clock.jump(4.9)
+            await client.no_frame("error")  # a barrier: 4.9 s idle, still open
+            jump_clock.jump(5)  # 5 s after the barrier's ping
             reason = await client.expect_closed(timeout=4)
             assert reason.code == 1001
-            assert 0.8 <= trio.current_time() - started <= 3
 
 
-async def test_frames_keep_a_connection_from_idling_out(start_node) -> None:
-    with trio.fail_after(10):
-        node: RunningNode = await start_node(websocket={"idle-timeout": 0.6})
+async def test_frames_keep_a_connection_from_idling_out(start_node, jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 6):
+        node: RunningNode = await start_node(websocket={"idle-timeout": 2})
         async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
-            for i in range(5):  # 1.5 s of activity, longer than the idle timeout
-                await trio.sleep(0.3)
+            for i in range(5):  # 7.5 s of activity, longer than the idle timeout
+                jump_clock.jump(1.5)
                 await client.send("ping", rid=f"k{i}")
                 assert (await client.expect("pong"))["rid"] == f"k{i}"
+            jump_clock.jump(2)
             assert (await client.expect_closed(timeout=4)).code == 1001
 
 
 async def test_a_frame_just_before_the_idle_timeout_is_answered_even_when_the_store_is_slow(
-    start_node, monkeypatch: pytest.MonkeyPatch
+    start_node, monkeypatch: pytest.MonkeyPatch, jump_clock: MockClock
 ) -> None:
     """A frame 0.5 s into a 1 s idle timeout restarts the timeout: the node must answer it, even
-    if the directory takes 0.6 s, and must not close the connection at 1 s."""
-    with trio.fail_after(10):
+    if the directory takes 0.6 s (real time, in its thread), and must not close the connection
+    at 1 s."""
+    with trio.fail_after(10 + 0.5):
         node: RunningNode = await start_node(websocket={"idle-timeout": 1})
         url = f"ws://127.0.0.1:{node.client_port}/"
         directory = node.ctx.directory
@@ -174,7 +183,8 @@ async def test_a_frame_just_before_the_idle_timeout_is_answered_even_when_the_st
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             monkeypatch.setattr(directory, "all_users", slow_all_users)
-            await trio.sleep(0.5)
+            await alice.no_frame("error")  # a barrier: the idle timeout restarts here
+            jump_clock.jump(0.5)
             await alice.send("contacts", rid="slow")
             try:
                 contacts = await alice.expect("contacts", timeout=3)
@@ -211,22 +221,17 @@ async def test_commands_before_ready_are_unauthorized(url: str, after_login: boo
             assert (await client.expect("pong"))["rid"] == "still-open"
 
 
-async def test_unauthenticated_connection_is_closed_after_10_seconds(url: str) -> None:
-    async def keep_pinging(client: Client) -> None:
-        while True:  # activity does not extend the auth deadline
-            await client.send_raw("ping")
-            await trio.sleep(1)
-
-    with trio.fail_after(15):
-        async with connect(url) as client, trio.open_nursery() as nursery:
-            started = trio.current_time()
-            nursery.start_soon(keep_pinging, client)
-            reason = await client.expect_closed(timeout=13)
-            elapsed = trio.current_time() - started
-            nursery.cancel_scope.cancel()
-            assert 9.5 <= elapsed <= 11, elapsed
+async def test_unauthenticated_connection_is_closed_after_10_seconds(url: str, jump_clock: MockClock) -> None:
+    with trio.fail_after(AUTH_TIMEOUT + 10):
+        async with connect(url) as client:
+            for _ in range(int(AUTH_TIMEOUT) - 1):  # activity does not extend the auth deadline
+                await client.send_raw("ping")
+                await client.expect("raw-pong")
+                jump_clock.jump(1)
+            await client.no_frame("error")  # 9 s: still open
+            jump_clock.jump(1)
+            reason = await client.expect_closed(timeout=5)
             assert reason.code != 1001  # not the idle timeout: the authentication deadline
-            assert {"code": "raw-pong", "message": {}} in client.backlog
 
 
 async def test_handshake_token_authenticates_the_connection(url: str) -> None:
@@ -292,7 +297,7 @@ async def test_two_clients_are_independent(url: str) -> None:
             await a.expect_error("bad-frame")
             await b.send("ping", rid="b")
             assert (await b.expect("pong"))["rid"] == "b"
-            await b.no_frame("error", wait=0.2)
+            await b.no_frame("error")
 
 
 __all__ = ["Client"]

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vim_cluster import wiring
 from vim_cluster.config import load_config
-from vim_cluster.node import wiring
 
 from ..support import PASSWORD, write_config
 

@@ -8,7 +8,7 @@ from vim_cluster.core.limits import RateWindow
 from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.model import ChatType, MessageType
 from vim_cluster.protocol import frames as f
-from vim_cluster.protocol.session import AUTH_TIMEOUT, Phase, SessionState
+from vim_cluster.protocol.session import AUTH_TIMEOUT, ClientState, Phase
 
 ANONYMOUS_OK = [
     f.RawPing(),
@@ -30,8 +30,8 @@ NEEDS_AUTH = [
 ]
 
 
-def state(now: float = 100.0, idle: float = 60.0, rate: int = 200) -> SessionState:
-    return SessionState(now, RateWindow(rate), idle)
+def state(now: float = 100.0, idle: float = 60.0, rate: int = 200) -> ClientState:
+    return ClientState(now, RateWindow(rate), idle)
 
 
 def test_a_new_connection_is_anonymous_and_not_authenticated() -> None:

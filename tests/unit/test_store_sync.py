@@ -10,7 +10,7 @@ import pytest
 
 from vim_cluster.adapters.mongo_base import open_client
 from vim_cluster.config import StoreSync, load_config
-from vim_cluster.node import wiring
+from vim_cluster import wiring
 
 from .test_config import config, config_error, write
 

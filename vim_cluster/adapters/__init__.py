@@ -1,1 +1,1 @@
-"""One adapter per real backend. Only `node.wiring` imports these."""
+"""One adapter per real backend. Only `vim_cluster.wiring` imports these."""

@@ -1,4 +1,5 @@
-"""The Registry port on Redis. Every key name the project uses is in `Keys`.
+"""The Registry ports (`ports.NodeLeases`, `MasterLock`, `UserRoutes`, `LoginFailures`) on Redis,
+in one adapter. Every key name the project uses is in `Keys`.
 
 Rules:
 - A node is alive while its lock key `vim:node-lock:{id}` exists; the lock has a TTL that the

@@ -20,13 +20,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketServer
 
-from .. import __version__
+from .. import __version__, wiring
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..errors import CloseCode
@@ -34,9 +34,7 @@ from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
 from ..tls import client_context
-from . import wiring
 from .blocking import BlockingRunner
-from .connection import serve_connection
 from .context import NodeContext
 from .delivery import Delivery
 from .forward_hub import MasterHub
@@ -44,14 +42,15 @@ from .forward_link import SlaveLink
 from .frame_log import FrameLog
 from .heartbeat import HEARTBEAT_S, Lease, LeasedIds
 from .http import serve_http
-from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
+from .local_sessions import LocalSessions
 from .metrics import NodeMetrics
 from .operator import Operator
 from .retention import PurgeMetrics, Purger, purge_enabled
+from .serve import serve_connection
 from .stats import Stats
 from .store_writer import StoreWriter
-from .ws_listener import ListenerServer
+from .ws_server import serve_websockets
 
 log = structlog.get_logger()
 SHUTDOWN_GRACE = 3.0
@@ -113,7 +112,7 @@ async def serve_node(
         await _close_listeners(listeners)
         raise
     redis_runner = BlockingRunner("redis", 16)
-    hub = Hub()
+    hub = LocalSessions()
     metrics = NodeMetrics(config.node_id)
     started_at = clock_ms()
 
@@ -246,16 +245,10 @@ async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: 
 
 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
-                         task_status: trio.TaskStatus[WebSocketServer]) -> None:
-    ws = ctx.config.websocket
-    server = ListenerServer(
-        functools.partial(serve_connection, ctx),
-        listeners,
-        max_message_size=ws.max_frame,
-        connect_timeout=10,
-        disconnect_timeout=5,
-    )
-    await server.run(task_status=task_status)
+                         task_status: trio.TaskStatus[list[Any]]) -> None:
+    await serve_websockets(functools.partial(serve_connection, ctx), listeners,
+                           max_message_size=ctx.config.websocket.max_frame, handshake_timeout=10,
+                           close_timeout=5, task_status=task_status)
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:

@@ -1,4 +1,5 @@
-"""Everything a handler needs, built once per node by `wiring`."""
+"""Everything a handler needs, built once per node by `node.app.serve_node` from the backends
+that `wiring` opens (the registry, the directory, the message store)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .blocking import BlockingRunner
 from .delivery import Delivery
 from .frame_log import FrameLog
 from .heartbeat import LeasedIds
-from .hub import Hub
+from .local_sessions import LocalSessions
 from .metrics import NodeMetrics
 from .operator import Operator
 from .stats import Stats
@@ -33,7 +34,7 @@ class NodeContext:
     store: BlockingRunner  # message store calls
     redis: BlockingRunner
     cpu: BlockingRunner  # password hashing
-    hub: Hub
+    hub: LocalSessions
     delivery: Delivery
     writer: StoreWriter
     metrics: NodeMetrics

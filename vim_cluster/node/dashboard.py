@@ -28,6 +28,7 @@ from ..errors import CloseCode, StoreUnavailable
 from ..model import UserId
 from ..tls import operator_context
 from .context import NodeContext
+from .health import health
 from .operator import cookie_header, cookie_of
 
 log = structlog.get_logger()
@@ -70,8 +71,6 @@ def _fetch(config: NodeConfig, url: str, data: bytes | None = None,
 
 
 async def node_stats(ctx: NodeContext) -> dict[str, Any]:
-    from .http import health  # http routes to this module
-
     ok, body = await health(ctx)
     body["draining"] = ctx.draining
     body["samples"] = ctx.stats.wire() if ctx.stats is not None else []

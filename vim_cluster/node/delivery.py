@@ -17,7 +17,7 @@ from ..errors import CloseCode
 from ..protocol.codec import OutFrame
 from ..protocol.forward_frames import ForwardProtocolError
 from ..protocol.frames import PresenceOut, RawReply, Reply
-from .hub import Hub, Session
+from .local_sessions import LocalSessions, Session
 from .metrics import NodeMetrics
 
 
@@ -62,7 +62,7 @@ class LocalOnly:
 @attrs.define
 class Delivery:
     node_id: str
-    hub: Hub
+    hub: LocalSessions
     metrics: NodeMetrics
     cluster: ClusterLink = attrs.Factory(LocalOnly)
     # Called with a user id when an operator deleted that account (kick code 4006), so the

@@ -43,9 +43,9 @@ from ..protocol.codec import OutFrame
 from ..protocol.forward import Inbox, Outbox, OutItem, UpstreamAcks
 from .blocking import BlockingRunner
 from .delivery import Delivery
-from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
 from .listeners import Listeners
+from .local_sessions import Session
 from .ws_listener import ListenerConnection, ListenerServer
 
 log = structlog.get_logger()

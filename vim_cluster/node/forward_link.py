@@ -30,8 +30,8 @@ from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
 from ..protocol.forward import Inbox, Outbox, OutItem
 from .delivery import Delivery
-from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
+from .local_sessions import Session
 from .ws_open import LinkOpenError, open_link
 
 log = structlog.get_logger()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from .. import wiring
 from ..config import NodeConfig
-from . import wiring
 from .app import wall_clock_ms
 from .blocking import BlockingRunner
 from .retention import Purger, PurgeReport

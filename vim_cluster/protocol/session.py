@@ -1,4 +1,4 @@
-"""Per-connection session state: which commands a connection may send, and when it must go.
+"""Per-connection client state (ClientState): which commands a connection may send, and when it must go.
 
 States and transitions (data, as in h11's _state.py):
 
@@ -49,7 +49,7 @@ TRANSITIONS: dict[tuple[Phase, str], Phase] = {
 
 
 @attrs.define
-class SessionState:
+class ClientState:
     opened_at: float
     rate: RateWindow
     idle_timeout: float

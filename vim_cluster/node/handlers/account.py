@@ -11,7 +11,7 @@ from ...core.lockout import EXHAUSTED_ORDER, LockoutPolicy
 from ...errors import ClientError, Conflict, ErrorKind
 from ...model import User, UserId
 from ...protocol import frames as f
-from .. import sessions
+from .. import offline_replay
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -102,9 +102,9 @@ async def ready(conn: Connection, command: f.Ready) -> None:
     await conn.reply(f.ReadyOk(user_id, ctx.node_id, ctx.clock_ms(), rid=command.rid))
     replayed: set[int] = set()
     try:
-        await sessions.replay(conn, user_id, replayed)
+        await offline_replay.replay(conn, user_id, replayed)
         await conn.reply(f.SyncDone(len(replayed), rid=command.rid))
     finally:
         # Live frames flow again whatever happened: after an error mid-replay the rest comes
         # next time, since replay lasts until `received`.
-        sessions.release(conn.session, replayed)
+        offline_replay.release(conn.session, replayed)

@@ -8,7 +8,7 @@ from ...core import read_state
 from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId, chat_key
 from ...protocol import frames as f
-from .lookups import require_member, require_users
+from .lookups import require_chat
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -16,10 +16,7 @@ if TYPE_CHECKING:
 
 async def read(conn: Connection, command: f.Read) -> None:
     ctx = conn.ctx
-    if command.chat_type is ChatType.FRIEND:
-        await require_users(conn, [command.chat_id])
-    else:
-        await require_member(conn, command.chat_id, ErrorKind.NOT_MEMBER)
+    await require_chat(conn, command.chat_type, command.chat_id, ErrorKind.NOT_MEMBER)
     reader = UserId(conn.user_id)
     await ctx.store(ctx.messages.set_read_cursor, reader, command.chat_type, command.chat_id, command.timestamp)
     if command.chat_type is ChatType.FRIEND and command.chat_id != reader:
@@ -30,14 +27,12 @@ async def read(conn: Connection, command: f.Read) -> None:
 async def history(conn: Connection, command: f.History) -> None:
     ctx = conn.ctx
     unknown_peer: ClientError | None = None
-    group = None
-    if command.chat_type is ChatType.FRIEND:
-        try:
-            await require_users(conn, [command.chat_id])
-        except ClientError as exc:  # a deleted account's conversation stays readable
-            unknown_peer = exc
-    else:
-        group = await require_member(conn, command.chat_id, ErrorKind.FORBIDDEN)
+    try:
+        group = await require_chat(conn, command.chat_type, command.chat_id, ErrorKind.FORBIDDEN)
+    except ClientError as exc:
+        if command.chat_type is not ChatType.FRIEND:
+            raise
+        group, unknown_peer = None, exc  # a deleted account's conversation stays readable
     key = chat_key(command.chat_type, conn.user_id, command.chat_id)
     before = MessageId(command.before) if command.before is not None else None
     messages, more = await ctx.store(ctx.messages.history, key, before, command.limit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import ClientError, ErrorKind
-from ...model import Group, GroupId, UserId
+from ...model import ChatType, Group, GroupId, UserId
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -36,3 +36,13 @@ async def require_member(conn: Connection, group_id: int, kind: ErrorKind) -> Gr
     if conn.user_id not in group.members:
         raise ClientError(kind, f"you are not a member of group {group_id}")
     return group
+
+
+async def require_chat(conn: Connection, chat_type: ChatType, chat_id: int, kind: ErrorKind) -> Group | None:
+    """The one check of who may use a chat: a friend chat's peer must exist (not-found), a
+    group's caller must be a member (`kind`: not-member to write, forbidden to read or recall).
+    Returns the group, or None for a friend chat."""
+    if chat_type is ChatType.FRIEND:
+        await require_users(conn, [chat_id])
+        return None
+    return await require_member(conn, chat_id, kind)

@@ -11,7 +11,7 @@ from ...errors import UNAVAILABLE_DETAIL, ClientError, CloseCode, ErrorKind, Sto
 from ...model import ChatType, Message, MessageId, UserId
 from ...ports import NewMessage, Saved
 from ...protocol import frames as f
-from .lookups import require_member, require_users
+from .lookups import require_chat
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -21,11 +21,8 @@ log = structlog.get_logger()
 
 async def _recipients(conn: Connection, chat_type: ChatType, chat_id: int, kind: ErrorKind) -> set[int]:
     """Everyone who sees a message of this chat: both friends, or every group member."""
-    if chat_type is ChatType.FRIEND:
-        await require_users(conn, [chat_id])
-        return {chat_id, conn.user_id}
-    group = await require_member(conn, chat_id, kind)
-    return set(group.members)
+    group = await require_chat(conn, chat_type, chat_id, kind)
+    return {chat_id, conn.user_id} if group is None else set(group.members)
 
 
 async def send(conn: Connection, command: f.SendMessage) -> None:

@@ -1,8 +1,8 @@
-"""Local sessions of this node: user -> sessions, and non-blocking delivery to them.
+"""LocalSessions: this node's sessions, user -> sessions, and non-blocking delivery to them.
 
 Rules:
-- `deliver` never blocks: a frame goes into each session's bounded outbox; a session whose
-  outbox is full is a slow consumer and is closed (it gets everything again through offline
+- `deliver` never blocks: a frame goes into each session's bounded SendQueue; a session whose
+  queue is full is a slow consumer and is closed (it gets everything again through offline
   replay, which lasts until it confirms).
 - While a session replays its offline messages (`holding` is a list), live frames are held
   and released after the replay, so a device sees messages in order.
@@ -18,7 +18,7 @@ import trio
 
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
-from .outbox import Close, Outbox
+from .send_queue import Close, SendQueue
 
 log = structlog.get_logger()
 
@@ -29,7 +29,7 @@ class Session:
     user_id: int
     client: str
     uuid: str | None
-    outbox: Outbox
+    send_queue: SendQueue
     cancel_scope: trio.CancelScope
     holding: list[OutFrame] | None = None
     close_code: CloseCode | None = None
@@ -38,24 +38,24 @@ class Session:
     def push(self, frame: OutFrame) -> None:
         if self.holding is not None:
             self.holding.append(frame)
-        elif not self.outbox.push(frame):
+        elif not self.send_queue.push(frame):
             log.warning("slow_consumer_closed", session_id=self.id, user_id=self.user_id)
             self.close_now(CloseCode.SLOW_CONSUMER)
 
     def kick(self, code: CloseCode, reason: str, frame: OutFrame | None = None) -> None:
-        """Close this session after sending `frame`; immediately if its outbox is full."""
-        if not self.outbox.close(Close(code, reason, frame)):
+        """Close this session after sending `frame`; immediately if its queue is full."""
+        if not self.send_queue.close(Close(code, reason, frame)):
             self.close_now(code)
 
     def close_now(self, code: CloseCode) -> None:
         """Stop reading, drop what waits, close with `code` after the frame being sent."""
         self.close_code = code
         self.cancel_scope.cancel()
-        self.outbox.abort(Close(code, code.name.lower().replace("_", "-")))
+        self.send_queue.abort(Close(code, code.name.lower().replace("_", "-")))
 
 
 @attrs.define
-class Hub:
+class LocalSessions:
     _by_user: dict[int, dict[str, Session]] = attrs.Factory(dict)
     _count: int = 0
 

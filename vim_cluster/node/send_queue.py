@@ -1,37 +1,51 @@
-"""One connection's outgoing frames, sent in order by a writer task that exists only while
-there is something to send.
+"""A client connection's SendQueue: its outgoing frames, sent in order by a writer task that
+exists only while there is something to send, one `send_all` per batch.
 
 An idle connection (most of 10,000) holds a list and this object, not a channel and a task:
-that is what keeps it small. The writer starts with the first frame, sends everything queued,
-waits LINGER_S for more and ends.
+that is what keeps it small. The writer starts with the first frame, frames everything queued
+into one buffer (up to SEND_BYTES), writes it with one `send_all`, waits LINGER_S for more and
+ends. One write per batch, not per frame, is what a busy connection saves (issue 12: a
+send_all per frame costs ~42 µs of CPU, one per batch of 16 ~7 µs a frame).
 
-Three ways in:
+Ways in:
 - push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
   frames of `byte_limit` bytes, are waiting (the caller closes the slow consumer; replay
   brings the frames back). The bytes count until a frame is written, so a client that stops
-  reading holds at most `byte_limit` bytes of the node's memory (plus one frame).
+  reading holds at most `byte_limit` bytes of the node's memory (plus one batch).
 - append(frame): the connection's own replies and acks; no limit here, the reader bounds them
   by waiting for `room()` before it takes the next request.
-- close(Close): the last item; its frame is sent, then the WebSocket is closed, then `scope`
-  is cancelled (the connection ends). Anything queued after it is dropped.
-- abort(Close): drops what waits and closes right after the frame being sent (a kick of a
-  full outbox, a slow consumer): a WebSocket frame is never cut in two by a close frame.
+- control(data): a pre-framed control frame (a pong); a newer one replaces one still waiting.
+- close(Close): the last item; its frame and the close frame are sent, then `scope` is
+  cancelled (the connection ends). Anything queued after it is dropped.
+- abort(Close): drops what waits and closes right after the batch being sent (a kick of a
+  full queue, a slow consumer): a WebSocket frame is never cut in two by a close frame.
 
-If the writer is cancelled in the middle of a frame, `broken` says so: the stream can then
-only be dropped (`drop`), since anything written after half a frame corrupts it.
+If the writer is cancelled in the middle of a write, the socket is `broken`: the stream can
+then only be dropped, since anything written after half a frame corrupts it.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
+from .ws_server import frame
 
 LINGER_S = 1.0  # an idle writer waits this long for the next frame before it ends
 CLOSE_GRACE = 5.0
+SEND_BYTES = 256 * 1024  # one write carries at most about this much (a batch may take several)
+
+
+class Socket(Protocol):
+    """What the queue needs of a WebSocket (node/ws_server.ServerSocket)."""
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    def close_frame(self, code: int, reason: str) -> bytes: ...
 
 
 @attrs.frozen
@@ -43,21 +57,23 @@ class Close:
     frame: OutFrame | None = None
 
 
-class Outbox:
-    __slots__ = ("_ws", "_nursery", "_scope", "_items", "_writing", "_wake", "_room", "_closing", "_batch",
-                 "broken", "limit", "byte_limit", "binary", "_bytes")
+Item = OutFrame | Close | bytes  # bytes: a pre-framed control frame
 
-    def __init__(self, ws: WebSocketConnection, limit: int, byte_limit: int = 1 << 62) -> None:
+
+class SendQueue:
+    __slots__ = ("_ws", "_nursery", "_scope", "_items", "_writing", "_wake", "_room", "_closing", "_batch",
+                 "limit", "byte_limit", "binary", "_bytes")
+
+    def __init__(self, ws: Socket, limit: int, byte_limit: int = 1 << 62) -> None:
         self._ws = ws
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
-        self._items: list[OutFrame | Close] = []
+        self._items: list[Item] = []
         self._writing = False
         self._wake: trio.Event | None = None
         self._room: trio.Event | None = None
         self._closing = False
         self._batch = 0  # which batch the writer sends; abort() starts a new one
-        self.broken = False  # cancelled in the middle of a frame
         self.limit = limit
         self.byte_limit = byte_limit
         self._bytes = 0  # encoded size of the frames queued or being written
@@ -87,6 +103,15 @@ class Outbox:
         if not self._closing:
             self._add(item)
 
+    def control(self, data: bytes) -> None:
+        """Queue a pre-framed control frame; it replaces one of its kind still waiting."""
+        if self._closing:
+            return
+        if self._items and isinstance(self._items[-1], bytes):
+            self._items[-1] = data
+        else:
+            self._add(data)
+
     def close(self, item: Close) -> bool:
         """Queue the close; False if the outbox is full (then close without a frame)."""
         if self._closing:
@@ -112,7 +137,7 @@ class Outbox:
                 self._room = trio.Event()
             await self._room.wait()
 
-    def _add(self, item: OutFrame | Close) -> None:
+    def _add(self, item: Item) -> None:
         if isinstance(item, OutFrame):
             self._bytes += self._size(item)
         self._items.append(item)
@@ -138,44 +163,61 @@ class Outbox:
                 if self._room is not None:
                     self._room.set()
                     self._room = None
-                for item in batch:
-                    if number != self._batch:
-                        break  # aborted: self._items holds the close
-                    if isinstance(item, Close):
-                        await self._send_close(item)
-                        return
-                    self.broken = True
-                    data = item.encoded(self.binary)
-                    await self._ws.send_message(data)
-                    self.broken = False
-                    self._bytes = max(0, self._bytes - len(data))
+                close = await self._send_batch(batch, number)
+                if number != self._batch:
+                    continue  # aborted: self._items holds the close
+                if close is not None:
+                    await self._send_close(close)
+                    return
                 if not self._items:
                     self._bytes = 0  # all written (forgets any drift of a switch to binary)
                     self._wake = trio.Event()
                     with trio.move_on_after(LINGER_S):
                         await self._wake.wait()
                     self._wake = None
-        except ConnectionClosed:
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._end()  # the peer went away; the reader sees it too
         finally:
             self._writing = False
 
+    async def _send_batch(self, batch: list[Item], number: int) -> Close | None:
+        """Frames and writes `batch` up to its Close (returned), SEND_BYTES a write; stops
+        early if an abort() starts a new batch."""
+        binary = self.binary
+        chunks: list[bytes] = []
+        size = counted = 0
+        for item in batch:
+            if isinstance(item, Close):
+                break
+            if isinstance(item, bytes):
+                data = item
+            else:
+                payload = item.encoded(binary)
+                counted += len(payload)
+                data = frame(payload, binary)
+            chunks.append(data)
+            size += len(data)
+            if size >= SEND_BYTES:
+                await self._ws.send_all(b"".join(chunks))
+                self._bytes = max(0, self._bytes - counted)
+                chunks, size, counted = [], 0, 0
+                if number != self._batch:
+                    return None
+        else:
+            item = None
+        if chunks:
+            await self._ws.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._bytes = max(0, self._bytes - counted)
+        return item if isinstance(item, Close) else None
+
     async def _send_close(self, item: Close) -> None:
         try:
-            if item.frame is not None:
-                self.broken = True
-                await self._ws.send_message(item.frame.encoded(self.binary))
-                self.broken = False
-            with trio.move_on_after(CLOSE_GRACE):
-                await self._ws.aclose(int(item.code), item.reason)
+            data = frame(item.frame.encoded(self.binary), self.binary) if item.frame is not None else b""
+            data += self._ws.close_frame(int(item.code), item.reason)
+            if data:
+                await self._ws.send_all(data)
         finally:
             self._end()
-
-    async def drop(self) -> None:
-        """Closes the TCP connection without a close frame (after `broken`)."""
-        with trio.CancelScope() as scope:
-            scope.cancel()  # trio-websocket closes the stream when its close is cancelled
-            await self._ws.aclose()
 
     def _end(self) -> None:
         self._closing = True

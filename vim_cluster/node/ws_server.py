@@ -1,0 +1,285 @@
+"""The server side of client WebSockets, lean: h11 for the handshake, wsproto for the frames.
+
+One trio task per connection (`serve_websockets` runs `handler(socket, request)` in it), no
+reader task, no channel, nothing kept from the handshake once it is done. The connection's
+owner reads with `receive()` and writes pre-framed bytes with `send_all()`; only one task may
+write at a time (node/send_queue.py's writer is that task).
+
+Rules:
+- The handshake must arrive within `handshake_timeout`; a request that is not a WebSocket
+  upgrade (a plain GET, a POST, a TLS hello on a plain port, an oversized URL or header) gets
+  an HTTP 400 (426 for another WebSocket version) and the connection ends at once.
+  `request.reject(status, body)` refuses one (401 for a bad token, 503 while draining).
+- A peer that breaks the WebSocket protocol (wsproto's ParseFailed: invalid UTF-8 in a text
+  frame, a bad opcode, an unmasked frame...) gets `Disconnect` with the code wsproto chose
+  (1007 for invalid UTF-8, 1002 otherwise) and a reason that says what was wrong: the owner
+  sends the close frame (`close_frame`), as RFC 6455 §7.1.7 asks, before the TCP close.
+- A message larger than `max_message_size` (characters of a text frame, bytes of a binary
+  one), or in more than `max_fragments(max_message_size)` pieces, is `Disconnect` 1009.
+- A WebSocket ping is answered by a pong through `on_pong` (the owner queues it behind the
+  frames it sends); only the newest unanswered ping needs an answer (RFC 6455 §5.5.3).
+- When the handler returns, a close frame it sent is given `close_timeout` for the peer's
+  answer (its data is read and dropped), then the TCP connection is closed, whatever state
+  the WebSocket is in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Any, cast
+
+import h11
+import structlog
+import trio
+from wsproto import ConnectionType
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+
+from ..errors import CloseCode, Disconnect
+
+log = structlog.get_logger()
+RECEIVE_BYTES = 65536  # one read from the socket
+MAX_REQUEST = 16384  # bytes of the HTTP upgrade request (URL and headers)
+UTF8_REASON = "a text frame is not valid UTF-8"
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def max_fragments(max_message_size: int) -> int:
+    """Pieces one message may arrive in: plenty for a whole frame read in TCP-sized chunks."""
+    return max(1024, max_message_size // 512)
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of a final, unmasked (server to client) frame of `length` bytes."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
+
+
+def frame(payload: str | bytes, binary: bool) -> bytes:
+    """One final frame carrying `payload`: binary for bytes on a `binary` (MessagePack)
+    connection, text otherwise (a str, or UTF-8 bytes such as JSON on a text connection)."""
+    if isinstance(payload, str):
+        data = payload.encode()
+        return frame_header(0x1, len(data)) + data
+    return frame_header(0x2 if binary else 0x1, len(payload)) + payload
+
+
+class Rejected(Exception):
+    """The handshake request was refused with an HTTP error (already sent)."""
+
+
+class Request:
+    """A WebSocket upgrade request, until `accept` or `reject` answers it."""
+
+    __slots__ = ("path", "remote", "_socket", "_key", "_trailing")
+
+    def __init__(self, socket: ServerSocket, path: str, remote: str, key: bytes, trailing: bytes) -> None:
+        self._socket = socket
+        self._key = key
+        self._trailing = trailing  # frames the client sent right behind its request
+        self.path = path
+        self.remote = remote  # the peer's address ("" if unknown)
+
+    async def accept(self) -> ServerSocket:
+        token = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
+        ws = self._socket._ws = Connection(ConnectionType.SERVER)
+        if self._trailing:
+            ws.receive_data(self._trailing)
+        self._trailing = b""
+        await self._socket.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + token + b"\r\n\r\n")
+        return self._socket
+
+    async def reject(self, status: int, body: bytes = b"") -> None:
+        await self._socket.send_all(_response(status, body))
+
+
+def _response(status: int, body: bytes) -> bytes:
+    """A whole HTTP response that ends the exchange (the connection closes after it)."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class ServerSocket:
+    """One accepted client WebSocket: reads messages, writes pre-framed bytes."""
+
+    __slots__ = ("stream", "_ws", "_parts", "_size", "_max", "broken")
+
+    def __init__(self, stream: trio.abc.Stream, max_message_size: int) -> None:
+        self.stream = stream
+        self._ws: Connection | None = None
+        self._parts: list[str | bytes] | None = None  # the message being received, by piece
+        self._size = 0
+        self._max = max_message_size
+        self.broken = False  # a write was cut in the middle: only dropping the TCP connection is left
+
+    def raise_message_limit(self, max_message_size: int) -> None:
+        """From now on, accept messages of up to `max_message_size` bytes."""
+        self._max = max(self._max, max_message_size)
+
+    async def receive(self, on_pong: Callable[[bytes], None]) -> str | bytes:
+        """The next message. Raises Disconnect: with the close code to send when the peer broke
+        the protocol, closed (1000) or went away (then `close_frame` gives nothing to send)."""
+        ws = self._ws
+        assert ws is not None
+        while True:
+            for event in ws.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    message = self._piece(event.data, event.message_finished)
+                    if message is not None:
+                        return message
+                elif isinstance(event, Ping):
+                    on_pong(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state is ConnectionState.OPEN:  # wsproto could not parse the peer's data
+                        raise Disconnect(_code(event.code), _reason(event))
+                    raise Disconnect(CloseCode.NORMAL, "closed by peer")
+            try:
+                data = cast(bytes, await self.stream.receive_some(RECEIVE_BYTES))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                ws.receive_data(None)
+                raise Disconnect(CloseCode.NORMAL, "connection lost")
+            ws.receive_data(data)
+
+    def _piece(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
+        if isinstance(data, bytearray):
+            data = bytes(data)
+        if self._parts is None:
+            if finished and len(data) <= self._max:
+                return data  # the usual case: a whole message in one piece
+            self._parts, self._size = [], 0
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size > self._max:
+            self._parts = None
+            raise Disconnect(CloseCode.TOO_BIG, f"message larger than {self._max} bytes")
+        if not finished:
+            if len(self._parts) >= max_fragments(self._max):
+                self._parts = None
+                raise Disconnect(CloseCode.TOO_BIG, f"a message in more than {max_fragments(self._max)} fragments")
+            return None
+        parts, self._parts = self._parts, None
+        return "".join(parts) if isinstance(data, str) else b"".join(parts)  # type: ignore[arg-type]
+
+    def close_frame(self, code: int, reason: str) -> bytes:
+        """The close frame to send (b"" if the WebSocket is no longer open for one)."""
+        ws = self._ws
+        if ws is None or ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return b""
+        return ws.send(CloseConnection(code=code, reason=reason))
+
+    async def send_all(self, data: bytes) -> None:
+        """Writes `data` (whole frames); `broken` if cancelled or failed in the middle."""
+        self.broken = True
+        await self.stream.send_all(data)
+        self.broken = False
+
+    async def _await_close(self, timeout: float) -> None:
+        """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`."""
+        ws = self._ws
+        with trio.move_on_after(timeout):
+            while ws is not None and ws.state is ConnectionState.LOCAL_CLOSING:
+                try:
+                    data = cast(bytes, await self.stream.receive_some(RECEIVE_BYTES))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                ws.receive_data(data)
+                for _ in ws.events():
+                    pass
+
+
+def _code(code: int) -> CloseCode:
+    return CloseCode.INVALID_DATA if code == CloseReason.INVALID_FRAME_PAYLOAD_DATA else CloseCode.PROTOCOL_ERROR
+
+
+def _reason(event: CloseConnection) -> str:
+    detail = event.reason or ""
+    if event.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA:
+        return f"{UTF8_REASON}: {detail}"[:120]
+    return f"protocol error: {detail}"[:120]
+
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]], *,
+                           max_message_size: int, handshake_timeout: float = 10.0, close_timeout: float = 5.0,
+                           task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Accepts connections on `listeners` for ever; `handler(request)` runs in each one's task."""
+
+    async def connection(stream: trio.abc.Stream) -> None:
+        socket = ServerSocket(stream, max_message_size)
+        try:
+            with trio.move_on_after(handshake_timeout):
+                request = await _read_request(socket, _remote(stream))
+            if request is not None:
+                serving = handler(request)
+                del request  # the handler keeps what it needs of it, nothing more
+                await serving
+                if not socket.broken:
+                    await socket._await_close(close_timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("websocket_stream_ended", error=str(exc))
+        except Exception:  # noqa: BLE001 - one connection, never the listener
+            log.exception("websocket_connection_crashed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    await trio.serve_listeners(connection, list(listeners), task_status=task_status)
+
+
+async def _read_request(socket: ServerSocket, remote: str) -> Request | None:
+    """The upgrade request, or None after answering one that is not (400/426)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            await socket.send_all(_response(exc.error_status_hint, f"bad HTTP request: {exc}".encode()))
+            return None
+        if event is h11.NEED_DATA:
+            data = cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES))
+            if not data:
+                return None
+            conn.receive_data(data)
+            continue
+        if not isinstance(event, h11.Request):
+            return None  # the peer closed
+        headers = dict(event.headers)
+        if (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
+                or b"upgrade" not in headers.get(b"connection", b"").lower() or b"sec-websocket-key" not in headers):
+            await socket.send_all(_response(400, b"this port speaks WebSocket: send a GET with Upgrade: websocket"))
+            return None
+        if headers.get(b"sec-websocket-version") != b"13":
+            await socket.send_all(_response(426, b"WebSocket version 13 only"))
+            return None
+        trailing = bytes(conn.trailing_data[0])
+        return Request(socket, event.target.decode("ascii", "replace"), remote, headers[b"sec-websocket-key"],
+                       trailing)
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(inner, trio.SocketStream):
+        return ""
+    try:
+        peer = inner.socket.getpeername()
+    except OSError:
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
