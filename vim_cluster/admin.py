@@ -139,16 +139,19 @@ def routes_of(config: NodeConfig, user_id: UserId) -> list[Route]:
 
 
 def master_forward_url(config: NodeConfig) -> str:
-    if config.cluster.master_url:
-        return config.cluster.master_url
+    """The active master's forward URL as Redis names it, else the first master-url candidate."""
     registry = wiring.open_registry(config, start=False)
     try:
-        for node in registry.nodes():
-            if node.role == "master" and node.alive and node.forward_url:
-                return node.forward_url
+        view = registry.active_master()
+    except StoreUnavailable:
+        view = None
     finally:
         registry.close()
-    raise StoreUnavailable("no live master is registered in Redis")
+    if view is not None and view.alive and view.forward_url:
+        return view.forward_url
+    if config.cluster.master_url:
+        return config.cluster.master_url
+    raise StoreUnavailable("no live master is registered in Redis, and the config names no master-url")
 
 
 def live_node(config: NodeConfig) -> NodeInfo | None:

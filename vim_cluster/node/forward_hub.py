@@ -71,8 +71,11 @@ class Peer:
 
 class MasterHub:
     def __init__(self, node_id: str, secret: bytes, delivery: Delivery, registry: Registry,
-                 redis: BlockingRunner, clock_ms: Callable[[], int]) -> None:
+                 redis: BlockingRunner, clock_ms: Callable[[], int], fence: int = 0,
+                 fence_check: Callable[[int], str | None] = lambda epoch: None) -> None:
         self.node_id = node_id
+        self.fence = fence  # this master's fencing epoch (core/mastership.py), on every frame
+        self.fence_check = fence_check  # the verdict on a peer frame's epoch
         self.secret = secret
         self.delivery = delivery
         self.registry = registry
@@ -219,7 +222,8 @@ class MasterHub:
                 except StoreUnavailable as exc:
                     log.warning("warm_up_check_failed", error=str(exc))
                 else:
-                    expected = {n.node_id for n in nodes if n.alive and n.role == "slave"}
+                    expected = {n.node_id for n in nodes
+                                if n.alive and n.role in ("slave", "standby") and n.node_id != self.node_id}
                     linked = {k for k, p in self.peers.items() if p.role == "slave" and p.connection is not None}
                     if expected <= linked:
                         break
@@ -261,7 +265,7 @@ class MasterHub:
             raise ff.ForwardProtocolError("expected hello from a slave or an operator")
         nonce = secrets.token_hex(16)
         mac = ff.master_mac(self.secret, hello.nonce, nonce)
-        await ws.send_message(ff.encode_frame(ff.Challenge(self.node_id, self.epoch, nonce, mac)))
+        await ws.send_message(ff.encode_frame(ff.Challenge(self.node_id, self.epoch, nonce, mac, self.fence)))
         auth = ff.decode_frame(await ws.get_message())
         if not isinstance(auth, ff.Auth):
             raise ff.ForwardProtocolError("expected auth")
@@ -307,7 +311,10 @@ class MasterHub:
             # Registered but not alive: its lease lapsed. A node Redis does not list at all is
             # not dead: Redis lost its data and the node re-registers at its next heartbeat.
             dead = {n.node_id for n in nodes if not n.alive}
-            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k in dead]:
+            # A peer still linked is alive whatever Redis says (its lease lapsed in a Redis
+            # outage or loss): dropping its queue would ack its packets undelivered.
+            for node_id in [k for k, p in self.peers.items()
+                            if p.role == "slave" and k in dead and p.connection is None]:
                 self.drop_peer(node_id, "its lease lapsed in Redis")
             for node in nodes:
                 if not node.alive:
@@ -347,7 +354,8 @@ class MasterHub:
         if peer is None:
             upstream = UpstreamAcks(received=base)
             end = LinkEnd(Outbox(), Inbox(hello.epoch, received=base), on_packet=self._no_packet,
-                          on_acked=self._complete, ack_value=upstream.ack_value)
+                          on_acked=self._complete, ack_value=upstream.ack_value,
+                          fence_out=lambda: self.fence, fence_in=self.fence_check)
             peer = Peer(key, hello.epoch, hello.role, end, upstream)
             end.on_packet = partial(self._on_packet, peer)
             self.peers[key] = peer

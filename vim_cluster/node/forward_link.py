@@ -32,6 +32,7 @@ from ..protocol.forward import Inbox, Outbox, OutItem
 from .delivery import Delivery
 from .hub import Session
 from .link import MAX_FRAME, LinkEnd, pump
+from .master_finder import MasterFinder
 from .ws_open import LinkOpenError, open_link
 
 log = structlog.get_logger()
@@ -48,8 +49,12 @@ class ForwardLinkRefused(Exception):
 
 class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, delivery: Delivery,
-                 clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None) -> None:
+                 clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None,
+                 finder: MasterFinder | None = None,
+                 fence_in: Callable[[int], str | None] = lambda epoch: None) -> None:
         self.node_id = node_id
+        self.finder = finder  # where the active master is (Redis, then the master-url candidates)
+        self.master_fence = 0  # the fencing epoch of the master we link to (from its challenge)
         self.master_url = master_url
         self.ssl_context = ssl_context
         self.problem = "not connected yet"  # why the link is down (for /healthz)
@@ -59,7 +64,8 @@ class SlaveLink:
         self.epoch = secrets.token_hex(8)
         self.connected = False
         self.master_id: str | None = None
-        self.end = LinkEnd(Outbox(), Inbox(epoch=""), self._on_packet, self._on_acked, self._ack_value)
+        self.end = LinkEnd(Outbox(), Inbox(epoch=""), self._on_packet, self._on_acked, self._ack_value,
+                           fence_out=lambda: self.master_fence, fence_in=fence_in)
 
     # --- ClusterLink -----------------------------------------------------------------
 
@@ -105,6 +111,8 @@ class SlaveLink:
         backoff = Backoff()
         while True:
             try:
+                if self.finder is not None:
+                    self.master_url = await self.finder.locate()
                 async with open_link(self.master_url, self.ssl_context, timeout=OPEN_TIMEOUT,
                                      max_message_size=MAX_FRAME) as ws:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -114,18 +122,38 @@ class SlaveLink:
                     up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, master_url=self.master_url,
                              pending=len(self.end.outbox))
-                    reason = await pump(ws, self.end)
+                    reason = await self._pump(ws)
                     self.problem = f"link to {self.master_url} lost: {reason}"
                     log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
                                 pending=len(self.end.outbox))
                     if trio.current_time() - up_since >= STABLE_S:
                         backoff.reset()  # not after a link that failed at once: no hot reconnect loop
             except (LinkOpenError, OSError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
-                    ForwardLinkRefused) as exc:
+                    ForwardLinkRefused, LookupError) as exc:
                 self._failed(exc)
             finally:
                 self.connected = False
-            await trio.sleep(backoff.next_delay())
+            if self.finder is None:
+                await trio.sleep(backoff.next_delay())
+            else:  # at once when Redis names a new master
+                await self.finder.wait_retry(backoff.next_delay())
+
+    async def _pump(self, ws: WebSocketConnection) -> str:
+        """The pump; with a finder, until Redis names a newer master too."""
+        if self.finder is None:
+            return await pump(ws, self.end)
+        reasons: list[str] = []
+        async with trio.open_nursery() as nursery:
+            async def pump_then_stop() -> None:
+                reasons.append(await pump(ws, self.end))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump_then_stop)
+            assert self.master_id is not None
+            await self.finder.wait_superseded(self.master_id, self.master_fence)
+            reasons.append(f"superseded: Redis names a newer master ({self.finder.view})")
+            nursery.cancel_scope.cancel()
+        return reasons[0]
 
     def _failed(self, exc: Exception) -> None:
         """Logs a failed attempt with the master URL and the cause, in one line."""
@@ -141,9 +169,16 @@ class SlaveLink:
                     for s in self.delivery.hub.sessions(u)]
         challenge, welcome = await client_handshake(
             ws, self.node_id, "slave", self.epoch, self.secret, self._received_from, sessions,
-            base=self.end.outbox.acked_upto)
+            base=self.end.outbox.acked_upto, check=self._check_master)
         self.master_id = challenge.node
+        self.master_fence = int(challenge.fence)
         self.end.outbox.rewind(int(welcome.received))
+
+    def _check_master(self, challenge: ff.Challenge) -> None:
+        if self.finder is not None:
+            stale = self.finder.linked(self.master_url, challenge.node, int(challenge.fence))
+            if stale:
+                raise ForwardLinkRefused(f"fenced: {stale}")
 
     def _received_from(self, master_epoch: str) -> int:
         if master_epoch != self.end.inbox.epoch:  # a new master process: start over
@@ -154,6 +189,8 @@ class SlaveLink:
 def link_problem(master_url: str, exc: Exception) -> str:
     """One line: which master, what went wrong."""
     if isinstance(exc, LinkOpenError):
+        return str(exc)
+    if isinstance(exc, LookupError):
         return str(exc)
     if isinstance(exc, ForwardLinkRefused):
         return f"{master_url} refused this node: {exc}"
@@ -169,6 +206,7 @@ def link_problem(master_url: str, exc: Exception) -> str:
 async def client_handshake(
     ws: WebSocketConnection, node_id: str, role: str, epoch: str, secret: bytes,
     received_from: Callable[[str], int], sessions: list[list[Any]], base: int = 0,
+    check: Callable[[ff.Challenge], None] = lambda challenge: None,
 ) -> tuple[ff.Challenge, ff.Welcome]:
     """The connecting side's handshake: hello, check the master's proof, prove ours.
 
@@ -186,6 +224,7 @@ async def client_handshake(
         # another secret and refuses it by name in its log, rather than a hang-up.
         await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
         raise ForwardLinkRefused("the master does not hold the cluster secret")
+    check(challenge)  # a proven master of a superseded epoch: ForwardLinkRefused
     await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), [], base)))
     await ws.send_message(ff.encode_frame(ff.Sessions(sessions)))
     answer = ff.decode_frame(await ws.get_message())
@@ -202,10 +241,10 @@ async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Pack
     master acks a kick when the node holding the session has it)."""
     with trio.fail_after(timeout):
         async with open_link(master_url, ssl_context, timeout=OPEN_TIMEOUT, max_message_size=MAX_FRAME) as ws:
-            await client_handshake(ws, f"operator-{secrets.token_hex(4)}", "operator",
-                                   secrets.token_hex(8), secret, lambda epoch: 0, [])
+            challenge, _ = await client_handshake(ws, f"operator-{secrets.token_hex(4)}", "operator",
+                                                  secrets.token_hex(8), secret, lambda epoch: 0, [])
             items = list(enumerate(packets, start=1))
-            await ws.send_message(ff.encode_frame(ff.Batch(items, 0)))
+            await ws.send_message(ff.encode_frame(ff.Batch(items, 0, challenge.fence)))
             while True:
                 frame = ff.decode_frame(await ws.get_message())
                 if isinstance(frame, ff.Batch) and frame.ack is not None and frame.ack >= len(items):

@@ -56,6 +56,10 @@ class LinkEnd:
     on_packet: Callable[[int, Packet], None]  # (seq, packet) for each new packet
     on_acked: Callable[[list[OutItem]], None]
     ack_value: Callable[[], int]  # what to acknowledge to the peer now
+    # Fencing (core/mastership.py): the epoch stamped on our frames, and the verdict on the
+    # peer's (None: accept; else why the link is dropped).
+    fence_out: Callable[[], int] = lambda: 0
+    fence_in: Callable[[int], str | None] = lambda epoch: None
     wake: Signal = attrs.Factory(Signal)
     sent_ack: int = -1
     last_heard: float = 0.0
@@ -88,10 +92,14 @@ async def _reader(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], N
         while True:
             frame = decode_frame(await ws.get_message())
             end.last_heard = trio.current_time()
+            if not isinstance(frame, Batch | Beat):
+                raise ForwardProtocolError(f"unexpected {type(frame).__name__} on an open link")
+            fenced = end.fence_in(frame.fence)
+            if fenced:
+                stop(f"fenced: {fenced}")
+                return
             if isinstance(frame, Beat):
                 continue
-            if not isinstance(frame, Batch):
-                raise ForwardProtocolError(f"unexpected {type(frame).__name__} on an open link")
             for seq, packet in frame.items:
                 if end.inbox.accept(seq):
                     end.on_packet(seq, packet)
@@ -113,7 +121,7 @@ async def _writer(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], N
                 while not end.outbox.has_unsent() and end.ack_value() == end.sent_ack:
                     await end.wake.wait()
             if idle.cancelled_caught:
-                await ws.send_message(encode_frame(Beat(0)))
+                await ws.send_message(encode_frame(Beat(0, end.fence_out())))
                 continue
             if not end.outbox.has_unsent():
                 # Only our ack moved: hold it ACK_DELAY_S so that it rides on a batch, or
@@ -123,7 +131,7 @@ async def _writer(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], N
                         await end.wake.wait()
             ack = end.ack_value()
             items = end.outbox.take_batch(MAX_BATCH)
-            await ws.send_message(encode_frame(Batch(items, ack)))
+            await ws.send_message(encode_frame(Batch(items, ack, end.fence_out())))
             end.sent_ack = ack
     except ConnectionClosed as exc:
         stop(f"connection closed: {exc.reason}")

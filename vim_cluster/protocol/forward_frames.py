@@ -4,15 +4,19 @@ A forward link is one WebSocket between a slave (or an operator tool) and the ma
 binary frames. Each frame is a MessagePack map with a type tag "t":
 
     hello     slave -> master   {node, role, epoch, nonce}
-    challenge master -> slave   {node, epoch, nonce, mac}      mac proves the master holds the secret
+    challenge master -> slave   {node, epoch, nonce, mac, fence} mac proves the master holds the secret
     auth      slave -> master   {mac, received, sessions, base} mac proves the slave holds the secret
     sessions  slave -> master   {sessions}   right after auth: the slave's sessions, [[user,
                                 session, client, uuid], ...] (auth's own list stays empty: the
                                 master caps frames small until the mac checked out)
     welcome   master -> slave   {received}
     refused   master -> slave   {reason}
-    batch     both              {items: [[seq, packet], ...], ack}   ack is cumulative, may be null
-    beat      both              {ts}
+    batch     both              {items: [[seq, packet], ...], ack, fence}   ack is cumulative, may be null
+    beat      both              {ts, fence}
+
+`fence` is the fencing epoch of the master the link belongs to (core/mastership.py): the master
+stamps its own, a slave the one its master's challenge named; a frame of an older epoch than
+the receiver knows is refused (the link is dropped).
 
 `received` is the highest sequence number the sender of that frame got from the peer's current
 epoch: the peer resends everything after it. `base` is the highest sequence number the slave
@@ -132,6 +136,7 @@ class Challenge:
     epoch: str
     nonce: str
     mac: str
+    fence: int = 0  # the master's fencing epoch
 
 
 @attrs.frozen
@@ -161,11 +166,13 @@ class Refused:
 class Batch:
     items: list[tuple[int, Packet]]
     ack: int | None
+    fence: int = 0
 
 
 @attrs.frozen
 class Beat:
     ts: int
+    fence: int = 0
 
 
 Frame = Hello | Challenge | Auth | Sessions | Welcome | Refused | Batch | Beat
@@ -187,6 +194,7 @@ def encode_frame(frame: Frame) -> bytes:
         body: dict[str, Any] = {
             "items": [[seq, packet_to_wire(p)] for seq, p in frame.items],
             "ack": frame.ack,
+            "fence": frame.fence,
         }
     else:
         body = attrs.asdict(frame, recurse=False)
@@ -208,7 +216,7 @@ def decode_frame(data: bytes | str) -> Frame:
     try:
         if cls is Batch:
             items = [(int(seq), packet_from_wire(p)) for seq, p in body["items"]]
-            return Batch(items, body.get("ack"))
+            return Batch(items, body.get("ack"), int(body.get("fence", 0)))
         frame: Frame = cls(**body)
     except (TypeError, ValueError, KeyError) as exc:
         raise ForwardProtocolError(f"bad {cls.__name__} frame: {exc}") from None
