@@ -13,6 +13,7 @@ from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
 from .core.lease import MintGate
+from .core.mastership import MasterView
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -112,6 +113,21 @@ def nodes_table(nodes: list[NodeInfo], now: int) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> str:
+    """The lines under the `nodes` table: the active master, its epoch, the standbys, takeovers."""
+    standbys = [n.node_id for n in nodes if n.role == "standby" and n.alive]
+    if view is None:
+        return "active master: none (no master ever took the lease)\nstandbys: " + (", ".join(standbys) or "none")
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.since_ms / 1000))
+    ago = f"{max(0, now - view.since_ms) / 1000:.1f}s ago"
+    state = "" if view.alive else " (its lease LAPSED: a standby takes over)"
+    return "\n".join([
+        f"active master: {view.node_id}{state}, epoch {view.epoch}, forward {view.forward_url}",
+        f"standbys: {', '.join(standbys) or 'none'}",
+        f"takeovers: {view.takeovers} (the first start included), the last {since} ({ago})",
+    ])
 
 
 def resolve_user(config: NodeConfig, user: str) -> UserId:
