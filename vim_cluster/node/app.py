@@ -38,8 +38,8 @@ from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
 from .context import NodeContext
-from .delivery import Delivery
-from .forward_hub import MasterHub
+from .delivery import ClusterLink, Delivery, LocalDelivery
+from .forward_hub import MasterRelay
 from .forward_link import SlaveLink
 from .frame_log import FrameLog
 from .heartbeat import HEARTBEAT_S, Lease, LeasedIds
@@ -147,7 +147,9 @@ async def serve_node(
         raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
     known_users: set[int] = set()
-    delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    local = LocalDelivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    cluster = _cluster_link(config, local, registry, redis_runner, clock_ms)
+    delivery = Delivery(local, cluster)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
@@ -175,7 +177,7 @@ async def serve_node(
                 nursery.start_soon(ctx.frame_log.run)
             if purge_enabled(config.message):
                 nursery.start_soon(_purge, ctx, registry, messages)
-            forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
+            forward_port = await _start_cluster_link(cluster, nursery, listeners.forward)
             metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
             ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
                               lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
@@ -224,23 +226,27 @@ async def _close_listeners(listeners: NodeListeners) -> None:
             await trio.aclose_forcefully(listener)
 
 
-async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None) -> int | None:
-    """Master: the forward hub and reaper; slave: the link to the master. Returns the
-    forward port the master listens on."""
-    config = ctx.config
+def _cluster_link(config: NodeConfig, local: LocalDelivery, registry: ClusterRegistry, redis: BlockingRunner,
+                  clock_ms: Callable[[], int]) -> MasterRelay | SlaveLink:
+    """Master: the forward relay; slave: the link to the master (both act on `local`)."""
     if config.is_master:
-        hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
-        ctx.delivery.cluster = hub
-        assert forward is not None
-        await nursery.start(hub.serve, forward)
-        nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
-        nursery.start_soon(hub.run_presence)
-        return port_of(forward)
+        return MasterRelay(config.node_id, config.cluster.secret, local, registry, redis, clock_ms)
     assert config.cluster.master_url is not None
     secure = config.cluster.master_url.startswith("wss:")
-    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms,
+    return SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, local, clock_ms,
                      ssl_context=client_context(config) if secure else None)
-    ctx.delivery.cluster = link
+
+
+async def _start_cluster_link(link: ClusterLink, nursery: trio.Nursery, forward: Listeners | None) -> int | None:
+    """Master: the forward relay, reaper and presence; slave: the link to the master. Returns
+    the forward port the master listens on."""
+    if isinstance(link, MasterRelay):
+        assert forward is not None
+        await nursery.start(link.serve, forward)
+        nursery.start_soon(link.run_reaper, HEARTBEAT_S)
+        nursery.start_soon(link.run_presence)
+        return port_of(forward)
+    assert isinstance(link, SlaveLink)
     nursery.start_soon(link.run)
     return None
 
