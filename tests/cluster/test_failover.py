@@ -25,6 +25,8 @@ from trio_websocket import ConnectionClosed
 from vim_cluster.node.forward_link import client_handshake
 from vim_cluster.node.ws_open import open_link
 from vim_cluster.protocol import forward_frames as ff
+from vim_cluster.protocol.forward import PeerStream
+from vim_cluster.protocol.forward_connection import ForwardConnection, PeerRole
 
 from ..support import free_port, online
 from .harness import DEPT1, DEPT2, Cluster, ClusterNode, blocking, nodes_table
@@ -203,10 +205,11 @@ async def test_a_master_cut_off_from_redis_stops_relaying_before_its_lease_lapse
         with trio.fail_after(10):
             async with open_link(f"ws://127.0.0.1:{b.forward_port}/forward", None, timeout=5,
                                  max_message_size=1 << 20) as ws:
-                challenge, _ = await client_handshake(ws, "operator-test", "operator", "e", secret,
-                                                      lambda epoch: 0, [])
-                assert challenge.fence == old_epoch + 1
-                await ws.send_message(ff.encode_frame(ff.Batch([], 0, old_epoch)))
+                conn: ForwardConnection[None] = ForwardConnection(PeerRole.OPERATOR, "operator-test", secret,
+                                                                  stream=PeerStream())
+                opened = await client_handshake(ws, conn, [])
+                assert opened.epoch == old_epoch + 1
+                await ws.send_message(ff.encode_frame(ff.Beat(0), old_epoch))  # master-a's epoch
                 with pytest.raises(ConnectionClosed):
                     while True:
                         await ws.get_message()

@@ -13,9 +13,10 @@ Rules (docs/operations.md, "Running a standby master"):
   least MASTER_TTL_S - RELAY_S (the margin: clock-rate drift, and the time it takes to close
   the links). So two masters never relay at once, even when the old one is cut off from Redis
   and not from the slaves.
-- Fencing (`Fence`): every forward frame carries the epoch of the master it belongs to. A node
-  refuses frames of an epoch older than the newest it knows (from Redis or from a link); a
-  master that hears of a newer epoch than its own stops relaying at once.
+- Fencing: every forward frame carries the epoch of the master it belongs to, and a node
+  refuses frames of an epoch older than the newest it knows (`Fence`: from Redis or from a
+  link; the check is ForwardConnection's); a master that hears of a newer epoch than its own
+  stops relaying at once.
 - A claim passes the highest epoch the claimer saw as a floor: after Redis lost its data the
   counter restarts, and the new epoch must still be newer than every one in use.
 """
@@ -82,29 +83,12 @@ class RelayGate:
 
 @attrs.define
 class Fence:
-    """The newest epoch this node knows, and the verdict on a frame's epoch."""
+    """The newest epoch this node knows (from Redis and from its links): the floor of its
+    claims, and the epoch its slave links start from (ForwardConnection refuses frames of an
+    older one: protocol/forward_connection.py)."""
 
     known: int = 0
-    refused: int = 0  # frames refused for an old epoch
+    refused: int = 0  # frames this node's links refused for an old epoch
 
     def learn(self, epoch: int) -> None:
         self.known = max(self.known, epoch)
-
-    def from_master(self, epoch: int) -> str | None:
-        """A frame from a master (a challenge, a batch, a beat): None to accept it, else why not."""
-        if epoch < self.known:
-            self.refused += 1
-            return f"master epoch {epoch} is older than epoch {self.known}"
-        self.known = epoch
-        return None
-
-    def at_master(self, own: int, epoch: int) -> str | None:
-        """A frame from a peer of the master of epoch `own`: it must carry `own`. A newer epoch
-        means this master was superseded; an older one, a peer of a superseded master."""
-        if epoch == own:
-            return None
-        self.refused += 1
-        self.learn(epoch)
-        if epoch > own:
-            return f"the peer knows epoch {epoch}, newer than this master's {own}: superseded"
-        return f"frame of epoch {epoch}, older than this master's {own}"

@@ -40,7 +40,7 @@ from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
 from .context import NodeContext
-from .delivery import Delivery
+from .delivery import Delivery, LocalDelivery
 from .frame_log import FrameLog
 from .heartbeat import Lease, LeasedIds
 from .http import serve_http
@@ -152,7 +152,8 @@ async def serve_node(
         mastership = Mastership(registry, redis_runner, config.node_id, lease.owner,
                                 lambda: published_url(config, forward_port), fence, master_metrics)
     known_users: set[int] = set()
-    delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    local = LocalDelivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    delivery = Delivery(local)  # its cluster link is the role's (node/roles.py)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,

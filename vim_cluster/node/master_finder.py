@@ -8,7 +8,7 @@ Rules:
 - When Redis names no live master (or does not answer), the candidates are tried in turn:
   `master-url` is the fallback.
 - A link is refused when its master's epoch is older than the newest the node knows (the
-  Fence): a superseded master that still answers is never followed.
+  Fence; ForwardConnection checks every frame): a superseded master is never followed.
 - A linked node checks Redis every FOLLOW_S; when it names another node with a newer epoch the
   link is dropped and the new master is followed (`wait_superseded`), and a node waiting to
   retry retries at once (`wait_retry`).
@@ -66,10 +66,11 @@ class MasterFinder:
         self._turn += 1
         return url
 
-    def linked(self, url: str, master_id: str, epoch: int) -> str | None:
-        """A master answered at `url`: remember whose it is; why not to link (a stale epoch), or None."""
+    def linked(self, url: str, master_id: str, epoch: int) -> None:
+        """A master of `epoch` (not older than the fence: ForwardConnection checked) answered at
+        `url`: remember whose it is."""
         self.reaches[url] = master_id
-        return self.fence.from_master(epoch)
+        self.fence.learn(epoch)
 
     def superseded(self, master_id: str, epoch: int) -> bool:
         view = self.view

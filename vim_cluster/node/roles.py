@@ -23,10 +23,11 @@ import trio
 from ..config import NodeConfig
 from ..core.mastership import Fence
 from ..protocol import forward_frames as ff
+from ..protocol.forward_connection import EpochRaised, Event, Fenced
 from ..tls import client_context
 from .context import NodeContext
 from .delivery import ClusterLink
-from .forward_hub import MasterHub
+from .forward_hub import MasterRelay
 from .forward_link import SlaveLink
 from .heartbeat import HEARTBEAT_S
 from .listeners import Listeners, bind_forward, port_of
@@ -55,25 +56,18 @@ class ClusterRoles:
         self.forward = forward  # the bound forward port (closed while not the master)
         self.forward_port = port_of(forward) if forward else None
 
-    # --- fencing verdicts (core/mastership.py) ------------------------------------------------
+    # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 
-    def _from_master(self, epoch: int) -> str | None:
-        why = self.fence.from_master(epoch)
-        if why:
+    def _watch(self, event: Event) -> None:
+        """EpochRaised and Fenced events of every link of this node."""
+        if isinstance(event, Fenced):
+            self.fence.refused += 1
             self.metrics.fenced.inc()
-            log.warning("forward_frame_fenced", epoch=epoch, known=self.fence.known, why=why)
-        return why
-
-    def _at_master(self, epoch: int) -> str | None:
-        assert self.mastership is not None
-        own = self.mastership.epoch
-        why = self.fence.at_master(own, epoch)
-        if why:
-            self.metrics.fenced.inc()
-            log.warning("forward_frame_fenced", epoch=epoch, own=own, why=why)
-            if epoch > own:
-                self.mastership.step_down(why)
-        return why
+            return
+        if isinstance(event, EpochRaised):
+            self.fence.learn(event.new)
+            if self.mastership is not None and self.mastership.holding and event.new > self.mastership.epoch:
+                self.mastership.step_down(f"a peer knows epoch {event.new}, newer than ours ({self.mastership.epoch})")
 
     # --- the switch ---------------------------------------------------------------------------
 
@@ -91,9 +85,10 @@ class ClusterRoles:
 
     def _slave_link(self) -> SlaveLink:
         config = self.ctx.config
-        return SlaveLink(config.node_id, config.cluster.master_url or "", config.cluster.secret, self.ctx.delivery,
-                         self.ctx.clock_ms, ssl_context=client_context(config),  # used for wss:// only
-                         finder=self.finder, fence_in=self._from_master)
+        return SlaveLink(config.node_id, config.cluster.master_url or "", config.cluster.secret,
+                         self.ctx.delivery.local, self.ctx.clock_ms,
+                         ssl_context=client_context(config),  # used for wss:// only
+                         epoch=self.fence.known, finder=self.finder, watch=self._watch)
 
     async def _as_standby(self) -> None:
         assert self.mastership is not None
@@ -119,8 +114,8 @@ class ClusterRoles:
             self.forward_port = port_of(self.forward)
         ctx.cluster_role = "master"
         epoch = mastership.epoch
-        hub = MasterHub(ctx.node_id, ctx.config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms,
-                        fence=epoch, fence_check=self._at_master)
+        hub = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
+                          ctx.clock_ms, epoch=epoch, watch=self._watch)
         for user_id in ctx.hub.users():
             for session in ctx.hub.sessions(user_id):
                 hub.session_opened(session)
@@ -138,7 +133,7 @@ class ClusterRoles:
         self.metrics.active.set(0)
         log.warning("relaying_stopped", epoch=epoch, still_holding=mastership.holding)
 
-    async def _take_over_when_warm(self, hub: MasterHub) -> None:
+    async def _take_over_when_warm(self, hub: MasterRelay) -> None:
         await hub.warm.wait()
         hand_over(self.ctx.delivery.cluster, hub, self.ctx.node_id)
         self.ctx.delivery.cluster = hub
@@ -147,9 +142,10 @@ class ClusterRoles:
 def pending_own(link: ClusterLink) -> list[ff.Packet]:
     """The packets of this node's own clients that `link` holds unacknowledged, in order."""
     if isinstance(link, SlaveLink):
-        return [item.packet for item in link.end.outbox.items]
-    if isinstance(link, MasterHub):
-        return [item.packet for peer in link.peers.values() for item in peer.end.outbox.items if item.tag is None]
+        return [item.packet for item in link.peer.stream.window.items]
+    if isinstance(link, MasterRelay):
+        return [item.packet for peer in link.peers.values() for item in peer.link.stream.window.items
+                if item.tag is None]
     return []
 
 
@@ -160,11 +156,11 @@ def hand_over(old: ClusterLink, new: ClusterLink, node_id: str) -> int:
     packets = [p for p in pending_own(old) if isinstance(p, ff.Deliver | ff.Kick)]
     for packet in packets:
         if isinstance(new, SlaveLink):
-            new.end.push(packet)
-        elif isinstance(new, MasterHub) and isinstance(packet, ff.Deliver):
+            new.peer.push(packet)
+        elif isinstance(new, MasterRelay) and isinstance(packet, ff.Deliver):
             plan = new.routes.plan(list(packet.users), skip=node_id)
-            new._forward(plan, packet.frame, packet.exclude, packet.src, packet.ts, tag=None)
-        elif isinstance(new, MasterHub) and isinstance(packet, ff.Kick):
+            new._forward(plan, packet.frame, packet.message_id, packet.exclude, packet.src, packet.ts, tag=None)
+        elif isinstance(new, MasterRelay) and isinstance(packet, ff.Kick):
             new._send_kick(packet, None)
     if packets:
         log.info("cluster_link_handed_over", packets=len(packets), to=type(new).__name__)
