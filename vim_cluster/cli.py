@@ -157,8 +157,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     registry = wiring.open_registry(config, start=False)
     try:
         while True:
-            nodes, now = registry.nodes(), now_ms()
-            table = nodes_table(nodes, now) + "\n\n" + master_summary(registry.active_master(), nodes, now)
+            nodes, view, now = registry.nodes(), registry.active_master(), now_ms()
+            table = nodes_table(nodes, now, view) + "\n\n" + master_summary(view, nodes, now)
             if args.watch:
                 print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "vim-cluster nodes (Ctrl-C stops)", flush=True)
             print(table, flush=True)

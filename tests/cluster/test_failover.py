@@ -168,61 +168,70 @@ async def test_sigkill_of_the_active_master_a_standby_takes_over_and_nothing_ack
     assert json.loads(json.dumps(a.healthz()[1]))["role"] == "standby"
 
 
+@pytest.fixture
+def split_cluster(tmp_path: Path, redis_url: str) -> Iterator[tuple[Cluster, ProxyThread]]:
+    """The cluster, master-a reaching Redis through a proxy the test can cut."""
+    port = urlsplit(redis_url).port
+    assert port is not None
+    proxy = ProxyThread(port).start()
+    try:
+        cluster = start_cluster(tmp_path / "cluster", redis_url,
+                                a_redis_url=redis_url.replace(f":{port}/", f":{proxy.port}/"))
+        try:
+            yield cluster, proxy
+        finally:
+            cluster.stop()
+    finally:
+        proxy.stop()
+
+
 async def test_a_master_cut_off_from_redis_stops_relaying_before_its_lease_lapses_and_is_fenced(
-    tmp_path: Path, redis_url: str,
+    split_cluster: tuple[Cluster, ProxyThread],
 ) -> None:
     """Split brain: master-a loses Redis (a TCP proxy cut) but not its slaves. It must stop
     relaying before its lease can lapse, so master-b, which takes over only after the lapse,
     never relays at the same time; frames of master-a's epoch are refused by master-b."""
-    port = urlsplit(redis_url).port
-    assert port is not None
-    proxy = ProxyThread(port).start()
-    a_redis = redis_url.replace(f":{port}/", f":{proxy.port}/")
-    cluster = start_cluster(tmp_path / "cluster", redis_url, a_redis_url=a_redis)
+    cluster, proxy = split_cluster
     a, b = cluster.nodes[A], cluster.nodes[B]
-    try:
-        old_epoch = int(metric(a, "vim_master_epoch"))
-        with trio.fail_after(90):
-            async with contextlib.AsyncExitStack() as stack:
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                traffic = await steady_traffic(stack, cluster, secrets.token_hex(3))
-                await traffic.run(nursery)
-                await traffic.collectors["d1"].wait_for(traffic.acked["d1"][:3] or ["-"], 10)
+    old_epoch = int(metric(a, "vim_master_epoch"))
+    with trio.fail_after(90):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            traffic = await steady_traffic(stack, cluster, secrets.token_hex(3))
+            await traffic.run(nursery)
+            await traffic.collectors["d1"].wait_for(traffic.acked["d1"][:3] or ["-"], 10)
 
-                await blocking(proxy.sever)  # master-a: no Redis; its links to the slaves stay
-                await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
-                assert metric(a, "vim_master_active") == 0
-                await trio.sleep(1.0)
-                await traffic.stop_and_check(30)
-                nursery.cancel_scope.cancel()
-        stopped, took_over = log_time(a, "master_relay_deadline"), log_time(b, "master_takeover")
-        assert stopped < took_over, f"master-a relayed until {stopped}, master-b took over at {took_over}"
-        assert metric(b, "vim_master_epoch") == old_epoch + 1
+            await blocking(proxy.sever)  # master-a: no Redis; its links to the slaves stay
+            await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
+            assert metric(a, "vim_master_active") == 0
+            await trio.sleep(1.0)
+            await traffic.stop_and_check(30)
+            nursery.cancel_scope.cancel()
+    stopped, took_over = log_time(a, "master_relay_deadline"), log_time(b, "master_takeover")
+    assert stopped < took_over, f"master-a relayed until {stopped}, master-b took over at {took_over}"
+    assert metric(b, "vim_master_epoch") == old_epoch + 1
 
-        # A frame of the old epoch (what master-a's links would carry) is refused by master-b.
-        fenced_before = metric(b, "vim_forward_fenced_frames_total")
-        secret = (cluster.folder / "secret.key").read_text().strip().encode()
-        with trio.fail_after(10):
-            async with open_link(f"ws://127.0.0.1:{b.forward_port}/forward", None, timeout=5,
-                                 max_message_size=1 << 20) as ws:
-                conn: ForwardConnection[None] = ForwardConnection(PeerRole.OPERATOR, "operator-test", secret,
-                                                                  stream=PeerStream())
-                opened = await client_handshake(ws, conn, [])
-                assert opened.epoch == old_epoch + 1
-                await ws.send_message(ff.encode_frame(ff.Beat(0), old_epoch))  # master-a's epoch
-                with pytest.raises(ConnectionClosed):
-                    while True:
-                        await ws.get_message()
-        assert metric(b, "vim_forward_fenced_frames_total") == fenced_before + 1
+    # A frame of the old epoch (what master-a's links would carry) is refused by master-b.
+    fenced_before = metric(b, "vim_forward_fenced_frames_total")
+    secret = (cluster.folder / "secret.key").read_text().strip().encode()
+    with trio.fail_after(10):
+        async with open_link(f"ws://127.0.0.1:{b.forward_port}/forward", None, timeout=5,
+                             max_message_size=1 << 20) as ws:
+            conn: ForwardConnection[None] = ForwardConnection(PeerRole.OPERATOR, "operator-test", secret,
+                                                              stream=PeerStream())
+            opened = await client_handshake(ws, conn, [])
+            assert opened.epoch == old_epoch + 1
+            await ws.send_message(ff.encode_frame(ff.Beat(0), old_epoch))  # master-a's epoch
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.get_message()
+    assert metric(b, "vim_forward_fenced_frames_total") == fenced_before + 1
 
-        # Redis back: master-a finds the lease held by a newer master and stays a standby.
-        await blocking(proxy.restore)
-        await blocking(wait_for, lambda: a.healthz()[1].get("role") == "standby" and a.healthz()[0] == 200,
-                       20, "master-a follows master-b as a standby")
-        assert metric(a, "vim_master_active") == 0 and metric(a, "vim_master_epoch") == old_epoch + 1
-    finally:
-        cluster.stop()
-        proxy.stop()
+    # Redis back: master-a finds the lease held by a newer master and stays a standby.
+    await blocking(proxy.restore)
+    await blocking(wait_for, lambda: a.healthz()[1].get("role") == "standby" and a.healthz()[0] == 200,
+                   20, "master-a follows master-b as a standby")
+    assert metric(a, "vim_master_active") == 0 and metric(a, "vim_master_epoch") == old_epoch + 1
 
 
 async def test_master_url_candidates_are_the_fallback_when_the_published_url_does_not_answer(
