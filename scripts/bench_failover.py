@@ -130,8 +130,9 @@ class Probe:
                 await trio.sleep(every)
 
     async def recipient(self, url: str, account: Any) -> None:
-        async with open_websocket_url(url) as ws:
+        async with open_websocket_url(url) as ws, trio.open_nursery() as nursery:
             await ready(ws, account)
+            nursery.start_soon(self._keep_alive, ws)
             while True:
                 frame = json.loads(await ws.get_message())
                 if frame["code"] != "message":
@@ -144,6 +145,13 @@ class Probe:
                 self.arrived[message["content"]] = time.monotonic()
                 self.changed.set()
                 self.changed = trio.Event()
+
+    @staticmethod
+    async def _keep_alive(ws: Any) -> None:
+        """The recipient sends nothing else: ping within the nodes' idle timeout (60 s)."""
+        while True:
+            await trio.sleep(20)
+            await send(ws, "ping")
 
     def first_sent_after(self, moment: float) -> float | None:
         times = [self.arrived[c] for c, t in self.sent.items() if t > moment and c in self.arrived]
