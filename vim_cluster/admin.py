@@ -13,7 +13,7 @@ from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
 from .core.lease import MintGate
-from .core.mastership import MasterView
+from .core.mastership import MasterView, shown_role
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -103,19 +103,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def shown_role(node: NodeInfo, view: MasterView | None) -> str:
-    """A node's role as of now: the master lease decides which master-capable node is the
-    master (a registration says what the node was at its last heartbeat)."""
-    if node.role not in ("master", "standby"):
-        return node.role
-    return "master" if view is not None and view.alive and view.node_id == node.node_id else "standby"
-
-
 def nodes_table(nodes: list[NodeInfo], now: int, view: MasterView | None = None) -> str:
     """The `nodes` table: id, role, URL, heartbeat age, connections, alive."""
     header = ("NODE", "ROLE", "URL", "HEARTBEAT", "CONNECTIONS", "MESSAGES", "ALIVE")
     rows = [header] + [
-        (n.node_id, shown_role(n, view), n.client_url, f"{max(0, now - n.heartbeat_at) / 1000:.1f}s ago",
+        (n.node_id, shown_role(n.node_id, n.role, view), n.client_url, f"{max(0, now - n.heartbeat_at) / 1000:.1f}s ago",
          str(n.connections), str(n.messages), "yes" if n.alive else "DEAD")
         for n in nodes
     ]
@@ -125,7 +117,7 @@ def nodes_table(nodes: list[NodeInfo], now: int, view: MasterView | None = None)
 
 def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> str:
     """The lines under the `nodes` table: the active master, its epoch, the standbys, takeovers."""
-    standbys = [n.node_id for n in nodes if n.alive and shown_role(n, view) == "standby"]
+    standbys = [n.node_id for n in nodes if n.alive and shown_role(n.node_id, n.role, view) == "standby"]
     if view is None:
         return "active master: none (no master ever took the lease)\nstandbys: " + (", ".join(standbys) or "none")
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.since_ms / 1000))

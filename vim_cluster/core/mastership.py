@@ -92,3 +92,13 @@ class Fence:
 
     def learn(self, epoch: int) -> None:
         self.known = max(self.known, epoch)
+
+
+def shown_role(node_id: str, registered: str, view: MasterView | None) -> str:
+    """A node's role as of now (`vim-cluster nodes`, the dashboard): the master lease decides
+    which master-capable node is the master; a registration says what the node was at its
+    last heartbeat."""
+    if registered not in (Role.ACTIVE.value, Role.STANDBY.value):
+        return registered
+    active = view is not None and view.alive and view.node_id == node_id
+    return Role.ACTIVE.value if active else Role.STANDBY.value

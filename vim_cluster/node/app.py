@@ -121,7 +121,7 @@ async def serve_node(
         holding = mastership is not None and mastership.holding
         return NodeInfo(
             node_id=config.node_id,
-            role="master" if holding else "standby" if mastership is not None else "slave",
+            role="master" if holding else "standby" if config.is_master else "slave",
             client_url=config.client_url,
             forward_url=published_url(config, forward_port) if holding and forward_port else None,
             http_url=config.http_url,
