@@ -76,13 +76,14 @@ Tag = tuple[str, str, int]  # (source peer, its instance, its seq): whom to ack 
 __all__ = ["MasterRelay", "Peer", "PRE_AUTH_MAX_FRAME", "HANDSHAKE_TIMEOUT", "WARMUP_S"]
 
 
-@attrs.define(eq=False)
-class Peer:
-    key: str  # the node id (an operator: operator:<node>:<instance>)
+@attrs.define(eq=False, kw_only=True)
+class Peer(PeerLink[Tag]):
+    """A slave or operator as the master holds it; `name` is its key: the node id (an operator:
+    operator:<node>:<instance>). Its link events go to the relay, which gets the Peer itself."""
+
     node_id: str
     instance: str
     role: PeerRole
-    link: PeerLink[Tag]
     connection: WebSocketConnection | None = None
     conn: ForwardConnection[Tag] | None = None
     pump_done: trio.Event = attrs.Factory(trio.Event)
@@ -109,6 +110,7 @@ class MasterRelay:
         self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
         self.fenced = 0  # frames refused for an older epoch
         self.newer_epoch: int | None = None  # the newest epoch a peer told of, if newer than ours
+        self.refused_packets = 0  # packets a peer may not send (a slave's Presence, an operator's Deliver)
 
     def set_epoch(self, epoch: int) -> None:
         """This master's epoch changed (it took the lease again): frames carry it from now on."""
@@ -135,7 +137,7 @@ class MasterRelay:
         self.routes.remove(session.user_id, session.id)
 
     def queue_depth(self) -> int:
-        return sum(len(p.link) for p in self.peers.values())
+        return sum(len(p) for p in self.peers.values())
 
     def healthy(self) -> bool:
         return True
@@ -149,7 +151,7 @@ class MasterRelay:
             peer = self.peers.get(node)
             if peer is None or node == self.node_id:
                 continue
-            peer.link.push(ff.Deliver(src, users, frame, exclude, ts, message_id), tag)
+            peer.push(ff.Deliver(src, users, frame, exclude, ts, message_id), tag)
             forwards += 1
         return forwards
 
@@ -160,19 +162,17 @@ class MasterRelay:
         peer = self.peers.get(kick.dst)
         if peer is None:
             return 0
-        peer.link.push(kick, tag)
+        peer.push(kick, tag)
         return 1
 
-    def link_event(self, link: PeerLink[Any], event: Event) -> None:
-        peer = self.peers.get(link.name)
+    def link_event(self, peer: PeerLink[Any], event: Event) -> None:
         if isinstance(event, PacketsReceived):
-            if peer is None or peer.link is not link:
-                return  # dropped meanwhile (its lease lapsed): nothing of it is relayed
+            assert isinstance(peer, Peer)
             self._on_packets(peer, event.first, event.packets)
         elif isinstance(event, Acked):
             self._complete(event.items)
         else:
-            self._note(link.name, event)
+            self._note(peer.name, event)
 
     def _note(self, name: str, event: Event) -> None:
         """Events that are logged and counted (handshake and link ends)."""
@@ -189,11 +189,11 @@ class MasterRelay:
             self.ended[event.reason] += 1
 
     def _on_packets(self, peer: Peer, first: int, packets: Sequence[ff.Packet]) -> None:
-        stream = peer.link.stream
+        stream = peer.stream
         slave = peer.role is PeerRole.SLAVE
         now = self.clock_ms()
         for seq, packet in enumerate(packets, start=first):
-            tag: Tag = (peer.key, peer.instance, seq)
+            tag: Tag = (peer.name, peer.instance, seq)
             forwards = 0
             if isinstance(packet, ff.Deliver) and slave:
                 self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
@@ -208,7 +208,8 @@ class MasterRelay:
             elif isinstance(packet, ff.SessionClose) and slave:
                 self.routes.remove(packet.user, packet.session)
             else:
-                log.warning("forward_packet_refused", peer=peer.key, role=peer.role.value,
+                self.refused_packets += 1
+                log.warning("forward_packet_refused", peer=peer.name, role=peer.role.value,
                             packet=type(packet).__name__)
             stream.hold(seq, forwards)
 
@@ -220,10 +221,10 @@ class MasterRelay:
             key, instance, seq = item.tag
             source = self.peers.get(key)
             if source is not None and source.instance == instance:
-                source.link.stream.forward_done(seq)
+                source.stream.forward_done(seq)
                 touched.add(key)
         for key in touched:
-            self.peers[key].link.wake.set()  # its ack may have moved
+            self.peers[key].wake.set()  # its ack may have moved
 
     # --- presence (see core/presence.py) ---------------------------------------------------
 
@@ -237,7 +238,7 @@ class MasterRelay:
         packet = ff.Presence([(c.user, c.online, c.node) for c in changes])
         for peer in self.peers.values():
             if peer.role is PeerRole.SLAVE:
-                peer.link.push(packet, None)
+                peer.push(packet, None)
         return len(changes)
 
     async def run_presence(self, window: float = presence.WINDOW_S) -> None:
@@ -250,7 +251,7 @@ class MasterRelay:
         peer = self.peers.pop(key, None)
         if peer is None:
             return
-        dropped = peer.link.stream.window.drain()
+        dropped = peer.stream.window.drain()
         self._complete(dropped)
         sessions = self.routes.drop_node(key)
         log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
@@ -309,19 +310,19 @@ class MasterRelay:
             return
         if peer is None:
             return
-        structlog.contextvars.bind_contextvars(peer=peer.key)
-        log.info("forward_peer_up", role=peer.role.value, pending=len(peer.link))
+        structlog.contextvars.bind_contextvars(peer=peer.name)
+        log.info("forward_peer_up", role=peer.role.value, pending=len(peer))
         try:
             if peer.role is PeerRole.SLAVE:
                 await self.warm.wait()  # the route table is complete (see the module's rules)
-            ended = await pump(ws, conn, peer.link)
+            ended = await pump(ws, conn, peer)
         finally:
             peer.connection = None
             peer.conn = None
             peer.pump_done.set()
             if peer.role is PeerRole.OPERATOR:
-                self.drop_peer(peer.key, "operator done")
-        log.info("forward_peer_lost", reason=ended.reason.value, detail=ended.detail, pending=len(peer.link))
+                self.drop_peer(peer.name, "operator done")
+        log.info("forward_peer_lost", reason=ended.reason.value, detail=ended.detail, pending=len(peer))
 
     async def _handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag]) -> Peer | None:
         """Runs the connection's handshake; admits or refuses the authenticated peer. None: the
@@ -357,7 +358,7 @@ class MasterRelay:
             return None
         peer = self._peer_for(auth)
         await self._retire_connection(peer)
-        data = conn.send(Admit(peer.link.stream))
+        data = conn.send(Admit(peer.stream))
         if conn.state is LinkState.CLOSED:  # its resend claim did not hold
             assert conn.ended is not None
             self._ended_in_handshake(ws, conn, conn.ended)
@@ -431,6 +432,6 @@ class MasterRelay:
             peer = None
         if peer is None:
             stream: PeerStream[Tag] = PeerStream.from_base(auth.instance, auth.base)
-            peer = Peer(key, auth.node, auth.instance, auth.role, PeerLink(key, stream, self))
+            peer = Peer(name=key, stream=stream, owner=self, node_id=auth.node, instance=auth.instance, role=auth.role)
             self.peers[key] = peer
         return peer

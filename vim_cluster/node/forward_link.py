@@ -90,6 +90,7 @@ class SlaveLink:
         self.conn: ForwardConnection[None] | None = None
         self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
         self.fenced = 0  # frames refused for an older epoch
+        self.refused_packets = 0  # packets the master may not send (a SessionOpen ...)
 
     def set_epoch(self, epoch: int) -> None:
         """The cluster's fencing epoch is now `epoch` (a takeover): refuse older masters."""
@@ -132,6 +133,7 @@ class SlaveLink:
                 elif isinstance(packet, ff.Presence):
                     local.apply_presence(packet.changes)
                 else:
+                    self.refused_packets += 1
                     log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
         elif isinstance(event, Acked):
             return  # nothing waits on our packets but the window itself
