@@ -144,7 +144,7 @@ def pending_own(link: ClusterLink) -> list[ff.Packet]:
     if isinstance(link, SlaveLink):
         return [item.packet for item in link.peer.stream.window.items]
     if isinstance(link, MasterRelay):
-        return [item.packet for peer in link.peers.values() for item in peer.link.stream.window.items
+        return [item.packet for peer in link.peers.values() for item in peer.stream.window.items
                 if item.tag is None]
     return []
 
