@@ -494,3 +494,31 @@ def test_an_operator_links_sends_a_kick_and_sees_it_acked() -> None:
     net.flush()
     net.flush()
     assert [type(p) for p in net.master.got] == [ff.Kick] and net.slave.acked == ["kick"]
+
+
+# --------------------------------------------------------------------------- pre-encoded client frames
+
+
+def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untouched() -> None:
+    """The sending node puts the JSON its text clients get into the packet; the receiving node
+    gives its text clients those very bytes and re-encodes only for MessagePack clients."""
+    from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+    from vim_cluster.node.delivery import ForwardedFrame, frame_json, frame_message_id
+    from vim_cluster.protocol.codec import OutFrame, encode
+    from vim_cluster.protocol.frames import MessageOut
+
+    message = Message(MessageId(123456789), "c-1", UserId(7), 8, ChatType.FRIEND, MessageType.TEXT,
+                      "grüß dich \U0001f600", {"k": [1, 2.5, None]}, 1_700_000_000_000)
+    reply = MessageOut(message)
+    sent = OutFrame(reply)
+    packet = ff.Deliver("dept-1", [8], frame_json(sent), None, 1, frame_message_id(sent))
+    _, batch = ff.decode_frame(ff.encode_frame(ff.Batch(None, 1, [packet]), 0))
+    assert isinstance(batch, ff.Batch)
+    [got] = batch.packets
+    assert isinstance(got, ff.Deliver) and got.message_id == 123456789
+    out = ForwardedFrame(got.frame, got.message_id)
+    text = out.encoded(False)
+    assert (text.encode() if isinstance(text, str) else text) == got.frame  # untouched
+    assert text == encode(reply, False) and out.encoded(True) == encode(reply, True)
+    assert out.reply.message_id() == 123456789 and out.reply.code == "message"
+    assert out.wire_object() == sent.wire_object()
