@@ -272,6 +272,36 @@ def test_a_restarted_slave_starts_over_on_a_new_stream() -> None:
     assert [e.first for e in again.master.events if isinstance(e, PacketsReceived)] == [1]
 
 
+def test_a_slave_the_master_dropped_links_again_and_numbering_goes_on() -> None:
+    """The master declared a slave dead (its lease lapsed) and dropped its stream, but the slave
+    process lives on: its receiver expects the master's next number, so the master's new stream
+    numbers on after what the slave says it received."""
+    net = link()
+    stream, master_stream = net.slave.conn.stream, net.master.conn.stream
+    assert stream is not None and master_stream is not None
+    master_stream.push(deliver(1))
+    master_stream.push(deliver(2))
+    net.flush()
+    assert numbers(net.slave.got) == [1, 2]
+    master_stream.window.drain()  # dropped by the master
+    net.slave.conn.close()
+    net.master.conn.close()
+    slave = Side(ForwardConnection(PeerRole.SLAVE, "dept-1", SECRET, stream=stream, instance="es1"))
+    master = Side(ForwardConnection(PeerRole.MASTER, "master", SECRET, instance="em1"))
+    again = Network(slave, master)
+    again.to_master.append(slave.conn.send(Connect()))
+    again.run(admit=None)
+    [auth] = [e for e in master.events if isinstance(e, PeerAuthenticated)]
+    assert auth.received == 2
+    fresh: PeerStream[Any] = PeerStream.from_base(auth.instance, auth.base, auth.received)
+    again.to_slave.append(master.conn.send(Admit(fresh)))
+    again.run()
+    assert slave.conn.state is master.conn.state is LinkState.OPEN
+    fresh.push(deliver(3))
+    again.flush()
+    assert numbers(slave.got) == [3] and slave.ended is None
+
+
 # --------------------------------------------------------------------------- refusals
 
 
