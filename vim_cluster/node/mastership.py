@@ -132,7 +132,29 @@ class Mastership:
                 log.warning("master_relaying_again", epoch=self.epoch)
                 self._wake()
             return
+        if renewal is Renewal.MISSING and await self._retake():
+            return
         self.step_down(f"the master lease is {renewal.value} in Redis")
+
+    async def _retake(self) -> bool:
+        """Our lease is missing (it lapsed while Redis was away, or Redis lost its data): no one
+        holds it, so we take it again at once, with a new epoch, and keep our relay."""
+        sent = trio.current_time()
+        try:
+            epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
+                                      TTL_MS, max(self.fence.known, self.epoch))
+        except StoreUnavailable as exc:
+            log.warning("master_retake_failed", error=str(exc))
+            return True  # still ours as far as we know; the deadline stops the relaying meanwhile
+        if epoch is None:
+            return False
+        log.warning("master_lease_retaken", old_epoch=self.epoch, epoch=epoch)
+        self.epoch = epoch
+        self.fence.learn(epoch)
+        self.gate.confirmed(sent)
+        self.metrics.takeovers.inc()
+        self._wake()
+        return True
 
     def step_down(self, why: str) -> None:
         """Stop being the master at once (a missing lease is claimed again, with a new epoch)."""

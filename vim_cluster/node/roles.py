@@ -79,7 +79,7 @@ class ClusterRoles:
             return
         while True:
             if self.mastership.relaying:
-                await self._as_master()
+                await self._hold()
             else:
                 await self._as_standby()
 
@@ -106,32 +106,49 @@ class ClusterRoles:
                 await self.mastership.changed()
             nursery.cancel_scope.cancel()
 
-    async def _as_master(self) -> None:
+    async def _hold(self) -> None:
+        """While this node holds the lease: one relay, serving while the RelayGate allows and
+        paused (forward port and every link closed, its streams and routes kept) past the
+        deadline, until the lease is renewed (or re-taken with a new epoch) or lost."""
+        assert self.mastership is not None
+        ctx, mastership = self.ctx, self.mastership
+        ctx.cluster_role = "master"
+        relay = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
+                            ctx.clock_ms, epoch=mastership.epoch, watch=self._watch)
+        for user_id in ctx.hub.users():
+            for session in ctx.hub.sessions(user_id):
+                relay.session_opened(session)
+        while mastership.holding:
+            if mastership.relaying:
+                await self._relay(relay)
+            else:
+                await mastership.changed()
+        log.warning("relay_retired", epoch=relay.epoch, why="the master lease is lost")
+
+    async def _relay(self, relay: MasterRelay) -> None:
+        """Serves the forward channel until the master may not relay any more."""
         assert self.mastership is not None
         ctx, mastership = self.ctx, self.mastership
         if self.forward is None:  # PortTaken (another process took it meanwhile) stops the node
             self.forward = await bind_forward(ctx.config)
             self.forward_port = port_of(self.forward)
-        ctx.cluster_role = "master"
-        epoch = mastership.epoch
-        hub = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
-                          ctx.clock_ms, epoch=epoch, watch=self._watch)
-        for user_id in ctx.hub.users():
-            for session in ctx.hub.sessions(user_id):
-                hub.session_opened(session)
         self.metrics.active.set(1)
-        log.info("relaying", epoch=epoch)
+        log.info("relaying", epoch=mastership.epoch)
         async with trio.open_nursery() as nursery:
-            await nursery.start(hub.serve, self.forward)
-            nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
-            nursery.start_soon(hub.run_presence)
-            nursery.start_soon(self._take_over_when_warm, hub)
-            while mastership.relaying and mastership.epoch == epoch:
+            await nursery.start(relay.serve, self.forward)
+            nursery.start_soon(relay.run_reaper, HEARTBEAT_S)
+            nursery.start_soon(relay.run_presence)
+            if ctx.delivery.cluster is not relay:
+                nursery.start_soon(self._take_over_when_warm, relay)
+            while mastership.relaying:
+                if relay.epoch != mastership.epoch:  # the lease was re-taken (Redis lost it): same relay
+                    log.warning("relay_epoch_raised", old=relay.epoch, new=mastership.epoch)
+                    relay.set_epoch(mastership.epoch)
                 await mastership.changed()
             nursery.cancel_scope.cancel()
         self.forward = None  # serving closed it
         self.metrics.active.set(0)
-        log.warning("relaying_stopped", epoch=epoch, still_holding=mastership.holding)
+        log.warning("relaying_stopped", epoch=relay.epoch, still_holding=mastership.holding)
 
     async def _take_over_when_warm(self, hub: MasterRelay) -> None:
         await hub.warm.wait()
