@@ -45,7 +45,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 def table(stdout: str) -> dict[str, dict[str, str]]:
     """`vim-cluster nodes` output as {node: {column: cell}} (cells are 2+ spaces apart)."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
+    lines = [line for line in stdout.split("\n\n")[0].splitlines() if line.strip()]  # the master summary follows
     header = re.split(r"\s{2,}", lines[0].strip())
     return {cells[0]: dict(zip(header, cells, strict=True))
             for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}

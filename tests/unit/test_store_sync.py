@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from vim_cluster import wiring
 from vim_cluster.adapters.mongo_base import open_client
 from vim_cluster.config import StoreSync, load_config
-from vim_cluster import wiring
 
 from .test_config import config, config_error, write
 
