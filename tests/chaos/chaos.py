@@ -49,6 +49,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -59,12 +60,16 @@ from typing import Any
 
 import attrs
 import trio
+import yaml
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from ..cluster.harness import DEPT1, DEPT2, MASTER, Cluster, blocking
+from ..cluster.harness import DEPT1, DEPT2, MASTER, Cluster, ClusterNode, blocking
+from ..cluster.proxy import ProxyThread
 from ..servers import RedisServer
 from ..support import PASSWORD, Client, connect, flush_redis, online
 
+MASTER_A, MASTER_B = "master-a", "master-b"  # the two-master cluster's masters
+ACTIVE, STANDBY = "active", "standby"  # fault targets resolved when the fault comes
 KILL_MASTER = "kill-master"
 KILL_STANDBY = "kill-standby"
 KILL_DEPT = "kill-dept"
@@ -328,6 +333,7 @@ class Chatter:
 class FaultRecord:
     fault: Fault
     at: float  # monotonic, injected
+    target: str  # the node (proxy) it hit: `active` and `standby` resolved
     repaired: float = math.nan
     healthy: float = math.nan
     gap_all: float = math.nan
@@ -364,13 +370,14 @@ class Report:
         t0 = self.faults[0].at - WARMUP_S if self.faults else 0.0
         lines = [
             f"== chaos run: seed {self.seed}, {self.duration:.0f} s of traffic, {len(self.faults)} faults, "
-            f"{self.masters} master(s); replay: scripts/chaos.sh --duration {self.asked:.0f} --seed {self.seed}",
+            f"{self.masters} master(s); replay: scripts/chaos.sh --duration {self.asked:.0f} --seed {self.seed} "
+            f"--masters {self.masters}",
             f"{'#':>3}  {'at s':>6}  {'fault':<14} {'target':<8} {'down s':>6}  {'healthy s':>9}  "
             f"{'gap all s':>9}  {'gap pair s':>10}  pair",
         ]
         for n, f in enumerate(self.faults, 1):
             lines.append(
-                f"{n:>3}  {f.at - t0:>6.1f}  {f.fault.kind:<14} {f.fault.target:<8} {f.fault.down_s:>6.2f}  "
+                f"{n:>3}  {f.at - t0:>6.1f}  {f.fault.kind:<14} {f.target:<8} {f.fault.down_s:>6.2f}  "
                 f"{f.healthy - f.repaired:>9.2f}  {f.gap_all:>9.2f}  {f.gap_pair:>10.2f}  {f.gap_pair_name}"
                 + (f"  ({'; '.join(f.notes)})" if f.notes else ""))
         rows = [
@@ -402,7 +409,7 @@ class Report:
 class ChaosRun:
     def __init__(self, folder: Path, seed: int, duration: float, min_faults: int = 5, every: float = 0.1,
                  down: tuple[float, float] = (1.0, 3.0), quiet: tuple[float, float] = (2.0, 5.0),
-                 log: Callable[[str], None] = print) -> None:
+                 masters: int = 1, log: Callable[[str], None] = print) -> None:
         self.folder = folder
         self.seed = seed
         self.duration = duration
@@ -411,8 +418,15 @@ class ChaosRun:
         self.down, self.quiet = down, quiet
         self._log = log
         self.tag = f"{seed % 100000:05d}{random.Random().randrange(1000):03d}"
+        if masters not in (1, 2):
+            raise ValueError("masters must be 1 or 2")
+        self.two_masters = masters == 2
         self.redis = RedisServer(folder / "redis-server")
-        self.cluster = Cluster(folder / "cluster", self.redis.url, proxied=(DEPT1, DEPT2))
+        # one master: both slaves reach it through a proxy each (a cut link is one slave's);
+        # two: each master publishes its forward URL through a proxy in front of it (a cut link
+        # is every link of the active master, which keeps its Redis lease)
+        self.cluster = Cluster(folder / "cluster", self.redis.url, proxied=() if self.two_masters else (DEPT1, DEPT2))
+        self.home_m1, self.home_m2 = (MASTER_A, MASTER_B) if self.two_masters else (MASTER, MASTER)
         self.stopping = False
         self.chatters: dict[str, Chatter] = {}
         self.offline_user: Chatter | None = None
@@ -445,7 +459,34 @@ class ChaosRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         flush_redis(self.redis.url)
-        self.cluster.start()
+        if self.two_masters:
+            self._start_two_masters()
+        else:
+            self.cluster.start()
+
+    def _start_two_masters(self) -> None:
+        """master-a (it takes the lease first), master-b (standby), dept-1, dept-2; every master's
+        forward port behind a proxy of its own, published as its `forward-url`; every other node
+        names both proxies in `master-url` (candidates: the active one is found through Redis)."""
+        cluster = self.cluster
+        try:
+            urls: list[str] = []
+            for name in (MASTER_A, MASTER_B):
+                def write(name: str = name) -> ClusterNode:
+                    node = cluster.write_node(name, "master", ",".join(urls) or None)
+                    if name in cluster.proxies:
+                        cluster.proxies.pop(name).stop()
+                    proxy = cluster.proxies[name] = ProxyThread(node.forward_port).start()
+                    set_cluster_keys(node, {"forward-url": f"ws://127.0.0.1:{proxy.port}/forward"})
+                    return node
+                cluster._start_node(write)
+                urls.append(f"ws://127.0.0.1:{cluster.proxies[name].port}/forward")
+            for name in (DEPT1, DEPT2):
+                cluster._start_node(lambda name=name: cluster.write_node(name, "slave", ",".join(urls)))
+            cluster.wait_healthy()
+        except BaseException:
+            cluster.stop()
+            raise
 
     async def stop_servers(self) -> None:
         try:
@@ -454,26 +495,42 @@ class ChaosRun:
             self.redis.kill()
 
     def fault_kinds(self) -> dict[str, list[str]]:
-        kinds = {
-            KILL_MASTER: [MASTER],
-            KILL_DEPT: [DEPT1, DEPT2],
-            RESTART_REDIS: ["redis"],
-            CUT_LINK: sorted(self.cluster.proxies),
-        }
-        return kinds
+        if self.two_masters:
+            return {KILL_MASTER: [ACTIVE], KILL_STANDBY: [STANDBY], KILL_DEPT: [DEPT1, DEPT2],
+                    RESTART_REDIS: ["redis"], CUT_LINK: [ACTIVE]}
+        return {KILL_MASTER: [MASTER], KILL_DEPT: [DEPT1, DEPT2], RESTART_REDIS: ["redis"],
+                CUT_LINK: sorted(self.cluster.proxies)}
+
+    def active_master(self) -> str:
+        """The master whose /metrics says it relays (two-master clusters)."""
+        for name in (MASTER_A, MASTER_B):
+            node = self.cluster.nodes[name]
+            try:
+                if node.running() and re.search(r"^vim_master_active 1(\.0)?$", node.metrics(), re.MULTILINE):
+                    return name
+            except OSError:
+                continue
+        raise ChaosError("no master says it is active")
+
+    async def resolve(self, target: str) -> str:
+        """`active` / `standby` to a node name, at the moment of the fault."""
+        if target not in (ACTIVE, STANDBY):
+            return target
+        active = await blocking(self.active_master)
+        return active if target == ACTIVE else ({MASTER_A, MASTER_B} - {active}).pop()
 
     def _add(self, name: str, home: str) -> Chatter:
         chatter = self.chatters[name] = Chatter(self, name, home)
         return chatter
 
     async def make_users(self) -> None:
-        pairs = [("a1", DEPT1, "b1", DEPT2), ("a2", DEPT2, "b2", DEPT1), ("a3", MASTER, "b3", DEPT2),
-                 ("a4", DEPT1, "b4", MASTER), ("a5", DEPT2, "b5", DEPT2), ("a6", DEPT1, "off", DEPT2)]
+        pairs = [("a1", DEPT1, "b1", DEPT2), ("a2", DEPT2, "b2", DEPT1), ("a3", self.home_m1, "b3", DEPT2),
+                 ("a4", DEPT1, "b4", self.home_m2), ("a5", DEPT2, "b5", DEPT2), ("a6", DEPT1, "off", DEPT2)]
         for sender, s_home, recipient, r_home in pairs:
             self._add(sender, s_home)
             self._add(recipient, r_home)
         self.offline_user = self.chatters["off"]
-        members = [self._add("gm1", DEPT2), self._add("gm2", MASTER), self._add("gm3", DEPT1)]
+        members = [self._add("gm1", DEPT2), self._add("gm2", self.home_m1), self._add("gm3", DEPT1)]
         owners = [self._add("gs1", DEPT1), self._add("gs2", DEPT2)]
         for chatter in self.chatters.values():
             await chatter.register()
@@ -498,25 +555,25 @@ class ChaosRun:
 
     # -- faults
 
-    async def inject(self, fault: Fault) -> None:
+    async def inject(self, fault: Fault, target: str) -> None:
         if fault.kind in (KILL_MASTER, KILL_STANDBY, KILL_DEPT):
-            self.killed.add(fault.target)
-            await blocking(self.cluster.nodes[fault.target].kill)
+            self.killed.add(target)
+            await blocking(self.cluster.nodes[target].kill)
         elif fault.kind == RESTART_REDIS:
             self.redis.kill()  # from this thread: the server dies with the thread that started it
         elif fault.kind == CUT_LINK:
-            await blocking(self.cluster.proxies[fault.target].sever)
+            await blocking(self.cluster.proxies[target].sever)
         else:
             raise ValueError(fault.kind)
 
-    async def repair(self, fault: Fault) -> None:
+    async def repair(self, fault: Fault, target: str) -> None:
         if fault.kind in (KILL_MASTER, KILL_STANDBY, KILL_DEPT):
-            await blocking(self.cluster.nodes[fault.target].start, HEAL_TIMEOUT_S)
-            self.killed.discard(fault.target)
+            await blocking(self.cluster.nodes[target].start, HEAL_TIMEOUT_S)
+            self.killed.discard(target)
         elif fault.kind == RESTART_REDIS:
             self.redis.start()  # empty: no persistence
         elif fault.kind == CUT_LINK:
-            await blocking(self.cluster.proxies[fault.target].restore)
+            await blocking(self.cluster.proxies[target].restore)
 
     async def heal(self, record: FaultRecord) -> None:
         """Waits until every node is healthy; a node that exited on its own is a finding (it is
@@ -525,7 +582,7 @@ class ChaosRun:
         while True:
             for node in self.cluster.nodes.values():
                 if not node.running() and node.name not in self.killed:
-                    note = f"{node.name} exited on its own after {record.fault.kind} {record.fault.target}"
+                    note = f"{node.name} exited on its own after {record.fault.kind} {record.target}"
                     self.findings.append(f"{note}; log tail:\n{node.log_tail(15)}")
                     record.notes.append(note)
                     self.log(note)
@@ -555,12 +612,13 @@ class ChaosRun:
         for fault in schedule(self.seed, self.fault_kinds(), self.down, self.quiet):
             if time.monotonic() - self.started >= self.duration and len(self.records) >= self.min_faults:
                 return
-            record = FaultRecord(fault, time.monotonic())
+            target = await self.resolve(fault.target)
+            record = FaultRecord(fault, time.monotonic(), target)
             self.records.append(record)
-            self.log(f"fault {len(self.records)}: {fault.kind} {fault.target} for {fault.down_s} s")
-            await self.inject(fault)
+            self.log(f"fault {len(self.records)}: {fault.kind} {target} for {fault.down_s} s")
+            await self.inject(fault, target)
             await trio.sleep(fault.down_s)
-            await self.repair(fault)
+            await self.repair(fault, target)
             record.repaired = time.monotonic()
             await self.heal(record)
             record.healthy = time.monotonic()
@@ -675,7 +733,7 @@ class ChaosRun:
         data = {
             "seed": self.seed,
             "started_unix": time.time() - (time.monotonic() - t0),
-            "faults": [{"kind": r.fault.kind, "target": r.fault.target, "at": r.at - t0,
+            "faults": [{"kind": r.fault.kind, "target": r.target, "at": r.at - t0,
                         "repaired": r.repaired - t0, "healthy": r.healthy - t0} for r in self.records],
             "senders": {s.name: {"home": s.home, "user": s.user_id, "to": s.target.chat_id if s.target else None,
                                  "acked": [[m, at - t0] for m, at in zip(s.acked, s.acked_at, strict=True)]}
@@ -714,6 +772,13 @@ class ChaosRun:
             record.gap_pair, record.gap_pair_name = longest_gap(pairs[worst], record.at, end), worst
 
 
+def set_cluster_keys(node: ClusterNode, keys: dict[str, Any]) -> None:
+    """Adds keys to the `vim.cluster` section of a node's written config."""
+    config = yaml.safe_load(node.config.read_text())
+    config["vim"]["cluster"].update(keys)
+    node.config.write_text(yaml.safe_dump(config))
+
+
 def longest_gap(times: list[float], start: float, end: float) -> float:
     """The longest stretch of [start, end] with no time of `times` (sorted) in it."""
     points = [start, *(t for t in times if start < t < end), end]
@@ -749,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the schedule's seed (default: $VIM_CHAOS_SEED, else random; printed either way)")
     parser.add_argument("--min-faults", type=int, default=5, help="at least this many faults (default 5)")
     parser.add_argument("--every", type=float, default=0.1, help="seconds between one sender's messages (default 0.1)")
+    parser.add_argument("--masters", type=int, choices=(1, 2), default=1,
+                        help="1: one master (a killed master is restarted); 2: an active and a standby master "
+                             "(kills of either, the active one's links cut). Default 1")
     parser.add_argument("--keep", metavar="DIR", type=Path, default=None,
                         help="keep the logs in DIR (default: a temp folder, removed after a clean run)")
     args = parser.parse_args(argv)
@@ -759,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--seed {seed})", flush=True)
     folder = args.keep if args.keep is not None else Path(tempfile.mkdtemp(prefix="vim-chaos-"))
     report = trio.run(lambda: run_chaos(folder, seed, args.duration, min_faults=args.min_faults, every=args.every,
-                                        log=lambda line: print(line, flush=True)))
+                                        masters=args.masters, log=lambda line: print(line, flush=True)))
     print(report.table(), flush=True)
     if report.ok and not report.findings and args.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
