@@ -155,6 +155,7 @@ class Chatter:
         # receiving
         self.first: dict[str, Arrival] = {}
         self.frames: collections.Counter[str] = collections.Counter()
+        self.replayed_again = 0  # duplicates that came by offline replay
         self.sessions = 0  # sessions that reached sync-done
         self.session_failures: collections.Counter[str] = collections.Counter()
         # sending
@@ -272,6 +273,8 @@ class Chatter:
     def _record(self, message: dict[str, Any]) -> None:
         message_id = message["id"]
         self.frames[message_id] += 1
+        if message_id in self.first and message.get("offline"):
+            self.replayed_again += 1
         if message_id not in self.first:
             self.first[message_id] = Arrival(time.monotonic(), message["fromId"], message["cid"],
                                              bool(message.get("offline")))
@@ -358,6 +361,7 @@ class Report:
     delivered: int
     lost: list[tuple[str, str, str]]  # (sender, recipient, message id)
     duplicates: int
+    duplicates_replayed: int
     out_of_order: list[tuple[str, str, str]]  # (sender, recipient, message id delivered late)
     cid_reused: list[tuple[str, str]]  # (recipient, cid)
     unacked_delivered: int
@@ -389,7 +393,8 @@ class Report:
             ("  of them by offline replay", str(self.offline_replayed)),
             ("  of them only by the replay after the run", str(len(self.only_by_final_sync))),
             ("lost (must be 0)", str(len(self.lost))),
-            ("duplicates seen by clients before dedupe", str(self.duplicates)),
+            ("duplicates seen by clients before dedupe",
+             f"{self.duplicates} ({self.duplicates_replayed} by offline replay, the rest live)"),
             ("out-of-order per (sender, recipient) (must be 0)", str(len(self.out_of_order))),
             ("one cid under two ids (must be 0)", str(len(self.cid_reused))),
             ("delivered but never acked", str(self.unacked_delivered)),
@@ -722,6 +727,7 @@ class ChaosRun:
             acked_group=sum(len(s.acked) for s in self.senders if s.target and s.target.kind == "group"),
             refused=sum(s.refused for s in self.senders), resent=sum(s.resent for s in self.senders),
             expected=len(expected), delivered=delivered, lost=lost, duplicates=duplicates,
+            duplicates_replayed=sum(c.replayed_again for c in self.chatters.values()),
             out_of_order=out_of_order, cid_reused=cid_reused, unacked_delivered=unacked,
             offline_replayed=replayed, only_by_final_sync=late, findings=findings, folder=self.folder,
         )

@@ -1,10 +1,15 @@
 """The chaos suite's CI run: >= 60 s of steady cross-node, group and offline traffic under >= 5
 seeded random faults (tests/chaos/chaos.py says which and how it counts). The seed is printed;
 VIM_CHAOS_SEED=N replays a schedule (`scripts/chaos.sh --duration S --seed N` for a long run).
+A run that finds something keeps its logs and arrivals.json outside pytest's temp folders
+(rotated away by later runs) and prints where.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,10 @@ async def test_chaos_short_schedule_loses_nothing_and_keeps_every_senders_order(
     seed = seed_from_env()
     print(f"\nchaos seed {seed} (replay: VIM_CHAOS_SEED={seed} pytest tests/chaos)")
     report = await run_chaos(tmp_path / "chaos", seed, DURATION_S, min_faults=MIN_FAULTS)
+    if not report.ok or report.findings:
+        kept = Path(tempfile.gettempdir()) / f"vim-chaos-seed{seed}-{time.strftime('%H%M%S')}"
+        shutil.copytree(report.folder, kept, ignore=shutil.ignore_patterns("*.db*"))
+        report.folder = kept
     print(report.table())
     assert report.duration >= DURATION_S and len(report.faults) >= MIN_FAULTS, report.table()
     assert report.acked > 0 and report.delivered == report.expected - len(report.lost)
