@@ -13,6 +13,7 @@ from .adapters.embedded_redis import hold_embedded_redis, release_embedded_redis
 from .config import NodeConfig
 from .core import auth, usernames
 from .core.lease import MintGate
+from .core.mastership import MasterView, shown_role
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
@@ -102,16 +103,31 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def nodes_table(nodes: list[NodeInfo], now: int) -> str:
+def nodes_table(nodes: list[NodeInfo], now: int, view: MasterView | None = None) -> str:
     """The `nodes` table: id, role, URL, heartbeat age, connections, alive."""
     header = ("NODE", "ROLE", "URL", "HEARTBEAT", "CONNECTIONS", "MESSAGES", "ALIVE")
     rows = [header] + [
-        (n.node_id, n.role, n.client_url, f"{max(0, now - n.heartbeat_at) / 1000:.1f}s ago",
+        (n.node_id, shown_role(n.node_id, n.role, view), n.client_url, f"{max(0, now - n.heartbeat_at) / 1000:.1f}s ago",
          str(n.connections), str(n.messages), "yes" if n.alive else "DEAD")
         for n in nodes
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> str:
+    """The lines under the `nodes` table: the active master, its epoch, the standbys, takeovers."""
+    standbys = [n.node_id for n in nodes if n.alive and shown_role(n.node_id, n.role, view) == "standby"]
+    if view is None:
+        return "active master: none (no master ever took the lease)\nstandbys: " + (", ".join(standbys) or "none")
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.since_ms / 1000))
+    ago = f"{max(0, now - view.since_ms) / 1000:.1f}s ago"
+    state = "" if view.alive else " (its lease LAPSED: a standby takes over)"
+    return "\n".join([
+        f"active master: {view.node_id}{state}, epoch {view.epoch}, forward {view.forward_url}",
+        f"standbys: {', '.join(standbys) or 'none'}",
+        f"takeovers: {view.takeovers} (the first start included), the last {since} ({ago})",
+    ])
 
 
 def resolve_user(config: NodeConfig, user: str) -> UserId:
@@ -139,16 +155,19 @@ def routes_of(config: NodeConfig, user_id: UserId) -> list[Route]:
 
 
 def master_forward_url(config: NodeConfig) -> str:
-    if config.cluster.master_url:
-        return config.cluster.master_url
+    """The active master's forward URL as Redis names it, else the first master-url candidate."""
     registry = wiring.open_registry(config, start=False)
     try:
-        for node in registry.nodes():
-            if node.role == "master" and node.alive and node.forward_url:
-                return node.forward_url
+        view = registry.active_master()
+    except StoreUnavailable:
+        view = None
     finally:
         registry.close()
-    raise StoreUnavailable("no live master is registered in Redis")
+    if view is not None and view.alive and view.forward_url:
+        return view.forward_url
+    if config.cluster.master_url:
+        return config.cluster.master_url
+    raise StoreUnavailable("no live master is registered in Redis, and the config names no master-url")
 
 
 def live_node(config: NodeConfig) -> NodeInfo | None:

@@ -150,14 +150,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from .admin import nodes_table, now_ms
+    from .admin import master_summary, nodes_table, now_ms
     from .node import wiring
 
     config = _load(args.config)
     registry = wiring.open_registry(config, start=False)
     try:
         while True:
-            table = nodes_table(registry.nodes(), now_ms())
+            nodes, view, now = registry.nodes(), registry.active_master(), now_ms()
+            table = nodes_table(nodes, now, view) + "\n\n" + master_summary(view, nodes, now)
             if args.watch:
                 print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "vim-cluster nodes (Ctrl-C stops)", flush=True)
             print(table, flush=True)
@@ -292,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = commands.add_parser(
         "nodes",
         help="the cluster as Redis sees it",
-        description="Every node registered in Redis: role, client URL, seconds since its last "
-        "heartbeat, connections, messages accepted, and whether it is alive.",
+        description="Every node registered in Redis: role (master, standby or slave), client URL, "
+        "seconds since its last heartbeat, connections, messages accepted, and whether it is alive; "
+        "then the active master, its epoch, the standbys, and the takeovers of the master lease.",
     )
     nodes.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
     nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")

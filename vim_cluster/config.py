@@ -39,9 +39,15 @@ class NodeType(enum.Enum):
 class ClusterConfig:
     node_type: NodeType
     node_id: str
-    master_url: str | None
+    master_urls: tuple[str, ...]  # vim.cluster.master-url: the candidates, in order (fallback)
     secret: bytes = attrs.field(repr=False)
     secret_file: Path
+    forward_url: str | None = None  # vim.cluster.forward-url: what a master publishes, if set
+
+    @property
+    def master_url(self) -> str | None:
+        """The first master-url candidate (None on a master without candidates)."""
+        return self.master_urls[0] if self.master_urls else None
 
 
 @attrs.frozen
@@ -194,6 +200,14 @@ def _ws_url(value: Any) -> str:
     return text
 
 
+def _ws_urls(value: Any) -> tuple[str, ...]:
+    """One ws:// URL, several separated by commas, or a list of them (candidates, in order)."""
+    items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError(f"must be a ws:// or wss:// URL, a comma-separated list or a list of them, got {value!r}")
+    return tuple(dict.fromkeys(_ws_url(item) for item in items))
+
+
 class _SubkeyError(ValueError):
     """A problem with one key of a nested mapping (e.g. vim.websocket.tls.cert-file)."""
 
@@ -240,8 +254,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "cluster": {
         "node-type": (_node_type, NodeType.MASTER),
         "node-id": (_node_id, REQUIRED),
-        "master-url": (_ws_url, None),
+        "master-url": (_ws_urls, ()),
         "secret-file": (_string, REQUIRED),
+        "forward-url": (_ws_url, None),
     },
     "websocket": {
         "host": (_string, "127.0.0.1"),
@@ -344,7 +359,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
     node_type = c["node-type"]
     if node_type is NodeType.MASTER and ws["forward-port"] is None:
         raise ConfigError(name, "vim.websocket.forward-port", "is required on a master node")
-    if node_type is NodeType.SLAVE and c["master-url"] is None:
+    if node_type is NodeType.SLAVE and not c["master-url"]:
         raise ConfigError(name, "vim.cluster.master-url", "is required on a slave node")
     if node_type is NodeType.MASTER and ws["forward-port"] == ws["port"]:
         raise ConfigError(name, "vim.websocket.forward-port", "must differ from vim.websocket.port")
@@ -357,9 +372,10 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         cluster=ClusterConfig(
             node_type=node_type,
             node_id=c["node-id"],
-            master_url=c["master-url"],
+            master_urls=c["master-url"],
             secret=secret,
             secret_file=secret_file,
+            forward_url=c["forward-url"],
         ),
         websocket=WebsocketConfig(
             host=ws["host"],

@@ -13,6 +13,7 @@ from typing import Protocol
 import attrs
 
 from .core.lease import BeatReport, Generation
+from .core.mastership import MasterView, Renewal
 from .model import (
     ChatType,
     Department,
@@ -164,16 +165,26 @@ class Registry(Protocol):
     def node_owner(self, node_id: str) -> str | None:
         """The owner token holding the node-id lock, if any."""
 
-    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
-        """Takes the master lock (renewed by `heartbeat` for a master's NodeInfo)."""
+    # The master lease (core/mastership.py): one ACTIVE master among the master-capable nodes.
+    def claim_master(self, node_id: str, owner: str, forward_url: str, ttl_ms: int, floor: int,
+                     replacing: str | None = None) -> int | None:
+        """Takes the master lease only if no one holds it (a holder's must lapse first; only a
+        dead process of this very node id, owner token `replacing`, is replaced at once), raises
+        the fencing epoch above the counter and `floor`, and publishes the master (node, forward
+        URL, epoch, when, takeovers + 1). Returns the new epoch, or None if the lease is held."""
 
-    def master_holder(self) -> tuple[str, str] | None:
-        """(node id, owner token) holding the master lock, if any."""
+    def renew_master(self, node_id: str, owner: str, epoch: int, ttl_ms: int) -> Renewal:
+        """Renews the lease if it is still ours at `epoch`; says MISSING or OTHER otherwise."""
+
+    def release_master(self, node_id: str, owner: str) -> None:
+        """Gives the lease up if it is ours (a standby claims it at its next try)."""
+
+    def active_master(self) -> MasterView | None:
+        """The master that last claimed the lease (`alive` while its lease holds), or None."""
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
-        """Renews the node lock, the master lock (a master's NodeInfo) and the worker id, each
-        re-taken if it is simply missing, and the registration; reports each key's state and
-        the Redis generation (core/lease.py)."""
+        """Renews the node lock and the worker id, each re-taken if it is simply missing, and
+        the registration; reports each key's state and the Redis generation (core/lease.py)."""
 
     def release_node(self, node_id: str, owner: str, worker: int | None = None) -> None:
         """Drops the worker id, the locks, and this node's routes (compare-and-delete)."""

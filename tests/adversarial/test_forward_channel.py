@@ -12,8 +12,8 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from vim_cluster.node.forward_hub import PRE_AUTH_MAX_FRAME
 from vim_cluster.protocol import forward_frames as ff
+from vim_cluster.protocol.forward_connection import PRE_AUTH_MAX_FRAME
 
 from ..cluster.harness import Cluster
 from ..support import connect, online
@@ -36,14 +36,14 @@ async def _closed(ws: WebSocketConnection, timeout: float = 5.0) -> tuple[list[o
     with trio.fail_after(timeout):
         while True:
             try:
-                frames.append(ff.decode_frame(await ws.get_message()))
+                frames.append(ff.decode_frame(await ws.get_message())[1])
             except ConnectionClosed as exc:
                 return frames, exc.reason.code if exc.reason else None
 
 
-async def _hello(ws: WebSocketConnection, node: str, nonce: str, role: str = "slave") -> ff.Challenge:
-    await ws.send_message(ff.encode_frame(ff.Hello(node, role, secrets.token_hex(8), nonce)))
-    challenge = ff.decode_frame(await ws.get_message())
+async def _hello(ws: WebSocketConnection, node: str, nonce: str, role: ff.PeerRole = ff.PeerRole.SLAVE) -> ff.Challenge:
+    await ws.send_message(ff.encode_frame(ff.Hello(node, role, secrets.token_hex(8), nonce), 0))
+    _, challenge = ff.decode_frame(await ws.get_message())
     assert isinstance(challenge, ff.Challenge), challenge
     return challenge
 
@@ -56,16 +56,17 @@ async def test_a_peer_without_the_secret_is_refused_as_slave_and_as_operator(clu
     with trio.fail_after(30):
         async with watch(cluster, cluster.dept1), contextlib.AsyncExitStack() as stack:
             victim = await online(stack, cluster.dept2.url, name("kickme"))
-            for node, role in [("evil-node", "slave"), ("dept-1", "slave"), ("evil-op", "operator")]:
+            for node, role in [("evil-node", ff.PeerRole.SLAVE), ("dept-1", ff.PeerRole.SLAVE),
+                               ("evil-op", ff.PeerRole.OPERATOR)]:
                 async with forward(cluster) as ws:
                     nonce = secrets.token_hex(16)
                     challenge = await _hello(ws, node, nonce, role)
                     mac = ff.slave_mac(WRONG_SECRET, node, nonce, challenge.nonce)
-                    await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
+                    await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, 0), 0))
                     kick = ff.Kick("dept-2", int(victim.user_id or 0), None, 4001, None)
                     with contextlib.suppress(ConnectionClosed):
-                        await ws.send_message(ff.encode_frame(ff.Sessions([])))
-                        await ws.send_message(ff.encode_frame(ff.Batch([(1, kick)], None)))
+                        await ws.send_message(ff.encode_frame(ff.Sessions([]), 0))
+                        await ws.send_message(ff.encode_frame(ff.Batch(None, 1, [kick]), 0))
                     frames, code = await _closed(ws)
                     assert code == 1008, (node, frames, code)
                     assert any(isinstance(f, ff.Refused) for f in frames), frames
@@ -88,12 +89,12 @@ async def test_a_recorded_handshake_cannot_be_replayed(cluster: Cluster, secret:
             async with forward(cluster) as ws:  # the replay
                 challenge = await _hello(ws, "evil-replay", nonce)
                 assert challenge.nonce != recorded.nonce
-                await ws.send_message(ff.encode_frame(ff.Auth(recorded_mac, 0, [], 0)))
+                await ws.send_message(ff.encode_frame(ff.Auth(recorded_mac, 0, 0), 0))
                 frames, code = await _closed(ws)
                 assert code == 1008 and any(isinstance(f, ff.Refused) for f in frames), (frames, code)
             async with forward(cluster) as ws:  # the reflection
                 challenge = await _hello(ws, "evil-reflect", nonce)
-                await ws.send_message(ff.encode_frame(ff.Auth(challenge.mac, 0, [], 0)))
+                await ws.send_message(ff.encode_frame(ff.Auth(challenge.mac, 0, 0), 0))
                 frames, code = await _closed(ws)
                 assert code == 1008 and any(isinstance(f, ff.Refused) for f in frames), (frames, code)
 
@@ -122,7 +123,7 @@ async def test_big_frames_before_authentication_are_cut_off_without_buffering(cl
                 for n in range(20):
                     nursery.start_soon(one, n)
             async with forward(cluster) as ws:  # just under the cap: read
-                await ws.send_message(msgpack.packb({"t": "hello", "pad": "x" * (PRE_AUTH_MAX_FRAME - 64)}))
+                await ws.send_message(msgpack.packb([0, 0, "x" * (PRE_AUTH_MAX_FRAME - 64)]))
                 _, code = await _closed(ws)
                 assert code != 1009
             grown_mib = (rss_kib(cluster.master.pid) - before) / 1024
@@ -137,8 +138,8 @@ async def test_garbage_on_the_forward_port_is_dropped(cluster: Cluster) -> None:
     with trio.fail_after(30):
         async with watch(cluster, cluster.master):
             for payload in ["hello", b"\xc1\xc1\xc1", b"\xdf\xff\xff\xff\xff", b"\x91" * 3000 + b"\x00",
-                            ff.encode_frame(ff.Batch([(1, ff.SessionClose(1, "s"))], 0)),
-                            ff.encode_frame(ff.Welcome(0))]:
+                            ff.encode_frame(ff.Batch(0, 1, [ff.SessionClose(1, "s")]), 0),
+                            ff.encode_frame(ff.Welcome(0), 0)]:
                 async with forward(cluster) as ws:
                     with contextlib.suppress(ConnectionClosed):
                         await ws.send_message(payload)

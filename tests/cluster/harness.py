@@ -61,8 +61,9 @@ def run_cli(*args: str, timeout: float = 30.0, stdin: str | None = None) -> subp
 
 
 def nodes_table(stdout: str) -> dict[str, dict[str, str]]:
-    """`vim-cluster nodes` output as {node: {column: cell}} (cells are 2+ spaces apart)."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
+    """`vim-cluster nodes` output as {node: {column: cell}} (cells are 2+ spaces apart; the
+    table ends at the first blank line, the master summary follows)."""
+    lines = stdout.split("\n\n")[0].splitlines()
     header = re.split(r"\s{2,}", lines[0].strip())
     return {cells[0]: dict(zip(header, cells, strict=True))
             for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}

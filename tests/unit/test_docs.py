@@ -21,7 +21,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from vim_cluster import cli, config
+from vim_cluster.core.mastership import Fence
 from vim_cluster.errors import CloseCode, ErrorKind
+from vim_cluster.node.mastership import MasterMetrics
 from vim_cluster.node.metrics import NodeMetrics
 from vim_cluster.node.retention import PurgeMetrics
 from vim_cluster.protocol import codec
@@ -133,6 +135,7 @@ def _metric_names() -> tuple[set[str], set[str]]:
     metrics.relay_latency.observe(0.001)
     purge = PurgeMetrics(metrics.registry)  # registered by the retention job on every node
     purge.removed.labels(kind="messages").inc(0)
+    MasterMetrics(metrics.registry, Fence())  # registered on every node (node/mastership.py)
     required: set[str] = set()
     exported: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):

@@ -1,14 +1,17 @@
-"""The forward channel's reliable exchange without sockets: Outbox, Inbox and UpstreamAcks of
-two (or three) ends passing real frames (encode_frame/decode_frame) back to back in memory."""
+"""The forward channel's reliable exchange without sockets: UnackedWindow, SeqReceiver and
+UpstreamAcks of two (or three) ends passing real frames (encode_frame/decode_frame) back to back
+in memory (ForwardConnection, which joins them, is tested in test_forward_connection.py); and the
+frame codec on its own."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 import pytest
 
-from vim_cluster.protocol.forward import Inbox, Outbox, OutItem, UpstreamAcks
+from vim_cluster.protocol.forward import SeqReceiver, Unacked, UnackedWindow, UpstreamAcks
 from vim_cluster.protocol.forward_frames import (
     Auth,
     Batch,
@@ -19,6 +22,7 @@ from vim_cluster.protocol.forward_frames import (
     Hello,
     Kick,
     Packet,
+    PeerRole,
     Presence,
     Refused,
     SessionClose,
@@ -34,49 +38,50 @@ from vim_cluster.protocol.forward_frames import (
 
 
 def deliver(n: int) -> Deliver:
-    return Deliver("dept-1", (7, 8), {"code": "message", "message": {"id": str(n)}}, "s-1", 1000 + n)
+    return Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"%d"}}' % n, "s-1", 1000 + n, n)
 
 
 class End:
-    """One side of a link: its Outbox to the peer, its Inbox from the peer's epoch."""
+    """One side of a link: its UnackedWindow to the peer, its SeqReceiver from the peer's instance."""
 
-    def __init__(self, epoch: str, peer_epoch: str) -> None:
-        self.epoch = epoch
-        self.outbox: Outbox[str] = Outbox()
-        self.inbox = Inbox(peer_epoch)
+    def __init__(self, instance: str, peer_instance: str) -> None:
+        self.instance = instance
+        self.window: UnackedWindow[str] = UnackedWindow()
+        self.receiver = SeqReceiver(peer_instance)
         self.got: list[Packet] = []
-        self.completed: list[OutItem[str]] = []
+        self.completed: list[Unacked[str]] = []
 
     def push(self, n: int, tag: str | None = None) -> None:
-        self.outbox.push(deliver(n), tag)
+        self.window.push(deliver(n), tag)
 
     def batch(self, limit: int = 256, ack: int | None = -1) -> bytes:
         """The next batch frame on the wire (ack: ours by default)."""
-        return encode_frame(Batch(self.outbox.take_batch(limit), self.inbox.received if ack == -1 else ack))
+        first, packets = self.window.take_batch(limit)
+        return encode_frame(Batch(self.receiver.received if ack == -1 else ack, first, packets), 0)
 
     def receive(self, data: bytes) -> None:
-        frame = decode_frame(data)
+        _, frame = decode_frame(data)
         assert isinstance(frame, Batch)
-        for seq, packet in frame.items:
-            if self.inbox.accept(seq):
+        for seq, packet in enumerate(frame.packets, start=frame.first):
+            if self.receiver.accept(seq):
                 self.got.append(packet)
         if frame.ack is not None:
-            self.completed += self.outbox.ack(frame.ack)
+            self.completed += self.window.ack(frame.ack)
 
 
-def ids(packets: list[Packet]) -> list[int]:
-    return [int(p.frame["message"]["id"]) for p in packets if isinstance(p, Deliver)]
+def ids(packets: Sequence[Packet]) -> list[int]:
+    return [p.message_id or 0 for p in packets if isinstance(p, Deliver)]
 
 
 def test_batches_deliver_every_packet_once_in_order() -> None:
     a, b = End("ea", "eb"), End("eb", "ea")
     for n in range(1, 11):
         a.push(n)
-    while a.outbox.has_unsent():
+    while a.window.has_unsent():
         b.receive(a.batch(limit=3))
     assert ids(b.got) == list(range(1, 11))
-    assert b.inbox.received == 10
-    assert not a.outbox.has_unsent() and len(a.outbox) == 10  # kept until acked
+    assert b.receiver.received == 10
+    assert not a.window.has_unsent() and len(a.window) == 10  # kept until acked
 
 
 def test_acks_are_cumulative_and_hand_back_the_tags() -> None:
@@ -84,20 +89,20 @@ def test_acks_are_cumulative_and_hand_back_the_tags() -> None:
     for n in range(1, 6):
         a.push(n, tag=f"t{n}")
     b.receive(a.batch())
-    a.receive(encode_frame(Batch([], 3)))  # b acknowledges up to 3 at once
+    a.receive(encode_frame(Batch(3, 1, []), 0))  # b acknowledges up to 3 at once
     assert [i.tag for i in a.completed] == ["t1", "t2", "t3"]
-    assert [i.seq for i in a.outbox.items] == [4, 5] and a.outbox.acked_upto == 3
-    a.receive(encode_frame(Batch([], 2)))  # an older ack changes nothing
-    assert len(a.completed) == 3 and a.outbox.acked_upto == 3
+    assert [i.seq for i in a.window.items] == [4, 5] and a.window.acked_upto == 3
+    a.receive(encode_frame(Batch(2, 1, []), 0))  # an older ack changes nothing
+    assert len(a.completed) == 3 and a.window.acked_upto == 3
     a.receive(b.batch())  # b's current ack: everything
-    assert [i.tag for i in a.completed] == ["t1", "t2", "t3", "t4", "t5"] and len(a.outbox) == 0
+    assert [i.tag for i in a.completed] == ["t1", "t2", "t3", "t4", "t5"] and len(a.window) == 0
 
 
 def test_an_ack_for_a_packet_never_sent_is_a_protocol_error() -> None:
     a = End("ea", "eb")
     a.push(1)
     with pytest.raises(ForwardProtocolError):
-        a.receive(encode_frame(Batch([], 2)))
+        a.receive(encode_frame(Batch(2, 1, []), 0))
 
 
 def test_after_a_reconnect_the_outbox_resends_what_the_peer_did_not_receive() -> None:
@@ -108,9 +113,9 @@ def test_after_a_reconnect_the_outbox_resends_what_the_peer_did_not_receive() ->
     a.batch()  # 4..5 are sent, but the link drops: they never arrive
     a.push(6)  # queued while the link is down
     # reconnect: b says what it received (the handshake's `received`), a rewinds to it
-    welcome = decode_frame(encode_frame(Welcome(b.inbox.received)))
+    _, welcome = decode_frame(encode_frame(Welcome(b.receiver.received), 0))
     assert isinstance(welcome, Welcome)
-    a.outbox.rewind(welcome.received)
+    a.window.rewind(welcome.received)
     b.receive(a.batch())
     assert ids(b.got) == [1, 2, 3, 4, 5, 6]
 
@@ -120,11 +125,11 @@ def test_rewind_keeps_what_the_peer_received_but_did_not_acknowledge() -> None:
     for n in range(1, 6):
         a.push(n, tag=f"t{n}")
     b.receive(a.batch())
-    a.receive(encode_frame(Batch([], 2)))  # acked: 1, 2
-    a.outbox.rewind(5)  # b received everything: nothing to resend ...
-    assert not a.outbox.has_unsent()
-    assert [i.seq for i in a.outbox.items] == [3, 4, 5]  # ... but 3..5 stay until acked
-    a.receive(encode_frame(Batch([], 5)))
+    a.receive(encode_frame(Batch(2, 1, []), 0))  # acked: 1, 2
+    a.window.rewind(5)  # b received everything: nothing to resend ...
+    assert not a.window.has_unsent()
+    assert [i.seq for i in a.window.items] == [3, 4, 5]  # ... but 3..5 stay until acked
+    a.receive(encode_frame(Batch(5, 1, []), 0))
     assert [i.tag for i in a.completed] == ["t1", "t2", "t3", "t4", "t5"]
 
 
@@ -132,12 +137,13 @@ def test_rewind_never_resends_acknowledged_packets_and_rejects_impossible_claims
     a = End("ea", "eb")
     for n in range(1, 6):
         a.push(n)
-    a.outbox.take_batch(10)
-    a.outbox.ack(3)
-    a.outbox.rewind(0)  # the peer lost track: resend starts after what it acknowledged
-    assert [seq for seq, _ in a.outbox.take_batch(10)] == [4, 5]
+    a.window.take_batch(10)
+    a.window.ack(3)
+    a.window.rewind(0)  # the peer lost track: resend starts after what it acknowledged
+    first, packets = a.window.take_batch(10)
+    assert first == 4 and ids(packets) == [4, 5]
     with pytest.raises(ForwardProtocolError):
-        a.outbox.rewind(6)  # more than was ever sent
+        a.window.rewind(6)  # more than was ever sent
 
 
 def test_duplicates_are_dropped_by_sequence_number() -> None:
@@ -145,25 +151,25 @@ def test_duplicates_are_dropped_by_sequence_number() -> None:
     for n in range(1, 5):
         a.push(n)
     b.receive(a.batch(limit=2))
-    a.outbox.rewind(0)  # the peer's `received` got lost: a resends from the start
+    a.window.rewind(0)  # the peer's `received` got lost: a resends from the start
     b.receive(a.batch())
     assert ids(b.got) == [1, 2, 3, 4]
-    assert b.inbox.accept(4) is False and b.inbox.accept(1) is False
+    assert b.receiver.accept(4) is False and b.receiver.accept(1) is False
 
 
 def test_a_sequence_gap_is_a_protocol_error() -> None:
-    inbox = Inbox("e")
+    inbox = SeqReceiver("e")
     assert inbox.accept(1) is True
     with pytest.raises(ForwardProtocolError, match="gap"):
         inbox.accept(3)
     b = End("eb", "ea")
     with pytest.raises(ForwardProtocolError):
-        b.receive(encode_frame(Batch([(2, deliver(2))], None)))  # the first packet must be 1
+        b.receive(encode_frame(Batch(None, 2, [deliver(2)]), 0))  # the first packet must be 1
 
 
 def test_a_restarted_peer_has_a_new_epoch_and_both_directions_start_at_one() -> None:
     """A slave restarted: the master drops the old epoch's queue, and exchanges with the new
-    process through a new Inbox and a new Outbox (as MasterHub does for a new epoch)."""
+    process through a new SeqReceiver and a new UnackedWindow (as MasterRelay does for a new instance)."""
     master, slave = End("em", "es1"), End("es1", "em")
     for n in range(1, 4):
         slave.push(n)
@@ -173,73 +179,67 @@ def test_a_restarted_peer_has_a_new_epoch_and_both_directions_start_at_one() -> 
     master.batch()  # sent to the old process, never acked
 
     restarted = End("es2", "em")  # a new process: a new epoch, its seqs from 1 again
-    assert restarted.epoch != master.inbox.epoch
-    dropped = master.outbox.drain()  # what the dead process never acked: its tags complete
-    assert [i.tag for i in dropped] == ["t1", "t2"] and len(master.outbox) == 0
-    assert not master.outbox.has_unsent()
-    master.inbox, master.outbox = Inbox(restarted.epoch), Outbox()
+    assert restarted.instance != master.receiver.instance
+    dropped = master.window.drain()  # what the dead process never acked: its tags complete
+    assert [i.tag for i in dropped] == ["t1", "t2"] and len(master.window) == 0
+    assert not master.window.has_unsent()
+    master.receiver, master.window = SeqReceiver(restarted.instance), UnackedWindow()
     restarted.push(1)
     master.receive(restarted.batch())
     master.push(9)
     restarted.receive(master.batch())
     assert ids(master.got) == [1, 2, 3, 1]
-    assert ids(restarted.got) == [9] and restarted.inbox.received == 1
+    assert ids(restarted.got) == [9] and restarted.receiver.received == 1
     with pytest.raises(ForwardProtocolError, match="gap"):  # the old epoch's numbering is gone
-        Inbox(restarted.epoch).accept(4)
+        SeqReceiver(restarted.instance).accept(4)
 
 
 def test_a_restarted_master_resumes_a_surviving_slaves_sequence_from_its_base() -> None:
-    """The master restarted (new epoch), the slave did not: the slave's Outbox goes on from its
-    acknowledged base, which it sends in its Auth; the new master's Inbox starts there."""
+    """The master restarted (new epoch), the slave did not: the slave's UnackedWindow goes on from its
+    acknowledged base, which it sends in its Auth; the new master's SeqReceiver starts there."""
     master, slave = End("em1", "es"), End("es", "em1")
     for n in range(1, 6):
         slave.push(n)
     master.receive(slave.batch())
     slave.receive(master.batch())  # acked 1..5 by the old master
-    assert slave.outbox.acked_upto == 5
+    assert slave.window.acked_upto == 5
     for n in range(6, 9):
         slave.push(n)  # queued while the master is down
 
     new_master = End("em2", "es")
-    auth = decode_frame(encode_frame(Auth("mac", 0, [], slave.outbox.acked_upto)))
+    _, auth = decode_frame(encode_frame(Auth("mac", 0, slave.window.acked_upto), 0))
     assert isinstance(auth, Auth) and auth.base == 5
-    slave.inbox = Inbox(new_master.epoch)  # the slave sees the new master epoch: starts over
-    new_master.inbox = Inbox(slave.epoch, received=auth.base)
-    slave.outbox.rewind(new_master.inbox.received)  # the Welcome
+    slave.receiver = SeqReceiver(new_master.instance)  # the slave sees the new master epoch: starts over
+    new_master.receiver = SeqReceiver(slave.instance, received=auth.base)
+    slave.window.rewind(new_master.receiver.received)  # the Welcome
     new_master.receive(slave.batch())
     assert ids(new_master.got) == [6, 7, 8]
-    # without the base, a fresh Inbox could not take the resend
+    # without the base, a fresh SeqReceiver could not take the resend
     with pytest.raises(ForwardProtocolError, match="gap"):
-        Inbox(slave.epoch).accept(6)
-
-
-def test_auth_without_a_base_decodes_with_base_zero() -> None:
-    raw = msgpack.packb({"t": "auth", "mac": "m", "received": 3, "sessions": [[1, "s", "web", None]]})
-    auth = decode_frame(raw)
-    assert auth == Auth("m", 3, [[1, "s", "web", None]], 0)
+        SeqReceiver(slave.instance).accept(6)
 
 
 def test_the_session_list_travels_in_its_own_frame_after_auth() -> None:
     """auth stays small (the master caps frames at 4 KiB until its MAC checked out); the
     slave's sessions, however many, follow in a `sessions` frame."""
     sessions = [[n, f"s-{n}", "web", None] for n in range(1000)]
-    assert len(encode_frame(Auth("m" * 64, 3, [], 7))) < 200
-    assert decode_frame(encode_frame(Sessions(sessions))) == Sessions(sessions)
+    assert len(encode_frame(Auth("m" * 64, 3, 7), 0)) < 200
+    assert decode_frame(encode_frame(Sessions(sessions), 0)) == (0, Sessions(sessions))
 
 
 def test_master_acks_a_slave_only_when_every_forward_was_acked_end_to_end() -> None:
     """slave A -> master -> slave B: A's packet is acked when B acked the master's forward."""
     a = End("ea", "em")
-    master_from_a = Inbox("ea")
+    master_from_a = SeqReceiver("ea")
     upstream = UpstreamAcks()
-    to_b: Outbox[tuple[str, int]] = Outbox()
+    to_b: UnackedWindow[tuple[str, int]] = UnackedWindow()
 
     a.push(1)  # for B
     a.push(2)  # for nobody else (local users only)
     a.push(3)  # for B too
-    frame = decode_frame(a.batch())
+    _, frame = decode_frame(a.batch())
     assert isinstance(frame, Batch)
-    for seq, packet in frame.items:
+    for seq, packet in enumerate(frame.packets, start=frame.first):
         assert master_from_a.accept(seq)
         forwards = 0 if seq == 2 else 1
         if forwards:
@@ -252,8 +252,8 @@ def test_master_acks_a_slave_only_when_every_forward_was_acked_end_to_end() -> N
         assert item.tag is not None
         upstream.forward_done(item.tag[1])
     assert upstream.ack_value() == 2  # 1 done, 2 needed no forward, 3 still out
-    a.receive(encode_frame(Batch([], upstream.ack_value())))
-    assert [i.seq for i in a.outbox.items] == [3]
+    a.receive(encode_frame(Batch(upstream.ack_value(), 1, []), 0))
+    assert [i.seq for i in a.window.items] == [3]
     for item in to_b.drain():  # B died: its queue is dropped, which completes the forwards
         assert item.tag is not None
         upstream.forward_done(item.tag[1])
@@ -276,38 +276,42 @@ def test_upstream_acks_count_each_forward() -> None:
 
 PACKETS: list[Packet] = [
     deliver(1),
-    Kick("dept-2", 7, "s-9", 4001, {"code": "other-login", "message": {"uuid": None, "nodeId": "m"}}),
+    Kick("dept-2", 7, "s-9", 4001, b'{"code":"other-login","message":{"uuid":null,"nodeId":"m"}}'),
     Kick("dept-2", 7, None, 4002, None),
     SessionOpen(7, "s-1", "web", "u-1"),
     SessionClose(7, "s-1"),
     Presence([[7, True, "dept-1"], [8, False, None]]),
 ]
 FRAMES: list[Any] = [
-    Hello("dept-1", "slave", "e1", "n1"),
+    Hello("dept-1", PeerRole.SLAVE, "e1", "n1"),
     Challenge("master", "e2", "n2", "mac"),
-    Auth("mac", 4, [[7, "s-1", "web", None]], 2),
+    Auth("mac", 4, 2),
+    Sessions([[7, "s-1", "web", None]]),
     Welcome(9),
     Refused("no"),
-    Batch(list(enumerate(PACKETS, start=1)), 3),
-    Batch([], None),
+    Batch(3, 1, PACKETS),
+    Batch(None, 1, []),
     Beat(123),
 ]
 
 
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: type(f).__name__)
 def test_every_frame_survives_the_wire(frame: Any) -> None:
-    assert decode_frame(encode_frame(frame)) == frame
+    assert decode_frame(encode_frame(frame, 7)) == (7, frame)
 
 
 @pytest.mark.parametrize("data", [
     "text",
     b"\xc1",  # not MessagePack
     msgpack.packb([1, 2]),
-    msgpack.packb({"t": "nope"}),
-    msgpack.packb({"t": "welcome"}),  # a field missing
-    msgpack.packb({"t": "batch", "items": [[1, {"k": "deliver"}]], "ack": None}),
-    msgpack.packb({"t": "batch", "items": [[1, {"k": "teleport"}]], "ack": None}),
-    msgpack.packb({"t": "batch", "items": [["x", {"k": "session-close", "user": 1, "session": "s"}]], "ack": 0}),
+    msgpack.packb({"t": "welcome", "received": 0}),  # the old map format
+    msgpack.packb([99, 0, 1]),  # an unknown tag
+    msgpack.packb([4, 0]),  # a field missing
+    msgpack.packb([4, "0", 1]),  # an epoch that is not an int
+    msgpack.packb([6, 0, None, 1, [[0]]]),  # a deliver packet without its fields
+    msgpack.packb([6, 0, None, 1, [[1, 2, 9]]]),  # an unknown packet kind
+    msgpack.packb([6, 0, 0, "x", [[1, "s", 3]]]),  # a sequence number that is not an int
+    msgpack.packb([6, 0, 0, 1, [[[[1, "on", None]], 4]]]),  # presence: online is not a bool
 ])
 def test_anything_else_is_a_protocol_error(data: Any) -> None:
     with pytest.raises(ForwardProtocolError):

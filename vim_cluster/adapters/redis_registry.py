@@ -34,6 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..core.lease import SETTLE_S, BeatReport, Generation, KeyState
+from ..core.mastership import MasterView, Renewal
 from ..errors import StoreUnavailable
 from ..ids import MAX_WORKER
 from ..model import UserId
@@ -74,7 +75,9 @@ class Keys:
     def login_failures_address(address: str) -> str:
         return f"vim:login-fail:addr:{address}"
 
-    MASTER_LOCK = "vim:master-lock"
+    MASTER_LOCK = "vim:master-lock"  # "node_id owner", PX MASTER_TTL_S: the active master's lease
+    MASTER_EPOCH = "vim:master-epoch"  # the fencing epoch: INCR on every takeover
+    MASTER = "vim:master"  # hash: node, url, epoch, since (ms), takeovers: the last claim, for everyone
     GENERATION = "vim:generation"  # "token run_id born_ms": see core/lease.py
     WORKER_PREFIX = "vim:worker:"
 
@@ -155,6 +158,35 @@ for offset = 0, count - 1 do
 end
 return {gen[1], gen[2], -1}
 """
+# KEYS = master lock, epoch counter, master hash; ARGV = lock value, ttl ms, floor epoch, node,
+# forward URL, replacing. Takes the master lease only if no one holds it (a holder's lease must
+# lapse first) or it holds exactly `replacing` (this node's own process, known dead), raises the epoch above both the counter and `floor` (the highest epoch the claimer
+# saw: a Redis that lost its data must not hand out an old epoch again) and publishes the
+# master. Returns {1, epoch} or {0, 0}.
+_CLAIM_MASTER = """
+local current = redis.call('GET', KEYS[1])
+if current and (ARGV[6] == '' or current ~= ARGV[6]) then return {0, 0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local epoch = redis.call('INCR', KEYS[2])
+if epoch <= tonumber(ARGV[3]) then
+  epoch = tonumber(ARGV[3]) + 1
+  redis.call('SET', KEYS[2], epoch)
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[3], 'node', ARGV[4], 'url', ARGV[5], 'epoch', epoch, 'since', now_ms)
+redis.call('HINCRBY', KEYS[3], 'takeovers', 1)
+return {1, epoch}
+"""
+# KEYS = master lock, master hash; ARGV = lock value, ttl ms, epoch. Renews our lease if it is
+# still ours and still names our epoch: 'renewed', 'missing' (it lapsed, or Redis lost it) or 'other'.
+_RENEW_MASTER = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 'missing' end
+if current ~= ARGV[1] or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 'other' end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 'renewed'
+"""
 # KEYS[1] = routes hash, KEYS[2..] unused; ARGV = session id, user id. Deletes the route
 # and its entry in the node's session set.
 _REMOVE_ROUTE = """
@@ -234,6 +266,8 @@ class RedisRegistry:
         self._take_worker = self._r.register_script(_TAKE_WORKER)
         self._reserve_login = self._r.register_script(_RESERVE_LOGIN)
         self._refund_login = self._r.register_script(_REFUND_LOGIN)
+        self._claim_master = self._r.register_script(_CLAIM_MASTER)
+        self._renew_master = self._r.register_script(_RENEW_MASTER)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -259,22 +293,46 @@ class RedisRegistry:
             value = self._r.get(Keys.node_lock(node_id))
         return str(value) if value else None
 
-    def acquire_master(self, node_id: str, owner: str, ttl_s: int, replacing: str | None = None) -> bool:
-        with self._errors():
-            value, old = f"{node_id} {owner}", f"{node_id} {replacing}" if replacing else ""
-            return bool(self._claim(keys=[Keys.MASTER_LOCK], args=[value, ttl_s, old]))
+    # -- the master lease (core/mastership.py) -----------------------------------------------
 
-    def master_holder(self) -> tuple[str, str] | None:
-        """(node id, owner token) of the master lock's holder, if any."""
+    def claim_master(self, node_id: str, owner: str, forward_url: str, ttl_ms: int, floor: int,
+                     replacing: str | None = None) -> int | None:
+        """Takes the master lease if no one holds it (or `replacing`, a dead owner token of this
+        node id, does); returns the new epoch (> floor), or None."""
+        old = f"{node_id} {replacing}" if replacing else ""
         with self._errors():
-            value = self._r.get(Keys.MASTER_LOCK)
-        if not value:
+            taken, epoch = self._claim_master(keys=[Keys.MASTER_LOCK, Keys.MASTER_EPOCH, Keys.MASTER],
+                                              args=[f"{node_id} {owner}", ttl_ms, floor, node_id, forward_url, old])
+        return int(epoch) if int(taken) else None
+
+    def renew_master(self, node_id: str, owner: str, epoch: int, ttl_ms: int) -> Renewal:
+        with self._errors():
+            answer = self._renew_master(keys=[Keys.MASTER_LOCK, Keys.MASTER], args=[f"{node_id} {owner}", ttl_ms, epoch])
+        return Renewal(answer.decode() if isinstance(answer, bytes) else answer)
+
+    def release_master(self, node_id: str, owner: str) -> None:
+        """Gives the master lease up (a standby takes over at once); only if it is ours."""
+        with self._errors():
+            self._release(keys=[Keys.MASTER_LOCK], args=[f"{node_id} {owner}"])
+
+    def active_master(self) -> MasterView | None:
+        """The last master that claimed the lease (None if none ever did), `alive` while its
+        lease holds."""
+        with self._errors():
+            pipe = self._r.pipeline(transaction=True)
+            pipe.get(Keys.MASTER_LOCK)
+            pipe.hgetall(Keys.MASTER)
+            lock, fields = pipe.execute()
+        if not fields or "node" not in fields:
             return None
-        node_id, _, owner = str(value).partition(" ")
-        return node_id, owner
+        holder, _, owner = str(lock).partition(" ") if lock else ("", "", "")
+        return MasterView(node_id=str(fields["node"]), forward_url=str(fields.get("url", "")),
+                          epoch=int(fields.get("epoch", 0)), since_ms=int(fields.get("since", 0)),
+                          takeovers=int(fields.get("takeovers", 0)), alive=holder == fields["node"],
+                          owner=owner if holder == fields["node"] else None)
 
     def heartbeat(self, info: NodeInfo, owner: str, ttl_s: int, worker: int | None) -> BeatReport:
-        master = f"{info.node_id} {owner}" if info.role == "master" else ""
+        master = ""  # the master lease has its own, shorter, renewal (renew_master)
         with self._errors():
             token, age_ms, node, master_state, worker_state = self._beat(
                 keys=[Keys.GENERATION, Keys.node_lock(info.node_id), Keys.MASTER_LOCK,

@@ -5,7 +5,9 @@
     │                             one is re-taken and the node's routes republished)
     ├── store writer             (group commit of new messages)
     ├── retention purge          (when configured; one node of the cluster at a time)
-    ├── forward link (slave) | forward hub + dead-node reaper (master)
+    ├── master lease         (master-capable nodes: claim, renew, relay deadline)
+    ├── cluster role         (node/roles.py: forward hub + reaper while the active master;
+    │                         otherwise a link to the active master, found through Redis)
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
 
@@ -29,26 +31,27 @@ from trio_websocket import WebSocketServer
 from .. import __version__
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
+from ..core.mastership import Fence
 from ..errors import CloseCode
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
-from ..tls import client_context
 from . import wiring
 from .blocking import BlockingRunner
 from .connection import serve_connection
 from .context import NodeContext
-from .delivery import Delivery
-from .forward_hub import MasterHub
-from .forward_link import SlaveLink
+from .delivery import Delivery, LocalDelivery
 from .frame_log import FrameLog
-from .heartbeat import HEARTBEAT_S, Lease, LeasedIds
+from .heartbeat import Lease, LeasedIds
 from .http import serve_http
 from .hub import Hub
 from .listeners import Listeners, NodeListeners, bind_listeners, port_of
+from .master_finder import MasterFinder
+from .mastership import MasterMetrics, Mastership
 from .metrics import NodeMetrics
 from .operator import Operator
 from .retention import PurgeMetrics, Purger, purge_enabled
+from .roles import ClusterRoles, published_url
 from .stats import Stats
 from .store_writer import StoreWriter
 from .ws_listener import ListenerServer
@@ -70,13 +73,6 @@ class RunningNode:
     http_port: int | None
     forward_port: int | None
     stop: Callable[[], None]
-
-
-def forward_url(config: NodeConfig) -> str | None:
-    if not config.is_master:
-        return None
-    scheme = "wss" if config.websocket.tls else "ws"
-    return f"{scheme}://{config.public_host}:{config.websocket.forward_port}/forward"
 
 
 async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
@@ -116,13 +112,18 @@ async def serve_node(
     hub = Hub()
     metrics = NodeMetrics(config.node_id)
     started_at = clock_ms()
+    fence = Fence()
+    master_metrics = MasterMetrics(metrics.registry, fence)
+    forward_port = port_of(listeners.forward) if listeners.forward else None
+    mastership: Mastership | None = None
 
     def describe() -> NodeInfo:
+        holding = mastership is not None and mastership.holding
         return NodeInfo(
             node_id=config.node_id,
-            role=config.cluster.node_type.value,
+            role="master" if holding else "standby" if config.is_master else "slave",
             client_url=config.client_url,
-            forward_url=forward_url(config),
+            forward_url=published_url(config, forward_port) if holding and forward_port else None,
             http_url=config.http_url,
             pid=os.getpid(),
             version=__version__,
@@ -132,7 +133,7 @@ async def serve_node(
             messages=metrics.accepted,
         )
 
-    lease = Lease(registry, redis_runner, describe, master=config.is_master)
+    lease = Lease(registry, redis_runner, describe)
     try:
         worker = await lease.acquire()
     except BaseException:
@@ -146,8 +147,13 @@ async def serve_node(
             await _close_listeners(listeners)
         raise
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
+    if config.is_master:
+        assert forward_port is not None
+        mastership = Mastership(registry, redis_runner, config.node_id, lease.owner,
+                                lambda: published_url(config, forward_port), fence, master_metrics)
     known_users: set[int] = set()
-    delivery = Delivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    local = LocalDelivery(config.node_id, hub, metrics, forget_user=known_users.discard)
+    delivery = Delivery(local)  # its cluster link is the role's (node/roles.py)
     ctx = NodeContext(
         config=config,
         clock_ms=clock_ms,
@@ -175,8 +181,8 @@ async def serve_node(
                 nursery.start_soon(ctx.frame_log.run)
             if purge_enabled(config.message):
                 nursery.start_soon(_purge, ctx, registry, messages)
-            forward_port = await _start_cluster_link(ctx, nursery, listeners.forward)
-            metrics.bind(lambda: len(hub), delivery.cluster.queue_depth)
+            await _start_cluster_role(ctx, nursery, listeners.forward, mastership, fence, master_metrics)
+            metrics.bind(lambda: len(hub), lambda: delivery.cluster.queue_depth())
             ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
                               lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
             ctx.operator = Operator(config.cluster.secret, clock_ms)
@@ -192,6 +198,8 @@ async def serve_node(
             task_status.started(RunningNode(ctx, port_of(listeners.client), http_port, forward_port, stopping.set))
     finally:
         with trio.CancelScope(shield=True):
+            if mastership is not None:
+                await mastership.release()  # before the routes go: a standby takes over at once
             await lease.release()
             await trio.to_thread.run_sync(directory.close)
             await trio.to_thread.run_sync(messages.close)
@@ -224,25 +232,18 @@ async def _close_listeners(listeners: NodeListeners) -> None:
             await trio.aclose_forcefully(listener)
 
 
-async def _start_cluster_link(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None) -> int | None:
-    """Master: the forward hub and reaper; slave: the link to the master. Returns the
-    forward port the master listens on."""
+async def _start_cluster_role(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None,
+                              mastership: Mastership | None, fence: Fence, metrics: MasterMetrics) -> None:
+    """A master-capable node first tries to take the master lease (a lone master starts as
+    the master), then the role switch runs (node/roles.py)."""
     config = ctx.config
-    if config.is_master:
-        hub = MasterHub(config.node_id, config.cluster.secret, ctx.delivery, ctx.registry, ctx.redis, ctx.clock_ms)
-        ctx.delivery.cluster = hub
-        assert forward is not None
-        await nursery.start(hub.serve, forward)
-        nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
-        nursery.start_soon(hub.run_presence)
-        return port_of(forward)
-    assert config.cluster.master_url is not None
-    secure = config.cluster.master_url.startswith("wss:")
-    link = SlaveLink(config.node_id, config.cluster.master_url, config.cluster.secret, ctx.delivery, ctx.clock_ms,
-                     ssl_context=client_context(config) if secure else None)
-    ctx.delivery.cluster = link
-    nursery.start_soon(link.run)
-    return None
+    finder = MasterFinder(ctx.registry, ctx.redis, config.cluster.master_urls, fence)
+    if mastership is not None:
+        await mastership.try_claim()
+        nursery.start_soon(mastership.run)
+        ctx.cluster_role = "master" if mastership.holding else "standby"
+    roles = ClusterRoles(ctx, finder, fence, metrics, mastership, forward)
+    nursery.start_soon(roles.run)
 
 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
@@ -266,6 +267,5 @@ async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelS
         for session in ctx.hub.sessions(user_id):
             session.kick(CloseCode.GOING_AWAY, "the node is shutting down")
     with trio.move_on_after(SHUTDOWN_GRACE):
-        while len(ctx.hub):
-            await trio.sleep(0.05)
+        await ctx.hub.wait_empty()
     scope.cancel()

@@ -42,6 +42,7 @@ class NodeContext:
     stats: Stats | None = None  # the dashboard's samples (set by serve_node)
     operator: Operator | None = None  # dashboard login, audit and actions (set by serve_node)
     draining: bool = False  # an operator drained the node: no new client connections
+    cluster_role: str = "slave"  # "master" (relaying), "standby" or "slave" (node/roles.py)
 
     @property
     def node_id(self) -> str:

@@ -24,8 +24,10 @@ import structlog
 import trio
 
 from ..config import NodeConfig
+from ..core.mastership import MasterView, shown_role
 from ..errors import CloseCode, StoreUnavailable
 from ..model import UserId
+from ..ports import NodeInfo
 from ..tls import operator_context
 from .context import NodeContext
 from .operator import cookie_header, cookie_of
@@ -74,14 +76,25 @@ async def node_stats(ctx: NodeContext) -> dict[str, Any]:
 
     ok, body = await health(ctx)
     body["draining"] = ctx.draining
+    body["master_epoch"] = ctx.metrics.registry.get_sample_value("vim_master_epoch")
     body["samples"] = ctx.stats.wire() if ctx.stats is not None else []
     body["now"] = ctx.clock_ms()
     return body
 
 
+def master_json(view: MasterView | None, nodes: list[NodeInfo]) -> dict[str, Any]:
+    """The active master, its epoch, the standbys and the takeovers (operations.md)."""
+    standbys = [n.node_id for n in nodes if n.alive and shown_role(n.node_id, n.role, view) == "standby"]
+    if view is None:
+        return {"node": None, "standbys": standbys}
+    return {"node": view.node_id, "epoch": view.epoch, "alive": view.alive, "forward_url": view.forward_url,
+            "since": view.since_ms, "takeovers": view.takeovers, "standbys": standbys}
+
+
 async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
     now = ctx.clock_ms()
     nodes = await ctx.redis(ctx.registry.nodes)
+    view = await ctx.redis(ctx.registry.active_master)
     stats: dict[str, Any] = {}
 
     async def one(node_id: str, http_url: str | None) -> None:
@@ -110,9 +123,10 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
         "self": ctx.node_id,
         "operator": who,
         "trail": list(ctx.operator.trail) if who and ctx.operator else [],
+        "master": master_json(view, nodes),
         "nodes": [
             {
-                "node": n.node_id, "role": n.role, "url": n.client_url, "alive": n.alive,
+                "node": n.node_id, "role": shown_role(n.node_id, n.role, view), "url": n.client_url, "alive": n.alive,
                 "heartbeat_age_s": round((now - n.heartbeat_at) / 1000, 1),
                 "connections": n.connections, "messages": n.messages,
                 "stats": stats.get(n.node_id),

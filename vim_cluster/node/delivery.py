@@ -1,12 +1,19 @@
 """Where frames go: this node's sessions and, through the cluster link, every other node's.
 
-`to_users` is the one call handlers make; it never blocks and never waits on the network.
-`apply_deliver`/`apply_kick` carry out packets that arrived over the forward channel.
+`Delivery.to_users` is the one call handlers make; it never blocks and never waits on the
+network. `LocalDelivery` carries out what arrived over the forward channel; the cluster link
+(SlaveLink or MasterRelay) is built on it first, then Delivery on both: nothing is patched in
+after construction.
+
+A forwarded client frame travels as the JSON text the sending node encoded once (shared with
+its own text clients); the receiving node hands that text to its text clients untouched and
+re-encodes it only for MessagePack clients (ForwardedFrame).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import json
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -14,15 +21,15 @@ import attrs
 from ..core import presence
 from ..core.presence import Change
 from ..errors import CloseCode
-from ..protocol.codec import OutFrame
-from ..protocol.forward_frames import ForwardProtocolError
+from ..protocol.codec import OutFrame, encode
+from ..protocol.forward_frames import ForwardProtocolError, SessionRow
 from ..protocol.frames import PresenceOut, RawReply, Reply
 from .hub import Hub, Session
 from .metrics import NodeMetrics
 
 
 class ClusterLink(Protocol):
-    """The node's side of the forward channel (slave link or master hub). Never blocks."""
+    """The node's side of the forward channel (slave link or master relay). Never blocks."""
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None: ...
 
@@ -38,7 +45,7 @@ class ClusterLink(Protocol):
 
 
 class LocalOnly:
-    """No cluster (not used by running nodes: a master alone is a MasterHub with no peers)."""
+    """No cluster (not used by running nodes: a master alone is a MasterRelay with no peers)."""
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
         return None
@@ -59,27 +66,98 @@ class LocalOnly:
         return True
 
 
+# ----------------------------------------------------------------------------- pre-encoded frames
+
+_text_is_str: bool | None = None
+
+
+def _codec_text_is_str() -> bool:
+    """Whether codec.encode gives text frames as str (stdlib json) or UTF-8 bytes (orjson)."""
+    global _text_is_str
+    if _text_is_str is None:
+        _text_is_str = isinstance(encode(RawReply({"code": "x", "message": {}}), False), str)
+    return _text_is_str
+
+
+def frame_json(frame: OutFrame) -> bytes:
+    """The client frame as JSON text (UTF-8), encoded once by the codec and shared with this
+    node's own text clients: what a Deliver packet carries."""
+    text = frame.encoded(False)
+    return text.encode() if isinstance(text, str) else text
+
+
+def frame_message_id(frame: OutFrame) -> int | None:
+    return frame.reply.message_id()
+
+
+class ForwardedReply(Reply):
+    """A client frame that arrived as JSON text; decoded only if something asks for its fields
+    (a MessagePack client, or the code)."""
+
+    def __init__(self, text: bytes, message_id: int | None) -> None:
+        self.text = text
+        self._message_id = message_id
+        self._object: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._object is None:
+            try:
+                obj = json.loads(self.text)
+            except ValueError as exc:
+                raise ForwardProtocolError(f"a forwarded frame is not JSON: {exc}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("message"), dict):
+                raise ForwardProtocolError("a forwarded frame is not a {code, message} object")
+            self._object = obj
+        return self._object
+
+    @property
+    def code(self) -> str:
+        return str(self._decoded()["code"])
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._decoded()["message"]
+        return body
+
+    def message_id(self) -> int | None:
+        return self._message_id
+
+
+class ForwardedFrame(OutFrame):
+    """An OutFrame whose text form is the JSON that came over the forward channel, as it is."""
+
+    __slots__ = ("_forwarded",)
+
+    def __init__(self, text: bytes, message_id: int | None = None) -> None:
+        super().__init__(ForwardedReply(text, message_id))
+        self._forwarded: str | bytes = text.decode() if _codec_text_is_str() else text
+
+    def encoded(self, binary: bool) -> str | bytes:
+        if binary:
+            return super().encoded(True)  # MessagePack clients: decoded and re-encoded once
+        return self._forwarded
+
+    def wire_object(self) -> dict[str, Any]:
+        assert isinstance(self.reply, ForwardedReply)
+        return {"code": self.reply.code, "message": self.reply.wire()}
+
+
+# ----------------------------------------------------------------------------- delivery
+
+
 @attrs.define
-class Delivery:
+class LocalDelivery:
+    """This node's sessions, as the forward channel reaches them."""
+
     node_id: str
     hub: Hub
     metrics: NodeMetrics
-    cluster: ClusterLink = attrs.Factory(LocalOnly)
     # Called with a user id when an operator deleted that account (kick code 4006), so the
     # node stops trusting its cache of existing users for it.
     forget_user: Callable[[int], None] = lambda user: None
 
-    def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
-        frame = OutFrame(reply)
-        self.metrics.frames_out.inc(self.hub.deliver(users, frame, exclude=exclude))
-        self.cluster.deliver(list(users), frame, exclude)
-        return frame
-
-    def kick(self, node: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        if node == self.node_id:
-            self.kick_local(user, session, code, notice)
-        else:
-            self.cluster.kick(node, user, session, code, notice)
+    def sessions(self) -> list[SessionRow]:
+        """Every local session as (user, session, client, uuid): what a slave reports."""
+        return [(s.user_id, s.id, s.client, s.uuid) for u in self.hub.users() for s in self.hub.sessions(u)]
 
     def kick_local(self, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> int:
         kicked = 0
@@ -89,9 +167,10 @@ class Delivery:
                 kicked += 1
         return kicked
 
-    def apply_deliver(self, users: tuple[int, ...], frame: dict[str, Any], exclude: str | None, ts: int,
-                      now_ms: int) -> OutFrame:
-        out = OutFrame(RawReply(frame))
+    def apply_deliver(self, users: Sequence[int], frame: bytes, message_id: int | None, exclude: str | None,
+                      ts: int, now_ms: int) -> OutFrame:
+        """A Deliver packet: `frame` is the client frame's JSON text."""
+        out = ForwardedFrame(frame, message_id)
         self.metrics.frames_out.inc(self.hub.deliver(users, out, exclude=exclude))
         self.metrics.relay_delivered(max(0, now_ms - ts) / 1000)
         return out
@@ -106,21 +185,48 @@ class Delivery:
         self.metrics.presence_frames.inc(queued)
         return queued
 
-    def apply_presence(self, changes: list[list[Any]]) -> int:
-        """A `presence` packet from the master."""
-        try:
-            parsed = [Change(int(u), bool(online), str(node) if node is not None else None)
-                      for u, online, node in changes]
-        except (TypeError, ValueError) as exc:
-            raise ForwardProtocolError(f"bad presence changes: {exc}") from None
+    def apply_presence(self, changes: Sequence[Sequence[Any]]) -> int:
+        """A `presence` packet from the master (fields checked by the frame decoder)."""
+        parsed = [Change(u, online, node) for u, online, node in changes]
         return self.presence_local(parsed)
 
-    def apply_kick(self, user: int, session: str | None, code: int, notice: dict[str, Any] | None) -> None:
+    def apply_kick(self, user: int, session: str | None, code: int, notice: bytes | None) -> None:
         try:
             close_code = CloseCode(code)
         except ValueError:
             raise ForwardProtocolError(f"kick with an unknown close code {code}") from None
-        frame = OutFrame(RawReply(notice)) if notice else None
+        frame = ForwardedFrame(notice) if notice else None
         if close_code is CloseCode.ACCOUNT_DELETED:
             self.forget_user(user)
         self.kick_local(user, session, close_code, frame)
+
+
+@attrs.define
+class Delivery:
+    """What handlers call: local sessions first, then the cluster link (given at construction)."""
+
+    local: LocalDelivery
+    cluster: ClusterLink = attrs.Factory(LocalOnly)
+
+    @property
+    def node_id(self) -> str:
+        return self.local.node_id
+
+    @property
+    def hub(self) -> Hub:
+        return self.local.hub
+
+    def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
+        frame = OutFrame(reply)
+        self.local.metrics.frames_out.inc(self.local.hub.deliver(users, frame, exclude=exclude))
+        self.cluster.deliver(list(users), frame, exclude)
+        return frame
+
+    def kick(self, node: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
+        if node == self.local.node_id:
+            self.local.kick_local(user, session, code, notice)
+        else:
+            self.cluster.kick(node, user, session, code, notice)
+
+    def kick_local(self, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> int:
+        return self.local.kick_local(user, session, code, notice)

@@ -3,8 +3,10 @@
 Rules:
 - A slave proves it holds the cluster secret (HMAC over both nonces) and must be registered
   and alive in Redis. Until its proof checked out, a peer's frames are capped at
-  PRE_AUTH_MAX_FRAME (its session list comes after the proof, in a `sessions` frame); a node id that already has a live link, or is the master's own, is
-  refused. Operator tools (role "operator") may send kicks only.
+  PRE_AUTH_MAX_FRAME (its session list comes after the proof, in a `sessions` frame); a node id
+  that already has a live link, or is the master's own, is refused. Operator tools (role
+  operator) may send kicks only. The handshake and every refusal are ForwardConnection's
+  (protocol/forward_connection.py); this module moves bytes and acts on its events.
 - The master is an ordinary node for its own clients; it also keeps the route table (which
   node holds which user's sessions) from the slaves' reports.
 - A packet from slave A is acknowledged to A only when every forward the master made of it was
@@ -15,13 +17,15 @@ Rules:
   linked (and so reported its sessions), for at most WARMUP_S: a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
   no route and be acked as done, never reaching those users' open sessions.
+- Fencing: every frame carries the master's epoch (`set_epoch` when it changes); a peer that
+  knows a newer epoch is refused and reported (`newer_epoch`: another master took over).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from functools import partial
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -40,59 +44,91 @@ from ..errors import CloseCode, StoreUnavailable
 from ..ports import Registry
 from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
-from ..protocol.forward import Inbox, Outbox, OutItem, UpstreamAcks
+from ..protocol.forward import PeerStream, Unacked
+from ..protocol.forward_connection import (
+    PRE_AUTH_MAX_FRAME,
+    Acked,
+    Admit,
+    EndReason,
+    EpochRaised,
+    Event,
+    Fenced,
+    ForwardConnection,
+    LinkEnded,
+    LinkState,
+    PacketsReceived,
+    PeerAuthenticated,
+    PeerRole,
+    Refuse,
+)
 from .blocking import BlockingRunner
-from .delivery import Delivery
+from .delivery import LocalDelivery, frame_json, frame_message_id
 from .hub import Session
-from .link import MAX_FRAME, LinkEnd, pump
+from .link import PeerLink, Signal, exchange, pump
 from .listeners import Listeners
 from .ws_listener import ListenerConnection, ListenerServer
 
 log = structlog.get_logger()
 HANDSHAKE_TIMEOUT = 10.0
-# Frames of a peer that has not proved it holds the secret (hello, auth) are small: a larger
-# one closes its connection (1009), so unauthenticated peers cannot make the master buffer
-# more than this per connection. MAX_FRAME applies once the auth MAC checked out.
-PRE_AUTH_MAX_FRAME = 4096
 WARMUP_S = 7.0  # below link.DEAD_AFTER_S: a slave held meanwhile must not give up on the link
-Tag = tuple[str, str, int]  # (source node, its epoch, its seq): whom to ack when done
+WARMUP_RETRY_S = 0.5  # Redis did not answer the warm-up's question: ask again after this
+Tag = tuple[str, str, int]  # (source peer, its instance, its seq): whom to ack when done
+__all__ = ["MasterRelay", "Peer", "PRE_AUTH_MAX_FRAME", "HANDSHAKE_TIMEOUT", "WARMUP_S"]
 
 
-@attrs.define(eq=False)
-class Peer:
+@attrs.define(eq=False, kw_only=True)
+class Peer(PeerLink[Tag]):
+    """A slave or operator as the master holds it; `name` is its key: the node id (an operator:
+    operator:<node>:<instance>). Its link events go to the relay, which gets the Peer itself."""
+
     node_id: str
-    epoch: str
-    role: str
-    end: LinkEnd
-    upstream: UpstreamAcks
+    instance: str
+    role: PeerRole
     connection: WebSocketConnection | None = None
+    conn: ForwardConnection[Tag] | None = None
     pump_done: trio.Event = attrs.Factory(trio.Event)
 
 
-class MasterHub:
-    def __init__(self, node_id: str, secret: bytes, delivery: Delivery, registry: Registry,
-                 redis: BlockingRunner, clock_ms: Callable[[], int]) -> None:
+class MasterRelay:
+    def __init__(self, node_id: str, secret: bytes, local: LocalDelivery, registry: Registry,
+                 redis: BlockingRunner, clock_ms: Callable[[], int], *, epoch: int = 0,
+                 watch: Callable[[Event], None] = lambda event: None) -> None:
         self.node_id = node_id
+        self.watch = watch  # sees every EpochRaised and Fenced (the master lease acts on them)
         self.secret = secret
-        self.delivery = delivery
+        self.local = local
         self.registry = registry
         self.redis = redis
         self.clock_ms = clock_ms
-        self.epoch = secrets.token_hex(8)
+        self.epoch = epoch  # this master's fencing epoch
+        self.instance = secrets.token_hex(8)
         self.routes = RouteTable()
         self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
         self.warm = trio.Event()  # every slave alive in Redis has linked since we started
+        self._linked = Signal()  # a slave linked (the warm-up checks again)
+        self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
+        self.fenced = 0  # frames refused for an older epoch
+        self.newer_epoch: int | None = None  # the newest epoch a peer told of, if newer than ours
+        self.refused_packets = 0  # packets a peer may not send (a slave's Presence, an operator's Deliver)
+
+    def set_epoch(self, epoch: int) -> None:
+        """This master's epoch changed (it took the lease again): frames carry it from now on."""
+        self.epoch = epoch
+        for peer in self.peers.values():
+            if peer.conn is not None:
+                peer.conn.set_epoch(epoch)
 
     # --- ClusterLink (the master's own traffic) -----------------------------------------
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
         plan = self.routes.plan(users, skip=self.node_id)
         if plan:
-            self._forward(plan, frame.wire_object(), exclude, self.node_id, self.clock_ms(), tag=None)
+            self._forward(plan, frame_json(frame), frame_message_id(frame), exclude, self.node_id,
+                          self.clock_ms(), tag=None)
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        self._send_kick(ff.Kick(dst, user, session, int(code), notice.wire_object() if notice else None), None)
+        self._send_kick(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None), None)
 
     def session_opened(self, session: Session) -> None:
         self.routes.add(session.user_id, session.id, self.node_id)
@@ -101,66 +137,94 @@ class MasterHub:
         self.routes.remove(session.user_id, session.id)
 
     def queue_depth(self) -> int:
-        return sum(len(p.end.outbox) for p in self.peers.values())
+        return sum(len(p) for p in self.peers.values())
 
     def healthy(self) -> bool:
         return True
 
     # --- relaying -----------------------------------------------------------------------
 
-    def _forward(self, plan: dict[str, list[int]], frame: dict[str, Any], exclude: str | None,
+    def _forward(self, plan: dict[str, list[int]], frame: bytes, message_id: int | None, exclude: str | None,
                  src: str, ts: int, tag: Tag | None) -> int:
         forwards = 0
         for node, users in plan.items():
             peer = self.peers.get(node)
             if peer is None or node == self.node_id:
                 continue
-            peer.end.push(ff.Deliver(src, tuple(users), frame, exclude, ts), tag)
+            peer.push(ff.Deliver(src, users, frame, exclude, ts, message_id), tag)
             forwards += 1
         return forwards
 
     def _send_kick(self, kick: ff.Kick, tag: Tag | None) -> int:
         if kick.dst == self.node_id:
-            self.delivery.apply_kick(kick.user, kick.session, kick.code, kick.notice)
+            self.local.apply_kick(kick.user, kick.session, kick.code, kick.notice)
             return 0
         peer = self.peers.get(kick.dst)
         if peer is None:
             return 0
-        peer.end.push(kick, tag)
+        peer.push(kick, tag)
         return 1
 
-    def _on_packet(self, peer: Peer, seq: int, packet: ff.Packet) -> None:
-        tag: Tag = (peer.node_id, peer.epoch, seq)
-        forwards = 0
-        if isinstance(packet, ff.Deliver) and peer.role == "slave":
-            self.delivery.apply_deliver(packet.users, packet.frame, packet.exclude, packet.ts, self.clock_ms())
-            plan = self.routes.plan(packet.users, skip=peer.node_id)
-            forwards = self._forward(plan, packet.frame, packet.exclude, packet.src, packet.ts, tag)
-        elif isinstance(packet, ff.Kick):
-            forwards = self._send_kick(packet, tag)
-        elif isinstance(packet, ff.SessionOpen) and peer.role == "slave":
-            self.routes.add(packet.user, packet.session, peer.node_id)
-        elif isinstance(packet, ff.SessionClose) and peer.role == "slave":
-            self.routes.remove(packet.user, packet.session)
+    def link_event(self, peer: PeerLink[Any], event: Event) -> None:
+        if isinstance(event, PacketsReceived):
+            assert isinstance(peer, Peer)
+            self._on_packets(peer, event.first, event.packets)
+        elif isinstance(event, Acked):
+            self._complete(event.items)
         else:
-            raise ff.ForwardProtocolError(f"a {peer.role} may not send {type(packet).__name__}")
-        peer.upstream.received_packet(seq, forwards)
+            self._note(peer.name, event)
 
-    def _no_packet(self, seq: int, packet: ff.Packet) -> None:
-        raise ff.ForwardProtocolError("a packet before the peer was set up")
+    def _note(self, name: str, event: Event) -> None:
+        """Events that are logged and counted (handshake and link ends)."""
+        if isinstance(event, EpochRaised | Fenced):
+            self.watch(event)
+        if isinstance(event, EpochRaised):
+            self.newer_epoch = max(self.newer_epoch or 0, event.new)
+            log.warning("forward_newer_epoch", peer=event.peer, epoch=self.epoch, newer=event.new)
+        elif isinstance(event, Fenced):
+            self.fenced += 1
+            log.warning("forward_frame_fenced", peer=event.peer, frame_epoch=event.frame_epoch,
+                        known_epoch=event.known_epoch)
+        elif isinstance(event, LinkEnded):
+            self.ended[event.reason] += 1
 
-    def _complete(self, items: list[OutItem]) -> None:
+    def _on_packets(self, peer: Peer, first: int, packets: Sequence[ff.Packet]) -> None:
+        stream = peer.stream
+        slave = peer.role is PeerRole.SLAVE
+        now = self.clock_ms()
+        for seq, packet in enumerate(packets, start=first):
+            tag: Tag = (peer.name, peer.instance, seq)
+            forwards = 0
+            if isinstance(packet, ff.Deliver) and slave:
+                self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+                plan = self.routes.plan(packet.users, skip=peer.node_id)
+                if plan:
+                    forwards = self._forward(plan, packet.frame, packet.message_id, packet.exclude, packet.src,
+                                             packet.ts, tag)
+            elif isinstance(packet, ff.Kick):
+                forwards = self._send_kick(packet, tag)
+            elif isinstance(packet, ff.SessionOpen) and slave:
+                self.routes.add(packet.user, packet.session, peer.node_id)
+            elif isinstance(packet, ff.SessionClose) and slave:
+                self.routes.remove(packet.user, packet.session)
+            else:
+                self.refused_packets += 1
+                log.warning("forward_packet_refused", peer=peer.name, role=peer.role.value,
+                            packet=type(packet).__name__)
+            stream.hold(seq, forwards)
+
+    def _complete(self, items: list[Unacked[Tag]]) -> None:
         touched: set[str] = set()
         for item in items:
             if item.tag is None:
                 continue
-            node, epoch, seq = item.tag
-            source = self.peers.get(node)
-            if source is not None and source.epoch == epoch:
-                source.upstream.forward_done(seq)
-                touched.add(node)
-        for node in touched:
-            self.peers[node].end.wake.set()  # its ack may have moved
+            key, instance, seq = item.tag
+            source = self.peers.get(key)
+            if source is not None and source.instance == instance:
+                source.stream.forward_done(seq)
+                touched.add(key)
+        for key in touched:
+            self.peers[key].wake.set()  # its ack may have moved
 
     # --- presence (see core/presence.py) ---------------------------------------------------
 
@@ -170,11 +234,11 @@ class MasterHub:
         changes = self.board.changes(self.routes.take_touched(), self.routes.node_of)
         if not changes:
             return 0
-        self.delivery.presence_local(changes)
-        packet = ff.Presence([[c.user, c.online, c.node] for c in changes])
+        self.local.presence_local(changes)
+        packet = ff.Presence([(c.user, c.online, c.node) for c in changes])
         for peer in self.peers.values():
-            if peer.role == "slave":
-                peer.end.push(packet, None)
+            if peer.role is PeerRole.SLAVE:
+                peer.push(packet, None)
         return len(changes)
 
     async def run_presence(self, window: float = presence.WINDOW_S) -> None:
@@ -182,15 +246,15 @@ class MasterHub:
             await trio.sleep(window)
             self.publish_presence()
 
-    def drop_peer(self, node_id: str, why: str) -> None:
+    def drop_peer(self, key: str, why: str) -> None:
         """Forget a dead or restarted peer: its queue, its routes."""
-        peer = self.peers.pop(node_id, None)
+        peer = self.peers.pop(key, None)
         if peer is None:
             return
-        dropped = peer.end.outbox.drain()
+        dropped = peer.stream.window.drain()
         self._complete(dropped)
-        sessions = self.routes.drop_node(node_id)
-        log.warning("forward_peer_dropped", peer=node_id, why=why, dropped_packets=len(dropped), sessions=sessions)
+        sessions = self.routes.drop_node(key)
+        log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
 
     # --- the listener -------------------------------------------------------------------
 
@@ -210,89 +274,109 @@ class MasterHub:
             nursery.start_soon(self._warm_up)
             task_status.started(server)
 
+    async def _expected_slaves(self) -> set[str]:
+        while True:
+            try:
+                nodes = await self.redis(self.registry.nodes)
+            except StoreUnavailable as exc:
+                log.warning("warm_up_check_failed", error=str(exc))
+                await trio.sleep(WARMUP_RETRY_S)
+                continue
+            return {n.node_id for n in nodes  # standbys link like slaves; never ourselves
+                    if n.alive and n.role in ("slave", "standby") and n.node_id != self.node_id}
+
+    def _linked_slaves(self) -> set[str]:
+        return {k for k, p in self.peers.items() if p.role is PeerRole.SLAVE and p.connection is not None}
+
     async def _warm_up(self) -> None:
-        """Sets `warm` once every slave alive in Redis has linked, or after WARMUP_S."""
+        """Sets `warm` once every slave alive in Redis (when we started) has linked, or after
+        WARMUP_S; woken by each slave that links."""
         with trio.move_on_after(WARMUP_S):
-            while True:
-                try:
-                    nodes = await self.redis(self.registry.nodes)
-                except StoreUnavailable as exc:
-                    log.warning("warm_up_check_failed", error=str(exc))
-                else:
-                    expected = {n.node_id for n in nodes if n.alive and n.role == "slave"}
-                    linked = {k for k, p in self.peers.items() if p.role == "slave" and p.connection is not None}
-                    if expected <= linked:
-                        break
-                await trio.sleep(0.1)
-        log.info("forward_hub_warm", linked=sorted(k for k, p in self.peers.items() if p.role == "slave"))
+            expected = await self._expected_slaves()
+            while not expected <= self._linked_slaves():
+                await self._linked.wait()
+        log.info("forward_hub_warm", linked=sorted(self._linked_slaves()))
         self.warm.set()
 
     async def _serve_peer(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
+        conn: ForwardConnection[Tag] = ForwardConnection(PeerRole.MASTER, self.node_id, self.secret,
+                                                         epoch=self.epoch, instance=self.instance)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                peer = await self._handshake(ws)
-        except (ff.ForwardProtocolError, trio.TooSlowError, ConnectionClosed, StoreUnavailable) as exc:
+                peer = await self._handshake(ws, conn)
+        except (trio.TooSlowError, ConnectionClosed, StoreUnavailable) as exc:
             log.warning("forward_handshake_failed", error=f"{type(exc).__name__}: {exc}")
             return
         if peer is None:
             return
-        structlog.contextvars.bind_contextvars(peer=peer.node_id)
-        log.info("forward_peer_up", role=peer.role, pending=len(peer.end.outbox))
+        structlog.contextvars.bind_contextvars(peer=peer.name)
+        log.info("forward_peer_up", role=peer.role.value, pending=len(peer))
         try:
-            if peer.role == "slave":
+            if peer.role is PeerRole.SLAVE:
                 await self.warm.wait()  # the route table is complete (see the module's rules)
-            reason = await pump(ws, peer.end)
+            ended = await pump(ws, conn, peer)
         finally:
             peer.connection = None
+            peer.conn = None
             peer.pump_done.set()
-            if peer.role == "operator":
-                self.drop_peer(peer.node_id, "operator done")
-        log.info("forward_peer_lost", reason=reason, pending=len(peer.end.outbox))
+            if peer.role is PeerRole.OPERATOR:
+                self.drop_peer(peer.name, "operator done")
+        log.info("forward_peer_lost", reason=ended.reason.value, detail=ended.detail, pending=len(peer))
 
-    async def _refuse(self, ws: WebSocketConnection, hello: ff.Hello, reason: str) -> None:
-        log.warning("forward_peer_refused", peer=hello.node, role=hello.role, reason=reason)
-        await ws.send_message(ff.encode_frame(ff.Refused(reason)))
-        await ws.aclose(1008, reason[:100])
+    async def _handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag]) -> Peer | None:
+        """Runs the connection's handshake; admits or refuses the authenticated peer. None: the
+        link ended (refused, or the peer broke the protocol: logged)."""
+        while True:
+            for event in await exchange(ws, conn):
+                if isinstance(event, LinkEnded):
+                    self._ended_in_handshake(ws, conn, event)
+                    await ws.aclose(event.close_code, event.detail[:100])
+                    return None
+                if isinstance(event, PeerAuthenticated):
+                    return await self._admit(ws, conn, event)
+                self._note(conn.peer_node or "?", event)
+            if conn.max_message_size > PRE_AUTH_MAX_FRAME and isinstance(ws, ListenerConnection):
+                ws.raise_message_limit(conn.max_message_size)
 
-    async def _handshake(self, ws: WebSocketConnection) -> Peer | None:
-        hello = ff.decode_frame(await ws.get_message())
-        if not isinstance(hello, ff.Hello) or hello.role not in ("slave", "operator"):
-            raise ff.ForwardProtocolError("expected hello from a slave or an operator")
-        nonce = secrets.token_hex(16)
-        mac = ff.master_mac(self.secret, hello.nonce, nonce)
-        await ws.send_message(ff.encode_frame(ff.Challenge(self.node_id, self.epoch, nonce, mac)))
-        auth = ff.decode_frame(await ws.get_message())
-        if not isinstance(auth, ff.Auth):
-            raise ff.ForwardProtocolError("expected auth")
-        if not ff.mac_ok(ff.slave_mac(self.secret, hello.node, hello.nonce, nonce), auth.mac):
-            await self._refuse(ws, hello, "bad credentials: the peer does not hold the cluster secret")
-            return None
-        if isinstance(ws, ListenerConnection):
-            ws.raise_message_limit(MAX_FRAME)
-        listed = ff.decode_frame(await ws.get_message())
-        if not isinstance(listed, ff.Sessions):
-            raise ff.ForwardProtocolError(f"expected sessions, got {type(listed).__name__}")
-        sessions = auth.sessions + listed.sessions
-        problem = await self._admission_problem(hello)
+    def _ended_in_handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag], event: LinkEnded) -> None:
+        self._note(conn.peer_node or "?", event)
+        if event.reason in (EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.NEWER_EPOCH, EndReason.FENCED):
+            log.warning("forward_peer_refused", peer=conn.peer_node,
+                        role=conn.peer_role.value if conn.peer_role else None,
+                        why=event.reason.value, reason=event.detail)
+        else:
+            log.warning("forward_handshake_failed", peer=conn.peer_node, why=event.reason.value, error=event.detail)
+
+    async def _admit(self, ws: WebSocketConnection, conn: ForwardConnection[Tag], auth: PeerAuthenticated) -> Peer | None:
+        problem = await self._admission_problem(auth)
         if problem:
-            await self._refuse(ws, hello, problem)
+            log.warning("forward_peer_refused", peer=auth.node, role=auth.role.value, why="refused", reason=problem)
+            await ws.send_message(conn.send(Refuse(problem)))
+            self._note(auth.node, conn.close())
+            await ws.aclose(1008, problem[:100])
             return None
-        if not isinstance(auth.base, int) or auth.base < 0:
-            raise ff.ForwardProtocolError(f"bad base in auth: {auth.base!r}")
-        peer = self._peer_for(hello, auth.base)
+        peer = self._peer_for(auth)
         await self._retire_connection(peer)
+        data = conn.send(Admit(peer.stream))
+        if conn.state is LinkState.CLOSED:  # its resend claim did not hold
+            assert conn.ended is not None
+            self._ended_in_handshake(ws, conn, conn.ended)
+            await ws.send_message(data)
+            await ws.aclose(conn.ended.close_code, conn.ended.detail[:100])
+            return None
         peer.connection = ws
+        peer.conn = conn
         peer.pump_done = trio.Event()
-        if hello.role == "slave":
-            self.routes.replace_node(hello.node, [(int(s[0]), str(s[1])) for s in sessions])
-        await ws.send_message(ff.encode_frame(ff.Welcome(peer.end.inbox.received)))
-        peer.end.outbox.rewind(int(auth.received))
+        if auth.role is PeerRole.SLAVE:
+            self.routes.replace_node(auth.node, [(user, session) for user, session, _, _ in auth.sessions])
+            self._linked.set()
+        await ws.send_message(data)
         return peer
 
     async def _retire_connection(self, peer: Peer) -> None:
         """The same process reconnected while its old connection seemed open: end the old
-        pump before the new connection rewinds the outbox, so no batch is taken twice."""
+        pump before the new connection rewinds the window, so no batch is taken twice."""
         old = peer.connection
         if old is None:
             return
@@ -307,8 +391,12 @@ class MasterHub:
             # Registered but not alive: its lease lapsed. A node Redis does not list at all is
             # not dead: Redis lost its data and the node re-registers at its next heartbeat.
             dead = {n.node_id for n in nodes if not n.alive}
-            for node_id in [k for k, p in self.peers.items() if p.role == "slave" and k in dead]:
-                self.drop_peer(node_id, "its lease lapsed in Redis")
+            # A peer still linked is alive whatever Redis says (its lease lapsed in a Redis
+            # outage or loss, or across a failover): dropping its queue would ack its packets
+            # undelivered. Its link's own watchdog ends a link that went silent.
+            for key in [k for k, p in self.peers.items()
+                        if p.role is PeerRole.SLAVE and k in dead and p.connection is None]:
+                self.drop_peer(key, "its lease lapsed in Redis")
             for node in nodes:
                 if not node.alive:
                     purged = await self.redis(self.registry.purge_routes, node.node_id)
@@ -322,33 +410,28 @@ class MasterHub:
             await trio.sleep(every)
             await self.reap_dead()
 
-    async def _admission_problem(self, hello: ff.Hello) -> str | None:
-        if hello.role == "operator":
+    async def _admission_problem(self, auth: PeerAuthenticated) -> str | None:
+        if auth.role is PeerRole.OPERATOR:
             return None
-        if hello.node == self.node_id:
-            return f"node id {hello.node!r} is the master's own"
-        existing = self.peers.get(hello.node)
-        if existing is not None and existing.connection is not None and existing.epoch != hello.epoch:
-            return f"node id {hello.node!r} is connected already"
+        existing = self.peers.get(auth.node)
+        if existing is not None and existing.connection is not None and existing.instance != auth.instance:
+            return f"node id {auth.node!r} is connected already"
         nodes = {n.node_id: n for n in await self.redis(self.registry.nodes)}
-        known = nodes.get(hello.node)
+        known = nodes.get(auth.node)
         if known is None or not known.alive:
-            return f"unknown node id {hello.node!r}: not registered and alive in Redis"
+            return f"unknown node id {auth.node!r}: not registered and alive in Redis"
         return None
 
-    def _peer_for(self, hello: ff.Hello, base: int) -> Peer:
-        """The peer of this node and epoch; a new one (whose Inbox starts at the peer's `base`:
-        after a restart of ours, a slave resends from there) if we have none."""
-        key = hello.node if hello.role == "slave" else f"operator:{hello.node}:{hello.epoch}"
+    def _peer_for(self, auth: PeerAuthenticated) -> Peer:
+        """The peer of this node and instance; a new one (whose receiver starts at the peer's
+        `base`: after a restart of ours, a slave resends from there) if we have none."""
+        key = auth.node if auth.role is PeerRole.SLAVE else f"operator:{auth.node}:{auth.instance}"
         peer = self.peers.get(key)
-        if peer is not None and peer.epoch != hello.epoch:
-            self.drop_peer(key, "restarted (new epoch)")
+        if peer is not None and peer.instance != auth.instance:
+            self.drop_peer(key, "restarted (new instance)")
             peer = None
         if peer is None:
-            upstream = UpstreamAcks(received=base)
-            end = LinkEnd(Outbox(), Inbox(hello.epoch, received=base), on_packet=self._no_packet,
-                          on_acked=self._complete, ack_value=upstream.ack_value)
-            peer = Peer(key, hello.epoch, hello.role, end, upstream)
-            end.on_packet = partial(self._on_packet, peer)
+            stream: PeerStream[Tag] = PeerStream.from_base(auth.instance, auth.base)
+            peer = Peer(name=key, stream=stream, owner=self, node_id=auth.node, instance=auth.instance, role=auth.role)
             self.peers[key] = peer
         return peer

@@ -2,12 +2,15 @@
 
 Rules:
 - Connects to vim.cluster.master-url, proves it holds the cluster secret (HMAC over both
-  nonces) and checks that the master does too, then reports every local session.
+  nonces) and checks that the master does too, then reports every local session (the
+  handshake is ForwardConnection's; this module only moves its bytes).
 - Reconnects forever with capped exponential backoff and jitter (started over only after a link
   that stayed up STABLE_S: a link dropped right after its handshake is not retried in a hot
   loop); packets queued meanwhile are kept and sent (in order) once the link is back; the
   master drops duplicates.
 - Everything addressed to other nodes goes to the master, which knows where users are.
+- Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
+  or set with `set_epoch`); a master of an older epoch is refused.
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
   (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -28,10 +32,26 @@ from ..core.backoff import Backoff
 from ..errors import CloseCode
 from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
-from ..protocol.forward import Inbox, Outbox, OutItem
-from .delivery import Delivery
+from ..protocol.forward import PeerStream
+from ..protocol.forward_connection import (
+    MAX_FRAME,
+    Acked,
+    Connect,
+    EndReason,
+    EpochRaised,
+    Event,
+    Fenced,
+    Flush,
+    ForwardConnection,
+    LinkEnded,
+    LinkOpened,
+    PacketsReceived,
+    PeerRole,
+)
+from .delivery import LocalDelivery, frame_json, frame_message_id
 from .hub import Session
-from .link import MAX_FRAME, LinkEnd, pump
+from .link import PeerLink, exchange, pump
+from .master_finder import MasterFinder
 from .ws_open import LinkOpenError, open_link
 
 log = structlog.get_logger()
@@ -40,92 +60,156 @@ STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff o
 # TCP connect + WebSocket upgrade. trio-websocket 0.12 notices a connection that the far end
 # closes during the upgrade (a proxy or load balancer without a backend) only at this timeout.
 OPEN_TIMEOUT = 5.0
+# What the peer said or did that ends a handshake: the master refused us, or is not the master.
+_REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
 
 class ForwardLinkRefused(Exception):
-    """The master refused this node (unknown or duplicate node id, bad secret)."""
+    """The master refused this node (unknown or duplicate node id, bad secret), or this node
+    refused the master (it does not hold the secret, or its epoch is older than ours)."""
 
 
 class SlaveLink:
-    def __init__(self, node_id: str, master_url: str, secret: bytes, delivery: Delivery,
-                 clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, node_id: str, master_url: str, secret: bytes, local: LocalDelivery,
+                 clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
+                 finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None) -> None:
         self.node_id = node_id
+        self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
+        self.watch = watch  # sees every EpochRaised and Fenced (the node's fence and metrics)
         self.master_url = master_url
         self.ssl_context = ssl_context
         self.problem = "not connected yet"  # why the link is down (for /healthz)
         self.secret = secret
-        self.delivery = delivery
+        self.local = local
         self.clock_ms = clock_ms
-        self.epoch = secrets.token_hex(8)
+        self.epoch = epoch  # the fencing epoch this node follows
+        self.instance = secrets.token_hex(8)
         self.connected = False
         self.master_id: str | None = None
-        self.end = LinkEnd(Outbox(), Inbox(epoch=""), self._on_packet, self._on_acked, self._ack_value)
+        self.peer: PeerLink[None] = PeerLink("master", PeerStream(), self)
+        self.conn: ForwardConnection[None] | None = None
+        self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
+        self.fenced = 0  # frames refused for an older epoch
+        self.refused_packets = 0  # packets the master may not send (a SessionOpen ...)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The cluster's fencing epoch is now `epoch` (a takeover): refuse older masters."""
+        self.epoch = epoch
+        if self.conn is not None:
+            self.conn.set_epoch(epoch)
 
     # --- ClusterLink -----------------------------------------------------------------
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        packet = ff.Deliver(self.node_id, tuple(users), frame.wire_object(), exclude, self.clock_ms())
-        self.end.push(packet)
+        self.peer.push(ff.Deliver(self.node_id, users, frame_json(frame), exclude, self.clock_ms(),
+                                  frame_message_id(frame)))
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        self.end.push(ff.Kick(dst, user, session, int(code), notice.wire_object() if notice else None))
+        self.peer.push(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None))
 
     def session_opened(self, session: Session) -> None:
-        self.end.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
+        self.peer.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
 
     def session_closed(self, session: Session) -> None:
-        self.end.push(ff.SessionClose(session.user_id, session.id))
+        self.peer.push(ff.SessionClose(session.user_id, session.id))
 
     def queue_depth(self) -> int:
-        return len(self.end.outbox)
+        return len(self.peer)
 
     def healthy(self) -> bool:
         return self.connected
 
+    # --- link events -----------------------------------------------------------------
+
+    def link_event(self, peer: PeerLink[Any], event: Event) -> None:
+        if isinstance(event, PacketsReceived):
+            now = self.clock_ms()
+            local = self.local
+            for packet in event.packets:
+                if isinstance(packet, ff.Deliver):
+                    local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+                elif isinstance(packet, ff.Kick):
+                    local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
+                elif isinstance(packet, ff.Presence):
+                    local.apply_presence(packet.changes)
+                else:
+                    self.refused_packets += 1
+                    log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+        elif isinstance(event, Acked):
+            return  # nothing waits on our packets but the window itself
+        if isinstance(event, EpochRaised | Fenced):
+            self.watch(event)
+        if isinstance(event, EpochRaised):
+            log.info("forward_epoch_raised", master=event.peer, old=event.old, new=event.new)
+            self.epoch = max(self.epoch, event.new)
+        elif isinstance(event, Fenced):
+            self.fenced += 1
+            log.warning("forward_frame_fenced", master=event.peer, frame_epoch=event.frame_epoch,
+                        known_epoch=event.known_epoch)
+        elif isinstance(event, LinkEnded):
+            self.ended[event.reason] += 1
+
     # --- link ------------------------------------------------------------------------
-
-    def _on_packet(self, seq: int, packet: ff.Packet) -> None:
-        if isinstance(packet, ff.Deliver):
-            self.delivery.apply_deliver(packet.users, packet.frame, packet.exclude, packet.ts, self.clock_ms())
-        elif isinstance(packet, ff.Kick):
-            self.delivery.apply_kick(packet.user, packet.session, packet.code, packet.notice)
-        elif isinstance(packet, ff.Presence):
-            self.delivery.apply_presence(packet.changes)
-        else:
-            raise ff.ForwardProtocolError(f"the master sent a {type(packet).__name__}")
-
-    def _on_acked(self, items: list[OutItem]) -> None:
-        return None  # nothing waits on our packets but the outbox itself
-
-    def _ack_value(self) -> int:
-        return self.end.inbox.received
 
     async def run(self) -> None:
         """Keeps the link up until cancelled; a refused or failed attempt is retried."""
         backoff = Backoff()
         while True:
             try:
+                if self.finder is not None:
+                    self.master_url = await self.finder.locate()
+                    self.epoch = max(self.epoch, self.finder.fence.known)  # older masters are refused
                 async with open_link(self.master_url, self.ssl_context, timeout=OPEN_TIMEOUT,
                                      max_message_size=MAX_FRAME) as ws:
+                    conn: ForwardConnection[None] = ForwardConnection(
+                        PeerRole.SLAVE, self.node_id, self.secret, epoch=self.epoch, stream=self.peer.stream,
+                        instance=self.instance)
+                    self.conn = conn
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
-                        await self._handshake(ws)
+                        opened = await client_handshake(ws, conn, self.local.sessions(), self.peer)
+                    self.master_id = opened.peer
+                    if self.finder is not None:
+                        self.finder.linked(self.master_url, opened.peer, conn.epoch)
                     self.connected = True
                     self.problem = ""
                     up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, master_url=self.master_url,
-                             pending=len(self.end.outbox))
-                    reason = await pump(ws, self.end)
+                             epoch=conn.epoch, pending=len(self.peer), resending=opened.resending)
+                    reason = await self._pump(ws, conn)
                     self.problem = f"link to {self.master_url} lost: {reason}"
                     log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
-                                pending=len(self.end.outbox))
+                                pending=len(self.peer))
                     if trio.current_time() - up_since >= STABLE_S:
                         backoff.reset()  # not after a link that failed at once: no hot reconnect loop
             except (LinkOpenError, OSError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
-                    ForwardLinkRefused) as exc:
+                    ForwardLinkRefused, LookupError) as exc:
                 self._failed(exc)
             finally:
                 self.connected = False
-            await trio.sleep(backoff.next_delay())
+                self.conn = None
+            if self.finder is None:
+                await trio.sleep(backoff.next_delay())
+            else:  # sooner when a master takes the lease meanwhile
+                await self.finder.wait_retry(backoff.next_delay())
+
+    async def _pump(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
+        """The pump until the link ends or (with a finder) Redis names a newer master."""
+        if self.finder is None:
+            ended = await pump(ws, conn, self.peer)
+            return f"{ended.reason.value}: {ended.detail}"
+        reasons: list[str] = []
+        async with trio.open_nursery() as nursery:
+            async def pump_then_stop() -> None:
+                ended = await pump(ws, conn, self.peer)
+                reasons.append(f"{ended.reason.value}: {ended.detail}")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump_then_stop)
+            assert self.master_id is not None
+            await self.finder.wait_superseded(self.master_id, conn.epoch)
+            reasons.append(f"superseded: Redis names {self.finder.view}")
+            nursery.cancel_scope.cancel()
+        return reasons[0]
 
     def _failed(self, exc: Exception) -> None:
         """Logs a failed attempt with the master URL and the cause, in one line."""
@@ -136,24 +220,12 @@ class SlaveLink:
             log.debug("forward_link_failed", master_url=self.master_url, error=problem)
         self.problem = problem
 
-    async def _handshake(self, ws: WebSocketConnection) -> None:
-        sessions = [[s.user_id, s.id, s.client, s.uuid] for u in self.delivery.hub.users()
-                    for s in self.delivery.hub.sessions(u)]
-        challenge, welcome = await client_handshake(
-            ws, self.node_id, "slave", self.epoch, self.secret, self._received_from, sessions,
-            base=self.end.outbox.acked_upto)
-        self.master_id = challenge.node
-        self.end.outbox.rewind(int(welcome.received))
-
-    def _received_from(self, master_epoch: str) -> int:
-        if master_epoch != self.end.inbox.epoch:  # a new master process: start over
-            self.end.inbox = Inbox(epoch=master_epoch)
-        return self.end.inbox.received
-
 
 def link_problem(master_url: str, exc: Exception) -> str:
     """One line: which master, what went wrong."""
     if isinstance(exc, LinkOpenError):
+        return str(exc)
+    if isinstance(exc, LookupError):
         return str(exc)
     if isinstance(exc, ForwardLinkRefused):
         return f"{master_url} refused this node: {exc}"
@@ -166,34 +238,21 @@ def link_problem(master_url: str, exc: Exception) -> str:
     return f"{master_url}: {type(exc).__name__}: {exc}"
 
 
-async def client_handshake(
-    ws: WebSocketConnection, node_id: str, role: str, epoch: str, secret: bytes,
-    received_from: Callable[[str], int], sessions: list[list[Any]], base: int = 0,
-) -> tuple[ff.Challenge, ff.Welcome]:
-    """The connecting side's handshake: hello, check the master's proof, prove ours.
-
-    `base` is our Outbox's acked_upto: a master with no Inbox for our epoch starts one there."""
-    nonce = secrets.token_hex(16)
-    await ws.send_message(ff.encode_frame(ff.Hello(node_id, role, epoch, nonce)))
-    challenge = ff.decode_frame(await ws.get_message())
-    if isinstance(challenge, ff.Refused):
-        raise ForwardLinkRefused(challenge.reason)
-    if not isinstance(challenge, ff.Challenge):
-        raise ff.ForwardProtocolError(f"expected a challenge, got {type(challenge).__name__}")
-    mac = ff.slave_mac(secret, node_id, nonce, challenge.nonce)
-    if not ff.mac_ok(ff.master_mac(secret, nonce, challenge.nonce), challenge.mac):
-        # Our proof still goes (nothing else: no sessions), so that the master sees a peer with
-        # another secret and refuses it by name in its log, rather than a hang-up.
-        await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, [], 0)))
-        raise ForwardLinkRefused("the master does not hold the cluster secret")
-    await ws.send_message(ff.encode_frame(ff.Auth(mac, received_from(challenge.epoch), [], base)))
-    await ws.send_message(ff.encode_frame(ff.Sessions(sessions)))
-    answer = ff.decode_frame(await ws.get_message())
-    if isinstance(answer, ff.Refused):
-        raise ForwardLinkRefused(answer.reason)
-    if not isinstance(answer, ff.Welcome):
-        raise ff.ForwardProtocolError(f"expected welcome, got {type(answer).__name__}")
-    return challenge, answer
+async def client_handshake(ws: WebSocketConnection, conn: ForwardConnection[Any], sessions: list[ff.SessionRow],
+                           peer: PeerLink[Any] | None = None) -> LinkOpened:
+    """The connecting side's handshake on `conn`: hello, check the master's proof, prove ours,
+    report `sessions`. Events other than LinkOpened go to the peer's owner."""
+    await ws.send_message(conn.send(Connect(sessions)))
+    while True:
+        for event in await exchange(ws, conn):
+            if peer is not None:
+                peer.owner.link_event(peer, event)
+            if isinstance(event, LinkOpened):
+                return event
+            if isinstance(event, LinkEnded):
+                if event.reason in _REFUSALS:
+                    raise ForwardLinkRefused(event.detail)
+                raise ff.ForwardProtocolError(f"{event.reason.value}: {event.detail}")
 
 
 async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Packet], timeout: float = 10.0,
@@ -202,11 +261,14 @@ async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Pack
     master acks a kick when the node holding the session has it)."""
     with trio.fail_after(timeout):
         async with open_link(master_url, ssl_context, timeout=OPEN_TIMEOUT, max_message_size=MAX_FRAME) as ws:
-            await client_handshake(ws, f"operator-{secrets.token_hex(4)}", "operator",
-                                   secrets.token_hex(8), secret, lambda epoch: 0, [])
-            items = list(enumerate(packets, start=1))
-            await ws.send_message(ff.encode_frame(ff.Batch(items, 0)))
-            while True:
-                frame = ff.decode_frame(await ws.get_message())
-                if isinstance(frame, ff.Batch) and frame.ack is not None and frame.ack >= len(items):
-                    return
+            stream: PeerStream[None] = PeerStream()
+            conn: ForwardConnection[None] = ForwardConnection(
+                PeerRole.OPERATOR, f"operator-{secrets.token_hex(4)}", secret, stream=stream)
+            await client_handshake(ws, conn, [])
+            for packet in packets:
+                stream.push(packet)
+            await ws.send_message(conn.send(Flush(len(packets) + 1)))
+            while len(stream.window):
+                for event in await exchange(ws, conn):
+                    if isinstance(event, LinkEnded):
+                        raise ForwardLinkRefused(event.detail)

@@ -6,13 +6,14 @@ Rules:
   restarted after kill -9 need not wait for the TTL.
 - Every HEARTBEAT_S the lock, the worker lease and the registration are renewed; the TTL is
   LEASE_TTL_S, so a node that stops heartbeating is dead within that time.
-- A master also holds the master lock: one master per cluster.
+- The master lease is not here: master-capable nodes hold or wait for it in `mastership`
+  (core/mastership.py), with its own shorter TTL; a second master-capable node starts as a
+  standby instead of failing.
 - Routes left under this node id by a crashed earlier process are purged at start.
 - A key that is simply missing (Redis lost its data: a crash, a flush, a failover to an empty
   replica) is re-taken by the next heartbeat, and the node's live routes are published again
   (`run`'s `republish`). Only a key held by another owner is a loss (core/lease.py): the node
-  id or the master lock (`LeaseLost`: the node stops, two processes must never serve one node
-  id), or the worker id (the node takes another one and mints with it once it is safe).
+  id (`LeaseLost`: the node stops, two processes must never serve one node id), or the worker id (the node takes another one and mints with it once it is safe).
 - Redis being down for a while is logged and retried; the node keeps running. It mints ids
   only while its worker id is confirmed (`MintGate`): `LeasedIds.next_id` waits for that.
 """
@@ -59,10 +60,8 @@ def owner_is_dead_here(owner: str) -> bool:
 
 
 class Lease:
-    def __init__(self, registry: Registry, runner: BlockingRunner, describe: Callable[[], NodeInfo],
-                 master: bool = False) -> None:
+    def __init__(self, registry: Registry, runner: BlockingRunner, describe: Callable[[], NodeInfo]) -> None:
         self.registry = registry
-        self.master = master
         self.runner = runner
         self.describe = describe  # () -> NodeInfo, the node's current description
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
@@ -84,8 +83,6 @@ class Lease:
             raise NodeIdTaken(f"node id {info.node_id!r} is held by another live process")
         if dead:
             log.warning("lease_taken_over", dead_owner=dead)  # a crashed process on this host
-        if self.master:
-            await self._acquire_master(info.node_id)
         stale = await self.runner(self.registry.purge_routes, info.node_id)
         if stale:
             log.warning("stale_routes_purged", routes=stale)  # left by a crashed earlier process
@@ -118,14 +115,6 @@ class Lease:
         self.gate.took(worker, generation, sent, trio.current_time())
         self.generation = generation.token
         self._wake()
-
-    async def _acquire_master(self, node_id: str) -> None:
-        holder = await self.runner(self.registry.master_holder)
-        dead = holder[1] if holder and holder[0] == node_id and owner_is_dead_here(holder[1]) else None
-        if not await self.runner(self.registry.acquire_master, node_id, self.owner, LEASE_TTL_S, dead):
-            await self.runner(self.registry.release_node, node_id, self.owner)
-            holder = await self.runner(self.registry.master_holder)
-            raise NodeIdTaken(f"the master role is held by live node {holder[0] if holder else '?'!r}")
 
     async def beat(self, republish: Callable[[], Awaitable[int]] | None = None) -> bool:
         """One heartbeat; False if Redis did not answer. Raises LeaseLost."""

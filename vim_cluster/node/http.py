@@ -52,7 +52,7 @@ async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
         nursery.start_soon(check, "redis", ctx.redis, ctx.registry.ping)
         nursery.start_soon(check, "directory", ctx.db, ctx.directory.user_by_username, "-healthz-")
         nursery.start_soon(check, "messages", ctx.store, ctx.messages.get, MessageId(0))
-    if not ctx.config.is_master:
+    if ctx.cluster_role != "master":  # a slave, or a standby: linked to the active master
         link = ctx.delivery.cluster
         problem = getattr(link, "problem", "") or "not connected"  # a SlaveLink says why
         checks["master_link"] = "ok" if link.healthy() else f"down: {problem}"
@@ -60,7 +60,7 @@ async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
     ok = all(v == "ok" for v in checks.values())
     return ok, {
         "node": ctx.node_id,
-        "role": ctx.config.cluster.node_type.value,
+        "role": ctx.cluster_role,
         "status": "ok" if ok else "unavailable",
         "checks": checks,
         "connections": len(ctx.hub),

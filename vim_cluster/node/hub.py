@@ -58,6 +58,14 @@ class Session:
 class Hub:
     _by_user: dict[int, dict[str, Session]] = attrs.Factory(dict)
     _count: int = 0
+    _emptied: trio.Event | None = None
+
+    async def wait_empty(self) -> None:
+        """Returns once no session is left (at once if none is)."""
+        while self._count:
+            if self._emptied is None:
+                self._emptied = trio.Event()
+            await self._emptied.wait()
 
     def add(self, session: Session) -> None:
         sessions = self._by_user.setdefault(session.user_id, {})
@@ -71,6 +79,9 @@ class Hub:
             self._count -= 1
             if not sessions:
                 del self._by_user[session.user_id]
+            if not self._count and self._emptied is not None:
+                self._emptied.set()
+                self._emptied = None
 
     def sessions(self, user_id: int) -> list[Session]:
         return list(self._by_user.get(user_id, {}).values())

@@ -1,36 +1,41 @@
-"""What both ends of a forward link run once it is authenticated: the pump.
+"""The trio side of one forward link: moves bytes between a WebSocket and a ForwardConnection
+(protocol/forward_connection.py, where every decision is made) and hands the connection's events
+to the owner the peer was built with.
 
-One task reads batches (hands each new packet to the owner, applies acks), one writes
-(batches of queued packets with the current ack, or a bare ack after ACK_DELAY_S, or a beat
-every BEAT_S).
-A link that hears nothing for DEAD_AFTER_S is dropped; the owner reconnects (slave) or waits
-for the slave to (master). The pump never loses a packet: what is not acked stays in the
-Outbox and is resent on the next connection.
+Once authenticated, one task reads (each message into the connection, its events to the owner,
+the connection's own replies out), one writes (batches of queued packets with the current ack,
+or a bare ack after ACK_DELAY_S, or a beat every BEAT_S). A link that hears nothing for
+DEAD_AFTER_S is dropped; the owner reconnects (slave) or waits for the slave to (master). Nothing
+is lost: what is not acked stays in the peer's UnackedWindow and is resent on the next link.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ..protocol.forward import Inbox, Outbox, OutItem
-from ..protocol.forward_frames import (
-    Batch,
-    Beat,
-    ForwardProtocolError,
-    Packet,
-    decode_frame,
-    encode_frame,
+from ..protocol.forward import PeerStream
+from ..protocol.forward_connection import (
+    MAX_FRAME,
+    EndReason,
+    Event,
+    Flush,
+    ForwardConnection,
+    Heartbeat,
+    LinkEnded,
 )
+from ..protocol.forward_frames import Packet
 
 BEAT_S = 2.0
 ACK_DELAY_S = 0.005
 DEAD_AFTER_S = 10.0
 MAX_BATCH = 256
-MAX_FRAME = 16 * 1024 * 1024
+__all__ = ["BEAT_S", "ACK_DELAY_S", "DEAD_AFTER_S", "MAX_BATCH", "MAX_FRAME", "Signal", "LinkOwner", "PeerLink",
+           "exchange", "pump"]
+Tag = TypeVar("Tag")
 
 
 class Signal:
@@ -47,89 +52,110 @@ class Signal:
         self._event = trio.Event()
 
 
-@attrs.define(eq=False)
-class LinkEnd:
-    """One side's state for one peer; survives reconnects of the link."""
+class LinkOwner(Protocol):
+    """Who acts on a link's events (SlaveLink, MasterRelay); given when the PeerLink is built."""
 
-    outbox: Outbox
-    inbox: Inbox
-    on_packet: Callable[[int, Packet], None]  # (seq, packet) for each new packet
-    on_acked: Callable[[list[OutItem]], None]
-    ack_value: Callable[[], int]  # what to acknowledge to the peer now
+    def link_event(self, peer: PeerLink[Any], event: Event) -> None: ...
+
+
+@attrs.define(eq=False)
+class PeerLink(Generic[Tag]):
+    """One peer as the trio side holds it: its stream (outlives connections), the writer's
+    wake-up, and the owner its events go to."""
+
+    name: str
+    stream: PeerStream[Tag]
+    owner: LinkOwner
     wake: Signal = attrs.Factory(Signal)
-    sent_ack: int = -1
     last_heard: float = 0.0
 
-    def push(self, packet: Packet, tag: object = None) -> None:
-        self.outbox.push(packet, tag)
+    def push(self, packet: Packet, tag: Tag | None = None) -> None:
+        self.stream.push(packet, tag)
         self.wake.set()
 
+    def __len__(self) -> int:
+        return len(self.stream.window)
 
-async def pump(ws: WebSocketConnection, end: LinkEnd) -> str:
-    """Runs the link until it ends; returns why (the connection closed, the peer broke the
-    protocol, or went silent). Anything else is a bug and propagates."""
-    end.sent_ack = -1  # a new connection: tell the peer our ack once at least
-    end.last_heard = trio.current_time()
-    ended: list[str] = []
+
+async def _send_replies(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> None:
+    for data in conn.data_to_send():
+        await ws.send_message(data)
+
+
+async def exchange(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> list[Event]:
+    """Handshake step: reads one message into `conn`, sends its replies, returns its events.
+    ConnectionClosed while reading propagates (the handshake failed)."""
+    conn.receive_data(await ws.get_message())
+    events = list(conn.events())
+    try:
+        await _send_replies(ws, conn)
+    except ConnectionClosed:
+        pass  # the events (a refusal, typically) say what happened; the close is the peer's answer
+    return events
+
+
+async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any]) -> LinkEnded:
+    """Runs an open link until it ends; returns why (the connection closed, a refusal, or the
+    peer went silent). Anything else is a bug and propagates."""
+    peer.last_heard = trio.current_time()
     async with trio.open_nursery() as nursery:
 
-        def stop(reason: str) -> None:
-            ended.append(reason)
+        def stop(reason: EndReason, detail: str) -> None:
+            conn.close(reason, detail)
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(_reader, ws, end, stop)
-        nursery.start_soon(_writer, ws, end, stop)
-        nursery.start_soon(_watchdog, end, stop)
-    return ended[0] if ended else "cancelled"
+        nursery.start_soon(_reader, ws, conn, peer, stop)
+        nursery.start_soon(_writer, ws, conn, peer, stop)
+        nursery.start_soon(_watchdog, peer, stop)
+    ended = conn.close(EndReason.CLOSED, "cancelled")
+    for event in conn.events():  # what is left (the LinkEnded of a stop)
+        peer.owner.link_event(peer, event)
+    if ended.reason is not EndReason.CLOSED:
+        with trio.move_on_after(1):
+            await ws.aclose(ended.close_code, ended.detail[:100])
+    return ended
 
 
-async def _reader(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], None]) -> None:
+async def _reader(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+                  stop: Any) -> None:
+    owner = peer.owner
     try:
         while True:
-            frame = decode_frame(await ws.get_message())
-            end.last_heard = trio.current_time()
-            if isinstance(frame, Beat):
-                continue
-            if not isinstance(frame, Batch):
-                raise ForwardProtocolError(f"unexpected {type(frame).__name__} on an open link")
-            for seq, packet in frame.items:
-                if end.inbox.accept(seq):
-                    end.on_packet(seq, packet)
-            if frame.ack is not None:
-                acked = end.outbox.ack(int(frame.ack))
-                if acked:
-                    end.on_acked(acked)
-            end.wake.set()  # our ack to the peer may have moved
+            conn.receive_data(await ws.get_message())
+            peer.last_heard = trio.current_time()
+            for event in conn.events():
+                owner.link_event(peer, event)
+            if conn.ended is not None:
+                await _send_replies(ws, conn)
+                stop(conn.ended.reason, conn.ended.detail)
+                return
+            peer.wake.set()  # our ack to the peer may have moved
     except ConnectionClosed as exc:
-        stop(f"connection closed: {exc.reason}")
-    except ForwardProtocolError as exc:
-        stop(f"protocol error: {exc}")
+        stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
 
 
-async def _writer(ws: WebSocketConnection, end: LinkEnd, stop: Callable[[str], None]) -> None:
+async def _writer(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+                  stop: Any) -> None:
     try:
         while True:
             with trio.move_on_after(BEAT_S) as idle:
-                while not end.outbox.has_unsent() and end.ack_value() == end.sent_ack:
-                    await end.wake.wait()
+                while not conn.has_unsent() and not conn.ack_moved():
+                    await peer.wake.wait()
             if idle.cancelled_caught:
-                await ws.send_message(encode_frame(Beat(0)))
+                await ws.send_message(conn.send(Heartbeat(0)))
                 continue
-            if not end.outbox.has_unsent():
+            if not conn.has_unsent():
                 # Only our ack moved: hold it ACK_DELAY_S so that it rides on a batch, or
                 # covers more packets (a delayed ack). Deliveries never wait for it.
                 with trio.move_on_after(ACK_DELAY_S):
-                    while not end.outbox.has_unsent():
-                        await end.wake.wait()
-            ack = end.ack_value()
-            items = end.outbox.take_batch(MAX_BATCH)
-            await ws.send_message(encode_frame(Batch(items, ack)))
-            end.sent_ack = ack
+                    while not conn.has_unsent():
+                        await peer.wake.wait()
+            await ws.send_message(conn.send(Flush(MAX_BATCH)))
     except ConnectionClosed as exc:
-        stop(f"connection closed: {exc.reason}")
+        stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
 
 
-async def _watchdog(end: LinkEnd, stop: Callable[[str], None]) -> None:
-    while trio.current_time() - end.last_heard < DEAD_AFTER_S:
-        await trio.sleep_until(end.last_heard + DEAD_AFTER_S)
-    stop(f"nothing heard for {DEAD_AFTER_S:g} s")
+async def _watchdog(peer: PeerLink[Any], stop: Any) -> None:
+    while trio.current_time() - peer.last_heard < DEAD_AFTER_S:
+        await trio.sleep_until(peer.last_heard + DEAD_AFTER_S)
+    stop(EndReason.CLOSED, f"nothing heard for {DEAD_AFTER_S:g} s")

@@ -79,3 +79,11 @@ def port_of(listeners: Listeners) -> int:
     listener = listeners[0]
     plain = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
     return int(cast(trio.SocketListener, plain).socket.getsockname()[1])
+
+
+async def bind_forward(config: NodeConfig) -> Listeners:
+    """Binds the forward port again (a standby that takes the master role over; the port was
+    closed while it was not the master). Raises PortTaken."""
+    ws = config.websocket
+    assert ws.forward_port is not None
+    return await _bind("vim.websocket.forward-port", ws.host, ws.forward_port, server_context(config), [])

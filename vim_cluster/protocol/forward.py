@@ -1,21 +1,24 @@
 """Reliable, ordered, batched packet exchange over a link that may drop and come back.
 
 Rules:
-- Every packet gets the next sequence number of its sender's Outbox; the Outbox keeps it until
-  the peer acknowledges it (cumulative acks), across any number of reconnects.
-- On (re)connect the peer says the highest sequence it received from this epoch (`received`);
-  the Outbox resends everything after it, in order. What the peer received but did not
+- Every packet gets the next sequence number of its sender's UnackedWindow; the window keeps it
+  until the peer acknowledges it (cumulative acks), across any number of reconnects.
+- On (re)connect the peer says the highest sequence it received from this instance (`received`);
+  the window resends everything after it, in order. What the peer received but did not
   acknowledge yet stays kept (it may be acked later: the master acks end to end).
-- The Inbox drops duplicates (seq <= received); a gap means the peer broke the protocol.
-- Epochs: each process start has a new epoch. An Inbox belongs to one peer epoch; a peer with a
-  new epoch starts at 0 (it restarted, and its old packets died with it).
+- The SeqReceiver drops duplicates (seq <= received); a gap means the peer broke the protocol.
+- Instances: each process start is a new instance. A SeqReceiver belongs to one peer instance;
+  a peer with a new instance starts at 0 (it restarted, and its old packets died with it).
+- A PeerStream is one peer's state that outlives its connections: the window to it, the
+  receiver from it, and which received packets are held (not acknowledged yet).
 - Sans-I/O: no sockets and no clocks here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar
+from itertools import islice
+from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -24,59 +27,66 @@ from .forward_frames import ForwardProtocolError, Packet
 Tag = TypeVar("Tag")
 
 
-@attrs.define
-class OutItem(Generic[Tag]):
+class OutOfOrder(ForwardProtocolError):
+    """A sequence gap, an ack for a packet never sent, or a resend claim beyond what was sent."""
+
+
+class Unacked(NamedTuple, Generic[Tag]):
     seq: int
     packet: Packet
-    tag: Tag | None = None  # what the sender wants back when it is acked (upstream seq)
+    tag: Tag | None  # what the sender wants back when it is acked (upstream seq)
 
 
 @attrs.define
-class Outbox(Generic[Tag]):
+class UnackedWindow(Generic[Tag]):
+    """Packets to one peer, numbered, kept until acked."""
+
     next_seq: int = 1
     sent_upto: int = 0
     acked_upto: int = 0
-    items: deque[OutItem[Tag]] = attrs.Factory(deque)
+    items: deque[Unacked[Tag]] = attrs.Factory(deque)
 
     def push(self, packet: Packet, tag: Tag | None = None) -> int:
         seq = self.next_seq
         self.next_seq += 1
-        self.items.append(OutItem(seq, packet, tag))
+        self.items.append(Unacked(seq, packet, tag))
         return seq
 
     def has_unsent(self) -> bool:
-        return bool(self.items) and self.items[-1].seq > self.sent_upto
+        return self.next_seq - 1 > self.sent_upto and bool(self.items)
 
-    def take_batch(self, limit: int) -> list[tuple[int, Packet]]:
-        """The next unsent packets, at most `limit`; they count as sent (until a rewind)."""
-        batch: list[tuple[int, Packet]] = []
-        for item in self.items:  # items are in seq order; skip the sent ones
-            if item.seq <= self.sent_upto:
-                continue
-            batch.append((item.seq, item.packet))
-            if len(batch) >= limit:
-                break
-        if batch:
-            self.sent_upto = batch[-1][0]
-        return batch
+    def take_batch(self, limit: int) -> tuple[int, list[Packet]]:
+        """(first seq, the next unsent packets, at most `limit`); they count as sent (until a
+        rewind). Kept items are consecutive, so the first unsent one is found by arithmetic."""
+        if not self.items:
+            return self.sent_upto + 1, []
+        start = max(0, self.sent_upto + 1 - self.items[0].seq)
+        packets = [item.packet for item in islice(self.items, start, start + limit)]
+        first = self.items[0].seq + start
+        self.sent_upto = first + len(packets) - 1 if packets else self.sent_upto
+        return first, packets
 
-    def ack(self, upto: int) -> list[OutItem[Tag]]:
+    def ack(self, upto: int) -> list[Unacked[Tag]]:
         """Drops every packet <= upto; returns them (the caller completes their tags)."""
         if upto >= self.next_seq:
-            raise ForwardProtocolError(f"ack {upto} for a packet never sent (next {self.next_seq})")
-        done: list[OutItem[Tag]] = []
+            raise OutOfOrder(f"ack {upto} for a packet never sent (next {self.next_seq})")
+        done: list[Unacked[Tag]] = []
         while self.items and self.items[0].seq <= upto:
             done.append(self.items.popleft())
         self.acked_upto = max(self.acked_upto, upto)
+        self.sent_upto = max(self.sent_upto, self.acked_upto)
         return done
 
     def rewind(self, peer_received: int) -> None:
         """After a reconnect: resend everything after what the peer says it received."""
         if peer_received >= self.next_seq:
-            raise ForwardProtocolError(f"peer claims {peer_received}, only {self.next_seq - 1} sent")
+            raise OutOfOrder(f"peer claims {peer_received}, only {self.next_seq - 1} sent")
         self.sent_upto = max(peer_received, self.acked_upto)
 
-    def drain(self) -> list[OutItem[Tag]]:
+    def unsent(self) -> int:
+        return self.next_seq - 1 - self.sent_upto
+
+    def drain(self) -> list[Unacked[Tag]]:
         """Drops everything (the peer restarted or died); returns what was dropped."""
         dropped = list(self.items)
         self.items.clear()
@@ -88,8 +98,10 @@ class Outbox(Generic[Tag]):
 
 
 @attrs.define
-class Inbox:
-    epoch: str
+class SeqReceiver:
+    """Packets from one peer instance: each accepted once, in order."""
+
+    instance: str
     received: int = 0
 
     def accept(self, seq: int) -> bool:
@@ -97,18 +109,17 @@ class Inbox:
         if seq <= self.received:
             return False
         if seq != self.received + 1:
-            raise ForwardProtocolError(f"sequence gap: got {seq} after {self.received}")
+            raise OutOfOrder(f"sequence gap: got {seq} after {self.received}")
         self.received = seq
         return True
 
 
 @attrs.define
 class UpstreamAcks:
-    """Master side, per slave: which received packets are complete (delivered end to end).
-
-    A packet from a slave is complete when every forward the master made of it was acked by
-    its destination (or dropped because the destination died). The slave is acked up to the
-    highest seq below which everything is complete.
+    """Which received packets are complete. A packet is complete once received, unless the
+    owner holds it: the master holds a slave's packet until every forward it made of it was
+    acked by its destination (or dropped because the destination died). The peer is acked up
+    to the highest seq below which everything is complete.
     """
 
     received: int = 0
@@ -117,6 +128,11 @@ class UpstreamAcks:
     def received_packet(self, seq: int, forwards: int) -> None:
         self.received = max(self.received, seq)
         if forwards:
+            self.outstanding[seq] = forwards
+
+    def hold(self, seq: int, forwards: int) -> None:
+        """`seq` (received already) is complete after `forwards` calls of forward_done."""
+        if forwards > 0:
             self.outstanding[seq] = forwards
 
     def forward_done(self, seq: int) -> None:
@@ -132,3 +148,35 @@ class UpstreamAcks:
         if not self.outstanding:
             return self.received
         return min(self.outstanding) - 1
+
+
+@attrs.define(eq=False)
+class PeerStream(Generic[Tag]):
+    """One peer's reliable exchange; outlives the peer's connections (ForwardConnection uses it
+    while a link is open)."""
+
+    window: UnackedWindow[Tag] = attrs.Factory(UnackedWindow)
+    receiver: SeqReceiver = attrs.Factory(lambda: SeqReceiver(""))
+    acks: UpstreamAcks = attrs.Factory(UpstreamAcks)
+
+    @classmethod
+    def from_base(cls, instance: str, base: int) -> PeerStream[Tag]:
+        """A stream for a peer instance we have no state of, whose resend starts after `base`."""
+        return cls(UnackedWindow(), SeqReceiver(instance, base), UpstreamAcks(received=base))
+
+    def push(self, packet: Packet, tag: Tag | None = None) -> int:
+        return self.window.push(packet, tag)
+
+    def new_peer_instance(self, instance: str) -> None:
+        """The peer restarted: its numbering starts over (ours to it goes on)."""
+        self.receiver = SeqReceiver(instance)
+        self.acks = UpstreamAcks()
+
+    def hold(self, seq: int, forwards: int) -> None:
+        self.acks.hold(seq, forwards)
+
+    def forward_done(self, seq: int) -> None:
+        self.acks.forward_done(seq)
+
+    def ack_value(self) -> int:
+        return self.acks.ack_value()

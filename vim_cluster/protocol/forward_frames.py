@@ -1,40 +1,45 @@
-"""Forward-channel frames and packets, and their MessagePack encoding.
+"""Forward-channel frames and packets, and their MessagePack encoding (internal to the cluster:
+nodes are upgraded together, so this wire format may change between releases).
 
 A forward link is one WebSocket between a slave (or an operator tool) and the master, carrying
-binary frames. Each frame is a MessagePack map with a type tag "t":
+binary messages, one frame each. Every frame is a MessagePack array `[tag, epoch, *fields]`:
+`epoch` is the sender's fencing epoch (an int, see forward_connection.py).
 
-    hello     slave -> master   {node, role, epoch, nonce}
-    challenge master -> slave   {node, epoch, nonce, mac}      mac proves the master holds the secret
-    auth      slave -> master   {mac, received, sessions, base} mac proves the slave holds the secret
-    sessions  slave -> master   {sessions}   right after auth: the slave's sessions, [[user,
-                                session, client, uuid], ...] (auth's own list stays empty: the
-                                master caps frames small until the mac checked out)
-    welcome   master -> slave   {received}
-    refused   master -> slave   {reason}
-    batch     both              {items: [[seq, packet], ...], ack}   ack is cumulative, may be null
-    beat      both              {ts}
+    HELLO     0  slave -> master  [node, role, instance, nonce]
+    CHALLENGE 1  master -> slave  [node, instance, nonce, mac]   mac proves the master holds the secret
+    AUTH      2  slave -> master  [mac, received, base]          mac proves the slave holds the secret
+    SESSIONS  3  slave -> master  [[[user, session, client, uuid], ...]]  right after auth (the
+                                  master caps frames at 4 KiB until the mac checked out)
+    WELCOME   4  master -> slave  [received]
+    REFUSED   5  both             [reason]
+    BATCH     6  both             [ack, first_seq, [packet, ...]]  packets numbered first_seq, +1, ...
+                                  ack is cumulative, may be null
+    BEAT      7  both             [ts]
 
-`received` is the highest sequence number the sender of that frame got from the peer's current
-epoch: the peer resends everything after it. `base` is the highest sequence number the slave
-no longer holds (acknowledged): a master that has no Inbox for the slave's epoch (it restarted)
-starts one there, since the slave's resend starts right after it. Packets (the application payload, V-IM's
-ForwardMessage in spirit) are maps with a kind "k":
+`instance` names one process run (a restart draws a new one). `received` is the highest
+sequence number the sender of that frame got from the peer's current instance: the peer resends
+everything after it. `base` is the highest sequence number the slave no longer holds
+(acknowledged): a master that has no receiver for the slave's instance (it restarted) starts one
+there, since the slave's resend starts right after it.
 
-    deliver       {src, users, frame, exclude, ts}   a client frame for the users' sessions
-    kick          {dst, user, session, code, notice} close one session (other-login, operator)
-    session-open  {user, session, client, uuid}      slave -> master: route table updates
-    session-close {user, session}
-    presence      {changes: [[user, online, node], ...]}  master -> slave: coalesced presence
-                                                          changes for every local session
+Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are), the kind last:
+
+    Deliver       [src, users, frame, exclude, ts, message_id, 0]  `frame` is the client frame
+                  already encoded as JSON text (UTF-8 bytes): a text client gets it untouched
+    Kick          [dst, user, session, code, notice, 1]           notice: JSON bytes or null
+    SessionOpen   [user, session, client, uuid, 2]                slave -> master: route updates
+    SessionClose  [user, session, 3]
+    Presence      [[[user, online, node], ...], 4]                master -> slave
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-import attrs
 import msgpack
 
 
@@ -42,177 +47,227 @@ class ForwardProtocolError(Exception):
     """The peer sent something that is not the forward protocol: the link is dropped."""
 
 
+class UnknownFrame(ForwardProtocolError):
+    """Not a forward frame at all (not MessagePack, an unknown tag, a malformed field)."""
+
+
+class PeerRole(enum.Enum):
+    """Who is at one end of a forward link. Slaves and operator tools connect; the master accepts."""
+
+    SLAVE = "slave"
+    OPERATOR = "operator"
+    MASTER = "master"
+
+
 # ----------------------------------------------------------------------------- packets
 
+DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE = range(5)
 
-@attrs.frozen
-class Deliver:
+
+class Deliver(NamedTuple):
     src: str  # the node the frame entered the cluster at
-    users: tuple[int, ...]
-    frame: dict[str, Any]  # {"code": ..., "message": {...}}: the client frame to deliver
+    users: Sequence[int]
+    frame: bytes  # the client frame {"code", "message"} as JSON text, UTF-8 encoded
     exclude: str | None  # a session id that must not get it (the sending session)
     ts: int  # ms when it entered the cluster (for the relay latency metric)
+    message_id: int | None = None  # the frame's message id, if it is a `message` (replay dedupe)
+    kind: int = DELIVER
 
 
-@attrs.frozen
-class Kick:
+class Kick(NamedTuple):
     dst: str  # the node holding the session
     user: int
     session: str | None  # None: every session of the user on dst
     code: int
-    notice: dict[str, Any] | None  # a client frame to send before closing
+    notice: bytes | None  # a client frame (JSON bytes) to send before closing
+    kind: int = KICK
 
 
-@attrs.frozen
-class SessionOpen:
+class SessionOpen(NamedTuple):
     user: int
     session: str
     client: str
     uuid: str | None
+    kind: int = SESSION_OPEN
 
 
-@attrs.frozen
-class SessionClose:
+class SessionClose(NamedTuple):
     user: int
     session: str
+    kind: int = SESSION_CLOSE
 
 
-@attrs.frozen
-class Presence:
-    changes: list[list[Any]]  # [[user, online, node or None], ...]
+class Presence(NamedTuple):
+    changes: Sequence[Sequence[Any]]  # [[user, online, node or None], ...]
+    kind: int = PRESENCE
 
 
 Packet = Deliver | Kick | SessionOpen | SessionClose | Presence
-
-_PACKETS: dict[str, type] = {
-    "deliver": Deliver,
-    "kick": Kick,
-    "session-open": SessionOpen,
-    "session-close": SessionClose,
-    "presence": Presence,
-}
-_KINDS = {cls: kind for kind, cls in _PACKETS.items()}
+_PACKET_CLASSES: tuple[Any, ...] = (Deliver, Kick, SessionOpen, SessionClose, Presence)
+_PACKET_LENGTHS = tuple(len(cls._fields) for cls in _PACKET_CLASSES)
 
 
-def packet_to_wire(packet: Packet) -> dict[str, Any]:
-    body = attrs.asdict(packet, recurse=False)
-    body["k"] = _KINDS[type(packet)]
-    if "users" in body:
-        body["users"] = list(body["users"])
-    return body
+def _str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
 
 
 def packet_from_wire(body: Any) -> Packet:
-    if not isinstance(body, dict) or body.get("k") not in _PACKETS:
-        raise ForwardProtocolError(f"not a packet: {str(body)[:80]}")
-    cls = _PACKETS[body.pop("k")]
-    try:
-        if cls is Deliver:
-            body["users"] = tuple(int(u) for u in body["users"])
-        packet: Packet = cls(**body)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ForwardProtocolError(f"bad {cls.__name__} packet: {exc}") from None
+    """A packet from its decoded MessagePack array; raises UnknownFrame for anything else.
+    Field types are checked (a peer that holds the secret may still be buggy), a Deliver's on a
+    fast path: it is most of the traffic."""
+    if type(body) is not list or not body:
+        raise UnknownFrame(f"not a packet: {str(body)[:80]}")
+    kind = body[-1]
+    if kind == DELIVER and len(body) == 7 and type(kind) is int:
+        src, users, frame, exclude, ts, mid, _ = body
+        if (type(src) is str and type(users) is list and type(frame) is bytes and type(ts) is int
+                and (exclude is None or type(exclude) is str) and (mid is None or type(mid) is int)):
+            for user in users:
+                if type(user) is not int:
+                    break
+            else:
+                return tuple.__new__(Deliver, body)
+        raise UnknownFrame(f"bad Deliver packet: {str(body)[:80]}")
+    if type(kind) is not int or not 0 <= kind < len(_PACKET_CLASSES) or len(body) != _PACKET_LENGTHS[kind]:
+        raise UnknownFrame(f"not a packet: {str(body)[:80]}")
+    if kind == KICK:
+        dst, user, session, code, notice, _ = body
+        ok = (isinstance(dst, str) and type(user) is int and _str_or_none(session) and type(code) is int
+              and (notice is None or isinstance(notice, bytes)))
+    elif kind == SESSION_OPEN:
+        user, session, client, uuid, _ = body
+        ok = type(user) is int and isinstance(session, str) and isinstance(client, str) and _str_or_none(uuid)
+    elif kind == SESSION_CLOSE:
+        ok = type(body[0]) is int and isinstance(body[1], str)
+    else:
+        ok = isinstance(body[0], list | tuple) and all(
+            isinstance(c, list | tuple) and len(c) == 3 and type(c[0]) is int and isinstance(c[1], bool)
+            and _str_or_none(c[2]) for c in body[0])
+    if not ok:
+        raise UnknownFrame(f"bad {_PACKET_CLASSES[kind].__name__} packet: {str(body)[:80]}")
+    packet: Packet = _PACKET_CLASSES[kind]._make(body)
     return packet
 
 
 # ----------------------------------------------------------------------------- frames
 
 
-@attrs.frozen
-class Hello:
+class Hello(NamedTuple):
     node: str
-    role: str  # "slave" or "operator"
-    epoch: str
+    role: PeerRole
+    instance: str
     nonce: str
 
 
-@attrs.frozen
-class Challenge:
+class Challenge(NamedTuple):
     node: str
-    epoch: str
+    instance: str
     nonce: str
     mac: str
 
 
-@attrs.frozen
-class Auth:
+class Auth(NamedTuple):
     mac: str
     received: int
-    sessions: list[list[Any]]  # [[user, session, client, uuid], ...]
-    base: int = 0  # the sender's Outbox.acked_upto: its packets after it are all still held
+    base: int = 0  # the sender's UnackedWindow.acked_upto: its packets after it are all still held
 
 
-@attrs.frozen
-class Sessions:
-    sessions: list[list[Any]]  # [[user, session, client, uuid], ...]
+SessionRow = tuple[int, str, str, str | None]  # (user, session, client, uuid)
 
 
-@attrs.frozen
-class Welcome:
+class Sessions(NamedTuple):
+    sessions: Sequence[Sequence[Any]]  # [[user, session, client, uuid], ...]
+
+
+class Welcome(NamedTuple):
     received: int
 
 
-@attrs.frozen
-class Refused:
+class Refused(NamedTuple):
     reason: str
 
 
-@attrs.frozen
-class Batch:
-    items: list[tuple[int, Packet]]
+class Batch(NamedTuple):
     ack: int | None
+    first: int  # the sequence number of packets[0]; the others follow one by one
+    packets: Sequence[Packet]
 
 
-@attrs.frozen
-class Beat:
+class Beat(NamedTuple):
     ts: int
 
 
 Frame = Hello | Challenge | Auth | Sessions | Welcome | Refused | Batch | Beat
-_FRAMES: dict[str, type] = {
-    "hello": Hello,
-    "challenge": Challenge,
-    "auth": Auth,
-    "sessions": Sessions,
-    "welcome": Welcome,
-    "refused": Refused,
-    "batch": Batch,
-    "beat": Beat,
-}
-_TAGS = {cls: tag for tag, cls in _FRAMES.items()}
+_FRAME_CLASSES: tuple[Any, ...] = (Hello, Challenge, Auth, Sessions, Welcome, Refused, Batch, Beat)
+_TAGS: dict[type, int] = {cls: tag for tag, cls in enumerate(_FRAME_CLASSES)}
+_ROLES = {role.value: role for role in PeerRole}
+_packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode_frame(frame: Frame) -> bytes:
-    if isinstance(frame, Batch):
-        body: dict[str, Any] = {
-            "items": [[seq, packet_to_wire(p)] for seq, p in frame.items],
-            "ack": frame.ack,
-        }
-    else:
-        body = attrs.asdict(frame, recurse=False)
-    body["t"] = _TAGS[type(frame)]
-    return msgpack.packb(body, use_bin_type=True)
+def encode_frame(frame: Frame, epoch: int) -> bytes:
+    """One frame as the bytes of one forward WebSocket message."""
+    if type(frame) is Hello:
+        return _packer.pack((0, epoch, frame.node, frame.role.value, frame.instance, frame.nonce))
+    return _packer.pack((_TAGS[type(frame)], epoch, *frame))
 
 
-def decode_frame(data: bytes | str) -> Frame:
-    """Raises ForwardProtocolError for anything that is not a forward frame."""
+def _int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _check(frame: Frame) -> bool:
+    """Field types of a decoded frame (a peer that holds the secret may still be buggy)."""
+    match frame:
+        case Hello(node, _, instance, nonce):
+            return isinstance(node, str) and isinstance(instance, str) and isinstance(nonce, str)
+        case Challenge(node, instance, nonce, mac):
+            return all(isinstance(v, str) for v in (node, instance, nonce, mac))
+        case Auth(mac, received, base):
+            return isinstance(mac, str) and _int(received) and _int(base) and received >= 0 and base >= 0
+        case Sessions(rows):
+            return isinstance(rows, list | tuple) and all(
+                isinstance(r, list | tuple) and len(r) == 4 and _int(r[0]) and isinstance(r[1], str)
+                and isinstance(r[2], str) and _str_or_none(r[3]) for r in rows)
+        case Welcome(received):
+            return _int(received) and received >= 0
+        case Refused(reason):
+            return isinstance(reason, str)
+        case Batch(ack, first, packets):
+            return (ack is None or _int(ack)) and _int(first) and first >= 1 and isinstance(packets, list | tuple)
+        case Beat(ts):
+            return _int(ts)
+    return False  # pragma: no cover - every frame class is matched above
+
+
+def decode_frame(data: bytes | str) -> tuple[int, Frame]:
+    """(the sender's epoch, the frame); raises UnknownFrame for anything that is not a forward frame."""
     if not isinstance(data, bytes):
-        raise ForwardProtocolError("forward frames are binary")
+        raise UnknownFrame("forward frames are binary")
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ForwardProtocolError(f"not MessagePack: {exc}") from None
-    if not isinstance(body, dict) or body.get("t") not in _FRAMES:
-        raise ForwardProtocolError("not a forward frame")
-    cls = _FRAMES[body.pop("t")]
-    try:
-        if cls is Batch:
-            items = [(int(seq), packet_from_wire(p)) for seq, p in body["items"]]
-            return Batch(items, body.get("ack"))
-        frame: Frame = cls(**body)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ForwardProtocolError(f"bad {cls.__name__} frame: {exc}") from None
-    return frame
+        raise UnknownFrame(f"not MessagePack: {exc}") from None
+    if not isinstance(body, list) or len(body) < 2:
+        raise UnknownFrame("not a forward frame")
+    tag, epoch = body[0], body[1]
+    if not _int(tag) or not 0 <= tag < len(_FRAME_CLASSES) or not _int(epoch):
+        raise UnknownFrame(f"not a forward frame (tag {str(tag)[:20]})")
+    cls = _FRAME_CLASSES[tag]
+    if len(body) - 2 != len(cls._fields):
+        raise UnknownFrame(f"bad {cls.__name__} frame: {len(body) - 2} fields")
+    if cls is Batch:
+        frame: Frame = Batch(body[2], body[3], [packet_from_wire(p) for p in body[4]]
+                             if isinstance(body[4], list) else body[4])
+    elif cls is Hello:
+        role = _ROLES.get(body[3]) if isinstance(body[3], str) else None
+        if role is None:
+            raise UnknownFrame(f"bad Hello frame: unknown role {str(body[3])[:20]}")
+        frame = Hello(body[2], role, body[4], body[5])
+    else:
+        frame = cls._make(body[2:])
+    if not _check(frame):
+        raise UnknownFrame(f"bad {cls.__name__} frame: {str(body)[:80]}")
+    return epoch, frame
 
 
 # ----------------------------------------------------------------------------- HMAC auth

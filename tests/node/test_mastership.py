@@ -1,0 +1,134 @@
+"""The master lease against a real Redis: who may claim it, the fencing epoch, the relay
+deadline of a master cut off from Redis, and the epoch after Redis lost its data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import trio
+
+from vim_cluster.adapters.redis_registry import Keys, RedisRegistry
+from vim_cluster.core.mastership import MASTER_TTL_S, RELAY_S, Fence, Renewal
+from vim_cluster.node.blocking import BlockingRunner
+from vim_cluster.node.master_finder import MasterFinder
+from vim_cluster.node.mastership import TTL_MS, MasterMetrics, Mastership
+from vim_cluster.node.metrics import NodeMetrics
+
+from ..cluster.proxy import TcpProxy
+from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
+from ..support import flush_redis
+
+
+@pytest.fixture
+def registry(redis_url: str) -> Iterator[RedisRegistry]:
+    held = RedisRegistry(redis_url)
+    yield held
+    held.close()
+
+
+def mastership(registry: RedisRegistry, node_id: str, fence: Fence | None = None) -> Mastership:
+    fence = fence or Fence()
+    return Mastership(registry, BlockingRunner("redis", 4), node_id, f"host/{os.getpid()}/{node_id}",
+                      lambda: f"ws://127.0.0.1:1/{node_id}", fence, MasterMetrics(NodeMetrics(node_id).registry, fence))
+
+
+def test_only_one_claim_holds_and_every_takeover_raises_the_epoch(registry: RedisRegistry) -> None:
+    assert registry.claim_master("a", "oa", "ws://a/forward", TTL_MS, 0) == 1
+    assert registry.claim_master("b", "ob", "ws://b/forward", TTL_MS, 0) is None  # a holds it
+    assert registry.renew_master("b", "ob", 1, TTL_MS) is Renewal.OTHER
+    assert registry.renew_master("a", "oa", 1, TTL_MS) is Renewal.RENEWED
+    registry.release_master("b", "ob")  # not b's: nothing happens
+    assert registry.active_master().node_id == "a"  # type: ignore[union-attr]
+    registry.release_master("a", "oa")
+    assert registry.renew_master("a", "oa", 1, TTL_MS) is Renewal.MISSING
+    assert registry.claim_master("b", "ob", "ws://b/forward", TTL_MS, 0) == 2
+    view = registry.active_master()
+    assert view is not None and (view.node_id, view.epoch, view.forward_url, view.takeovers, view.alive) == \
+        ("b", 2, "ws://b/forward", 2, True)
+    assert registry.claim_master("c", "oc", "ws://c/forward", TTL_MS, 0, replacing="ob") is None  # not c's own
+
+
+async def test_a_standby_claims_only_after_the_lease_lapsed(registry: RedisRegistry) -> None:
+    active, standby = mastership(registry, "a"), mastership(registry, "b")
+    await active.try_claim()
+    await standby.try_claim()
+    assert active.holding and active.relaying and not standby.holding
+    started = trio.current_time()
+    with trio.fail_after(MASTER_TTL_S + 3):
+        while not standby.holding:  # a never renews: its lease lapses
+            await standby.try_claim()
+            await trio.sleep(0.1)
+    assert trio.current_time() - started > MASTER_TTL_S - 1.0
+    assert standby.epoch == active.epoch + 1 and standby.fence.known == standby.epoch
+
+
+async def test_a_master_cut_off_from_redis_stops_relaying_before_its_lease_can_lapse(redis_url: str) -> None:
+    port = urlsplit(redis_url).port
+    assert port is not None
+    proxy = TcpProxy(port)
+    direct = redis.Redis.from_url(redis_url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        cut = RedisRegistry(redis_url.replace(f":{port}/", f":{proxy.port}/"))
+        master = mastership(cut, "a")
+        nursery.start_soon(master.run)
+        with trio.fail_after(5):
+            while not master.relaying:
+                await master.changed()
+        proxy.sever()
+        severed = trio.current_time()
+        with trio.fail_after(RELAY_S + 2):
+            while master.relaying:
+                await master.changed()
+        stopped = trio.current_time()
+        # The lease is still held in Redis when the master stops: the margin before any standby could claim it.
+        left_ms = await trio.to_thread.run_sync(direct.pttl, Keys.MASTER_LOCK)
+        assert left_ms > 500, f"stopped relaying only {left_ms} ms before the lease lapses"
+        assert stopped - severed <= RELAY_S + 0.5
+        assert master.holding  # it did not hear of a newer master: it waits, relaying nothing
+        nursery.cancel_scope.cancel()
+    cut.close()
+    direct.close()
+
+
+async def test_after_redis_lost_its_data_the_epoch_still_rises(redis_process: RedisServer) -> None:  # noqa: F811
+    flush_redis(redis_process.url)
+    registry = RedisRegistry(redis_process.url)
+    try:
+        fence = Fence()
+        first = mastership(registry, "a", fence)
+        await first.try_claim()
+        await first.release()
+        second = mastership(registry, "b", fence)
+        await second.try_claim()
+        assert second.epoch == 2
+        redis_process.restart_empty()
+        third = mastership(registry, "c", fence)  # knows epoch 2 (its fence): Redis' counter starts at 0
+        with trio.fail_after(10):
+            while not third.holding:
+                await third.try_claim()
+                await trio.sleep(0.1)
+        assert third.epoch == 3
+    finally:
+        registry.close()
+
+
+async def test_the_finder_falls_back_to_the_candidates_when_redis_names_no_live_master(
+    registry: RedisRegistry,
+) -> None:
+    finder = MasterFinder(registry, BlockingRunner("redis", 2), ("ws://x:1/forward", "ws://y:2/forward"), Fence())
+    assert [await finder.locate() for _ in range(3)] == ["ws://x:1/forward", "ws://y:2/forward", "ws://x:1/forward"]
+    registry.claim_master("m", "om", "ws://published:3/forward", TTL_MS, 0)
+    # a live master: candidates not tried yet come first (one may be a proxy to it), then its URL
+    assert await finder.locate() == "ws://x:1/forward"
+    finder.linked("ws://y:2/forward", "m", 1)  # y reached m
+    assert await finder.locate() == "ws://y:2/forward"
+    finder.reaches.clear()
+    finder.tried.update({"ws://x:1/forward", "ws://y:2/forward"})
+    assert await finder.locate() == "ws://published:3/forward"
+
+

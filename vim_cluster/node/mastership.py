@@ -1,0 +1,178 @@
+"""The master lease of a master-capable node: claim it as a standby, renew it as the active
+master, and stop relaying at the deadline (core/mastership.py has the rules and timings).
+
+`Mastership.run` holds the loop; the node's role switching (app.py) waits on `changed()` and
+reads `relaying`: True only while this node holds the lease and its RelayGate allows. A
+watchdog revokes the right at the deadline even while a renewal hangs in a cut-off Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..core.mastership import (
+    CLAIM_POLL_S,
+    MASTER_TTL_S,
+    RENEW_S,
+    Fence,
+    MasterView,
+    RelayGate,
+    Renewal,
+    Role,
+)
+from ..errors import StoreUnavailable
+from ..ports import Registry
+from .blocking import BlockingRunner
+from .heartbeat import owner_is_dead_here
+
+log = structlog.get_logger()
+TTL_MS = int(MASTER_TTL_S * 1000)
+
+
+class MasterMetrics:
+    """On every node: a slave counts fenced frames and shows the epoch it knows."""
+
+    def __init__(self, registry: CollectorRegistry, fence: Fence) -> None:
+        self.takeovers = Counter("vim_master_takeovers", "times this node took the master lease (became the "
+                                 "active master)", registry=registry)
+        self.fenced = Counter("vim_forward_fenced_frames", "forward frames refused for a stale fencing epoch",
+                              registry=registry)
+        self.epoch = Gauge("vim_master_epoch", "the newest master epoch this node knows (its own while active)",
+                           registry=registry)
+        self.active = Gauge("vim_master_active", "1 while this node is the active master and relays",
+                            registry=registry)
+        self.epoch.set_function(lambda: fence.known)
+
+
+class Mastership:
+    def __init__(self, registry: Registry, runner: BlockingRunner, node_id: str, owner: str,
+                 forward_url: Callable[[], str], fence: Fence, metrics: MasterMetrics) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.node_id = node_id
+        self.owner = owner
+        self.forward_url = forward_url
+        self.fence = fence
+        self.metrics = metrics
+        self.holding = False  # we hold the lease (maybe past the relay deadline)
+        self.epoch = 0  # our epoch while holding
+        self.gate = RelayGate()
+        self.fenced_at: float | None = None  # when we last stopped relaying (monotonic)
+        self._changed = trio.Event()
+
+    @property
+    def relaying(self) -> bool:
+        return self.holding and self.gate.may_relay(trio.current_time())
+
+    @property
+    def role(self) -> Role:
+        return Role.ACTIVE if self.holding else Role.STANDBY
+
+    async def changed(self) -> None:
+        """Returns at the next change of `relaying` or of the epoch."""
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        self.metrics.active.set(1 if self.relaying else 0)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watchdog)
+            while True:
+                if self.holding:
+                    await self._renew()
+                    await trio.sleep(RENEW_S)
+                else:
+                    await self.try_claim()
+                    await trio.sleep(0 if self.holding else CLAIM_POLL_S)
+
+    async def try_claim(self) -> None:
+        """One attempt to take the lease (a standby's poll)."""
+        sent = trio.current_time()
+        try:
+            view = await self.runner(self.registry.active_master)
+            # This node id's own process that died on this host (kill -9, then a restart) holds
+            # nothing any more: its lease is taken over at once, like its node lock (heartbeat.py).
+            dead = view.owner if view and view.node_id == self.node_id and view.owner \
+                and owner_is_dead_here(view.owner) else None
+            if view is not None:
+                self.fence.learn(view.epoch)
+            epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
+                                      TTL_MS, self.fence.known, dead)
+        except StoreUnavailable as exc:
+            log.debug("master_claim_failed", error=str(exc))
+            return
+        if epoch is None:
+            return
+        self.holding, self.epoch = True, epoch
+        self.fence.learn(epoch)
+        self.gate.confirmed(sent)
+        self.metrics.takeovers.inc()
+        log.warning("master_takeover", epoch=epoch, forward_url=self.forward_url())
+        self._wake()
+
+    async def _renew(self) -> None:
+        sent = trio.current_time()
+        try:
+            renewal = await self.runner(self.registry.renew_master, self.node_id, self.owner, self.epoch, TTL_MS)
+        except StoreUnavailable as exc:
+            log.warning("master_renew_failed", error=str(exc), epoch=self.epoch,
+                        relay_left_s=round(self.gate.deadline() - trio.current_time(), 3))
+            return
+        if renewal is Renewal.RENEWED:
+            was = self.relaying
+            self.gate.confirmed(sent)
+            if not was and self.relaying:
+                log.warning("master_relaying_again", epoch=self.epoch)
+                self._wake()
+            return
+        self.step_down(f"the master lease is {renewal.value} in Redis")
+
+    def step_down(self, why: str) -> None:
+        """Stop being the master at once (a missing lease is claimed again, with a new epoch)."""
+        if not self.holding:
+            return
+        log.warning("master_stepped_down", epoch=self.epoch, why=why)
+        self.holding = False
+        self.gate.revoke()
+        self.fenced_at = trio.current_time()
+        self._wake()
+
+    async def _watchdog(self) -> None:
+        """Revokes the right to relay at the deadline, whatever the renewal is doing."""
+        while True:
+            if self.holding and self.gate.may_relay(trio.current_time()):
+                await trio.sleep_until(self.gate.deadline())
+                if self.holding and not self.gate.may_relay(trio.current_time()):
+                    self.fenced_at = trio.current_time()
+                    log.warning("master_relay_deadline", epoch=self.epoch,
+                                why="no confirmed renewal of the master lease in time: stop relaying "
+                                    "before the lease can lapse")
+                    self._wake()
+            else:
+                await self.changed()
+
+    async def release(self) -> None:
+        """On stop: give the lease up so that a standby takes over at once."""
+        if not self.holding:
+            return
+        self.holding = False
+        self.gate.revoke()
+        try:
+            await self.runner(self.registry.release_master, self.node_id, self.owner)
+        except StoreUnavailable as exc:
+            log.warning("master_release_failed", error=str(exc))
+
+
+async def read_master(registry: Registry, runner: BlockingRunner) -> MasterView | None:
+    try:
+        return await runner(registry.active_master)
+    except StoreUnavailable as exc:
+        log.debug("master_lookup_failed", error=str(exc))
+        return None

@@ -1,0 +1,167 @@
+"""The node's place in the cluster, switched while it runs: a department node links to the
+active master; a master-capable node relays while it holds the master lease and relays
+nothing (a standby, linked like a department node) otherwise.
+
+Rules:
+- The switch follows `Mastership` (an event, no polling): ACTIVE and within the relay
+  deadline -> the forward hub serves; anything else -> the hub is cancelled (every forward
+  connection closes, the forward port is closed) and a slave link follows the active master.
+- Nothing the node's own clients sent is lost in a switch: the packets the old side still held
+  unacknowledged (a slave link's outbox; a hub's own packets queued to peers) are handed to the
+  new side, which relays them again (clients drop duplicates by id). Packets from other nodes
+  need no hand-over: their senders keep them until acked end to end, and resend.
+- A new hub takes the node's own traffic over only once it is warm (every live slave and
+  standby linked): before that its route table is incomplete. Until then the previous side
+  keeps queueing it.
+"""
+
+from __future__ import annotations
+
+import structlog
+import trio
+
+from ..config import NodeConfig
+from ..core.mastership import Fence
+from ..protocol import forward_frames as ff
+from ..protocol.forward_connection import EpochRaised, Event, Fenced
+from ..tls import client_context
+from .context import NodeContext
+from .delivery import ClusterLink
+from .forward_hub import MasterRelay
+from .forward_link import SlaveLink
+from .heartbeat import HEARTBEAT_S
+from .listeners import Listeners, bind_forward, port_of
+from .master_finder import MasterFinder
+from .mastership import MasterMetrics, Mastership
+
+log = structlog.get_logger()
+
+
+def published_url(config: NodeConfig, port: int) -> str:
+    """The forward URL a master publishes: vim.cluster.forward-url, else derived."""
+    if config.cluster.forward_url:
+        return config.cluster.forward_url
+    scheme = "wss" if config.websocket.tls else "ws"
+    return f"{scheme}://{config.public_host}:{port}/forward"
+
+
+class ClusterRoles:
+    def __init__(self, ctx: NodeContext, finder: MasterFinder, fence: Fence, metrics: MasterMetrics,
+                 mastership: Mastership | None, forward: Listeners | None) -> None:
+        self.ctx = ctx
+        self.finder = finder
+        self.fence = fence
+        self.metrics = metrics
+        self.mastership = mastership
+        self.forward = forward  # the bound forward port (closed while not the master)
+        self.forward_port = port_of(forward) if forward else None
+
+    # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
+
+    def _watch(self, event: Event) -> None:
+        """EpochRaised and Fenced events of every link of this node."""
+        if isinstance(event, Fenced):
+            self.fence.refused += 1
+            self.metrics.fenced.inc()
+            return
+        if isinstance(event, EpochRaised):
+            self.fence.learn(event.new)
+            if self.mastership is not None and self.mastership.holding and event.new > self.mastership.epoch:
+                self.mastership.step_down(f"a peer knows epoch {event.new}, newer than ours ({self.mastership.epoch})")
+
+    # --- the switch ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.mastership is None:
+            link = self._slave_link()
+            self.ctx.delivery.cluster = link
+            await link.run()
+            return
+        while True:
+            if self.mastership.relaying:
+                await self._as_master()
+            else:
+                await self._as_standby()
+
+    def _slave_link(self) -> SlaveLink:
+        config = self.ctx.config
+        return SlaveLink(config.node_id, config.cluster.master_url or "", config.cluster.secret,
+                         self.ctx.delivery.local, self.ctx.clock_ms,
+                         ssl_context=client_context(config),  # used for wss:// only
+                         epoch=self.fence.known, finder=self.finder, watch=self._watch)
+
+    async def _as_standby(self) -> None:
+        assert self.mastership is not None
+        self.ctx.cluster_role = "standby"
+        if self.forward is not None:  # not the master: nobody may link here
+            for listener in self.forward:
+                await trio.aclose_forcefully(listener)
+            self.forward = None
+        link = self._slave_link()
+        hand_over(self.ctx.delivery.cluster, link, self.ctx.node_id)
+        self.ctx.delivery.cluster = link
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            while not self.mastership.relaying:
+                await self.mastership.changed()
+            nursery.cancel_scope.cancel()
+
+    async def _as_master(self) -> None:
+        assert self.mastership is not None
+        ctx, mastership = self.ctx, self.mastership
+        if self.forward is None:  # PortTaken (another process took it meanwhile) stops the node
+            self.forward = await bind_forward(ctx.config)
+            self.forward_port = port_of(self.forward)
+        ctx.cluster_role = "master"
+        epoch = mastership.epoch
+        hub = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
+                          ctx.clock_ms, epoch=epoch, watch=self._watch)
+        for user_id in ctx.hub.users():
+            for session in ctx.hub.sessions(user_id):
+                hub.session_opened(session)
+        self.metrics.active.set(1)
+        log.info("relaying", epoch=epoch)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve, self.forward)
+            nursery.start_soon(hub.run_reaper, HEARTBEAT_S)
+            nursery.start_soon(hub.run_presence)
+            nursery.start_soon(self._take_over_when_warm, hub)
+            while mastership.relaying and mastership.epoch == epoch:
+                await mastership.changed()
+            nursery.cancel_scope.cancel()
+        self.forward = None  # serving closed it
+        self.metrics.active.set(0)
+        log.warning("relaying_stopped", epoch=epoch, still_holding=mastership.holding)
+
+    async def _take_over_when_warm(self, hub: MasterRelay) -> None:
+        await hub.warm.wait()
+        hand_over(self.ctx.delivery.cluster, hub, self.ctx.node_id)
+        self.ctx.delivery.cluster = hub
+
+
+def pending_own(link: ClusterLink) -> list[ff.Packet]:
+    """The packets of this node's own clients that `link` holds unacknowledged, in order."""
+    if isinstance(link, SlaveLink):
+        return [item.packet for item in link.peer.stream.window.items]
+    if isinstance(link, MasterRelay):
+        return [item.packet for peer in link.peers.values() for item in peer.stream.window.items
+                if item.tag is None]
+    return []
+
+
+def hand_over(old: ClusterLink, new: ClusterLink, node_id: str) -> int:
+    """Gives `new` what `old` held of this node's own traffic (see the module's rules)."""
+    if old is new:
+        return 0
+    packets = [p for p in pending_own(old) if isinstance(p, ff.Deliver | ff.Kick)]
+    for packet in packets:
+        if isinstance(new, SlaveLink):
+            new.peer.push(packet)
+        elif isinstance(new, MasterRelay) and isinstance(packet, ff.Deliver):
+            plan = new.routes.plan(list(packet.users), skip=node_id)
+            new._forward(plan, packet.frame, packet.message_id, packet.exclude, packet.src, packet.ts, tag=None)
+        elif isinstance(new, MasterRelay) and isinstance(packet, ff.Kick):
+            new._send_kick(packet, None)
+    if packets:
+        log.info("cluster_link_handed_over", packets=len(packets), to=type(new).__name__)
+    return len(packets)
