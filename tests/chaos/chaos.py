@@ -2,9 +2,15 @@
 accounting. Shared by the CI test (tests/chaos/test_chaos.py) and the long run
 (`scripts/chaos.sh --duration S --seed N`, which runs `python -m tests.chaos.chaos`).
 
-The cluster: master, dept-1, dept-2 (`vim-cluster run` subprocesses, tests/cluster/harness.py),
-on a real Debian `redis-server` the run starts itself (no persistence: restarted, it is empty).
-Both slaves reach the master's forward port through a TCP proxy the run controls.
+The cluster (`vim-cluster run` subprocesses, tests/cluster/harness.py) on a real Debian
+`redis-server` the run starts itself (no persistence: restarted, it is empty):
+- two masters (the default): master-a and master-b (one active, holding the master lease, the
+  other standby), dept-1, dept-2. Each master's forward port is behind a TCP proxy the run
+  controls, published as the master's `forward-url`; the other nodes name both proxies in
+  `master-url` and find the active master through Redis. A cut link cuts every link of the
+  active master (which keeps its Redis lease).
+- one master (`masters=1`): master, dept-1, dept-2; each slave reaches the master through a
+  proxy of its own; a cut link is one slave's.
 
 Traffic (`Chatter`): users on every node, one WebSocket each, behaving as a real client does:
 a session that drops is opened again on the same node (login, ready, offline replay); every
@@ -820,17 +826,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the schedule's seed (default: $VIM_CHAOS_SEED, else random; printed either way)")
     parser.add_argument("--min-faults", type=int, default=5, help="at least this many faults (default 5)")
     parser.add_argument("--every", type=float, default=0.1, help="seconds between one sender's messages (default 0.1)")
-    parser.add_argument("--masters", type=int, choices=(1, 2), default=1,
-                        help="1: one master (a killed master is restarted); 2: an active and a standby master "
-                             "(kills of either, the active one's links cut). Default 1")
+    parser.add_argument("--masters", type=int, choices=(1, 2), default=2,
+                        help="2: an active and a standby master (kills of either, the active one's links cut at "
+                             "a proxy); 1: one master (a killed master is restarted, a slave's link is cut). "
+                             "Default 2")
     parser.add_argument("--keep", metavar="DIR", type=Path, default=None,
                         help="keep the logs in DIR (default: a temp folder, removed after a clean run)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.every <= 0 or args.min_faults < 0:
         parser.error("--duration and --every must be > 0, --min-faults >= 0")
     seed = args.seed if args.seed is not None else seed_from_env()
-    print(f"chaos: seed {seed}, {args.duration:.0f} s (replay: scripts/chaos.sh --duration {args.duration:.0f} "
-          f"--seed {seed})", flush=True)
+    print(f"chaos: seed {seed}, {args.duration:.0f} s, {args.masters} master(s) (replay: scripts/chaos.sh "
+          f"--duration {args.duration:.0f} --seed {seed} --masters {args.masters})", flush=True)
     folder = args.keep if args.keep is not None else Path(tempfile.mkdtemp(prefix="vim-chaos-"))
     report = trio.run(lambda: run_chaos(folder, seed, args.duration, min_faults=args.min_faults, every=args.every,
                                         masters=args.masters, log=lambda line: print(line, flush=True)))
