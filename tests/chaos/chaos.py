@@ -847,6 +847,10 @@ def main(argv: list[str] | None = None) -> int:
     report = trio.run(lambda: run_chaos(folder, seed, args.duration, min_faults=args.min_faults, every=args.every,
                                         masters=args.masters, log=lambda line: print(line, flush=True)))
     print(report.table(), flush=True)
+    if not report.ok:
+        from .explain import explain
+
+        print(explain(folder), flush=True)
     if report.ok and not report.findings and args.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     return 0 if report.ok else 1

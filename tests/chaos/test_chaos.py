@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .chaos import run_chaos, seed_from_env
+from .explain import explain
 
 pytestmark = pytest.mark.timeout(300)
 DURATION_S = 60.0
@@ -32,6 +33,7 @@ async def test_chaos_short_schedule_loses_nothing_and_keeps_every_senders_order(
         kept = Path(tempfile.gettempdir()) / f"vim-chaos-seed{seed}-{time.strftime('%H%M%S')}"
         shutil.copytree(report.folder, kept, ignore=shutil.ignore_patterns("*.db*"))
         report.folder = kept
+        print(explain(kept))
     print(report.table())
     assert report.duration >= DURATION_S and len(report.faults) >= MIN_FAULTS, report.table()
     assert report.acked > 0 and report.delivered == report.expected - len(report.lost)
