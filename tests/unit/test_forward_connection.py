@@ -272,6 +272,36 @@ def test_a_restarted_slave_starts_over_on_a_new_stream() -> None:
     assert [e.first for e in again.master.events if isinstance(e, PacketsReceived)] == [1]
 
 
+def test_a_slave_the_master_dropped_links_again_and_numbering_goes_on() -> None:
+    """The master declared a slave dead (its lease lapsed) and dropped its stream, but the slave
+    process lives on: its receiver expects the master's next number, so the master's new stream
+    numbers on after what the slave says it received."""
+    net = link()
+    stream, master_stream = net.slave.conn.stream, net.master.conn.stream
+    assert stream is not None and master_stream is not None
+    master_stream.push(deliver(1))
+    master_stream.push(deliver(2))
+    net.flush()
+    assert numbers(net.slave.got) == [1, 2]
+    master_stream.window.drain()  # dropped by the master
+    net.slave.conn.close()
+    net.master.conn.close()
+    slave = Side(ForwardConnection(PeerRole.SLAVE, "dept-1", SECRET, stream=stream, instance="es1"))
+    master = Side(ForwardConnection(PeerRole.MASTER, "master", SECRET, instance="em1"))
+    again = Network(slave, master)
+    again.to_master.append(slave.conn.send(Connect()))
+    again.run(admit=None)
+    [auth] = [e for e in master.events if isinstance(e, PeerAuthenticated)]
+    assert auth.received == 2
+    fresh: PeerStream[Any] = PeerStream.from_base(auth.instance, auth.base, auth.received)
+    again.to_slave.append(master.conn.send(Admit(fresh)))
+    again.run()
+    assert slave.conn.state is master.conn.state is LinkState.OPEN
+    fresh.push(deliver(3))
+    again.flush()
+    assert numbers(slave.got) == [3] and slave.ended is None
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -494,3 +524,31 @@ def test_an_operator_links_sends_a_kick_and_sees_it_acked() -> None:
     net.flush()
     net.flush()
     assert [type(p) for p in net.master.got] == [ff.Kick] and net.slave.acked == ["kick"]
+
+
+# --------------------------------------------------------------------------- pre-encoded client frames
+
+
+def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untouched() -> None:
+    """The sending node puts the JSON its text clients get into the packet; the receiving node
+    gives its text clients those very bytes and re-encodes only for MessagePack clients."""
+    from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+    from vim_cluster.node.delivery import ForwardedFrame, frame_json, frame_message_id
+    from vim_cluster.protocol.codec import OutFrame, encode
+    from vim_cluster.protocol.frames import MessageOut
+
+    message = Message(MessageId(123456789), "c-1", UserId(7), 8, ChatType.FRIEND, MessageType.TEXT,
+                      "grüß dich \U0001f600", {"k": [1, 2.5, None]}, 1_700_000_000_000)
+    reply = MessageOut(message)
+    sent = OutFrame(reply)
+    packet = ff.Deliver("dept-1", [8], frame_json(sent), None, 1, frame_message_id(sent))
+    _, batch = ff.decode_frame(ff.encode_frame(ff.Batch(None, 1, [packet]), 0))
+    assert isinstance(batch, ff.Batch)
+    [got] = batch.packets
+    assert isinstance(got, ff.Deliver) and got.message_id == 123456789
+    out = ForwardedFrame(got.frame, got.message_id)
+    text = out.encoded(False)
+    assert (text.encode() if isinstance(text, str) else text) == got.frame  # untouched
+    assert text == encode(reply, False) and out.encoded(True) == encode(reply, True)
+    assert out.reply.message_id() == 123456789 and out.reply.code == "message"
+    assert out.wire_object() == sent.wire_object()

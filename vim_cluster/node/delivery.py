@@ -123,22 +123,37 @@ class ForwardedReply(Reply):
 
 
 class ForwardedFrame(OutFrame):
-    """An OutFrame whose text form is the JSON that came over the forward channel, as it is."""
+    """An OutFrame whose text form is the JSON that came over the forward channel, as it is.
 
-    __slots__ = ("_forwarded",)
+    It overrides what an OutFrame offers its senders, `encoded(binary)` and (for a sender that
+    writes frames itself) `payload(binary)`, so that neither re-encodes the text."""
+
+    __slots__ = ("_forwarded_json", "_forwarded_text", "_packed")
 
     def __init__(self, text: bytes, message_id: int | None = None) -> None:
         super().__init__(ForwardedReply(text, message_id))
-        self._forwarded: str | bytes = text.decode() if _codec_text_is_str() else text
+        self._forwarded_json = text
+        self._forwarded_text: str | bytes = text.decode() if _codec_text_is_str() else text
+        self._packed: bytes | None = None
+
+    def payload(self, binary: bool) -> bytes:
+        """The frame's bytes: the forwarded JSON untouched, or MessagePack (made once)."""
+        if not binary:
+            return self._forwarded_json
+        if self._packed is None:
+            packed = encode(self.reply, True)  # MessagePack clients: decoded and re-encoded once
+            self._packed = packed if isinstance(packed, bytes) else packed.encode()
+        return self._packed
 
     def encoded(self, binary: bool) -> str | bytes:
         if binary:
-            return super().encoded(True)  # MessagePack clients: decoded and re-encoded once
-        return self._forwarded
+            return self.payload(True)
+        return self._forwarded_text
 
     def wire_object(self) -> dict[str, Any]:
-        assert isinstance(self.reply, ForwardedReply)
-        return {"code": self.reply.code, "message": self.reply.wire()}
+        reply = self.reply
+        assert isinstance(reply, ForwardedReply)
+        return {"code": reply.code, "message": reply.wire()}
 
 
 # ----------------------------------------------------------------------------- delivery

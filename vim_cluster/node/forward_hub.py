@@ -431,7 +431,9 @@ class MasterRelay:
             self.drop_peer(key, "restarted (new instance)")
             peer = None
         if peer is None:
-            stream: PeerStream[Tag] = PeerStream.from_base(auth.instance, auth.base)
+            # A peer we dropped (its lease lapsed) may come back with what it received from
+            # the dropped stream: the new one numbers on from there.
+            stream: PeerStream[Tag] = PeerStream.from_base(auth.instance, auth.base, auth.received)
             peer = Peer(name=key, stream=stream, owner=self, node_id=auth.node, instance=auth.instance, role=auth.role)
             self.peers[key] = peer
         return peer

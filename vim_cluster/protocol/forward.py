@@ -160,9 +160,13 @@ class PeerStream(Generic[Tag]):
     acks: UpstreamAcks = attrs.Factory(UpstreamAcks)
 
     @classmethod
-    def from_base(cls, instance: str, base: int) -> PeerStream[Tag]:
-        """A stream for a peer instance we have no state of, whose resend starts after `base`."""
-        return cls(UnackedWindow(), SeqReceiver(instance, base), UpstreamAcks(received=base))
+    def from_base(cls, instance: str, base: int, peer_received: int = 0) -> PeerStream[Tag]:
+        """A stream for a peer instance we have no state of, whose resend starts after `base`.
+        `peer_received`: what the peer got from an earlier stream of ours that we dropped (the
+        peer was declared dead, then came back): our numbering goes on after it."""
+        window: UnackedWindow[Tag] = UnackedWindow(next_seq=peer_received + 1, sent_upto=peer_received,
+                                                   acked_upto=peer_received)
+        return cls(window, SeqReceiver(instance, base), UpstreamAcks(received=base))
 
     def push(self, packet: Packet, tag: Tag | None = None) -> int:
         return self.window.push(packet, tag)
