@@ -64,11 +64,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio
 import yaml
-from trio_websocket import ConnectionClosed, HandshakeError
+from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 from ..cluster.harness import DEPT1, DEPT2, MASTER, Cluster, ClusterNode, blocking
 from ..cluster.proxy import ProxyThread
@@ -227,12 +228,11 @@ class Chatter:
             with trio.CancelScope() as scope:
                 self._scope = scope
                 try:
-                    async with connect(self.url) as client:
-                        await self._session(client)
-                except RETRYABLE as exc:
-                    self.session_failures[type(exc).__name__] += 1
-                except SessionRefused as exc:
-                    self.session_failures[str(exc)] += 1
+                    await self._connected()
+                except* RETRYABLE as group:
+                    self.session_failures[type(group.exceptions[0]).__name__] += 1
+                except* SessionRefused as group:
+                    self.session_failures[str(group.exceptions[0])] += 1
                 finally:
                     self._scope = None
                     self.client = None
@@ -240,6 +240,25 @@ class Chatter:
                         self._up = trio.Event()
                     self._resolve(None)
             await trio.sleep(RECONNECT_S)
+
+    async def _connected(self) -> None:
+        """One session on a WebSocket whose TCP stream this client owns and always closes:
+        trio-websocket's open_websocket_url leaves the socket open when the handshake fails
+        (a node killed or starting while the client connects)."""
+        parts = urlsplit(self.url)
+        assert parts.hostname is not None and parts.port is not None
+        stream = None
+        try:
+            with trio.fail_after(SESSION_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+            async with trio.open_nursery() as nursery:  # the connection's reader task
+                with trio.fail_after(SESSION_TIMEOUT_S):
+                    ws = await wrap_client_stream(nursery, stream, f"{parts.hostname}:{parts.port}",
+                                                  parts.path or "/", message_queue_size=1)
+                await self._session(Client(ws))
+        finally:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
 
     async def _session(self, client: Client) -> None:
         with trio.fail_after(SESSION_TIMEOUT_S):
