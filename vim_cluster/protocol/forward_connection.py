@@ -427,7 +427,7 @@ class ForwardConnection(Generic[Tag]):
             # Our proof still goes (nothing else: no sessions), so that the master sees a peer with
             # another secret and refuses it by name in its log, rather than a hang-up.
             self._out.append(ff.encode_frame(ff.Auth(mac, 0, 0), self.epoch))
-            raise _End(EndReason.BAD_MAC, f"{challenge.node!r} does not hold the cluster secret")
+            raise _End(EndReason.BAD_MAC, "the master does not hold the cluster secret")
         if challenge.node == self.node_id or (self.expect_peer is not None and challenge.node != self.expect_peer):
             raise _End(EndReason.WRONG_NODE, f"the master is {challenge.node!r}, expected "
                        f"{self.expect_peer or 'another node than this one'!r}", reply="wrong node")
