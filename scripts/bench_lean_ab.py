@@ -42,11 +42,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--connections-only", action="store_true", help="skip the cross-node runs")
+    parser.add_argument("--messages-only", action="store_true",
+                        help="skip raw-connections (closing 10,000 sessions slows the node's next minute)")
     args = parser.parse_args()
     trees = {"base": str(Path(args.base).resolve()), "new": str(ROOT)}
     scenarios = [("raw-connections", ["--connections", str(args.connections)]),
                  ("cross-node", ["--senders", "4", "--window", "32"]),
                  ("cross-node", ["--senders", "4", "--window", "32", "--rate", "1000"])]
+    if args.connections_only:
+        scenarios = scenarios[:1]
+    if args.messages_only:
+        scenarios = scenarios[1:]
     runs: dict[str, list[list[dict[str, Any]]]] = {"base": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="vim-lean-ab-") as tmp:
         for n in range(args.rounds):
