@@ -426,3 +426,14 @@ def test_errors_encode_with_rid_and_cid() -> None:
     assert frame["message"]["error"] == "invalid"
     assert frame["message"]["cid"] == "c-1" and frame["message"]["rid"] == "r"
     assert isinstance(frame["message"]["detail"], str) and frame["message"]["detail"]
+
+
+def test_int_subclasses_from_a_store_encode_as_plain_ints() -> None:
+    """MongoDB hands back bson Int64 (an int subclass): a reply built from it still encodes."""
+    from bson.int64 import Int64
+
+    from vim_cluster.protocol.codec import json_bytes
+
+    assert json_bytes({"id": Int64(2**62), "at": [Int64(5)]}) == b'{"id":4611686018427387904,"at":[5]}'
+    with pytest.raises(TypeError):
+        json_bytes({"x": object()})

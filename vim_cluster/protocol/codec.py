@@ -64,7 +64,14 @@ SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # msgspec's JSON: UTF-8 bytes out (the same text as stdlib json with ensure_ascii=False and no
 # spaces, but for float exponents: 1e16, not 1e+16), exact integers of any size in and out;
 # what it refuses to decode gets a second look from the stdlib (see _load_json_leniently).
-json_bytes: Callable[[Any], bytes] = msgspec.json.Encoder().encode
+def _int_subclass(value: Any) -> Any:
+    """msgspec writes exact ints only: an int subclass (bson's Int64 from a MongoDB store) as int."""
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+json_bytes: Callable[[Any], bytes] = msgspec.json.Encoder(enc_hook=_int_subclass).encode
 _json_decode: Callable[[str | bytes], Any] = msgspec.json.Decoder().decode
 
 E = TypeVar("E")
