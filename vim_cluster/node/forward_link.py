@@ -11,6 +11,9 @@ Rules:
 - Everything addressed to other nodes goes to the master, which knows where users are.
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
+- Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
+  sessions may have missed while it was not linked; packets that arrive on the new link
+  meanwhile are held and delivered after it, so each sender's order holds.
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
   (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
@@ -21,8 +24,8 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -64,6 +67,14 @@ OPEN_TIMEOUT = 5.0
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
 
+class CatchUpRun(Protocol):
+    """node/catch_up.py's CatchUp, as the link uses it."""
+
+    def lost(self) -> None: ...
+
+    async def run(self) -> int: ...
+
+
 class ForwardLinkRefused(Exception):
     """The master refused this node (unknown or duplicate node id, bad secret), or this node
     refused the master (it does not hold the secret, or its epoch is older than ours)."""
@@ -72,8 +83,11 @@ class ForwardLinkRefused(Exception):
 class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, local: LocalDelivery,
                  clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
-                 finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None) -> None:
+                 finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None,
+                 catch_up: CatchUpRun | None = None) -> None:
         self.node_id = node_id
+        self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
+        self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.watch = watch  # sees every EpochRaised and Fenced (the node's fence and metrics)
         self.master_url = master_url
@@ -123,18 +137,10 @@ class SlaveLink:
 
     def link_event(self, peer: PeerLink[Any], event: Event) -> None:
         if isinstance(event, PacketsReceived):
-            now = self.clock_ms()
-            local = self.local
-            for packet in event.packets:
-                if isinstance(packet, ff.Deliver):
-                    local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
-                elif isinstance(packet, ff.Kick):
-                    local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
-                elif isinstance(packet, ff.Presence):
-                    local.apply_presence(packet.changes)
-                else:
-                    self.refused_packets += 1
-                    log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+            if self.held is not None:
+                self.held.extend(event.packets)
+            else:
+                self._apply(event.packets)
         elif isinstance(event, Acked):
             return  # nothing waits on our packets but the window itself
         if isinstance(event, EpochRaised | Fenced):
@@ -148,6 +154,34 @@ class SlaveLink:
                         known_epoch=event.known_epoch)
         elif isinstance(event, LinkEnded):
             self.ended[event.reason] += 1
+
+    def _apply(self, packets: Sequence[ff.Packet]) -> None:
+        """Carries out packets from the master on this node's sessions."""
+        now = self.clock_ms()
+        local = self.local
+        for packet in packets:
+            if isinstance(packet, ff.Deliver):
+                local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+            elif isinstance(packet, ff.Kick):
+                local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
+            elif isinstance(packet, ff.Presence):
+                local.apply_presence(packet.changes)
+            else:
+                self.refused_packets += 1
+                log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+
+    async def _catch_up_then_release(self) -> None:
+        """Runs the catch-up, then delivers the packets held meanwhile (also when cancelled)."""
+        try:
+            if self.catch_up is not None:
+                await self.catch_up.run()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        held, self.held = self.held, None
+        if held:
+            self._apply(held)
 
     # --- link ------------------------------------------------------------------------
 
@@ -165,6 +199,8 @@ class SlaveLink:
                         PeerRole.SLAVE, self.node_id, self.secret, epoch=self.epoch, stream=self.peer.stream,
                         instance=self.instance)
                     self.conn = conn
+                    if self.catch_up is not None:
+                        self.held = []  # until the catch-up is delivered
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         opened = await client_handshake(ws, conn, self.local.sessions(), self.peer)
                     self.master_id = opened.peer
@@ -175,7 +211,7 @@ class SlaveLink:
                     up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, master_url=self.master_url,
                              epoch=conn.epoch, pending=len(self.peer), resending=opened.resending)
-                    reason = await self._pump(ws, conn)
+                    reason = await self._pump_caught_up(ws, conn)
                     self.problem = f"link to {self.master_url} lost: {reason}"
                     log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
                                 pending=len(self.peer))
@@ -187,10 +223,21 @@ class SlaveLink:
             finally:
                 self.connected = False
                 self.conn = None
+                self._release()
+                if self.catch_up is not None:
+                    self.catch_up.lost()
             if self.finder is None:
                 await trio.sleep(backoff.next_delay())
             else:  # sooner when a master takes the lease meanwhile
                 await self.finder.wait_retry(backoff.next_delay())
+
+    async def _pump_caught_up(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
+        """The pump, with the catch-up running beside it until it is delivered."""
+        if self.held is None:
+            return await self._pump(ws, conn)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._catch_up_then_release)
+            return await self._pump(ws, conn)
 
     async def _pump(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
         """The pump until the link ends or (with a finder) Redis names a newer master."""

@@ -10,12 +10,16 @@ Rules:
   unacknowledged (a slave link's outbox; a hub's own packets queued to peers) are handed to the
   new side, which relays them again (clients drop duplicates by id). Packets from other nodes
   need no hand-over: their senders keep them until acked end to end, and resend.
+- Catch-up (node/catch_up.py): a slave link re-delivers what the node's sessions may have
+  missed once it is up; a relay does so before it starts serving (and after each pause).
 - A new hub takes the node's own traffic over only once it is warm (every live slave and
   standby linked): before that its route table is incomplete. Until then the previous side
   keeps queueing it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import structlog
 import trio
@@ -25,6 +29,7 @@ from ..core.mastership import Fence
 from ..protocol import forward_frames as ff
 from ..protocol.forward_connection import EpochRaised, Event, Fenced
 from ..tls import client_context
+from .catch_up import CatchUp, deliver_since
 from .context import NodeContext
 from .delivery import ClusterLink
 from .forward_hub import MasterRelay
@@ -55,6 +60,7 @@ class ClusterRoles:
         self.mastership = mastership
         self.forward = forward  # the bound forward port (closed while not the master)
         self.forward_port = port_of(forward) if forward else None
+        self.catch_up = CatchUp(functools.partial(deliver_since, ctx), ctx.clock_ms)
 
     # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 
@@ -88,7 +94,8 @@ class ClusterRoles:
         return SlaveLink(config.node_id, config.cluster.master_url or "", config.cluster.secret,
                          self.ctx.delivery.local, self.ctx.clock_ms,
                          ssl_context=client_context(config),  # used for wss:// only
-                         epoch=self.fence.known, finder=self.finder, watch=self._watch)
+                         epoch=self.fence.known, finder=self.finder, watch=self._watch,
+                         catch_up=self.catch_up)
 
     async def _as_standby(self) -> None:
         assert self.mastership is not None
@@ -134,6 +141,19 @@ class ClusterRoles:
             self.forward_port = port_of(self.forward)
         self.metrics.active.set(1)
         log.info("relaying", epoch=mastership.epoch)
+        try:
+            await self._serve_relay(relay)
+        finally:
+            self.catch_up.lost()  # links closed: the node's sessions miss relayed messages from now
+        self.forward = None  # serving closed it
+        self.metrics.active.set(0)
+        log.warning("relaying_stopped", epoch=relay.epoch, still_holding=mastership.holding)
+
+    async def _serve_relay(self, relay: MasterRelay) -> None:
+        assert self.mastership is not None
+        ctx, mastership = self.ctx, self.mastership
+        # Before any slave's packet is delivered to the node's sessions (see the module's rules).
+        await self.catch_up.run()
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve, self.forward)
             nursery.start_soon(relay.run_reaper, HEARTBEAT_S)
@@ -146,9 +166,6 @@ class ClusterRoles:
                     relay.set_epoch(mastership.epoch)
                 await mastership.changed()
             nursery.cancel_scope.cancel()
-        self.forward = None  # serving closed it
-        self.metrics.active.set(0)
-        log.warning("relaying_stopped", epoch=relay.epoch, still_holding=mastership.holding)
 
     async def _take_over_when_warm(self, hub: MasterRelay) -> None:
         await hub.warm.wait()
