@@ -31,7 +31,7 @@ from ..protocol.forward_connection import EpochRaised, Event, Fenced
 from ..tls import client_context
 from .catch_up import CatchUp, deliver_since
 from .context import NodeContext
-from .delivery import ClusterLink
+from .delivery import ClusterLink, Unlinked
 from .forward_hub import MasterRelay
 from .forward_link import SlaveLink
 from .heartbeat import HEARTBEAT_S
@@ -80,6 +80,7 @@ class ClusterRoles:
     async def run(self) -> None:
         if self.mastership is None:
             link = self._slave_link()
+            hand_over(self.ctx.delivery.cluster, link, self.ctx.node_id)
             self.ctx.delivery.cluster = link
             await link.run()
             return
@@ -171,10 +172,15 @@ class ClusterRoles:
         await hub.warm.wait()
         hand_over(self.ctx.delivery.cluster, hub, self.ctx.node_id)
         self.ctx.delivery.cluster = hub
+        for user_id in self.ctx.hub.users():  # sessions opened during the warm-up told the old side
+            for session in self.ctx.hub.sessions(user_id):
+                hub.session_opened(session)
 
 
 def pending_own(link: ClusterLink) -> list[ff.Packet]:
     """The packets of this node's own clients that `link` holds unacknowledged, in order."""
+    if isinstance(link, Unlinked):
+        return list(link.packets)
     if isinstance(link, SlaveLink):
         return [item.packet for item in link.peer.stream.window.items]
     if isinstance(link, MasterRelay):
