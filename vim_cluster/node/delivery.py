@@ -41,6 +41,10 @@ class ClusterLink(Protocol):
 
     def session_closed(self, session: Session) -> None: ...
 
+    async def routed(self, session: Session) -> None:
+        """Returns once the master routes to `session` (or there is no link to wait for): what
+        is stored for its user before that is in its offline replay, what after comes live."""
+
     def queue_depth(self) -> int: ...
 
     def healthy(self) -> bool: ...
@@ -59,6 +63,9 @@ class LocalOnly:
         return None
 
     def session_closed(self, session: Session) -> None:
+        return None
+
+    async def routed(self, session: Session) -> None:
         return None
 
     def queue_depth(self) -> int:
@@ -90,6 +97,9 @@ class Unlinked:
         return None
 
     def session_closed(self, session: Session) -> None:
+        return None
+
+    async def routed(self, session: Session) -> None:
         return None
 
     def queue_depth(self) -> int:

@@ -14,6 +14,9 @@ Rules:
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
   sessions may have missed while it was not linked; packets that arrive on the new link
   meanwhile are held and delivered after it, so each sender's order holds.
+- A session opened while linked replays its offline messages only once the master acked its
+  SessionOpen (`routed`, at most ROUTED_WAIT_S): a message relayed before the master knew the
+  route is then in the replay (a session opened while unlinked has the catch-up).
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
   (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
@@ -63,6 +66,9 @@ STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff o
 # TCP connect + WebSocket upgrade. trio-websocket 0.12 notices a connection that the far end
 # closes during the upgrade (a proxy or load balancer without a backend) only at this timeout.
 OPEN_TIMEOUT = 5.0
+# How long a new session's offline replay waits for the master to ack its SessionOpen (the
+# master holds a new link's packets while it warms up, forward_hub.WARMUP_S).
+ROUTED_WAIT_S = 10.0
 # What the peer said or did that ends a handshake: the master refused us, or is not the master.
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
@@ -88,6 +94,7 @@ class SlaveLink:
         self.node_id = node_id
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
+        self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.watch = watch  # sees every EpochRaised and Fenced (the node's fence and metrics)
         self.master_url = master_url
@@ -123,9 +130,34 @@ class SlaveLink:
 
     def session_opened(self, session: Session) -> None:
         self.peer.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
+        if self.connected:  # unlinked: the catch-up at the next link-up covers the session
+            self.unrouted[session.id] = trio.Event()
 
     def session_closed(self, session: Session) -> None:
         self.peer.push(ff.SessionClose(session.user_id, session.id))
+        self._routed(session.id)
+
+    async def routed(self, session: Session) -> None:
+        event = self.unrouted.get(session.id)
+        if event is None:
+            return
+        with trio.move_on_after(ROUTED_WAIT_S) as scope:
+            await event.wait()
+        self.unrouted.pop(session.id, None)
+        if scope.cancelled_caught:
+            log.warning("session_route_unconfirmed", session_id=session.id, user_id=session.user_id,
+                        waited_s=ROUTED_WAIT_S)
+
+    def _routed(self, session_id: str) -> None:
+        event = self.unrouted.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    def _all_routed(self) -> None:
+        """The link ended: nobody waits for it (the catch-up at the next link-up covers them)."""
+        for event in self.unrouted.values():
+            event.set()
+        self.unrouted.clear()
 
     def queue_depth(self) -> int:
         return len(self.peer)
@@ -142,7 +174,10 @@ class SlaveLink:
             else:
                 self._apply(event.packets)
         elif isinstance(event, Acked):
-            return  # nothing waits on our packets but the window itself
+            for item in event.items:  # new sessions' replays wait for their route (see the rules)
+                if isinstance(item.packet, ff.SessionOpen):
+                    self._routed(item.packet.session)
+            return
         if isinstance(event, EpochRaised | Fenced):
             self.watch(event)
         if isinstance(event, EpochRaised):
@@ -224,6 +259,7 @@ class SlaveLink:
                 self.connected = False
                 self.conn = None
                 self._release()
+                self._all_routed()
                 if self.catch_up is not None:
                     self.catch_up.lost()
             if self.finder is None:

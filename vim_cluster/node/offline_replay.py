@@ -12,9 +12,11 @@ REPLAY_PAGE = 500
 
 
 async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
-    """Sends every unconfirmed friend message and every group message newer than the read
-    cursor, oldest first, as `message` frames with offline=true; adds each id to `sent`."""
+    """Once the cluster routes to the session: sends every unconfirmed friend message and every
+    group message newer than the read cursor, oldest first, as `message` frames with offline=true; adds each id to `sent`."""
     ctx = conn.ctx
+    if conn.session is not None:  # what is relayed to it from now on comes live
+        await ctx.delivery.cluster.routed(conn.session)
     uid = UserId(user_id)
     groups = await ctx.db(ctx.directory.groups_of, uid)
     cursors = {c.chat_id: c.timestamp for c in await ctx.store(ctx.messages.read_cursors, uid)
