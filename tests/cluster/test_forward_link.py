@@ -16,7 +16,7 @@ import trio
 
 from vim_cluster.node.forward_link import OPEN_TIMEOUT
 
-from ..support import Collector, SteadySender, online
+from ..support import Collector, SteadySender, make_group, online
 from .harness import Cluster, blocking
 
 CUT_S = 2.0
@@ -76,3 +76,42 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
           f"all delivered in order; {at_bob.duplicates} duplicate frames (dropped by id); "
           f"/healthz 503 after {down_after:.2f} s, 200 again {up_after:.2f} s after the restore "
           f"({time.monotonic() - restored_at:.1f} s ago); {refused} connection(s) refused during the cut")
+
+
+async def test_a_session_opened_while_the_link_is_cut_gets_what_was_relayed_meanwhile_once_it_links(
+    proxied_cluster: Cluster,
+) -> None:
+    """The master has no route to a session its node opened while unlinked: friend and group
+    messages sent to it meanwhile are relayed nowhere. The node's catch-up at link-up
+    (node/catch_up.py) delivers them to the open session, in order, before anything newer."""
+    cluster = proxied_cluster
+    proxy = cluster.proxies["dept-2"]
+    tag = secrets.token_hex(3)
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+            async with contextlib.AsyncExitStack() as first:  # bob's only earlier session, closed
+                bob_before = await online(first, cluster.dept1.url, f"bob-{tag}")
+                group = await make_group(alice, [bob_before])
+            bob_id = bob_before.user_id
+            assert bob_id is not None
+
+            await blocking(proxy.sever)
+            await blocking(cluster.dept2.wait_health, 503, CUT_S)
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}", register=False)
+            at_bob = Collector(bob)
+            nursery.start_soon(at_bob.run)
+            sent = []
+            for i in range(3):
+                sent.append((await alice.chat(bob_id, f"friend {i}", f"f-{tag}-{i}"))["id"])
+                sent.append((await alice.chat(group, f"group {i}", f"g-{tag}-{i}", "group"))["id"])
+            assert not at_bob.order, "delivered while the link was cut: the test proves nothing"
+
+            await blocking(proxy.restore)
+            await blocking(cluster.dept2.wait_health, 200, OPEN_TIMEOUT + 3)
+            sent.append((await alice.chat(bob_id, "after the link-up", f"f-{tag}-after"))["id"])
+            assert await at_bob.wait_for(sent, 15), f"missing: {set(sent) - at_bob.arrived.keys()}"
+            assert at_bob.order == sent, "not in the order alice's messages were acked"
+            nursery.cancel_scope.cancel()

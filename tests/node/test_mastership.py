@@ -12,10 +12,10 @@ import redis
 import trio
 
 from vim_cluster.adapters.redis_registry import Keys, RedisRegistry
-from vim_cluster.core.mastership import MASTER_TTL_S, RELAY_S, Fence, Renewal
+from vim_cluster.core.mastership import CLAIM_POLL_S, MASTER_TTL_S, RELAY_S, Fence, Renewal
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.master_finder import MasterFinder
-from vim_cluster.node.mastership import TTL_MS, MasterMetrics, Mastership
+from vim_cluster.node.mastership import RETAKE_GRACE_S, TTL_MS, MasterMetrics, Mastership
 from vim_cluster.node.metrics import NodeMetrics
 
 from ..cluster.proxy import TcpProxy
@@ -132,3 +132,37 @@ async def test_the_finder_falls_back_to_the_candidates_when_redis_names_no_live_
     assert await finder.locate() == "ws://published:3/forward"
 
 
+
+
+async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
+        redis_process: RedisServer) -> None:  # noqa: F811
+    """Redis restarted empty: the lease is missing for everyone. The active master takes it
+    again in place (a new epoch); a standby that saw Redis away leaves it to it for
+    RETAKE_GRACE_S, so a Redis restart costs no failover."""
+    flush_redis(redis_process.url)
+    registries = [RedisRegistry(redis_process.url) for _ in range(2)]
+    try:
+        active, standby = mastership(registries[0], "a"), mastership(registries[1], "b")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(active.run)
+            with trio.fail_after(5):
+                while not active.holding:
+                    await active.changed()
+            nursery.start_soon(standby.run)
+            epoch = active.epoch
+            await trio.to_thread.run_sync(redis_process.kill)
+            with trio.fail_after(5):
+                while standby.redis_lost_at is None:  # the standby saw Redis away
+                    await trio.sleep(0.05)
+            await trio.to_thread.run_sync(redis_process.start)
+            with trio.fail_after(10):
+                while active.epoch == epoch:
+                    await active.changed()
+            assert active.holding and not standby.holding
+            await trio.sleep(RETAKE_GRACE_S + 4 * CLAIM_POLL_S)  # the standby's grace is over
+            assert active.holding and not standby.holding
+            assert (await trio.to_thread.run_sync(registries[1].active_master)).node_id == "a"  # type: ignore[union-attr]
+            nursery.cancel_scope.cancel()
+    finally:
+        for registry in registries:
+            registry.close()

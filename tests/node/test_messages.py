@@ -63,25 +63,43 @@ async def test_ack_comes_only_after_the_message_is_committed(node: RunningNode, 
                 assert committed_row(node, ack["id"]) == (ack["cid"], f"durable {ack['cid'][2:]}")
 
 
-async def test_resending_a_cid_returns_the_same_ack_and_delivers_nothing_new(url: str) -> None:
+async def test_resending_a_cid_returns_the_same_ack_and_delivers_the_stored_message_again(url: str) -> None:
+    """A retry delivers the stored message again, same id (the node that stored the first
+    attempt may have died before delivering it); it never stores or delivers a new one."""
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             first = await alice.chat(bob.user_id, "once", "same-cid")
-            await bob.expect("message")
+            assert (await bob.expect("message"))["id"] == first["id"]
             again = await alice.chat(bob.user_id, "once", "same-cid")
             assert again == first
+            redelivered = await bob.expect("message")
+            assert (redelivered["id"], redelivered["content"]) == (first["id"], "once")
             changed = await alice.chat(bob.user_id, "different content, same cid", "same-cid")
             assert changed == first  # the earlier message stands
-            await bob.no_frame("message")
+            redelivered = await bob.expect("message")
+            assert (redelivered["id"], redelivered["content"]) == (first["id"], "once")
             await bob.send("history", chatId=alice.user_id, type="friend")
             history = await bob.expect("history")
             assert [m["id"] for m in history["messages"]] == [first["id"]]
             assert history["messages"][0]["content"] == "once"
 
 
-async def test_a_cid_repeated_back_to_back_gets_the_same_ack_twice_and_one_delivery(url: str) -> None:
+async def test_a_cid_repeated_for_another_chat_delivers_nothing_to_it(url: str) -> None:
+    """Not a retry of the stored message: the other chat's members must not get it."""
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            carol = await online(stack, url, "carol")
+            first = await alice.chat(bob.user_id, "for bob", "one-cid")
+            await bob.expect("message")
+            assert await alice.chat(carol.user_id, "for carol", "one-cid") == first
+            await carol.no_frame("message")
+
+
+async def test_a_cid_repeated_back_to_back_gets_the_same_ack_and_only_that_message(url: str) -> None:
     """Pipelined retries: the second copy may commit in the same batch as the first."""
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
@@ -92,7 +110,8 @@ async def test_a_cid_repeated_back_to_back_gets_the_same_ack_twice_and_one_deliv
                                  messageType="text", content="retry")
             acks = [await alice.expect("ack") for _ in range(3)]
             assert acks[0] == acks[1] == acks[2]
-            assert (await bob.expect("message"))["id"] == acks[0]["id"]
+            for _ in range(3):
+                assert (await bob.expect("message"))["id"] == acks[0]["id"]
             await bob.no_frame("message")
 
 

@@ -13,6 +13,7 @@ re-encodes it only for MessagePack clients (ForwardedFrame).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ import attrs
 from ..core import presence
 from ..core.presence import Change
 from ..errors import CloseCode
+from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame, encode
 from ..protocol.forward_frames import ForwardProtocolError, SessionRow
 from ..protocol.frames import PresenceOut, RawReply, Reply
@@ -38,6 +40,10 @@ class ClusterLink(Protocol):
     def session_opened(self, session: Session) -> None: ...
 
     def session_closed(self, session: Session) -> None: ...
+
+    async def routed(self, session: Session) -> None:
+        """Returns once the master routes to `session` (or there is no link to wait for): what
+        is stored for its user before that is in its offline replay, what after comes live."""
 
     def queue_depth(self) -> int: ...
 
@@ -59,11 +65,48 @@ class LocalOnly:
     def session_closed(self, session: Session) -> None:
         return None
 
+    async def routed(self, session: Session) -> None:
+        return None
+
     def queue_depth(self) -> int:
         return 0
 
     def healthy(self) -> bool:
         return True
+
+
+class Unlinked:
+    """The cluster link before the node's role gives it one (node/roles.py): this node's own
+    traffic (Deliver and Kick packets) is kept, in order, for the link that takes over
+    (`roles.hand_over`), never dropped: a node accepts clients before its link or relay is up.
+    Sessions need no keeping: the new link reports them (handshake; a relay reads the hub)."""
+
+    def __init__(self, node_id: str, clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+        self.node_id = node_id
+        self.clock_ms = clock_ms
+        self.packets: list[ff.Packet] = []
+
+    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
+        self.packets.append(ff.Deliver(self.node_id, users, frame_json(frame), exclude, self.clock_ms(),
+                                       frame_message_id(frame)))
+
+    def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
+        self.packets.append(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None))
+
+    def session_opened(self, session: Session) -> None:
+        return None
+
+    def session_closed(self, session: Session) -> None:
+        return None
+
+    async def routed(self, session: Session) -> None:
+        return None
+
+    def queue_depth(self) -> int:
+        return len(self.packets)
+
+    def healthy(self) -> bool:
+        return False
 
 
 # ----------------------------------------------------------------------------- pre-encoded frames
@@ -221,7 +264,8 @@ class Delivery:
     """What handlers call: local sessions first, then the cluster link (given at construction)."""
 
     local: LocalDelivery
-    cluster: ClusterLink = attrs.Factory(LocalOnly)
+    # Until the node's role sets its link: kept for it (Unlinked).
+    cluster: ClusterLink = attrs.Factory(lambda self: Unlinked(self.local.node_id), takes_self=True)
 
     @property
     def node_id(self) -> str:

@@ -136,6 +136,9 @@ class MasterRelay:
     def session_closed(self, session: Session) -> None:
         self.routes.remove(session.user_id, session.id)
 
+    async def routed(self, session: Session) -> None:
+        return None  # the master delivers every relayed packet to its own sessions
+
     def queue_depth(self) -> int:
         return sum(len(p) for p in self.peers.values())
 

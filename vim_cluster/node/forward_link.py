@@ -11,6 +11,12 @@ Rules:
 - Everything addressed to other nodes goes to the master, which knows where users are.
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
+- Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
+  sessions may have missed while it was not linked; packets that arrive on the new link
+  meanwhile are held and delivered after it, so each sender's order holds.
+- A session opened while linked replays its offline messages only once the master acked its
+  SessionOpen (`routed`, at most ROUTED_WAIT_S): a message relayed before the master knew the
+  route is then in the replay (a session opened while unlinked has the catch-up).
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
   (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
@@ -21,8 +27,8 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -60,8 +66,19 @@ STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff o
 # TCP connect + WebSocket upgrade. trio-websocket 0.12 notices a connection that the far end
 # closes during the upgrade (a proxy or load balancer without a backend) only at this timeout.
 OPEN_TIMEOUT = 5.0
+# How long a new session's offline replay waits for the master to ack its SessionOpen (the
+# master holds a new link's packets while it warms up, forward_hub.WARMUP_S).
+ROUTED_WAIT_S = 10.0
 # What the peer said or did that ends a handshake: the master refused us, or is not the master.
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
+
+
+class CatchUpRun(Protocol):
+    """node/catch_up.py's CatchUp, as the link uses it."""
+
+    def lost(self) -> None: ...
+
+    async def run(self) -> int: ...
 
 
 class ForwardLinkRefused(Exception):
@@ -72,8 +89,12 @@ class ForwardLinkRefused(Exception):
 class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, local: LocalDelivery,
                  clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
-                 finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None) -> None:
+                 finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None,
+                 catch_up: CatchUpRun | None = None) -> None:
         self.node_id = node_id
+        self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
+        self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
+        self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.watch = watch  # sees every EpochRaised and Fenced (the node's fence and metrics)
         self.master_url = master_url
@@ -109,9 +130,34 @@ class SlaveLink:
 
     def session_opened(self, session: Session) -> None:
         self.peer.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
+        if self.connected:  # unlinked: the catch-up at the next link-up covers the session
+            self.unrouted[session.id] = trio.Event()
 
     def session_closed(self, session: Session) -> None:
         self.peer.push(ff.SessionClose(session.user_id, session.id))
+        self._routed(session.id)
+
+    async def routed(self, session: Session) -> None:
+        event = self.unrouted.get(session.id)
+        if event is None:
+            return
+        with trio.move_on_after(ROUTED_WAIT_S) as scope:
+            await event.wait()
+        self.unrouted.pop(session.id, None)
+        if scope.cancelled_caught:
+            log.warning("session_route_unconfirmed", session_id=session.id, user_id=session.user_id,
+                        waited_s=ROUTED_WAIT_S)
+
+    def _routed(self, session_id: str) -> None:
+        event = self.unrouted.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    def _all_routed(self) -> None:
+        """The link ended: nobody waits for it (the catch-up at the next link-up covers them)."""
+        for event in self.unrouted.values():
+            event.set()
+        self.unrouted.clear()
 
     def queue_depth(self) -> int:
         return len(self.peer)
@@ -123,20 +169,15 @@ class SlaveLink:
 
     def link_event(self, peer: PeerLink[Any], event: Event) -> None:
         if isinstance(event, PacketsReceived):
-            now = self.clock_ms()
-            local = self.local
-            for packet in event.packets:
-                if isinstance(packet, ff.Deliver):
-                    local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
-                elif isinstance(packet, ff.Kick):
-                    local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
-                elif isinstance(packet, ff.Presence):
-                    local.apply_presence(packet.changes)
-                else:
-                    self.refused_packets += 1
-                    log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+            if self.held is not None:
+                self.held.extend(event.packets)
+            else:
+                self._apply(event.packets)
         elif isinstance(event, Acked):
-            return  # nothing waits on our packets but the window itself
+            for item in event.items:  # new sessions' replays wait for their route (see the rules)
+                if isinstance(item.packet, ff.SessionOpen):
+                    self._routed(item.packet.session)
+            return
         if isinstance(event, EpochRaised | Fenced):
             self.watch(event)
         if isinstance(event, EpochRaised):
@@ -148,6 +189,34 @@ class SlaveLink:
                         known_epoch=event.known_epoch)
         elif isinstance(event, LinkEnded):
             self.ended[event.reason] += 1
+
+    def _apply(self, packets: Sequence[ff.Packet]) -> None:
+        """Carries out packets from the master on this node's sessions."""
+        now = self.clock_ms()
+        local = self.local
+        for packet in packets:
+            if isinstance(packet, ff.Deliver):
+                local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+            elif isinstance(packet, ff.Kick):
+                local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
+            elif isinstance(packet, ff.Presence):
+                local.apply_presence(packet.changes)
+            else:
+                self.refused_packets += 1
+                log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+
+    async def _catch_up_then_release(self) -> None:
+        """Runs the catch-up, then delivers the packets held meanwhile (also when cancelled)."""
+        try:
+            if self.catch_up is not None:
+                await self.catch_up.run()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        held, self.held = self.held, None
+        if held:
+            self._apply(held)
 
     # --- link ------------------------------------------------------------------------
 
@@ -165,6 +234,8 @@ class SlaveLink:
                         PeerRole.SLAVE, self.node_id, self.secret, epoch=self.epoch, stream=self.peer.stream,
                         instance=self.instance)
                     self.conn = conn
+                    if self.catch_up is not None:
+                        self.held = []  # until the catch-up is delivered
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         opened = await client_handshake(ws, conn, self.local.sessions(), self.peer)
                     self.master_id = opened.peer
@@ -175,7 +246,7 @@ class SlaveLink:
                     up_since = trio.current_time()
                     log.info("forward_link_up", master=self.master_id, master_url=self.master_url,
                              epoch=conn.epoch, pending=len(self.peer), resending=opened.resending)
-                    reason = await self._pump(ws, conn)
+                    reason = await self._pump_caught_up(ws, conn)
                     self.problem = f"link to {self.master_url} lost: {reason}"
                     log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
                                 pending=len(self.peer))
@@ -187,10 +258,22 @@ class SlaveLink:
             finally:
                 self.connected = False
                 self.conn = None
+                self._release()
+                self._all_routed()
+                if self.catch_up is not None:
+                    self.catch_up.lost()
             if self.finder is None:
                 await trio.sleep(backoff.next_delay())
             else:  # sooner when a master takes the lease meanwhile
                 await self.finder.wait_retry(backoff.next_delay())
+
+    async def _pump_caught_up(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
+        """The pump, with the catch-up running beside it until it is delivered."""
+        if self.held is None:
+            return await self._pump(ws, conn)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._catch_up_then_release)
+            return await self._pump(ws, conn)
 
     async def _pump(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
         """The pump until the link ends or (with a finder) Redis names a newer master."""

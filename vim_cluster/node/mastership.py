@@ -31,6 +31,11 @@ from .heartbeat import owner_is_dead_here
 
 log = structlog.get_logger()
 TTL_MS = int(MASTER_TTL_S * 1000)
+# A standby that could not reach Redis lets this long pass after Redis answers again before it
+# claims a lease it finds missing: the lease may be missing only because Redis restarted
+# empty, and the active master (which retries its renewal every CLAIM_POLL_S meanwhile) takes
+# it again in place; a failover for every Redis restart would cost a relay switch each time.
+RETAKE_GRACE_S = 2 * RENEW_S
 
 
 class MasterMetrics:
@@ -62,6 +67,7 @@ class Mastership:
         self.epoch = 0  # our epoch while holding
         self.gate = RelayGate()
         self.fenced_at: float | None = None  # when we last stopped relaying (monotonic)
+        self.redis_lost_at: float | None = None  # a standby's last claim attempt that Redis did not answer
         self._changed = trio.Event()
 
     @property
@@ -85,9 +91,8 @@ class Mastership:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watchdog)
             while True:
-                if self.holding:
-                    await self._renew()
-                    await trio.sleep(RENEW_S)
+                if self.holding:  # after a failed renewal, try again soon (Redis may be back empty)
+                    await trio.sleep(RENEW_S if await self._renew() else CLAIM_POLL_S)
                 else:
                     await self.try_claim()
                     await trio.sleep(0 if self.holding else CLAIM_POLL_S)
@@ -103,10 +108,13 @@ class Mastership:
                 and owner_is_dead_here(view.owner) else None
             if view is not None:
                 self.fence.learn(view.epoch)
+            elif self._in_retake_grace(sent):
+                return
             epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
                                       TTL_MS, self.fence.known, dead)
         except StoreUnavailable as exc:
             log.debug("master_claim_failed", error=str(exc))
+            self.redis_lost_at = trio.current_time()
             return
         if epoch is None:
             return
@@ -117,24 +125,36 @@ class Mastership:
         log.warning("master_takeover", epoch=epoch, forward_url=self.forward_url())
         self._wake()
 
-    async def _renew(self) -> None:
+    def _in_retake_grace(self, now: float) -> bool:
+        """Whether a missing lease is left to the master that held it (see RETAKE_GRACE_S)."""
+        if self.redis_lost_at is None:
+            return False
+        if now - self.redis_lost_at < RETAKE_GRACE_S:
+            log.debug("master_claim_deferred", why="Redis was away: the active master retakes its lease first")
+            return True
+        self.redis_lost_at = None
+        return False
+
+    async def _renew(self) -> bool:
+        """One renewal; False if Redis did not answer."""
         sent = trio.current_time()
         try:
             renewal = await self.runner(self.registry.renew_master, self.node_id, self.owner, self.epoch, TTL_MS)
         except StoreUnavailable as exc:
             log.warning("master_renew_failed", error=str(exc), epoch=self.epoch,
                         relay_left_s=round(self.gate.deadline() - trio.current_time(), 3))
-            return
+            return False
         if renewal is Renewal.RENEWED:
             was = self.relaying
             self.gate.confirmed(sent)
             if not was and self.relaying:
                 log.warning("master_relaying_again", epoch=self.epoch)
                 self._wake()
-            return
+            return True
         if renewal is Renewal.MISSING and await self._retake():
-            return
+            return True
         self.step_down(f"the master lease is {renewal.value} in Redis")
+        return True
 
     async def _retake(self) -> bool:
         """Our lease is missing (it lapsed while Redis was away, or Redis lost its data): no one

@@ -12,9 +12,11 @@ REPLAY_PAGE = 500
 
 
 async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
-    """Sends every unconfirmed friend message and every group message newer than the read
-    cursor, oldest first, as `message` frames with offline=true; adds each id to `sent`."""
+    """Once the cluster routes to the session: sends every unconfirmed friend message and every
+    group message newer than the read cursor, oldest first, as `message` frames with offline=true; adds each id to `sent`."""
     ctx = conn.ctx
+    if conn.session is not None:  # what is relayed to it from now on comes live
+        await ctx.delivery.cluster.routed(conn.session)
     uid = UserId(user_id)
     groups = await ctx.db(ctx.directory.groups_of, uid)
     cursors = {c.chat_id: c.timestamp for c in await ctx.store(ctx.messages.read_cursors, uid)
@@ -24,7 +26,7 @@ async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
     while True:
         friends = await ctx.store(ctx.messages.pending, uid, after, REPLAY_PAGE)
         grouped = await ctx.store(ctx.messages.group_messages_after, group_cursors, after, REPLAY_PAGE)
-        page = _merge_page(friends, grouped)
+        page = merge_page(friends, grouped)
         if not page:
             return
         for message in page:
@@ -34,7 +36,7 @@ async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
         after = MessageId(page[-1].id)
 
 
-def _merge_page(a: list[Message], b: list[Message]) -> list[Message]:
+def merge_page(a: list[Message], b: list[Message]) -> list[Message]:
     """The messages of both pages, oldest first, up to where both pages are complete."""
     bound = min([p[-1].id for p in (a, b) if len(p) == REPLAY_PAGE], default=None)
     merged = sorted(a + b, key=lambda m: m.id)

@@ -10,12 +10,16 @@ Rules:
   unacknowledged (a slave link's outbox; a hub's own packets queued to peers) are handed to the
   new side, which relays them again (clients drop duplicates by id). Packets from other nodes
   need no hand-over: their senders keep them until acked end to end, and resend.
+- Catch-up (node/catch_up.py): a slave link re-delivers what the node's sessions may have
+  missed once it is up; a relay does so before it starts serving (and after each pause).
 - A new hub takes the node's own traffic over only once it is warm (every live slave and
   standby linked): before that its route table is incomplete. Until then the previous side
   keeps queueing it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import structlog
 import trio
@@ -25,8 +29,9 @@ from ..core.mastership import Fence
 from ..protocol import forward_frames as ff
 from ..protocol.forward_connection import EpochRaised, Event, Fenced
 from ..tls import client_context
+from .catch_up import CatchUp, deliver_since
 from .context import NodeContext
-from .delivery import ClusterLink
+from .delivery import ClusterLink, Unlinked
 from .forward_hub import MasterRelay
 from .forward_link import SlaveLink
 from .heartbeat import HEARTBEAT_S
@@ -55,6 +60,7 @@ class ClusterRoles:
         self.mastership = mastership
         self.forward = forward  # the bound forward port (closed while not the master)
         self.forward_port = port_of(forward) if forward else None
+        self.catch_up = CatchUp(functools.partial(deliver_since, ctx), ctx.clock_ms)
 
     # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 
@@ -74,6 +80,7 @@ class ClusterRoles:
     async def run(self) -> None:
         if self.mastership is None:
             link = self._slave_link()
+            hand_over(self.ctx.delivery.cluster, link, self.ctx.node_id)
             self.ctx.delivery.cluster = link
             await link.run()
             return
@@ -88,7 +95,8 @@ class ClusterRoles:
         return SlaveLink(config.node_id, config.cluster.master_url or "", config.cluster.secret,
                          self.ctx.delivery.local, self.ctx.clock_ms,
                          ssl_context=client_context(config),  # used for wss:// only
-                         epoch=self.fence.known, finder=self.finder, watch=self._watch)
+                         epoch=self.fence.known, finder=self.finder, watch=self._watch,
+                         catch_up=self.catch_up)
 
     async def _as_standby(self) -> None:
         assert self.mastership is not None
@@ -134,6 +142,19 @@ class ClusterRoles:
             self.forward_port = port_of(self.forward)
         self.metrics.active.set(1)
         log.info("relaying", epoch=mastership.epoch)
+        try:
+            await self._serve_relay(relay)
+        finally:
+            self.catch_up.lost()  # links closed: the node's sessions miss relayed messages from now
+        self.forward = None  # serving closed it
+        self.metrics.active.set(0)
+        log.warning("relaying_stopped", epoch=relay.epoch, still_holding=mastership.holding)
+
+    async def _serve_relay(self, relay: MasterRelay) -> None:
+        assert self.mastership is not None
+        ctx, mastership = self.ctx, self.mastership
+        # Before any slave's packet is delivered to the node's sessions (see the module's rules).
+        await self.catch_up.run()
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve, self.forward)
             nursery.start_soon(relay.run_reaper, HEARTBEAT_S)
@@ -146,18 +167,20 @@ class ClusterRoles:
                     relay.set_epoch(mastership.epoch)
                 await mastership.changed()
             nursery.cancel_scope.cancel()
-        self.forward = None  # serving closed it
-        self.metrics.active.set(0)
-        log.warning("relaying_stopped", epoch=relay.epoch, still_holding=mastership.holding)
 
     async def _take_over_when_warm(self, hub: MasterRelay) -> None:
         await hub.warm.wait()
         hand_over(self.ctx.delivery.cluster, hub, self.ctx.node_id)
         self.ctx.delivery.cluster = hub
+        for user_id in self.ctx.hub.users():  # sessions opened during the warm-up told the old side
+            for session in self.ctx.hub.sessions(user_id):
+                hub.session_opened(session)
 
 
 def pending_own(link: ClusterLink) -> list[ff.Packet]:
     """The packets of this node's own clients that `link` holds unacknowledged, in order."""
+    if isinstance(link, Unlinked):
+        return list(link.packets)
     if isinstance(link, SlaveLink):
         return [item.packet for item in link.peer.stream.window.items]
     if isinstance(link, MasterRelay):

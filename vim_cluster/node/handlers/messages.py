@@ -50,7 +50,9 @@ async def send(conn: Connection, command: f.SendMessage) -> None:
 
 def saved(conn: Connection, command: f.SendMessage, recipients: frozenset[int],
           result: Saved | None, error: BaseException | None) -> None:
-    """Once the message is durable: ack it, then deliver it (a repeated cid delivers nothing).
+    """Once the message is durable: ack it, then deliver it. A repeated cid (the client's retry)
+    delivers the stored message again: the first attempt may have been stored by a node that
+    died before delivering it; clients drop duplicates by id.
     Runs in the store writer's task: it only queues frames. The connection bulkhead: a
     failure here is logged, answered `error internal` and closes this connection."""
     conn.acked_one()
@@ -79,7 +81,9 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
         ctx.metrics.message_accepted()
         ctx.frame_log.record(stored)
     conn.answer(f.Ack(stored.cid, stored.id, stored.timestamp, rid=rid))
-    if result.created:
+    # A repeated cid sent to another chat is not a retry of the stored message: its
+    # recipients are not this command's.
+    if result.created or (stored.chat_type is command.chat_type and stored.chat_id == command.chat_id):
         ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
 
 

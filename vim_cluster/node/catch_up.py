@@ -1,0 +1,110 @@
+"""Catch-up: what a node's sessions may have missed while its cluster link was down.
+
+While a node is not linked to the active master (starting, a master restarted or failed over,
+a link cut), the master has no route to the node's sessions: messages stored elsewhere for
+their users meanwhile are relayed nowhere (and acked to their senders as done). So when the
+link comes up (and when a node starts relaying as the master), the node re-delivers to its
+local sessions, from the store, every message for their users since the link went down (or
+the node started) minus MARGIN_MS:
+- friend messages: every unconfirmed (offline-set) row of the user;
+- group messages: those of the user's groups by timestamp, NOT limited by the read cursor (a
+  client's `read` of a later message moves the cursor past the ones it missed).
+Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
+before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
+The sender's own messages are not sent back to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from ..model import GroupId, MessageId, UserId
+from ..protocol import frames as f
+from ..protocol.codec import OutFrame
+from .offline_replay import REPLAY_PAGE, merge_page
+
+if TYPE_CHECKING:
+    from .context import NodeContext
+
+log = structlog.get_logger()
+# A packet may reach the master (and be dropped for want of a route) well after its message
+# was stored: a sender's node queues its packets while its own link is down and resends them.
+MARGIN_MS = 60_000
+
+
+class CatchUp:
+    """When the node's sessions may have started missing relayed messages (`down_since`, ms;
+    None: linked and caught up), and the catch-up run at each link-up."""
+
+    def __init__(self, deliver_since: Callable[[int], Awaitable[int]], clock_ms: Callable[[], int],
+                 margin_ms: int = MARGIN_MS) -> None:
+        self.deliver_since = deliver_since  # re-delivers messages stored since (ms); returns how many
+        self.clock_ms = clock_ms
+        self.margin_ms = margin_ms
+        self.down_since: int | None = clock_ms()  # the node starts unlinked
+        self.runs = 0
+        self.failures = 0
+
+    def lost(self) -> None:
+        """The link (or the relay) went down: sessions may miss relayed messages from now on."""
+        if self.down_since is None:
+            self.down_since = self.clock_ms()
+
+    def _restore(self, down: int) -> None:
+        self.down_since = down if self.down_since is None else min(down, self.down_since)
+
+    async def run(self) -> int:
+        """The link is up: re-deliver what may have been missed since it went down. A failed
+        run (the store unavailable) is logged and left for the next link-up."""
+        down, self.down_since = self.down_since, None
+        if down is None:
+            return 0
+        since = down - self.margin_ms
+        try:
+            sent = await self.deliver_since(since)
+        except Exception as exc:  # noqa: BLE001 - logged; the next link-up runs it again
+            self._restore(down)
+            self.failures += 1
+            log.warning("catch_up_failed", since_ms=since, error=f"{type(exc).__name__}: {exc}")
+            return 0
+        except BaseException:  # cancelled: the next link-up runs it again
+            self._restore(down)
+            raise
+        self.runs += 1
+        log.info("catch_up_done", since_ms=since, messages=sent)
+        return sent
+
+
+async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
+    """Pushes to every local session the stored messages for its user since `since_ms` (see
+    the module's rules), oldest first; returns the frames pushed."""
+    pushed = 0
+    for user_id in ctx.hub.users():
+        pushed += await _user_since(ctx, UserId(user_id), since_ms)
+        await trio.lowlevel.checkpoint()
+    return pushed
+
+
+async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
+    groups = await ctx.db(ctx.directory.groups_of, uid)
+    cursors: dict[GroupId, int] = {g.id: since_ms for g in groups}
+    after = MessageId(0)
+    pushed = 0
+    while True:
+        friends = await ctx.store(ctx.messages.pending, uid, after, REPLAY_PAGE)
+        grouped = await ctx.store(ctx.messages.group_messages_after, cursors, after, REPLAY_PAGE) if cursors else []
+        page = merge_page(friends, grouped)
+        if not page:
+            return pushed
+        for message in page:
+            if message.from_id == uid:
+                continue
+            frame = OutFrame(f.MessageOut(message, offline=True))
+            for session in ctx.hub.sessions(uid):
+                session.push(frame)
+                pushed += 1
+        after = MessageId(page[-1].id)
