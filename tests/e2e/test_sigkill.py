@@ -88,6 +88,9 @@ async def test_acked_messages_survive_node_sigkill(tmp_path: Path, redis_url: st
                 # the restarted node goes on: new messages and idempotent retries of old cids
                 again = await alice.chat(bob.user_id, "survives 0", "k-0")
                 assert again == {k: v for k, v in acks[0].items() if k != "rid"}
+                # a retried cid stores nothing new and delivers the stored message again (the
+                # first try may have died before it was delivered): bob drops it by id
+                assert (await bob.expect("message"))["id"] == acks[0]["id"]
                 fresh = await alice.chat(bob.user_id, "after the restart", "after")
                 assert (await bob.expect("message"))["id"] == fresh["id"]
     finally:
