@@ -50,31 +50,6 @@ class ClusterLink(Protocol):
     def healthy(self) -> bool: ...
 
 
-class LocalOnly:
-    """No cluster (not used by running nodes: a master alone is a MasterRelay with no peers)."""
-
-    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        return None
-
-    def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        return None
-
-    def session_opened(self, session: Session) -> None:
-        return None
-
-    def session_closed(self, session: Session) -> None:
-        return None
-
-    async def routed(self, session: Session) -> None:
-        return None
-
-    def queue_depth(self) -> int:
-        return 0
-
-    def healthy(self) -> bool:
-        return True
-
-
 class Unlinked:
     """The cluster link before the node's role gives it one (node/roles.py): this node's own
     traffic (Deliver and Kick packets) is kept, in order, for the link that takes over
