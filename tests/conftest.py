@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
@@ -61,11 +62,14 @@ def url(node: RunningNode) -> str:
 @pytest.fixture
 def start_node(nursery: trio.Nursery, node_folder: Path, redis_url: str):
     """`await start_node(websocket={...}, extra={...})`: a node with config overrides;
-    `clock_ms=` gives it a wall clock (e.g. support.virtual_wall_clock())."""
+    `clock_ms=` gives it a wall clock (e.g. support.virtual_wall_clock()), `tunables=` its
+    timings and sizes (a vim_cluster.tunables.Tunables, in place of the config's)."""
 
-    async def start(clock_ms=None, **overrides) -> RunningNode:
+    async def start(clock_ms=None, tunables=None, **overrides) -> RunningNode:
         overrides.setdefault("node_id", f"node-{next(_node_ids)}")
         config = load_config(write_config(node_folder, redis_url=redis_url, **overrides))
+        if tunables is not None:
+            config = attrs.evolve(config, tunables=tunables)
         if clock_ms is None:
             return await nursery.start(serve_node, config)
         return await nursery.start(functools.partial(serve_node, config, clock_ms=clock_ms))

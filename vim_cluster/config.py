@@ -25,6 +25,7 @@ import yaml
 
 from .errors import ConfigError
 from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
+from .tunables import CONFIG_KEYS, DEFAULTS, Tunables
 
 NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 MIN_SECRET_BYTES = 16
@@ -113,6 +114,7 @@ class NodeConfig:
     redis: RedisConfig
     store: StoreConfig
     message: MessageConfig
+    tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
 
     @property
     def node_id(self) -> str:
@@ -272,6 +274,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "master-url": (_ws_urls, ()),
         "secret-file": (_string, REQUIRED),
         "forward-url": (_ws_url, None),
+        "link-dead-after": (_positive_number, None),  # None: tunables.DEFAULTS (so for the four below)
+        "master-lease-ttl": (_positive_number, None),
     },
     "websocket": {
         "host": (_string, "127.0.0.1"),
@@ -285,6 +289,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "tls": (_tls_section, None),
         "tls-cert": (_string, None),  # older spelling of tls.cert-file
         "tls-key": (_string, None),  # older spelling of tls.key-file
+        "shutdown-grace": (_positive_number, None),
+        "send-queue-frames": (_int_range(1, 10_000_000), None),
+        "send-queue-bytes": (_int_range(1024, 1 << 40), None),
     },
     "http": {"port": (PORT, None)},
     "redis": {"url": (_redis_url, "embedded")},
@@ -414,7 +421,20 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             sync=store["sync"],
         ),
         message=_message_config(name, v["message"]),
+        tunables=_tunables(name, v),
     )
+
+
+def _tunables(name: str, v: dict[str, dict[str, Any]]) -> Tunables:
+    """The config's tunables keys over the defaults; a bad combination is one ConfigError."""
+    keys: dict[str, Any] = {}
+    for dotted in CONFIG_KEYS:
+        _, section, key = dotted.split(".")
+        keys[dotted] = v[section][key]
+    try:
+        return Tunables.from_keys(keys)
+    except ConfigError as exc:
+        raise ConfigError(name, exc.key, exc.problem) from None
 
 
 def _message_config(name: str, m: dict[str, Any]) -> MessageConfig:

@@ -97,6 +97,8 @@ class DutyLock(Protocol):
 class ClusterRegistry(Registry, DutyLock, Protocol):
     """The Redis registry with its duty locks (one adapter is both)."""
 
+    def close(self) -> None: ...
+
 
 class UserDirectory(Directory, UserRemoval, Protocol):
     """A directory that can remove users (both adapters are one)."""

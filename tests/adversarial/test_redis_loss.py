@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
-from vim_cluster.core.lease import HOLD_S, SETTLE_S
+from vim_cluster.tunables import DEFAULTS
 from vim_cluster.model import UserId
 
 from ..cluster.harness import Cluster, blocking
@@ -36,7 +36,7 @@ RETAKE_BOUND_S = 5.0  # issue 11: re-registered, leases re-taken, routes republi
 SERVING_BOUND_S = 10.0  # back to full service (a new login on every node + a round trip) after Redis returns
 # After an outage longer than a worker id's hold, each node's id is a fresh take in a new
 # generation: it mints again once that generation has settled (core/lease.py, rule F).
-SERVING_AFTER_LONG_OUTAGE_BOUND_S = SETTLE_S + 2 * 2.0 + 2.0
+SERVING_AFTER_LONG_OUTAGE_BOUND_S = DEFAULTS.lease_settle_s + 2 * 2.0 + 2.0
 RESTARTS = 5  # restarts-empty measured
 
 
@@ -150,7 +150,7 @@ async def test_redis_killed_and_down_for_a_while_nothing_acked_is_lost_and_no_no
         f"acked {traffic.total()} cross-node messages ({acked_while_down} by the end of the {back - down_at:.1f} s "
         f"outage), refused {traffic.refused}, lost 0",
         f"fully serving again {serving:.2f} s after Redis came back empty (worker ids re-taken "
-        f"afresh settle for {SETTLE_S} s: the outage outlasted their {HOLD_S} s hold)",
+        f"afresh settle for {DEFAULTS.lease_settle_s} s: the outage outlasted their {DEFAULTS.lease_hold_s} s hold)",
     ])
 
 

@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from vim_cluster.node.heartbeat import LEASE_TTL_S
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import online
 from .harness import Cluster, blocking, nodes_table, routes_on, run_cli
@@ -53,7 +53,7 @@ async def test_stopped_slave_is_declared_dead_loses_its_routes_and_retakes_its_l
                         break
                     await trio.sleep(0.3)
                 assert dead_after is not None, f"dept-2 never shown DEAD:\n{listed.stdout}"
-                assert dead_after <= LEASE_TTL_S + 2, f"DEAD only {dead_after:.1f} s after SIGSTOP"
+                assert dead_after <= DEFAULTS.lease_ttl_s + 2, f"DEAD only {dead_after:.1f} s after SIGSTOP"
                 assert {n: row["ALIVE"] for n, row in table.items()} == {
                     "master": "yes", "dept-1": "yes", "dept-2": "DEAD"}
                 assert table["master"]["ROLE"] == "master" and table["dept-2"]["ROLE"] == "slave"

@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from vim_cluster.node.forward_link import OPEN_TIMEOUT
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import Collector, SteadySender, make_group, online
 from .harness import Cluster, blocking
@@ -58,7 +58,7 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
             restored_at = time.monotonic()
             # back within the slave's WebSocket open timeout (an attempt made during the cut
             # may wait that long) plus its reconnect backoff
-            up_after = await blocking(cluster.dept2.wait_health, 200, OPEN_TIMEOUT + 3)
+            up_after = await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 3)
             await sender.wait_acked(len(acks) + 20)  # and a little traffic over the new link
             await sender.stop()
 
@@ -110,7 +110,7 @@ async def test_a_session_opened_while_the_link_is_cut_gets_what_was_relayed_mean
             assert not at_bob.order, "delivered while the link was cut: the test proves nothing"
 
             await blocking(proxy.restore)
-            await blocking(cluster.dept2.wait_health, 200, OPEN_TIMEOUT + 3)
+            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 3)
             sent.append((await alice.chat(bob_id, "after the link-up", f"f-{tag}-after"))["id"])
             assert await at_bob.wait_for(sent, 15), f"missing: {set(sent) - at_bob.arrived.keys()}"
             assert at_bob.order == sent, "not in the order alice's messages were acked"

@@ -16,7 +16,7 @@ import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
 from vim_cluster.config import load_config
-from vim_cluster.core.lease import SETTLE_S
+from vim_cluster.tunables import DEFAULTS
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.ids import MAX_WORKER
 from vim_cluster.model import UserId
@@ -100,21 +100,21 @@ async def test_a_new_node_takes_a_live_nodes_worker_id_before_its_heartbeat_and_
     redis_process.restart_empty()  # from this thread: the server dies with the thread that started it
     new = await lease(registry, same_slot("dept-1"))  # gets there before dept-1's heartbeat
     assert new.worker == (zlib.crc32(b"dept-1") % (MAX_WORKER + 1))
-    assert new.gate.wait_s(trio.current_time()) == pytest.approx(SETTLE_S, abs=0.5)
+    assert new.gate.wait_s(trio.current_time()) == pytest.approx(DEFAULTS.lease_settle_s, abs=0.5)
 
     taken = old.worker
     await beat_until_redis_answers(old)
     assert old.worker is not None and old.worker != taken
-    assert old.gate.wait_s(trio.current_time()) > SETTLE_S - 1.5  # a fresh take in a young generation
+    assert old.gate.wait_s(trio.current_time()) > DEFAULTS.lease_settle_s - 1.5  # a fresh take in a young generation
     assert registry.workers() == {taken: new.owner, old.worker: old.owner}
 
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(new.run)  # its heartbeats keep confirming the id while it settles
-        with trio.fail_after(SETTLE_S + 2):
+        with trio.fail_after(DEFAULTS.lease_settle_s + 2):
             await LeasedIds(new, lambda: 1_800_000_000_000).next_id()
         nursery.cancel_scope.cancel()
-    assert trio.current_time() - started > SETTLE_S - 1.0
+    assert trio.current_time() - started > DEFAULTS.lease_settle_s - 1.0
 
 
 async def test_another_owner_of_the_node_id_still_stops_the_node(registry: RedisRegistry) -> None:
@@ -149,9 +149,9 @@ async def test_a_node_on_a_brand_new_redis_settles_before_it_serves(
     so it waits until the generation settled before it serves, and then mints at once."""
     config = load_config(write_config(tmp_path, node_id="first", redis_url=redis_process.url))
     started = trio.current_time()
-    with trio.fail_after(SETTLE_S + 10):
+    with trio.fail_after(DEFAULTS.lease_settle_s + 10):
         running: RunningNode = await nursery.start(serve_node, config)
-    assert trio.current_time() - started > SETTLE_S - 1.0
+    assert trio.current_time() - started > DEFAULTS.lease_settle_s - 1.0
     with trio.fail_after(5):
         async with connect(f"ws://127.0.0.1:{running.client_port}/") as client:
             await client.register_login("first-user")

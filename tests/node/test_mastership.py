@@ -12,15 +12,19 @@ import redis
 import trio
 
 from vim_cluster.adapters.redis_registry import Keys, RedisRegistry
-from vim_cluster.core.mastership import CLAIM_POLL_S, MASTER_TTL_S, RELAY_S, Fence, Renewal
+from vim_cluster.core.mastership import Fence, Renewal
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.master_finder import MasterFinder
-from vim_cluster.node.mastership import RETAKE_GRACE_S, TTL_MS, MasterMetrics, Mastership
+from vim_cluster.node.mastership import MasterMetrics, Mastership
+from vim_cluster.tunables import Tunables
 from vim_cluster.node.metrics import NodeMetrics
 
 from ..cluster.proxy import TcpProxy
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
 from ..support import flush_redis
+
+T = Tunables()  # the defaults, handed to each Mastership as a node does
+TTL_MS = int(T.master_ttl_s * 1000)
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def registry(redis_url: str) -> Iterator[RedisRegistry]:
 def mastership(registry: RedisRegistry, node_id: str, fence: Fence | None = None) -> Mastership:
     fence = fence or Fence()
     return Mastership(registry, BlockingRunner("redis", 4), node_id, f"host/{os.getpid()}/{node_id}",
-                      lambda: f"ws://127.0.0.1:1/{node_id}", fence, MasterMetrics(NodeMetrics(node_id).registry, fence))
+                      lambda: f"ws://127.0.0.1:1/{node_id}", fence, MasterMetrics(NodeMetrics(node_id).registry, fence), T)
 
 
 def test_only_one_claim_holds_and_every_takeover_raises_the_epoch(registry: RedisRegistry) -> None:
@@ -58,11 +62,11 @@ async def test_a_standby_claims_only_after_the_lease_lapsed(registry: RedisRegis
     await standby.try_claim()
     assert active.holding and active.relaying and not standby.holding
     started = trio.current_time()
-    with trio.fail_after(MASTER_TTL_S + 3):
+    with trio.fail_after(T.master_ttl_s + 3):
         while not standby.holding:  # a never renews: its lease lapses
             await standby.try_claim()
             await trio.sleep(0.1)
-    assert trio.current_time() - started > MASTER_TTL_S - 1.0
+    assert trio.current_time() - started > T.master_ttl_s - 1.0
     assert standby.epoch == active.epoch + 1 and standby.fence.known == standby.epoch
 
 
@@ -81,14 +85,14 @@ async def test_a_master_cut_off_from_redis_stops_relaying_before_its_lease_can_l
                 await master.changed()
         proxy.sever()
         severed = trio.current_time()
-        with trio.fail_after(RELAY_S + 2):
+        with trio.fail_after(T.master_relay_s + 2):
             while master.relaying:
                 await master.changed()
         stopped = trio.current_time()
         # The lease is still held in Redis when the master stops: the margin before any standby could claim it.
         left_ms = await trio.to_thread.run_sync(direct.pttl, Keys.MASTER_LOCK)
         assert left_ms > 500, f"stopped relaying only {left_ms} ms before the lease lapses"
-        assert stopped - severed <= RELAY_S + 0.5
+        assert stopped - severed <= T.master_relay_s + 0.5
         assert master.holding  # it did not hear of a newer master: it waits, relaying nothing
         nursery.cancel_scope.cancel()
     cut.close()
@@ -138,7 +142,7 @@ async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
         redis_process: RedisServer) -> None:  # noqa: F811
     """Redis restarted empty: the lease is missing for everyone. The active master takes it
     again in place (a new epoch); a standby that saw Redis away leaves it to it for
-    RETAKE_GRACE_S, so a Redis restart costs no failover."""
+    T.master_retake_grace_s, so a Redis restart costs no failover."""
     flush_redis(redis_process.url)
     registries = [RedisRegistry(redis_process.url) for _ in range(2)]
     try:
@@ -159,7 +163,7 @@ async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
                 while active.epoch == epoch:
                     await active.changed()
             assert active.holding and not standby.holding
-            await trio.sleep(RETAKE_GRACE_S + 4 * CLAIM_POLL_S)  # the standby's grace is over
+            await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)  # the standby's grace is over
             assert active.holding and not standby.holding
             assert (await trio.to_thread.run_sync(registries[1].active_master)).node_id == "a"  # type: ignore[union-attr]
             nursery.cancel_scope.cancel()

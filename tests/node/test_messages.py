@@ -6,11 +6,13 @@ import contextlib
 import sqlite3
 import time
 
+import attrs
 import pytest
 import trio
 
 from vim_cluster.config import sqlite_path
 from vim_cluster.node.app import RunningNode
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import make_group, online
 
@@ -250,10 +252,7 @@ async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_
 ) -> None:
     import threading
 
-    from vim_cluster.node import connection
-
-    monkeypatch.setattr(connection, "ACK_WINDOW", 2)
-    node: RunningNode = await start_node()
+    node: RunningNode = await start_node(tunables=attrs.evolve(DEFAULTS, client_ack_window=2))
     url = f"ws://127.0.0.1:{node.client_port}/"
     store = node.ctx.messages
     commits = threading.Event()  # the store "hangs" until this is set

@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 from trio_websocket import open_websocket_url
 
-from vim_cluster.core import presence
+from vim_cluster.tunables import DEFAULTS
 from vim_cluster.model import User, UserId
 from vim_cluster.node.app import RunningNode
 
@@ -58,13 +58,13 @@ def ws_url(node: RunningNode, token: str | None = None) -> str:
 async def no_presence(client: Client, clock: MockClock) -> None:
     """No presence frame through two coalescing windows (virtual time, then a barrier each)."""
     for _ in range(2):
-        clock.jump(presence.WINDOW_S)
+        clock.jump(DEFAULTS.presence_window_s)
         await client.no_frame("presence")
 
 
 async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode, url: str,
                                                                jump_clock: MockClock) -> None:
-    with trio.fail_after(10 + 2 * presence.WINDOW_S):
+    with trio.fail_after(10 + 2 * DEFAULTS.presence_window_s):
         async with contextlib.AsyncExitStack() as stack:
             alice = await watching(await online(stack, url, "alice"))
             async with connect(url) as bob:
@@ -80,7 +80,7 @@ async def test_contacts_hear_a_user_come_online_and_go_offline(node: RunningNode
 
 
 async def test_sessions_that_never_asked_for_contacts_get_no_presence(url: str, jump_clock: MockClock) -> None:
-    with trio.fail_after(10 + 2 * presence.WINDOW_S):
+    with trio.fail_after(10 + 2 * DEFAULTS.presence_window_s):
         async with contextlib.AsyncExitStack() as stack:
             bot = await online(stack, url, "bot")
             watcher = await watching(await online(stack, url, "watcher"))
@@ -122,8 +122,8 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
 
         async def all_connected(expected: int) -> None:
             while hub.board.online() != expected or hub.routes.take_touched():
-                await trio.sleep(presence.WINDOW_S)
-            await trio.sleep(presence.WINDOW_S * 1.5)  # one more window: nothing pending
+                await trio.sleep(DEFAULTS.presence_window_s)
+            await trio.sleep(DEFAULTS.presence_window_s * 1.5)  # one more window: nothing pending
 
         async def hold(token: str, stop: trio.Event, opened: list[int]) -> None:
             async with open_websocket_url(ws_url(slave, token)) as ws:
@@ -162,8 +162,8 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
                 frames = await frames_so_far()
                 second.set()
     entries = sum(len(changes(f)) for f in frames)
-    windows = math.ceil(storm_s / presence.WINDOW_S) + 2
-    per_window = math.ceil(2 * STORM_USERS / presence.CHUNK)
+    windows = math.ceil(storm_s / DEFAULTS.presence_window_s) + 2
+    per_window = math.ceil(2 * STORM_USERS / DEFAULTS.presence_chunk)
     with capsys.disabled():
         print(f"\npresence storm: {STORM_USERS} users reconnected in {storm_s:.2f} s; the observer got "
               f"{len(frames)} presence frames with {entries} changes (bound {windows} windows x "

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import contextlib
 
-import pytest
 import trio
 
 from vim_cluster.errors import CloseCode
-from vim_cluster.node import connection
 
 from ..support import connect, online
 
 BIG = 400_000  # characters a message: a few dozen fill the loopback socket buffers
 
 
-async def test_a_recipient_that_reads_nothing_is_closed_4004_and_loses_nothing(
-    start_node, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(connection, "QUEUE_SIZE", 4)
-    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG})
+async def test_a_recipient_that_reads_nothing_is_closed_4004_and_loses_nothing(start_node) -> None:
+    # vim.websocket.send-queue-frames: a configured limit takes effect (the default is 1024)
+    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4})
     url = f"ws://127.0.0.1:{node.client_port}/"
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:

@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 
 from vim_cluster.core.auth import TOKEN_TTL_MS, TokenIssuer
 from vim_cluster.node.app import RunningNode
-from vim_cluster.protocol.session import AUTH_TIMEOUT
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, connect, online
 
@@ -222,9 +222,9 @@ async def test_commands_before_ready_are_unauthorized(url: str, after_login: boo
 
 
 async def test_unauthenticated_connection_is_closed_after_10_seconds(url: str, jump_clock: MockClock) -> None:
-    with trio.fail_after(AUTH_TIMEOUT + 10):
+    with trio.fail_after(DEFAULTS.client_auth_timeout_s + 10):
         async with connect(url) as client:
-            for _ in range(int(AUTH_TIMEOUT) - 1):  # activity does not extend the auth deadline
+            for _ in range(int(DEFAULTS.client_auth_timeout_s) - 1):  # activity does not extend the auth deadline
                 await client.send_raw("ping")
                 await client.expect("raw-pong")
                 jump_clock.jump(1)

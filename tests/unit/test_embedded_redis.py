@@ -19,7 +19,7 @@ from vim_cluster.adapters.embedded_redis import (
     stop_embedded_redis,
 )
 from vim_cluster.adapters.redis_registry import RedisRegistry
-from vim_cluster.core.lease import SETTLE_S
+from vim_cluster.tunables import DEFAULTS
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def generation_age(url: str) -> float:
 def test_a_server_started_with_no_live_holder_is_a_new_redis(folder: Path) -> None:
     url = hold_embedded_redis(os.getpid(), folder)
     try:
-        assert generation_age(url) >= SETTLE_S  # a fresh worker id mints at once
+        assert generation_age(url) >= DEFAULTS.lease_settle_s  # a fresh worker id mints at once
     finally:
         assert release_embedded_redis(os.getpid(), folder)  # the last holder stops it
     assert running_url(folder) is None
@@ -53,7 +53,7 @@ def test_a_holder_that_died_does_not_count(folder: Path) -> None:
     (folder / "users" / dead).touch()  # held by a process SIGKILLed long ago
     url = hold_embedded_redis(os.getpid(), folder)
     try:
-        assert generation_age(url) >= SETTLE_S
+        assert generation_age(url) >= DEFAULTS.lease_settle_s
         assert not (folder / "users" / dead).exists()
     finally:
         release_embedded_redis(os.getpid(), folder)
@@ -65,6 +65,6 @@ def test_a_server_restarted_under_a_live_holder_keeps_the_settle_wait(folder: Pa
         generation_age(url)  # a node minted with a worker id of this server
         stop_embedded_redis(folder)  # the server dies under the running holder
         url = hold_embedded_redis(os.getpid(), folder)
-        assert generation_age(url) < SETTLE_S  # fresh takes wait: the holder may still mint
+        assert generation_age(url) < DEFAULTS.lease_settle_s  # fresh takes wait: the holder may still mint
     finally:
         release_embedded_redis(os.getpid(), folder)

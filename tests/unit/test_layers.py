@@ -6,7 +6,7 @@ a reader has to follow) and checked against these rules:
    `__init__` through `from . import x` counts as an import of `x` only).
 2. `protocol/` and `core/` are sans-I/O: they import no trio (nor trio_websocket, wsproto), no
    store driver (redis, pymongo, pymysql, sqlite3), no structlog, no adapter, no `node/` and no
-   `wiring`.
+   `wiring`. Nor does `tunables` (the node's timings and sizes), which they import.
 3. `adapters/` never import the trio shell: no `node/`, no `wiring`.
 4. Only `vim_cluster/wiring.py` imports `adapters/` (adapters import each other freely). The CLI
    commands and operator tools that open stores or hold the embedded Redis (`cli`, `admin`,
@@ -37,6 +37,7 @@ SANS_IO_FORBIDDEN = (
 RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (f"{PACKAGE}.protocol", SANS_IO_FORBIDDEN, "protocol/ is sans-I/O"),
     (f"{PACKAGE}.core", SANS_IO_FORBIDDEN, "core/ is sans-I/O"),
+    (f"{PACKAGE}.tunables", SANS_IO_FORBIDDEN, "tunables is sans-I/O (core/ and protocol/ read it)"),
     (f"{PACKAGE}.adapters", (f"{PACKAGE}.node", f"{PACKAGE}.wiring"), "adapters never import the trio shell"),
     (f"{PACKAGE}.wiring", (f"{PACKAGE}.node",), "wiring sits beside node/, not under it"),
 )

@@ -16,15 +16,15 @@ import attrs
 import pytest
 
 from vim_cluster.core.lease import (
-    HOLD_S,
-    LEASE_TTL_S,
-    SETTLE_S,
     BeatReport,
     Generation,
     KeyState,
     MintGate,
     decide_beat,
 )
+from vim_cluster.tunables import DEFAULTS
+
+HOLD_S, LEASE_TTL_S, SETTLE_S = DEFAULTS.lease_hold_s, DEFAULTS.lease_ttl_s, DEFAULTS.lease_settle_s
 
 OLD = Generation("g1", 3600.0)
 

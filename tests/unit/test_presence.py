@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vim_cluster.core.presence import CHUNK, Change, PresenceBoard, chunks
+from vim_cluster.core.presence import Change, PresenceBoard, chunks
+from vim_cluster.tunables import DEFAULTS
 from vim_cluster.core.relay import RouteTable
 from vim_cluster.protocol.frames import PresenceOut
 
@@ -50,5 +51,5 @@ def test_presence_frame_is_flat_for_one_change_and_a_list_for_several() -> None:
 
 
 def test_a_big_window_is_split_into_frames_of_at_most_chunk_changes() -> None:
-    changes = [Change(n, True, "m") for n in range(2 * CHUNK + 1)]
-    assert [len(c) for c in chunks(changes)] == [CHUNK, CHUNK, 1]
+    changes = [Change(n, True, "m") for n in range(2 * DEFAULTS.presence_chunk + 1)]
+    assert [len(c) for c in chunks(changes)] == [DEFAULTS.presence_chunk, DEFAULTS.presence_chunk, 1]

@@ -12,7 +12,8 @@ import trio
 import trio.testing
 
 from vim_cluster.errors import CloseCode
-from vim_cluster.node.send_queue import LINGER_S, Close, SendQueue
+from vim_cluster.node.send_queue import Close, SendQueue
+from vim_cluster.tunables import DEFAULTS
 from vim_cluster.protocol import frames as f
 from vim_cluster.protocol.codec import OutFrame
 
@@ -70,7 +71,7 @@ async def test_frames_go_out_in_order_in_one_write_and_the_writer_exists_only_wh
         autojump_clock: trio.testing.MockClock) -> None:
     ws = Socket()
     box = queue(ws, limit=100)
-    with trio.fail_after(5 * LINGER_S):
+    with trio.fail_after(5 * DEFAULTS.client_linger_s):
         async with trio.open_nursery() as nursery:
             box.attach(nursery, nursery.cancel_scope)
             assert len(nursery.child_tasks) == 0  # idle: no writer task
@@ -81,7 +82,7 @@ async def test_frames_go_out_in_order_in_one_write_and_the_writer_exists_only_wh
             await trio.testing.wait_all_tasks_blocked()
             assert ws.pongs() == [0, 1, 2, 3, 4, 5]
             assert len(ws.writes) == 1  # one send_all for the whole batch
-            await trio.sleep(2 * LINGER_S)  # the writer lingers, then ends
+            await trio.sleep(2 * DEFAULTS.client_linger_s)  # the writer lingers, then ends
             assert len(nursery.child_tasks) == 0
             assert box.push(frame(6))  # and starts again for the next frame
             await trio.testing.wait_all_tasks_blocked()

@@ -8,7 +8,8 @@ from vim_cluster.core.limits import RateWindow
 from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.model import ChatType, MessageType
 from vim_cluster.protocol import frames as f
-from vim_cluster.protocol.session import AUTH_TIMEOUT, ClientState, Phase
+from vim_cluster.protocol.session import ClientState, Phase
+from vim_cluster.tunables import DEFAULTS
 
 ANONYMOUS_OK = [
     f.RawPing(),
@@ -108,7 +109,7 @@ def test_closed_connection_accepts_nothing(command: f.Command) -> None:
 
 def test_anonymous_deadline_is_the_auth_deadline_when_idle_timeout_is_longer() -> None:
     s = state(now=100.0, idle=60.0)
-    assert AUTH_TIMEOUT == 10.0
+    assert DEFAULTS.client_auth_timeout_s == 10.0
     assert s.deadline() == 110.0
     s.frame_received(105.0)
     assert s.deadline() == 110.0  # frames do not extend the auth deadline

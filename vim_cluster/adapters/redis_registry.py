@@ -34,13 +34,14 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..core.lease import SETTLE_S, BeatReport, Generation, KeyState
+from ..core.lease import BeatReport, Generation, KeyState
 from ..core.mastership import MasterView, Renewal
 from ..errors import StoreUnavailable
 from ..ids import MAX_WORKER
 from ..model import UserId
 from ..ports import NodeInfo, Route
 from ..redis_url import parse_sentinel_url
+from ..tunables import DEFAULTS
 
 
 class Keys:
@@ -382,15 +383,15 @@ class RedisRegistry:
             owners = self._r.mget(keys) if keys else []
         return {int(str(k).removeprefix(Keys.WORKER_PREFIX)): str(o) for k, o in zip(keys, owners, strict=True) if o}
 
-    def flush_as_new(self) -> None:
+    def flush_as_new(self, settle_s: float = DEFAULTS.lease_settle_s) -> None:
         """Empties this Redis and marks it as one no node has used for a while (a generation
-        SETTLE_S old), so fresh worker ids mint at once. Only for a Redis that no running node
+        `settle_s` old: Tunables.lease_settle_s), so fresh worker ids mint at once. Only for a Redis that no running node
         uses (tests, a first setup): it waives the wait that protects ids after a loss."""
         with self._errors():
             self._r.flushall()
             run_id = self._r.info("server")["run_id"]
             seconds, micros = self._r.time()
-            born_ms = seconds * 1000 + micros // 1000 - int(SETTLE_S * 1000) - 1000
+            born_ms = seconds * 1000 + micros // 1000 - int(settle_s * 1000) - 1000
             self._r.set(Keys.GENERATION, f"{secrets.token_hex(8)} {run_id} {born_ms}")
 
     def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:

@@ -1,5 +1,9 @@
 """Lease decisions: what a heartbeat's answer means, and when a worker id may mint. Pure.
 
+The timings are the node's Tunables (tunables.py: lease_ttl_s, lease_hold_s, lease_settle_s,
+written LEASE_TTL_S, HOLD_S and SETTLE_S below; `Tunables.check` enforces the relations this
+text relies on).
+
 A node holds three kinds of keys in Redis, each with the node's owner token and a TTL
 (LEASE_TTL_S) that every heartbeat renews: its node-id lock, the master lock (a master), and
 its worker id (the 10 bits of every snowflake it mints). A heartbeat reports, per key:
@@ -48,9 +52,7 @@ import math
 
 import attrs
 
-LEASE_TTL_S = 10  # the keys' TTL in Redis
-HOLD_S = 8.0  # (H) how long a confirmation lets a holder mint
-SETTLE_S = HOLD_S + 0.5  # (F) how old a generation must be before a fresh take mints
+from ..tunables import DEFAULTS
 
 
 class KeyState(enum.Enum):
@@ -111,15 +113,17 @@ class MintGate:
     worker: int | None = None
     confirmed_at: float = -math.inf
     safe_from: float = math.inf
+    hold_s: float = attrs.field(default=DEFAULTS.lease_hold_s, kw_only=True)  # (H)
+    settle_s: float = attrs.field(default=DEFAULTS.lease_settle_s, kw_only=True)  # (F)
 
     def holding(self, now: float) -> bool:
-        return self.worker is not None and now < self.confirmed_at + HOLD_S
+        return self.worker is not None and now < self.confirmed_at + self.hold_s
 
     def took(self, worker: int, generation: Generation, sent_at: float, now: float) -> None:
         """The worker key was taken (SET NX, or re-taken by a heartbeat)."""
         continuing = self.worker == worker and self.holding(now)
         if not continuing:
-            self.safe_from = now + max(0.0, SETTLE_S - generation.age_s)
+            self.safe_from = now + max(0.0, self.settle_s - generation.age_s)
         self.worker = worker
         self.confirmed_at = sent_at
 

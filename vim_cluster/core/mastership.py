@@ -1,5 +1,9 @@
 """Which node relays: the master lease, its fencing epoch and the relay deadline. Pure.
 
+The timings are the node's Tunables (tunables.py: master_ttl_s, master_renew_s, master_relay_s,
+master_claim_poll_s, written MASTER_TTL_S, RENEW_S, RELAY_S and CLAIM_POLL_S below);
+`Tunables.check` enforces RELAY_S + 0.5 <= MASTER_TTL_S and 2 * RENEW_S < RELAY_S.
+
 Rules (docs/operations.md, "Running a standby master"):
 - Every node with `node-type: master` is master-capable. The ACTIVE one holds the master lease
   in Redis (a key with a TTL of MASTER_TTL_S, renewed every RENEW_S) and an EPOCH: a counter
@@ -28,12 +32,7 @@ import math
 
 import attrs
 
-MASTER_TTL_S = 4.0  # the master lease's TTL in Redis
-RENEW_S = 0.8  # how often the active master renews it
-RELAY_S = 3.0  # the master relays until RELAY_S after the last confirmed renewal was sent
-CLAIM_POLL_S = 0.25  # how often a standby tries to take the lease over
-FOLLOW_S = 0.25  # how often a linked node checks Redis for a newer master
-assert RELAY_S + 0.5 <= MASTER_TTL_S and RENEW_S * 2 < RELAY_S
+from ..tunables import DEFAULTS
 
 
 class Renewal(enum.Enum):
@@ -66,13 +65,14 @@ class RelayGate:
     """The active master's right to relay (times: the process's monotonic clock, seconds)."""
 
     confirmed_sent: float = -math.inf
+    relay_s: float = attrs.field(default=DEFAULTS.master_relay_s, kw_only=True)  # RELAY_S
 
     def confirmed(self, sent_at: float) -> None:
         """Redis confirmed (took or renewed) the lease for a request sent at `sent_at`."""
         self.confirmed_sent = max(self.confirmed_sent, sent_at)
 
     def deadline(self) -> float:
-        return self.confirmed_sent + RELAY_S
+        return self.confirmed_sent + self.relay_s
 
     def may_relay(self, now: float) -> bool:
         return now < self.deadline()

@@ -7,12 +7,12 @@ Rules:
 - Announcements go to every session that has asked for `contacts` (presence keeps that
   snapshot up to date): contacts are every user, so a session that never asks (a bot, a
   benchmark client) is spared the N x N traffic of a large cluster.
-- Changes are coalesced: the master announces at most once per window (`WINDOW_S`), and only
+- Changes are coalesced: the master announces at most once per window (Tunables.presence_window_s, 0.5 s), and only
   the difference between what it announced last and the route table now. A user who goes
   offline and comes back within one window (a reconnect, a node restart that clients survive
   by reconnecting elsewhere) is announced nothing.
-- An announcement is split into frames of at most `CHUNK` changes: per window each session in
-  the cluster gets at most ceil(changes / CHUNK) `presence` frames (one for up to 500 users).
+- An announcement is split into frames of at most Tunables.presence_chunk changes: per window each session in
+  the cluster gets at most ceil(changes / chunk) `presence` frames (one for up to 500 users).
 - A new master announces what it learns as the slaves report their sessions (its board starts
   empty): clients re-read `contacts` whenever they (re)connect, so they need no offline event
   for users who left while no master ran.
@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
-WINDOW_S = 0.5
-CHUNK = 500
+from ..tunables import DEFAULTS
 
 
 @attrs.frozen
@@ -56,6 +55,6 @@ class PresenceBoard:
         return len(self._published)
 
 
-def chunks(changes: Sequence[Change], size: int = CHUNK) -> Iterator[tuple[Change, ...]]:
+def chunks(changes: Sequence[Change], size: int = DEFAULTS.presence_chunk) -> Iterator[tuple[Change, ...]]:
     for start in range(0, len(changes), size):
         yield tuple(changes[start : start + size])

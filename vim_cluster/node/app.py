@@ -11,16 +11,19 @@
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
 
-On stop: sessions are told (1001) and given a grace period, then everything is cancelled, the
-lease is released (routes removed) and the stores closed.
+On stop: sessions are told (1001) and given the shutdown grace (Tunables.shutdown_grace_s), then
+everything is cancelled. What the node opened is closed in reverse order by one exit stack, on a
+stop as on any failure (at start too): the master lease is given up, the lease released (routes
+removed), the stores and the listeners closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from .delivery import Delivery, LocalDelivery
 from .frame_log import FrameLog
 from .heartbeat import Lease, LeasedIds
 from .http import serve_http
-from .listeners import Listeners, NodeListeners, bind_listeners, port_of
+from .listeners import Listeners, NodeListeners, bind_listeners, close_listeners, port_of
 from .local_sessions import LocalSessions
 from .master_finder import MasterFinder
 from .mastership import MasterMetrics, Mastership
@@ -56,7 +59,6 @@ from .store_writer import StoreWriter
 from .ws_server import serve_websockets
 
 log = structlog.get_logger()
-SHUTDOWN_GRACE = 3.0
 
 
 def wall_clock_ms() -> int:
@@ -74,11 +76,43 @@ class RunningNode:
     stop: Callable[[], None]
 
 
-async def _open_backends(config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
-    registry = await trio.to_thread.run_sync(wiring.open_registry, config)
-    directory = await trio.to_thread.run_sync(wiring.open_directory, config)
-    messages = await trio.to_thread.run_sync(wiring.open_messages, config)
-    return registry, directory, messages
+@attrs.define(eq=False)
+class _Parts:
+    """What serve_node makes before the NodeContext: the parts the lease's description reads."""
+
+    config: NodeConfig
+    clock_ms: Callable[[], int]
+    forward_port: int | None
+    started_at: int
+    metrics: NodeMetrics
+    master_metrics: MasterMetrics
+    fence: Fence
+    hub: LocalSessions = attrs.Factory(LocalSessions)
+    redis: BlockingRunner = attrs.Factory(lambda: BlockingRunner("redis", 16))
+    mastership: Mastership | None = None
+
+    @classmethod
+    def new(cls, config: NodeConfig, clock_ms: Callable[[], int], listeners: NodeListeners) -> _Parts:
+        metrics, fence = NodeMetrics(config.node_id), Fence()
+        forward_port = port_of(listeners.forward) if listeners.forward else None
+        return cls(config, clock_ms, forward_port, clock_ms(), metrics, MasterMetrics(metrics.registry, fence), fence)
+
+    def describe(self) -> NodeInfo:
+        config = self.config
+        holding = self.mastership is not None and self.mastership.holding
+        return NodeInfo(
+            node_id=config.node_id,
+            role="master" if holding else "standby" if config.is_master else "slave",
+            client_url=config.client_url,
+            forward_url=published_url(config, self.forward_port) if holding and self.forward_port else None,
+            http_url=config.http_url,
+            pid=os.getpid(),
+            version=__version__,
+            started_at=self.started_at,
+            connections=len(self.hub),
+            heartbeat_at=self.clock_ms(),
+            messages=self.metrics.accepted,
+        )
 
 
 def _check_secret_file(path: Path) -> None:
@@ -99,117 +133,145 @@ async def serve_node(
     clock_ms: Callable[[], int] = wall_clock_ms,
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Runs one node until it is stopped (`RunningNode.stop`) or fails. Each resource goes on one
+    exit stack right after it opens (listeners, registry, directory, message store, the lease,
+    the master lease), so that on any failure, at start or later, what was opened closes in
+    reverse order: the master lease and the lease released (shielded), the stores and the
+    listeners closed."""
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
     _check_secret_file(config.cluster.secret_file)
-    listeners = await bind_listeners(config)  # a taken port stops the node before it registers
+    serving = False
     try:
-        registry, directory, messages = await _open_backends(config)
-    except BaseException:
-        await _close_listeners(listeners)
-        raise
-    redis_runner = BlockingRunner("redis", 16)
-    hub = LocalSessions()
-    metrics = NodeMetrics(config.node_id)
-    started_at = clock_ms()
-    fence = Fence()
-    master_metrics = MasterMetrics(metrics.registry, fence)
-    forward_port = port_of(listeners.forward) if listeners.forward else None
-    mastership: Mastership | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            listeners = await bind_listeners(config)  # a taken port stops the node before it registers
+            stack.push_async_callback(_close_listeners, listeners)
+            registry, directory, messages = await _open_backends(stack, config)
+            parts = _Parts.new(config, clock_ms, listeners)
+            lease = await _take_lease(stack, parts, registry)
+            parts.mastership = _master_lease(stack, parts, registry, lease)
+            ctx = _context(parts, lease, registry, directory, messages)
+            serving = True
+            await _serve(ctx, parts, listeners, lease, task_status)
+    finally:
+        if serving:
+            log.info("node_stopped")
 
-    def describe() -> NodeInfo:
-        holding = mastership is not None and mastership.holding
-        return NodeInfo(
-            node_id=config.node_id,
-            role="master" if holding else "standby" if config.is_master else "slave",
-            client_url=config.client_url,
-            forward_url=published_url(config, forward_port) if holding and forward_port else None,
-            http_url=config.http_url,
-            pid=os.getpid(),
-            version=__version__,
-            started_at=started_at,
-            connections=len(hub),
-            heartbeat_at=clock_ms(),
-            messages=metrics.accepted,
-        )
 
-    lease = Lease(registry, redis_runner, describe)
-    try:
-        worker = await lease.acquire()
-    except BaseException:
-        await _close_listeners(listeners)
-        raise
-    try:
-        await lease.settle()
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await lease.release()
-            await _close_listeners(listeners)
-        raise
+async def _shielded(release: Callable[[], Awaitable[object]]) -> None:
+    """A release on the way out runs to its end even while the node is being cancelled."""
+    with trio.CancelScope(shield=True):
+        await release()
+
+
+async def _close_in_thread(close: Callable[[], None]) -> None:
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(close)
+
+
+async def _open_backends(stack: contextlib.AsyncExitStack,
+                         config: NodeConfig) -> tuple[ClusterRegistry, Directory, LifecycleStore]:
+    """The registry, the directory and the message store, each closed on the way out."""
+    registry = await trio.to_thread.run_sync(wiring.open_registry, config)
+    stack.push_async_callback(_close_in_thread, registry.close)
+    directory = await trio.to_thread.run_sync(wiring.open_directory, config)
+    stack.push_async_callback(_close_in_thread, directory.close)
+    messages = await trio.to_thread.run_sync(wiring.open_messages, config)
+    stack.push_async_callback(_close_in_thread, messages.close)
+    return registry, directory, messages
+
+
+async def _take_lease(stack: contextlib.AsyncExitStack, parts: _Parts, registry: ClusterRegistry) -> Lease:
+    """The node-id lock and a worker id (NodeIdTaken: another live process holds the node id),
+    released on the way out; then the wait until the worker id is safe to mint with."""
+    lease = Lease(registry, parts.redis, parts.describe, parts.config.tunables)
+    await lease.acquire()
+    stack.push_async_callback(_shielded, lease.release)
+    await lease.settle()
+    return lease
+
+
+def _master_lease(stack: contextlib.AsyncExitStack, parts: _Parts, registry: ClusterRegistry,
+                  lease: Lease) -> Mastership | None:
+    """A master-capable node's master lease, given up on the way out (before the lease: a
+    standby takes over at once)."""
+    config = parts.config
+    if not config.is_master:
+        return None
+    forward_port = parts.forward_port
+    assert forward_port is not None
+    mastership = Mastership(registry, parts.redis, config.node_id, lease.owner,
+                            lambda: published_url(config, forward_port), parts.fence, parts.master_metrics,
+                            config.tunables)
+    stack.push_async_callback(_shielded, mastership.release)
+    return mastership
+
+
+def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: Directory,
+             messages: LifecycleStore) -> NodeContext:
+    config, tunables = parts.config, parts.config.tunables
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
-    if config.is_master:
-        assert forward_port is not None
-        mastership = Mastership(registry, redis_runner, config.node_id, lease.owner,
-                                lambda: published_url(config, forward_port), fence, master_metrics)
     known_users: set[int] = set()
-    local = LocalDelivery(config.node_id, hub, metrics, forget_user=known_users.discard)
-    delivery = Delivery(local)  # its cluster link is the role's (node/roles.py)
-    ctx = NodeContext(
+    local = LocalDelivery(config.node_id, parts.hub, parts.metrics, forget_user=known_users.discard,
+                          presence_chunk=tunables.presence_chunk)
+    return NodeContext(
         config=config,
-        clock_ms=clock_ms,
-        ids=LeasedIds(lease, clock_ms),
+        clock_ms=parts.clock_ms,
+        ids=LeasedIds(lease, parts.clock_ms),
         tokens=TokenIssuer(config.cluster.secret),
         directory=directory,
         messages=messages,
         registry=registry,
         db=BlockingRunner("directory", wiring.directory_concurrency(config)),
         store=store_runner,
-        redis=redis_runner,
+        redis=parts.redis,
         cpu=BlockingRunner("cpu", 2),
-        hub=hub,
-        delivery=delivery,
-        writer=StoreWriter(messages, store_runner),
-        metrics=metrics,
+        hub=parts.hub,
+        delivery=Delivery(local),  # its cluster link is the role's (node/roles.py)
+        writer=StoreWriter(messages, store_runner, tunables.store_batch),
+        metrics=parts.metrics,
         frame_log=FrameLog(wiring.frame_log_writer(messages), BlockingRunner("frame-log", 1)),
         known_users=known_users,
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
-            nursery.start_soon(ctx.writer.run)
-            if ctx.frame_log.enabled:
-                nursery.start_soon(ctx.frame_log.run)
-            if purge_enabled(config.message):
-                nursery.start_soon(_purge, ctx, registry, messages)
-            await _start_cluster_role(ctx, nursery, listeners.forward, mastership, fence, master_metrics)
-            metrics.bind(lambda: len(hub), lambda: delivery.cluster.queue_depth())
-            ctx.stats = Stats(clock_ms, lambda: len(hub), lambda: metrics.accepted,
-                              lambda: delivery.cluster.queue_depth(), metrics.take_latencies)
-            ctx.operator = Operator(config.cluster.secret, clock_ms)
-            nursery.start_soon(ctx.stats.run)
-            await nursery.start(_serve_clients, ctx, listeners.client)
-            http_port = None
-            if listeners.http is not None:
-                nursery.start_soon(serve_http, ctx, listeners.http)
-                http_port = port_of(listeners.http)
-            stopping = trio.Event()
-            nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
-            log.info("node_started", url=config.client_url, worker=worker, role=config.cluster.node_type.value)
-            task_status.started(RunningNode(ctx, port_of(listeners.client), http_port, forward_port, stopping.set))
-    finally:
-        with trio.CancelScope(shield=True):
-            if mastership is not None:
-                await mastership.release()  # before the routes go: a standby takes over at once
-            await lease.release()
-            await trio.to_thread.run_sync(directory.close)
-            await trio.to_thread.run_sync(messages.close)
-            log.info("node_stopped")
+
+
+async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, lease: Lease,
+                 task_status: trio.TaskStatus[RunningNode]) -> None:
+    """The node's nursery (the tree in the module's docstring), until stopped or failed."""
+    config, tunables, hub, delivery = ctx.config, ctx.tunables, ctx.hub, ctx.delivery
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
+        nursery.start_soon(ctx.writer.run)
+        if ctx.frame_log.enabled:
+            nursery.start_soon(ctx.frame_log.run)
+        if purge_enabled(config.message):
+            nursery.start_soon(_purge, ctx, ctx.registry, ctx.messages)
+        await _start_cluster_role(ctx, nursery, listeners.forward, parts.mastership, parts.fence,
+                                  parts.master_metrics)
+        ctx.metrics.bind(lambda: len(hub), lambda: delivery.cluster.queue_depth())
+        ctx.stats = Stats(ctx.clock_ms, lambda: len(hub), lambda: ctx.metrics.accepted,
+                          lambda: delivery.cluster.queue_depth(), ctx.metrics.take_latencies,
+                          sample_s=tunables.stats_sample_s, keep=tunables.stats_samples,
+                          latency_window_s=tunables.stats_latency_window_s,
+                          latency_keep=tunables.stats_latency_keep)
+        ctx.operator = Operator(config.cluster.secret, ctx.clock_ms)
+        nursery.start_soon(ctx.stats.run)
+        await nursery.start(_serve_clients, ctx, listeners.client)
+        http_port = None
+        if listeners.http is not None:
+            nursery.start_soon(serve_http, ctx, listeners.http)
+            http_port = port_of(listeners.http)
+        stopping = trio.Event()
+        nursery.start_soon(_stop_when, stopping, ctx, nursery.cancel_scope)
+        log.info("node_started", url=config.client_url, worker=lease.worker, role=config.cluster.node_type.value)
+        task_status.started(RunningNode(ctx, port_of(listeners.client), http_port, parts.forward_port, stopping.set))
 
 
 async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: LifecycleStore) -> None:
     """The retention purge, through the node's own message runner: each batch queues with the
     live writes (FIFO), so a write waits for at most one batch, never for a lock's backoff."""
     purger = Purger(messages, registry, ctx.store, ctx.redis, ctx.config.message, ctx.clock_ms,
-                    PurgeMetrics(ctx.metrics.registry))
+                    PurgeMetrics(ctx.metrics.registry), lock_ttl_s=ctx.tunables.retention_lock_ttl_s,
+                    check_s=ctx.tunables.retention_check_s)
     await purger.run()
 
 
@@ -227,8 +289,7 @@ async def republish_routes(ctx: NodeContext) -> int:
 
 async def _close_listeners(listeners: NodeListeners) -> None:
     for group in (listeners.client, listeners.forward or [], listeners.http or []):
-        for listener in group:
-            await trio.aclose_forcefully(listener)
+        await close_listeners(group)
 
 
 async def _start_cluster_role(ctx: NodeContext, nursery: trio.Nursery, forward: Listeners | None,
@@ -236,7 +297,8 @@ async def _start_cluster_role(ctx: NodeContext, nursery: trio.Nursery, forward: 
     """A master-capable node first tries to take the master lease (a lone master starts as
     the master), then the role switch runs (node/roles.py)."""
     config = ctx.config
-    finder = MasterFinder(ctx.registry, ctx.redis, config.cluster.master_urls, fence)
+    finder = MasterFinder(ctx.registry, ctx.redis, config.cluster.master_urls, fence,
+                          follow_s=ctx.tunables.master_follow_s)
     if mastership is not None:
         await mastership.try_claim()
         nursery.start_soon(mastership.run)
@@ -259,6 +321,6 @@ async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelS
     for user_id in ctx.hub.users():
         for session in ctx.hub.sessions(user_id):
             session.kick(CloseCode.GOING_AWAY, "the node is shutting down")
-    with trio.move_on_after(SHUTDOWN_GRACE):
+    with trio.move_on_after(ctx.tunables.shutdown_grace_s):
         await ctx.hub.wait_empty()
     scope.cancel()

@@ -5,7 +5,7 @@ a link cut), the master has no route to the node's sessions: messages stored els
 their users meanwhile are relayed nowhere (and acked to their senders as done). So when the
 link comes up (and when a node starts relaying as the master), the node re-delivers to its
 local sessions, from the store, every message for their users since the link went down (or
-the node started) minus MARGIN_MS:
+the node started) minus Tunables.catch_up_margin_ms:
 - friend messages: every unconfirmed (offline-set) row of the user;
 - group messages: those of the user's groups by timestamp, NOT limited by the read cursor (a
   client's `read` of a later message moves the cursor past the ones it missed).
@@ -25,15 +25,13 @@ import trio
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
-from .offline_replay import REPLAY_PAGE, merge_page
+from ..tunables import DEFAULTS
+from .offline_replay import merge_page
 
 if TYPE_CHECKING:
     from .context import NodeContext
 
 log = structlog.get_logger()
-# A packet may reach the master (and be dropped for want of a route) well after its message
-# was stored: a sender's node queues its packets while its own link is down and resends them.
-MARGIN_MS = 60_000
 
 
 class CatchUp:
@@ -41,9 +39,11 @@ class CatchUp:
     None: linked and caught up), and the catch-up run at each link-up."""
 
     def __init__(self, deliver_since: Callable[[int], Awaitable[int]], clock_ms: Callable[[], int],
-                 margin_ms: int = MARGIN_MS) -> None:
+                 margin_ms: int = DEFAULTS.catch_up_margin_ms) -> None:
         self.deliver_since = deliver_since  # re-delivers messages stored since (ms); returns how many
         self.clock_ms = clock_ms
+        # A packet may reach the master (and be dropped for want of a route) well after its message
+        # was stored: a sender's node queues its packets while its own link is down and resends them.
         self.margin_ms = margin_ms
         self.down_since: int | None = clock_ms()  # the node starts unlinked
         self.runs = 0
@@ -95,9 +95,10 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
     after = MessageId(0)
     pushed = 0
     while True:
-        friends = await ctx.store(ctx.messages.pending, uid, after, REPLAY_PAGE)
-        grouped = await ctx.store(ctx.messages.group_messages_after, cursors, after, REPLAY_PAGE) if cursors else []
-        page = merge_page(friends, grouped)
+        size = ctx.tunables.replay_page
+        friends = await ctx.store(ctx.messages.pending, uid, after, size)
+        grouped = await ctx.store(ctx.messages.group_messages_after, cursors, after, size) if cursors else []
+        page = merge_page(friends, grouped, size)
         if not page:
             return pushed
         for message in page:

@@ -24,9 +24,6 @@ from .send_queue import SendQueue
 from .ws_server import ServerSocket
 
 log = structlog.get_logger()
-ACK_WINDOW = 256  # messages of one connection waiting for their commit (then the reader waits)
-QUEUE_SIZE = 1024  # frames waiting in a connection's SendQueue (more: a slow consumer)
-QUEUE_BYTES = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer)
 
 
 @attrs.define(eq=False)
@@ -44,10 +41,14 @@ class Connection:
 
     @classmethod
     def new(cls, ctx: NodeContext, ws: ServerSocket, conn_id: int, address: str) -> Connection:
-        """A connection just accepted: anonymous, an empty SendQueue (QUEUE_SIZE, QUEUE_BYTES)."""
-        websocket = ctx.config.websocket
-        state = ClientState(trio.current_time(), RateWindow(websocket.rate_limit), websocket.idle_timeout)
-        return cls(ctx, ws, conn_id, state, SendQueue(ws, QUEUE_SIZE, QUEUE_BYTES), trio.CancelScope(), address)
+        """A connection just accepted: anonymous, an empty SendQueue (the node's Tunables:
+        client_queue_frames, client_queue_bytes)."""
+        websocket, tunables = ctx.config.websocket, ctx.tunables
+        state = ClientState(trio.current_time(), RateWindow(websocket.rate_limit), websocket.idle_timeout,
+                            auth_timeout=tunables.client_auth_timeout_s)
+        queue = SendQueue(ws, tunables.client_queue_frames, tunables.client_queue_bytes,
+                          linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
+        return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address)
 
     @property
     def user_id(self) -> int:
@@ -68,8 +69,9 @@ class Connection:
         self.send_queue.append(OutFrame(reply))
 
     async def ack_window(self) -> None:
-        """Waits while ACK_WINDOW sent messages wait for their commit."""
-        await self._wait_commits(ACK_WINDOW - 1)
+        """Waits while the ack window's worth of sent messages (Tunables.client_ack_window) wait
+        for their commit."""
+        await self._wait_commits(self.ctx.tunables.client_ack_window - 1)
 
     async def all_committed(self) -> None:
         await self._wait_commits(0)

@@ -10,6 +10,7 @@ import attrs
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..ports import Directory, MessageStore, Registry
+from ..tunables import Tunables
 from .blocking import BlockingRunner
 from .delivery import Delivery
 from .frame_log import FrameLog
@@ -48,3 +49,8 @@ class NodeContext:
     @property
     def node_id(self) -> str:
         return self.config.node_id
+
+    @property
+    def tunables(self) -> Tunables:
+        """The node's timings and sizes (built once from the config: tunables.py)."""
+        return self.config.tunables

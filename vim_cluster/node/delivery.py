@@ -26,6 +26,7 @@ from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame, encode
 from ..protocol.forward_frames import ForwardProtocolError, SessionRow
 from ..protocol.frames import PresenceOut, RawReply, Reply
+from ..tunables import DEFAULTS
 from .local_sessions import LocalSessions, Session
 from .metrics import NodeMetrics
 
@@ -187,6 +188,7 @@ class LocalDelivery:
     # Called with a user id when an operator deleted that account (kick code 4006), so the
     # node stops trusting its cache of existing users for it.
     forget_user: Callable[[int], None] = lambda user: None
+    presence_chunk: int = DEFAULTS.presence_chunk  # changes in one presence frame (Tunables)
 
     def sessions(self) -> list[SessionRow]:
         """Every local session as (user, session, client, uuid): what a slave reports."""
@@ -212,7 +214,7 @@ class LocalDelivery:
         """Announce presence changes to every local session that asked for `contacts` (the
         snapshot presence keeps up to date); returns the frames queued."""
         queued = 0
-        for chunk in presence.chunks(changes):
+        for chunk in presence.chunks(changes, self.presence_chunk):
             queued += self.hub.deliver_to_presence_watchers(OutFrame(PresenceOut(chunk)))
         self.metrics.frames_out.inc(queued)
         self.metrics.presence_frames.inc(queued)

@@ -14,7 +14,7 @@ Rules:
 - A peer whose lease lapsed in Redis is dead: its queue is dropped (its users replay from the
   store when they reconnect elsewhere), its routes are forgotten here and purged in Redis.
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
-  linked (and so reported its sessions), for at most WARMUP_S: a restarted master's route table
+  linked (and so reported its sessions), for at most link_warmup_s (Tunables): a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
   no route and be acked as done, never reaching those users' open sessions.
 - Fencing: every frame carries the master's epoch (`set_epoch` when it changes); a peer that
@@ -45,6 +45,7 @@ from ..ports import Registry
 from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
 from ..protocol.forward import PeerStream, Unacked
+from ..tunables import DEFAULTS, Tunables
 from ..protocol.forward_connection import (
     PRE_AUTH_MAX_FRAME,
     Acked,
@@ -69,11 +70,8 @@ from .local_sessions import Session
 from .ws_listener import ListenerConnection, ListenerServer
 
 log = structlog.get_logger()
-HANDSHAKE_TIMEOUT = 10.0
-WARMUP_S = 7.0  # below link.DEAD_AFTER_S: a slave held meanwhile must not give up on the link
-WARMUP_RETRY_S = 0.5  # Redis did not answer the warm-up's question: ask again after this
 Tag = tuple[str, str, int]  # (source peer, its instance, its seq): whom to ack when done
-__all__ = ["MasterRelay", "Peer", "PRE_AUTH_MAX_FRAME", "HANDSHAKE_TIMEOUT", "WARMUP_S"]
+__all__ = ["MasterRelay", "Peer", "PRE_AUTH_MAX_FRAME"]
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -92,8 +90,9 @@ class Peer(PeerLink[Tag]):
 class MasterRelay:
     def __init__(self, node_id: str, secret: bytes, local: LocalDelivery, registry: Registry,
                  redis: BlockingRunner, clock_ms: Callable[[], int], *, epoch: int = 0,
-                 watch: Callable[[Event], None] = lambda event: None) -> None:
+                 watch: Callable[[Event], None] = lambda event: None, tunables: Tunables = DEFAULTS) -> None:
         self.node_id = node_id
+        self.tunables = tunables
         self.watch = watch  # sees every EpochRaised and Fenced (the master lease acts on them)
         self.secret = secret
         self.local = local
@@ -244,9 +243,9 @@ class MasterRelay:
                 peer.push(packet, None)
         return len(changes)
 
-    async def run_presence(self, window: float = presence.WINDOW_S) -> None:
+    async def run_presence(self) -> None:
         while True:
-            await trio.sleep(window)
+            await trio.sleep(self.tunables.presence_window_s)
             self.publish_presence()
 
     def drop_peer(self, key: str, why: str) -> None:
@@ -272,7 +271,7 @@ class MasterRelay:
 
         async with trio.open_nursery() as nursery:
             server = ListenerServer(handler, listeners, max_message_size=PRE_AUTH_MAX_FRAME,
-                                    connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=5)
+                                    connect_timeout=self.tunables.link_handshake_timeout_s, disconnect_timeout=5)
             await nursery.start(server.run)
             nursery.start_soon(self._warm_up)
             task_status.started(server)
@@ -283,7 +282,7 @@ class MasterRelay:
                 nodes = await self.redis(self.registry.nodes)
             except StoreUnavailable as exc:
                 log.warning("warm_up_check_failed", error=str(exc))
-                await trio.sleep(WARMUP_RETRY_S)
+                await trio.sleep(self.tunables.link_warmup_retry_s)
                 continue
             return {n.node_id for n in nodes  # standbys link like slaves; never ourselves
                     if n.alive and n.role in ("slave", "standby") and n.node_id != self.node_id}
@@ -293,8 +292,8 @@ class MasterRelay:
 
     async def _warm_up(self) -> None:
         """Sets `warm` once every slave alive in Redis (when we started) has linked, or after
-        WARMUP_S; woken by each slave that links."""
-        with trio.move_on_after(WARMUP_S):
+        link_warmup_s; woken by each slave that links."""
+        with trio.move_on_after(self.tunables.link_warmup_s):
             expected = await self._expected_slaves()
             while not expected <= self._linked_slaves():
                 await self._linked.wait()
@@ -306,7 +305,7 @@ class MasterRelay:
         conn: ForwardConnection[Tag] = ForwardConnection(PeerRole.MASTER, self.node_id, self.secret,
                                                          epoch=self.epoch, instance=self.instance)
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
+            with trio.fail_after(self.tunables.link_handshake_timeout_s):
                 peer = await self._handshake(ws, conn)
         except (trio.TooSlowError, ConnectionClosed, StoreUnavailable) as exc:
             log.warning("forward_handshake_failed", error=f"{type(exc).__name__}: {exc}")
@@ -318,7 +317,7 @@ class MasterRelay:
         try:
             if peer.role is PeerRole.SLAVE:
                 await self.warm.wait()  # the route table is complete (see the module's rules)
-            ended = await pump(ws, conn, peer)
+            ended = await pump(ws, conn, peer, self.tunables)
         finally:
             peer.connection = None
             peer.conn = None
@@ -383,7 +382,7 @@ class MasterRelay:
         old = peer.connection
         if old is None:
             return
-        with trio.move_on_after(HANDSHAKE_TIMEOUT / 2):
+        with trio.move_on_after(self.tunables.link_handshake_timeout_s / 2):
             await old.aclose(1001, "replaced by a new connection")
             await peer.pump_done.wait()
 

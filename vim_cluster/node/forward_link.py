@@ -5,7 +5,7 @@ Rules:
   nonces) and checks that the master does too, then reports every local session (the
   handshake is ForwardConnection's; this module only moves its bytes).
 - Reconnects forever with capped exponential backoff and jitter (started over only after a link
-  that stayed up STABLE_S: a link dropped right after its handshake is not retried in a hot
+  that stayed up link_stable_s: a link dropped right after its handshake is not retried in a hot
   loop); packets queued meanwhile are kept and sent (in order) once the link is back; the
   master drops duplicates.
 - Everything addressed to other nodes goes to the master, which knows where users are.
@@ -15,7 +15,7 @@ Rules:
   sessions may have missed while it was not linked; packets that arrive on the new link
   meanwhile are held and delivered after it, so each sender's order holds.
 - A session opened while linked replays its offline messages only once the master acked its
-  SessionOpen (`routed`, at most ROUTED_WAIT_S): a message relayed before the master knew the
+  SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
   route is then in the replay (a session opened while unlinked has the catch-up).
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
@@ -54,6 +54,7 @@ from ..protocol.forward_connection import (
     PacketsReceived,
     PeerRole,
 )
+from ..tunables import DEFAULTS, Tunables
 from .delivery import LocalDelivery, frame_json, frame_message_id
 from .link import PeerLink, exchange, pump
 from .local_sessions import Session
@@ -61,14 +62,11 @@ from .master_finder import MasterFinder
 from .ws_open import LinkOpenError, open_link
 
 log = structlog.get_logger()
-HANDSHAKE_TIMEOUT = 10.0
-STABLE_S = 5.0  # a link that stayed up this long starts the reconnect backoff over
-# TCP connect + WebSocket upgrade. trio-websocket 0.12 notices a connection that the far end
-# closes during the upgrade (a proxy or load balancer without a backend) only at this timeout.
-OPEN_TIMEOUT = 5.0
-# How long a new session's offline replay waits for the master to ack its SessionOpen (the
-# master holds a new link's packets while it warms up, forward_hub.WARMUP_S).
-ROUTED_WAIT_S = 10.0
+# Timings (the node's Tunables): link_stable_s, link_handshake_timeout_s, link_routed_wait_s (how
+# long a new session's offline replay waits for the master to ack its SessionOpen: the master
+# holds a new link's packets while it warms up, link_warmup_s) and link_open_timeout_s (TCP
+# connect + WebSocket upgrade; trio-websocket 0.12 notices a connection that the far end closes
+# during the upgrade, a proxy or load balancer without a backend, only at this timeout).
 # What the peer said or did that ends a handshake: the master refused us, or is not the master.
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
@@ -90,8 +88,9 @@ class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, local: LocalDelivery,
                  clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
                  finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None,
-                 catch_up: CatchUpRun | None = None) -> None:
+                 catch_up: CatchUpRun | None = None, tunables: Tunables = DEFAULTS) -> None:
         self.node_id = node_id
+        self.tunables = tunables
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
@@ -141,12 +140,12 @@ class SlaveLink:
         event = self.unrouted.get(session.id)
         if event is None:
             return
-        with trio.move_on_after(ROUTED_WAIT_S) as scope:
+        with trio.move_on_after(self.tunables.link_routed_wait_s) as scope:
             await event.wait()
         self.unrouted.pop(session.id, None)
         if scope.cancelled_caught:
             log.warning("session_route_unconfirmed", session_id=session.id, user_id=session.user_id,
-                        waited_s=ROUTED_WAIT_S)
+                        waited_s=self.tunables.link_routed_wait_s)
 
     def _routed(self, session_id: str) -> None:
         event = self.unrouted.pop(session_id, None)
@@ -228,7 +227,7 @@ class SlaveLink:
                 if self.finder is not None:
                     self.master_url = await self.finder.locate()
                     self.epoch = max(self.epoch, self.finder.fence.known)  # older masters are refused
-                async with open_link(self.master_url, self.ssl_context, timeout=OPEN_TIMEOUT,
+                async with open_link(self.master_url, self.ssl_context, timeout=self.tunables.link_open_timeout_s,
                                      max_message_size=MAX_FRAME) as ws:
                     conn: ForwardConnection[None] = ForwardConnection(
                         PeerRole.SLAVE, self.node_id, self.secret, epoch=self.epoch, stream=self.peer.stream,
@@ -236,7 +235,7 @@ class SlaveLink:
                     self.conn = conn
                     if self.catch_up is not None:
                         self.held = []  # until the catch-up is delivered
-                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    with trio.fail_after(self.tunables.link_handshake_timeout_s):
                         opened = await client_handshake(ws, conn, self.local.sessions(), self.peer)
                     self.master_id = opened.peer
                     if self.finder is not None:
@@ -250,7 +249,7 @@ class SlaveLink:
                     self.problem = f"link to {self.master_url} lost: {reason}"
                     log.warning("forward_link_lost", reason=reason, master_url=self.master_url,
                                 pending=len(self.peer))
-                    if trio.current_time() - up_since >= STABLE_S:
+                    if trio.current_time() - up_since >= self.tunables.link_stable_s:
                         backoff.reset()  # not after a link that failed at once: no hot reconnect loop
             except (LinkOpenError, OSError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
                     ForwardLinkRefused, LookupError) as exc:
@@ -278,12 +277,12 @@ class SlaveLink:
     async def _pump(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
         """The pump until the link ends or (with a finder) Redis names a newer master."""
         if self.finder is None:
-            ended = await pump(ws, conn, self.peer)
+            ended = await pump(ws, conn, self.peer, self.tunables)
             return f"{ended.reason.value}: {ended.detail}"
         reasons: list[str] = []
         async with trio.open_nursery() as nursery:
             async def pump_then_stop() -> None:
-                ended = await pump(ws, conn, self.peer)
+                ended = await pump(ws, conn, self.peer, self.tunables)
                 reasons.append(f"{ended.reason.value}: {ended.detail}")
                 nursery.cancel_scope.cancel()
 
@@ -296,7 +295,7 @@ class SlaveLink:
 
     def _failed(self, exc: Exception) -> None:
         """Logs a failed attempt with the master URL and the cause, in one line."""
-        problem = link_problem(self.master_url, exc)
+        problem = link_problem(self.master_url, exc, self.tunables.link_handshake_timeout_s)
         if problem != self.problem:
             log.warning("forward_link_failed", master_url=self.master_url, error=problem)
         else:
@@ -304,7 +303,8 @@ class SlaveLink:
         self.problem = problem
 
 
-def link_problem(master_url: str, exc: Exception) -> str:
+def link_problem(master_url: str, exc: Exception,
+                 handshake_timeout_s: float = DEFAULTS.link_handshake_timeout_s) -> str:
     """One line: which master, what went wrong."""
     if isinstance(exc, LinkOpenError):
         return str(exc)
@@ -313,7 +313,7 @@ def link_problem(master_url: str, exc: Exception) -> str:
     if isinstance(exc, ForwardLinkRefused):
         return f"{master_url} refused this node: {exc}"
     if isinstance(exc, trio.TooSlowError):
-        return f"{master_url}: timeout: no answer to the forward handshake within {HANDSHAKE_TIMEOUT:g} s"
+        return f"{master_url}: timeout: no answer to the forward handshake within {handshake_timeout_s:g} s"
     if isinstance(exc, ConnectionClosed):
         reason = exc.reason
         detail = f"code {reason.code} {reason.reason or ''}".strip() if reason else "no reason"
@@ -343,7 +343,8 @@ async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Pack
     """Sends packets to the master as an operator tool and returns once all are acked (the
     master acks a kick when the node holding the session has it)."""
     with trio.fail_after(timeout):
-        async with open_link(master_url, ssl_context, timeout=OPEN_TIMEOUT, max_message_size=MAX_FRAME) as ws:
+        async with open_link(master_url, ssl_context, timeout=DEFAULTS.link_open_timeout_s,
+                             max_message_size=MAX_FRAME) as ws:
             stream: PeerStream[None] = PeerStream()
             conn: ForwardConnection[None] = ForwardConnection(
                 PeerRole.OPERATOR, f"operator-{secrets.token_hex(4)}", secret, stream=stream)

@@ -4,8 +4,8 @@ Rules:
 - A node starts only if it gets the lock on its node id (`NodeIdTaken` otherwise). A lock left
   by a crashed process of this host (its pid no longer runs) is taken over at once, so a node
   restarted after kill -9 need not wait for the TTL.
-- Every HEARTBEAT_S the lock, the worker lease and the registration are renewed; the TTL is
-  LEASE_TTL_S, so a node that stops heartbeating is dead within that time.
+- Every lease_heartbeat_s the lock, the worker lease and the registration are renewed; the TTL
+  is lease_ttl_s (the node's Tunables), so a node that stops heartbeating is dead within that time.
 - The master lease is not here: master-capable nodes hold or wait for it in `mastership`
   (core/mastership.py), with its own shorter TTL; a second master-capable node starts as a
   standby instead of failing.
@@ -28,17 +28,16 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from ..core.lease import LEASE_TTL_S, SETTLE_S, Generation, KeyState, MintGate, decide_beat
+from ..core.lease import Generation, KeyState, MintGate, decide_beat
 from ..errors import StoreUnavailable, VimError
 from ..ids import IdGenerator
 from ..ports import NodeInfo, Registry
 from ..sysinfo import pid_alive
+from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
-HEARTBEAT_S = 2.0
-MINT_WAIT_S = SETTLE_S + HEARTBEAT_S  # longest a mint waits for a safe worker id
-__all__ = ["HEARTBEAT_S", "LEASE_TTL_S", "LeaseLost", "Lease", "LeasedIds", "NodeIdTaken"]
+__all__ = ["LeaseLost", "Lease", "LeasedIds", "NodeIdTaken"]
 
 
 class NodeIdTaken(VimError):
@@ -60,12 +59,16 @@ def owner_is_dead_here(owner: str) -> bool:
 
 
 class Lease:
-    def __init__(self, registry: Registry, runner: BlockingRunner, describe: Callable[[], NodeInfo]) -> None:
+    def __init__(self, registry: Registry, runner: BlockingRunner, describe: Callable[[], NodeInfo],
+                 tunables: Tunables = DEFAULTS) -> None:
         self.registry = registry
+        self.tunables = tunables
+        self.ttl_s = tunables.lease_ttl_s
+        self.beat_s = tunables.lease_heartbeat_s
         self.runner = runner
         self.describe = describe  # () -> NodeInfo, the node's current description
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
-        self.gate = MintGate()
+        self.gate = MintGate(hold_s=tunables.lease_hold_s, settle_s=tunables.lease_settle_s)
         self.generation: str | None = None  # the Redis generation this node last saw
         self.last_beat_ms = 0
         self._changed = trio.Event()
@@ -79,7 +82,7 @@ class Lease:
         info: NodeInfo = self.describe()
         dead = await self.runner(self.registry.node_owner, info.node_id)
         dead = dead if dead and owner_is_dead_here(dead) else None
-        if not await self.runner(self.registry.acquire_node, info, self.owner, LEASE_TTL_S, dead):
+        if not await self.runner(self.registry.acquire_node, info, self.owner, self.ttl_s, dead):
             raise NodeIdTaken(f"node id {info.node_id!r} is held by another live process")
         if dead:
             log.warning("lease_taken_over", dead_owner=dead)  # a crashed process on this host
@@ -98,13 +101,13 @@ class Lease:
                 log.info("worker_id_settling", worker=self.gate.worker, wait_s=round(wait, 3),
                          reason="the Redis generation is young: holders from before it may still mint")
                 announced = True
-            await trio.sleep(min(wait if wait is not None else HEARTBEAT_S, HEARTBEAT_S))
+            await trio.sleep(min(wait if wait is not None else self.beat_s, self.beat_s))
             await self.beat()
 
     async def _take_worker(self) -> int:
         sent = trio.current_time()
         worker, generation = await self.runner(self.registry.lease_worker, self.describe().node_id,
-                                               self.owner, LEASE_TTL_S)
+                                               self.owner, self.ttl_s)
         self._took(worker, generation, sent)
         wait = self.gate.wait_s(trio.current_time())
         log.info("lease_acquired", worker=worker, generation=generation.token,
@@ -121,7 +124,7 @@ class Lease:
         info = self.describe()
         sent = trio.current_time()
         try:
-            report = await self.runner(self.registry.heartbeat, info, self.owner, LEASE_TTL_S, self.gate.worker)
+            report = await self.runner(self.registry.heartbeat, info, self.owner, self.ttl_s, self.gate.worker)
         except StoreUnavailable as exc:
             log.warning("heartbeat_failed", error=str(exc), worker=self.gate.worker)
             return False
@@ -167,7 +170,7 @@ class Lease:
         """Heartbeats until cancelled; `republish` publishes the node's live routes again
         (returns how many) when Redis has forgotten them."""
         while True:
-            await trio.sleep(HEARTBEAT_S)
+            await trio.sleep(self.beat_s)
             await self.beat(republish)
 
     def _wake(self) -> None:
@@ -192,12 +195,14 @@ class LeasedIds:
     def __init__(self, lease: Lease, clock_ms: Callable[[], int]) -> None:
         self.lease = lease
         self.clock_ms = clock_ms
+        # longest a mint waits for a safe worker id: a fresh take's settling, then one heartbeat
+        self.wait_s = lease.tunables.lease_settle_s + lease.tunables.lease_heartbeat_s
         self._generators: dict[int, IdGenerator] = {}
 
     async def next_id(self) -> int:
-        """Waits (at most MINT_WAIT_S) until the worker id is safe to mint with; raises
+        """Waits (at most `wait_s`) until the worker id is safe to mint with; raises
         StoreUnavailable if it does not get there (Redis unreachable)."""
-        with trio.move_on_after(MINT_WAIT_S):
+        with trio.move_on_after(self.wait_s):
             while (wait := self.lease.gate.wait_s(trio.current_time())) != 0:
                 if wait is None:
                     await self.lease.changed()
@@ -209,4 +214,4 @@ class LeasedIds:
             if generator is None:
                 generator = self._generators[worker] = IdGenerator(worker, self.clock_ms)
             return generator.next_id()
-        raise StoreUnavailable(f"no confirmed worker id for {MINT_WAIT_S:.0f} s: Redis is unreachable")
+        raise StoreUnavailable(f"no confirmed worker id for {self.wait_s:.0f} s: Redis is unreachable")

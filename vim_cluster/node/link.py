@@ -4,8 +4,8 @@ to the owner the peer was built with.
 
 Once authenticated, one task reads (each message into the connection, its events to the owner,
 the connection's own replies out), one writes (batches of queued packets with the current ack,
-or a bare ack after ACK_DELAY_S, or a beat every BEAT_S). A link that hears nothing for
-DEAD_AFTER_S is dropped; the owner reconnects (slave) or waits for the slave to (master). Nothing
+or a bare ack after link_ack_delay_s, or a beat every link_beat_s). A link that hears nothing for
+link_dead_after_s is dropped (the node's Tunables, given to `pump`); the owner reconnects (slave) or waits for the slave to (master). Nothing
 is lost: what is not acked stays in the peer's UnackedWindow and is resent on the next link.
 """
 
@@ -28,13 +28,9 @@ from ..protocol.forward_connection import (
     LinkEnded,
 )
 from ..protocol.forward_frames import Packet
+from ..tunables import Tunables
 
-BEAT_S = 2.0
-ACK_DELAY_S = 0.005
-DEAD_AFTER_S = 10.0
-MAX_BATCH = 256
-__all__ = ["BEAT_S", "ACK_DELAY_S", "DEAD_AFTER_S", "MAX_BATCH", "MAX_FRAME", "Signal", "LinkOwner", "PeerLink",
-           "exchange", "pump"]
+__all__ = ["MAX_FRAME", "Signal", "LinkOwner", "PeerLink", "exchange", "pump"]
 Tag = TypeVar("Tag")
 
 
@@ -94,7 +90,8 @@ async def exchange(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> lis
     return events
 
 
-async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any]) -> LinkEnded:
+async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+               tunables: Tunables) -> LinkEnded:
     """Runs an open link until it ends; returns why (the connection closed, a refusal, or the
     peer went silent). Anything else is a bug and propagates."""
     peer.last_heard = trio.current_time()
@@ -105,8 +102,8 @@ async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: Peer
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(_reader, ws, conn, peer, stop)
-        nursery.start_soon(_writer, ws, conn, peer, stop)
-        nursery.start_soon(_watchdog, peer, stop)
+        nursery.start_soon(_writer, ws, conn, peer, stop, tunables)
+        nursery.start_soon(_watchdog, peer, stop, tunables.link_dead_after_s)
     ended = conn.close(EndReason.CLOSED, "cancelled")
     for event in conn.events():  # what is left (the LinkEnded of a stop)
         peer.owner.link_event(peer, event)
@@ -135,27 +132,27 @@ async def _reader(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: P
 
 
 async def _writer(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
-                  stop: Any) -> None:
+                  stop: Any, tunables: Tunables) -> None:
     try:
         while True:
-            with trio.move_on_after(BEAT_S) as idle:
+            with trio.move_on_after(tunables.link_beat_s) as idle:
                 while not conn.has_unsent() and not conn.ack_moved():
                     await peer.wake.wait()
             if idle.cancelled_caught:
                 await ws.send_message(conn.send(Heartbeat(0)))
                 continue
             if not conn.has_unsent():
-                # Only our ack moved: hold it ACK_DELAY_S so that it rides on a batch, or
+                # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch, or
                 # covers more packets (a delayed ack). Deliveries never wait for it.
-                with trio.move_on_after(ACK_DELAY_S):
+                with trio.move_on_after(tunables.link_ack_delay_s):
                     while not conn.has_unsent():
                         await peer.wake.wait()
-            await ws.send_message(conn.send(Flush(MAX_BATCH)))
+            await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
 
 
-async def _watchdog(peer: PeerLink[Any], stop: Any) -> None:
-    while trio.current_time() - peer.last_heard < DEAD_AFTER_S:
-        await trio.sleep_until(peer.last_heard + DEAD_AFTER_S)
-    stop(EndReason.CLOSED, f"nothing heard for {DEAD_AFTER_S:g} s")
+async def _watchdog(peer: PeerLink[Any], stop: Any, dead_after_s: float) -> None:
+    while trio.current_time() - peer.last_heard < dead_after_s:
+        await trio.sleep_until(peer.last_heard + dead_after_s)
+    stop(EndReason.CLOSED, f"nothing heard for {dead_after_s:g} s")

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from typing import Any, cast
 
@@ -41,26 +42,30 @@ class NodeListeners:
 
 
 async def bind_listeners(config: NodeConfig) -> NodeListeners:
+    """Binds every port of the config; on a failure the ports bound so far are closed again."""
     ws = config.websocket
     tls = server_context(config)
-    bound: list[Listeners] = []
-    try:
-        client = await _bind("vim.websocket.port", ws.host, ws.port, tls, bound)
+    async with contextlib.AsyncExitStack() as stack:
+        client = await _bind("vim.websocket.port", ws.host, ws.port, tls)
+        stack.push_async_callback(close_listeners, client)
         forward = None
         if config.is_master and ws.forward_port is not None:
-            forward = await _bind("vim.websocket.forward-port", ws.host, ws.forward_port, tls, bound)
+            forward = await _bind("vim.websocket.forward-port", ws.host, ws.forward_port, tls)
+            stack.push_async_callback(close_listeners, forward)
         http = None
         if config.http.port:
-            http = await _bind("vim.http.port", ws.host, config.http.port, tls, bound)
-    except BaseException:
-        for listeners in bound:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-        raise
+            http = await _bind("vim.http.port", ws.host, config.http.port, tls)
+            stack.push_async_callback(close_listeners, http)
+        stack.pop_all()  # all bound: the caller closes them from now on
     return NodeListeners(client, forward, http)
 
 
-async def _bind(key: str, host: str, port: int, tls: Any, bound: list[Listeners]) -> Listeners:
+async def close_listeners(listeners: Listeners) -> None:
+    for listener in listeners:
+        await trio.aclose_forcefully(listener)
+
+
+async def _bind(key: str, host: str, port: int, tls: Any) -> Listeners:
     try:
         if tls is None:
             listeners: Listeners = list(await trio.open_tcp_listeners(port, host=host))
@@ -71,7 +76,6 @@ async def _bind(key: str, host: str, port: int, tls: Any, bound: list[Listeners]
         if exc.errno == errno.EADDRINUSE:
             why = f"{why} (another process has it: `ss -ltnp 'sport = :{port}'` shows which)"
         raise PortTaken(key, host, port, why) from None
-    bound.append(listeners)
     return listeners
 
 
@@ -86,4 +90,4 @@ async def bind_forward(config: NodeConfig) -> Listeners:
     closed while it was not the master). Raises PortTaken."""
     ws = config.websocket
     assert ws.forward_port is not None
-    return await _bind("vim.websocket.forward-port", ws.host, ws.forward_port, server_context(config), [])
+    return await _bind("vim.websocket.forward-port", ws.host, ws.forward_port, server_context(config))

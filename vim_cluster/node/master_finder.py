@@ -9,7 +9,7 @@ Rules:
   `master-url` is the fallback.
 - A link is refused when its master's epoch is older than the newest the node knows (the
   Fence; ForwardConnection checks every frame): a superseded master is never followed.
-- A linked node checks Redis every FOLLOW_S; when it names another node with a newer epoch the
+- A linked node checks Redis every `follow_s` (Tunables.master_follow_s); when it names another node with a newer epoch the
   link is dropped and the new master is followed (`wait_superseded`), and a node waiting to
   retry retries at once (`wait_retry`).
 """
@@ -20,8 +20,9 @@ import attrs
 import structlog
 import trio
 
-from ..core.mastership import FOLLOW_S, Fence, MasterView
+from ..core.mastership import Fence, MasterView
 from ..ports import Registry
+from ..tunables import DEFAULTS
 from .blocking import BlockingRunner
 from .mastership import read_master
 
@@ -38,6 +39,7 @@ class MasterFinder:
     view: MasterView | None = None  # the last look at Redis
     tried: set[str] = attrs.Factory(set)  # candidates tried while Redis named a live master
     _turn: int = 0
+    follow_s: float = attrs.field(default=DEFAULTS.master_follow_s, kw_only=True)
 
     async def look(self) -> MasterView | None:
         self.view = await read_master(self.registry, self.runner)
@@ -79,7 +81,7 @@ class MasterFinder:
     async def wait_superseded(self, master_id: str, epoch: int) -> None:
         """Returns once Redis names another live master with a newer epoch."""
         while not self.superseded(master_id, epoch):
-            await trio.sleep(FOLLOW_S)
+            await trio.sleep(self.follow_s)
             await self.look()
         log.warning("master_superseded", old=master_id, old_epoch=epoch,
                     new=self.view.node_id if self.view else None, epoch=self.view.epoch if self.view else None)
@@ -90,7 +92,7 @@ class MasterFinder:
         before = self.view.epoch if self.view is not None else 0
         with trio.move_on_after(delay):
             while True:
-                await trio.sleep(min(FOLLOW_S, delay))
+                await trio.sleep(min(self.follow_s, delay))
                 view = await self.look()
                 if view is not None and view.alive and view.epoch > before:
                     return

@@ -1,5 +1,6 @@
 """The master lease of a master-capable node: claim it as a standby, renew it as the active
-master, and stop relaying at the deadline (core/mastership.py has the rules and timings).
+master, and stop relaying at the deadline (core/mastership.py has the rules; the timings are
+the node's Tunables, master_*).
 
 `Mastership.run` holds the loop; the node's role switching (app.py) waits on `changed()` and
 reads `relaying`: True only while this node holds the lease and its RelayGate allows. A
@@ -15,9 +16,6 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..core.mastership import (
-    CLAIM_POLL_S,
-    MASTER_TTL_S,
-    RENEW_S,
     Fence,
     MasterView,
     RelayGate,
@@ -26,16 +24,11 @@ from ..core.mastership import (
 )
 from ..errors import StoreUnavailable
 from ..ports import Registry
+from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
 from .heartbeat import owner_is_dead_here
 
 log = structlog.get_logger()
-TTL_MS = int(MASTER_TTL_S * 1000)
-# A standby that could not reach Redis lets this long pass after Redis answers again before it
-# claims a lease it finds missing: the lease may be missing only because Redis restarted
-# empty, and the active master (which retries its renewal every CLAIM_POLL_S meanwhile) takes
-# it again in place; a failover for every Redis restart would cost a relay switch each time.
-RETAKE_GRACE_S = 2 * RENEW_S
 
 
 class MasterMetrics:
@@ -55,8 +48,11 @@ class MasterMetrics:
 
 class Mastership:
     def __init__(self, registry: Registry, runner: BlockingRunner, node_id: str, owner: str,
-                 forward_url: Callable[[], str], fence: Fence, metrics: MasterMetrics) -> None:
+                 forward_url: Callable[[], str], fence: Fence, metrics: MasterMetrics,
+                 tunables: Tunables = DEFAULTS) -> None:
         self.registry = registry
+        self.tunables = tunables
+        self.ttl_ms = int(tunables.master_ttl_s * 1000)
         self.runner = runner
         self.node_id = node_id
         self.owner = owner
@@ -65,7 +61,7 @@ class Mastership:
         self.metrics = metrics
         self.holding = False  # we hold the lease (maybe past the relay deadline)
         self.epoch = 0  # our epoch while holding
-        self.gate = RelayGate()
+        self.gate = RelayGate(relay_s=tunables.master_relay_s)
         self.fenced_at: float | None = None  # when we last stopped relaying (monotonic)
         self.redis_lost_at: float | None = None  # a standby's last claim attempt that Redis did not answer
         self._changed = trio.Event()
@@ -92,10 +88,11 @@ class Mastership:
             nursery.start_soon(self._watchdog)
             while True:
                 if self.holding:  # after a failed renewal, try again soon (Redis may be back empty)
-                    await trio.sleep(RENEW_S if await self._renew() else CLAIM_POLL_S)
+                    await trio.sleep(self.tunables.master_renew_s if await self._renew()
+                                     else self.tunables.master_claim_poll_s)
                 else:
                     await self.try_claim()
-                    await trio.sleep(0 if self.holding else CLAIM_POLL_S)
+                    await trio.sleep(0 if self.holding else self.tunables.master_claim_poll_s)
 
     async def try_claim(self) -> None:
         """One attempt to take the lease (a standby's poll)."""
@@ -111,7 +108,7 @@ class Mastership:
             elif self._in_retake_grace(sent):
                 return
             epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
-                                      TTL_MS, self.fence.known, dead)
+                                      self.ttl_ms, self.fence.known, dead)
         except StoreUnavailable as exc:
             log.debug("master_claim_failed", error=str(exc))
             self.redis_lost_at = trio.current_time()
@@ -126,10 +123,14 @@ class Mastership:
         self._wake()
 
     def _in_retake_grace(self, now: float) -> bool:
-        """Whether a missing lease is left to the master that held it (see RETAKE_GRACE_S)."""
+        """Whether a missing lease is left to the master that held it. A standby that could not
+        reach Redis lets master_retake_grace_s pass after Redis answers again before it claims a
+        lease it finds missing: the lease may be missing only because Redis restarted empty, and
+        the active master (which retries its renewal every master_claim_poll_s meanwhile) takes it
+        again in place; a failover for every Redis restart would cost a relay switch each time."""
         if self.redis_lost_at is None:
             return False
-        if now - self.redis_lost_at < RETAKE_GRACE_S:
+        if now - self.redis_lost_at < self.tunables.master_retake_grace_s:
             log.debug("master_claim_deferred", why="Redis was away: the active master retakes its lease first")
             return True
         self.redis_lost_at = None
@@ -139,7 +140,7 @@ class Mastership:
         """One renewal; False if Redis did not answer."""
         sent = trio.current_time()
         try:
-            renewal = await self.runner(self.registry.renew_master, self.node_id, self.owner, self.epoch, TTL_MS)
+            renewal = await self.runner(self.registry.renew_master, self.node_id, self.owner, self.epoch, self.ttl_ms)
         except StoreUnavailable as exc:
             log.warning("master_renew_failed", error=str(exc), epoch=self.epoch,
                         relay_left_s=round(self.gate.deadline() - trio.current_time(), 3))
@@ -162,7 +163,7 @@ class Mastership:
         sent = trio.current_time()
         try:
             epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
-                                      TTL_MS, max(self.fence.known, self.epoch))
+                                      self.ttl_ms, max(self.fence.known, self.epoch))
         except StoreUnavailable as exc:
             log.warning("master_retake_failed", error=str(exc))
             return True  # still ours as far as we know; the deadline stops the relaying meanwhile

@@ -8,8 +8,6 @@ from ..protocol import frames as f
 from .connection import Connection
 from .local_sessions import Session
 
-REPLAY_PAGE = 500
-
 
 async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
     """Once the cluster routes to the session: sends every unconfirmed friend message and every
@@ -23,10 +21,11 @@ async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
                if c.chat_type is ChatType.GROUP}
     group_cursors = {g.id: cursors.get(g.id, 0) for g in groups}
     after = MessageId(0)
+    size = ctx.tunables.replay_page
     while True:
-        friends = await ctx.store(ctx.messages.pending, uid, after, REPLAY_PAGE)
-        grouped = await ctx.store(ctx.messages.group_messages_after, group_cursors, after, REPLAY_PAGE)
-        page = merge_page(friends, grouped)
+        friends = await ctx.store(ctx.messages.pending, uid, after, size)
+        grouped = await ctx.store(ctx.messages.group_messages_after, group_cursors, after, size)
+        page = merge_page(friends, grouped, size)
         if not page:
             return
         for message in page:
@@ -36,9 +35,9 @@ async def replay(conn: Connection, user_id: int, sent: set[int]) -> None:
         after = MessageId(page[-1].id)
 
 
-def merge_page(a: list[Message], b: list[Message]) -> list[Message]:
-    """The messages of both pages, oldest first, up to where both pages are complete."""
-    bound = min([p[-1].id for p in (a, b) if len(p) == REPLAY_PAGE], default=None)
+def merge_page(a: list[Message], b: list[Message], size: int) -> list[Message]:
+    """The messages of both pages (of at most `size`), oldest first, up to where both pages are complete."""
+    bound = min([p[-1].id for p in (a, b) if len(p) == size], default=None)
     merged = sorted(a + b, key=lambda m: m.id)
     return [m for m in merged if bound is None or m.id <= bound]
 

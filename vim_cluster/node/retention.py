@@ -31,12 +31,11 @@ from ..core.retention import PurgePlan, due_day, plan
 from ..errors import StoreUnavailable
 from ..lifecycle_ports import DutyLock, MessageRetention
 from ..model import MessageId
+from ..tunables import DEFAULTS
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
 DUTY = "purge"
-LOCK_TTL_S = 60
-CHECK_EVERY_S = 60.0
 
 
 class PurgeLost(Exception):
@@ -79,9 +78,11 @@ class Purger:
     clock_ms: Callable[[], int]
     metrics: PurgeMetrics | None = None
     owner: str = attrs.Factory(owner_token)
+    lock_ttl_s: int = DEFAULTS.retention_lock_ttl_s  # the purge duty's lock TTL in Redis
+    check_s: float = DEFAULTS.retention_check_s  # how often the purge checks whether it is due
 
     async def run(self) -> None:
-        """Checks every CHECK_EVERY_S; a run that failed is logged and retried at the next."""
+        """Checks every `check_s`; a run that failed is logged and retried at the next."""
         while True:
             try:
                 await self.check()
@@ -89,7 +90,7 @@ class Purger:
                 log.warning("purge_interrupted", error=str(exc), owner=self.owner)
             except Exception:  # noqa: BLE001 - the purge task's bulkhead: log, retry at the next check
                 log.exception("purge_failed", owner=self.owner)
-            await trio.sleep(CHECK_EVERY_S)
+            await trio.sleep(self.check_s)
 
     async def check(self, force: bool = False) -> PurgeReport | None:
         """Runs today's purge if it is due (or `force`) and this node gets the lock."""
@@ -98,7 +99,7 @@ class Purger:
         day = due_day(now, 0 if force else self.settings.purge_hour, None if force else last)
         if day is None:
             return None
-        if not await self.redis(self.duties.acquire_duty, DUTY, self.owner, LOCK_TTL_S):
+        if not await self.redis(self.duties.acquire_duty, DUTY, self.owner, self.lock_ttl_s):
             log.info("purge_skipped", reason="another node holds the purge lock")
             return None
         try:
@@ -139,7 +140,7 @@ class Purger:
                 self.metrics.removed.labels(kind=kind).inc(removed)
             if removed == 0:
                 return total
-            if not await self.redis(self.duties.renew_duty, DUTY, self.owner, LOCK_TTL_S):
+            if not await self.redis(self.duties.renew_duty, DUTY, self.owner, self.lock_ttl_s):
                 raise PurgeLost(f"the purge lock was lost after {total} {kind} rows")
             await trio.sleep(trio.current_time() - began)  # rest as long as the batch took
 

@@ -34,7 +34,6 @@ from .context import NodeContext
 from .delivery import ClusterLink, Unlinked
 from .forward_hub import MasterRelay
 from .forward_link import SlaveLink
-from .heartbeat import HEARTBEAT_S
 from .listeners import Listeners, bind_forward, port_of
 from .master_finder import MasterFinder
 from .mastership import MasterMetrics, Mastership
@@ -60,7 +59,7 @@ class ClusterRoles:
         self.mastership = mastership
         self.forward = forward  # the bound forward port (closed while not the master)
         self.forward_port = port_of(forward) if forward else None
-        self.catch_up = CatchUp(functools.partial(deliver_since, ctx), ctx.clock_ms)
+        self.catch_up = CatchUp(functools.partial(deliver_since, ctx), ctx.clock_ms, ctx.tunables.catch_up_margin_ms)
 
     # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 
@@ -96,7 +95,7 @@ class ClusterRoles:
                          self.ctx.delivery.local, self.ctx.clock_ms,
                          ssl_context=client_context(config),  # used for wss:// only
                          epoch=self.fence.known, finder=self.finder, watch=self._watch,
-                         catch_up=self.catch_up)
+                         catch_up=self.catch_up, tunables=self.ctx.tunables)
 
     async def _as_standby(self) -> None:
         assert self.mastership is not None
@@ -122,7 +121,7 @@ class ClusterRoles:
         ctx, mastership = self.ctx, self.mastership
         ctx.cluster_role = "master"
         relay = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
-                            ctx.clock_ms, epoch=mastership.epoch, watch=self._watch)
+                            ctx.clock_ms, epoch=mastership.epoch, watch=self._watch, tunables=ctx.tunables)
         for user_id in ctx.hub.users():
             for session in ctx.hub.sessions(user_id):
                 relay.session_opened(session)
@@ -157,7 +156,7 @@ class ClusterRoles:
         await self.catch_up.run()
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve, self.forward)
-            nursery.start_soon(relay.run_reaper, HEARTBEAT_S)
+            nursery.start_soon(relay.run_reaper, ctx.tunables.lease_heartbeat_s)
             nursery.start_soon(relay.run_presence)
             if ctx.delivery.cluster is not relay:
                 nursery.start_soon(self._take_over_when_warm, relay)

@@ -3,7 +3,7 @@ exists only while there is something to send, one `send_all` per batch.
 
 An idle connection (most of 10,000) holds a list and this object, not a channel and a task:
 that is what keeps it small. The writer starts with the first frame, frames everything queued
-into one buffer (up to SEND_BYTES), writes it with one `send_all`, waits LINGER_S for more and
+into one buffer (up to `send_bytes`), writes it with one `send_all`, waits `linger_s` for more and
 ends. One write per batch, not per frame, is what a busy connection saves (issue 12: a
 send_all per frame costs ~42 µs of CPU, one per batch of 16 ~7 µs a frame).
 
@@ -33,11 +33,8 @@ import trio
 
 from ..errors import CloseCode
 from ..protocol.codec import OutFrame
+from ..tunables import DEFAULTS
 from .ws_server import frame
-
-LINGER_S = 1.0  # an idle writer waits this long for the next frame before it ends
-CLOSE_GRACE = 5.0
-SEND_BYTES = 256 * 1024  # one write carries at most about this much (a batch may take several)
 
 
 class Socket(Protocol):
@@ -62,9 +59,12 @@ Item = OutFrame | Close | bytes  # bytes: a pre-framed control frame
 
 class SendQueue:
     __slots__ = ("_ws", "_nursery", "_scope", "_items", "_writing", "_wake", "_room", "_closing", "_batch",
-                 "limit", "byte_limit", "binary", "_bytes")
+                 "limit", "byte_limit", "binary", "_bytes", "linger_s", "send_bytes")
 
-    def __init__(self, ws: Socket, limit: int, byte_limit: int = 1 << 62) -> None:
+    def __init__(self, ws: Socket, limit: int, byte_limit: int = 1 << 62, *,
+                 linger_s: float = DEFAULTS.client_linger_s, send_bytes: int = DEFAULTS.client_send_bytes) -> None:
+        self.linger_s = linger_s  # an idle writer waits this long for the next frame before it ends
+        self.send_bytes = send_bytes  # one write carries at most about this much (a batch may take several)
         self._ws = ws
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -172,7 +172,7 @@ class SendQueue:
                 if not self._items:
                     self._bytes = 0  # all written (forgets any drift of a switch to binary)
                     self._wake = trio.Event()
-                    with trio.move_on_after(LINGER_S):
+                    with trio.move_on_after(self.linger_s):
                         await self._wake.wait()
                     self._wake = None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -181,7 +181,7 @@ class SendQueue:
             self._writing = False
 
     async def _send_batch(self, batch: list[Item], number: int) -> Close | None:
-        """Frames and writes `batch` up to its Close (returned), SEND_BYTES a write; stops
+        """Frames and writes `batch` up to its Close (returned), `send_bytes` a write; stops
         early if an abort() starts a new batch."""
         binary = self.binary
         chunks: list[bytes] = []
@@ -197,7 +197,7 @@ class SendQueue:
                 data = frame(payload, binary)
             chunks.append(data)
             size += len(data)
-            if size >= SEND_BYTES:
+            if size >= self.send_bytes:
                 await self._ws.send_all(b"".join(chunks))
                 self._bytes = max(0, self._bytes - counted)
                 chunks, size, counted = [], 0, 0

@@ -34,7 +34,7 @@ from .connection import Connection
 from .context import NodeContext
 from .handlers import dispatch
 from .handlers.account import authenticate_token
-from .send_queue import CLOSE_GRACE, Close
+from .send_queue import Close
 from .ws_server import Request, ServerSocket
 
 log = structlog.get_logger()
@@ -68,7 +68,7 @@ async def serve_connection(ctx: NodeContext, request: Request) -> None:
             kicked = conn.session is not None and conn.session.close_code is not None
             if close is None and not kicked and conn.cancel_scope.cancelled_caught:  # the deadline
                 close = _timed_out(conn.state)
-            with trio.move_on_after(2 * CLOSE_GRACE):
+            with trio.move_on_after(2 * ctx.tunables.client_close_grace_s):
                 if close is not None and not kicked:
                     while not conn.send_queue.close(close):
                         await conn.send_queue.room()
@@ -115,7 +115,7 @@ async def _close_frame_if_unsent(conn: Connection) -> None:
         return
     data = conn.ws.close_frame(int(session.close_code), session.close_code.name.lower().replace("_", "-"))
     if data:
-        with trio.move_on_after(CLOSE_GRACE):
+        with trio.move_on_after(conn.ctx.tunables.client_close_grace_s):
             try:
                 await conn.ws.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -139,7 +139,7 @@ async def _authenticate_handshake(
 
 def _timed_out(state: ClientState) -> Close:
     if state.auth_expired(trio.current_time()):
-        return Close(CloseCode.AUTH_TIMEOUT, "not authenticated within 10 s")
+        return Close(CloseCode.AUTH_TIMEOUT, f"not authenticated within {state.auth_timeout:g} s")
     return Close(CloseCode.GOING_AWAY, "idle timeout")
 
 

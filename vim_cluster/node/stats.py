@@ -1,9 +1,10 @@
 """The node's own short history for the dashboard: a ring buffer of samples taken every
-SAMPLE_S (connections, msg/s, forward-queue depth, relay latency p50/p99), no external service.
+`sample_s` (connections, msg/s, forward-queue depth, relay latency p50/p99), no external service.
 
 Relay latency is what `Delivery.apply_deliver` measures on this node: from a frame entering
 the cluster on another node to its delivery here. Each sample's p50/p99 are over the
-deliveries of the last LATENCY_WINDOW_S (at most LATENCY_KEEP of them; null when none).
+deliveries of the last `latency_window_s` (at most `latency_keep` of them; null when none).
+The sizes and timings are the node's Tunables (stats_*).
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from typing import Any
 import attrs
 import trio
 
-SAMPLE_S = 2.0
-SAMPLES = 90  # three minutes of history
-LATENCY_WINDOW_S = 30
-LATENCY_KEEP = 8192
+from ..tunables import DEFAULTS
+
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -51,10 +50,15 @@ class Stats:
     accepted: Callable[[], int]
     forward_queue: Callable[[], int]
     take_latencies: Callable[[], list[float]]  # relay latencies (s) since the last call
-    samples: collections.deque[Sample] = attrs.Factory(lambda: collections.deque(maxlen=SAMPLES))
+    sample_s: float = attrs.field(default=DEFAULTS.stats_sample_s, kw_only=True)
+    keep: int = attrs.field(default=DEFAULTS.stats_samples, kw_only=True)  # samples kept
+    latency_window_s: float = attrs.field(default=DEFAULTS.stats_latency_window_s, kw_only=True)
+    latency_keep: int = attrs.field(default=DEFAULTS.stats_latency_keep, kw_only=True)
+    samples: collections.deque[Sample] = attrs.field(
+        default=attrs.Factory(lambda self: collections.deque(maxlen=self.keep), takes_self=True))
     _last: tuple[int, int] | None = None  # (ms, accepted) at the last sample
-    _window: collections.deque[tuple[int, float]] = attrs.Factory(
-        lambda: collections.deque(maxlen=LATENCY_KEEP))  # (ms taken, latency ms)
+    _window: collections.deque[tuple[int, float]] = attrs.field(default=attrs.Factory(
+        lambda self: collections.deque(maxlen=self.latency_keep), takes_self=True))  # (ms taken, latency ms)
 
     def sample(self) -> Sample:
         now, accepted = self.clock_ms(), self.accepted()
@@ -63,7 +67,7 @@ class Stats:
             rate = (accepted - self._last[1]) * 1000 / (now - self._last[0])
         self._last = (now, accepted)
         self._window.extend((now, s * 1000) for s in self.take_latencies())
-        while self._window and now - self._window[0][0] > LATENCY_WINDOW_S * 1000:
+        while self._window and now - self._window[0][0] > self.latency_window_s * 1000:
             self._window.popleft()
         latencies = [latency for _, latency in self._window]
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -72,10 +76,10 @@ class Stats:
         self.samples.append(sample)
         return sample
 
-    async def run(self, every: float = SAMPLE_S) -> None:
+    async def run(self) -> None:
         while True:
             self.sample()
-            await trio.sleep(every)
+            await trio.sleep(self.sample_s)
 
     def wire(self) -> list[dict[str, Any]]:
         return [s.wire() for s in self.samples]

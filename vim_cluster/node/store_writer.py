@@ -22,10 +22,10 @@ import trio
 from ..errors import StoreUnavailable
 from ..model import Message, MessageId, UserId
 from ..ports import Confirm, MessageStore, NewMessage, Saved
+from ..tunables import DEFAULTS
 from .blocking import BlockingRunner
 
 log = structlog.get_logger()
-STORE_BATCH = 512
 
 
 Done = Callable[[Saved | None, BaseException | None], None]
@@ -61,8 +61,9 @@ Pending = PendingSave | PendingConfirm
 
 
 class StoreWriter:
-    def __init__(self, store: MessageStore, runner: BlockingRunner) -> None:
+    def __init__(self, store: MessageStore, runner: BlockingRunner, batch: int = DEFAULTS.store_batch) -> None:
         self._store = store
+        self._batch = batch  # messages and confirms in one group commit
         self._runner = runner
         self._send, self._receive = trio.open_memory_channel[Pending](math.inf)
         self.batches = 0
@@ -87,7 +88,7 @@ class StoreWriter:
 
     async def run(self) -> None:
         async for first in self._receive:
-            await self._commit(drain_batch(first, self._receive, STORE_BATCH))
+            await self._commit(drain_batch(first, self._receive, self._batch))
 
     async def _commit(self, batch: list[Pending]) -> None:
         saves = [p for p in batch if isinstance(p, PendingSave)]

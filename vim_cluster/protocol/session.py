@@ -10,7 +10,8 @@ States and transitions (data, as in h11's _state.py):
 
 Rules:
 - ANONYMOUS accepts only ping, register, login and ready; anything else is `unauthorized`.
-- A connection still ANONYMOUS `AUTH_TIMEOUT` seconds after it opened must be closed.
+- A connection still ANONYMOUS `auth_timeout` seconds (Tunables.client_auth_timeout_s, 10) after
+  it opened must be closed.
 - `ready` is accepted once.
 """
 
@@ -22,9 +23,8 @@ import attrs
 
 from ..core.limits import RateWindow
 from ..errors import ClientError, ErrorKind
+from ..tunables import DEFAULTS
 from . import frames as f
-
-AUTH_TIMEOUT = 10.0
 
 
 class Phase(enum.Enum):
@@ -56,6 +56,7 @@ class ClientState:
     phase: Phase = Phase.ANONYMOUS
     user_id: int | None = None
     last_frame_at: float = attrs.field(default=None)
+    auth_timeout: float = attrs.field(default=DEFAULTS.client_auth_timeout_s, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.last_frame_at is None:
@@ -65,11 +66,11 @@ class ClientState:
         """When the connection must be closed if no frame arrives before."""
         idle = self.last_frame_at + self.idle_timeout
         if self.phase is Phase.ANONYMOUS:
-            return min(idle, self.opened_at + AUTH_TIMEOUT)
+            return min(idle, self.opened_at + self.auth_timeout)
         return idle
 
     def auth_expired(self, now: float) -> bool:
-        return self.phase is Phase.ANONYMOUS and now >= self.opened_at + AUTH_TIMEOUT
+        return self.phase is Phase.ANONYMOUS and now >= self.opened_at + self.auth_timeout
 
     def frame_received(self, now: float) -> bool:
         """Record a frame; False when it exceeds the rate limit (answer rate-limited)."""
