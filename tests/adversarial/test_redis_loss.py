@@ -22,8 +22,8 @@ import pytest
 import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
-from vim_cluster.tunables import DEFAULTS
 from vim_cluster.model import UserId
+from vim_cluster.tunables import DEFAULTS
 
 from ..cluster.harness import Cluster, blocking
 from ..cluster.traffic import Prober, Traffic, assert_nobody_stopped, start_traffic

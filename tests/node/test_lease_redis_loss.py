@@ -16,7 +16,6 @@ import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
 from vim_cluster.config import load_config
-from vim_cluster.tunables import DEFAULTS
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.ids import MAX_WORKER
 from vim_cluster.model import UserId
@@ -24,6 +23,7 @@ from vim_cluster.node.app import RunningNode, serve_node
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.heartbeat import Lease, LeasedIds, LeaseLost
 from vim_cluster.ports import NodeInfo, Route
+from vim_cluster.tunables import DEFAULTS
 
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
 from ..support import connect, flush_redis, write_config

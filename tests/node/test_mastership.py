@@ -16,8 +16,8 @@ from vim_cluster.core.mastership import Fence, Renewal
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.master_finder import MasterFinder
 from vim_cluster.node.mastership import MasterMetrics, Mastership
-from vim_cluster.tunables import Tunables
 from vim_cluster.node.metrics import NodeMetrics
+from vim_cluster.tunables import Tunables
 
 from ..cluster.proxy import TcpProxy
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture

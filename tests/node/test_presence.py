@@ -13,9 +13,9 @@ import trio
 from trio.testing import MockClock
 from trio_websocket import open_websocket_url
 
-from vim_cluster.tunables import DEFAULTS
 from vim_cluster.model import User, UserId
 from vim_cluster.node.app import RunningNode
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, connect, online
 

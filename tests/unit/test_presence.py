@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from vim_cluster.core.presence import Change, PresenceBoard, chunks
-from vim_cluster.tunables import DEFAULTS
 from vim_cluster.core.relay import RouteTable
 from vim_cluster.protocol.frames import PresenceOut
+from vim_cluster.tunables import DEFAULTS
 
 
 def announce(board: PresenceBoard, routes: RouteTable) -> list[Change]:

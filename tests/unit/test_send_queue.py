@@ -13,9 +13,9 @@ import trio.testing
 
 from vim_cluster.errors import CloseCode
 from vim_cluster.node.send_queue import Close, SendQueue
-from vim_cluster.tunables import DEFAULTS
 from vim_cluster.protocol import frames as f
 from vim_cluster.protocol.codec import OutFrame
+from vim_cluster.tunables import DEFAULTS
 
 CLOSE = 0x8
 PONG = 0xA

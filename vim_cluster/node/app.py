@@ -151,7 +151,8 @@ async def serve_node(
             parts.mastership = _master_lease(stack, parts, registry, lease)
             ctx = _context(parts, lease, registry, directory, messages)
             serving = True
-            await _serve(ctx, parts, listeners, lease, task_status)
+            purge = functools.partial(_purge, ctx, registry, messages)
+            await _serve(ctx, parts, listeners, lease, purge, task_status)
     finally:
         if serving:
             log.info("node_stopped")
@@ -235,7 +236,7 @@ def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: 
 
 
 async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, lease: Lease,
-                 task_status: trio.TaskStatus[RunningNode]) -> None:
+                 purge: Callable[[], Awaitable[None]], task_status: trio.TaskStatus[RunningNode]) -> None:
     """The node's nursery (the tree in the module's docstring), until stopped or failed."""
     config, tunables, hub, delivery = ctx.config, ctx.tunables, ctx.hub, ctx.delivery
     async with trio.open_nursery() as nursery:
@@ -244,7 +245,7 @@ async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, leas
         if ctx.frame_log.enabled:
             nursery.start_soon(ctx.frame_log.run)
         if purge_enabled(config.message):
-            nursery.start_soon(_purge, ctx, ctx.registry, ctx.messages)
+            nursery.start_soon(purge)
         await _start_cluster_role(ctx, nursery, listeners.forward, parts.mastership, parts.fence,
                                   parts.master_metrics)
         ctx.metrics.bind(lambda: len(hub), lambda: delivery.cluster.queue_depth())

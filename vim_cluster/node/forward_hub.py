@@ -45,7 +45,6 @@ from ..ports import Registry
 from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
 from ..protocol.forward import PeerStream, Unacked
-from ..tunables import DEFAULTS, Tunables
 from ..protocol.forward_connection import (
     PRE_AUTH_MAX_FRAME,
     Acked,
@@ -62,6 +61,7 @@ from ..protocol.forward_connection import (
     PeerRole,
     Refuse,
 )
+from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
 from .delivery import LocalDelivery, frame_json, frame_message_id
 from .link import PeerLink, Signal, exchange, pump

@@ -20,7 +20,6 @@ import trio
 from ..tunables import DEFAULTS
 
 
-
 def percentile(values: Sequence[float], fraction: float) -> float | None:
     """Nearest-rank percentile of `values` (None when empty)."""
     if not values:
