@@ -81,7 +81,7 @@ def start_node(nursery: trio.Nursery, node_folder: Path, redis_url: str):
 def jump_clock() -> MockClock:
     """The test's trio clock: virtual time that runs at real speed, so the node's threads
     (SQLite, Redis), Redis TTLs and the test's own deadlines behave as with the real clock, and
-    that the test moves past a node's timer (`jump_clock.jump(AUTH_TIMEOUT)`) instead of
+    that the test moves past a node's timer (`jump_clock.jump(DEFAULTS.client_auth_timeout_s)`) instead of
     sleeping through it. (An autojump clock would also jump while a thread runs, and fire
     deadlines that real time never reached.) Jump only outside a short `fail_after` scope:
     a jump moves every deadline's "now", the test's own too."""

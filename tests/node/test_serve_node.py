@@ -1,21 +1,25 @@
-"""serve_node's start and stop (node/app.py): a configured tunable takes effect in a running
-node, and a node that cannot take its lease closes what it opened (stores and ports)."""
+"""serve_node's start and stop (node/app.py): the node's tunables take effect (a config key, and
+a Tunables handed to the node under a virtual clock), and a node that cannot take its lease
+closes what it opened (stores and ports)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
+import attrs
 import pytest
 import redis
 import trio
+from trio.testing import MockClock
 
 from vim_cluster.adapters.redis_registry import Keys
 from vim_cluster.config import load_config, sqlite_path
 from vim_cluster.node.app import RunningNode, serve_node
 from vim_cluster.node.heartbeat import NodeIdTaken
+from vim_cluster.tunables import DEFAULTS
 
-from ..support import write_config
+from ..support import connect, write_config
 
 
 async def test_a_configured_master_lease_ttl_is_the_ttl_of_the_lease_in_redis(start_node, redis_url: str) -> None:
@@ -27,6 +31,17 @@ async def test_a_configured_master_lease_ttl_is_the_ttl_of_the_lease_in_redis(st
         direct.close()
     # Renewed every 12/5 s with a 12 s TTL: never below 9.6 s left; the default TTL is 4 s.
     assert 12_000 * 4 // 5 - 500 <= left_ms <= 12_000, left_ms
+
+
+async def test_the_nodes_tunables_set_its_auth_timeout(start_node, jump_clock: MockClock) -> None:
+    with trio.fail_after(10 + 5):
+        node: RunningNode = await start_node(tunables=attrs.evolve(DEFAULTS, client_auth_timeout_s=3.0))
+        async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
+            jump_clock.jump(2.8)
+            await client.no_frame("error")  # a barrier: anonymous for 2.8 s, still open
+            jump_clock.jump(0.3)  # past 3 s (the default is 10 s)
+            reason = await client.expect_closed(timeout=4)
+            assert (reason.code, reason.reason) == (4003, "not authenticated within 3 s")
 
 
 def _wal(url: str) -> Path:
