@@ -75,6 +75,8 @@ class Tunables:
     master_follow_s: float = 0.25  # a linked node checks Redis for a newer master this often
     master_retake_grace_s: float = 1.6  # after Redis is back, a standby leaves a missing lease to its master this long
     # --- client connections (protocol/session.py, node/connection.py, send_queue.py, serve.py, app.py)
+    client_handshake_timeout_s: float = 10.0  # a client's HTTP upgrade must be complete by then
+    client_close_timeout_s: float = 5.0  # a client's WebSocket closing handshake gets this long
     client_auth_timeout_s: float = 10.0  # a connection not authenticated by then is closed (4003)
     client_ack_window: int = 256  # a connection's messages waiting for their commit (then its reader waits)
     client_queue_frames: int = 1024  # frames waiting in a connection's SendQueue (more: a slow consumer, 4004)

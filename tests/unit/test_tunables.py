@@ -4,13 +4,14 @@ and checked at load (so `vim-cluster check` prints the same line)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from vim_cluster.cli import main
+from vim_cluster.cli import cmd_check
 from vim_cluster.config import load_config
 from vim_cluster.errors import ConfigError
 from vim_cluster.tunables import CONFIG_KEYS, DEFAULTS, RULES, Tunables
@@ -117,7 +118,7 @@ def test_a_bad_key_or_combination_stops_the_config_with_one_line(
         load_config(path)
     assert str(caught.value).startswith(f"{path}: {line}")
     with pytest.raises(SystemExit) as exited:
-        main(["check", str(path)])  # `vim-cluster check` prints the same line
+        cmd_check(argparse.Namespace(config=str(path)))  # `vim-cluster check` prints the same line
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vim-cluster: config error: {path}: {line}") and err.count("\n") == 1

@@ -311,8 +311,9 @@ async def _start_cluster_role(ctx: NodeContext, nursery: trio.Nursery, forward: 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
                          task_status: trio.TaskStatus[list[Any]]) -> None:
     await serve_websockets(functools.partial(serve_connection, ctx), listeners,
-                           max_message_size=ctx.config.websocket.max_frame, handshake_timeout=10,
-                           close_timeout=5, task_status=task_status)
+                           max_message_size=ctx.config.websocket.max_frame,
+                           handshake_timeout=ctx.tunables.client_handshake_timeout_s,
+                           close_timeout=ctx.tunables.client_close_timeout_s, task_status=task_status)
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:
