@@ -22,8 +22,7 @@ MAX_REQUEST, ids.py's bit layout, core/auth.py TOKEN_TTL_MS): a peer relies on t
 are not a node's choice. Operator tools' own timings (launcher, admin, bench, erasure, export)
 and the store drivers' (adapters/) are theirs, as are a few local I/O bounds (ws_open
 CLOSE_TIMEOUT, health CHECK_TIMEOUT, dashboard PEER_TIMEOUT, frame_log QUEUE/BATCH, ws_server
-RECEIVE_BYTES, metrics
-buckets, operator session limits).
+RECEIVE_BYTES, metrics buckets, operator session limits).
 
 Pure: no trio, no I/O (core/ and protocol/ import it).
 """
