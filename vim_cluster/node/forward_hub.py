@@ -93,7 +93,7 @@ class MasterRelay:
                  redis: BlockingRunner, clock_ms: Callable[[], int], *, epoch: int = 0,
                  watch: Callable[[Event], None] = lambda event: None) -> None:
         self.node_id = node_id
-        self.tally = LinkTally(watch, far_end="peer")  # the master lease watches the fencing events
+        self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
         self.secret = secret
         self.local = local
         self.registry = registry

@@ -95,7 +95,7 @@ class SlaveLink:
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
-        self.tally = LinkTally(watch, far_end="master")  # the node's fence and metrics watch the fencing events
+        self.tally = LinkTally(watch, far_end="master")  # watch: the node's fence and metrics
         self.master_url = master_url
         self.ssl_context = ssl_context
         self.problem = "not connected yet"  # why the link is down (for /healthz)
