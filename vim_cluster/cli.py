@@ -15,12 +15,14 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
 
 from . import __version__, cli_users
-from .cli_config import load_or_exit
+from .cli_config import add_command, load_or_exit
+from .cli_lifecycle import add_lifecycle_commands, add_user_delete
 from .cli_users import cmd_user_add
 from .config import NodeConfig
 from .errors import VimError
@@ -54,9 +56,6 @@ def _config_from_env(parser: argparse.ArgumentParser) -> None:
             action.default = config_default()
 
 
-_load = load_or_exit
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     print(f"ok: {args.config} ({config.node_id}, {config.cluster.node_type.value})")
@@ -83,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .node.listeners import PortTaken
     from .wiring import hold_embedded_redis, release_embedded_redis
 
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     open_files = raise_fd_limit()  # every client connection is a file descriptor
     if open_files < 4096:
         structlog.get_logger().warning("open_files_limit_low", limit=open_files,
@@ -145,7 +144,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from . import wiring
     from .admin import master_summary, nodes_table, now_ms
 
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     registry = wiring.open_registry(config, start=False)
     try:
         while True:
@@ -166,7 +165,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_heartbeat(args: argparse.Namespace) -> int:
     from .admin import node_health
 
-    alive, line = node_health(_load(args.config))
+    alive, line = node_health(load_or_exit(args.config))
     print(line, file=sys.stdout if alive else sys.stderr)
     return 0 if alive else 1
 
@@ -177,7 +176,7 @@ def _user_routes(args: argparse.Namespace) -> tuple[NodeConfig, int, list[Route]
     from .admin import resolve_user, routes_of
     from .errors import ClientError, StoreUnavailable
 
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     try:
         user_id = resolve_user(config, args.user)
         routes = routes_of(config, user_id)
@@ -258,71 +257,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_node_commands(commands)  # up, run, check
+    _add_cluster_commands(commands)  # nodes, heartbeat, whereis, kick
+    _add_bench_command(commands)
+    _add_user_commands(commands)  # user list, passwd, add, delete
+    add_lifecycle_commands(commands)  # export, import, purge
+    return parser
 
-    up = commands.add_parser(
-        "up",
+
+def _add_node_commands(commands: Any) -> None:
+    """`up`, `run`, `check`: start nodes, or check a config."""
+    up = add_command(
+        commands, "up", cmd_up,
         help="start every node config in DIR, each as its own process",
         description="Start every *.yaml/*.yml/*.toml node config in DIR as its own process "
         "(embedded Redis and SQLite where the configs say so), print each node's client URL, "
         "and stop them all cleanly on Ctrl-C.",
     )
     up.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"folder of node configs (default {DEFAULT_DIR}/)")
-    up.set_defaults(func=cmd_up)
 
-    run = commands.add_parser("run", help="run one node", description="Run one node until Ctrl-C or SIGTERM. "
-                              "Exit 2 with one line for a config error or a taken port.")
+    run = add_command(commands, "run", cmd_run, help="run one node",
+                      description="Run one node until Ctrl-C or SIGTERM. "
+                      "Exit 2 with one line for a config error or a taken port.")
     run.add_argument("config", help="the node's YAML or TOML config file")
-    run.set_defaults(func=cmd_run)
 
-    check = commands.add_parser(
-        "check", help="validate a node config without starting anything",
+    check = add_command(
+        commands, "check", cmd_check, help="validate a node config without starting anything",
         description="Load CONFIG as `run` would (keys, values, the secret and TLS files) and start "
         "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error.")
     check.add_argument("config", help="the node's YAML or TOML config file")
-    check.set_defaults(func=cmd_check)
 
-    config_help = CONFIG_HELP
-    nodes = commands.add_parser(
-        "nodes",
+
+def _add_cluster_commands(commands: Any) -> None:
+    """`nodes`, `heartbeat`, `whereis`, `kick`: look at a running cluster and act on it."""
+    nodes = add_command(
+        commands, "nodes", cmd_nodes,
         help="the cluster as Redis sees it",
         description="Every node registered in Redis: role (master, standby or slave), client URL, "
         "seconds since its last heartbeat, connections, messages accepted, and whether it is alive; "
         "then the active master, its epoch, the standbys, and the takeovers of the master lease.",
     )
-    nodes.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
+    add_config_option(nodes)
     nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
     nodes.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
-    nodes.set_defaults(func=cmd_nodes)
 
-    heartbeat = commands.add_parser(
-        "heartbeat",
+    heartbeat = add_command(
+        commands, "heartbeat", cmd_heartbeat,
         help="exit 0 if CONFIG's node is registered and alive",
         description="Check one node for cron and health checks: exit 0 when the node of CONFIG is "
         "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise.",
     )
     heartbeat.add_argument("config", nargs="?", default=f"{DEFAULT_DIR}/master.yaml",
                            help=f"the node's config file (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
-    heartbeat.set_defaults(func=cmd_heartbeat)
 
-    whereis = commands.add_parser("whereis", help="which nodes hold a user's sessions",
-                                  description="List every live session of USER (a username or user id). "
-                                  "Exit 0: listed; 1: the user has no session; 2: no such user (or usage, "
-                                  "config error); 3: Redis or the directory is unreachable.")
+    whereis = add_command(commands, "whereis", cmd_whereis, help="which nodes hold a user's sessions",
+                          description="List every live session of USER (a username or user id). "
+                          "Exit 0: listed; 1: the user has no session; 2: no such user (or usage, "
+                          "config error); 3: Redis or the directory is unreachable.")
     whereis.add_argument("user", help="username or user id")
-    whereis.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
-    whereis.set_defaults(func=cmd_whereis)
+    add_config_option(whereis)
 
-    kick = commands.add_parser("kick", help="close every session of a user",
-                               description="Close every session of USER on every node (close code 4002), "
-                               "through the master's forward channel. Exit 0: closed; 1: the user has no "
-                               "session; 2: no such user (or usage, config error); 3: the cluster did not "
-                               "confirm.")
+    kick = add_command(commands, "kick", cmd_kick, help="close every session of a user",
+                       description="Close every session of USER on every node (close code 4002), "
+                       "through the master's forward channel. Exit 0: closed; 1: the user has no "
+                       "session; 2: no such user (or usage, config error); 3: the cluster did not "
+                       "confirm.")
     kick.add_argument("user", help="username or user id")
-    kick.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=config_help)
-    kick.set_defaults(func=cmd_kick)
+    add_config_option(kick)
 
-    bench = commands.add_parser(
-        "bench",
+
+def _add_bench_command(commands: Any) -> None:
+    """`bench`: the load generator."""
+    bench = add_command(
+        commands, "bench", cmd_bench,
         help="load generator: run a scenario against a running cluster",
         description="Speak the client protocol to a running cluster and measure it. Scenarios: "
         "cross-node (senders on one node, recipients on another, pipelined), local (one node), "
@@ -345,13 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=100, help="content bytes per message")
     bench.add_argument("--connections", type=int, default=1000, help="connections scenario: K")
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    bench.set_defaults(func=cmd_bench)
 
+
+def _add_user_commands(commands: Any) -> None:
+    """`user list`, `user passwd`, `user add`, `user delete`."""
     user = commands.add_parser("user", help="manage users", description="Manage users in the directory.")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     cli_users.register_user_actions(user_commands, add_config_option)  # list, passwd
-    add = user_commands.add_parser(
-        "add",
+    add = add_command(
+        user_commands, "add", cmd_user_add,
         help="add a user (password prompted, or from stdin / --password-file)",
         description="Add a user to the directory of CONFIG's node. The password is prompted twice "
         "without echo on a terminal, else read from stdin, or from --password-file.",
@@ -362,16 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--dept", metavar="DEPT",
                      help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
     add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
-    add.set_defaults(func=cmd_user_add)
-
-    from .cli_lifecycle import (  # lifecycle helper's commands
-        add_lifecycle_commands,
-        add_user_delete,
-    )
-
     add_user_delete(user_commands)
-    add_lifecycle_commands(commands)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from .cli_config import add_command, load_or_exit
+from .config import NodeConfig
 from .errors import ClientError, StoreUnavailable
 
 EXIT_UNREACHABLE = 3
@@ -45,27 +47,34 @@ def _progress(what: str) -> Iterator[tqdm[Any]]:
         yield bar
 
 
-def _unreachable_is_3(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """A store or Redis that does not answer: one line on stderr and exit 3."""
-    def wrap(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _per_second(count: int, seconds: float) -> str:
+    return f"{count / max(seconds, 1e-9):,.0f}/s"
+
+
+_ConfigCommand = Callable[[argparse.Namespace, NodeConfig], int]
+
+
+def _on_config(name: str) -> Callable[[_ConfigCommand], Callable[[argparse.Namespace], int]]:
+    """The command `name` runs on the config of --config (a config error: exit 2); a store or
+    Redis that does not answer: one line on stderr and exit 3."""
+    def wrap(command: _ConfigCommand) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(command)
         def run(args: argparse.Namespace) -> int:
+            config = load_or_exit(args.config)
             try:
-                return command(args)
+                return command(args, config)
             except StoreUnavailable as exc:
                 return _fail(name, str(exc), EXIT_UNREACHABLE)
         return run
     return wrap
 
 
-@_unreachable_is_3("export")
-def cmd_export(args: argparse.Namespace) -> int:
+@_on_config("export")
+def cmd_export(args: argparse.Namespace, config: NodeConfig) -> int:
     from . import wiring
     from .admin import resolve_user
-    from .cli_config import load_or_exit as _load
     from .export import Selection, chat_key_of, exported, header, message_line, parse_since
 
-    config = _load(args.config)
     try:
         since = parse_since(args.since) if args.since else None
         chat = chat_key_of(args.chat) if args.chat else None
@@ -93,17 +102,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     seconds = time.perf_counter() - started
-    print(f"exported {count} messages in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr)
+    print(f"exported {count} messages in {seconds:.1f} s ({_per_second(count, seconds)})", file=sys.stderr)
     return 0
 
 
-@_unreachable_is_3("import")
-def cmd_import(args: argparse.Namespace) -> int:
+@_on_config("import")
+def cmd_import(args: argparse.Namespace, config: NodeConfig) -> int:
     from . import wiring
-    from .cli_config import load_or_exit as _load
     from .export import BadExportLine, ImportCount, import_lines
 
-    config = _load(args.config)
     try:
         source = open(args.file, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
@@ -126,37 +133,32 @@ def cmd_import(args: argparse.Namespace) -> int:
         store.close()
     seconds = time.perf_counter() - started
     total = count.created + count.existing
-    print(f"imported {total} messages in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f}/s): "
+    print(f"imported {total} messages in {seconds:.1f} s ({_per_second(total, seconds)}): "
           f"{count.created} created, {count.existing} already there")
     return 0
 
 
-@_unreachable_is_3("purge")
-def cmd_purge(args: argparse.Namespace) -> int:
+@_on_config("purge")
+def cmd_purge(args: argparse.Namespace, config: NodeConfig) -> int:
     import trio
 
-    from .cli_config import load_or_exit as _load
     from .node.purge_once import purge_now
 
-    config = _load(args.config)
     if config.message.retention_days is None and config.message.offline_retention_days is None:
         return _fail("purge", f"{args.config} keeps everything (set vim.message.retention-days "
                      "or vim.message.offline-retention-days)", 2)
     report = trio.run(purge_now, config)
     if report is None:
         return _fail("purge", "another node holds the purge lock (a purge is running)", 1)
-    rate = report.messages / max(report.seconds, 1e-9)
-    print(f"purged {report.messages} messages ({rate:,.0f}/s), {report.pending} offline rows, "
-          f"{len(report.logs)} daily logs in {report.seconds:.1f} s")
+    print(f"purged {report.messages} messages ({_per_second(report.messages, report.seconds)}), "
+          f"{report.pending} offline rows, {len(report.logs)} daily logs in {report.seconds:.1f} s")
     return 0
 
 
-@_unreachable_is_3("user delete")
-def cmd_user_delete(args: argparse.Namespace) -> int:
-    from .cli_config import load_or_exit as _load
+@_on_config("user delete")
+def cmd_user_delete(args: argparse.Namespace, config: NodeConfig) -> int:
     from .erasure import delete_user
 
-    config = _load(args.config)
     try:
         with _progress("erase") as bar:
             report = delete_user(config, args.username, args.erase, bar.update)
@@ -177,8 +179,9 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
 def add_lifecycle_commands(commands: Any) -> None:
     """`export`, `import` and `purge`."""
-    export = commands.add_parser(
-        "export", help="write messages as JSON Lines (a user's data request, moving backends)",
+    export = add_command(
+        commands, "export", cmd_export,
+        help="write messages as JSON Lines (a user's data request, moving backends)",
         description="Write the messages of one user (--user: what they sent, and friend messages "
         "sent to them) or of one conversation (--chat) as JSON Lines, oldest first; the same bytes "
         "on every backend. A progress bar goes to stderr when it is a terminal.")
@@ -188,29 +191,27 @@ def add_lifecycle_commands(commands: Any) -> None:
     export.add_argument("--since", help="only messages from this UTC date or date-time on (2026-01-31)")
     export.add_argument("--out", help="file to write (default: stdout)")
     _config_arg(export)
-    export.set_defaults(func=cmd_export)
 
-    imp = commands.add_parser(
-        "import", help="load an export file (idempotent)",
+    imp = add_command(
+        commands, "import", cmd_import, help="load an export file (idempotent)",
         description="Load a file written by `vim-cluster export` into CONFIG's message store. "
         "Idempotent: a message that exists (same sender and cid) is left alone, so running it "
         "twice creates nothing twice.")
     imp.add_argument("file", help="a JSON Lines file written by `vim-cluster export`")
     _config_arg(imp)
-    imp.set_defaults(func=cmd_import)
 
-    purge = commands.add_parser(
-        "purge", help="run the retention purge now",
+    purge = add_command(
+        commands, "purge", cmd_purge, help="run the retention purge now",
         description="Run the retention purge now (what each node does daily at vim.message.purge-hour), "
         "under the cluster's purge lock, so it never runs twice at once.")
     _config_arg(purge)
-    purge.set_defaults(func=cmd_purge)
 
 
 def add_user_delete(user_commands: Any) -> None:
     """`user delete USERNAME [--erase]`."""
-    delete = user_commands.add_parser(
-        "delete", help="delete an account (--erase: and the user's personal data)",
+    delete = add_command(
+        user_commands, "delete", cmd_user_delete,
+        help="delete an account (--erase: and the user's personal data)",
         description="Delete USERNAME's account and close its sessions on every node. With --erase also "
         "erase what they sent (kept as 'deleted' placeholders so conversations keep their shape), "
         "the offline messages waiting for them, their read cursors and routes. Give the user id "
@@ -218,4 +219,3 @@ def add_user_delete(user_commands: Any) -> None:
     delete.add_argument("username", help="username or user id")
     delete.add_argument("--erase", action="store_true", help="also erase the user's messages and data")
     _config_arg(delete)
-    delete.set_defaults(func=cmd_user_delete)

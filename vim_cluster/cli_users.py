@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .cli_config import add_command, load_or_exit
 from .errors import ClientError, ErrorKind, StoreUnavailable
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -55,7 +56,6 @@ def _answer(action: Callable[[], Any]) -> tuple[int, Any]:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     from .admin import add_user
-    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, user_id = _answer(lambda: add_user(config, args.username, read_password(args.password_file), args.name,
@@ -67,7 +67,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     from .admin import list_users
-    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, users = _answer(lambda: list_users(config))
@@ -83,7 +82,6 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     from .admin import set_password
-    from .cli_config import load_or_exit
 
     config = load_or_exit(args.config)
     code, user_id = _answer(lambda: set_password(config, args.username, read_password(
@@ -100,16 +98,14 @@ def add_password_file_option(parser: argparse.ArgumentParser) -> None:
 
 def register_user_actions(user_commands: Any, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
     """Adds `user list` and `user passwd` to the `user` subcommand."""
-    listing = user_commands.add_parser("list", help="list every user",
-                                       description="Every user of CONFIG's directory: id, username, name, department.")
+    listing = add_command(user_commands, "list", cmd_user_list, help="list every user",
+                          description="Every user of CONFIG's directory: id, username, name, department.")
     config_option(listing)
-    listing.set_defaults(func=cmd_user_list)
 
-    passwd = user_commands.add_parser(
-        "passwd", help="set a user's password",
+    passwd = add_command(
+        user_commands, "passwd", cmd_user_passwd, help="set a user's password",
         description="Set USERNAME's password: prompted twice without echo on a terminal, else "
         "read from stdin, or from --password-file. Exit 2 if there is no such user.")
     passwd.add_argument("username")
     add_password_file_option(passwd)
     config_option(passwd)
-    passwd.set_defaults(func=cmd_user_passwd)

@@ -63,11 +63,10 @@ class Unlinked:
         self.packets: list[ff.Packet] = []
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        self.packets.append(ff.Deliver(self.node_id, users, frame_json(frame), exclude, self.clock_ms(),
-                                       frame_message_id(frame)))
+        self.packets.append(deliver_packet(self.node_id, users, frame, exclude, self.clock_ms()))
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        self.packets.append(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None))
+        self.packets.append(kick_packet(dst, user, session, code, notice))
 
     def session_opened(self, session: Session) -> None:
         return None
@@ -107,6 +106,16 @@ def frame_json(frame: OutFrame) -> bytes:
 
 def frame_message_id(frame: OutFrame) -> int | None:
     return frame.reply.message_id()
+
+
+def deliver_packet(src: str, users: list[int], frame: OutFrame, exclude: str | None, ts: int) -> ff.Deliver:
+    """`frame` for `users` on other nodes (but session `exclude`), as node `src` forwards it at `ts`."""
+    return ff.Deliver(src, users, frame_json(frame), exclude, ts, frame_message_id(frame))
+
+
+def kick_packet(dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> ff.Kick:
+    """Closes `user`'s `session` (None: every session) on node `dst` with `code`, after `notice` if any."""
+    return ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None)
 
 
 class ForwardedReply(Reply):

@@ -24,7 +24,6 @@ Rules:
 from __future__ import annotations
 
 import secrets
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,7 +51,6 @@ from ..protocol.forward_connection import (
     EndReason,
     EpochRaised,
     Event,
-    Fenced,
     ForwardConnection,
     LinkEnded,
     LinkState,
@@ -63,8 +61,9 @@ from ..protocol.forward_connection import (
 )
 from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
-from .delivery import LocalDelivery, frame_json, frame_message_id
+from .delivery import LocalDelivery, frame_json, frame_message_id, kick_packet
 from .link import PeerLink, Signal, exchange, pump
+from .link_tally import LinkTally
 from .listeners import Listeners
 from .local_sessions import Session
 from .ws_listener import ListenerConnection, ListenerServer
@@ -93,7 +92,7 @@ class MasterRelay:
                  watch: Callable[[Event], None] = lambda event: None, tunables: Tunables = DEFAULTS) -> None:
         self.node_id = node_id
         self.tunables = tunables
-        self.watch = watch  # sees every EpochRaised and Fenced (the master lease acts on them)
+        self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
         self.secret = secret
         self.local = local
         self.registry = registry
@@ -106,8 +105,6 @@ class MasterRelay:
         self.peers: dict[str, Peer] = {}
         self.warm = trio.Event()  # every slave alive in Redis has linked since we started
         self._linked = Signal()  # a slave linked (the warm-up checks again)
-        self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
-        self.fenced = 0  # frames refused for an older epoch
         self.newer_epoch: int | None = None  # the newest epoch a peer told of, if newer than ours
         self.refused_packets = 0  # packets a peer may not send (a slave's Presence, an operator's Deliver)
 
@@ -127,7 +124,7 @@ class MasterRelay:
                           self.clock_ms(), tag=None)
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        self._send_kick(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None), None)
+        self._send_kick(kick_packet(dst, user, session, code, notice), None)
 
     def session_opened(self, session: Session) -> None:
         self.routes.add(session.user_id, session.id, self.node_id)
@@ -174,21 +171,14 @@ class MasterRelay:
         elif isinstance(event, Acked):
             self._complete(event.items)
         else:
-            self._note(peer.name, event)
+            self._note(event)
 
-    def _note(self, name: str, event: Event) -> None:
-        """Events that are logged and counted (handshake and link ends)."""
-        if isinstance(event, EpochRaised | Fenced):
-            self.watch(event)
+    def _note(self, event: Event) -> None:
+        """Events about the link itself (handshake, fencing, its end): counted and logged."""
+        self.tally.note(event)
         if isinstance(event, EpochRaised):
             self.newer_epoch = max(self.newer_epoch or 0, event.new)
             log.warning("forward_newer_epoch", peer=event.peer, epoch=self.epoch, newer=event.new)
-        elif isinstance(event, Fenced):
-            self.fenced += 1
-            log.warning("forward_frame_fenced", peer=event.peer, frame_epoch=event.frame_epoch,
-                        known_epoch=event.known_epoch)
-        elif isinstance(event, LinkEnded):
-            self.ended[event.reason] += 1
 
     def _on_packets(self, peer: Peer, first: int, packets: Sequence[ff.Packet]) -> None:
         stream = peer.stream
@@ -337,12 +327,12 @@ class MasterRelay:
                     return None
                 if isinstance(event, PeerAuthenticated):
                     return await self._admit(ws, conn, event)
-                self._note(conn.peer_node or "?", event)
+                self._note(event)
             if conn.max_message_size > PRE_AUTH_MAX_FRAME and isinstance(ws, ListenerConnection):
                 ws.raise_message_limit(conn.max_message_size)
 
     def _ended_in_handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag], event: LinkEnded) -> None:
-        self._note(conn.peer_node or "?", event)
+        self._note(event)
         if event.reason in (EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.NEWER_EPOCH, EndReason.FENCED):
             log.warning("forward_peer_refused", peer=conn.peer_node,
                         role=conn.peer_role.value if conn.peer_role else None,
@@ -355,7 +345,7 @@ class MasterRelay:
         if problem:
             log.warning("forward_peer_refused", peer=auth.node, role=auth.role.value, why="refused", reason=problem)
             await ws.send_message(conn.send(Refuse(problem)))
-            self._note(auth.node, conn.close())
+            self._note(conn.close())
             await ws.aclose(1008, problem[:100])
             return None
         peer = self._peer_for(auth)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -46,7 +45,6 @@ from ..protocol.forward_connection import (
     EndReason,
     EpochRaised,
     Event,
-    Fenced,
     Flush,
     ForwardConnection,
     LinkEnded,
@@ -55,8 +53,9 @@ from ..protocol.forward_connection import (
     PeerRole,
 )
 from ..tunables import DEFAULTS, Tunables
-from .delivery import LocalDelivery, frame_json, frame_message_id
+from .delivery import LocalDelivery, deliver_packet, kick_packet
 from .link import PeerLink, exchange, pump
+from .link_tally import LinkTally
 from .local_sessions import Session
 from .master_finder import MasterFinder
 from .ws_open import LinkOpenError, open_link
@@ -95,7 +94,7 @@ class SlaveLink:
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
-        self.watch = watch  # sees every EpochRaised and Fenced (the node's fence and metrics)
+        self.tally = LinkTally(watch, far_end="master")  # watch: the node's fence and metrics
         self.master_url = master_url
         self.ssl_context = ssl_context
         self.problem = "not connected yet"  # why the link is down (for /healthz)
@@ -108,8 +107,6 @@ class SlaveLink:
         self.master_id: str | None = None
         self.peer: PeerLink[None] = PeerLink("master", PeerStream(), self)
         self.conn: ForwardConnection[None] | None = None
-        self.ended: Counter[EndReason] = Counter()  # why links ended, refusals included
-        self.fenced = 0  # frames refused for an older epoch
         self.refused_packets = 0  # packets the master may not send (a SessionOpen ...)
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,11 +118,10 @@ class SlaveLink:
     # --- ClusterLink -----------------------------------------------------------------
 
     def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        self.peer.push(ff.Deliver(self.node_id, users, frame_json(frame), exclude, self.clock_ms(),
-                                  frame_message_id(frame)))
+        self.peer.push(deliver_packet(self.node_id, users, frame, exclude, self.clock_ms()))
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
-        self.peer.push(ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None))
+        self.peer.push(kick_packet(dst, user, session, code, notice))
 
     def session_opened(self, session: Session) -> None:
         self.peer.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
@@ -176,18 +172,11 @@ class SlaveLink:
             for item in event.items:  # new sessions' replays wait for their route (see the rules)
                 if isinstance(item.packet, ff.SessionOpen):
                     self._routed(item.packet.session)
-            return
-        if isinstance(event, EpochRaised | Fenced):
-            self.watch(event)
-        if isinstance(event, EpochRaised):
-            log.info("forward_epoch_raised", master=event.peer, old=event.old, new=event.new)
-            self.epoch = max(self.epoch, event.new)
-        elif isinstance(event, Fenced):
-            self.fenced += 1
-            log.warning("forward_frame_fenced", master=event.peer, frame_epoch=event.frame_epoch,
-                        known_epoch=event.known_epoch)
-        elif isinstance(event, LinkEnded):
-            self.ended[event.reason] += 1
+        else:  # about the link itself (handshake, fencing, its end)
+            self.tally.note(event)
+            if isinstance(event, EpochRaised):
+                log.info("forward_epoch_raised", master=event.peer, old=event.old, new=event.new)
+                self.epoch = max(self.epoch, event.new)
 
     def _apply(self, packets: Sequence[ff.Packet]) -> None:
         """Carries out packets from the master on this node's sessions."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import structlog
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -46,25 +47,26 @@ class MasterMetrics:
         self.epoch.set_function(lambda: fence.known)
 
 
+@attrs.define(eq=False)
 class Mastership:
-    def __init__(self, registry: Registry, runner: BlockingRunner, node_id: str, owner: str,
-                 forward_url: Callable[[], str], fence: Fence, metrics: MasterMetrics,
-                 tunables: Tunables = DEFAULTS) -> None:
-        self.registry = registry
-        self.tunables = tunables
-        self.ttl_ms = int(tunables.master_ttl_s * 1000)
-        self.runner = runner
-        self.node_id = node_id
-        self.owner = owner
-        self.forward_url = forward_url
-        self.fence = fence
-        self.metrics = metrics
-        self.holding = False  # we hold the lease (maybe past the relay deadline)
-        self.epoch = 0  # our epoch while holding
-        self.gate = RelayGate(relay_s=tunables.master_relay_s)
-        self.fenced_at: float | None = None  # when we last stopped relaying (monotonic)
-        self.redis_lost_at: float | None = None  # a standby's last claim attempt that Redis did not answer
-        self._changed = trio.Event()
+    registry: Registry
+    runner: BlockingRunner
+    node_id: str
+    owner: str  # this process, as the lease names it (host/pid/node)
+    forward_url: Callable[[], str]  # what the lease publishes
+    fence: Fence
+    metrics: MasterMetrics
+    tunables: Tunables = DEFAULTS
+    holding: bool = False  # we hold the lease (maybe past the relay deadline)
+    epoch: int = 0  # our epoch while holding
+    gate: RelayGate = attrs.Factory(lambda self: RelayGate(relay_s=self.tunables.master_relay_s), takes_self=True)
+    fenced_at: float | None = None  # when we last stopped relaying (monotonic)
+    redis_lost_at: float | None = None  # a standby's last claim attempt that Redis did not answer
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.tunables.master_ttl_s * 1000)
 
     @property
     def relaying(self) -> bool:

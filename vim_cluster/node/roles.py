@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import structlog
 import trio
 
@@ -49,17 +50,21 @@ def published_url(config: NodeConfig, port: int) -> str:
     return f"{scheme}://{config.public_host}:{port}/forward"
 
 
+@attrs.define(eq=False)
 class ClusterRoles:
-    def __init__(self, ctx: NodeContext, finder: MasterFinder, fence: Fence, metrics: MasterMetrics,
-                 mastership: Mastership | None, forward: Listeners | None) -> None:
-        self.ctx = ctx
-        self.finder = finder
-        self.fence = fence
-        self.metrics = metrics
-        self.mastership = mastership
-        self.forward = forward  # the bound forward port (closed while not the master)
-        self.forward_port = port_of(forward) if forward else None
-        self.catch_up = CatchUp(functools.partial(deliver_since, ctx), ctx.clock_ms, ctx.tunables.catch_up_margin_ms)
+    ctx: NodeContext
+    finder: MasterFinder
+    fence: Fence
+    metrics: MasterMetrics
+    mastership: Mastership | None  # None: not master-capable (a department node)
+    forward: Listeners | None  # the bound forward port (closed while not the master)
+    forward_port: int | None = attrs.field(init=False)
+    catch_up: CatchUp = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.forward_port = port_of(self.forward) if self.forward else None
+        self.catch_up = CatchUp(functools.partial(deliver_since, self.ctx), self.ctx.clock_ms,
+                                self.ctx.tunables.catch_up_margin_ms)
 
     # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 

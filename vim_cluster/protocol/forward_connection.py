@@ -47,8 +47,8 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -352,34 +352,13 @@ class ForwardConnection(Generic[Tag]):
         self.epoch = epoch  # a slave follows the master's epoch
 
     def _handle(self, frame: ff.Frame) -> None:
-        state = self.state
-        if state is LinkState.OPEN:
-            if isinstance(frame, ff.Batch):
-                self._batch(frame)
-                return
-            if isinstance(frame, ff.Beat):
-                return
-        elif state is LinkState.AWAIT_HELLO and isinstance(frame, ff.Hello):
-            self._hello(frame)
-            return
-        elif state is LinkState.AWAIT_AUTH and isinstance(frame, ff.Auth):
-            self._check_auth(frame)
-            return
-        elif state is LinkState.AWAIT_SESSIONS and isinstance(frame, ff.Sessions):
-            assert self._auth is not None and self.peer_node is not None and self.peer_role is not None
-            self.state = LinkState.AWAIT_ADMISSION
-            rows = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in frame.sessions]
-            self._events.append(PeerAuthenticated(self.peer_node, self.peer_role, self.peer_instance or "",
-                                                  self.epoch, self._auth.received, self._auth.base, rows))
-            return
-        elif state is LinkState.AWAIT_CHALLENGE and isinstance(frame, ff.Challenge):
-            self._challenge(frame)
-            return
-        elif state is LinkState.AWAIT_WELCOME and isinstance(frame, ff.Welcome):
-            self._welcome(frame)
-            return
-        raise _End(EndReason.WRONG_STATE, f"unexpected {type(frame).__name__} from {self._peer_name()} "
-                   f"in state {state.value}")
+        """Takes `frame` as the state says (_STEPS, at the end of the module) or ends the link."""
+        step = _STEPS.get(self.state)
+        if step is not None and isinstance(frame, step.takes):
+            step.run(self, frame)
+        elif not (self.state is LinkState.OPEN and isinstance(frame, ff.Beat)):  # a beat only says "alive"
+            raise _End(EndReason.WRONG_STATE, f"unexpected {type(frame).__name__} from {self._peer_name()} "
+                       f"in state {self.state.value}")
 
     # acceptor
 
@@ -404,6 +383,13 @@ class ForwardConnection(Generic[Tag]):
         self._authenticated = True
         self._auth = auth
         self.state = LinkState.AWAIT_SESSIONS
+
+    def _take_sessions(self, frame: ff.Sessions) -> None:
+        assert self._auth is not None and self.peer_node is not None and self.peer_role is not None
+        self.state = LinkState.AWAIT_ADMISSION
+        rows = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in frame.sessions]
+        self._events.append(PeerAuthenticated(self.peer_node, self.peer_role, self.peer_instance or "",
+                                              self.epoch, self._auth.received, self._auth.base, rows))
 
     def _admit(self, stream: PeerStream[Tag]) -> bytes:
         assert self._auth is not None
@@ -487,3 +473,21 @@ class ForwardConnection(Generic[Tag]):
         first, packets = self.stream.window.take_batch(limit)
         self.sent_ack = ack
         return ff.encode_frame(ff.Batch(ack, first, packets), self.epoch)
+
+
+class _Step(NamedTuple):
+    takes: type[Any]  # the one kind of frame a state takes
+    run: Callable[[ForwardConnection[Any], Any], None]
+
+
+# The states of the handshake and of the open link as data (h11 keeps its transitions so): which
+# frame each takes and what it does with it. An open link also takes beats (they only show the
+# peer is alive); any other frame ends the link (WRONG_STATE).
+_STEPS: dict[LinkState, _Step] = {
+    LinkState.AWAIT_HELLO: _Step(ff.Hello, ForwardConnection._hello),  # acceptor
+    LinkState.AWAIT_AUTH: _Step(ff.Auth, ForwardConnection._check_auth),
+    LinkState.AWAIT_SESSIONS: _Step(ff.Sessions, ForwardConnection._take_sessions),
+    LinkState.AWAIT_CHALLENGE: _Step(ff.Challenge, ForwardConnection._challenge),  # initiator
+    LinkState.AWAIT_WELCOME: _Step(ff.Welcome, ForwardConnection._welcome),
+    LinkState.OPEN: _Step(ff.Batch, ForwardConnection._batch),  # both
+}
