@@ -191,9 +191,12 @@ class ServerSocket:
         """From now on, accept messages of up to `max_message_size` bytes."""
         self._max = max(self._max, max_message_size)
 
-    async def receive(self, on_pong: Callable[[bytes], None]) -> str | bytes:
+    async def receive(self, on_pong: Callable[[bytes], None],
+                      before_read: Callable[[], Awaitable[None]] | None = None) -> str | bytes:
         """The next message. Raises Disconnect: with the close code to send when the peer broke
-        the protocol, closed (1000) or went away (then `close_frame` gives nothing to send)."""
+        the protocol, closed (1000) or went away (then `close_frame` gives nothing to send).
+        `before_read`, if given, is awaited before each wait for more data (an owner that
+        writes its pongs itself sends them there)."""
         ws = self._ws
         assert ws is not None
         while True:
@@ -208,6 +211,8 @@ class ServerSocket:
                     if ws.state is ConnectionState.OPEN:  # wsproto could not parse the peer's data
                         raise Disconnect(_code(event.code), _reason(event))
                     raise Disconnect(CloseCode.NORMAL, "closed by peer")
+            if before_read is not None:
+                await before_read()
             try:
                 data = cast(bytes, await self.stream.receive_some(RECEIVE_BYTES))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -265,7 +270,7 @@ class ServerSocket:
         await self.stream.send_all(data)
         self.broken = False
 
-    async def _await_close(self, timeout: float) -> None:
+    async def await_close(self, timeout: float) -> None:
         """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`."""
         ws = self._ws
         with trio.move_on_after(timeout):
@@ -312,7 +317,7 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
                 del request  # the handler keeps what it needs of it, nothing more
                 await serving
                 if not socket.broken:
-                    await socket._await_close(close_timeout)
+                    await socket.await_close(close_timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("websocket_stream_ended", error=str(exc))
         except Exception:  # noqa: BLE001 - one connection, never the listener
