@@ -47,7 +47,8 @@ class Connection:
         """A connection just accepted: anonymous, an empty SendQueue (QUEUE_SIZE, QUEUE_BYTES)."""
         websocket = ctx.config.websocket
         state = ClientState(trio.current_time(), RateWindow(websocket.rate_limit), websocket.idle_timeout)
-        return cls(ctx, ws, conn_id, state, SendQueue(ws, QUEUE_SIZE, QUEUE_BYTES, ws.flusher), trio.CancelScope(), address)
+        flusher = ws.flusher if ws.writes_directly else None  # TLS: the writer task writes
+        return cls(ctx, ws, conn_id, state, SendQueue(ws, QUEUE_SIZE, QUEUE_BYTES, flusher), trio.CancelScope(), address)
 
     @property
     def user_id(self) -> int:

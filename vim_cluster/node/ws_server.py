@@ -249,6 +249,11 @@ class ServerSocket:
             return b""
         return ws.send(CloseConnection(code=code, reason=reason))
 
+    @property
+    def writes_directly(self) -> bool:
+        """Whether `try_send` can write (a plain TCP socket, still open); TLS cannot."""
+        return self._fd >= 0
+
     def try_send(self, data: bytes) -> int:
         """Writes what the socket takes now, without waiting; returns how many bytes (0 when
         its buffer is full, the peer is gone, or there is no direct way: TLS). Only the one
