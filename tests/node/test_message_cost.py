@@ -5,9 +5,9 @@ and share one SQLite store, as the cluster harness's nodes do. Alice on dept-1 s
 messages (100 bytes of content) to Bob on dept-2, relayed through the master; Bob confirms them
 (`received`) and Alice gets the receipts. Per message, the test counts:
 - `alice frames`, `bob frames`: the WebSocket frames the sender and the recipient receive;
-- `client sends`: the nodes' `trio.SocketStream.send_all` calls on client connections (the
-  test clients' own sends are not counted), from a wrapper that counts and calls the real
-  method;
+- `client sends`: the nodes' writes on client connections: `trio.SocketStream.send_all` calls
+  and the Flusher's direct writes (`ServerSocket.try_send`, node/send_queue.py); the test
+  clients' own sends are not counted; wrappers count and call the real methods;
 - `forward sends`: the same on the forward links (both ends, both slaves);
 - `thread hops`: the nodes' `trio.to_thread.run_sync` calls (store batches, confirms; the
   lease heartbeat, one every 2 s per node, is in it too).
@@ -64,6 +64,7 @@ from trio_websocket import WebSocketConnection
 
 from vim_cluster.config import load_config
 from vim_cluster.node.app import RunningNode, serve_node
+from vim_cluster.node.ws_server import ServerSocket
 
 from ..support import Client, online, write_config
 
@@ -121,6 +122,15 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
             counts.thread_hops += 1
         return await real_run_sync(*args, **kwargs)
 
+    real_try_send = ServerSocket.try_send
+
+    def try_send(self: ServerSocket, data: bytes) -> int:
+        if counts.counting and isinstance(self.stream, trio.SocketStream) and \
+                (name := counts.stream_of(self.stream)) is not None:
+            counts.sends[name] += 1
+        return real_try_send(self, data)
+
+    monkeypatch.setattr(ServerSocket, "try_send", try_send)
     monkeypatch.setattr(trio.SocketStream, "send_all", send_all)
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
     yield counts

@@ -46,7 +46,8 @@ class Connection:
         websocket, tunables = ctx.config.websocket, ctx.tunables
         state = ClientState(trio.current_time(), RateWindow(websocket.rate_limit), websocket.idle_timeout,
                             auth_timeout=tunables.client_auth_timeout_s)
-        queue = SendQueue(ws, tunables.client_queue_frames, tunables.client_queue_bytes,
+        flusher = ws.flusher if ws.writes_directly else None  # TLS: the writer task writes
+        queue = SendQueue(ws, tunables.client_queue_frames, tunables.client_queue_bytes, flusher,
                           linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
         return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address)
 

@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,12 +31,7 @@ from typing import Any
 import attrs
 import structlog
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-)
+from trio_websocket import ConnectionClosed
 
 from ..core import presence
 from ..core.relay import RouteTable
@@ -62,11 +58,12 @@ from ..protocol.forward_connection import (
 from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
 from .delivery import LocalDelivery, frame_json, frame_message_id, kick_packet
-from .link import PeerLink, Signal, exchange, pump
+from .link import MessageWebSocket, PeerLink, Signal, exchange, pump
 from .link_tally import LinkTally
 from .listeners import Listeners
 from .local_sessions import Session
-from .ws_listener import ListenerConnection, ListenerServer
+from .ws_messages import MessageSocket
+from .ws_server import Request, serve_websockets
 
 log = structlog.get_logger()
 Tag = tuple[str, str, int]  # (source peer, its instance, its seq): whom to ack when done
@@ -81,7 +78,7 @@ class Peer(PeerLink[Tag]):
     node_id: str
     instance: str
     role: PeerRole
-    connection: WebSocketConnection | None = None
+    connection: MessageWebSocket | None = None
     conn: ForwardConnection[Tag] | None = None
     pump_done: trio.Event = attrs.Factory(trio.Event)
 
@@ -251,20 +248,22 @@ class MasterRelay:
     # --- the listener -------------------------------------------------------------------
 
     async def serve(self, listeners: Listeners, *,
-                    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serves the forward channel on bound `listeners` (wss:// when they are TLS ones)."""
-        async def handler(request: WebSocketRequest) -> None:
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves the forward channel on bound `listeners` (wss:// when they are TLS ones),
+        with the lean WebSocket server of the client port (node/ws_server.py)."""
+        async def handler(request: Request) -> None:
             try:
                 await self._serve_peer(request)
             except Exception:  # noqa: BLE001 - the forward link bulkhead: one link, never the node
                 log.exception("forward_peer_crashed")
 
         async with trio.open_nursery() as nursery:
-            server = ListenerServer(handler, listeners, max_message_size=PRE_AUTH_MAX_FRAME,
-                                    connect_timeout=self.tunables.link_handshake_timeout_s, disconnect_timeout=5)
-            await nursery.start(server.run)
+            await nursery.start(functools.partial(serve_websockets, handler, listeners,
+                                                  max_message_size=PRE_AUTH_MAX_FRAME,
+                                                  handshake_timeout=self.tunables.link_handshake_timeout_s,
+                                                  close_timeout=5))
             nursery.start_soon(self._warm_up)
-            task_status.started(server)
+            task_status.started()
 
     async def _expected_slaves(self) -> set[str]:
         while True:
@@ -290,8 +289,8 @@ class MasterRelay:
         log.info("forward_hub_warm", linked=sorted(self._linked_slaves()))
         self.warm.set()
 
-    async def _serve_peer(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
+    async def _serve_peer(self, request: Request) -> None:
+        ws = MessageSocket(await request.accept())
         conn: ForwardConnection[Tag] = ForwardConnection(PeerRole.MASTER, self.node_id, self.secret,
                                                          epoch=self.epoch, instance=self.instance)
         try:
@@ -316,7 +315,7 @@ class MasterRelay:
                 self.drop_peer(peer.name, "operator done")
         log.info("forward_peer_lost", reason=ended.reason.value, detail=ended.detail, pending=len(peer))
 
-    async def _handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag]) -> Peer | None:
+    async def _handshake(self, ws: MessageSocket, conn: ForwardConnection[Tag]) -> Peer | None:
         """Runs the connection's handshake; admits or refuses the authenticated peer. None: the
         link ended (refused, or the peer broke the protocol: logged)."""
         while True:
@@ -328,10 +327,10 @@ class MasterRelay:
                 if isinstance(event, PeerAuthenticated):
                     return await self._admit(ws, conn, event)
                 self._note(event)
-            if conn.max_message_size > PRE_AUTH_MAX_FRAME and isinstance(ws, ListenerConnection):
+            if conn.max_message_size > PRE_AUTH_MAX_FRAME:
                 ws.raise_message_limit(conn.max_message_size)
 
-    def _ended_in_handshake(self, ws: WebSocketConnection, conn: ForwardConnection[Tag], event: LinkEnded) -> None:
+    def _ended_in_handshake(self, ws: MessageSocket, conn: ForwardConnection[Tag], event: LinkEnded) -> None:
         self._note(event)
         if event.reason in (EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.NEWER_EPOCH, EndReason.FENCED):
             log.warning("forward_peer_refused", peer=conn.peer_node,
@@ -340,7 +339,7 @@ class MasterRelay:
         else:
             log.warning("forward_handshake_failed", peer=conn.peer_node, why=event.reason.value, error=event.detail)
 
-    async def _admit(self, ws: WebSocketConnection, conn: ForwardConnection[Tag], auth: PeerAuthenticated) -> Peer | None:
+    async def _admit(self, ws: MessageSocket, conn: ForwardConnection[Tag], auth: PeerAuthenticated) -> Peer | None:
         problem = await self._admission_problem(auth)
         if problem:
             log.warning("forward_peer_refused", peer=auth.node, role=auth.role.value, why="refused", reason=problem)

@@ -202,16 +202,21 @@ class LeasedIds:
     async def next_id(self) -> int:
         """Waits (at most `wait_s`) until the worker id is safe to mint with; raises
         StoreUnavailable if it does not get there (Redis unreachable)."""
+        if self.lease.gate.wait_s(trio.current_time()) != 0:
+            await self._wait_until_safe()  # the usual case needs no wait (and no cancel scope)
+        worker = self.lease.gate.worker
+        assert worker is not None  # wait_s() == 0 means a worker id is held
+        generator = self._generators.get(worker)
+        if generator is None:
+            generator = self._generators[worker] = IdGenerator(worker, self.clock_ms)
+        return generator.next_id()
+
+    async def _wait_until_safe(self) -> None:
         with trio.move_on_after(self.wait_s):
             while (wait := self.lease.gate.wait_s(trio.current_time())) != 0:
                 if wait is None:
                     await self.lease.changed()
                 else:
                     await trio.sleep(wait)
-            worker = self.lease.gate.worker
-            assert worker is not None  # wait_s() == 0 means a worker id is held
-            generator = self._generators.get(worker)
-            if generator is None:
-                generator = self._generators[worker] = IdGenerator(worker, self.clock_ms)
-            return generator.next_id()
+            return
         raise StoreUnavailable(f"no confirmed worker id for {self.wait_s:.0f} s: Redis is unreachable")

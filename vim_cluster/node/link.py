@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from ..protocol.forward import PeerStream
 from ..protocol.forward_connection import (
@@ -30,7 +30,7 @@ from ..protocol.forward_connection import (
 from ..protocol.forward_frames import Packet
 from ..tunables import Tunables
 
-__all__ = ["MAX_FRAME", "Signal", "LinkOwner", "PeerLink", "exchange", "pump"]
+__all__ = ["MAX_FRAME", "Signal", "LinkOwner", "PeerLink", "MessageWebSocket", "exchange", "pump"]
 Tag = TypeVar("Tag")
 
 
@@ -46,6 +46,18 @@ class Signal:
     async def wait(self) -> None:
         await self._event.wait()
         self._event = trio.Event()
+
+
+class MessageWebSocket(Protocol):
+    """What a link needs of its WebSocket: trio-websocket's message API. The slave side is a
+    trio-websocket client connection, the master side a node/ws_messages.MessageSocket; both
+    raise trio_websocket.ConnectionClosed once closed."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 class LinkOwner(Protocol):
@@ -73,12 +85,12 @@ class PeerLink(Generic[Tag]):
         return len(self.stream.window)
 
 
-async def _send_replies(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> None:
+async def _send_replies(ws: MessageWebSocket, conn: ForwardConnection[Any]) -> None:
     for data in conn.data_to_send():
         await ws.send_message(data)
 
 
-async def exchange(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> list[Event]:
+async def exchange(ws: MessageWebSocket, conn: ForwardConnection[Any]) -> list[Event]:
     """Handshake step: reads one message into `conn`, sends its replies, returns its events.
     ConnectionClosed while reading propagates (the handshake failed)."""
     conn.receive_data(await ws.get_message())
@@ -90,7 +102,7 @@ async def exchange(ws: WebSocketConnection, conn: ForwardConnection[Any]) -> lis
     return events
 
 
-async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+async def pump(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: PeerLink[Any],
                tunables: Tunables) -> LinkEnded:
     """Runs an open link until it ends; returns why (the connection closed, a refusal, or the
     peer went silent). Anything else is a bug and propagates."""
@@ -113,7 +125,7 @@ async def pump(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: Peer
     return ended
 
 
-async def _reader(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+async def _reader(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: PeerLink[Any],
                   stop: Any) -> None:
     owner = peer.owner
     try:
@@ -131,7 +143,7 @@ async def _reader(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: P
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
 
 
-async def _writer(ws: WebSocketConnection, conn: ForwardConnection[Any], peer: PeerLink[Any],
+async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: PeerLink[Any],
                   stop: Any, tunables: Tunables) -> None:
     try:
         while True:

@@ -26,11 +26,13 @@ Rules:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import os
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h11
 import structlog
@@ -70,6 +72,63 @@ def frame(payload: str | bytes, binary: bool) -> bytes:
         data = payload.encode()
         return frame_header(0x1, len(data)) + data
     return frame_header(0x2 if binary else 0x1, len(payload)) + payload
+
+
+class Flushable(Protocol):
+    """A connection's queue of outgoing frames, as the Flusher sees it (node/send_queue.py)."""
+
+    def flush(self) -> None:
+        """Write what waits without waiting (this pass's turn); never raises."""
+
+    def unflushed(self) -> None:
+        """The Flusher stopped before this one's turn."""
+
+
+class Flusher:
+    """Write-through for the connections of one listener: once per scheduler pass, every queue
+    that asked (`add`, never blocks) writes what waits with `try_send` (node/send_queue.py's
+    docstring says why). `run` is its one task."""
+
+    __slots__ = ("_dirty", "_task", "_parked")
+
+    def __init__(self) -> None:
+        self._dirty: list[Flushable] = []
+        self._task: trio.lowlevel.Task | None = None
+        self._parked = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def add(self, queue: Flushable) -> None:
+        self._dirty.append(queue)
+        if self._parked:
+            self._parked = False
+            assert self._task is not None
+            trio.lowlevel.reschedule(self._task)
+
+    async def run(self) -> None:
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._parked = False
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            while True:
+                if not self._dirty:
+                    self._parked = True
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                else:
+                    await trio.lowlevel.checkpoint()  # let this pass's other tasks queue theirs too
+                dirty, self._dirty = self._dirty, []
+                for queue in dirty:
+                    queue.flush()
+        finally:
+            self._task = None  # stopped with the listener (the node stops): queues use their writers
+            for queue in self._dirty:
+                queue.unflushed()
+            self._dirty = []
 
 
 class Rejected(Exception):
@@ -115,10 +174,13 @@ def _response(status: int, body: bytes) -> bytes:
 class ServerSocket:
     """One accepted client WebSocket: reads messages, writes pre-framed bytes."""
 
-    __slots__ = ("stream", "_ws", "_parts", "_size", "_max", "broken")
+    __slots__ = ("stream", "_ws", "_parts", "_size", "_max", "broken", "flusher", "_fd")
 
-    def __init__(self, stream: trio.abc.Stream, max_message_size: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_message_size: int, flusher: Flusher | None = None) -> None:
         self.stream = stream
+        self.flusher = flusher  # the listener's write-through (node/send_queue.py)
+        # A plain TCP socket can be written without waiting (try_send); -1: no (TLS), or ended.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._ws: Connection | None = None
         self._parts: list[str | bytes] | None = None  # the message being received, by piece
         self._size = 0
@@ -129,9 +191,12 @@ class ServerSocket:
         """From now on, accept messages of up to `max_message_size` bytes."""
         self._max = max(self._max, max_message_size)
 
-    async def receive(self, on_pong: Callable[[bytes], None]) -> str | bytes:
+    async def receive(self, on_pong: Callable[[bytes], None],
+                      before_read: Callable[[], Awaitable[None]] | None = None) -> str | bytes:
         """The next message. Raises Disconnect: with the close code to send when the peer broke
-        the protocol, closed (1000) or went away (then `close_frame` gives nothing to send)."""
+        the protocol, closed (1000) or went away (then `close_frame` gives nothing to send).
+        `before_read`, if given, is awaited before each wait for more data (an owner that
+        writes its pongs itself sends them there)."""
         ws = self._ws
         assert ws is not None
         while True:
@@ -146,6 +211,8 @@ class ServerSocket:
                     if ws.state is ConnectionState.OPEN:  # wsproto could not parse the peer's data
                         raise Disconnect(_code(event.code), _reason(event))
                     raise Disconnect(CloseCode.NORMAL, "closed by peer")
+            if before_read is not None:
+                await before_read()
             try:
                 data = cast(bytes, await self.stream.receive_some(RECEIVE_BYTES))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -182,13 +249,33 @@ class ServerSocket:
             return b""
         return ws.send(CloseConnection(code=code, reason=reason))
 
+    @property
+    def writes_directly(self) -> bool:
+        """Whether `try_send` can write (a plain TCP socket, still open); TLS cannot."""
+        return self._fd >= 0
+
+    def try_send(self, data: bytes) -> int:
+        """Writes what the socket takes now, without waiting; returns how many bytes (0 when
+        its buffer is full, the peer is gone, or there is no direct way: TLS). Only the one
+        writer of the connection may call it (the Flusher, while the queue has no writer task)."""
+        if self._fd < 0:
+            return 0
+        try:
+            return os.write(self._fd, data)
+        except OSError:  # full (EAGAIN), or gone: the writer task waits, or finds out and ends
+            return 0
+
+    def ended(self) -> None:
+        """The connection is over: never write to its file descriptor again (it may be reused)."""
+        self._fd = -1
+
     async def send_all(self, data: bytes) -> None:
         """Writes `data` (whole frames); `broken` if cancelled or failed in the middle."""
         self.broken = True
         await self.stream.send_all(data)
         self.broken = False
 
-    async def _await_close(self, timeout: float) -> None:
+    async def await_close(self, timeout: float) -> None:
         """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`."""
         ws = self._ws
         with trio.move_on_after(timeout):
@@ -223,8 +310,10 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
                            task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED) -> None:
     """Accepts connections on `listeners` for ever; `handler(request)` runs in each one's task."""
 
+    flusher = Flusher()
+
     async def connection(stream: trio.abc.Stream) -> None:
-        socket = ServerSocket(stream, max_message_size)
+        socket = ServerSocket(stream, max_message_size, flusher)
         try:
             with trio.move_on_after(handshake_timeout):
                 request = await _read_request(socket, _remote(stream))
@@ -233,15 +322,19 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
                 del request  # the handler keeps what it needs of it, nothing more
                 await serving
                 if not socket.broken:
-                    await socket._await_close(close_timeout)
+                    await socket.await_close(close_timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("websocket_stream_ended", error=str(exc))
         except Exception:  # noqa: BLE001 - one connection, never the listener
             log.exception("websocket_connection_crashed")
         finally:
+            socket.ended()
             await trio.aclose_forcefully(stream)
 
-    await trio.serve_listeners(connection, list(listeners), task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        task_status.started(await nursery.start(functools.partial(trio.serve_listeners, connection,
+                                                                  list(listeners))))
 
 
 async def _read_request(socket: ServerSocket, remote: str) -> Request | None:

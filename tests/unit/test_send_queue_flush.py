@@ -1,0 +1,190 @@
+"""The Flusher's write-through (vim_cluster.node.ws_server.Flusher with node/send_queue.py):
+queues without a writer task write in one `try_send` per scheduler pass; what the socket does
+not take goes on through the queue's writer task, first, whole frames never cut or reordered.
+Against a stand-in socket that takes `room` bytes without waiting and records every write."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from vim_cluster.errors import CloseCode
+from vim_cluster.node.send_queue import Close, SendQueue
+from vim_cluster.node.ws_server import Flusher
+from vim_cluster.protocol import frames as f
+from vim_cluster.protocol.codec import OutFrame
+
+from .test_send_queue import Socket
+
+
+class DirectSocket(Socket):
+    """Also writes without waiting: takes at most `room` bytes a call (None: everything)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room: int | None = None
+        self.direct = 0  # try_send calls
+        self.waited = 0  # send_all calls (the writer task's)
+        self.crash = False  # a bug in the write
+
+    def try_send(self, data: bytes) -> int:
+        self.direct += 1
+        if self.crash:
+            raise RuntimeError("a bug")
+        taken = len(data) if self.room is None else min(self.room, len(data))
+        if taken:
+            self.writes.append(data[:taken])
+        return taken
+
+    async def send_all(self, data: bytes) -> None:
+        self.waited += 1
+        await super().send_all(data)
+
+
+def frame(n: int) -> OutFrame:
+    return OutFrame(f.Pong(n))
+
+
+async def test_queues_of_one_pass_write_directly_once_each_and_start_no_writer_task() -> None:
+    sockets = [DirectSocket() for _ in range(3)]
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as connections:
+                queues = [SendQueue(ws, 100, flusher=flusher) for ws in sockets]
+                for box in queues:
+                    box.attach(connections, connections.cancel_scope)
+                for n in range(4):  # four frames to each, within one pass
+                    for box in queues:
+                        assert box.push(frame(n))
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(connections.child_tasks) == 0  # no writer task was needed
+                for ws in sockets:
+                    assert ws.pongs() == [0, 1, 2, 3]
+                    assert (ws.direct, ws.waited) == (1, 0)  # one write for the four frames
+                queues[0].append(frame(4))  # a later pass: one more direct write
+                await trio.testing.wait_all_tasks_blocked()
+                assert (sockets[0].pongs(), sockets[0].direct) == ([0, 1, 2, 3, 4], 2)
+            nursery.cancel_scope.cancel()
+
+
+async def test_what_the_socket_does_not_take_goes_first_through_the_writer_task() -> None:
+    ws = DirectSocket()
+    ws.room = 7  # the socket's buffer takes 7 bytes: the middle of the first frame
+    ws.gate = trio.Event()  # ... and then the writer must wait for the peer
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            box = SendQueue(ws, 100, flusher=flusher)
+            box.attach(nursery, nursery.cancel_scope)
+            box.push(frame(0))
+            box.push(frame(1))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.direct == 1 and len(ws.writes) == 1 and len(ws.writes[0]) == 7
+            box.push(frame(2))  # queued behind the rest, for the writer
+            for n in range(5):  # pongs must not replace the rest of a frame
+                box.control(bytes((0x80 | 0xA, 1, n)))
+            ws.gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.pongs() == [0, 1, 2]  # whole frames, in order
+            assert ws.direct == 1 and ws.waited >= 1  # the writer took over
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_full_socket_leaves_everything_to_the_writer() -> None:
+    ws = DirectSocket()
+    ws.room = 0
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            box = SendQueue(ws, 100, flusher=flusher)
+            box.attach(nursery, nursery.cancel_scope)
+            for n in range(3):
+                box.push(frame(n))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.pongs() == [0, 1, 2] and ws.waited == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_abort_keeps_the_rest_of_a_frame_begun_then_closes() -> None:
+    ws = DirectSocket()
+    ws.room = 5
+    ws.gate = trio.Event()
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as connection:
+                box = SendQueue(ws, 100, flusher=flusher)
+                box.attach(connection, connection.cancel_scope)
+                box.push(frame(0))
+                await trio.testing.wait_all_tasks_blocked()  # 5 bytes of frame 0 are out
+                box.push(frame(1))
+                box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
+                ws.gate.set()
+                await trio.sleep_forever()
+            assert connection.cancel_scope.cancelled_caught
+            assert ws.pongs() == [0]  # finished whole; frame 1 dropped
+            assert ws.closed() == (int(CloseCode.SLOW_CONSUMER), "slow-consumer")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_close_goes_through_the_writer_after_what_was_queued() -> None:
+    ws = DirectSocket()
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as connection:
+                box = SendQueue(ws, 100, flusher=flusher)
+                box.attach(connection, connection.cancel_scope)
+                box.push(frame(0))
+                assert box.close(Close(CloseCode.GOING_AWAY, "bye", frame(1)))
+                await trio.sleep_forever()
+            assert ws.pongs() == [0, 1]
+            assert ws.closed() == (int(CloseCode.GOING_AWAY), "bye")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_write_that_crashes_ends_its_connection_only() -> None:
+    good, bad = DirectSocket(), DirectSocket()
+    bad.crash = True
+    flusher = Flusher()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as first, trio.open_nursery() as second:
+                bad_box = SendQueue(bad, 100, flusher=flusher)
+                good_box = SendQueue(good, 100, flusher=flusher)
+                bad_box.attach(first, first.cancel_scope)
+                good_box.attach(second, second.cancel_scope)
+                bad_box.append(frame(1))
+                good_box.append(frame(2))
+                await trio.testing.wait_all_tasks_blocked()
+                assert first.cancel_scope.cancel_called  # that connection ends
+                assert not second.cancel_scope.cancel_called
+                assert good.pongs() == [2] and bad.writes == []
+                second.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+async def test_without_a_running_flusher_the_writer_task_writes() -> None:
+    ws = DirectSocket()
+    flusher = Flusher()  # never run (or stopped with its listener)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            box = SendQueue(ws, 100, flusher=flusher)
+            box.attach(nursery, nursery.cancel_scope)
+            box.push(frame(0))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.pongs() == [0] and (ws.direct, ws.waited) == (0, 1)
+            nursery.cancel_scope.cancel()
