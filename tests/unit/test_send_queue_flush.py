@@ -5,6 +5,9 @@ Against a stand-in socket that takes `room` bytes without waiting and records ev
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 import trio
 import trio.testing
 
@@ -45,42 +48,50 @@ def frame(n: int) -> OutFrame:
     return OutFrame(f.Pong(n))
 
 
-async def test_queues_of_one_pass_write_directly_once_each_and_start_no_writer_task() -> None:
-    sockets = [DirectSocket() for _ in range(3)]
+@pytest.fixture
+async def flusher() -> AsyncIterator[Flusher]:
+    """A running Flusher (its task in the fixture's nursery)."""
     flusher = Flusher()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        yield flusher
+        nursery.cancel_scope.cancel()
+
+
+def attached(ws: DirectSocket, flusher: Flusher, connection: trio.Nursery) -> SendQueue:
+    """A queue on `ws` whose writers run in `connection` (its scope: the connection's)."""
+    box = SendQueue(ws, 100, flusher=flusher)
+    box.attach(connection, connection.cancel_scope)
+    return box
+
+
+async def test_queues_of_one_pass_write_directly_once_each_and_start_no_writer_task(flusher: Flusher) -> None:
+    sockets = [DirectSocket() for _ in range(3)]
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as connections:
-                queues = [SendQueue(ws, 100, flusher=flusher) for ws in sockets]
+        async with trio.open_nursery() as connections:
+            queues = [attached(ws, flusher, connections) for ws in sockets]
+            for n in range(4):  # four frames to each, within one pass
                 for box in queues:
-                    box.attach(connections, connections.cancel_scope)
-                for n in range(4):  # four frames to each, within one pass
-                    for box in queues:
-                        assert box.push(frame(n))
-                await trio.testing.wait_all_tasks_blocked()
-                assert len(connections.child_tasks) == 0  # no writer task was needed
-                for ws in sockets:
-                    assert ws.pongs() == [0, 1, 2, 3]
-                    assert (ws.direct, ws.waited) == (1, 0)  # one write for the four frames
-                queues[0].append(frame(4))  # a later pass: one more direct write
-                await trio.testing.wait_all_tasks_blocked()
-                assert (sockets[0].pongs(), sockets[0].direct) == ([0, 1, 2, 3, 4], 2)
-            nursery.cancel_scope.cancel()
+                    assert box.push(frame(n))
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(connections.child_tasks) == 0  # no writer task was needed
+            for ws in sockets:
+                assert ws.pongs() == [0, 1, 2, 3]
+                assert (ws.direct, ws.waited) == (1, 0)  # one write for the four frames
+            queues[0].append(frame(4))  # a later pass: one more direct write
+            await trio.testing.wait_all_tasks_blocked()
+            assert (sockets[0].pongs(), sockets[0].direct) == ([0, 1, 2, 3, 4], 2)
+            connections.cancel_scope.cancel()
 
 
-async def test_what_the_socket_does_not_take_goes_first_through_the_writer_task() -> None:
+async def test_what_the_socket_does_not_take_goes_first_through_the_writer_task(flusher: Flusher) -> None:
     ws = DirectSocket()
     ws.room = 7  # the socket's buffer takes 7 bytes: the middle of the first frame
     ws.gate = trio.Event()  # ... and then the writer must wait for the peer
-    flusher = Flusher()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
-            await trio.testing.wait_all_tasks_blocked()
-            box = SendQueue(ws, 100, flusher=flusher)
-            box.attach(nursery, nursery.cancel_scope)
+        async with trio.open_nursery() as connection:
+            box = attached(ws, flusher, connection)
             box.push(frame(0))
             box.push(frame(1))
             await trio.testing.wait_all_tasks_blocked()
@@ -92,99 +103,72 @@ async def test_what_the_socket_does_not_take_goes_first_through_the_writer_task(
             await trio.testing.wait_all_tasks_blocked()
             assert ws.pongs() == [0, 1, 2]  # whole frames, in order
             assert ws.direct == 1 and ws.waited >= 1  # the writer took over
-            nursery.cancel_scope.cancel()
+            connection.cancel_scope.cancel()
 
 
-async def test_a_full_socket_leaves_everything_to_the_writer() -> None:
+async def test_a_full_socket_leaves_everything_to_the_writer(flusher: Flusher) -> None:
     ws = DirectSocket()
     ws.room = 0
-    flusher = Flusher()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
-            await trio.testing.wait_all_tasks_blocked()
-            box = SendQueue(ws, 100, flusher=flusher)
-            box.attach(nursery, nursery.cancel_scope)
+        async with trio.open_nursery() as connection:
+            box = attached(ws, flusher, connection)
             for n in range(3):
                 box.push(frame(n))
             await trio.testing.wait_all_tasks_blocked()
             assert ws.pongs() == [0, 1, 2] and ws.waited == 1
-            nursery.cancel_scope.cancel()
+            connection.cancel_scope.cancel()
 
 
-async def test_an_abort_keeps_the_rest_of_a_frame_begun_then_closes() -> None:
+async def test_an_abort_keeps_the_rest_of_a_frame_begun_then_closes(flusher: Flusher) -> None:
     ws = DirectSocket()
     ws.room = 5
     ws.gate = trio.Event()
-    flusher = Flusher()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as connection:
-                box = SendQueue(ws, 100, flusher=flusher)
-                box.attach(connection, connection.cancel_scope)
-                box.push(frame(0))
-                await trio.testing.wait_all_tasks_blocked()  # 5 bytes of frame 0 are out
-                box.push(frame(1))
-                box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
-                ws.gate.set()
-                await trio.sleep_forever()
-            assert connection.cancel_scope.cancelled_caught
-            assert ws.pongs() == [0]  # finished whole; frame 1 dropped
-            assert ws.closed() == (int(CloseCode.SLOW_CONSUMER), "slow-consumer")
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as connection:
+            box = attached(ws, flusher, connection)
+            box.push(frame(0))
+            await trio.testing.wait_all_tasks_blocked()  # 5 bytes of frame 0 are out
+            box.push(frame(1))
+            box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
+            ws.gate.set()
+            await trio.sleep_forever()
+    assert connection.cancel_scope.cancelled_caught
+    assert ws.pongs() == [0]  # finished whole; frame 1 dropped
+    assert ws.closed() == (int(CloseCode.SLOW_CONSUMER), "slow-consumer")
 
 
-async def test_a_close_goes_through_the_writer_after_what_was_queued() -> None:
+async def test_a_close_goes_through_the_writer_after_what_was_queued(flusher: Flusher) -> None:
     ws = DirectSocket()
-    flusher = Flusher()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as connection:
-                box = SendQueue(ws, 100, flusher=flusher)
-                box.attach(connection, connection.cancel_scope)
-                box.push(frame(0))
-                assert box.close(Close(CloseCode.GOING_AWAY, "bye", frame(1)))
-                await trio.sleep_forever()
-            assert ws.pongs() == [0, 1]
-            assert ws.closed() == (int(CloseCode.GOING_AWAY), "bye")
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as connection:
+            box = attached(ws, flusher, connection)
+            box.push(frame(0))
+            assert box.close(Close(CloseCode.GOING_AWAY, "bye", frame(1)))
+            await trio.sleep_forever()
+    assert ws.pongs() == [0, 1]
+    assert ws.closed() == (int(CloseCode.GOING_AWAY), "bye")
 
 
-async def test_a_write_that_crashes_ends_its_connection_only() -> None:
+async def test_a_write_that_crashes_ends_its_connection_only(flusher: Flusher) -> None:
     good, bad = DirectSocket(), DirectSocket()
     bad.crash = True
-    flusher = Flusher()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run)
+        async with trio.open_nursery() as first, trio.open_nursery() as second:
+            attached(bad, flusher, first).append(frame(1))
+            attached(good, flusher, second).append(frame(2))
             await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as first, trio.open_nursery() as second:
-                bad_box = SendQueue(bad, 100, flusher=flusher)
-                good_box = SendQueue(good, 100, flusher=flusher)
-                bad_box.attach(first, first.cancel_scope)
-                good_box.attach(second, second.cancel_scope)
-                bad_box.append(frame(1))
-                good_box.append(frame(2))
-                await trio.testing.wait_all_tasks_blocked()
-                assert first.cancel_scope.cancel_called  # that connection ends
-                assert not second.cancel_scope.cancel_called
-                assert good.pongs() == [2] and bad.writes == []
-                second.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+            assert first.cancel_scope.cancel_called  # that connection ends
+            assert not second.cancel_scope.cancel_called
+            assert good.pongs() == [2] and bad.writes == []
+            second.cancel_scope.cancel()
 
 
 async def test_without_a_running_flusher_the_writer_task_writes() -> None:
     ws = DirectSocket()
-    flusher = Flusher()  # never run (or stopped with its listener)
+    stopped = Flusher()  # never run (or stopped with its listener)
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box = SendQueue(ws, 100, flusher=flusher)
-            box.attach(nursery, nursery.cancel_scope)
-            box.push(frame(0))
+        async with trio.open_nursery() as connection:
+            attached(ws, stopped, connection).push(frame(0))
             await trio.testing.wait_all_tasks_blocked()
             assert ws.pongs() == [0] and (ws.direct, ws.waited) == (0, 1)
-            nursery.cancel_scope.cancel()
+            connection.cancel_scope.cancel()
