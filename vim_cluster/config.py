@@ -11,7 +11,6 @@ Rules:
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 import ssl
 import tomllib
@@ -23,8 +22,19 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from .config_values import (
+    TLS_KEYS,
+    SubkeyError,
+    int_range,
+    positive_number,
+    public_host,
+    redis_url,
+    string,
+    tls_section,
+    ws_url,
+    ws_urls,
+)
 from .errors import ConfigError
-from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
 from .tunables import CONFIG_KEYS, DEFAULTS, Tunables
 
 NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -144,49 +154,10 @@ class NodeConfig:
         return f"{scheme}://{self.public_host}:{self.http.port}/"
 
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
-
-
-def _public_host(value: Any) -> str:
-    """A DNS name or an IP address (no scheme, no port)."""
-    text = _string(value)
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        if not _HOSTNAME_RE.match(text):
-            raise ValueError(f"must be a host name or IP address, got {value!r}") from None
-    return text
-
-
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
-
-
-# --- value checkers: each returns the converted value or raises ValueError(problem) ---------
-
-
-def _int_range(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return check
-
-
-def _positive_number(value: Any) -> float:
-    # `not value > 0` rather than `value <= 0`: NaN compares false both ways and must fail.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"must be a non-empty string, got {value!r}")
-    return value
 
 
 def _node_id(value: Any) -> str:
@@ -209,61 +180,7 @@ def _store_sync(value: Any) -> StoreSync:
         raise ValueError(f"must be 'full' or 'normal', got {value!r}") from None
 
 
-def _ws_url(value: Any) -> str:
-    text = _string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
-        raise ValueError(f"must be a ws:// or wss:// URL with host and port, got {value!r}")
-    return text
-
-
-def _ws_urls(value: Any) -> tuple[str, ...]:
-    """One ws:// URL, several separated by commas, or a list of them (candidates, in order)."""
-    items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not items:
-        raise ValueError(f"must be a ws:// or wss:// URL, a comma-separated list or a list of them, got {value!r}")
-    return tuple(dict.fromkeys(_ws_url(item) for item in items))
-
-
-class _SubkeyError(ValueError):
-    """A problem with one key of a nested mapping (e.g. vim.websocket.tls.cert-file)."""
-
-    def __init__(self, subkey: str, problem: str) -> None:
-        super().__init__(problem)
-        self.subkey = subkey
-
-
-TLS_KEYS = ("cert-file", "key-file", "ca-file")
-
-
-def _tls_section(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be a mapping of {', '.join(TLS_KEYS)}, got {value!r}")
-    for key in value:
-        if key not in TLS_KEYS:
-            raise _SubkeyError(str(key), f"unknown key (known: {', '.join(TLS_KEYS)})")
-    found: dict[str, str] = {}
-    for key in TLS_KEYS:
-        if value.get(key) is not None:
-            try:
-                found[key] = _string(value[key])
-            except ValueError as exc:
-                raise _SubkeyError(key, str(exc)) from None
-    return found
-
-
-def _redis_url(value: Any) -> str:
-    text = _string(value)
-    scheme = urlsplit(text).scheme
-    if scheme == SENTINEL_SCHEME:
-        parse_sentinel_url(text)  # ValueError says what is wrong
-    elif text != "embedded" and scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"must be 'embedded' or a redis://, rediss://, unix:// or "
-                         f"{SENTINEL_SCHEME}://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] URL, got {value!r}")
-    return text
-
-
-PORT = _int_range(1, 65535)
+PORT = int_range(1, 65535)
 
 # (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
 REQUIRED = object()
@@ -271,41 +188,41 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "cluster": {
         "node-type": (_node_type, NodeType.MASTER),
         "node-id": (_node_id, REQUIRED),
-        "master-url": (_ws_urls, ()),
-        "secret-file": (_string, REQUIRED),
-        "forward-url": (_ws_url, None),
-        "link-dead-after": (_positive_number, None),  # None: tunables.DEFAULTS (so for the four below)
-        "master-lease-ttl": (_positive_number, None),
+        "master-url": (ws_urls, ()),
+        "secret-file": (string, REQUIRED),
+        "forward-url": (ws_url, None),
+        "link-dead-after": (positive_number, None),  # None: tunables.DEFAULTS (so for the four below)
+        "master-lease-ttl": (positive_number, None),
     },
     "websocket": {
-        "host": (_string, "127.0.0.1"),
-        "public-host": (_public_host, None),
+        "host": (string, "127.0.0.1"),
+        "public-host": (public_host, None),
         "port": (PORT, REQUIRED),
         "forward-port": (PORT, None),
-        "idle-timeout": (_positive_number, 60.0),
-        "max-frame": (_int_range(1024, 64 * 1024 * 1024), 65536),
-        "max-content": (_int_range(1, 64 * 1024 * 1024), 16384),
-        "rate-limit": (_int_range(1, 10_000_000), 200),
-        "tls": (_tls_section, None),
-        "tls-cert": (_string, None),  # older spelling of tls.cert-file
-        "tls-key": (_string, None),  # older spelling of tls.key-file
-        "shutdown-grace": (_positive_number, None),
-        "send-queue-frames": (_int_range(1, 10_000_000), None),
-        "send-queue-bytes": (_int_range(1024, 1 << 40), None),
+        "idle-timeout": (positive_number, 60.0),
+        "max-frame": (int_range(1024, 64 * 1024 * 1024), 65536),
+        "max-content": (int_range(1, 64 * 1024 * 1024), 16384),
+        "rate-limit": (int_range(1, 10_000_000), 200),
+        "tls": (tls_section, None),
+        "tls-cert": (string, None),  # older spelling of tls.cert-file
+        "tls-key": (string, None),  # older spelling of tls.key-file
+        "shutdown-grace": (positive_number, None),
+        "send-queue-frames": (int_range(1, 10_000_000), None),
+        "send-queue-bytes": (int_range(1024, 1 << 40), None),
     },
     "http": {"port": (PORT, None)},
-    "redis": {"url": (_redis_url, "embedded")},
+    "redis": {"url": (redis_url, "embedded")},
     "store": {
-        "directory": (_string, "sqlite:data/directory.db"),
-        "messages": (_string, "sqlite:data/messages.db"),
+        "directory": (string, "sqlite:data/directory.db"),
+        "messages": (string, "sqlite:data/messages.db"),
         "sync": (_store_sync, StoreSync.FULL),
     },
     "message": {
-        "recall-window": (_positive_number, 120.0),
-        "retention-days": (_int_range(1, 36_500), None),
-        "offline-retention-days": (_int_range(1, 36_500), None),
-        "purge-hour": (_int_range(0, 23), 2),
-        "purge-batch": (_int_range(10, 100_000), 50),
+        "recall-window": (positive_number, 120.0),
+        "retention-days": (int_range(1, 36_500), None),
+        "offline-retention-days": (int_range(1, 36_500), None),
+        "purge-hour": (int_range(0, 23), 2),
+        "purge-batch": (int_range(10, 100_000), 50),
     },
 }
 
@@ -368,7 +285,7 @@ def _read_sections(name: str, vim: Any) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 values[section][key] = check(given[key])
-            except _SubkeyError as exc:
+            except SubkeyError as exc:
                 raise ConfigError(name, f"{dotted}.{exc.subkey}", str(exc)) from None
             except ValueError as exc:
                 raise ConfigError(name, dotted, str(exc)) from None
