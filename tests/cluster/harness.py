@@ -28,7 +28,7 @@ import trio
 from ..support import (
     Collector as Collector,  # moved to support; traffic.py and tests/chaos import it here
 )
-from ..support import NodeProcess, free_port, write_config
+from ..support import Client, NodeProcess, free_port, no_relayed_frame, relay_barrier, write_config
 from .proxy import ProxyThread
 
 T = TypeVar("T")
@@ -259,6 +259,14 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, timeout=timeout)
+
+    async def relay_barrier(self, receivers: list[Client], *sources: ClusterNode) -> None:
+        """support.relay_barrier: what `sources` sent before has reached `receivers`."""
+        await relay_barrier(receivers, [s.url for s in sources], self.master.url)
+
+    async def no_relayed_frame(self, code: str, receivers: list[Client], *sources: ClusterNode) -> None:
+        """support.no_relayed_frame: none of `receivers` got a `code` frame from `sources`."""
+        await no_relayed_frame(code, receivers, [s.url for s in sources], self.master.url)
 
 
 def _stop_quietly(node: ClusterNode) -> None:

@@ -65,7 +65,7 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
                 await carol_gets(at_carol, ack["id"])
                 local_latency.append(at_carol.arrived[ack["id"]] - sent)
                 i += 1
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # the senders' pace through the outage, not a wait
             arrived_during_outage = sum(1 for a in remote if a["id"] in at_bob.arrived)
 
             # --- the master comes back on the same config
@@ -144,6 +144,8 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
             try:
                 await blocking(cluster.master.start)
                 await blocking(cluster.dept1.wait_health, 200, 15)  # dept-1 linked, dept-2 not
+                # A window, not a wait for an event: a master that relayed dept-1's queue now
+                # would find no route for bob (the bug under test); the fixed one holds it.
                 await trio.sleep(1.0)
             finally:
                 cluster.dept2.signal(signal.SIGCONT)
