@@ -251,7 +251,7 @@ class Client:
     async def ready(self, token: str | None = None, client: str = "web", **extra: Any) -> list[dict[str, Any]]:
         """Sends ready; returns the offline messages replayed before sync-done."""
         await self.send("ready", token=token or self.token, client=client, **extra)
-        await self.expect("ready-ok")
+        self.user_id = (await self.expect("ready-ok"))["userId"]
         replayed = []
         with trio.fail_after(10):
             while True:
@@ -343,6 +343,7 @@ async def _probe(stack: contextlib.AsyncExitStack, url: str) -> Client:
 async def _mark(probe: Client, receivers: Sequence[Client], timeout: float) -> None:
     """`probe` sends a mark to each receiver's user; waits until each receiver has it."""
     mark = next(_marks)
+    assert all(r.user_id for r in receivers), "a relay_barrier receiver is not ready (no user id)"
     for user in dict.fromkeys(r.user_id for r in receivers):
         await probe.send("read", chatId=user, type="friend", timestamp=mark)
     await probe.barrier()  # handled: a refused mark fails here, not as a timeout below

@@ -10,7 +10,6 @@ The measured times are printed and appended to /tmp/vim-measurements.txt.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import signal
 import statistics

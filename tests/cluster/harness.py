@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import redis
 import trio
 
+from ..support import Client, NodeProcess, free_port, no_relayed_frame, relay_barrier, write_config
 from ..support import (
     Collector as Collector,  # moved to support; traffic.py and tests/chaos import it here
 )
-from ..support import Client, NodeProcess, free_port, no_relayed_frame, relay_barrier, write_config
 from .proxy import ProxyThread
 
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.forward import PeerStream
 from vim_cluster.protocol.forward_connection import ForwardConnection, PeerRole
 
-from ..support import free_port, online
+from ..support import free_port
 from .harness import DEPT1, DEPT2, Cluster, ClusterNode, blocking, nodes_table
 from .proxy import ProxyThread
 from .traffic import Traffic, flowing_traffic, traffic_pairs
@@ -183,7 +183,7 @@ async def test_a_master_cut_off_from_redis_stops_relaying_before_its_lease_lapse
     a, b = cluster.nodes[A], cluster.nodes[B]
     old_epoch = int(metric(a, "vim_master_epoch"))
     with trio.fail_after(90):
-        async with flowing_traffic(steady_traffic(cluster)) as traffic:  # on exit: flows through master-b
+        async with flowing_traffic(steady_traffic(cluster)):  # on exit: flows through master-b
             await blocking(proxy.sever)  # master-a: no Redis; its links to the slaves stay
             await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
             assert metric(a, "vim_master_active") == 0

@@ -11,15 +11,25 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 import trio
 
 from vim_cluster.node.forward_link import OPEN_TIMEOUT
 
-from ..support import Collector, SteadySender, make_group, online
+from ..support import Client, Collector, SteadySender, make_group, online
 from .harness import Cluster, blocking
 
 CUT_S = 2.0
+
+
+@contextlib.asynccontextmanager
+async def alice_on_dept1(cluster: Cluster) -> AsyncIterator[tuple[contextlib.AsyncExitStack, trio.Nursery, Client, str]]:
+    """(stack, nursery, alice, tag): alice online on dept-1; the test's names end in `tag`."""
+    tag = secrets.token_hex(3)
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        yield stack, nursery, await online(stack, cluster.dept1.url, f"alice-{tag}"), tag
 
 
 async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and_healthz_follows_it(
@@ -27,12 +37,8 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
 ) -> None:
     cluster = proxied_cluster
     proxy = cluster.proxies["dept-2"]
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             at_bob = Collector(bob)
             nursery.start_soon(at_bob.run)
@@ -86,12 +92,8 @@ async def test_a_session_opened_while_the_link_is_cut_gets_what_was_relayed_mean
     (node/catch_up.py) delivers them to the open session, in order, before anything newer."""
     cluster = proxied_cluster
     proxy = cluster.proxies["dept-2"]
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
             async with contextlib.AsyncExitStack() as first:  # bob's only earlier session, closed
                 bob_before = await online(first, cluster.dept1.url, f"bob-{tag}")
                 group = await make_group(alice, [bob_before])

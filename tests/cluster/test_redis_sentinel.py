@@ -8,7 +8,6 @@ Measures (printed, appended to /tmp/vim-measurements.txt) the failover as the cl
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 from collections.abc import Iterator
