@@ -290,6 +290,11 @@ async def online(
     return c
 
 
+async def all_online(stack: contextlib.AsyncExitStack, url: str, *usernames: str) -> list[Client]:
+    """`online` for each of `usernames` (new users) on `url`, in order."""
+    return [await online(stack, url, name) for name in usernames]
+
+
 async def make_group(owner: Client, members: Sequence[Client] = (), name: str = "team",
                      told: Sequence[Client] | None = None) -> str:
     """`owner` creates a group with `members` (the owner joins by itself); waits for the
