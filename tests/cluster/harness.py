@@ -8,16 +8,18 @@ The blocking helpers here are for sync fixtures; async tests call them via `bloc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +27,15 @@ from typing import Any, TypeVar
 import redis
 import trio
 
-from ..support import Client, NodeProcess, free_port, no_relayed_frame, relay_barrier, write_config
+from ..support import (
+    Client,
+    NodeProcess,
+    free_port,
+    no_relayed_frame,
+    online,
+    relay_barrier,
+    write_config,
+)
 from ..support import (
     Collector as Collector,  # moved to support; traffic.py and tests/chaos import it here
 )
@@ -34,6 +44,16 @@ from .proxy import ProxyThread
 T = TypeVar("T")
 MASTER, DEPT1, DEPT2 = "master", "dept-1", "dept-2"
 START_TIMEOUT = 30.0
+
+
+@contextlib.asynccontextmanager
+async def alice_on_dept1(cluster: Cluster) -> AsyncIterator[tuple[contextlib.AsyncExitStack, trio.Nursery, Client, str]]:
+    """(stack, nursery, alice, tag): a new user alice online on dept-1, a nursery for the
+    test's readers and senders, and a fresh `tag` for the test's other names."""
+    tag = secrets.token_hex(3)
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        yield stack, nursery, await online(stack, cluster.dept1.url, f"alice-{tag}"), tag
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:

@@ -9,27 +9,16 @@ dept-2's /healthz answers 503 while its link is down and 200 once it is back.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
-from collections.abc import AsyncIterator
 
 import trio
 
 from vim_cluster.node.forward_link import OPEN_TIMEOUT
 
-from ..support import Client, Collector, SteadySender, make_group, online
-from .harness import Cluster, blocking
+from ..support import Collector, SteadySender, make_group, online
+from .harness import Cluster, alice_on_dept1, blocking
 
 CUT_S = 2.0
-
-
-@contextlib.asynccontextmanager
-async def alice_on_dept1(cluster: Cluster) -> AsyncIterator[tuple[contextlib.AsyncExitStack, trio.Nursery, Client, str]]:
-    """(stack, nursery, alice, tag): alice online on dept-1; the test's names end in `tag`."""
-    tag = secrets.token_hex(3)
-    async with contextlib.AsyncExitStack() as stack:
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        yield stack, nursery, await online(stack, cluster.dept1.url, f"alice-{tag}"), tag
 
 
 async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and_healthz_follows_it(

@@ -7,8 +7,6 @@ restart they arrived, and the local traffic of a slave meanwhile.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import signal
 import time
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import trio
 
 from ..support import online
-from .harness import Cluster, Collector, blocking
+from .harness import Cluster, Collector, alice_on_dept1, blocking
 
 MEASUREMENTS = "/tmp/vim-measurements.txt"
 OUTAGE_S = 3.0  # how long the test keeps sending while the master is down
@@ -32,11 +30,8 @@ def record(lines: list[str]) -> None:
 async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_outage_arrive(
     cluster: Cluster,
 ) -> None:
-    tag = secrets.token_hex(3)
     with trio.fail_after(90):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")  # the sender, dept-1
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):  # alice: the sender, dept-1
             carol = await online(stack, cluster.dept1.url, f"carol-{tag}")  # alice's local peer
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")  # the remote peer, dept-2
             at_bob, at_carol = Collector(bob), Collector(carol)
@@ -126,12 +121,9 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
     dept-1's link is back, so the master sees dept-1's queued packets before it knows where
     dept-2's users are.
     """
-    tag = secrets.token_hex(3)
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice2-{tag}")
-            bob = await online(stack, cluster.dept2.url, f"bob2-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             at_bob = Collector(bob)
             nursery.start_soon(at_bob.run)
 

@@ -7,22 +7,15 @@ live, exactly once after dropping duplicates by id, in the order they were acked
 
 from __future__ import annotations
 
-import contextlib
-import secrets
-
 import trio
 
 from ..support import Collector, SteadySender, connect, online
-from .harness import Cluster, blocking
+from .harness import Cluster, alice_on_dept1, blocking
 
 
 async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_node(cluster: Cluster) -> None:
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             before = Collector(bob)
             nursery.start_soon(before.run)
