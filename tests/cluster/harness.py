@@ -30,6 +30,7 @@ import trio
 from ..support import (
     Client,
     NodeProcess,
+    SteadySender,
     free_port,
     no_relayed_frame,
     online,
@@ -54,6 +55,20 @@ async def alice_on_dept1(cluster: Cluster) -> AsyncIterator[tuple[contextlib.Asy
     async with contextlib.AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         yield stack, nursery, await online(stack, cluster.dept1.url, f"alice-{tag}"), tag
+
+
+async def steady_to_dept2(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, cluster: Cluster,
+                          sender: Client, tag: str, arrived: int) -> tuple[Collector, SteadySender]:
+    """A new user bob-<tag> online on dept-2 with a Collector running, and a SteadySender from
+    `sender` to bob running; returns once `arrived` messages reached bob (fails after 15 s)."""
+    bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
+    at_bob = Collector(bob)
+    nursery.start_soon(at_bob.run)
+    assert bob.user_id is not None
+    steady = SteadySender(sender, bob.user_id)
+    nursery.start_soon(steady.run)
+    assert await at_bob.wait_for(arrived, 15), f"{len(at_bob.order)} of {arrived} messages reached bob in 15 s"
+    return at_bob, steady
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:

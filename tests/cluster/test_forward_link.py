@@ -15,8 +15,8 @@ import trio
 
 from vim_cluster.node.forward_link import OPEN_TIMEOUT
 
-from ..support import Collector, SteadySender, make_group, online
-from .harness import Cluster, alice_on_dept1, blocking
+from ..support import Collector, make_group, online
+from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
 
 CUT_S = 2.0
 
@@ -28,14 +28,8 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
     proxy = cluster.proxies["dept-2"]
     with trio.fail_after(60):
         async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
-            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-            at_bob = Collector(bob)
-            nursery.start_soon(at_bob.run)
-            assert bob.user_id is not None
-            sender = SteadySender(alice, bob.user_id)
+            at_bob, sender = await steady_to_dept2(stack, nursery, cluster, alice, tag, 30)  # through the proxy
             acks = sender.acks
-            nursery.start_soon(sender.run)
-            assert await at_bob.wait_for(30, 15)  # traffic flows through the proxy
             assert (await blocking(cluster.dept2.healthz))[0] == 200
 
             # --- cut: every proxied connection closed, new ones refused, for CUT_S
