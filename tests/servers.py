@@ -28,9 +28,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -223,37 +223,52 @@ class MysqlDatabases:
             cur.execute(statement)
 
 
+Server = TypeVar("Server", "MariaDB", "FerretDB")
+Databases = TypeVar("Databases", MysqlDatabases, "MongoDatabases")
+
+
+@contextlib.contextmanager
+def _private(server: Server) -> Iterator[Server]:
+    """`server` created (started), stopped afterwards whatever happens."""
+    try:
+        yield server.create()
+    finally:
+        server.stop()
+
+
+def _session_databases(env: str, databases: Callable[[str], Databases], private: Callable[[], Server]) -> Iterator[Databases]:
+    """The session's server of a kind: the one the URL in `env` names, or a `private` one."""
+    external = os.environ.get(env)
+    if external:
+        yield databases(external)
+        return
+    with _private(private()) as server:
+        yield databases(server.url(""))
+
+
+def _fresh_database(databases: MysqlDatabases | MongoDatabases) -> Iterator[str]:
+    url = databases.create()
+    yield url
+    databases.drop(url)
+
+
 @pytest.fixture(scope="session")
 def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MysqlDatabases]:
     """The session's MySQL/MariaDB: VIM_TEST_MYSQL_URL's, or a private MariaDB."""
-    external = os.environ.get("VIM_TEST_MYSQL_URL")
-    if external:
-        yield MysqlDatabases(external)
-        return
-    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
-    try:
-        server.create()
-        yield MysqlDatabases(server.url(""))
-    finally:
-        server.stop()
+    yield from _session_databases("VIM_TEST_MYSQL_URL", MysqlDatabases, lambda: MariaDB(tmp_path_factory.mktemp("mariadb")))
 
 
 @pytest.fixture
 def mysql_url(mysql_server: MysqlDatabases) -> Iterator[str]:
     """A fresh, empty database for this test."""
-    url = mysql_server.create()
-    yield url
-    mysql_server.drop(url)
+    yield from _fresh_database(mysql_server)
 
 
 @pytest.fixture
 def private_mariadb(tmp_path: Path) -> Iterator[MariaDB]:
     """A MariaDB of this test's own, which it may stop and start."""
-    server = MariaDB(tmp_path / "mariadb")
-    try:
-        yield server.create()
-    finally:
-        server.stop()
+    with _private(MariaDB(tmp_path / "mariadb")) as server:
+        yield server
 
 
 # -- FerretDB -----------------------------------------------------------------------------------
@@ -303,6 +318,11 @@ class FerretDB(PrivateServer):
             f"--state-dir={self.folder}", "--telemetry=disable", "--log-level=WARN",
         ]
 
+    def create(self) -> FerretDB:
+        """Starts the server (its data folder is made empty with it)."""
+        self.start()
+        return self
+
     def answers(self) -> bool:
         return self.port_open()
 
@@ -329,35 +349,20 @@ class MongoDatabases:
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoDatabases]:
     """The session's MongoDB-wire server: VIM_TEST_MONGO_URL's, or a private FerretDB."""
-    external = os.environ.get("VIM_TEST_MONGO_URL")
-    if external:
-        yield MongoDatabases(external)
-        return
-    server = FerretDB(tmp_path_factory.mktemp("ferretdb"))
-    try:
-        server.start()
-        yield MongoDatabases(server.url(""))
-    finally:
-        server.stop()
+    yield from _session_databases("VIM_TEST_MONGO_URL", MongoDatabases, lambda: FerretDB(tmp_path_factory.mktemp("ferretdb")))
 
 
 @pytest.fixture
 def mongo_url(mongo_server: MongoDatabases) -> Iterator[str]:
     """A fresh, empty database for this test."""
-    url = mongo_server.create()
-    yield url
-    mongo_server.drop(url)
+    yield from _fresh_database(mongo_server)
 
 
 @pytest.fixture
 def private_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
     """A FerretDB of this test's own, which it may stop and start."""
-    server = FerretDB(tmp_path / "ferretdb")
-    try:
-        server.start()
+    with _private(FerretDB(tmp_path / "ferretdb")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # -- Debian's redis-server and redis-sentinel ---------------------------------------------------
@@ -371,6 +376,19 @@ def find_redis_binary(name: str) -> str:
     if not found:
         unavailable(f"{name} not found: apt-get install {name} (or run scripts/install-test-servers.sh)")
     return found
+
+
+def _redis_client(port: int) -> redis.Redis:
+    return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+
+
+def _redis_answers(port: int, ask: Callable[[redis.Redis], object]) -> bool:
+    """Whether the server on `port` answers `ask` (truthy) within a second."""
+    try:
+        with _redis_client(port) as client:
+            return bool(ask(client))
+    except redis.exceptions.RedisError:
+        return False
 
 
 class RedisServer(PrivateServer):
@@ -392,11 +410,7 @@ class RedisServer(PrivateServer):
         ]
 
     def answers(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
-                return bool(client.ping())
-        except redis.exceptions.RedisError:
-            return False
+        return _redis_answers(self.port, lambda client: client.ping())
 
     @property
     def url(self) -> str:
@@ -434,14 +448,10 @@ class RedisSentinel(PrivateServer):
         return [self.binary, str(self.config)]
 
     def answers(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
-                return client.sentinel_master(self.service) is not None
-        except redis.exceptions.RedisError:
-            return False
+        return _redis_answers(self.port, lambda client: client.sentinel_master(self.service) is not None)
 
     def primary_port(self) -> int:
-        with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True) as client:
+        with _redis_client(self.port) as client:
             return int(client.sentinel_master(self.service)["port"])
 
     @property

@@ -23,6 +23,8 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, o
 
 PASSWORD = "correct horse battery"
 _barriers = itertools.count(1)
+_marks = itertools.count(1)  # relay_barrier's marks: `read` timestamps, unique in the test process
+_probes: set[str] = set()  # user ids of relay_barrier's probes: their `read` frames are marks
 
 
 def free_port() -> int:
@@ -152,21 +154,30 @@ class Client:
             return {"code": "raw-pong", "message": {}}
         return msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
 
+    async def receive(self) -> dict[str, Any]:
+        """The next frame off the socket (not the backlog). A `relay_barrier` mark meant for
+        another session of this user, or left from an earlier barrier, is no frame of the test:
+        dropped."""
+        while True:
+            frame = self.parse(await self.ws.get_message())
+            if not (frame["code"] == "read" and str(frame["message"].get("by")) in _probes):
+                return frame
+
     async def next_frame(self) -> dict[str, Any]:
         if self.backlog:
             return self.backlog.pop(0)
-        return self.parse(await self.ws.get_message())
+        return await self.receive()
 
     async def expect_closed(self, timeout: float = 5.0) -> CloseReason:
         """Reads (into the backlog) until the node closes the connection; returns why."""
         with trio.fail_after(timeout):
             while True:
                 try:
-                    data = await self.ws.get_message()
+                    frame = await self.receive()
                 except ConnectionClosed as exc:
                     assert exc.reason is not None
                     return exc.reason
-                self.backlog.append(self.parse(data))
+                self.backlog.append(frame)
 
     async def expect(self, code: str, timeout: float = 5.0) -> dict[str, Any]:
         """The next frame with `code` (its `message`); other frames stay in the backlog."""
@@ -175,7 +186,7 @@ class Client:
                 if frame["code"] == code:
                     return self.backlog.pop(i)["message"]
             while True:
-                frame = self.parse(await self.ws.get_message())
+                frame = await self.receive()
                 if frame["code"] == code:
                     return frame["message"]
                 self.backlog.append(frame)
@@ -193,21 +204,34 @@ class Client:
         await self.send("ping", rid=rid)
         with trio.fail_after(timeout):
             while True:
-                frame = self.parse(await self.ws.get_message())
+                frame = await self.receive()
                 if frame["code"] == "pong" and frame["message"].get("rid") == rid:
                     return
                 self.backlog.append(frame)
 
-    async def no_frame(self, code: str, wait: float = 0.0) -> None:
+    async def no_frame(self, code: str) -> None:
         """Asserts that no frame with `code` came, after a `barrier` (no fixed wait): whatever
         this connection's node did before it (an ack someone got, a reply on another
-        connection) queued its frames before the pong. `wait` only for a frame that another
-        node forwards (a barrier on this connection does not order those): waits that long first."""
-        if wait:
-            await trio.sleep(wait)
+        connection) queued its frames before the pong. A frame another node would forward is
+        not ordered by this barrier: use `no_relayed_frame` for that."""
         await self.barrier()
+        self.assert_none(code)
+
+    def assert_none(self, code: str) -> None:
+        """No frame with `code` is in the backlog (what came before the last barrier)."""
         unexpected = [frame for frame in self.backlog if frame["code"] == code]
         assert not unexpected, f"unexpected {code}: {unexpected}"
+
+    async def wait_mark(self, probe: str, mark: int, timeout: float = 10.0) -> None:
+        """Reads (into the backlog) until the `read` mark `mark` of probe user `probe` came."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = self.parse(await self.ws.get_message())
+                body = frame["message"]
+                if frame["code"] == "read" and str(body.get("by")) == probe and body.get("timestamp") == mark:
+                    return
+                if not (frame["code"] == "read" and str(body.get("by")) in _probes):
+                    self.backlog.append(frame)
 
     async def register_login(self, username: str, password: str = PASSWORD) -> str:
         await self.send("register", username=username, password=password)
@@ -227,7 +251,7 @@ class Client:
     async def ready(self, token: str | None = None, client: str = "web", **extra: Any) -> list[dict[str, Any]]:
         """Sends ready; returns the offline messages replayed before sync-done."""
         await self.send("ready", token=token or self.token, client=client, **extra)
-        await self.expect("ready-ok")
+        self.user_id = (await self.expect("ready-ok"))["userId"]
         replayed = []
         with trio.fail_after(10):
             while True:
@@ -266,6 +290,11 @@ async def online(
     return c
 
 
+async def all_online(stack: contextlib.AsyncExitStack, url: str, *usernames: str) -> list[Client]:
+    """`online` for each of `usernames` (new users) on `url`, in order."""
+    return [await online(stack, url, name) for name in usernames]
+
+
 async def make_group(owner: Client, members: Sequence[Client] = (), name: str = "team",
                      told: Sequence[Client] | None = None) -> str:
     """`owner` creates a group with `members` (the owner joins by itself); waits for the
@@ -276,6 +305,57 @@ async def make_group(owner: Client, members: Sequence[Client] = (), name: str = 
     for member in members if told is None else told:
         assert (await member.expect("group-ok"))["groupId"] == group_id
     return str(group_id)
+
+
+async def relay_barrier(receivers: Sequence[Client], sources: Sequence[str], master: str,
+                        timeout: float = 10.0) -> None:
+    """Waits until whatever the nodes at `sources` (client URLs) sent over the forward
+    channel before this call has reached `receivers` (queued in their backlogs): the
+    cross-node `barrier`, no fixed wait.
+
+    Why it holds: a node sends its packets to the master in order, the master handles each
+    link's packets in order and pushes what it forwards to each node's link in order, and a
+    node hands what arrives to its sessions in order. So a mark sent from a source node after
+    the frame in question travels behind it, and so does a mark the master sends once it
+    handled the source's mark. A mark is a `read` (friend, `timestamp` = a small unique
+    number: a no-op for read cursors, no message is stored) from a probe user of its own on
+    the node that sends it: from a probe on each source to a probe on the master, then from
+    the master's probe to each receiver's user. The second hop also orders what the master
+    relays back to the source node itself (a receiver on the sending node)."""
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await _probe(stack, master)
+        for url in dict.fromkeys(sources):
+            if url != master:
+                await _mark(await _probe(stack, url), [hub], timeout)
+        await _mark(hub, receivers, timeout)
+
+
+async def no_relayed_frame(code: str, receivers: Sequence[Client], sources: Sequence[str], master: str) -> None:
+    """Asserts that none of `receivers` got a frame with `code` that a node at `sources`
+    sent (or the master relayed) before this call: a `relay_barrier`, then each backlog."""
+    await relay_barrier(receivers, sources, master)
+    for receiver in receivers:
+        receiver.assert_none(code)
+
+
+async def _probe(stack: contextlib.AsyncExitStack, url: str) -> Client:
+    probe = await online(stack, url, f"mark-{secrets.token_hex(6)}")
+    assert probe.user_id is not None
+    _probes.add(str(probe.user_id))
+    return probe
+
+
+async def _mark(probe: Client, receivers: Sequence[Client], timeout: float) -> None:
+    """`probe` sends a mark to each receiver's user; waits until each receiver has it."""
+    mark = next(_marks)
+    assert all(r.user_id for r in receivers), "a relay_barrier receiver is not ready (no user id)"
+    for user in dict.fromkeys(r.user_id for r in receivers):
+        await probe.send("read", chatId=user, type="friend", timestamp=mark)
+    await probe.barrier()  # handled: a refused mark fails here, not as a timeout below
+    errors = [frame for frame in probe.backlog if frame["code"] == "error"]
+    assert not errors, f"a relay_barrier mark was refused: {errors}"
+    for receiver in receivers:
+        await receiver.wait_mark(str(probe.user_id), mark, timeout)
 
 
 class Collector:

@@ -40,6 +40,7 @@ class Bystander:
         self.client = client
         self.worst = 0.0
         self.answered = 0
+        self._pong = trio.Event()
 
     async def run(self) -> None:
         for n in itertools.count():
@@ -49,7 +50,16 @@ class Bystander:
                 pass
             self.worst = max(self.worst, trio.current_time() - started)
             self.answered += 1
-            await trio.sleep(PING_EVERY_S)
+            self._pong.set()
+            self._pong = trio.Event()
+            await trio.sleep(PING_EVERY_S)  # the bystander's pace, not a wait
+
+    async def answered_again(self, times: int) -> None:
+        """Until `times` more pings (sent from now on) were answered."""
+        wanted = self.answered + times + 1  # the ping in flight may have been sent before
+        with trio.fail_after(LATENCY_BOUND_S * (times + 1)):
+            while self.answered < wanted:
+                await self._pong.wait()
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +71,7 @@ async def watch(cluster: Cluster, node: ClusterNode) -> AsyncIterator[Bystander]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(bystander.run)
             yield bystander
-            await trio.sleep(PING_EVERY_S * 2)  # one more round trip after the attack
+            await bystander.answered_again(1)  # one more round trip after the attack
             nursery.cancel_scope.cancel()
     assert bystander.answered >= 2, "the bystander was never answered"
     assert bystander.worst < LATENCY_BOUND_S, f"a bystander's ping took {bystander.worst:.2f} s"

@@ -82,7 +82,7 @@ async def test_a_user_cannot_read_change_or_speak_for_chats_that_are_not_theirs(
             assert forged["id"] != private["id"]
             delivered = await bob.expect("message")
             assert delivered["fromId"] == mallory.user_id and delivered["id"] == forged["id"]
-            await alice.no_frame("receipt", wait=0.3)
+            await cluster.no_relayed_frame("receipt", [alice], cluster.dept2)  # mallory's node
             async with connect(cluster.dept1.url) as again:  # Bob's offline set is untouched
                 await again.ready(token=bob.token, client="pc")
             replayed = [m["id"] for m in await _replay(cluster, bob.token)]

@@ -10,7 +10,6 @@ The measured times are printed and appended to /tmp/vim-measurements.txt.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import signal
 import statistics
@@ -26,7 +25,7 @@ from vim_cluster.model import UserId
 from vim_cluster.tunables import DEFAULTS
 
 from ..cluster.harness import Cluster, blocking
-from ..cluster.traffic import Prober, Traffic, assert_nobody_stopped, start_traffic
+from ..cluster.traffic import Traffic, assert_nobody_stopped, bad_day
 from ..servers import RedisServer, redis_process  # noqa: F401 - the fixture
 from ..support import flush_redis
 
@@ -38,6 +37,8 @@ SERVING_BOUND_S = 10.0  # back to full service (a new login on every node + a ro
 # generation: it mints again once that generation has settled (core/lease.py, rule F).
 SERVING_AFTER_LONG_OUTAGE_BOUND_S = DEFAULTS.lease_settle_s + 2 * 2.0 + 2.0
 RESTARTS = 5  # restarts-empty measured
+DOWN_S = 12.0  # Redis killed and kept down: longer than a lease (10 s TTL)
+PAUSE_S = 6.0  # Redis paused (SIGSTOP): longer than the nodes' 5 s socket timeout
 
 
 def record(lines: list[str]) -> None:
@@ -88,20 +89,13 @@ async def test_redis_restarted_empty_under_traffic_loses_nothing_and_serves_agai
     serving: list[float] = []
     try:
         with trio.fail_after(200):
-            async with contextlib.AsyncExitStack() as stack:
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                traffic = await start_traffic(stack, cluster, nursery, tag)
-                prober = Prober(cluster, tag)
-                await prober.register()
+            async with bad_day(cluster, tag) as (traffic, prober):
                 for _ in range(RESTARTS):
-                    await trio.sleep(1.0)  # steady traffic before the crash
+                    await traffic.flowing()  # steady traffic on every pair before the crash
                     redis_process.restart_empty()  # from this thread: the server dies with the thread that started it
                     back = time.monotonic()
                     retakes.append(await retaken(registry, cluster, traffic, back))
                     serving.append(await prober.serving_again(back, SERVING_BOUND_S))
-                await trio.sleep(1.0)
-                await traffic.stop_and_check(20)
-                nursery.cancel_scope.cancel()
     finally:
         registry.close()
     assert_nobody_stopped(cluster)
@@ -128,25 +122,17 @@ async def test_redis_killed_and_down_for_a_while_nothing_acked_is_lost_and_no_no
     has settled."""
     cluster, tag = loss_cluster, secrets.token_hex(3)
     with trio.fail_after(200):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            traffic = await start_traffic(stack, cluster, nursery, tag)
-            prober = Prober(cluster, tag)
-            await prober.register()
-            await trio.sleep(1.0)
+        async with bad_day(cluster, tag) as (traffic, prober):
             redis_process.kill()
             down_at = time.monotonic()
-            await trio.sleep(12.0)
+            await trio.sleep(DOWN_S)  # the outage's length is what is under test: longer than a lease
             acked_while_down = traffic.total()
             redis_process.start()  # from this thread: the server dies with the thread that started it
             back = time.monotonic()
             serving = await prober.serving_again(back, SERVING_AFTER_LONG_OUTAGE_BOUND_S)
-            await trio.sleep(1.0)
-            await traffic.stop_and_check(20)
-            nursery.cancel_scope.cancel()
     assert_nobody_stopped(cluster)
     record([
-        f"== Redis killed and down 12 s under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"== Redis killed and down {DOWN_S:g} s under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
         f"acked {traffic.total()} cross-node messages ({acked_while_down} by the end of the {back - down_at:.1f} s "
         f"outage), refused {traffic.refused}, lost 0",
         f"fully serving again {serving:.2f} s after Redis came back empty (worker ids re-taken "
@@ -163,25 +149,17 @@ async def test_redis_paused_under_traffic_nothing_acked_is_lost_and_no_node_stop
     the bound once Redis answers."""
     cluster, tag = loss_cluster, secrets.token_hex(3)
     with trio.fail_after(200):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            traffic = await start_traffic(stack, cluster, nursery, tag)
-            prober = Prober(cluster, tag)
-            await prober.register()
-            await trio.sleep(1.0)
+        async with bad_day(cluster, tag) as (traffic, prober):
             redis_process.signal(signal.SIGSTOP)
             try:
-                await trio.sleep(6.0)
+                await trio.sleep(PAUSE_S)  # the pause's length is what is under test: beyond the socket timeout
             finally:
                 redis_process.signal(signal.SIGCONT)
             back = time.monotonic()
             serving = await prober.serving_again(back, SERVING_BOUND_S)
-            await trio.sleep(1.0)
-            await traffic.stop_and_check(20)
-            nursery.cancel_scope.cancel()
     assert_nobody_stopped(cluster)
     record([
-        f"== Redis paused 6 s (SIGSTOP/SIGCONT) under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"== Redis paused {PAUSE_S:g} s (SIGSTOP/SIGCONT) under traffic ({time.strftime('%Y-%m-%d %H:%M:%S')})",
         f"acked {traffic.total()} cross-node messages, refused {traffic.refused}, lost 0",
         f"fully serving again {serving:.2f} s after SIGCONT",
     ])

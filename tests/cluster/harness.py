@@ -8,16 +8,18 @@ The blocking helpers here are for sync fixtures; async tests call them via `bloc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,14 +28,47 @@ import redis
 import trio
 
 from ..support import (
+    Client,
+    NodeProcess,
+    SteadySender,
+    free_port,
+    no_relayed_frame,
+    online,
+    relay_barrier,
+    write_config,
+)
+from ..support import (
     Collector as Collector,  # moved to support; traffic.py and tests/chaos import it here
 )
-from ..support import NodeProcess, free_port, write_config
 from .proxy import ProxyThread
 
 T = TypeVar("T")
 MASTER, DEPT1, DEPT2 = "master", "dept-1", "dept-2"
 START_TIMEOUT = 30.0
+
+
+@contextlib.asynccontextmanager
+async def alice_on_dept1(cluster: Cluster) -> AsyncIterator[tuple[contextlib.AsyncExitStack, trio.Nursery, Client, str]]:
+    """(stack, nursery, alice, tag): a new user alice online on dept-1, a nursery for the
+    test's readers and senders, and a fresh `tag` for the test's other names."""
+    tag = secrets.token_hex(3)
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        yield stack, nursery, await online(stack, cluster.dept1.url, f"alice-{tag}"), tag
+
+
+async def steady_to_dept2(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, cluster: Cluster,
+                          sender: Client, tag: str, arrived: int) -> tuple[Collector, SteadySender]:
+    """A new user bob-<tag> online on dept-2 with a Collector running, and a SteadySender from
+    `sender` to bob running; returns once `arrived` messages reached bob (fails after 15 s)."""
+    bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
+    at_bob = Collector(bob)
+    nursery.start_soon(at_bob.run)
+    assert bob.user_id is not None
+    steady = SteadySender(sender, bob.user_id)
+    nursery.start_soon(steady.run)
+    assert await at_bob.wait_for(arrived, 15), f"{len(at_bob.order)} of {arrived} messages reached bob in 15 s"
+    return at_bob, steady
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:
@@ -259,6 +294,14 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, timeout=timeout)
+
+    async def relay_barrier(self, receivers: list[Client], *sources: ClusterNode) -> None:
+        """support.relay_barrier: what `sources` sent before has reached `receivers`."""
+        await relay_barrier(receivers, [s.url for s in sources], self.master.url)
+
+    async def no_relayed_frame(self, code: str, receivers: list[Client], *sources: ClusterNode) -> None:
+        """support.no_relayed_frame: none of `receivers` got a `code` frame from `sources`."""
+        await no_relayed_frame(code, receivers, [s.url for s in sources], self.master.url)
 
 
 def _stop_quietly(node: ClusterNode) -> None:

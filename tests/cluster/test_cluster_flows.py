@@ -39,8 +39,7 @@ async def test_friend_message_crosses_nodes_acked_delivered_and_copied_to_sender
             copy = await alice_pc.expect("message")
             assert copy == got  # the multi-device copy is the same frame
             await alice.no_frame("message")  # the sending session gets only the ack (its node, its queue: a barrier)
-            await bob.no_frame("message", 0.1)
-            await alice_pc.no_frame("message", 0.1)
+            await cluster.no_relayed_frame("message", [bob, alice_pc], cluster.dept1)  # each once
 
             # and back the other way: dept-2 -> dept-1 (and the master's device of alice)
             back = await bob.chat(alice.user_id, "hello back", "c-2")
@@ -69,16 +68,14 @@ async def test_group_message_reaches_each_member_session_on_every_node_exactly_o
                 assert got["id"] == ack["id"] and got["chatId"] == group_id, got
                 assert got["type"] == "group" and got["fromId"] == owner.user_id
             await owner.no_frame("message")  # the sender: its own node would have queued a copy before the ack
-            for receiver in receivers:  # exactly once: no second copy anywhere
-                await receiver.no_frame("message", 0.05)
+            await cluster.no_relayed_frame("message", receivers, cluster.dept1)  # exactly once: no second copy anywhere
 
             # a member on dept-2 answers: everyone else, on every node, gets it once
             reply = await bob.chat(group_id, "hi all", "g-2", chat_type="group")
             for receiver in [owner, owner_pc, carol, dee, dee_phone]:
                 assert (await receiver.expect("message"))["id"] == reply["id"]
             await bob.no_frame("message")
-            for receiver in [owner, owner_pc, carol, dee, dee_phone]:
-                await receiver.no_frame("message", 0.05)
+            await cluster.no_relayed_frame("message", [owner, owner_pc, carol, dee, dee_phone], cluster.dept2)
 
 
 async def test_received_on_one_node_sends_a_receipt_to_the_sender_on_another(cluster: Cluster) -> None:
@@ -156,12 +153,11 @@ async def test_same_client_type_on_another_node_closes_the_earlier_session_with_
             reason = await first.expect_closed(10)
             assert reason.code == 4001, reason
             # sessions of other client types stay, and the new session works
-            await other_type.no_frame("other-login", 0.3)
+            await cluster.no_relayed_frame("other-login", [other_type, second], cluster.master)
             await other_type.send("ping")
             assert "ts" in await other_type.expect("pong")
             await second.send("ping")
             assert "ts" in await second.expect("pong")
-            await second.no_frame("other-login", 0.1)
 
 
 async def test_messages_sent_while_offline_are_replayed_on_another_node_then_sync_done(cluster: Cluster) -> None:

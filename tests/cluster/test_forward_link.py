@@ -9,15 +9,14 @@ dept-2's /healthz answers 503 while its link is down and 200 once it is back.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 
 import trio
 
 from vim_cluster.tunables import DEFAULTS
 
-from ..support import Collector, SteadySender, make_group, online
-from .harness import Cluster, blocking
+from ..support import Collector, make_group, online
+from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
 
 CUT_S = 2.0
 
@@ -27,20 +26,10 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
 ) -> None:
     cluster = proxied_cluster
     proxy = cluster.proxies["dept-2"]
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
-            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-            at_bob = Collector(bob)
-            nursery.start_soon(at_bob.run)
-            assert bob.user_id is not None
-            sender = SteadySender(alice, bob.user_id)
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
+            at_bob, sender = await steady_to_dept2(stack, nursery, cluster, alice, tag, 30)  # through the proxy
             acks = sender.acks
-            nursery.start_soon(sender.run)
-            assert await at_bob.wait_for(30, 15)  # traffic flows through the proxy
             assert (await blocking(cluster.dept2.healthz))[0] == 200
 
             # --- cut: every proxied connection closed, new ones refused, for CUT_S
@@ -49,7 +38,7 @@ async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and
             down_after = await blocking(cluster.dept2.wait_health, 503, CUT_S)
             status, body = await blocking(cluster.dept2.healthz)
             assert status == 503 and body["checks"]["master_link"].startswith("down"), body
-            await trio.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
+            await trio.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))  # the cut's length is under test
             during_cut = len(acks) - acked_at_cut
             refused = proxy.proxy.refused
 
@@ -86,12 +75,8 @@ async def test_a_session_opened_while_the_link_is_cut_gets_what_was_relayed_mean
     (node/catch_up.py) delivers them to the open session, in order, before anything newer."""
     cluster = proxied_cluster
     proxy = cluster.proxies["dept-2"]
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
             async with contextlib.AsyncExitStack() as first:  # bob's only earlier session, closed
                 bob_before = await online(first, cluster.dept1.url, f"bob-{tag}")
                 group = await make_group(alice, [bob_before])

@@ -7,8 +7,6 @@ restart they arrived, and the local traffic of a slave meanwhile.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import signal
 import time
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import trio
 
 from ..support import online
-from .harness import Cluster, Collector, blocking
+from .harness import Cluster, Collector, alice_on_dept1, blocking
 
 MEASUREMENTS = "/tmp/vim-measurements.txt"
 OUTAGE_S = 3.0  # how long the test keeps sending while the master is down
@@ -32,11 +30,8 @@ def record(lines: list[str]) -> None:
 async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_outage_arrive(
     cluster: Cluster,
 ) -> None:
-    tag = secrets.token_hex(3)
     with trio.fail_after(90):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")  # the sender, dept-1
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):  # alice: the sender, dept-1
             carol = await online(stack, cluster.dept1.url, f"carol-{tag}")  # alice's local peer
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")  # the remote peer, dept-2
             at_bob, at_carol = Collector(bob), Collector(carol)
@@ -65,7 +60,7 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
                 await carol_gets(at_carol, ack["id"])
                 local_latency.append(at_carol.arrived[ack["id"]] - sent)
                 i += 1
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # the senders' pace through the outage, not a wait
             arrived_during_outage = sum(1 for a in remote if a["id"] in at_bob.arrived)
 
             # --- the master comes back on the same config
@@ -126,12 +121,9 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
     dept-1's link is back, so the master sees dept-1's queued packets before it knows where
     dept-2's users are.
     """
-    tag = secrets.token_hex(3)
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice2-{tag}")
-            bob = await online(stack, cluster.dept2.url, f"bob2-{tag}")
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             at_bob = Collector(bob)
             nursery.start_soon(at_bob.run)
 
@@ -144,6 +136,8 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
             try:
                 await blocking(cluster.master.start)
                 await blocking(cluster.dept1.wait_health, 200, 15)  # dept-1 linked, dept-2 not
+                # A window, not a wait for an event: a master that relayed dept-1's queue now
+                # would find no route for bob (the bug under test); the fixed one holds it.
                 await trio.sleep(1.0)
             finally:
                 cluster.dept2.signal(signal.SIGCONT)

@@ -7,30 +7,17 @@ live, exactly once after dropping duplicates by id, in the order they were acked
 
 from __future__ import annotations
 
-import contextlib
-import secrets
-
 import trio
 
-from ..support import Collector, SteadySender, connect, online
-from .harness import Cluster, blocking
+from ..support import Collector, connect
+from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
 
 
 async def test_recipient_of_a_killed_slave_gets_every_acked_message_on_another_node(cluster: Cluster) -> None:
-    tag = secrets.token_hex(3)
-
     with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
-            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-            before = Collector(bob)
-            nursery.start_soon(before.run)
-            assert bob.user_id is not None
-            sender = SteadySender(alice, bob.user_id)
+        async with alice_on_dept1(cluster) as (stack, nursery, alice, tag):
+            before, sender = await steady_to_dept2(stack, nursery, cluster, alice, tag, 20)  # traffic flows to bob
             acks = sender.acks
-            nursery.start_soon(sender.run)
-            assert await before.wait_for(20, 15)  # traffic flows to bob on dept-2
 
             await blocking(cluster.dept2.kill)  # SIGKILL, while alice keeps sending
             killed_at = len(acks)

@@ -8,7 +8,6 @@ Measures (printed, appended to /tmp/vim-measurements.txt) the failover as the cl
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from vim_cluster.adapters.redis_registry import RedisRegistry
 from ..servers import SentinelSet, redis_sentinel_set  # noqa: F401 - the fixture
 from ..support import flush_redis
 from .harness import Cluster, blocking
-from .traffic import Prober, assert_nobody_stopped, start_traffic
+from .traffic import assert_nobody_stopped, bad_day
 
 pytestmark = pytest.mark.timeout(240)
 MEASUREMENTS = "/tmp/vim-measurements.txt"
@@ -51,25 +50,17 @@ async def test_redis_primary_killed_sentinel_promotes_the_replica_and_nothing_ac
     registry = RedisRegistry(servers.sentinel.url)
     try:
         with trio.fail_after(200):
-            async with contextlib.AsyncExitStack() as stack:
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                traffic = await start_traffic(stack, cluster, nursery, tag)
-                prober = Prober(cluster, tag)
-                await prober.register()
-                await trio.sleep(1.0)
+            async with bad_day(cluster, tag, check_timeout=30) as (traffic, prober):
                 acked_before = traffic.total()
                 servers.primary.kill()
                 killed = time.monotonic()
                 with trio.fail_after(FAILOVER_BOUND_S):
                     while await blocking(servers.sentinel.primary_port) != servers.replica.port:
-                        await trio.sleep(0.05)
+                        await trio.sleep(0.05)  # polls Sentinel (a separate process) for the promotion
                 promoted = time.monotonic() - killed
                 serving = await prober.serving_again(killed, FAILOVER_BOUND_S)
                 alive = {n.node_id for n in await blocking(registry.nodes) if n.alive}
                 assert alive == set(cluster.nodes), alive
-                await trio.sleep(1.0)
-                await traffic.stop_and_check(30)
-                nursery.cancel_scope.cancel()
     finally:
         registry.close()
     assert_nobody_stopped(cluster)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -41,6 +42,7 @@ class Traffic:
         self.stopping = False
         self._senders = len(pairs)
         self._stopped = trio.Event()
+        self._acked_one = trio.Event()
 
     async def run(self, nursery: trio.Nursery) -> None:
         for collector in self.collectors.values():
@@ -59,7 +61,9 @@ class Traffic:
                     self.refused += 1
                 else:
                     self.acked[name].append(ack["id"])
-                await trio.sleep(self.every)
+                    self._acked_one.set()
+                    self._acked_one = trio.Event()
+                await trio.sleep(self.every)  # the pace of the traffic, not a wait for anything
         except ConnectionClosed:
             return  # the test failed: its connections close before its nursery
         finally:
@@ -79,6 +83,14 @@ class Traffic:
     def total(self) -> int:
         return sum(len(ids) for ids in self.acked.values())
 
+    async def flowing(self, more: int = 10, timeout: float = 30.0) -> None:
+        """Waits until every sender got `more` acks beyond what it has now (the traffic flows
+        on every pair); fails after `timeout`."""
+        wanted = {name: len(ids) + more for name, ids in self.acked.items()}
+        with trio.fail_after(timeout):
+            while any(len(self.acked[name]) < n for name, n in wanted.items()):
+                await self._acked_one.wait()
+
     async def all_delivered(self, timeout: float) -> None:
         for name, ids in self.acked.items():
             collector = self.collectors[name]
@@ -87,17 +99,46 @@ class Traffic:
             assert not missing, f"{name}: {len(missing)} of {len(ids)} acked messages never arrived: {missing[:5]}"
 
 
-async def start_traffic(stack: contextlib.AsyncExitStack, cluster: Cluster, nursery: trio.Nursery,
-                        tag: str) -> Traffic:
-    alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
-    bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-    dave = await online(stack, cluster.dept2.url, f"dave-{tag}")
-    carol = await online(stack, cluster.dept1.url, f"carol-{tag}")
-    erin = await online(stack, cluster.master.url, f"erin-{tag}")
-    frank = await online(stack, cluster.dept1.url, f"frank-{tag}")
-    traffic = Traffic([("d1-to-d2", alice, bob), ("d2-to-d1", dave, carol), ("m-to-d1", erin, frank)])
-    await traffic.run(nursery)
-    return traffic
+async def traffic_pairs(stack: contextlib.AsyncExitStack, cluster: Cluster, tag: str,
+                        pairs: list[tuple[str, str, str]]) -> Traffic:
+    """Traffic between new users: one (name, sender's node, recipient's node) per pair."""
+    clients = []
+    for name, src, dst in pairs:
+        sender = await online(stack, cluster.nodes[src].url, f"s{name}-{tag}"[:32])
+        to = await online(stack, cluster.nodes[dst].url, f"r{name}-{tag}"[:32])
+        clients.append((name, sender, to))
+    return Traffic(clients)
+
+
+THREE_NODES = [("d1-to-d2", DEPT1, DEPT2), ("d2-to-d1", DEPT2, DEPT1), ("m-to-d1", MASTER, DEPT1)]
+
+
+@contextlib.asynccontextmanager
+async def flowing_traffic(make: Callable[[contextlib.AsyncExitStack], Awaitable[Traffic]],
+                          check_timeout: float = 30.0) -> AsyncIterator[Traffic]:
+    """Runs the Traffic `make` builds (its clients closed with the block) and enters once it
+    flows on every pair; a block that ends normally then waits until it flows (again) on every
+    pair, stops it and checks that every acked message arrived (`stop_and_check`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        traffic = await make(stack)
+        await traffic.run(nursery)
+        await traffic.flowing()
+        yield traffic
+        await traffic.flowing()
+        await traffic.stop_and_check(check_timeout)
+        nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def bad_day(cluster: Cluster, tag: str, check_timeout: float = 20.0) -> AsyncIterator[tuple[Traffic, Prober]]:
+    """`flowing_traffic` on THREE_NODES and a Prober whose users are registered: what a test
+    that breaks Redis under traffic starts with."""
+    async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, tag, THREE_NODES),
+                               check_timeout) as traffic:
+        prober = Prober(cluster, tag)
+        await prober.register()
+        yield traffic, prober
 
 
 class Prober:

@@ -105,7 +105,7 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
     deadline = time.monotonic() + 15
     while (gone := d.cli("master", "whereis", erin["user"], "--config", master_config)).returncode != 1:
         assert time.monotonic() < deadline, f"whereis still finds the kicked user: {gone}"
-        time.sleep(0.3)
+        time.sleep(0.3)  # polls the operator CLI (another process)
     flows_s = time.monotonic() - started
 
     # -- cut dept-1's link for CUT_S while numbered senders keep sending both ways -----------
@@ -118,7 +118,7 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
     d.network.cut("dept-1")
     try:
         during = d.wait_health("dept-1", 503, 15)  # seen on dept-1 itself: the link is gone
-        time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
+        time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))  # the cut's length is under test
     finally:
         d.network.restore("dept-1")
     restored_at = time.monotonic()

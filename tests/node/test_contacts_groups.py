@@ -6,7 +6,7 @@ import contextlib
 
 import trio
 
-from ..support import Client, connect, make_group, online
+from ..support import Client, all_online, connect, make_group, online
 
 
 def ids(*clients: Client) -> list[str]:
@@ -95,9 +95,7 @@ async def test_group_create_with_an_unknown_member_or_bad_name_is_refused(url: s
 async def test_owner_adds_members_and_everyone_involved_hears(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            carol = await online(stack, url, "carol")
+            alice, bob, carol = await all_online(stack, url, "alice", "bob", "carol")
             group_id = await make_group(alice, [bob])
             await alice.send("group-add", groupId=group_id, members=[carol.user_id], rid="add")
             changed = await alice.expect("group-ok")
@@ -111,9 +109,7 @@ async def test_owner_adds_members_and_everyone_involved_hears(url: str) -> None:
 async def test_only_the_owner_may_add_or_remove_members(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            carol = await online(stack, url, "carol")
+            alice, bob, carol = await all_online(stack, url, "alice", "bob", "carol")
             group_id = await make_group(alice, [bob])
             await bob.send("group-add", groupId=group_id, members=[carol.user_id], rid="a")
             assert (await bob.expect_error("forbidden"))["rid"] == "a"
@@ -129,9 +125,7 @@ async def test_only_the_owner_may_add_or_remove_members(url: str) -> None:
 async def test_owner_removes_a_member_who_is_told_and_can_no_longer_post(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            carol = await online(stack, url, "carol")
+            alice, bob, carol = await all_online(stack, url, "alice", "bob", "carol")
             group_id = await make_group(alice, [bob, carol])
             await alice.send("group-remove", groupId=group_id, members=[bob.user_id], rid="rm")
             changed = await alice.expect("group-ok")

@@ -10,25 +10,31 @@ import trio
 from ..support import free_port, online
 
 
-async def http(port: int, path: str, method: str = "GET", cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP/1.1 request; the node answers and closes the connection."""
+async def exchange(port: int, method: str, path: str, cookie: str | None, body: bytes | None,
+                   content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 request (a body: with its Content-Length); the node answers and closes
+    the connection. (status, lower-case headers, body)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
         if cookie:
-            request += f"Cookie: {cookie}\r\n"
-        if method == "POST":
-            request += "Content-Length: 2\r\n\r\n{}"
-        else:
-            request += "\r\n"
-        await stream.send_all(request.encode())
+            head += f"Cookie: {cookie}\r\n"
+        await stream.send_all(head.encode() + b"\r\n" + (body or b""))
         raw = b""
         while chunk := await stream.receive_some(65536):
             raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    top, _, payload = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = top.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
+    return int(status_line.split()[1]), headers, payload
+
+
+async def http(port: int, path: str, method: str = "GET", cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    return await exchange(port, method, path, cookie, b"{}" if method == "POST" else None)
 
 
 async def test_http_port_serves_pages_json_health_and_metrics(start_node) -> None:
@@ -89,21 +95,8 @@ async def test_method_not_allowed_carries_its_body(start_node) -> None:
 
 
 async def post_json(port: int, path: str, body: dict, cookie: str | None = None) -> tuple[int, dict[str, str], dict]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        data = json.dumps(body).encode()
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n")
-        if cookie:
-            head += f"Cookie: {cookie}\r\n"
-        await stream.send_all(head.encode() + b"\r\n" + data)
-        raw = b""
-        while chunk := await stream.receive_some(65536):
-            raw += chunk
-    top, _, payload = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = top.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
-    return int(status_line.split()[1]), headers, json.loads(payload)
+    status, headers, payload = await exchange(port, "POST", path, cookie, json.dumps(body).encode(), "application/json")
+    return status, headers, json.loads(payload)
 
 
 async def upgrade_status(port: int) -> int:

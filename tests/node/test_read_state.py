@@ -11,7 +11,7 @@ import trio
 from vim_cluster.admin import add_user
 from vim_cluster.node.app import RunningNode
 
-from ..support import PASSWORD, Client, connect, make_group, online
+from ..support import PASSWORD, Client, all_online, connect, make_group, online
 
 
 async def history(client: Client, chat_id: str, chat_type: str = "friend") -> list[dict[str, Any]]:
@@ -55,9 +55,7 @@ async def test_history_says_sent_then_delivered_then_read_for_my_friend_messages
 async def test_group_history_counts_readers_and_contacts_count_unread(url: str) -> None:
     with trio.fail_after(15):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            carol = await online(stack, url, "carol")
+            alice, bob, carol = await all_online(stack, url, "alice", "bob", "carol")
             group = await make_group(alice, [bob, carol], told=[])
             sent = [await alice.chat(group, f"g{n}", f"g-{n}", chat_type="group") for n in range(2)]
             assert [m["readCount"] for m in await history(alice, group, "group")] == [0, 0]

@@ -9,7 +9,7 @@ from trio.testing import MockClock
 
 from vim_cluster.node.app import RunningNode
 
-from ..support import connect, make_group, online, virtual_wall_clock
+from ..support import all_online, connect, make_group, online, virtual_wall_clock
 
 
 async def test_sender_recalls_and_every_session_that_saw_it_is_told(url: str) -> None:
@@ -67,9 +67,7 @@ async def test_a_recalled_message_is_replayed_as_recalled(url: str) -> None:
 async def test_group_recall_reaches_every_member(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            carol = await online(stack, url, "carol")
+            alice, bob, carol = await all_online(stack, url, "alice", "bob", "carol")
             group_id = await make_group(alice, [bob, carol], told=[])
             ack = await alice.chat(group_id, "wrong chat", "rc-g", chat_type="group")
             await alice.send("recall", id=ack["id"])

@@ -5,6 +5,7 @@ link, rewind, restarts of either side, and the fencing epoch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -126,6 +127,17 @@ def link(slave_stream: PeerStream[Any] | None = None, master_stream: PeerStream[
     return net
 
 
+def queued(seqs: Iterable[int] = (), *, tagged: bool = True) -> tuple[Network, PeerStream[Any], PeerStream[Any]]:
+    """(net, the slave's stream, the master's stream) of a new link whose slave queued
+    deliver(n) for each n of `seqs`, tagged n (or untagged)."""
+    net = link()
+    stream, master_stream = net.slave.conn.stream, net.master.conn.stream
+    assert stream is not None and master_stream is not None
+    for n in seqs:
+        stream.push(deliver(n), n if tagged else None)
+    return net, stream, master_stream
+
+
 def test_handshake_then_packets_both_ways_in_order_with_acks_carrying_tags() -> None:
     net = link()
     assert net.slave.conn.state is net.master.conn.state is LinkState.OPEN
@@ -147,11 +159,7 @@ def test_handshake_then_packets_both_ways_in_order_with_acks_carrying_tags() -> 
 
 
 def test_the_master_holds_an_ack_until_its_forwards_are_done() -> None:
-    net = link()
-    stream = net.slave.conn.stream
-    assert stream is not None and net.master.conn.stream is not None
-    for n in (1, 2, 3):
-        stream.push(deliver(n), n)
+    net, stream, _ = queued((1, 2, 3))
     net.master.conn.receive_data(net.slave.conn.send(Flush()))
     for event in net.master.conn.events():
         assert isinstance(event, PacketsReceived) and event.first == 1
@@ -169,11 +177,7 @@ def test_the_master_holds_an_ack_until_its_forwards_are_done() -> None:
 
 
 def test_batches_respect_the_limit_and_resume_where_they_stopped() -> None:
-    net = link()
-    stream = net.slave.conn.stream
-    assert stream is not None
-    for n in range(1, 8):
-        stream.push(deliver(n))
+    net, _, _ = queued(range(1, 8), tagged=False)
     while net.slave.conn.has_unsent():
         net.master.conn.receive_data(net.slave.conn.send(Flush(limit=3)))
         net.master.take_events()
@@ -185,11 +189,7 @@ def test_batches_respect_the_limit_and_resume_where_they_stopped() -> None:
 
 
 def test_after_a_dropped_link_everything_unacknowledged_is_resent_once_in_order() -> None:
-    net = link()
-    slave_stream, master_stream = net.slave.conn.stream, net.master.conn.stream
-    assert slave_stream is not None and master_stream is not None
-    for n in range(1, 6):
-        slave_stream.push(deliver(n), n)
+    net, slave_stream, master_stream = queued(range(1, 6))
     net.master.conn.receive_data(net.slave.conn.send(Flush(limit=3)))  # 1..3 arrive
     net.master.take_events()
     net.slave.conn.send(Flush())  # 4..5 are sent, but the link drops: they never arrive
@@ -208,11 +208,7 @@ def test_after_a_dropped_link_everything_unacknowledged_is_resent_once_in_order(
 
 
 def test_a_resend_of_what_arrived_is_dropped_as_duplicate() -> None:
-    net = link()
-    stream = net.slave.conn.stream
-    assert stream is not None
-    for n in (1, 2, 3):
-        stream.push(deliver(n))
+    net, _, _ = queued((1, 2, 3), tagged=False)
     data = net.slave.conn.send(Flush())
     net.master.conn.receive_data(data)
     net.master.conn.receive_data(data)  # the same batch again (a resend)
@@ -221,11 +217,7 @@ def test_a_resend_of_what_arrived_is_dropped_as_duplicate() -> None:
 
 
 def test_rewind_keeps_what_the_peer_received_but_did_not_acknowledge() -> None:
-    net = link()
-    stream, master_stream = net.slave.conn.stream, net.master.conn.stream
-    assert stream is not None and master_stream is not None
-    for n in range(1, 6):
-        stream.push(deliver(n), n)
+    net, stream, master_stream = queued(range(1, 6))
     net.master.conn.receive_data(net.slave.conn.send(Flush()))
     net.master.take_events()
     master_stream.hold(3, 1)  # 3..5 not complete: the master acks 2
@@ -242,11 +234,7 @@ def test_rewind_keeps_what_the_peer_received_but_did_not_acknowledge() -> None:
 
 
 def test_a_restarted_master_resumes_the_slaves_sequence_from_its_base() -> None:
-    net = link()
-    stream = net.slave.conn.stream
-    assert stream is not None
-    for n in (1, 2):
-        stream.push(deliver(n), n)
+    net, stream, _ = queued((1, 2))
     net.flush()
     net.flush()
     assert stream.window.acked_upto == 2
@@ -276,9 +264,7 @@ def test_a_slave_the_master_dropped_links_again_and_numbering_goes_on() -> None:
     """The master declared a slave dead (its lease lapsed) and dropped its stream, but the slave
     process lives on: its receiver expects the master's next number, so the master's new stream
     numbers on after what the slave says it received."""
-    net = link()
-    stream, master_stream = net.slave.conn.stream, net.master.conn.stream
-    assert stream is not None and master_stream is not None
+    net, stream, master_stream = queued()
     master_stream.push(deliver(1))
     master_stream.push(deliver(2))
     net.flush()

@@ -5,7 +5,9 @@ wait_all_tasks_blocked and events; timers (the writer's linger) on trio's autoju
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -67,6 +69,21 @@ def queue(ws: Socket, limit: int, byte_limit: int = 1 << 62) -> SendQueue:
     return SendQueue(ws, limit, byte_limit)
 
 
+@contextlib.asynccontextmanager
+async def writing_frame_0(limit: int, byte_limit: int = 1 << 62) -> AsyncIterator[tuple[Socket, SendQueue, trio.Nursery]]:
+    """A queue attached to `nursery` (its connection scope) whose writer took frame 0 and
+    blocks writing it (still counted): the peer reads nothing until `ws.gate` is set."""
+    ws = Socket()
+    ws.gate = trio.Event()
+    box = queue(ws, limit, byte_limit)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            box.attach(nursery, nursery.cancel_scope)
+            assert box.push(frame(0))
+            await trio.testing.wait_all_tasks_blocked()
+            yield ws, box, nursery
+
+
 async def test_frames_go_out_in_order_in_one_write_and_the_writer_exists_only_while_there_is_work(
         autojump_clock: trio.testing.MockClock) -> None:
     ws = Socket()
@@ -103,33 +120,26 @@ async def test_frames_queued_before_attach_are_sent_once_attached() -> None:
 
 
 async def test_a_full_queue_refuses_pushes_but_not_replies_and_room_waits_for_the_writer() -> None:
-    ws = Socket()
-    ws.gate = trio.Event()  # the peer reads nothing
-    box = queue(ws, limit=3)
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box.attach(nursery, nursery.cancel_scope)
-            assert box.push(frame(0))
-            await trio.testing.wait_all_tasks_blocked()  # the writer took frame 0 and blocks writing it
-            assert all(box.push(frame(n)) for n in (1, 2, 3))
-            assert not box.push(frame(4))  # three wait: a slow consumer
-            box.append(frame(5))  # the connection's own replies are bounded elsewhere
-            assert len(box) == 4
-            waited = trio.Event()
+    async with writing_frame_0(limit=3) as (ws, box, nursery):
+        assert all(box.push(frame(n)) for n in (1, 2, 3))
+        assert not box.push(frame(4))  # three wait: a slow consumer
+        box.append(frame(5))  # the connection's own replies are bounded elsewhere
+        assert len(box) == 4
+        waited = trio.Event()
 
-            async def wait_for_room() -> None:
-                await box.room()
-                waited.set()
+        async def wait_for_room() -> None:
+            await box.room()
+            waited.set()
 
-            nursery.start_soon(wait_for_room)
-            await trio.testing.wait_all_tasks_blocked()
-            assert not waited.is_set()
-            ws.gate.set()
-            await waited.wait()
-            await trio.testing.wait_all_tasks_blocked()
-            assert ws.pongs() == [0, 1, 2, 3, 5]
-            assert len(ws.writes) == 2  # frame 0, then the four that waited in one write
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(wait_for_room)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        ws.gate.set()
+        await waited.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.pongs() == [0, 1, 2, 3, 5]
+        assert len(ws.writes) == 2  # frame 0, then the four that waited in one write
+        nursery.cancel_scope.cancel()
 
 
 async def test_close_sends_its_frame_and_the_close_frame_then_ends_the_connection_scope() -> None:
@@ -148,53 +158,32 @@ async def test_close_sends_its_frame_and_the_close_frame_then_ends_the_connectio
 
 
 async def test_close_is_refused_when_the_queue_is_full() -> None:
-    ws = Socket()
-    ws.gate = trio.Event()
-    box = queue(ws, limit=1)
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box.attach(nursery, nursery.cancel_scope)
-            box.push(frame(0))
-            await trio.testing.wait_all_tasks_blocked()
-            box.push(frame(1))
-            assert not box.close(Close(CloseCode.OTHER_LOGIN, "other login"))
-            nursery.cancel_scope.cancel()
+    async with writing_frame_0(limit=1) as (_, box, nursery):
+        box.push(frame(1))
+        assert not box.close(Close(CloseCode.OTHER_LOGIN, "other login"))
+        nursery.cancel_scope.cancel()
 
 
 async def test_abort_drops_what_waits_and_closes_after_the_write_in_progress() -> None:
-    ws = Socket()
-    ws.gate = trio.Event()
-    box = queue(ws, limit=10)
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box.attach(nursery, nursery.cancel_scope)
-            box.push(frame(0))
-            await trio.testing.wait_all_tasks_blocked()  # frame 0 is being written
-            box.push(frame(1))
-            box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
-            ws.gate.set()
-            await trio.sleep_forever()
+    async with writing_frame_0(limit=10) as (ws, box, nursery):
+        box.push(frame(1))
+        box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
+        ws.gate.set()
+        await trio.sleep_forever()
     assert nursery.cancel_scope.cancelled_caught
     assert ws.pongs() == [0]  # whole; frame 1 dropped
     assert ws.closed() == (int(CloseCode.SLOW_CONSUMER), "slow-consumer")
 
 
 async def test_a_newer_pong_replaces_one_still_waiting() -> None:
-    ws = Socket()
-    ws.gate = trio.Event()
-    box = queue(ws, limit=10)
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box.attach(nursery, nursery.cancel_scope)
-            box.push(frame(0))
-            await trio.testing.wait_all_tasks_blocked()
-            for n in range(100):  # a ping flood: one pong waits, the newest
-                box.control(bytes((0x80 | PONG, 1, n)))
-            assert len(box) == 1
-            ws.gate.set()
-            await trio.testing.wait_all_tasks_blocked()
-            assert [(op, p) for op, p in ws.frames() if op == PONG] == [(PONG, bytes((99,)))]
-            nursery.cancel_scope.cancel()
+    async with writing_frame_0(limit=10) as (ws, box, nursery):
+        for n in range(100):  # a ping flood: one pong waits, the newest
+            box.control(bytes((0x80 | PONG, 1, n)))
+        assert len(box) == 1
+        ws.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(op, p) for op, p in ws.frames() if op == PONG] == [(PONG, bytes((99,)))]
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_gone_while_sending_ends_the_connection_scope() -> None:
@@ -212,22 +201,14 @@ async def test_a_peer_gone_while_sending_ends_the_connection_scope() -> None:
 
 async def test_a_byte_limit_refuses_pushes_counting_the_frame_being_written_until_it_is() -> None:
     """A client that stops reading holds at most `byte_limit` bytes, whatever the frame count."""
-    ws = Socket()
-    ws.gate = trio.Event()  # the peer reads nothing
-    size = len(frame(0).encoded(False))
-    box = queue(ws, limit=100, byte_limit=3 * size)
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            box.attach(nursery, nursery.cancel_scope)
-            assert box.push(frame(0))
-            await trio.testing.wait_all_tasks_blocked()  # the writer took frame 0 and blocks: still counted
-            assert box.push(frame(1)) and box.push(frame(2))
-            assert not box.push(frame(3))  # 3 frames' bytes wait: a slow consumer
-            ws.gate.set()
-            await trio.testing.wait_all_tasks_blocked()
-            assert ws.pongs() == [0, 1, 2]
-            assert all(box.push(frame(n)) for n in (4, 5, 6))  # written: the bytes are free again
-            nursery.cancel_scope.cancel()
+    async with writing_frame_0(limit=100, byte_limit=3 * len(frame(0).encoded(False))) as (ws, box, nursery):
+        assert box.push(frame(1)) and box.push(frame(2))
+        assert not box.push(frame(3))  # 3 frames' bytes wait (frame 0's too): a slow consumer
+        ws.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.pongs() == [0, 1, 2]
+        assert all(box.push(frame(n)) for n in (4, 5, 6))  # written: the bytes are free again
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("binary", [False, True])
