@@ -323,11 +323,11 @@ async def relay_barrier(receivers: Sequence[Client], sources: Sequence[str], mas
     the master's probe to each receiver's user. The second hop also orders what the master
     relays back to the source node itself (a receiver on the sending node)."""
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _probe(stack, master)
+        master_probe = await _probe(stack, master)
         for url in dict.fromkeys(sources):
             if url != master:
-                await _mark(await _probe(stack, url), [hub], timeout)
-        await _mark(hub, receivers, timeout)
+                await _mark(await _probe(stack, url), [master_probe], timeout)
+        await _mark(master_probe, receivers, timeout)
 
 
 async def no_relayed_frame(code: str, receivers: Sequence[Client], sources: Sequence[str], master: str) -> None:

@@ -116,12 +116,12 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
     for user in users:
         await ctx.db(ctx.directory.create_user, user)
     tokens = [ctx.tokens.issue(u.id, ctx.clock_ms())[0] for u in users]
-    hub = master.ctx.delivery.cluster
+    relay = master.ctx.delivery.cluster
     async with contextlib.AsyncExitStack() as stack:
         observer = await watching(await online(stack, ws_url(master), "observer"))
 
         async def all_connected(expected: int) -> None:
-            while hub.board.online() != expected or hub.routes.take_touched():
+            while relay.board.online() != expected or relay.routes.take_touched():
                 await trio.sleep(DEFAULTS.presence_window_s)
             await trio.sleep(DEFAULTS.presence_window_s * 1.5)  # one more window: nothing pending
 

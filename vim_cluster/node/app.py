@@ -87,7 +87,7 @@ class _Parts:
     metrics: NodeMetrics
     master_metrics: MasterMetrics
     fence: Fence
-    hub: LocalSessions = attrs.Factory(LocalSessions)
+    local_sessions: LocalSessions = attrs.Factory(LocalSessions)
     redis: BlockingRunner = attrs.Factory(lambda: BlockingRunner("redis", 16))
     mastership: Mastership | None = None
 
@@ -109,7 +109,7 @@ class _Parts:
             pid=os.getpid(),
             version=__version__,
             started_at=self.started_at,
-            connections=len(self.hub),
+            connections=len(self.local_sessions),
             heartbeat_at=self.clock_ms(),
             messages=self.metrics.accepted,
         )
@@ -212,7 +212,7 @@ def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: 
     config, tunables = parts.config, parts.config.tunables
     store_runner = BlockingRunner("messages", wiring.store_concurrency(config))
     known_users: set[int] = set()
-    local = LocalDelivery(config.node_id, parts.hub, parts.metrics, forget_user=known_users.discard,
+    local = LocalDelivery(config.node_id, parts.local_sessions, parts.metrics, forget_user=known_users.discard,
                           presence_chunk=tunables.presence_chunk)
     return NodeContext(
         config=config,
@@ -226,7 +226,7 @@ def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: 
         store=store_runner,
         redis=parts.redis,
         cpu=BlockingRunner("cpu", 2),
-        hub=parts.hub,
+        local_sessions=parts.local_sessions,
         delivery=Delivery(local),  # its cluster link is the role's (node/roles.py)
         writer=StoreWriter(messages, store_runner, tunables.store_batch),
         metrics=parts.metrics,
@@ -238,7 +238,7 @@ def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: 
 async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, lease: Lease,
                  purge: Callable[[], Awaitable[None]], task_status: trio.TaskStatus[RunningNode]) -> None:
     """The node's nursery (the tree in the module's docstring), until stopped or failed."""
-    config, tunables, hub, delivery = ctx.config, ctx.tunables, ctx.hub, ctx.delivery
+    config, tunables, sessions, delivery = ctx.config, ctx.tunables, ctx.local_sessions, ctx.delivery
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
         nursery.start_soon(ctx.writer.run)
@@ -248,8 +248,8 @@ async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, leas
             nursery.start_soon(purge)
         await _start_cluster_role(ctx, nursery, listeners.forward, parts.mastership, parts.fence,
                                   parts.master_metrics)
-        ctx.metrics.bind(lambda: len(hub), lambda: delivery.cluster.queue_depth())
-        ctx.stats = Stats(ctx.clock_ms, lambda: len(hub), lambda: ctx.metrics.accepted,
+        ctx.metrics.bind(lambda: len(sessions), lambda: delivery.cluster.queue_depth())
+        ctx.stats = Stats(ctx.clock_ms, lambda: len(sessions), lambda: ctx.metrics.accepted,
                           lambda: delivery.cluster.queue_depth(), ctx.metrics.take_latencies,
                           sample_s=tunables.stats_sample_s, keep=tunables.stats_samples,
                           latency_window_s=tunables.stats_latency_window_s,
@@ -279,11 +279,11 @@ async def _purge(ctx: NodeContext, registry: ClusterRegistry, messages: Lifecycl
 async def republish_routes(ctx: NodeContext) -> int:
     """Publishes the routes of this node's live sessions again (Redis lost them); a session
     that closed meanwhile has its route removed again. Returns how many were published."""
-    sessions = [s for user_id in ctx.hub.users() for s in ctx.hub.sessions(user_id)]
+    sessions = [s for user_id in ctx.local_sessions.users() for s in ctx.local_sessions.sessions(user_id)]
     routes = [(UserId(s.user_id), Route(s.id, ctx.node_id, s.client, s.uuid)) for s in sessions]
     await ctx.redis(ctx.registry.republish_routes, routes)
     for session in sessions:
-        if session not in ctx.hub.sessions(session.user_id):
+        if session not in ctx.local_sessions.sessions(session.user_id):
             await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)
     return len(routes)
 
@@ -319,10 +319,10 @@ async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:
     """Graceful stop: tell every session (1001), wait for them briefly, then cancel all."""
     await stopping.wait()
-    log.info("node_stopping", sessions=len(ctx.hub))
-    for user_id in ctx.hub.users():
-        for session in ctx.hub.sessions(user_id):
+    log.info("node_stopping", sessions=len(ctx.local_sessions))
+    for user_id in ctx.local_sessions.users():
+        for session in ctx.local_sessions.sessions(user_id):
             session.kick(CloseCode.GOING_AWAY, "the node is shutting down")
     with trio.move_on_after(ctx.tunables.shutdown_grace_s):
-        await ctx.hub.wait_empty()
+        await ctx.local_sessions.wait_empty()
     scope.cancel()

@@ -83,7 +83,7 @@ async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
     """Pushes to every local session the stored messages for its user since `since_ms` (see
     the module's rules), oldest first; returns the frames pushed."""
     pushed = 0
-    for user_id in ctx.hub.users():
+    for user_id in ctx.local_sessions.users():
         pushed += await _user_since(ctx, UserId(user_id), since_ms)
         await trio.lowlevel.checkpoint()
     return pushed
@@ -105,7 +105,7 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
             if message.from_id == uid:
                 continue
             frame = OutFrame(f.MessageOut(message, offline=True))
-            for session in ctx.hub.sessions(uid):
+            for session in ctx.local_sessions.sessions(uid):
                 session.push(frame)
                 pushed += 1
         after = MessageId(page[-1].id)

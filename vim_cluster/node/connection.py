@@ -109,12 +109,12 @@ class Connection:
         route = Route(session.id, ctx.node_id, client, uuid)
         earlier = (await ctx.redis(ctx.registry.routes, [UserId(user_id)])).get(UserId(user_id), [])
         await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
-        ctx.hub.add(session)
+        ctx.local_sessions.add(session)
         ctx.delivery.cluster.session_opened(session)
         self.session = session
         log.info("session_opened", session_id=session.id, user_id=user_id, client=client)
         # Sessions Redis may not list yet (opened a moment ago here) count too.
-        local = [Route(s.id, ctx.node_id, s.client, s.uuid) for s in ctx.hub.sessions(user_id)]
+        local = [Route(s.id, ctx.node_id, s.client, s.uuid) for s in ctx.local_sessions.sessions(user_id)]
         candidates = {r.session_id: r for r in [*earlier, *local]}
         notice = OutFrame(f.OtherLogin(uuid, ctx.node_id))
         for old in replaced_sessions(candidates.values(), session.id, client):
@@ -127,7 +127,7 @@ class Connection:
         if session is None:
             return
         ctx = self.ctx
-        ctx.hub.remove(session)
+        ctx.local_sessions.remove(session)
         ctx.delivery.cluster.session_closed(session)
         try:
             await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)

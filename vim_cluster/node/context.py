@@ -35,7 +35,7 @@ class NodeContext:
     store: BlockingRunner  # message store calls
     redis: BlockingRunner
     cpu: BlockingRunner  # password hashing
-    hub: LocalSessions
+    local_sessions: LocalSessions
     delivery: Delivery
     writer: StoreWriter
     metrics: NodeMetrics

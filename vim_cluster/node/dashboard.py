@@ -164,8 +164,8 @@ def drain_here(ctx: NodeContext) -> int:
     """Stops accepting client connections and closes every session with 4005."""
     ctx.draining = True
     closed = 0
-    for user_id in ctx.hub.users():
-        for session in ctx.hub.sessions(user_id):
+    for user_id in ctx.local_sessions.users():
+        for session in ctx.local_sessions.sessions(user_id):
             session.kick(CloseCode.DRAINING, "node draining: reconnect to another node")
             closed += 1
     return closed

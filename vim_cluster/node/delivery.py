@@ -55,7 +55,7 @@ class Unlinked:
     """The cluster link before the node's role gives it one (node/roles.py): this node's own
     traffic (Deliver and Kick packets) is kept, in order, for the link that takes over
     (`roles.hand_over`), never dropped: a node accepts clients before its link or relay is up.
-    Sessions need no keeping: the new link reports them (handshake; a relay reads the hub)."""
+    Sessions need no keeping: the new link reports them (handshake; a relay reads LocalSessions)."""
 
     def __init__(self, node_id: str, clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         self.node_id = node_id
@@ -192,7 +192,7 @@ class LocalDelivery:
     """This node's sessions, as the forward channel reaches them."""
 
     node_id: str
-    hub: LocalSessions
+    local_sessions: LocalSessions
     metrics: NodeMetrics
     # Called with a user id when an operator deleted that account (kick code 4006), so the
     # node stops trusting its cache of existing users for it.
@@ -201,11 +201,11 @@ class LocalDelivery:
 
     def sessions(self) -> list[SessionRow]:
         """Every local session as (user, session, client, uuid): what a slave reports."""
-        return [(s.user_id, s.id, s.client, s.uuid) for u in self.hub.users() for s in self.hub.sessions(u)]
+        return [(s.user_id, s.id, s.client, s.uuid) for u in self.local_sessions.users() for s in self.local_sessions.sessions(u)]
 
     def kick_local(self, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> int:
         kicked = 0
-        for local in self.hub.sessions(user):
+        for local in self.local_sessions.sessions(user):
             if session is None or local.id == session:
                 local.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
                 kicked += 1
@@ -215,7 +215,7 @@ class LocalDelivery:
                       ts: int, now_ms: int) -> OutFrame:
         """A Deliver packet: `frame` is the client frame's JSON text."""
         out = ForwardedFrame(frame, message_id)
-        self.metrics.frames_out.inc(self.hub.deliver(users, out, exclude=exclude))
+        self.metrics.frames_out.inc(self.local_sessions.deliver(users, out, exclude=exclude))
         self.metrics.relay_delivered(max(0, now_ms - ts) / 1000)
         return out
 
@@ -224,7 +224,7 @@ class LocalDelivery:
         snapshot presence keeps up to date); returns the frames queued."""
         queued = 0
         for chunk in presence.chunks(changes, self.presence_chunk):
-            queued += self.hub.deliver_to_presence_watchers(OutFrame(PresenceOut(chunk)))
+            queued += self.local_sessions.deliver_to_presence_watchers(OutFrame(PresenceOut(chunk)))
         self.metrics.frames_out.inc(queued)
         self.metrics.presence_frames.inc(queued)
         return queued
@@ -258,12 +258,12 @@ class Delivery:
         return self.local.node_id
 
     @property
-    def hub(self) -> LocalSessions:
-        return self.local.hub
+    def local_sessions(self) -> LocalSessions:
+        return self.local.local_sessions
 
     def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
         frame = OutFrame(reply)
-        self.local.metrics.frames_out.inc(self.local.hub.deliver(users, frame, exclude=exclude))
+        self.local.metrics.frames_out.inc(self.local.local_sessions.deliver(users, frame, exclude=exclude))
         self.cluster.deliver(list(users), frame, exclude)
         return frame
 

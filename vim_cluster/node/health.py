@@ -45,7 +45,7 @@ async def health(ctx: NodeContext) -> tuple[bool, dict[str, Any]]:
         "role": ctx.cluster_role,
         "status": "ok" if ok else "unavailable",
         "checks": checks,
-        "connections": len(ctx.hub),
+        "connections": len(ctx.local_sessions),
         "forward_queue": ctx.delivery.cluster.queue_depth(),
         "url": ctx.config.client_url,
     }

@@ -7,12 +7,12 @@ Rules:
   deadline -> the forward hub serves; anything else -> the hub is cancelled (every forward
   connection closes, the forward port is closed) and a slave link follows the active master.
 - Nothing the node's own clients sent is lost in a switch: the packets the old side still held
-  unacknowledged (a slave link's outbox; a hub's own packets queued to peers) are handed to the
+  unacknowledged (a slave link's outbox; a relay's own packets queued to peers) are handed to the
   new side, which relays them again (clients drop duplicates by id). Packets from other nodes
   need no hand-over: their senders keep them until acked end to end, and resend.
 - Catch-up (node/catch_up.py): a slave link re-delivers what the node's sessions may have
   missed once it is up; a relay does so before it starts serving (and after each pause).
-- A new hub takes the node's own traffic over only once it is warm (every live slave and
+- A new relay takes the node's own traffic over only once it is warm (every live slave and
   standby linked): before that its route table is incomplete. Until then the previous side
   keeps queueing it.
 """
@@ -127,8 +127,8 @@ class ClusterRoles:
         ctx.cluster_role = "master"
         relay = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
                             ctx.clock_ms, epoch=mastership.epoch, watch=self._watch, tunables=ctx.tunables)
-        for user_id in ctx.hub.users():
-            for session in ctx.hub.sessions(user_id):
+        for user_id in ctx.local_sessions.users():
+            for session in ctx.local_sessions.sessions(user_id):
                 relay.session_opened(session)
         while mastership.holding:
             if mastership.relaying:
@@ -172,13 +172,13 @@ class ClusterRoles:
                 await mastership.changed()
             nursery.cancel_scope.cancel()
 
-    async def _take_over_when_warm(self, hub: MasterRelay) -> None:
-        await hub.warm.wait()
-        hand_over(self.ctx.delivery.cluster, hub, self.ctx.node_id)
-        self.ctx.delivery.cluster = hub
-        for user_id in self.ctx.hub.users():  # sessions opened during the warm-up told the old side
-            for session in self.ctx.hub.sessions(user_id):
-                hub.session_opened(session)
+    async def _take_over_when_warm(self, relay: MasterRelay) -> None:
+        await relay.warm.wait()
+        hand_over(self.ctx.delivery.cluster, relay, self.ctx.node_id)
+        self.ctx.delivery.cluster = relay
+        for user_id in self.ctx.local_sessions.users():  # sessions opened during the warm-up told the old side
+            for session in self.ctx.local_sessions.sessions(user_id):
+                relay.session_opened(session)
 
 
 def pending_own(link: ClusterLink) -> list[ff.Packet]:
