@@ -253,14 +253,6 @@ class Delivery:
     # Until the node's role sets its link: kept for it (Unlinked).
     cluster: ClusterLink = attrs.Factory(lambda self: Unlinked(self.local.node_id), takes_self=True)
 
-    @property
-    def node_id(self) -> str:
-        return self.local.node_id
-
-    @property
-    def local_sessions(self) -> LocalSessions:
-        return self.local.local_sessions
-
     def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
         frame = OutFrame(reply)
         self.local.metrics.frames_out.inc(self.local.local_sessions.deliver(users, frame, exclude=exclude))

@@ -42,10 +42,6 @@ class MessageSocket:
         self._reading = False
         self._read_ended: trio.Event | None = None  # set when a read in progress ends (aclose waits)
 
-    @property
-    def closed(self) -> CloseReason | None:
-        return self._closed
-
     def raise_message_limit(self, max_message_size: int) -> None:
         """From now on, accept messages of up to `max_message_size` bytes."""
         self._socket.raise_message_limit(max_message_size)
