@@ -9,8 +9,8 @@ messages (100 bytes of content) to Bob on dept-2, relayed through the master; Bo
   and the Flusher's direct writes (`ServerSocket.try_send`, node/send_queue.py); the test
   clients' own sends are not counted; wrappers count and call the real methods;
 - `forward sends`: the same on the forward links (both ends, both slaves);
-- `thread hops`: the nodes' `trio.to_thread.run_sync` calls (store batches, confirms; the
-  lease heartbeat, one every 2 s per node, is in it too).
+- `thread hops`: the nodes' worker-thread calls, `BlockingRunner` and `trio.to_thread.run_sync`
+  (store batches, confirms; the lease heartbeat, one every 2 s per node, is in it too).
 
 Two shapes:
 - `lockstep`: one message at a time, its receipt back before the next: nothing can be
@@ -64,6 +64,7 @@ from trio_websocket import WebSocketConnection
 
 from vim_cluster.config import load_config
 from vim_cluster.node.app import RunningNode, serve_node
+from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.ws_server import ServerSocket
 
 from ..support import Client, online, write_config
@@ -122,6 +123,13 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
             counts.thread_hops += 1
         return await real_run_sync(*args, **kwargs)
 
+    real_runner_call = BlockingRunner.__call__
+
+    async def runner_call(self: BlockingRunner, *args: Any) -> Any:
+        if counts.counting:
+            counts.thread_hops += 1
+        return await real_runner_call(self, *args)
+
     real_try_send = ServerSocket.try_send
 
     def try_send(self: ServerSocket, data: bytes) -> int:
@@ -133,6 +141,7 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
     monkeypatch.setattr(ServerSocket, "try_send", try_send)
     monkeypatch.setattr(trio.SocketStream, "send_all", send_all)
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+    monkeypatch.setattr(BlockingRunner, "__call__", runner_call)
     yield counts
 
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.node.blocking import BlockingRunner
@@ -22,13 +23,22 @@ async def test_a_probe_of_a_hung_backend_times_out_and_the_next_fails_at_once_un
         release.wait(10)
         return "late"
 
+    stuck = threading.Event()
+
+    async def writer() -> None:  # fills the limit: a store writer stuck on the same backend
+        await runner(stuck.wait, 10)
+
     with trio.fail_after(5):
-        async with runner.limiter:  # the limit is full (a store writer stuck on the same backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.threads() == 1
             with pytest.raises(trio.TooSlowError):
                 with trio.fail_after(0.2):  # the thread is abandoned: the timeout holds
                     await runner.probe(hung)
             with pytest.raises(StoreUnavailable, match="previous check has not returned"):
                 await runner.probe(lambda: calls.append("second"))
+            stuck.set()
         release.set()
         while True:  # once the hung call returns, probes run again
             try:
