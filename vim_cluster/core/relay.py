@@ -69,8 +69,20 @@ class RouteTable:
     def plan(self, users: Iterable[int], skip: str | None) -> dict[str, list[int]]:
         """Which node gets which users: one entry per node holding any of them but `skip`."""
         targets: dict[str, list[int]] = {}
+        sessions = self._sessions
         for user in users:
-            for node in set(self._sessions.get(user, {}).values()):
+            nodes = sessions.get(user)
+            if not nodes:
+                continue
+            if len(nodes) == 1:  # one session: most users (a group's fan-out goes through here)
+                for node in nodes.values():
+                    if node != skip:
+                        if (listed := targets.get(node)) is None:
+                            targets[node] = [user]
+                        else:
+                            listed.append(user)
+                continue
+            for node in set(nodes.values()):
                 if node != skip:
                     targets.setdefault(node, []).append(user)
         return targets

@@ -48,6 +48,21 @@ from .ws_server import Flusher, frame
 log = structlog.get_logger()
 
 
+def framed(item: OutFrame, binary: bool) -> bytes:
+    """`item` as one WebSocket frame for a text (JSON) or `binary` (MessagePack) connection,
+    made once per frame and mode and shared by every connection it goes to (a group copy
+    costs no encode, header or join of its own)."""
+    if binary:
+        data = item.framed_binary
+        if data is None:
+            data = item.framed_binary = frame(item.encoded(True), True)
+        return data
+    data = item.framed_text
+    if data is None:
+        data = item.framed_text = frame(item.encoded(False), False)
+    return data
+
+
 class Socket(Protocol):
     """What the queue needs of a WebSocket (node/ws_server.ServerSocket)."""
 
@@ -120,9 +135,12 @@ class SendQueue:
     def push(self, item: OutFrame) -> bool:
         if self._closing:
             return True  # closing: dropped (the client gets it again by replay)
-        if len(self._items) >= self.limit or self._bytes + self._size(item) > self.byte_limit:
+        size = len(item.encoded(self.binary))
+        if len(self._items) >= self.limit or self._bytes + size > self.byte_limit:
             return False
-        self._add(item)
+        self._bytes += size  # _add inlined: this runs once per copy of a group message
+        self._items.append(item)
+        self._poke()
         return True
 
     def _size(self, item: OutFrame) -> int:
@@ -209,7 +227,7 @@ class SendQueue:
         size = 0
         for item in self._items:
             if isinstance(item, OutFrame):
-                data = frame(item.encoded(binary), binary)
+                data = framed(item, binary)
             elif isinstance(item, bytes):
                 data = item
             else:  # a Rest or a Close: only a queue with a writer has them
@@ -279,9 +297,8 @@ class SendQueue:
             elif isinstance(item, Rest):
                 data = item.data
             else:
-                payload = item.encoded(binary)
-                counted += len(payload)
-                data = frame(payload, binary)
+                counted += len(item.encoded(binary))
+                data = framed(item, binary)
             chunks.append(data)
             size += len(data)
             if size >= self.send_bytes:

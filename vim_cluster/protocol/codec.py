@@ -393,7 +393,7 @@ class OutFrame:
     one from JSON bytes that another node encoded (written out untouched in text mode).
     """
 
-    __slots__ = ("_reply", "_object", "_json", "_text", "_binary")
+    __slots__ = ("_reply", "_object", "_json", "_text", "_binary", "framed_text", "framed_binary")
 
     def __init__(self, reply: f.Reply) -> None:
         self._reply: f.Reply | None = reply
@@ -401,6 +401,10 @@ class OutFrame:
         self._json: bytes | None = None
         self._text: str | None = None
         self._binary: bytes | None = None
+        # The whole WebSocket frame (header and payload), made once by the first connection
+        # that writes it (node/ws_server.framed) and shared by every other one.
+        self.framed_text: bytes | None = None
+        self.framed_binary: bytes | None = None
 
     @classmethod
     def from_json(cls, data: bytes) -> OutFrame:
@@ -409,6 +413,7 @@ class OutFrame:
         its MessagePack form)."""
         frame = cls.__new__(cls)
         frame._reply = frame._object = frame._text = frame._binary = None
+        frame.framed_text = frame.framed_binary = None
         frame._json = bytes(data)
         return frame
 
