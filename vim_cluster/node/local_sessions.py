@@ -95,8 +95,12 @@ class LocalSessions:
     def deliver(self, user_ids: Iterable[int], frame: OutFrame, exclude: str | None = None) -> int:
         """Queue `frame` to every local session of the users but `exclude`; returns how many."""
         delivered = 0
+        by_user = self._by_user
         for user_id in user_ids:
-            for session in self._by_user.get(user_id, {}).values():
+            sessions = by_user.get(user_id)
+            if sessions is None:  # not on this node (most of a group's members)
+                continue
+            for session in sessions.values():
                 if session.id != exclude:
                     session.push(frame)
                     delivered += 1
