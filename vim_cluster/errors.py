@@ -76,6 +76,15 @@ class Disconnect(VimError):
         self.reason = reason
 
 
+class PeerClosed(Disconnect):
+    """The peer closed the WebSocket with `peer_code` and `peer_reason`; `code` is our answer."""
+
+    def __init__(self, peer_code: int, peer_reason: str) -> None:
+        super().__init__(CloseCode.NORMAL, "closed by peer")
+        self.peer_code = peer_code
+        self.peer_reason = peer_reason
+
+
 class StoreUnavailable(VimError):
     """A store (database, Redis) could not be reached or failed; nothing was written."""
 

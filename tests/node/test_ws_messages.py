@@ -1,6 +1,6 @@
 """node/ws_messages.MessageSocket, the forward port's server side: trio-websocket's message API
 over the lean server (node/ws_server.py), against the slave's own client (node/ws_open.open_link,
-trio-websocket) on loopback."""
+a MessageSocket on wsproto's client side) and trio-websocket's client, on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from vim_cluster.node.ws_messages import MessageSocket
 from vim_cluster.node.ws_open import open_link
@@ -54,7 +54,10 @@ async def test_messages_go_both_ways_as_text_and_binary(serve: Callable[[Handler
             for message in ("text", b"\x00binary", "x" * 70_000):
                 await client.send_message(message)
                 assert await client.get_message() == message
-            await client.ping(b"p")  # answered (trio-websocket waits for the pong)
+        async with open_websocket_url(url) as other:  # another client library: trio-websocket's
+            await other.send_message(b"\x01")
+            assert await other.get_message() == b"\x01"
+            await other.ping(b"p")  # answered (trio-websocket waits for the pong)
 
 
 async def test_aclose_from_another_task_ends_the_reader_and_tells_the_peer(
@@ -77,7 +80,7 @@ async def test_aclose_from_another_task_ends_the_reader_and_tells_the_peer(
 
     url = await serve(replaced)
     with trio.fail_after(10):
-        client: WebSocketConnection
+        client: MessageSocket
         async with open_link(url, None, timeout=5, max_message_size=1 << 20) as client:
             with pytest.raises(ConnectionClosed) as caught:
                 await client.get_message()
@@ -99,5 +102,7 @@ async def test_a_peer_close_is_answered_and_seen_as_connection_closed(
     with trio.fail_after(10):
         async with open_link(url, None, timeout=5, max_message_size=1 << 20) as client:
             await client.aclose(1000, "bye")  # returns once the server answered the close
-            assert client.closed is not None and client.closed.code == 1000
+            with pytest.raises(ConnectionClosed) as caught:
+                await client.get_message()
+            assert caught.value.reason is not None and caught.value.reason.code == 1000
         await seen.wait()

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from ..core.backoff import Backoff
 from ..errors import CloseCode
@@ -54,7 +54,7 @@ from ..protocol.forward_connection import (
 )
 from ..tunables import DEFAULTS, Tunables
 from .delivery import LocalDelivery, deliver_packet, kick_packet
-from .link import PeerLink, exchange, pump
+from .link import MessageWebSocket, PeerLink, exchange, pump
 from .link_tally import LinkTally
 from .local_sessions import Session
 from .master_finder import MasterFinder
@@ -255,7 +255,7 @@ class SlaveLink:
             else:  # sooner when a master takes the lease meanwhile
                 await self.finder.wait_retry(backoff.next_delay())
 
-    async def _pump_caught_up(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
+    async def _pump_caught_up(self, ws: MessageWebSocket, conn: ForwardConnection[None]) -> str:
         """The pump, with the catch-up running beside it until it is delivered."""
         if self.held is None:
             return await self._pump(ws, conn)
@@ -263,7 +263,7 @@ class SlaveLink:
             nursery.start_soon(self._catch_up_then_release)
             return await self._pump(ws, conn)
 
-    async def _pump(self, ws: WebSocketConnection, conn: ForwardConnection[None]) -> str:
+    async def _pump(self, ws: MessageWebSocket, conn: ForwardConnection[None]) -> str:
         """The pump until the link ends or (with a finder) Redis names a newer master."""
         if self.finder is None:
             ended = await pump(ws, conn, self.peer, self.tunables)
@@ -310,7 +310,7 @@ def link_problem(master_url: str, exc: Exception,
     return f"{master_url}: {type(exc).__name__}: {exc}"
 
 
-async def client_handshake(ws: WebSocketConnection, conn: ForwardConnection[Any], sessions: list[ff.SessionRow],
+async def client_handshake(ws: MessageWebSocket, conn: ForwardConnection[Any], sessions: list[ff.SessionRow],
                            peer: PeerLink[Any] | None = None) -> LinkOpened:
     """The connecting side's handshake on `conn`: hello, check the master's proof, prove ours,
     report `sessions`. Events other than LinkOpened go to the peer's owner."""

@@ -49,9 +49,9 @@ class Signal:
 
 
 class MessageWebSocket(Protocol):
-    """What a link needs of its WebSocket: trio-websocket's message API. The slave side is a
-    trio-websocket client connection, the master side a node/ws_messages.MessageSocket; both
-    raise trio_websocket.ConnectionClosed once closed."""
+    """What a link needs of its WebSocket: trio-websocket's message API, as
+    node/ws_messages.MessageSocket gives it on both sides (the master's served socket, the
+    slave's from node/ws_open.open_link); raises trio_websocket.ConnectionClosed once closed."""
 
     async def get_message(self) -> str | bytes: ...
 

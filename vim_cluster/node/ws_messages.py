@@ -2,10 +2,11 @@
 `send_message`, `aclose`, `ConnectionClosed`) over a lean server WebSocket
 (node/ws_server.ServerSocket).
 
-The forward link's code (node/link.py) speaks that API to both ends of a link: the slave
-side is a trio-websocket client connection; the master side, since issue 12, is this, served
-by node/ws_server.py like the client port (one task per connection: no reader task, no
-channel, no kept handshake, frames written with one `send_all`). What the lean server
+The forward link's code (node/link.py) speaks that API to both ends of a link, and both are
+this: the master side served by node/ws_server.py like the client port, the slave side (and
+the operator tools' links) opened by node/ws_open.open_link with wsproto's client handshake.
+One task per connection: no reader task, no channel, no kept handshake, frames written with
+one `send_all` (issue 12). What the lean server
 enforces holds on the forward port too: handshake deadline, message and fragment caps,
 a close frame with the right code for a peer that breaks the WebSocket protocol.
 
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
+from wsproto.utilities import LocalProtocolError
 
-from ..errors import Disconnect
-from .ws_server import ServerSocket, frame
+from ..errors import Disconnect, PeerClosed
+from .ws_server import ServerSocket
 
 ABNORMAL = 1006  # RFC 6455: the connection ended without a close frame (never sent)
 CLOSE_WAIT_S = 1.0  # how long aclose waits for the peer's close frame when nobody else reads
@@ -58,6 +60,8 @@ class MessageSocket:
             # The failure's close frame, or our answer to the peer's (none once the TCP
             # connection is gone: close_frame knows).
             await self._send_close(int(exc.code), exc.reason)
+            if isinstance(exc, PeerClosed):  # what the peer said, as trio-websocket reports it
+                self._closed = self._closed or CloseReason(exc.peer_code, exc.peer_reason)
             self._closed = self._closed or CloseReason(int(exc.code), exc.reason)
             raise ConnectionClosed(self._closed) from None
         finally:
@@ -68,7 +72,14 @@ class MessageSocket:
 
     async def send_message(self, message: str | bytes) -> None:
         """Sends one message (bytes: a binary frame, str: a text frame)."""
-        await self._write(frame(message, isinstance(message, bytes)))
+        if self._closed is not None:
+            raise ConnectionClosed(self._closed)
+        try:
+            data = self._socket.message_frame(message)
+        except LocalProtocolError:  # a client's WebSocket the peer began to close
+            self._closed = CloseReason(ABNORMAL, "the peer is closing the connection")
+            raise ConnectionClosed(self._closed) from None
+        await self._write(data)
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Closes the WebSocket with `code` (see the module's rules); never raises."""

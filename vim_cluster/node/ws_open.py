@@ -1,11 +1,12 @@
 """Opening a client WebSocket to another node (the forward link, operator tools) with a cause.
 
-trio-websocket's `open_websocket_url` reports a refused TCP connection as `HandshakeError`
-with an empty text and a failed TLS verification as a connect timeout. `open_link` makes the
-TCP connection and the TLS handshake itself, step by step, and raises `LinkOpenError` naming
-the URL and the cause: connection refused, timeout (of which step), cannot resolve the host,
-TLS certificate verification failed (with OpenSSL's reason, e.g. the hostname mismatch),
-the WebSocket upgrade rejected.
+`open_link` makes the TCP connection, the TLS handshake and the WebSocket upgrade itself (wsproto,
+no trio-websocket task or channel: the link's one reader reads the socket, issue 12), step by
+step, and raises `LinkOpenError` naming the URL and the cause: connection refused, timeout (of
+which step), cannot resolve the host, TLS certificate verification failed (with OpenSSL's
+reason, e.g. the hostname mismatch), the WebSocket upgrade rejected. (trio-websocket's
+`open_websocket_url` reports a refused TCP connection as `HandshakeError` with an empty text
+and a failed TLS verification as a connect timeout.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from .ws_messages import MessageSocket
+from .ws_server import RECEIVE_BYTES, ServerSocket
 
 CLOSE_TIMEOUT = 5.0
 
@@ -33,48 +40,26 @@ class LinkOpenError(Exception):
 
 @contextlib.asynccontextmanager
 async def open_link(url: str, ssl_context: ssl.SSLContext | None, *, timeout: float,
-                    max_message_size: int) -> AsyncIterator[WebSocketConnection]:
-    """`async with open_link(url, ctx, ...) as ws:` a WebSocket to a ws:// or wss:// URL.
+                    max_message_size: int) -> AsyncIterator[MessageSocket]:
+    """`async with open_link(url, ctx, ...) as ws:` a WebSocket to a ws:// or wss:// URL, with
+    trio-websocket's message API (node/ws_messages.MessageSocket) and no task of its own.
 
-    Raises LinkOpenError if it cannot be opened; errors of the body propagate as they are
-    (not wrapped in an exception group)."""
+    Raises LinkOpenError if it cannot be opened; errors of the body propagate as they are.
+    On exit the close handshake gets CLOSE_TIMEOUT, then the TCP connection is closed."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream = await _connect(url, host, port, ssl_context if parts.scheme == "wss" else None, timeout)
     try:
-        async with trio.open_nursery() as nursery:
-            ws = await _upgrade(nursery, url, stream, f"{host}:{port}", resource, timeout, max_message_size)
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(CLOSE_TIMEOUT) as closing:
-                    closing.shield = True
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = _single(group)
-        if isinstance(error, ConnectionRejected):  # raised by the connection's reader task
-            raise _rejected(url, error) from None
-        raise error from None
+        ws = await _upgrade(url, stream, f"{host}:{port}", resource, timeout, max_message_size)
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT) as closing:
+                closing.shield = True
+                await ws.aclose()
     finally:
         await trio.aclose_forcefully(stream)
-
-
-def _single(group: BaseExceptionGroup) -> BaseException:
-    """The one real error in `group` (trio's nursery wraps what the body raised); the group
-    itself if it holds only cancellations or several errors."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _connect(url: str, host: str, port: int, ssl_context: ssl.SSLContext | None,
@@ -134,21 +119,30 @@ def _tls_cause(exc: BaseException | None, host: str) -> str:
     return f"{host} closed the connection during the TLS handshake (is the master-url scheme right?)"
 
 
-def _rejected(url: str, exc: ConnectionRejected) -> LinkOpenError:
-    return LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {exc.status_code}")
-
-
-async def _upgrade(nursery: trio.Nursery, url: str, stream: trio.abc.Stream, host_header: str,
-                   resource: str, timeout: float, max_message_size: int) -> WebSocketConnection:
+async def _upgrade(url: str, stream: trio.abc.Stream, host_header: str, resource: str, timeout: float,
+                   max_message_size: int) -> MessageSocket:
+    """The client's side of the WebSocket handshake (wsproto's H11Handshake)."""
+    handshake = H11Handshake(ConnectionType.CLIENT)
     try:
         with trio.fail_after(timeout):
-            ws = await wrap_client_stream(nursery, stream, host_header, resource,  # type: ignore[arg-type]
-                                          max_message_size=max_message_size)
+            await stream.send_all(handshake.send(Request(host=host_header, target=resource)))
+            while True:
+                data = bytes(await stream.receive_some(RECEIVE_BYTES))
+                if not data:
+                    raise LinkOpenError(url, "the connection closed during the WebSocket upgrade")
+                handshake.receive_data(data)
+                for event in handshake.events():
+                    if isinstance(event, AcceptConnection):
+                        connection = handshake.connection
+                        assert connection is not None
+                        return MessageSocket(ServerSocket(stream, max_message_size, connection=connection))
+                    if isinstance(event, RejectConnection):
+                        raise LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {event.status_code}")
     except trio.TooSlowError:
         raise LinkOpenError(url, f"timeout: no WebSocket upgrade within {timeout:g} s "
                                  "(is it a vim-cluster port, and ws/wss right?)") from None
-    except ConnectionRejected as exc:
-        raise _rejected(url, exc) from None
-    if ws.closed:
-        raise LinkOpenError(url, f"the connection closed during the WebSocket upgrade ({ws.closed})")
-    return ws
+    except RemoteProtocolError as exc:
+        raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not HTTP ({exc}): "
+                                 "is it a vim-cluster port, and ws/wss right?") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise LinkOpenError(url, f"the connection broke during the WebSocket upgrade ({exc})") from None

@@ -42,7 +42,7 @@ from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from ..errors import CloseCode, Disconnect
+from ..errors import CloseCode, Disconnect, PeerClosed
 
 log = structlog.get_logger()
 RECEIVE_BYTES = 65536  # one read from the socket
@@ -172,16 +172,19 @@ def _response(status: int, body: bytes) -> bytes:
 
 
 class ServerSocket:
-    """One accepted client WebSocket: reads messages, writes pre-framed bytes."""
+    """One accepted client WebSocket: reads messages, writes pre-framed bytes. Also the
+    client side of a forward link (`connection` of a finished client handshake, node/ws_open.py):
+    then its frames are masked, as a client's must be (`message_frame`)."""
 
     __slots__ = ("stream", "_ws", "_parts", "_size", "_max", "broken", "flusher", "_fd")
 
-    def __init__(self, stream: trio.abc.Stream, max_message_size: int, flusher: Flusher | None = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_message_size: int, flusher: Flusher | None = None,
+                 connection: Connection | None = None) -> None:
         self.stream = stream
         self.flusher = flusher  # the listener's write-through (node/send_queue.py)
         # A plain TCP socket can be written without waiting (try_send); -1: no (TLS), or ended.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self._ws: Connection | None = None
+        self._ws: Connection | None = connection
         self._parts: list[str | bytes] | None = None  # the message being received, by piece
         self._size = 0
         self._max = max_message_size
@@ -210,7 +213,7 @@ class ServerSocket:
                 elif isinstance(event, CloseConnection):
                     if ws.state is ConnectionState.OPEN:  # wsproto could not parse the peer's data
                         raise Disconnect(_code(event.code), _reason(event))
-                    raise Disconnect(CloseCode.NORMAL, "closed by peer")
+                    raise PeerClosed(int(event.code), event.reason or "")
             if before_read is not None:
                 await before_read()
             try:
@@ -241,6 +244,15 @@ class ServerSocket:
             return None
         parts, self._parts = self._parts, None
         return "".join(parts) if isinstance(data, str) else b"".join(parts)  # type: ignore[arg-type]
+
+    def message_frame(self, message: str | bytes) -> bytes:
+        """`message` as one frame (bytes: binary, str: text), masked on a client's side.
+        Raises LocalProtocolError on a client WebSocket that is no longer open."""
+        ws = self._ws
+        if ws is not None and ws.client:
+            event = BytesMessage(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+            return ws.send(event)
+        return frame(message, isinstance(message, bytes))
 
     def close_frame(self, code: int, reason: str) -> bytes:
         """The close frame to send (b"" if the WebSocket is no longer open for one)."""
