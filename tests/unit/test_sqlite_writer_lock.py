@@ -84,3 +84,4 @@ def test_the_lock_file_sits_beside_the_database(tmp_path: Path) -> None:
     with lock.held(1):
         assert (tmp_path / "m.db-writer").exists()
     lock.close()
+    lock.close()  # a store closed twice (the contract tests' reopen) must not raise

@@ -61,7 +61,10 @@ class WriterLock:
                 time.sleep(_LOCK_RETRY_S[min(attempt, len(_LOCK_RETRY_S) - 1)])
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Closes the lock file; a second call does nothing (a store may be closed twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class SqliteDatabase:
