@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import sqlite3
 import threading
@@ -50,7 +51,7 @@ class WriterLock:
 
     def _acquire(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for attempt in range(1 << 62):
+        for attempt in itertools.count():
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return

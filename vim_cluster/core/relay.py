@@ -74,15 +74,8 @@ class RouteTable:
             nodes = sessions.get(user)
             if not nodes:
                 continue
-            if len(nodes) == 1:  # one session: most users (a group's fan-out goes through here)
-                for node in nodes.values():
-                    if node != skip:
-                        if (listed := targets.get(node)) is None:
-                            targets[node] = [user]
-                        else:
-                            listed.append(user)
-                continue
-            for node in set(nodes.values()):
+            # One session (most users; a group's fan-out goes through here) needs no set.
+            for node in nodes.values() if len(nodes) == 1 else set(nodes.values()):
                 if node != skip:
                     targets.setdefault(node, []).append(user)
         return targets
