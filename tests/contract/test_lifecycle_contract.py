@@ -277,6 +277,9 @@ def test_erasing_a_sender_leaves_deleted_placeholders_and_forgets_their_offline_
     assert messages.forget_user(ALICE) == 4
     assert messages.pending(ALICE, MessageId(0), 10) == [] and messages.read_cursors(ALICE) == []
     assert [m.message_type for m in messages.pending(BOB, MessageId(0), 10)][0] is MessageType.DELETED
+    [confirmed] = messages.confirm(BOB, [data[0].id])  # what a confirm returns is erased too
+    assert (confirmed.id, confirmed.message_type, confirmed.content, confirmed.extend) == (
+        data[0].id, MessageType.DELETED, "", None)
     assert '"state":"deleted"' in message_line(friend[0])
 
 

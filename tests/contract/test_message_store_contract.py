@@ -195,6 +195,7 @@ def test_recall_empties_the_message_everywhere_and_is_idempotent(messages: Messa
     assert messages.pending(BOB, MessageId(0), 10) == [recalled]
     [repeat] = messages.save_messages([new(friend(2, cid=message.cid), BOB)])
     assert (repeat.message, repeat.created) == (recalled, False)
+    assert messages.confirm(BOB, [message.id]) == [recalled]  # what a confirm returns is recalled too
     with pytest.raises(NotFound):
         messages.recall(mid(404))
 
