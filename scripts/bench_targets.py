@@ -10,7 +10,7 @@ them), and each figure is the median over the rounds:
 - cross-node at --cores-rate (1,000 msg/s) for vim-cluster and the two peers: p99 latency and
   the server cores each system needs;
 - group fan-out: one group of --members (500) spread over the three nodes; 2 members send
-  (its users register in round 1 and log in again in the later rounds).
+  (every run registers its own 500 users first; about 20 s here).
 Once, at the end: RSS per idle authenticated connection at --connections (10,000) on a fresh
 cluster, and a bare trio-websocket server's RSS per connection beside it (scripts/bench_floor.py).
 
