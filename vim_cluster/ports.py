@@ -98,6 +98,11 @@ class MessageStore(Protocol):
         one write (one transaction where the store has them). Durable when it returns. Returns
         the saves' results in order and, per confirm, the messages it removed (as `confirm`)."""
 
+    def commit_now(self, saves: Sequence[NewMessage],
+                   confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:
+        """`commit`, if it can run without waiting for a lock, another process or the network
+        (it is called on the node's event loop); None, having done nothing, if it cannot."""
+
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Durable when it returns (all of the batch or, on error, none of it).
 

@@ -87,6 +87,8 @@ class Tunables:
     shutdown_grace_s: float = 3.0  # a stopping node gives its sessions this long to close (1001)
     # --- stores (node/store_writer.py, offline_replay.py, catch_up.py, retention.py) --------
     store_batch: int = 512  # messages and confirms in one group commit
+    store_inline_max_s: float = 0.02  # group commits on the event loop average more: they go to a thread
+    store_inline_pause_s: float = 30.0  # ... for this long, then the loop tries again
     replay_page: int = 500  # messages read per page of an offline replay or catch-up
     catch_up_margin_ms: int = 60_000  # a catch-up re-delivers from this long before the link went down
     retention_lock_ttl_s: int = 60  # TTL of the purge duty's lock in Redis

@@ -1,6 +1,7 @@
 """The store writer's group commit (node/store_writer.py) on a real SQLite store: saves and
 confirms that wait together go in one `commit`, callbacks and receipts follow it, in order,
-and a failed commit reaches every sender and every confirm."""
+and a failed commit reaches every sender and every confirm. A commit runs on the event loop
+unless another writer holds the lock or commits there have been slow; then in the thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from vim_cluster.adapters.sqlite_base import WriterLock
 from vim_cluster.adapters.sqlite_messages import SqliteMessages
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.model import MessageId
@@ -56,11 +58,13 @@ async def test_saves_and_confirms_waiting_together_share_one_commit(store: Sqlit
     assert [m.id for m in store.pending(BOB, MessageId(0), 10)] == [friend(3).id, friend(4).id]
 
 
-async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: SqliteMessages) -> None:
+@pytest.mark.parametrize("where", ["loop", "thread"])
+async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: SqliteMessages, where: str) -> None:
     def down(saves: object, confirms: object) -> None:
         raise StoreUnavailable("sqlite: disk I/O error")
 
     store.commit = down  # type: ignore[method-assign, assignment]
+    store.commit_now = down if where == "loop" else lambda saves, confirms: None  # type: ignore[method-assign, assignment]
     writer = StoreWriter(store, BlockingRunner("messages", 1))
     errors: list[BaseException | None] = []
     raised: list[BaseException] = []
@@ -81,3 +85,85 @@ async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: Sql
             nursery.cancel_scope.cancel()
     assert [type(e) for e in errors] == [StoreUnavailable] and writer.batches == 0
     assert "disk I/O error" in str(raised[0])
+
+
+async def saved_by(writer: StoreWriter, *messages: NewMessage) -> list[int]:
+    """Submits `messages` and runs the writer until every callback came; the saved ids."""
+    done: list[int] = []
+
+    def on_done(saved: Saved | None, error: BaseException | None) -> None:
+        assert saved is not None and error is None, error
+        done.append(saved.message.id)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            for message in messages:
+                writer.submit(message, on_done)
+            while len(done) < len(messages):
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    return done
+
+
+async def test_a_commit_runs_on_the_event_loop_when_no_other_writer_holds_the_lock(store: SqliteMessages) -> None:
+    runner = BlockingRunner("messages", 1)
+    writer = StoreWriter(store, runner)
+    assert await saved_by(writer, new(friend(1), BOB)) == [friend(1).id]
+    assert (writer.batches, writer.inline, runner.threads()) == (1, 1, 0)
+    assert [m.id for m in store.pending(BOB, MessageId(0), 10)] == [friend(1).id]
+
+
+async def test_while_another_process_holds_the_write_lock_the_commit_waits_in_the_thread(
+    store: SqliteMessages, tmp_path: Path
+) -> None:
+    runner = BlockingRunner("messages", 1)
+    writer = StoreWriter(store, runner)
+    other = WriterLock(str(tmp_path / "messages.db-writer"))  # another node sharing the file
+    done: list[int] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                with other.held(None):
+                    nursery.start_soon(writer.run)
+                    writer.submit(new(friend(1), BOB), lambda saved, error: done.append(saved.message.id if saved else 0))
+                    while runner.threads() == 0:  # the loop did not wait: it handed the commit over
+                        await trio.testing.wait_all_tasks_blocked()
+                    assert done == [] and writer.inline == 0
+                while not done:  # released: the thread's commit goes through
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+    finally:
+        other.close()
+    assert done == [friend(1).id] and writer.batches == 1 and writer.inline == 0
+
+
+def test_a_commit_that_must_not_wait_does_nothing_while_a_writer_without_the_lock_holds_sqlite(
+    store: SqliteMessages, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    shell = sqlite3.connect(str(tmp_path / "messages.db"), isolation_level=None)  # as the sqlite3 shell
+    try:
+        shell.execute("BEGIN IMMEDIATE")
+        assert store.commit_now([new(friend(1), BOB)], []) is None
+        shell.execute("ROLLBACK")
+    finally:
+        shell.close()
+    assert store.pending(BOB, MessageId(0), 10) == []
+    with store._db.reading() as conn:  # the wait=True writers keep their busy timeout
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    saved, _ = store.commit_now([new(friend(1), BOB)], []) or ([], [])
+    assert [s.message.id for s in saved] == [friend(1).id]
+
+
+async def test_slow_commits_on_the_loop_move_to_the_thread_for_a_while(store: SqliteMessages, mock_clock) -> None:
+    runner = BlockingRunner("messages", 1)
+    writer = StoreWriter(store, runner, inline_max_s=0.0, inline_pause_s=30.0)  # every commit is "slow"
+    await saved_by(writer, new(friend(1), BOB))
+    assert (writer.inline, runner.threads()) == (1, 0)
+    await saved_by(writer, new(friend(2), BOB))  # within the pause: the thread
+    assert (writer.batches, writer.inline, runner.threads()) == (2, 1, 1)
+    mock_clock.jump(30)
+    await saved_by(writer, new(friend(3), BOB))  # the pause is over: the loop again
+    assert (writer.batches, writer.inline) == (3, 2)

@@ -157,6 +157,11 @@ class MongoMessages(MongoLifecycle):
         with translated(self.name):
             return saved, self._confirm_all(confirms)
 
+    def commit_now(self, saves: Sequence[NewMessage],
+                   confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:
+        """Never: every write is a network round trip (the worker thread does it)."""
+        return None
+
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Idempotent per (from_id, cid), results in batch order; see the module docstring."""
         with translated(self.name):

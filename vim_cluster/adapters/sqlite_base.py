@@ -11,6 +11,9 @@ Rules:
   SQLite's busy handler's sleeps (1, 2, 5, 10, ... ms: under two nodes' group commits, their
   p99 was 7-20 ms a commit, issue 12). SQLite's busy_timeout still covers writers that do not
   take it (the sqlite3 shell). Either wait ends after BUSY_TIMEOUT_MS with StoreUnavailable.
+- `transaction(wait=False)` never waits: if this adapter's connection, the write lock or
+  SQLite's own lock is taken, it raises WouldWait before doing anything. The group commit
+  uses it to commit on the node's event loop when nothing else is writing (issue 12).
 - One connection per adapter, used by one thread at a time (a lock guards it).
 - sqlite3 errors that mean "the database cannot serve" become StoreUnavailable here, once.
 """
@@ -33,6 +36,11 @@ BUSY_TIMEOUT_MS = 10_000
 _LOCK_RETRY_S = (0.00005, 0.0001, 0.0002, 0.0005, 0.001)  # then every 1 ms
 
 
+class WouldWait(Exception):
+    """A write transaction that could not start at once (`transaction(wait=False)`); nothing
+    was done."""
+
+
 class WriterLock:
     """An exclusive advisory lock on `path` (flock) that every writer process of one
     database takes around its write transaction; released by the kernel if the holder dies."""
@@ -42,8 +50,16 @@ class WriterLock:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextlib.contextmanager
-    def held(self, timeout_s: float) -> Iterator[None]:
-        self._acquire(timeout_s)
+    def held(self, timeout_s: float | None) -> Iterator[None]:
+        """Waits at most `timeout_s` for the lock (then StoreUnavailable); None: does not wait
+        (WouldWait if another process holds it)."""
+        if timeout_s is None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WouldWait from None
+        else:
+            self._acquire(timeout_s)
         try:
             yield
         finally:
@@ -98,16 +114,39 @@ class SqliteDatabase:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE), committed on exit, rolled back on error."""
-        with self._lock, self._writer.held(BUSY_TIMEOUT_MS / 1000), self._errors():
+    def transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE), committed on exit, rolled back on error.
+        wait=False: raises WouldWait at once, having done nothing, if the connection, the
+        write lock or SQLite's lock is taken."""
+        if not self._lock.acquire(blocking=wait):
+            raise WouldWait
+        try:
+            with self._writer.held(BUSY_TIMEOUT_MS / 1000 if wait else None), self._errors():
+                self._begin(wait)
+                try:
+                    yield self._conn
+                except BaseException:  # noqa: BLE001 - roll back, then re-raise
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+        finally:
+            self._lock.release()
+
+    def _begin(self, wait: bool) -> None:
+        if wait:
             self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:  # noqa: BLE001 - roll back, then re-raise
-                self._conn.execute("ROLLBACK")
+            return
+        # A writer that does not take the write lock (the sqlite3 shell) would make SQLite's
+        # busy handler sleep: a caller that must not wait is told instead.
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # BUSY or an extended BUSY_*
                 raise
-            self._conn.execute("COMMIT")
+            raise WouldWait from None
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId
 from ..ports import Confirm, NewMessage, Saved
-from .sqlite_base import SqliteDatabase
+from .sqlite_base import SqliteDatabase, WouldWait
 from .sqlite_lifecycle import INDEXES, SqliteLifecycle
 from .sqlite_rows import COLUMNS, M_COLUMNS, _message
 
@@ -58,7 +58,18 @@ class SqliteMessages(SqliteLifecycle):
         self._db = SqliteDatabase(path, MIGRATIONS, full_sync)
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
-        with self._db.transaction() as conn:
+        return self._commit(saves, confirms, wait=True)
+
+    def commit_now(self, saves: Sequence[NewMessage],
+                   confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:
+        try:
+            return self._commit(saves, confirms, wait=False)
+        except WouldWait:
+            return None
+
+    def _commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm],
+                wait: bool) -> tuple[list[Saved], list[list[Message]]]:
+        with self._db.transaction(wait=wait) as conn:
             saved = [self._save_one(conn, item) for item in saves]
             removed = [self._confirm(conn, c.user_id, c.ids) for c in confirms]
         return saved, removed

@@ -7,11 +7,19 @@ Both go into the same batch: one worker-thread hop and one `MessageStore.commit`
 Messages are committed, and their callbacks called, in the order of `submit`, so ids minted in
 order by one connection are stored, acked and delivered in that order. A callback runs in the
 writer task and must not block; one that raises is logged and does not stop the others.
+
+Where the commit runs: on the event loop when the store can start it without waiting
+(`MessageStore.commit_now`: SQLite when no other writer holds its lock), else in a worker
+thread. A hop to the thread and back, and the two threads taking turns at the GIL, cost more
+CPU than a small SQLite commit itself (issue 12). While commits on the loop average more than
+`inline_max_s` (a slow disk: the loop would stall that long each), they all go to the thread
+for `inline_pause_s`, then the loop tries again.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -29,6 +37,7 @@ log = structlog.get_logger()
 
 
 Done = Callable[[Saved | None, BaseException | None], None]
+INLINE_WEIGHT = 0.1  # of the latest commit in the moving average of commits on the loop
 T = TypeVar("T")
 
 
@@ -61,10 +70,17 @@ Pending = PendingSave | PendingConfirm
 
 
 class StoreWriter:
-    def __init__(self, store: MessageStore, runner: BlockingRunner, batch: int = DEFAULTS.store_batch) -> None:
+    def __init__(self, store: MessageStore, runner: BlockingRunner, batch: int = DEFAULTS.store_batch,
+                 inline_max_s: float = DEFAULTS.store_inline_max_s,
+                 inline_pause_s: float = DEFAULTS.store_inline_pause_s) -> None:
         self._store = store
         self._batch = batch  # messages and confirms in one group commit
         self._runner = runner
+        self._inline_max_s = inline_max_s
+        self._inline_pause_s = inline_pause_s
+        self._inline_avg_s = 0.0  # moving average of the commits that ran on the loop
+        self._threaded_until = -math.inf  # trio time: until then, every commit goes to the thread
+        self.inline = 0  # batches committed on the loop (the rest went to the thread)
         self._send, self._receive = trio.open_memory_channel[Pending](math.inf)
         self.batches = 0
         self.saved = 0
@@ -97,9 +113,7 @@ class StoreWriter:
         removed: list[list[Message]] = [[] for _ in confirms]
         error: BaseException | None = None
         try:
-            stored, removed = await self._runner(
-                self._store.commit, [p.item for p in saves], [p.item for p in confirms]
-            )
+            stored, removed = await self._write([p.item for p in saves], [p.item for p in confirms])
             results = list(stored)
         except StoreUnavailable as exc:
             log.warning("store_write_failed", saves=len(saves), confirms=len(confirms), error=str(exc))
@@ -111,6 +125,29 @@ class StoreWriter:
             self.batches += 1
             self.saved += len(saves)
             self.confirmed += len(confirms)
+        self._callbacks(saves, results, confirms, removed, error)
+
+    async def _write(self, saves: list[NewMessage], confirms: list[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        if trio.current_time() >= self._threaded_until:
+            started = time.perf_counter()
+            done = self._store.commit_now(saves, confirms)
+            if done is not None:
+                self.inline += 1
+                self._timed(time.perf_counter() - started)
+                return done
+        return await self._runner(self._store.commit, saves, confirms)
+
+    def _timed(self, took_s: float) -> None:
+        self._inline_avg_s += (took_s - self._inline_avg_s) * INLINE_WEIGHT
+        if self._inline_avg_s > self._inline_max_s:
+            log.warning("store_commits_threaded", average_ms=round(self._inline_avg_s * 1000, 2),
+                        limit_ms=round(self._inline_max_s * 1000, 2), for_s=self._inline_pause_s)
+            self._threaded_until = trio.current_time() + self._inline_pause_s
+            self._inline_avg_s = 0.0
+
+    @staticmethod
+    def _callbacks(saves: list[PendingSave], results: list[Saved | None], confirms: list[PendingConfirm],
+                   removed: list[list[Message]], error: BaseException | None) -> None:
         for pending, result in zip(saves, results, strict=True):
             try:
                 pending.on_done(result, error)
