@@ -8,7 +8,8 @@ Messages are committed, and their callbacks called, in the order of `submit`, so
 order by one connection are stored, acked and delivered in that order. A callback runs in the
 writer task and must not block; one that raises is logged and does not stop the others.
 
-Where the commit runs: on the event loop when the store can start it without waiting
+Where the commit runs: after one scheduler pass (the frames other tasks have already read join
+the batch), on the event loop when the store can start it without waiting
 (`MessageStore.commit_now`: SQLite when no other writer holds its lock), else in a worker
 thread. A hop to the thread and back, and the two threads taking turns at the GIL, cost more
 CPU than a small SQLite commit itself (issue 12). While commits on the loop average more than
@@ -104,6 +105,9 @@ class StoreWriter:
 
     async def run(self) -> None:
         async for first in self._receive:
+            # One scheduler pass first: the frames other tasks have already read join this batch
+            # (a commit on the loop would otherwise take one message at a time).
+            await trio.lowlevel.cancel_shielded_checkpoint()
             await self._commit(drain_batch(first, self._receive, self._batch))
 
     async def _commit(self, batch: list[Pending]) -> None:
