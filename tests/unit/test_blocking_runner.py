@@ -29,11 +29,15 @@ async def test_at_most_limit_calls_run_at_once_and_the_rest_wait() -> None:
     order: list[int] = []
     lock = threading.Lock()
 
+    both = threading.Event()  # two calls are inside job at once
+
     def job(n: int) -> int:
         nonlocal running, most
         with lock:
             running += 1
             most = max(most, running)
+            if running == 2:
+                both.set()
         gate.wait(5)
         with lock:
             running -= 1
@@ -51,6 +55,8 @@ async def test_at_most_limit_calls_run_at_once_and_the_rest_wait() -> None:
                 nursery.start_soon(call, n)
             await trio.testing.wait_all_tasks_blocked()
             assert runner.threads() == 2
+            # a barrier: both threads are in job (they may start later than the trio tasks block)
+            assert await trio.to_thread.run_sync(both.wait, 5)
             gate.set()
     assert most == 2
     assert sorted(results) == sorted(order) == list(range(6))

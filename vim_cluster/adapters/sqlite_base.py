@@ -92,7 +92,11 @@ class SqliteDatabase:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             self._writer = WriterLock(f"{path}-writer")
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            # Under the write lock: two processes switching a new file to WAL at once may get
+            # "database is locked" at once, without SQLite's busy handler (1 open in about 60
+            # when six threads opened one new file together).
+            with self._writer.held(BUSY_TIMEOUT_MS / 1000):
+                self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={'FULL' if full_sync else 'NORMAL'}")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
