@@ -121,17 +121,22 @@ async def test_while_another_process_holds_the_write_lock_the_commit_waits_in_th
     writer = StoreWriter(store, runner)
     other = WriterLock(str(tmp_path / "messages.db-writer"))  # another node sharing the file
     done: list[int] = []
+    committed = trio.Event()
+
+    def on_done(saved: Saved | None, error: BaseException | None) -> None:
+        done.append(saved.message.id if saved else 0)
+        committed.set()
+
     try:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 with other.held(None):
                     nursery.start_soon(writer.run)
-                    writer.submit(new(friend(1), BOB), lambda saved, error: done.append(saved.message.id if saved else 0))
+                    writer.submit(new(friend(1), BOB), on_done)
                     while runner.threads() == 0:  # the loop did not wait: it handed the commit over
                         await trio.testing.wait_all_tasks_blocked()
                     assert done == [] and writer.inline == 0
-                while not done:  # released: the thread's commit goes through
-                    await trio.sleep(0.001)
+                await committed.wait()  # released: the thread's commit goes through
                 nursery.cancel_scope.cancel()
     finally:
         other.close()
