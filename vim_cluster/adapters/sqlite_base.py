@@ -53,25 +53,21 @@ class WriterLock:
     def held(self, timeout_s: float | None) -> Iterator[None]:
         """Waits at most `timeout_s` for the lock (then StoreUnavailable); None: does not wait
         (WouldWait if another process holds it)."""
-        if timeout_s is None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WouldWait from None
-        else:
-            self._acquire(timeout_s)
+        self._acquire(timeout_s)
         try:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _acquire(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _acquire(self, timeout_s: float | None) -> None:
+        deadline = time.monotonic() + (timeout_s or 0.0)
         for attempt in itertools.count():
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
+                if timeout_s is None:
+                    raise WouldWait from None
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"sqlite {self.path}: another process held the write lock "
                                            f"for {timeout_s:g} s") from None
