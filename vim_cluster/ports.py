@@ -52,6 +52,12 @@ class Directory(Protocol):
     def group(self, group_id: GroupId) -> Group | None:
         """The group with its members (ordered by id), or None."""
 
+    def cached_group(self, group_id: GroupId) -> Group | None:
+        """What `group` would return, if the adapter knows it without waiting for a lock or
+        the network (it is called on the node's event loop) and knows that nothing has changed
+        it since; None if not (then ask `group`). Never stale: SQLite keeps the groups it read
+        until any commit to its file; MySQL never knows (every read is a round trip)."""
+
     def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
         """Adds and removes members in one transaction; idempotent. Raises NotFound."""
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from vim_cluster.adapters.sqlite_directory import SqliteDirectory
 from vim_cluster.departments import ensure_path
 from vim_cluster.errors import ClientError, Conflict, NotFound
 from vim_cluster.model import Department, Group, GroupId, User, UserId
@@ -204,6 +208,76 @@ def test_several_nodes_may_open_a_new_store_at_once(
         t.join(30)
     assert errors == []
     assert [u.id for u in opened[0].all_users()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_cached_group_is_never_stale(open_directory: DirectoryOpener) -> None:
+    """`cached_group` answers None or what `group` answers now, whoever changed the group
+    (this adapter, or another one on the same store: another node)."""
+    here, there = open_directory(), open_directory()
+    add_users(here, 1, 2, 3, 4)
+    here.create_group(Group(GroupId(100), "team", UserId(1), (UserId(1), UserId(2))))
+
+    def fresh_or_none() -> None:
+        cached = here.cached_group(GroupId(100))
+        assert cached is None or cached == here.group(GroupId(100))
+
+    assert here.cached_group(GroupId(999)) is None and here.group(GroupId(999)) is None
+    here.group(GroupId(100))
+    fresh_or_none()
+    there.change_members(GroupId(100), [UserId(3)], [])
+    fresh_or_none()
+    here.group(GroupId(100))
+    here.change_members(GroupId(100), [], [UserId(2)])
+    fresh_or_none()
+    assert here.group(GroupId(100)) == Group(GroupId(100), "team", UserId(1), (UserId(1), UserId(3)))
+    there.create_user(user(5))  # a commit to another table
+    fresh_or_none()
+
+
+def test_sqlite_keeps_a_group_until_any_process_commits(tmp_path: Path) -> None:
+    """What `cached_group` saves on SQLite: the group read last, until a commit to the file by
+    this connection, another one, or another process (a node sharing the file)."""
+    path = str(tmp_path / "directory.db")
+    here = SqliteDirectory(path)
+    try:
+        add_users(here, 1, 2, 3)
+        team = Group(GroupId(100), "team", UserId(1), (UserId(1), UserId(2)))
+        here.create_group(team)
+        assert here.cached_group(GroupId(100)) is None  # never read yet
+        assert here.group(GroupId(100)) == team
+        assert here.cached_group(GroupId(100)) == team
+        assert here.cached_group(GroupId(100)) == team  # asking does not forget it
+        # Another process adds a member, as another node would.
+        subprocess.run([sys.executable, "-c", (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10);"
+            " c.execute('INSERT INTO group_members (group_id, user_id) VALUES (100, 3)')"), path],
+            check=True, timeout=30)
+        assert here.cached_group(GroupId(100)) is None
+        assert here.group(GroupId(100)) == Group(GroupId(100), "team", UserId(1), (UserId(1), UserId(2), UserId(3)))
+        assert here.cached_group(GroupId(100)) is not None
+        here.create_user(user(9))  # this connection's own commit
+        assert here.cached_group(GroupId(100)) is None
+    finally:
+        here.close()
+
+
+def test_sqlite_cached_group_does_not_wait_for_a_busy_connection(tmp_path: Path) -> None:
+    """Called on the event loop: while a worker thread holds the connection it says None at
+    once instead of waiting."""
+    here = SqliteDirectory(str(tmp_path / "directory.db"))
+    try:
+        add_users(here, 1)
+        here.create_group(Group(GroupId(100), "team", UserId(1), (UserId(1),)))
+        assert here.group(GroupId(100)) is not None
+        with here._db.reading():  # what a worker thread's read holds
+            answered: list[Group | None] = []
+            worker = threading.Thread(target=lambda: answered.append(here.cached_group(GroupId(100))))
+            worker.start()
+            worker.join(10)
+            assert answered == [None]
+        assert here.cached_group(GroupId(100)) is not None
+    finally:
+        here.close()
 
 
 def test_departments_form_a_tree_and_users_belong_to_one(directory: Directory) -> None:

@@ -50,6 +50,11 @@ no batching at all gives (about 8 forward sends, and 1 + 1/40 thread hops: a sav
 and the one confirm). The thread-hop budgets leave room for the nodes' lease heartbeats (a hop
 every 2 s per node: 0.5 per message is 20 of them, a 13 s lockstep run) on a slow machine.
 
+A third test sends group messages (alice on dept-1 to bob on dept-2 and carol on the master)
+and counts thread hops: on SQLite the node reads the group once and then answers from it
+while nothing is committed to the directory (adapters/sqlite_directory.py): 0.025 measured
+(the heartbeats), 1.025 when every message read the group; budget 0.5.
+
 A change that adds a frame, a send or a thread hop per message fails here; an optimisation
 that saves some should lower the budget to its new figure. Counting, not timing, keeps the
 test independent of the machine's load.
@@ -235,3 +240,43 @@ async def test_a_cross_node_message_stays_within_its_budget(nursery: trio.Nurser
     # the instruments see something: the ack, the delivery and the receipt go out somehow,
     # and so does the message across the forward links
     assert measured["client sends"] > 0 and measured["forward sends"] > 0, counts.sends
+
+
+async def test_a_group_message_reads_the_group_once_while_the_directory_is_unchanged(
+        nursery: trio.Nursery, tmp_path: Path, redis_url: str, counts: Counts) -> None:
+    """A group message checks its sender's membership and finds its recipients in the group:
+    on SQLite, from the group the node read last, while nothing was committed to the
+    directory since (adapters/sqlite_directory.py). Only the first message after a change
+    reads the group in a worker thread: 1/N thread hops per message, plus the heartbeats
+    (0.5 is the budget the friend shapes have); reading the group for every message is 1+."""
+    with trio.fail_after(60):
+        await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
+        urls = {name.split()[0]: f"ws://127.0.0.1:{port}/" for port, name in counts.ports.items()
+                if name.endswith("client")}
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, urls["dept-1"], "alice")
+            bob = await online(stack, urls["dept-2"], "bob")
+            carol = await online(stack, urls["master"], "carol")
+            await alice.send("group-create", name="team", members=[bob.user_id, carol.user_id])
+            group = (await alice.expect("group-ok"))["groupId"]
+            for client in (bob, carol):  # told of the new group
+                await client.expect("group-ok")
+            counts.counting = True
+            for i in range(N):
+                await alice.send("message", cid=f"g-{i}", chatId=group, type="group", messageType="text",
+                                 content="x" * 100)
+                ack = await alice.expect("ack")
+                for client in (bob, carol):
+                    assert (await client.expect("message"))["id"] == ack["id"]
+            counts.counting = False
+            hops = counts.thread_hops / N
+            # A change to the directory (a member joins) is seen: the next message reads the
+            # group again and reaches the new member.
+            dave = await online(stack, urls["dept-2"], "dave")
+            await alice.send("group-add", groupId=group, members=[dave.user_id])
+            await alice.expect("group-ok")
+            await alice.send("message", cid="after", chatId=group, type="group", messageType="text", content="hi")
+            ack = await alice.expect("ack")
+            assert (await dave.expect("message"))["id"] == ack["id"]
+    print("thread hops per group message", hops)
+    assert hops <= 0.5, f"{hops} thread hops per group message (budget 0.5)"

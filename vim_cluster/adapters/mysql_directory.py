@@ -173,6 +173,10 @@ class MysqlDirectory:
             found = self._read_group(cur, group_id)
         return found
 
+    def cached_group(self, group_id: GroupId) -> Group | None:
+        """Never: whether another node changed the group is a round trip to know."""
+        return None
+
     @staticmethod
     def _read_group(cur: Cursor, group_id: int) -> Group | None:
         cur.execute(f"{GROUP_ROWS} WHERE g.id = %s ORDER BY m.user_id", (group_id,))

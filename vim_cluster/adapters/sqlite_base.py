@@ -149,9 +149,22 @@ class SqliteDatabase:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            yield self._conn
+    def reading(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads. wait=False: raises WouldWait at once if it is in use."""
+        if not self._lock.acquire(blocking=wait):
+            raise WouldWait
+        try:
+            with self._errors():
+                yield self._conn
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def version(conn: sqlite3.Connection) -> tuple[int, int]:
+        """What changes with every commit to the file, by any connection of any process:
+        SQLite's data_version (commits of other connections) and this connection's own
+        total_changes. Equal values at two times: nothing was written in between."""
+        return conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

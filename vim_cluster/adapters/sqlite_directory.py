@@ -2,6 +2,13 @@
 
 Usernames are unique by their normalised key (`core.usernames.key`: NFKC, then casefold), held
 in `users.username_key` under a UNIQUE index; lookups go by that key.
+
+Groups read by `group` are kept (at most GROUP_CACHE) with the file's version
+(`SqliteDatabase.version`) at the read; `cached_group` answers from them while the version is
+unchanged, i.e. while no connection of any process has committed anything to the file. Any
+commit, not only one to the group, forgets them all: simple, and never stale. A group message
+thus costs no read of its 500 members (two queries, ~370 µs here, in a worker thread) while the
+directory does not change (issue 12).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
-from .sqlite_base import SqliteDatabase
+from .sqlite_base import SqliteDatabase, WouldWait
 
 MIGRATIONS = [
     """
@@ -56,6 +63,7 @@ def _user(row: tuple) -> User:
 
 
 USER_COLUMNS = "id, username, name, password_hash, department_id"
+GROUP_CACHE = 1024  # groups kept between commits to the directory (the oldest read goes first)
 
 
 @contextlib.contextmanager
@@ -70,6 +78,9 @@ def _unknown_user_is_not_found() -> Iterator[None]:
 class SqliteDirectory:
     def __init__(self, path: str) -> None:
         self._db = SqliteDatabase(path, MIGRATIONS)
+        # Read and written only under the database's lock (`reading`), by any thread.
+        self._groups: dict[GroupId, Group] = {}
+        self._groups_version: tuple[int, int] | None = None
 
     def create_user(self, user: User) -> None:
         try:
@@ -123,7 +134,25 @@ class SqliteDirectory:
 
     def group(self, group_id: GroupId) -> Group | None:
         with self._db.reading() as conn:
-            return self._group(conn, group_id)
+            version = self._db.version(conn)  # before the read: a later commit makes it stale
+            group = self._group(conn, group_id)
+            if version != self._groups_version:
+                self._groups.clear()
+                self._groups_version = version
+            if group is not None:
+                if len(self._groups) >= GROUP_CACHE:
+                    del self._groups[next(iter(self._groups))]
+                self._groups[group_id] = group
+            return group
+
+    def cached_group(self, group_id: GroupId) -> Group | None:
+        try:
+            with self._db.reading(wait=False) as conn:
+                if self._db.version(conn) != self._groups_version:
+                    return None
+                return self._groups.get(group_id)
+        except WouldWait:
+            return None
 
     @staticmethod
     def _group(conn: sqlite3.Connection, group_id: int) -> Group | None:

@@ -25,7 +25,9 @@ async def require_users(conn: Connection, user_ids: set[int] | list[int] | tuple
 
 
 async def require_group(conn: Connection, group_id: int) -> Group:
-    group = await conn.ctx.db(conn.ctx.directory.group, GroupId(group_id))
+    directory = conn.ctx.directory
+    # On the event loop when the directory knows it unchanged (SQLite), else a worker thread.
+    group = directory.cached_group(GroupId(group_id)) or await conn.ctx.db(directory.group, GroupId(group_id))
     if group is None:
         raise ClientError(ErrorKind.NOT_FOUND, f"no such group: {group_id}")
     return group
