@@ -63,7 +63,8 @@ def _user(row: tuple) -> User:
 
 
 USER_COLUMNS = "id, username, name, password_hash, department_id"
-GROUP_CACHE = 1024  # groups kept between commits to the directory (the oldest read goes first)
+GROUP_CACHE = 256  # groups kept between commits to the directory (the oldest read goes first; a
+# 500-member group is about 20 KB)
 
 
 @contextlib.contextmanager
