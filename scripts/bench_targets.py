@@ -3,7 +3,8 @@ the production-store profiles against SQLite, fan-out and memory; medians of int
 
 Run it through scripts/bench.sh (which prepares the peers). Every system is started once; then
 `--repeat` rounds each run every system in turn (interleaved, so a noisy minute hits all of
-them), and each figure is the median over the rounds:
+them; each run starts once the machine is quiet, see SETTLE_BUSY), and each figure is the
+median over the rounds:
 - cross-node at full rate (as fast as acks allow): vim-cluster (embedded Redis + SQLite),
   python-socketio, Centrifugo, and vim-cluster on MySQL + MongoDB (MariaDB + FerretDB, on
   FerretDB's PostgreSQL backend and on its SQLite backend);
@@ -63,6 +64,11 @@ PROFILES = {"postgresql": "mysql+mongo (FerretDB/PostgreSQL)", "sqlite": "mysql+
 # A run is one record: {"system": ..., "kind": ..., **the load generator's result}; kinds:
 MAX, FIXED, GROUP, CONNECTIONS, FLOOR = "max", "fixed", "group", "connections", "floor"
 CONNECTIONS_TIMEOUT_S = 900.0  # opening 10,000 connections took over 5 minutes at load average 20
+# Before each run the machine must be quiet: the previous run's leftovers (a store server's
+# background work after the MySQL + MongoDB profile, a backlog) must not be measured as the
+# next system's. A run starts once the machine's CPU (all cores, steal included) is under
+# SETTLE_BUSY for a SETTLE_WINDOW_S sample, or after SETTLE_MAX_S; both are in its record.
+SETTLE_BUSY, SETTLE_WINDOW_S, SETTLE_MAX_S = 0.25, 0.5, 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -220,13 +226,40 @@ def servers_missing(backend: str) -> str | None:
     return None
 
 
+def cpu_sample(window_s: float) -> tuple[float, float]:
+    """The machine's CPU over `window_s`, as fractions of all cores: (busy, steal); busy
+    includes steal (time the host gave to others)."""
+    def counters() -> list[int]:
+        with open("/proc/stat") as stat:
+            return [int(x) for x in stat.readline().split()[1:9]]  # user ... steal
+
+    before = counters()
+    time.sleep(window_s)
+    delta = [b - a for a, b in zip(before, counters(), strict=True)]
+    total = max(1, sum(delta))
+    return 1 - (delta[3] + delta[4]) / total, delta[7] / total  # idle and iowait are not busy
+
+
+def settle() -> dict[str, float]:
+    """Waits until the machine is quiet (see SETTLE_BUSY); returns what the run's record says
+    of it: the wait and the last sample's busy and steal shares (%)."""
+    start = time.monotonic()
+    while True:
+        busy, steal = cpu_sample(SETTLE_WINDOW_S)
+        waited = time.monotonic() - start
+        if busy < SETTLE_BUSY or waited >= SETTLE_MAX_S:
+            return {"settle_s": round(waited, 1), "busy_before": round(100 * busy), "steal_before": round(100 * steal)}
+
+
 def run_all(args: argparse.Namespace, base: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with started(args, base) as systems:
         for round_ in range(args.repeat):
             for name, (run, kinds) in systems.items():
                 for kind in kinds:
-                    say(f"round {round_ + 1}/{args.repeat}: {name} {kind}")
-                    records.append({"system": name, "kind": kind, "round": round_, **run(kind)})
+                    quiet = settle()
+                    say(f"round {round_ + 1}/{args.repeat}: {name} {kind} (waited {quiet['settle_s']:g} s for a "
+                        f"quiet machine: {quiet['busy_before']} % busy, {quiet['steal_before']} % steal)")
+                    records.append({"system": name, "kind": kind, "round": round_, **quiet, **run(kind)})
     if "connections" in args.systems:  # once, on a fresh cluster with nothing else running
         folder = base / "connections"
         with cluster("connections", folder, SQLITE) as env:
@@ -344,7 +377,7 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
 
 RUN_COLUMNS = ["system", "kind", "round", "delivered_per_s", "p50_ms", "p99_ms", "lost", "errors",
                "server_cpu_us_per_delivered", "server_cores", "generator_cpu_us_per_delivered",
-               "rss_per_connection_kb", "failed"]
+               "rss_per_connection_kb", "settle_s", "busy_before", "steal_before", "failed"]
 
 
 def runs_table(records: list[dict[str, Any]]) -> str:

@@ -95,3 +95,30 @@ def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets:
     assert len([line for line in text.split("\nevery run:")[1].splitlines() if line.startswith("| vim")]) == 6
     args.quick = False
     assert "| target | goal | vim-cluster | beside it | reached? |" in targets.report(records, args, ("", ""), 1.0)
+
+
+def test_a_run_waits_for_a_quiet_machine(targets: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previous run's leftovers (a store server still busy) are not measured as the next
+    system's: settle() samples until the machine is under SETTLE_BUSY, and says so."""
+    samples = iter([(0.9, 0.0), (0.6, 0.3), (0.1, 0.05)])
+    taken: list[float] = []
+
+    def sample(window_s: float) -> tuple[float, float]:
+        taken.append(window_s)
+        return next(samples)
+
+    monkeypatch.setattr(targets, "cpu_sample", sample)
+    quiet = targets.settle()
+    assert len(taken) == 3 and (quiet["busy_before"], quiet["steal_before"]) == (10, 5)
+
+
+def test_a_machine_that_stays_busy_delays_a_run_at_most_settle_max(targets: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(targets, "cpu_sample", lambda window_s: (1.0, 0.8))
+    monkeypatch.setattr(targets, "SETTLE_MAX_S", 0.0)
+    assert targets.settle()["busy_before"] == 100
+
+
+def test_the_cpu_sample_is_a_share_of_all_cores(targets: Any) -> None:
+    busy, steal = targets.cpu_sample(0.05)
+    assert 0.0 <= steal <= busy <= 1.0
