@@ -172,7 +172,8 @@ class CountingSocket:
         return getattr(self.ws, name)
 
 
-async def three_nodes(nursery: trio.Nursery, folder: Path, redis_url: str, counts: Counts) -> list[RunningNode]:
+async def three_nodes(nursery: trio.Nursery, folder: Path, redis_url: str, counts: Counts) -> dict[str, str]:
+    """Starts master, dept-1 and dept-2 (their ports in `counts`); returns their client URLs by name."""
     async def start(node_id: str, node_type: str, master_url: str | None = None) -> RunningNode:
         config = load_config(write_config(folder, node_id=node_id, node_type=node_type, redis_url=redis_url,
                                           master_url=master_url))
@@ -184,7 +185,9 @@ async def three_nodes(nursery: trio.Nursery, folder: Path, redis_url: str, count
 
     master = await start("master", "master")
     forward = f"ws://127.0.0.1:{master.forward_port}/forward"
-    return [master, await start("dept-1", "slave", forward), await start("dept-2", "slave", forward)]
+    nodes = [master, await start("dept-1", "slave", forward), await start("dept-2", "slave", forward)]
+    return {name: f"ws://127.0.0.1:{node.client_port}/" for name, node in zip(("master", "dept-1", "dept-2"), nodes,
+                                                                               strict=True)}
 
 
 async def lockstep(alice: Client, bob: Client, tag: str, count: int) -> None:
@@ -216,9 +219,7 @@ async def test_a_cross_node_message_stays_within_its_budget(nursery: trio.Nurser
                                                             counts: Counts, shape: str) -> None:
     run = {"lockstep": lockstep, "burst": burst}[shape]
     with trio.fail_after(60):
-        await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
-        urls = {name.split()[0]: f"ws://127.0.0.1:{port}/" for port, name in counts.ports.items()
-                if name.endswith("client")}
+        urls = await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, urls["dept-1"], "alice")
             bob = await online(stack, urls["dept-2"], "bob")
@@ -250,9 +251,7 @@ async def test_a_group_message_reads_the_group_once_while_the_directory_is_uncha
     reads the group in a worker thread: 1/N thread hops per message, plus the heartbeats
     (0.5 is the budget the friend shapes have); reading the group for every message is 1+."""
     with trio.fail_after(60):
-        await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
-        urls = {name.split()[0]: f"ws://127.0.0.1:{port}/" for port, name in counts.ports.items()
-                if name.endswith("client")}
+        urls = await three_nodes(nursery, tmp_path / "cluster", redis_url, counts)
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, urls["dept-1"], "alice")
             bob = await online(stack, urls["dept-2"], "bob")
