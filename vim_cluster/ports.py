@@ -1,8 +1,10 @@
 """The narrow ports between the node shell and its backends, with their guarantees.
 
 Every method is blocking (adapters wrap blocking clients); the node shell calls them through
-`node.blocking.BlockingRunner` in worker threads. Every adapter raises `StoreUnavailable` when
-its server cannot be reached or fails, and never anything else for an outage.
+`node.blocking.BlockingRunner` in worker threads, except the two that never wait and run on the
+event loop (`MessageStore.commit_now`, `Directory.cached_group`). Every adapter raises
+`StoreUnavailable` when its server cannot be reached or fails, and never anything else for an
+outage.
 """
 
 from __future__ import annotations
