@@ -118,19 +118,14 @@ class SqliteDatabase:
         """One write transaction (BEGIN IMMEDIATE), committed on exit, rolled back on error.
         wait=False: raises WouldWait at once, having done nothing, if the connection, the
         write lock or SQLite's lock is taken."""
-        if not self._lock.acquire(blocking=wait):
-            raise WouldWait
-        try:
-            with self._writer.held(BUSY_TIMEOUT_MS / 1000 if wait else None), self._errors():
-                self._begin(wait)
-                try:
-                    yield self._conn
-                except BaseException:  # noqa: BLE001 - roll back, then re-raise
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-        finally:
-            self._lock.release()
+        with self._connection(wait), self._writer.held(BUSY_TIMEOUT_MS / 1000 if wait else None), self._errors():
+            self._begin(wait)
+            try:
+                yield self._conn
+            except BaseException:  # noqa: BLE001 - roll back, then re-raise
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _begin(self, wait: bool) -> None:
         if wait:
@@ -151,11 +146,17 @@ class SqliteDatabase:
     @contextlib.contextmanager
     def reading(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """The connection, for reads. wait=False: raises WouldWait at once if it is in use."""
+        with self._connection(wait), self._errors():
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _connection(self, wait: bool) -> Iterator[None]:
+        """This adapter's connection, to one thread at a time; wait=False: WouldWait at once
+        if another thread has it."""
         if not self._lock.acquire(blocking=wait):
             raise WouldWait
         try:
-            with self._errors():
-                yield self._conn
+            yield
         finally:
             self._lock.release()
 
