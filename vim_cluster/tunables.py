@@ -78,7 +78,7 @@ class Tunables:
     client_handshake_timeout_s: float = 10.0  # a client's HTTP upgrade must be complete by then
     client_close_timeout_s: float = 5.0  # a client's WebSocket closing handshake gets this long
     client_auth_timeout_s: float = 10.0  # a connection not authenticated by then is closed (4003)
-    client_ack_window: int = 256  # a connection's messages waiting for their commit (then its reader waits)
+    client_ack_window: int = 256  # a connection's messages and confirms waiting for their commit (then its reader waits)
     client_queue_frames: int = 1024  # frames waiting in a connection's SendQueue (more: a slow consumer, 4004)
     client_queue_bytes: int = 4 * 1024 * 1024  # bytes of frames waiting in it (more: a slow consumer, 4004)
     client_linger_s: float = 1.0  # an idle SendQueue writer waits this long for the next frame

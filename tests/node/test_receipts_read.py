@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from typing import Any
 
 import trio
+
+from vim_cluster.node.app import RunningNode
 
 from ..support import connect, make_group, online
 
@@ -126,3 +130,40 @@ async def test_group_read_cursor_survives_reconnect(url: str) -> None:
             async with connect(url) as bob:
                 await bob.login("bob")
                 assert [m["id"] for m in await bob.ready()] == [a["id"] for a in acks[2:]]
+
+
+async def test_received_does_not_hold_the_connection_while_its_confirm_waits_for_the_store(
+        node: RunningNode, url: str) -> None:
+    """A `received` frame is pipelined like `message`: while its confirm waits for the store
+    (here held in the writer's worker thread), the connection's next frames are read and
+    answered, and the confirms that arrived meanwhile share the next group commit. (A reader
+    that awaited each confirm gave a slow store one `received` frame per connection per
+    commit, and fell further behind with every frame.)"""
+    writer = node.ctx.writer
+    store = writer._store
+    held, release = threading.Event(), threading.Event()
+
+    def slow_commit(saves: Any, confirms: Any) -> Any:
+        held.set()
+        release.wait(10)
+        return type(store).commit(store, saves, confirms)
+
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            acks = [await alice.chat(bob.user_id, f"m{n}", f"r-pipe-{n}") for n in range(3)]
+            store.commit_now = lambda saves, confirms: None  # type: ignore[method-assign]
+            store.commit = slow_commit  # type: ignore[method-assign]
+            try:
+                await bob.send("received", ids=[acks[0]["id"]])
+                await trio.to_thread.run_sync(held.wait)  # its commit has started and waits
+                await bob.send("received", ids=[acks[1]["id"]])
+                await bob.send("received", ids=[acks[2]["id"]])
+                await bob.barrier()  # answered while the first confirm's commit is held
+                batches = writer.batches
+            finally:
+                release.set()
+            receipts = [(await alice.expect("receipt"))["id"] for _ in range(3)]
+            assert receipts == [ack["id"] for ack in acks]
+            assert writer.batches == batches + 2  # the held commit, then both others in one

@@ -36,7 +36,7 @@ class Connection:
     cancel_scope: trio.CancelScope  # cancelled: stop reading (a kick of a full queue, a slow consumer)
     address: str  # the client's source key (core.lockout.source_key): what lockouts count by
     session: Session | None = None
-    unacked: int = 0  # sent messages waiting for their commit
+    unacked: int = 0  # sent messages and `received` confirms waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
 
     @classmethod
@@ -70,8 +70,8 @@ class Connection:
         self.send_queue.append(OutFrame(reply))
 
     async def ack_window(self) -> None:
-        """Waits while the ack window's worth of sent messages (Tunables.client_ack_window) wait
-        for their commit."""
+        """Waits while the ack window's worth of sent messages and `received` confirms
+        (Tunables.client_ack_window) wait for their commit."""
         await self._wait_commits(self.ctx.tunables.client_ack_window - 1)
 
     async def all_committed(self) -> None:

@@ -1,12 +1,15 @@
 """Group commit: one store write for every message and every confirm waiting, not one each.
 
 `submit` queues a message with a completion callback, called once the message is durable
-(or with the error: StoreUnavailable means nothing of its batch was stored). `confirm` queues
-a `received` frame's ids and returns, once their delete is committed, the messages it removed.
-Both go into the same batch: one `MessageStore.commit` per batch (on the loop or in a thread, below).
+(or with the error: StoreUnavailable means nothing of its batch was stored). `submit_confirm`
+queues a `received` frame's ids with a callback, called once their delete is committed with
+the messages it removed (`confirm` is the same, awaited). Both go into the same batch: one `MessageStore.commit` per batch (on the loop or in a thread, below).
 Messages are committed, and their callbacks called, in the order of `submit`, so ids minted in
 order by one connection are stored, acked and delivered in that order. A callback runs in the
 writer task and must not block; one that raises is logged and does not stop the others.
+Neither call waits for the commit, so a connection's frames that arrived meanwhile join the
+same batch: a reader that awaited each confirm would give every commit one `received` frame
+per connection, and a slow store (MongoDB) would fall further behind with each frame.
 
 Where the commit runs: after one scheduler pass (the frames other tasks have already read join
 the batch), on the event loop when the store can start it without waiting
@@ -38,6 +41,7 @@ log = structlog.get_logger()
 
 
 Done = Callable[[Saved | None, BaseException | None], None]
+Confirmed = Callable[[list[Message], BaseException | None], None]  # the messages removed, or the error
 INLINE_WEIGHT = 0.1  # of the latest commit in the moving average of commits on the loop
 T = TypeVar("T")
 
@@ -62,9 +66,7 @@ class PendingSave:
 @attrs.define(eq=False)
 class PendingConfirm:
     item: Confirm
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: list[Message] = attrs.field(factory=list)
-    error: BaseException | None = None
+    on_done: Confirmed
 
 
 Pending = PendingSave | PendingConfirm
@@ -91,17 +93,28 @@ class StoreWriter:
         """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
         self._send.send_nowait(PendingSave(item, on_done))
 
+    def submit_confirm(self, item: Confirm, on_done: Confirmed) -> None:
+        """Queue a confirm without waiting; `on_done(removed, error)` follows its commit, with
+        the messages that were in the offline set."""
+        self._send.send_nowait(PendingConfirm(item, on_done))
+
     async def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
-        """Drops `ids` from the user's offline set in the next group commit; returns the
-        messages that were in it once the delete is committed. Raises what the commit raised."""
-        pending = PendingConfirm(Confirm(user_id, tuple(ids)))
-        self._send.send_nowait(pending)
-        await pending.done.wait()
-        if isinstance(pending.error, StoreUnavailable):
-            raise StoreUnavailable(str(pending.error))  # a fresh one per waiter (tracebacks)
-        if pending.error is not None:  # the writer logged its traceback
-            raise RuntimeError(f"the store commit failed: {pending.error!r}")
-        return pending.result
+        """`submit_confirm`, awaited: the messages removed. Raises what the commit raised."""
+        done = trio.Event()
+        outcome: list[tuple[list[Message], BaseException | None]] = []
+
+        def finished(removed: list[Message], error: BaseException | None) -> None:
+            outcome.append((removed, error))
+            done.set()
+
+        self.submit_confirm(Confirm(user_id, tuple(ids)), finished)
+        await done.wait()
+        [(removed, error)] = outcome
+        if isinstance(error, StoreUnavailable):
+            raise StoreUnavailable(str(error))  # a fresh one per waiter (tracebacks)
+        if error is not None:  # the writer logged its traceback
+            raise RuntimeError(f"the store commit failed: {error!r}")
+        return removed
 
     async def run(self) -> None:
         async for first in self._receive:
@@ -158,5 +171,7 @@ class StoreWriter:
             except Exception:  # noqa: BLE001 - one sender's callback must not stop the others
                 log.exception("save_callback_crashed", message_id=pending.item.message.id)
         for waiting, messages in zip(confirms, removed, strict=True):
-            waiting.result, waiting.error = messages, error
-            waiting.done.set()
+            try:
+                waiting.on_done(messages, error)
+            except Exception:  # noqa: BLE001 - one confirm's callback must not stop the others
+                log.exception("confirm_callback_crashed", user_id=waiting.item.user_id)

@@ -9,7 +9,7 @@ import structlog
 
 from ...errors import UNAVAILABLE_DETAIL, ClientError, CloseCode, ErrorKind, StoreUnavailable
 from ...model import ChatType, Message, MessageId, UserId
-from ...ports import NewMessage, Saved
+from ...ports import Confirm, NewMessage, Saved
 from ...protocol import frames as f
 from .lookups import require_chat
 
@@ -89,13 +89,35 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
 
 async def received(conn: Connection, command: f.Received) -> None:
     ctx = conn.ctx
-    ids = [MessageId(i) for i in command.ids]
-    # In the writer's next group commit; the receipts go out once the delete is committed.
-    confirmed = await ctx.writer.confirm(UserId(conn.user_id), ids)
-    for message in confirmed:
-        if message.chat_type is ChatType.FRIEND:
-            receipt = f.Receipt(message.id, message.chat_id, by=conn.user_id)
-            ctx.delivery.to_users([message.from_id], receipt)
+    # Pipelined like `send`: the next frames are read while this confirm waits for the
+    # writer's next group commit; the receipts go out once the delete is committed.
+    await conn.ack_window()
+    conn.unacked += 1
+    confirm = Confirm(UserId(conn.user_id), tuple(MessageId(i) for i in command.ids))
+    ctx.writer.submit_confirm(confirm, functools.partial(confirmed, conn, command))
+
+
+def confirmed(conn: Connection, command: f.Received, removed: list[Message], error: BaseException | None) -> None:
+    """Once the confirm is committed: a receipt to the sender of each friend message it removed.
+    Runs in the store writer's task; a failure is logged and answered `error internal`."""
+    conn.acked_one()
+    ctx, rid = conn.ctx, command.rid
+    try:
+        if isinstance(error, StoreUnavailable):
+            log.warning("store_unavailable", error=str(error), rid=rid, conn_id=conn.conn_id)
+            conn.answer(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid))
+            return
+        if error is not None:  # the store writer logged the traceback
+            log.error("confirm_commit_failed", error=repr(error), rid=rid, conn_id=conn.conn_id)
+            conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid))
+            return
+        for message in removed:
+            if message.chat_type is ChatType.FRIEND:
+                receipt = f.Receipt(message.id, message.chat_id, by=conn.user_id)
+                ctx.delivery.to_users([message.from_id], receipt)
+    except Exception:  # noqa: BLE001 - one connection, never the writer or the node
+        log.exception("receipts_failed", rid=rid, conn_id=conn.conn_id)
+        conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid))
 
 
 async def recall(conn: Connection, command: f.Recall) -> None:
