@@ -100,7 +100,21 @@ def test_a_save_cut_off_after_its_claim_is_finished_by_the_retry_under_its_first
     assert (repeat.message, repeat.created) == (first, False)
 
 
-def test_a_save_cut_off_before_done_does_not_requeue_a_confirmed_message(
+def test_a_save_cut_off_before_its_offline_rows_is_in_no_offline_set_until_the_retry(
+    store: MongoMessages, raw: Database
+) -> None:
+    first = friend(1)
+    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # the crash: steps 1-3 ran
+    raw["message_ids"].insert_one(store._claim(new(first, BOB)))
+    raw[f"chat_message_{shard_of(first.chat_key, 16)}"].insert_one(store._intent(new(first, BOB))["message"])
+    assert store.get(first.id) == first and store.pending(BOB, MessageId(0), 10) == []
+    [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
+    assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
+    assert store.pending(BOB, MessageId(0), 10) == [first]  # its row, written by the retry
+    assert raw["message_intents"].count_documents({}) == 0
+
+
+def test_a_save_cut_off_before_done_may_give_a_confirmed_message_once_more(
     store: MongoMessages, raw: Database
 ) -> None:
     first = friend(1)
@@ -109,7 +123,38 @@ def test_a_save_cut_off_before_done_does_not_requeue_a_confirmed_message(
     assert [m.id for m in store.confirm(BOB, [first.id])] == [first.id]  # replayed and confirmed
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
-    assert store.pending(BOB, MessageId(0), 10) == []
+    # The retry cannot tell a confirmed row from one never written: at least once, and the
+    # client drops the repeat by id (PROTOCOL.md 2.3).
+    assert store.pending(BOB, MessageId(0), 10) == [first]
+
+
+def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
+    store: MongoMessages, raw: Database
+) -> None:
+    one, two = friend(1), friend(2)
+    store.save_messages([new(one, BOB), new(two, BOB)])
+    row = raw["pending_messages"].find_one({"user_id": BOB, "message_id": one.id})
+    assert row is not None and row["message"] == store._intent(new(one, BOB))["message"]
+
+    def no_shard(refs: object) -> dict[int, object]:
+        assert not list(refs), "a shard was read"  # type: ignore[call-overload]
+        return {}
+
+    store._fetch = no_shard  # type: ignore[method-assign]
+    assert store.pending(BOB, MessageId(0), 10) == [one, two]
+    assert store.confirm(BOB, [one.id]) == [one]
+
+
+def test_an_offline_row_from_before_copies_is_read_through_its_shard(store: MongoMessages, raw: Database) -> None:
+    old, unfinished = friend(1), friend(2)
+    store.save_messages([new(old, BOB)])
+    raw["pending_messages"].update_one({"message_id": old.id}, {"$unset": {"message": ""}})
+    # the old order wrote the rows before the document: a row whose message is not visible
+    raw["pending_messages"].insert_one({"user_id": BOB, "message_id": unfinished.id,
+                                        "shard": shard_of(unfinished.chat_key, 16)})
+    assert store.pending(BOB, MessageId(0), 10) == [old]
+    assert store.confirm(BOB, [old.id, unfinished.id]) == [old]
+    assert raw["pending_messages"].count_documents({"user_id": BOB}) == 1  # the unfinished stays
 
 
 def test_a_claim_from_before_intents_is_finished_from_its_own_copy(store: MongoMessages, raw: Database) -> None:

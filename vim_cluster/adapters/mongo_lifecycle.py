@@ -140,15 +140,19 @@ class MongoLifecycle:
             )
             if not claims:
                 return []
+            copy = {"$set": {f"message.{k}": v for k, v in placeholder.items()}}
+            ids = [c["_id"] for c in claims]
+            # The offline rows' copies first: a failure before the documents leaves no copy
+            # with the content (the next call, from the same `after`, erases the rest).
+            self._pending.update_many({"message_id": {"$in": ids}}, copy)
             by_shard: dict[int, list[int]] = defaultdict(list)
             for c in claims:
                 by_shard[c["shard"]].append(c["_id"])
-            for shard, ids in sorted(by_shard.items()):
-                self._shards[shard].update_many({"_id": {"$in": ids}}, {"$set": placeholder})
-            copy = {"$set": {f"message.{k}": v for k, v in placeholder.items()}}
+            for shard, shard_ids in sorted(by_shard.items()):
+                self._shards[shard].update_many({"_id": {"$in": shard_ids}}, {"$set": placeholder})
             # An unfinished save's intent carries the whole message (as did, before intents,
             # a claim not yet done).
-            self._intents.update_many({"_id": {"$in": [c["_id"] for c in claims]}}, copy)
+            self._intents.update_many({"_id": {"$in": ids}}, copy)
             unfinished = [c["_id"] for c in claims if "message" in c]
             if unfinished:
                 self._claims.update_many({"_id": {"$in": unfinished}}, copy)

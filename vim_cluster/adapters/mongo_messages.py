@@ -5,7 +5,8 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 - `message_ids`: one claim per (from_id, cid), unique index (from_id, cid); `_id` is the
   message id and `shard` says where the message lives (how `get` and `recall` find it).
 - `message_intents`: a message's copy while its save is unfinished (see below).
-- `pending_messages`: offline sets, unique index (user_id, message_id).
+- `pending_messages`: offline sets, unique index (user_id, message_id); each row carries a copy
+  of its message (`message`), so confirms and offline replay read no shard (below).
 - `read_cursors`: one document per (user, chat), index user_id.
 - `store_layout`: the `split` the database was created with (a different one is refused).
 - `message-log-{yyyyMMdd}`: V-IM's raw frame log, written by `log_frames` (not part of the port).
@@ -16,10 +17,11 @@ How save_messages stays idempotent without transactions (FerretDB has none), per
    retry finishes the message with.
 2. claim: insert {_id: id, from_id, cid, shard} into message_ids. The unique (from_id, cid)
    index lets exactly one claim per sender and cid exist, across shards.
-3. pending: insert its offline-set rows (a duplicate row is ignored).
-4. message: insert its document into its shard (a duplicate _id is ignored). From here on it
-   is visible to history, pending, get and group replay. Pending rows are written before it,
-   so a visible message is always in every offline set it belongs to.
+3. message: insert its document into its shard (a duplicate _id is ignored). From here on it
+   is visible to history, get and group replay.
+4. pending: insert its offline-set rows, each with a copy of the document (a duplicate row is
+   ignored). They are written after it, so a message in an offline set is always visible:
+   replay and confirms take the row's copy and never look the message up in its shard.
 5. done: delete its intent (and those of the batch's repeats, which never got a claim).
 Each step is one unordered bulk write for the whole batch, inserts and one delete only (an
 update costs FerretDB milliseconds per document): a batch of new messages costs 4 round trips
@@ -32,8 +34,9 @@ When a claim already exists (a repeat, or a retry after a failure):
 - its intent exists: an earlier call failed (or is still running elsewhere). This call redoes
   what is missing with the intent's copy (same id, timestamp, content and recipients: never
   a second message), deletes the intent and reports created=True, because no call has
-  returned it as saved. If its document already existed, its offline rows did too and are not
-  written again (a recipient who already confirmed it is not given it again).
+  returned it as saved. Its offline rows are written again (a duplicate is ignored): the
+  earlier call may have stopped before them. A recipient who got it by replay and confirmed
+  it before this retry gets it once more, and drops it by id.
 - a claim written before intents existed carries the copy itself and a `done` flag: the same
   rules, finished by marking it done.
 So after an error part of a batch may be visible, but every message is either absent or
@@ -42,8 +45,13 @@ nodes saving the same (from_id, cid) at the same moment may both report created=
 recipients drop the duplicate by id. A message finished by a retry keeps its first attempt's
 id, so it sorts before messages the sender sent between the failure and the retry.
 
-Confirms (`commit`): every confirm of a group commit costs one find of the offline rows, one
-query per shard holding their messages and one delete, whatever the number of users and ids.
+Confirms (`commit`): every confirm of a group commit costs one find of the offline rows (with
+their copies) and one delete, whatever the number of users and ids. Offline replay
+(`pending`) is one find per page. Neither reads a shard: on FerretDB 1.x with PostgreSQL,
+which pushes no `$in` (and no equality on an int64 id above 2**53) down to SQL, a lookup of
+messages by id decodes the whole shard, so a confirm cost grew with the history. Rows written
+before copies existed (no `message`) are looked up in their shards, as before.
+Recall and erasure change the copies with the documents.
 
 Deviation from the port's "none of it on error": without transactions a failed batch may
 leave some of its messages visible (never half-written, see above); nothing is reported saved.
@@ -186,7 +194,8 @@ class MongoMessages(MongoLifecycle):
         unfinished = self._unfinished(list(earlier.values()), ours)
         stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
         outcome: dict[tuple[int, str], Saved] = {}
-        write: list[Doc] = []  # intents whose pending rows and document are still to write
+        write: list[Doc] = []  # intents whose document is still to write
+        rows: list[Doc] = []  # offline rows to write, with their copies
         finish: list[int] = []  # intents to drop: their message is complete
         for i, item in enumerate(items):
             key = (item.message.from_id, item.message.cid)
@@ -203,12 +212,15 @@ class MongoMessages(MongoLifecycle):
             finish.append(claim["_id"])
             if found is not None:
                 outcome[key] = Saved(found, created=True)
+                if intent is not None:  # the earlier call may have stopped before the rows
+                    rows.extend(self._rows(intent["pending_for"], claim["_id"], claim["shard"], message_doc(found)))
                 continue
             if intent is None:
                 raise RuntimeError(f"message {claim['_id']} is unfinished but has no copy to finish it with")
             outcome[key] = Saved(message_of(intent["message"]), created=True)
             write.append(intent)
-        self._write(write)
+            rows.extend(self._rows(intent["pending_for"], claim["_id"], claim["shard"], intent["message"]))
+        self._write(write, rows)
         # Drop the finished intents and this call's own for the refused (never claimed).
         drop = sorted(set(finish) | {intents[i]["_id"] for i in refused})
         if drop:
@@ -258,19 +270,25 @@ class MongoMessages(MongoLifecycle):
         query = {"$or": [{"from_id": f, "cid": {"$in": c}} for f, c in cids.items()]}
         return {(doc["from_id"], doc["cid"]): doc for doc in self._claims.find(query)}
 
-    def _write(self, claims: Sequence[Doc]) -> None:
-        """Steps 2 and 3 of the module docstring: offline rows first, then the documents."""
-        rows = [
-            {"user_id": user, "message_id": c["_id"], "shard": c["shard"]}
-            for c in claims
-            for user in c["pending_for"]
-        ]
-        insert_new(self._pending, rows)
+    @staticmethod
+    def _rows(users: Iterable[int], message_id: int, shard: int, copy: Doc) -> list[Doc]:
+        return [{"user_id": u, "message_id": message_id, "shard": shard, "message": copy} for u in users]
+
+    def _write(self, intents: Sequence[Doc], rows: Sequence[Doc]) -> None:
+        """Steps 3 and 4 of the module docstring: the documents first, then the offline rows."""
         by_shard: dict[int, list[Doc]] = defaultdict(list)
-        for c in claims:
+        for c in intents:
             by_shard[c["shard"]].append(c["message"])
         for shard, docs in sorted(by_shard.items()):
             insert_new(self._shards[shard], docs)
+        insert_new(self._pending, rows)
+
+    def _messages_of(self, rows: Sequence[Doc]) -> dict[int, Message]:
+        """The messages of these offline rows, by id: each row's copy; a row from before copies
+        existed is looked up in its shard (and left out while its message is not visible)."""
+        found = {r["message_id"]: message_of(r["message"]) for r in rows if "message" in r}
+        found.update(self._fetch((r["message_id"], r["shard"]) for r in rows if "message" not in r))
+        return found
 
     def _fetch(self, refs: Iterable[tuple[int, int]]) -> dict[int, Message]:
         """The messages (id, shard) that exist, by id: one query per shard."""
@@ -296,7 +314,7 @@ class MongoMessages(MongoLifecycle):
                     .sort("message_id", ASCENDING)
                     .limit(want)
                 )
-                messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
+                messages = self._messages_of(rows)
                 found.extend(messages[r["message_id"]] for r in rows if r["message_id"] in messages)
                 if len(rows) < want:
                     break
@@ -309,9 +327,9 @@ class MongoMessages(MongoLifecycle):
             return self._confirm_all([Confirm(user_id, tuple(ids))])[0]
 
     def _confirm_all(self, confirms: Sequence[Confirm]) -> list[list[Message]]:
-        """Every confirm of a group commit in one find, one query per shard holding their
-        messages and one delete. An id confirmed twice in the batch counts for the first.
-        A row whose message is not yet visible (an unfinished save) stays."""
+        """Every confirm of a group commit in one find (the rows' copies) and one delete. An id
+        confirmed twice in the batch counts for the first. A row from before copies existed
+        whose message is not yet visible (an unfinished save) stays."""
         wanted: dict[int, set[int]] = defaultdict(set)
         for c in confirms:
             wanted[c.user_id].update(c.ids)
@@ -319,8 +337,8 @@ class MongoMessages(MongoLifecycle):
             return [[] for _ in confirms]
         either = [{"user_id": u, "message_id": {"$in": sorted(ids)}} for u, ids in wanted.items() if ids]
         query = either[0] if len(either) == 1 else {"$or": either}
-        rows = list(self._pending.find(query, {"user_id": 1, "message_id": 1, "shard": 1}))
-        messages = self._fetch((r["message_id"], r["shard"]) for r in rows)
+        rows = list(self._pending.find(query, {"user_id": 1, "message_id": 1, "shard": 1, "message": 1}))
+        messages = self._messages_of(rows)
         held: dict[int, set[int]] = defaultdict(set)
         for r in rows:
             if r["message_id"] in messages:
@@ -428,15 +446,17 @@ class MongoMessages(MongoLifecycle):
         return message_of(doc) if doc is not None else None
 
     def recall(self, message_id: MessageId) -> Message:
-        """Marks the message recalled (type `recalled`, empty content); idempotent."""
+        """Marks the message recalled (type `recalled`, empty content), its offline copies
+        first (a failure between the two leaves no copy with the content); idempotent."""
+        recalled = {"message_type": MessageType.RECALLED.value, "content": ""}
         with translated(self.name):
             claim = self._claims.find_one({"_id": message_id}, {"shard": 1})
             doc = None
             if claim is not None:
+                self._pending.update_many({"message_id": message_id},
+                                          {"$set": {f"message.{k}": v for k, v in recalled.items()}})
                 doc = self._shards[claim["shard"]].find_one_and_update(
-                    {"_id": message_id},
-                    {"$set": {"message_type": MessageType.RECALLED.value, "content": ""}},
-                    return_document=ReturnDocument.AFTER,
+                    {"_id": message_id}, {"$set": recalled}, return_document=ReturnDocument.AFTER
                 )
         if doc is None:
             raise NotFound(f"message {message_id}")
