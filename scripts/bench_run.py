@@ -67,25 +67,29 @@ def wait_healthy(folder: Path, timeout: float = 40.0) -> None:
 @contextlib.contextmanager
 def cluster(name: str, folder: Path, stores: dict[str, str], vim: list[str] | None = None) -> Iterator[dict[str, str]]:
     """A master + two department nodes (`vim-cluster up` of `vim`, default this tree's) on
-    `stores`, healthy; yields the environment `vim-cluster bench` runs with. Stopped on exit."""
+    `stores`, healthy; yields the environment `vim-cluster bench` runs with. Stopped on exit.
+    `up` runs in `folder`: it starts the nodes with `python -m`, which puts the working
+    directory first on sys.path, so from a checkout's root the nodes would import that
+    checkout's `vim_cluster` whatever `vim` is (an A/B against another tree would then
+    measure this one twice)."""
     env = {**os.environ, "VIM_EMBEDDED_REDIS_DIR": str(folder / "redis")}
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), str(folder),
                     "--directory", stores["directory"], "--messages", stores["messages"]], check=True)
-    log = open(folder / "cluster.log", "w")
-    up = subprocess.Popen((vim or VIM) + ["--log-level", "warning", "up", str(folder)], stdout=log, stderr=log, env=env)
-    try:
-        wait_healthy(folder)
-        yield env
-    finally:
-        up.send_signal(signal.SIGTERM)
+    with open(folder / "cluster.log", "w") as log:
+        up = subprocess.Popen((vim or VIM) + ["--log-level", "warning", "up", str(folder)], stdout=log, stderr=log,
+                              env=env, cwd=folder)
         try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        log.close()
-        from vim_cluster.adapters.embedded_redis import stop_embedded_redis
+            wait_healthy(folder)
+            yield env
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+            from vim_cluster.adapters.embedded_redis import stop_embedded_redis
 
-        stop_embedded_redis(folder / "redis")
+            stop_embedded_redis(folder / "redis")
 
 
 def bench_scenario(name: str, folder: Path, env: dict[str, str], scenario: str, extra: list[str],

@@ -86,6 +86,30 @@ def test_bench_run_table_has_the_cores_and_generator_columns() -> None:
     assert cells_by_column["server cores"] == "1.1" and cells_by_column["generator CPU µs/delivered"] == "190.0"
 
 
+def test_bench_run_starts_a_cluster_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m` (how `vim-cluster up` starts the nodes) puts the working directory first on
+    sys.path: from this checkout's root, an A/B's other tree would run this tree's code."""
+    spec = importlib.util.spec_from_file_location("bench_run_cwd", ROOT / "scripts" / "bench_run.py")
+    assert spec is not None and spec.loader is not None
+    bench_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_run)
+    started: list[dict] = []
+
+    def popen(command: list[str], **options: object) -> None:
+        started.append({"command": command, **options})
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench_run.subprocess, "run", lambda *args, **options: None)
+    monkeypatch.setattr(bench_run.subprocess, "Popen", popen)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(RuntimeError, match="stop here"):
+        with bench_run.cluster("other", tmp_path, {"directory": "d", "messages": "m"}, ["/other/vim-cluster"]):
+            pass
+    [up] = started
+    assert up["command"][0] == "/other/vim-cluster" and "up" in up["command"]
+    assert up["cwd"] == tmp_path
+
+
 def cells(line: str) -> list[str]:
     """A markdown table row's cells."""
     return [cell.strip() for cell in line.split("|")[1:-1]]
