@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_run import VIM, private_servers, wait_healthy  # noqa: E402
+from bench_run import VIM, private_servers, stop_cluster, wait_healthy  # noqa: E402
 
 from vim_cluster.ids import first_id_at  # noqa: E402
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId  # noqa: E402
@@ -122,7 +121,7 @@ def run_profile(name: str, folder: Path, stores: dict[str, str], open_store: Any
                 count: int) -> dict[str, Any]:
     import redis
 
-    from vim_cluster.adapters.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+    from vim_cluster.adapters.embedded_redis import ensure_embedded_redis
     from vim_cluster.adapters.redis_registry import Keys
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,13 +170,8 @@ def run_profile(name: str, folder: Path, stores: dict[str, str], open_store: Any
                 result["purge_per_s"] = round(removed / seconds)
         result.update(export_import(folder, env, name, stores.get("import", "sqlite:data/messages.db")))
     finally:
-        cluster.send_signal(signal.SIGTERM)
-        try:
-            cluster.wait(30)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
+        stop_cluster(cluster, folder)
         r.close()
-        stop_embedded_redis(folder / "redis")
     return result
 
 

@@ -82,14 +82,19 @@ def cluster(name: str, folder: Path, stores: dict[str, str], vim: list[str] | No
             wait_healthy(folder)
             yield env
         finally:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-            from vim_cluster.adapters.embedded_redis import stop_embedded_redis
+            stop_cluster(up, folder)
 
-            stop_embedded_redis(folder / "redis")
+
+def stop_cluster(up: subprocess.Popen[Any], folder: Path) -> None:
+    """Stops a `vim-cluster up` (SIGTERM, then a kill after 30 s) and its embedded Redis."""
+    up.send_signal(signal.SIGTERM)
+    try:
+        up.wait(30)
+    except subprocess.TimeoutExpired:
+        up.kill()
+    from vim_cluster.adapters.embedded_redis import stop_embedded_redis
+
+    stop_embedded_redis(folder / "redis")
 
 
 def bench_scenario(name: str, folder: Path, env: dict[str, str], scenario: str, extra: list[str],
