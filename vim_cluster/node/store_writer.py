@@ -3,7 +3,8 @@
 `submit` queues a message with a completion callback, called once the message is durable
 (or with the error: StoreUnavailable means nothing of its batch was stored). `submit_confirm`
 queues a `received` frame's ids with a callback, called once their delete is committed with
-the messages it removed (`confirm` is the same, awaited). Both go into the same batch: one `MessageStore.commit` per batch (on the loop or in a thread, below).
+the messages it removed (`confirm` is the same, awaited). Both go into the same batch: one
+`MessageStore.commit` per batch (on the loop or in a thread, below).
 Messages are committed, and their callbacks called, in the order of `submit`, so ids minted in
 order by one connection are stored, acked and delivered in that order. A callback runs in the
 writer task and must not block; one that raises is logged and does not stop the others.
