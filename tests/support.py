@@ -27,10 +27,37 @@ _marks = itertools.count(1)  # relay_barrier's marks: `read` timestamps, unique 
 _probes: set[str] = set()  # user ids of relay_barrier's probes: their `read` frames are marks
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's default range: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, below the kernel's ephemeral range and not handed out before
+    in this process. A port from bind(0) is an ephemeral one: an outgoing connection (to
+    Redis, MariaDB, another node) could take it between this check and the server's own bind
+    (seen in CI as a node's `vim.http.port ... Address already in use`)."""
+    low = 10_000
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = secrets.randbelow(high - low + 1) + low if high > low else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}-{high} after 200 tries")
 
 
 def write_config(
