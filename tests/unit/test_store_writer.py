@@ -13,10 +13,10 @@ import trio
 from vim_cluster.adapters.sqlite_base import WriterLock
 from vim_cluster.adapters.sqlite_messages import SqliteMessages
 from vim_cluster.errors import StoreUnavailable
-from vim_cluster.model import MessageId
+from vim_cluster.model import Message, MessageId
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.store_writer import StoreWriter
-from vim_cluster.ports import NewMessage, Saved
+from vim_cluster.ports import Confirm, NewMessage, Saved
 
 from ..contract.test_message_store_contract import BOB, friend, new
 
@@ -38,15 +38,15 @@ async def test_saves_and_confirms_waiting_together_share_one_commit(store: Sqlit
         assert saved is not None and error is None
         done.append((saved.message.id, saved.created))
 
-    async def confirm(ids: list[MessageId]) -> None:
-        confirmed.append([m.id for m in await writer.confirm(BOB, ids)])
+    def on_confirmed(removed: list[Message], error: BaseException | None) -> None:
+        assert error is None
+        confirmed.append([m.id for m in removed])
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             writer.submit(new(friend(3), BOB), on_done)
-            nursery.start_soon(confirm, [friend(1).id, friend(9).id])
-            nursery.start_soon(confirm, [friend(1).id, friend(2).id])
-            await trio.testing.wait_all_tasks_blocked()
+            writer.submit_confirm(Confirm(BOB, (friend(1).id, friend(9).id)), on_confirmed)
+            writer.submit_confirm(Confirm(BOB, (friend(1).id, friend(2).id)), on_confirmed)
             writer.submit(new(friend(4), BOB), on_done)
             nursery.start_soon(writer.run)
             while len(confirmed) < 2:
@@ -67,24 +67,19 @@ async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: Sql
     store.commit_now = down if where == "loop" else lambda saves, confirms: None  # type: ignore[method-assign, assignment]
     writer = StoreWriter(store, BlockingRunner("messages", 1))
     errors: list[BaseException | None] = []
-    raised: list[BaseException] = []
-
-    async def confirm() -> None:
-        with pytest.raises(StoreUnavailable) as caught:
-            await writer.confirm(BOB, [friend(1).id])
-        raised.append(caught.value)
+    raised: list[tuple[list[Message], BaseException | None]] = []
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             writer.submit(NewMessage(friend(1), (BOB,)), lambda saved, error: errors.append(error))
-            nursery.start_soon(confirm)
-            await trio.testing.wait_all_tasks_blocked()
+            writer.submit_confirm(Confirm(BOB, (friend(1).id,)), lambda removed, error: raised.append((removed, error)))
             nursery.start_soon(writer.run)
             while not raised:
                 await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert [type(e) for e in errors] == [StoreUnavailable] and writer.batches == 0
-    assert "disk I/O error" in str(raised[0])
+    [(removed, error)] = raised
+    assert removed == [] and isinstance(error, StoreUnavailable) and "disk I/O error" in str(error)
 
 
 async def saved_by(writer: StoreWriter, *messages: NewMessage) -> list[int]:

@@ -3,8 +3,8 @@
 `submit` queues a message with a completion callback, called once the message is durable
 (or with the error: StoreUnavailable means nothing of its batch was stored). `submit_confirm`
 queues a `received` frame's ids with a callback, called once their delete is committed with
-the messages it removed (`confirm` is the same, awaited). Both go into the same batch: one
-`MessageStore.commit` per batch (on the loop or in a thread, below).
+the messages it removed. Both go into the same batch: one `MessageStore.commit` per batch
+(on the loop or in a thread, below).
 Messages are committed, and their callbacks called, in the order of `submit`, so ids minted in
 order by one connection are stored, acked and delivered in that order. A callback runs in the
 writer task and must not block; one that raises is logged and does not stop the others.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import attrs
@@ -33,7 +33,7 @@ import structlog
 import trio
 
 from ..errors import StoreUnavailable
-from ..model import Message, MessageId, UserId
+from ..model import Message
 from ..ports import Confirm, MessageStore, NewMessage, Saved
 from ..tunables import DEFAULTS
 from .blocking import BlockingRunner
@@ -98,24 +98,6 @@ class StoreWriter:
         """Queue a confirm without waiting; `on_done(removed, error)` follows its commit, with
         the messages that were in the offline set."""
         self._send.send_nowait(PendingConfirm(item, on_done))
-
-    async def confirm(self, user_id: UserId, ids: Sequence[MessageId]) -> list[Message]:
-        """`submit_confirm`, awaited: the messages removed. Raises what the commit raised."""
-        done = trio.Event()
-        outcome: list[tuple[list[Message], BaseException | None]] = []
-
-        def finished(removed: list[Message], error: BaseException | None) -> None:
-            outcome.append((removed, error))
-            done.set()
-
-        self.submit_confirm(Confirm(user_id, tuple(ids)), finished)
-        await done.wait()
-        [(removed, error)] = outcome
-        if isinstance(error, StoreUnavailable):
-            raise StoreUnavailable(str(error))  # a fresh one per waiter (tracebacks)
-        if error is not None:  # the writer logged its traceback
-            raise RuntimeError(f"the store commit failed: {error!r}")
-        return removed
 
     async def run(self) -> None:
         async for first in self._receive:

@@ -69,12 +69,7 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
                      result: Saved | None, error: BaseException | None) -> None:
     ctx, rid, cid = conn.ctx, command.rid, command.cid
     if error is not None or result is None:
-        if isinstance(error, StoreUnavailable):
-            log.warning("store_unavailable", error=str(error), rid=rid, cid=cid, conn_id=conn.conn_id)
-            conn.answer(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
-        else:  # the store writer logged the traceback
-            log.error("message_commit_failed", error=repr(error), rid=rid, cid=cid, conn_id=conn.conn_id)
-            conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
+        _answer_commit_error(conn, error, "message_commit_failed", rid, cid)
         return
     stored = result.message
     if result.created:
@@ -85,6 +80,18 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
     # recipients are not this command's.
     if result.created or (stored.chat_type is command.chat_type and stored.chat_id == command.chat_id):
         ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
+
+
+def _answer_commit_error(conn: Connection, error: BaseException | None, event: str, rid: str | None,
+                         cid: str | None) -> None:
+    """A failed group commit, answered on the command's connection: `unavailable` when the
+    store is down, else `internal` (the store writer logged the traceback)."""
+    if isinstance(error, StoreUnavailable):
+        log.warning("store_unavailable", error=str(error), rid=rid, cid=cid, conn_id=conn.conn_id)
+        conn.answer(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
+    else:
+        log.error(event, error=repr(error), rid=rid, cid=cid, conn_id=conn.conn_id)
+        conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid, cid=cid))
 
 
 async def received(conn: Connection, command: f.Received) -> None:
@@ -103,13 +110,8 @@ def confirmed(conn: Connection, command: f.Received, removed: list[Message], err
     conn.acked_one()
     ctx, rid = conn.ctx, command.rid
     try:
-        if isinstance(error, StoreUnavailable):
-            log.warning("store_unavailable", error=str(error), rid=rid, conn_id=conn.conn_id)
-            conn.answer(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid))
-            return
-        if error is not None:  # the store writer logged the traceback
-            log.error("confirm_commit_failed", error=repr(error), rid=rid, conn_id=conn.conn_id)
-            conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid))
+        if error is not None:
+            _answer_commit_error(conn, error, "confirm_commit_failed", rid, None)
             return
         for message in removed:
             if message.chat_type is ChatType.FRIEND:
