@@ -11,7 +11,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from vim_cluster.adapters.mongo_base import open_client, shard_of
+from vim_cluster.adapters.mongo_base import message_doc, open_client, shard_of
 from vim_cluster.adapters.mongo_messages import FrameLogEntry, MongoMessages
 from vim_cluster.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
 from vim_cluster.model import ChatType, GroupId, MessageId, UserId, chat_key
@@ -106,7 +106,7 @@ def test_a_save_cut_off_before_its_offline_rows_is_in_no_offline_set_until_the_r
     first = friend(1)
     raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # the crash: steps 1-3 ran
     raw["message_ids"].insert_one(store._claim(new(first, BOB)))
-    raw[f"chat_message_{shard_of(first.chat_key, 16)}"].insert_one(store._intent(new(first, BOB))["message"])
+    raw[f"chat_message_{shard_of(first.chat_key, 16)}"].insert_one(message_doc(first))
     assert store.get(first.id) == first and store.pending(BOB, MessageId(0), 10) == []
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
@@ -134,7 +134,7 @@ def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
     one, two = friend(1), friend(2)
     store.save_messages([new(one, BOB), new(two, BOB)])
     row = raw["pending_messages"].find_one({"user_id": BOB, "message_id": one.id})
-    assert row is not None and row["message"] == store._intent(new(one, BOB))["message"]
+    assert row is not None and row["message"] == message_doc(one)
 
     def no_shard(refs: object) -> dict[int, object]:
         assert not list(refs), "a shard was read"  # type: ignore[call-overload]
