@@ -41,8 +41,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # idle timeout, node shutting down
-    PROTOCOL_ERROR = 1002  # RFC 6455 broken: wsproto's ParseFailed (node/ws_server.py)
-    INVALID_DATA = 1007  # a text frame that is not UTF-8: wsproto's ParseFailed (node/ws_server.py)
+    PROTOCOL_ERROR = 1002  # RFC 6455 broken: the frame parser refused it (node/ws_server.py)
+    INVALID_DATA = 1007  # a text frame that is not UTF-8 (node/ws_server.py)
     POLICY = 1008
     TOO_BIG = 1009  # frame larger than vim.websocket.max-frame
     INTERNAL = 1011

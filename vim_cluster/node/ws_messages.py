@@ -4,7 +4,7 @@
 
 The forward link's code (node/link.py) speaks that API to both ends of a link, and both are
 this: the master side served by node/ws_server.py like the client port, the slave side (and
-the operator tools' links) opened by node/ws_open.open_link with wsproto's client handshake.
+the operator tools' links) opened by node/ws_open.open_link with websockets' client protocol.
 One task per connection: no reader task, no channel, no kept handshake, frames written with
 one `send_all` (issue 12). What the lean server
 enforces holds on the forward port too: handshake deadline, message and fragment caps,
@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
-from wsproto.utilities import LocalProtocolError
 
 from ..errors import Disconnect, PeerClosed
-from .ws_server import ServerSocket
+from .ws_server import NotOpen, ServerSocket
 
 ABNORMAL = 1006  # RFC 6455: the connection ended without a close frame (never sent)
 CLOSE_WAIT_S = 1.0  # how long aclose waits for the peer's close frame when nobody else reads
@@ -76,7 +75,7 @@ class MessageSocket:
             raise ConnectionClosed(self._closed)
         try:
             data = self._socket.message_frame(message)
-        except LocalProtocolError:  # a client's WebSocket the peer began to close
+        except NotOpen:  # a client's WebSocket whose close began
             self._closed = CloseReason(ABNORMAL, "the peer is closing the connection")
             raise ConnectionClosed(self._closed) from None
         await self._write(data)

@@ -1,7 +1,7 @@
 """Opening a client WebSocket to another node (the forward link, operator tools) with a cause.
 
-`open_link` makes the TCP connection, the TLS handshake and the WebSocket upgrade itself (wsproto,
-no trio-websocket task or channel: the link's one reader reads the socket, issue 12), step by
+`open_link` makes the TCP connection, the TLS handshake and the WebSocket upgrade itself (websockets'
+sans-I/O client protocol, no trio-websocket task or channel: the link's one reader reads the socket, issue 12), step by
 step, and raises `LinkOpenError` naming the URL and the cause: connection refused, timeout (of
 which step), cannot resolve the host, TLS certificate verification failed (with OpenSSL's
 reason, e.g. the hostname mismatch), the WebSocket upgrade rejected. (trio-websocket's
@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import trio
-from wsproto import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, Request
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.frames import Frame
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from .ws_messages import MessageSocket
 from .ws_server import RECEIVE_BYTES, ServerSocket
@@ -48,10 +49,9 @@ async def open_link(url: str, ssl_context: ssl.SSLContext | None, *, timeout: fl
     On exit the close handshake gets CLOSE_TIMEOUT, then the TCP connection is closed."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream = await _connect(url, host, port, ssl_context if parts.scheme == "wss" else None, timeout)
     try:
-        ws = await _upgrade(url, stream, f"{host}:{port}", resource, timeout, max_message_size)
+        ws = await _upgrade(url, stream, timeout, max_message_size)
         try:
             yield ws
         finally:
@@ -119,30 +119,36 @@ def _tls_cause(exc: BaseException | None, host: str) -> str:
     return f"{host} closed the connection during the TLS handshake (is the master-url scheme right?)"
 
 
-async def _upgrade(url: str, stream: trio.abc.Stream, host_header: str, resource: str, timeout: float,
-                   max_message_size: int) -> MessageSocket:
-    """The client's side of the WebSocket handshake (wsproto's H11Handshake)."""
-    handshake = H11Handshake(ConnectionType.CLIENT)
+async def _upgrade(url: str, stream: trio.abc.Stream, timeout: float, max_message_size: int) -> MessageSocket:
+    """The client's side of the WebSocket handshake (websockets' ClientProtocol)."""
+    try:
+        client = ClientProtocol(parse_uri(url))
+    except InvalidURI as exc:
+        raise LinkOpenError(url, str(exc)) from None
+    client.send_request(client.connect())
     try:
         with trio.fail_after(timeout):
-            await stream.send_all(handshake.send(Request(host=host_header, target=resource)))
+            await stream.send_all(b"".join(client.data_to_send()))
             while True:
                 data = bytes(await stream.receive_some(RECEIVE_BYTES))
                 if not data:
                     raise LinkOpenError(url, "the connection closed during the WebSocket upgrade")
-                handshake.receive_data(data)
-                for event in handshake.events():
-                    if isinstance(event, AcceptConnection):
-                        connection = handshake.connection
-                        assert connection is not None
-                        return MessageSocket(ServerSocket(stream, max_message_size, connection=connection))
-                    if isinstance(event, RejectConnection):
-                        raise LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {event.status_code}")
+                client.receive_data(data)
+                client.data_to_send()  # nothing to send for a response (an EOF after a failure)
+                events = client.events_received()
+                failed = client.handshake_exc
+                if isinstance(failed, InvalidStatus):
+                    raise LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {failed.response.status_code}")
+                if failed is not None:
+                    cause = failed.__cause__ or failed
+                    raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not HTTP ({cause}): "
+                                             "is it a vim-cluster port, and ws/wss right?")
+                if events and isinstance(events[0], Response):
+                    socket = ServerSocket(stream, max_message_size)
+                    socket.opened(client, frames=[e for e in events[1:] if isinstance(e, Frame)])
+                    return MessageSocket(socket)
     except trio.TooSlowError:
         raise LinkOpenError(url, f"timeout: no WebSocket upgrade within {timeout:g} s "
                                  "(is it a vim-cluster port, and ws/wss right?)") from None
-    except RemoteProtocolError as exc:
-        raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not HTTP ({exc}): "
-                                 "is it a vim-cluster port, and ws/wss right?") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise LinkOpenError(url, f"the connection broke during the WebSocket upgrade ({exc})") from None

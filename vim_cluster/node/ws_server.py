@@ -1,4 +1,5 @@
-"""The server side of client WebSockets, lean: h11 for the handshake, wsproto for the frames.
+"""The server side of client WebSockets, lean: h11 for the handshake, websockets' sans-I/O
+protocol for the frames.
 
 One trio task per connection (`serve_websockets` runs `handler(socket, request)` in it), no
 reader task, no channel, nothing kept from the handshake once it is done. The connection's
@@ -10,9 +11,9 @@ Rules:
   upgrade (a plain GET, a POST, a TLS hello on a plain port, an oversized URL or header) gets
   an HTTP 400 (426 for another WebSocket version) and the connection ends at once.
   `request.reject(status, body)` refuses one (401 for a bad token, 503 while draining).
-- A peer that breaks the WebSocket protocol (wsproto's ParseFailed: invalid UTF-8 in a text
-  frame, a bad opcode, an unmasked frame...) gets `Disconnect` with the code wsproto chose
-  (1007 for invalid UTF-8, 1002 otherwise) and a reason that says what was wrong: the owner
+- A peer that breaks the WebSocket protocol (invalid UTF-8 in a text frame, a bad opcode,
+  an unmasked frame...) gets `Disconnect` with its code (1007 for invalid UTF-8, 1002
+  otherwise) and a reason that says what was wrong: the owner
   sends the close frame (`close_frame`), as RFC 6455 §7.1.7 asks, before the TCP close.
 - A message larger than `max_message_size` (characters of a text frame, bytes of a binary
   one), or in more than `max_fragments(max_message_size)` pieces, is `Disconnect` 1009.
@@ -37,10 +38,10 @@ from typing import Any, Protocol, cast
 import h11
 import structlog
 import trio
-from wsproto import ConnectionType
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.frame_protocol import CloseReason
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.protocol import Side
 
 from ..errors import CloseCode, Disconnect, PeerClosed
 
@@ -149,9 +150,7 @@ class Request:
 
     async def accept(self) -> ServerSocket:
         token = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
-        ws = self._socket._ws = Connection(ConnectionType.SERVER)
-        if self._trailing:
-            ws.receive_data(self._trailing)
+        self._socket.opened(WebSocketProtocol(Side.SERVER), self._trailing)
         self._trailing = b""
         await self._socket.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + token + b"\r\n\r\n")
@@ -171,28 +170,52 @@ def _response(status: int, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
+class NotOpen(Exception):
+    """A message frame was asked of a WebSocket that is closing (a close frame went either way)."""
+
+
 class ServerSocket:
     """One accepted client WebSocket: reads messages, writes pre-framed bytes. Also the
-    client side of a forward link (`connection` of a finished client handshake, node/ws_open.py):
-    then its frames are masked, as a client's must be (`message_frame`)."""
+    client side of a forward link (`protocol` of a finished client handshake, node/ws_open.py):
+    then its frames are masked, as a client's must be (`message_frame`).
 
-    __slots__ = ("stream", "_ws", "_parts", "_size", "_max", "broken", "flusher", "_fd")
+    websockets' sans-I/O `Protocol` parses the frames (its C extension unmasks them: a third
+    of wsproto's CPU per frame, issue 12) and checks RFC 6455; everything this socket sends
+    (pongs, close frames, messages) it frames itself, so the protocol's own answers are
+    dropped."""
 
-    def __init__(self, stream: trio.abc.Stream, max_message_size: int, flusher: Flusher | None = None,
-                 connection: Connection | None = None) -> None:
+    __slots__ = ("stream", "_ws", "_events", "_parts", "_text", "_size", "_max", "_closing", "_peer_closed",
+                 "broken", "flusher", "_fd")
+
+    def __init__(self, stream: trio.abc.Stream, max_message_size: int, flusher: Flusher | None = None) -> None:
         self.stream = stream
         self.flusher = flusher  # the listener's write-through (node/send_queue.py)
         # A plain TCP socket can be written without waiting (try_send); -1: no (TLS), or ended.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self._ws: Connection | None = connection
-        self._parts: list[str | bytes] | None = None  # the message being received, by piece
+        self._ws: WebSocketProtocol | None = None  # until the handshake is done (`opened`)
+        self._events: list[Frame] = []  # frames read, not yet handled
+        self._parts: list[bytes] | None = None  # the message being received, by piece
+        self._text = False  # the message being received is text
         self._size = 0
         self._max = max_message_size
+        self._closing = False  # our close frame was made, or the TCP connection ended: none to make
+        self._peer_closed = False  # the peer's close frame came
         self.broken = False  # a write was cut in the middle: only dropping the TCP connection is left
+
+    def opened(self, protocol: WebSocketProtocol, trailing: bytes = b"", frames: Sequence[Frame] = ()) -> None:
+        """The handshake is done: `protocol` parses the frames from now on; `trailing`: bytes
+        read behind the handshake, `frames`: frames the protocol already parsed (a client's)."""
+        protocol.max_message_size = _byte_cap(self._max)
+        self._ws = protocol
+        self._events = list(frames)
+        if trailing:
+            self._feed(trailing)
 
     def raise_message_limit(self, max_message_size: int) -> None:
         """From now on, accept messages of up to `max_message_size` bytes."""
         self._max = max(self._max, max_message_size)
+        if self._ws is not None:
+            self._ws.max_message_size = _byte_cap(self._max)
 
     async def receive(self, on_pong: Callable[[bytes], None],
                       before_read: Callable[[], Awaitable[None]] | None = None) -> str | bytes:
@@ -203,17 +226,22 @@ class ServerSocket:
         ws = self._ws
         assert ws is not None
         while True:
-            for event in ws.events():
-                if isinstance(event, (TextMessage, BytesMessage)):
-                    message = self._piece(event.data, event.message_finished)
+            events = self._events
+            while events:
+                frame = events.pop(0)
+                opcode = frame.opcode
+                if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                    message = self._piece(frame)
                     if message is not None:
                         return message
-                elif isinstance(event, Ping):
-                    on_pong(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if ws.state is ConnectionState.OPEN:  # wsproto could not parse the peer's data
-                        raise Disconnect(_code(event.code), _reason(event))
-                    raise PeerClosed(int(event.code), event.reason or "")
+                elif opcode is Opcode.PING:
+                    on_pong(Frame(Opcode.PONG, frame.data).serialize(mask=ws.side is Side.CLIENT))
+                elif opcode is Opcode.CLOSE:
+                    self._peer_closed = True
+                    close = Close.parse(frame.data)
+                    raise PeerClosed(close.code, close.reason)
+            if ws.parser_exc is not None:  # the peer broke the protocol; frames before it were read
+                raise Disconnect(*self._failure(ws.parser_exc))
             if before_read is not None:
                 await before_read()
             try:
@@ -221,45 +249,76 @@ class ServerSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                ws.receive_data(None)
+                self._closing = True
                 raise Disconnect(CloseCode.NORMAL, "connection lost")
-            ws.receive_data(data)
+            self._feed(data)
 
-    def _piece(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
-        if isinstance(data, bytearray):
-            data = bytes(data)
-        if self._parts is None:
-            if finished and len(data) <= self._max:
-                return data  # the usual case: a whole message in one piece
+    def _feed(self, data: bytes) -> None:
+        ws = self._ws
+        assert ws is not None
+        ws.receive_data(data)
+        ws.data_to_send()  # its pongs and close answers: this socket writes its own
+        self._events += cast(list[Frame], ws.events_received())  # frames only, once it is open
+
+    def _failure(self, exc: Exception) -> tuple[CloseCode, str]:
+        if isinstance(exc, PayloadTooBig):
+            return CloseCode.TOO_BIG, f"message larger than {self._max} bytes"
+        if isinstance(exc, UnicodeDecodeError):  # a close frame's reason
+            return CloseCode.INVALID_DATA, f"{UTF8_REASON}: {exc.reason}"[:120]
+        return CloseCode.PROTOCOL_ERROR, f"protocol error: {exc}"[:120]
+
+    def _piece(self, frame: Frame) -> str | bytes | None:
+        data = bytes(frame.data)
+        if frame.opcode is not Opcode.CONT:
+            self._text = frame.opcode is Opcode.TEXT
+            if frame.fin and len(data) <= self._max:
+                return self._decoded(data) if self._text else data  # the usual case: one piece
             self._parts, self._size = [], 0
-        self._parts.append(data)
+        parts = self._parts
+        if parts is None:  # websockets refuses a continuation with no message begun
+            raise Disconnect(CloseCode.PROTOCOL_ERROR, "protocol error: unexpected continuation frame")
+        parts.append(data)
         self._size += len(data)
-        if self._size > self._max:
+        if self._size > (_byte_cap(self._max) if self._text else self._max):
             self._parts = None
             raise Disconnect(CloseCode.TOO_BIG, f"message larger than {self._max} bytes")
-        if not finished:
-            if len(self._parts) >= max_fragments(self._max):
+        if not frame.fin:
+            if len(parts) >= max_fragments(self._max):
                 self._parts = None
                 raise Disconnect(CloseCode.TOO_BIG, f"a message in more than {max_fragments(self._max)} fragments")
             return None
-        parts, self._parts = self._parts, None
-        return "".join(parts) if isinstance(data, str) else b"".join(parts)  # type: ignore[arg-type]
+        self._parts = None
+        return self._decoded(b"".join(parts)) if self._text else b"".join(parts)
+
+    def _decoded(self, data: bytes) -> str:
+        """A text message (at most `_max` characters: a limit in characters, as wsproto's was)."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise Disconnect(CloseCode.INVALID_DATA, f"{UTF8_REASON}: {exc.reason} at byte {exc.start}"[:120]) from None
+        if len(text) > self._max:
+            raise Disconnect(CloseCode.TOO_BIG, f"message larger than {self._max} bytes")
+        return text
 
     def message_frame(self, message: str | bytes) -> bytes:
         """`message` as one frame (bytes: binary, str: text), masked on a client's side.
-        Raises LocalProtocolError on a client WebSocket that is no longer open."""
+        Raises NotOpen on a client WebSocket whose close began (either way)."""
         ws = self._ws
-        if ws is not None and ws.client:
-            event = BytesMessage(data=message) if isinstance(message, bytes) else TextMessage(data=message)
-            return ws.send(event)
+        if ws is not None and ws.side is Side.CLIENT:
+            if self._closing or self._peer_closed:
+                raise NotOpen("the WebSocket is closing")
+            if isinstance(message, bytes):
+                return Frame(Opcode.BINARY, message).serialize(mask=True)
+            return Frame(Opcode.TEXT, message.encode()).serialize(mask=True)
         return frame(message, isinstance(message, bytes))
 
     def close_frame(self, code: int, reason: str) -> bytes:
-        """The close frame to send (b"" if the WebSocket is no longer open for one)."""
+        """The close frame to send (b"" once one was made, or once the connection ended)."""
         ws = self._ws
-        if ws is None or ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+        if ws is None or self._closing:
             return b""
-        return ws.send(CloseConnection(code=code, reason=reason))
+        self._closing = True
+        return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=ws.side is Side.CLIENT)
 
     @property
     def writes_directly(self) -> bool:
@@ -289,29 +348,27 @@ class ServerSocket:
 
     async def await_close(self, timeout: float) -> None:
         """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`."""
-        ws = self._ws
+        if self._ws is None or not self._closing:
+            return
         with trio.move_on_after(timeout):
-            while ws is not None and ws.state is ConnectionState.LOCAL_CLOSING:
+            while not self._peer_closed and self._ws.parser_exc is None:
+                if any(frame.opcode is Opcode.CLOSE for frame in self._events):
+                    return
+                self._events = []
                 try:
                     data = cast(bytes, await self.stream.receive_some(RECEIVE_BYTES))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
                 if not data:
                     return
-                ws.receive_data(data)
-                for _ in ws.events():
-                    pass
+                self._feed(data)
 
 
-def _code(code: int) -> CloseCode:
-    return CloseCode.INVALID_DATA if code == CloseReason.INVALID_FRAME_PAYLOAD_DATA else CloseCode.PROTOCOL_ERROR
 
-
-def _reason(event: CloseConnection) -> str:
-    detail = event.reason or ""
-    if event.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA:
-        return f"{UTF8_REASON}: {detail}"[:120]
-    return f"protocol error: {detail}"[:120]
+def _byte_cap(max_message_size: int) -> int:
+    """The bytes a message of `max_message_size` may take: a text message's limit is in
+    characters, up to 4 bytes each in UTF-8."""
+    return 4 * max_message_size
 
 
 Handler = Callable[[Request], Awaitable[None]]
