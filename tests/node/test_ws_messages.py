@@ -1,9 +1,11 @@
 """node/ws_messages.MessageSocket, the forward port's server side: trio-websocket's message API
 over the lean server (node/ws_server.py), against the slave's own client (node/ws_open.open_link,
-a MessageSocket on wsproto's client side) and trio-websocket's client, on loopback."""
+a MessageSocket on websockets' client protocol) and trio-websocket's client, on loopback."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -11,10 +13,11 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from vim_cluster.node.ws_messages import MessageSocket
-from vim_cluster.node.ws_open import open_link
-from vim_cluster.node.ws_server import Request, serve_websockets
+from vim_cluster.node.ws_open import LinkOpenError, open_link
+from vim_cluster.node.ws_server import Request, frame, serve_websockets
 
 Handler = Callable[[MessageSocket], Awaitable[None]]
+RawServer = Callable[[Callable[[bytes], bytes]], Awaitable[str]]
 
 
 @pytest.fixture
@@ -106,3 +109,57 @@ async def test_a_peer_close_is_answered_and_seen_as_connection_closed(
                 await client.get_message()
             assert caught.value.reason is not None and caught.value.reason.code == 1000
         await seen.wait()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[RawServer]:
+    """raw_server(answer) -> a ws:// URL whose server reads the request, writes
+    `answer(request)` (whatever bytes, in one write) and holds the connection open."""
+    async with trio.open_nursery() as nursery:
+
+        async def start(answer: Callable[[bytes], bytes]) -> str:
+            async def handler(stream: trio.SocketStream) -> None:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += await stream.receive_some(4096)
+                await stream.send_all(answer(request))
+                await trio.sleep_forever()
+
+            listeners = await nursery.start(lambda task_status: trio.serve_tcp(handler, 0, host="127.0.0.1",
+                                                                               task_status=task_status))
+            return f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/forward"
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("answer", "cause"), [
+    (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+     "the WebSocket upgrade was rejected with HTTP 503"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "the answer to the WebSocket upgrade is not HTTP ("),
+])
+async def test_a_refused_or_foreign_upgrade_names_its_cause(raw_server: RawServer, answer: bytes,
+                                                           cause: str) -> None:
+    url = await raw_server(lambda _: answer)
+    with trio.fail_after(5), pytest.raises(LinkOpenError) as failed:
+        async with open_link(url, None, timeout=5, max_message_size=1 << 20):
+            pass
+    assert failed.value.cause.startswith(cause), failed.value.cause
+    assert str(failed.value).startswith(f"cannot reach {url}: ")
+
+
+async def test_frames_that_came_with_the_upgrade_answer_are_read(raw_server: RawServer) -> None:
+    """The server's first frames in the same write as its 101: the client reads them (the
+    handshake's parser hands them over)."""
+    def accept_and_greet(request: bytes) -> bytes:
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        token = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + token + b"\r\n\r\n" + frame("first", False) + frame(b"second", True))
+
+    url = await raw_server(accept_and_greet)
+    with trio.fail_after(5):
+        async with open_link(url, None, timeout=5, max_message_size=1 << 20) as client:
+            assert await client.get_message() == "first"
+            assert await client.get_message() == b"second"
