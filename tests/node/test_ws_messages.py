@@ -137,6 +137,9 @@ async def raw_server() -> AsyncIterator[RawServer]:
     (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
      "the WebSocket upgrade was rejected with HTTP 503"),
     (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "the answer to the WebSocket upgrade is not HTTP ("),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+     "the answer to the WebSocket upgrade is not a valid one (invalid Sec-WebSocket-Accept header"),
 ])
 async def test_a_refused_or_foreign_upgrade_names_its_cause(raw_server: RawServer, answer: bytes,
                                                            cause: str) -> None:

@@ -1,8 +1,8 @@
 """Opening a client WebSocket to another node (the forward link, operator tools) with a cause.
 
-`open_link` makes the TCP connection, the TLS handshake and the WebSocket upgrade itself (websockets'
-sans-I/O client protocol, no trio-websocket task or channel: the link's one reader reads the socket, issue 12), step by
-step, and raises `LinkOpenError` naming the URL and the cause: connection refused, timeout (of
+`open_link` makes the TCP connection, the TLS handshake and the WebSocket upgrade itself
+(websockets' sans-I/O client protocol, no trio-websocket task or channel: the link's one
+reader reads the socket, issue 12), step by step, and raises `LinkOpenError` naming the URL and the cause: connection refused, timeout (of
 which step), cannot resolve the host, TLS certificate verification failed (with OpenSSL's
 reason, e.g. the hostname mismatch), the WebSocket upgrade rejected. (trio-websocket's
 `open_websocket_url` reports a refused TCP connection as `HandshakeError` with an empty text
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import trio
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import parse_uri
@@ -139,10 +139,11 @@ async def _upgrade(url: str, stream: trio.abc.Stream, timeout: float, max_messag
                 failed = client.handshake_exc
                 if isinstance(failed, InvalidStatus):
                     raise LinkOpenError(url, f"the WebSocket upgrade was rejected with HTTP {failed.response.status_code}")
-                if failed is not None:
-                    cause = failed.__cause__ or failed
-                    raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not HTTP ({cause}): "
+                if isinstance(failed, InvalidMessage):
+                    raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not HTTP ({failed.__cause__ or failed}): "
                                              "is it a vim-cluster port, and ws/wss right?")
+                if failed is not None:
+                    raise LinkOpenError(url, f"the answer to the WebSocket upgrade is not a valid one ({failed})")
                 if events and isinstance(events[0], Response):
                     socket = ServerSocket(stream, max_message_size)
                     socket.opened(client, frames=[e for e in events[1:] if isinstance(e, Frame)])

@@ -238,7 +238,8 @@ class ServerSocket:
                     on_pong(Frame(Opcode.PONG, frame.data).serialize(mask=ws.side is Side.CLIENT))
                 elif opcode is Opcode.CLOSE:
                     self._peer_closed = True
-                    close = Close.parse(frame.data)
+                    close = ws.close_rcvd  # parsed (and checked) by the protocol
+                    assert close is not None
                     raise PeerClosed(close.code, close.reason)
             if ws.parser_exc is not None:  # the peer broke the protocol; frames before it were read
                 raise Disconnect(*self._failure(ws.parser_exc))
@@ -362,7 +363,6 @@ class ServerSocket:
                 if not data:
                     return
                 self._feed(data)
-
 
 
 def _byte_cap(max_message_size: int) -> int:
