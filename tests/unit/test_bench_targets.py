@@ -81,6 +81,23 @@ def test_target_table_takes_medians_and_judges_each_target(targets: Any) -> None
     assert stores[2:] == ["50.0 % (1,500 vs 3,000 msg/s)", "FerretDB on SQLite: 10.0 % (300 msg/s)", "reached"]
 
 
+def test_the_cpu_ratios_show_each_round_and_how_many_rounds_meet_the_goal(targets: Any) -> None:
+    """The verdict is the medians'; beside it, each round's ratio (that round's runs) and how
+    many rounds meet the goal, so that a median that meets it by luck shows."""
+    records = [_record("vim-cluster", "max", round=r, server_cpu_us_per_delivered=cpu)
+               for r, cpu in enumerate((400.0, 343.0, 542.0))]
+    records += [_record("python-socketio", "max", round=r, server_cpu_us_per_delivered=cpu)
+                for r, cpu in enumerate((836.0, 766.0, 921.0))]
+    records += [_record("centrifugo", "max", round=r, server_cpu_us_per_delivered=cpu)
+                for r, cpu in enumerate((170.0, float("nan"), 174.0))]  # a round without a figure is left out
+    rows = {row[0]: row for row in targets.target_rows(records)}
+    socketio = rows["server CPU per delivered message, cross-node, vs python-socketio"]
+    assert socketio[2:] == ["0.478× (400 µs; by round 0.48, 0.45, 0.59)", "python-socketio 836 µs",
+                            "reached (2 of 3 rounds)"]
+    centrifugo = rows["server CPU per delivered message, cross-node, vs Centrifugo"]
+    assert centrifugo[2] == "2.3× (400 µs; by round 2.35, 3.11)" and centrifugo[4] == "not reached (0 of 2 rounds)"
+
+
 def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets: Any) -> None:
     records = [_record("vim-cluster", "max", round=r, server_cpu_us_per_delivered=cpu, delivered_per_s=3000.0)
                for r, cpu in enumerate((400.0, 380.0, 390.0))]
