@@ -13,11 +13,14 @@ import pytest
 import trio
 from trio.testing import MockClock
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
+from wsproto.events import TextMessage
 
 from vim_cluster.core.auth import TOKEN_TTL_MS, TokenIssuer
 from vim_cluster.node.app import RunningNode
+from vim_cluster.node.connection import Connection
 from vim_cluster.tunables import DEFAULTS
 
+from ..adversarial.attack import RawSocket, frame_bytes
 from ..support import Client, connect, online
 
 
@@ -150,6 +153,35 @@ async def test_idle_connection_is_closed_with_1001(start_node, jump_clock: MockC
             jump_clock.jump(5)  # 5 s after the barrier's ping
             reason = await client.expect_closed(timeout=4)
             assert reason.code == 1001
+
+
+async def test_frames_read_together_do_not_each_set_the_idle_deadline(start_node,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle deadline is set just before the reader waits on the socket (two changes of the
+    cancel scope each time, ~5 us here): 20 pings sent in one TCP write are answered with at
+    most a few deadlines set, not one per frame."""
+    armed = 0
+    arm = Connection.arm_deadline
+
+    async def counted(self: Connection) -> None:
+        nonlocal armed
+        armed += 1
+        await arm(self)
+
+    monkeypatch.setattr(Connection, "arm_deadline", counted)
+    with trio.fail_after(10):
+        node: RunningNode = await start_node()
+        raw = await RawSocket.open(node.client_port)
+        try:
+            await raw.send_frame(0x1, b"ping")
+            assert isinstance(await raw.next_event(), TextMessage)  # the reader waits again
+            before = armed
+            await raw.stream.send_all(b"".join(frame_bytes(0x1, b"ping") for _ in range(20)))
+            for _ in range(20):
+                assert isinstance(await raw.next_event(), TextMessage)
+            assert armed - before <= 3, armed - before
+        finally:
+            await raw.aclose()
 
 
 async def test_frames_keep_a_connection_from_idling_out(start_node, jump_clock: MockClock) -> None:

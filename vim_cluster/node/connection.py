@@ -51,6 +51,11 @@ class Connection:
                           linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
         return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address)
 
+    async def arm_deadline(self) -> None:
+        """Before the reader waits for data: the wait (only the wait) ends at the idle or
+        authentication deadline (node/serve.py's _reader disarms it once a frame came)."""
+        self.cancel_scope.deadline = self.state.deadline()
+
     @property
     def user_id(self) -> int:
         assert self.state.user_id is not None

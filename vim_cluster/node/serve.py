@@ -153,14 +153,15 @@ async def _reader(conn: Connection) -> Close:
     max_frame = conn.ctx.config.websocket.max_frame
     while True:
         # Only the wait for a frame is under the deadline: a frame that arrived in time is
-        # always handled and answered, however long its handler takes.
-        scope.deadline = state.deadline()
+        # always handled and answered, however long its handler takes. The deadline is set
+        # just before the socket is waited on (a frame read with others is handled at once).
         try:
-            data = await conn.ws.receive(queue.control)
+            data = await conn.ws.receive(queue.control, conn.arm_deadline)
         except Disconnect as exc:  # the peer closed, went away or broke the protocol
             scope.deadline = math.inf
             return Close(exc.code, exc.reason)
-        scope.deadline = math.inf
+        if scope.deadline != math.inf:
+            scope.deadline = math.inf
         # The socket caps text frames in characters; the limit is in bytes.
         if isinstance(data, str) and len(data) * 4 > max_frame and len(data.encode("utf-8", "surrogatepass")) > max_frame:
             return Close(CloseCode.TOO_BIG, f"frame larger than {max_frame} bytes")
