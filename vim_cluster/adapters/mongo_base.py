@@ -147,6 +147,12 @@ def message_doc(m: Message) -> dict[str, Any]:
     }
 
 
+def copy_update(fields: dict[str, Any]) -> dict[str, Any]:
+    """The update that sets `fields` in a document's copy of its message (the `message` field
+    of an offline row, an intent or an old-style claim)."""
+    return {"$set": {f"message.{k}": v for k, v in fields.items()}}
+
+
 def message_of(doc: dict[str, Any]) -> Message:
     extend = doc.get("extend")
     return Message(

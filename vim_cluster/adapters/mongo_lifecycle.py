@@ -24,7 +24,7 @@ from pymongo.database import Database
 
 from ..core.paging import merge_pages
 from ..model import ChatType, Message, MessageId, MessageType, UserId
-from .mongo_base import LOG_PREFIX, message_of, shard_of, translated
+from .mongo_base import LOG_PREFIX, copy_update, message_of, shard_of, translated
 
 Doc = dict[str, Any]
 
@@ -140,7 +140,7 @@ class MongoLifecycle:
             )
             if not claims:
                 return []
-            copy = {"$set": {f"message.{k}": v for k, v in placeholder.items()}}
+            copy = copy_update(placeholder)
             ids = [c["_id"] for c in claims]
             # The offline rows' copies first: a failure before the documents leaves no copy
             # with the content (the next call, from the same `after`, erases the rest).

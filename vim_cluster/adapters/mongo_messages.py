@@ -85,6 +85,7 @@ from .mongo_base import (
     LAYOUT,
     LOG_PREFIX,
     PENDING,
+    copy_update,
     insert_new,
     message_doc,
     message_of,
@@ -453,8 +454,7 @@ class MongoMessages(MongoLifecycle):
             claim = self._claims.find_one({"_id": message_id}, {"shard": 1})
             doc = None
             if claim is not None:
-                self._pending.update_many({"message_id": message_id},
-                                          {"$set": {f"message.{k}": v for k, v in recalled.items()}})
+                self._pending.update_many({"message_id": message_id}, copy_update(recalled))
                 doc = self._shards[claim["shard"]].find_one_and_update(
                     {"_id": message_id}, {"$set": recalled}, return_document=ReturnDocument.AFTER
                 )
