@@ -107,11 +107,24 @@ def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets:
     text = targets.report(records, args, ("1.00 1.00 1.00", "2.00 1.50 1.00"), 95.0)
     assert text.splitlines()[0].startswith("quick A/B: 3 interleaved round(s), 5 s per run, 1.6 min; load average")
     quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
-    assert quick == [["vim-cluster", "390 µs", "400.0, 380.0, 390.0", "3,000", "-"],
-                     ["vim-cluster (/work/main)", "420 µs", "420.0, 430.0, 410.0", "2,800", "-"]]
+    assert quick == [["vim-cluster", "390 µs", "400.0, 380.0, 390.0", "3,000", "-", "-", "-"],
+                     ["vim-cluster (/work/main)", "420 µs", "420.0, 430.0, 410.0", "2,800", "-", "-", "0 of 3 / 0 of 0"]]
     assert len([line for line in text.split("\nevery run:")[1].splitlines() if line.startswith("| vim")]) == 6
     args.quick = False
     assert "| target | goal | vim-cluster | beside it | reached? |" in targets.report(records, args, ("", ""), 1.0)
+
+
+def test_quick_compares_trees_by_server_cpu_and_by_server_over_generator_cpu(targets: Any) -> None:
+    # The second tree spends more server CPU in every round, but on a slower host (its
+    # generator too): over the generator it is lower in two rounds of three.
+    runs = {"vim-cluster": [(400.0, 400.0), (380.0, 400.0), (390.0, 390.0)],
+            "vim-cluster (/tmp/base)": [(420.0, 400.0), (400.0, 440.0), (410.0, 420.0)]}
+    records = [_record(system, "max", round=r, server_cpu_us_per_delivered=cpu, generator_cpu_us_per_delivered=gen,
+                       delivered_per_s=2000.0)
+               for system, figures in runs.items() for r, (cpu, gen) in enumerate(figures)]
+    first, second = targets.quick_rows(records)
+    assert first[1:] == ["390 µs", "400.0, 380.0, 390.0", "2,000", "400 µs", "1.000", "-"]
+    assert second[1:] == ["410 µs", "420.0, 400.0, 410.0", "2,000", "420 µs", "0.976", "0 of 3 / 2 of 3"]
 
 
 def test_a_run_waits_for_a_quiet_machine(targets: Any, monkeypatch: pytest.MonkeyPatch) -> None:
