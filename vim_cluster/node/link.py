@@ -147,15 +147,12 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                   stop: Any, tunables: Tunables) -> None:
     try:
         while True:
-            # A cancel scope costs more than a small batch's encoding (~15 µs here): the writer
-            # opens one only when it has to wait (under load, packets wait at every turn).
-            if not conn.has_unsent() and not conn.ack_moved():
-                with trio.move_on_after(tunables.link_beat_s) as idle:
-                    while not conn.has_unsent() and not conn.ack_moved():
-                        await peer.wake.wait()
-                if idle.cancelled_caught:
-                    await ws.send_message(conn.send(Heartbeat(0)))
-                    continue
+            with trio.move_on_after(tunables.link_beat_s) as idle:
+                while not conn.has_unsent() and not conn.ack_moved():
+                    await peer.wake.wait()
+            if idle.cancelled_caught:
+                await ws.send_message(conn.send(Heartbeat(0)))
+                continue
             if not conn.has_unsent():
                 # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch, or
                 # covers more packets (a delayed ack). Deliveries never wait for it.
