@@ -35,6 +35,11 @@ an idle machine): thread hops 0.05 in lockstep and 0.025 in a burst (the heartbe
 client sends 3 and 1.33-1.38; forward sends 4.0 and 1.6-1.7. Both thread-hop budgets are now
 0.5: room for the heartbeats of a slow run, and half of one hop per message.
 
+Since a link's writer lets one scheduler pass go by before it flushes (2026-12-01, session
+12: the packets that tasks runnable in the same pass push join the batch), a burst measured
+forward sends 1.45-1.6 and client sends 1.18-1.28 (three runs; 1.68-1.95 and 1.33-1.43 on
+822f008 just before). The budgets stay: they are 2x the highest value measured.
+
 Frames are exact. A client connection writes everything its SendQueue holds with one
 send_all (node/send_queue.py), so client sends count batches, not frames: in lockstep every
 frame is alone (the ack and the receipt to alice, the message to bob: 3), in a burst the

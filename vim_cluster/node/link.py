@@ -159,6 +159,9 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                 with trio.move_on_after(tunables.link_ack_delay_s):
                     while not conn.has_unsent():
                         await peer.wake.wait()
+            # One scheduler pass first: packets that the tasks already runnable push join
+            # this batch (one forward frame, one wake-up of the peer, for all of them).
+            await trio.lowlevel.cancel_shielded_checkpoint()
             await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
