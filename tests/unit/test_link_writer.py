@@ -1,16 +1,29 @@
 """The forward link's writer task (node/link.py `_writer`), driven with a fake connection and
 socket: packets that the tasks runnable together push go out in one forward frame (issue 12:
-fewer frames, fewer wake-ups of the peer)."""
+fewer frames, fewer wake-ups of the peer), and a producer that never stops does not hold the
+flush back for more than GATHER_PASSES scheduler passes."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 import trio
+import trio.testing
 
 from vim_cluster.node import link
 from vim_cluster.protocol.forward_connection import Flush
 from vim_cluster.tunables import DEFAULTS
+
+
+class FakeWindow:
+    def __init__(self) -> None:
+        self.next_seq = 1
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.window = FakeWindow()
 
 
 class FakeConnection:
@@ -18,6 +31,11 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.pending: list[str] = []
+        self.stream = FakeStream()
+
+    def push(self, packet: str) -> None:
+        self.pending.append(packet)
+        self.stream.window.next_seq += 1
 
     def has_unsent(self) -> bool:
         return bool(self.pending)
@@ -40,6 +58,11 @@ class FakeSocket:
         await trio.lowlevel.checkpoint()
 
 
+def writer_peer(conn: FakeConnection) -> link.PeerLink[Any]:
+    """A PeerLink as the writer sees it: its wake-up, and the window packets are pushed to."""
+    return link.PeerLink("dept-1", cast(Any, conn.stream), cast(Any, None))
+
+
 async def test_packets_pushed_by_tasks_runnable_together_go_in_one_frame() -> None:
     # The writer and a second producer become runnable in the same scheduler pass, in either
     # order (trio runs a pass's tasks forwards or backwards at random): the writer's one pass
@@ -47,11 +70,11 @@ async def test_packets_pushed_by_tasks_runnable_together_go_in_one_frame() -> No
     # send two frames.
     rounds = 20
     conn, ws = FakeConnection(), FakeSocket()
-    peer: link.PeerLink[Any] = link.PeerLink("dept-1", cast(Any, None), cast(Any, None))  # the writer uses `wake`
+    peer = writer_peer(conn)
 
     async def second(go: trio.Event, n: int) -> None:
         await go.wait()
-        conn.pending.append(f"{n}b")
+        conn.push(f"{n}b")
         peer.wake.set()
 
     with trio.fail_after(10):
@@ -62,9 +85,37 @@ async def test_packets_pushed_by_tasks_runnable_together_go_in_one_frame() -> No
                 go = trio.Event()
                 nursery.start_soon(second, go, n)
                 await trio.testing.wait_all_tasks_blocked()
-                conn.pending.append(f"{n}a")
+                conn.push(f"{n}a")
                 peer.wake.set()  # the writer ...
                 go.set()  # ... and the second producer run in the next pass
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert ws.frames == [[f"{n}a", f"{n}b"] for n in range(rounds)]
+
+
+async def test_a_producer_that_never_stops_holds_a_flush_back_at_most_gather_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every pass the writer lets go by brings a packet: the flush waits GATHER_PASSES passes,
+    # then sends what they brought.
+    conn, ws = FakeConnection(), FakeSocket()
+    peer = writer_peer(conn)
+    real = trio.lowlevel.cancel_shielded_checkpoint
+    passes = 0
+
+    async def pass_that_brings_a_packet() -> None:
+        nonlocal passes
+        passes += 1
+        conn.push(f"p{passes}")
+        await real()
+
+    monkeypatch.setattr(trio.lowlevel, "cancel_shielded_checkpoint", pass_that_brings_a_packet)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link._writer, cast(Any, ws), cast(Any, conn), peer, None, DEFAULTS)
+            await trio.testing.wait_all_tasks_blocked()
+            conn.push("first")
+            peer.wake.set()
+            while not ws.frames:
+                await trio.sleep(0)
+            nursery.cancel_scope.cancel()
+    assert ws.frames[0] == ["first"] + [f"p{n}" for n in range(1, link.GATHER_PASSES + 1)]

@@ -32,6 +32,7 @@ from ..tunables import Tunables
 
 __all__ = ["MAX_FRAME", "Signal", "LinkOwner", "PeerLink", "MessageWebSocket", "exchange", "pump"]
 Tag = TypeVar("Tag")
+GATHER_PASSES = 4  # scheduler passes a flush waits at most for more packets (see _gather)
 
 
 class Signal:
@@ -159,12 +160,22 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                 with trio.move_on_after(tunables.link_ack_delay_s):
                     while not conn.has_unsent():
                         await peer.wake.wait()
-            # One scheduler pass first: packets that the tasks already runnable push join
-            # this batch (one forward frame, one wake-up of the peer, for all of them).
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await _gather(peer)
             await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
+
+
+async def _gather(peer: PeerLink[Any]) -> None:
+    """Scheduler passes before a flush, until one adds no packet (at most GATHER_PASSES): the
+    packets that tasks runnable meanwhile push join this batch, in one forward frame and one
+    wake-up of the peer (issue 12)."""
+    window = peer.stream.window
+    for _ in range(GATHER_PASSES):
+        pushed = window.next_seq
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        if window.next_seq == pushed:
+            return
 
 
 async def _watchdog(peer: PeerLink[Any], stop: Any, dead_after_s: float) -> None:
