@@ -38,7 +38,9 @@ client sends 3 and 1.33-1.38; forward sends 4.0 and 1.6-1.7. Both thread-hop bud
 Since a link's writer lets one scheduler pass go by before it flushes (2026-12-01, session
 12: the packets that tasks runnable in the same pass push join the batch), a burst measured
 forward sends 1.45-1.6 and client sends 1.18-1.28 (three runs; 1.68-1.95 and 1.33-1.43 on
-822f008 just before). The budgets stay: they are 2x the highest value measured.
+822f008 just before). With a bare ack held 20 ms instead of 5 (the same session), a burst
+measured forward sends 1.28-1.33 and client sends 1.13-1.33 (two runs). The budgets stay:
+they are 2x the highest value measured.
 
 Frames are exact. A client connection writes everything its SendQueue holds with one
 send_all (node/send_queue.py), so client sends count batches, not frames: in lockstep every
@@ -48,7 +50,8 @@ send per frame). The burst budget (2) is above the highest measured value with r
 quieter machine, which batches less, and under the 3 of one send per frame. Forward sends
 depend on timing: a lockstep message is 4 forward packets (dept-1 -> master -> dept-2, and
 the confirmation back the same way), each acked, and a bare ack rides on the next packet if
-one comes within 5 ms or goes alone: 8 is the bound when every ack goes alone. In a burst, how
+one comes within 20 ms (5 ms before session 12) or goes alone: 8 is the bound when every ack
+goes alone. In a burst, how
 many packets share a batch (and how many messages a group commit) depends on scheduling, and
 a quieter machine batches less: the budgets are 2x the highest measured value, but under what
 no batching at all gives (about 8 forward sends, and 1 + 1/40 thread hops: a save per message
