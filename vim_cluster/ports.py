@@ -101,6 +101,10 @@ class Confirm:
 class MessageStore(Protocol):
     """Chat messages, offline (unconfirmed) sets and read cursors."""
 
+    # Whether `commit_now` can ever commit (SQLite: when no other writer holds the file's
+    # lock); False: it always returns None (MongoDB: every write is a network round trip).
+    commits_inline: bool
+
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         """One group commit: `save_messages(saves)`, then `confirm` for each of `confirms`, in
         one write (one transaction where the store has them). Durable when it returns. Returns

@@ -1,7 +1,8 @@
 """The store writer's group commit (node/store_writer.py) on a real SQLite store: saves and
 confirms that wait together go in one `commit`, callbacks and receipts follow it, in order,
 and a failed commit reaches every sender and every confirm. A commit runs on the event loop
-unless another writer holds the lock or commits there have been slow; then in the thread."""
+unless commits there have been slow, or another writer holds the lock through all the tries
+on the loop; then in the thread."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from vim_cluster.adapters.sqlite_base import WriterLock
 from vim_cluster.adapters.sqlite_messages import SqliteMessages
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.model import Message, MessageId
+from vim_cluster.node import store_writer
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.store_writer import StoreWriter
 from vim_cluster.ports import Confirm, NewMessage, Saved
@@ -136,6 +138,36 @@ async def test_while_another_process_holds_the_write_lock_the_commit_waits_in_th
     finally:
         other.close()
     assert done == [friend(1).id] and writer.batches == 1 and writer.inline == 0
+
+
+async def test_a_lock_released_within_the_retries_lets_the_commit_run_on_the_loop(
+    store: SqliteMessages, tmp_path: Path, autojump_clock: object
+) -> None:
+    # Another node's process commits (holds the lock) for a moment: the writer waits on the
+    # loop, INLINE_RETRY_S at a time, and commits there once it is free, with no thread hop.
+    runner = BlockingRunner("messages", 1)
+    writer = StoreWriter(store, runner)
+    other = WriterLock(str(tmp_path / "messages.db-writer"))
+    done: list[int] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.run)
+                with other.held(None):
+                    writer.submit(new(friend(1), BOB), lambda saved, error: done.append(saved.message.id if saved else 0))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert (writer.retried, done) == (1, [])  # waiting on the loop
+                    await trio.sleep(store_writer.INLINE_RETRY_S)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert (writer.retried, done) == (2, [])
+                while not done:
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(store_writer.INLINE_RETRY_S)
+                nursery.cancel_scope.cancel()
+    finally:
+        other.close()
+    assert done == [friend(1).id]
+    assert (writer.batches, writer.inline, runner.threads()) == (1, 1, 0)
 
 
 def test_a_commit_that_must_not_wait_does_nothing_while_a_writer_without_the_lock_holds_sqlite(

@@ -166,6 +166,8 @@ class MongoMessages(MongoLifecycle):
         with translated(self.name):
             return saved, self._confirm_all(confirms)
 
+    commits_inline = False  # every write is a network round trip: commits run in a worker thread
+
     def commit_now(self, saves: Sequence[NewMessage],
                    confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:
         """Never: every write is a network round trip (the worker thread does it)."""

@@ -53,6 +53,8 @@ MIGRATIONS = [
 UNREAD_CHUNK = 400
 
 class SqliteMessages(SqliteLifecycle):
+    commits_inline = True  # on the event loop when no other writer holds the lock (commit_now)
+
     def __init__(self, path: str, full_sync: bool = True) -> None:
         """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits)."""
         self._db = SqliteDatabase(path, MIGRATIONS, full_sync)
