@@ -48,9 +48,9 @@ log = structlog.get_logger()
 
 Done = Callable[[Saved | None, BaseException | None], None]
 Confirmed = Callable[[list[Message], BaseException | None], None]  # the messages removed, or the error
-INLINE_WEIGHT = 0.1
+INLINE_WEIGHT = 0.1  # of the latest commit in the moving average of commits on the loop
 INLINE_TRIES = 8  # commits tried on the loop while another writer holds the lock, then the thread
-INLINE_RETRY_S = 0.0005  # between those tries  # of the latest commit in the moving average of commits on the loop
+INLINE_RETRY_S = 0.0005  # between those tries
 T = TypeVar("T")
 
 
