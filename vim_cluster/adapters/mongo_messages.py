@@ -112,6 +112,8 @@ class FrameLogEntry:
 class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
+    commits_inline = False  # every write is a network round trip: commits run in a worker thread
+
     def __init__(self, url: str, split: int = DEFAULT_SPLIT, journaled: bool = True) -> None:
         if split < 1:
             raise ValueError(f"split must be at least 1, got {split}")
@@ -165,8 +167,6 @@ class MongoMessages(MongoLifecycle):
         saved = self.save_messages(saves) if saves else []
         with translated(self.name):
             return saved, self._confirm_all(confirms)
-
-    commits_inline = False  # every write is a network round trip: commits run in a worker thread
 
     def commit_now(self, saves: Sequence[NewMessage],
                    confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:

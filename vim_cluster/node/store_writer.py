@@ -18,13 +18,13 @@ the batch), on the event loop when the store can start it without waiting
 thread. A hop to the thread and back, and the two threads taking turns at the GIL, cost more
 CPU than a small SQLite commit itself (issue 12). When another writer holds the lock (another
 node's process on the same file, for its own commit), the loop tries again every
-INLINE_RETRY_S, INLINE_TRIES times in all, before it hands the batch to the thread: under a
-file shared by the nodes of one machine, a fifth of the senders' node's commits and half of the
-recipients' node's went to the thread; waiting on the loop cut the nodes' CPU per message by
-5-6 % (issue 12, session 12). MongoDB (`commits_inline` False) goes to the
-thread at once. While commits on the loop average more than
-`inline_max_s` (a slow disk: the loop would stall that long each), they all go to the thread
-for `inline_pause_s`, then the loop tries again.
+INLINE_RETRY_S, INLINE_TRIES times in all, before it hands the batch to the thread: with the
+file shared by the nodes of one machine, a fifth of the senders' node's commits and half of
+the recipients' node's had gone to the thread, and waiting on the loop cut the nodes' CPU per
+message by 5-6 % (issue 12, session 12). A store whose `commits_inline` is False (MongoDB)
+goes to the thread at once. While commits on the loop average more than `inline_max_s` (a
+slow disk: the loop would stall that long each), they all go to the thread for
+`inline_pause_s`, then the loop tries again.
 """
 
 from __future__ import annotations
