@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from vim_cluster.node import link
-from vim_cluster.protocol.forward_connection import Flush
+from vim_cluster.protocol.forward_connection import Flush, LocalProtocolError
 from vim_cluster.tunables import DEFAULTS
 
 
@@ -32,19 +32,22 @@ class FakeConnection:
     def __init__(self) -> None:
         self.pending: list[str] = []
         self.stream = FakeStream()
+        self.ended = False  # as ForwardConnection once its link ended: nothing to send, send() refuses
 
     def push(self, packet: str) -> None:
         self.pending.append(packet)
         self.stream.window.next_seq += 1
 
     def has_unsent(self) -> bool:
-        return bool(self.pending)
+        return bool(self.pending) and not self.ended
 
     def ack_moved(self) -> bool:
         return False
 
     def send(self, what: Any) -> list[str]:
         assert isinstance(what, Flush)
+        if self.ended:
+            raise LocalProtocolError("cannot send Flush: the link ended")
         batch, self.pending = self.pending, []
         return batch
 
@@ -93,29 +96,63 @@ async def test_packets_pushed_by_tasks_runnable_together_go_in_one_frame() -> No
     assert ws.frames == [[f"{n}a", f"{n}b"] for n in range(rounds)]
 
 
+async def test_a_link_that_ends_while_the_writer_gathers_is_not_written_to() -> None:
+    # The link ends (its reader took a refusal, say) in the pass the writer wakes in, before or
+    # after the writer runs: it must not send on the ended connection (that raised, and the
+    # node exited: found by the chaos test), only wait for its stop.
+    for _ in range(20):
+        conn, ws = FakeConnection(), FakeSocket()
+        peer = writer_peer(conn)
+
+        async def end_link(go: trio.Event, conn: FakeConnection) -> None:
+            await go.wait()
+            conn.ended = True
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link._writer, cast(Any, ws), cast(Any, conn), peer, None, DEFAULTS)
+                go = trio.Event()
+                nursery.start_soon(end_link, go, conn)
+                await trio.testing.wait_all_tasks_blocked()
+                conn.push("late")
+                peer.wake.set()
+                go.set()
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+        assert ws.frames == []
+
+
 async def test_a_producer_that_never_stops_holds_a_flush_back_at_most_gather_passes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Every pass the writer lets go by brings a packet: the flush waits GATHER_PASSES passes,
     # then sends what they brought.
     conn, ws = FakeConnection(), FakeSocket()
     peer = writer_peer(conn)
-    real = trio.lowlevel.cancel_shielded_checkpoint
+    real = trio.lowlevel.checkpoint
+    armed = False  # from the writer's wake-up to its first send
     passes = 0
 
     async def pass_that_brings_a_packet() -> None:
         nonlocal passes
-        passes += 1
-        conn.push(f"p{passes}")
+        if armed:
+            passes += 1
+            conn.push(f"p{passes}")
         await real()
 
-    monkeypatch.setattr(trio.lowlevel, "cancel_shielded_checkpoint", pass_that_brings_a_packet)
+    async def send_message(message: list[str]) -> None:
+        nonlocal armed
+        armed = False
+        ws.frames.append(message)
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", pass_that_brings_a_packet)
+    monkeypatch.setattr(ws, "send_message", send_message)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link._writer, cast(Any, ws), cast(Any, conn), peer, None, DEFAULTS)
             await trio.testing.wait_all_tasks_blocked()
             conn.push("first")
+            armed = True
             peer.wake.set()
-            while not ws.frames:
-                await trio.sleep(0)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert ws.frames[0] == ["first"] + [f"p{n}" for n in range(1, link.GATHER_PASSES + 1)]

@@ -161,6 +161,8 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                     while not conn.has_unsent():
                         await peer.wake.wait()
             await _gather(peer)
+            if not conn.has_unsent() and not conn.ack_moved():
+                continue  # the link ended while it gathered: its stop() cancels this task
             await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
@@ -169,11 +171,11 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
 async def _gather(peer: PeerLink[Any]) -> None:
     """Scheduler passes before a flush, until one adds no packet (at most GATHER_PASSES): the
     packets that tasks runnable meanwhile push join this batch, in one forward frame and one
-    wake-up of the peer (issue 12)."""
+    wake-up of the peer (issue 12). The link may end meanwhile: the caller checks again."""
     window = peer.stream.window
     for _ in range(GATHER_PASSES):
         pushed = window.next_seq
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.checkpoint()
         if window.next_seq == pushed:
             return
 
