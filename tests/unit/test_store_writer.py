@@ -149,20 +149,24 @@ async def test_a_lock_released_within_the_retries_lets_the_commit_run_on_the_loo
     writer = StoreWriter(store, runner)
     other = WriterLock(str(tmp_path / "messages.db-writer"))
     done: list[int] = []
+    committed = trio.Event()
+
+    def on_done(saved: Saved | None, error: BaseException | None) -> None:
+        done.append(saved.message.id if saved else 0)
+        committed.set()
+
     try:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer.run)
                 with other.held(None):
-                    writer.submit(new(friend(1), BOB), lambda saved, error: done.append(saved.message.id if saved else 0))
+                    writer.submit(new(friend(1), BOB), on_done)
                     await trio.testing.wait_all_tasks_blocked()
                     assert (writer.retried, done) == (1, [])  # waiting on the loop
-                    await trio.sleep(store_writer.INLINE_RETRY_S)
+                    await trio.sleep(store_writer.INLINE_RETRY_S)  # virtual time: one more retry
                     await trio.testing.wait_all_tasks_blocked()
                     assert (writer.retried, done) == (2, [])
-                while not done:
-                    await trio.testing.wait_all_tasks_blocked()
-                    await trio.sleep(store_writer.INLINE_RETRY_S)
+                await committed.wait()  # released: the next retry commits on the loop
                 nursery.cancel_scope.cancel()
     finally:
         other.close()
