@@ -91,6 +91,27 @@ async def test_frame_larger_than_max_frame_closes_the_connection_with_1009(start
             await other.expect("pong")
 
 
+async def test_a_client_still_sending_an_oversized_frame_gets_1009_not_a_reset(start_node) -> None:
+    """A client that streams a 32 MiB frame (more than the kernel buffers both ways hold)
+    gets to finish writing it and then reads the close frame with 1009. The node had closed
+    with the rest unread, so the kernel reset the connection under the writer: the client saw
+    a broken pipe (1006 in trio-websocket), not 1009 (CI failure of the forward port's test)."""
+    size = 32 << 20
+    with trio.fail_after(20):
+        node: RunningNode = await start_node(websocket={"max-frame": 2048})
+        raw = await RawSocket.open(node.client_port)
+        try:
+            await raw.stream.send_all(bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big") + b"mask")
+            chunk = b"\x00" * (1 << 20)
+            for _ in range(size // len(chunk)):
+                await raw.stream.send_all(chunk)  # BrokenResourceError when reset
+            close = await raw.close_frame()
+            assert close is not None and close.code == 1009, close
+            assert await raw.next_event() is None  # and then the TCP close
+        finally:
+            await raw.aclose()
+
+
 async def test_text_frame_over_max_frame_in_utf8_bytes_closes_with_1009(start_node) -> None:
     """64 KiB is bytes: a text frame of few characters but many UTF-8 bytes is too large too."""
     with trio.fail_after(10):

@@ -21,7 +21,9 @@ Rules:
   frames it sends); only the newest unanswered ping needs an answer (RFC 6455 §5.5.3).
 - When the handler returns, a close frame it sent is given `close_timeout` for the peer's
   answer (its data is read and dropped), then the TCP connection is closed, whatever state
-  the WebSocket is in.
+  the WebSocket is in. After a frame that could not be parsed, its rest is read and dropped
+  until the peer's TCP close (our side is ended first), so the peer sees our close code,
+  never a reset.
 """
 
 from __future__ import annotations
@@ -348,11 +350,24 @@ class ServerSocket:
         self.broken = False
 
     async def await_close(self, timeout: float) -> None:
-        """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`."""
-        if self._ws is None or not self._closing:
+        """After our close frame: read (and drop) until the peer's close or EOF, for `timeout`.
+
+        After a frame we could not parse (too big, malformed), the peer's close frame can no
+        longer be found in what it sends: we end our side (FIN, where the stream can) and drop
+        its bytes until its TCP close. Closing with its data unread would make the kernel
+        reset the connection, and a peer still writing (the rest of its oversized message)
+        would then see the reset, not our close frame with its code."""
+        ws = self._ws
+        if ws is None or not self._closing:
             return
+        framed = ws.parser_exc is None
         with trio.move_on_after(timeout):
-            while not self._peer_closed and self._ws.parser_exc is None:
+            if not framed and isinstance(self.stream, trio.abc.HalfCloseableStream):
+                try:
+                    await self.stream.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            while not self._peer_closed:
                 if any(frame.opcode is Opcode.CLOSE for frame in self._events):
                     return
                 self._events = []
@@ -362,7 +377,9 @@ class ServerSocket:
                     return
                 if not data:
                     return
-                self._feed(data)
+                if framed:
+                    self._feed(data)
+                    framed = ws.parser_exc is None
 
 
 def _byte_cap(max_message_size: int) -> int:
