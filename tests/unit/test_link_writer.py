@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from vim_cluster.node import link
-from vim_cluster.protocol.forward_connection import Flush, LocalProtocolError
+from vim_cluster.protocol.forward_connection import Flush, Heartbeat, LocalProtocolError
 from vim_cluster.tunables import DEFAULTS
 
 
@@ -32,22 +32,24 @@ class FakeConnection:
     def __init__(self) -> None:
         self.pending: list[str] = []
         self.stream = FakeStream()
-        self.ended = False  # as ForwardConnection once its link ended: nothing to send, send() refuses
+        self.ended: str | None = None  # as ForwardConnection's once its link ended: nothing to send, send() refuses
 
     def push(self, packet: str) -> None:
         self.pending.append(packet)
         self.stream.window.next_seq += 1
 
     def has_unsent(self) -> bool:
-        return bool(self.pending) and not self.ended
+        return bool(self.pending) and self.ended is None
 
     def ack_moved(self) -> bool:
         return False
 
     def send(self, what: Any) -> list[str]:
-        assert isinstance(what, Flush)
-        if self.ended:
-            raise LocalProtocolError("cannot send Flush: the link ended")
+        assert isinstance(what, Flush | Heartbeat)
+        if self.ended is not None:
+            raise LocalProtocolError(f"cannot send {type(what).__name__}: the link ended")
+        if isinstance(what, Heartbeat):
+            return ["beat"]
         batch, self.pending = self.pending, []
         return batch
 
@@ -106,7 +108,7 @@ async def test_a_link_that_ends_while_the_writer_gathers_is_not_written_to() -> 
 
         async def end_link(go: trio.Event, conn: FakeConnection) -> None:
             await go.wait()
-            conn.ended = True
+            conn.ended = "refused"
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -120,6 +122,33 @@ async def test_a_link_that_ends_while_the_writer_gathers_is_not_written_to() -> 
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.cancel_scope.cancel()
         assert ws.frames == []
+
+
+async def test_a_link_that_ends_when_a_heartbeat_is_due_gets_no_heartbeat(mock_clock: trio.testing.MockClock) -> None:
+    # The link ends (its reader took a refusal and sends its replies before stop() cancels
+    # the writer) in the pass in which the writer's idle time runs out, before or after the
+    # writer runs: no heartbeat goes on the ended connection (send() raised
+    # LocalProtocolError, which ended the node), and a writer that runs first beats as usual.
+    beats = 0
+    for _ in range(20):
+        conn, ws = FakeConnection(), FakeSocket()
+        peer = writer_peer(conn)
+
+        async def end_link(at: float, conn: FakeConnection) -> None:
+            await trio.sleep_until(at)
+            conn.ended = "refused"
+
+        async with trio.open_nursery() as nursery:  # the clock stands still: no fail_after
+            nursery.start_soon(link._writer, cast(Any, ws), cast(Any, conn), peer, None, DEFAULTS)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(end_link, trio.current_time() + DEFAULTS.link_beat_s, conn)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(DEFAULTS.link_beat_s)  # both deadlines pass: both tasks run in one pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert ws.frames in ([], [["beat"]])
+        beats += len(ws.frames)
+    assert 0 < beats < 20, beats  # the end came first in some rounds, second in others
 
 
 async def test_a_producer_that_never_stops_holds_a_flush_back_at_most_gather_passes(

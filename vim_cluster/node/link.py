@@ -152,7 +152,8 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                 while not conn.has_unsent() and not conn.ack_moved():
                     await peer.wake.wait()
             if idle.cancelled_caught:
-                await ws.send_message(conn.send(Heartbeat(0)))
+                if conn.ended is None:  # it may have ended meanwhile: see below
+                    await ws.send_message(conn.send(Heartbeat(0)))
                 continue
             if not conn.has_unsent():
                 # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch, or
@@ -162,7 +163,9 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                         await peer.wake.wait()
             await _gather(peer)
             if not conn.has_unsent() and not conn.ack_moved():
-                continue  # the link ended while it gathered: its stop() cancels this task
+                # The link ended while it gathered (its reader took the end and sends its
+                # replies before it calls stop(), which cancels this task): send nothing.
+                continue
             await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
