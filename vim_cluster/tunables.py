@@ -53,7 +53,7 @@ KEY_OF = {name: key for key, name in CONFIG_KEYS.items()}
 class Tunables:
     # --- the forward link (node/link.py, node/forward_link.py, node/forward_hub.py) ---------
     link_beat_s: float = 2.0  # an idle link sends a heartbeat this often
-    link_ack_delay_s: float = 0.02  # a bare ack waits this long to ride on a batch (a new session's replay waits for the master's ack)
+    link_ack_delay_s: float = 0.02  # a bare ack waits this long to ride on a batch (but the ack of a SessionOpen goes at once)
     link_dead_after_s: float = 10.0  # a link that hears nothing this long is dropped
     link_max_batch: int = 256  # packets in one forward frame
     link_handshake_timeout_s: float = 10.0  # the forward handshake, either side

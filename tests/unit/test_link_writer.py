@@ -32,6 +32,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.pending: list[str] = []
         self.stream = FakeStream()
+        self.ack_pending = False  # an ack to send (packets received since the last one)
         self.ended: str | None = None  # as ForwardConnection's once its link ended: nothing to send, send() refuses
 
     def push(self, packet: str) -> None:
@@ -42,7 +43,7 @@ class FakeConnection:
         return bool(self.pending) and self.ended is None
 
     def ack_moved(self) -> bool:
-        return False
+        return self.ack_pending and self.ended is None
 
     def send(self, what: Any) -> list[str]:
         assert isinstance(what, Flush | Heartbeat)
@@ -50,7 +51,8 @@ class FakeConnection:
             raise LocalProtocolError(f"cannot send {type(what).__name__}: the link ended")
         if isinstance(what, Heartbeat):
             return ["beat"]
-        batch, self.pending = self.pending, []
+        batch, self.pending = self.pending + ["ack"] * self.ack_pending, []
+        self.ack_pending = False
         return batch
 
 
@@ -149,6 +151,30 @@ async def test_a_link_that_ends_when_a_heartbeat_is_due_gets_no_heartbeat(mock_c
         assert ws.frames in ([], [["beat"]])
         beats += len(ws.frames)
     assert 0 < beats < 20, beats  # the end came first in some rounds, second in others
+
+
+async def test_a_bare_ack_waits_for_a_batch_unless_the_peer_waits_on_it(mock_clock: trio.testing.MockClock) -> None:
+    # A bare ack is held link_ack_delay_s to ride on a batch; the ack of a SessionOpen (the
+    # new session's offline replay waits for it: +20 ms at login) goes at once.
+    conn, ws = FakeConnection(), FakeSocket()
+    peer = writer_peer(conn)
+    async with trio.open_nursery() as nursery:  # the clock stands still: no fail_after
+        nursery.start_soon(link._writer, cast(Any, ws), cast(Any, conn), peer, None, DEFAULTS)
+        await trio.testing.wait_all_tasks_blocked()
+        conn.ack_pending = True  # packets came in (the reader wakes the writer after each)
+        peer.wake.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.frames == []  # held
+        mock_clock.jump(DEFAULTS.link_ack_delay_s)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.frames == [["ack"]]
+        conn.ack_pending = True  # a SessionOpen came in
+        peer.ack_now = True
+        peer.wake.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.frames == [["ack"], ["ack"]]  # no time went by
+        assert not peer.ack_now
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_producer_that_never_stops_holds_a_flush_back_at_most_gather_passes(

@@ -194,6 +194,7 @@ class MasterRelay:
                 forwards = self._send_kick(packet, tag)
             elif isinstance(packet, ff.SessionOpen) and slave:
                 self.routes.add(packet.user, packet.session, peer.node_id)
+                peer.ack_now = True  # the session's offline replay waits for this ack
             elif isinstance(packet, ff.SessionClose) and slave:
                 self.routes.remove(packet.user, packet.session)
             else:

@@ -77,6 +77,9 @@ class PeerLink(Generic[Tag]):
     owner: LinkOwner
     wake: Signal = attrs.Factory(Signal)
     last_heard: float = 0.0
+    # The peer waits on our next ack (a new session's replay waits for the master's ack of its
+    # SessionOpen): the writer sends it at once, not held link_ack_delay_s for a batch.
+    ack_now: bool = False
 
     def push(self, packet: Packet, tag: Tag | None = None) -> None:
         self.stream.push(packet, tag)
@@ -155,17 +158,18 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
                 if conn.ended is None:  # it may have ended meanwhile: see below
                     await ws.send_message(conn.send(Heartbeat(0)))
                 continue
-            if not conn.has_unsent():
+            if not conn.has_unsent() and not peer.ack_now:
                 # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch, or
                 # covers more packets (a delayed ack). Deliveries never wait for it.
                 with trio.move_on_after(tunables.link_ack_delay_s):
-                    while not conn.has_unsent():
+                    while not conn.has_unsent() and not peer.ack_now:
                         await peer.wake.wait()
             await _gather(peer)
             if not conn.has_unsent() and not conn.ack_moved():
                 # The link ended while it gathered (its reader took the end and sends its
                 # replies before it calls stop(), which cancels this task): send nothing.
                 continue
+            peer.ack_now = False  # this flush carries the ack (set again by what comes after)
             await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
