@@ -21,9 +21,9 @@ Rules:
   frames it sends); only the newest unanswered ping needs an answer (RFC 6455 §5.5.3).
 - When the handler returns, a close frame it sent is given `close_timeout` for the peer's
   answer (its data is read and dropped), then the TCP connection is closed, whatever state
-  the WebSocket is in. After a frame that could not be parsed, its rest is read and dropped
-  until the peer's TCP close (our side is ended first), so the peer sees our close code,
-  never a reset.
+  the WebSocket is in. After a frame that could not be parsed, what the peer still sends is
+  read and dropped until its TCP close (on plain TCP our side is ended first; TLS cannot
+  half-close), so the peer sees our close code, never a reset.
 """
 
 from __future__ import annotations
