@@ -154,23 +154,24 @@ async def _writer(ws: MessageWebSocket, conn: ForwardConnection[Any], peer: Peer
             with trio.move_on_after(tunables.link_beat_s) as idle:
                 while not conn.has_unsent() and not conn.ack_moved():
                     await peer.wake.wait()
+            event: Heartbeat | Flush
             if idle.cancelled_caught:
-                if conn.ended is None:  # it may have ended meanwhile: see below
-                    await ws.send_message(conn.send(Heartbeat(0)))
+                event = Heartbeat(0)
+            else:
+                if not conn.has_unsent() and not peer.ack_now:
+                    # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch,
+                    # or covers more packets (a delayed ack). Deliveries never wait for it.
+                    with trio.move_on_after(tunables.link_ack_delay_s):
+                        while not conn.has_unsent() and not peer.ack_now:
+                            await peer.wake.wait()
+                await _gather(peer)
+                event = Flush(tunables.link_max_batch)
+                peer.ack_now = False  # this flush carries the ack (set again by what comes after)
+            if conn.ended is not None:
+                # The link ended meanwhile (its reader took the end and sends its replies
+                # before it calls stop(), which cancels this task): nothing more goes on it.
                 continue
-            if not conn.has_unsent() and not peer.ack_now:
-                # Only our ack moved: hold it link_ack_delay_s so that it rides on a batch, or
-                # covers more packets (a delayed ack). Deliveries never wait for it.
-                with trio.move_on_after(tunables.link_ack_delay_s):
-                    while not conn.has_unsent() and not peer.ack_now:
-                        await peer.wake.wait()
-            await _gather(peer)
-            if not conn.has_unsent() and not conn.ack_moved():
-                # The link ended while it gathered (its reader took the end and sends its
-                # replies before it calls stop(), which cancels this task): send nothing.
-                continue
-            peer.ack_now = False  # this flush carries the ack (set again by what comes after)
-            await ws.send_message(conn.send(Flush(tunables.link_max_batch)))
+            await ws.send_message(conn.send(event))
     except ConnectionClosed as exc:
         stop(EndReason.CLOSED, f"connection closed: {exc.reason}")
 
