@@ -6,6 +6,7 @@ on the loop; then in the thread."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,28 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteMessages:
     return SqliteMessages(str(tmp_path / "messages.db"))
+
+
+class Commits:
+    """A save's callback that records the committed message id (0: failed) and sets `committed`."""
+
+    def __init__(self) -> None:
+        self.done: list[int] = []
+        self.committed = trio.Event()
+
+    def __call__(self, saved: Saved | None, error: BaseException | None) -> None:
+        self.done.append(saved.message.id if saved else 0)
+        self.committed.set()
+
+
+@pytest.fixture
+def other_node(tmp_path: Path) -> Iterator[WriterLock]:
+    """The write lock of the file, as another node's process sharing it takes it."""
+    lock = WriterLock(str(tmp_path / "messages.db-writer"))
+    try:
+        yield lock
+    finally:
+        lock.close()
 
 
 async def test_saves_and_confirms_waiting_together_share_one_commit(store: SqliteMessages) -> None:
@@ -112,65 +135,45 @@ async def test_a_commit_runs_on_the_event_loop_when_no_other_writer_holds_the_lo
 
 
 async def test_while_another_process_holds_the_write_lock_the_commit_waits_in_the_thread(
-    store: SqliteMessages, tmp_path: Path
+    store: SqliteMessages, other_node: WriterLock
 ) -> None:
     runner = BlockingRunner("messages", 1)
     writer = StoreWriter(store, runner)
-    other = WriterLock(str(tmp_path / "messages.db-writer"))  # another node sharing the file
-    done: list[int] = []
-    committed = trio.Event()
-
-    def on_done(saved: Saved | None, error: BaseException | None) -> None:
-        done.append(saved.message.id if saved else 0)
-        committed.set()
-
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                with other.held(None):
-                    nursery.start_soon(writer.run)
-                    writer.submit(new(friend(1), BOB), on_done)
-                    while runner.threads() == 0:  # the loop did not wait: it handed the commit over
-                        await trio.testing.wait_all_tasks_blocked()
-                    assert done == [] and writer.inline == 0
-                await committed.wait()  # released: the thread's commit goes through
-                nursery.cancel_scope.cancel()
-    finally:
-        other.close()
-    assert done == [friend(1).id] and writer.batches == 1 and writer.inline == 0
+    commits = Commits()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            with other_node.held(None):
+                nursery.start_soon(writer.run)
+                writer.submit(new(friend(1), BOB), commits)
+                while runner.threads() == 0:  # the loop did not wait: it handed the commit over
+                    await trio.testing.wait_all_tasks_blocked()
+                assert commits.done == [] and writer.inline == 0
+            await commits.committed.wait()  # released: the thread's commit goes through
+            nursery.cancel_scope.cancel()
+    assert commits.done == [friend(1).id] and writer.batches == 1 and writer.inline == 0
 
 
 async def test_a_lock_released_within_the_retries_lets_the_commit_run_on_the_loop(
-    store: SqliteMessages, tmp_path: Path, autojump_clock: object
+    store: SqliteMessages, other_node: WriterLock, autojump_clock: object
 ) -> None:
     # Another node's process commits (holds the lock) for a moment: the writer waits on the
     # loop, INLINE_RETRY_S at a time, and commits there once it is free, with no thread hop.
     runner = BlockingRunner("messages", 1)
     writer = StoreWriter(store, runner)
-    other = WriterLock(str(tmp_path / "messages.db-writer"))
-    done: list[int] = []
-    committed = trio.Event()
-
-    def on_done(saved: Saved | None, error: BaseException | None) -> None:
-        done.append(saved.message.id if saved else 0)
-        committed.set()
-
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(writer.run)
-                with other.held(None):
-                    writer.submit(new(friend(1), BOB), on_done)
-                    await trio.testing.wait_all_tasks_blocked()
-                    assert (writer.retried, done) == (1, [])  # waiting on the loop
-                    await trio.sleep(store_writer.INLINE_RETRY_S)  # virtual time: one more retry
-                    await trio.testing.wait_all_tasks_blocked()
-                    assert (writer.retried, done) == (2, [])
-                await committed.wait()  # released: the next retry commits on the loop
-                nursery.cancel_scope.cancel()
-    finally:
-        other.close()
-    assert done == [friend(1).id]
+    commits = Commits()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            with other_node.held(None):
+                writer.submit(new(friend(1), BOB), commits)
+                await trio.testing.wait_all_tasks_blocked()
+                assert (writer.retried, commits.done) == (1, [])  # waiting on the loop
+                await trio.sleep(store_writer.INLINE_RETRY_S)  # virtual time (autojump): one more retry
+                await trio.testing.wait_all_tasks_blocked()
+                assert (writer.retried, commits.done) == (2, [])
+            await commits.committed.wait()  # released: the next retry commits on the loop
+            nursery.cancel_scope.cancel()
+    assert commits.done == [friend(1).id]
     assert (writer.batches, writer.inline, runner.threads()) == (1, 1, 0)
 
 
