@@ -519,7 +519,7 @@ def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untou
     """The sending node puts the JSON its text clients get into the packet; the receiving node
     gives its text clients those very bytes and re-encodes only for MessagePack clients."""
     from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
-    from vim_cluster.node.delivery import ForwardedFrame, frame_json, frame_message_id
+    from vim_cluster.node.delivery import ForwardedFrame, deliver_body
     from vim_cluster.protocol.codec import OutFrame, encode
     from vim_cluster.protocol.frames import MessageOut
 
@@ -527,7 +527,8 @@ def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untou
                       "grüß dich \U0001f600", {"k": [1, 2.5, None]}, 1_700_000_000_000)
     reply = MessageOut(message)
     sent = OutFrame(reply)
-    packet = ff.Deliver("dept-1", [8], frame_json(sent), None, 1, frame_message_id(sent))
+    frame, message_id = deliver_body([sent])
+    packet = ff.Deliver("dept-1", [8], frame, None, 1, message_id)
     _, batch = ff.decode_frame(ff.encode_frame(ff.Batch(None, 1, [packet]), 0))
     assert isinstance(batch, ff.Batch)
     [got] = batch.packets

@@ -34,7 +34,8 @@ from .metrics import NodeMetrics
 class ClusterLink(Protocol):
     """The node's side of the forward channel (slave link or master relay). Never blocks."""
 
-    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None: ...
+    def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
+        """`frames` (at most ff.MAX_FRAMES_PER_DELIVER), in order, to `users` on other nodes."""
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None: ...
 
@@ -62,8 +63,8 @@ class Unlinked:
         self.clock_ms = clock_ms
         self.packets: list[ff.Packet] = []
 
-    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        self.packets.append(deliver_packet(self.node_id, users, frame, exclude, self.clock_ms()))
+    def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
+        self.packets.append(deliver_packet(self.node_id, users, frames, exclude, self.clock_ms()))
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         self.packets.append(kick_packet(dst, user, session, code, notice))
@@ -104,13 +105,19 @@ def frame_json(frame: OutFrame) -> bytes:
     return text.encode() if isinstance(text, str) else text
 
 
-def frame_message_id(frame: OutFrame) -> int | None:
-    return frame.reply.message_id()
+def deliver_body(frames: Sequence[OutFrame]) -> tuple[bytes | list[bytes], int | None]:
+    """A Deliver's frame and message id: one frame's JSON and its message id, or the JSON of
+    each of several frames (no message id)."""
+    if len(frames) == 1:
+        return frame_json(frames[0]), frames[0].reply.message_id()
+    return [frame_json(frame) for frame in frames], None
 
 
-def deliver_packet(src: str, users: list[int], frame: OutFrame, exclude: str | None, ts: int) -> ff.Deliver:
-    """`frame` for `users` on other nodes (but session `exclude`), as node `src` forwards it at `ts`."""
-    return ff.Deliver(src, users, frame_json(frame), exclude, ts, frame_message_id(frame))
+def deliver_packet(src: str, users: list[int], frames: Sequence[OutFrame], exclude: str | None,
+                   ts: int) -> ff.Deliver:
+    """`frames` for `users` on other nodes (but session `exclude`), as node `src` forwards them at `ts`."""
+    frame, message_id = deliver_body(frames)
+    return ff.Deliver(src, users, frame, exclude, ts, message_id)
 
 
 def kick_packet(dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> ff.Kick:
@@ -211,13 +218,14 @@ class LocalDelivery:
                 kicked += 1
         return kicked
 
-    def apply_deliver(self, users: Sequence[int], frame: bytes, message_id: int | None, exclude: str | None,
-                      ts: int, now_ms: int) -> OutFrame:
-        """A Deliver packet: `frame` is the client frame's JSON text."""
-        out = ForwardedFrame(frame, message_id)
-        self.metrics.frames_out.inc(self.local_sessions.deliver(users, out, exclude=exclude))
-        self.metrics.relay_delivered(max(0, now_ms - ts) / 1000)
-        return out
+    def apply_deliver(self, users: Sequence[int], frame: bytes | list[bytes], message_id: int | None,
+                      exclude: str | None, ts: int, now_ms: int) -> None:
+        """A Deliver packet: `frame` is the client frame's JSON text, or a list of them (in order)."""
+        latency = max(0, now_ms - ts) / 1000
+        for text in (frame,) if isinstance(frame, bytes) else frame:
+            self.metrics.frames_out.inc(self.local_sessions.deliver(users, ForwardedFrame(text, message_id),
+                                                                    exclude=exclude))
+            self.metrics.relay_delivered(latency)
 
     def presence_local(self, changes: list[Change]) -> int:
         """Announce presence changes to every local session that asked for `contacts` (the
@@ -253,11 +261,18 @@ class Delivery:
     # Until the node's role sets its link: kept for it (Unlinked).
     cluster: ClusterLink = attrs.Factory(lambda self: Unlinked(self.local.node_id), takes_self=True)
 
-    def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> OutFrame:
-        frame = OutFrame(reply)
-        self.local.metrics.frames_out.inc(self.local.local_sessions.deliver(users, frame, exclude=exclude))
-        self.cluster.deliver(list(users), frame, exclude)
-        return frame
+    def to_users(self, users: Collection[int], reply: Reply, exclude: str | None = None) -> None:
+        self.to_users_in_order(users, (reply,), exclude)
+
+    def to_users_in_order(self, users: Collection[int], replies: Sequence[Reply], exclude: str | None = None) -> None:
+        """Each of `replies`, in order, to every session of `users` (but `exclude`): across the
+        cluster in one Deliver packet per ff.MAX_FRAMES_PER_DELIVER of them."""
+        frames = [OutFrame(reply) for reply in replies]
+        deliver = self.local.local_sessions.deliver
+        for frame in frames:
+            self.local.metrics.frames_out.inc(deliver(users, frame, exclude=exclude))
+        for start in range(0, len(frames), ff.MAX_FRAMES_PER_DELIVER):
+            self.cluster.deliver(list(users), frames[start:start + ff.MAX_FRAMES_PER_DELIVER], exclude)
 
     def kick(self, node: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         if node == self.local.node_id:

@@ -57,7 +57,7 @@ from ..protocol.forward_connection import (
 )
 from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
-from .delivery import LocalDelivery, frame_json, frame_message_id, kick_packet
+from .delivery import LocalDelivery, deliver_body, kick_packet
 from .link import MessageWebSocket, PeerLink, Signal, exchange, pump
 from .link_tally import LinkTally
 from .listeners import Listeners
@@ -114,11 +114,10 @@ class MasterRelay:
 
     # --- ClusterLink (the master's own traffic) -----------------------------------------
 
-    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
+    def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
         plan = self.routes.plan(users, skip=self.node_id)
         if plan:
-            self._forward(plan, frame_json(frame), frame_message_id(frame), exclude, self.node_id,
-                          self.clock_ms(), tag=None)
+            self._forward(plan, *deliver_body(frames), exclude, self.node_id, self.clock_ms(), tag=None)
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         self._send_kick(kick_packet(dst, user, session, code, notice), None)
@@ -140,7 +139,7 @@ class MasterRelay:
 
     # --- relaying -----------------------------------------------------------------------
 
-    def _forward(self, plan: dict[str, list[int]], frame: bytes, message_id: int | None, exclude: str | None,
+    def _forward(self, plan: dict[str, list[int]], frame: bytes | list[bytes], message_id: int | None, exclude: str | None,
                  src: str, ts: int, tag: Tag | None) -> int:
         forwards = 0
         for node, users in plan.items():

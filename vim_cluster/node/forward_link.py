@@ -117,8 +117,8 @@ class SlaveLink:
 
     # --- ClusterLink -----------------------------------------------------------------
 
-    def deliver(self, users: list[int], frame: OutFrame, exclude: str | None) -> None:
-        self.peer.push(deliver_packet(self.node_id, users, frame, exclude, self.clock_ms()))
+    def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
+        self.peer.push(deliver_packet(self.node_id, users, frames, exclude, self.clock_ms()))
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         self.peer.push(kick_packet(dst, user, session, code, notice))

@@ -25,7 +25,9 @@ there, since the slave's resend starts right after it.
 Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are), the kind last:
 
     Deliver       [src, users, frame, exclude, ts, message_id, 0]  `frame` is the client frame
-                  already encoded as JSON text (UTF-8 bytes): a text client gets it untouched
+                  already encoded as JSON text (UTF-8 bytes): a text client gets it untouched;
+                  or a list of 2..MAX_FRAMES_PER_DELIVER such frames for the same users, sent
+                  in that order (message_id null): the receipts of one `received`, say
     Kick          [dst, user, session, code, notice, 1]           notice: JSON bytes or null
     SessionOpen   [user, session, client, uuid, 2]                slave -> master: route updates
     SessionClose  [user, session, 3]
@@ -64,10 +66,13 @@ class PeerRole(enum.Enum):
 DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE = range(5)
 
 
+MAX_FRAMES_PER_DELIVER = 100  # a Deliver's list of frames (so a forward frame stays far under MAX_FRAME)
+
+
 class Deliver(NamedTuple):
     src: str  # the node the frame entered the cluster at
     users: Sequence[int]
-    frame: bytes  # the client frame {"code", "message"} as JSON text, UTF-8 encoded
+    frame: bytes | list[bytes]  # the client frame {"code", "message"} as JSON text, UTF-8 encoded; or a list of them
     exclude: str | None  # a session id that must not get it (the sending session)
     ts: int  # ms when it entered the cluster (for the relay latency metric)
     message_id: int | None = None  # the frame's message id, if it is a `message` (replay dedupe)
@@ -111,6 +116,10 @@ def _str_or_none(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _frame_list(frames: list[Any]) -> bool:
+    return 1 < len(frames) <= MAX_FRAMES_PER_DELIVER and all(type(frame) is bytes for frame in frames)
+
+
 def packet_from_wire(body: Any) -> Packet:
     """A packet from its decoded MessagePack array; raises UnknownFrame for anything else.
     Field types are checked (a peer that holds the secret may still be buggy), a Deliver's on a
@@ -120,8 +129,9 @@ def packet_from_wire(body: Any) -> Packet:
     kind = body[-1]
     if kind == DELIVER and len(body) == 7 and type(kind) is int:
         src, users, frame, exclude, ts, mid, _ = body
-        if (type(src) is str and type(users) is list and type(frame) is bytes and type(ts) is int
-                and (exclude is None or type(exclude) is str) and (mid is None or type(mid) is int)):
+        if (type(src) is str and type(users) is list and type(ts) is int
+                and (exclude is None or type(exclude) is str) and (mid is None or type(mid) is int)
+                and (type(frame) is bytes or (type(frame) is list and mid is None and _frame_list(frame)))):
             for user in users:
                 if type(user) is not int:
                     break

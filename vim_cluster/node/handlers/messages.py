@@ -105,18 +105,22 @@ async def received(conn: Connection, command: f.Received) -> None:
 
 
 def confirmed(conn: Connection, command: f.Received, removed: list[Message], error: BaseException | None) -> None:
-    """Once the confirm is committed: a receipt to the sender of each friend message it removed.
-    Runs in the store writer's task; a failure is logged and answered `error internal`."""
+    """Once the confirm is committed: a receipt to the sender of each friend message it removed,
+    in the order of `removed`; one sender's receipts cross the cluster together (one Deliver
+    packet, not one each). Runs in the store writer's task; a failure is logged and answered
+    `error internal`."""
     conn.acked_one()
     ctx, rid = conn.ctx, command.rid
     try:
         if error is not None:
             _answer_commit_error(conn, error, "confirm_commit_failed", rid, None)
             return
+        receipts: dict[int, list[f.Reply]] = {}
         for message in removed:
             if message.chat_type is ChatType.FRIEND:
-                receipt = f.Receipt(message.id, message.chat_id, by=conn.user_id)
-                ctx.delivery.to_users([message.from_id], receipt)
+                receipts.setdefault(message.from_id, []).append(f.Receipt(message.id, message.chat_id, by=conn.user_id))
+        for sender, replies in receipts.items():
+            ctx.delivery.to_users_in_order([sender], replies)
     except Exception:  # noqa: BLE001 - one connection, never the writer or the node
         log.exception("receipts_failed", rid=rid, conn_id=conn.conn_id)
         conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid))
