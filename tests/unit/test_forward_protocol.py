@@ -13,6 +13,7 @@ import pytest
 
 from vim_cluster.protocol.forward import SeqReceiver, Unacked, UnackedWindow, UpstreamAcks
 from vim_cluster.protocol.forward_frames import (
+    MAX_FRAMES_PER_DELIVER,
     Auth,
     Batch,
     Beat,
@@ -278,6 +279,8 @@ PACKETS: list[Packet] = [
     deliver(1),
     Kick("dept-2", 7, "s-9", 4001, b'{"code":"other-login","message":{"uuid":null,"nodeId":"m"}}'),
     Kick("dept-2", 7, None, 4002, None),
+    Deliver("dept-2", [7], [b'{"code":"receipt","message":{"id":1}}', b'{"code":"receipt","message":{"id":2}}'],
+            None, 1000, None),  # several frames for the same users, in order
     SessionOpen(7, "s-1", "web", "u-1"),
     SessionClose(7, "s-1"),
     Presence([[7, True, "dept-1"], [8, False, None]]),
@@ -312,6 +315,12 @@ def test_every_frame_survives_the_wire(frame: Any) -> None:
     msgpack.packb([6, 0, None, 1, [[1, 2, 9]]]),  # an unknown packet kind
     msgpack.packb([6, 0, 0, "x", [[1, "s", 3]]]),  # a sequence number that is not an int
     msgpack.packb([6, 0, 0, 1, [[[[1, "on", None]], 4]]]),  # presence: online is not a bool
+    # a Deliver's list of frames: with a message id, of one frame, empty, too long, not all bytes
+    msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}", b"{}"], None, 1, 5, 0]]]),
+    msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}"], None, 1, None, 0]]]),
+    msgpack.packb([6, 0, 0, 1, [["d", [7], [], None, 1, None, 0]]]),
+    msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}"] * (MAX_FRAMES_PER_DELIVER + 1), None, 1, None, 0]]]),
+    msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}", "{}"], None, 1, None, 0]]]),
 ])
 def test_anything_else_is_a_protocol_error(data: Any) -> None:
     with pytest.raises(ForwardProtocolError):
