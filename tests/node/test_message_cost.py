@@ -9,9 +9,9 @@ messages (100 bytes of content) to Bob on dept-2, relayed through the master; Bo
   and the Flusher's direct writes (`ServerSocket.try_send`, node/send_queue.py); the test
   clients' own sends are not counted; wrappers count and call the real methods;
 - `forward sends`: the same on the forward links (both ends, both slaves);
-- `forward packets`: the Deliver packets the nodes put on forward links (`PeerLink.push`: a
-  slave's own, and each the master relays), whatever frames they share; the other packets
-  (presence, a session's route) are not this message's;
+- `forward packets`: the Deliver packets the nodes put on forward links (a new sequence
+  number in an `UnackedWindow`: a slave's own, and each the master relays), whatever frames
+  they share; the other packets (presence, a session's route) are not this message's;
 - `thread hops`: the nodes' worker-thread calls, `BlockingRunner` and `trio.to_thread.run_sync`
   (the lease heartbeat, one every 2 s per node; SQLite group commits run on the event loop
   since 2026-12-01 and are not hops, unless another writer holds the lock).
@@ -93,9 +93,9 @@ from trio_websocket import WebSocketConnection
 from vim_cluster.config import load_config
 from vim_cluster.node.app import RunningNode, serve_node
 from vim_cluster.node.blocking import BlockingRunner
-from vim_cluster.node.link import PeerLink
 from vim_cluster.node.ws_server import ServerSocket
 from vim_cluster.protocol import forward_frames as ff
+from vim_cluster.protocol.forward import UnackedWindow
 
 from ..support import Client, online, write_config
 
@@ -172,14 +172,14 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
             counts.sends[name] += 1
         return real_try_send(self, data)
 
-    real_push = PeerLink.push
+    real_push = UnackedWindow.push
 
-    def push(self: PeerLink[Any], packet: Any, tag: Any = None) -> None:
+    def push(self: UnackedWindow[Any], packet: Any, tag: Any = None) -> int:
         if counts.counting and isinstance(packet, ff.Deliver):
             counts.packets += 1
-        real_push(self, packet, tag)
+        return real_push(self, packet, tag)
 
-    monkeypatch.setattr(PeerLink, "push", push)
+    monkeypatch.setattr(UnackedWindow, "push", push)
     monkeypatch.setattr(ServerSocket, "try_send", try_send)
     monkeypatch.setattr(trio.SocketStream, "send_all", send_all)
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
