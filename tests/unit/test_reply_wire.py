@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import attrs
 import msgpack
+import msgspec
 import pytest
 
 from vim_cluster.core.presence import Change
@@ -20,8 +21,8 @@ from vim_cluster.protocol.codec import OutFrame, encode, encode_bytes, text_fram
 
 from .test_codec import GROUP, MESSAGE, MESSAGE_WIRE
 
-ODD = attrs.evolve(MESSAGE, content='q"\\\n\t\x01\x7f\u2028é😀',
-                   extend={"a": [1, 2.5, None, True, {"b": "c"}], "big": (1 << 64) - 1, "neg": -(1 << 63)})
+ODD = msgspec.structs.replace(MESSAGE, content='q"\\\n\t\x01\x7f\u2028é😀',
+                              extend={"a": [1, 2.5, None, True, {"b": "c"}], "big": (1 << 64) - 1, "neg": -(1 << 63)})
 ODD_TEXT = ('{"id":"1001","cid":"c-1","chatId":"22","type":"friend","messageType":"text",'
             '"content":"q\\"\\\\\\n\\t\\u0001\x7f\u2028é😀","extend":{"a":[1,2.5,null,true,{"b":"c"}],'
             '"big":18446744073709551615,"neg":-9223372036854775808},"fromId":"11","timestamp":1700000000123')

@@ -11,15 +11,22 @@ COLUMNS = "id, cid, from_id, chat_id, chat_type, message_type, content, extend, 
 M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))
 
 
+_CHAT_TYPES = {t.value: t for t in ChatType}
+_MESSAGE_TYPES = {t.value: t for t in MessageType}
+
+
 def _message(row: tuple) -> Message:
+    """One row (COLUMNS); the enums by lookup, or by their constructor (which raises) for a
+    value that is none of theirs."""
+    chat_type, message_type, extend = row[4], row[5], row[7]
     return Message(
-        id=MessageId(row[0]),
-        cid=row[1],
-        from_id=UserId(row[2]),
-        chat_id=row[3],
-        chat_type=ChatType(row[4]),
-        message_type=MessageType(row[5]),
-        content=row[6],
-        extend=json.loads(row[7]) if row[7] is not None else None,
-        timestamp=row[8],
+        MessageId(row[0]),
+        row[1],
+        UserId(row[2]),
+        row[3],
+        _CHAT_TYPES.get(chat_type) or ChatType(chat_type),
+        _MESSAGE_TYPES.get(message_type) or MessageType(message_type),
+        row[6],
+        json.loads(extend) if extend is not None else None,
+        row[8],
     )
