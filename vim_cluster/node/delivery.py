@@ -1,6 +1,7 @@
 """Where frames go: this node's sessions and, through the cluster link, every other node's.
 
-`Delivery.to_users` is the one call handlers make; it never blocks and never waits on the
+`Delivery.to_users` is the call handlers make (`to_users_in_order` for several frames to the
+same users, which cross the cluster in one packet); it never blocks and never waits on the
 network. `LocalDelivery` carries out what arrived over the forward channel; the cluster link
 (SlaveLink or MasterRelay) is built on it first, then Delivery on both: nothing is patched in
 after construction.
