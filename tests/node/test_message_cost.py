@@ -118,7 +118,7 @@ class Counts:
     links: dict[int, str] = attrs.Factory(dict)  # a slave's link's local port -> 'NODE link'
     counting: bool = False
     sends: Counter[str] = attrs.Factory(Counter)
-    packets: int = 0  # pushed on forward links
+    packets: int = 0  # Deliver packets given a sequence number on a forward link (UnackedWindow.push)
     thread_hops: int = 0
 
     def stream_of(self, stream: trio.SocketStream) -> str | None:
