@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "--quick about 2 minutes. scripts/bench.sh --scenarios runs every `vim-cluster bench` scenario "
                "instead (scripts/bench_run.py).")
     parser.add_argument("--quick", action="store_true",
-                        help="only vim-cluster's server CPU per delivered cross-node message (A/B work)")
+                        help="only vim-cluster's server CPU per delivered cross-node message (A/B work); "
+                             "with --systems group, per delivered copy of the group fan-out instead")
     parser.add_argument("--against", metavar="DIR",
                         help="--quick: also run the vim-cluster checkout in DIR (DIR/.venv/bin/vim-cluster), "
                              "interleaved")
@@ -169,7 +170,7 @@ def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Ru
             folder = base / "against"
             vim = [str(Path(args.against).resolve() / ".venv" / "bin" / "vim-cluster")]
             env = stack.enter_context(cluster("against", folder, SQLITE, vim))
-            systems[f"vim-cluster ({args.against})"] = (vim_runner("against", folder, env, args), [MAX])
+            systems[f"vim-cluster ({args.against})"] = (vim_runner("against", folder, env, args), [quick_kind(args)])
         if "python-socketio" in args.systems:
             if not (ROOT / ".venv-peers" / "bin" / "uvicorn").exists():
                 raise SystemExit("python-socketio: no .venv-peers (scripts/bench.sh makes it)")
@@ -425,24 +426,29 @@ def with_per_generator(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def quick_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+def quick_kind(args: argparse.Namespace) -> str:
+    """What --quick runs: the group fan-out with --systems group, else cross-node at full rate."""
+    return GROUP if args.systems == ["group"] else MAX
+
+
+def quick_rows(records: list[dict[str, Any]], kind: str = MAX) -> list[list[str]]:
     """One row per tree: its medians, and against the first tree the rounds whose figure is
     lower, by server CPU and by server ÷ generator CPU ("k of n")."""
     records = with_per_generator(records)
-    systems = list(dict.fromkeys(r["system"] for r in records if r["kind"] == MAX))
+    systems = list(dict.fromkeys(r["system"] for r in records if r["kind"] == kind))
     rows = []
     for system in systems:
-        runs = [r for r in records if r["system"] == system and r["kind"] == MAX]
+        runs = [r for r in records if r["system"] == system and r["kind"] == kind]
         every = ", ".join(str(r.get("server_cpu_us_per_delivered", "-")) for r in runs)
         lower = "-"
         if system != systems[0]:
-            counts = [round_ratios(records, system, systems[0], MAX, key)
+            counts = [round_ratios(records, system, systems[0], kind, key)
                       for key in ("server_cpu_us_per_delivered", "server_per_generator")]
             lower = " / ".join(f"{sum(x < 1 for x in ratios)} of {len(ratios)}" for ratios in counts)
-        per_generator = figure(records, system, MAX, "server_per_generator")
-        rows.append([system, fmt(figure(records, system, MAX, "server_cpu_us_per_delivered"), " µs"), every,
-                     fmt(figure(records, system, MAX, "delivered_per_s")),
-                     fmt(figure(records, system, MAX, "generator_cpu_us_per_delivered"), " µs"),
+        per_generator = figure(records, system, kind, "server_per_generator")
+        rows.append([system, fmt(figure(records, system, kind, "server_cpu_us_per_delivered"), " µs"), every,
+                     fmt(figure(records, system, kind, "delivered_per_s")),
+                     fmt(figure(records, system, kind, "generator_cpu_us_per_delivered"), " µs"),
                      "-" if per_generator is None else f"{per_generator:.3f}", lower])
     return rows
 
@@ -451,7 +457,7 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, load: tuple[
     out = [f"{'quick A/B' if args.quick else 'targets'}: {args.repeat} interleaved round(s), {args.duration:g} s "
            f"per run, {seconds / 60:.1f} min; load average {load[0]} at the start, {load[1]} at the end", ""]
     if args.quick:
-        out.append(markdown(QUICK_COLUMNS, quick_rows(records)))
+        out.append(markdown(QUICK_COLUMNS, quick_rows(records, quick_kind(args))))
         out += ["", "The last column: in how many rounds the tree's server CPU per message, and its "
                 "server ÷ generator CPU, were lower than the first tree's (the second figure is less "
                 "moved by the host's speed)."]
@@ -471,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop the servers, print the table
     raise_fd_limit()
     gc.freeze()  # as `vim-cluster bench` does: the load generator's full collections are not latency
-    if args.quick:
+    if args.quick and args.systems != ["group"]:
         args.systems = ["vim-cluster"]
     if not (Path(VIM[0])).exists():
         raise SystemExit("no .venv/bin/vim-cluster: run scripts/test.sh first")

@@ -103,7 +103,7 @@ def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets:
                for r, cpu in enumerate((400.0, 380.0, 390.0))]
     records += [_record("vim-cluster (/work/main)", "max", round=r, server_cpu_us_per_delivered=cpu,
                         delivered_per_s=2800.0) for r, cpu in enumerate((420.0, 430.0, 410.0))]
-    args = argparse.Namespace(quick=True, repeat=3, duration=5.0, cores_rate=1000.0)
+    args = argparse.Namespace(quick=True, repeat=3, duration=5.0, cores_rate=1000.0, systems=["vim-cluster"])
     text = targets.report(records, args, ("1.00 1.00 1.00", "2.00 1.50 1.00"), 95.0)
     assert text.splitlines()[0].startswith("quick A/B: 3 interleaved round(s), 5 s per run, 1.6 min; load average")
     quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
@@ -125,6 +125,24 @@ def test_quick_compares_trees_by_server_cpu_and_by_server_over_generator_cpu(tar
     first, second = targets.quick_rows(records)
     assert first[1:] == ["390 µs", "400.0, 380.0, 390.0", "2,000", "400 µs", "1.000", "-"]
     assert second[1:] == ["410 µs", "420.0, 400.0, 410.0", "2,000", "420 µs", "0.976", "0 of 3 / 2 of 3"]
+
+
+def test_quick_with_systems_group_compares_the_group_fan_out(targets: Any) -> None:
+    """`--quick --systems group`: the A/B is of the group fan-out's CPU per delivered copy;
+    the cross-node runs of the same records are not its rows."""
+    records = [_record(system, "group", round=r, server_cpu_us_per_delivered=cpu, delivered_per_s=9000.0)
+               for system, figures in {"vim-cluster": (25.0, 26.0, 27.0),
+                                       "vim-cluster (/tmp/base)": (28.0, 25.5, 29.0)}.items()
+               for r, cpu in enumerate(figures)]
+    records.append(_record("vim-cluster", "max", round=0, server_cpu_us_per_delivered=400.0))
+    args = argparse.Namespace(quick=True, repeat=3, duration=6.0, cores_rate=1000.0, systems=["group"])
+    assert targets.quick_kind(args) == targets.GROUP
+    text = targets.report(records, args, ("1.00 1.00 1.00", "1.00 1.00 1.00"), 60.0)
+    quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
+    assert [row[:3] + row[-1:] for row in quick] == [["vim-cluster", "26.0 µs", "25.0, 26.0, 27.0", "-"],
+                                                     ["vim-cluster (/tmp/base)", "28.0 µs", "28.0, 25.5, 29.0",
+                                                      "1 of 3 / 0 of 0"]]
+    assert targets.quick_kind(argparse.Namespace(systems=["vim-cluster"])) == targets.MAX
 
 
 def test_a_run_waits_for_a_quiet_machine(targets: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,15 +20,27 @@ from vim_cluster.protocol.frames import Receipt
 
 
 @attrs.define
+class RecordingQueue:
+    got: list[OutFrame] = attrs.Factory(list)
+
+    def push(self, frame: OutFrame) -> bool:
+        self.got.append(frame)
+        return True
+
+
+@attrs.define
 class RecordingSession:
-    """What LocalSessions.deliver needs of a session: its ids, and `push`."""
+    """What LocalSessions.deliver needs of a session: its ids, `holding` (None: no offline
+    replay running) and its send queue's `push`."""
 
     id: str
     user_id: int
-    got: list[OutFrame] = attrs.Factory(list)
+    send_queue: RecordingQueue = attrs.Factory(RecordingQueue)
+    holding: list[OutFrame] | None = None
 
-    def push(self, frame: OutFrame) -> None:
-        self.got.append(frame)
+    @property
+    def got(self) -> list[OutFrame]:
+        return self.send_queue.got
 
 
 def texts(frames: Sequence[OutFrame]) -> list[dict[str, Any]]:

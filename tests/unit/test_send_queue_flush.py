@@ -106,6 +106,29 @@ async def test_what_the_socket_does_not_take_goes_first_through_the_writer_task(
             connection.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("room", [None, 7, 0])
+async def test_a_lone_frame_goes_directly_and_what_the_socket_does_not_take_through_the_writer(
+        flusher: Flusher, room: int | None) -> None:
+    """One frame a pass (each copy of a group message): written whole without a task, or its
+    rest (room 7: the middle of the frame) or all of it (room 0) by the writer task, once."""
+    ws = DirectSocket()
+    ws.room = room
+    with trio.fail_after(5):
+        async with trio.open_nursery() as connection:
+            box = attached(ws, flusher, connection)
+            box.push(frame(0))
+            await trio.testing.wait_all_tasks_blocked()
+            box.push(frame(1))  # the next pass
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.pongs() == [0, 1]  # whole frames, in order, none twice
+            if room is None:
+                assert (ws.direct, ws.waited) == (2, 0) and len(connection.child_tasks) == 0
+            else:
+                assert ws.direct == 1 and ws.waited >= 1  # the writer took over, and still lingers
+                assert len(ws.writes[0]) == (room or len(ws.writes[0]))
+            connection.cancel_scope.cancel()
+
+
 async def test_a_full_socket_leaves_everything_to_the_writer(flusher: Flusher) -> None:
     ws = DirectSocket()
     ws.room = 0

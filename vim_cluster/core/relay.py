@@ -69,13 +69,21 @@ class RouteTable:
     def plan(self, users: Iterable[int], skip: str | None) -> dict[str, list[int]]:
         """Which node gets which users: one entry per node holding any of them but `skip`."""
         targets: dict[str, list[int]] = {}
-        sessions = self._sessions
+        get = self._sessions.get
         for user in users:
-            nodes = sessions.get(user)
+            nodes = get(user)
             if not nodes:
                 continue
-            # One session (most users; a group's fan-out goes through here) needs no set.
-            for node in nodes.values() if len(nodes) == 1 else set(nodes.values()):
+            if len(nodes) == 1:  # one session: most users, once per member of a group's fan-out
+                (node,) = nodes.values()
+                if node != skip:
+                    found = targets.get(node)
+                    if found is None:
+                        targets[node] = [user]
+                    else:
+                        found.append(user)
+                continue
+            for node in set(nodes.values()):
                 if node != skip:
                     targets.setdefault(node, []).append(user)
         return targets

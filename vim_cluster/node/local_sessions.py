@@ -39,8 +39,12 @@ class Session:
         if self.holding is not None:
             self.holding.append(frame)
         elif not self.send_queue.push(frame):
-            log.warning("slow_consumer_closed", session_id=self.id, user_id=self.user_id)
-            self.close_now(CloseCode.SLOW_CONSUMER)
+            self.slow_consumer()
+
+    def slow_consumer(self) -> None:
+        """Its queue is full: close it (it gets everything again through offline replay)."""
+        log.warning("slow_consumer_closed", session_id=self.id, user_id=self.user_id)
+        self.close_now(CloseCode.SLOW_CONSUMER)
 
     def kick(self, code: CloseCode, reason: str, frame: OutFrame | None = None) -> None:
         """Close this session after sending `frame`; immediately if its queue is full."""
@@ -102,7 +106,11 @@ class LocalSessions:
                 continue
             for session in sessions.values():
                 if session.id != exclude:
-                    session.push(frame)
+                    # Session.push inlined: this runs once per copy of a group message.
+                    if session.holding is not None:
+                        session.holding.append(frame)
+                    elif not session.send_queue.push(frame):
+                        session.slow_consumer()
                     delivered += 1
         return delivered
 

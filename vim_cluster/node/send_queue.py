@@ -133,14 +133,19 @@ class SendQueue:
         return len(self._items)
 
     def push(self, item: OutFrame) -> bool:
+        # Runs once per copy of a group message: _add and the usual case of _poke inlined.
         if self._closing:
             return True  # closing: dropped (the client gets it again by replay)
         size = len(item.encoded(self.binary))
-        if len(self._items) >= self.limit or self._bytes + size > self.byte_limit:
+        items = self._items
+        if len(items) >= self.limit or self._bytes + size > self.byte_limit:
             return False
-        self._bytes += size  # _add inlined: this runs once per copy of a group message
-        self._items.append(item)
-        self._poke()
+        self._bytes += size
+        items.append(item)
+        if not (self._flushing or self._writing):  # else it goes with what already waits
+            self._poke()
+        elif self._wake is not None:
+            self._wake.set()
         return True
 
     def _size(self, item: OutFrame) -> int:
@@ -207,6 +212,27 @@ class SendQueue:
         task for what the socket did not take (or for a close, or a batch over `send_bytes`)."""
         self._flushing = False
         try:
+            items = self._items
+            if len(items) == 1 and not self._writing and not self._closing and self._nursery is not None:
+                # One frame (each copy of a group message): _flush's usual case, inlined.
+                item = items[0]
+                if isinstance(item, OutFrame):
+                    data = item.framed_binary if self.binary else item.framed_text
+                    if data is None:
+                        data = framed(item, self.binary)
+                    if len(data) < self.send_bytes:
+                        written = cast(DirectSocket, self._ws).try_send(data)
+                        if written == len(data):
+                            self._items = []
+                            self._bytes = 0
+                            if self._room is not None:
+                                self._room.set()
+                                self._room = None
+                        else:
+                            if written:
+                                self._items = [Rest(data[written:])]  # the writer sends the rest first
+                            self._start()
+                        return
             self._flush()
         except Exception:  # noqa: BLE001 - this connection ends, never the Flusher or the node
             log.exception("send_queue_flush_failed")
