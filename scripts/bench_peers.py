@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,7 +41,7 @@ from bench_run import run_profile  # noqa: E402
 
 from tests.support import wait_port  # noqa: E402
 from vim_cluster import bench  # noqa: E402
-from vim_cluster.bench import Account, Event  # noqa: E402
+from vim_cluster.bench import Account, Channel, Event  # noqa: E402
 from vim_cluster.sysinfo import raise_fd_limit  # noqa: E402
 
 # --- dialects: the peers' wire formats ---------------------------------------------------
@@ -78,7 +77,7 @@ class SocketIOSpeaker:
 
 
 class SocketIODialect:
-    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> SocketIOSpeaker:
+    async def ready(self, ws: Channel, account: Account, client: str) -> SocketIOSpeaker:
         opened = await ws.get_message()
         if not str(opened).startswith("0"):
             raise RuntimeError(f"socket.io: expected an open packet, got {opened!r}")
@@ -120,7 +119,7 @@ class CentrifugoSpeaker:
         return None
 
 
-async def _command(ws: WebSocketConnection, command_id: int, command: dict[str, Any]) -> dict[str, Any]:
+async def _command(ws: Channel, command_id: int, command: dict[str, Any]) -> dict[str, Any]:
     await ws.send_message(json.dumps({"id": command_id, **command}))
     while True:
         for line in str(await ws.get_message()).splitlines():
@@ -132,7 +131,7 @@ async def _command(ws: WebSocketConnection, command_id: int, command: dict[str, 
 
 
 class CentrifugoDialect:
-    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> CentrifugoSpeaker:
+    async def ready(self, ws: Channel, account: Account, client: str) -> CentrifugoSpeaker:
         await _command(ws, 1, {"connect": {"name": client}})
         await _command(ws, 2, {"subscribe": {"channel": account.user_id}})
         return CentrifugoSpeaker()

@@ -13,6 +13,14 @@ Latency is sender -> recipient, measured in this process with one monotonic cloc
 counts messages acked to a sender but never delivered to the recipient (after a drain wait).
 Recipients confirm what they got with `received`, as a real client does.
 
+The message scenarios' connections (for every system a benchmark drives) use the lean client the
+nodes use for their forward links (node/ws_open.open_link: websockets' sans-I/O protocol, one
+task per connection, no reader task or message channel), not trio-websocket's: on a 2-core
+machine the load generator's own CPU caps the rate (session 15: trio-websocket's client took
+about 420 µs of CPU per cross-node message and read about 8,500 group copies a second; the lean
+one about 200 µs and 24,000). User creation, logins and the connections and churn scenarios
+keep trio-websocket's.
+
 CPU of the message scenarios is measured over one window, from when every connection is ready
 until the drain ends (user creation and logins are outside it): the servers' (from /proc, for
 the pids given), per delivered message and as cores (CPU seconds / wall seconds), and this
@@ -26,6 +34,7 @@ import itertools
 import json
 import math
 import secrets
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +42,9 @@ from typing import Any, Protocol
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from .node.ws_open import open_link
 from .sysinfo import cpu_seconds, raise_fd_limit, rss_kb
 
 PASSWORD = "bench-password-1"
@@ -43,6 +53,8 @@ DRAIN_S = 10.0
 CONFIRM_S = 0.05  # a recipient confirms what it got within 50 ms...
 CONFIRM_MAX = 100  # ...in `received` frames of at most 100 ids
 REGISTER_CONNECTION_S = 4.0  # create_users: a new connection after this long (nodes close at 10 s)
+CONNECT_TIMEOUT_S = 30.0  # a message scenario's connection: TCP, TLS and the WebSocket upgrade, each
+MAX_MESSAGE_BYTES = 1 << 20  # the largest frame a connection takes (trio-websocket's default)
 
 
 @attrs.define
@@ -63,15 +75,24 @@ class Stats:
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
 
-async def send(ws: WebSocketConnection, code: str, **message: Any) -> None:
+class Channel(Protocol):
+    """A client WebSocket's message API: trio-websocket's WebSocketConnection, or the lean
+    MessageSocket of node/ws_open.open_link (what the message scenarios connect with)."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+
+async def send(ws: Channel, code: str, **message: Any) -> None:
     await ws.send_message(json.dumps({"code": code, "message": message}))
 
 
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+async def receive(ws: Channel) -> dict[str, Any]:
     return json.loads(await ws.get_message())  # type: ignore[no-any-return,unused-ignore]
 
 
-async def expect(ws: WebSocketConnection, code: str) -> dict[str, Any]:
+async def expect(ws: Channel, code: str) -> dict[str, Any]:
     while True:
         frame = await receive(ws)
         if frame["code"] == code:
@@ -113,7 +134,7 @@ async def create_users(url: str, count: int, prefix: str, parallel: int = 8) -> 
     return [a for a in accounts if a is not None]
 
 
-async def ready(ws: WebSocketConnection, account: Account, client: str = "bench") -> None:
+async def ready(ws: Channel, account: Account, client: str = "bench") -> None:
     await send(ws, "ready", token=account.token, client=client)
     await expect(ws, "sync-done")
 
@@ -154,7 +175,7 @@ class Speaker(Protocol):
 
 
 class Dialect(Protocol):
-    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> Speaker: ...
+    async def ready(self, ws: Channel, account: Account, client: str) -> Speaker: ...
 
 
 class VimSpeaker:
@@ -180,7 +201,7 @@ class VimSpeaker:
 
 
 class VimDialect:
-    async def ready(self, ws: WebSocketConnection, account: Account, client: str) -> Speaker:
+    async def ready(self, ws: Channel, account: Account, client: str) -> Speaker:
         await ready(ws, account, client=client)
         return VimSpeaker()
 
@@ -188,7 +209,7 @@ class VimDialect:
 VIM = VimDialect()
 
 
-async def _sender(ws: WebSocketConnection, speaker: Speaker, chat_id: str, chat_type: str, stats: Stats,
+async def _sender(ws: Channel, speaker: Speaker, chat_id: str, chat_type: str, stats: Stats,
                   window: int, content: str, tag: str, keep_going: Callable[[int], bool], interval: float) -> None:
     """Sends until keep_going says stop: at most `window` unacked, and with `interval` > 0 one
     message every `interval` seconds (an open-loop rate)."""
@@ -227,7 +248,7 @@ async def _sender(ws: WebSocketConnection, speaker: Speaker, chat_id: str, chat_
         nursery.cancel_scope.cancel()
 
 
-async def _recipient(ws: WebSocketConnection, speaker: Speaker, stats: Stats) -> None:
+async def _recipient(ws: Channel, speaker: Speaker, stats: Stats) -> None:
     """Counts deliveries and confirms them as a client does: within CONFIRM_S of the first
     unconfirmed one, at most CONFIRM_MAX ids a frame."""
     seen: set[str] = set()
@@ -343,8 +364,9 @@ async def run_pair(src: str, dst: str, senders: list[Account], recipients: list[
 
 
 async def _connected(url: str, account: Account, dialect: Dialect = VIM, *,
-                     task_status: trio.TaskStatus[tuple[WebSocketConnection, Speaker]]) -> None:
-    async with open_websocket_url(url, message_queue_size=1024) as ws:
+                     task_status: trio.TaskStatus[tuple[Channel, Speaker]]) -> None:
+    tls = ssl.create_default_context() if url.startswith("wss:") else None  # as trio-websocket's default
+    async with open_link(url, tls, timeout=CONNECT_TIMEOUT_S, max_message_size=MAX_MESSAGE_BYTES) as ws:
         speaker = await dialect.ready(ws, account, f"bench-{secrets.token_hex(3)}")
         task_status.started((ws, speaker))
         await trio.sleep_forever()

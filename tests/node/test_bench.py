@@ -7,6 +7,7 @@ import os
 import trio
 
 from vim_cluster import bench
+from vim_cluster.node.ws_messages import MessageSocket
 
 
 async def test_run_pair_counts_every_acked_message_delivered(url: str) -> None:
@@ -41,3 +42,22 @@ async def test_run_pair_reports_generator_and_server_cpu_of_the_message_window(u
     assert result["server_cores"] > 0
     assert abs(result["server_cores"] * result["cpu_window_s"] - result["server_cpu_s"]) <= 0.01 + 0.005 * (
         result["server_cores"] + 1)
+
+
+async def test_message_scenarios_connect_with_the_lean_client(url: str) -> None:
+    """On a 2-core machine the load generator's own CPU caps the rate: its message connections
+    are node/ws_open's lean client (no reader task or message channel per connection), not
+    trio-websocket's, for every system it drives (the dialects get the same socket)."""
+    seen: list[type] = []
+
+    class Recording:
+        async def ready(self, ws: bench.Channel, account: bench.Account, client: str) -> bench.Speaker:
+            seen.append(type(ws))
+            return await bench.VIM.ready(ws, account, client)
+
+    with trio.fail_after(30):
+        accounts = await bench.create_users(url, 2, "bench-l")
+        args = argparse.Namespace(size=20, duration=0, messages=10, window=4, rate=0)
+        result = await bench.run_pair(url, url, accounts[:1], accounts[1:], args, Recording())
+    assert (result["delivered"], result["lost"]) == (10, 0)
+    assert seen == [MessageSocket, MessageSocket]
