@@ -221,17 +221,7 @@ class SendQueue:
                     if data is None:
                         data = framed(item, self.binary)
                     if len(data) < self.send_bytes:
-                        written = cast(DirectSocket, self._ws).try_send(data)
-                        if written == len(data):
-                            self._items = []
-                            self._bytes = 0
-                            if self._room is not None:
-                                self._room.set()
-                                self._room = None
-                        else:
-                            if written:
-                                self._items = [Rest(data[written:])]  # the writer sends the rest first
-                            self._start()
+                        self._wrote(data, cast(DirectSocket, self._ws).try_send(data))
                         return
             self._flush()
         except Exception:  # noqa: BLE001 - this connection ends, never the Flusher or the node
@@ -265,8 +255,11 @@ class SendQueue:
                 self._start()
                 return
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        ws = cast(DirectSocket, self._ws)
-        written = ws.try_send(data)
+        self._wrote(data, cast(DirectSocket, self._ws).try_send(data))
+
+    def _wrote(self, data: bytes, written: int) -> None:
+        """After a direct write of everything queued (`data`): the queue is empty, or the writer
+        task sends what the socket did not take, first."""
         if written == len(data):
             self._items = []
             self._bytes = 0
