@@ -17,8 +17,8 @@ The message scenarios' connections (for every system a benchmark drives) use the
 nodes use for their forward links (node/ws_open.open_link: websockets' sans-I/O protocol, one
 task per connection, no reader task or message channel), not trio-websocket's: on a 2-core
 machine the load generator's own CPU caps the rate (session 15: trio-websocket's client took
-about 420 µs of CPU per cross-node message and read about 8,500 group copies a second; the lean
-one about 200 µs and 24,000). User creation, logins and the connections and churn scenarios
+about 420 µs of CPU per cross-node message and read about 8,000 group copies a second; the lean
+one about 220 µs and 20,000). User creation, logins and the connections and churn scenarios
 keep trio-websocket's.
 
 CPU of the message scenarios is measured over one window, from when every connection is ready

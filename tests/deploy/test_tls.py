@@ -7,6 +7,7 @@ forward link's bytes the way a sniffer would.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import secrets
 import ssl
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from vim_cluster import bench
 from vim_cluster.config import load_config
 
 from ..cluster.harness import blocking, cli_env, run_cli
@@ -132,3 +134,17 @@ async def test_operator_commands_work_against_a_tls_master(nodes: Nodes, pki: Pk
         kick = await blocking(run_cli, "kick", "carol", "--config", file)
         assert kick.returncode == 0, kick
         assert (await carol.expect_closed(10)).code == 4002
+
+
+async def test_the_load_generator_runs_over_wss_trusting_the_ca_file(
+        nodes: Nodes, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vim-cluster bench --ca-file` sets SSL_CERT_FILE: the message scenarios' lean client
+    (node/ws_open.open_link) trusts it, as trio-websocket's default context does for user creation."""
+    _, config = await nodes.start("master", pki.node_files("master").tls())
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    url = config.client_url
+    with trio.fail_after(30):
+        accounts = await bench.create_users(url, 2, "bench-tls")
+        args = argparse.Namespace(size=20, duration=0, messages=10, window=4, rate=0)
+        result = await bench.run_pair(url, url, accounts[:1], accounts[1:], args)
+    assert url.startswith("wss://") and (result["delivered"], result["lost"], result["errors"]) == (10, 0, 0)
