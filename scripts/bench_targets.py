@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop the servers, print the table
     raise_fd_limit()
     gc.freeze()  # as `vim-cluster bench` does: the load generator's full collections are not latency
-    if args.quick and args.systems != ["group"]:
+    if args.quick and quick_kind(args) == MAX:
         args.systems = ["vim-cluster"]
     if not (Path(VIM[0])).exists():
         raise SystemExit("no .venv/bin/vim-cluster: run scripts/test.sh first")

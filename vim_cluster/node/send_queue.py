@@ -217,9 +217,7 @@ class SendQueue:
                 # One frame (each copy of a group message): _flush's usual case, inlined.
                 item = items[0]
                 if isinstance(item, OutFrame):
-                    data = item.framed_binary if self.binary else item.framed_text
-                    if data is None:
-                        data = framed(item, self.binary)
+                    data = framed(item, self.binary)
                     if len(data) < self.send_bytes:
                         self._wrote(data, cast(DirectSocket, self._ws).try_send(data))
                         return
