@@ -240,7 +240,7 @@ def main() -> None:
 def run_servers(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     from vim_cluster.adapters.mongo_messages import MongoMessages
 
-    with private_servers(folder, "vimpurge") as (mariadb, ferret):
+    with private_servers(folder, "vimpurge") as (mariadb, ferret, _):
         stores = {"directory": mariadb.url("vimpurge"), "messages": ferret.url("vimpurge"),
                   "import": ferret.url("vimimport")}
         return run_profile("mysql+mongo", folder / "cluster", stores, lambda: MongoMessages(stores["messages"]),

@@ -177,14 +177,15 @@ def run_servers(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     except BaseException as exc:  # noqa: BLE001 - pytest's Skipped is a BaseException
         print(f"skipping the MySQL + MongoDB profile: {exc}", file=sys.stderr)
         return []
-    with private_servers(folder, "vimbench") as (mariadb, ferret):
+    with private_servers(folder, "vimbench") as (mariadb, ferret, _):
         stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
         return run_profile("mysql+mongo", folder / "cluster", stores, args)
 
 
 @contextlib.contextmanager
-def private_servers(folder: Path, database: str, backend: str = "sqlite") -> Iterator[tuple[Any, Any]]:
-    """A private MariaDB (with `database` created) and FerretDB under `folder`, stopped on exit.
+def private_servers(folder: Path, database: str, backend: str = "sqlite") -> Iterator[tuple[Any, Any, list[int]]]:
+    """A private MariaDB (with `database` created) and FerretDB under `folder`, stopped on exit;
+    yields them and the pids of every server started (for `sysinfo.tree_cpu_seconds`).
 
     backend: FerretDB's storage, "sqlite" (files under `folder`) or "postgresql" (a private
     PostgreSQL cluster of its own, started here too: the closest thing to a real MongoDB here)."""
@@ -192,10 +193,12 @@ def private_servers(folder: Path, database: str, backend: str = "sqlite") -> Ite
     with contextlib.ExitStack() as stack:
         mariadb = MariaDB(folder / "mariadb").create()  # initialised and started
         stack.callback(mariadb.stop)
+        started: list[PrivateServer] = [mariadb]
         if backend == "postgresql":
             postgres = PostgreSQL(folder / "postgresql")
             stack.callback(postgres.stop)
             postgres.start()
+            started.append(postgres)
             ferret: FerretDB = FerretDBOnPostgreSQL(folder / "ferretdb", postgres.url("postgres"))
         elif backend == "sqlite":
             ferret = FerretDB(folder / "ferretdb")
@@ -203,11 +206,12 @@ def private_servers(folder: Path, database: str, backend: str = "sqlite") -> Ite
             raise ValueError(f"unknown FerretDB backend {backend!r}: sqlite or postgresql")
         stack.callback(ferret.stop)
         ferret.start()
+        started.append(ferret)
         admin = mariadb.admin()
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
         admin.close()
-        yield mariadb, ferret
+        yield mariadb, ferret, [server.process.pid for server in started if server.process is not None]
 
 
 def find_postgresql() -> Path:

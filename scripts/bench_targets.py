@@ -56,7 +56,7 @@ from bench_peers import (  # noqa: E402
 from bench_run import VIM, bench_scenario, cluster, find_postgresql, private_servers  # noqa: E402
 
 from vim_cluster import bench  # noqa: E402
-from vim_cluster.sysinfo import raise_fd_limit  # noqa: E402
+from vim_cluster.sysinfo import raise_fd_limit, tree_cpu_seconds  # noqa: E402
 
 SQLITE = {"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db"}
 PROFILES = {"postgresql": "mysql+mongo (FerretDB/PostgreSQL)", "sqlite": "mysql+mongo (FerretDB/SQLite)"}
@@ -155,6 +155,21 @@ def peer_runner(name: str, dialect: Any, src: str, dst: str, pids: list[int], ar
     return run
 
 
+def with_stores_cpu(run: Run, pids: list[int]) -> Run:
+    """The run, its record gaining the CPU the stores' processes (MariaDB, FerretDB, PostgreSQL,
+    with their live children) used per delivered message, from the run's start until the
+    machine is quiet again: a run's `received` confirms are still committed after it ends."""
+    def measured(kind: str) -> dict[str, Any]:
+        before = tree_cpu_seconds(pids)
+        result = run(kind)
+        settle()
+        delivered = result.get("delivered")
+        if isinstance(delivered, int) and delivered:
+            result["stores_cpu_us_per_delivered"] = round((tree_cpu_seconds(pids) - before) / delivered * 1e6, 1)
+        return result
+    return measured
+
+
 @contextlib.contextmanager
 def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Run, list[str]]]]:
     """Every system the run needs, started once: name -> (its runner, the kinds it runs each round)."""
@@ -191,10 +206,10 @@ def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Ru
         for backend, name in PROFILES.items():
             if backend in args.systems and servers_missing(backend) is None:
                 folder = base / f"servers-{backend}"
-                mariadb, ferret = stack.enter_context(private_servers(folder, "vimbench", backend))
+                mariadb, ferret, pids = stack.enter_context(private_servers(folder, "vimbench", backend))
                 stores = {"directory": mariadb.url("vimbench"), "messages": ferret.url("vimbench")}
                 env = stack.enter_context(cluster(name, folder / "cluster", stores))
-                systems[name] = (vim_runner(name, folder / "cluster", env, args), [MAX])
+                systems[name] = (with_stores_cpu(vim_runner(name, folder / "cluster", env, args), pids), [MAX])
         yield systems
 
 
@@ -391,6 +406,11 @@ def target_rows(records: list[dict[str, Any]], cores_rate: float = 1000.0) -> li
     rows.append(["MySQL + MongoDB profile: server CPU per delivered message (FerretDB on PostgreSQL)", "(context)",
                  fmt(f(pg, MAX, cpu), " µs"), f"FerretDB on SQLite {fmt(f(lite, MAX, cpu), ' µs')} "
                  "(the vim-cluster nodes only, not MariaDB/FerretDB/PostgreSQL)", "-"])
+    stores = "stores_cpu_us_per_delivered"
+    rows.append(["MySQL + MongoDB profile: the stores' CPU per delivered message (FerretDB on PostgreSQL)",
+                 "(context)", fmt(f(pg, MAX, stores), " µs"),
+                 f"FerretDB on SQLite {fmt(f(lite, MAX, stores), ' µs')} (MariaDB, FerretDB and PostgreSQL, "
+                 "until the confirms are committed)", "-"])
     return rows
 
 
@@ -402,7 +422,7 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
 
 RUN_COLUMNS = ["system", "kind", "round", "delivered_per_s", "p50_ms", "p99_ms", "lost", "errors",
                "server_cpu_us_per_delivered", "server_cores", "generator_cpu_us_per_delivered",
-               "rss_per_connection_kb", "settle_s", "busy_before", "steal_before", "failed"]
+               "stores_cpu_us_per_delivered", "rss_per_connection_kb", "settle_s", "busy_before", "steal_before", "failed"]
 
 
 def runs_table(records: list[dict[str, Any]]) -> str:

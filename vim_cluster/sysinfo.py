@@ -51,3 +51,27 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
     return total
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) of these processes and of all their live descendants: a
+    server that forks a process per connection (PostgreSQL) or runs under a wrapper (setpriv)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found: set[int] = set()
+    todo = [pid for pid in roots if pid in parents]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return cpu_seconds(sorted(found))

@@ -3,6 +3,7 @@ from the runs' records (medians of interleaved rounds, reached / not reached).""
 
 import argparse
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def test_target_table_takes_medians_and_judges_each_target(targets: Any) -> None
     records.append(_record("trio-websocket", "floor", rss_per_connection_kb=19.5))
     records.append(_record("vim-cluster", "group", server_cpu_us_per_delivered=18.0, members=500,
                            delivered_per_s=20000.0))
-    records.append(_record("mysql+mongo (FerretDB/PostgreSQL)", "max", delivered_per_s=1500.0))
+    records.append(_record("mysql+mongo (FerretDB/PostgreSQL)", "max", delivered_per_s=1500.0,
+                           stores_cpu_us_per_delivered=2450.0))
     records.append(_record("mysql+mongo (FerretDB/SQLite)", "max", delivered_per_s=300.0))
     records.append(_record("vim-cluster", "max", failed=1))  # a failed run counts in no median
     rows = {row[0]: row for row in targets.target_rows(records)}
@@ -79,6 +81,9 @@ def test_target_table_takes_medians_and_judges_each_target(targets: Any) -> None
     assert group[2] == "18.0 µs" and group[4] == "reached"
     stores = rows["MySQL + MongoDB profile cross-node msg/s, % of SQLite's (FerretDB on PostgreSQL)"]
     assert stores[2:] == ["50.0 % (1,500 vs 3,000 msg/s)", "FerretDB on SQLite: 10.0 % (300 msg/s)", "reached"]
+    their_cpu = rows["MySQL + MongoDB profile: the stores' CPU per delivered message (FerretDB on PostgreSQL)"]
+    assert their_cpu[2:4] == ["2,450 µs", "FerretDB on SQLite - (MariaDB, FerretDB and PostgreSQL, until the "
+                                            "confirms are committed)"]
 
 
 def test_the_cpu_ratios_show_each_round_and_how_many_rounds_meet_the_goal(targets: Any) -> None:
@@ -170,3 +175,33 @@ def test_a_machine_that_stays_busy_delays_a_run_at_most_settle_max(targets: Any,
 def test_the_cpu_sample_is_a_share_of_all_cores(targets: Any) -> None:
     busy, steal = targets.cpu_sample(0.05)
     assert 0.0 <= steal <= busy <= 1.0
+
+
+# Burns 0.3 s of CPU once told to on stdin, then stays alive.
+BURN = ("import sys, time\nsys.stdin.readline()\nstart = time.process_time()\n"
+        "while time.process_time() < start + 0.3:\n    pass\nprint('burnt', flush=True)\ntime.sleep(60)\n")
+
+
+def test_a_profiles_record_gains_the_stores_cpu_per_delivered_message(targets: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settled: list[bool] = []
+    monkeypatch.setattr(targets, "settle", lambda: settled.append(True))  # the machine is quiet
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as idle, \
+         subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as store:
+        try:
+            def run(kind: str) -> dict[str, Any]:  # the store works while the run lasts
+                assert store.stdin is not None and store.stdout is not None
+                store.stdin.write("go\n")
+                store.stdin.flush()
+                assert store.stdout.readline().strip() == "burnt"
+                return {"delivered": 1000, "kind": kind}
+
+            record = targets.with_stores_cpu(run, [store.pid, idle.pid])("max")
+            assert settled == [True] and record["kind"] == "max"
+            assert 280 <= record["stores_cpu_us_per_delivered"] <= 400  # 0.3 s over 1,000 messages
+            failed = targets.with_stores_cpu(lambda kind: {"failed": 1}, [store.pid])("max")
+            assert "stores_cpu_us_per_delivered" not in failed  # nothing delivered: no figure
+        finally:
+            store.kill()
+            idle.kill()
