@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -25,6 +27,21 @@ PASSWORD = "correct horse battery"
 _barriers = itertools.count(1)
 _marks = itertools.count(1)  # relay_barrier's marks: `read` timestamps, unique in the test process
 _probes: set[str] = set()  # user ids of relay_barrier's probes: their `read` frames are marks
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_module(script: str, name: str | None = None) -> ModuleType:
+    """scripts/`script` (a file, not a package module) loaded as a module `name` (default: its
+    stem), registered in sys.modules under that name (dataclasses and attrs need it)."""
+    module_name = name or Path(script).stem
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _ephemeral_low() -> int:

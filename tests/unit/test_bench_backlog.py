@@ -1,8 +1,6 @@
 """scripts/bench_backlog.py on a real SQLite store: its arguments, what it writes and confirms,
 and the table it prints."""
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +9,14 @@ import pytest
 from vim_cluster.adapters.sqlite_messages import SqliteMessages
 from vim_cluster.model import MessageId, UserId
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..support import script_module
+
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
 def backlog() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_backlog", ROOT / "scripts" / "bench_backlog.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_backlog"] = module
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_backlog.py")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,26 +2,19 @@
 without sockets: what each system's frames mean to the benchmark."""
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from vim_cluster.bench import Event, VimSpeaker, cpu_figures
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..support import ROOT, script_module
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "scripts" / "bench_peers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_peers"] = module
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_peers.py")
 
 
 def test_vim_speaker_reads_ack_error_and_message_and_confirms() -> None:
@@ -75,10 +68,7 @@ def test_cpu_figures_per_delivered_message_and_in_cores() -> None:
 
 
 def test_bench_run_table_has_the_cores_and_generator_columns() -> None:
-    spec = importlib.util.spec_from_file_location("bench_run_table", ROOT / "scripts" / "bench_run.py")
-    assert spec is not None and spec.loader is not None
-    bench_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_run)
+    bench_run = script_module("bench_run.py", "bench_run_table")
     row = {"profile": "sqlite", "scenario": "cross-node", "rate": 1000.0, "delivered_per_s": 999.0,
            "server_cpu_us_per_delivered": 1100.0, "server_cores": 1.1, "generator_cpu_us_per_delivered": 190.0}
     head, _, line = (cells(text) for text in bench_run.table([row]).splitlines())
@@ -89,10 +79,7 @@ def test_bench_run_table_has_the_cores_and_generator_columns() -> None:
 def test_bench_run_starts_a_cluster_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m` (how `vim-cluster up` starts the nodes) puts the working directory first on
     sys.path: from this checkout's root, an A/B's other tree would run this tree's code."""
-    spec = importlib.util.spec_from_file_location("bench_run_cwd", ROOT / "scripts" / "bench_run.py")
-    assert spec is not None and spec.loader is not None
-    bench_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_run)
+    bench_run = script_module("bench_run.py", "bench_run_cwd")
     started: list[dict] = []
 
     def popen(command: list[str], **options: object) -> None:

@@ -2,25 +2,18 @@
 from the runs' records (medians of interleaved rounds, reached / not reached)."""
 
 import argparse
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..support import script_module
 
 
 @pytest.fixture(scope="module")
 def targets() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_targets", ROOT / "scripts" / "bench_targets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_targets"] = module
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_targets.py")
 
 
 def test_arguments_default_to_the_full_run_and_quick_shortens_it(targets: Any) -> None:
