@@ -106,3 +106,19 @@ def test_a_deliver_with_a_list_of_frames_reaches_each_local_session_in_order() -
     assert second.got == [] and other.got == []  # excluded; not a recipient
     assert metrics.frames_out.value == 3
     assert metrics.take_latencies() == [0.004] * 3  # one relay latency per frame, as one packet each gave
+
+
+def test_a_deliver_for_nobody_here_counts_no_frame_and_no_relay_latency() -> None:
+    """The master relays most packets to users it has no session of: nothing is delivered here,
+    so nothing is counted (the relay latency is a delivery's, on the node that delivered it)."""
+    mine = RecordingSession("s-1", 7)
+    delivery, _, metrics = node(mine)
+    sender, _, _ = node()
+    sender.to_users_in_order([8, 9], receipts(2))
+    [packet] = sender.cluster.packets  # type: ignore[attr-defined]
+    assert isinstance(packet, ff.Deliver)
+    delivery.local.apply_deliver(packet.users, packet.frame, packet.message_id, None, packet.ts, now_ms=1_004)
+    delivery.local.apply_deliver([7], packet.frame, packet.message_id, "s-1", packet.ts, now_ms=1_004)  # excluded
+    assert mine.got == [] and metrics.frames_out.value == 0 and metrics.take_latencies() == []
+    delivery.local.apply_deliver([8, 7], packet.frame, packet.message_id, None, packet.ts, now_ms=1_004)
+    assert len(mine.got) == 2 and metrics.frames_out.value == 2 and metrics.take_latencies() == [0.004] * 2

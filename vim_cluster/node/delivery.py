@@ -221,12 +221,18 @@ class LocalDelivery:
 
     def apply_deliver(self, users: Sequence[int], frame: bytes | list[bytes], message_id: int | None,
                       exclude: str | None, ts: int, now_ms: int) -> None:
-        """A Deliver packet: `frame` is the client frame's JSON text, or a list of them (in order)."""
+        """A Deliver packet: `frame` is the client frame's JSON text, or a list of them (in order).
+        A packet none of whose users has a session here (on the master, most of what it relays)
+        costs nothing more, and only a frame delivered here counts as a relay latency."""
+        has_user = self.local_sessions.has_user
+        if not any(has_user(u) for u in users):
+            return
         latency = max(0, now_ms - ts) / 1000
         for text in (frame,) if isinstance(frame, bytes) else frame:
-            self.metrics.frames_out.inc(self.local_sessions.deliver(users, ForwardedFrame(text, message_id),
-                                                                    exclude=exclude))
-            self.metrics.relay_delivered(latency)
+            delivered = self.local_sessions.deliver(users, ForwardedFrame(text, message_id), exclude=exclude)
+            if delivered:
+                self.metrics.frames_out.inc(delivered)
+                self.metrics.relay_delivered(latency)
 
     def presence_local(self, changes: list[Change]) -> int:
         """Announce presence changes to every local session that asked for `contacts` (the
