@@ -224,8 +224,7 @@ class LocalDelivery:
         """A Deliver packet: `frame` is the client frame's JSON text, or a list of them (in order).
         A packet none of whose users has a session here (on the master, most of what it relays)
         costs nothing more, and only a frame delivered here counts as a relay latency."""
-        has_user = self.local_sessions.has_user
-        if not any(has_user(u) for u in users):
+        if not self.local_sessions.has_any(users):
             return
         latency = max(0, now_ms - ts) / 1000
         for text in (frame,) if isinstance(frame, bytes) else frame:

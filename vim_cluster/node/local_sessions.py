@@ -96,6 +96,10 @@ class LocalSessions:
     def has_user(self, user_id: int) -> bool:
         return user_id in self._by_user
 
+    def has_any(self, user_ids: Iterable[int]) -> bool:
+        """Whether any of these users has a session here."""
+        return not self._by_user.keys().isdisjoint(user_ids)
+
     def deliver(self, user_ids: Iterable[int], frame: OutFrame, exclude: str | None = None) -> int:
         """Queue `frame` to every local session of the users but `exclude`; returns how many."""
         delivered = 0
