@@ -31,6 +31,20 @@ _probes: set[str] = set()  # user ids of relay_barrier's probes: their `read` fr
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A child process for tests of CPU accounting: it burns 0.3 s of CPU once it reads a line on
+# stdin, says "burnt", and stays alive until its stdin closes.
+BURN_CPU = (
+    "import sys, time\n"
+    "sys.stdin.readline()\n"
+    "start = time.process_time()\n"
+    "while time.process_time() < start + 0.3:\n"
+    "    pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+# A child process that only stays alive until its stdin closes.
+IDLE = "import sys; sys.stdin.read()"
+
 
 def script_module(script: str, name: str | None = None) -> ModuleType:
     """scripts/`script` (a file, not a package module) loaded as a module `name` (default: its

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ..support import script_module
+from ..support import BURN_CPU, IDLE, script_module
 
 
 @pytest.fixture(scope="module")
@@ -169,17 +169,12 @@ def test_the_cpu_sample_is_a_share_of_all_cores(targets: Any) -> None:
     assert 0.0 <= steal <= busy <= 1.0
 
 
-# Burns 0.3 s of CPU once told to on stdin, then stays alive.
-BURN = ("import sys, time\nsys.stdin.readline()\nstart = time.process_time()\n"
-        "while time.process_time() < start + 0.3:\n    pass\nprint('burnt', flush=True)\ntime.sleep(60)\n")
-
-
 def test_a_profiles_record_gains_the_stores_cpu_per_delivered_message(targets: Any,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     settled: list[bool] = []
     monkeypatch.setattr(targets, "settle", lambda: settled.append(True))  # the machine is quiet
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as idle, \
-         subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, "-c", IDLE], stdin=subprocess.PIPE) as idle, \
+         subprocess.Popen([sys.executable, "-c", BURN_CPU], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           text=True) as store:
         try:
             def run(kind: str) -> dict[str, Any]:  # the store works while the run lasts

@@ -7,28 +7,22 @@ import pytest
 
 from vim_cluster.sysinfo import cpu_seconds, tree_cpu_seconds
 
+from ..support import BURN_CPU
+
 pytestmark = pytest.mark.timeout(60)
 
-# A wrapper whose child burns CPU until it has used 0.3 s, then waits (alive) to be killed:
-# as setpriv runs PostgreSQL, whose backends are its children.
-GRANDCHILD = (
-    "import time\n"
-    "while time.process_time() < 0.3:\n"
-    "    pass\n"
-    "print('burnt', flush=True)\n"
-    "time.sleep(60)\n"
-)
-WRAPPER = (
-    "import subprocess, sys\n"
-    f"child = subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}])\n"
-    "child.wait()\n"
-)
+# A wrapper whose child burns CPU, as setpriv runs PostgreSQL, whose backends are its children.
+WRAPPER = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {BURN_CPU!r}])\n"
 
 
 def test_a_tree_counts_the_cpu_of_its_live_descendants() -> None:
-    with subprocess.Popen([sys.executable, "-c", WRAPPER], stdout=subprocess.PIPE, text=True) as wrapper:
+    with subprocess.Popen([sys.executable, "-c", WRAPPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as wrapper:
         try:
-            assert wrapper.stdout is not None and wrapper.stdout.readline().strip() == "burnt"
+            assert wrapper.stdin is not None and wrapper.stdout is not None
+            wrapper.stdin.write("go\n")  # to the grandchild, which shares the wrapper's stdin
+            wrapper.stdin.flush()
+            assert wrapper.stdout.readline().strip() == "burnt"
             own = cpu_seconds([wrapper.pid])
             tree = tree_cpu_seconds([wrapper.pid])
             assert own < 0.25  # the wrapper itself only waits
