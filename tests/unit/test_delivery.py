@@ -1,7 +1,8 @@
 """Several frames for the same users cross the cluster as one Deliver packet with a list of
-frames (node/delivery.py, protocol/forward_frames.py): a sender's receipts of one `received`.
-Driven without sockets: sessions record what they are pushed, the cluster link what it is
-given."""
+frames (node/delivery.py, protocol/forward_frames.py): a sender's receipts of one `received`,
+and a slave's Delivers to the same users that join while they wait to be sent (a group commit's
+messages of one chat). Driven without sockets: sessions record what they are pushed, the
+cluster link what it is given."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from typing import Any
 
 import attrs
 
-from vim_cluster.node.delivery import Delivery, LocalDelivery, Unlinked
+from vim_cluster.errors import CloseCode
+from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+from vim_cluster.node.delivery import MERGE_BYTES, Delivery, LocalDelivery, Unlinked, merged_deliver
+from vim_cluster.node.forward_link import SlaveLink
 from vim_cluster.node.local_sessions import LocalSessions
 from vim_cluster.node.metrics import NodeMetrics
+from vim_cluster.node.offline_replay import release
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
-from vim_cluster.protocol.frames import Receipt
+from vim_cluster.protocol.frames import MessageOut, Receipt
 
 
 @attrs.define
@@ -41,6 +46,9 @@ class RecordingSession:
     @property
     def got(self) -> list[OutFrame]:
         return self.send_queue.got
+
+    def push(self, frame: OutFrame) -> None:
+        self.send_queue.push(frame)
 
 
 def texts(frames: Sequence[OutFrame]) -> list[dict[str, Any]]:
@@ -122,3 +130,103 @@ def test_a_deliver_for_nobody_here_counts_no_frame_and_no_relay_latency() -> Non
     assert mine.got == [] and metrics.frames_out.value == 0 and metrics.take_latencies() == []
     delivery.local.apply_deliver([8, 7], packet.frame, packet.message_id, None, packet.ts, now_ms=1_004)
     assert len(mine.got) == 2 and metrics.frames_out.value == 2 and metrics.take_latencies() == [0.004] * 2
+
+
+def message(n: int, sender: int, chat: int, content: str = "hi") -> MessageOut:
+    return MessageOut(Message(MessageId(n), f"c{n}", UserId(sender), chat, ChatType.FRIEND, MessageType.TEXT,
+                              content, None, 1_000 + n))
+
+
+def wire_ids(packet: ff.Packet) -> list[int]:
+    assert isinstance(packet, ff.Deliver)
+    frames = [packet.frame] if isinstance(packet.frame, bytes) else packet.frame
+    return [int(json.loads(text)["message"]["id"]) for text in frames]
+
+
+def test_two_delivers_join_only_from_one_node_to_the_same_users_but_the_same_session() -> None:
+    one = ff.Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"1"}}', "s-1", 1_001, 1)
+    two = ff.Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"2"}}', "s-1", 1_002, 2)
+    joined = merged_deliver(one, two)
+    assert joined == ff.Deliver("dept-1", [7, 8], [one.frame, two.frame], "s-1", 1_001, None)
+    three = two._replace(frame=b'{"code":"message","message":{"id":"3"}}')
+    assert joined is not None and merged_deliver(joined, three) == joined._replace(frame=[one.frame, two.frame, three.frame])
+    for other in (two._replace(users=[7]), two._replace(exclude=None), two._replace(src="dept-2"),
+                  ff.Kick("dept-2", 7, None, 4000, None)):
+        assert merged_deliver(one, other) is None
+    assert merged_deliver(ff.SessionClose(7, "s-1"), two) is None
+
+
+def test_a_joined_deliver_stays_within_its_frames_and_bytes() -> None:
+    small = ff.Deliver("dept-1", [7], b"x" * 10, None, 1_000, None)
+    full = small._replace(frame=[b"x" * 10] * ff.MAX_FRAMES_PER_DELIVER)
+    assert merged_deliver(full._replace(frame=full.frame[1:]), small) is not None
+    assert merged_deliver(full, small) is None
+    big = small._replace(frame=b"x" * (MERGE_BYTES // 2))
+    assert merged_deliver(big, big._replace(frame=b"x" * (MERGE_BYTES // 2))) is not None
+    assert merged_deliver(big, big._replace(frame=b"x" * (MERGE_BYTES // 2 + 1))) is None
+
+
+def slave(*sessions: RecordingSession) -> tuple[Delivery, SlaveLink]:
+    local_sessions = LocalSessions()
+    for session in sessions:
+        local_sessions.add(session)  # type: ignore[arg-type]
+    local = LocalDelivery("dept-1", local_sessions, NodeMetrics("dept-1"))
+    link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local, clock_ms=lambda: 1_000)
+    return Delivery(local, link), link
+
+
+def test_a_slaves_messages_to_one_chat_leave_in_one_packet_until_it_is_sent() -> None:
+    """A group commit acks and delivers its messages one after another: those of each chat
+    (two senders here, interleaved) join the packet of that chat not yet sent, in order; a
+    kick between them, or the packet's sending, starts a new one."""
+    delivery, link = slave()
+    window = link.peer.stream.window
+    for n in range(1, 7):  # alice (1) to bob (2) and carol (3) to dave (4), interleaved
+        sender, chat = (1, 2) if n % 2 else (3, 4)
+        delivery.to_users([chat, sender], message(n, sender, chat), exclude=f"s-{sender}")
+    assert [wire_ids(i.packet) for i in window.items] == [[1, 3, 5], [2, 4, 6]]
+    assert [i.packet.message_id for i in window.items] == [None, None]  # type: ignore[union-attr]
+    delivery.kick("dept-2", 9, None, CloseCode.POLICY, None)
+    delivery.to_users([2, 1], message(7, 1, 2), exclude="s-1")  # after the kick: a packet of its own
+    window.take_batch(256)  # sent
+    delivery.to_users([2, 1], message(8, 1, 2), exclude="s-1")
+    delivery.to_users([2, 1], message(9, 1, 2), exclude="s-1")
+    packets = [i.packet for i in window.items]
+    assert [type(p) for p in packets] == [ff.Deliver, ff.Deliver, ff.Kick, ff.Deliver, ff.Deliver]
+    assert [wire_ids(p) for p in packets if isinstance(p, ff.Deliver)] == [[1, 3, 5], [2, 4, 6], [7], [8, 9]]
+    assert [i.seq for i in window.items] == [1, 2, 3, 4, 5]
+
+
+def test_a_message_never_joins_a_packet_past_one_for_any_of_its_users() -> None:
+    """Alice writes to bob from two devices: her second device's message is in a packet of its
+    own (another session to exclude), and her first device's next message may not join the
+    first packet past it, or bob would get her messages out of the order they were acked.
+    Carol's message to dave shares no user with them and is passed."""
+    delivery, link = slave()
+    delivery.to_users([2, 1], message(1, 1, 2), exclude="s-1")
+    delivery.to_users([4, 3], message(2, 3, 4), exclude="s-3")
+    delivery.to_users([2, 1], message(3, 1, 2), exclude="s-1")  # passes carol's, joins its own
+    delivery.to_users([2, 1], message(4, 1, 2), exclude="s-5")  # alice's other device
+    delivery.to_users([2, 1], message(5, 1, 2), exclude="s-1")
+    assert [wire_ids(i.packet) for i in link.peer.stream.window.items] == [[1, 3], [2], [4], [5]]
+
+
+def test_a_joined_packets_messages_reach_a_replaying_session_once_each() -> None:
+    """On the receiving node, a frame of a joined packet carries no message id in the packet:
+    a session whose offline replay already sent a message drops the live copy it held, as it
+    does for a packet of one message (node/offline_replay.py `release`)."""
+    delivery, link = slave()
+    for n in (1, 2, 3):
+        delivery.to_users([2, 1], message(n, 1, 2), exclude="s-1")
+    [item] = link.peer.stream.window.items
+    _, batch = ff.decode_frame(ff.encode_frame(ff.Batch(None, 1, [item.packet]), 0))
+    assert isinstance(batch, ff.Batch)
+    [got] = batch.packets
+    assert isinstance(got, ff.Deliver) and got.message_id is None
+    replaying, live = RecordingSession("s-2", 2, holding=[]), RecordingSession("s-3", 2)
+    receiver, _, metrics = node(replaying, live)
+    receiver.local.apply_deliver(got.users, got.frame, got.message_id, got.exclude, got.ts, now_ms=1_005)
+    assert [int(body["message"]["id"]) for body in texts(live.got)] == [1, 2, 3]
+    assert metrics.frames_out.value == 6
+    release(replaying, replayed={2})  # type: ignore[arg-type]
+    assert [int(body["message"]["id"]) for body in texts(replaying.got)] == [1, 3]

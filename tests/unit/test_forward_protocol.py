@@ -85,6 +85,72 @@ def test_batches_deliver_every_packet_once_in_order() -> None:
     assert not a.window.has_unsent() and len(a.window) == 10  # kept until acked
 
 
+def join(earlier: Packet, new: Packet) -> Packet | None:
+    """Two Delivers as one when `new` is for the same users: their frames joined in order."""
+    if not (isinstance(earlier, Deliver) and isinstance(new, Deliver)) or earlier.users != new.users:
+        return None
+    frames = [earlier.frame] if isinstance(earlier.frame, bytes) else earlier.frame
+    return earlier._replace(frame=[*frames, new.frame], message_id=None)
+
+
+def only_delivers(packet: Packet) -> bool:
+    return isinstance(packet, Deliver)
+
+
+def never(packet: Packet) -> bool:
+    return False
+
+
+def to(users: list[int], n: int) -> Deliver:
+    return deliver(n)._replace(users=users)
+
+
+def frame_ids(packet: Packet) -> list[int]:
+    assert isinstance(packet, Deliver)
+    frames = [packet.frame] if isinstance(packet.frame, bytes) else packet.frame
+    return [int(f.split(b'"id":"')[1].split(b'"')[0]) for f in frames]
+
+
+def test_a_packet_joins_the_newest_unsent_packet_it_merges_with_and_keeps_its_number() -> None:
+    window: UnackedWindow[str] = UnackedWindow()
+    window.push(to([7], 1))
+    window.push(to([8], 2))
+    assert window.merge_unsent(to([8], 3), join, only_delivers, lookback=16)  # the newest
+    assert window.merge_unsent(to([7], 4), join, only_delivers, lookback=16)  # past [8]'s
+    assert not window.merge_unsent(to([9], 5), join, only_delivers, lookback=16)  # nobody's
+    assert [(i.seq, frame_ids(i.packet)) for i in window.items] == [(1, [1, 4]), (2, [2, 3])]
+    assert window.next_seq == 3 and window.unsent() == 2
+    assert not window.merge_unsent(to([7], 6), join, never, lookback=16)  # may not pass [8]'s
+    assert window.merge_unsent(to([8], 6), join, never, lookback=16)  # joins the newest
+    assert [frame_ids(i.packet) for i in window.items] == [[1, 4], [2, 3, 6]]
+
+
+def test_a_packet_never_joins_one_already_sent_one_tagged_or_one_past_a_barrier() -> None:
+    a, b = End("ea", "eb"), End("eb", "ea")
+    a.window.push(to([7], 1))
+    b.receive(a.batch())  # sent: it may not change any more
+    assert not a.window.merge_unsent(to([7], 2), join, only_delivers, lookback=16)
+    a.window.push(to([7], 2), "t2")  # tagged (a relayed packet, acked upstream by its tag)
+    assert not a.window.merge_unsent(to([7], 3), join, only_delivers, lookback=16)
+    a.window.push(to([7], 3))
+    a.window.push(SessionOpen(7, "s-9", "web", None))  # a route update between them
+    assert not a.window.merge_unsent(to([7], 4), join, only_delivers, lookback=16)
+    a.window.push(to([7], 4))
+    b.receive(a.batch())
+    assert [frame_ids(p) for p in b.got if isinstance(p, Deliver)] == [[1], [2], [3], [4]]
+    assert [type(p) for p in b.got] == [Deliver, Deliver, Deliver, SessionOpen, Deliver]
+
+
+def test_a_packet_looks_back_at_most_lookback_packets() -> None:
+    window: UnackedWindow[str] = UnackedWindow()
+    window.push(to([7], 1))
+    for n in range(2, 5):
+        window.push(to([n * 10], n))
+    assert not window.merge_unsent(to([7], 5), join, only_delivers, lookback=3)
+    assert window.merge_unsent(to([7], 5), join, only_delivers, lookback=4)
+    assert frame_ids(window.items[0].packet) == [1, 5]
+
+
 def test_acks_are_cumulative_and_hand_back_the_tags() -> None:
     a, b = End("ea", "eb"), End("eb", "ea")
     for n in range(1, 6):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import attrs
+import structlog
 
 from ..core import presence
 from ..core.presence import Change
@@ -30,6 +31,8 @@ from ..protocol.frames import PresenceOut, RawReply, Reply
 from ..tunables import DEFAULTS
 from .local_sessions import LocalSessions, Session
 from .metrics import NodeMetrics
+
+log = structlog.get_logger()
 
 
 class ClusterLink(Protocol):
@@ -121,14 +124,57 @@ def deliver_packet(src: str, users: list[int], frames: Sequence[OutFrame], exclu
     return ff.Deliver(src, users, frame, exclude, ts, message_id)
 
 
+# A slave's Delivers to the same users join while they wait to be sent (SlaveLink.deliver): a
+# group commit's messages from one sender to one chat cross the cluster as one packet.
+MERGE_BYTES = 64 * 1024  # a joined packet's frames stay within this many bytes
+MERGE_LOOKBACK = 16  # how many of the newest unsent packets a Deliver may join
+
+
+def passes(new: ff.Deliver) -> Callable[[ff.Packet], bool]:
+    """The order rule for `new` joining an earlier packet: it may go back past (overtake) only
+    a Deliver for none of its users. So every device gets its frames in the order they were
+    pushed (a sender's messages from two devices to one chat never swap), and a route update
+    or a kick keeps its place. Its users' set is made only if a packet is to be passed."""
+    users: frozenset[int] | None = None
+
+    def can_pass(packet: ff.Packet) -> bool:
+        nonlocal users
+        if type(packet) is not ff.Deliver:
+            return False
+        if users is None:
+            users = frozenset(new.users)
+        return users.isdisjoint(packet.users)
+
+    return can_pass
+
+
+def merged_deliver(earlier: ff.Packet, new: ff.Packet) -> ff.Deliver | None:
+    """`earlier` with `new`'s frames after its own, if both are Delivers from one node to the
+    same users but the same session and the frames stay within MAX_FRAMES_PER_DELIVER and
+    MERGE_BYTES; None otherwise. The joined packet keeps `earlier`'s time and carries no message
+    id (its receiver reads a frame's id from the frame when it needs one: ForwardedReply)."""
+    if type(earlier) is not ff.Deliver or type(new) is not ff.Deliver or earlier.exclude != new.exclude \
+            or earlier.users != new.users or earlier.src != new.src:
+        return None
+    before = [earlier.frame] if isinstance(earlier.frame, bytes) else earlier.frame
+    added = [new.frame] if isinstance(new.frame, bytes) else new.frame
+    if len(before) + len(added) > ff.MAX_FRAMES_PER_DELIVER \
+            or sum(map(len, before)) + sum(map(len, added)) > MERGE_BYTES:
+        return None
+    return earlier._replace(frame=before + added, message_id=None)
+
+
 def kick_packet(dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> ff.Kick:
     """Closes `user`'s `session` (None: every session) on node `dst` with `code`, after `notice` if any."""
     return ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None)
 
 
+UNKNOWN_ID = -1  # a forwarded frame's message id, not carried by its packet (a list of frames)
+
+
 class ForwardedReply(Reply):
     """A client frame that arrived as JSON text; decoded only if something asks for its fields
-    (a MessagePack client, or the code)."""
+    (a MessagePack client, the code, or the message id of a frame that came in a list)."""
 
     def __init__(self, text: bytes, message_id: int | None) -> None:
         self.text = text
@@ -155,6 +201,14 @@ class ForwardedReply(Reply):
         return body
 
     def message_id(self) -> int | None:
+        """The packet's message id; for a frame that came in a list, read from the frame (only
+        an offline replay's dedupe asks: node/offline_replay.py)."""
+        if self._message_id == UNKNOWN_ID:
+            try:
+                self._message_id = RawReply(self._decoded()).message_id()
+            except (ForwardProtocolError, KeyError, TypeError, ValueError) as exc:
+                log.warning("forwarded_frame_without_id", error=str(exc), frame=self.text[:200])
+                self._message_id = None  # delivered as it is, without the replay's dedupe
         return self._message_id
 
 
@@ -227,7 +281,9 @@ class LocalDelivery:
         if not self.local_sessions.has_any(users):
             return
         latency = max(0, now_ms - ts) / 1000
-        for text in (frame,) if isinstance(frame, bytes) else frame:
+        # A list's frames carry no message id in the packet (merged_deliver): each reads its own.
+        texts, message_id = ((frame,), message_id) if isinstance(frame, bytes) else (frame, UNKNOWN_ID)
+        for text in texts:
             delivered = self.local_sessions.deliver(users, ForwardedFrame(text, message_id), exclude=exclude)
             if delivered:
                 self.metrics.frames_out.inc(delivered)

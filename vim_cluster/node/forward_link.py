@@ -53,7 +53,14 @@ from ..protocol.forward_connection import (
     PeerRole,
 )
 from ..tunables import DEFAULTS, Tunables
-from .delivery import LocalDelivery, deliver_packet, kick_packet
+from .delivery import (
+    MERGE_LOOKBACK,
+    LocalDelivery,
+    deliver_packet,
+    kick_packet,
+    merged_deliver,
+    passes,
+)
 from .link import MessageWebSocket, PeerLink, exchange, pump
 from .link_tally import LinkTally
 from .local_sessions import Session
@@ -118,7 +125,9 @@ class SlaveLink:
     # --- ClusterLink -----------------------------------------------------------------
 
     def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
-        self.peer.push(deliver_packet(self.node_id, users, frames, exclude, self.clock_ms()))
+        packet = deliver_packet(self.node_id, users, frames, exclude, self.clock_ms())
+        if not self.peer.stream.window.merge_unsent(packet, merged_deliver, passes(packet), MERGE_LOOKBACK):
+            self.peer.push(packet)
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         self.peer.push(kick_packet(dst, user, session, code, notice))

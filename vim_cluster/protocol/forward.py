@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import Generic, NamedTuple, TypeVar
 
@@ -51,6 +52,25 @@ class UnackedWindow(Generic[Tag]):
         self.next_seq += 1
         self.items.append(Unacked(seq, packet, tag))
         return seq
+
+    def merge_unsent(self, packet: Packet, merge: Callable[[Packet, Packet], Packet | None],
+                     can_pass: Callable[[Packet], bool], lookback: int) -> bool:
+        """Folds `packet` into one of the newest `lookback` packets not yet sent and untagged,
+        newest first: the first for which `merge(it, packet)` gives the two as one. It goes back
+        past a packet only if `can_pass(that packet)` (the caller's order rule); a sent or
+        tagged packet ends the search. False (nothing changed) if it found none."""
+        items = self.items
+        for back in range(1, min(lookback, len(items)) + 1):
+            item = items[-back]
+            if item.seq <= self.sent_upto or item.tag is not None:
+                return False
+            merged = merge(item.packet, packet)
+            if merged is not None:
+                items[-back] = Unacked(item.seq, merged, None)
+                return True
+            if not can_pass(item.packet):
+                return False
+        return False
 
     def has_unsent(self) -> bool:
         return self.next_seq - 1 > self.sent_upto and bool(self.items)

@@ -27,7 +27,8 @@ Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are)
     Deliver       [src, users, frame, exclude, ts, message_id, 0]  `frame` is the client frame
                   already encoded as JSON text (UTF-8 bytes): a text client gets it untouched;
                   or a list of 2..MAX_FRAMES_PER_DELIVER such frames for the same users, sent
-                  in that order (message_id null): the receipts of one `received`, say
+                  in that order (message_id null): the receipts of one `received`, or a
+                  slave's messages to one chat that joined while waiting to be sent
     Kick          [dst, user, session, code, notice, 1]           notice: JSON bytes or null
     SessionOpen   [user, session, client, uuid, 2]                slave -> master: route updates
     SessionClose  [user, session, 3]
