@@ -8,7 +8,10 @@ Rules:
   that stayed up link_stable_s: a link dropped right after its handshake is not retried in a hot
   loop); packets queued meanwhile are kept and sent (in order) once the link is back; the
   master drops duplicates.
-- Everything addressed to other nodes goes to the master, which knows where users are.
+- Everything addressed to other nodes goes to the master, which knows where users are. A
+  Deliver joins one still unsent for the same users (node/delivery.py `merged_deliver`), going
+  back only past Delivers for none of its users (`passes`): a group commit's messages to one
+  chat cross as one packet, and every device gets its frames in the order they were pushed.
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
