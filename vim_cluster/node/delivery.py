@@ -150,8 +150,8 @@ def passes(new: ff.Deliver) -> Callable[[ff.Packet], bool]:
 
 def merged_deliver(earlier: ff.Packet, new: ff.Packet) -> ff.Deliver | None:
     """`earlier` with `new`'s frames after its own, if both are Delivers from one node to the
-    same users but the same session and the frames stay within MAX_FRAMES_PER_DELIVER and
-    MERGE_BYTES; None otherwise. The joined packet keeps `earlier`'s time and carries no message
+    same users, excluding the same session, and the frames stay within MAX_FRAMES_PER_DELIVER
+    and MERGE_BYTES; None otherwise. The joined packet keeps `earlier`'s time and carries no message
     id (its receiver reads a frame's id from the frame when it needs one: ForwardedReply)."""
     if type(earlier) is not ff.Deliver or type(new) is not ff.Deliver or earlier.exclude != new.exclude \
             or earlier.users != new.users or earlier.src != new.src:
