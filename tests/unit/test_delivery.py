@@ -21,7 +21,9 @@ from vim_cluster.node.metrics import NodeMetrics
 from vim_cluster.node.offline_replay import release
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
+from vim_cluster.protocol.forward_connection import MAX_FRAME
 from vim_cluster.protocol.frames import MessageOut, Receipt
+from vim_cluster.tunables import DEFAULTS
 
 
 @attrs.define
@@ -164,6 +166,17 @@ def test_a_joined_deliver_stays_within_its_frames_and_bytes() -> None:
     big = small._replace(frame=b"x" * (MERGE_BYTES // 2))
     assert merged_deliver(big, big._replace(frame=b"x" * (MERGE_BYTES // 2))) is not None
     assert merged_deliver(big, big._replace(frame=b"x" * (MERGE_BYTES // 2 + 1))) is None
+
+
+def test_a_forward_frame_of_joined_packets_stays_far_under_what_a_peer_takes() -> None:
+    """After an outage a slave's link holds many unsent packets and sends link_max_batch of
+    them in one forward frame: even if every one is a joined packet full to MERGE_BYTES, the
+    frame stays under MAX_FRAME (about half of it). A bigger one would be refused, the link
+    dropped, and the same frame sent again at every reconnect."""
+    frames = [b"x" * (MERGE_BYTES // 4)] * 4
+    packet = ff.Deliver("dept-1", [2**62, 2**62 + 1], frames, "s" * 32, 2**41, None)
+    batch = ff.Batch(2**40, 2**40, [packet] * DEFAULTS.link_max_batch)
+    assert len(ff.encode_frame(batch, 2**31)) < MAX_FRAME
 
 
 def slave(*sessions: RecordingSession) -> tuple[Delivery, SlaveLink]:
