@@ -201,7 +201,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "forward-port": (PORT, None),
         "idle-timeout": (positive_number, 60.0),
         "max-frame": (int_range(1024, 64 * 1024 * 1024), 65536),
-        "max-content": (int_range(1, 64 * 1024 * 1024), 16384),
+        # At most 2 MiB: a message's frame (content escaped up to 6x in JSON, `extend` up to the
+        # same size) then fits in one forward frame (16 MiB, protocol/forward_connection.py).
+        "max-content": (int_range(1, 2 * 1024 * 1024), 16384),
         "rate-limit": (int_range(1, 10_000_000), 200),
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file

@@ -110,6 +110,7 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("websocket", "idle-timeout", float("nan")),
         ("websocket", "max-frame", 10),
         ("websocket", "max-content", 0),
+        ("websocket", "max-content", 2 * 1024 * 1024 + 1),  # a message must fit in one forward frame
         ("websocket", "rate-limit", "lots"),
         ("message", "recall-window", "2m"),
         ("message", "recall-window", float("nan")),

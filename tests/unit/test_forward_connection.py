@@ -539,3 +539,40 @@ def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untou
     assert text == encode(reply, False) and out.encoded(True) == encode(reply, True)
     assert out.reply.message_id() == 123456789 and out.reply.code == "message"
     assert out.wire_object() == sent.wire_object()
+
+
+def test_a_batch_bigger_than_a_peer_takes_goes_in_parts_in_order() -> None:
+    """Messages whose content JSON escapes to six times its bytes (control characters) pile up
+    on a link (an outage, an attacker): 256 of them would make a 25 MB forward frame, which the
+    peer refuses (MAX_FRAME) and would get again at every reconnect. The flush halves such a
+    batch until it fits; the rest follows in the next flushes, in order."""
+    big = b'{"code":"message","message":{"content":"' + b"\\u0001" * 16384 + b'"}}'
+    net, stream, _ = queued(tagged=False)
+    for n in range(1, 257):
+        stream.push(ff.Deliver("dept-1", (7, 8), big, "s-1", 1000 + n, n))
+    sizes = []
+    while net.slave.conn.has_unsent():
+        data = net.slave.conn.send(Flush(256))
+        sizes.append(len(data))
+        net.master.conn.receive_data(data)
+        net.master.take_events()
+    assert max(sizes) <= MAX_FRAME and len(sizes) > 1
+    assert numbers(net.master.got) == list(range(1, 257))
+
+
+def test_the_largest_message_a_node_accepts_fits_in_one_forward_frame() -> None:
+    """vim.websocket.max-content is at most 2 MiB (config.py): a message of that much content,
+    every byte a control character (six bytes in JSON), with an `extend` as large, for a group
+    of 10,000 members, is still one forward frame a peer takes."""
+    from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+    from vim_cluster.node.delivery import deliver_body
+    from vim_cluster.protocol.codec import OutFrame
+    from vim_cluster.protocol.frames import MessageOut
+
+    limit = 2 * 1024 * 1024
+    extend = {"k": "x" * (limit - 10)}
+    message = Message(MessageId(2**62), "c" * 64, UserId(2**62), 2**62, ChatType.GROUP, MessageType.TEXT,
+                      "\x01" * limit, extend, 2**41)
+    frame, message_id = deliver_body([OutFrame(MessageOut(message))])
+    packet = ff.Deliver("dept-1", [2**62 + n for n in range(10_000)], frame, "s" * 32, 2**41, message_id)
+    assert len(ff.encode_frame(ff.Batch(2**40, 2**40, [packet]), 2**31)) <= MAX_FRAME

@@ -151,6 +151,19 @@ def test_a_packet_looks_back_at_most_lookback_packets() -> None:
     assert frame_ids(window.items[0].packet) == [1, 5]
 
 
+def test_packets_of_a_batch_too_big_to_send_whole_count_as_unsent_again() -> None:
+    a = End("ea", "eb")
+    for n in range(1, 9):
+        a.push(n)
+    first, packets = a.window.take_batch(256)
+    assert (first, len(packets)) == (1, 8)
+    a.window.unsend(5)  # only 1..3 go
+    assert a.window.unsent() == 5 and a.window.has_unsent()
+    assert a.window.take_batch(256)[0] == 4
+    with pytest.raises(ValueError):
+        a.window.unsend(9)  # more than are in flight
+
+
 def test_acks_are_cumulative_and_hand_back_the_tags() -> None:
     a, b = End("ea", "eb"), End("eb", "ea")
     for n in range(1, 6):

@@ -86,6 +86,13 @@ class UnackedWindow(Generic[Tag]):
         self.sent_upto = first + len(packets) - 1 if packets else self.sent_upto
         return first, packets
 
+    def unsend(self, count: int) -> None:
+        """The newest `count` packets of the batch just taken count as not sent after all (the
+        batch was too big to send whole): the next take starts with them."""
+        if not 0 <= count <= self.sent_upto - self.acked_upto:
+            raise ValueError(f"cannot unsend {count} packets ({self.sent_upto - self.acked_upto} in flight)")
+        self.sent_upto -= count
+
     def ack(self, upto: int) -> list[Unacked[Tag]]:
         """Drops every packet <= upto; returns them (the caller completes their tags)."""
         if upto >= self.next_seq:

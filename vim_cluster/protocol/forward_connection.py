@@ -12,6 +12,8 @@ API summary (the trio side only moves bytes; everything the protocol decides hap
     conn.send(Admit(stream)) -> bytes               acceptor, after PeerAuthenticated: the welcome
     conn.send(Refuse(reason)) -> bytes              acceptor, after PeerAuthenticated: refused
     conn.send(Flush(limit)) -> bytes                a batch: unsent packets of the stream + our ack
+                                                    (at most `limit`, and fewer if they would make
+                                                    more than MAX_FRAME bytes: the rest is next)
     conn.send(Heartbeat(ts)) -> bytes               a beat (keeps the peer's watchdog quiet)
     conn.close(EndReason.X, detail)                 the owner ends the link (timeout, network)
     conn.set_epoch(n)                               our fencing epoch changed (a takeover)
@@ -470,9 +472,19 @@ class ForwardConnection(Generic[Tag]):
             raise LocalProtocolError(f"a batch in state {self.state.value}")
         assert self.stream is not None
         ack = self.stream.ack_value()
-        first, packets = self.stream.window.take_batch(limit)
+        window = self.stream.window
+        first, packets = window.take_batch(limit)
+        data = ff.encode_frame(ff.Batch(ack, first, packets), self.epoch)
+        # A batch over what the peer takes (MAX_FRAME: it would refuse it, and get it again at
+        # every reconnect) is halved until it fits; the rest goes in the next flush. One packet
+        # always fits: config.py bounds a message's size (vim.websocket.max-content).
+        while len(data) > MAX_FRAME and len(packets) > 1:
+            keep = len(packets) // 2
+            window.unsend(len(packets) - keep)
+            packets = packets[:keep]
+            data = ff.encode_frame(ff.Batch(ack, first, packets), self.epoch)
         self.sent_ack = ack
-        return ff.encode_frame(ff.Batch(ack, first, packets), self.epoch)
+        return data
 
 
 class _Step(NamedTuple):
