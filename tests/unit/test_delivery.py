@@ -11,10 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import structlog.testing
 
 from vim_cluster.errors import CloseCode
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
-from vim_cluster.node.delivery import MERGE_BYTES, Delivery, LocalDelivery, Unlinked, merged_deliver
+from vim_cluster.node.delivery import (
+    MERGE_BYTES,
+    UNKNOWN_ID,
+    Delivery,
+    ForwardedReply,
+    LocalDelivery,
+    Unlinked,
+    merged_deliver,
+)
 from vim_cluster.node.forward_link import SlaveLink
 from vim_cluster.node.local_sessions import LocalSessions
 from vim_cluster.node.metrics import NodeMetrics
@@ -243,3 +252,15 @@ def test_a_joined_packets_messages_reach_a_replaying_session_once_each() -> None
     assert metrics.frames_out.value == 6
     release(replaying, replayed={2})  # type: ignore[arg-type]
     assert [int(body["message"]["id"]) for body in texts(replaying.got)] == [1, 3]
+
+
+def test_a_listed_frame_without_a_readable_id_is_delivered_without_one_and_logged() -> None:
+    """A frame in a list whose id cannot be read (a peer's bug) is still delivered: the replay's
+    dedupe just cannot drop it. The warning gives its size, never its content."""
+    with structlog.testing.capture_logs() as logs:
+        assert ForwardedReply(b"secret, not json", UNKNOWN_ID).message_id() is None
+        assert ForwardedReply(b'{"code":"message","message":{"id":"x"}}', UNKNOWN_ID).message_id() is None
+    assert ForwardedReply(b'{"code":"receipt","message":{"id":"5"}}', UNKNOWN_ID).message_id() is None
+    assert ForwardedReply(b'{"code":"message","message":{"id":"5"}}', UNKNOWN_ID).message_id() == 5
+    assert [entry["event"] for entry in logs] == ["forwarded_frame_without_id"] * 2
+    assert all("secret" not in str(entry) for entry in logs) and logs[0]["size"] == 16

@@ -209,7 +209,7 @@ class ForwardedReply(Reply):
             try:
                 self._message_id = RawReply(self._decoded()).message_id()
             except (ForwardProtocolError, KeyError, TypeError, ValueError) as exc:
-                log.warning("forwarded_frame_without_id", error=str(exc), frame=self.text[:200])
+                log.warning("forwarded_frame_without_id", error=str(exc), size=len(self.text))  # not its content
                 self._message_id = None  # delivered as it is, without the replay's dedupe
         return self._message_id
 
