@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure
 
+from vim_cluster.adapters import mongo_messages
 from vim_cluster.adapters.mongo_base import message_doc, open_client, shard_of
 from vim_cluster.adapters.mongo_messages import FrameLogEntry, MongoMessages
+from vim_cluster.errors import StoreUnavailable
 from vim_cluster.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
-from vim_cluster.model import ChatType, GroupId, MessageId, UserId, chat_key
+from vim_cluster.model import ChatType, GroupId, Message, MessageId, UserId, chat_key
 from vim_cluster.ports import Confirm
 
-from .test_message_store_contract import ALICE, BOB, G1, friend, grouped, new
+from .test_message_store_contract import ALICE, BOB, CAROL, G1, friend, grouped, new
 
 pytestmark = pytest.mark.timeout(60)
 T = 1_760_000_000_000
@@ -82,50 +85,132 @@ def test_every_query_has_an_index(store: MongoMessages, raw: Database) -> None:
     assert [("user_id", 1)] in keys("read_cursors")
 
 
+def older_claim(store: MongoMessages, message: Message) -> dict[str, Any]:
+    """A claim as nodes before session 18 wrote it: no copy (that was in the intent)."""
+    return {k: v for k, v in store._claim(new(message, BOB)).items() if k not in ("copy", "pending_for")}
+
+
+def older_intent(store: MongoMessages, message: Message) -> dict[str, Any]:
+    """The intent an older node wrote before its claim: the message's copy and recipients."""
+    return {"_id": message.id, "shard": shard_of(message.chat_key, 16), "message": message_doc(message),
+            "pending_for": [BOB]}
+
+
+def test_a_save_writes_its_claim_with_the_copy_and_no_intent(store: MongoMessages, raw: Database) -> None:
+    first = friend(1)
+    store.save_messages([new(first, BOB, CAROL)])
+    claim = raw["message_ids"].find_one({"_id": first.id})
+    assert claim == {"_id": first.id, "from_id": ALICE, "cid": first.cid, "shard": shard_of(first.chat_key, 16),
+                     "copy": message_doc(first), "pending_for": [BOB, CAROL]}
+    assert raw["message_intents"].count_documents({}) == 0
+
+
 def test_a_save_cut_off_after_its_claim_is_finished_by_the_retry_under_its_first_id(
     store: MongoMessages, raw: Database
 ) -> None:
     first = friend(1)
-    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # the crash: only steps 1-2 ran
-    raw["message_ids"].insert_one(store._claim(new(first, BOB)))
+    raw["message_ids"].insert_one(store._claim(new(first, BOB)))  # the crash: only step 1 ran
     assert store.get(first.id) is None and store.pending(BOB, MessageId(0), 10) == []
     [retry] = store.save_messages([new(friend(2, cid=first.cid, content="retried"), BOB)])
     assert (retry.message, retry.created) == (first, True)
     assert store.pending(BOB, MessageId(0), 10) == [first]
     assert store.history(first.chat_key, None, 10) == ([first], False)
-    claim = raw["message_ids"].find_one({"_id": first.id})
-    assert claim is not None and set(claim) == {"_id", "from_id", "cid", "shard"}
-    assert raw["message_intents"].count_documents({}) == 0  # the retry's own intent is gone too
     [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
     assert (repeat.message, repeat.created) == (first, False)
+    assert store.pending(BOB, MessageId(0), 10) == [first]  # a repeat writes no row again
 
 
-def test_a_save_cut_off_before_its_offline_rows_is_in_no_offline_set_until_the_retry(
+def test_a_save_cut_off_before_its_document_is_replayed_and_finished_by_the_retry(
     store: MongoMessages, raw: Database
 ) -> None:
     first = friend(1)
-    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # the crash: steps 1-3 ran
-    raw["message_ids"].insert_one(store._claim(new(first, BOB)))
-    raw[f"chat_message_{shard_of(first.chat_key, 16)}"].insert_one(message_doc(first))
-    assert store.get(first.id) == first and store.pending(BOB, MessageId(0), 10) == []
+    raw["message_ids"].insert_one(store._claim(new(first, BOB)))  # the crash: steps 1-2 ran
+    raw["pending_messages"].insert_one({"user_id": BOB, "message_id": first.id,
+                                        "shard": shard_of(first.chat_key, 16), "message": message_doc(first)})
+    assert store.get(first.id) is None and store.history(first.chat_key, None, 10) == ([], False)
+    assert store.pending(BOB, MessageId(0), 10) == [first]  # the row's copy: before history
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
-    assert store.pending(BOB, MessageId(0), 10) == [first]  # its row, written by the retry
-    assert raw["message_intents"].count_documents({}) == 0
+    assert store.get(first.id) == first
+    assert store.pending(BOB, MessageId(0), 10) == [first]  # one row, not two
 
 
-def test_a_save_cut_off_before_done_may_give_a_confirmed_message_once_more(
+def test_a_save_cut_off_before_its_document_may_give_a_confirmed_message_once_more(
     store: MongoMessages, raw: Database
 ) -> None:
     first = friend(1)
     store.save_messages([new(first, BOB)])
-    raw["message_intents"].insert_one(store._intent(new(first, BOB)))  # as if its last step failed
+    raw[f"chat_message_{shard_of(first.chat_key, 16)}"].delete_one({"_id": first.id})  # as if step 3 failed
     assert [m.id for m in store.confirm(BOB, [first.id])] == [first.id]  # replayed and confirmed
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
     # The retry cannot tell a confirmed row from one never written: at least once, and the
     # client drops the repeat by id (PROTOCOL.md 2.3).
     assert store.pending(BOB, MessageId(0), 10) == [first]
+
+
+def test_a_save_whose_offline_rows_fail_writes_no_document_so_the_retry_finishes_it(
+    store: MongoMessages, raw: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = friend(1)
+    real = mongo_messages.insert_new
+
+    def rows_fail(collection: Any, docs: Any) -> set[int]:
+        if collection.name == "pending_messages":
+            raise ConnectionFailure("cut off")
+        return real(collection, docs)
+
+    monkeypatch.setattr(mongo_messages, "insert_new", rows_fail)
+    with pytest.raises(StoreUnavailable):
+        store.save_messages([new(first, BOB)])
+    monkeypatch.setattr(mongo_messages, "insert_new", real)
+    assert store.get(first.id) is None  # the document is written last: it marks the save done
+    [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
+    assert (retry.message, retry.created) == (first, True)
+    assert store.pending(BOB, MessageId(0), 10) == [first] and store.get(first.id) == first
+
+
+def test_an_older_nodes_save_cut_off_after_its_claim_is_finished_from_its_intent(
+    store: MongoMessages, raw: Database
+) -> None:
+    first = friend(1)
+    raw["message_intents"].insert_one(older_intent(store, first))  # steps 1-2 of the intent era
+    raw["message_ids"].insert_one(older_claim(store, first))
+    [retry] = store.save_messages([new(friend(2, cid=first.cid, content="retried"), BOB)])
+    assert (retry.message, retry.created) == (first, True)
+    assert store.pending(BOB, MessageId(0), 10) == [first]
+    assert store.history(first.chat_key, None, 10) == ([first], False)
+    assert raw["message_intents"].count_documents({}) == 0
+    [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
+    assert (repeat.message, repeat.created) == (first, False)
+
+
+def test_an_older_nodes_save_cut_off_before_its_offline_rows_gets_them_from_the_retry(
+    store: MongoMessages, raw: Database
+) -> None:
+    first, done = friend(1), friend(2)
+    raw["message_intents"].insert_one(older_intent(store, first))  # steps 1-3 of the intent era
+    raw["message_ids"].insert_many([older_claim(store, first), older_claim(store, done)])
+    for message in (first, done):  # `done`: finished by the older node (its intent deleted)
+        raw[f"chat_message_{shard_of(message.chat_key, 16)}"].insert_one(message_doc(message))
+    assert store.get(first.id) == first and store.pending(BOB, MessageId(0), 10) == []
+    retry, repeat = store.save_messages([new(friend(3, cid=first.cid), BOB), new(friend(4, cid=done.cid), BOB)])
+    assert (retry.message, retry.created) == (first, True)  # no call had reported it saved
+    assert (repeat.message, repeat.created) == (done, False)
+    assert store.pending(BOB, MessageId(0), 10) == [first]  # its row, written by the retry
+    assert raw["message_intents"].count_documents({}) == 0
+
+
+def test_recall_and_erasure_change_the_claims_copy(store: MongoMessages, raw: Database) -> None:
+    one, two = friend(1), friend(2)
+    store.save_messages([new(one, BOB), new(two, BOB)])
+    store.recall(one.id)
+    claim = raw["message_ids"].find_one({"_id": one.id})
+    assert claim is not None and (claim["copy"]["message_type"], claim["copy"]["content"]) == ("recalled", "")
+    assert store.erase_sent(ALICE, MessageId(0), 10) == [one.id, two.id]
+    for message in (one, two):
+        claim = raw["message_ids"].find_one({"_id": message.id})
+        assert claim is not None and (claim["copy"]["message_type"], claim["copy"]["content"]) == ("deleted", "")
 
 
 def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
@@ -159,7 +244,7 @@ def test_an_offline_row_from_before_copies_is_read_through_its_shard(store: Mong
 
 def test_a_claim_from_before_intents_is_finished_from_its_own_copy(store: MongoMessages, raw: Database) -> None:
     first = friend(1)
-    legacy = {**store._claim(new(first, BOB)), **store._intent(new(first, BOB))}  # the old claim
+    legacy = {**older_claim(store, first), **older_intent(store, first)}  # the claim before intents
     raw["message_ids"].insert_one(legacy)
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)

@@ -135,7 +135,7 @@ class MongoLifecycle:
         placeholder = {"message_type": MessageType.DELETED.value, "content": "", "extend": None}
         with translated(self.name):
             claims = list(
-                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "message._id": 1})
+                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "message._id": 1, "copy._id": 1})
                 .sort("_id", ASCENDING).limit(limit)
             )
             if not claims:
@@ -150,8 +150,11 @@ class MongoLifecycle:
                 by_shard[c["shard"]].append(c["_id"])
             for shard, shard_ids in sorted(by_shard.items()):
                 self._shards[shard].update_many({"_id": {"$in": shard_ids}}, {"$set": placeholder})
-            # An unfinished save's intent carries the whole message (as did, before intents,
-            # a claim not yet done).
+            # A claim keeps its message's copy (`copy`); an older node's unfinished save keeps
+            # it in its intent, or before intents in the claim (`message`).
+            kept = [c["_id"] for c in claims if "copy" in c]
+            if kept:
+                self._claims.update_many({"_id": {"$in": kept}}, copy_update(placeholder, "copy"))
             self._intents.update_many({"_id": {"$in": ids}}, copy)
             unfinished = [c["_id"] for c in claims if "message" in c]
             if unfinished:

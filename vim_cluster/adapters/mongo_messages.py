@@ -3,8 +3,11 @@
 Collections (see `mongo_base` for the shard rule and the document fields):
 - `chat_message_{n}`: messages, sharded by conversation; index (chat_key, _id).
 - `message_ids`: one claim per (from_id, cid), unique index (from_id, cid); `_id` is the
-  message id and `shard` says where the message lives (how `get` and `recall` find it).
-- `message_intents`: a message's copy while its save is unfinished (see below).
+  message id, `shard` says where the message lives (how `get` and `recall` find it), and
+  `copy` and `pending_for` are the message and its recipients: what a retry finishes an
+  unfinished save with.
+- `message_intents`: copies of messages whose save an older node left unfinished (below);
+  nothing writes it any more.
 - `pending_messages`: offline sets, unique index (user_id, message_id); each row carries a copy
   of its message (`message`), so confirms and offline replay read no shard (below).
 - `read_cursors`: one document per (user, chat), index user_id.
@@ -13,37 +16,39 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 Offline sets and cursors live here, not in Redis, so a Redis flush loses nothing.
 
 How save_messages stays idempotent without transactions (FerretDB has none), per message:
-1. intent: insert {_id: id, shard, message, pending_for} into message_intents: the copy a
-   retry finishes the message with.
-2. claim: insert {_id: id, from_id, cid, shard} into message_ids. The unique (from_id, cid)
-   index lets exactly one claim per sender and cid exist, across shards.
-3. message: insert its document into its shard (a duplicate _id is ignored). From here on it
-   is visible to history, get and group replay.
-4. pending: insert its offline-set rows, each with a copy of the document (a duplicate row is
-   ignored). They are written after it, so a message in an offline set is always visible:
-   replay and confirms take the row's copy and never look the message up in its shard.
-5. done: delete its intent (and those of the batch's repeats, which never got a claim).
-Each step is one unordered bulk write for the whole batch, inserts and one delete only (an
-update costs FerretDB milliseconds per document): a batch of new messages costs 4 round trips
-plus one per shard it touches (repeats add a lookup of their claims, of their intents and one
-query per shard those live in). An intent whose claim was refused or never written (a crash
-between steps 1 and 2) is removed by step 5 or by the retention purge.
+1. claim: insert {_id: id, from_id, cid, shard, copy, pending_for} into message_ids. The
+   unique (from_id, cid) index lets exactly one claim per sender and cid exist, across
+   shards, and the claim keeps the copy a retry finishes the message with.
+2. pending: insert its offline-set rows, each with a copy of the document (a duplicate row is
+   ignored). From here on offline replay may give it: replay and confirms take the row's
+   copy and never look the message up in its shard.
+3. message: insert its document into its shard (a duplicate _id is ignored), last: a message
+   whose document exists is complete. From here on it is visible to history, get and group
+   replay.
+Each step is one unordered bulk write for the whole batch, inserts only (an update or a
+delete costs FerretDB 1.x a decode of every document it looks at): a batch of new messages
+costs 2 round trips plus one per shard it touches (repeats add a lookup of their claims and
+one query per shard those live in). Until session 18 a save also wrote an intent (the copy)
+first and deleted it last: two more documents per message, a quarter of the profile's
+throughput on FerretDB; the claim's copy replaces it, and costs the copy's bytes for as long
+as the message is kept.
 
 When a claim already exists (a repeat, or a retry after a failure):
-- no intent for it: done; the repeat gets the stored message with created=False.
-- its intent exists: an earlier call failed (or is still running elsewhere). This call redoes
-  what is missing with the intent's copy (same id, timestamp, content and recipients: never
-  a second message), deletes the intent and reports created=True, because no call has
-  returned it as saved. Its offline rows are written again (a duplicate is ignored): the
-  earlier call may have stopped before them. A recipient who got it by replay and confirmed
-  it before this retry gets it once more, and drops it by id.
-- a claim written before intents existed carries the copy itself and a `done` flag: the same
-  rules, finished by marking it done.
-So after an error part of a batch may be visible, but every message is either absent or
-complete, and the next save of the same (from_id, cid) finishes it under its first id. Two
-nodes saving the same (from_id, cid) at the same moment may both report created=True;
-recipients drop the duplicate by id. A message finished by a retry keeps its first attempt's
-id, so it sorts before messages the sender sent between the failure and the retry.
+- its document exists: done; the repeat gets the stored message with created=False.
+- its document is missing: an earlier call failed (or is still running elsewhere). This call
+  writes the rows and the document from the claim's copy (same id, timestamp, content and
+  recipients: never a second message) and reports created=True, because no call has returned
+  it as saved. A recipient who got it by replay and confirmed it before this retry gets it
+  once more, and drops it by id.
+- a claim from before session 18 (no `copy`) is finished from its intent while one exists,
+  and deleted with it; with no intent it is done. A claim from before intents existed carries
+  the copy as `message` with a `done` flag: finished by marking it done.
+So after an error part of a batch may be visible, but the next save of the same (from_id,
+cid) finishes every message under its first id. A message cut off after step 2 can reach its
+recipients by replay before history shows it. Two nodes saving the same (from_id, cid) at
+the same moment may both report created=True; recipients drop the duplicate by id. A message
+finished by a retry keeps its first attempt's id, so it sorts before messages the sender sent
+between the failure and the retry.
 
 Confirms (`commit`): every confirm of a group commit costs one find of the offline rows (with
 their copies) and one delete, whatever the number of users and ids. Offline replay
@@ -188,80 +193,72 @@ class MongoMessages(MongoLifecycle):
         return results
 
     def _save_unique(self, items: Sequence[NewMessage]) -> dict[tuple[int, str], Saved]:
-        intents = [self._intent(item) for item in items]
-        # An intent refused as a duplicate is an earlier attempt's with the same id.
-        ours = {intents[i]["_id"] for i in range(len(items))} - {intents[i]["_id"] for i in insert_new(self._intents, intents)}
         claims = [self._claim(item) for item in items]
         refused = insert_new(self._claims, claims)
         earlier = self._claims_of([items[i].message for i in sorted(refused)])
-        unfinished = self._unfinished(list(earlier.values()), ours)
+        older = self._older_copies([c for c in earlier.values() if "copy" not in c])
         stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
         outcome: dict[tuple[int, str], Saved] = {}
-        write: list[Doc] = []  # intents whose document is still to write
+        write: list[Doc] = []  # claims (or older copies) whose document is still to write
         rows: list[Doc] = []  # offline rows to write, with their copies
-        finish: list[int] = []  # intents to drop: their message is complete
+        finished: list[int] = []  # older claims finished by this call
         for i, item in enumerate(items):
             key = (item.message.from_id, item.message.cid)
             claim = claims[i] if i not in refused else earlier.get(key)
             if claim is None:
                 raise RuntimeError(f"message id {item.message.id} is claimed by another (from_id, cid)")
             found = stored.get(claim["_id"])
-            intent = intents[i] if i not in refused else unfinished.get(claim["_id"])
-            if i in refused and claim["_id"] not in unfinished:  # done: a repeat
+            source = claim if "copy" in claim else older.get(claim["_id"])
+            if source is None or (found is not None and "copy" in claim):  # done: a repeat
                 if found is None:
                     raise RuntimeError(f"message {claim['_id']} is done but missing from its shard")
                 outcome[key] = Saved(found, created=False)
                 continue
-            finish.append(claim["_id"])
-            if found is not None:
+            copy = source["copy"] if "copy" in source else source["message"]
+            if found is not None:  # an older claim whose save stopped after its document
+                finished.append(claim["_id"])
                 outcome[key] = Saved(found, created=True)
-                if intent is not None:  # the earlier call may have stopped before the rows
-                    rows.extend(self._rows(intent["pending_for"], claim["_id"], claim["shard"], message_doc(found)))
+                rows.extend(self._rows(source["pending_for"], claim["_id"], claim["shard"], message_doc(found)))
                 continue
-            if intent is None:
-                raise RuntimeError(f"message {claim['_id']} is unfinished but has no copy to finish it with")
-            outcome[key] = Saved(message_of(intent["message"]), created=True)
-            write.append(intent)
-            rows.extend(self._rows(intent["pending_for"], claim["_id"], claim["shard"], intent["message"]))
+            if "copy" not in claim:
+                finished.append(claim["_id"])
+            outcome[key] = Saved(message_of(copy), created=True)
+            write.append({"shard": claim["shard"], "copy": copy})
+            rows.extend(self._rows(source["pending_for"], claim["_id"], claim["shard"], copy))
         self._write(write, rows)
-        # Drop the finished intents and this call's own for the refused (never claimed).
-        drop = sorted(set(finish) | {intents[i]["_id"] for i in refused})
-        if drop:
-            self._intents.delete_many({"_id": {"$in": drop}})
-        legacy = [c["_id"] for c in earlier.values() if c["_id"] in unfinished and ("done" in c or "message" in c)]
-        if legacy:  # claims written before intents existed carried the copy and a done flag
-            self._claims.update_many(
-                {"_id": {"$in": legacy}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
-            )
+        if finished:
+            self._finish_older(finished, earlier.values())
         return outcome
 
     def _claim(self, item: NewMessage) -> Doc:
         m = item.message
-        return {"_id": m.id, "from_id": m.from_id, "cid": m.cid, "shard": self._shard(m.chat_key)}
+        return {"_id": m.id, "from_id": m.from_id, "cid": m.cid, "shard": self._shard(m.chat_key),
+                "copy": message_doc(m), "pending_for": list(dict.fromkeys(item.pending_for))}
 
-    def _intent(self, item: NewMessage) -> Doc:
-        m = item.message
-        return {
-            "_id": m.id,
-            "shard": self._shard(m.chat_key),
-            "message": message_doc(m),
-            "pending_for": list(dict.fromkeys(item.pending_for)),
-        }
-
-    def _unfinished(self, claims: Sequence[Doc], ours: set[int]) -> dict[int, Doc | None]:
-        """Which of these stored claims are not finished, with the copy to finish each with
-        (its intent; a claim from before intents existed is its own copy, or None once its
-        copy was dropped). An intent in `ours` was written by this call: not evidence."""
-        found: dict[int, Doc | None] = {}
+    def _older_copies(self, claims: Sequence[Doc]) -> dict[int, Doc]:
+        """The unfinished ones among these claims from before session 18 (no `copy`), each
+        with the document holding its copy (`message`) and recipients: its intent, or for a
+        claim from before intents the claim itself. A claim absent from the result is done."""
+        found: dict[int, Doc] = {}
         current: list[int] = []
         for c in claims:
-            if "message" in c or c.get("done") is False:
-                found[c["_id"]] = c if "message" in c else None
-            elif "done" not in c and c["_id"] not in ours:
+            if "message" in c:
+                found[c["_id"]] = c
+            elif "done" not in c:
                 current.append(c["_id"])
         if current:
             found.update((doc["_id"], doc) for doc in self._intents.find({"_id": {"$in": current}}))
         return found
+
+    def _finish_older(self, ids: Sequence[int], claims: Iterable[Doc]) -> None:
+        """Older claims this call finished: their intents go; a claim from before intents is
+        marked done and loses its copy."""
+        self._intents.delete_many({"_id": {"$in": sorted(ids)}})
+        legacy = [c["_id"] for c in claims if c["_id"] in set(ids) and "message" in c]
+        if legacy:
+            self._claims.update_many(
+                {"_id": {"$in": legacy}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
+            )
 
     def _claims_of(self, messages: Sequence[Message]) -> dict[tuple[int, str], Doc]:
         """The stored claims of these (from_id, cid) pairs, in one query."""
@@ -277,14 +274,15 @@ class MongoMessages(MongoLifecycle):
     def _rows(users: Iterable[int], message_id: int, shard: int, copy: Doc) -> list[Doc]:
         return [{"user_id": u, "message_id": message_id, "shard": shard, "message": copy} for u in users]
 
-    def _write(self, intents: Sequence[Doc], rows: Sequence[Doc]) -> None:
-        """Steps 3 and 4 of the module docstring: the documents first, then the offline rows."""
+    def _write(self, finish: Sequence[Doc], rows: Sequence[Doc]) -> None:
+        """Steps 2 and 3 of the module docstring: the offline rows first, then the documents
+        (`finish`: each {shard, copy})."""
+        insert_new(self._pending, rows)
         by_shard: dict[int, list[Doc]] = defaultdict(list)
-        for c in intents:
-            by_shard[c["shard"]].append(c["message"])
+        for item in finish:
+            by_shard[item["shard"]].append(item["copy"])
         for shard, docs in sorted(by_shard.items()):
             insert_new(self._shards[shard], docs)
-        insert_new(self._pending, rows)
 
     def _messages_of(self, rows: Sequence[Doc]) -> dict[int, Message]:
         """The messages of these offline rows, by id: each row's copy; a row from before copies
@@ -307,7 +305,9 @@ class MongoMessages(MongoLifecycle):
     # -- offline sets and cursors --------------------------------------------------------------
 
     def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
-        """Unconfirmed messages with id > after, oldest first (only complete messages)."""
+        """Unconfirmed messages with id > after, oldest first: each row's copy, so a message
+        whose save is still running (or was cut off after its rows) may come before history
+        shows it; a row from before copies is given once its message is visible."""
         found: list[Message] = []
         with translated(self.name):
             while len(found) < limit:
@@ -449,14 +449,17 @@ class MongoMessages(MongoLifecycle):
         return message_of(doc) if doc is not None else None
 
     def recall(self, message_id: MessageId) -> Message:
-        """Marks the message recalled (type `recalled`, empty content), its offline copies
-        first (a failure between the two leaves no copy with the content); idempotent."""
+        """Marks the message recalled (type `recalled`, empty content), its copies first (the
+        offline rows' and the claim's: a failure before the document leaves no copy with the
+        content); idempotent."""
         recalled = {"message_type": MessageType.RECALLED.value, "content": ""}
         with translated(self.name):
-            claim = self._claims.find_one({"_id": message_id}, {"shard": 1})
+            claim = self._claims.find_one({"_id": message_id}, {"shard": 1, "copy._id": 1})
             doc = None
             if claim is not None:
                 self._pending.update_many({"message_id": message_id}, copy_update(recalled))
+                if "copy" in claim:
+                    self._claims.update_one({"_id": message_id}, copy_update(recalled, "copy"))
                 doc = self._shards[claim["shard"]].find_one_and_update(
                     {"_id": message_id}, {"$set": recalled}, return_document=ReturnDocument.AFTER
                 )
