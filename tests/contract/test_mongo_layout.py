@@ -86,8 +86,8 @@ def test_every_query_has_an_index(store: MongoMessages, raw: Database) -> None:
 
 
 def older_claim(store: MongoMessages, message: Message) -> dict[str, Any]:
-    """A claim as nodes before session 18 wrote it: no copy (that was in the intent)."""
-    return {k: v for k, v in store._claim(new(message, BOB)).items() if k not in ("copy", "pending_for")}
+    """A claim as nodes that wrote intents (before session 18) wrote it: no copy."""
+    return {k: v for k, v in store._claim(new(message, BOB)).items() if k not in ("message", "pending_for")}
 
 
 def older_intent(store: MongoMessages, message: Message) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def test_a_save_writes_its_claim_with_the_copy_and_no_intent(store: MongoMessage
     store.save_messages([new(first, BOB, CAROL)])
     claim = raw["message_ids"].find_one({"_id": first.id})
     assert claim == {"_id": first.id, "from_id": ALICE, "cid": first.cid, "shard": shard_of(first.chat_key, 16),
-                     "copy": message_doc(first), "pending_for": [BOB, CAROL]}
+                     "message": message_doc(first), "pending_for": [BOB, CAROL]}
     assert raw["message_intents"].count_documents({}) == 0
 
 
@@ -206,11 +206,11 @@ def test_recall_and_erasure_change_the_claims_copy(store: MongoMessages, raw: Da
     store.save_messages([new(one, BOB), new(two, BOB)])
     store.recall(one.id)
     claim = raw["message_ids"].find_one({"_id": one.id})
-    assert claim is not None and (claim["copy"]["message_type"], claim["copy"]["content"]) == ("recalled", "")
+    assert claim is not None and (claim["message"]["message_type"], claim["message"]["content"]) == ("recalled", "")
     assert store.erase_sent(ALICE, MessageId(0), 10) == [one.id, two.id]
     for message in (one, two):
         claim = raw["message_ids"].find_one({"_id": message.id})
-        assert claim is not None and (claim["copy"]["message_type"], claim["copy"]["content"]) == ("deleted", "")
+        assert claim is not None and (claim["message"]["message_type"], claim["message"]["content"]) == ("deleted", "")
 
 
 def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
@@ -242,17 +242,20 @@ def test_an_offline_row_from_before_copies_is_read_through_its_shard(store: Mong
     assert raw["pending_messages"].count_documents({"user_id": BOB}) == 1  # the unfinished stays
 
 
-def test_a_claim_from_before_intents_is_finished_from_its_own_copy(store: MongoMessages, raw: Database) -> None:
-    first = friend(1)
-    legacy = {**older_claim(store, first), **older_intent(store, first)}  # the claim before intents
-    raw["message_ids"].insert_one(legacy)
-    [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
+def test_claims_from_before_intents_are_finished_from_their_own_copy_or_done(
+    store: MongoMessages, raw: Database
+) -> None:
+    first, done = friend(1), friend(2)
+    unfinished = {**older_claim(store, first), "message": message_doc(first), "pending_for": [BOB]}
+    raw["message_ids"].insert_many([unfinished, {**older_claim(store, done), "done": True}])
+    raw[f"chat_message_{shard_of(done.chat_key, 16)}"].insert_one(message_doc(done))
+    retry, repeat = store.save_messages([new(friend(3, cid=first.cid), BOB), new(friend(4, cid=done.cid), BOB)])
     assert (retry.message, retry.created) == (first, True)
+    assert (repeat.message, repeat.created) == (done, False)
     assert store.pending(BOB, MessageId(0), 10) == [first]
-    claim = raw["message_ids"].find_one({"_id": first.id})
-    assert claim is not None and claim["done"] is True and "message" not in claim
-    [repeat] = store.save_messages([new(friend(3, cid=first.cid), BOB)])
-    assert (repeat.message, repeat.created) == (first, False)
+    assert raw["message_ids"].find_one({"_id": first.id}) == unfinished  # now a claim like any other
+    [again] = store.save_messages([new(friend(5, cid=first.cid), BOB)])
+    assert (again.message, again.created) == (first, False)
 
 
 def test_one_commit_confirms_for_several_users_and_counts_a_repeated_id_once(store: MongoMessages) -> None:

@@ -44,9 +44,9 @@ from ..model import ChatType, Message, MessageId, MessageType, UserId
 
 DEFAULT_SPLIT = 16
 CHAT_PREFIX = "chat_message_"
-CLAIMS = "message_ids"  # one per (from_id, cid): dedup across shards, and id -> shard
+CLAIMS = "message_ids"  # one per (from_id, cid): dedup across shards, id -> shard, the copy
 INTENTS = "message_intents"  # copies of saves an older node left unfinished (no longer written)
-PENDING = "pending_messages"  # offline sets: (user_id, message_id, shard)
+PENDING = "pending_messages"  # offline sets: (user_id, message_id, shard) and the copy
 CURSORS = "read_cursors"
 LAYOUT = "store_layout"
 LOG_PREFIX = "message-log-"
@@ -147,10 +147,10 @@ def message_doc(m: Message) -> dict[str, Any]:
     }
 
 
-def copy_update(fields: dict[str, Any], copy: str = "message") -> dict[str, Any]:
-    """The update that sets `fields` in a document's copy of its message: the `message` field
-    of an offline row, an intent or a claim from before intents; a claim's `copy`."""
-    return {"$set": {f"{copy}.{k}": v for k, v in fields.items()}}
+def copy_update(fields: dict[str, Any]) -> dict[str, Any]:
+    """The update that sets `fields` in a document's copy of its message (the `message` field
+    of an offline row, a claim or an older node's intent)."""
+    return {"$set": {f"message.{k}": v for k, v in fields.items()}}
 
 
 def message_of(doc: dict[str, Any]) -> Message:

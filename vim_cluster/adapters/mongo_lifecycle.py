@@ -135,30 +135,27 @@ class MongoLifecycle:
         placeholder = {"message_type": MessageType.DELETED.value, "content": "", "extend": None}
         with translated(self.name):
             claims = list(
-                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "message._id": 1, "copy._id": 1})
+                self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1, "message._id": 1})
                 .sort("_id", ASCENDING).limit(limit)
             )
             if not claims:
                 return []
             copy = copy_update(placeholder)
             ids = [c["_id"] for c in claims]
-            # The offline rows' copies first: a failure before the documents leaves no copy
-            # with the content (the next call, from the same `after`, erases the rest).
+            # The copies first (the offline rows', the claims', an older node's intents): a
+            # failure before the documents leaves no copy with the content that a retry of an
+            # unfinished save could write back (the next call, from the same `after`, erases
+            # the rest).
             self._pending.update_many({"message_id": {"$in": ids}}, copy)
+            kept = [c["_id"] for c in claims if "message" in c]
+            if kept:
+                self._claims.update_many({"_id": {"$in": kept}}, copy)
+            self._intents.update_many({"_id": {"$in": ids}}, copy)
             by_shard: dict[int, list[int]] = defaultdict(list)
             for c in claims:
                 by_shard[c["shard"]].append(c["_id"])
             for shard, shard_ids in sorted(by_shard.items()):
                 self._shards[shard].update_many({"_id": {"$in": shard_ids}}, {"$set": placeholder})
-            # A claim keeps its message's copy (`copy`); an older node's unfinished save keeps
-            # it in its intent, or before intents in the claim (`message`).
-            kept = [c["_id"] for c in claims if "copy" in c]
-            if kept:
-                self._claims.update_many({"_id": {"$in": kept}}, copy_update(placeholder, "copy"))
-            self._intents.update_many({"_id": {"$in": ids}}, copy)
-            unfinished = [c["_id"] for c in claims if "message" in c]
-            if unfinished:
-                self._claims.update_many({"_id": {"$in": unfinished}}, copy)
         return [MessageId(c["_id"]) for c in claims]
 
     def forget_user(self, user_id: UserId) -> int:

@@ -4,10 +4,10 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 - `chat_message_{n}`: messages, sharded by conversation; index (chat_key, _id).
 - `message_ids`: one claim per (from_id, cid), unique index (from_id, cid); `_id` is the
   message id, `shard` says where the message lives (how `get` and `recall` find it), and
-  `copy` and `pending_for` are the message and its recipients: what a retry finishes an
-  unfinished save with.
-- `message_intents`: copies of messages whose save an older node left unfinished (below);
-  nothing writes it any more.
+  `message` and `pending_for` are a copy of the message and its recipients: what a retry
+  finishes an unfinished save with.
+- `message_intents`: copies of messages whose save an older node (one that wrote intents,
+  before session 18) left unfinished (below); nothing writes it any more.
 - `pending_messages`: offline sets, unique index (user_id, message_id); each row carries a copy
   of its message (`message`), so confirms and offline replay read no shard (below).
 - `read_cursors`: one document per (user, chat), index user_id.
@@ -16,22 +16,22 @@ Collections (see `mongo_base` for the shard rule and the document fields):
 Offline sets and cursors live here, not in Redis, so a Redis flush loses nothing.
 
 How save_messages stays idempotent without transactions (FerretDB has none), per message:
-1. claim: insert {_id: id, from_id, cid, shard, copy, pending_for} into message_ids. The
+1. claim: insert {_id: id, from_id, cid, shard, message, pending_for} into message_ids. The
    unique (from_id, cid) index lets exactly one claim per sender and cid exist, across
    shards, and the claim keeps the copy a retry finishes the message with.
 2. pending: insert its offline-set rows, each with a copy of the document (a duplicate row is
    ignored). From here on offline replay may give it: replay and confirms take the row's
    copy and never look the message up in its shard.
 3. message: insert its document into its shard (a duplicate _id is ignored), last: a message
-   whose document exists is complete. From here on it is visible to history, get and group
-   replay.
-Each step is one unordered bulk write for the whole batch, inserts only (an update or a
-delete costs FerretDB 1.x a decode of every document it looks at): a batch of new messages
-costs 2 round trips plus one per shard it touches (repeats add a lookup of their claims and
-one query per shard those live in). Until session 18 a save also wrote an intent (the copy)
-first and deleted it last: two more documents per message, a quarter of the profile's
-throughput on FerretDB; the claim's copy replaces it, and costs the copy's bytes for as long
-as the message is kept.
+   whose document exists is complete. From here on history, get, recall and group replay see
+   it.
+Each step is one unordered bulk insert for the whole batch (an update or a delete costs
+FerretDB 1.x a decode of every document it looks at): a batch of new messages costs 2 round
+trips plus one per shard it touches (repeats add a lookup of their claims and one query per
+shard those live in). Until session 18 a save also inserted an intent (the copy) first and
+deleted it last: two more documents per message, about a fifth of the profile's throughput
+on FerretDB. The claim's copy replaces it, and costs the copy's bytes for as long as the
+message is kept.
 
 When a claim already exists (a repeat, or a retry after a failure):
 - its document exists: done; the repeat gets the stored message with created=False.
@@ -40,15 +40,21 @@ When a claim already exists (a repeat, or a retry after a failure):
   recipients: never a second message) and reports created=True, because no call has returned
   it as saved. A recipient who got it by replay and confirmed it before this retry gets it
   once more, and drops it by id.
-- a claim from before session 18 (no `copy`) is finished from its intent while one exists,
-  and deleted with it; with no intent it is done. A claim from before intents existed carries
-  the copy as `message` with a `done` flag: finished by marking it done.
-So after an error part of a batch may be visible, but the next save of the same (from_id,
-cid) finishes every message under its first id. A message cut off after step 2 can reach its
-recipients by replay before history shows it. Two nodes saving the same (from_id, cid) at
-the same moment may both report created=True; recipients drop the duplicate by id. A message
-finished by a retry keeps its first attempt's id, so it sorts before messages the sender sent
-between the failure and the retry.
+Older claims: a claim with `done` and no copy is done (the first nodes wrote claims with the
+copy and this order, then marked them done). A claim with neither (nodes that wrote intents
+and the document before the rows) is unfinished while its intent exists: it is finished from
+the intent (its rows written again if its document exists) and the intent deleted; without
+an intent it is done. A node that writes intents takes a claim with a copy for one of the
+first nodes', which it finishes correctly (and marks done), so the two may run side by side
+during an upgrade; its recall leaves the claim's copy as it was.
+
+So after an error part of a batch may be half-visible: in its recipients' offline sets (and
+delivered by replay) but not yet in history, get or recall. The next save of the same
+(from_id, cid) finishes every message under its first id; a client that never retries leaves
+it so until the retention purge. Two nodes saving the same (from_id, cid) at the same moment
+may both report created=True; recipients drop the duplicate by id. A message finished by a
+retry keeps its first attempt's id, so it sorts before messages the sender sent between the
+failure and the retry.
 
 Confirms (`commit`): every confirm of a group commit costs one find of the offline rows (with
 their copies) and one delete, whatever the number of users and ids. Offline replay
@@ -59,7 +65,7 @@ before copies existed (no `message`) are looked up in their shards, as before.
 Recall and erasure change the copies with the documents.
 
 Deviation from the port's "none of it on error": without transactions a failed batch may
-leave some of its messages visible (never half-written, see above); nothing is reported saved.
+leave some of its messages in offline sets or visible (see above); nothing is reported saved.
 
 Acks: every write uses the client's write concern (w=1, journal=true by default), so
 save_messages returns only once the server acknowledged the journaled write. FerretDB accepts
@@ -196,69 +202,46 @@ class MongoMessages(MongoLifecycle):
         claims = [self._claim(item) for item in items]
         refused = insert_new(self._claims, claims)
         earlier = self._claims_of([items[i].message for i in sorted(refused)])
-        older = self._older_copies([c for c in earlier.values() if "copy" not in c])
+        intents = self._intents_of([c["_id"] for c in earlier.values() if "message" not in c and "done" not in c])
         stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
         outcome: dict[tuple[int, str], Saved] = {}
-        write: list[Doc] = []  # claims (or older copies) whose document is still to write
+        write: list[Doc] = []  # claims (or intents) whose document is still to write
         rows: list[Doc] = []  # offline rows to write, with their copies
-        finished: list[int] = []  # older claims finished by this call
         for i, item in enumerate(items):
             key = (item.message.from_id, item.message.cid)
             claim = claims[i] if i not in refused else earlier.get(key)
             if claim is None:
                 raise RuntimeError(f"message id {item.message.id} is claimed by another (from_id, cid)")
             found = stored.get(claim["_id"])
-            source = claim if "copy" in claim else older.get(claim["_id"])
-            if source is None or (found is not None and "copy" in claim):  # done: a repeat
+            source = claim if "message" in claim else intents.get(claim["_id"])
+            if source is None or (found is not None and source is claim):  # done: a repeat
                 if found is None:
                     raise RuntimeError(f"message {claim['_id']} is done but missing from its shard")
                 outcome[key] = Saved(found, created=False)
                 continue
-            copy = source["copy"] if "copy" in source else source["message"]
-            if found is not None:  # an older claim whose save stopped after its document
-                finished.append(claim["_id"])
+            if found is not None:  # an intent's save that stopped after its document
                 outcome[key] = Saved(found, created=True)
                 rows.extend(self._rows(source["pending_for"], claim["_id"], claim["shard"], message_doc(found)))
                 continue
-            if "copy" not in claim:
-                finished.append(claim["_id"])
-            outcome[key] = Saved(message_of(copy), created=True)
-            write.append({"shard": claim["shard"], "copy": copy})
-            rows.extend(self._rows(source["pending_for"], claim["_id"], claim["shard"], copy))
+            outcome[key] = Saved(message_of(source["message"]), created=True)
+            write.append({"shard": claim["shard"], "message": source["message"]})
+            rows.extend(self._rows(source["pending_for"], claim["_id"], claim["shard"], source["message"]))
         self._write(write, rows)
-        if finished:
-            self._finish_older(finished, earlier.values())
+        if intents:  # every one found was finished above
+            self._intents.delete_many({"_id": {"$in": sorted(intents)}})
         return outcome
 
     def _claim(self, item: NewMessage) -> Doc:
         m = item.message
         return {"_id": m.id, "from_id": m.from_id, "cid": m.cid, "shard": self._shard(m.chat_key),
-                "copy": message_doc(m), "pending_for": list(dict.fromkeys(item.pending_for))}
+                "message": message_doc(m), "pending_for": list(dict.fromkeys(item.pending_for))}
 
-    def _older_copies(self, claims: Sequence[Doc]) -> dict[int, Doc]:
-        """The unfinished ones among these claims from before session 18 (no `copy`), each
-        with the document holding its copy (`message`) and recipients: its intent, or for a
-        claim from before intents the claim itself. A claim absent from the result is done."""
-        found: dict[int, Doc] = {}
-        current: list[int] = []
-        for c in claims:
-            if "message" in c:
-                found[c["_id"]] = c
-            elif "done" not in c:
-                current.append(c["_id"])
-        if current:
-            found.update((doc["_id"], doc) for doc in self._intents.find({"_id": {"$in": current}}))
-        return found
-
-    def _finish_older(self, ids: Sequence[int], claims: Iterable[Doc]) -> None:
-        """Older claims this call finished: their intents go; a claim from before intents is
-        marked done and loses its copy."""
-        self._intents.delete_many({"_id": {"$in": sorted(ids)}})
-        legacy = [c["_id"] for c in claims if c["_id"] in set(ids) and "message" in c]
-        if legacy:
-            self._claims.update_many(
-                {"_id": {"$in": legacy}}, {"$set": {"done": True}, "$unset": {"message": "", "pending_for": ""}}
-            )
+    def _intents_of(self, ids: Sequence[int]) -> dict[int, Doc]:
+        """The intents of these claims (an older node's: no copy, no `done`), by id; a claim
+        without one is done."""
+        if not ids:
+            return {}
+        return {doc["_id"]: doc for doc in self._intents.find({"_id": {"$in": ids}})}
 
     def _claims_of(self, messages: Sequence[Message]) -> dict[tuple[int, str], Doc]:
         """The stored claims of these (from_id, cid) pairs, in one query."""
@@ -276,11 +259,11 @@ class MongoMessages(MongoLifecycle):
 
     def _write(self, finish: Sequence[Doc], rows: Sequence[Doc]) -> None:
         """Steps 2 and 3 of the module docstring: the offline rows first, then the documents
-        (`finish`: each {shard, copy})."""
+        (`finish`: each {shard, message})."""
         insert_new(self._pending, rows)
         by_shard: dict[int, list[Doc]] = defaultdict(list)
         for item in finish:
-            by_shard[item["shard"]].append(item["copy"])
+            by_shard[item["shard"]].append(item["message"])
         for shard, docs in sorted(by_shard.items()):
             insert_new(self._shards[shard], docs)
 
@@ -454,12 +437,12 @@ class MongoMessages(MongoLifecycle):
         content); idempotent."""
         recalled = {"message_type": MessageType.RECALLED.value, "content": ""}
         with translated(self.name):
-            claim = self._claims.find_one({"_id": message_id}, {"shard": 1, "copy._id": 1})
+            claim = self._claims.find_one({"_id": message_id}, {"shard": 1, "message._id": 1})
             doc = None
             if claim is not None:
                 self._pending.update_many({"message_id": message_id}, copy_update(recalled))
-                if "copy" in claim:
-                    self._claims.update_one({"_id": message_id}, copy_update(recalled, "copy"))
+                if "message" in claim:
+                    self._claims.update_one({"_id": message_id}, copy_update(recalled))
                 doc = self._shards[claim["shard"]].find_one_and_update(
                     {"_id": message_id}, {"$set": recalled}, return_document=ReturnDocument.AFTER
                 )
