@@ -7,7 +7,9 @@ Rules:
 - A purge batch removes, in this order: the offline rows, the chat documents, then the claims.
   The claims drive the next batch, so a crash between steps leaves claims whose rest is
   already gone, and the next batch finds and finishes them (nothing newer is touched).
-  Until then `get` of such a message answers None, as after the purge.
+  Until then `get` of such a message answers None, as after the purge, and a save of the same
+  (from_id, cid) (a client resending a message older than the retention) would write it back
+  from its claim's copy, for the next batch to remove again.
 - Daily raw frame logs `message-log-{yyyyMMdd}` are dropped whole once their day is past.
 - Erasing a user's frames in the raw logs scans each daily log (they have no index by
   sender: they are written on the hot path); erasure is a rare operator action.
