@@ -37,6 +37,8 @@ from vim_cluster.protocol.forward_frames import (
     slave_mac,
 )
 
+from .test_delivery import wire_ids
+
 
 def deliver(n: int) -> Deliver:
     return Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"%d"}}' % n, "s-1", 1000 + n, n)
@@ -105,12 +107,6 @@ def to(users: list[int], n: int) -> Deliver:
     return deliver(n)._replace(users=users)
 
 
-def frame_ids(packet: Packet) -> list[int]:
-    assert isinstance(packet, Deliver)
-    frames = [packet.frame] if isinstance(packet.frame, bytes) else packet.frame
-    return [int(f.split(b'"id":"')[1].split(b'"')[0]) for f in frames]
-
-
 def test_a_packet_joins_the_newest_unsent_packet_it_merges_with_and_keeps_its_number() -> None:
     window: UnackedWindow[str] = UnackedWindow()
     window.push(to([7], 1))
@@ -118,11 +114,11 @@ def test_a_packet_joins_the_newest_unsent_packet_it_merges_with_and_keeps_its_nu
     assert window.merge_unsent(to([8], 3), join, only_delivers, lookback=16)  # the newest
     assert window.merge_unsent(to([7], 4), join, only_delivers, lookback=16)  # past [8]'s
     assert not window.merge_unsent(to([9], 5), join, only_delivers, lookback=16)  # nobody's
-    assert [(i.seq, frame_ids(i.packet)) for i in window.items] == [(1, [1, 4]), (2, [2, 3])]
+    assert [(i.seq, wire_ids(i.packet)) for i in window.items] == [(1, [1, 4]), (2, [2, 3])]
     assert window.next_seq == 3 and window.unsent() == 2
     assert not window.merge_unsent(to([7], 6), join, never, lookback=16)  # may not pass [8]'s
     assert window.merge_unsent(to([8], 6), join, never, lookback=16)  # joins the newest
-    assert [frame_ids(i.packet) for i in window.items] == [[1, 4], [2, 3, 6]]
+    assert [wire_ids(i.packet) for i in window.items] == [[1, 4], [2, 3, 6]]
 
 
 def test_a_packet_never_joins_one_already_sent_one_tagged_or_one_past_a_barrier() -> None:
@@ -137,7 +133,7 @@ def test_a_packet_never_joins_one_already_sent_one_tagged_or_one_past_a_barrier(
     assert not a.window.merge_unsent(to([7], 4), join, only_delivers, lookback=16)
     a.window.push(to([7], 4))
     b.receive(a.batch())
-    assert [frame_ids(p) for p in b.got if isinstance(p, Deliver)] == [[1], [2], [3], [4]]
+    assert [wire_ids(p) for p in b.got if isinstance(p, Deliver)] == [[1], [2], [3], [4]]
     assert [type(p) for p in b.got] == [Deliver, Deliver, Deliver, SessionOpen, Deliver]
 
 
@@ -148,7 +144,7 @@ def test_a_packet_looks_back_at_most_lookback_packets() -> None:
         window.push(to([n * 10], n))
     assert not window.merge_unsent(to([7], 5), join, only_delivers, lookback=3)
     assert window.merge_unsent(to([7], 5), join, only_delivers, lookback=4)
-    assert frame_ids(window.items[0].packet) == [1, 5]
+    assert wire_ids(window.items[0].packet) == [1, 5]
 
 
 def test_packets_of_a_batch_too_big_to_send_whole_count_as_unsent_again() -> None:
