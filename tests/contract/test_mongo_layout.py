@@ -4,6 +4,7 @@ idempotent save without transactions, write concern and the daily frame log."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,8 +126,7 @@ def test_a_save_cut_off_before_its_document_is_replayed_and_finished_by_the_retr
 ) -> None:
     first = friend(1)
     raw["message_ids"].insert_one(store._claim(new(first, BOB)))  # the crash: steps 1-2 ran
-    raw["pending_messages"].insert_one({"user_id": BOB, "message_id": first.id,
-                                        "shard": shard_of(first.chat_key, 16), "message": message_doc(first)})
+    raw["pending_messages"].insert_many(store._rows([BOB], first.id, shard_of(first.chat_key, 16), message_doc(first)))
     assert store.get(first.id) is None and store.history(first.chat_key, None, 10) == ([], False)
     assert store.pending(BOB, MessageId(0), 10) == [first]  # the row's copy: before history
     [retry] = store.save_messages([new(friend(2, cid=first.cid), BOB)])
@@ -201,25 +201,40 @@ def test_an_older_nodes_save_cut_off_before_its_offline_rows_gets_them_from_the_
     assert raw["message_intents"].count_documents({}) == 0
 
 
-def test_recall_and_erasure_change_the_claims_copy(store: MongoMessages, raw: Database) -> None:
-    one, two = friend(1), friend(2)
-    store.save_messages([new(one, BOB), new(two, BOB)])
-    store.recall(one.id)
+def test_recall_and_erasure_change_every_copy(store: MongoMessages, raw: Database) -> None:
+    one, two, older = friend(1), friend(2), friend(3)
+    store.save_messages([new(one, BOB), new(two, BOB), new(older, BOB)])
+    raw["pending_messages"].update_one({"message_id": older.id}, {"$unset": {"message_json": ""},
+                                                                 "$set": {"message": message_doc(older)}})
+    recalled = store.recall(one.id)
     claim = raw["message_ids"].find_one({"_id": one.id})
     assert claim is not None and (claim["message"]["message_type"], claim["message"]["content"]) == ("recalled", "")
-    assert store.erase_sent(ALICE, MessageId(0), 10) == [one.id, two.id]
-    for message in (one, two):
+    row = raw["pending_messages"].find_one({"message_id": one.id})
+    assert row is not None and "message_json" not in row and "message" not in row  # read through the shard
+    assert store.pending(BOB, MessageId(0), 10) == [recalled, two, older]
+    assert store.erase_sent(ALICE, MessageId(0), 10) == [one.id, two.id, older.id]
+    for message in (one, two, older):
         claim = raw["message_ids"].find_one({"_id": message.id})
         assert claim is not None and (claim["message"]["message_type"], claim["message"]["content"]) == ("deleted", "")
+        row = raw["pending_messages"].find_one({"message_id": message.id})
+        assert row is not None and "message_json" not in row
+    assert raw["pending_messages"].find_one({"message_id": older.id})["message"]["content"] == ""
+    erased = store.pending(BOB, MessageId(0), 10)
+    assert [(m.id, m.message_type.value, m.content) for m in erased] == [
+        (one.id, "deleted", ""), (two.id, "deleted", ""), (older.id, "deleted", "")]
 
 
 def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
     store: MongoMessages, raw: Database
 ) -> None:
-    one, two = friend(1), friend(2)
+    one, two = friend(1, extend={"k": [1, 2**62]}, content="中文😀 \u0001"), friend(2)
     store.save_messages([new(one, BOB), new(two, BOB)])
     row = raw["pending_messages"].find_one({"user_id": BOB, "message_id": one.id})
-    assert row is not None and row["message"] == message_doc(one)
+    assert row is not None and set(row) == {"_id", "user_id", "message_id", "shard", "message_json"}
+    assert json.loads(row["message_json"]) == message_doc(one)  # one string, not a document
+    # a row of an older node carries its copy as a document: read without the shard too
+    raw["pending_messages"].update_one({"message_id": two.id}, {"$unset": {"message_json": ""},
+                                                               "$set": {"message": message_doc(two)}})
 
     def no_shard(refs: object) -> dict[int, object]:
         assert not list(refs), "a shard was read"  # type: ignore[call-overload]

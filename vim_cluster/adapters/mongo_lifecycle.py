@@ -26,7 +26,7 @@ from pymongo.database import Database
 
 from ..core.paging import merge_pages
 from ..model import ChatType, Message, MessageId, MessageType, UserId
-from .mongo_base import LOG_PREFIX, copy_update, message_of, shard_of, translated
+from .mongo_base import LOG_PREFIX, copy_update, drop_row_copies, message_of, shard_of, translated
 
 Doc = dict[str, Any]
 
@@ -148,7 +148,7 @@ class MongoLifecycle:
             # failure before the documents leaves no copy with the content that a retry of an
             # unfinished save could write back (the next call, from the same `after`, erases
             # the rest).
-            self._pending.update_many({"message_id": {"$in": ids}}, copy)
+            drop_row_copies(self._pending, {"message_id": {"$in": ids}}, placeholder)
             kept = [c["_id"] for c in claims if "message" in c]
             if kept:
                 self._claims.update_many({"_id": {"$in": kept}}, copy)
