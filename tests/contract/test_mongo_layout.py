@@ -245,6 +245,17 @@ def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
     assert store.confirm(BOB, [one.id]) == [one]
 
 
+def test_a_row_an_older_node_recalled_is_read_through_its_shard(store: MongoMessages, raw: Database) -> None:
+    one = friend(1)
+    store.save_messages([new(one, BOB)])
+    # an older node's recall: the fields set in a `message` document beside the string, then the shard
+    recalled = {"message_type": "recalled", "content": ""}
+    raw["pending_messages"].update_many({"message_id": one.id}, {"$set": {f"message.{k}": v for k, v in recalled.items()}})
+    raw[f"chat_message_{shard_of(one.chat_key, 16)}"].update_one({"_id": one.id}, {"$set": recalled})
+    [replayed] = store.pending(BOB, MessageId(0), 10)
+    assert (replayed.id, replayed.message_type.value, replayed.content) == (one.id, "recalled", "")
+
+
 def test_an_offline_row_from_before_copies_is_read_through_its_shard(store: MongoMessages, raw: Database) -> None:
     old, unfinished = friend(1), friend(2)
     store.save_messages([new(old, BOB)])

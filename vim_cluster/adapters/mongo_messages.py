@@ -280,16 +280,20 @@ class MongoMessages(MongoLifecycle):
     def _messages_of(self, rows: Sequence[Doc]) -> dict[int, Message]:
         """The messages of these offline rows, by id: each row's copy (`message_json`, or an
         older node's `message` document); a row without one (from before copies, or whose copy
-        a recall or an erasure dropped) is looked up in its shard, and left out while its
-        message is not visible."""
+        a recall or an erasure dropped), or with both (an older node's recall or erasure set
+        fields of a `message` beside the string), is looked up in its shard, and left out while
+        its message is not visible."""
         found: dict[int, Message] = {}
         through: list[tuple[int, int]] = []
         for r in rows:
-            if ROW_COPY in r:
-                found[r["message_id"]] = message_of(unpack(r[ROW_COPY]))
-            elif "message" in r:
+            if "message" not in r:
+                if ROW_COPY in r:
+                    found[r["message_id"]] = message_of(unpack(r[ROW_COPY]))
+                else:
+                    through.append((r["message_id"], r["shard"]))
+            elif ROW_COPY not in r:
                 found[r["message_id"]] = message_of(r["message"])
-            else:
+            else:  # an older node's recall or erasure set some fields: its shard has them all
                 through.append((r["message_id"], r["shard"]))
         found.update(self._fetch(through))
         return found
