@@ -52,16 +52,6 @@ PENDING = "pending_messages"  # offline sets: (user_id, message_id, shard) and t
 # confirm's find and delete look at, and one string field decodes faster than the ten fields
 # of a document (a `message` document: rows of nodes before session 18).
 ROW_COPY = "message_json"
-
-
-def _int64(value: Any) -> Any:
-    """msgspec's hook for a copy read back from the store: BSON's Int64 is an int."""
-    if isinstance(value, int):
-        return int(value)
-    raise TypeError(f"cannot pack a {type(value).__name__}")
-
-
-_ENCODER = msgspec.json.Encoder(enc_hook=_int64)
 CURSORS = "read_cursors"
 LAYOUT = "store_layout"
 LOG_PREFIX = "message-log-"
@@ -160,6 +150,16 @@ def message_doc(m: Message) -> dict[str, Any]:
         "timestamp": m.timestamp,
         "chat_key": m.chat_key,
     }
+
+
+def _int64(value: Any) -> Any:
+    """msgspec's hook for a copy read back from the store: BSON's Int64 is an int."""
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"cannot pack a {type(value).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_int64)
 
 
 def pack(doc: dict[str, Any]) -> str:

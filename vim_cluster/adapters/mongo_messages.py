@@ -47,7 +47,9 @@ and the document before the rows) is unfinished while its intent exists: it is f
 the intent (its rows written again if its document exists) and the intent deleted; without
 an intent it is done. A node that writes intents takes a claim with a copy for one of the
 first nodes', which it finishes correctly (and marks done), so the two may run side by side
-during an upgrade; its recall leaves the claim's copy as it was.
+during an upgrade; its recall leaves the claim's copy as it was. It writes a document before
+its rows: if it stops between the two while finishing a newer node's save, the rows stay
+missing (a stop in the middle of a retry, during an upgrade).
 
 So after an error part of a batch may be half-visible: in its recipients' offline sets (and
 delivered by replay) but not yet in history, get or recall. The next save of the same
