@@ -151,8 +151,7 @@ def message(n: int, sender: int, chat: int, content: str = "hi") -> MessageOut:
 def wire_ids(packet: ff.Packet) -> list[int]:
     """The message ids of a Deliver's frames, read from their JSON (one frame or a list)."""
     assert isinstance(packet, ff.Deliver)
-    frames = [packet.frame] if isinstance(packet.frame, bytes) else packet.frame
-    return [int(json.loads(text)["message"]["id"]) for text in frames]
+    return [int(json.loads(text)["message"]["id"]) for text in packet.frames]
 
 
 def test_two_delivers_join_only_from_one_node_to_the_same_users_but_the_same_session() -> None:

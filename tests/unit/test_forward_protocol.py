@@ -91,8 +91,7 @@ def join(earlier: Packet, new: Packet) -> Packet | None:
     """Two Delivers as one when `new` is for the same users: their frames joined in order."""
     if not (isinstance(earlier, Deliver) and isinstance(new, Deliver)) or earlier.users != new.users:
         return None
-    frames = [earlier.frame] if isinstance(earlier.frame, bytes) else earlier.frame
-    return earlier._replace(frame=[*frames, new.frame], message_id=None)
+    return earlier._replace(frame=[*earlier.frames, new.frame], message_id=None)
 
 
 def only_delivers(packet: Packet) -> bool:

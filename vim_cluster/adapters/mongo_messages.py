@@ -288,14 +288,11 @@ class MongoMessages(MongoLifecycle):
         found: dict[int, Message] = {}
         through: list[tuple[int, int]] = []
         for r in rows:
-            if "message" not in r:
-                if ROW_COPY in r:
-                    found[r["message_id"]] = message_of(unpack(r[ROW_COPY]))
-                else:
-                    through.append((r["message_id"], r["shard"]))
-            elif ROW_COPY not in r:
+            if ROW_COPY in r and "message" not in r:
+                found[r["message_id"]] = message_of(unpack(r[ROW_COPY]))
+            elif "message" in r and ROW_COPY not in r:
                 found[r["message_id"]] = message_of(r["message"])
-            else:  # an older node's recall or erasure set some fields: its shard has them all
+            else:  # no copy, or both: an older node's recall or erasure set fields beside the string
                 through.append((r["message_id"], r["shard"]))
         found.update(self._fetch(through))
         return found

@@ -158,8 +158,7 @@ def merged_deliver(earlier: ff.Packet, new: ff.Packet) -> ff.Deliver | None:
     if type(earlier) is not ff.Deliver or type(new) is not ff.Deliver or earlier.exclude != new.exclude \
             or earlier.users != new.users or earlier.src != new.src:
         return None
-    before = [earlier.frame] if isinstance(earlier.frame, bytes) else earlier.frame
-    added = [new.frame] if isinstance(new.frame, bytes) else new.frame
+    before, added = earlier.frames, new.frames
     if len(before) + len(added) > ff.MAX_FRAMES_PER_DELIVER \
             or sum(map(len, before)) + sum(map(len, added)) > MERGE_BYTES:
         return None

@@ -79,6 +79,11 @@ class Deliver(NamedTuple):
     message_id: int | None = None  # the frame's message id, if it is a `message` (replay dedupe)
     kind: int = DELIVER
 
+    @property
+    def frames(self) -> list[bytes]:
+        """The client frames it carries, in order: its one frame, or its list."""
+        return [self.frame] if isinstance(self.frame, bytes) else self.frame
+
 
 class Kick(NamedTuple):
     dst: str  # the node holding the session
