@@ -104,6 +104,9 @@ class MessageStore(Protocol):
     # Whether `commit_now` can ever commit (SQLite: when no other writer holds the file's
     # lock); False: it always returns None (MongoDB: every write is a network round trip).
     commits_inline: bool
+    # Whether a failed `commit` wrote nothing (SQLite: one transaction). False: it may have
+    # left some of its saves half done (MongoDB without transactions), for `finish_saves`.
+    commits_atomic: bool
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         """One group commit: `save_messages(saves)`, then `confirm` for each of `confirms`, in
@@ -121,6 +124,13 @@ class MessageStore(Protocol):
         Idempotent per (from_id, cid): a repeat returns the stored message with created=False
         and adds nothing to any offline set. Results are in the order of `batch`.
         """
+
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+        """Completes what a failed `commit` left half done of these saves, as a retry of the
+        same (from_id, cid) would: a message begun but not complete (its id taken, perhaps in
+        offline sets, not yet in history) is completed under its first id; one that left no
+        trace stays unsaved, as its sender was told. Idempotent. Returns the ids it completed
+        (none where `commits_atomic`)."""
 
     def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
         """Unconfirmed messages for `user_id` with id > after, oldest first."""

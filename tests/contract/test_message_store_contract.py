@@ -66,6 +66,17 @@ def test_save_returns_one_result_per_message_in_batch_order(messages: MessageSto
     assert messages.save_messages([]) == []
 
 
+def test_finishing_saves_writes_nothing_for_complete_or_never_begun_messages(messages: MessageStore) -> None:
+    done, never = friend(1), friend(2)
+    messages.save_messages([new(done, BOB)])
+    messages.confirm(BOB, [done.id])
+    assert messages.finish_saves([new(done, BOB), new(never, BOB)]) == []
+    assert messages.finish_saves([]) == []
+    assert messages.get(never.id) is None and messages.get(done.id) == done
+    assert messages.history(done.chat_key, None, 10) == ([done], False)
+    assert messages.pending(BOB, MessageId(0), 10) == []  # a confirmed message stays confirmed
+
+
 def test_saving_a_cid_again_returns_the_stored_message_and_adds_nothing(messages: MessageStore) -> None:
     first = friend(1)
     messages.save_messages([new(first, BOB)])

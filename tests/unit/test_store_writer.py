@@ -103,6 +103,7 @@ async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: Sql
                 await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert [type(e) for e in errors] == [StoreUnavailable] and writer.batches == 0
+    assert writer.unfinished == []  # a failed SQLite commit rolled back: nothing to finish
     [(removed, error)] = raised
     assert removed == [] and isinstance(error, StoreUnavailable) and "disk I/O error" in str(error)
 

@@ -135,6 +135,7 @@ class MongoMessages(MongoLifecycle):
     """The MessageStore port on MongoDB; pymongo's client is safe to share between threads."""
 
     commits_inline = False  # every write is a network round trip: commits run in a worker thread
+    commits_atomic = False  # no transactions: a failed commit may leave saves half done (finish_saves)
 
     def __init__(self, url: str, split: int = DEFAULT_SPLIT, journaled: bool = True) -> None:
         if split < 1:
@@ -209,9 +210,19 @@ class MongoMessages(MongoLifecycle):
             results.append(saved if firsts[key] == i else Saved(saved.message, created=False))
         return results
 
-    def _save_unique(self, items: Sequence[NewMessage]) -> dict[tuple[int, str], Saved]:
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+        """What a retry of each (from_id, cid) would finish, without claiming any: a message
+        without a claim left no trace and stays unsaved. Returns the ids finished."""
+        with translated(self.name):
+            unique = {(item.message.from_id, item.message.cid): item for item in reversed(batch)}  # the firsts
+            outcome = self._save_unique(list(unique.values()), take_claims=False)
+        return [saved.message.id for saved in outcome.values() if saved.created]
+
+    def _save_unique(self, items: Sequence[NewMessage], take_claims: bool = True) -> dict[tuple[int, str], Saved]:
+        """take_claims=False (finish_saves): no claim is inserted, and an item without a stored
+        claim is left out of the outcome."""
         claims = [self._claim(item) for item in items]
-        refused = insert_new(self._claims, claims)
+        refused = insert_new(self._claims, claims) if take_claims else set(range(len(claims)))
         earlier = self._claims_of([items[i].message for i in sorted(refused)])
         intents = self._intents_of([c["_id"] for c in earlier.values() if "message" not in c and "done" not in c])
         stored = self._fetch((c["_id"], c["shard"]) for c in earlier.values())
@@ -221,6 +232,8 @@ class MongoMessages(MongoLifecycle):
         for i, item in enumerate(items):
             key = (item.message.from_id, item.message.cid)
             claim = claims[i] if i not in refused else earlier.get(key)
+            if claim is None and not take_claims:
+                continue  # finish_saves: this one left no trace
             if claim is None:
                 raise RuntimeError(f"message id {item.message.id} is claimed by another (from_id, cid)")
             found = stored.get(claim["_id"])

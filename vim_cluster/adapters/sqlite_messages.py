@@ -54,6 +54,7 @@ UNREAD_CHUNK = 400
 
 class SqliteMessages(SqliteLifecycle):
     commits_inline = True  # on the event loop when no other writer holds the lock (commit_now)
+    commits_atomic = True  # a commit is one transaction: a failed one wrote nothing
 
     def __init__(self, path: str, full_sync: bool = True) -> None:
         """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits)."""
@@ -98,6 +99,10 @@ class SqliteMessages(SqliteLifecycle):
             [(user, m.id) for user in item.pending_for],
         )
         return Saved(m, created=True)
+
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+        """Nothing to finish: a failed commit rolled back whole."""
+        return []
 
     def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
         with self._db.reading() as conn:

@@ -25,6 +25,15 @@ message by 5-6 % (issue 12, session 12). A store whose `commits_inline` is False
 goes to the thread at once. While commits on the loop average more than `inline_max_s` (a
 slow disk: the loop would stall that long each), they all go to the thread for
 `inline_pause_s`, then the loop tries again.
+
+A failed commit on a store whose commits are not atomic (MongoDB: no transactions) may have
+left some of its saves half done: in recipients' offline sets, and replayed to them, but not
+in history. Its senders are told it failed and retry (same cid), which finishes them; a sender
+who never retries would leave them so. So the writer keeps those saves (at most
+`unfinished_max`, the oldest dropped first, logged) and finishes them itself once the store
+answers (`MessageStore.finish_saves`: what a retry would finish, never a message that left no
+trace), trying again after `finish_retry_s`, doubling up to FINISH_CAP_S. They are kept in
+memory: a node that stops first leaves them to the senders' retries.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import attrs
 import structlog
 import trio
 
+from ..core.backoff import Backoff
 from ..errors import StoreUnavailable
 from ..model import Message
 from ..ports import Confirm, MessageStore, NewMessage, Saved
@@ -52,6 +62,7 @@ Confirmed = Callable[[list[Message], BaseException | None], None]  # the message
 INLINE_WEIGHT = 0.1  # of the latest commit in the moving average of commits on the loop
 INLINE_TRIES = 8  # commits tried on the loop while another writer holds the lock, then the thread
 INLINE_RETRY_S = 0.0005  # between those tries
+FINISH_CAP_S = 30.0  # the longest wait between two tries to finish a failed commit's saves
 T = TypeVar("T")
 
 
@@ -84,7 +95,9 @@ Pending = PendingSave | PendingConfirm
 class StoreWriter:
     def __init__(self, store: MessageStore, runner: BlockingRunner, batch: int = DEFAULTS.store_batch,
                  inline_max_s: float = DEFAULTS.store_inline_max_s,
-                 inline_pause_s: float = DEFAULTS.store_inline_pause_s) -> None:
+                 inline_pause_s: float = DEFAULTS.store_inline_pause_s,
+                 finish_retry_s: float = DEFAULTS.store_finish_retry_s,
+                 unfinished_max: int = DEFAULTS.store_unfinished_max) -> None:
         self._store = store
         self._batch = batch  # messages and confirms in one group commit
         self._runner = runner
@@ -98,6 +111,12 @@ class StoreWriter:
         self.batches = 0
         self.saved = 0
         self.confirmed = 0
+        self.unfinished: list[NewMessage] = []  # saves of failed commits, to finish (oldest first)
+        self._unfinished_max = unfinished_max
+        self._finish_backoff = Backoff(base=finish_retry_s, cap=max(finish_retry_s, FINISH_CAP_S))
+        self._to_finish = trio.Event()  # set while `unfinished` has saves
+        self.finished = 0  # messages finish_saves completed
+        self.finish_passes = 0  # finish_saves calls that returned
 
     def submit(self, item: NewMessage, on_done: Done) -> None:
         """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
@@ -109,11 +128,15 @@ class StoreWriter:
         self._send.send_nowait(PendingConfirm(item, on_done))
 
     async def run(self) -> None:
-        async for first in self._receive:
-            # One scheduler pass first: the frames other tasks have already read join this batch
-            # (a commit on the loop would otherwise take one message at a time).
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            await self._commit(drain_batch(first, self._receive, self._batch))
+        async with trio.open_nursery() as nursery:
+            if not self._store.commits_atomic:
+                nursery.start_soon(self._finish_unfinished)
+            async for first in self._receive:
+                # One scheduler pass first: the frames other tasks have already read join this
+                # batch (a commit on the loop would otherwise take one message at a time).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._commit(drain_batch(first, self._receive, self._batch))
+            nursery.cancel_scope.cancel()
 
     async def _commit(self, batch: list[Pending]) -> None:
         saves = [p for p in batch if isinstance(p, PendingSave)]
@@ -127,6 +150,8 @@ class StoreWriter:
         except StoreUnavailable as exc:
             log.warning("store_write_failed", saves=len(saves), confirms=len(confirms), error=str(exc))
             error = exc
+            if not self._store.commits_atomic:
+                self._keep_unfinished([p.item for p in saves])
         except Exception as exc:  # noqa: BLE001 - bulkhead: each waiting sender gets `internal`
             log.exception("store_write_crashed", saves=len(saves), confirms=len(confirms))
             error = exc
@@ -135,6 +160,49 @@ class StoreWriter:
             self.saved += len(saves)
             self.confirmed += len(confirms)
         self._callbacks(saves, results, confirms, removed, error)
+
+    def _keep_unfinished(self, saves: list[NewMessage]) -> None:
+        if not saves:
+            return
+        self.unfinished.extend(saves)
+        over = len(self.unfinished) - self._unfinished_max
+        if over > 0:
+            dropped = self.unfinished[:over]
+            del self.unfinished[:over]
+            log.warning("store_unfinished_dropped", count=over, first_id=dropped[0].message.id,
+                        last_id=dropped[-1].message.id, kept=len(self.unfinished))
+        self._to_finish.set()
+
+    async def _finish_unfinished(self) -> None:
+        """Finishes the saves failed commits left (see the module docstring), oldest first, a
+        store batch at a time; waits longer after each try the store refuses."""
+        try:
+            while True:
+                await self._to_finish.wait()
+                batch = self.unfinished[: self._batch]
+                try:
+                    finished = await self._runner(self._store.finish_saves, batch)
+                except StoreUnavailable as exc:
+                    delay = self._finish_backoff.next_delay()
+                    log.warning("store_finish_failed", saves=len(batch), retry_in_s=round(delay, 2), error=str(exc))
+                    await trio.sleep(delay)
+                    continue
+                except Exception:  # noqa: BLE001 - a bug, or data no retry mends: left to their senders
+                    log.exception("store_finish_crashed", saves=len(batch), first_id=batch[0].message.id)
+                else:
+                    self.finished += len(finished)
+                    if finished:
+                        log.info("store_saves_finished", finished=len(finished), ids=finished[:20], of=len(batch))
+                self.finish_passes += 1
+                self._finish_backoff.reset()
+                done = {id(item) for item in batch}  # saves dropped meanwhile (over the limit) shifted the list
+                self.unfinished = [item for item in self.unfinished if id(item) not in done]
+                if not self.unfinished:
+                    self._to_finish = trio.Event()
+        finally:
+            if self.unfinished:
+                log.warning("store_unfinished_left", count=len(self.unfinished),
+                            first_id=self.unfinished[0].message.id)
 
     async def _write(self, saves: list[NewMessage], confirms: list[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         if self._store.commits_inline and trio.current_time() >= self._threaded_until:
