@@ -53,8 +53,11 @@ missing (a stop in the middle of a retry, during an upgrade).
 
 So after an error part of a batch may be half-visible: in its recipients' offline sets (and
 delivered by replay) but not yet in history, get or recall. The next save of the same
-(from_id, cid) finishes every message under its first id; a client that never retries leaves
-it so until the retention purge. Two nodes saving the same (from_id, cid) at the same moment
+(from_id, cid) finishes every message under its first id, and so does `finish_saves`, which
+the node that ran the failed batch calls once the store answers again (node/store_writer.py):
+it finishes what has a claim and writes nothing for a message that left no trace. Only a node
+that stops before that leaves it to the client's retry; a client that never retries then
+leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same moment
 may both report created=True; recipients drop the duplicate by id. A message finished by a
 retry keeps its first attempt's id, so it sorts before messages the sender sent between the
 failure and the retry.
