@@ -33,7 +33,9 @@ who never retries would leave them so. So the writer keeps those saves (at most
 `unfinished_max`, the oldest dropped first, logged) and finishes them itself once the store
 answers (`MessageStore.finish_saves`: what a retry would finish, never a message that left no
 trace), trying again after `finish_retry_s`, doubling up to FINISH_CAP_S. They are kept in
-memory: a node that stops first leaves them to the senders' retries.
+memory: a node that stops first leaves them to the senders' retries. What it finishes is
+not delivered live: recipients get it by replay (their next connection), or when its sender
+retries (a retry delivers the stored message again, node/handlers/messages.py).
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ class StoreWriter:
         self._finish_backoff = Backoff(base=finish_retry_s, cap=max(finish_retry_s, FINISH_CAP_S))
         self._to_finish = trio.Event()  # set while `unfinished` has saves
         self.finished = 0  # messages finish_saves completed
-        self.finish_passes = 0  # finish_saves calls that returned
 
     def submit(self, item: NewMessage, on_done: Done) -> None:
         """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
@@ -193,7 +194,6 @@ class StoreWriter:
                     self.finished += len(finished)
                     if finished:
                         log.info("store_saves_finished", finished=len(finished), ids=finished[:20], of=len(batch))
-                self.finish_passes += 1
                 self._finish_backoff.reset()
                 done = {id(item) for item in batch}  # saves dropped meanwhile (over the limit) shifted the list
                 self.unfinished = [item for item in self.unfinished if id(item) not in done]
