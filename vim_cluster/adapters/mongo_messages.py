@@ -57,10 +57,10 @@ delivered by replay) but not yet in history, get or recall. The next save of the
 the node that ran the failed batch calls once the store answers again (node/store_writer.py):
 it finishes what has a claim and writes nothing for a message that left no trace. Only a node
 that stops before that leaves it to the client's retry; a client that never retries then
-leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same moment
-may both report created=True; recipients drop the duplicate by id. A message finished by a
-retry keeps its first attempt's id, so it sorts before messages the sender sent between the
-failure and the retry.
+leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same
+moment may both report created=True; recipients drop the duplicate by id. A message finished
+by a retry keeps its first attempt's id, so it sorts before messages the sender sent between
+the failure and the retry.
 
 Confirms (`commit`): every confirm of a group commit costs one find of the offline rows (with
 their copies) and one delete, whatever the number of users and ids. Offline replay
