@@ -125,12 +125,12 @@ class MessageStore(Protocol):
         and adds nothing to any offline set. Results are in the order of `batch`.
         """
 
-    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[Message]:
         """Completes what a failed `commit` left half done of these saves, as a retry of the
         same (from_id, cid) would: a message begun but not complete (its id taken, perhaps in
         offline sets, not yet in history) is completed under its first id; one that left no
-        trace stays unsaved, as its sender was told. Idempotent. Returns the ids it completed
-        (none where `commits_atomic`)."""
+        trace stays unsaved, as its sender was told. Idempotent. Returns the messages it
+        completed (none where `commits_atomic`)."""
 
     def pending(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
         """Unconfirmed messages for `user_id` with id > after, oldest first."""

@@ -331,7 +331,7 @@ def test_a_save_cut_off_before_its_document_is_finished_under_its_first_id(store
     raw["pending_messages"].insert_many(store._rows([BOB], first.id, shard_of(first.chat_key, 16), message_doc(first)))
     assert store.pending(BOB, MessageId(0), 10) == [first] and store.get(first.id) is None  # half-visible
     later = friend(2, cid=first.cid, content="the node's own copy")  # the node kept the same NewMessage
-    assert store.finish_saves([new(later, BOB, CAROL)]) == [first.id]
+    assert store.finish_saves([new(later, BOB, CAROL)]) == [first]
     assert store.get(first.id) == first and store.history(first.chat_key, None, 10) == ([first], False)
     assert store.pending(BOB, MessageId(0), 10) == [first]  # one row, not two
     assert store.pending(CAROL, MessageId(0), 10) == [first]  # the row the cut had not written
@@ -345,7 +345,7 @@ def test_a_save_cut_off_after_its_claim_is_finished_and_one_that_left_no_trace_i
 ) -> None:
     claimed, untouched = friend(1), friend(2)
     raw["message_ids"].insert_one(store._claim(new(claimed, BOB)))  # the cut: only step 1 ran
-    assert store.finish_saves([new(claimed, BOB), new(untouched, BOB)]) == [claimed.id]
+    assert store.finish_saves([new(claimed, BOB), new(untouched, BOB)]) == [claimed]
     assert store.pending(BOB, MessageId(0), 10) == [claimed] and store.get(claimed.id) == claimed
     assert store.get(untouched.id) is None  # its sender was told it failed: it stays unsaved
     assert raw["message_ids"].count_documents({"_id": untouched.id}) == 0
@@ -367,13 +367,13 @@ class Cut:
 
 
 class Attempts:
-    """The writer's runner, reporting each finish_saves outcome (ids or error) to the test once
+    """The writer's runner, reporting each finish_saves outcome (messages or error) to the test once
     the writer has taken it (the writer goes on to its next wait before the test runs)."""
 
     def __init__(self, store: MongoMessages) -> None:
         self.runner = BlockingRunner("messages", 1)
         self.finish = store.finish_saves
-        self.send, self.receive = trio.open_memory_channel[list[MessageId] | BaseException](math.inf)
+        self.send, self.receive = trio.open_memory_channel[list[Message] | BaseException](math.inf)
 
     async def __call__(self, fn: Any, *args: Any) -> Any:
         try:
@@ -411,13 +411,20 @@ async def test_the_writer_finishes_a_commit_cut_off_before_its_documents_once_th
     Cut(monkeypatch, "chat_message_", times=2)  # the commit and the writer's first try
     attempts = Attempts(store)
     writer = StoreWriter(store, attempts, finish_retry_s=0.01)  # type: ignore[arg-type]
+    delivered: list[list[Message]] = []
+
+    async def on_finished(messages: list[Message]) -> None:
+        delivered.append(messages)
+
+    writer.on_finished = on_finished
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             errors = await failed_commit(writer, nursery, new(first, BOB))
             assert [type(e) for e in errors] == [StoreUnavailable]
             assert isinstance(await attempts.receive.receive(), StoreUnavailable)  # the store still failing
-            assert await attempts.receive.receive() == [first.id]
+            assert await attempts.receive.receive() == [first]
             nursery.cancel_scope.cancel()
+    assert delivered == [[first]]  # the node delivers them (node/handlers/messages.py)
     assert store.get(first.id) == first and store.history(first.chat_key, None, 10) == ([first], False)
     assert store.pending(BOB, MessageId(0), 10) == [first]
     assert writer.unfinished == [] and writer.finished == 1

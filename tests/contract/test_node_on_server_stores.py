@@ -17,7 +17,8 @@ from vim_cluster.adapters.mysql_directory import MysqlDirectory
 from vim_cluster.config import load_config
 
 from ..servers import FerretDB
-from ..support import connect, online, write_config
+from ..support import connect, make_group, online, write_config
+from .test_mongo_layout import Cut
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,3 +94,26 @@ async def test_accepted_messages_reach_the_daily_raw_frame_log(start_node, mysql
             frame = json.loads(entry["content"])
             assert frame["code"] == "message" and frame["message"]["id"] == ack["id"]
             assert frame["message"]["content"] == "for the audit log"
+
+
+@pytest.mark.parametrize("chat", ["friend", "group"])
+async def test_a_commit_cut_off_before_its_document_is_finished_and_delivered_by_the_node(
+    start_node, mysql_url: str, mongo_url: str, monkeypatch: pytest.MonkeyPatch, chat: str
+) -> None:
+    node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            chat_id = bob.user_id if chat == "friend" else await make_group(alice, [bob])
+            Cut(monkeypatch, "chat_message_", times=1)  # the commit writes its claim and rows, not its document
+            await alice.send("message", cid="c1", chatId=chat_id, type=chat, messageType="text", content="x")
+            assert (await alice.expect_error("unavailable")).get("cid") == "c1"
+            finished = await bob.expect("message")  # finished by the node, no retry: bob need not reconnect
+            assert (finished["cid"], finished["content"]) == ("c1", "x")
+            assert (await alice.expect("message"))["id"] == finished["id"]  # her devices learn it exists
+            await alice.send("history", chatId=chat_id, type=chat, limit=10)
+            assert [m["id"] for m in (await alice.expect("history"))["messages"]] == [finished["id"]]
+            ack = await alice.chat(chat_id, "x", "c1", chat)  # her client's retry
+            assert ack["id"] == finished["id"]

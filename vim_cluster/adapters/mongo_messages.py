@@ -54,8 +54,9 @@ missing (a stop in the middle of a retry, during an upgrade).
 So after an error part of a batch may be half-visible: in its recipients' offline sets (and
 delivered by replay) but not yet in history, get or recall. The next save of the same
 (from_id, cid) finishes every message under its first id, and so does `finish_saves`, which
-the node that ran the failed batch calls once the store answers again (node/store_writer.py):
-it finishes what has a claim and writes nothing for a message that left no trace. Only a node
+the node that ran the failed batch calls once the store answers again, then delivering what
+it finished (node/store_writer.py): it finishes what has a claim and writes nothing for a
+message that left no trace. Only a node
 that stops before that leaves it to the client's retry; a client that never retries then
 leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same
 moment may both report created=True; recipients drop the duplicate by id. A message finished
@@ -213,13 +214,13 @@ class MongoMessages(MongoLifecycle):
             results.append(saved if firsts[key] == i else Saved(saved.message, created=False))
         return results
 
-    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[Message]:
         """What a retry of each (from_id, cid) would finish, without claiming any: a message
-        without a claim left no trace and stays unsaved. Returns the ids finished."""
+        without a claim left no trace and stays unsaved. Returns the messages finished."""
         with translated(self.name):
             unique = {(item.message.from_id, item.message.cid): item for item in reversed(batch)}  # the firsts
             outcome = self._save_unique(list(unique.values()), take_claims=False)
-        return [saved.message.id for saved in outcome.values() if saved.created]
+        return [saved.message for saved in outcome.values() if saved.created]
 
     def _save_unique(self, items: Sequence[NewMessage], take_claims: bool = True) -> dict[tuple[int, str], Saved]:
         """take_claims=False (finish_saves): no claim is inserted, and an item without a stored

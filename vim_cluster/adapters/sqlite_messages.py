@@ -100,7 +100,7 @@ class SqliteMessages(SqliteLifecycle):
         )
         return Saved(m, created=True)
 
-    def finish_saves(self, batch: Sequence[NewMessage]) -> list[MessageId]:
+    def finish_saves(self, batch: Sequence[NewMessage]) -> list[Message]:
         """Nothing to finish: a failed commit rolled back whole."""
         return []
 

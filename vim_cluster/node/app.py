@@ -43,6 +43,7 @@ from .blocking import BlockingRunner
 from .context import NodeContext
 from .delivery import Delivery, LocalDelivery
 from .frame_log import FrameLog
+from .handlers.messages import deliver_finished
 from .heartbeat import Lease, LeasedIds
 from .http import serve_http
 from .listeners import Listeners, NodeListeners, bind_listeners, close_listeners, port_of
@@ -243,6 +244,7 @@ async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, leas
     config, tunables, sessions, delivery = ctx.config, ctx.tunables, ctx.local_sessions, ctx.delivery
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
+        ctx.writer.on_finished = functools.partial(deliver_finished, ctx)
         nursery.start_soon(ctx.writer.run)
         if ctx.frame_log.enabled:
             nursery.start_soon(ctx.frame_log.run)

@@ -33,16 +33,15 @@ who never retries would leave them so. So the writer keeps those saves (at most
 `unfinished_max`, the oldest dropped first, logged) and finishes them itself once the store
 answers (`MessageStore.finish_saves`: what a retry would finish, never a message that left no
 trace), trying again after `finish_retry_s`, doubling up to FINISH_CAP_S. They are kept in
-memory: a node that stops first leaves them to the senders' retries. What it finishes is
-not delivered live: recipients get it by replay (their next connection), or when its sender
-retries (a retry delivers the stored message again, node/handlers/messages.py).
+memory: a node that stops first leaves them to the senders' retries. What it finishes goes
+to `on_finished` (the node delivers it to its chat's sessions, node/handlers/messages.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import attrs
@@ -61,6 +60,7 @@ log = structlog.get_logger()
 
 Done = Callable[[Saved | None, BaseException | None], None]
 Confirmed = Callable[[list[Message], BaseException | None], None]  # the messages removed, or the error
+Finished = Callable[[list[Message]], Awaitable[None]]  # messages finish_saves completed
 INLINE_WEIGHT = 0.1  # of the latest commit in the moving average of commits on the loop
 INLINE_TRIES = 8  # commits tried on the loop while another writer holds the lock, then the thread
 INLINE_RETRY_S = 0.0005  # between those tries
@@ -118,6 +118,7 @@ class StoreWriter:
         self._finish_backoff = Backoff(base=finish_retry_s, cap=max(finish_retry_s, FINISH_CAP_S))
         self._to_finish = trio.Event()  # set while `unfinished` has saves
         self.finished = 0  # messages finish_saves completed
+        self.on_finished: Finished | None = None  # set by the node: delivers what was finished
 
     def submit(self, item: NewMessage, on_done: Done) -> None:
         """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
@@ -193,7 +194,9 @@ class StoreWriter:
                 else:
                     self.finished += len(finished)
                     if finished:
-                        log.info("store_saves_finished", finished=len(finished), ids=finished[:20], of=len(batch))
+                        log.info("store_saves_finished", finished=len(finished), of=len(batch),
+                                 ids=[m.id for m in finished[:20]])
+                        await self._deliver_finished(finished)
                 self._finish_backoff.reset()
                 done = {id(item) for item in batch}  # saves dropped meanwhile (over the limit) shifted the list
                 self.unfinished = [item for item in self.unfinished if id(item) not in done]
@@ -203,6 +206,14 @@ class StoreWriter:
             if self.unfinished:
                 log.warning("store_unfinished_left", count=len(self.unfinished),
                             first_id=self.unfinished[0].message.id)
+
+    async def _deliver_finished(self, finished: list[Message]) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            await self.on_finished(finished)
+        except Exception:  # noqa: BLE001 - stored already: replay delivers them; the writer goes on
+            log.exception("finished_delivery_failed", ids=[m.id for m in finished[:20]])
 
     async def _write(self, saves: list[NewMessage], confirms: list[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         if self._store.commits_inline and trio.current_time() >= self._threaded_until:

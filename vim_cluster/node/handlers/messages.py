@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ...errors import UNAVAILABLE_DETAIL, ClientError, CloseCode, ErrorKind, StoreUnavailable
-from ...model import ChatType, Message, MessageId, UserId
+from ...model import ChatType, GroupId, Message, MessageId, UserId
 from ...ports import Confirm, NewMessage, Saved
 from ...protocol import frames as f
 from .lookups import require_chat
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..context import NodeContext
 
 log = structlog.get_logger()
 
@@ -80,6 +81,25 @@ def _ack_and_deliver(conn: Connection, command: f.SendMessage, recipients: froze
     # recipients are not this command's.
     if result.created or (stored.chat_type is command.chat_type and stored.chat_id == command.chat_id):
         ctx.delivery.to_users(recipients, f.MessageOut(stored), exclude=conn.session_id)
+
+
+async def deliver_finished(ctx: NodeContext, finished: list[Message]) -> None:
+    """Messages the store writer finished after a failed commit (node/store_writer.py), to
+    every session of their chats as a sent message goes, the sender's included: its `send` was
+    answered `unavailable`, and this tells its devices the message exists after all (a retry
+    of the cid gets the same id). A group that no longer exists gets nothing (replay has it)."""
+    for message in finished:
+        recipients: set[int] = {message.chat_id, message.from_id}
+        if message.chat_type is ChatType.GROUP:
+            directory = ctx.directory
+            group = directory.cached_group(GroupId(message.chat_id)) or await ctx.db(
+                directory.group, GroupId(message.chat_id))
+            if group is None:
+                continue
+            recipients = set(group.members)
+        ctx.metrics.message_accepted()
+        ctx.frame_log.record(message)
+        ctx.delivery.to_users(recipients, f.MessageOut(message))
 
 
 def _answer_commit_error(conn: Connection, error: BaseException | None, event: str, rid: str | None,
