@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pymongo
 import pytest
@@ -17,10 +19,19 @@ from vim_cluster.adapters.mysql_directory import MysqlDirectory
 from vim_cluster.config import load_config
 
 from ..servers import FerretDB
-from ..support import connect, make_group, online, write_config
+from ..support import Client, connect, make_group, online, write_config
 from .test_mongo_layout import Cut
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@contextlib.asynccontextmanager
+async def alice_and_bob(node: Any, timeout: float = 30) -> AsyncIterator[tuple[Client, Client]]:
+    """alice and bob registered, logged in and ready on `node`; the block has `timeout` s."""
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(timeout):
+        async with contextlib.AsyncExitStack() as stack:
+            yield await online(stack, url, "alice"), await online(stack, url, "bob")
 
 
 def test_wiring_picks_the_adapter_by_url_scheme(tmp_path, mysql_url: str, mongo_url: str) -> None:
@@ -59,41 +70,33 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
     start_node, mysql_url: str, private_ferretdb: FerretDB
 ) -> None:
     node = await start_node(store={"directory": mysql_url, "messages": private_ferretdb.url("vim")})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    with trio.fail_after(60):
-        async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            await trio.to_thread.run_sync(private_ferretdb.kill)
-            await alice.send("message", cid="c1", chatId=bob.user_id, type="friend", messageType="text", content="x")
-            error = await alice.expect_error("unavailable", timeout=10)
-            assert error.get("cid") == "c1"
-            await bob.no_frame("message")
-            private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
-            ack = await alice.chat(bob.user_id, "x", "c1")
-            assert (await bob.expect("message"))["id"] == ack["id"]
+    async with alice_and_bob(node, timeout=60) as (alice, bob):
+        await trio.to_thread.run_sync(private_ferretdb.kill)
+        await alice.send("message", cid="c1", chatId=bob.user_id, type="friend", messageType="text", content="x")
+        error = await alice.expect_error("unavailable", timeout=10)
+        assert error.get("cid") == "c1"
+        await bob.no_frame("message")
+        private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
+        ack = await alice.chat(bob.user_id, "x", "c1")
+        assert (await bob.expect("message"))["id"] == ack["id"]
 
 
 async def test_accepted_messages_reach_the_daily_raw_frame_log(start_node, mysql_url: str, mongo_url: str) -> None:
     node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    with trio.fail_after(30):
-        async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            ack = await alice.chat(bob.user_id, "for the audit log", "log-1")
-            day = time.strftime("%Y%m%d", time.gmtime(ack["timestamp"] / 1000))
-            client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=3000)
-            try:
-                collection = client.get_default_database()[f"message-log-{day}"]
-                while (entry := await trio.to_thread.run_sync(collection.find_one, {"sendTime": ack["timestamp"]})) is None:
-                    await trio.sleep(0.05)  # written off the hot path, after the ack
-            finally:
-                client.close()
-            assert entry["senderId"] == int(alice.user_id)
-            frame = json.loads(entry["content"])
-            assert frame["code"] == "message" and frame["message"]["id"] == ack["id"]
-            assert frame["message"]["content"] == "for the audit log"
+    async with alice_and_bob(node) as (alice, bob):
+        ack = await alice.chat(bob.user_id, "for the audit log", "log-1")
+        day = time.strftime("%Y%m%d", time.gmtime(ack["timestamp"] / 1000))
+        client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=3000)
+        try:
+            collection = client.get_default_database()[f"message-log-{day}"]
+            while (entry := await trio.to_thread.run_sync(collection.find_one, {"sendTime": ack["timestamp"]})) is None:
+                await trio.sleep(0.05)  # written off the hot path, after the ack
+        finally:
+            client.close()
+        assert entry["senderId"] == int(alice.user_id)
+        frame = json.loads(entry["content"])
+        assert frame["code"] == "message" and frame["message"]["id"] == ack["id"]
+        assert frame["message"]["content"] == "for the audit log"
 
 
 @pytest.mark.parametrize("chat", ["friend", "group"])
@@ -101,19 +104,15 @@ async def test_a_commit_cut_off_before_its_document_is_finished_and_delivered_by
     start_node, mysql_url: str, mongo_url: str, monkeypatch: pytest.MonkeyPatch, chat: str
 ) -> None:
     node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    with trio.fail_after(30):
-        async with contextlib.AsyncExitStack() as stack:
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
-            chat_id = bob.user_id if chat == "friend" else await make_group(alice, [bob])
-            Cut(monkeypatch, "chat_message_", times=1)  # the commit writes its claim and rows, not its document
-            await alice.send("message", cid="c1", chatId=chat_id, type=chat, messageType="text", content="x")
-            assert (await alice.expect_error("unavailable")).get("cid") == "c1"
-            finished = await bob.expect("message")  # finished by the node, no retry: bob need not reconnect
-            assert (finished["cid"], finished["content"]) == ("c1", "x")
-            assert (await alice.expect("message"))["id"] == finished["id"]  # her devices learn it exists
-            await alice.send("history", chatId=chat_id, type=chat, limit=10)
-            assert [m["id"] for m in (await alice.expect("history"))["messages"]] == [finished["id"]]
-            ack = await alice.chat(chat_id, "x", "c1", chat)  # her client's retry
-            assert ack["id"] == finished["id"]
+    async with alice_and_bob(node) as (alice, bob):
+        chat_id = bob.user_id if chat == "friend" else await make_group(alice, [bob])
+        Cut(monkeypatch, "chat_message_", times=1)  # the commit writes its claim and rows, not its document
+        await alice.send("message", cid="c1", chatId=chat_id, type=chat, messageType="text", content="x")
+        assert (await alice.expect_error("unavailable")).get("cid") == "c1"
+        finished = await bob.expect("message")  # finished by the node, no retry: bob need not reconnect
+        assert (finished["cid"], finished["content"]) == ("c1", "x")
+        assert (await alice.expect("message"))["id"] == finished["id"]  # her devices learn it exists
+        await alice.send("history", chatId=chat_id, type=chat, limit=10)
+        assert [m["id"] for m in (await alice.expect("history"))["messages"]] == [finished["id"]]
+        ack = await alice.chat(chat_id, "x", "c1", chat)  # her client's retry
+        assert ack["id"] == finished["id"]
