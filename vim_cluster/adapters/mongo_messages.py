@@ -56,9 +56,8 @@ delivered by replay) but not yet in history, get or recall. The next save of the
 (from_id, cid) finishes every message under its first id, and so does `finish_saves`, which
 the node that ran the failed batch calls once the store answers again, then delivering what
 it finished (node/store_writer.py): it finishes what has a claim and writes nothing for a
-message that left no trace. Only a node
-that stops before that leaves it to the client's retry; a client that never retries then
-leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same
+message that left no trace. Only a node that stops before that leaves it to the client's
+retry; a client that never retries then leaves it so until the retention purge. Two nodes saving the same (from_id, cid) at the same
 moment may both report created=True; recipients drop the duplicate by id. A message finished
 by a retry keeps its first attempt's id, so it sorts before messages the sender sent between
 the failure and the retry.
@@ -202,10 +201,8 @@ class MongoMessages(MongoLifecycle):
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Idempotent per (from_id, cid), results in batch order; see the module docstring."""
+        firsts = self._firsts(batch)
         with translated(self.name):
-            firsts: dict[tuple[int, str], int] = {}
-            for i, item in enumerate(batch):
-                firsts.setdefault((item.message.from_id, item.message.cid), i)
             outcome = self._save_unique([batch[i] for i in firsts.values()])
         results: list[Saved] = []
         for i, item in enumerate(batch):
@@ -218,9 +215,16 @@ class MongoMessages(MongoLifecycle):
         """What a retry of each (from_id, cid) would finish, without claiming any: a message
         without a claim left no trace and stays unsaved. Returns the messages finished."""
         with translated(self.name):
-            unique = {(item.message.from_id, item.message.cid): item for item in reversed(batch)}  # the firsts
-            outcome = self._save_unique(list(unique.values()), take_claims=False)
+            outcome = self._save_unique([batch[i] for i in self._firsts(batch).values()], take_claims=False)
         return [saved.message for saved in outcome.values() if saved.created]
+
+    @staticmethod
+    def _firsts(batch: Sequence[NewMessage]) -> dict[tuple[int, str], int]:
+        """The index of each (from_id, cid)'s first save in `batch`, in batch order."""
+        firsts: dict[tuple[int, str], int] = {}
+        for i, item in enumerate(batch):
+            firsts.setdefault((item.message.from_id, item.message.cid), i)
+        return firsts
 
     def _save_unique(self, items: Sequence[NewMessage], take_claims: bool = True) -> dict[tuple[int, str], Saved]:
         """take_claims=False (finish_saves): no claim is inserted, and an item without a stored

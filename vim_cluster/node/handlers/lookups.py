@@ -9,6 +9,7 @@ from ...model import ChatType, Group, GroupId, UserId
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..context import NodeContext
 
 
 async def require_users(conn: Connection, user_ids: set[int] | list[int] | tuple[int, ...]) -> None:
@@ -24,10 +25,15 @@ async def require_users(conn: Connection, user_ids: set[int] | list[int] | tuple
         raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {', '.join(map(str, sorted(missing)))}")
 
 
-async def require_group(conn: Connection, group_id: int) -> Group:
-    directory = conn.ctx.directory
+async def group_of(ctx: NodeContext, group_id: int) -> Group | None:
+    """The group, or None if there is none."""
+    directory = ctx.directory
     # On the event loop when the directory knows it unchanged (SQLite), else a worker thread.
-    group = directory.cached_group(GroupId(group_id)) or await conn.ctx.db(directory.group, GroupId(group_id))
+    return directory.cached_group(GroupId(group_id)) or await ctx.db(directory.group, GroupId(group_id))
+
+
+async def require_group(conn: Connection, group_id: int) -> Group:
+    group = await group_of(conn.ctx, group_id)
     if group is None:
         raise ClientError(ErrorKind.NOT_FOUND, f"no such group: {group_id}")
     return group

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ...errors import UNAVAILABLE_DETAIL, ClientError, CloseCode, ErrorKind, StoreUnavailable
-from ...model import ChatType, GroupId, Message, MessageId, UserId
+from ...model import ChatType, Message, MessageId, UserId
 from ...ports import Confirm, NewMessage, Saved
 from ...protocol import frames as f
-from .lookups import require_chat
+from .lookups import group_of, require_chat
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -91,9 +91,7 @@ async def deliver_finished(ctx: NodeContext, finished: list[Message]) -> None:
     for message in finished:
         recipients: set[int] = {message.chat_id, message.from_id}
         if message.chat_type is ChatType.GROUP:
-            directory = ctx.directory
-            group = directory.cached_group(GroupId(message.chat_id)) or await ctx.db(
-                directory.group, GroupId(message.chat_id))
+            group = await group_of(ctx, message.chat_id)
             if group is None:
                 continue
             recipients = set(group.members)
