@@ -53,7 +53,7 @@ from bench_peers import (  # noqa: E402
     peer_accounts,
     socketio_servers,
 )
-from bench_run import VIM, bench_scenario, cluster, find_postgresql, private_servers  # noqa: E402
+from bench_run import VIM, bench_scenario, cluster, private_servers  # noqa: E402
 
 from vim_cluster import bench  # noqa: E402
 from vim_cluster.sysinfo import raise_fd_limit, tree_cpu_seconds  # noqa: E402
@@ -230,7 +230,7 @@ class Records(list[dict[str, Any]]):
 def servers_missing(backend: str) -> str | None:
     """Why the MySQL + MongoDB profile on FerretDB's `backend` cannot run here (said once),
     or None."""
-    from tests.servers import find_ferretdb, find_mariadb
+    from tests.servers import find_ferretdb, find_mariadb, find_postgresql
 
     try:
         find_mariadb()

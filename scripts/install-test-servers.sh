@@ -8,6 +8,8 @@
 #   - FerretDB v1.24.2 (the MongoDB-wire server): built from source with Go into
 #     $(go env GOPATH)/bin/ferretdb when no working binary is found ($VIM_FERRETDB, PATH,
 #     $(go env GOPATH)/bin).
+#   - PostgreSQL (Debian's postgresql: /usr/lib/postgresql/N/bin) for FerretDB's PostgreSQL
+#     backend: a contract test and the benchmarks start a private cluster.
 #   - iproute2 (ip) for the multi-host test (tests/deploy/), which also uses redis-server.
 # Idempotent, and silent when everything is there. What it cannot install it reports, and
 # exits 0: the tests then skip (or fail, with VIM_REQUIRE_TEST_SERVERS=1) with the reason.
@@ -62,7 +64,8 @@ install_debian_packages() {
   have redis-sentinel || missing+=(redis-sentinel)
   have ip || missing+=(iproute2)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
-  ensure_packages "MariaDB for the contract tests, redis-server/redis-sentinel for the Redis-loss, Sentinel and multi-host tests, iproute2 for the multi-host test, Chromium for tests/browser (Playwright drives it; 'playwright install' is never used)" "${missing[@]}"
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+  ensure_packages "MariaDB for the contract tests, PostgreSQL for FerretDB's PostgreSQL backend (one contract test, and the benchmarks), redis-server/redis-sentinel for the Redis-loss, Sentinel and multi-host tests, iproute2 for the multi-host test, Chromium for tests/browser (Playwright drives it; 'playwright install' is never used)" "${missing[@]}"
 }
 
 go_bin() {

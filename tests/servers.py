@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -346,6 +347,78 @@ class MongoDatabases:
             client.drop_database(urlsplit(url).path.lstrip("/"))
 
 
+def find_postgresql() -> Path:
+    """The newest Debian PostgreSQL server binaries (/usr/lib/postgresql/N/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    if not found:
+        unavailable("PostgreSQL not found (/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql "
+                    "(or run scripts/install-test-servers.sh)")
+    return found[-1].parent
+
+
+class PostgreSQL(PrivateServer):
+    """A private PostgreSQL cluster (initdb + postgres): trust authentication for user `vim`
+    on 127.0.0.1, default durability (fsync on, synchronous_commit on). When we are root it
+    runs as the `postgres` user (initdb refuses root), in a directory of its own under the
+    system temp dir (`folder` may be inside a directory only root can enter)."""
+
+    name = "postgresql"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.bin = find_postgresql()
+        self.as_user: list[str] = []
+        self.home = folder
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            self.as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                            "--pdeathsig", "KILL", "--"]
+            self.home = Path(tempfile.mkdtemp(prefix="vim-pg-"))
+            os.chown(self.home, user.pw_uid, user.pw_gid)
+        self.data = self.home / "data"
+        subprocess.run(self.as_user + [str(self.bin / "initdb"), "-D", str(self.data), "-U", "vim", "--auth=trust",
+                                       "-E", "UTF8", "--no-sync"],
+                       check=True, stdout=subprocess.DEVNULL, cwd=self.home)
+
+    def command(self) -> list[str]:
+        return self.as_user + [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                               "-k", str(self.home), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
+
+    def answers(self) -> bool:
+        ready = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(ready, check=False).returncode == 0
+
+    def url(self, database: str) -> str:
+        return f"postgres://vim@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        """SIGINT (PostgreSQL's fast shutdown), SIGKILL after 20 s; then its directory goes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        super().stop()
+        if self.home != self.folder:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+class FerretDBOnPostgreSQL(FerretDB):
+    """FerretDB on its PostgreSQL backend (`postgresql_url`: the database it stores into)."""
+
+    def __init__(self, folder: Path, postgresql_url: str) -> None:
+        super().__init__(folder)
+        self.postgresql_url = postgresql_url
+
+    def command(self) -> list[str]:
+        return [self.binary, "--handler=postgresql", f"--postgresql-url={self.postgresql_url}",
+                f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=127.0.0.1:0",
+                f"--state-dir={self.folder}", "--telemetry=disable", "--log-level=WARN"]
+
+
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoDatabases]:
     """The session's MongoDB-wire server: VIM_TEST_MONGO_URL's, or a private FerretDB."""
@@ -363,6 +436,19 @@ def private_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
     """A FerretDB of this test's own, which it may stop and start."""
     with _private(FerretDB(tmp_path / "ferretdb")) as server:
         yield server
+
+
+@pytest.fixture
+def ferretdb_on_postgresql(tmp_path: Path) -> Iterator[str]:
+    """A FerretDB of this test's own on its PostgreSQL backend (a private PostgreSQL cluster
+    too): the URL of a database in it."""
+    postgres = PostgreSQL(tmp_path / "postgresql")
+    try:
+        postgres.start()
+        with _private(FerretDBOnPostgreSQL(tmp_path / "ferretdb", postgres.url("postgres"))) as ferret:
+            yield ferret.url("vimtest")
+    finally:
+        postgres.stop()
 
 
 # -- Debian's redis-server and redis-sentinel ---------------------------------------------------

@@ -16,6 +16,7 @@ from vim_cluster.ports import Directory, MessageStore
 
 from ..servers import (  # noqa: F401 - fixtures for this folder's tests
     START_TIMES,
+    ferretdb_on_postgresql,
     mongo_server,
     mongo_url,
     mysql_server,
