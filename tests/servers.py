@@ -1,9 +1,11 @@
-"""Private throwaway MariaDB and FerretDB servers for the tests, and the fixtures that hand them out.
+"""Private throwaway MariaDB, FerretDB and PostgreSQL servers for the tests (and the benchmarks),
+and the fixtures that hand them out.
 
 - Every server is private: its own temp folder, a free loopback port, started by the test
   process. `mysql_server` / `mongo_server` start one per session; `mysql_url` / `mongo_url`
   give each test a fresh database on it (dropped afterwards), so tests are isolated.
-  `private_mariadb` / `private_ferretdb` give a test a server of its own that it may stop.
+  `private_mariadb` / `private_ferretdb` give a test a server of its own that it may stop;
+  `ferretdb_on_postgresql`, a FerretDB of its own on a private PostgreSQL cluster.
 - VIM_TEST_MYSQL_URL / VIM_TEST_MONGO_URL point the session fixtures at an existing server
   instead (its account must be allowed to create and drop databases; the URL's own database
   is not touched). VIM_FERRETDB names the ferretdb binary (else PATH, else `go env GOPATH`/bin).

@@ -30,10 +30,10 @@ Each step is one unordered bulk insert for the whole batch (an update or a delet
 FerretDB 1.x a decode of every document it looks at): a batch of new messages costs 2 round
 trips plus one per shard it touches (repeats add a lookup of their claims and one query per
 shard those live in; on FerretDB with PostgreSQL one lookup of each claim and one of its
-document, both by its cid: see `_claimed`). Until session 18 a save also inserted an intent (the copy) first and
-deleted it last: two more documents per message, about a fifth of the profile's throughput
-on FerretDB. The claim's copy replaces it, and costs the copy's bytes for as long as the
-message is kept.
+document, both by its cid: see `_claimed`). Until session 18 a save also inserted an intent
+(the copy) first and deleted it last: two more documents per message, about a fifth of the
+profile's throughput on FerretDB. The claim's copy replaces it, and costs the copy's bytes
+for as long as the message is kept.
 
 When a claim already exists (a repeat, or a retry after a failure):
 - its document exists: done; the repeat gets the stored message with created=False.
@@ -316,7 +316,7 @@ class MongoMessages(MongoLifecycle):
         `$in` or an id above 2**53: one `$or` of the pairs (`_claims_of`) read every claim, and
         one `$in` of ids (`_fetch`) a whole shard, each decoded by FerretDB, at every retry of
         a send (session 21: 1.2 s with 5,000 messages stored, growing with the history). By
-        the cid, PostgreSQL reads the rows and FerretDB decodes the few that match: 13 ms."""
+        the cid, PostgreSQL reads the rows and FerretDB decodes the few that match: 7-13 ms."""
         found: dict[int, Message] = {}
         for claim in claims:
             doc = self._shards[claim["shard"]].find_one({"cid": claim["cid"], "_id": claim["_id"]})
