@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,7 @@ CONNECTIONS_TIMEOUT_S = 900.0  # opening 10,000 connections took over 5 minutes 
 # CPU (2026-12-01). A run starts once the machine's CPU (all cores, steal included) is under
 # SETTLE_BUSY for a SETTLE_WINDOW_S sample, or after SETTLE_MAX_S; both are in its record.
 SETTLE_BUSY, SETTLE_WINDOW_S, SETTLE_MAX_S = 0.25, 0.5, 120.0
+DISK_PROBE_EVERY_S = 0.02  # between the disk probe's syncs, beside vim-cluster's runs at the fixed rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -179,7 +181,7 @@ def started(args: argparse.Namespace, base: Path) -> Iterator[dict[str, tuple[Ru
             folder = base / "vim-cluster"
             env = stack.enter_context(cluster("vim-cluster", folder, SQLITE))
             kinds = ([MAX] if args.quick else [MAX, FIXED]) if "vim-cluster" in args.systems else []
-            systems["vim-cluster"] = (vim_runner("vim-cluster", folder, env, args),
+            systems["vim-cluster"] = (with_disk_probe(vim_runner("vim-cluster", folder, env, args), folder),
                                       kinds + ([GROUP] if "group" in args.systems else []))
         if args.against:
             folder = base / "against"
@@ -268,6 +270,60 @@ def settle() -> dict[str, float]:
             return {"settle_s": round(waited, 1), "busy_before": round(100 * busy), "steal_before": round(100 * steal)}
 
 
+
+@contextlib.contextmanager
+def disk_probe(folder: Path, every_s: float = DISK_PROBE_EVERY_S) -> Iterator[list[float]]:
+    """While the block runs, a thread writes 4 KiB to a file in `folder` and `fdatasync`s it
+    every `every_s`; yields the list of sync times (seconds), filled as it goes. A group
+    commit's ack waits for the same kind of sync on the same disk: a sync the host holds up
+    for 50 ms holds up every message committed meanwhile (session 21)."""
+    path = folder / "disk-probe.bin"
+    times: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while not stop.is_set():
+                os.pwrite(fd, b"\0" * 4096, 0)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                times.append(time.perf_counter() - started)
+                stop.wait(every_s)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=loop, name="disk-probe", daemon=True)
+    thread.start()
+    try:
+        yield times
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink(missing_ok=True)
+
+
+def disk_figures(times: list[float]) -> dict[str, Any]:
+    """What a run's record says of the disk probe's syncs: p99 and max (ms), and how many
+    took over 10 ms (the p99 goal)."""
+    if not times:
+        return {}
+    ordered = sorted(times)
+    return {"disk_sync_p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+            "disk_sync_max_ms": round(ordered[-1] * 1000, 1),
+            "disk_syncs_over_10ms": sum(t > 0.010 for t in ordered)}
+
+
+def with_disk_probe(run: Run, folder: Path, kinds: tuple[str, ...] = (FIXED,)) -> Run:
+    """The run, its record gaining the disk probe's figures for the runs of `kinds`."""
+    def measured(kind: str) -> dict[str, Any]:
+        if kind not in kinds:
+            return run(kind)
+        with disk_probe(folder) as times:
+            result = run(kind)
+        return {**result, **disk_figures(times)}
+    return measured
+
 def run_all(args: argparse.Namespace, base: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with started(args, base) as systems:
         for round_ in range(args.repeat):
@@ -337,6 +393,13 @@ def round_ratios(records: list[dict[str, Any]], system: str, peer: str, kind: st
     return [by[system] / by[peer] for _, by in sorted(rounds.items()) if system in by and by.get(peer)]
 
 
+def round_values(records: list[dict[str, Any]], system: str, kind: str, key: str) -> list[float]:
+    """`system`'s figure round by round (the rounds that have it)."""
+    return [r[key] for r in sorted((r for r in records if r["system"] == system and r["kind"] == kind
+                                    and isinstance(r.get("round"), int)), key=lambda r: r["round"])
+            if isinstance(r.get(key), int | float) and r[key] == r[key]]
+
+
 def ratio_cells(to: float | None, ours: float | None, rounds: list[float], goal: float) -> tuple[str, str]:
     """The ratio's cell and verdict: the medians' ratio, and each round's, since the median
     alone hides how far the rounds spread (on a shared host they do, by tens of percent)."""
@@ -382,8 +445,19 @@ def target_rows(records: list[dict[str, Any]], cores_rate: float = 1000.0) -> li
          fmt(f("vim-cluster", FIXED, "delivered_per_s")), beside(FIXED, "delivered_per_s", ""), "-"],
     ]
     p99 = f("vim-cluster", FIXED, "p99_ms")
-    rows.append([f"p99 latency at {rate}, cross-node", "≤ 10 ms", fmt(p99, " ms"), beside(FIXED, "p99_ms", " ms"),
-                 verdict(p99, 10)])
+    p99_rounds = round_values(records, "vim-cluster", FIXED, "p99_ms")
+    p99_cell = fmt(p99, " ms") + (f" (by round {', '.join(fmt(x) for x in p99_rounds)})" if p99_rounds else "")
+    p99_verdict = verdict(p99, 10) + (f" ({sum(x <= 10 for x in p99_rounds)} of {len(p99_rounds)} rounds)"
+                                       if p99_rounds else "")
+    rows.append([f"p99 latency at {rate}, cross-node", "≤ 10 ms", p99_cell, beside(FIXED, "p99_ms", " ms"),
+                 p99_verdict])
+    slow = round_values(records, "vim-cluster", FIXED, "disk_sync_max_ms")
+    rows.append([f"the disk during vim-cluster's runs at {rate}: a 4 KiB write and fdatasync every "
+                 f"{DISK_PROBE_EVERY_S * 1000:.0f} ms beside the cluster (a commit's ack waits for such a sync)",
+                 "(context)", f"p99 {fmt(f('vim-cluster', FIXED, 'disk_sync_p99_ms'), ' ms')}, "
+                 f"max {fmt(f('vim-cluster', FIXED, 'disk_sync_max_ms'), ' ms')}"
+                 + (f" (max by round {', '.join(fmt(x) for x in slow)})" if slow else ""),
+                 "the peers write nothing to disk", "-"])
     rss = f("vim-cluster", CONNECTIONS, "rss_per_connection_kb")
     count = f("vim-cluster", CONNECTIONS, "connections")
     rows.append([f"RSS per idle authenticated connection at {fmt(count)} connections", "≤ 15 KB", fmt(rss, " KB"),
@@ -421,7 +495,8 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
 
 RUN_COLUMNS = ["system", "kind", "round", "delivered_per_s", "p50_ms", "p99_ms", "lost", "errors",
                "server_cpu_us_per_delivered", "server_cores", "generator_cpu_us_per_delivered",
-               "stores_cpu_us_per_delivered", "rss_per_connection_kb", "settle_s", "busy_before", "steal_before", "failed"]
+               "stores_cpu_us_per_delivered", "rss_per_connection_kb", "disk_sync_max_ms", "settle_s", "busy_before",
+               "steal_before", "failed"]
 
 
 def runs_table(records: list[dict[str, Any]]) -> str:

@@ -2,8 +2,11 @@
 from the runs' records (medians of interleaved rounds, reached / not reached)."""
 
 import argparse
+import contextlib
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -192,3 +195,43 @@ def test_a_profiles_record_gains_the_stores_cpu_per_delivered_message(targets: A
         finally:
             store.kill()
             idle.kill()
+
+
+def test_the_disk_probe_times_real_syncs_and_leaves_no_file(targets: Any, tmp_path: Any) -> None:
+    with targets.disk_probe(tmp_path, every_s=0.001) as times:
+        for _ in range(20_000):  # until it has synced 3 times (a sync takes a few ms at most)
+            if len(times) >= 3:
+                break
+            time.sleep(0.001)
+        assert (tmp_path / "disk-probe.bin").stat().st_size == 4096
+    assert len(times) >= 3 and all(t > 0 for t in times)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_fixed_rate_runs_record_the_disks_syncs_beside_them(targets: Any, tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group commit's ack waits for an fdatasync; a probe beside the cluster's runs at the
+    fixed rate times the same syncs on the same disk (session 21: the host held some up to
+    150 ms, and those set the p99)."""
+    probed: list[Any] = []
+
+    @contextlib.contextmanager
+    def probe(folder: Any) -> Iterator[list[float]]:
+        probed.append(folder)
+        yield [0.002, 0.004, 0.030]
+
+    monkeypatch.setattr(targets, "disk_probe", probe)
+    run = targets.with_disk_probe(lambda kind: {"kind": kind, "delivered": 10}, tmp_path)
+    assert run("fixed") == {"kind": "fixed", "delivered": 10, "disk_sync_p99_ms": 30.0, "disk_sync_max_ms": 30.0,
+                            "disk_syncs_over_10ms": 1}
+    assert run("max") == {"kind": "max", "delivered": 10} and probed == [tmp_path]  # beside the fixed rate only
+    assert targets.disk_figures([]) == {}
+
+
+def test_the_p99_shows_each_round_beside_the_disks_slowest_syncs(targets: Any) -> None:
+    records = [_record("vim-cluster", "fixed", round=r, p99_ms=p99, disk_sync_p99_ms=3.0, disk_sync_max_ms=slow)
+               for r, (p99, slow) in enumerate(((82.9, 149.3), (9.7, 8.1), (25.9, 34.0)))]
+    rows = {row[0][:14]: row for row in targets.target_rows(records)}
+    assert rows["p99 latency at"][2:] == ["25.9 ms (by round 82.9, 9.7, 25.9)", "python-socketio -, centrifugo -",
+                                          "not reached (1 of 3 rounds)"]
+    assert rows["the disk durin"][2] == "p99 3.0 ms, max 34.0 ms (max by round 149, 8.1, 34.0)"
