@@ -270,7 +270,6 @@ def settle() -> dict[str, float]:
             return {"settle_s": round(waited, 1), "busy_before": round(100 * busy), "steal_before": round(100 * steal)}
 
 
-
 @contextlib.contextmanager
 def disk_probe(folder: Path, every_s: float = DISK_PROBE_EVERY_S) -> Iterator[list[float]]:
     """While the block runs, a thread writes 4 KiB to a file in `folder` and `fdatasync`s it
@@ -323,6 +322,7 @@ def with_disk_probe(run: Run, folder: Path, kinds: tuple[str, ...] = (FIXED,)) -
             result = run(kind)
         return {**result, **disk_figures(times)}
     return measured
+
 
 def run_all(args: argparse.Namespace, base: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with started(args, base) as systems:
