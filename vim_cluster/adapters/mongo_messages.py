@@ -237,8 +237,7 @@ class MongoMessages(MongoLifecycle):
         refused = insert_new(self._claims, claims) if take_claims else set(range(len(claims)))
         earlier = self._claims_of([items[i].message for i in sorted(refused)])
         intents = self._intents_of([c["_id"] for c in earlier.values() if "message" not in c and "done" not in c])
-        stored = (self._claimed(earlier.values()) if self._by_pair
-                  else self._fetch((c["_id"], c["shard"]) for c in earlier.values()))
+        stored = self._claimed(earlier.values())
         outcome: dict[tuple[int, str], Saved] = {}
         write: list[Doc] = []  # claims (or intents) whose document is still to write
         rows: list[Doc] = []  # offline rows to write, with their copies
@@ -310,13 +309,16 @@ class MongoMessages(MongoLifecycle):
         return {(doc["from_id"], doc["cid"]): doc for doc in self._claims.find(query)}
 
     def _claimed(self, claims: Iterable[Doc]) -> dict[int, Message]:
-        """The stored documents of these claims, by id: one query per claim, by its cid and id.
+        """The stored documents of these claims, by id: one query per claim, by its cid and id,
+        where equalities are pushed down (`_by_pair`), else `_fetch`'s one query per shard.
 
         FerretDB 1.x on PostgreSQL hands a string equality down to SQL, but not an `$or`, an
         `$in` or an id above 2**53: one `$or` of the pairs (`_claims_of`) read every claim, and
         one `$in` of ids (`_fetch`) a whole shard, each decoded by FerretDB, at every retry of
         a send (session 21: 1.2 s with 5,000 messages stored, growing with the history). By
         the cid, PostgreSQL reads the rows and FerretDB decodes the few that match: 7-13 ms."""
+        if not self._by_pair:
+            return self._fetch((c["_id"], c["shard"]) for c in claims)
         found: dict[int, Message] = {}
         for claim in claims:
             doc = self._shards[claim["shard"]].find_one({"cid": claim["cid"], "_id": claim["_id"]})
