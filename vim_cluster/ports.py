@@ -107,6 +107,9 @@ class MessageStore(Protocol):
     # Whether a failed `commit` wrote nothing (SQLite: one transaction). False: it may have
     # left some of its saves half done (MongoDB without transactions), for `finish_saves`.
     commits_atomic: bool
+    # Whether the node's store writer calls `checkpoint` in a worker thread after commits
+    # (SQLite: the WAL is copied into the database file there, not inside a commit).
+    checkpoints: bool
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         """One group commit: `save_messages(saves)`, then `confirm` for each of `confirms`, in
@@ -117,6 +120,10 @@ class MessageStore(Protocol):
                    confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]] | None:
         """`commit`, if it can run without waiting for a lock, another process or the network
         (it is called on the node's event loop); None, having done nothing, if it cannot."""
+
+    def checkpoint(self) -> None:
+        """Moves what commits wrote to a log into the store's main file, off the commit path
+        (a worker thread; commits go on meanwhile). Only where `checkpoints`."""
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         """Durable when it returns (all of the batch or, on error, none of it).

@@ -237,6 +237,15 @@ def test_a_saved_batch_survives_reopening(open_messages: MessagesOpener) -> None
     assert repeat.created is False and repeat.message == friend(1)
 
 
+def test_a_checkpoint_keeps_everything_as_it_was(messages: MessageStore) -> None:
+    # The node's store writer calls it in a worker thread where `checkpoints` (SQLite with
+    # `vim.store.sync: normal`); any store answers it.
+    messages.save_messages(to_bob(1, 2))
+    messages.checkpoint()
+    assert [m.id for m in messages.pending(BOB, MessageId(0), 10)] == [mid(1), mid(2)]
+    assert messages.get(mid(2)) == friend(2)
+
+
 def test_a_large_batch_across_many_conversations_keeps_its_order(messages: MessageStore) -> None:
     peers = [UserId(BASE + 500 + p) for p in range(40)]
     groups = [GroupId(BASE + 900 + g) for g in range(12)]

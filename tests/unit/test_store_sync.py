@@ -22,14 +22,21 @@ def _synchronous(store: Any) -> str:
         return SYNCHRONOUS[conn.execute("PRAGMA synchronous").fetchone()[0]]
 
 
-@pytest.mark.parametrize(("given", "pragma"), [(None, "FULL"), ("full", "FULL"), ("normal", "NORMAL")])
-def test_the_sqlite_message_store_syncs_as_configured(tmp_path: Path, given: str | None, pragma: str) -> None:
+@pytest.mark.parametrize(("given", "pragma", "autocheckpoint"),
+                         [(None, "FULL", 1_000), ("full", "FULL", 1_000), ("normal", "NORMAL", 4_000)])
+def test_the_sqlite_message_store_syncs_as_configured(tmp_path: Path, given: str | None, pragma: str,
+                                                      autocheckpoint: int) -> None:
+    # And checkpoints: with `normal` the node's store writer copies the WAL in a thread, and a
+    # commit only at the backstop (adapters/sqlite_base.py).
     store_keys = {"messages": "sqlite:data/messages.db"} | ({"sync": given} if given else {})
     loaded = load_config(write(tmp_path, config(store=store_keys)))
     assert loaded.store.sync is StoreSync(given or "full")
     store = wiring.open_messages(loaded)
     try:
         assert _synchronous(store) == pragma
+        assert store.checkpoints is (pragma == "NORMAL")
+        with store._db.reading() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == autocheckpoint
     finally:
         store.close()
 

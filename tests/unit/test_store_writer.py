@@ -207,3 +207,175 @@ async def test_slow_commits_on_the_loop_move_to_the_thread_for_a_while(store: Sq
     mock_clock.jump(30)
     await saved_by(writer, new(friend(3), BOB))  # the pause is over: the loop again
     assert (writer.batches, writer.inline) == (3, 2)
+
+
+# -- checkpoints (adapters/sqlite_base.py, session 22) ----------------------------------------
+
+
+@pytest.fixture
+def normal_store(tmp_path: Path) -> Iterator[SqliteMessages]:
+    """The message store as `vim.store.sync: normal` opens it: its WAL checkpointed apart."""
+    store = SqliteMessages(str(tmp_path / "messages.db"), full_sync=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def db_bytes(tmp_path: Path) -> int:
+    """The database file's size: it grows only when a checkpoint copies the WAL into it."""
+    return (tmp_path / "messages.db").stat().st_size
+
+
+def autocheckpoint(store: SqliteMessages) -> int:
+    with store._db.reading() as conn:
+        return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+
+def commit_300(store: SqliteMessages) -> None:
+    """300 commits of one message: well over SQLite's default 1,000 WAL frames, after which a
+    COMMIT checkpoints by itself (on the node's event loop, for a commit there)."""
+    for n in range(1, 301):
+        assert store.commit_now([new(friend(n), BOB)], []) is not None
+
+
+def test_with_sync_normal_commits_leave_the_wal_to_the_checkpoint_up_to_the_backstop(
+    normal_store: SqliteMessages, tmp_path: Path
+) -> None:
+    from vim_cluster.adapters import sqlite_base
+
+    assert normal_store.checkpoints
+    assert autocheckpoint(normal_store) == sqlite_base.CHECKPOINT_BACKSTOP_FRAMES
+    empty = db_bytes(tmp_path)
+    commit_300(normal_store)
+    assert db_bytes(tmp_path) == empty
+    frames, copied = normal_store._db.checkpoint()
+    assert frames > 1_000 and copied == frames
+    assert db_bytes(tmp_path) > empty
+    assert len(normal_store.pending(BOB, MessageId(0), 500)) == 300
+
+
+def test_with_sync_full_a_commit_checkpoints_by_itself(store: SqliteMessages, tmp_path: Path) -> None:
+    # SQLite's default, kept where every commit syncs anyway (the module docstring says why).
+    assert not store.checkpoints and autocheckpoint(store) == 1_000
+    empty = db_bytes(tmp_path)
+    commit_300(store)
+    assert db_bytes(tmp_path) > empty
+
+
+async def test_the_writer_checkpoints_after_commits_in_a_thread_of_its_own(
+    normal_store: SqliteMessages, tmp_path: Path, autojump_clock: object
+) -> None:
+    runner = BlockingRunner("messages", 1)
+    writer = StoreWriter(normal_store, runner, checkpoint_s=0.05)
+    commits = Commits()
+    empty = db_bytes(tmp_path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await trio.sleep(1)  # virtual time: no commit, no checkpoint
+            assert writer.checkpoints == 0
+            writer.submit(new(friend(1), BOB), commits)
+            await commits.committed.wait()
+            await trio.sleep(0.05)  # virtual time: checkpoint_s after the commit
+            while writer.checkpoints == 0:  # the checkpoint's thread (real time)
+                await trio.testing.wait_all_tasks_blocked()
+            assert db_bytes(tmp_path) > empty  # the message's pages are in the file
+            # The commit ran on the loop, the checkpoint in the writer's own thread: the
+            # store runner (reads, commits that must wait) started none.
+            assert (writer.inline, runner.threads()) == (1, 0)
+            await trio.sleep(1)  # nothing committed since: no other checkpoint
+            assert writer.checkpoints == 1
+            commits.committed = trio.Event()
+            writer.submit(new(friend(2), BOB), commits)
+            await commits.committed.wait()
+            await trio.sleep(0.05)
+            while writer.checkpoints == 1:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert commits.done == [friend(1).id, friend(2).id]
+
+
+async def test_with_sync_full_the_writer_runs_no_checkpoint(store: SqliteMessages, autojump_clock: object) -> None:
+    writer = StoreWriter(store, BlockingRunner("messages", 1), checkpoint_s=0.05)
+    commits = Commits()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            writer.submit(new(friend(1), BOB), commits)
+            await commits.committed.wait()
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert (writer.batches, writer.checkpoints) == (1, 0)
+
+
+async def test_a_checkpoint_comes_checkpoint_s_after_a_commit_for_every_commit_meanwhile(
+    normal_store: SqliteMessages, mock_clock: trio.testing.MockClock
+) -> None:
+    writer = StoreWriter(normal_store, BlockingRunner("messages", 1), checkpoint_s=0.05)
+    commits = Commits()
+
+    async def commit(n: int) -> None:
+        commits.committed = trio.Event()
+        writer.submit(new(friend(n), BOB), commits)
+        await commits.committed.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the checkpoint task is asleep by now
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await commit(1)
+            mock_clock.jump(0.04)
+            await commit(2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.checkpoints == 0  # not yet checkpoint_s after the first commit
+            mock_clock.jump(0.01)
+            while writer.checkpoints == 0:  # one checkpoint for both commits
+                await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.checkpoints == 1  # nothing committed since
+            await commit(3)
+            mock_clock.jump(0.05)
+            while writer.checkpoints == 1:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_checkpoint_is_logged_and_the_next_commit_tries_again(
+    normal_store: SqliteMessages, autojump_clock: object
+) -> None:
+    from structlog.testing import capture_logs
+
+    real = normal_store.checkpoint
+    calls: list[str] = []
+
+    def checkpoint() -> None:
+        calls.append("checkpoint")
+        if len(calls) == 1:
+            raise StoreUnavailable("sqlite: disk I/O error")
+        real()
+
+    normal_store.checkpoint = checkpoint  # type: ignore[method-assign]
+    writer = StoreWriter(normal_store, BlockingRunner("messages", 1))
+    commits = Commits()
+    with capture_logs() as logs, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            writer.submit(new(friend(1), BOB), commits)
+            await commits.committed.wait()
+            await trio.sleep(0.05)  # virtual time: checkpoint_s after the commit
+            while not calls:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(1)
+            assert (len(calls), writer.checkpoints) == (1, 0)  # no retry without a commit
+            commits.committed = trio.Event()
+            writer.submit(new(friend(2), BOB), commits)
+            await commits.committed.wait()
+            await trio.sleep(0.05)
+            while writer.checkpoints == 0:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert commits.done == [friend(1).id, friend(2).id] and len(calls) == 2
+    [failed] = [e for e in logs if e["event"] == "store_checkpoint_failed"]
+    assert failed["log_level"] == "warning" and "disk I/O error" in failed["error"]

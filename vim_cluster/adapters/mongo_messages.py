@@ -142,6 +142,7 @@ class MongoMessages(MongoLifecycle):
 
     commits_inline = False  # every write is a network round trip: commits run in a worker thread
     commits_atomic = False  # no transactions: a failed commit may leave saves half done (finish_saves)
+    checkpoints = False  # the server keeps its own journal: nothing for `checkpoint` to do
 
     def __init__(self, url: str, split: int = DEFAULT_SPLIT, journaled: bool = True) -> None:
         if split < 1:
@@ -191,6 +192,9 @@ class MongoMessages(MongoLifecycle):
         return shard_of(key, self.split)
 
     # -- saving ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Nothing: the server checkpoints its own journal."""
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         """The saves, then the confirms (no transaction: see the module docstring)."""

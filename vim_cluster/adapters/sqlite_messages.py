@@ -57,8 +57,10 @@ class SqliteMessages(SqliteLifecycle):
     commits_atomic = True  # a commit is one transaction: a failed one wrote nothing
 
     def __init__(self, path: str, full_sync: bool = True) -> None:
-        """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits)."""
-        self._db = SqliteDatabase(path, MIGRATIONS, full_sync)
+        """`full_sync=False`: synchronous=NORMAL (a power loss may lose the last commits), and
+        the WAL is copied into the file by `checkpoint`, not inside commits (sqlite_base.py)."""
+        self._db = SqliteDatabase(path, MIGRATIONS, full_sync, background_checkpoints=not full_sync)
+        self.checkpoints = not full_sync
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         return self._commit(saves, confirms, wait=True)
@@ -76,6 +78,9 @@ class SqliteMessages(SqliteLifecycle):
             saved = [self._save_one(conn, item) for item in saves]
             removed = [self._confirm(conn, c.user_id, c.ids) for c in confirms]
         return saved, removed
+
+    def checkpoint(self) -> None:
+        self._db.checkpoint()
 
     def save_messages(self, batch: Sequence[NewMessage]) -> list[Saved]:
         return self.commit(batch, ())[0]

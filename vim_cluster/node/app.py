@@ -231,7 +231,7 @@ def _context(parts: _Parts, lease: Lease, registry: ClusterRegistry, directory: 
         delivery=Delivery(local),  # its cluster link is the role's (node/roles.py)
         writer=StoreWriter(messages, store_runner, tunables.store_batch, tunables.store_inline_max_s,
                            tunables.store_inline_pause_s, tunables.store_finish_retry_s,
-                           tunables.store_unfinished_max),
+                           tunables.store_unfinished_max, tunables.store_checkpoint_s),
         metrics=parts.metrics,
         frame_log=FrameLog(wiring.frame_log_writer(messages), BlockingRunner("frame-log", 1)),
         known_users=known_users,

@@ -26,6 +26,13 @@ goes to the thread at once. While commits on the loop average more than `inline_
 slow disk: the loop would stall that long each), they all go to the thread for
 `inline_pause_s`, then the loop tries again.
 
+Checkpoints (a store whose `checkpoints` is True: SQLite): `checkpoint_s` after a commit, the
+writer calls `MessageStore.checkpoint` for it and the commits made meanwhile, in a worker
+thread of its own (not the store runner's: reads do not queue behind it). So the WAL is
+copied into the database file while the loop goes on committing, not inside a commit on the
+loop (adapters/sqlite_base.py). A failed checkpoint is logged; the next commit brings the next
+try.
+
 A failed commit on a store whose commits are not atomic (MongoDB: no transactions) may have
 left some of its saves half done: in recipients' offline sets, and replayed to them, but not
 in history. Its senders are told it failed and retry (same cid), which finishes them; a sender
@@ -99,7 +106,8 @@ class StoreWriter:
                  inline_max_s: float = DEFAULTS.store_inline_max_s,
                  inline_pause_s: float = DEFAULTS.store_inline_pause_s,
                  finish_retry_s: float = DEFAULTS.store_finish_retry_s,
-                 unfinished_max: int = DEFAULTS.store_unfinished_max) -> None:
+                 unfinished_max: int = DEFAULTS.store_unfinished_max,
+                 checkpoint_s: float = DEFAULTS.store_checkpoint_s) -> None:
         self._store = store
         self._batch = batch  # messages and confirms in one group commit
         self._runner = runner
@@ -119,6 +127,9 @@ class StoreWriter:
         self._to_finish = trio.Event()  # set while `unfinished` has saves
         self.finished = 0  # messages finish_saves completed
         self.on_finished: Finished | None = None  # set by the node: delivers what was finished
+        self._checkpoint_s = checkpoint_s
+        self._committed = trio.Event()  # set by each commit; the checkpoint task waits for it
+        self.checkpoints = 0  # checkpoints done (failed ones not counted)
 
     def submit(self, item: NewMessage, on_done: Done) -> None:
         """Queue a message without waiting; `on_done(saved, error)` follows its commit."""
@@ -133,6 +144,8 @@ class StoreWriter:
         async with trio.open_nursery() as nursery:
             if not self._store.commits_atomic:
                 nursery.start_soon(self._finish_unfinished)
+            if self._store.checkpoints:
+                nursery.start_soon(self._checkpoint_after_commits)
             async for first in self._receive:
                 # One scheduler pass first: the frames other tasks have already read join this
                 # batch (a commit on the loop would otherwise take one message at a time).
@@ -158,10 +171,28 @@ class StoreWriter:
             log.exception("store_write_crashed", saves=len(saves), confirms=len(confirms))
             error = exc
         else:
+            self._committed.set()
             self.batches += 1
             self.saved += len(saves)
             self.confirmed += len(confirms)
         self._callbacks(saves, results, confirms, removed, error)
+
+    async def _checkpoint_after_commits(self) -> None:
+        """A checkpoint `checkpoint_s` after a commit, for it and what commits meanwhile (see
+        the module docstring)."""
+        runner = BlockingRunner("checkpoint", 1)
+        while True:
+            await self._committed.wait()
+            await trio.sleep(self._checkpoint_s)
+            self._committed = trio.Event()
+            try:
+                await runner(self._store.checkpoint)
+            except StoreUnavailable as exc:
+                log.warning("store_checkpoint_failed", error=str(exc))
+            except Exception:  # noqa: BLE001 - a bug: logged; commits go on, the backstop copies
+                log.exception("store_checkpoint_crashed")
+            else:
+                self.checkpoints += 1
 
     def _keep_unfinished(self, saves: list[NewMessage]) -> None:
         if not saves:
