@@ -200,8 +200,8 @@ class SqliteDatabase:
     def checkpoint(self) -> tuple[int, int]:
         """A passive checkpoint, for a worker thread, on a connection of its own: copies what is
         committed in the WAL into the database file, and syncs it, without the write lock, so
-        commits go on meanwhile (another process's checkpoint running: it does nothing).
-        Returns (frames in the WAL, frames of them in the database file now)."""
+        commits go on meanwhile. Returns (frames in the WAL, frames of them in the database file
+        now)."""
         with self._checkpoint_lock, self._errors():
             if self._checkpointer is None:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
