@@ -108,7 +108,8 @@ class MessageStore(Protocol):
     # left some of its saves half done (MongoDB without transactions), for `finish_saves`.
     commits_atomic: bool
     # Whether the node's store writer calls `checkpoint` in a worker thread after commits
-    # (SQLite: the WAL is copied into the database file there, not inside a commit).
+    # (SQLite with `vim.store.sync: normal`: the WAL is copied into the database file there,
+    # not inside a commit).
     checkpoints: bool
 
     def commit(self, saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:

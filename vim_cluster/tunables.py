@@ -89,7 +89,7 @@ class Tunables:
     store_batch: int = 512  # messages and confirms in one group commit
     store_inline_max_s: float = 0.02  # group commits on the event loop average more: they go to a thread
     store_inline_pause_s: float = 30.0  # ... for this long, then the loop tries again
-    store_checkpoint_s: float = 0.05  # after commits, the store's checkpoint (a worker thread) at most this often
+    store_checkpoint_s: float = 0.05  # the store's checkpoint (a worker thread) comes this long after a commit
     store_finish_retry_s: float = 1.0  # finishing a failed commit's saves, refused, is tried again after this (doubling)
     store_unfinished_max: int = 10_000  # saves of failed commits kept to finish; the oldest beyond are dropped
     replay_page: int = 500  # messages read per page of an offline replay or catch-up

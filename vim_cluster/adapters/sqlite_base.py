@@ -23,7 +23,7 @@ Rules:
   at CHECKPOINT_BACKSTOP_FRAMES, where the worker fell behind or the WAL could not start over
   (a write began before the worker had copied everything); by then most of it is copied. With
   `normal` a commit does not sync, and the copy was the loop's longest pause: about 10 ms every
-  140 ms at 1,000 msg/s cross-node, and the p99 13-15 ms against 4.4-5.1 with the flag. With
+  140 ms at 1,000 msg/s cross-node, and the p99 14.0-14.7 ms against 4.2-5.3 with the flag. With
   `full` every commit syncs anyway: the flag moved no p99 beyond the host's noise and cost
   2.4-3.2 % more server CPU a message at full rate (more, smaller checkpoints, each syncing
   the database file: a guess, not measured apart), so it stays off there (issue 12, session

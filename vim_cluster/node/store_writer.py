@@ -26,12 +26,12 @@ goes to the thread at once. While commits on the loop average more than `inline_
 slow disk: the loop would stall that long each), they all go to the thread for
 `inline_pause_s`, then the loop tries again.
 
-Checkpoints (a store whose `checkpoints` is True: SQLite): `checkpoint_s` after a commit, the
-writer calls `MessageStore.checkpoint` for it and the commits made meanwhile, in a worker
-thread of its own (not the store runner's: reads do not queue behind it). So the WAL is
-copied into the database file while the loop goes on committing, not inside a commit on the
-loop (adapters/sqlite_base.py). A failed checkpoint is logged; the next commit brings the next
-try.
+Checkpoints (a store whose `checkpoints` is True: SQLite with `vim.store.sync: normal`):
+`checkpoint_s` after a commit, the writer calls `MessageStore.checkpoint` for it and the
+commits made meanwhile, in a worker thread of its own (not the store runner's: reads do not
+queue behind it). So the WAL is copied into the database file while the loop goes on
+committing, not inside a commit on the loop (adapters/sqlite_base.py). A failed checkpoint is
+logged; the next commit brings the next try.
 
 A failed commit on a store whose commits are not atomic (MongoDB: no transactions) may have
 left some of its saves half done: in recipients' offline sets, and replayed to them, but not
