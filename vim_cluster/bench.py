@@ -9,7 +9,9 @@ Scenarios:
   the node processes.
 - churn: connect / ready / close cycles per second.
 
-Latency is sender -> recipient, measured in this process with one monotonic clock. `lost`
+Latency is sender -> recipient, measured in this process with one monotonic clock; the ack's
+latency (sender -> ack: the node's durable store) is given beside it. `--timeline FILE` writes
+each message's times to a CSV file (write_timeline). `lost`
 counts messages acked to a sender but never delivered to the recipient (after a drain wait).
 Recipients confirm what they got with `received`, as a real client does.
 
@@ -29,6 +31,7 @@ load generator's own process CPU per delivered message.
 
 from __future__ import annotations
 
+import csv
 import gc
 import itertools
 import json
@@ -65,9 +68,9 @@ class Stats:
     errors: int = 0
     error_kinds: dict[str, int] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)
-    sent_at: dict[str, float] = attrs.Factory(dict)
-    acked_cids: set[str] = attrs.Factory(set)
-    delivered_cids: set[str] = attrs.Factory(set)
+    sent_at: dict[str, float] = attrs.Factory(dict)  # cid -> trio time, for each of these three
+    acked_at: dict[str, float] = attrs.Factory(dict)
+    delivered_at: dict[str, float] = attrs.Factory(dict)  # the last recipient's, in a group
     cpu: dict[str, float] = attrs.Factory(dict)  # cpu_figures() of the message window
 
     def error(self, kind: str) -> None:
@@ -221,7 +224,7 @@ async def _sender(ws: Channel, speaker: Speaker, chat_id: str, chat_type: str, s
             for event in speaker.events(await ws.get_message()):
                 if event.kind == "ack":
                     stats.acked += 1
-                    stats.acked_cids.add(event.key)
+                    stats.acked_at[event.key] = trio.current_time()
                     slots.release()
                 elif event.kind == "error":
                     stats.error(event.key)
@@ -262,11 +265,12 @@ async def _recipient(ws: Channel, speaker: Speaker, stats: Stats) -> None:
                 if event.kind != "message" or event.uid in seen:
                     continue
                 seen.add(event.uid)
+                now = trio.current_time()
                 sent = stats.sent_at.get(event.key)
                 if sent is not None:
-                    stats.latencies.append(trio.current_time() - sent)
+                    stats.latencies.append(now - sent)
                 stats.delivered += 1
-                stats.delivered_cids.add(event.key)
+                stats.delivered_at[event.key] = now
                 if event.confirm:
                     if not pending:
                         confirm_at = trio.current_time() + CONFIRM_S
@@ -360,7 +364,7 @@ async def run_pair(src: str, dst: str, senders: list[Account], recipients: list[
     plan = [(src, sender, f"s{i}", [(dst, recipients[i])]) for i, sender in enumerate(senders)]
     args.fanout = 1
     elapsed = await run_messages(plan, "friend", lambda i: recipients[i].user_id, args, stats, dialect, pids)
-    return message_summary(stats, elapsed, 1)
+    return message_summary(stats, elapsed, 1, getattr(args, "timeline", None))
 
 
 async def _connected(url: str, account: Account, dialect: Dialect = VIM, *,
@@ -380,9 +384,13 @@ async def _progress(stats: Stats, started: float) -> None:
               file=sys.stderr, flush=True)
 
 
-def message_summary(stats: Stats, elapsed: float, fanout: int) -> dict[str, Any]:
+def message_summary(stats: Stats, elapsed: float, fanout: int, timeline: str | None = None) -> dict[str, Any]:
+    """The run's figures; `timeline`: a CSV file to write every message's times to as well."""
+    if timeline:
+        write_timeline(timeline, stats)
     ms = [x * 1000 for x in stats.latencies]
-    lost = len(stats.acked_cids - stats.delivered_cids) if fanout == 1 else max(0, stats.acked * fanout - stats.delivered)
+    lost = len(stats.acked_at.keys() - stats.delivered_at.keys()) if fanout == 1 else max(0, stats.acked * fanout - stats.delivered)
+    acks = [(at - stats.sent_at[cid]) * 1000 for cid, at in stats.acked_at.items() if cid in stats.sent_at]
     return {
         "sent": stats.sent,
         "acked": stats.acked,
@@ -394,11 +402,30 @@ def message_summary(stats: Stats, elapsed: float, fanout: int) -> dict[str, Any]
         "p90_ms": round(percentile(ms, 90), 2),
         "p99_ms": round(percentile(ms, 99), 2),
         "max_ms": round(max(ms), 2) if ms else float("nan"),
+        "ack_p50_ms": round(percentile(acks, 50), 2),
+        "ack_p99_ms": round(percentile(acks, 99), 2),
         "errors": stats.errors,
         "error_kinds": stats.error_kinds,
         "lost": lost,
         **stats.cpu,
     }
+
+
+def write_timeline(path: str, stats: Stats) -> None:
+    """One CSV row per message sent, in the order sent: its cid, and when it was sent, acked
+    and delivered (to the last recipient, in a group), in seconds from the first send; empty
+    where it never was. Slow messages bunched at regular times point at a periodic pause in a
+    node (session 22 found SQLite's checkpoints this way)."""
+    start = min(stats.sent_at.values(), default=0.0)
+
+    def at(times: dict[str, float], cid: str) -> str:
+        return f"{times[cid] - start:.6f}" if cid in times else ""
+
+    with open(path, "w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["cid", "sent_s", "acked_s", "delivered_s"])
+        for cid in sorted(stats.sent_at, key=stats.sent_at.__getitem__):
+            rows.writerow([cid, at(stats.sent_at, cid), at(stats.acked_at, cid), at(stats.delivered_at, cid)])
 
 
 # --- connection scenarios ------------------------------------------------------------------
@@ -498,7 +525,7 @@ async def run_scenario(args: Any) -> dict[str, Any]:
         plan = [(urls[i % len(urls)], accounts[i], f"s{i}", receivers if i == 0 else []) for i in range(args.senders)]
         args.fanout = len(receivers)
         elapsed = await run_messages(plan, "group", lambda i: group_id, args, stats, pids=pids)
-        result.update(message_summary(stats, elapsed, args.fanout), members=members)
+        result.update(message_summary(stats, elapsed, args.fanout, args.timeline), members=members)
     elif args.scenario == "connections":
         # Users are made on the first node: password hashing (argon2id, 19 MiB a hash) would
         # leave the measured node's heap grown before the baseline.

@@ -240,6 +240,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.url and not Path(args.configs).is_dir():
         print(f"vim-cluster bench: give --url or a node-configs folder (not found: {args.configs})", file=sys.stderr)
         return 2
+    if args.timeline:
+        if args.scenario not in ("cross-node", "local", "group"):
+            print(f"vim-cluster bench: --timeline goes with cross-node, local or group, not {args.scenario}",
+                  file=sys.stderr)
+            return 2
+        folder = Path(args.timeline).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            print(f"vim-cluster bench: cannot write --timeline {args.timeline} (no such writable folder: {folder})",
+                  file=sys.stderr)
+            return 2
     if args.ca_file:
         if not os.access(args.ca_file, os.R_OK):
             print(f"vim-cluster bench: cannot read --ca-file {args.ca_file}", file=sys.stderr)
@@ -352,6 +362,9 @@ def _add_bench_command(commands: Any) -> None:
     bench.add_argument("--size", type=int, default=100, help="content bytes per message")
     bench.add_argument("--connections", type=int, default=1000, help="connections scenario: K")
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bench.add_argument("--timeline", metavar="FILE",
+                       help="message scenarios: write each message's send, ack and delivery times "
+                       "(seconds from the first send) to FILE as CSV")
 
 
 def _add_user_commands(commands: Any) -> None:

@@ -20,6 +20,27 @@ async def test_run_pair_counts_every_acked_message_delivered(url: str) -> None:
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
 
 
+async def test_a_timeline_gives_each_message_its_send_ack_and_delivery_times(url: str, tmp_path) -> None:
+    import csv
+
+    timeline = tmp_path / "timeline.csv"
+    with trio.fail_after(30):
+        accounts = await bench.create_users(url, 4, "bench-tl", parallel=2)
+        args = argparse.Namespace(size=20, duration=0, messages=40, window=4, rate=0, timeline=str(timeline))
+        result = await bench.run_pair(url, url, accounts[:2], accounts[2:], args)
+    with timeline.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and {r["cid"] for r in rows} == {f"s{i}-{n}" for i in (0, 1) for n in range(20)}
+    sent = [float(r["sent_s"]) for r in rows]
+    assert sent == sorted(sent) and sent[0] == 0.0  # in the order sent, from the first send
+    for r in rows:
+        assert float(r["sent_s"]) < float(r["acked_s"]) and float(r["sent_s"]) < float(r["delivered_s"])
+    # The summary's ack latency: sender -> ack, as the timeline has it.
+    acks = sorted((float(r["acked_s"]) - float(r["sent_s"])) * 1000 for r in rows)
+    assert abs(result["ack_p50_ms"] - bench.percentile(acks, 50)) < 0.01
+    assert 0 < result["ack_p50_ms"] <= result["ack_p99_ms"]
+
+
 async def test_paced_run_keeps_to_the_rate(url: str) -> None:
     with trio.fail_after(30):
         accounts = await bench.create_users(url, 2, "bench-r")
@@ -61,3 +82,17 @@ async def test_message_scenarios_connect_with_the_lean_client(url: str) -> None:
         result = await bench.run_pair(url, url, accounts[:1], accounts[1:], args, Recording())
     assert (result["delivered"], result["lost"]) == (10, 0)
     assert seen == [MessageSocket, MessageSocket]
+
+
+def test_a_timeline_the_bench_cannot_give_or_write_is_refused_in_one_line(tmp_path, capsys) -> None:
+    from vim_cluster import cli
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for argv, says in [
+        (["connections", "--timeline", str(tmp_path / "t.csv")], "--timeline goes with cross-node, local or group"),
+        (["cross-node", "--timeline", str(tmp_path / "missing" / "t.csv")], "cannot write --timeline"),
+    ]:
+        assert cli.main(["bench", *argv, "--configs", str(configs)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1

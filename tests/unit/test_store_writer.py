@@ -379,3 +379,40 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_commit_tries_again(
     assert commits.done == [friend(1).id, friend(2).id] and len(calls) == 2
     [failed] = [e for e in logs if e["event"] == "store_checkpoint_failed"]
     assert failed["log_level"] == "warning" and "disk I/O error" in failed["error"]
+
+
+def test_two_nodes_checkpointing_one_file_at_once_lose_nothing_and_raise_nothing(tmp_path: Path) -> None:
+    # Two nodes of one machine share the file, each with its writer's checkpoint thread: a
+    # passive checkpoint that finds the other one copying returns (busy), it does not fail.
+    import threading
+
+    path = str(tmp_path / "messages.db")
+    nodes = [SqliteMessages(path, full_sync=False), SqliteMessages(path, full_sync=False)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def checkpoints(store: SqliteMessages) -> None:
+        try:
+            while not done.is_set():
+                store.checkpoint()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=checkpoints, args=(node,)) for node in nodes]
+    try:
+        for thread in threads:
+            thread.start()
+        for n in range(1, 201):
+            assert nodes[n % 2].commit([new(friend(n), BOB)], [])[0][0].created
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(10)
+        for node in nodes:
+            node.close()
+    assert errors == []
+    reopened = SqliteMessages(path)
+    try:
+        assert len(reopened.pending(BOB, MessageId(0), 500)) == 200
+    finally:
+        reopened.close()
