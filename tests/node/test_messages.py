@@ -279,3 +279,23 @@ async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_
             assert [a["cid"] for a in acks] == ["w-0", "w-1", "w-2", "w-3"]
             assert (await alice.expect("pong"))["rid"] == "after"
             assert [(await bob.expect("message"))["cid"] for _ in range(4)] == ["w-0", "w-1", "w-2", "w-3"]
+
+
+async def test_with_sync_normal_the_node_checkpoints_its_wal_beside_its_commits(start_node) -> None:
+    # adapters/sqlite_base.py: with `vim.store.sync: normal` the WAL is copied into the file
+    # by the store writer's own thread after commits, not inside a commit on the event loop.
+    node = await start_node(store={"directory": "sqlite:data/directory.db", "messages": "sqlite:data/messages.db",
+                                   "sync": "normal"})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    writer = node.ctx.writer
+    with trio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            for i in range(5):
+                ack = await alice.chat(bob.user_id, f"normal {i}", f"n-{i}")
+                assert committed_row(node, ack["id"]) == (f"n-{i}", f"normal {i}")
+            while writer.checkpoints == 0:
+                await trio.sleep(DEFAULTS.store_checkpoint_s)
+    assert writer.inline >= 1  # the commits themselves ran on the loop
+    node.stop()
