@@ -93,6 +93,8 @@ def test_a_timeline_the_bench_cannot_give_or_write_is_refused_in_one_line(tmp_pa
         (["connections", "--timeline", str(tmp_path / "t.csv")], "--timeline goes with cross-node, local or group"),
         (["cross-node", "--timeline", str(tmp_path / "missing" / "t.csv")], "cannot write --timeline"),
     ]:
-        assert cli.main(["bench", *argv, "--configs", str(configs)]) == 2
+        # The command itself, not cli.main: that would configure logging to this test's stderr.
+        args = cli.build_parser().parse_args(["bench", *argv, "--configs", str(configs)])
+        assert args.func(args) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1
