@@ -246,8 +246,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         folder = Path(args.timeline).parent
-        if not (folder.is_dir() and os.access(folder, os.W_OK)):
-            print(f"vim-cluster bench: cannot write --timeline {args.timeline} (no such writable folder: {folder})",
+        if Path(args.timeline).is_dir() or not (folder.is_dir() and os.access(folder, os.W_OK)):
+            print(f"vim-cluster bench: cannot write --timeline {args.timeline} (a folder, or not in a writable one)",
                   file=sys.stderr)
             return 2
     if args.ca_file:

@@ -92,6 +92,7 @@ def test_a_timeline_the_bench_cannot_give_or_write_is_refused_in_one_line(tmp_pa
     for argv, says in [
         (["connections", "--timeline", str(tmp_path / "t.csv")], "--timeline goes with cross-node, local or group"),
         (["cross-node", "--timeline", str(tmp_path / "missing" / "t.csv")], "cannot write --timeline"),
+        (["cross-node", "--timeline", str(tmp_path)], "cannot write --timeline"),
     ]:
         # The command itself, not cli.main: that would configure logging to this test's stderr.
         args = cli.build_parser().parse_args(["bench", *argv, "--configs", str(configs)])
