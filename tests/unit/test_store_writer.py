@@ -20,6 +20,7 @@ from vim_cluster.node import store_writer
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.store_writer import StoreWriter
 from vim_cluster.ports import Confirm, NewMessage, Saved
+from vim_cluster.tunables import DEFAULTS
 
 from ..contract.test_message_store_contract import BOB, friend, new
 
@@ -263,6 +264,19 @@ def test_with_sync_full_a_commit_checkpoints_by_itself(store: SqliteMessages, tm
     assert db_bytes(tmp_path) > empty
 
 
+async def commit_and_wait_for_the_checkpoint(writer: StoreWriter, commits: Commits, n: int,
+                                             checkpoint_s: float = DEFAULTS.store_checkpoint_s) -> None:
+    """Under the autojump clock: submits message n, waits for its commit, lets `checkpoint_s`
+    go by (virtual time) and then waits for the checkpoint's thread (real time) to be done."""
+    before = writer.checkpoints
+    commits.committed = trio.Event()
+    writer.submit(new(friend(n), BOB), commits)
+    await commits.committed.wait()
+    await trio.sleep(checkpoint_s)
+    while writer.checkpoints == before:
+        await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_the_writer_checkpoints_after_commits_in_a_thread_of_its_own(
     normal_store: SqliteMessages, tmp_path: Path, autojump_clock: object
 ) -> None:
@@ -275,23 +289,15 @@ async def test_the_writer_checkpoints_after_commits_in_a_thread_of_its_own(
             nursery.start_soon(writer.run)
             await trio.sleep(1)  # virtual time: no commit, no checkpoint
             assert writer.checkpoints == 0
-            writer.submit(new(friend(1), BOB), commits)
-            await commits.committed.wait()
-            await trio.sleep(0.05)  # virtual time: checkpoint_s after the commit
-            while writer.checkpoints == 0:  # the checkpoint's thread (real time)
-                await trio.testing.wait_all_tasks_blocked()
+            await commit_and_wait_for_the_checkpoint(writer, commits, 1, checkpoint_s=0.05)
+            assert writer.checkpoints == 1
             assert db_bytes(tmp_path) > empty  # the message's pages are in the file
             # The commit ran on the loop, the checkpoint in the writer's own thread: the
             # store runner (reads, commits that must wait) started none.
             assert (writer.inline, runner.threads()) == (1, 0)
             await trio.sleep(1)  # nothing committed since: no other checkpoint
             assert writer.checkpoints == 1
-            commits.committed = trio.Event()
-            writer.submit(new(friend(2), BOB), commits)
-            await commits.committed.wait()
-            await trio.sleep(0.05)
-            while writer.checkpoints == 1:
-                await trio.testing.wait_all_tasks_blocked()
+            await commit_and_wait_for_the_checkpoint(writer, commits, 2, checkpoint_s=0.05)
             nursery.cancel_scope.cancel()
     assert commits.done == [friend(1).id, friend(2).id]
 
@@ -369,12 +375,7 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_commit_tries_again(
                 await trio.testing.wait_all_tasks_blocked()
             await trio.sleep(1)
             assert (len(calls), writer.checkpoints) == (1, 0)  # no retry without a commit
-            commits.committed = trio.Event()
-            writer.submit(new(friend(2), BOB), commits)
-            await commits.committed.wait()
-            await trio.sleep(0.05)
-            while writer.checkpoints == 0:
-                await trio.testing.wait_all_tasks_blocked()
+            await commit_and_wait_for_the_checkpoint(writer, commits, 2)
             nursery.cancel_scope.cancel()
     assert commits.done == [friend(1).id, friend(2).id] and len(calls) == 2
     [failed] = [e for e in logs if e["event"] == "store_checkpoint_failed"]
