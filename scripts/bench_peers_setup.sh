@@ -6,8 +6,12 @@
 CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v5
 CENTRIFUGO_VERSION=v5.4.9
 
-if [ ! -x .venv-peers/bin/uvicorn ]; then
-  echo "bench: creating .venv-peers (python-socketio, uvicorn)" >&2
+# python-socketio runs on the interpreter vim-cluster runs on: .venv-peers is made again when
+# .venv was (its pyvenv.cfg names another Python).
+_home() { grep -s '^home = ' "$1/pyvenv.cfg"; }
+if [ ! -x .venv-peers/bin/uvicorn ] || [ "$(_home .venv-peers)" != "$(_home .venv)" ]; then
+  echo "bench: creating .venv-peers (python-socketio, uvicorn) with $(_home .venv)" >&2
+  rm -rf .venv-peers
   .venv/bin/python -m venv .venv-peers
   .venv-peers/bin/pip install -q -r scripts/peers/requirements.txt
 fi

@@ -546,9 +546,25 @@ def quick_rows(records: list[dict[str, Any]], kind: str = MAX) -> list[list[str]
     return rows
 
 
+def interpreter(venv: Path) -> str:
+    """The Python a virtual environment was made from, as its pyvenv.cfg names it: the build
+    counts (session 24: the same 3.11 cost 18 % more CPU per message built by pyenv without
+    profile-guided and link-time optimisation than built by Debian)."""
+    try:
+        cfg = dict(line.split(" = ", 1) for line in (venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
+    except OSError:
+        return f"unknown (no {venv / 'pyvenv.cfg'})"
+    return f"Python {cfg.get('version', '?')}, {cfg.get('executable') or cfg.get('home', '?')}"
+
+
 def report(records: list[dict[str, Any]], args: argparse.Namespace, load: tuple[str, str], seconds: float) -> str:
     out = [f"{'quick A/B' if args.quick else 'targets'}: {args.repeat} interleaved round(s), {args.duration:g} s "
-           f"per run, {seconds / 60:.1f} min; load average {load[0]} at the start, {load[1]} at the end", ""]
+           f"per run, {seconds / 60:.1f} min; load average {load[0]} at the start, {load[1]} at the end",
+           f"interpreter (the nodes, the load generator{'' if args.quick else ', python-socketio'}): "
+           f"{interpreter(ROOT / '.venv')}"]
+    if args.against:
+        out.append(f"interpreter of {args.against}: {interpreter(Path(args.against) / '.venv')}")
+    out.append("")
     if args.quick:
         out.append(markdown(QUICK_COLUMNS, quick_rows(records, quick_kind(args))))
         out += ["", "The last column: in how many rounds the tree's server CPU per message, and its "

@@ -2,8 +2,11 @@
 # Usage: . scripts/venv.sh [EXTRAS]   (EXTRAS e.g. "test")
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The operating system's own Python comes before one found on PATH: distributions build it with
+# profile-guided and link-time optimisation, a pyenv install by default with neither, and on
+# the same 3.11 that costs the server 18 % more CPU per message (docs/performance.md, session 24).
 _find_python() {
-  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+  for candidate in "${PYTHON:-}" /usr/bin/python3 python3.13 python3.12 python3.11 python3; do
     [ -n "$candidate" ] || continue
     if command -v "$candidate" >/dev/null 2>&1 &&
        "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
