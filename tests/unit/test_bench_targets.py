@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,9 +104,12 @@ def test_report_prints_the_table_and_every_run_and_quick_compares_trees(targets:
                for r, cpu in enumerate((400.0, 380.0, 390.0))]
     records += [_record("vim-cluster (/work/main)", "max", round=r, server_cpu_us_per_delivered=cpu,
                         delivered_per_s=2800.0) for r, cpu in enumerate((420.0, 430.0, 410.0))]
-    args = argparse.Namespace(quick=True, repeat=3, duration=5.0, cores_rate=1000.0, systems=["vim-cluster"])
+    args = argparse.Namespace(quick=True, repeat=3, duration=5.0, cores_rate=1000.0, systems=["vim-cluster"],
+                              against="/nowhere/main")
     text = targets.report(records, args, ("1.00 1.00 1.00", "2.00 1.50 1.00"), 95.0)
     assert text.splitlines()[0].startswith("quick A/B: 3 interleaved round(s), 5 s per run, 1.6 min; load average")
+    assert text.splitlines()[1] == f"interpreter (the nodes, the load generator): {targets.interpreter(targets.ROOT / '.venv')}"
+    assert text.splitlines()[2] == "interpreter of /nowhere/main: unknown (no /nowhere/main/.venv/pyvenv.cfg)"
     quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
     assert quick == [["vim-cluster", "390 µs", "400.0, 380.0, 390.0", "3,000", "-", "-", "-"],
                      ["vim-cluster (/work/main)", "420 µs", "420.0, 430.0, 410.0", "2,800", "-", "-", "0 of 3 / 0 of 0"]]
@@ -135,7 +139,7 @@ def test_quick_with_systems_group_compares_the_group_fan_out(targets: Any) -> No
                                        "vim-cluster (/tmp/base)": (28.0, 25.5, 29.0)}.items()
                for r, cpu in enumerate(figures)]
     records.append(_record("vim-cluster", "max", round=0, server_cpu_us_per_delivered=400.0))
-    args = argparse.Namespace(quick=True, repeat=3, duration=6.0, cores_rate=1000.0, systems=["group"])
+    args = argparse.Namespace(quick=True, repeat=3, duration=6.0, cores_rate=1000.0, systems=["group"], against=None)
     assert targets.quick_kind(args) == targets.GROUP
     text = targets.report(records, args, ("1.00 1.00 1.00", "1.00 1.00 1.00"), 60.0)
     quick = [cells(line) for line in text.split("\nevery run:")[0].splitlines() if line.startswith("| vim")]
@@ -235,3 +239,13 @@ def test_the_p99_shows_each_round_beside_the_disks_slowest_syncs(targets: Any) -
     assert rows["p99 latency at"][2:] == ["25.9 ms (by round 82.9, 9.7, 25.9)", "python-socketio -, centrifugo -",
                                           "not reached (1 of 3 rounds)"]
     assert rows["the disk durin"][2] == "p99 3.0 ms, max 34.0 ms (max by round 149, 8.1, 34.0)"
+
+
+def test_interpreter_names_the_python_a_venv_was_made_from(targets: Any, tmp_path: Path) -> None:
+    """The table says which Python ran it: the build moves every Python system's CPU."""
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\n"
+                                         "version = 3.11.2\nexecutable = /usr/bin/python3.11\n")
+    assert targets.interpreter(tmp_path) == "Python 3.11.2, /usr/bin/python3.11"
+    (tmp_path / "pyvenv.cfg").write_text("home = /opt/python/bin\nversion = 3.13.0\n")  # older venvs: no executable
+    assert targets.interpreter(tmp_path) == "Python 3.13.0, /opt/python/bin"
+    assert targets.interpreter(tmp_path / "gone") == f"unknown (no {tmp_path / 'gone' / 'pyvenv.cfg'})"
