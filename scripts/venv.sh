@@ -2,32 +2,48 @@
 # Usage: . scripts/venv.sh [EXTRAS]   (EXTRAS e.g. "test")
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# The operating system's own Python comes before one found on PATH: distributions build it with
-# profile-guided and link-time optimisation, a pyenv install by default with neither, and on
+# The Pythons >= 3.11 to make .venv from, best first: $PYTHON alone if it is set; else the
+# operating system's own, then python3.13 ... python3 on PATH. Distributions build their
+# Python with profile-guided and link-time optimisation, pyenv by default with neither, and on
 # the same 3.11 that costs the server 18 % more CPU per message (docs/performance.md, session 24).
-_find_python() {
-  for candidate in "${PYTHON:-}" /usr/bin/python3 python3.13 python3.12 python3.11 python3; do
-    [ -n "$candidate" ] || continue
-    if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      echo "$candidate"; return 0
-    fi
+_pythons() {
+  local candidates=(/usr/bin/python3 python3.13 python3.12 python3.11 python3)
+  [ -z "${PYTHON:-}" ] || candidates=("$PYTHON")
+  for candidate in "${candidates[@]}"; do
+    command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null &&
+      echo "$candidate"
   done
-  echo "vim-cluster needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  return 0
+}
+# .venv from $1. Debian and Ubuntu ship venv separately: as root, python3-venv is installed
+# (once) and $1 tried again.
+_make_venv() {
+  "$1" -m venv "$_root/.venv" 2>/dev/null && return 0
+  rm -rf "$_root/.venv"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "${_apt_tried:-}" ]; then
+    _apt_tried=1
+    echo "installing python3-venv with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    "$1" -m venv "$_root/.venv" 2>/dev/null && return 0
+    rm -rf "$_root/.venv"
+  fi
   return 1
 }
 if [ ! -x "$_root/.venv/bin/python" ]; then
-  _py="$(_find_python)"
-  if ! "$_py" -m venv "$_root/.venv" 2>/dev/null; then
-    # Debian and Ubuntu ship venv separately.
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "installing python3-venv with apt-get" >&2
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      rm -rf "$_root/.venv"; "$_py" -m venv "$_root/.venv"
-    else
-      echo "cannot create .venv: install python3-venv (sudo apt-get install python3-venv)" >&2
-      return 1
-    fi
+  _found="$(_pythons)"
+  if [ -z "$_found" ]; then
+    echo "vim-cluster needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+    return 1
+  fi
+  _made=""
+  while IFS= read -r _py; do
+    if _make_venv "$_py"; then _made=1; break; fi
+    echo "cannot make .venv with $_py (its venv module is missing)" >&2
+  done <<< "$_found"
+  if [ -z "$_made" ]; then
+    echo "cannot create .venv: install python3-venv (sudo apt-get install python3-venv)" >&2
+    return 1
   fi
 fi
 _extras="${1:-}"
