@@ -13,6 +13,9 @@ from .sqlite_base import SqliteDatabase, WouldWait
 from .sqlite_lifecycle import INDEXES, SqliteLifecycle
 from .sqlite_rows import COLUMNS, M_COLUMNS, _message
 
+INSERT_MESSAGE = f"INSERT OR IGNORE INTO messages ({COLUMNS}, chat_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_PENDING = "INSERT OR IGNORE INTO pending (user_id, message_id) VALUES (?, ?)"
+
 MIGRATIONS = [
     """
     CREATE TABLE messages (
@@ -90,7 +93,7 @@ class SqliteMessages(SqliteLifecycle):
         m = item.message
         extend = json.dumps(m.extend, ensure_ascii=False) if m.extend is not None else None
         cursor = conn.execute(
-            f"INSERT OR IGNORE INTO messages ({COLUMNS}, chat_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            INSERT_MESSAGE,
             (m.id, m.cid, m.from_id, m.chat_id, m.chat_type.value, m.message_type.value, m.content,
              extend, m.timestamp, m.chat_key),
         )
@@ -99,10 +102,11 @@ class SqliteMessages(SqliteLifecycle):
                 f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND cid = ?", (m.from_id, m.cid)
             ).fetchone()
             return Saved(_message(row), created=False)
-        conn.executemany(
-            "INSERT OR IGNORE INTO pending (user_id, message_id) VALUES (?, ?)",
-            [(user, m.id) for user in item.pending_for],
-        )
+        pending = item.pending_for
+        if len(pending) == 1:  # a friend message: one row, without executemany's setup
+            conn.execute(INSERT_PENDING, (pending[0], m.id))
+        elif pending:
+            conn.executemany(INSERT_PENDING, [(user, m.id) for user in pending])
         return Saved(m, created=True)
 
     def finish_saves(self, batch: Sequence[NewMessage]) -> list[Message]:

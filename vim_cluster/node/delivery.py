@@ -105,8 +105,7 @@ def _codec_text_is_str() -> bool:
 def frame_json(frame: OutFrame) -> bytes:
     """The client frame as JSON text (UTF-8), encoded once by the codec and shared with this
     node's own text clients: what a Deliver packet carries."""
-    text = frame.encoded(False)
-    return text.encode() if isinstance(text, str) else text
+    return frame.payload(False)
 
 
 def deliver_body(frames: Sequence[OutFrame]) -> tuple[bytes | list[bytes], int | None]:
