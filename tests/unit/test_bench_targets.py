@@ -164,6 +164,34 @@ def test_a_run_waits_for_a_quiet_machine(targets: Any, monkeypatch: pytest.Monke
     assert len(taken) == 3 and (quiet["busy_before"], quiet["steal_before"]) == (10, 5)
 
 
+def test_once_the_cpu_is_quiet_the_disk_is_synced_and_the_record_says_how_dirty_it_was(
+        targets: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A previous system's writes still in the page cache are written back before the run,
+    not during it (where a commit's fdatasync would wait behind them)."""
+    events: list[str] = []
+    samples = iter([(0.9, 0.0), (0.1, 0.0)])
+
+    def sample(window_s: float) -> tuple[float, float]:
+        events.append("cpu")
+        return next(samples)
+
+    monkeypatch.setattr(targets, "cpu_sample", sample)
+    monkeypatch.setattr(targets, "dirty_kb", lambda: events.append("dirty") or 24_772)
+    monkeypatch.setattr(targets.os, "sync", lambda: events.append("sync"))
+    quiet = targets.settle()
+    assert events == ["cpu", "cpu", "dirty", "sync"]
+    assert quiet["dirty_kb_before"] == 24_772 and quiet["sync_s"] >= 0
+
+
+def test_dirty_kb_reads_dirty_and_writeback_from_meminfo(targets: Any, tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24576000 kB\nDirty:              1234 kB\nWriteback:           66 kB\n")
+    assert targets.dirty_kb(str(meminfo)) == 1300
+    assert targets.dirty_kb(str(tmp_path / "none")) is None
+    meminfo.write_text("MemTotal:       24576000 kB\n")  # no Dirty line
+    assert targets.dirty_kb(str(meminfo)) is None
+
+
 def test_a_machine_that_stays_busy_delays_a_run_at_most_settle_max(targets: Any,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(targets, "cpu_sample", lambda window_s: (1.0, 0.8))
