@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from vim_cluster.errors import CloseCode
+from vim_cluster.errors import CloseCode, ErrorKind
 from vim_cluster.node.send_queue import Close, SendQueue
 from vim_cluster.protocol import frames as f
 from vim_cluster.protocol.codec import OutFrame
@@ -208,6 +208,24 @@ async def test_a_byte_limit_refuses_pushes_counting_the_frame_being_written_unti
         await trio.testing.wait_all_tasks_blocked()
         assert ws.pongs() == [0, 1, 2]
         assert all(box.push(frame(n)) for n in (4, 5, 6))  # written: the bytes are free again
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_byte_limit_counts_a_text_frame_s_utf8_bytes_not_its_characters() -> None:
+    """Chinese is 3 bytes a character in UTF-8: a limit counted in characters let a slow
+    client hold nearly 3 times the bytes it allows."""
+    def wide() -> OutFrame:
+        return OutFrame(f.ErrorReply(ErrorKind.INVALID, "消息" * 200))
+
+    size, characters = len(wide().payload(False)), len(wide().encoded(False))
+    assert size > 2 * characters
+    async with writing_frame_0(limit=100, byte_limit=len(frame(0).payload(False)) + size + size // 2) \
+            as (ws, box, nursery):
+        assert box.push(wide())
+        assert not box.push(wide())  # in characters, 2 would fit
+        ws.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ws.frames()) == 2 and box.push(wide())  # written: the bytes are free again
         nursery.cancel_scope.cancel()
 
 

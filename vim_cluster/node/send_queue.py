@@ -55,11 +55,11 @@ def framed(item: OutFrame, binary: bool) -> bytes:
     if binary:
         data = item.framed_binary
         if data is None:
-            data = item.framed_binary = frame(item.encoded(True), True)
+            data = item.framed_binary = frame(item.payload(True), not item.text_frame(True))
         return data
     data = item.framed_text
     if data is None:
-        data = item.framed_text = frame(item.encoded(False), False)
+        data = item.framed_text = frame(item.payload(False), False)
     return data
 
 
@@ -136,7 +136,7 @@ class SendQueue:
         # Runs once per copy of a group message: _add and the usual case of _poke inlined.
         if self._closing:
             return True  # closing: dropped (the client gets it again by replay)
-        size = len(item.encoded(self.binary))
+        size = len(item.payload(self.binary))
         items = self._items
         if len(items) >= self.limit or self._bytes + size > self.byte_limit:
             return False
@@ -149,7 +149,7 @@ class SendQueue:
         return True
 
     def _size(self, item: OutFrame) -> int:
-        return len(item.encoded(self.binary))
+        return len(item.payload(self.binary))
 
     def append(self, item: OutFrame) -> None:
         if not self._closing:
@@ -314,7 +314,7 @@ class SendQueue:
             elif isinstance(item, Rest):
                 data = item.data
             else:
-                counted += len(item.encoded(binary))
+                counted += len(item.payload(binary))
                 data = framed(item, binary)
             chunks.append(data)
             size += len(data)
@@ -333,7 +333,8 @@ class SendQueue:
 
     async def _send_close(self, item: Close) -> None:
         try:
-            data = frame(item.frame.encoded(self.binary), self.binary) if item.frame is not None else b""
+            notice = item.frame
+            data = frame(notice.payload(self.binary), not notice.text_frame(self.binary)) if notice is not None else b""
             data += self._ws.close_frame(int(item.code), item.reason)
             if data:
                 await self._ws.send_all(data)
