@@ -42,6 +42,7 @@ from ..protocol.codec import OutFrame
 from ..protocol.forward import PeerStream, Unacked
 from ..protocol.forward_connection import (
     PRE_AUTH_MAX_FRAME,
+    UNREGISTERED,
     Acked,
     Admit,
     EndReason,
@@ -410,7 +411,7 @@ class MasterRelay:
         nodes = {n.node_id: n for n in await self.redis(self.registry.nodes)}
         known = nodes.get(auth.node)
         if known is None or not known.alive:
-            return f"unknown node id {auth.node!r}: not registered and alive in Redis"
+            return f"unknown node id {auth.node!r}: {UNREGISTERED}"
         return None
 
     def _peer_for(self, auth: PeerAuthenticated) -> Peer:

@@ -43,6 +43,7 @@ from ..protocol.codec import OutFrame
 from ..protocol.forward import PeerStream
 from ..protocol.forward_connection import (
     MAX_FRAME,
+    UNREGISTERED,
     Acked,
     Connect,
     EndReason,
@@ -97,8 +98,12 @@ class SlaveLink:
     def __init__(self, node_id: str, master_url: str, secret: bytes, local: LocalDelivery,
                  clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
                  finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None,
-                 catch_up: CatchUpRun | None = None, tunables: Tunables = DEFAULTS) -> None:
+                 catch_up: CatchUpRun | None = None, reregister: Callable[[], None] | None = None,
+                 tunables: Tunables = DEFAULTS) -> None:
         self.node_id = node_id
+        # called when the master refuses this node as not registered (UNREGISTERED): the lease's
+        # heartbeat, now, so that the next attempt finds the node registered again
+        self.reregister = reregister
         self.tunables = tunables
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
@@ -255,6 +260,8 @@ class SlaveLink:
             except (LinkOpenError, OSError, ConnectionClosed, trio.TooSlowError, ff.ForwardProtocolError,
                     ForwardLinkRefused, LookupError) as exc:
                 self._failed(exc)
+                if isinstance(exc, ForwardLinkRefused) and UNREGISTERED in str(exc) and self.reregister is not None:
+                    self.reregister()
             finally:
                 self.connected = False
                 self.conn = None

@@ -72,6 +72,7 @@ class Lease:
         self.generation: str | None = None  # the Redis generation this node last saw
         self.last_beat_ms = 0
         self._changed = trio.Event()
+        self._soon = trio.Event()  # set: beat now, not at the end of the interval
 
     @property
     def worker(self) -> int | None:
@@ -170,8 +171,17 @@ class Lease:
         """Heartbeats until cancelled; `republish` publishes the node's live routes again
         (returns how many) when Redis has forgotten them."""
         while True:
-            await trio.sleep(self.beat_s)
+            with trio.move_on_after(self.beat_s):
+                await self._soon.wait()
+            self._soon = trio.Event()
             await self.beat(republish)
+
+    def beat_soon(self) -> None:
+        """The next heartbeat now, not at the end of the interval: the master refused this node
+        as not registered (Redis restarted empty and lost its lock), and until a heartbeat
+        takes the lock again the node cannot link, so its senders' acked packets wait in its
+        outbox, where a crash would lose their relay (docs/operations.md, Redis)."""
+        self._soon.set()
 
     def _wake(self) -> None:
         self._changed.set()

@@ -69,6 +69,12 @@ __all__ = [
 ]
 
 
+# The end of the master's refusal of a node that Redis does not list as alive
+# (node/forward_hub.py); a slave that reads it heartbeats at once (node/forward_link.py)
+# instead of waiting for its next interval.
+UNREGISTERED = "not registered and alive in Redis"
+
+
 class LinkState(enum.Enum):
     IDLE = "idle"  # initiator, before Connect
     AWAIT_HELLO = "await-hello"  # acceptor
