@@ -91,17 +91,6 @@ class Unlinked:
 
 # ----------------------------------------------------------------------------- pre-encoded frames
 
-_text_is_str: bool | None = None
-
-
-def _codec_text_is_str() -> bool:
-    """Whether codec.encode gives text frames as str (stdlib json) or UTF-8 bytes (orjson)."""
-    global _text_is_str
-    if _text_is_str is None:
-        _text_is_str = isinstance(encode(RawReply({"code": "x", "message": {}}), False), str)
-    return _text_is_str
-
-
 def frame_json(frame: OutFrame) -> bytes:
     """The client frame as JSON text (UTF-8), encoded once by the codec and shared with this
     node's own text clients: what a Deliver packet carries."""
@@ -215,15 +204,14 @@ class ForwardedReply(Reply):
 class ForwardedFrame(OutFrame):
     """An OutFrame whose text form is the JSON that came over the forward channel, as it is.
 
-    It overrides what an OutFrame offers its senders, `encoded(binary)` and (for a sender that
-    writes frames itself) `payload(binary)`, so that neither re-encodes the text."""
+    It overrides `payload(binary)`, what a client connection writes (OutFrame's `encoded`
+    derives its str from it when asked), so that the text is never re-encoded."""
 
-    __slots__ = ("_forwarded_json", "_forwarded_text", "_packed")
+    __slots__ = ("_forwarded_json", "_packed")
 
     def __init__(self, text: bytes, message_id: int | None = None) -> None:
         super().__init__(ForwardedReply(text, message_id))
         self._forwarded_json = text
-        self._forwarded_text: str | bytes = text.decode() if _codec_text_is_str() else text
         self._packed: bytes | None = None
 
     def payload(self, binary: bool) -> bytes:
@@ -234,11 +222,6 @@ class ForwardedFrame(OutFrame):
             packed = encode(self.reply, True)  # MessagePack clients: decoded and re-encoded once
             self._packed = packed if isinstance(packed, bytes) else packed.encode()
         return self._packed
-
-    def encoded(self, binary: bool) -> str | bytes:
-        if binary:
-            return self.payload(True)
-        return self._forwarded_text
 
     def wire_object(self) -> dict[str, Any]:
         reply = self.reply

@@ -333,8 +333,7 @@ class SendQueue:
 
     async def _send_close(self, item: Close) -> None:
         try:
-            notice = item.frame
-            data = frame(notice.payload(self.binary), not notice.text_frame(self.binary)) if notice is not None else b""
+            data = framed(item.frame, self.binary) if item.frame is not None else b""
             data += self._ws.close_frame(int(item.code), item.reason)
             if data:
                 await self._ws.send_all(data)
