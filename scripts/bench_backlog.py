@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,12 +75,20 @@ def open_store(url: str) -> MessageStore:
 
 
 @contextlib.contextmanager
-def private_ferretdb(backend: str) -> Iterator[str]:
+def private_servers_of(backend: str) -> Iterator[tuple[Any, list[int]]]:
+    """A private FerretDB on `backend` in a temporary folder, and the pids of the servers
+    started with it (for `sysinfo.tree_cpu_seconds`)."""
     from bench_run import private_servers
 
     with tempfile.TemporaryDirectory(prefix="vim-backlog-") as folder:
-        with private_servers(Path(folder), "vimbacklog", backend) as (_, ferret, _pids):
-            yield ferret.url("vimbacklog")
+        with private_servers(Path(folder), "vimbacklog", backend) as (_, ferret, pids):
+            yield ferret, pids
+
+
+@contextlib.contextmanager
+def private_ferretdb(backend: str) -> Iterator[str]:
+    with private_servers_of(backend) as (ferret, _pids):
+        yield ferret.url("vimbacklog")
 
 
 class Traffic:
