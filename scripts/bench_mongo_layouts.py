@@ -15,6 +15,8 @@ Layouts:
   confirm finds its user's offline-set documents by a string owner (FerretDB hands that
   equality down to SQL), deletes those it empties, and the copies go once nothing refers
   to them.
+- inline: the same, with each recipient's copies inside its offline-set document (no
+  document of copies, nothing to remove once a set is empty).
 - no-claims: the same sketch without claims: the message documents carry the unique
   (from_id, cid) index.
 The sketches are not stores: no retry, replay, recall or erasure reads them. They write and
@@ -51,7 +53,7 @@ from vim_cluster.model import UserId  # noqa: E402
 from vim_cluster.ports import Confirm, NewMessage  # noqa: E402
 
 Doc = dict[str, Any]
-LAYOUTS = ("today", "batched", "no-claims")
+LAYOUTS = ("today", "batched", "inline", "no-claims")
 RECIPIENTS = 4
 # The commands of a commit; pymongo's own (hello, endSessions...) are not counted.
 COUNTED = {"insert", "find", "getMore", "delete", "update", "findAndModify", "aggregate"}
@@ -87,9 +89,10 @@ def command_count() -> CommandCount:
 
 
 class Sketch:
-    """The `batched` layout (claims=True) or `no-claims`; see the module docstring."""
+    """The `batched`, `inline` or `no-claims` layout; see the module docstring."""
 
-    def __init__(self, db: Database[Doc], claims: bool) -> None:
+    def __init__(self, db: Database[Doc], claims: bool, inline: bool = False) -> None:
+        self._inline = inline
         self._claims = db["message_ids"] if claims else None
         self._shards = [db[f"{CHAT_PREFIX}{n}"] for n in range(DEFAULT_SPLIT)]
         self._offline = db["offline_sets"]
@@ -121,13 +124,15 @@ class Sketch:
                                        "pending_for": list(s.pending_for)} for s, d in zip(saves, docs, strict=True)],
                                      ordered=False)
         copies = ObjectId()
-        self._copies.insert_one({"_id": copies, "items": {str(d["_id"]): pack(d) for d in docs}})
-        ids: dict[int, list[int]] = defaultdict(list)
-        for s in saves:
+        if not self._inline:
+            self._copies.insert_one({"_id": copies, "items": {str(d["_id"]): pack(d) for d in docs}})
+        items: dict[int, dict[str, str]] = defaultdict(dict)
+        for s, d in zip(saves, docs, strict=True):
             for user in s.pending_for:
-                ids[user].append(s.message.id)
-        self._offline.insert_many([{"owner": str(u), "copies": copies, "ids": v} for u, v in ids.items()],
-                                  ordered=False)
+                items[user][str(d["_id"])] = pack(d)
+        self._offline.insert_many([{"owner": str(u), "ids": [int(i) for i in v],
+                                    **({"items": v} if self._inline else {"copies": copies})}
+                                   for u, v in items.items()], ordered=False)
         by_shard: dict[int, list[Doc]] = defaultdict(list)
         for d in docs:
             by_shard[shard_of(d["chat_key"], DEFAULT_SPLIT)].append(d)
@@ -150,7 +155,7 @@ class Sketch:
                 self._offline.update_one({"_id": doc["_id"]}, {"$set": {"ids": left}})
         if emptied:
             self._offline.delete_many({"owner": owner, "_id": {"$in": [d["_id"] for d in emptied]}})
-        return {d["copies"] for d in emptied}
+        return {d["copies"] for d in emptied if "copies" in d}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -227,7 +232,8 @@ def run(url_of: Callable[[str], str], cpu: Callable[[], float], batches: list[in
             else:
                 client: MongoClient[Doc] = MongoClient(url)
                 closers.append(client.close)
-                stores[layout] = Sketch(client.get_default_database(), claims=layout == "batched").commit
+                stores[layout] = Sketch(client.get_default_database(), claims=layout != "no-claims",
+                                        inline=layout == "inline").commit
         traffic = Traffic()
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = defaultdict(list)
         for _ in range(repeat):

@@ -69,7 +69,7 @@ def test_every_layout_stores_the_messages_and_empties_the_offline_sets(
                 assert db["offline_sets"].count_documents({}) == 0, name
                 assert db["offline_copies"].count_documents({}) == 0, name  # none left unreferenced
                 claims = db["message_ids"].count_documents({})
-                assert claims == (stored if name == "layouts_batched" else 0)
+                assert claims == (0 if name == "layouts_no_claims" else stored), name
 
 
 def test_the_table_has_a_row_per_layout_and_batch(layouts: Any) -> None:
