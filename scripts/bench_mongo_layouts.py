@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a group commit costs a private FerretDB, for today's MongoDB layout and two sketches.
+"""What a group commit costs a private FerretDB, for today's MongoDB layout and three sketches.
 
 The MySQL + MongoDB profile is bound by the CPU FerretDB and PostgreSQL spend per message
 (docs/performance.md). This script asks how much of it a different layout would save before
