@@ -43,11 +43,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_backlog import BIG, Traffic, private_servers_of  # noqa: E402
 from bson import ObjectId  # noqa: E402
-from pymongo import ASCENDING, MongoClient, monitoring  # noqa: E402
+from pymongo import ASCENDING, monitoring  # noqa: E402
 from pymongo.database import Database  # noqa: E402
 
 from vim_cluster import sysinfo  # noqa: E402
-from vim_cluster.adapters.mongo_base import CHAT_PREFIX, DEFAULT_SPLIT, message_doc, pack, shard_of  # noqa: E402
+from vim_cluster.adapters.mongo_base import (  # noqa: E402
+    CHAT_PREFIX,
+    DEFAULT_SPLIT,
+    message_doc,
+    open_client,
+    pack,
+    shard_of,
+)
 from vim_cluster.adapters.mongo_messages import MongoMessages  # noqa: E402
 from vim_cluster.model import UserId  # noqa: E402
 from vim_cluster.ports import Confirm, NewMessage  # noqa: E402
@@ -128,8 +135,9 @@ class Sketch:
             self._copies.insert_one({"_id": copies, "items": {str(d["_id"]): pack(d) for d in docs}})
         items: dict[int, dict[str, str]] = defaultdict(dict)
         for s, d in zip(saves, docs, strict=True):
+            copy = pack(d) if self._inline else ""
             for user in s.pending_for:
-                items[user][str(d["_id"])] = pack(d)
+                items[user][str(d["_id"])] = copy
         self._offline.insert_many([{"owner": str(u), "ids": [int(i) for i in v],
                                     **({"items": v} if self._inline else {"copies": copies})}
                                    for u, v in items.items()], ordered=False)
@@ -230,7 +238,7 @@ def run(url_of: Callable[[str], str], cpu: Callable[[], float], batches: list[in
                 closers.append(store.close)
                 stores[layout] = store.commit
             else:
-                client: MongoClient[Doc] = MongoClient(url)
+                client = open_client(url)  # the store's client options (journaled writes)
                 closers.append(client.close)
                 stores[layout] = Sketch(client.get_default_database(), claims=layout != "no-claims",
                                         inline=layout == "inline").commit
