@@ -130,17 +130,19 @@ class Sketch:
             self._claims.insert_many([{"_id": d["_id"], "from_id": d["from_id"], "cid": d["cid"], "message": d,
                                        "pending_for": list(s.pending_for)} for s, d in zip(saves, docs, strict=True)],
                                      ordered=False)
-        copies = ObjectId()
-        if not self._inline:
-            self._copies.insert_one({"_id": copies, "items": {str(d["_id"]): pack(d) for d in docs}})
-        items: dict[int, dict[str, str]] = defaultdict(dict)
-        for s, d in zip(saves, docs, strict=True):
-            copy = pack(d) if self._inline else ""
+        packed = {str(d["_id"]): pack(d) for d in docs}
+        ids: dict[int, list[int]] = defaultdict(list)
+        for s in saves:
             for user in s.pending_for:
-                items[user][str(d["_id"])] = copy
-        self._offline.insert_many([{"owner": str(u), "ids": [int(i) for i in v],
-                                    **({"items": v} if self._inline else {"copies": copies})}
-                                   for u, v in items.items()], ordered=False)
+                ids[user].append(s.message.id)
+        sets: list[Doc]
+        if self._inline:
+            sets = [{"owner": str(u), "ids": v, "items": {str(i): packed[str(i)] for i in v}} for u, v in ids.items()]
+        else:
+            copies = ObjectId()
+            self._copies.insert_one({"_id": copies, "items": packed})
+            sets = [{"owner": str(u), "ids": v, "copies": copies} for u, v in ids.items()]
+        self._offline.insert_many(sets, ordered=False)
         by_shard: dict[int, list[Doc]] = defaultdict(list)
         for d in docs:
             by_shard[shard_of(d["chat_key"], DEFAULT_SPLIT)].append(d)
