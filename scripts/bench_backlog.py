@@ -39,6 +39,14 @@ BIG = 1 << 60  # user and message ids above 2**53, as minted
 OFFLINE_USERS = 50
 
 
+def numbers(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated list of integers, or the parser's one-line error (exit 2)."""
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag}: comma-separated numbers, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Prints one row per backlog: ms per commit and messages a second.")
@@ -51,10 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=8, help="commits timed at each backlog (default 8)")
     parser.add_argument("--batch", type=int, default=40, help="messages saved (and confirmed) per commit (default 40)")
     args = parser.parse_args(argv)
-    try:
-        args.backlogs = [int(b) for b in args.backlogs.split(",")]
-    except ValueError:
-        parser.error(f"--backlogs: comma-separated numbers, got {args.backlogs!r}")
+    args.backlogs = numbers(parser, "--backlogs", args.backlogs)
     if any(b < 0 for b in args.backlogs) or args.backlogs != sorted(args.backlogs):
         parser.error("--backlogs: numbers from 0 up, ascending")
     if args.rounds < 1 or args.batch < 1:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_backlog import BIG, Traffic, private_servers_of  # noqa: E402
+from bench_backlog import BIG, Traffic, numbers, private_servers_of  # noqa: E402
 from bson import ObjectId  # noqa: E402
 from pymongo import ASCENDING, monitoring  # noqa: E402
 from pymongo.database import Database  # noqa: E402
@@ -178,10 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="messages timed per layout, batch and repeat (default 1200)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (default 2)")
     args = parser.parse_args(argv)
-    try:
-        args.batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        parser.error(f"--batches: comma-separated numbers, got {args.batches!r}")
+    args.batches = numbers(parser, "--batches", args.batches)
     if any(b < 1 for b in args.batches) or args.messages < 1 or args.repeat < 1:
         parser.error("--batches, --messages and --repeat must be at least 1")
     return args
