@@ -9,6 +9,7 @@ dept-2's /healthz answers 503 while its link is down and 200 once it is back.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 
 import trio
@@ -100,3 +101,61 @@ async def test_a_session_opened_while_the_link_is_cut_gets_what_was_relayed_mean
             assert await at_bob.wait_for(sent, 15), f"missing: {set(sent) - at_bob.arrived.keys()}"
             assert at_bob.order == sent, "not in the order alice's messages were acked"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_slave_killed_while_unlinked_has_its_acked_messages_relayed_once_it_is_gone(
+    proxied_cluster: Cluster,
+) -> None:
+    """dept-2's link is cut; its sender's messages are acked (stored) and wait in its outbox;
+    dept-2 is killed with them, then restarted. The master drops the dead instance and asks
+    the other nodes to catch up (a CatchUp packet; its own sessions too): bob on dept-1 and
+    carol on the master, online all along, get them live, without logging in again, and
+    before what the sender writes after dept-2's restart."""
+    cluster = proxied_cluster
+    proxy = cluster.proxies["dept-2"]
+    tag = secrets.token_hex(3)
+    try:
+        with trio.fail_after(90):
+            async with contextlib.AsyncExitStack() as stack:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
+                carol = await online(stack, cluster.master.url, f"carol-{tag}")
+                at = {"bob": Collector(bob), "carol": Collector(carol)}
+                for collector in at.values():
+                    nursery.start_soon(collector.run)
+                targets = {"bob": bob.user_id, "carol": carol.user_id}
+                sent: dict[str, list[str]] = {"bob": [], "carol": []}
+                async with contextlib.AsyncExitStack() as on_dept2:
+                    alice = await online(on_dept2, cluster.dept2.url, f"alice-{tag}")
+                    for name, user_id in targets.items():
+                        assert user_id is not None
+                        sent[name].append((await alice.chat(user_id, "linked", f"{name}-{tag}-0"))["id"])
+                    for name in at:
+                        assert await at[name].wait_for(sent[name], 15), f"{name}: the link does not relay"
+
+                    await blocking(proxy.sever)
+                    await blocking(cluster.dept2.wait_health, 503, CUT_S)
+                    for i in range(1, 6):  # acked: stored on dept-2's side, relayed nowhere yet
+                        for name, user_id in targets.items():
+                            assert user_id is not None
+                            sent[name].append((await alice.chat(user_id, f"cut {i}", f"{name}-{tag}-{i}"))["id"])
+                    await blocking(cluster.dept2.kill)  # with its outbox
+                assert all(len(at[name].order) == 1 for name in at), "relayed during the cut: proves nothing"
+
+                await blocking(proxy.restore)
+                await blocking(cluster.dept2.start)
+                await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+                alice = await online(stack, cluster.dept2.url, f"alice-{tag}", register=False)
+                for name, user_id in targets.items():
+                    assert user_id is not None
+                    sent[name].append((await alice.chat(user_id, "restarted", f"{name}-{tag}-after"))["id"])
+                for name in at:
+                    missing = set(sent[name]) - at[name].arrived.keys()
+                    assert await at[name].wait_for(sent[name], 20), f"{name} never got {len(missing)}: {missing}"
+                    assert at[name].order == sent[name], f"{name}: not in the order alice's messages were acked"
+                nursery.cancel_scope.cancel()
+    finally:  # the module's cluster goes on with dept-2 linked
+        with trio.CancelScope(shield=True):
+            await blocking(proxy.restore)
+            if not cluster.dept2.running():
+                await blocking(cluster.dept2.start)

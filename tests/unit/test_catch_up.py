@@ -91,3 +91,17 @@ async def test_the_margin_reaches_back_before_the_loss(margin: int) -> None:
     catch_up = CatchUp(recorder(calls), clock, margin_ms=margin)
     await catch_up.run()
     assert calls == [100_000 - margin]
+
+
+async def test_a_loss_another_node_reports_counts_from_its_time_unless_ours_is_earlier() -> None:
+    """`missed_since`: a slave died with packets it had not relayed (a CatchUp packet)."""
+    clock, calls = Clock(), []
+    catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
+    await catch_up.run()  # linked and caught up
+    catch_up.missed_since(150_000)
+    await catch_up.run()
+    clock.now = 200_000
+    catch_up.lost()  # our own link went down at 200 s ...
+    catch_up.missed_since(250_000)  # ... before the other node's loss: ours counts
+    await catch_up.run()
+    assert calls == [99_000, 149_000, 199_000]

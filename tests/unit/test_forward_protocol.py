@@ -17,6 +17,7 @@ from vim_cluster.protocol.forward_frames import (
     Auth,
     Batch,
     Beat,
+    CatchUp,
     Challenge,
     Deliver,
     ForwardProtocolError,
@@ -358,6 +359,7 @@ PACKETS: list[Packet] = [
     SessionOpen(7, "s-1", "web", "u-1"),
     SessionClose(7, "s-1"),
     Presence([[7, True, "dept-1"], [8, False, None]]),
+    CatchUp(1796285817208, "dept-2"),
 ]
 FRAMES: list[Any] = [
     Hello("dept-1", PeerRole.SLAVE, "e1", "n1"),
@@ -389,6 +391,8 @@ def test_every_frame_survives_the_wire(frame: Any) -> None:
     msgpack.packb([6, 0, None, 1, [[1, 2, 9]]]),  # an unknown packet kind
     msgpack.packb([6, 0, 0, "x", [[1, "s", 3]]]),  # a sequence number that is not an int
     msgpack.packb([6, 0, 0, 1, [[[[1, "on", None]], 4]]]),  # presence: online is not a bool
+    msgpack.packb([6, 0, 0, 1, [["1", "dept-2", 5]]]),  # catch-up: since is not an int
+    msgpack.packb([6, 0, 0, 1, [[1, None, 5]]]),  # catch-up: no node
     # a Deliver's list of frames: with a message id, of one frame, empty, too long, not all bytes
     msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}", b"{}"], None, 1, 5, 0]]]),
     msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}"], None, 1, None, 0]]]),

@@ -5,7 +5,10 @@ a link cut), the master has no route to the node's sessions: messages stored els
 their users meanwhile are relayed nowhere (and acked to their senders as done). So when the
 link comes up (and when a node starts relaying as the master), the node re-delivers to its
 local sessions, from the store, every message for their users since the link went down (or
-the node started) minus Tunables.catch_up_margin_ms:
+the node started) minus Tunables.catch_up_margin_ms. The same runs when the master says that a
+slave died or restarted while it may have held packets it had not relayed (a `CatchUp` packet,
+node/forward_hub.py): its senders' messages were acked and stored, and then relayed nowhere.
+What is re-delivered:
 - friend messages: every unconfirmed (offline-set) row of the user;
 - group messages: those of the user's groups by timestamp, NOT limited by the read cursor (a
   client's `read` of a later message moves the cursor past the ones it missed).
@@ -17,7 +20,7 @@ The sender's own messages are not sent back to it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
@@ -32,6 +35,16 @@ if TYPE_CHECKING:
     from .context import NodeContext
 
 log = structlog.get_logger()
+
+
+class CatchUpRun(Protocol):
+    """A CatchUp, as the forward link and the relay use it (tests give their own)."""
+
+    def lost(self) -> None: ...
+
+    def missed_since(self, since_ms: int) -> None: ...
+
+    async def run(self) -> int: ...
 
 
 class CatchUp:
@@ -53,6 +66,11 @@ class CatchUp:
         """The link (or the relay) went down: sessions may miss relayed messages from now on."""
         if self.down_since is None:
             self.down_since = self.clock_ms()
+
+    def missed_since(self, since_ms: int) -> None:
+        """Sessions may have missed relayed messages since `since_ms` (another node died with
+        packets it had not relayed: a `CatchUp` packet), whatever this node's link did."""
+        self._restore(since_ms)
 
     def _restore(self, down: int) -> None:
         self.down_since = down if self.down_since is None else min(down, self.down_since)

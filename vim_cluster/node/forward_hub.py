@@ -13,6 +13,13 @@ Rules:
   acknowledged by its destination (end to end), so a master restart loses nothing: A resends.
 - A peer whose lease lapsed in Redis is dead: its queue is dropped (its users replay from the
   store when they reconnect elsewhere), its routes are forgotten here and purged in Redis.
+- A slave that died (its lease lapsed) or restarted (it links with a new instance) may have
+  taken packets with it that it never relayed: its senders' messages, acked once stored. So
+  when the master drops such a peer it asks every other slave (a `CatchUp` packet, ahead of
+  anything it relays to them after) and its own sessions to re-deliver from the store what
+  they may have missed since the peer's link went down (node/catch_up.py). A peer admitted
+  meanwhile is pumped only once the master's own catch-up is delivered, so a restarted
+  slave's new messages come after its old ones on the master's sessions too.
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
   linked (and so reported its sessions), for at most link_warmup_s (Tunables): a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
@@ -58,6 +65,7 @@ from ..protocol.forward_connection import (
 )
 from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
+from .catch_up import CatchUpRun
 from .delivery import LocalDelivery, deliver_body, kick_packet
 from .link import MessageWebSocket, PeerLink, Signal, exchange, pump
 from .link_tally import LinkTally
@@ -82,13 +90,19 @@ class Peer(PeerLink[Tag]):
     connection: MessageWebSocket | None = None
     conn: ForwardConnection[Tag] | None = None
     pump_done: trio.Event = attrs.Factory(trio.Event)
+    down_at_ms: int | None = None  # when its last link ended (None: linked, or not yet)
 
 
 class MasterRelay:
     def __init__(self, node_id: str, secret: bytes, local: LocalDelivery, registry: Registry,
                  redis: BlockingRunner, clock_ms: Callable[[], int], *, epoch: int = 0,
-                 watch: Callable[[Event], None] = lambda event: None, tunables: Tunables = DEFAULTS) -> None:
+                 watch: Callable[[Event], None] = lambda event: None, tunables: Tunables = DEFAULTS,
+                 catch_up: CatchUpRun | None = None) -> None:
         self.node_id = node_id
+        self.catch_up = catch_up  # the node's own sessions' (see the module's rules)
+        self._catching_up = 0  # catch-ups of the node's own sessions running
+        self._caught_up = trio.Event()  # set when the last of them ended
+        self._tasks: trio.Nursery | None = None  # while serving: where they run
         self.tunables = tunables
         self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
         self.secret = secret
@@ -245,6 +259,38 @@ class MasterRelay:
         self._complete(dropped)
         sessions = self.routes.drop_node(key)
         log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
+        if peer.role is PeerRole.SLAVE:
+            self._catch_up_everywhere(peer)
+
+    def _catch_up_everywhere(self, gone: Peer) -> None:
+        """`gone` may have taken packets it never relayed: every other slave, and this node's
+        own sessions, re-deliver what they may have missed since its link went down."""
+        since = gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms()
+        packet = ff.CatchUp(since, gone.node_id)
+        told = 0
+        for peer in self.peers.values():
+            if peer.role is PeerRole.SLAVE:
+                peer.push(packet, None)
+                told += 1
+        log.info("catch_up_asked_of_all", gone=gone.node_id, since_ms=since, slaves=told)
+        if self.catch_up is None:
+            return
+        self.catch_up.missed_since(since)
+        if self._tasks is None:  # not serving: the catch-up before serving again covers it
+            return
+        if not self._catching_up:
+            self._caught_up = trio.Event()
+        self._catching_up += 1
+        self._tasks.start_soon(self._own_catch_up)
+
+    async def _own_catch_up(self) -> None:
+        assert self.catch_up is not None
+        try:
+            await self.catch_up.run()
+        finally:
+            self._catching_up -= 1
+            if not self._catching_up:
+                self._caught_up.set()
 
     # --- the listener -------------------------------------------------------------------
 
@@ -258,13 +304,17 @@ class MasterRelay:
             except Exception:  # noqa: BLE001 - the forward link bulkhead: one link, never the node
                 log.exception("forward_peer_crashed")
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(serve_websockets, handler, listeners,
-                                                  max_message_size=PRE_AUTH_MAX_FRAME,
-                                                  handshake_timeout=self.tunables.link_handshake_timeout_s,
-                                                  close_timeout=5))
-            nursery.start_soon(self._warm_up)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._tasks = nursery
+                await nursery.start(functools.partial(serve_websockets, handler, listeners,
+                                                      max_message_size=PRE_AUTH_MAX_FRAME,
+                                                      handshake_timeout=self.tunables.link_handshake_timeout_s,
+                                                      close_timeout=5))
+                nursery.start_soon(self._warm_up)
+                task_status.started()
+        finally:
+            self._tasks = None
 
     async def _expected_slaves(self) -> set[str]:
         while True:
@@ -307,10 +357,13 @@ class MasterRelay:
         try:
             if peer.role is PeerRole.SLAVE:
                 await self.warm.wait()  # the route table is complete (see the module's rules)
+                while self._catching_up:  # a gone peer's messages first (see the module's rules)
+                    await self._caught_up.wait()
             ended = await pump(ws, conn, peer, self.tunables)
         finally:
             peer.connection = None
             peer.conn = None
+            peer.down_at_ms = self.clock_ms()
             peer.pump_done.set()
             if peer.role is PeerRole.OPERATOR:
                 self.drop_peer(peer.name, "operator done")
@@ -359,6 +412,7 @@ class MasterRelay:
             return None
         peer.connection = ws
         peer.conn = conn
+        peer.down_at_ms = None
         peer.pump_done = trio.Event()
         if auth.role is PeerRole.SLAVE:
             self.routes.replace_node(auth.node, [(user, session) for user, session, _, _ in auth.sessions])

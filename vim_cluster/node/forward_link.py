@@ -30,7 +30,7 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import trio
@@ -57,6 +57,7 @@ from ..protocol.forward_connection import (
     PeerRole,
 )
 from ..tunables import DEFAULTS, Tunables
+from .catch_up import CatchUpRun
 from .delivery import (
     MERGE_LOOKBACK,
     LocalDelivery,
@@ -81,14 +82,6 @@ log = structlog.get_logger()
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
 
-class CatchUpRun(Protocol):
-    """node/catch_up.py's CatchUp, as the link uses it."""
-
-    def lost(self) -> None: ...
-
-    async def run(self) -> int: ...
-
-
 class ForwardLinkRefused(Exception):
     """The master refused this node (unknown or duplicate node id, bad secret), or this node
     refused the master (it does not hold the secret, or its epoch is older than ours)."""
@@ -107,6 +100,7 @@ class SlaveLink:
         self.tunables = tunables
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
+        self._tasks: trio.Nursery | None = None  # while linked: where a CatchUp packet's catch-up runs
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.tally = LinkTally(watch, far_end="master")  # watch: the node's fence and metrics
@@ -199,16 +193,34 @@ class SlaveLink:
         """Carries out packets from the master on this node's sessions."""
         now = self.clock_ms()
         local = self.local
-        for packet in packets:
+        for i, packet in enumerate(packets):
             if isinstance(packet, ff.Deliver):
                 local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
             elif isinstance(packet, ff.Kick):
                 local.apply_kick(packet.user, packet.session, packet.code, packet.notice)
             elif isinstance(packet, ff.Presence):
                 local.apply_presence(packet.changes)
+            elif isinstance(packet, ff.CatchUp):
+                if self._catch_up_before(packet, packets[i + 1:]):
+                    return
             else:
                 self.refused_packets += 1
                 log.warning("forward_packet_refused", master=self.master_id, packet=type(packet).__name__)
+
+    def _catch_up_before(self, packet: ff.CatchUp, rest: Sequence[ff.Packet]) -> bool:
+        """The master says a slave died or restarted with packets it may not have relayed:
+        runs the catch-up since its link went down, holding `rest` and what comes after until
+        it is delivered (True). False: `rest` is applied at once (the link is down: the
+        catch-up of the next link-up covers it)."""
+        log.info("catch_up_asked", dead_node=packet.node, since_ms=packet.since)
+        if self.catch_up is None:
+            return False
+        self.catch_up.missed_since(packet.since)
+        if self._tasks is None:
+            return False
+        self.held = list(rest)
+        self._tasks.start_soon(self._catch_up_then_release)
+        return True
 
     async def _catch_up_then_release(self) -> None:
         """Runs the catch-up, then delivers the packets held meanwhile (also when cancelled)."""
@@ -275,12 +287,18 @@ class SlaveLink:
                 await self.finder.wait_retry(backoff.next_delay())
 
     async def _pump_caught_up(self, ws: MessageWebSocket, conn: ForwardConnection[None]) -> str:
-        """The pump, with the catch-up running beside it until it is delivered."""
-        if self.held is None:
+        """The pump, with the link-up's catch-up running beside it until it is delivered (and
+        those a CatchUp packet asks for)."""
+        if self.catch_up is None:
             return await self._pump(ws, conn)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._catch_up_then_release)
-            return await self._pump(ws, conn)
+            self._tasks = nursery
+            try:
+                if self.held is not None:
+                    nursery.start_soon(self._catch_up_then_release)
+                return await self._pump(ws, conn)
+            finally:
+                self._tasks = None
 
     async def _pump(self, ws: MessageWebSocket, conn: ForwardConnection[None]) -> str:
         """The pump until the link ends or (with a finder) Redis names a newer master."""

@@ -126,7 +126,8 @@ class ClusterRoles:
         ctx, mastership = self.ctx, self.mastership
         ctx.cluster_role = "master"
         relay = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
-                            ctx.clock_ms, epoch=mastership.epoch, watch=self._watch, tunables=ctx.tunables)
+                            ctx.clock_ms, epoch=mastership.epoch, watch=self._watch, tunables=ctx.tunables,
+                            catch_up=self.catch_up)
         for user_id in ctx.local_sessions.users():
             for session in ctx.local_sessions.sessions(user_id):
                 relay.session_opened(session)

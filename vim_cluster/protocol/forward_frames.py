@@ -33,6 +33,10 @@ Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are)
     SessionOpen   [user, session, client, uuid, 2]                slave -> master: route updates
     SessionClose  [user, session, 3]
     Presence      [[[user, online, node], ...], 4]                master -> slave
+    CatchUp       [since, node, 5]                                master -> slave: `node`, a slave,
+                  died or restarted, and may have taken packets it never relayed with it (its
+                  outbox); re-deliver from the store what your sessions may have missed since
+                  `since` (ms: when its link went down) before any packet after this one
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class PeerRole(enum.Enum):
 
 # ----------------------------------------------------------------------------- packets
 
-DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE = range(5)
+DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE, CATCH_UP = range(6)
 
 
 MAX_FRAMES_PER_DELIVER = 100  # a Deliver's list of frames (so a forward frame stays far under MAX_FRAME)
@@ -113,8 +117,14 @@ class Presence(NamedTuple):
     kind: int = PRESENCE
 
 
-Packet = Deliver | Kick | SessionOpen | SessionClose | Presence
-_PACKET_CLASSES: tuple[Any, ...] = (Deliver, Kick, SessionOpen, SessionClose, Presence)
+class CatchUp(NamedTuple):
+    since: int  # ms: when the link of `node` went down (the receiver subtracts its catch-up margin)
+    node: str  # the slave that died or restarted
+    kind: int = CATCH_UP
+
+
+Packet = Deliver | Kick | SessionOpen | SessionClose | Presence | CatchUp
+_PACKET_CLASSES: tuple[Any, ...] = (Deliver, Kick, SessionOpen, SessionClose, Presence, CatchUp)
 _PACKET_LENGTHS = tuple(len(cls._fields) for cls in _PACKET_CLASSES)
 
 
@@ -154,6 +164,8 @@ def packet_from_wire(body: Any) -> Packet:
         user, session, client, uuid, _ = body
         ok = type(user) is int and isinstance(session, str) and isinstance(client, str) and _str_or_none(uuid)
     elif kind == SESSION_CLOSE:
+        ok = type(body[0]) is int and isinstance(body[1], str)
+    elif kind == CATCH_UP:
         ok = type(body[0]) is int and isinstance(body[1], str)
     else:
         ok = isinstance(body[0], list | tuple) and all(

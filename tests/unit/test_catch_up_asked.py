@@ -1,0 +1,156 @@
+"""A slave that died or restarted may have taken packets it never relayed (its senders' acked
+messages): the master drops it and asks every other slave, with a `CatchUp` packet, and its
+own sessions to re-deliver from the store what they may have missed since the slave's link
+went down (node/forward_hub.py, node/forward_link.py, node/catch_up.py). Driven without
+sockets: sessions record what they are pushed, a fake catch-up what it is asked."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+import trio.testing
+
+from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+from vim_cluster.node.blocking import BlockingRunner
+from vim_cluster.node.delivery import LocalDelivery, deliver_body
+from vim_cluster.node.forward_hub import MasterRelay, Peer
+from vim_cluster.node.forward_link import SlaveLink
+from vim_cluster.node.local_sessions import LocalSessions
+from vim_cluster.node.metrics import NodeMetrics
+from vim_cluster.protocol import forward_frames as ff
+from vim_cluster.protocol.codec import OutFrame
+from vim_cluster.protocol.forward import PeerStream
+from vim_cluster.protocol.forward_connection import PacketsReceived, PeerRole
+from vim_cluster.protocol.frames import MessageOut
+
+from .test_delivery import RecordingSession
+
+
+class FakeCatchUp:
+    """Records what it is asked; `run` pushes message `replayed` to `session` once `go` is set."""
+
+    def __init__(self, session: RecordingSession, replayed: int = 0) -> None:
+        self.session = session
+        self.replayed = replayed
+        self.missed: list[int] = []
+        self.lost_calls = 0
+        self.go = trio.Event()
+        self.runs = 0
+
+    def lost(self) -> None:
+        self.lost_calls += 1
+
+    def missed_since(self, since_ms: int) -> None:
+        self.missed.append(since_ms)
+
+    async def run(self) -> int:
+        await self.go.wait()
+        self.session.push(frame(self.replayed))
+        self.runs += 1
+        return 1
+
+
+def frame(n: int) -> OutFrame:
+    m = Message(MessageId(n), f"c{n}", UserId(1), 2, ChatType.FRIEND, MessageType.TEXT, "hi", None, 1_000)
+    return OutFrame(MessageOut(m))
+
+
+def deliver(n: int) -> ff.Deliver:
+    body, message_id = deliver_body([frame(n)])
+    return ff.Deliver("dept-2", [2], body, None, 1_000, message_id)
+
+
+def ids(session: RecordingSession) -> list[int]:
+    return [int(json.loads(f.encoded(False))["message"]["id"]) for f in session.got]
+
+
+def local_of(name: str, *sessions: RecordingSession) -> LocalDelivery:
+    local_sessions = LocalSessions()
+    for session in sessions:
+        local_sessions.add(session)  # type: ignore[arg-type]
+    return LocalDelivery(name, local_sessions, NodeMetrics(name))
+
+
+def slave_with(catch_up: FakeCatchUp, bob: RecordingSession) -> SlaveLink:
+    return SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1", bob),
+                     clock_ms=lambda: 1_000, catch_up=catch_up)
+
+
+async def test_a_linked_slave_catches_up_before_any_packet_after_the_catch_up_packet() -> None:
+    bob = RecordingSession("s-2", 2)
+    catch_up = FakeCatchUp(bob, replayed=5)
+    link = slave_with(catch_up, bob)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            link._tasks = nursery  # linked: the pump's nursery
+            link.link_event(link.peer, PacketsReceived(1, [deliver(1), ff.CatchUp(777, "dept-2"), deliver(2)]))
+            link.link_event(link.peer, PacketsReceived(4, [deliver(3)]))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(bob) == [1], "a packet after the catch-up packet was delivered before the catch-up"
+            assert catch_up.missed == [777]
+            catch_up.go.set()
+    assert ids(bob) == [1, 5, 2, 3]
+    assert link.held is None
+
+
+async def test_an_unlinked_slave_notes_the_loss_for_its_next_link_up_and_delivers_on() -> None:
+    bob = RecordingSession("s-2", 2)
+    catch_up = FakeCatchUp(bob)
+    link = slave_with(catch_up, bob)  # no pump nursery: the link is down (packets held at its end)
+    link.link_event(link.peer, PacketsReceived(1, [ff.CatchUp(777, "dept-2"), deliver(2)]))
+    assert ids(bob) == [2]
+    assert catch_up.missed == [777] and catch_up.runs == 0
+
+
+def relay_with(catch_up: FakeCatchUp | None, own: RecordingSession, now: list[int]) -> MasterRelay:
+    return MasterRelay("master", b"s" * 32, local_of("master", own), registry=None,  # type: ignore[arg-type]
+                       redis=BlockingRunner("redis", 1), clock_ms=lambda: now[0], catch_up=catch_up)
+
+
+def peer_of(relay: MasterRelay, node: str, role: PeerRole = PeerRole.SLAVE) -> Peer:
+    key = node if role is PeerRole.SLAVE else f"operator:{node}:i"
+    peer = Peer(name=key, stream=PeerStream(), owner=relay, node_id=node, instance="i", role=role)
+    relay.peers[key] = peer
+    return peer
+
+
+def queued(peer: Peer) -> list[ff.Packet]:
+    return [item.packet for item in peer.stream.window.items]
+
+
+async def test_a_dropped_slave_makes_every_other_slave_and_the_master_catch_up_from_its_link_down() -> None:
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol, replayed=9)
+    now = [50_000]
+    relay = relay_with(catch_up, carol, now)
+    gone, dept1, standby = peer_of(relay, "dept-2"), peer_of(relay, "dept-1"), peer_of(relay, "standby")
+    operator = peer_of(relay, "tool", PeerRole.OPERATOR)
+    gone.down_at_ms = 42_000  # its link went down then; it is dropped later
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery  # serving
+            relay.drop_peer("dept-2", "restarted (new instance)")
+            assert "dept-2" not in relay.peers
+            for peer in (dept1, standby):
+                assert queued(peer) == [ff.CatchUp(42_000, "dept-2")]
+            assert queued(operator) == []
+            assert catch_up.missed == [42_000]
+            assert relay._catching_up == 1  # a peer admitted now waits before its pump
+            catch_up.go.set()
+    assert ids(carol) == [9] and relay._catching_up == 0 and relay._caught_up.is_set()
+
+
+async def test_a_slave_dropped_while_linked_counts_from_now_and_an_operator_asks_nothing() -> None:
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    now = [50_000]
+    relay = relay_with(catch_up, carol, now)
+    peer_of(relay, "tool", PeerRole.OPERATOR)
+    dept1 = peer_of(relay, "dept-1")
+    relay.drop_peer("operator:tool:i", "operator done")
+    assert queued(dept1) == [] and catch_up.missed == []
+    peer_of(relay, "dept-2")  # down_at_ms None: it never went down before it was dropped
+    relay.drop_peer("dept-2", "its lease lapsed in Redis")  # not serving: no run started here
+    assert queued(dept1) == [ff.CatchUp(50_000, "dept-2")]
+    assert catch_up.missed == [50_000] and relay._catching_up == 0
