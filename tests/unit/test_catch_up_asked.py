@@ -108,9 +108,9 @@ def relay_with(catch_up: FakeCatchUp | None, own: RecordingSession, now: list[in
                        redis=BlockingRunner("redis", 1), clock_ms=lambda: now[0], catch_up=catch_up)
 
 
-def peer_of(relay: MasterRelay, node: str, role: PeerRole = PeerRole.SLAVE) -> Peer:
+def peer_of(relay: MasterRelay, node: str, role: PeerRole = PeerRole.SLAVE, instance: str = "i+catch-up") -> Peer:
     key = node if role is PeerRole.SLAVE else f"operator:{node}:i"
-    peer = Peer(name=key, stream=PeerStream(), owner=relay, node_id=node, instance="i", role=role)
+    peer = Peer(name=key, stream=PeerStream(), owner=relay, node_id=node, instance=instance, role=role)
     relay.peers[key] = peer
     return peer
 
@@ -126,6 +126,7 @@ async def test_a_dropped_slave_makes_every_other_slave_and_the_master_catch_up_f
     relay = relay_with(catch_up, carol, now)
     gone, dept1, standby = peer_of(relay, "dept-2"), peer_of(relay, "dept-1"), peer_of(relay, "standby")
     operator = peer_of(relay, "tool", PeerRole.OPERATOR)
+    older = peer_of(relay, "dept-3", instance="0123456789abcdef")  # a node of an earlier release
     gone.down_at_ms = 42_000  # its link went down then; it is dropped later
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -134,7 +135,7 @@ async def test_a_dropped_slave_makes_every_other_slave_and_the_master_catch_up_f
             assert "dept-2" not in relay.peers
             for peer in (dept1, standby):
                 assert queued(peer) == [ff.CatchUp(42_000, "dept-2")]
-            assert queued(operator) == []
+            assert queued(operator) == [] and queued(older) == []
             assert catch_up.missed == [42_000]
             assert relay._catching_up == 1  # a peer admitted now waits before its pump
             catch_up.go.set()
@@ -154,3 +155,11 @@ async def test_a_slave_dropped_while_linked_counts_from_now_and_an_operator_asks
     relay.drop_peer("dept-2", "its lease lapsed in Redis")  # not serving: no run started here
     assert queued(dept1) == [ff.CatchUp(50_000, "dept-2")]
     assert catch_up.missed == [50_000] and relay._catching_up == 0
+
+
+def test_a_slave_names_the_catch_up_feature_in_its_instance_and_an_older_one_names_none() -> None:
+    link = slave_with(FakeCatchUp(RecordingSession("s-2", 2)), RecordingSession("s-2", 2))
+    assert ff.features_of(link.instance) == {ff.CATCH_UP_FEATURE}
+    assert ff.features_of("0123456789abcdef") == frozenset()
+    assert ff.features_of(ff.instance_with("ab", "x", "y")) == {"x", "y"}
+    assert ff.instance_with("ab") == "ab"

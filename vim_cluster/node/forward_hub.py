@@ -16,8 +16,9 @@ Rules:
 - A slave that died (its lease lapsed) or restarted (it links with a new instance) may have
   taken packets with it that it never relayed: its senders' messages, acked once stored. So
   when the master drops such a peer it asks every other slave (a `CatchUp` packet, ahead of
-  anything it relays to them after) and its own sessions to re-deliver from the store what
-  they may have missed since the peer's link went down (node/catch_up.py). A peer admitted
+  anything it relays to them after; only slaves whose instance names the feature: an older one
+  would drop its link over it) and its own sessions to re-deliver from the store what they may
+  have missed since the peer's link went down (node/catch_up.py). A peer admitted
   meanwhile is pumped only once the master's own catch-up is delivered, so a restarted
   slave's new messages come after its old ones on the master's sessions too.
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
@@ -267,12 +268,16 @@ class MasterRelay:
         own sessions, re-deliver what they may have missed since its link went down."""
         since = gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms()
         packet = ff.CatchUp(since, gone.node_id)
-        told = 0
+        told = older = 0
         for peer in self.peers.values():
-            if peer.role is PeerRole.SLAVE:
+            if peer.role is not PeerRole.SLAVE:
+                continue
+            if ff.CATCH_UP_FEATURE in ff.features_of(peer.instance):
                 peer.push(packet, None)
                 told += 1
-        log.info("catch_up_asked_of_all", gone=gone.node_id, since_ms=since, slaves=told)
+            else:  # an older node would drop its link over it: its sessions get them at their next login
+                older += 1
+        log.info("catch_up_asked_of_all", gone=gone.node_id, since_ms=since, slaves=told, older_slaves=older)
         if self.catch_up is None:
             return
         self.catch_up.missed_since(since)

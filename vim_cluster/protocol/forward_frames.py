@@ -16,7 +16,12 @@ binary messages, one frame each. Every frame is a MessagePack array `[tag, epoch
                                   ack is cumulative, may be null
     BEAT      7  both             [ts]
 
-`instance` names one process run (a restart draws a new one). `received` is the highest
+`instance` names one process run (a restart draws a new one); a slave's may end in
+`+feature,...`: the packets it takes beyond the first release of this format (`features_of`).
+Older masters compare instances as opaque strings, so the suffix changes nothing for them, and
+a master sends such a packet (`CatchUp`: feature `catch-up`) only to slaves that name it, so an
+older slave linked to a newer master during a rolling upgrade never gets a packet it would
+drop its link over. `received` is the highest
 sequence number the sender of that frame got from the peer's current instance: the peer resends
 everything after it. `base` is the highest sequence number the slave no longer holds
 (acknowledged): a master that has no receiver for the slave's instance (it restarted) starts one
@@ -64,6 +69,23 @@ class PeerRole(enum.Enum):
     SLAVE = "slave"
     OPERATOR = "operator"
     MASTER = "master"
+
+
+# ----------------------------------------------------------------------------- features
+
+FEATURES_MARK = "+"
+CATCH_UP_FEATURE = "catch-up"  # takes CatchUp packets
+
+
+def instance_with(token: str, *features: str) -> str:
+    """A slave's instance naming the features it takes (see the module's docstring)."""
+    return f"{token}{FEATURES_MARK}{','.join(features)}" if features else token
+
+
+def features_of(instance: str) -> frozenset[str]:
+    """The features a peer's instance names; none for an older node's (a bare token)."""
+    _, mark, features = instance.partition(FEATURES_MARK)
+    return frozenset(features.split(",")) if mark else frozenset()
 
 
 # ----------------------------------------------------------------------------- packets
