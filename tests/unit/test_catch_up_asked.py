@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -163,3 +165,27 @@ def test_a_slave_names_the_catch_up_feature_in_its_instance_and_an_older_one_nam
     assert ff.features_of("0123456789abcdef") == frozenset()
     assert ff.features_of(ff.instance_with("ab", "x", "y")) == {"x", "y"}
     assert ff.instance_with("ab") == "ab"
+
+
+async def test_a_new_link_waits_for_the_masters_own_catch_up_but_not_past_the_warm_up(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A slave admitted while the master's sessions catch up is pumped after it (order), but
+    never held past link_warmup_s: it hears no beat meanwhile and would give its link up."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    now = [50_000]
+    relay = relay_with(catch_up, carol, now)
+    peer_of(relay, "dept-2")
+    with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery
+            relay.drop_peer("dept-2", "restarted (new instance)")
+            start = trio.current_time()
+            await relay._own_catch_up_done()  # the catch-up never ends here
+            assert trio.current_time() - start == pytest.approx(relay.tunables.link_warmup_s)
+            assert [e["event"] for e in logs if e["log_level"] == "warning"][-1] == "catch_up_slow"
+            catch_up.go.set()
+            await relay._own_catch_up_done()  # once it ended: at once
+            assert trio.current_time() - start == pytest.approx(relay.tunables.link_warmup_s)
+    assert ids(carol) == [0]

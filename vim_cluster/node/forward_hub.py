@@ -288,6 +288,16 @@ class MasterRelay:
         self._catching_up += 1
         self._tasks.start_soon(self._own_catch_up)
 
+    async def _own_catch_up_done(self) -> None:
+        """Waits until the catch-up of the node's own sessions is delivered (a gone peer's
+        messages before a new link's), for at most link_warmup_s: an admitted slave hears no
+        beat meanwhile, and gives its link up after link_dead_after_s."""
+        with trio.move_on_after(self.tunables.link_warmup_s) as scope:
+            while self._catching_up:
+                await self._caught_up.wait()
+        if scope.cancelled_caught:
+            log.warning("catch_up_slow", waited_s=self.tunables.link_warmup_s)
+
     async def _own_catch_up(self) -> None:
         assert self.catch_up is not None
         try:
@@ -362,8 +372,7 @@ class MasterRelay:
         try:
             if peer.role is PeerRole.SLAVE:
                 await self.warm.wait()  # the route table is complete (see the module's rules)
-                while self._catching_up:  # a gone peer's messages first (see the module's rules)
-                    await self._caught_up.wait()
+                await self._own_catch_up_done()
             ended = await pump(ws, conn, peer, self.tunables)
         finally:
             peer.connection = None
