@@ -310,7 +310,7 @@ class Client:
         """Sends ready; returns the offline messages replayed before sync-done."""
         await self.send("ready", token=token or self.token, client=client, **extra)
         self.user_id = (await self.expect("ready-ok"))["userId"]
-        replayed = []
+        replayed: list[dict[str, Any]] = []
         with trio.fail_after(10):
             while True:
                 frame = await self.next_frame()

@@ -23,7 +23,7 @@ from vim_cluster.node.metrics import NodeMetrics
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import PeerStream
-from vim_cluster.protocol.forward_connection import PacketsReceived, PeerRole
+from vim_cluster.protocol.forward_connection import PacketsReceived, PeerIdle, PeerRole
 from vim_cluster.protocol.frames import MessageOut
 
 from .test_delivery import RecordingSession
@@ -39,6 +39,7 @@ class FakeCatchUp:
         self.lost_calls = 0
         self.go = trio.Event()
         self.runs = 0
+        self.running = self.most_at_once = 0
 
     def lost(self) -> None:
         self.lost_calls += 1
@@ -47,10 +48,15 @@ class FakeCatchUp:
         self.missed.append(since_ms)
 
     async def run(self) -> int:
-        await self.go.wait()
-        self.session.push(frame(self.replayed))
-        self.runs += 1
-        return 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await self.go.wait()
+            self.session.push(frame(self.replayed))
+            self.runs += 1
+            return 1
+        finally:
+            self.running -= 1
 
 
 def frame(n: int) -> OutFrame:
@@ -139,12 +145,12 @@ async def test_a_dropped_slave_makes_every_other_slave_and_the_master_catch_up_f
                 assert queued(peer) == [ff.CatchUp(42_000, "dept-2")]
             assert queued(operator) == [] and queued(older) == []
             assert catch_up.missed == [42_000]
-            assert relay._catching_up == 1  # a peer admitted now waits before its pump
+            assert relay._catching_up and not relay._caught_up.is_set()  # a new link's pump waits
             catch_up.go.set()
-    assert ids(carol) == [9] and relay._catching_up == 0 and relay._caught_up.is_set()
+    assert ids(carol) == [9] and not relay._catching_up and relay._caught_up.is_set()
 
 
-async def test_a_slave_dropped_while_linked_counts_from_now_and_an_operator_asks_nothing() -> None:
+async def test_a_slave_without_a_link_down_time_counts_from_now_and_an_operator_asks_nothing() -> None:
     carol = RecordingSession("s-3", 3)
     catch_up = FakeCatchUp(carol)
     now = [50_000]
@@ -153,15 +159,17 @@ async def test_a_slave_dropped_while_linked_counts_from_now_and_an_operator_asks
     dept1 = peer_of(relay, "dept-1")
     relay.drop_peer("operator:tool:i", "operator done")
     assert queued(dept1) == [] and catch_up.missed == []
-    peer_of(relay, "dept-2")  # down_at_ms None: it never went down before it was dropped
+    peer_of(relay, "dept-2")  # down_at_ms None: it beat (had sent all it held) and then died
     relay.drop_peer("dept-2", "its lease lapsed in Redis")  # not serving: no run started here
     assert queued(dept1) == [ff.CatchUp(50_000, "dept-2")]
-    assert catch_up.missed == [50_000] and relay._catching_up == 0
+    assert catch_up.missed == [50_000] and not relay._catching_up
 
 
 def test_a_slave_names_the_catch_up_feature_in_its_instance_and_an_older_one_names_none() -> None:
     link = slave_with(FakeCatchUp(RecordingSession("s-2", 2)), RecordingSession("s-2", 2))
     assert ff.features_of(link.instance) == {ff.CATCH_UP_FEATURE}
+    without = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1"), clock_ms=lambda: 1_000)
+    assert ff.features_of(without.instance) == frozenset()  # it could not take the packet
     assert ff.features_of("0123456789abcdef") == frozenset()
     assert ff.features_of(ff.instance_with("ab", "x", "y")) == {"x", "y"}
     assert ff.instance_with("ab") == "ab"
@@ -182,10 +190,59 @@ async def test_a_new_link_waits_for_the_masters_own_catch_up_but_not_past_the_wa
             relay._tasks = nursery
             relay.drop_peer("dept-2", "restarted (new instance)")
             start = trio.current_time()
-            await relay._own_catch_up_done()  # the catch-up never ends here
+            await relay._own_catch_up_done(start + relay.tunables.link_warmup_s)  # it never ends here
             assert trio.current_time() - start == pytest.approx(relay.tunables.link_warmup_s)
             assert [e["event"] for e in logs if e["log_level"] == "warning"][-1] == "catch_up_slow"
             catch_up.go.set()
-            await relay._own_catch_up_done()  # once it ended: at once
+            await relay._own_catch_up_done(start)  # once it ended: at once, whatever the deadline
             assert trio.current_time() - start == pytest.approx(relay.tunables.link_warmup_s)
     assert ids(carol) == [0]
+
+
+async def test_drops_during_the_masters_own_catch_up_run_it_again_after_never_beside_it() -> None:
+    """Two runs at once would interleave their users' pages (a later `since` first)."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    relay = relay_with(catch_up, carol, [50_000])
+    for node in ("dept-2", "dept-3", "dept-4"):
+        peer_of(relay, node)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery
+            relay.drop_peer("dept-2", "restarted (new instance)")
+            await trio.testing.wait_all_tasks_blocked()
+            relay.drop_peer("dept-3", "restarted (new instance)")
+            relay.drop_peer("dept-4", "its lease lapsed in Redis")
+            catch_up.go.set()
+    assert catch_up.runs == 2 and catch_up.most_at_once == 1  # once more for both later drops
+    assert relay._caught_up.is_set()
+
+
+def test_the_catch_up_reaches_back_to_the_earliest_link_down_of_a_slave_not_through_yet() -> None:
+    """dept-3 is cut off (alive; it resends later) since before dept-2 went down: a catch-up
+    from dept-2's time would give dept-3's newer messages first, its older ones after."""
+    carol = RecordingSession("s-3", 3)
+    relay = relay_with(FakeCatchUp(carol), carol, [50_000])
+    gone, cut, dept1 = peer_of(relay, "dept-2"), peer_of(relay, "dept-3"), peer_of(relay, "dept-1")
+    gone.down_at_ms, cut.down_at_ms = 42_000, 30_000
+    relay.drop_peer("dept-2", "restarted (new instance)")
+    assert queued(dept1) == [ff.CatchUp(30_000, "dept-2")]
+    relay.link_event(cut, PeerIdle())  # dept-3 linked again and beat: its backlog is through
+    assert cut.down_at_ms is None
+    peer_of(relay, "dept-4").down_at_ms = 45_000
+    relay.drop_peer("dept-4", "its lease lapsed in Redis")
+    assert queued(dept1)[-1] == ff.CatchUp(45_000, "dept-4")
+
+
+def test_a_relinked_slave_counts_as_missing_packets_from_its_link_down_until_its_link_settles() -> None:
+    """Relinked at 45 s after going down at 42 s, it may still be resending what it held:
+    until its link has stayed up link_dead_after_s (or it beat), 42 s counts."""
+    relay = relay_with(None, RecordingSession("s-3", 3), [50_000])
+    peer = peer_of(relay, "dept-3")
+    peer.down_at_ms, peer.linked_at_ms = 42_000, 45_000
+    peer.connection = object()  # type: ignore[assignment]  # linked
+    settle = relay.tunables.link_dead_after_s * 1000
+    assert peer.missing_since(50_000, settle) == 42_000
+    assert peer.missing_since(45_000 + settle, settle) is None
+    peer.connection = None  # its link ended again at 50 s: still 42 s
+    assert peer.missing_since(50_000, settle) == 42_000

@@ -31,6 +31,7 @@ from vim_cluster.protocol.forward_connection import (
     LocalProtocolError,
     PacketsReceived,
     PeerAuthenticated,
+    PeerIdle,
     PeerRole,
     Refuse,
 )
@@ -576,3 +577,15 @@ def test_the_largest_message_a_node_accepts_fits_in_one_forward_frame() -> None:
     frame, message_id = deliver_body([OutFrame(MessageOut(message))])
     packet = ff.Deliver("dept-1", [2**62 + n for n in range(10_000)], frame, "s" * 32, 2**41, message_id)
     assert len(ff.encode_frame(ff.Batch(2**40, 2**40, [packet]), 2**31)) <= MAX_FRAME
+
+
+def test_a_beat_on_an_open_link_says_the_peer_sent_all_it_held() -> None:
+    """PeerIdle: a peer beats only with nothing unsent, so what it held has arrived (the master
+    then stops counting a restarted slave's backlog as possibly lost: node/forward_hub.py)."""
+    net, _, _ = queued((1, 2))
+    net.flush()
+    before = len(net.master.events)
+    net.master.conn.receive_data(net.slave.conn.send(Heartbeat(5)))
+    net.master.take_events()
+    assert net.master.events[before:] == [PeerIdle()]
+    assert numbers(net.master.got) == [1, 2] and net.master.ended is None

@@ -18,9 +18,13 @@ Rules:
   when the master drops such a peer it asks every other slave (a `CatchUp` packet, ahead of
   anything it relays to them after; only slaves whose instance names the feature: an older one
   would drop its link over it) and its own sessions to re-deliver from the store what they may
-  have missed since the peer's link went down (node/catch_up.py). A peer admitted
-  meanwhile is pumped only once the master's own catch-up is delivered, so a restarted
-  slave's new messages come after its old ones on the master's sessions too.
+  have missed since the peer's link went down (node/catch_up.py): since the earliest such time
+  of it and of every slave whose packets may still be on their way (unlinked, or linked for
+  less than link_dead_after_s without a beat: `Peer.missing_since`), so a slave that resends
+  later brings only duplicates, not older messages after newer ones. One such catch-up runs at
+  a time. A peer admitted meanwhile is pumped only once the master's own catch-up is delivered
+  (within link_warmup_s), so a restarted slave's new messages come after its old ones on the
+  master's sessions too.
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
   linked (and so reported its sessions), for at most link_warmup_s (Tunables): a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
@@ -61,6 +65,7 @@ from ..protocol.forward_connection import (
     LinkState,
     PacketsReceived,
     PeerAuthenticated,
+    PeerIdle,
     PeerRole,
     Refuse,
 )
@@ -91,7 +96,17 @@ class Peer(PeerLink[Tag]):
     connection: MessageWebSocket | None = None
     conn: ForwardConnection[Tag] | None = None
     pump_done: trio.Event = attrs.Factory(trio.Event)
-    down_at_ms: int | None = None  # when its last link ended (None: linked, or not yet)
+    # When its link ended, from when what it held may not have reached us (`missing_since`).
+    down_at_ms: int | None = None
+    linked_at_ms: int = 0  # when its current (or last) link was admitted
+
+    def missing_since(self, now: int, settle_ms: float) -> int | None:
+        """From when packets it held may not have reached us; None: none may be missing. A
+        link that stayed up `settle_ms` (link_dead_after_s), or on which it beat (PeerIdle:
+        `down_at_ms` cleared), is taken to have brought whatever it held before."""
+        if self.down_at_ms is None or (self.connection is not None and now - self.linked_at_ms >= settle_ms):
+            return None
+        return self.down_at_ms
 
 
 class MasterRelay:
@@ -101,8 +116,10 @@ class MasterRelay:
                  catch_up: CatchUpRun | None = None) -> None:
         self.node_id = node_id
         self.catch_up = catch_up  # the node's own sessions' (see the module's rules)
-        self._catching_up = 0  # catch-ups of the node's own sessions running
-        self._caught_up = trio.Event()  # set when the last of them ended
+        self._catching_up = False  # the node's own sessions' catch-up runs
+        self._again = False  # and must run again: another peer was dropped meanwhile
+        self._caught_up = trio.Event()  # set while it does not run
+        self._caught_up.set()
         self._tasks: trio.Nursery | None = None  # while serving: where they run
         self.tunables = tunables
         self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
@@ -182,6 +199,9 @@ class MasterRelay:
             self._on_packets(peer, event.first, event.packets)
         elif isinstance(event, Acked):
             self._complete(event.items)
+        elif isinstance(event, PeerIdle):
+            assert isinstance(peer, Peer)
+            peer.down_at_ms = None  # its backlog, if any, is through
         else:
             self._note(event)
 
@@ -266,7 +286,11 @@ class MasterRelay:
     def _catch_up_everywhere(self, gone: Peer) -> None:
         """`gone` may have taken packets it never relayed: every other slave, and this node's
         own sessions, re-deliver what they may have missed since its link went down."""
-        since = gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms()
+        # A slave still unlinked (or resending) keeps what it holds and sends it later: a
+        # catch-up from after its link went down would bring its newer messages before those.
+        now, settle = self.clock_ms(), self.tunables.link_dead_after_s * 1000
+        held = [p.missing_since(now, settle) for p in self.peers.values() if p.role is PeerRole.SLAVE]
+        since = min([gone.down_at_ms if gone.down_at_ms is not None else now] + [t for t in held if t is not None])
         packet = ff.CatchUp(since, gone.node_id)
         told = older = 0
         for peer in self.peers.values():
@@ -281,31 +305,39 @@ class MasterRelay:
         if self.catch_up is None:
             return
         self.catch_up.missed_since(since)
+        if self._catching_up:  # one at a time (two would interleave their users' pages)
+            self._again = True
+            return
         if self._tasks is None:  # not serving: the catch-up before serving again covers it
             return
-        if not self._catching_up:
-            self._caught_up = trio.Event()
-        self._catching_up += 1
-        self._tasks.start_soon(self._own_catch_up)
+        try:
+            self._tasks.start_soon(self._own_catch_up)
+        except RuntimeError:  # its nursery closed (serving ended): as when not serving
+            return
+        self._catching_up = True
+        self._caught_up = trio.Event()
 
-    async def _own_catch_up_done(self) -> None:
+    async def _own_catch_up_done(self, deadline: float) -> None:
         """Waits until the catch-up of the node's own sessions is delivered (a gone peer's
-        messages before a new link's), for at most link_warmup_s: an admitted slave hears no
+        messages before a new link's), until `deadline` at most: an admitted slave hears no
         beat meanwhile, and gives its link up after link_dead_after_s."""
-        with trio.move_on_after(self.tunables.link_warmup_s) as scope:
-            while self._catching_up:
-                await self._caught_up.wait()
+        with trio.move_on_at(deadline) as scope:
+            await self._caught_up.wait()
         if scope.cancelled_caught:
             log.warning("catch_up_slow", waited_s=self.tunables.link_warmup_s)
 
     async def _own_catch_up(self) -> None:
+        """The node's own sessions' catch-up, again while drops come during it."""
         assert self.catch_up is not None
         try:
-            await self.catch_up.run()
+            while True:
+                self._again = False
+                await self.catch_up.run()
+                if not self._again:
+                    return
         finally:
-            self._catching_up -= 1
-            if not self._catching_up:
-                self._caught_up.set()
+            self._catching_up = False
+            self._caught_up.set()
 
     # --- the listener -------------------------------------------------------------------
 
@@ -371,13 +403,19 @@ class MasterRelay:
         log.info("forward_peer_up", role=peer.role.value, pending=len(peer))
         try:
             if peer.role is PeerRole.SLAVE:
+                # Both waits within link_warmup_s of the admission (the slave hears no beat).
+                deadline = trio.current_time() + self.tunables.link_warmup_s
                 await self.warm.wait()  # the route table is complete (see the module's rules)
-                await self._own_catch_up_done()
+                await self._own_catch_up_done(deadline)
             ended = await pump(ws, conn, peer, self.tunables)
         finally:
+            if peer.role is PeerRole.SLAVE:
+                # Now, or after a short link (its backlog may not have come through) the earlier time.
+                now = self.clock_ms()
+                earlier = peer.missing_since(now, self.tunables.link_dead_after_s * 1000)
+                peer.down_at_ms = now if earlier is None else earlier
             peer.connection = None
             peer.conn = None
-            peer.down_at_ms = self.clock_ms()
             peer.pump_done.set()
             if peer.role is PeerRole.OPERATOR:
                 self.drop_peer(peer.name, "operator done")
@@ -426,7 +464,7 @@ class MasterRelay:
             return None
         peer.connection = ws
         peer.conn = conn
-        peer.down_at_ms = None
+        peer.linked_at_ms = self.clock_ms()
         peer.pump_done = trio.Event()
         if auth.role is PeerRole.SLAVE:
             self.routes.replace_node(auth.node, [(user, session) for user, session, _, _ in auth.sessions])

@@ -111,7 +111,7 @@ class SlaveLink:
         self.local = local
         self.clock_ms = clock_ms
         self.epoch = epoch  # the fencing epoch this node follows
-        self.instance = ff.instance_with(secrets.token_hex(8), ff.CATCH_UP_FEATURE)
+        self.instance = ff.instance_with(secrets.token_hex(8), *([ff.CATCH_UP_FEATURE] if catch_up else []))
         self.connected = False
         self.master_id: str | None = None
         self.peer: PeerLink[None] = PeerLink("master", PeerStream(), self)

@@ -25,6 +25,7 @@ its UnackedWindow resends after a reconnect, its SeqReceiver drops duplicates.
 Events: PeerAuthenticated (acceptor: admit or refuse it), LinkOpened (initiator: welcomed),
 PacketsReceived (new packets, in order), Acked (our packets the peer acknowledged, with tags),
 EpochRaised (the peer's epoch is newer than ours), Fenced (a frame of an older epoch: refused),
+PeerIdle (a beat of an open link: the peer had sent everything it held, so we have it all),
 LinkEnded (always the last event: why, as an EndReason, a detail line and the WebSocket close
 code to use). Every refusal ends the link with a LinkEnded whose `reason` says which one, so the
 owner counts and logs them: BAD_MAC, WRONG_NODE, OVERSIZE, UNKNOWN_FRAME, OUT_OF_ORDER,
@@ -214,7 +215,13 @@ class LinkEnded:
         return self.reason.close_code
 
 
-Event = PeerAuthenticated | LinkOpened | PacketsReceived | Acked[Any] | EpochRaised | Fenced | LinkEnded
+@attrs.frozen
+class PeerIdle:
+    """A beat on an open link: the peer beats only when it has nothing unsent, and frames
+    arrive in order, so every packet it held when it beat has reached us."""
+
+
+Event = PeerAuthenticated | LinkOpened | PacketsReceived | Acked[Any] | EpochRaised | Fenced | PeerIdle | LinkEnded
 
 
 class _End(Exception):
@@ -364,7 +371,9 @@ class ForwardConnection(Generic[Tag]):
         step = _STEPS.get(self.state)
         if step is not None and isinstance(frame, step.takes):
             step.run(self, frame)
-        elif not (self.state is LinkState.OPEN and isinstance(frame, ff.Beat)):  # a beat only says "alive"
+        elif self.state is LinkState.OPEN and isinstance(frame, ff.Beat):
+            self._events.append(PeerIdle())
+        else:
             raise _End(EndReason.WRONG_STATE, f"unexpected {type(frame).__name__} from {self._peer_name()} "
                        f"in state {self.state.value}")
 
