@@ -159,7 +159,7 @@ async def test_a_slave_without_a_link_down_time_counts_from_now_and_an_operator_
     dept1 = peer_of(relay, "dept-1")
     relay.drop_peer("operator:tool:i", "operator done")
     assert queued(dept1) == [] and catch_up.missed == []
-    peer_of(relay, "dept-2")  # down_at_ms None: it beat (had sent all it held) and then died
+    peer_of(relay, "dept-2")  # down_at_ms None: as if no link of it ever ended (defensive)
     relay.drop_peer("dept-2", "its lease lapsed in Redis")  # not serving: no run started here
     assert queued(dept1) == [ff.CatchUp(50_000, "dept-2")]
     assert catch_up.missed == [50_000] and not relay._catching_up
@@ -246,3 +246,61 @@ def test_a_relinked_slave_counts_as_missing_packets_from_its_link_down_until_its
     assert peer.missing_since(45_000 + settle, settle) is None
     peer.connection = None  # its link ended again at 50 s: still 42 s
     assert peer.missing_since(50_000, settle) == 42_000
+
+
+async def test_a_slow_catch_up_holds_live_packets_link_warmup_s_at_most_and_runs_one_at_a_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A slow store must not stop live delivery on every slave: past link_warmup_s the held
+    packets go out; a second CatchUp's run waits for the first (never two interleaved)."""
+    bob = RecordingSession("s-2", 2)
+    catch_up = FakeCatchUp(bob, replayed=5)
+    link = slave_with(catch_up, bob)
+    with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            link._tasks = nursery
+            link.link_event(link.peer, PacketsReceived(1, [ff.CatchUp(777, "dept-2"), deliver(2)]))
+            await trio.sleep(link.tunables.link_warmup_s - 0.1)
+            assert ids(bob) == []
+            await trio.sleep(0.2)
+            assert ids(bob) == [2] and link.held is None  # delivered beside the running catch-up
+            assert "catch_up_slow" in [e["event"] for e in logs]
+            link.link_event(link.peer, PacketsReceived(3, [ff.CatchUp(888, "dept-3"), deliver(3)]))
+            await trio.sleep(link.tunables.link_warmup_s + 1)
+            assert ids(bob) == [2, 3] and catch_up.running == 1  # the second waits for the first
+            catch_up.go.set()
+    assert catch_up.runs == 2 and catch_up.most_at_once == 1
+    assert ids(bob) == [2, 3, 5, 5]
+
+
+def test_a_link_too_short_to_bring_its_backlog_keeps_the_earlier_down_time() -> None:
+    """Peer.link_ended: a link up under link_dead_after_s (reading from its pump's start, after
+    its admission's waits) may not have brought what the slave held; a longer one, or a beat,
+    did."""
+    relay = relay_with(None, RecordingSession("s-3", 3), [0])
+    settle = relay.tunables.link_dead_after_s * 1000
+    peer = peer_of(relay, "dept-3")
+    peer.connection = object()  # type: ignore[assignment]
+    peer.pumping(10_000)
+    peer.link_ended(12_000, settle)
+    assert peer.down_at_ms == 12_000  # its first link: from its end
+    peer.pumping(20_000)  # relinked, resending
+    peer.link_ended(25_000, settle)
+    assert peer.down_at_ms == 12_000  # too short: the earlier time stands
+    peer.pumping(30_000)
+    peer.link_ended(30_000 + settle, settle)
+    assert peer.down_at_ms == 30_000 + settle  # long enough: from its end
+    peer.pumping(50_000)
+    relay.link_event(peer, PeerIdle())  # it beat: all it held came
+    peer.link_ended(51_000, settle)
+    assert peer.down_at_ms == 51_000
+
+
+def test_another_slaves_older_link_down_reaches_back_one_catch_up_margin_at_most() -> None:
+    """A slave cut off for hours (or never reaped) must not make every catch-up re-send hours."""
+    carol = RecordingSession("s-3", 3)
+    relay = relay_with(None, carol, [500_000])
+    gone, cut, dept1 = peer_of(relay, "dept-2"), peer_of(relay, "dept-3"), peer_of(relay, "dept-1")
+    gone.down_at_ms, cut.down_at_ms = 400_000, 30_000
+    relay.drop_peer("dept-2", "restarted (new instance)")
+    assert queued(dept1) == [ff.CatchUp(400_000 - relay.tunables.catch_up_margin_ms, "dept-2")]

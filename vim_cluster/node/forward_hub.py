@@ -20,8 +20,9 @@ Rules:
   would drop its link over it) and its own sessions to re-deliver from the store what they may
   have missed since the peer's link went down (node/catch_up.py): since the earliest such time
   of it and of every slave whose packets may still be on their way (unlinked, or linked for
-  less than link_dead_after_s without a beat: `Peer.missing_since`), so a slave that resends
-  later brings only duplicates, not older messages after newer ones. One such catch-up runs at
+  less than link_dead_after_s without a beat: `Peer.missing_since`; at most
+  catch_up_margin_ms before the dropped peer's own), so a slave that resends later brings only
+  duplicates, not older messages after newer ones. One such catch-up runs at
   a time. A peer admitted meanwhile is pumped only once the master's own catch-up is delivered
   (within link_warmup_s), so a restarted slave's new messages come after its old ones on the
   master's sessions too.
@@ -98,7 +99,17 @@ class Peer(PeerLink[Tag]):
     pump_done: trio.Event = attrs.Factory(trio.Event)
     # When its link ended, from when what it held may not have reached us (`missing_since`).
     down_at_ms: int | None = None
-    linked_at_ms: int = 0  # when its current (or last) link was admitted
+    linked_at_ms: int = 0  # when its current (or last) link started to be read
+
+    def pumping(self, now: int) -> None:
+        """Its link is read from now on (after the waits of its admission)."""
+        self.linked_at_ms = now
+
+    def link_ended(self, now: int, settle_ms: float) -> None:
+        """Its link ends (call while `connection` is still set): from now on what it holds may
+        be missing, or from its earlier time if this link was too short to bring it all."""
+        earlier = self.missing_since(now, settle_ms)
+        self.down_at_ms = now if earlier is None else earlier
 
     def missing_since(self, now: int, settle_ms: float) -> int | None:
         """From when packets it held may not have reached us; None: none may be missing. A
@@ -288,9 +299,13 @@ class MasterRelay:
         own sessions, re-deliver what they may have missed since its link went down."""
         # A slave still unlinked (or resending) keeps what it holds and sends it later: a
         # catch-up from after its link went down would bring its newer messages before those.
+        # Reaching back at most catch_up_margin_ms more: a slave cut off for hours (or one never
+        # reaped) would otherwise make every catch-up re-send hours of group messages.
         now, settle = self.clock_ms(), self.tunables.link_dead_after_s * 1000
-        held = [p.missing_since(now, settle) for p in self.peers.values() if p.role is PeerRole.SLAVE]
-        since = min([gone.down_at_ms if gone.down_at_ms is not None else now] + [t for t in held if t is not None])
+        own = gone.down_at_ms if gone.down_at_ms is not None else now
+        held = [t for p in self.peers.values() if p.role is PeerRole.SLAVE
+                and (t := p.missing_since(now, settle)) is not None]
+        since = min(own, max(min(held, default=own), own - self.tunables.catch_up_margin_ms))
         packet = ff.CatchUp(since, gone.node_id)
         told = older = 0
         for peer in self.peers.values():
@@ -321,6 +336,8 @@ class MasterRelay:
         """Waits until the catch-up of the node's own sessions is delivered (a gone peer's
         messages before a new link's), until `deadline` at most: an admitted slave hears no
         beat meanwhile, and gives its link up after link_dead_after_s."""
+        if self._caught_up.is_set():
+            return
         with trio.move_on_at(deadline) as scope:
             await self._caught_up.wait()
         if scope.cancelled_caught:
@@ -407,13 +424,11 @@ class MasterRelay:
                 deadline = trio.current_time() + self.tunables.link_warmup_s
                 await self.warm.wait()  # the route table is complete (see the module's rules)
                 await self._own_catch_up_done(deadline)
+                peer.pumping(self.clock_ms())
             ended = await pump(ws, conn, peer, self.tunables)
         finally:
             if peer.role is PeerRole.SLAVE:
-                # Now, or after a short link (its backlog may not have come through) the earlier time.
-                now = self.clock_ms()
-                earlier = peer.missing_since(now, self.tunables.link_dead_after_s * 1000)
-                peer.down_at_ms = now if earlier is None else earlier
+                peer.link_ended(self.clock_ms(), self.tunables.link_dead_after_s * 1000)
             peer.connection = None
             peer.conn = None
             peer.pump_done.set()
@@ -464,7 +479,7 @@ class MasterRelay:
             return None
         peer.connection = ws
         peer.conn = conn
-        peer.linked_at_ms = self.clock_ms()
+        peer.pumping(self.clock_ms())  # again once its admission's waits are over
         peer.pump_done = trio.Event()
         if auth.role is PeerRole.SLAVE:
             self.routes.replace_node(auth.node, [(user, session) for user, session, _, _ in auth.sessions])

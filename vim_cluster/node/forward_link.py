@@ -16,7 +16,11 @@ Rules:
   or set with `set_epoch`); a master of an older epoch is refused.
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
   sessions may have missed while it was not linked; packets that arrive on the new link
-  meanwhile are held and delivered after it, so each sender's order holds.
+  meanwhile are held and delivered after it, so each sender's order holds. The same when the
+  master sends a CatchUp packet (a slave died or restarted with packets it had not relayed:
+  node/forward_hub.py), for the packets after it. One catch-up runs at a time; held packets
+  wait link_warmup_s at most (a slow store then gives older messages after newer ones, never
+  stops live delivery); a link that ends cancels its catch-up, left for the next link-up.
 - A session opened while linked replays its offline messages only once the master acked its
   SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
   route is then in the replay (a session opened while unlinked has the catch-up).
@@ -100,7 +104,8 @@ class SlaveLink:
         self.tunables = tunables
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
-        self._tasks: trio.Nursery | None = None  # while linked: where a CatchUp packet's catch-up runs
+        self._tasks: trio.Nursery | None = None  # while linked: where catch-ups run
+        self._one_catch_up = trio.Lock()  # one at a time (two would interleave their users' pages)
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.tally = LinkTally(watch, far_end="master")  # watch: the node's fence and metrics
@@ -223,12 +228,27 @@ class SlaveLink:
         return True
 
     async def _catch_up_then_release(self) -> None:
-        """Runs the catch-up, then delivers the packets held meanwhile (also when cancelled)."""
+        """Runs the catch-up, then delivers the packets held meanwhile (also when cancelled).
+        They wait link_warmup_s at most: past it (a slow store) live delivery goes on beside
+        the catch-up, which then may deliver older messages after newer ones."""
         try:
-            if self.catch_up is not None:
-                await self.catch_up.run()
+            if self.catch_up is not None and self._tasks is not None:
+                done = trio.Event()
+                self._tasks.start_soon(self._one_catch_up_run, done)
+                with trio.move_on_after(self.tunables.link_warmup_s) as waited:
+                    await done.wait()
+                if waited.cancelled_caught:
+                    log.warning("catch_up_slow", held=len(self.held or ()), waited_s=self.tunables.link_warmup_s)
         finally:
             self._release()
+
+    async def _one_catch_up_run(self, done: trio.Event) -> None:
+        assert self.catch_up is not None
+        try:
+            async with self._one_catch_up:
+                await self.catch_up.run()
+        finally:
+            done.set()
 
     def _release(self) -> None:
         held, self.held = self.held, None
@@ -296,7 +316,11 @@ class SlaveLink:
             try:
                 if self.held is not None:
                     nursery.start_soon(self._catch_up_then_release)
-                return await self._pump(ws, conn)
+                reason = await self._pump(ws, conn)
+                # The link is down: a catch-up running now is left for the next link-up (it
+                # puts its start back), and what it held is delivered (see run's finally).
+                nursery.cancel_scope.cancel()
+                return reason
             finally:
                 self._tasks = None
 
