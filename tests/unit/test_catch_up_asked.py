@@ -304,3 +304,18 @@ def test_another_slaves_older_link_down_reaches_back_one_catch_up_margin_at_most
     gone.down_at_ms, cut.down_at_ms = 400_000, 30_000
     relay.drop_peer("dept-2", "restarted (new instance)")
     assert queued(dept1) == [ff.CatchUp(400_000 - relay.tunables.catch_up_margin_ms, "dept-2")]
+
+
+async def test_a_drop_as_serving_ends_leaves_the_catch_up_for_the_next_serve() -> None:
+    """The reaper may drop a peer after the serving nursery closed but before `_tasks` was
+    cleared: no crash; the loss is noted for the catch-up that runs before serving again."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    relay = relay_with(catch_up, carol, [50_000])
+    peer_of(relay, "dept-2").down_at_ms = 42_000
+    async with trio.open_nursery() as closed:
+        pass
+    relay._tasks = closed
+    relay.drop_peer("dept-2", "its lease lapsed in Redis")
+    assert catch_up.missed == [42_000] and catch_up.runs == 0
+    assert not relay._catching_up and relay._caught_up.is_set()
