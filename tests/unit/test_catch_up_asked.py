@@ -15,18 +15,16 @@ import trio.testing
 
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.blocking import BlockingRunner
-from vim_cluster.node.delivery import LocalDelivery, deliver_body
+from vim_cluster.node.delivery import deliver_body
 from vim_cluster.node.forward_hub import MasterRelay, Peer
 from vim_cluster.node.forward_link import SlaveLink
-from vim_cluster.node.local_sessions import LocalSessions
-from vim_cluster.node.metrics import NodeMetrics
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import PeerStream
 from vim_cluster.protocol.forward_connection import PacketsReceived, PeerIdle, PeerRole
 from vim_cluster.protocol.frames import MessageOut
 
-from .test_delivery import RecordingSession
+from .test_delivery import RecordingSession, local_of
 
 
 class FakeCatchUp:
@@ -71,13 +69,6 @@ def deliver(n: int) -> ff.Deliver:
 
 def ids(session: RecordingSession) -> list[int]:
     return [int(json.loads(f.encoded(False))["message"]["id"]) for f in session.got]
-
-
-def local_of(name: str, *sessions: RecordingSession) -> LocalDelivery:
-    local_sessions = LocalSessions()
-    for session in sessions:
-        local_sessions.add(session)  # type: ignore[arg-type]
-    return LocalDelivery(name, local_sessions, NodeMetrics(name))
 
 
 def slave_with(catch_up: FakeCatchUp, bob: RecordingSession) -> SlaveLink:

@@ -70,13 +70,18 @@ def receipts(count: int) -> list[Receipt]:
     return [Receipt(i, 7, by=8) for i in range(1, count + 1)]
 
 
-def node(*sessions: RecordingSession) -> tuple[Delivery, Unlinked, NodeMetrics]:
+def local_of(name: str, *sessions: RecordingSession) -> LocalDelivery:
+    """Node `name`'s LocalDelivery to these recording sessions."""
     local_sessions = LocalSessions()
     for session in sessions:
         local_sessions.add(session)  # type: ignore[arg-type]
-    metrics = NodeMetrics("dept-2")
+    return LocalDelivery(name, local_sessions, NodeMetrics(name))
+
+
+def node(*sessions: RecordingSession) -> tuple[Delivery, Unlinked, NodeMetrics]:
+    local = local_of("dept-2", *sessions)
     cluster = Unlinked("dept-2", clock_ms=lambda: 1_000)
-    return Delivery(LocalDelivery("dept-2", local_sessions, metrics), cluster), cluster, metrics
+    return Delivery(local, cluster), cluster, local.metrics
 
 
 def test_frames_in_order_leave_in_one_packet_per_hundred_and_reach_local_sessions_each() -> None:
@@ -189,10 +194,7 @@ def test_a_forward_frame_of_joined_packets_stays_far_under_what_a_peer_takes() -
 
 
 def slave(*sessions: RecordingSession) -> tuple[Delivery, SlaveLink]:
-    local_sessions = LocalSessions()
-    for session in sessions:
-        local_sessions.add(session)  # type: ignore[arg-type]
-    local = LocalDelivery("dept-1", local_sessions, NodeMetrics("dept-1"))
+    local = local_of("dept-1", *sessions)
     link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local, clock_ms=lambda: 1_000)
     return Delivery(local, link), link
 
