@@ -94,6 +94,7 @@ class Tunables:
     store_unfinished_max: int = 10_000  # saves of failed commits kept to finish; the oldest beyond are dropped
     replay_page: int = 500  # messages read per page of an offline replay or catch-up
     catch_up_margin_ms: int = 60_000  # a catch-up re-delivers from this long before the link went down
+    catch_up_retry_s: float = 1.0  # a failed catch-up is tried again after this (doubling) while linked
     retention_lock_ttl_s: int = 60  # TTL of the purge duty's lock in Redis
     retention_check_s: float = 60.0  # the purge checks whether it is due this often
     # --- presence (core/presence.py) ---------------------------------------------------------

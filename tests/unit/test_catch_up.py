@@ -1,5 +1,6 @@
-"""CatchUp's bookkeeping (node/catch_up.py): from when a link-up re-delivers, and that a failed
-or cancelled run is left for the next link-up."""
+"""CatchUp's bookkeeping (node/catch_up.py): from when a link-up re-delivers, that runs never
+overlap, that a failed run is tried again while linked, and that a cancelled one is left for
+the next link-up."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import trio
 
 from vim_cluster.errors import StoreUnavailable
-from vim_cluster.node.catch_up import CatchUp
+from vim_cluster.node.catch_up import RETRY_CAP_S, CatchUp
 
 
 class Clock:
@@ -105,3 +106,105 @@ async def test_a_loss_another_node_reports_counts_from_its_time_unless_ours_is_e
     catch_up.missed_since(250_000)  # ... before the other node's loss: ours counts
     await catch_up.run()
     assert calls == [99_000, 149_000, 199_000]
+
+
+def flaky(calls: list[int], failing: int):  # type: ignore[no-untyped-def]
+    """deliver_since failing its first `failing` calls (the store down), then sending 3."""
+    async def deliver_since(since: int) -> int:
+        calls.append(since)
+        if len(calls) <= failing:
+            raise StoreUnavailable("store down")
+        return 3
+    return deliver_since
+
+
+async def test_a_failed_run_is_tried_again_while_linked_until_the_store_answers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A session that stays connected must not wait for its next login: the run is tried
+    again after retry_s, doubling up to RETRY_CAP_S; `failed` tells waiters at the first
+    failure."""
+    clock, calls = Clock(), []
+    catch_up = CatchUp(flaky(calls, failing=8), clock, margin_ms=1_000, retry_s=1.0)
+    failed = trio.Event()
+    tries: list[float] = []
+    real = catch_up.deliver_since
+
+    async def timed(since: int) -> int:
+        tries.append(trio.current_time())
+        return await real(since)
+
+    catch_up.deliver_since = timed
+    start = trio.current_time()
+    with trio.fail_after(600):
+        assert await catch_up.run_until_done(failed) == 3
+    assert calls == [99_000] * 9 and failed.is_set()
+    assert catch_up.down_since is None and catch_up.failures == 8 and not catch_up.last_failed
+    gaps = [b - a for a, b in zip([start, *tries], tries, strict=False)][1:]
+    for attempt, gap in enumerate(gaps):  # full jitter: between half the ceiling and the ceiling
+        ceiling = min(RETRY_CAP_S, 1.0 * 2 ** attempt)
+        assert ceiling / 2 - 1e-6 <= gap <= ceiling + 1e-6
+    assert max(gaps) > RETRY_CAP_S / 2
+
+
+async def test_a_run_that_succeeds_at_once_is_not_tried_again_and_never_sets_failed() -> None:
+    clock, calls = Clock(), []
+    catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
+    failed = trio.Event()
+    assert await catch_up.run_until_done(failed) == 3
+    assert calls == [99_000] and not failed.is_set()
+
+
+async def test_retries_cut_off_by_the_link_going_down_are_left_for_the_next_link_up(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    clock, calls = Clock(), []
+    catch_up = CatchUp(flaky(calls, failing=100), clock, margin_ms=1_000)
+    with trio.move_on_after(10):
+        await catch_up.run_until_done()
+    assert len(calls) > 2 and catch_up.down_since == 100_000 and catch_up.last_failed
+    catch_up.deliver_since = recorder(calls)
+    assert await catch_up.run() == 3  # the next link-up
+    assert calls[-1] == 99_000 and catch_up.down_since is None
+
+
+async def test_runs_never_overlap_and_a_second_caller_leaves_the_retries_to_the_first(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two runs at once would interleave their users' pages (a later `since` first); two retry
+    loops would ask a store that is down twice as often."""
+    clock = Clock()
+    running = most = 0
+    store_up = False
+    calls: list[int] = []
+
+    async def deliver_since(since: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            calls.append(since)
+            await trio.sleep(0.1)
+            if not store_up:
+                raise StoreUnavailable("store down")
+            return 1
+        finally:
+            running -= 1
+
+    catch_up = CatchUp(deliver_since, clock, margin_ms=0)
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await catch_up.run_until_done())
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            nursery.start_soon(call)
+            await trio.sleep(5)
+            assert results == [0]  # the second failed once and left the retries to the first
+            tries = len(calls)
+            await trio.sleep(20)
+            assert len(calls) - tries <= 4  # one loop: about 2 + 4 + 8 + 16 s apart
+            store_up = True
+    assert most == 1 and results == [0, 1] and catch_up.down_since is None

@@ -13,8 +13,10 @@ import structlog.testing
 import trio
 import trio.testing
 
+from vim_cluster.errors import StoreUnavailable
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.blocking import BlockingRunner
+from vim_cluster.node.catch_up import CatchUp
 from vim_cluster.node.delivery import deliver_body
 from vim_cluster.node.forward_hub import MasterRelay, Peer
 from vim_cluster.node.forward_link import SlaveLink
@@ -55,6 +57,24 @@ class FakeCatchUp:
             return 1
         finally:
             self.running -= 1
+
+    async def run_until_done(self, failed: trio.Event | None = None) -> int:
+        return await self.run()  # never fails
+
+
+class OneAtATime(CatchUp):
+    """A real CatchUp (its lock, its retries) whose delivery is `fake`'s run."""
+
+    def __init__(self, fake: FakeCatchUp) -> None:
+        super().__init__(self._deliver, clock_ms=lambda: 1_000, margin_ms=0)
+        self.fake = fake
+
+    async def _deliver(self, since: int) -> int:
+        return await self.fake.run()
+
+    def missed_since(self, since_ms: int) -> None:
+        self.fake.missed_since(since_ms)
+        super().missed_since(since_ms)
 
 
 def frame(n: int) -> OutFrame:
@@ -243,10 +263,12 @@ async def test_a_slow_catch_up_holds_live_packets_link_warmup_s_at_most_and_runs
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """A slow store must not stop live delivery on every slave: past link_warmup_s the held
-    packets go out; a second CatchUp's run waits for the first (never two interleaved)."""
+    packets go out; a second CatchUp's run waits for the first (never two interleaved: the
+    real CatchUp's lock, which `OneAtATime` puts around the fake)."""
     bob = RecordingSession("s-2", 2)
     catch_up = FakeCatchUp(bob, replayed=5)
     link = slave_with(catch_up, bob)
+    link.catch_up = OneAtATime(catch_up)
     with structlog.testing.capture_logs() as logs, trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             link._tasks = nursery
@@ -310,3 +332,71 @@ async def test_a_drop_as_serving_ends_leaves_the_catch_up_for_the_next_serve() -
     relay.drop_peer("dept-2", "its lease lapsed in Redis")
     assert catch_up.missed == [42_000] and catch_up.runs == 0
     assert not relay._catching_up and relay._caught_up.is_set()
+
+
+
+def flaky_catch_up(session: RecordingSession, failing: int) -> CatchUp:
+    """A real CatchUp whose store fails its first `failing` runs, then re-delivers message 5."""
+    tries: list[int] = []
+
+    async def deliver_since(since: int) -> int:
+        tries.append(since)
+        if len(tries) <= failing:
+            raise StoreUnavailable("store down")
+        session.push(frame(5))
+        return 1
+
+    return CatchUp(deliver_since, clock_ms=lambda: 1_000, margin_ms=0)
+
+
+async def test_a_failed_catch_up_lets_the_held_packets_go_and_is_tried_again_while_linked(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A store that does not answer delivers nothing before the held packets: they go out at
+    its first failure, not after link_warmup_s; the catch-up comes once the store answers,
+    after them (nothing lost; its order gives way)."""
+    bob = RecordingSession("s-2", 2)
+    catch_up = flaky_catch_up(bob, failing=2)
+    link = slave_with(FakeCatchUp(bob), bob)
+    link.catch_up = catch_up
+    with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            link._tasks = nursery
+            link.link_event(link.peer, PacketsReceived(1, [ff.CatchUp(777, "dept-2"), deliver(2)]))
+            await trio.sleep(0.1)
+            assert ids(bob) == [2] and link.held is None
+            assert catch_up.failures == 1
+    assert ids(bob) == [2, 5] and catch_up.failures == 2 and catch_up.down_since is None
+    assert "catch_up_slow" not in [e["event"] for e in logs]
+    assert [e["event"] for e in logs].count("catch_up_failed") == 2
+
+
+async def test_the_masters_failed_catch_up_frees_new_links_and_is_tried_again_beside_serving(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """As for a slave: a new link's pump waits for the master's own catch-up until it is
+    delivered or has failed once. A run before serving that failed (roles.py) is tried again
+    by `own_catch_up_again`."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = flaky_catch_up(carol, failing=2)
+    relay = relay_with(None, carol, [50_000])
+    relay.catch_up = catch_up
+    peer_of(relay, "dept-2").down_at_ms = 42_000
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery
+            relay.drop_peer("dept-2", "restarted (new instance)")
+            start = trio.current_time()
+            await relay._own_catch_up_done(start + relay.tunables.link_warmup_s)
+            assert trio.current_time() == start and ids(carol) == []  # its first failure freed it
+    assert ids(carol) == [5] and catch_up.failures == 2 and not relay._catching_up
+
+    before_serving = flaky_catch_up(carol, failing=1)
+    relay.catch_up = before_serving
+    await before_serving.run()  # roles.py's run before serving: failed
+    assert before_serving.last_failed
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery
+            relay.own_catch_up_again()
+    assert ids(carol) == [5, 5] and before_serving.down_since is None

@@ -15,6 +15,12 @@ What is re-delivered:
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
+A run that fails (the store unavailable) is tried again while the link stays up, after
+catch_up_retry_s doubling up to RETRY_CAP_S (`run_until_done`): a session that stays connected
+would otherwise miss those messages until it logs in again. Packets held for it go out after
+the first try, since a store that does not answer delivers nothing before them; what a later
+try delivers may come after newer messages (never lost). When the link goes down instead, the
+next link-up runs it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 import trio
 
+from ..core.backoff import Backoff
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
     from .context import NodeContext
 
 log = structlog.get_logger()
+RETRY_CAP_S = 30.0  # the longest wait between two tries of a failed catch-up
 
 
 class CatchUpRun(Protocol):
@@ -46,21 +54,28 @@ class CatchUpRun(Protocol):
 
     async def run(self) -> int: ...
 
+    async def run_until_done(self, failed: trio.Event | None = None) -> int: ...
+
 
 class CatchUp:
     """When the node's sessions may have started missing relayed messages (`down_since`, ms;
     None: linked and caught up), and the catch-up run at each link-up."""
 
     def __init__(self, deliver_since: Callable[[int], Awaitable[int]], clock_ms: Callable[[], int],
-                 margin_ms: int = DEFAULTS.catch_up_margin_ms) -> None:
+                 margin_ms: int = DEFAULTS.catch_up_margin_ms,
+                 retry_s: float = DEFAULTS.catch_up_retry_s) -> None:
         self.deliver_since = deliver_since  # re-delivers messages stored since (ms); returns how many
         self.clock_ms = clock_ms
         # A packet may reach the master (and be dropped for want of a route) well after its message
         # was stored: a sender's node queues its packets while its own link is down and resends them.
         self.margin_ms = margin_ms
         self.down_since: int | None = clock_ms()  # the node starts unlinked
+        self.retry_s = retry_s
         self.runs = 0
         self.failures = 0
+        self.last_failed = False  # the last run failed: it is still to do
+        self._one = trio.Lock()  # one run at a time: two would interleave their users' pages
+        self._retrying = False  # a run_until_done is trying again
 
     def lost(self) -> None:
         """The link (or the relay) went down: sessions may miss relayed messages from now on."""
@@ -76,25 +91,53 @@ class CatchUp:
         self.down_since = down if self.down_since is None else min(down, self.down_since)
 
     async def run(self) -> int:
-        """The link is up: re-deliver what may have been missed since it went down. A failed
-        run (the store unavailable) is logged and left for the next link-up."""
-        down, self.down_since = self.down_since, None
-        if down is None:
+        """The link is up: re-deliver what may have been missed since it went down, after any
+        run already going. A failed run (the store unavailable) is logged and left to do
+        (`last_failed`): for `run_until_done`, or the next link-up."""
+        async with self._one:
+            down, self.down_since = self.down_since, None
+            self.last_failed = False
+            if down is None:
+                return 0
+            since = down - self.margin_ms
+            try:
+                sent = await self.deliver_since(since)
+            except Exception as exc:  # noqa: BLE001 - logged; tried again (run_until_done, the next link-up)
+                self._restore(down)
+                self.failures += 1
+                self.last_failed = True
+                log.warning("catch_up_failed", since_ms=since, error=f"{type(exc).__name__}: {exc}")
+                return 0
+            except BaseException:  # cancelled: the next link-up runs it again
+                self._restore(down)
+                raise
+            self.runs += 1
+            log.info("catch_up_done", since_ms=since, messages=sent)
+            return sent
+
+    async def run_until_done(self, failed: trio.Event | None = None) -> int:
+        """`run`, then again while it fails, after retry_s doubling up to RETRY_CAP_S, until
+        the caller cancels it (its link went down: the next link-up runs it). `failed` is set
+        at the first failure: what waits for the catch-up need not wait for the store to come
+        back. Returns what the run that succeeded sent (0 when another call's tries go on)."""
+        sent = await self.run()
+        if not self.last_failed:
+            return sent
+        if failed is not None:
+            failed.set()
+        if self._retrying:  # another call tries again already, and covers this one's loss
             return 0
-        since = down - self.margin_ms
+        self._retrying = True
         try:
-            sent = await self.deliver_since(since)
-        except Exception as exc:  # noqa: BLE001 - logged; the next link-up runs it again
-            self._restore(down)
-            self.failures += 1
-            log.warning("catch_up_failed", since_ms=since, error=f"{type(exc).__name__}: {exc}")
-            return 0
-        except BaseException:  # cancelled: the next link-up runs it again
-            self._restore(down)
-            raise
-        self.runs += 1
-        log.info("catch_up_done", since_ms=since, messages=sent)
-        return sent
+            backoff = Backoff(base=self.retry_s, cap=max(self.retry_s, RETRY_CAP_S))
+            while self.last_failed:
+                delay = backoff.next_delay()
+                log.info("catch_up_retry", in_s=round(delay, 2), failures=self.failures)
+                await trio.sleep(delay)
+                sent = await self.run()
+            return sent
+        finally:
+            self._retrying = False
 
 
 async def deliver_since(ctx: NodeContext, since_ms: int) -> int:

@@ -25,7 +25,8 @@ Rules:
   duplicates, not older messages after newer ones. One such catch-up runs at
   a time. A peer admitted meanwhile is pumped only once the master's own catch-up is delivered
   (within link_warmup_s), so a restarted slave's new messages come after its old ones on the
-  master's sessions too.
+  master's sessions too. A catch-up the store fails frees the waiting peers and is tried again
+  beside serving (`own_catch_up_again`; also for the run before serving, node/roles.py).
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
   linked (and so reported its sessions), for at most link_warmup_s (Tunables): a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
@@ -320,6 +321,13 @@ class MasterRelay:
         if self.catch_up is None:
             return
         self.catch_up.missed_since(since)
+        self.own_catch_up_again()
+
+    def own_catch_up_again(self) -> None:
+        """Runs the catch-up of the node's own sessions beside serving (what it was told it
+        missed, or a run before serving that failed), after the one running."""
+        if self.catch_up is None:
+            return
         if self._catching_up:  # one at a time (two would interleave their users' pages)
             self._again = True
             return
@@ -344,12 +352,13 @@ class MasterRelay:
             log.warning("catch_up_slow", waited_s=self.tunables.link_warmup_s)
 
     async def _own_catch_up(self) -> None:
-        """The node's own sessions' catch-up, again while drops come during it."""
+        """The node's own sessions' catch-up, again while drops come during it, and while it
+        fails (new links wait until it is delivered or has failed once)."""
         assert self.catch_up is not None
         try:
             while True:
                 self._again = False
-                await self.catch_up.run()
+                await self.catch_up.run_until_done(self._caught_up)
                 if not self._again:
                     return
         finally:

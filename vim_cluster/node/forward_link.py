@@ -20,7 +20,9 @@ Rules:
   master sends a CatchUp packet (a slave died or restarted with packets it had not relayed:
   node/forward_hub.py), for the packets after it. One catch-up runs at a time; held packets
   wait link_warmup_s at most (a slow store then gives older messages after newer ones, never
-  stops live delivery); a link that ends cancels its catch-up, left for the next link-up.
+  stops live delivery); a catch-up the store fails lets them go at once and is tried again
+  while linked (CatchUp.run_until_done); a link that ends cancels its catch-up, left for the
+  next link-up.
 - A session opened while linked replays its offline messages only once the master acked its
   SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
   route is then in the replay (a session opened while unlinked has the catch-up).
@@ -105,7 +107,6 @@ class SlaveLink:
         self.catch_up = catch_up  # run at each link-up before anything the link brings is delivered
         self.held: list[ff.Packet] | None = None  # packets received while the catch-up runs
         self._tasks: trio.Nursery | None = None  # while linked: where catch-ups run
-        self._one_catch_up = trio.Lock()  # one at a time (two would interleave their users' pages)
         self.unrouted: dict[str, trio.Event] = {}  # session id -> set once the master acked its SessionOpen
         self.finder = finder  # where the active master is (node/master_finder.py); None: master_url only
         self.tally = LinkTally(watch, far_end="master")  # watch: the node's fence and metrics
@@ -243,10 +244,12 @@ class SlaveLink:
             self._release()
 
     async def _one_catch_up_run(self, done: trio.Event) -> None:
+        """One run at a time (CatchUp's own lock), tried again while it fails: `done` is set
+        once it is delivered or has failed once (a store that does not answer delivers nothing
+        before the held packets)."""
         assert self.catch_up is not None
         try:
-            async with self._one_catch_up:
-                await self.catch_up.run()
+            await self.catch_up.run_until_done(done)
         finally:
             done.set()
 

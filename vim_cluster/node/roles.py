@@ -64,7 +64,7 @@ class ClusterRoles:
     def __attrs_post_init__(self) -> None:
         self.forward_port = port_of(self.forward) if self.forward else None
         self.catch_up = CatchUp(functools.partial(deliver_since, self.ctx), self.ctx.clock_ms,
-                                self.ctx.tunables.catch_up_margin_ms)
+                                self.ctx.tunables.catch_up_margin_ms, self.ctx.tunables.catch_up_retry_s)
 
     # --- fencing (the verdicts are ForwardConnection's; core/mastership.py) --------------------
 
@@ -162,6 +162,8 @@ class ClusterRoles:
         await self.catch_up.run()
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve, self.forward)
+            if self.catch_up.last_failed:  # tried again beside serving, one run at a time
+                relay.own_catch_up_again()
             nursery.start_soon(relay.run_reaper, ctx.tunables.lease_heartbeat_s)
             nursery.start_soon(relay.run_presence)
             if ctx.delivery.cluster is not relay:
