@@ -58,6 +58,7 @@ class Tunables:
     link_max_batch: int = 256  # packets in one forward frame
     link_handshake_timeout_s: float = 10.0  # the forward handshake, either side
     link_open_timeout_s: float = 5.0  # TCP connect + WebSocket upgrade to the master
+    link_leave_s: float = 3.0  # a stopping slave waits this long at most to tell the master it leaves
     link_stable_s: float = 5.0  # a link up this long starts the reconnect backoff over
     link_routed_wait_s: float = 10.0  # a new session's replay waits this long for the master's routing ack
     link_warmup_s: float = 7.0  # a started master holds slaves' packets until all linked, at most this

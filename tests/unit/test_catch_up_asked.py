@@ -7,6 +7,7 @@ sockets: sessions record what they are pushed, a fake catch-up what it is asked.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 import pytest
 import structlog.testing
@@ -23,7 +24,7 @@ from vim_cluster.node.forward_link import SlaveLink
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import PeerStream
-from vim_cluster.protocol.forward_connection import PacketsReceived, PeerIdle, PeerRole
+from vim_cluster.protocol.forward_connection import Acked, PacketsReceived, PeerIdle, PeerRole
 from vim_cluster.protocol.frames import MessageOut
 
 from .test_delivery import RecordingSession, local_of
@@ -400,3 +401,65 @@ async def test_the_masters_failed_catch_up_frees_new_links_and_is_tried_again_be
             relay._tasks = nursery
             relay.own_catch_up_again()
     assert ids(carol) == [5, 5] and before_serving.down_since is None
+
+
+def test_a_slave_whose_last_packet_said_it_leaves_is_dropped_without_a_catch_up() -> None:
+    """A Leaving packet (a slave that stops with everything it will send queued before it)
+    spares every node the catch-up its drop would ask for; it counts only while nothing came
+    after it, and only from a slave."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    relay = relay_with(catch_up, carol, [50_000])
+    assert ff.LEAVING_FEATURE in ff.features_of(relay.instance)  # slaves send it only to such a master
+    leaving, dept1 = peer_of(relay, "dept-2"), peer_of(relay, "dept-1")
+    leaving.down_at_ms = 42_000
+    relay.link_event(leaving, PacketsReceived(1, [ff.SessionClose(2, "s-2"), ff.Leaving("dept-2")]))
+    assert leaving.left and leaving.ack_now  # the slave waits for this ack before it stops
+    assert leaving.missing_since(50_000, 10_000) is None  # it holds nothing: no reach back for others
+    relay.drop_peer("dept-2", "its lease lapsed in Redis")
+    assert queued(dept1) == [] and catch_up.missed == []
+
+    more = peer_of(relay, "dept-3")
+    relay.link_event(more, PacketsReceived(1, [ff.Leaving("dept-3"), ff.SessionClose(3, "s-9")]))
+    assert not more.left  # it may hold more after it
+    relay.drop_peer("dept-3", "restarted (new instance)")
+    assert queued(dept1) == [ff.CatchUp(50_000, "dept-3")] and catch_up.missed == [50_000]
+
+    operator = peer_of(relay, "tool", PeerRole.OPERATOR)
+    relay.link_event(operator, PacketsReceived(1, [ff.Leaving("tool")]))
+    assert not operator.left and relay.refused_packets == 1
+
+
+class LinkedTo:
+    """What `SlaveLink.leave` reads of its open connection: the master's instance."""
+
+    def __init__(self, instance: str) -> None:
+        self.peer_instance = instance
+
+
+async def test_a_stopping_slave_says_it_leaves_only_to_a_master_that_takes_it_and_waits_for_the_ack() -> None:
+    bob = RecordingSession("s-2", 2)
+    link = slave_with(FakeCatchUp(bob), bob)
+    assert not await link.leave()  # not linked: nothing to tell
+    link.connected = True
+    link.conn = LinkedTo("0123456789abcdef")  # type: ignore[assignment]  # a master of an earlier release
+    assert not await link.leave() and len(link.peer) == 0  # it would drop the link over the packet
+    link.conn = LinkedTo(ff.instance_with("0123456789abcdef", ff.LEAVING_FEATURE))  # type: ignore[assignment]
+    link.deliver([3], [frame(7)], None)  # queued before: acked before it
+    left: list[bool] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(left, link.leave()))
+            await trio.testing.wait_all_tasks_blocked()
+            window = link.peer.stream.window
+            assert [item.packet.kind for item in window.items] == [ff.DELIVER, ff.LEAVING]
+            first, sent = window.take_batch(10)
+            link.link_event(link.peer, Acked(window.ack(first)))  # the Deliver only
+            await trio.testing.wait_all_tasks_blocked()
+            assert left == []
+            link.link_event(link.peer, Acked(window.ack(first + 1)))
+    assert left == [True] and len(link.peer) == 0
+
+
+async def _append(into: list[bool], result: Awaitable[bool]) -> None:
+    into.append(await result)

@@ -23,6 +23,7 @@ from vim_cluster.protocol.forward_frames import (
     ForwardProtocolError,
     Hello,
     Kick,
+    Leaving,
     Packet,
     PeerRole,
     Presence,
@@ -360,6 +361,7 @@ PACKETS: list[Packet] = [
     SessionClose(7, "s-1"),
     Presence([[7, True, "dept-1"], [8, False, None]]),
     CatchUp(1796285817208, "dept-2"),
+    Leaving("dept-2"),
 ]
 FRAMES: list[Any] = [
     Hello("dept-1", PeerRole.SLAVE, "e1", "n1"),
@@ -393,6 +395,8 @@ def test_every_frame_survives_the_wire(frame: Any) -> None:
     msgpack.packb([6, 0, 0, 1, [[[[1, "on", None]], 4]]]),  # presence: online is not a bool
     msgpack.packb([6, 0, 0, 1, [["1", "dept-2", 5]]]),  # catch-up: since is not an int
     msgpack.packb([6, 0, 0, 1, [[1, None, 5]]]),  # catch-up: no node
+    msgpack.packb([6, 0, 0, 1, [[None, 6]]]),  # leaving: no node
+    msgpack.packb([6, 0, 0, 1, [["dept-2", 1, 6]]]),  # leaving: a field too many
     # a Deliver's list of frames: with a message id, of one frame, empty, too long, not all bytes
     msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}", b"{}"], None, 1, 5, 0]]]),
     msgpack.packb([6, 0, 0, 1, [["d", [7], [b"{}"], None, 1, None, 0]]]),

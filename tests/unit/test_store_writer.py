@@ -417,3 +417,36 @@ def test_two_nodes_checkpointing_one_file_at_once_lose_nothing_and_raise_nothing
         assert len(reopened.pending(BOB, MessageId(0), 500)) == 200
     finally:
         reopened.close()
+
+
+async def test_drained_returns_once_every_submitted_save_is_answered_and_none_is_left_to_finish(
+    store: SqliteMessages,
+) -> None:
+    """A stopping slave tells the master it leaves only once its writer has handed over all it
+    will deliver (node/app.py `_leave_cluster`): saves queued or committing, and a failed
+    commit's saves still to finish (a store without transactions), which may deliver later."""
+    store.commits_atomic = False  # type: ignore[misc]  # as MongoDB's: failed commits leave saves to finish
+    tries: list[int] = []
+
+    def finish_saves(batch: list[NewMessage]) -> list[Message]:
+        tries.append(len(batch))
+        if len(tries) == 1:
+            raise StoreUnavailable("down")
+        return []
+
+    store.finish_saves = finish_saves  # type: ignore[method-assign, assignment]
+    writer = StoreWriter(store, BlockingRunner("messages", 1), finish_retry_s=0.01)  # real time: threads
+    commits = Commits()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.idle()
+            await writer.drained()  # at once
+            for n in (1, 2, 3):
+                writer.submit(new(friend(n), BOB), commits)
+            writer._keep_unfinished([new(friend(9), BOB)])  # a failed commit's save, to finish
+            assert not writer.idle()
+            await writer.drained()
+            assert len(commits.done) == 3 and tries == [1, 1] and writer.idle()
+            nursery.cancel_scope.cancel()

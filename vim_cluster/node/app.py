@@ -11,8 +11,9 @@
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
 
-On stop: sessions are told (1001) and given the shutdown grace (Tunables.shutdown_grace_s), then
-everything is cancelled. What the node opened is closed in reverse order by one exit stack, on a
+On stop: sessions are told (1001) and given the shutdown grace (Tunables.shutdown_grace_s); a
+slave whose sessions are gone then tells the master that it leaves with everything relayed
+(`_leave_cluster`, link_leave_s at most), then everything is cancelled. What the node opened is closed in reverse order by one exit stack, on a
 stop as on any failure (at start too): the master lease is given up, the lease released (routes
 removed), the stores and the listeners closed.
 """
@@ -42,6 +43,7 @@ from ..ports import Directory, NodeInfo, Route
 from .blocking import BlockingRunner
 from .context import NodeContext
 from .delivery import Delivery, LocalDelivery
+from .forward_link import SlaveLink
 from .frame_log import FrameLog
 from .handlers.messages import deliver_finished
 from .heartbeat import Lease, LeasedIds
@@ -329,4 +331,22 @@ async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelS
             session.kick(CloseCode.GOING_AWAY, "the node is shutting down")
     with trio.move_on_after(ctx.tunables.shutdown_grace_s):
         await ctx.local_sessions.wait_empty()
+    await _leave_cluster(ctx)
     scope.cancel()
+
+
+async def _leave_cluster(ctx: NodeContext) -> None:
+    """A slave whose sessions are gone tells the master, once its store writer has handed over
+    all it will deliver, that it leaves with nothing unrelayed (SlaveLink.leave): the master
+    then asks no node to catch up for it. At most link_leave_s; otherwise (sessions still
+    open, the store down, the link down) the master's drop of it asks for the catch-up."""
+    link = ctx.delivery.cluster
+    if not isinstance(link, SlaveLink) or len(ctx.local_sessions):
+        return
+    with trio.move_on_after(ctx.tunables.link_leave_s) as waited:
+        await ctx.writer.drained()
+        if not await link.leave():
+            return
+    if waited.cancelled_caught:
+        log.warning("forward_link_leave_slow", waited_s=ctx.tunables.link_leave_s,
+                    store_idle=ctx.writer.idle(), unacked=link.queue_depth())

@@ -101,6 +101,8 @@ class Peer(PeerLink[Tag]):
     # When its link ended, from when what it held may not have reached us (`missing_since`).
     down_at_ms: int | None = None
     linked_at_ms: int = 0  # when its current (or last) link started to be read
+    # Its last packet was a Leaving: it stops with nothing unrelayed (no catch-up for it).
+    left: bool = False
 
     def pumping(self, now: int) -> None:
         """Its link is read from now on (after the waits of its admission)."""
@@ -115,8 +117,9 @@ class Peer(PeerLink[Tag]):
     def missing_since(self, now: int, settle_ms: float) -> int | None:
         """From when packets it held may not have reached us; None: none may be missing. A
         link that stayed up `settle_ms` (link_dead_after_s), or on which it beat (PeerIdle:
-        `down_at_ms` cleared), is taken to have brought whatever it held before."""
-        if self.down_at_ms is None or (self.connection is not None and now - self.linked_at_ms >= settle_ms):
+        `down_at_ms` cleared), is taken to have brought whatever it held before; so is one whose
+        last packet said it leaves (`left`)."""
+        if self.left or self.down_at_ms is None or (self.connection is not None and now - self.linked_at_ms >= settle_ms):
             return None
         return self.down_at_ms
 
@@ -141,7 +144,7 @@ class MasterRelay:
         self.redis = redis
         self.clock_ms = clock_ms
         self.epoch = epoch  # this master's fencing epoch
-        self.instance = secrets.token_hex(8)
+        self.instance = ff.instance_with(secrets.token_hex(8), ff.LEAVING_FEATURE)
         self.routes = RouteTable()
         self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
@@ -231,6 +234,8 @@ class MasterRelay:
         for seq, packet in enumerate(packets, start=first):
             tag: Tag = (peer.name, peer.instance, seq)
             forwards = 0
+            if slave:  # a Leaving counts only while nothing comes after it
+                peer.left = isinstance(packet, ff.Leaving)
             if isinstance(packet, ff.Deliver) and slave:
                 self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
                 plan = self.routes.plan(packet.users, skip=peer.node_id)
@@ -244,6 +249,9 @@ class MasterRelay:
                 peer.ack_now = True  # the session's offline replay waits for this ack
             elif isinstance(packet, ff.SessionClose) and slave:
                 self.routes.remove(packet.user, packet.session)
+            elif isinstance(packet, ff.Leaving) and slave:
+                log.info("forward_peer_leaving", peer=peer.name)
+                peer.ack_now = True  # it waits for this ack before it stops
             else:
                 self.refused_packets += 1
                 log.warning("forward_packet_refused", peer=peer.name, role=peer.role.value,
@@ -297,7 +305,11 @@ class MasterRelay:
 
     def _catch_up_everywhere(self, gone: Peer) -> None:
         """`gone` may have taken packets it never relayed: every other slave, and this node's
-        own sessions, re-deliver what they may have missed since its link went down."""
+        own sessions, re-deliver what they may have missed since its link went down. Not
+        when its last packet said it leaves: all it sent before has been relayed."""
+        if gone.left:
+            log.info("catch_up_not_needed", gone=gone.node_id, why="it left with everything relayed")
+            return
         # A slave still unlinked (or resending) keeps what it holds and sends it later: a
         # catch-up from after its link went down would bring its newer messages before those.
         # Reaching back at most catch_up_margin_ms more: a slave cut off for hours (or one never

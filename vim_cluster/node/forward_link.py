@@ -123,6 +123,7 @@ class SlaveLink:
         self.peer: PeerLink[None] = PeerLink("master", PeerStream(), self)
         self.conn: ForwardConnection[None] | None = None
         self.refused_packets = 0  # packets the master may not send (a SessionOpen ...)
+        self._all_acked: trio.Event | None = None  # while `leave` waits: set once nothing is unacked
 
     def set_epoch(self, epoch: int) -> None:
         """The cluster's fencing epoch is now `epoch` (a takeover): refuse older masters."""
@@ -174,6 +175,21 @@ class SlaveLink:
     def queue_depth(self) -> int:
         return len(self.peer)
 
+    async def leave(self) -> bool:
+        """The node stops and will queue nothing more (its sessions are gone, its store writer
+        idle: node/app.py): tells the master so (a Leaving packet, after all it queued), which
+        then asks no node to catch up for this process, and waits until the master acked
+        everything (the caller bounds the wait). False, and nothing sent: not linked, or a
+        master of an earlier release (it would drop the link over the packet)."""
+        conn = self.conn
+        if not self.connected or conn is None or ff.LEAVING_FEATURE not in ff.features_of(conn.peer_instance or ""):
+            return False
+        self._all_acked = trio.Event()
+        self.peer.push(ff.Leaving(self.node_id))
+        await self._all_acked.wait()
+        log.info("forward_link_left", master=self.master_id)
+        return True
+
     def healthy(self) -> bool:
         return self.connected
 
@@ -189,6 +205,8 @@ class SlaveLink:
             for item in event.items:  # new sessions' replays wait for their route (see the rules)
                 if isinstance(item.packet, ff.SessionOpen):
                     self._routed(item.packet.session)
+            if self._all_acked is not None and not len(self.peer):
+                self._all_acked.set()
         else:  # about the link itself (handshake, fencing, its end)
             self.tally.note(event)
             if isinstance(event, EpochRaised):

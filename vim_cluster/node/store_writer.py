@@ -129,6 +129,8 @@ class StoreWriter:
         self.on_finished: Finished | None = None  # set by the node: delivers what was finished
         self._checkpoint_s = checkpoint_s
         self._committed = trio.Event()  # set by each commit; the checkpoint task waits for it
+        self._committing = False  # a batch is taken from the queue and not yet answered
+        self._settled = trio.Event()  # set after each batch or finishing try (`drained` waits for it)
         self.checkpoints = 0  # checkpoints done (failed ones not counted)
 
     def submit(self, item: NewMessage, on_done: Done) -> None:
@@ -147,11 +149,25 @@ class StoreWriter:
             if self._store.checkpoints:
                 nursery.start_soon(self._checkpoint_after_commits)
             async for first in self._receive:
+                self._committing = True
                 # One scheduler pass first: the frames other tasks have already read join this
                 # batch (a commit on the loop would otherwise take one message at a time).
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 await self._commit(drain_batch(first, self._receive, self._batch))
+                self._committing = False
+                self._settled.set()
             nursery.cancel_scope.cancel()
+
+    def idle(self) -> bool:
+        """Nothing queued, committing, or left to finish: every save and confirm submitted so far
+        is answered, and what it delivers has been handed to the cluster link."""
+        return not (self._committing or self._receive.statistics().current_buffer_used or self.unfinished)
+
+    async def drained(self) -> None:
+        """Returns once `idle` (a stopping node whose sessions are gone: nothing new comes)."""
+        while not self.idle():
+            self._settled = trio.Event()
+            await self._settled.wait()
 
     async def _commit(self, batch: list[Pending]) -> None:
         saves = [p for p in batch if isinstance(p, PendingSave)]
@@ -233,6 +249,7 @@ class StoreWriter:
                 self.unfinished = [item for item in self.unfinished if id(item) not in done]
                 if not self.unfinished:
                     self._to_finish = trio.Event()
+                self._settled.set()
         finally:
             if self.unfinished:
                 log.warning("store_unfinished_left", count=len(self.unfinished),

@@ -21,7 +21,8 @@ binary messages, one frame each. Every frame is a MessagePack array `[tag, epoch
 Older masters compare instances as opaque strings, so the suffix changes nothing for them, and
 a master sends such a packet (`CatchUp`: feature `catch-up`) only to slaves that name it, so an
 older slave linked to a newer master during a rolling upgrade never gets a packet it would
-drop its link over. `received` is the highest
+drop its link over. The master's instance names what it takes the same way (`Leaving`:
+feature `leaving`), and a slave sends it only to a master that names it. `received` is the highest
 sequence number the sender of that frame got from the peer's current instance: the peer resends
 everything after it. `base` is the highest sequence number the slave no longer holds
 (acknowledged): a master that has no receiver for the slave's instance (it restarted) starts one
@@ -42,6 +43,10 @@ Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are)
                   died or restarted, and may have taken packets it never relayed with it (its
                   outbox); re-deliver from the store what your sessions may have missed since
                   `since` (ms: when its link went down) before any packet after this one
+    Leaving       [node, 6]                                       slave -> master: this process
+                  stops and has queued everything it will (its sessions are gone, its store
+                  writer idle): once the master has it, and nothing after it, the slave holds
+                  nothing unrelayed, so its drop asks no node to catch up
 """
 
 from __future__ import annotations
@@ -74,11 +79,12 @@ class PeerRole(enum.Enum):
 # ----------------------------------------------------------------------------- features
 
 FEATURES_MARK = "+"
-CATCH_UP_FEATURE = "catch-up"  # takes CatchUp packets
+CATCH_UP_FEATURE = "catch-up"  # takes CatchUp packets (a slave)
+LEAVING_FEATURE = "leaving"  # takes Leaving packets (a master)
 
 
 def instance_with(token: str, *features: str) -> str:
-    """A slave's instance naming the features it takes (see the module's docstring)."""
+    """A peer's instance naming the features it takes (see the module's docstring)."""
     return f"{token}{FEATURES_MARK}{','.join(features)}" if features else token
 
 
@@ -90,7 +96,7 @@ def features_of(instance: str) -> frozenset[str]:
 
 # ----------------------------------------------------------------------------- packets
 
-DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE, CATCH_UP = range(6)
+DELIVER, KICK, SESSION_OPEN, SESSION_CLOSE, PRESENCE, CATCH_UP, LEAVING = range(7)
 
 
 MAX_FRAMES_PER_DELIVER = 100  # a Deliver's list of frames (so a forward frame stays far under MAX_FRAME)
@@ -145,8 +151,13 @@ class CatchUp(NamedTuple):
     kind: int = CATCH_UP
 
 
-Packet = Deliver | Kick | SessionOpen | SessionClose | Presence | CatchUp
-_PACKET_CLASSES: tuple[Any, ...] = (Deliver, Kick, SessionOpen, SessionClose, Presence, CatchUp)
+class Leaving(NamedTuple):
+    node: str  # the slave that stops, with everything it will send queued before this
+    kind: int = LEAVING
+
+
+Packet = Deliver | Kick | SessionOpen | SessionClose | Presence | CatchUp | Leaving
+_PACKET_CLASSES: tuple[Any, ...] = (Deliver, Kick, SessionOpen, SessionClose, Presence, CatchUp, Leaving)
 _PACKET_LENGTHS = tuple(len(cls._fields) for cls in _PACKET_CLASSES)
 
 
@@ -189,6 +200,8 @@ def packet_from_wire(body: Any) -> Packet:
         ok = type(body[0]) is int and isinstance(body[1], str)
     elif kind == CATCH_UP:
         ok = type(body[0]) is int and isinstance(body[1], str)
+    elif kind == LEAVING:
+        ok = isinstance(body[0], str)
     else:
         ok = isinstance(body[0], list | tuple) and all(
             isinstance(c, list | tuple) and len(c) == 3 and type(c[0]) is int and isinstance(c[1], bool)
