@@ -7,7 +7,7 @@ import json
 
 import trio
 
-from ..support import free_port, online
+from ..support import connect, free_port, online
 
 
 async def exchange(port: int, method: str, path: str, cookie: str | None, body: bytes | None,
@@ -135,9 +135,14 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
             assert status == 200 and body["result"] == "1 session(s) closed"
             assert (await alice.expect_closed()).code == 4002
             bob = await online(stack, url, "bob")
+            carol = await stack.enter_async_context(connect(url))  # connected, no session yet
+            await carol.register_login("carol")
             status, _, body = await post_json(port, "/admin/drain", {"node": ctx.node_id}, cookie=cookie)
             assert status == 200 and body["closed"] == 1
             assert (await bob.expect_closed()).code == 4005
+            await carol.send("ready", token=carol.token, client="web")  # nor a session on an open connection
+            await carol.expect_error("unavailable")
+            assert len(ctx.local_sessions) == 0
         assert await upgrade_status(node.client_port) == 503  # no new client connections while draining
         status, _, health = await http(port, "/healthz")
         assert status == 503 and json.loads(health)["draining"] is True

@@ -461,5 +461,21 @@ async def test_a_stopping_slave_says_it_leaves_only_to_a_master_that_takes_it_an
     assert left == [True] and len(link.peer) == 0
 
 
+async def test_a_leave_whose_link_ends_before_the_ack_gives_up_and_sends_it_to_no_other_master() -> None:
+    """The node stops right after `leave` returns: a Leaving still unacked is never resent to
+    the next master (which might be of an earlier release, and drop the link over it)."""
+    bob = RecordingSession("s-2", 2)
+    link = slave_with(FakeCatchUp(bob), bob)
+    link.connected = True
+    link.conn = LinkedTo(ff.instance_with("0123456789abcdef", ff.LEAVING_FEATURE))  # type: ignore[assignment]
+    left: list[bool] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(left, link.leave()))
+            await trio.testing.wait_all_tasks_blocked()
+            link._link_down()
+    assert left == [False] and not link.connected and len(link.peer) == 1
+
+
 async def _append(into: list[bool], result: Awaitable[bool]) -> None:
     into.append(await result)

@@ -6,6 +6,7 @@ on the loop; then in the thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -450,3 +451,42 @@ async def test_drained_returns_once_every_submitted_save_is_answered_and_none_is
             await writer.drained()
             assert len(commits.done) == 3 and tries == [1, 1] and writer.idle()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_commit_running_in_the_thread_keeps_the_writer_from_idle(store: SqliteMessages) -> None:
+    """Taken from the queue but not answered yet: its callbacks, and what they deliver, are
+    still to come."""
+    started, release = threading.Event(), threading.Event()
+    real = store.commit
+
+    def held(saves: list[NewMessage], confirms: list[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+        started.set()
+        release.wait(5)
+        return real(saves, confirms)
+
+    store.commit = held  # type: ignore[method-assign]
+    store.commits_inline = False  # type: ignore[misc]  # every commit in the thread
+    writer = StoreWriter(store, BlockingRunner("messages", 1))
+    commits = Commits()
+    drained: list[bool] = []
+
+    async def drain() -> None:
+        await writer.drained()
+        drained.append(True)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            writer.submit(new(friend(1), BOB), commits)
+            await trio.to_thread.run_sync(started.wait, 5)
+            assert writer._receive.statistics().current_buffer_used == 0 and not writer.idle()
+            nursery.start_soon(drain)
+            await trio.testing.wait_all_tasks_blocked()
+            assert drained == [] and commits.done == []
+            release.set()
+            await commits.committed.wait()
+            while not drained:
+                await trio.testing.wait_all_tasks_blocked()
+            assert writer.idle()
+            nursery.cancel_scope.cancel()
+    assert commits.done == [friend(1).id]

@@ -323,9 +323,11 @@ async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:
-    """Graceful stop: tell every session (1001), wait for them briefly, then cancel all."""
+    """Graceful stop: no new sessions; tell every session (1001), wait for them briefly, leave
+    the cluster (a slave), then cancel all."""
     await stopping.wait()
     log.info("node_stopping", sessions=len(ctx.local_sessions))
+    ctx.draining = True  # no new connection, and no new session on an open one (Connection.open_session)
     for user_id in ctx.local_sessions.users():
         for session in ctx.local_sessions.sessions(user_id):
             session.kick(CloseCode.GOING_AWAY, "the node is shutting down")
@@ -345,7 +347,9 @@ async def _leave_cluster(ctx: NodeContext) -> None:
         return
     with trio.move_on_after(ctx.tunables.link_leave_s) as waited:
         await ctx.writer.drained()
-        if not await link.leave():
+        if len(ctx.local_sessions) or not ctx.writer.idle():  # no checkpoint since: nothing queues meanwhile
+            return
+        if not await link.leave():  # its packet is queued before its first checkpoint
             return
     if waited.cancelled_caught:
         log.warning("forward_link_leave_slow", waited_s=ctx.tunables.link_leave_s,

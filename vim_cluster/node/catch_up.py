@@ -15,8 +15,8 @@ What is re-delivered:
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
-A run that fails (the store unavailable) is tried again while the link stays up, after
-catch_up_retry_s doubling up to RETRY_CAP_S (`run_until_done`): a session that stays connected
+A run that the store fails (StoreUnavailable) is tried again while the link stays up, after
+catch_up_retry_s doubling up to RETRY_CAP_S, with jitter (`run_until_done`): a session that stays connected
 would otherwise miss those messages until it logs in again. Packets held for it go out after
 the first try, since a store that does not answer delivers nothing before them; what a later
 try delivers may come after newer messages (never lost). When the link goes down instead, the
@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from ..core.backoff import Backoff
+from ..errors import StoreUnavailable
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
@@ -92,8 +93,8 @@ class CatchUp:
 
     async def run(self) -> int:
         """The link is up: re-deliver what may have been missed since it went down, after any
-        run already going. A failed run (the store unavailable) is logged and left to do
-        (`last_failed`): for `run_until_done`, or the next link-up."""
+        run already going. A run the store fails is logged and left to do (`last_failed`): for
+        `run_until_done`, or the next link-up; one that crashes otherwise, for the next link-up."""
         async with self._one:
             down, self.down_since = self.down_since, None
             self.last_failed = False
@@ -102,11 +103,16 @@ class CatchUp:
             since = down - self.margin_ms
             try:
                 sent = await self.deliver_since(since)
-            except Exception as exc:  # noqa: BLE001 - logged; tried again (run_until_done, the next link-up)
+            except StoreUnavailable as exc:  # tried again: run_until_done, the next link-up
                 self._restore(down)
                 self.failures += 1
                 self.last_failed = True
-                log.warning("catch_up_failed", since_ms=since, error=f"{type(exc).__name__}: {exc}")
+                log.warning("catch_up_failed", since_ms=since, error=str(exc))
+                return 0
+            except Exception:  # noqa: BLE001 - a bug, or data a retry would not mend: the next link-up tries
+                self._restore(down)
+                self.failures += 1
+                log.exception("catch_up_crashed", since_ms=since)
                 return 0
             except BaseException:  # cancelled: the next link-up runs it again
                 self._restore(down)

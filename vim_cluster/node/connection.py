@@ -99,9 +99,12 @@ class Connection:
         joins LocalSessions, and closes the sessions it replaces.
 
         With `holding`, live frames are held until `offline_replay.release` (used while
-        replaying). Raises StoreUnavailable if Redis is down (then nothing was registered).
+        replaying). Raises StoreUnavailable if Redis is down (then nothing was registered), or
+        while the node drains or stops.
         """
         ctx = self.ctx
+        if ctx.draining:  # drained by an operator, or stopping: nothing may be queued for the cluster any more
+            raise StoreUnavailable("the node is draining: connect to another node")
         session = Session(
             id=str(await ctx.ids.next_id()),
             user_id=user_id,

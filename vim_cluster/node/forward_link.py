@@ -179,14 +179,19 @@ class SlaveLink:
         """The node stops and will queue nothing more (its sessions are gone, its store writer
         idle: node/app.py): tells the master so (a Leaving packet, after all it queued), which
         then asks no node to catch up for this process, and waits until the master acked
-        everything (the caller bounds the wait). False, and nothing sent: not linked, or a
-        master of an earlier release (it would drop the link over the packet)."""
+        everything (the caller bounds the wait, and stops the node right after, so the packet
+        never goes to another master). False, and nothing sent: not linked, or a master of an
+        earlier release (it would drop the link over the packet); False after sending it: the
+        link ended before the master acked everything."""
         conn = self.conn
         if not self.connected or conn is None or ff.LEAVING_FEATURE not in ff.features_of(conn.peer_instance or ""):
             return False
         self._all_acked = trio.Event()
         self.peer.push(ff.Leaving(self.node_id))
-        await self._all_acked.wait()
+        await self._all_acked.wait()  # or the link ended (run's finally)
+        if len(self.peer):
+            log.warning("forward_link_leave_unacked", master=self.master_id, unacked=len(self.peer))
+            return False
         log.info("forward_link_left", master=self.master_id)
         return True
 
@@ -316,16 +321,22 @@ class SlaveLink:
                 if isinstance(exc, ForwardLinkRefused) and UNREGISTERED in str(exc) and self.reregister is not None:
                     self.reregister()
             finally:
-                self.connected = False
-                self.conn = None
-                self._release()
-                self._all_routed()
-                if self.catch_up is not None:
-                    self.catch_up.lost()
+                self._link_down()
             if self.finder is None:
                 await trio.sleep(backoff.next_delay())
             else:  # sooner when a master takes the lease meanwhile
                 await self.finder.wait_retry(backoff.next_delay())
+
+    def _link_down(self) -> None:
+        """The link ended (or never opened): what waited for it goes on without it."""
+        self.connected = False
+        self.conn = None
+        if self._all_acked is not None:  # `leave` gives up: this process stops
+            self._all_acked.set()
+        self._release()
+        self._all_routed()
+        if self.catch_up is not None:
+            self.catch_up.lost()
 
     async def _pump_caught_up(self, ws: MessageWebSocket, conn: ForwardConnection[None]) -> str:
         """The pump, with the link-up's catch-up running beside it until it is delivered (and

@@ -166,7 +166,8 @@ class StoreWriter:
     async def drained(self) -> None:
         """Returns once `idle` (a stopping node whose sessions are gone: nothing new comes)."""
         while not self.idle():
-            self._settled = trio.Event()
+            if self._settled.is_set():
+                self._settled = trio.Event()
             await self._settled.wait()
 
     async def _commit(self, batch: list[Pending]) -> None:
