@@ -24,8 +24,9 @@ are numbered; each sends its messages 0, 1, 2, ... in order to one conversation:
 - two groups (one sender each) with members on every node.
 
 Faults (`schedule`, seeded): SIGKILL of the active master, of a standby master (when the
-cluster has two), of a department node, Redis killed and started again empty, a slave's
-link to the master cut at the proxy. One fault at a time: inject, wait `down` seconds,
+cluster has two), of a department node, SIGTERM of a department node (a graceful stop: it must
+exit 0; since session 27, so a seed of an earlier run gives another schedule), Redis killed and
+started again empty, a slave's link to the master cut at the proxy. One fault at a time: inject, wait `down` seconds,
 repair (restart the process / restore the link), wait until every node is healthy, let
 traffic run `quiet` seconds, next fault. The first faults are a shuffle of every kind, so a
 short run still sees each kind once.
@@ -81,6 +82,7 @@ ACTIVE, STANDBY = "active", "standby"  # fault targets resolved when the fault c
 KILL_MASTER = "kill-master"
 KILL_STANDBY = "kill-standby"
 KILL_DEPT = "kill-dept"
+STOP_DEPT = "stop-dept"  # SIGTERM: a graceful stop (it tells the master it leaves), then started again
 RESTART_REDIS = "restart-redis"
 CUT_LINK = "cut-link"
 
@@ -532,9 +534,9 @@ class ChaosRun:
     def fault_kinds(self) -> dict[str, list[str]]:
         if self.two_masters:
             return {KILL_MASTER: [ACTIVE], KILL_STANDBY: [STANDBY], KILL_DEPT: [DEPT1, DEPT2],
-                    RESTART_REDIS: ["redis"], CUT_LINK: [ACTIVE]}
-        return {KILL_MASTER: [MASTER], KILL_DEPT: [DEPT1, DEPT2], RESTART_REDIS: ["redis"],
-                CUT_LINK: sorted(self.cluster.proxies)}
+                    STOP_DEPT: [DEPT1, DEPT2], RESTART_REDIS: ["redis"], CUT_LINK: [ACTIVE]}
+        return {KILL_MASTER: [MASTER], KILL_DEPT: [DEPT1, DEPT2], STOP_DEPT: [DEPT1, DEPT2],
+                RESTART_REDIS: ["redis"], CUT_LINK: sorted(self.cluster.proxies)}
 
     def active_master(self) -> str:
         """The master whose /metrics says it relays (two-master clusters)."""
@@ -594,6 +596,11 @@ class ChaosRun:
         if fault.kind in (KILL_MASTER, KILL_STANDBY, KILL_DEPT):
             self.killed.add(target)
             await blocking(self.cluster.nodes[target].kill)
+        elif fault.kind == STOP_DEPT:
+            self.killed.add(target)
+            exit_code = await blocking(self.cluster.nodes[target].stop)
+            if exit_code != 0:
+                self.findings.append(f"{target} exited {exit_code} on SIGTERM, not 0")
         elif fault.kind == RESTART_REDIS:
             self.redis.kill()  # from this thread: the server dies with the thread that started it
         elif fault.kind == CUT_LINK:
@@ -602,7 +609,7 @@ class ChaosRun:
             raise ValueError(fault.kind)
 
     async def repair(self, fault: Fault, target: str) -> None:
-        if fault.kind in (KILL_MASTER, KILL_STANDBY, KILL_DEPT):
+        if fault.kind in (KILL_MASTER, KILL_STANDBY, KILL_DEPT, STOP_DEPT):
             await blocking(self.cluster.nodes[target].start, HEAL_TIMEOUT_S)
             self.killed.discard(target)
         elif fault.kind == RESTART_REDIS:

@@ -217,3 +217,59 @@ async def test_a_slave_stopped_gracefully_leaves_with_everything_relayed_and_no_
             if not cluster.dept2.running():
                 await blocking(cluster.dept2.start)
             await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+
+
+async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linking_has_its_messages_relayed(
+    proxied_cluster: Cluster,
+) -> None:
+    """The master restarts while dept-2's link is cut; dept-1 links to the new master (and
+    catches up). Then dept-2's sender's messages are acked (stored) and wait in its outbox, and
+    dept-2 is killed with them, never having linked to the new master, which so never knew that
+    process. It stood in for it from its start (forward_hub `_stand_in_for_unlinked`): when
+    dept-2's new process links under another lease owner, every node catches up, and bob on
+    dept-1, online all along, gets them live, before what the sender writes after."""
+    cluster = proxied_cluster
+    proxy = cluster.proxies["dept-2"]
+    tag = secrets.token_hex(3)
+    try:
+        with trio.fail_after(120):
+            async with contextlib.AsyncExitStack() as stack:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
+                at_bob = Collector(bob)
+                nursery.start_soon(at_bob.run)
+                assert bob.user_id is not None
+                sent: list[str] = []
+                async with contextlib.AsyncExitStack() as on_dept2:
+                    alice = await online(on_dept2, cluster.dept2.url, f"alice-{tag}")
+                    sent.append((await alice.chat(bob.user_id, "linked", f"{tag}-0"))["id"])
+                    assert await at_bob.wait_for(sent, 15), "the link does not relay"
+
+                    await blocking(proxy.sever)
+                    await blocking(cluster.dept2.wait_health, 503, CUT_S)
+                    assert await blocking(cluster.master.stop) == 0
+                    await blocking(cluster.master.start)
+                    await blocking(cluster.master.wait_health, 200)
+                    await blocking(cluster.dept1.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+                    for i in range(1, 6):  # acked: stored on dept-2's side, relayed nowhere yet
+                        sent.append((await alice.chat(bob.user_id, f"cut {i}", f"{tag}-{i}"))["id"])
+                    await blocking(cluster.dept2.kill)  # with its outbox, never linked to this master
+                assert len(at_bob.order) == 1, "relayed during the cut: proves nothing"
+
+                await blocking(proxy.restore)
+                await blocking(cluster.dept2.start)
+                await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+                alice = await online(stack, cluster.dept2.url, f"alice-{tag}", register=False)
+                sent.append((await alice.chat(bob.user_id, "restarted", f"{tag}-after"))["id"])
+                got_all = await at_bob.wait_for(sent, 20)
+                missing = [m for m in sent if m not in at_bob.arrived]
+                assert got_all, f"bob never got {len(missing)} of {len(sent)}: {missing}"
+                assert at_bob.order == sent, "not in the order alice's messages were acked"
+                nursery.cancel_scope.cancel()
+    finally:  # the module's cluster goes on with dept-2 linked
+        with trio.CancelScope(shield=True):
+            await blocking(proxy.restore)
+            for node in (cluster.master, cluster.dept1, cluster.dept2):
+                if not node.running():
+                    await blocking(node.start)
+            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)

@@ -14,17 +14,24 @@ import structlog.testing
 import trio
 import trio.testing
 
-from vim_cluster.errors import StoreUnavailable
+from vim_cluster.errors import CloseCode, StoreUnavailable
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.catch_up import CatchUp
 from vim_cluster.node.delivery import deliver_body
 from vim_cluster.node.forward_hub import MasterRelay, Peer
 from vim_cluster.node.forward_link import SlaveLink
+from vim_cluster.ports import NodeInfo
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import PeerStream
-from vim_cluster.protocol.forward_connection import Acked, PacketsReceived, PeerIdle, PeerRole
+from vim_cluster.protocol.forward_connection import (
+    Acked,
+    PacketsReceived,
+    PeerAuthenticated,
+    PeerIdle,
+    PeerRole,
+)
 from vim_cluster.protocol.frames import MessageOut
 
 from .test_delivery import RecordingSession, local_of
@@ -479,3 +486,69 @@ async def test_a_leave_whose_link_ends_before_the_ack_gives_up_and_sends_it_to_n
 
 async def _append(into: list[bool], result: Awaitable[bool]) -> None:
     into.append(await result)
+
+
+class Registry:
+    """The Redis registry calls the relay makes here: lease owners and the node list."""
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        self.owners = owners
+
+    def node_owner(self, node_id: str) -> str | None:
+        return self.owners.get(node_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(node, "slave", "", None, None, 1, "v", 0, 0, 0, alive=node in self.owners)
+                for node in ("dept-1", "dept-2", "dept-3")]
+
+    def purge_routes(self, node_id: str) -> int:
+        return 0
+
+
+def authenticated(node: str, instance: str) -> PeerAuthenticated:
+    return PeerAuthenticated(node, PeerRole.SLAVE, ff.instance_with(instance, ff.CATCH_UP_FEATURE), 0, 0, 0, [])
+
+
+async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_before_linking_is_caught_up_for(
+) -> None:
+    """A new master never knew the processes of slaves that had not linked to it yet: one of
+    them may hold its senders' acked messages (its link went down with the old master). A
+    stand-in peer remembers its lease owner: if it dies (its lease lapses) or restarts (it links
+    under another owner) before linking, every node catches up from the relay's start; if the
+    same process links, nothing is asked. A stand-in takes no packets meanwhile."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    now = [50_000]
+    relay = relay_with(catch_up, carol, now)
+    registry = Registry({"dept-1": "h/1/a", "dept-2": "h/2/b", "dept-3": "h/3/c"})
+    relay.registry = registry  # type: ignore[assignment]
+    dept1 = peer_of(relay, "dept-1")
+    dept1.connection = object()  # type: ignore[assignment]  # linked already
+    with trio.fail_after(10):
+        await relay._stand_in_for_unlinked({"dept-1", "dept-2", "dept-3"})
+    assert sorted(relay.peers) == ["dept-1", "dept-2", "dept-3"] and relay.peers["dept-1"] is dept1
+    assert relay.peers["dept-2"].stand_in_for == "h/2/b" and relay.peers["dept-2"].down_at_ms == 50_000
+    assert relay._linked_slaves() == {"dept-1"}
+    relay.kick("dept-2", 7, None, CloseCode.KICKED, None)
+    relay.publish_presence()
+    assert len(relay.peers["dept-2"]) == 0  # no packet for a stand-in
+
+    now[0] = 60_000  # dept-2's process died before it linked: its lease lapses
+    del registry.owners["dept-2"]
+    with trio.fail_after(10):
+        await relay.reap_dead()
+    assert "dept-2" not in relay.peers
+    assert queued(dept1)[-1] == ff.CatchUp(50_000, "dept-2") and catch_up.missed == [50_000]
+
+    with trio.fail_after(10):  # dept-3's process links: the same owner, nothing asked
+        await relay._replace_stand_in(authenticated("dept-3", "i3"))
+    peer = relay._peer_for(authenticated("dept-3", "i3"))
+    assert peer.stand_in_for is None and peer.instance.startswith("i3") and catch_up.missed == [50_000]
+
+    relay.peers["dept-3"] = Peer(name="dept-3", stream=PeerStream(), owner=relay, node_id="dept-3", instance="",
+                                 role=PeerRole.SLAVE, down_at_ms=50_000, stand_in_for="h/3/c")
+    registry.owners["dept-3"] = "h/3/d"  # restarted: another lease owner links
+    with trio.fail_after(10):
+        await relay._replace_stand_in(authenticated("dept-3", "i4"))
+    assert "dept-3" not in relay.peers
+    assert queued(dept1)[-1] == ff.CatchUp(50_000, "dept-3") and catch_up.missed == [50_000, 50_000]

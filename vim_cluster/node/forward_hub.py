@@ -27,6 +27,14 @@ Rules:
   (within link_warmup_s), so a restarted slave's new messages come after its old ones on the
   master's sessions too. A catch-up the store fails frees the waiting peers and is tried again
   beside serving (`own_catch_up_again`; also for the run before serving, node/roles.py).
+  A slave whose last packet was a Leaving (it stopped gracefully, everything relayed) is
+  dropped without a catch-up (`Peer.left`).
+- A master that starts never knew the processes of slaves that have not linked to it yet, and
+  one of them may hold acked messages (unlinked since the old master went): the warm-up keeps a
+  stand-in peer for each, with its lease owner (`_stand_in_for_unlinked`). A stand-in takes no
+  packets; it is dropped like a known peer (its lease lapses, or the node links under another
+  owner: `_replace_stand_in`), with the catch-up from the relay's start, or gives way to the
+  peer of the process it stood in for.
 - After the master starts, it relays nothing from slaves until every slave alive in Redis has
   linked (and so reported its sessions), for at most link_warmup_s (Tunables): a restarted master's route table
   is empty, and a slave's queued packets for users of a slave that has not linked yet would find
@@ -103,6 +111,9 @@ class Peer(PeerLink[Tag]):
     linked_at_ms: int = 0  # when its current (or last) link started to be read
     # Its last packet was a Leaving: it stops with nothing unrelayed (no catch-up for it).
     left: bool = False
+    # A stand-in for a slave alive in Redis when this relay started that has not linked to it
+    # since: the owner token of its lease then (its process). See `_stand_in_for_unlinked`.
+    stand_in_for: str | None = None
 
     def pumping(self, now: int) -> None:
         """Its link is read from now on (after the waits of its admission)."""
@@ -192,7 +203,7 @@ class MasterRelay:
         forwards = 0
         for node, users in plan.items():
             peer = self.peers.get(node)
-            if peer is None or node == self.node_id:
+            if peer is None or node == self.node_id or peer.stand_in_for is not None:
                 continue
             peer.push(ff.Deliver(src, users, frame, exclude, ts, message_id), tag)
             forwards += 1
@@ -203,7 +214,7 @@ class MasterRelay:
             self.local.apply_kick(kick.user, kick.session, kick.code, kick.notice)
             return 0
         peer = self.peers.get(kick.dst)
-        if peer is None:
+        if peer is None or peer.stand_in_for is not None:  # a stand-in's node has no session routed here
             return 0
         peer.push(kick, tag)
         return 1
@@ -282,7 +293,7 @@ class MasterRelay:
         self.local.presence_local(changes)
         packet = ff.Presence([(c.user, c.online, c.node) for c in changes])
         for peer in self.peers.values():
-            if peer.role is PeerRole.SLAVE:
+            if peer.role is PeerRole.SLAVE and peer.stand_in_for is None:
                 peer.push(packet, None)
         return len(changes)
 
@@ -322,8 +333,8 @@ class MasterRelay:
         packet = ff.CatchUp(since, gone.node_id)
         told = older = 0
         for peer in self.peers.values():
-            if peer.role is not PeerRole.SLAVE:
-                continue
+            if peer.role is not PeerRole.SLAVE or peer.stand_in_for is not None:
+                continue  # a stand-in's node catches up at its link-up, from before this relay started
             if ff.CATCH_UP_FEATURE in ff.features_of(peer.instance):
                 peer.push(packet, None)
                 told += 1
@@ -412,6 +423,38 @@ class MasterRelay:
             return {n.node_id for n in nodes  # standbys link like slaves; never ourselves
                     if n.alive and n.role in ("slave", "standby") and n.node_id != self.node_id}
 
+    async def _stand_in_for_unlinked(self, expected: set[str]) -> None:
+        """A stand-in peer for each slave alive in Redis that this relay knows nothing of: one
+        that was unlinked when this master started (or took over) may hold its senders' acked
+        messages. If that process dies (its lease lapses) or restarts (the node links under
+        another lease owner) before it links here, it is dropped like a known peer, and every
+        node catches up from this relay's start; if it links, it is the peer."""
+        now = self.clock_ms()
+        for node in sorted(expected - set(self.peers)):
+            try:
+                owner = await self.redis(self.registry.node_owner, node)
+            except StoreUnavailable as exc:
+                log.warning("stand_in_failed", peer=node, error=str(exc))
+                return
+            if owner is None or node in self.peers:  # its lease lapsed, or it linked meanwhile
+                continue
+            self.peers[node] = Peer(name=node, stream=PeerStream(), owner=self, node_id=node, instance="",
+                                    role=PeerRole.SLAVE, down_at_ms=now, stand_in_for=owner)
+
+    async def _replace_stand_in(self, auth: PeerAuthenticated) -> None:
+        """The node of a stand-in links: the process the stand-in was for, or a new one (then
+        the old one is dropped, and every node catches up for it)."""
+        stand_in = self.peers.get(auth.node)
+        if stand_in is None or stand_in.stand_in_for is None:
+            return
+        owner = await self.redis(self.registry.node_owner, auth.node)
+        if self.peers.get(auth.node) is not stand_in:  # reaped meanwhile
+            return
+        if owner == stand_in.stand_in_for:
+            del self.peers[auth.node]  # the same process: `_peer_for` makes its peer
+        else:
+            self.drop_peer(auth.node, "restarted before it linked to this master")
+
     def _linked_slaves(self) -> set[str]:
         return {k for k, p in self.peers.items() if p.role is PeerRole.SLAVE and p.connection is not None}
 
@@ -420,6 +463,7 @@ class MasterRelay:
         link_warmup_s; woken by each slave that links."""
         with trio.move_on_after(self.tunables.link_warmup_s):
             expected = await self._expected_slaves()
+            await self._stand_in_for_unlinked(expected)
             while not expected <= self._linked_slaves():
                 await self._linked.wait()
         log.info("forward_hub_warm", linked=sorted(self._linked_slaves()))
@@ -489,6 +533,8 @@ class MasterRelay:
             self._note(conn.close())
             await ws.aclose(1008, problem[:100])
             return None
+        if auth.role is PeerRole.SLAVE:
+            await self._replace_stand_in(auth)
         peer = self._peer_for(auth)
         await self._retire_connection(peer)
         data = conn.send(Admit(peer.stream))
