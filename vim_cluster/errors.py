@@ -89,6 +89,12 @@ class StoreUnavailable(VimError):
     """A store (database, Redis) could not be reached or failed; nothing was written."""
 
 
+class NodeDraining(StoreUnavailable):
+    """The node drains (an operator) or stops: it opens no new session (close 4005: reconnect
+    to another node). A StoreUnavailable, so that code that only knows those refuses too."""
+
+
+DRAINING_DETAIL = "node draining: reconnect to another node"
 UNAVAILABLE_DETAIL = "a store or the cluster is down: nothing was accepted; retry later"
 
 

@@ -247,12 +247,15 @@ async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linkin
 
                     await blocking(proxy.sever)
                     await blocking(cluster.dept2.wait_health, 503, CUT_S)
+                    master_from = len(cluster.master.log_text())
                     assert await blocking(cluster.master.stop) == 0
                     await blocking(cluster.master.start)
                     await blocking(cluster.master.wait_health, 200)
                     await blocking(cluster.dept1.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
                     for i in range(1, 6):  # acked: stored on dept-2's side, relayed nowhere yet
                         sent.append((await alice.chat(bob.user_id, f"cut {i}", f"{tag}-{i}"))["id"])
+                    # dept-1's process linked again: a stand-in it replaced asks nothing
+                    assert "catch_up_asked_of_all" not in cluster.master.log_text()[master_from:]
                     await blocking(cluster.dept2.kill)  # with its outbox, never linked to this master
                 assert len(at_bob.order) == 1, "relayed during the cut: proves nothing"
 
@@ -265,6 +268,7 @@ async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linkin
                 missing = [m for m in sent if m not in at_bob.arrived]
                 assert got_all, f"bob never got {len(missing)} of {len(sent)}: {missing}"
                 assert at_bob.order == sent, "not in the order alice's messages were acked"
+                assert cluster.master.log_text()[master_from:].count("catch_up_asked_of_all") == 1
                 nursery.cancel_scope.cancel()
     finally:  # the module's cluster goes on with dept-2 linked
         with trio.CancelScope(shield=True):

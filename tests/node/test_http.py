@@ -7,6 +7,9 @@ import json
 
 import trio
 
+from vim_cluster.model import UserId
+from vim_cluster.ports import Route
+
 from ..support import connect, free_port, online
 
 
@@ -141,7 +144,7 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
             assert status == 200 and body["closed"] == 1
             assert (await bob.expect_closed()).code == 4005
             await carol.send("ready", token=carol.token, client="web")  # nor a session on an open connection
-            await carol.expect_error("unavailable")
+            assert (await carol.expect_closed()).code == 4005
             assert len(ctx.local_sessions) == 0
         assert await upgrade_status(node.client_port) == 503  # no new client connections while draining
         status, _, health = await http(port, "/healthz")
@@ -210,3 +213,25 @@ async def forwarded_drain(port: int, cookie: str) -> int:
         while chunk := await stream.receive_some(65536):
             raw += chunk
     return int(raw.split(b" ", 2)[1])
+
+
+async def test_a_session_opening_as_the_node_starts_draining_is_closed_4005_and_leaves_no_route(start_node) -> None:
+    """`ready` passed the drain check, then the drain (or a stop) began while it registered its
+    route: its session would miss the drain's kicks (and hold a stopping node's `leaving`)."""
+    with trio.fail_after(30):
+        node = await start_node()
+        ctx = node.ctx
+        real = ctx.registry.add_route
+
+        def add_route_then_drain(user_id: UserId, route: Route) -> None:
+            real(user_id, route)
+            ctx.draining = True
+
+        ctx.registry.add_route = add_route_then_drain
+        async with contextlib.AsyncExitStack() as stack:
+            carol = await stack.enter_async_context(connect(f"ws://127.0.0.1:{node.client_port}/"))
+            await carol.register_login("carol")
+            await carol.send("ready", token=carol.token, client="web")
+            assert (await carol.expect_closed()).code == 4005
+        assert len(ctx.local_sessions) == 0
+        assert ctx.registry.routes([UserId(int(carol.user_id))]) in ({}, {UserId(int(carol.user_id)): []})

@@ -211,14 +211,15 @@ async def test_runs_never_overlap_and_a_second_caller_leaves_the_retries_to_the_
     assert most == 1 and results == [0, 1] and catch_up.down_since is None
 
 
-async def test_a_run_that_crashes_otherwise_is_left_for_the_next_link_up_not_tried_again() -> None:
-    """Only a store that does not answer is worth trying again soon: a bug, or a row the store
-    cannot read, would fail every try and re-push every user before it each time."""
+async def test_a_run_that_crashes_otherwise_is_given_up_with_its_range_in_the_log() -> None:
+    """Only a store that does not answer is worth trying again: a bug, or a row the store
+    cannot read, would fail every try and re-push every user before it each time; kept for the
+    next link-up (days later), its range would re-send days."""
     clock, calls = Clock(), []
     catch_up = CatchUp(recorder(calls, ValueError("a row it cannot read")), clock, margin_ms=1_000)
     failed = trio.Event()
     with structlog.testing.capture_logs() as logs, trio.fail_after(5):
         assert await catch_up.run_until_done(failed) == 0
     assert calls == [99_000] and not failed.is_set() and not catch_up.last_failed
-    assert catch_up.down_since == 100_000 and catch_up.failures == 1  # for the next link-up
-    assert [e["event"] for e in logs] == ["catch_up_crashed"]
+    assert catch_up.down_since is None and catch_up.failures == 1  # given up: it would crash again
+    assert [(e["event"], e["since_ms"]) for e in logs] == [("catch_up_crashed", 99_000)]

@@ -520,6 +520,7 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
     catch_up = FakeCatchUp(carol)
     now = [50_000]
     relay = relay_with(catch_up, carol, now)
+    relay.started_ms = 50_000  # the warm-up sets it
     registry = Registry({"dept-1": "h/1/a", "dept-2": "h/2/b", "dept-3": "h/3/c"})
     relay.registry = registry  # type: ignore[assignment]
     dept1 = peer_of(relay, "dept-1")
@@ -530,7 +531,8 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
     assert relay.peers["dept-2"].stand_in_for == "h/2/b" and relay.peers["dept-2"].down_at_ms == 50_000
     assert relay._linked_slaves() == {"dept-1"}
     relay.kick("dept-2", 7, None, CloseCode.KICKED, None)
-    relay.publish_presence()
+    relay.routes.add(9, "s-9", "master")  # a presence change to announce
+    assert relay.publish_presence() == 1 and len(dept1) == 1
     assert len(relay.peers["dept-2"]) == 0  # no packet for a stand-in
 
     now[0] = 60_000  # dept-2's process died before it linked: its lease lapses
@@ -541,9 +543,10 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
     assert queued(dept1)[-1] == ff.CatchUp(50_000, "dept-2") and catch_up.missed == [50_000]
 
     with trio.fail_after(10):  # dept-3's process links: the same owner, nothing asked
-        await relay._replace_stand_in(authenticated("dept-3", "i3"))
+        held_since = await relay._replace_stand_in(authenticated("dept-3", "i3"))
     peer = relay._peer_for(authenticated("dept-3", "i3"))
     assert peer.stand_in_for is None and peer.instance.startswith("i3") and catch_up.missed == [50_000]
+    assert held_since == 50_000  # its peer keeps it (`_admit`) until its link brought what it held
 
     relay.peers["dept-3"] = Peer(name="dept-3", stream=PeerStream(), owner=relay, node_id="dept-3", instance="",
                                  role=PeerRole.SLAVE, down_at_ms=50_000, stand_in_for="h/3/c")
@@ -552,3 +555,24 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
         await relay._replace_stand_in(authenticated("dept-3", "i4"))
     assert "dept-3" not in relay.peers
     assert queued(dept1)[-1] == ff.CatchUp(50_000, "dept-3") and catch_up.missed == [50_000, 50_000]
+
+
+async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_caught_up_for() -> None:
+    """No stand-in for it (it died before the warm-up looked, or Redis did not answer then):
+    its routes left in Redis say it did not stop cleanly, so every node catches up, once."""
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    relay = relay_with(catch_up, carol, [50_000])
+    relay.started_ms = 45_000
+    registry = Registry({"dept-1": "h/1/a"})  # dept-2 and dept-3 are dead
+    left = {"dept-2": 2, "dept-3": 1}
+    registry.purge_routes = lambda node: left.pop(node, 0)  # type: ignore[method-assign]
+    relay.registry = registry  # type: ignore[assignment]
+    dept1 = peer_of(relay, "dept-1")
+    dept1.connection = object()  # type: ignore[assignment]
+    known = peer_of(relay, "dept-3")  # known, unlinked: dropped by the reaper, one catch-up
+    known.down_at_ms = 44_000
+    with trio.fail_after(10):
+        await relay.reap_dead()
+        await relay.reap_dead()  # its routes are gone now: nothing more
+    assert queued(dept1) == [ff.CatchUp(44_000, "dept-3"), ff.CatchUp(45_000, "dept-2")]

@@ -53,6 +53,7 @@ class RecordingSession:
     user_id: int
     send_queue: RecordingQueue = attrs.Factory(RecordingQueue)
     holding: list[OutFrame] | None = None
+    wants_presence: bool = False
 
     @property
     def got(self) -> list[OutFrame]:

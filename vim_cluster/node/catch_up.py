@@ -94,7 +94,9 @@ class CatchUp:
     async def run(self) -> int:
         """The link is up: re-deliver what may have been missed since it went down, after any
         run already going. A run the store fails is logged and left to do (`last_failed`): for
-        `run_until_done`, or the next link-up; one that crashes otherwise, for the next link-up."""
+        `run_until_done`, or the next link-up. One that crashes otherwise is logged with its
+        range and given up: tried again, it would crash again (and a range kept for days would
+        re-send days)."""
         async with self._one:
             down, self.down_since = self.down_since, None
             self.last_failed = False
@@ -109,9 +111,8 @@ class CatchUp:
                 self.last_failed = True
                 log.warning("catch_up_failed", since_ms=since, error=str(exc))
                 return 0
-            except Exception:  # noqa: BLE001 - a bug, or data a retry would not mend: the next link-up tries
-                self._restore(down)
-                self.failures += 1
+            except Exception:  # noqa: BLE001 - a bug, or data a retry would not mend: not tried again
+                self.failures += 1  # its range is given up: those messages come at the next login's replay
                 log.exception("catch_up_crashed", since_ms=since)
                 return 0
             except BaseException:  # cancelled: the next link-up runs it again

@@ -12,7 +12,7 @@ import trio
 
 from ..core.limits import RateWindow
 from ..core.login import replaced_sessions
-from ..errors import CloseCode, StoreUnavailable
+from ..errors import DRAINING_DETAIL, CloseCode, NodeDraining, StoreUnavailable
 from ..model import UserId
 from ..ports import Route
 from ..protocol import frames as f
@@ -99,12 +99,12 @@ class Connection:
         joins LocalSessions, and closes the sessions it replaces.
 
         With `holding`, live frames are held until `offline_replay.release` (used while
-        replaying). Raises StoreUnavailable if Redis is down (then nothing was registered), or
-        while the node drains or stops.
+        replaying). Raises StoreUnavailable if Redis is down (then nothing was registered), and
+        NodeDraining while the node drains or stops.
         """
         ctx = self.ctx
         if ctx.draining:  # drained by an operator, or stopping: nothing may be queued for the cluster any more
-            raise StoreUnavailable("the node is draining: connect to another node")
+            raise NodeDraining(DRAINING_DETAIL)
         session = Session(
             id=str(await ctx.ids.next_id()),
             user_id=user_id,
@@ -117,6 +117,9 @@ class Connection:
         route = Route(session.id, ctx.node_id, client, uuid)
         earlier = (await ctx.redis(ctx.registry.routes, [UserId(user_id)])).get(UserId(user_id), [])
         await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
+        if ctx.draining:  # it began meanwhile: its kicks would miss this session
+            await ctx.redis(ctx.registry.remove_route, UserId(user_id), session.id)
+            raise NodeDraining(DRAINING_DETAIL)
         ctx.local_sessions.add(session)
         ctx.delivery.cluster.session_opened(session)
         self.session = session

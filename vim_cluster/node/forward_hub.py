@@ -58,7 +58,7 @@ from trio_websocket import ConnectionClosed
 from ..core import presence
 from ..core.relay import RouteTable
 from ..errors import CloseCode, StoreUnavailable
-from ..ports import Registry
+from ..ports import NodeInfo, Registry
 from ..protocol import forward_frames as ff
 from ..protocol.codec import OutFrame
 from ..protocol.forward import PeerStream, Unacked
@@ -160,6 +160,7 @@ class MasterRelay:
         self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
         self.warm = trio.Event()  # every slave alive in Redis has linked since we started
+        self.started_ms = clock_ms()  # when serving (last) started: the warm-up sets it
         self._linked = Signal()  # a slave linked (the warm-up checks again)
         self.newer_epoch: int | None = None  # the newest epoch a peer told of, if newer than ours
         self.refused_packets = 0  # packets a peer may not send (a slave's Presence, an operator's Deliver)
@@ -429,31 +430,33 @@ class MasterRelay:
         messages. If that process dies (its lease lapses) or restarts (the node links under
         another lease owner) before it links here, it is dropped like a known peer, and every
         node catches up from this relay's start; if it links, it is the peer."""
-        now = self.clock_ms()
+        now = self.started_ms
         for node in sorted(expected - set(self.peers)):
             try:
                 owner = await self.redis(self.registry.node_owner, node)
-            except StoreUnavailable as exc:
+            except StoreUnavailable as exc:  # none for it: if it dies, `reap_dead` finds its routes left
                 log.warning("stand_in_failed", peer=node, error=str(exc))
-                return
+                continue
             if owner is None or node in self.peers:  # its lease lapsed, or it linked meanwhile
                 continue
             self.peers[node] = Peer(name=node, stream=PeerStream(), owner=self, node_id=node, instance="",
                                     role=PeerRole.SLAVE, down_at_ms=now, stand_in_for=owner)
 
-    async def _replace_stand_in(self, auth: PeerAuthenticated) -> None:
-        """The node of a stand-in links: the process the stand-in was for, or a new one (then
-        the old one is dropped, and every node catches up for it)."""
+    async def _replace_stand_in(self, auth: PeerAuthenticated) -> int | None:
+        """The node of a stand-in links: the process the stand-in was for (returns the
+        stand-in's down time, which its peer keeps until its link brought what it held), or a
+        new one (the old one is dropped, and every node catches up for it)."""
         stand_in = self.peers.get(auth.node)
         if stand_in is None or stand_in.stand_in_for is None:
-            return
+            return None
         owner = await self.redis(self.registry.node_owner, auth.node)
         if self.peers.get(auth.node) is not stand_in:  # reaped meanwhile
-            return
+            return None
         if owner == stand_in.stand_in_for:
             del self.peers[auth.node]  # the same process: `_peer_for` makes its peer
-        else:
-            self.drop_peer(auth.node, "restarted before it linked to this master")
+            return stand_in.down_at_ms
+        self.drop_peer(auth.node, "restarted before it linked to this master")
+        return None
 
     def _linked_slaves(self) -> set[str]:
         return {k for k, p in self.peers.items() if p.role is PeerRole.SLAVE and p.connection is not None}
@@ -461,6 +464,7 @@ class MasterRelay:
     async def _warm_up(self) -> None:
         """Sets `warm` once every slave alive in Redis (when we started) has linked, or after
         link_warmup_s; woken by each slave that links."""
+        self.started_ms = self.clock_ms()
         with trio.move_on_after(self.tunables.link_warmup_s):
             expected = await self._expected_slaves()
             await self._stand_in_for_unlinked(expected)
@@ -533,9 +537,10 @@ class MasterRelay:
             self._note(conn.close())
             await ws.aclose(1008, problem[:100])
             return None
-        if auth.role is PeerRole.SLAVE:
-            await self._replace_stand_in(auth)
+        held_since = await self._replace_stand_in(auth) if auth.role is PeerRole.SLAVE else None
         peer = self._peer_for(auth)
+        if held_since is not None and peer.down_at_ms is None:
+            peer.down_at_ms = held_since
         await self._retire_connection(peer)
         data = conn.send(Admit(peer.stream))
         if conn.state is LinkState.CLOSED:  # its resend claim did not hold
@@ -574,16 +579,29 @@ class MasterRelay:
             # A peer still linked is alive whatever Redis says (its lease lapsed in a Redis
             # outage or loss, or across a failover): dropping its queue would ack its packets
             # undelivered. Its link's own watchdog ends a link that went silent.
-            for key in [k for k, p in self.peers.items()
-                        if p.role is PeerRole.SLAVE and k in dead and p.connection is None]:
+            dropped = [k for k, p in self.peers.items()
+                       if p.role is PeerRole.SLAVE and k in dead and p.connection is None]
+            for key in dropped:
                 self.drop_peer(key, "its lease lapsed in Redis")
             for node in nodes:
                 if not node.alive:
                     purged = await self.redis(self.registry.purge_routes, node.node_id)
                     if purged:
                         log.warning("dead_node_routes_purged", dead_node=node.node_id, routes=purged)
+                        self._catch_up_for_unknown(node, dropped)
         except StoreUnavailable as exc:
             log.warning("reaper_failed", error=str(exc))
+
+    def _catch_up_for_unknown(self, node: NodeInfo, dropped: list[str]) -> None:
+        """A dead slave whose routes were left (it did not stop cleanly) that this relay had no
+        peer or stand-in for (it died before the warm-up looked, or Redis did not answer it):
+        it may have held acked messages, so every node catches up as for a known one, from
+        this relay's start."""
+        if (node.node_id in dropped or node.node_id in self.peers or node.node_id == self.node_id
+                or node.role not in ("slave", "standby")):
+            return
+        self._catch_up_everywhere(Peer(name=node.node_id, stream=PeerStream(), owner=self, node_id=node.node_id,
+                                       instance="", role=PeerRole.SLAVE, down_at_ms=self.started_ms))
 
     async def run_reaper(self, every: float) -> None:
         while True:

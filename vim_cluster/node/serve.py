@@ -20,11 +20,13 @@ import trio
 
 from ..core.lockout import source_key
 from ..errors import (
+    DRAINING_DETAIL,
     UNAVAILABLE_DETAIL,
     ClientError,
     CloseCode,
     Disconnect,
     ErrorKind,
+    NodeDraining,
     StoreUnavailable,
 )
 from ..protocol import frames as f
@@ -129,6 +131,8 @@ async def _authenticate_handshake(
         return None
     try:
         await conn.open_session(user, client, uuid, holding=False)
+    except NodeDraining:
+        return Close(CloseCode.DRAINING, DRAINING_DETAIL)
     except StoreUnavailable as exc:
         log.warning("session_open_failed", user_id=user, error=str(exc))
         return Close(CloseCode.INTERNAL, "the cluster is unavailable")
@@ -188,6 +192,8 @@ async def _handle(conn: Connection, data: str | bytes) -> None:
         await conn.reply(exc.reply())
     except ClientError as exc:
         await conn.reply(f.ErrorReply(exc.kind, exc.detail, rid=rid, cid=cid))
+    except NodeDraining as exc:  # a `ready` once the node drains or stops: reconnect elsewhere
+        raise Disconnect(CloseCode.DRAINING, DRAINING_DETAIL) from exc
     except StoreUnavailable as exc:
         log.warning("store_unavailable", error=str(exc), rid=rid, cid=cid)
         await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid, cid=cid))
