@@ -17,10 +17,19 @@ from trio_websocket import ConnectionClosed
 
 from vim_cluster.tunables import DEFAULTS
 
-from ..support import Collector, make_group, online
+from ..support import Client, Collector, make_group, online
 from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
 
 CUT_S = 2.0
+
+
+async def collecting(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, url: str,
+                     username: str) -> tuple[Client, Collector]:
+    """A new user online at `url` whose arriving messages a Collector records from now on."""
+    client = await online(stack, url, username)
+    collector = Collector(client)
+    nursery.start_soon(collector.run)
+    return client, collector
 
 
 async def test_cut_forward_link_loses_nothing_duplicates_nothing_keeps_order_and_healthz_follows_it(
@@ -178,9 +187,7 @@ async def test_a_slave_stopped_gracefully_leaves_with_everything_relayed_and_no_
         with trio.fail_after(90):
             async with contextlib.AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
-                bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
-                at_bob = Collector(bob)
-                nursery.start_soon(at_bob.run)
+                bob, at_bob = await collecting(stack, nursery, cluster.dept1.url, f"bob-{tag}")
                 sent: list[str] = []
                 async with contextlib.AsyncExitStack() as on_dept2:
                     alice = await online(on_dept2, cluster.dept2.url, f"alice-{tag}")
@@ -235,9 +242,7 @@ async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linkin
         with trio.fail_after(120):
             async with contextlib.AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
-                bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
-                at_bob = Collector(bob)
-                nursery.start_soon(at_bob.run)
+                bob, at_bob = await collecting(stack, nursery, cluster.dept1.url, f"bob-{tag}")
                 assert bob.user_id is not None
                 sent: list[str] = []
                 async with contextlib.AsyncExitStack() as on_dept2:
