@@ -559,7 +559,8 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
 
 async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_caught_up_for() -> None:
     """No stand-in for it (it died before the warm-up looked, or Redis did not answer then):
-    its routes left in Redis say it did not stop cleanly, so every node catches up, once."""
+    its routes left in Redis say it did not stop cleanly, so every node catches up, once, and
+    only within catch_up_margin_ms of the relay's start."""
     carol = RecordingSession("s-3", 3)
     catch_up = FakeCatchUp(carol)
     relay = relay_with(catch_up, carol, [50_000])
@@ -576,3 +577,8 @@ async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_
         await relay.reap_dead()
         await relay.reap_dead()  # its routes are gone now: nothing more
     assert queued(dept1) == [ff.CatchUp(44_000, "dept-3"), ff.CatchUp(45_000, "dept-2")]
+    relay.started_ms = 50_000 - relay.tunables.catch_up_margin_ms - 1  # a relay up for longer:
+    left["dept-2"] = 1  # one that never linked to it was cut off long before; nothing asked
+    with trio.fail_after(10):
+        await relay.reap_dead()
+    assert len(queued(dept1)) == 2 and catch_up.missed == [44_000, 45_000]

@@ -11,9 +11,10 @@
     ├── client listener          (trio-websocket; one task per connection)
     └── HTTP listener            (health, metrics, web client, dashboard)
 
-On stop: sessions are told (1001) and given the shutdown grace (Tunables.shutdown_grace_s); a
-slave whose sessions are gone then tells the master that it leaves with everything relayed
-(`_leave_cluster`, link_leave_s at most), then everything is cancelled. What the node opened is closed in reverse order by one exit stack, on a
+On stop: the node drains (no new connection or session), sessions are told (1001) and given
+the shutdown grace (Tunables.shutdown_grace_s); a slave whose sessions are gone then tells the
+master that it leaves with everything relayed (`_leave_cluster`, link_leave_s at most), then
+everything is cancelled. What the node opened is closed in reverse order by one exit stack, on a
 stop as on any failure (at start too): the master lease is given up, the lease released (routes
 removed), the stores and the listeners closed.
 """
@@ -343,7 +344,11 @@ async def _leave_cluster(ctx: NodeContext) -> None:
     then asks no node to catch up for it. At most link_leave_s; otherwise (sessions still
     open, the store down, the link down) the master's drop of it asks for the catch-up."""
     link = ctx.delivery.cluster
-    if not isinstance(link, SlaveLink) or len(ctx.local_sessions):
+    if not isinstance(link, SlaveLink):
+        return
+    if len(ctx.local_sessions):
+        log.warning("forward_link_leave_slow", waited_s=ctx.tunables.shutdown_grace_s,
+                    sessions=len(ctx.local_sessions))
         return
     with trio.move_on_after(ctx.tunables.link_leave_s) as waited:
         await ctx.writer.drained()

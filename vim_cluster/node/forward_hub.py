@@ -596,9 +596,13 @@ class MasterRelay:
         """A dead slave whose routes were left (it did not stop cleanly) that this relay had no
         peer or stand-in for (it died before the warm-up looked, or Redis did not answer it):
         it may have held acked messages, so every node catches up as for a known one, from
-        this relay's start."""
+        this relay's start. Only within catch_up_margin_ms of that start: later, one that never
+        linked here was cut off long before, and a catch-up from then would re-send all that."""
         if (node.node_id in dropped or node.node_id in self.peers or node.node_id == self.node_id
                 or node.role not in ("slave", "standby")):
+            return
+        if self.clock_ms() - self.started_ms > self.tunables.catch_up_margin_ms:
+            log.warning("catch_up_not_asked", gone=node.node_id, why="it never linked to this master")
             return
         self._catch_up_everywhere(Peer(name=node.node_id, stream=PeerStream(), owner=self, node_id=node.node_id,
                                        instance="", role=PeerRole.SLAVE, down_at_ms=self.started_ms))
