@@ -16,11 +16,12 @@ Clients drop duplicates by id. To keep each sender's order, the caller delivers 
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
 A run that the store fails (StoreUnavailable) is tried again while the link stays up, after
-catch_up_retry_s doubling up to RETRY_CAP_S, with jitter (`run_until_done`): a session that stays connected
-would otherwise miss those messages until it logs in again. Packets held for it go out after
-the first try, since a store that does not answer delivers nothing before them; what a later
-try delivers may come after newer messages (never lost). When the link goes down instead, the
-next link-up runs it.
+catch_up_retry_s doubling up to RETRY_CAP_S, with jitter (`run_until_done`): a session that
+stays connected would otherwise miss those messages until it logs in again. Packets held for
+it go out at its first failure, since a store that does not answer delivers nothing before
+them; what a later try delivers may come after newer messages (never lost). When the link
+goes down instead, the next link-up runs it. A run that fails otherwise (a bug, data it cannot
+read) is given up: its messages come with the next login's offline replay.
 """
 
 from __future__ import annotations
