@@ -548,8 +548,7 @@ async def test_a_slave_unlinked_when_the_master_started_that_dies_or_restarts_be
     assert peer.stand_in_for is None and peer.instance.startswith("i3") and catch_up.missed == [50_000]
     assert held_since == 50_000  # its peer keeps it (`_admit`) until its link brought what it held
 
-    relay.peers["dept-3"] = Peer(name="dept-3", stream=PeerStream(), owner=relay, node_id="dept-3", instance="",
-                                 role=PeerRole.SLAVE, down_at_ms=50_000, stand_in_for="h/3/c")
+    relay.peers["dept-3"] = relay._unknown_slave("dept-3", 50_000, stand_in_for="h/3/c")
     registry.owners["dept-3"] = "h/3/d"  # restarted: another lease owner links
     with trio.fail_after(10):
         await relay._replace_stand_in(authenticated("dept-3", "i4"))

@@ -439,8 +439,13 @@ class MasterRelay:
                 continue
             if owner is None or node in self.peers:  # its lease lapsed, or it linked meanwhile
                 continue
-            self.peers[node] = Peer(name=node, stream=PeerStream(), owner=self, node_id=node, instance="",
-                                    role=PeerRole.SLAVE, down_at_ms=now, stand_in_for=owner)
+            self.peers[node] = self._unknown_slave(node, now, stand_in_for=owner)
+
+    def _unknown_slave(self, node: str, down_at_ms: int, stand_in_for: str | None = None) -> Peer:
+        """A slave peer for a process of `node` this relay never knew (no instance, no stream of
+        its own): a stand-in, or the dead one `_catch_up_for_unknown` catches up for."""
+        return Peer(name=node, stream=PeerStream(), owner=self, node_id=node, instance="",
+                    role=PeerRole.SLAVE, down_at_ms=down_at_ms, stand_in_for=stand_in_for)
 
     async def _replace_stand_in(self, auth: PeerAuthenticated) -> int | None:
         """The node of a stand-in links: the process the stand-in was for (returns the
@@ -604,8 +609,7 @@ class MasterRelay:
         if self.clock_ms() - self.started_ms > self.tunables.catch_up_margin_ms:
             log.warning("catch_up_not_asked", gone=node.node_id, why="it never linked to this master")
             return
-        self._catch_up_everywhere(Peer(name=node.node_id, stream=PeerStream(), owner=self, node_id=node.node_id,
-                                       instance="", role=PeerRole.SLAVE, down_at_ms=self.started_ms))
+        self._catch_up_everywhere(self._unknown_slave(node.node_id, self.started_ms))
 
     async def run_reaper(self, every: float) -> None:
         while True:
