@@ -50,6 +50,8 @@ RETRY_CAP_S = 30.0  # the longest wait between two tries of a failed catch-up
 class CatchUpRun(Protocol):
     """A CatchUp, as the forward link and the relay use it (tests give their own)."""
 
+    last_failed: bool  # the last run failed: it is still to do
+
     def lost(self) -> None: ...
 
     def missed_since(self, since_ms: int) -> None: ...

@@ -409,6 +409,8 @@ class MasterRelay:
                                                       handshake_timeout=self.tunables.link_handshake_timeout_s,
                                                       close_timeout=5))
                 nursery.start_soon(self._warm_up)
+                if self.catch_up is not None and self.catch_up.last_failed:  # the run before serving
+                    self.own_catch_up_again()  # tried again beside serving, one run at a time
                 task_status.started()
         finally:
             self._tasks = None

@@ -161,9 +161,7 @@ class ClusterRoles:
         # Before any slave's packet is delivered to the node's sessions (see the module's rules).
         await self.catch_up.run()
         async with trio.open_nursery() as nursery:
-            await nursery.start(relay.serve, self.forward)
-            if self.catch_up.last_failed:  # tried again beside serving, one run at a time
-                relay.own_catch_up_again()
+            await nursery.start(relay.serve, self.forward)  # tries a failed run again beside serving
             nursery.start_soon(relay.run_reaper, ctx.tunables.lease_heartbeat_s)
             nursery.start_soon(relay.run_presence)
             if ctx.delivery.cluster is not relay:
