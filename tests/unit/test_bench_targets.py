@@ -176,7 +176,12 @@ def test_once_the_cpu_is_quiet_the_disk_is_synced_and_the_record_says_how_dirty_
         return next(samples)
 
     monkeypatch.setattr(targets, "cpu_sample", sample)
-    monkeypatch.setattr(targets, "dirty_kb", lambda: events.append("dirty") or 24_772)
+
+    def dirty_kb() -> int:
+        events.append("dirty")
+        return 24_772
+
+    monkeypatch.setattr(targets, "dirty_kb", dirty_kb)
     monkeypatch.setattr(targets.os, "sync", lambda: events.append("sync"))
     quiet = targets.settle()
     assert events == ["cpu", "cpu", "dirty", "sync"]

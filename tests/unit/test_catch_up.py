@@ -4,6 +4,8 @@ the next link-up."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import structlog.testing
 import trio
@@ -20,7 +22,7 @@ class Clock:
         return self.now
 
 
-def recorder(calls: list[int], fail: BaseException | None = None):  # type: ignore[no-untyped-def]
+def recorder(calls: list[int], fail: BaseException | None = None) -> Callable[[int], Awaitable[int]]:
     async def deliver_since(since: int) -> int:
         calls.append(since)
         if fail is not None:
@@ -30,7 +32,8 @@ def recorder(calls: list[int], fail: BaseException | None = None):  # type: igno
 
 
 async def test_first_link_up_catches_up_from_the_node_start_minus_the_margin() -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
     clock.now += 5_000
     assert await catch_up.run() == 3
@@ -39,7 +42,8 @@ async def test_first_link_up_catches_up_from_the_node_start_minus_the_margin() -
 
 
 async def test_a_link_up_without_a_loss_since_the_last_catch_up_sends_nothing() -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
     await catch_up.run()
     assert await catch_up.run() == 0
@@ -47,7 +51,8 @@ async def test_a_link_up_without_a_loss_since_the_last_catch_up_sends_nothing() 
 
 
 async def test_the_first_loss_counts_until_the_next_catch_up() -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
     await catch_up.run()
     clock.now = 200_000
@@ -59,7 +64,8 @@ async def test_the_first_loss_counts_until_the_next_catch_up() -> None:
 
 
 async def test_a_failed_run_is_left_for_the_next_link_up() -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls, StoreUnavailable("store down")), clock, margin_ms=1_000)
     assert await catch_up.run() == 0
     assert catch_up.down_since == 100_000 and catch_up.failures == 1
@@ -89,7 +95,8 @@ async def test_a_cancelled_run_is_left_for_the_next_link_up() -> None:
 
 @pytest.mark.parametrize("margin", [0, 60_000])
 async def test_the_margin_reaches_back_before_the_loss(margin: int) -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=margin)
     await catch_up.run()
     assert calls == [100_000 - margin]
@@ -97,7 +104,8 @@ async def test_the_margin_reaches_back_before_the_loss(margin: int) -> None:
 
 async def test_a_loss_another_node_reports_counts_from_its_time_unless_ours_is_earlier() -> None:
     """`missed_since`: a slave died with packets it had not relayed (a CatchUp packet)."""
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
     await catch_up.run()  # linked and caught up
     catch_up.missed_since(150_000)
@@ -109,7 +117,7 @@ async def test_a_loss_another_node_reports_counts_from_its_time_unless_ours_is_e
     assert calls == [99_000, 149_000, 199_000]
 
 
-def flaky(calls: list[int], failing: int):  # type: ignore[no-untyped-def]
+def flaky(calls: list[int], failing: int) -> Callable[[int], Awaitable[int]]:
     """deliver_since failing its first `failing` calls (the store down), then sending 3."""
     async def deliver_since(since: int) -> int:
         calls.append(since)
@@ -125,7 +133,8 @@ async def test_a_failed_run_is_tried_again_while_linked_until_the_store_answers(
     """A session that stays connected must not wait for its next login: the run is tried
     again after retry_s, doubling up to RETRY_CAP_S; `failed` tells waiters at the first
     failure."""
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(flaky(calls, failing=8), clock, margin_ms=1_000, retry_s=1.0)
     failed = trio.Event()
     tries: list[float] = []
@@ -149,7 +158,8 @@ async def test_a_failed_run_is_tried_again_while_linked_until_the_store_answers(
 
 
 async def test_a_run_that_succeeds_at_once_is_not_tried_again_and_never_sets_failed() -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls), clock, margin_ms=1_000)
     failed = trio.Event()
     assert await catch_up.run_until_done(failed) == 3
@@ -159,7 +169,8 @@ async def test_a_run_that_succeeds_at_once_is_not_tried_again_and_never_sets_fai
 async def test_retries_cut_off_by_the_link_going_down_are_left_for_the_next_link_up(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(flaky(calls, failing=100), clock, margin_ms=1_000)
     with trio.move_on_after(10):
         await catch_up.run_until_done()
@@ -215,7 +226,8 @@ async def test_a_run_that_crashes_otherwise_is_given_up_with_its_range_in_the_lo
     """Only a store that does not answer is worth trying again: a bug, or a row the store
     cannot read, would fail every try and re-push every user before it each time; kept for the
     next link-up (days later), its range would re-send days."""
-    clock, calls = Clock(), []
+    clock = Clock()
+    calls: list[int] = []
     catch_up = CatchUp(recorder(calls, ValueError("a row it cannot read")), clock, margin_ms=1_000)
     failed = trio.Event()
     with structlog.testing.capture_logs() as logs, trio.fail_after(5):

@@ -263,7 +263,7 @@ def test_a_relinked_slave_counts_as_missing_packets_from_its_link_down_until_its
     peer.connection = object()  # type: ignore[assignment]  # linked
     settle = relay.tunables.link_dead_after_s * 1000
     assert peer.missing_since(50_000, settle) == 42_000
-    assert peer.missing_since(45_000 + settle, settle) is None
+    assert peer.missing_since(int(45_000 + settle), settle) is None
     peer.connection = None  # its link ended again at 50 s: still 42 s
     assert peer.missing_since(50_000, settle) == 42_000
 
@@ -310,7 +310,7 @@ def test_a_link_too_short_to_bring_its_backlog_keeps_the_earlier_down_time() -> 
     peer.link_ended(25_000, settle)
     assert peer.down_at_ms == 12_000  # too short: the earlier time stands
     peer.pumping(30_000)
-    peer.link_ended(30_000 + settle, settle)
+    peer.link_ended(int(30_000 + settle), settle)
     assert peer.down_at_ms == 30_000 + settle  # long enough: from its end
     peer.pumping(50_000)
     relay.link_event(peer, PeerIdle())  # it beat: all it held came
@@ -571,7 +571,7 @@ async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_
     relay.started_ms = 45_000
     registry = Registry({"dept-1": "h/1/a"})  # dept-2 and dept-3 are dead
     left = {"dept-2": 2, "dept-3": 1}
-    registry.purge_routes = lambda node: left.pop(node, 0)  # type: ignore[method-assign]
+    registry.purge_routes = lambda node_id: left.pop(node_id, 0)  # type: ignore[method-assign]
     relay.registry = registry  # type: ignore[assignment]
     dept1 = peer_of(relay, "dept-1")
     dept1.connection = object()  # type: ignore[assignment]

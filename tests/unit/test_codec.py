@@ -217,7 +217,7 @@ def test_message_frames_name_their_message_id_and_others_none() -> None:
 
 
 def test_json_replies_are_utf8_text_not_ascii_escapes() -> None:
-    assert "héllo" in encode(f.MessageOut(MESSAGE), binary=False)  # type: ignore[operator]
+    assert "héllo" in encode(f.MessageOut(MESSAGE), binary=False)
 
 
 def test_out_frame_encodes_each_mode_once_and_matches_encode() -> None:

@@ -138,6 +138,7 @@ def test_unknown_section_names_it(tmp_path: Path) -> None:
 
 
 def test_a_document_without_the_vim_root_is_refused(tmp_path: Path) -> None:
+    document: object
     for document in ({"vim": BASE["vim"], "extra": 1}, {"cluster": {}}, [1, 2], "just text", ""):
         path = write(tmp_path, yaml.safe_dump(document) if document != "" else "")
         assert "vim" in config_error(path).problem

@@ -98,7 +98,7 @@ def test_frames_in_order_leave_in_one_packet_per_hundred_and_reach_local_session
     assert [type(p) for p in packets] == [ff.Deliver] * 3
     assert all(isinstance(p, ff.Deliver) and isinstance(p.frame, list) and p.message_id is None
                and p.users == [7, 9] for p in packets)
-    frames = [json.loads(text) for p in packets if isinstance(p, ff.Deliver) for text in p.frame]
+    frames = [json.loads(text) for p in packets if isinstance(p, ff.Deliver) for text in p.frames]
     assert [len(p.frame) for p in packets if isinstance(p, ff.Deliver)] == [100, 100, 50]
     assert [int(body["message"]["id"]) for body in frames] == list(range(1, 251))
     assert frames == texts([OutFrame(r) for r in sent])
@@ -164,9 +164,9 @@ def test_two_delivers_join_only_from_one_node_to_the_same_users_but_the_same_ses
     one = ff.Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"1"}}', "s-1", 1_001, 1)
     two = ff.Deliver("dept-1", [7, 8], b'{"code":"message","message":{"id":"2"}}', "s-1", 1_002, 2)
     joined = merged_deliver(one, two)
-    assert joined == ff.Deliver("dept-1", [7, 8], [one.frame, two.frame], "s-1", 1_001, None)
+    assert joined == ff.Deliver("dept-1", [7, 8], [*one.frames, *two.frames], "s-1", 1_001, None)
     three = two._replace(frame=b'{"code":"message","message":{"id":"3"}}')
-    assert joined is not None and merged_deliver(joined, three) == joined._replace(frame=[one.frame, two.frame, three.frame])
+    assert joined is not None and merged_deliver(joined, three) == joined._replace(frame=[*one.frames, *two.frames, *three.frames])
     for other in (two._replace(users=[7]), two._replace(exclude=None), two._replace(src="dept-2"),
                   ff.Kick("dept-2", 7, None, 4000, None)):
         assert merged_deliver(one, other) is None

@@ -162,6 +162,7 @@ def test_handshake_then_packets_both_ways_in_order_with_acks_carrying_tags() -> 
 def test_the_master_holds_an_ack_until_its_forwards_are_done() -> None:
     net, stream, _ = queued((1, 2, 3))
     net.master.conn.receive_data(net.slave.conn.send(Flush()))
+    assert net.master.conn.stream is not None
     for event in net.master.conn.events():
         assert isinstance(event, PacketsReceived) and event.first == 1
         net.master.conn.stream.hold(1, 2)  # forwarded to two nodes
@@ -311,7 +312,8 @@ def test_a_forged_auth_is_refused_with_a_refused_frame() -> None:
     [refused] = master.data_to_send()
     assert isinstance(ff.decode_frame(refused)[1], ff.Refused)
     events = list(master.events())
-    assert [type(e) for e in events] == [LinkEnded] and events[0].reason is EndReason.BAD_MAC
+    assert [type(e) for e in events] == [LinkEnded]
+    assert isinstance(events[0], LinkEnded) and events[0].reason is EndReason.BAD_MAC
     assert master.max_message_size == PRE_AUTH_MAX_FRAME
 
 
@@ -534,6 +536,7 @@ def test_a_deliver_packet_carries_the_client_frame_as_the_codecs_json_text_untou
     assert isinstance(batch, ff.Batch)
     [got] = batch.packets
     assert isinstance(got, ff.Deliver) and got.message_id == 123456789
+    assert isinstance(got.frame, bytes)
     out = ForwardedFrame(got.frame, got.message_id)
     text = out.encoded(False)
     assert (text.encode() if isinstance(text, str) else text) == got.frame  # untouched

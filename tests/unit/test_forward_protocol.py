@@ -93,7 +93,7 @@ def join(earlier: Packet, new: Packet) -> Packet | None:
     """Two Delivers as one when `new` is for the same users: their frames joined in order."""
     if not (isinstance(earlier, Deliver) and isinstance(new, Deliver)) or earlier.users != new.users:
         return None
-    return earlier._replace(frame=[*earlier.frames, new.frame], message_id=None)
+    return earlier._replace(frame=[*earlier.frames, *new.frames], message_id=None)
 
 
 def only_delivers(packet: Packet) -> bool:

@@ -76,7 +76,10 @@ def test_worker_ids_outside_ten_bits_are_refused(worker: int) -> None:
 
 def test_timestamp_of_inverts_the_layout() -> None:
     for ms in (EPOCH_MS, EPOCH_MS + 1, NOW, EPOCH_MS + (1 << 41) - 1):
-        assert timestamp_of(IdGenerator(5, lambda ms=ms: ms).next_id()) == ms
+        def clock(ms: int = ms) -> int:
+            return ms
+
+        assert timestamp_of(IdGenerator(5, clock).next_id()) == ms
 
 
 @settings(max_examples=100, deadline=None)

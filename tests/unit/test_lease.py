@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from typing import Literal
 
 import attrs
 import pytest
@@ -144,6 +145,12 @@ class ModelRedis:
         self.run_id += restart
 
 
+# An answer in flight: (arrives at, kind, payload, sent at); a beat's payload carries the worker
+# id it beat for.
+Answer = (tuple[float, Literal["took"], tuple[int, Generation], float]
+          | tuple[float, Literal["beat"], tuple[int, KeyState, Generation], float])
+
+
 @attrs.define
 class ModelNode:
     name: str
@@ -151,7 +158,7 @@ class ModelNode:
     generation: str | None = None
     next_beat: float = 0.0
     cut_off_until: float = -math.inf  # partitioned from Redis (but still serving clients)
-    pending: list[tuple[float, str, object, float]] = attrs.Factory(list)  # answers in flight
+    pending: list[Answer] = attrs.Factory(list)  # answers in flight
     alive: bool = True
 
 
@@ -205,13 +212,13 @@ def _ask(node: ModelNode, redis: ModelRedis, now: float, latency: float, workers
 def _answers(node: ModelNode, now: float) -> None:
     for answer in [a for a in node.pending if a[0] <= now]:
         node.pending.remove(answer)
-        _, kind, payload, sent = answer
-        if kind == "took":
-            worker, generation = payload  # type: ignore[misc]
+        sent = answer[3]
+        if answer[1] == "took":
+            worker, generation = answer[2]
             node.gate.took(worker, generation, sent, now)
             node.generation = generation.token
             continue
-        worker, state, generation = payload  # type: ignore[misc]
+        worker, state, generation = answer[2]
         if worker != node.gate.worker:
             continue
         if state is KeyState.RETAKEN:

@@ -13,7 +13,7 @@ from vim_cluster.node.heartbeat import Lease
 
 
 async def test_beat_soon_beats_at_once_and_the_interval_starts_over(autojump_clock: trio.testing.MockClock) -> None:
-    lease = Lease(registry=None, runner=None, describe=None)  # type: ignore[arg-type] - the beat is replaced
+    lease = Lease(registry=None, runner=None, describe=None)  # type: ignore[arg-type]  # unused: the beat is replaced
     beats: list[float] = []
     start = trio.current_time()
 

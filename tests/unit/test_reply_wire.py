@@ -127,6 +127,9 @@ class ToyReply:
     def code(self) -> str:
         return self.CODE
 
+    def wire(self) -> dict[str, Any]:  # what @w.reply generates, as on frames.Reply
+        raise NotImplementedError
+
 
 CALLS: list[int] = []
 

@@ -7,7 +7,7 @@ on the loop; then in the thread."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -91,7 +91,7 @@ async def test_a_failed_commit_reaches_every_sender_and_every_confirm(store: Sql
         raise StoreUnavailable("sqlite: disk I/O error")
 
     store.commit = down  # type: ignore[method-assign, assignment]
-    store.commit_now = down if where == "loop" else lambda saves, confirms: None  # type: ignore[method-assign, assignment]
+    store.commit_now = down if where == "loop" else lambda saves, confirms: None  # type: ignore[method-assign]
     writer = StoreWriter(store, BlockingRunner("messages", 1))
     errors: list[BaseException | None] = []
     raised: list[tuple[list[Message], BaseException | None]] = []
@@ -426,7 +426,7 @@ async def test_drained_returns_once_every_submitted_save_is_answered_and_none_is
     """A stopping slave tells the master it leaves only once its writer has handed over all it
     will deliver (node/app.py `_leave_cluster`): saves queued or committing, and a failed
     commit's saves still to finish (a store without transactions), which may deliver later."""
-    store.commits_atomic = False  # type: ignore[misc]  # as MongoDB's: failed commits leave saves to finish
+    store.commits_atomic = False  # as MongoDB's: failed commits leave saves to finish
     tries: list[int] = []
 
     def finish_saves(batch: list[NewMessage]) -> list[Message]:
@@ -459,13 +459,13 @@ async def test_a_commit_running_in_the_thread_keeps_the_writer_from_idle(store: 
     started, release = threading.Event(), threading.Event()
     real = store.commit
 
-    def held(saves: list[NewMessage], confirms: list[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
+    def held(saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         started.set()
         release.wait(5)
         return real(saves, confirms)
 
     store.commit = held  # type: ignore[method-assign]
-    store.commits_inline = False  # type: ignore[misc]  # every commit in the thread
+    store.commits_inline = False  # every commit in the thread
     writer = StoreWriter(store, BlockingRunner("messages", 1))
     commits = Commits()
     drained: list[bool] = []
