@@ -123,6 +123,7 @@ async def test_garbage_gets_documented_answers_and_other_clients_keep_working(st
             bystander = await online(stack, url, "bystander")
             fuzzer = await online(stack, url, "fuzzer")
             group_id = await make_group(fuzzer, [bystander], name="fuzzed")
+            assert bystander.user_id is not None
             ack = await fuzzer.chat(bystander.user_id, "a message to recall", "fz-0")
             await bystander.expect("message")
             inputs = collect_inputs([bystander.user_id or "", group_id, ack["id"], fuzzer.user_id or ""])

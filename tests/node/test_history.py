@@ -18,6 +18,7 @@ async def test_history_pages_backwards_oldest_first_with_more(url: str) -> None:
             ids = []
             for i in range(7):
                 sender, peer = (alice, bob) if i % 2 == 0 else (bob, alice)
+                assert peer.user_id is not None
                 ids.append((await sender.chat(peer.user_id, f"h{i}", f"h-{i}"))["id"])
             await alice.send("history", chatId=bob.user_id, type="friend", limit=3, rid="p1")
             page = await alice.expect("history")
@@ -38,8 +39,11 @@ async def test_both_peers_see_the_same_conversation(url: str) -> None:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
+            assert bob.user_id is not None
             mine = await alice.chat(bob.user_id, "to bob", "c-1")
+            assert alice.user_id is not None
             theirs = await bob.chat(alice.user_id, "to alice", "c-2")
+            assert carol.user_id is not None
             await alice.chat(carol.user_id, "to carol: another conversation", "c-3")
             for client, peer in ((alice, bob), (bob, alice)):
                 await client.send("history", chatId=peer.user_id, type="friend")

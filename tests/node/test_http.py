@@ -149,13 +149,13 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
         assert await upgrade_status(node.client_port) == 503  # no new client connections while draining
         status, _, health = await http(port, "/healthz")
         assert status == 503 and json.loads(health)["draining"] is True
-        status, _, body = await http(port, "/dashboard.json", cookie=cookie)
-        data = json.loads(body)
+        status, _, raw = await http(port, "/dashboard.json", cookie=cookie)
+        data = json.loads(raw)
         assert data["operator"] == "ops-anna"
         assert [(e["who"], e["action"], e["target"]) for e in data["trail"]] == [
             ("ops-anna", "login", ""), ("ops-anna", "kick", "alice"), ("ops-anna", "drain", ctx.node_id)]
-        status, _, body = await http(port, "/dashboard.json")
-        assert json.loads(body)["operator"] is None and json.loads(body)["trail"] == []
+        status, _, raw = await http(port, "/dashboard.json")
+        assert json.loads(raw)["operator"] is None and json.loads(raw)["trail"] == []
 
 
 async def test_stats_keep_a_history_of_samples(start_node) -> None:
@@ -181,8 +181,8 @@ async def test_dashboard_json_carries_every_node_s_stats_and_drains_another_node
         slave = await start_node(node_id="s", node_type="slave", extra={"http": {"port": free_port()}},
                                  master_url=f"ws://127.0.0.1:{master.forward_port}/forward")
         while True:
-            status, _, body = await http(master.http_port, "/dashboard.json")
-            nodes = {n["node"]: n for n in json.loads(body)["nodes"]}
+            status, _, raw = await http(master.http_port, "/dashboard.json")
+            nodes = {n["node"]: n for n in json.loads(raw)["nodes"]}
             if {"m", "s"} <= set(nodes) and (nodes["s"]["stats"] or {}).get("checks", {}).get("master_link") == "ok":
                 break
             await trio.sleep(0.2)
@@ -234,4 +234,5 @@ async def test_a_session_opening_as_the_node_starts_draining_is_closed_4005_and_
             await carol.send("ready", token=carol.token, client="web")
             assert (await carol.expect_closed()).code == 4005
         assert len(ctx.local_sessions) == 0
+        assert carol.user_id is not None
         assert ctx.registry.routes([UserId(int(carol.user_id))]) in ({}, {UserId(int(carol.user_id)): []})

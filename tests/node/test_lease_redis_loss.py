@@ -105,7 +105,8 @@ async def test_a_new_node_takes_a_live_nodes_worker_id_before_its_heartbeat_and_
     taken = old.worker
     await beat_until_redis_answers(old)
     assert old.worker is not None and old.worker != taken
-    assert old.gate.wait_s(trio.current_time()) > DEFAULTS.lease_settle_s - 1.5  # a fresh take in a young generation
+    wait = old.gate.wait_s(trio.current_time())
+    assert wait is not None and wait > DEFAULTS.lease_settle_s - 1.5  # a fresh take in a young generation
     assert registry.workers() == {taken: new.owner, old.worker: old.owner}
 
     started = trio.current_time()

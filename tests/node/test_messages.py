@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections.abc import Sequence
 
 import attrs
 import pytest
 import trio
 
 from vim_cluster.config import sqlite_path
+from vim_cluster.model import Message
 from vim_cluster.node.app import RunningNode
+from vim_cluster.ports import Confirm, NewMessage, Saved
 from vim_cluster.tunables import DEFAULTS
 
 from ..support import make_group, online
@@ -72,6 +75,7 @@ async def test_resending_a_cid_returns_the_same_ack_and_delivers_the_stored_mess
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             first = await alice.chat(bob.user_id, "once", "same-cid")
             assert (await bob.expect("message"))["id"] == first["id"]
             again = await alice.chat(bob.user_id, "once", "same-cid")
@@ -95,8 +99,10 @@ async def test_a_cid_repeated_for_another_chat_delivers_nothing_to_it(url: str) 
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             carol = await online(stack, url, "carol")
+            assert bob.user_id is not None
             first = await alice.chat(bob.user_id, "for bob", "one-cid")
             await bob.expect("message")
+            assert carol.user_id is not None
             assert await alice.chat(carol.user_id, "for carol", "one-cid") == first
             await carol.no_frame("message")
 
@@ -137,7 +143,9 @@ async def test_a_cid_is_per_sender(url: str) -> None:
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             from_alice = await alice.chat(bob.user_id, "a", "shared")
+            assert alice.user_id is not None
             from_bob = await bob.chat(alice.user_id, "b", "shared")
             assert from_alice["id"] != from_bob["id"]
             assert (await alice.expect("message"))["id"] == from_bob["id"]
@@ -242,6 +250,7 @@ async def test_a_message_to_oneself_is_acked_and_synced_to_other_devices(url: st
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            assert alice.user_id is not None
             ack = await alice.chat(alice.user_id, "note to self", "self-1")
             assert (await alice_pc.expect("message"))["id"] == ack["id"]
             await alice.no_frame("message")
@@ -258,7 +267,7 @@ async def test_the_reader_waits_while_the_ack_window_is_full_then_everything_is_
     commits = threading.Event()  # the store "hangs" until this is set
     commit = store.commit
 
-    def slow_commit(saves, confirms):  # type: ignore[no-untyped-def]
+    def slow_commit(saves: Sequence[NewMessage], confirms: Sequence[Confirm]) -> tuple[list[Saved], list[list[Message]]]:
         commits.wait(10)
         return commit(saves, confirms)
 
@@ -292,6 +301,7 @@ async def test_with_sync_normal_the_node_checkpoints_its_wal_beside_its_commits(
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             for i in range(5):
                 ack = await alice.chat(bob.user_id, f"normal {i}", f"n-{i}")
                 assert committed_row(node, ack["id"]) == (f"n-{i}", f"normal {i}")

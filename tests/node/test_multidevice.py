@@ -18,6 +18,7 @@ async def test_every_device_of_the_recipient_gets_every_message(url: str) -> Non
             bob_web = await online(stack, url, "bob", client="web")
             bob_pc = await online(stack, url, "bob", register=False, client="pc")
             bob_phone = await online(stack, url, "bob", register=False, client="android")
+            assert bob_web.user_id is not None
             acks = [await alice.chat(bob_web.user_id, f"m{i}", f"c{i}") for i in range(3)]
             for device in (bob_web, bob_pc, bob_phone):
                 got = [await device.expect("message") for _ in acks]
@@ -32,6 +33,7 @@ async def test_the_senders_other_devices_get_the_message_and_the_sending_session
             bob = await online(stack, url, "bob")
             alice_web = await online(stack, url, "alice", client="web")
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
+            assert bob.user_id is not None
             ack = await alice_web.chat(bob.user_id, "synced", "c-sync")
             copy = await alice_pc.expect("message")
             assert copy["id"] == ack["id"] and copy["cid"] == "c-sync"
@@ -56,6 +58,7 @@ async def test_a_second_session_of_one_client_type_replaces_the_first_with_other
             assert reason.code != 1000 or reason.reason  # closed by the node, not by the client
             await phone.no_frame("other-login")  # other client types stay
             await second.no_frame("other-login")
+            assert second.user_id is not None
             ack = await alice.chat(second.user_id, "after", "c-after")
             assert (await second.expect("message"))["id"] == ack["id"]
             assert (await phone.expect("message"))["id"] == ack["id"]
@@ -70,6 +73,7 @@ async def test_a_replaced_session_gets_no_more_frames(url: str) -> None:
             await online(stack, url, "bob", register=False, client="pc")
             await old.expect("other-login")
             await old.expect_closed()
+            assert old.user_id is not None
             await alice.chat(old.user_id, "to the new one", "c-new")
             assert all(frame["code"] != "message" for frame in old.backlog)
 
@@ -95,5 +99,6 @@ async def test_a_device_going_away_leaves_the_others_receiving(url: str) -> None
             async with connect(url) as bob_web:
                 await bob_web.login("bob")
                 await bob_web.ready(client="web")
+            assert bob_pc.user_id is not None
             ack = await alice.chat(bob_pc.user_id, "still here", "c-still")
             assert (await bob_pc.expect("message"))["id"] == ack["id"]

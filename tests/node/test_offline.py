@@ -22,6 +22,7 @@ async def test_messages_sent_while_away_are_replayed_oldest_first_then_sync_done
             alice = await online(stack, url, "alice")
             async with connect(url) as bob:
                 await bob.register_login("bob")
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"while away {i}", f"off-{i}") for i in range(5)]
             async with connect(url) as bob:
                 await bob.login("bob")
@@ -44,6 +45,7 @@ async def test_unconfirmed_messages_are_replayed_again_until_received(url: str) 
             alice = await online(stack, url, "alice")
             async with connect(url) as bob:
                 await bob.register_login("bob")
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"m{i}", f"again-{i}") for i in range(3)]
             ids = [a["id"] for a in acks]
             for _ in range(2):  # disconnect without confirming: everything again
@@ -72,6 +74,7 @@ async def test_messages_received_live_but_not_confirmed_are_replayed(url: str) -
             async with connect(url) as bob:
                 await bob.register_login("bob")
                 await bob.ready()
+                assert bob.user_id is not None
                 ack = await alice.chat(bob.user_id, "live", "live-1")
                 assert (await bob.expect("message"))["id"] == ack["id"]  # never confirmed
             _, replayed = await login_and_replay(url, "bob", stack)
@@ -84,6 +87,7 @@ async def test_every_device_gets_the_replay_until_one_confirms(url: str) -> None
             alice = await online(stack, url, "alice")
             async with connect(url) as bob:
                 await bob.register_login("bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "for all devices", "dev-1")
             bob_web, replayed_web = await login_and_replay(url, "bob", stack, client="web")
             bob_pc, replayed_pc = await login_and_replay(url, "bob", stack, client="pc")
@@ -109,6 +113,7 @@ async def test_group_messages_newer_than_the_read_cursor_are_replayed_with_frien
                 await bob.send("ping")
                 await bob.expect("pong")
             await trio.sleep(0.01)
+            assert bob.user_id is not None
             acks = [
                 await alice.chat(group_id, "group 1", "g-1", chat_type="group"),
                 await carol.chat(bob.user_id, "friend 1", "f-1"),

@@ -15,6 +15,7 @@ from trio_websocket import open_websocket_url
 
 from vim_cluster.model import User, UserId
 from vim_cluster.node.app import RunningNode
+from vim_cluster.node.forward_hub import MasterRelay
 from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, connect, online
@@ -117,6 +118,7 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
         await ctx.db(ctx.directory.create_user, user)
     tokens = [ctx.tokens.issue(u.id, ctx.clock_ms())[0] for u in users]
     relay = master.ctx.delivery.cluster
+    assert isinstance(relay, MasterRelay)
     async with contextlib.AsyncExitStack() as stack:
         observer = await watching(await online(stack, ws_url(master), "observer"))
 
@@ -139,7 +141,8 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
 
         with trio.fail_after(150):
             async with trio.open_nursery() as nursery:
-                first, opened = trio.Event(), []
+                first = trio.Event()
+                opened: list[int] = []
                 for token in tokens:
                     nursery.start_soon(hold, token, first, opened)
                 while len(opened) < STORM_USERS:
@@ -150,7 +153,8 @@ async def test_a_reconnect_storm_of_1000_users_sends_a_bounded_number_of_presenc
                 await frames_so_far()
                 started = time.monotonic()
                 first.set()  # every user drops...
-                second, reopened = trio.Event(), []
+                second = trio.Event()
+                reopened: list[int] = []
                 for token in tokens:  # ...and reconnects at once
                     nursery.start_soon(hold, token, second, reopened)
                 while len(reopened) < STORM_USERS:

@@ -19,6 +19,7 @@ async def test_sender_recalls_and_every_session_that_saw_it_is_told(url: str) ->
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
             bob = await online(stack, url, "bob")
             bob_phone = await online(stack, url, "bob", register=False, client="android")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "oops", "rc-1")
             for session in (alice_pc, bob, bob_phone):
                 await session.expect("message")
@@ -36,6 +37,7 @@ async def test_history_shows_a_recalled_message_as_recalled_with_empty_content(u
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             kept = await alice.chat(bob.user_id, "keep", "rc-keep")
             gone = await alice.chat(bob.user_id, "secret", "rc-gone")
             await alice.send("recall", id=gone["id"])
@@ -54,6 +56,7 @@ async def test_a_recalled_message_is_replayed_as_recalled(url: str) -> None:
             alice = await online(stack, url, "alice")
             async with connect(url) as bob:
                 await bob.register_login("bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "secret", "rc-off")
             await alice.send("recall", id=ack["id"])
             await alice.expect("recall")
@@ -82,6 +85,7 @@ async def test_recalling_another_users_message_is_forbidden(url: str) -> None:
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "mine", "rc-mine")
             await bob.expect("message")
             await bob.send("recall", id=ack["id"], rid="nope")
@@ -125,6 +129,7 @@ async def test_recall_after_the_window_is_expired(start_node, jump_clock: MockCl
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             early = await alice.chat(bob.user_id, "quick", "rc-quick")
             late = await alice.chat(bob.user_id, "slow", "rc-slow")
             await alice.send("recall", id=early["id"])

@@ -19,6 +19,7 @@ async def test_received_sends_a_delivered_receipt_to_every_session_of_the_sender
             alice = await online(stack, url, "alice")
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "did you get it?", "r-1")
             await alice_pc.expect("message")
             message = await bob.expect("message")
@@ -34,6 +35,7 @@ async def test_a_second_received_for_one_message_sends_no_second_receipt(url: st
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "once", "r-once")
             await bob.send("received", ids=[ack["id"], ack["id"]])
             await alice.expect("receipt")
@@ -47,6 +49,7 @@ async def test_received_for_someone_elses_message_confirms_nothing(url: str) -> 
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
             mallory = await online(stack, url, "mallory")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "for bob", "r-bob")
             await mallory.send("received", ids=[ack["id"], "123"])
             await alice.no_frame("receipt")
@@ -73,6 +76,7 @@ async def test_read_tells_the_peer_with_the_readers_id_as_chat_id(url: str) -> N
             alice = await online(stack, url, "alice")
             alice_pc = await online(stack, url, "alice", register=False, client="pc")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "read me", "rd-1")
             await bob.expect("message")
             await bob.send("read", chatId=alice.user_id, type="friend", timestamp=ack["timestamp"], rid="rd")
@@ -152,6 +156,7 @@ async def test_received_does_not_hold_the_connection_while_its_confirm_waits_for
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"m{n}", f"r-pipe-{n}") for n in range(3)]
             store.commit_now = lambda saves, confirms: None  # type: ignore[method-assign]
             store.commit = slow_commit  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ async def test_a_recipient_that_reads_nothing_is_closed_4004_and_loses_nothing(s
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             bob = await online(stack, url, "bob")  # its client queues one frame, then stops reading
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"{i:03d}" + "x" * BIG, f"big-{i}") for i in range(60)]
             reason = await bob.expect_closed(timeout=30)
             assert reason.code == int(CloseCode.SLOW_CONSUMER)

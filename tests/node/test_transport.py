@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -68,8 +69,10 @@ async def test_messagepack_client_and_json_client_talk_to_each_other(url: str) -
         async with contextlib.AsyncExitStack() as stack:
             packed = await online(stack, url, "packed", binary=True)
             texty = await online(stack, url, "texty")
+            assert texty.user_id is not None
             await packed.chat(texty.user_id, "from msgpack", "c-1")
             assert (await texty.expect("message"))["content"] == "from msgpack"
+            assert packed.user_id is not None
             await texty.chat(packed.user_id, "from json", "c-2")
             raw = await packed.ws.get_message()
             assert isinstance(raw, bytes)
@@ -138,6 +141,7 @@ async def test_content_larger_than_max_content_gets_too_large_with_cid(url: str)
                                  messageType="text", content=content)
                 error = await alice.expect_error("too-large")
                 assert (error["cid"], error["rid"]) == ("big", "r-big")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "a" * 16384, "just-fits")
             message = await bob.expect("message")
             assert message["id"] == ack["id"] and len(message["content"]) == 16384
@@ -251,7 +255,7 @@ async def test_a_frame_just_before_the_idle_timeout_is_answered_even_when_the_st
 
 @pytest.mark.parametrize("after_login", [False, True], ids=["anonymous", "logged-in-not-ready"])
 async def test_commands_before_ready_are_unauthorized(url: str, after_login: bool) -> None:
-    commands = [
+    commands: list[tuple[str, dict[str, Any]]] = [
         ("message", {"cid": "c", "chatId": "1", "type": "friend", "messageType": "text", "content": "x"}),
         ("received", {"ids": ["1"]}),
         ("read", {"chatId": "1", "type": "friend", "timestamp": 1}),
