@@ -509,6 +509,7 @@ class ChaosRun:
                 node = cluster.write_node(name, "master", ",".join(urls) or None)
                 if name in cluster.proxies:  # a retry on new ports
                     cluster.proxies.pop(name).stop()
+                assert node.forward_port is not None
                 proxy = cluster.proxies[name] = ProxyThread(node.forward_port).start()
                 set_cluster_keys(node, {"forward-url": f"ws://127.0.0.1:{proxy.port}/forward"})
                 return node

@@ -171,7 +171,7 @@ class ClusterNode:
         last: object = None
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(f"{self.name} exited ({self.process.process.returncode}); log:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited ({self.process.process.returncode if self.process.process else None}); log:\n{self.log_tail()}")
             try:
                 status, body = self.healthz(timeout=2.0)
                 if status == expected:
@@ -243,6 +243,7 @@ class Cluster:
         try:
             self._start_node(lambda: self.write_node(MASTER, "master"))
             for slave in self._proxied:
+                assert self.master.forward_port is not None
                 self.proxies[slave] = ProxyThread(self.master.forward_port).start()
             with ThreadPoolExecutor(2) as pool:
                 list(pool.map(

@@ -12,10 +12,14 @@ sniffer on the link would read.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
 BUFFER = 65536
+
+T = TypeVar("T")
 
 
 class TcpProxy:
@@ -126,7 +130,7 @@ class ProxyThread:
             await self._stop.wait()
             nursery.cancel_scope.cancel()
 
-    def _call(self, fn) -> object:
+    def _call(self, fn: Callable[[], T]) -> T:
         assert self._token is not None
         return trio.from_thread.run_sync(fn, trio_token=self._token)
 
@@ -137,7 +141,7 @@ class ProxyThread:
         self._call(self.proxy.restore)
 
     def open_links(self) -> int:
-        return int(self._call(lambda: self.proxy.open_links))  # type: ignore[arg-type]
+        return int(self._call(lambda: self.proxy.open_links))
 
     def stop(self) -> None:
         if self._thread.is_alive() and self._stop is not None:

@@ -27,6 +27,7 @@ async def test_friend_message_crosses_nodes_acked_delivered_and_copied_to_sender
             bob = await online(stack, cluster.dept2.url, unique("bob"))
             alice_pc = await online(stack, cluster.master.url, a, register=False, client="pc")
 
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "hello across nodes", "c-1")
             assert ack["cid"] == "c-1" and ack["id"].isdigit() and ack["timestamp"] > 0
 
@@ -42,6 +43,7 @@ async def test_friend_message_crosses_nodes_acked_delivered_and_copied_to_sender
             await cluster.no_relayed_frame("message", [bob, alice_pc], cluster.dept1)  # each once
 
             # and back the other way: dept-2 -> dept-1 (and the master's device of alice)
+            assert alice.user_id is not None
             back = await bob.chat(alice.user_id, "hello back", "c-2")
             assert (await alice.expect("message"))["id"] == back["id"]
             assert (await alice_pc.expect("message"))["id"] == back["id"]
@@ -85,6 +87,7 @@ async def test_received_on_one_node_sends_a_receipt_to_the_sender_on_another(clu
             alice = await online(stack, cluster.dept1.url, a)
             alice_pc = await online(stack, cluster.master.url, a, register=False, client="pc")
             bob = await online(stack, cluster.dept2.url, b)
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "did you get it?", "r-1")
             await bob.expect("message")
 
@@ -104,6 +107,7 @@ async def test_read_on_one_node_is_announced_to_the_peer_on_another(cluster: Clu
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, cluster.dept1.url, unique("dalice"))
             bob = await online(stack, cluster.dept2.url, unique("dbob"))
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "read me", "d-1")
             await bob.expect("message")
 
@@ -121,6 +125,7 @@ async def test_recall_on_one_node_reaches_every_session_that_saw_the_message(clu
             alice = await online(stack, cluster.dept1.url, a)
             alice_pc = await online(stack, cluster.master.url, a, register=False, client="pc")
             bob = await online(stack, cluster.dept2.url, unique("cbob"))
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "oops", "x-1")
             await bob.expect("message")
             await alice_pc.expect("message")
@@ -168,6 +173,7 @@ async def test_messages_sent_while_offline_are_replayed_on_another_node_then_syn
             async with connect(cluster.dept2.url) as bob:
                 await bob.register_login(b)
                 await bob.ready()
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"offline {i}", f"f-{i}") for i in range(5)]
 
             async with connect(cluster.master.url) as moved:  # a different node than before
@@ -214,7 +220,9 @@ async def test_history_read_on_another_node_than_the_messages_were_sent_on(clust
             a = unique("halice")
             alice = await online(stack, cluster.dept1.url, a)
             bob = await online(stack, cluster.dept2.url, unique("hbob"))
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"h {i}", f"h-{i}") for i in range(4)]
+            assert alice.user_id is not None
             acks.append(await bob.chat(alice.user_id, "h back", "h-b"))
 
             alice_pc = await online(stack, cluster.master.url, a, register=False, client="pc")

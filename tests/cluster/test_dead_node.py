@@ -36,6 +36,7 @@ async def test_stopped_slave_is_declared_dead_loses_its_routes_and_retakes_its_l
             bob = await online(stack, cluster.dept2.url, name)  # bob's only session: on dept-2
             located = await blocking(run_cli, "whereis", name, "--config", master_cfg)
             assert located.returncode == 0 and located.stdout.startswith("dept-2\t"), located
+            assert bob.user_id is not None
             assert routes_on(cluster.redis_url, bob.user_id, "dept-2")
 
             stopped_at = time.monotonic()

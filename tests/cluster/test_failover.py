@@ -52,7 +52,7 @@ def log_time(node: ClusterNode, event: str) -> float:
     raise AssertionError(f"{node.name} never logged {event}:\n{node.log_tail()}")
 
 
-def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
     """Polls a condition on real processes (their /metrics, their logs) until it holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,7 +81,10 @@ def start_cluster(folder: Path, redis_url: str, a_redis_url: str | None = None,
         a_url = f"ws://127.0.0.1:{a.forward_port}/forward"
         cluster._start_node(lambda: cluster.write_node(B, "master", a_url))
         for name in (DEPT1, DEPT2):
-            cluster._start_node(lambda name=name: cluster.write_node(name, "slave", slave_master_url or a_url))
+            def write_slave(name: str = name) -> ClusterNode:
+                return cluster.write_node(name, "slave", slave_master_url or a_url)
+
+            cluster._start_node(write_slave)
         cluster.wait_healthy()
     except BaseException:
         cluster.stop()

@@ -38,6 +38,7 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
             nursery.start_soon(at_bob.run)
             nursery.start_soon(at_carol.run)
 
+            assert bob.user_id is not None and carol.user_id is not None
             before = await alice.chat(bob.user_id, "before the outage", "pre")
             await at_bob.wait_for([before["id"]], 5)
             assert before["id"] in at_bob.arrived
@@ -87,6 +88,7 @@ async def test_master_restart_slaves_reconnect_and_messages_acked_during_the_out
             assert after["id"] in at_bob.arrived
             after_latency = at_bob.arrived[after["id"]] - resumed_at
             at_bob.stop()  # bob reads his own frames from here on
+            assert alice.user_id is not None
             back = await bob.chat(alice.user_id, "back to you", "back")
             assert (await alice.expect("message"))["id"] == back["id"]
 
@@ -130,6 +132,7 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
             await blocking(cluster.master.kill)
             for slave in (cluster.dept1, cluster.dept2):
                 await blocking(slave.wait_health, 503, 15)
+            assert bob.user_id is not None
             acks = [await alice.chat(bob.user_id, f"queued {i}", f"q-{i}") for i in range(5)]
 
             cluster.dept2.signal(signal.SIGSTOP)

@@ -74,6 +74,7 @@ async def test_metrics_expose_connections_messages_forward_queue_and_relay_laten
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, cluster.dept1.url, f"ma-{secrets.token_hex(3)}")
             bob = await online(stack, cluster.dept2.url, f"mb-{secrets.token_hex(3)}")
+            assert bob.user_id is not None
             ack = await alice.chat(bob.user_id, "measured", "me-1")
             assert (await bob.expect("message"))["id"] == ack["id"]
             sender, receiver = await blocking(cluster.dept1.metrics), await blocking(cluster.dept2.metrics)
