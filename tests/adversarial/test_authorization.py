@@ -4,6 +4,7 @@ not theirs, and what an unauthenticated connection tries at all."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import trio
 
@@ -11,7 +12,7 @@ from ..cluster.harness import Cluster
 from ..support import connect, make_group, online
 from .attack import name, watch
 
-ANONYMOUS_PROBES = {
+ANONYMOUS_PROBES: dict[str, dict[str, Any]] = {
     "message": {"cid": "c", "chatId": "1", "type": "friend", "messageType": "text", "content": "x"},
     "received": {"ids": ["1"]},
     "read": {"chatId": "1", "type": "friend", "timestamp": 1},
@@ -51,6 +52,7 @@ async def test_a_user_cannot_read_change_or_speak_for_chats_that_are_not_theirs(
             bob = await online(stack, cluster.dept1.url, name("bob"))
             mallory = await online(stack, cluster.dept2.url, name("mallory"))
             group = await make_group(alice, [bob], name="alice and bob")
+            assert bob.user_id is not None
             private = await alice.chat(bob.user_id, "our secret", "a-1")
             await alice.send("message", cid="a-2", chatId=group, type="group", messageType="text", content="team secret")
             grouped = await alice.expect("ack")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import pytest
 import trio
 
 from vim_cluster.core.lockout import LockoutPolicy
@@ -71,7 +70,7 @@ async def attackers(stack: contextlib.AsyncExitStack, cluster: Cluster, count: i
 
 
 async def test_100_parallel_guesses_from_one_address_get_five_checks_per_window(
-    cluster: Cluster, record_property: pytest.RecordProperty
+    cluster: Cluster, record_property: Callable[[str, object], None]
 ) -> None:
     """Attack: 100 connections spread over the 3 nodes send a wrong password for one account
     at the same moment (the race that let 40 of 40 through before the lockout was atomic).
@@ -93,7 +92,7 @@ async def test_100_parallel_guesses_from_one_address_get_five_checks_per_window(
 
 
 async def test_100_parallel_guesses_from_ten_addresses_get_twenty_checks_per_window(
-    cluster: Cluster, record_property: pytest.RecordProperty
+    cluster: Cluster, record_property: Callable[[str, object], None]
 ) -> None:
     """Attack: a botnet: 100 parallel connections from 10 source addresses (127.0.0.10-19)
     over the 3 nodes guess one account's password. Defended: no more than `per_user` (20)

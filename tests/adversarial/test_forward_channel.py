@@ -137,9 +137,11 @@ async def test_garbage_on_the_forward_port_is_dropped(cluster: Cluster) -> None:
     Defended: each connection is dropped, the master logs it and keeps serving."""
     with trio.fail_after(30):
         async with watch(cluster, cluster.master):
-            for payload in ["hello", b"\xc1\xc1\xc1", b"\xdf\xff\xff\xff\xff", b"\x91" * 3000 + b"\x00",
-                            ff.encode_frame(ff.Batch(0, 1, [ff.SessionClose(1, "s")]), 0),
-                            ff.encode_frame(ff.Welcome(0), 0)]:
+            payloads: list[str | bytes] = [
+                "hello", b"\xc1\xc1\xc1", b"\xdf\xff\xff\xff\xff", b"\x91" * 3000 + b"\x00",
+                ff.encode_frame(ff.Batch(0, 1, [ff.SessionClose(1, "s")]), 0),
+                ff.encode_frame(ff.Welcome(0), 0)]
+            for payload in payloads:
                 async with forward(cluster) as ws:
                     with contextlib.suppress(ConnectionClosed):
                         await ws.send_message(payload)

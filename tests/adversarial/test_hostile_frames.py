@@ -5,6 +5,7 @@ that are not what they claim."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import msgpack
 import trio
@@ -114,11 +115,13 @@ async def test_oversize_frames_and_fields_are_refused(cluster: Cluster) -> None:
             deep: dict = {"v": 1}
             for _ in range(17):
                 deep = {"d": deep}
-            for fields, kind in [({"content": "x" * 20_000}, "too-large"),
-                                 ({"extend": {"blob": "y" * 60_000}}, "too-large"),
-                                 ({"extend": deep}, "invalid"),
-                                 ({"extend": {"n": 1 << 70}}, "invalid"),
-                                 ({"cid": "c" * 5000}, "invalid")]:
+            cases: list[tuple[dict[str, Any], str]] = [
+                ({"content": "x" * 20_000}, "too-large"),
+                ({"extend": {"blob": "y" * 60_000}}, "too-large"),
+                ({"extend": deep}, "invalid"),
+                ({"extend": {"n": 1 << 70}}, "invalid"),
+                ({"cid": "c" * 5000}, "invalid")]
+            for fields, kind in cases:
                 await sender.send("message", **{"cid": "big-1", **base, **fields})
                 await sender.expect_error(kind)
             await cluster.no_relayed_frame("message", [peer], cluster.dept1)  # the sender's node

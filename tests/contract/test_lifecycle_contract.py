@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,6 @@ from vim_cluster.model import (
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.retention import DUTY, Purger
 from vim_cluster.ports import NewMessage
-
-from .conftest import MessagesOpener
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,7 +95,7 @@ def test_offline_purge_drops_unconfirmed_rows_but_history_keeps_the_messages(mes
     assert everything(messages) == [old, young]
 
 
-def test_purge_racing_with_new_messages_loses_none_of_them(open_messages: MessagesOpener) -> None:
+def test_purge_racing_with_new_messages_loses_none_of_them(open_messages: Callable[[], LifecycleStore]) -> None:
     purging, writing = open_messages(), open_messages()
     old = [message(NOW - 40 * DAY, n) for n in range(300)]
     save(purging, old, BOB)

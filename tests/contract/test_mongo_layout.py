@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -236,7 +236,8 @@ def test_recall_and_erasure_change_every_copy(store: MongoMessages, raw: Databas
         assert claim is not None and (claim["message"]["message_type"], claim["message"]["content"]) == ("deleted", "")
         row = raw["pending_messages"].find_one({"message_id": message.id})
         assert row is not None and "message_json" not in row
-    assert raw["pending_messages"].find_one({"message_id": older.id})["message"]["content"] == ""
+    row = raw["pending_messages"].find_one({"message_id": older.id})
+    assert row is not None and row["message"]["content"] == ""
     erased = store.pending(BOB, MessageId(0), 10)
     assert [(m.id, m.message_type.value, m.content) for m in erased] == [
         (one.id, "deleted", ""), (two.id, "deleted", ""), (older.id, "deleted", "")]
@@ -254,8 +255,8 @@ def test_confirms_and_replay_take_the_offline_rows_copies_not_the_shards(
     raw["pending_messages"].update_one({"message_id": two.id}, {"$unset": {"message_json": ""},
                                                                "$set": {"message": message_doc(two)}})
 
-    def no_shard(refs: object) -> dict[int, object]:
-        assert not list(refs), "a shard was read"  # type: ignore[call-overload]
+    def no_shard(refs: Iterable[tuple[int, int]]) -> dict[int, Message]:
+        assert not list(refs), "a shard was read"
         return {}
 
     store._fetch = no_shard  # type: ignore[method-assign]

@@ -55,6 +55,7 @@ async def test_friend_chat_and_offline_replay_on_mysql_and_mongo(start_node, mys
             async with connect(url) as bob:
                 await bob.register_login("bob")
                 await bob.ready()
+                assert bob.user_id is not None
                 ack = await alice.chat(bob.user_id, "你好 😀", "c1")
                 live = await bob.expect("message")
                 assert (live["id"], live["content"]) == (ack["id"], "你好 😀")
@@ -77,6 +78,7 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
         assert error.get("cid") == "c1"
         await bob.no_frame("message")
         private_ferretdb.start()  # from this (the main) thread: see tests/servers.py
+        assert bob.user_id is not None
         ack = await alice.chat(bob.user_id, "x", "c1")
         assert (await bob.expect("message"))["id"] == ack["id"]
 
@@ -84,15 +86,17 @@ async def test_message_store_outage_is_answered_unavailable_then_heals(
 async def test_accepted_messages_reach_the_daily_raw_frame_log(start_node, mysql_url: str, mongo_url: str) -> None:
     node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
     async with alice_and_bob(node) as (alice, bob):
+        assert bob.user_id is not None
         ack = await alice.chat(bob.user_id, "for the audit log", "log-1")
         day = time.strftime("%Y%m%d", time.gmtime(ack["timestamp"] / 1000))
-        client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=3000)
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=3000)
         try:
             collection = client.get_default_database()[f"message-log-{day}"]
             while (entry := await trio.to_thread.run_sync(collection.find_one, {"sendTime": ack["timestamp"]})) is None:
                 await trio.sleep(0.05)  # written off the hot path, after the ack
         finally:
             client.close()
+        assert alice.user_id is not None
         assert entry["senderId"] == int(alice.user_id)
         frame = json.loads(entry["content"])
         assert frame["code"] == "message" and frame["message"]["id"] == ack["id"]
@@ -106,6 +110,7 @@ async def test_a_commit_cut_off_before_its_document_is_finished_and_delivered_by
     node = await start_node(store={"directory": mysql_url, "messages": mongo_url})
     async with alice_and_bob(node) as (alice, bob):
         chat_id = bob.user_id if chat == "friend" else await make_group(alice, [bob])
+        assert chat_id is not None
         Cut(monkeypatch, "chat_message_", times=1)  # the commit writes its claim and rows, not its document
         await alice.send("message", cid="c1", chatId=chat_id, type=chat, messageType="text", content="x")
         assert (await alice.expect_error("unavailable")).get("cid") == "c1"

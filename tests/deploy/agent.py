@@ -61,9 +61,11 @@ async def flows(urls: dict[str, str], prefix: str) -> None:
         alice, bob, carol = users["dept-1"], users["dept-2"], users["master"]
 
         # friend chat across departments, both ways
+        assert bob.user_id is not None
         ack = await alice.chat(bob.user_id, "hello dept-2", "f-1")
         got = await bob.expect("message", timeout=10)
         assert (got["id"], got["fromId"], got["content"]) == (ack["id"], alice.user_id, "hello dept-2"), got
+        assert alice.user_id is not None
         back = await bob.chat(alice.user_id, "hello dept-1", "f-2")
         got_back = await alice.expect("message", timeout=10)
         assert got_back["id"] == back["id"] and got_back["content"] == "hello dept-1", got_back

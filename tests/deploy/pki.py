@@ -125,7 +125,7 @@ def healthz(config: NodeConfig, context: ssl.SSLContext | None) -> tuple[int, di
         return exc.code, json.loads(exc.read())
 
 
-async def wait_link_problem(config: NodeConfig, context: ssl.SSLContext, words: str) -> dict[str, Any]:
+async def wait_link_problem(config: NodeConfig, context: ssl.SSLContext | None, words: str) -> dict[str, Any]:
     """Polls the slave's /healthz (HTTPS) until its master_link check is down with `words`."""
     with trio.fail_after(20):
         while True:

@@ -86,6 +86,7 @@ async def test_acked_messages_survive_node_sigkill(tmp_path: Path, redis_url: st
                     assert message["content"] == f"survives {ack['cid'][2:]}"
 
                 # the restarted node goes on: new messages and idempotent retries of old cids
+                assert bob.user_id is not None
                 again = await alice.chat(bob.user_id, "survives 0", "k-0")
                 assert again == {k: v for k, v in acks[0].items() if k != "rid"}
                 # a retried cid stores nothing new and delivers the stored message again (the
