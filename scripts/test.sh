@@ -12,5 +12,5 @@ fi
 if [ -n "${CI:-}" ]; then export VIM_REQUIRE_TEST_SERVERS=1; fi
 export PATH="$PATH:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
 echo "== ruff"; .venv/bin/ruff check vim_cluster tests scripts
-echo "== mypy"; .venv/bin/mypy vim_cluster
+echo "== mypy"; .venv/bin/mypy vim_cluster tests
 echo "== pytest"; .venv/bin/python -m pytest "$@"
