@@ -11,6 +11,13 @@ from urllib.parse import urlsplit
 
 from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
 
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs (a store's or Redis's)."""
+    password = urlsplit(url).password
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 

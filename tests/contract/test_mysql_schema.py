@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from vim_cluster.adapters.mysql_base import connect_params, redact
+from vim_cluster.adapters.mysql_base import connect_params
 from vim_cluster.adapters.mysql_directory import MysqlDirectory
+from vim_cluster.config_values import redact
 
 pytestmark = pytest.mark.timeout(60)
 

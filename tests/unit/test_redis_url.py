@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+import redis.exceptions
 
+from vim_cluster.adapters.redis_registry import RedisRegistry
 from vim_cluster.config import load_config
-from vim_cluster.errors import ConfigError
+from vim_cluster.errors import ConfigError, StoreUnavailable
 from vim_cluster.redis_url import SentinelUrl, parse_sentinel_url
 
 from .test_config import config, write
@@ -54,3 +56,13 @@ def test_the_config_accepts_a_sentinel_url_and_names_the_key_of_a_bad_one(tmp_pa
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, config(redis={"url": "redis+sentinel://10.0.0.1/vim"})))
     assert caught.value.key == "vim.redis.url" and "HOST:PORT" in caught.value.problem
+
+
+@pytest.mark.parametrize("url", ["redis://:Top%2FSecret@127.0.0.1:1/0", "redis://app:TopSecret@127.0.0.1:1/0",
+                                 "redis+sentinel://:TopSecret@127.0.0.1:1,127.0.0.2:1/vim"])
+def test_a_redis_outage_names_the_url_without_its_password(url: str) -> None:
+    """The message goes to the logs, /healthz on the open HTTP port and the CLI's stderr."""
+    registry = RedisRegistry(url)
+    with pytest.raises(StoreUnavailable) as caught, registry._errors():
+        raise redis.exceptions.ConnectionError("Connection refused.")
+    assert "TopSecret" not in str(caught.value) and ":***@127.0.0.1:1" in str(caught.value)

@@ -28,7 +28,6 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from pymongo import MongoClient, uri_parser
@@ -74,12 +73,6 @@ def open_client(url: str, journaled: bool = True) -> MongoClient[dict[str, Any]]
             options["journal"] = True
     client: MongoClient[dict[str, Any]] = MongoClient(url, **options)
     return client
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    password = urlsplit(url).password
-    return url if password is None else url.replace(f":{password}@", ":***@", 1)
 
 
 @contextlib.contextmanager

@@ -96,6 +96,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from ..config_values import redact
 from ..errors import NotFound
 from ..model import ChatType, GroupId, Message, MessageId, MessageType, ReadCursor, UserId, chat_key
 from ..ports import Confirm, NewMessage, Saved
@@ -116,7 +117,6 @@ from .mongo_base import (
     message_of,
     open_client,
     pack,
-    redact,
     shard_of,
     translated,
     unpack,

@@ -34,6 +34,7 @@ import pymysql
 from pymysql.connections import Connection
 from pymysql.cursors import Cursor
 
+from ..config_values import redact
 from ..errors import Conflict, NotFound, StoreUnavailable
 
 POOL_SIZE = 4
@@ -67,14 +68,6 @@ def connect_params(url: str) -> dict[str, Any]:
         "write_timeout": IO_TIMEOUT_S,
         "init_command": "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
     }
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 class MysqlDatabase:

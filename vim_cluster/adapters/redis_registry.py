@@ -34,6 +34,7 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ..config_values import redact
 from ..core.lease import BeatReport, Generation, KeyState
 from ..core.mastership import MasterView, Renewal
 from ..errors import StoreUnavailable
@@ -260,6 +261,7 @@ def _state(answer: str | bytes) -> KeyState:
 class RedisRegistry:
     def __init__(self, url: str) -> None:
         self.url = url
+        self.name = redact(url)  # for messages: never the password
         self._r = connect(url)
         self._release = self._r.register_script(_RELEASE)
         self._claim = self._r.register_script(_CLAIM)
@@ -277,7 +279,7 @@ class RedisRegistry:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
-            raise StoreUnavailable(f"redis {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"redis {self.name}: {exc}") from exc
 
     def ping(self) -> None:
         with self._errors():
