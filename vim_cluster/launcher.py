@@ -10,8 +10,9 @@ Rules:
   stdout: not a TCP probe, which another cluster's node could answer) before the next starts.
   Each node is printed once: client URL, web client URL, dashboard URL.
 - Ctrl-C (SIGINT) or SIGTERM stops every node with SIGTERM, then SIGKILL after a grace period,
-  however `up` was started (a background job of a script inherits SIGINT ignored: the handler
-  is installed anyway). If a node dies by itself, the others are stopped too and `up` exits 1.
+  department nodes before masters (each leaves through its master), however `up` was started
+  (a background job of a script inherits SIGINT ignored: the handler is installed anyway). If
+  a node dies by itself, the others are stopped too and `up` exits 1.
 - `up` holds the embedded Redis (if a config uses it) while it runs; the last holder stops it.
 """
 
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from .config import NodeConfig, load_config, parse_document
 from .errors import ConfigError
@@ -46,7 +49,7 @@ def ensure_secret(config_file: Path) -> None:
     try:
         document = parse_document(config_file)
         name = document["vim"]["cluster"]["secret-file"]
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # TOML's and decoding's are ValueErrors
         return  # load_config reports the problem with file and key
     if not isinstance(name, str):
         return
@@ -128,6 +131,7 @@ def node_line(config: NodeConfig) -> str:
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each still running, then SIGKILL to those still running STOP_GRACE later."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -138,6 +142,15 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def stop_in_order(configs: list[NodeConfig], processes: list[subprocess.Popen]) -> None:
+    """Department nodes first, then the master-capable ones: a department node that stops
+    leaves the cluster through its master (its `leaving` packet, acked), which spares every
+    other node a catch-up; with its master gone first it could only drop its link."""
+    started = list(zip(configs, processes, strict=False))  # a start cut short has fewer processes
+    _stop([p for c, p in started if not c.is_master])
+    _stop([p for c, p in started if c.is_master])
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -196,7 +209,7 @@ def launch(folder: Path, log_json: bool = False, log_level: str = "info") -> int
         # own sessions and would be left running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop(processes)
+        stop_in_order(configs, processes)
         if embedded:
             release_embedded_redis(os.getpid())
 
