@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -200,14 +201,37 @@ def node_health(config: NodeConfig) -> tuple[bool, str]:
         return False, f"{config.node_id}: DEAD (last heartbeat {age:.1f}s ago)"
     if config.http.port:
         scheme, context = ("https", local_probe_context(config)) if config.websocket.tls else ("http", None)
+        url = f"{scheme}://{probe_host(config.websocket.host)}:{config.http.port}/healthz"
         try:
-            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{config.http.port}/healthz", timeout=5,
-                                        context=context) as answer:
+            with urllib.request.urlopen(url, timeout=5, context=context) as answer:
                 status = answer.status
         except urllib.error.HTTPError as exc:
-            status = exc.code
+            return False, f"{config.node_id}: alive but {url} answers {exc.code}: {_unhealthy(exc)}"
         except OSError as exc:
-            return False, f"{config.node_id}: registered but /healthz does not answer: {exc}"
+            return False, f"{config.node_id}: registered but {url} does not answer: {exc}"
         if status != 200:
-            return False, f"{config.node_id}: alive but /healthz answers {status} (a store or link is down)"
+            return False, f"{config.node_id}: alive but {url} answers {status}"
     return True, f"{config.node_id}: alive, heartbeat {age:.1f}s ago, {node.connections} connections"
+
+
+def probe_host(host: str) -> str:
+    """Where a local tool reaches a node bound to `host`: that address, or loopback for every
+    address."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _unhealthy(answer: urllib.error.HTTPError) -> str:
+    """What a /healthz 503 says: draining, or which checks are down."""
+    try:
+        body = json.loads(answer.read())
+        checks = body.get("checks", {})
+        down = [f"{name} {state}" for name, state in checks.items() if state != "ok"]
+    except (OSError, ValueError, AttributeError):
+        return "its body is not /healthz's JSON"
+    if body.get("draining") and not down:
+        return "draining (it takes no new connections; restart it to serve again)"
+    return "; ".join(down) or str(body.get("status", "unavailable"))

@@ -7,6 +7,7 @@ import json
 
 import trio
 
+from vim_cluster.admin import node_health
 from vim_cluster.model import UserId
 from vim_cluster.ports import Route
 
@@ -236,3 +237,21 @@ async def test_a_session_opening_as_the_node_starts_draining_is_closed_4005_and_
         assert len(ctx.local_sessions) == 0
         assert carol.user_id is not None
         assert ctx.registry.routes([UserId(int(carol.user_id))]) in ({}, {UserId(int(carol.user_id)): []})
+
+
+async def test_heartbeat_asks_the_node_where_it_listens_and_says_why_it_is_unhealthy(start_node) -> None:
+    """`vim-cluster heartbeat` (admin.node_health) reaches a node bound to one address at that
+    address (not at 127.0.0.1, where nothing listens), and a 503 says what /healthz says."""
+    with trio.fail_after(30):
+        node = await start_node(websocket={"host": "127.0.0.2"}, extra={"http": {"port": free_port()}})
+        ctx = node.ctx
+        while True:  # the node registers itself in Redis on its first heartbeat
+            healthy, line = await trio.to_thread.run_sync(node_health, ctx.config)
+            if "not registered" not in line:
+                break
+            await trio.sleep(0.1)
+        assert healthy and line.startswith(f"{ctx.node_id}: alive, heartbeat"), line
+        ctx.draining = True
+        healthy, line = await trio.to_thread.run_sync(node_health, ctx.config)
+        assert not healthy and line == (f"{ctx.node_id}: alive but http://127.0.0.2:{node.http_port}/healthz answers"
+                                        " 503: draining (it takes no new connections; restart it to serve again)")
