@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from . import __version__, cli_users
-from .cli_config import add_command, load_or_exit
+from .cli_config import add_command, at_least, load_or_exit
 from .cli_lifecycle import add_lifecycle_commands, add_user_delete
 from .cli_users import cmd_user_add
 from .config import NodeConfig
@@ -143,6 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     from . import wiring
     from .admin import master_summary, nodes_table, now_ms
+    from .errors import StoreUnavailable
 
     config = load_or_exit(args.config)
     registry = wiring.open_registry(config, start=False)
@@ -158,6 +159,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+    except StoreUnavailable as exc:
+        print(f"vim-cluster nodes: cannot ask Redis: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     finally:
         registry.close()
 
@@ -255,7 +259,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"vim-cluster bench: cannot read --ca-file {args.ca_file}", file=sys.stderr)
             return 2
         os.environ["SSL_CERT_FILE"] = args.ca_file  # every wss:// connection's default context trusts it
-    return bench_main(args)
+    if args.scenario in ("cross-node", "local", "group") and not args.duration and not args.messages:
+        print("vim-cluster bench: --duration 0 needs --messages N (else it would send for ever)", file=sys.stderr)
+        return 2
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    unreachable = (OSError, HandshakeError, ConnectionClosed)  # a node that does not answer, or refuses
+    try:
+        return bench_main(args)
+    except unreachable as exc:
+        first: BaseException = exc
+    except BaseExceptionGroup as group:  # from the scenario's nurseries
+        matched, rest = group.split(unreachable)
+        if matched is None or rest is not None:
+            raise
+        first = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+    why = first if str(first) or first.__context__ is None else first.__context__  # HandshakeError says nothing
+    print(f"vim-cluster bench: a node did not answer or closed the connection: {type(why).__name__}: {why}",
+          file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +333,8 @@ def _add_cluster_commands(commands: Any) -> None:
     )
     add_config_option(nodes)
     nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
-    nodes.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    nodes.add_argument("--interval", type=at_least(0.1), default=2.0,
+                       help="seconds between refreshes with --watch (at least 0.1; default 2)")
 
     heartbeat = add_command(
         commands, "heartbeat", cmd_heartbeat,
@@ -353,14 +378,14 @@ def _add_bench_command(commands: Any) -> None:
     bench.add_argument("--pid", action="append", type=int, help="a node's pid for CPU/RSS (with --url)")
     bench.add_argument("--ca-file", help="PEM CA bundle that verifies the nodes' wss:// certificates "
                        "(instead of the system's CAs)")
-    bench.add_argument("--senders", type=int, default=4, help="sending clients (churn: parallel loops)")
-    bench.add_argument("--members", type=int, default=12, help="group scenario: members")
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds to send (0: use --messages)")
-    bench.add_argument("--messages", type=int, default=0, help="messages in all (instead of --duration)")
-    bench.add_argument("--window", type=int, default=32, help="unacked messages per sender")
-    bench.add_argument("--rate", type=float, default=0, help="messages/s in all, paced (0: as fast as acks allow)")
-    bench.add_argument("--size", type=int, default=100, help="content bytes per message")
-    bench.add_argument("--connections", type=int, default=1000, help="connections scenario: K")
+    bench.add_argument("--senders", type=at_least(1, int), default=4, help="sending clients (churn: parallel loops); default 4")
+    bench.add_argument("--members", type=at_least(2, int), default=12, help="group scenario: members; default 12")
+    bench.add_argument("--duration", type=at_least(0), default=10.0, help="seconds to send (0: use --messages); default 10")
+    bench.add_argument("--messages", type=at_least(0, int), default=0, help="messages in all (instead of --duration)")
+    bench.add_argument("--window", type=at_least(1, int), default=32, help="unacked messages per sender; default 32")
+    bench.add_argument("--rate", type=at_least(0), default=0, help="messages/s in all, paced (0, the default: as fast as acks allow)")
+    bench.add_argument("--size", type=at_least(0, int), default=100, help="content bytes per message; default 100")
+    bench.add_argument("--connections", type=at_least(1, int), default=1000, help="connections scenario: K; default 1000")
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bench.add_argument("--timeline", metavar="FILE",
                        help="message scenarios: write each message's send, ack and delivery times "

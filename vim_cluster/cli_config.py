@@ -24,6 +24,21 @@ def add_command(commands: Any, name: str, run: Callable[[argparse.Namespace], in
     return parser
 
 
+def at_least(low: float, kind: Callable[[str], Any] = float) -> Callable[[str], Any]:
+    """An argparse `type=`: a number (int or float) no smaller than `low` (argparse says why
+    in one line and exits 2 otherwise)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def load_or_exit(path: str) -> NodeConfig:
     """The config, or exit 2 with the one-line ConfigError."""
     try:

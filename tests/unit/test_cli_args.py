@@ -1,0 +1,58 @@
+"""The command line's own checks: numbers out of range are refused by argparse with one line
+(exit 2) before anything runs, and a load generator that reaches no node says so in one line
+(exit 1), not with a traceback."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from vim_cluster.cli import build_parser
+from vim_cluster.cli_config import at_least
+
+from ..cluster.harness import run_cli
+from ..support import free_port, write_config
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["nodes", "--watch", "--interval", "-1"], "argument --interval: must be at least 0.1, got -1"),
+    (["nodes", "--watch", "--interval", "0"], "argument --interval: must be at least 0.1, got 0"),
+    (["nodes", "--interval", "nan"], "argument --interval: must be at least 0.1, got nan"),
+    (["bench", "cross-node", "--senders", "0"], "argument --senders: must be at least 1, got 0"),
+    (["bench", "cross-node", "--window", "1.5"], "argument --window: not an integer: '1.5'"),
+    (["bench", "group", "--members", "1"], "argument --members: must be at least 2, got 1"),
+    (["bench", "local", "--rate", "-5"], "argument --rate: must be at least 0, got -5"),
+])
+def test_numbers_out_of_range_are_one_line_and_exit_2(
+    args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(args)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {problem}")
+
+
+def test_at_least_gives_the_number_in_its_kind() -> None:
+    assert at_least(0.1)("2") == 2.0 and at_least(1, int)("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
+        at_least(0)("soon")
+
+
+def test_bench_against_a_port_where_nothing_listens_is_one_line_and_exit_1() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/"
+    result = run_cli("bench", "cross-node", "--url", url, "--url", url, "--duration", "1")
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("vim-cluster bench: a node did not answer or closed the connection: OSError: ")
+    endless = run_cli("bench", "cross-node", "--url", url, "--duration", "0")
+    assert endless.returncode == 2 and endless.stderr == (
+        "vim-cluster bench: --duration 0 needs --messages N (else it would send for ever)\n")
+
+
+def test_nodes_without_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    config = write_config(tmp_path, node_id="master", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    result = run_cli("nodes", "--config", str(config))
+    assert result.returncode == 3 and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith("vim-cluster nodes: cannot ask Redis: redis redis://127.0.0.1:"), result
