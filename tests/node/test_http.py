@@ -9,6 +9,7 @@ import trio
 
 from vim_cluster.admin import node_health
 from vim_cluster.model import UserId
+from vim_cluster.node.operator import FAILURES_PER_MINUTE
 from vim_cluster.ports import Route
 
 from ..support import connect, free_port, online
@@ -125,6 +126,13 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
         assert status == 401 and body == {"error": "operator login required"}
         status, _, _ = await post_json(port, "/login", {"secret": "wrong", "name": "eve"})
         assert status == 401
+        for _ in range(FAILURES_PER_MINUTE - 1):
+            await post_json(port, "/login", {"secret": "wrong", "name": "eve"})
+        status, headers, body = await post_json(  # locked out: said so, even to the right secret
+            port, "/login", {"secret": ctx.config.cluster.secret.decode(), "name": "ops-anna"})
+        assert status == 429 and body == {"error": "too many failed logins on this node: try again in 60 s"}
+        assert headers["retry-after"] == "60"
+        ctx.operator._failures.clear()  # a minute later
         forged = "9999999999999.ZXZl.00"
         status, _, _ = await post_json(port, "/admin/drain", {}, cookie=f"vim_operator={forged}")
         assert status == 401 and not ctx.draining

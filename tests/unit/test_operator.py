@@ -28,6 +28,10 @@ def test_logins_are_refused_for_a_minute_after_five_failures() -> None:
     for _ in range(FAILURES_PER_MINUTE):
         assert operator.login("wrong", "eve", "10.0.0.9") is None
     assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is None  # even the right secret
-    now[0] += 60_001
+    assert operator.locked_for_s() == 60
+    now[0] += 59_500
+    assert operator.locked_for_s() == 1
+    now[0] += 501
+    assert operator.locked_for_s() == 0
     assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is not None
     assert [e["action"] for e in operator.trail] == ["login"]

@@ -70,6 +70,15 @@ class Operator:
         self.record(name, remote, "login", "", "ok")
         return f"{expires}.{_b64(name)}.{self._mac(expires, name)}"
 
+    def locked_for_s(self) -> int:
+        """Seconds until logins are taken again after FAILURES_PER_MINUTE failures within a
+        minute (0: they are taken now)."""
+        now = self.clock_ms()
+        recent = [t for t in self._failures if now - t < 60_000]
+        if len(recent) < FAILURES_PER_MINUTE:
+            return 0
+        return max(1, -(-(recent[-FAILURES_PER_MINUTE] + 60_000 - now) // 1000))
+
     def who(self, cookie: str | None) -> str | None:
         """The operator's name if the cookie is valid and not expired."""
         if not cookie:
