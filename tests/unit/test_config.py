@@ -154,6 +154,13 @@ def test_master_forward_port_equal_to_client_port_is_refused(tmp_path: Path) -> 
     assert error.key == "vim.websocket.forward-port"
 
 
+@pytest.mark.parametrize(("port", "other"), [(8180, "port"), (8081, "forward-port")])
+def test_http_port_equal_to_a_websocket_port_is_refused(tmp_path: Path, port: int, other: str) -> None:
+    """Else the node fails to listen, and says another process holds its own port."""
+    error = config_error(write(tmp_path, config(http={"port": port})))
+    assert error.key == "vim.http.port" and error.problem == f"must differ from vim.websocket.{other}"
+
+
 def test_slave_without_master_url_names_the_key(tmp_path: Path) -> None:
     error = config_error(write(tmp_path, config(cluster={"node-type": "slave"}, websocket={"forward-port": ...})))
     assert error.key == "vim.cluster.master-url" and "slave" in error.problem
