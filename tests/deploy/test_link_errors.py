@@ -39,7 +39,8 @@ async def test_a_master_with_another_secret_is_named(nodes: Nodes, tmp_path: Pat
     _, slave = await nodes.start("dept-1", None, master_url=master_url)
     body = await wait_link_problem(slave, None, "secret")
     assert body["checks"]["master_link"] == (
-        f"down: {master_url} refused this node: the master does not hold the cluster secret")
+        f"down: {master_url} refused this node: this node and the master hold different cluster secrets "
+        "(compare their vim.cluster.secret-file)")
     master.stop()
 
 

@@ -296,7 +296,8 @@ def test_a_slave_the_master_dropped_links_again_and_numbering_goes_on() -> None:
 def test_a_slave_without_the_secret_is_refused_and_told_so() -> None:
     net = link(slave_secret=OTHER, master_stream=None)
     # the slave sees the master's MAC is wrong, sends its own proof anyway, and ends
-    assert net.slave.ended == LinkEnded(EndReason.BAD_MAC, "the master does not hold the cluster secret")
+    assert net.slave.ended == LinkEnded(
+        EndReason.BAD_MAC, "this node and the master hold different cluster secrets (compare their vim.cluster.secret-file)")
     assert net.master.ended is not None and net.master.ended.reason is EndReason.BAD_MAC
     assert net.master.ended.close_code == 1008
     assert not [e for e in net.master.events if isinstance(e, PeerAuthenticated)]

@@ -392,8 +392,9 @@ class ForwardConnection(Generic[Tag]):
         assert self.peer_node is not None
         expected = ff.slave_mac(self.secret, self.peer_node, self._peer_nonce, self._nonce)
         if not ff.mac_ok(expected, auth.mac):
-            raise _End(EndReason.BAD_MAC, f"{self.peer_node!r} does not hold the cluster secret",
-                       reply="bad credentials: the peer does not hold the cluster secret")
+            raise _End(EndReason.BAD_MAC, f"{self.peer_node!r} holds another cluster secret than this master "
+                       "(compare their vim.cluster.secret-file)",
+                       reply="bad credentials: this node and the master hold different cluster secrets")
         if self.peer_node == self.node_id and self.peer_role is PeerRole.SLAVE:
             raise _End(EndReason.WRONG_NODE, f"a peer claims this master's own node id {self.node_id!r}",
                        reply=f"node id {self.node_id!r} is the master's own")
@@ -430,7 +431,8 @@ class ForwardConnection(Generic[Tag]):
             # Our proof still goes (nothing else: no sessions), so that the master sees a peer with
             # another secret and refuses it by name in its log, rather than a hang-up.
             self._out.append(ff.encode_frame(ff.Auth(mac, 0, 0), self.epoch))
-            raise _End(EndReason.BAD_MAC, "the master does not hold the cluster secret")
+            raise _End(EndReason.BAD_MAC, "this node and the master hold different cluster secrets "
+                       "(compare their vim.cluster.secret-file)")
         if challenge.node == self.node_id or (self.expect_peer is not None and challenge.node != self.expect_peer):
             raise _End(EndReason.WRONG_NODE, f"the master is {challenge.node!r}, expected "
                        f"{self.expect_peer or 'another node than this one'!r}", reply="wrong node")
