@@ -311,7 +311,11 @@ class MasterRelay:
         dropped = peer.stream.window.drain()
         self._complete(dropped)
         sessions = self.routes.drop_node(key)
-        log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
+        if peer.left:  # a clean stop (its lease released, not lapsed): what is dropped was for its closed sessions
+            log.info("forward_peer_dropped", peer=key, why="it stopped and left the cluster",
+                     dropped_packets=len(dropped), sessions=sessions)
+        else:
+            log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
         if peer.role is PeerRole.SLAVE:
             self._catch_up_everywhere(peer)
 
