@@ -26,9 +26,9 @@ from .config_values import (
     TLS_KEYS,
     SubkeyError,
     int_range,
-    positive_number,
     public_host,
     redis_url,
+    seconds_up_to,
     string,
     tls_section,
     ws_url,
@@ -181,6 +181,7 @@ def _store_sync(value: Any) -> StoreSync:
 
 
 PORT = int_range(1, 65535)
+HOUR, DAY = 3600.0, 86400.0  # the upper bounds of timing keys
 
 # (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
 REQUIRED = object()
@@ -191,15 +192,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "master-url": (ws_urls, ()),
         "secret-file": (string, REQUIRED),
         "forward-url": (ws_url, None),
-        "link-dead-after": (positive_number, None),  # None: tunables.DEFAULTS (so for the four below)
-        "master-lease-ttl": (positive_number, None),
+        "link-dead-after": (seconds_up_to(HOUR), None),  # None: tunables.DEFAULTS (so for the four below)
+        "master-lease-ttl": (seconds_up_to(HOUR), None),
     },
     "websocket": {
         "host": (string, "127.0.0.1"),
         "public-host": (public_host, None),
         "port": (PORT, REQUIRED),
         "forward-port": (PORT, None),
-        "idle-timeout": (positive_number, 60.0),
+        "idle-timeout": (seconds_up_to(DAY), 60.0),
         "max-frame": (int_range(1024, 64 * 1024 * 1024), 65536),
         # At most 2 MiB: a message's frame (content escaped up to 6x in JSON, `extend` up to the
         # same size) then fits in one forward frame (16 MiB, protocol/forward_connection.py).
@@ -208,7 +209,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file
         "tls-key": (string, None),  # older spelling of tls.key-file
-        "shutdown-grace": (positive_number, None),
+        "shutdown-grace": (seconds_up_to(HOUR), None),
         "send-queue-frames": (int_range(1, 10_000_000), None),
         "send-queue-bytes": (int_range(1024, 1 << 40), None),
     },
@@ -220,7 +221,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "sync": (_store_sync, StoreSync.FULL),
     },
     "message": {
-        "recall-window": (positive_number, 120.0),
+        "recall-window": (seconds_up_to(36_500 * DAY), 120.0),
         "retention-days": (int_range(1, 36_500), None),
         "offline-retention-days": (int_range(1, 36_500), None),
         "purge-hour": (int_range(0, 23), 2),

@@ -44,8 +44,21 @@ def int_range(low: int, high: int) -> Callable[[Any], int]:
 def positive_number(value: Any) -> float:
     # `not value > 0` rather than `value <= 0`: NaN compares false both ways and must fail.
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"must be a positive number, got {value!r}")
+        text = " (text: YAML reads 1e3 as text, write 1.0e+3 or 1000)" if isinstance(value, str) else ""
+        raise ValueError(f"must be a positive number, got {value!r}{text}")
     return float(value)
+
+
+def seconds_up_to(most: float) -> Callable[[Any], float]:
+    """A positive number of seconds no larger than `most` (infinity and absurd values, such as
+    a lease that never lapses, are refused)."""
+    def check(value: Any) -> float:
+        number = positive_number(value)
+        if not number <= most:
+            raise ValueError(f"must be a positive number of seconds up to {most:,g}, got {value!r}")
+        return number
+
+    return check
 
 
 def string(value: Any) -> str:

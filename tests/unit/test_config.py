@@ -114,6 +114,11 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("websocket", "rate-limit", "lots"),
         ("message", "recall-window", "2m"),
         ("message", "recall-window", float("nan")),
+        ("message", "recall-window", float("inf")),
+        ("websocket", "idle-timeout", float("inf")),
+        ("websocket", "shutdown-grace", 1e20),
+        ("cluster", "master-lease-ttl", 1_000_000_000_000),  # a lease that never lapses: no standby ever takes over
+        ("cluster", "link-dead-after", 3601),
         ("cluster", "node-type", "leader"),
         ("cluster", "node-type", ["master"]),
         ("redis", "url", "http://127.0.0.1:6379"),
@@ -124,6 +129,12 @@ def test_bad_values_name_their_key(tmp_path: Path, section: str, key: str, value
     error = config_error(write(tmp_path, config(**{section: {key: value}})))
     assert error.key == f"vim.{section}.{key}"
     assert error.problem
+
+
+def test_a_number_yaml_reads_as_text_says_so(tmp_path: Path) -> None:
+    text = yaml.safe_dump(config()).replace("recall-window: 30", "recall-window: 1e3")
+    error = config_error(write(tmp_path, text))
+    assert error.problem == "must be a positive number, got '1e3' (text: YAML reads 1e3 as text, write 1.0e+3 or 1000)"
 
 
 def test_unknown_key_names_the_key_and_the_known_ones(tmp_path: Path) -> None:
