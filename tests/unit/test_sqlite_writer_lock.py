@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from vim_cluster.adapters import sqlite_base
 from vim_cluster.adapters.sqlite_base import SqliteDatabase, WriterLock
@@ -85,3 +86,11 @@ def test_the_lock_file_sits_beside_the_database(tmp_path: Path) -> None:
         assert (tmp_path / "m.db-writer").exists()
     lock.close()
     lock.close()  # a store closed twice (the contract tests' reopen) must not raise
+
+
+def test_a_new_database_file_is_named_in_a_warning_so_a_typo_in_its_path_shows(tmp_path: Path) -> None:
+    path = tmp_path / "typo" / "directory.db"
+    with structlog.testing.capture_logs() as logs:
+        SqliteDatabase(str(path), []).close()
+        SqliteDatabase(str(path), []).close()  # it exists now: nothing said
+    assert [(e["event"], e["path"]) for e in logs] == [("sqlite_database_created", str(path))]

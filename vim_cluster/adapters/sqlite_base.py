@@ -44,7 +44,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import structlog
+
 from ..errors import StoreUnavailable
+
+log = structlog.get_logger()
 
 BUSY_TIMEOUT_MS = 10_000
 CHECKPOINT_BACKSTOP_FRAMES = 4_000  # WAL frames (within the WAL index's first hash table: 4,062)
@@ -104,6 +108,8 @@ class SqliteDatabase:
         self._checkpoint_lock = threading.Lock()  # the checkpoint connection, one thread at a time
         self._checkpointer: sqlite3.Connection | None = None
         try:
+            if not Path(path).exists():  # a first start, or a typo in the path: say which file it is
+                log.warning("sqlite_database_created", path=str(Path(path).resolve()))
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             self._writer = WriterLock(f"{path}-writer")
