@@ -70,12 +70,14 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     return user.id
 
 
-def list_users(config: NodeConfig) -> list[User]:
+def list_users(config: NodeConfig) -> list[tuple[User, str]]:
+    """Every user with its department's path ("-" for none)."""
     directory = wiring.open_directory(config)
     try:
-        return directory.all_users()
+        users, tree = directory.all_users(), directory.departments()
     finally:
         directory.close()
+    return [(u, "-" if u.department_id is None else departments.path_of(tree, u.department_id)) for u in users]
 
 
 def set_password(config: NodeConfig, username: str, password: str) -> UserId:

@@ -72,8 +72,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     code, users = _answer(lambda: list_users(config))
     if code == 0:
         rows = [("ID", "USERNAME", "NAME", "DEPARTMENT")] + [
-            (str(u.id), u.username, u.name, "-" if u.department_id is None else str(u.department_id))
-            for u in users]
+            (str(u.id), u.username, u.name, path) for u, path in users]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -4,6 +4,7 @@ Rules:
 - A path is names separated by "/"; each name is stripped and must be 1-64 characters.
 - `ensure_path` finds each name under its parent (names compare exactly) and creates the
   missing tail, root first, so every department of the path exists when it returns.
+- `path_of` is the way back: a department's path from the root, as `ensure_path` takes it.
 - Two operators creating the same new department at the same moment may create it twice
   (the tree has no unique (parent, name) rule, as in V-IM's `dept` table); nodes show both.
 """
@@ -48,3 +49,19 @@ def ensure_path(directory: Directory, path: str, next_id: Callable[[], int]) -> 
         parent = department.id
     assert parent is not None  # a path has at least one name
     return parent
+
+
+def path_of(departments: list[Department], department_id: int) -> str:
+    """The path of a department ("Engineering/Backend"); an id the tree lacks (or a loop in
+    it) ends the path with the id in brackets."""
+    by_id = {d.id: d for d in departments}
+    names: list[str] = []
+    current: int | None = department_id
+    while current is not None:
+        department = by_id.get(current)
+        if department is None or len(names) > len(by_id):
+            names.append(f"[{current}]")
+            break
+        names.append(department.name)
+        current = department.parent_id
+    return "/".join(reversed(names))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vim_cluster.adapters.sqlite_directory import SqliteDirectory
-from vim_cluster.departments import ensure_path
+from vim_cluster.departments import ensure_path, path_of
 from vim_cluster.errors import ClientError, Conflict, NotFound
 from vim_cluster.model import Department, Group, GroupId, User, UserId
 from vim_cluster.ports import Directory
@@ -313,5 +313,7 @@ def test_department_path_is_created_once_and_then_found(directory: Directory) ->
     engineering = [d for d in directory.departments() if d.name == "Engineering"]
     assert len(engineering) == 1
     assert {d.parent_id for d in directory.departments() if d.id in (backend, frontend)} == {engineering[0].id}
+    assert path_of(directory.departments(), backend) == "Engineering/Backend"  # `user list` shows it so
+    assert path_of(directory.departments(), 404) == "[404]"
     with pytest.raises(ClientError):
         ensure_path(directory, "Engineering//Backend", lambda: next(ids))

@@ -95,6 +95,9 @@ def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path:
     header, row = listed.stdout.splitlines()
     assert header.split() == ["ID", "USERNAME", "NAME", "DEPARTMENT"]
     assert row.split() == [added.stdout.strip(), "grace", "Grace", "H", "-"]
+    run_cli("user", "add", "hopper", "--dept", "Engineering/Backend", "--password-file", str(password_file),
+            "--config", str(config))
+    assert listed_row(config, "hopper")[-1] == "Engineering/Backend"  # its path, not its id
     changed = run_cli("user", "passwd", "grace", "--config", str(config), stdin="second password 2\n")
     assert changed.returncode == 0 and "password of grace" in changed.stdout, changed
     assert verify_password(password_hash(config, "grace"), "second password 2")
@@ -102,6 +105,12 @@ def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path:
     assert unknown.returncode == 2 and unknown.stderr == "vim-cluster user: no such user: nobody\n"
     short = run_cli("user", "passwd", "grace", "--config", str(config), stdin="x\n")
     assert short.returncode == 1 and "at least" in short.stderr
+
+
+def listed_row(config: Path, username: str) -> list[str]:
+    listed = run_cli("user", "list", "--config", str(config))
+    assert listed.returncode == 0, listed
+    return next(line.split() for line in listed.stdout.splitlines() if f" {username} " in line)
 
 
 def _read_until(fd: int, words: bytes, seen: bytearray, timeout: float = 30.0) -> None:
