@@ -117,6 +117,10 @@ def nodes_table(nodes: list[NodeInfo], now: int, view: MasterView | None = None)
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+LAPSED = " (its lease LAPSED: a standby takes over)"
+LAPSED_ALONE = " (its lease LAPSED and no standby is alive: start a master-capable node)"
+
+
 def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> str:
     """The lines under the `nodes` table: the active master, its epoch, the standbys, takeovers."""
     standbys = [n.node_id for n in nodes if n.alive and shown_role(n.node_id, n.role, view) == "standby"]
@@ -124,7 +128,7 @@ def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> 
         return "active master: none (no master ever took the lease)\nstandbys: " + (", ".join(standbys) or "none")
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.since_ms / 1000))
     ago = f"{max(0, now - view.since_ms) / 1000:.1f}s ago"
-    state = "" if view.alive else " (its lease LAPSED: a standby takes over)"
+    state = "" if view.alive else LAPSED if standbys else LAPSED_ALONE
     return "\n".join([
         f"active master: {view.node_id}{state}, epoch {view.epoch}, forward {view.forward_url}",
         f"standbys: {', '.join(standbys) or 'none'}",

@@ -53,4 +53,8 @@ def test_nodes_shows_the_lease_holder_as_master_and_the_other_masters_as_standby
     ]
     lapsed = master_summary(MasterView("b", "ws://b:8081/forward", 7, 0, 3, False), nodes, 10_000)
     assert "active master: b (its lease LAPSED: a standby takes over), epoch 7" in lapsed
+    alone = master_summary(MasterView("b", "ws://b:8081/forward", 7, 0, 3, False), [nodes[0], nodes[3]], 10_000)
+    assert alone.splitlines()[:2] == [  # b stopped; a, the other master-capable node, is dead
+        "active master: b (its lease LAPSED and no standby is alive: start a master-capable node), epoch 7, "
+        "forward ws://b:8081/forward", "standbys: none"]
     assert master_summary(None, nodes, 0).startswith("active master: none")
