@@ -164,6 +164,9 @@ def cmd_user_delete(args: argparse.Namespace, config: NodeConfig) -> int:
             report = delete_user(config, args.username, args.erase, bar.update)
     except ClientError as exc:  # an unknown user
         return _fail("user delete", exc.detail, 2)
+    except StoreUnavailable as exc:  # each step is idempotent: what was done stays done
+        return _fail("user delete", f"stopped part way: {exc}; run it again once it answers (what is done "
+                     "stays done)", EXIT_UNREACHABLE)
     print(f"user {report.user_id}: account {'deleted' if report.account_removed else 'already gone'}", end="")
     if report.nodes_told and not report.kick_error:
         print(f"; its sessions closed on the live nodes ({', '.join(report.nodes_told)})", end="")

@@ -76,9 +76,16 @@ def _tell_nodes(config: NodeConfig, user_id: UserId) -> tuple[tuple[str, ...], s
     from .protocol.forward_frames import Kick, Packet
     from .tls import operator_context
 
-    registry = wiring.open_registry(config, start=False)
+    try:
+        registry = wiring.open_registry(config, start=False)
+    except StoreUnavailable as exc:
+        if config.redis.url == "embedded":  # it runs while a node of this machine does: none runs
+            return (), None
+        return (), str(exc)
     try:
         nodes = tuple(sorted(n.node_id for n in registry.nodes() if n.alive))
+    except StoreUnavailable as exc:  # the account is gone already: say so, then why the nodes were not told
+        return (), str(exc)
     finally:
         registry.close()
     if not nodes:

@@ -168,3 +168,8 @@ def test_user_add_on_an_embedded_redis_leaves_none_running(tmp_path: Path, redis
     assert result.returncode == 0 and result.stdout.strip().isdigit(), result
     assert (redis_dir / "redis.url").exists()  # it did start one for the worker id
     assert running_url(redis_dir) is None
+    deleted = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "user", "delete", "ivy", "--config", str(master)],
+                             text=True, capture_output=True, timeout=60, env=env_for(redis_dir))
+    # No node runs (nor its embedded Redis): no session to close, nothing to report as failed.
+    assert deleted.returncode == 0 and deleted.stdout == f"user {result.stdout.strip()}: account deleted\n", deleted
+    assert running_url(redis_dir) is None
