@@ -81,14 +81,15 @@ def list_users(config: NodeConfig) -> list[tuple[User, str]]:
 
 
 def set_password(config: NodeConfig, username: str, password: str) -> UserId:
-    """Replaces a user's password; returns the user's id. Raises ClientError(invalid|not-found)."""
-    if len(password) < MIN_PASSWORD:
-        raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
+    """Replaces a user's password; returns the user's id. Raises ClientError(not-found, else
+    invalid: an unknown user is said first, whatever the password)."""
     directory = wiring.open_directory(config)
     try:
         user = directory.user_by_username(username)
         if user is None:
             raise ClientError(ErrorKind.NOT_FOUND, f"no such user: {username}")
+        if len(password) < MIN_PASSWORD:
+            raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
         directory.set_password_hash(user.id, auth.hash_password(password))
     finally:
         directory.close()

@@ -105,6 +105,8 @@ def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path:
     assert unknown.returncode == 2 and unknown.stderr == "vim-cluster user: no such user: nobody\n"
     short = run_cli("user", "passwd", "grace", "--config", str(config), stdin="x\n")
     assert short.returncode == 1 and "at least" in short.stderr
+    both = run_cli("user", "passwd", "nobody", "--config", str(config), stdin="x\n")  # the unknown user first
+    assert both.returncode == 2 and both.stderr == "vim-cluster user: no such user: nobody\n"
 
 
 def listed_row(config: Path, username: str) -> list[str]:
