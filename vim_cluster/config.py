@@ -248,6 +248,8 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(name, "-", f"cannot read the file: {exc.strerror or exc}") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(name, "-", f"not valid YAML/TOML: {_one_line(exc)}") from None
+    if document is None or document == {}:
+        raise ConfigError(name, "-", "the file is empty (or only comments): a node config starts with 'vim:'")
     if not isinstance(document, Mapping) or set(document) != {"vim"}:
         found = sorted(document) if isinstance(document, Mapping) else type(document).__name__
         raise ConfigError(name, "-", f"must hold exactly one top-level key 'vim', found {found}")
@@ -379,6 +381,9 @@ def _message_config(name: str, m: dict[str, Any]) -> MessageConfig:
 def _read_secret(name: str, path: Path) -> bytes:
     try:
         secret = path.read_bytes().strip()
+    except FileNotFoundError:
+        problem = f"{path} does not exist: make one with `openssl rand -hex 32 > {path}` (the same file on every node)"
+        raise ConfigError(name, "vim.cluster.secret-file", problem) from None
     except OSError as exc:
         problem = f"cannot read {path}: {exc.strerror or exc}"
         raise ConfigError(name, "vim.cluster.secret-file", problem) from None

@@ -141,6 +141,8 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
         assert status == 200 and body["who"] == "ops-anna"
         cookie = headers["set-cookie"].split(";")[0]
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        status, _, body = await post_json(port, "/admin/kick", {}, cookie=cookie)
+        assert status == 400 and "name the user" in body["error"]
         async with contextlib.AsyncExitStack() as stack:
             alice = await online(stack, url, "alice")
             status, _, body = await post_json(port, "/admin/kick", {"user": "alice"}, cookie=cookie)

@@ -193,7 +193,14 @@ def test_malformed_master_url_names_the_key(tmp_path: Path, url: str) -> None:
 def test_missing_secret_file_names_the_key_and_the_path(tmp_path: Path) -> None:
     error = config_error(write(tmp_path, BASE, secret=None))
     assert error.key == "vim.cluster.secret-file"
-    assert str(tmp_path / "secret.key") in error.problem and "cannot read" in error.problem
+    assert error.problem == (f"{tmp_path / 'secret.key'} does not exist: make one with "
+                             f"`openssl rand -hex 32 > {tmp_path / 'secret.key'}` (the same file on every node)")
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_config_file_says_so(tmp_path: Path, text: str) -> None:
+    error = config_error(write(tmp_path, text))
+    assert error.problem == "the file is empty (or only comments): a node config starts with 'vim:'"
 
 
 def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:

@@ -212,6 +212,8 @@ async def post(ctx: NodeContext, request: Request) -> Answer:
         return Answer(401, {"error": "operator login required"})
     if request.path == "/admin/kick":
         user = str(body.get("user", "")).strip()
+        if not user:
+            return Answer(400, {"error": "name the user: {\"user\": USERNAME or user id}"})
         try:
             sessions, user_id = await kick_user(ctx, user)
         except StoreUnavailable as exc:
