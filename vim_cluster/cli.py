@@ -306,13 +306,16 @@ def _add_node_commands(commands: Any) -> None:
         help="start every node config in DIR, each as its own process",
         description="Start every *.yaml/*.yml/*.toml node config in DIR as its own process "
         "(embedded Redis and SQLite where the configs say so), print each node's client URL, "
-        "and stop them all cleanly on Ctrl-C.",
+        "and stop them all cleanly on Ctrl-C or SIGTERM (department nodes first). Exit 0 when "
+        "stopped so; 1 if a node failed to start or died; 2 for a bad folder or config, a node "
+        "already running or a port taken (one line).",
     )
     up.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"folder of node configs (default {DEFAULT_DIR}/)")
 
     run = add_command(commands, "run", cmd_run, help="run one node",
-                      description="Run one node until Ctrl-C or SIGTERM. "
-                      "Exit 2 with one line for a config error or a taken port.")
+                      description="Run one node until Ctrl-C or SIGTERM (it drains: sessions get 1001, "
+                      "then it stops). Exit 0 when stopped so; 1 if it failed (one line: e.g. its node id "
+                      "is held by a live process, a store is down); 2 for a config error or a taken port.")
     run.add_argument("config", help="the node's YAML or TOML config file")
 
     check = add_command(
@@ -408,7 +411,7 @@ def _add_user_commands(commands: Any) -> None:
     add.add_argument("--name", help="display name (default: the username)")
     add.add_argument("--dept", metavar="DEPT",
                      help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
-    add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help="a node config naming the directory")
+    add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=f"a node config naming the directory (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
     add_user_delete(user_commands)
 
 
