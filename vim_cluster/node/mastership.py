@@ -121,7 +121,8 @@ class Mastership:
         self.fence.learn(epoch)
         self.gate.confirmed(sent)
         self.metrics.takeovers.inc()
-        log.warning("master_takeover", epoch=epoch, forward_url=self.forward_url())
+        # The first master of a cluster (epoch 1) takes over from nobody: not worth a warning.
+        (log.info if epoch == 1 else log.warning)("master_takeover", epoch=epoch, forward_url=self.forward_url())
         self._wake()
 
     def _in_retake_grace(self, now: float) -> bool:
