@@ -230,12 +230,29 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
 }
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: a second `websocket:` section would drop the first's keys). TOML refuses it
+    itself."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_document(path: Path) -> Any:
     """Read a YAML or TOML file (by extension; .toml is TOML, anything else YAML)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
         return tomllib.loads(text)
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -197,6 +197,21 @@ def test_missing_secret_file_names_the_key_and_the_path(tmp_path: Path) -> None:
                              f"`openssl rand -hex 32 > {tmp_path / 'secret.key'}` (the same file on every node)")
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last silently: the first section's keys would be lost."""
+    text = yaml.safe_dump(config()) + "  websocket: {port: 9999}\n"
+    error = config_error(write(tmp_path, text))
+    assert error.key == "-" and error.problem.startswith("not valid YAML/TOML: key 'websocket' given twice at line ")
+
+
+def test_a_key_a_yaml_merge_brings_may_be_given_again(tmp_path: Path) -> None:
+    """`<<: *defaults` then the key itself: YAML's way to override, not a key given twice."""
+    text = yaml.safe_dump(config()).replace("  websocket:\n", "  websocket:\n    <<: {port: 1111, idle-timeout: 5}\n", 1)
+    assert "<<" in text
+    loaded = load_config(write(tmp_path, text))
+    assert loaded.websocket.port == 8180 and loaded.websocket.idle_timeout == 5
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
 def test_an_empty_config_file_says_so(tmp_path: Path, text: str) -> None:
     error = config_error(write(tmp_path, text))
