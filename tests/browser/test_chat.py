@@ -139,7 +139,8 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     contact(fay, "gus").click()
     send_text(fay, "sent while your node was down")
     cluster.dept2.start()
-    expect(gus.locator("#status")).to_contain_text("logged in as gus on dept-2", timeout=40_000)
+    # back on dept-2, or on another node if dept-2 took longer than the page's 3 tries (docs/web.md)
+    expect(gus.locator("#status")).to_have_text(re.compile("logged in as gus on (dept-2|master|dept-1)"), timeout=40_000)
     expect(gus.locator("#banners .banner")).to_have_count(0)  # no stale banner
     expect(message(gus, "sent while your node was down")).to_be_visible()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
