@@ -146,7 +146,11 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from .errors import StoreUnavailable
 
     config = load_or_exit(args.config)
-    registry = wiring.open_registry(config, start=False)
+    try:
+        registry = wiring.open_registry(config, start=False)
+    except StoreUnavailable as exc:  # the embedded Redis, not running
+        print(f"vim-cluster nodes: cannot ask Redis: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     try:
         while True:
             nodes, view, now = registry.nodes(), registry.active_master(), now_ms()

@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -128,31 +128,43 @@ def test_a_message_sent_into_a_frozen_node_is_resent_with_its_cid_after_the_reco
     expect(ada.locator("#log .msg")).to_have_count(1)
 
 
+def answering_for_the_node(error_for: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> Callable[[Any], None]:
+    """A Playwright WebSocket route in front of the real node: a frame from the page for which
+    `error_for(code, message)` gives an error body is answered with that `error` frame (the node
+    never sees it); every other frame goes on to the node."""
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(data: str | bytes) -> None:
+            frame = json.loads(data) if isinstance(data, str) else {}
+            error = error_for(frame.get("code", ""), frame.get("message") or {})
+            if error is None:
+                server.send(data)
+            else:
+                ws.send(json.dumps({"code": "error", "message": error}))
+
+        ws.on_message(from_page)
+
+    return route
+
+
 def test_a_refused_message_gets_retry_and_a_rate_limited_one_is_resent(cluster: Cluster, new_page: Any) -> None:
     """`unavailable` names the message's cid: its bubble says "not sent" with Retry, which resends
     it with the same cid. `rate-limited` names none: the page resends what is waiting by itself.
     The node's answers are played by a WebSocket route in front of the real node."""
     refused: set[str] = set()
 
-    def route(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def from_page(data: str | bytes) -> None:
-            frame = json.loads(data) if isinstance(data, str) else {}
-            body = frame.get("message") or {}
-            content = body.get("content", "")
-            if frame.get("code") == "message" and content.startswith("refuse ") and content not in refused:
-                refused.add(content)
-                error = {"error": "unavailable", "detail": "store down", "cid": body["cid"]} \
-                    if content == "refuse unavailable" else {"error": "rate-limited", "detail": "too fast"}
-                ws.send(json.dumps({"code": "error", "message": error}))
-                return
-            server.send(data)
-
-        ws.on_message(from_page)
+    def refuse(code: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        content = body.get("content", "")
+        if code != "message" or not content.startswith("refuse ") or content in refused:
+            return None
+        refused.add(content)
+        if content == "refuse unavailable":
+            return {"error": "unavailable", "detail": "store down", "cid": body["cid"]}
+        return {"error": "rate-limited", "detail": "too fast"}
 
     cal = new_page()
-    cal.route_web_socket(re.compile(r"^ws://"), route)
+    cal.route_web_socket(re.compile(r"^ws://"), answering_for_the_node(refuse))
     open_chat(cal, cluster.master)
     register(cal, "cal")
     dee = open_chat(new_page(), cluster.dept1)
@@ -277,22 +289,14 @@ def test_an_unavailable_store_answering_ready_keeps_the_token(cluster: Cluster, 
     stayed-signed-in token is kept."""
     fail_next_ready = [False]
 
-    def route(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def from_page(data: str | bytes) -> None:
-            frame = json.loads(data) if isinstance(data, str) else {}
-            if frame.get("code") == "ready" and fail_next_ready[0]:
-                fail_next_ready[0] = False
-                rid = (frame.get("message") or {}).get("rid")
-                ws.send(json.dumps({"code": "error", "message": {"error": "unavailable", "detail": "redis down", "rid": rid}}))
-                return
-            server.send(data)
-
-        ws.on_message(from_page)
+    def fail_ready(code: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if code != "ready" or not fail_next_ready[0]:
+            return None
+        fail_next_ready[0] = False
+        return {"error": "unavailable", "detail": "redis down", "rid": body.get("rid")}
 
     page = new_page()
-    page.route_web_socket(re.compile(r"^ws://"), route)
+    page.route_web_socket(re.compile(r"^ws://"), answering_for_the_node(fail_ready))
     open_chat(page, cluster.dept2)
     register(page, "una", stay=True)
     fail_next_ready[0] = True

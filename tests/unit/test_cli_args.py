@@ -51,8 +51,13 @@ def test_bench_against_a_port_where_nothing_listens_is_one_line_and_exit_1() -> 
         "vim-cluster bench: --duration 0 needs --messages N (else it would send for ever)\n")
 
 
-def test_nodes_without_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
+def test_nodes_without_redis_is_one_line_and_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = write_config(tmp_path, node_id="master", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     result = run_cli("nodes", "--config", str(config))
     assert result.returncode == 3 and result.stderr.count("\n") == 1, result
     assert result.stderr.startswith("vim-cluster nodes: cannot ask Redis: redis redis://127.0.0.1:"), result
+    embedded = write_config(tmp_path / "embedded", node_id="master", redis_url="embedded")
+    monkeypatch.setenv("VIM_EMBEDDED_REDIS_DIR", str(tmp_path / "no-redis-here"))  # none runs there
+    result = run_cli("nodes", "--config", str(embedded))
+    assert result.returncode == 3 and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith("vim-cluster nodes: cannot ask Redis: the embedded Redis is not running"), result
