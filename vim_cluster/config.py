@@ -325,11 +325,9 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         raise ConfigError(name, "vim.cluster.master-url", "is required on a slave node")
     if node_type is NodeType.MASTER and ws["forward-port"] == ws["port"]:
         raise ConfigError(name, "vim.websocket.forward-port", "must differ from vim.websocket.port")
-    http_port = v["http"]["port"]
-    if http_port is not None:
-        for key, port in (("port", ws["port"]), ("forward-port", ws["forward-port"] if node_type is NodeType.MASTER else None)):
-            if http_port == port and port != 0:  # 0: any free port, each its own
-                raise ConfigError(name, "vim.http.port", f"must differ from vim.websocket.{key}")
+    taken = {ws["port"]: "port", **({ws["forward-port"]: "forward-port"} if node_type is NodeType.MASTER else {})}
+    if v["http"]["port"] in taken:
+        raise ConfigError(name, "vim.http.port", f"must differ from vim.websocket.{taken[v['http']['port']]}")
     secret_file = base / c["secret-file"]
     secret = _read_secret(name, secret_file)
     tls = _tls_files(name, ws, base)
