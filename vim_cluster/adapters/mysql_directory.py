@@ -127,10 +127,14 @@ class MysqlDirectory:
             )
 
     def user_by_username(self, username: str) -> User | None:
+        key = usernames.key(username)
         with self._db.cursor() as cur:
-            cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = %s", (usernames.key(username),))
+            cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = %s", (key,))
             row = cur.fetchone()
-        return _user(row) if row else None
+        user = _user(row) if row else None
+        # utf8mb4_bin pads: 'alice   ' would find alice, and each such spelling would get a
+        # login lockout budget of its own (the lockout counts by the key asked for).
+        return user if user is not None and usernames.key(user.username) == key else None
 
     def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
         wanted = sorted(set(ids))
