@@ -57,6 +57,8 @@ async def test_http_port_serves_pages_json_health_and_metrics(start_node) -> Non
 
         status, headers, body = await http(port, "/dashboard")
         assert status == 200 and headers["content-type"].startswith("text/html")
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+        assert headers["content-security-policy"] == "frame-ancestors 'none'"  # no clickjacking of kick/drain
         assert "/dashboard.json" in body.decode()
 
         status, headers, body = await http(port, "/healthz")

@@ -24,6 +24,10 @@ from .listeners import Listeners
 from .operator import cookie_of
 
 log = structlog.get_logger()
+# No page of this port may be framed (clickjacking of the dashboard's kick and drain, even from
+# a page of the same site) nor have its type guessed.
+FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", "frame-ancestors 'none'"),
+           ("x-content-type-options", "nosniff"))
 MAX_REQUEST = 16 * 1024
 
 
@@ -78,7 +82,7 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
                 except StoreUnavailable as exc:
                     status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
-                       ("cache-control", "no-store"), *extra]
+                       ("cache-control", "no-store"), *FRAMING, *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
             if request.method != "HEAD":
                 await stream.send_all(conn.send(h11.Data(data=body)) or b"")
