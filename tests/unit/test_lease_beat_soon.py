@@ -4,12 +4,16 @@ registered), after which the interval starts over. Redis is not needed: the beat
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import trio
 import trio.testing
 
-from vim_cluster.node.heartbeat import Lease
+from vim_cluster.node.heartbeat import Lease, owner_is_dead_here, owner_token
 
 
 async def test_beat_soon_beats_at_once_and_the_interval_starts_over(autojump_clock: trio.testing.MockClock) -> None:
@@ -37,3 +41,18 @@ async def test_beat_soon_beats_at_once_and_the_interval_starts_over(autojump_clo
             await trio.testing.wait_all_tasks_blocked()
             assert len(beats) == 5
             nursery.cancel_scope.cancel()
+
+
+def test_a_lock_of_this_host_is_dead_when_its_process_is_gone_even_under_our_own_pid() -> None:
+    """A container's node is pid 1 under the same host name at every start: the lock its crashed
+    predecessor left names our pid, and must count as dead (else the restart loops on "held by
+    another live process" until the TTL lapses), while our own lock is alive."""
+    host, pid = socket.gethostname(), os.getpid()
+    assert not owner_is_dead_here(owner_token())  # this process
+    assert owner_is_dead_here(f"{host}/{pid}/{'0' * 8}.{'1' * 16}")  # our pid, another process's token
+    assert owner_is_dead_here(f"{host}/{pid}/{'2' * 16}")  # our pid, an older version's token
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that ran here and is gone
+    assert owner_is_dead_here(f"{host}/{child.pid}/x.y")
+    assert not owner_is_dead_here(f"{host}/1/x.y")  # a running process (the sandbox's init)
+    assert not owner_is_dead_here(f"another-host/{child.pid}/x.y")  # another host's: its TTL decides

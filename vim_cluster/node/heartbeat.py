@@ -48,13 +48,26 @@ class LeaseLost(VimError):
     """Another process took this node's lock."""
 
 
+# This process among the processes that had its pid on this host: a container's node is always
+# pid 1 under the same host name, so a restarted one must tell its crashed predecessor from itself.
+PROCESS_TOKEN = secrets.token_hex(4)
+
+
+def owner_token() -> str:
+    """A lock owner naming this process: host/pid/PROCESS_TOKEN.random."""
+    return f"{socket.gethostname()}/{os.getpid()}/{PROCESS_TOKEN}.{secrets.token_hex(8)}"
+
+
 def owner_is_dead_here(owner: str) -> bool:
     """Whether an owner token names a process of this host that no longer runs (so its lock,
-    left by a crash, may be taken over at once instead of after the TTL)."""
+    left by a crash, may be taken over at once instead of after the TTL): its pid is not
+    running, or it is ours but the token is another process's (a container restarted)."""
     host, _, rest = owner.partition("/")
-    pid_text = rest.partition("/")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+    pid_text, _, token = rest.partition("/")
+    if host != socket.gethostname() or not pid_text.isdigit():
         return False
+    if int(pid_text) == os.getpid():
+        return not token.startswith(f"{PROCESS_TOKEN}.")
     return not pid_alive(int(pid_text))
 
 
@@ -67,7 +80,7 @@ class Lease:
         self.beat_s = tunables.lease_heartbeat_s
         self.runner = runner
         self.describe = describe  # () -> NodeInfo, the node's current description
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
+        self.owner = owner_token()
         self.gate = MintGate(hold_s=tunables.lease_hold_s, settle_s=tunables.lease_settle_s)
         self.generation: str | None = None  # the Redis generation this node last saw
         self.last_beat_ms = 0

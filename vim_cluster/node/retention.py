@@ -16,9 +16,6 @@ Rules:
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 from collections.abc import Callable
 
 import attrs
@@ -33,6 +30,7 @@ from ..lifecycle_ports import DutyLock, MessageRetention
 from ..model import MessageId
 from ..tunables import DEFAULTS
 from .blocking import BlockingRunner
+from .heartbeat import owner_token
 
 log = structlog.get_logger()
 DUTY = "purge"
@@ -62,10 +60,6 @@ class PurgeReport:
 
 def purge_enabled(settings: MessageConfig) -> bool:
     return settings.retention_days is not None or settings.offline_retention_days is not None
-
-
-def owner_token() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
 
 
 @attrs.define
