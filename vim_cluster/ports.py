@@ -16,6 +16,7 @@ import attrs
 
 from .core.lease import BeatReport, Generation
 from .core.mastership import MasterView, Renewal
+from .errors import ClientError, ErrorKind
 from .model import (
     ChatType,
     Department,
@@ -60,8 +61,11 @@ class Directory(Protocol):
         it since; None if not (then ask `group`). Never stale: SQLite keeps the groups it read
         until any commit to its file; MySQL never knows (every read is a round trip)."""
 
-    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
-        """Adds and removes members in one transaction; idempotent. Raises NotFound."""
+    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId],
+                       most: int | None = None) -> Group:
+        """Adds and removes members in one transaction; idempotent. Raises NotFound, and
+        ClientError(invalid) with nothing changed when the group would have more than `most`
+        members (counted in the transaction: two changes at once cannot pass it together)."""
 
     def groups_of(self, user_id: UserId) -> list[Group]:
         """Every group `user_id` is a member of, ordered by id."""
@@ -289,3 +293,10 @@ class Registry(NodeLeases, MasterLock, UserRoutes, LoginFailures, Protocol):
     """Cluster state in Redis, every port above in one: what the node's context holds and the
     one adapter (adapters/redis_registry.py) implements. A consumer that needs one concern
     takes that port."""
+
+
+def too_many(group: Group, most: int | None) -> None:
+    """Raises ClientError(invalid) when `group` has more than `most` members (a directory's
+    change_members, inside its transaction)."""
+    if most is not None and len(group.members) > most:
+        raise ClientError(ErrorKind.INVALID, f"a group has at most {most} members")

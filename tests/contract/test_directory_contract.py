@@ -188,6 +188,35 @@ def test_concurrent_member_changes_all_apply(open_directory: DirectoryOpener) ->
     assert group is not None and group.members == tuple(range(1, 21))
 
 
+def test_member_changes_at_once_cannot_pass_the_group_limit_together(open_directory: DirectoryOpener) -> None:
+    """The limit is counted inside the change's transaction: a node that read the group before
+    another's change (the handler checks first) cannot add past it (security review: two
+    `group-add`s at once made a group of 1,301 with the limit at 1,000)."""
+    directory = open_directory()
+    add_users(directory, *range(1, 21))
+    directory.create_group(Group(GroupId(100), "team", UserId(1), (UserId(1),)))
+    with pytest.raises(ClientError, match="at most 3 members"):
+        directory.change_members(GroupId(100), [UserId(2), UserId(3), UserId(4)], [], most=3)
+    assert directory.group(GroupId(100)) == Group(GroupId(100), "team", UserId(1), (UserId(1),))  # nothing changed
+    outcomes: list[str] = []
+
+    def add(members: range) -> None:
+        try:
+            directory.change_members(GroupId(100), [UserId(m) for m in members], [], most=10)
+            outcomes.append("added")
+        except ClientError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=add, args=(members,)) for members in (range(2, 8), range(8, 14))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["added", "refused"]  # 1 + 6 + 6 > 10: one of them, whole
+    group = directory.group(GroupId(100))
+    assert group is not None and len(group.members) == 7
+
+
 def test_several_nodes_may_open_a_new_store_at_once(
     open_directory: DirectoryOpener, request: pytest.FixtureRequest
 ) -> None:

@@ -24,6 +24,7 @@ from pymysql.cursors import Cursor
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
+from ..ports import too_many
 from .mysql_base import ER_DUP_ENTRY, ER_NO_REFERENCED_ROW, POOL_SIZE, TABLE_OPTIONS, MysqlDatabase
 
 MIGRATIONS: list[list[str]] = [
@@ -187,7 +188,8 @@ class MysqlDirectory:
         groups = _groups(cur.fetchall())
         return groups[0] if groups else None
 
-    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
+    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId],
+                       most: int | None = None) -> Group:
         with _integrity(f"group {group_id} member"), self._db.transaction() as cur:
             cur.execute("SELECT id FROM chat_groups WHERE id = %s FOR UPDATE", (group_id,))
             if cur.fetchone() is None:
@@ -201,7 +203,8 @@ class MysqlDirectory:
                     (group_id, *remove),
                 )
             group = self._read_group(cur, group_id)
-        assert group is not None  # the row is locked by this transaction
+            assert group is not None  # the row is locked by this transaction
+            too_many(group, most)  # raises: the transaction rolls back
         return group
 
     def groups_of(self, user_id: UserId) -> list[Group]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
+from ..ports import too_many
 from .sqlite_base import SqliteDatabase, WouldWait
 
 MIGRATIONS = [
@@ -165,7 +166,8 @@ class SqliteDirectory:
         ).fetchall()
         return Group(GroupId(row[0]), row[1], UserId(row[2]), tuple(UserId(m[0]) for m in members))
 
-    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId]) -> Group:
+    def change_members(self, group_id: GroupId, add: Sequence[UserId], remove: Sequence[UserId],
+                       most: int | None = None) -> Group:
         with _unknown_user_is_not_found(), self._db.transaction() as conn:
             if conn.execute("SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)).fetchone() is None:
                 raise NotFound(f"group {group_id}")
@@ -178,7 +180,8 @@ class SqliteDirectory:
                 [(group_id, m) for m in remove],
             )
             group = self._group(conn, group_id)
-        assert group is not None
+            assert group is not None
+            too_many(group, most)  # raises: the transaction rolls back
         return group
 
     def groups_of(self, user_id: UserId) -> list[Group]:

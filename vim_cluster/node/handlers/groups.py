@@ -64,7 +64,7 @@ async def add(conn: Connection, command: f.GroupAdd) -> None:
         raise ClientError(ErrorKind.INVALID, f"a group has at most {MAX_MEMBERS} members")
     await require_users(conn, new)
     try:
-        changed = await ctx.db(ctx.directory.change_members, group.id, [UserId(m) for m in new], [])
+        changed = await ctx.db(ctx.directory.change_members, group.id, [UserId(m) for m in new], [], MAX_MEMBERS)
     except NotFound:
         raise ClientError(ErrorKind.NOT_FOUND, f"no such group: {group.id}") from None
     await _start_cursors(conn, group.id, new)
