@@ -26,6 +26,7 @@ from .config_values import (
     TLS_KEYS,
     SubkeyError,
     int_range,
+    origins,
     public_host,
     redis_url,
     seconds_up_to,
@@ -74,6 +75,7 @@ class WebsocketConfig:
     tls_key: Path | None  # vim.websocket.tls.key-file (or the older tls-key)
     tls_ca: Path | None = None  # vim.websocket.tls.ca-file: verifies the master's certificate
     public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
+    allowed_origins: tuple[str, ...] = ()  # vim.websocket.allowed-origins (core/origins.py)
 
     @property
     def tls(self) -> bool:
@@ -206,6 +208,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         # same size) then fits in one forward frame (16 MiB, protocol/forward_connection.py).
         "max-content": (int_range(1, 2 * 1024 * 1024), 16384),
         "rate-limit": (int_range(1, 10_000_000), 200),
+        "allowed-origins": (origins, ()),
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file
         "tls-key": (string, None),  # older spelling of tls.key-file
@@ -354,6 +357,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             tls_key=tls["key-file"],
             tls_ca=tls["ca-file"],
             public_host=ws["public-host"],
+            allowed_origins=ws["allowed-origins"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=v["redis"]["url"]),

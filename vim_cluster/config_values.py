@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from .core.origins import ANY, normal
 from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
 
 
@@ -59,6 +60,18 @@ def seconds_up_to(most: float) -> Callable[[Any], float]:
         return number
 
     return check
+
+
+def origins(value: Any) -> tuple[str, ...]:
+    """vim.websocket.allowed-origins: web origins (scheme://host[:port]) or `*`, as a list or
+    one comma-separated string."""
+    items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"must be a list of origins (https://host[:port]) or '*', got {value!r}")
+    for item in items:
+        if item != ANY and normal(item) is None:
+            raise ValueError(f"each origin must be scheme://host[:port] or '*', got {item!r}")
+    return tuple(items)
 
 
 def string(value: Any) -> str:

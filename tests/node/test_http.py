@@ -106,15 +106,38 @@ async def post_json(port: int, path: str, body: dict, cookie: str | None = None)
     return status, headers, json.loads(payload)
 
 
-async def upgrade_status(port: int) -> int:
-    """The HTTP status a WebSocket upgrade request gets."""
+async def upgrade_status(port: int, origin: str | None = None, host: str = "127.0.0.1") -> int:
+    """The HTTP status a WebSocket upgrade request gets (with this Origin and Host)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+            + (f"Origin: {origin}\r\n".encode() if origin else b"")
+            + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         answer = await stream.receive_some(4096)
     return int(answer.split(b" ", 2)[1])
+
+
+async def test_a_page_of_another_site_cannot_open_a_client_connection(start_node) -> None:
+    """Cross-site WebSocket hijacking: a page on evil.example, opened by a user inside the
+    network, is refused (403); the node's own pages, a live node's host, listed origins and
+    native clients (no Origin) are not."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.client_port
+        assert await upgrade_status(port, "https://evil.example") == 403
+        assert await upgrade_status(port, "null") == 403
+        assert await upgrade_status(port) == 101
+        assert await upgrade_status(port, f"http://127.0.0.1:{node.http_port}") == 101  # its web client
+        assert await upgrade_status(port, "https://chat.corp.example", host="chat.corp.example:443") == 101
+        listed = await start_node(websocket={"allowed-origins": ["https://app.corp.example"]})
+        assert await upgrade_status(listed.client_port, "https://app.corp.example") == 101
+        assert await upgrade_status(listed.client_port, "https://evil.example") == 403
+        # The web client of another node (its public host, read from Redis) moving here:
+        await start_node(websocket={"public-host": "dept-2.corp.example"})
+        while await upgrade_status(port, "https://dept-2.corp.example:8192") != 101:  # once it registered
+            node.ctx.cluster_hosts.read_at = -60.0  # read Redis again now, not in 10 s
+            await trio.sleep(0.05)
 
 
 async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node) -> None:

@@ -18,6 +18,7 @@ from .heartbeat import LeasedIds
 from .local_sessions import LocalSessions
 from .metrics import NodeMetrics
 from .operator import Operator
+from .origin_check import ClusterHosts
 from .stats import Stats
 from .store_writer import StoreWriter
 
@@ -45,6 +46,7 @@ class NodeContext:
     operator: Operator | None = None  # dashboard login, audit and actions (set by serve_node)
     draining: bool = False  # an operator drained the node: no new client connections
     cluster_role: str = "slave"  # "master" (relaying), "standby" or "slave" (node/roles.py)
+    cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
 
     @property
     def node_id(self) -> str:

@@ -141,14 +141,17 @@ class Rejected(Exception):
 class Request:
     """A WebSocket upgrade request, until `accept` or `reject` answers it."""
 
-    __slots__ = ("path", "remote", "_socket", "_key", "_trailing")
+    __slots__ = ("path", "remote", "origin", "host", "_socket", "_key", "_trailing")
 
-    def __init__(self, socket: ServerSocket, path: str, remote: str, key: bytes, trailing: bytes) -> None:
+    def __init__(self, socket: ServerSocket, path: str, remote: str, key: bytes, trailing: bytes,
+                 origin: str | None = None, host: str = "") -> None:
         self._socket = socket
         self._key = key
         self._trailing = trailing  # frames the client sent right behind its request
         self.path = path
         self.remote = remote  # the peer's address ("" if unknown)
+        self.origin = origin  # the Origin header (browsers send one; native clients none)
+        self.host = host  # the Host header
 
     async def accept(self) -> ServerSocket:
         token = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
@@ -449,8 +452,10 @@ async def _read_request(socket: ServerSocket, remote: str) -> Request | None:
             await socket.send_all(_response(426, b"WebSocket version 13 only"))
             return None
         trailing = bytes(conn.trailing_data[0])
+        origin = headers.get(b"origin")
         return Request(socket, event.target.decode("ascii", "replace"), remote, headers[b"sec-websocket-key"],
-                       trailing)
+                       trailing, origin.decode("latin-1") if origin is not None else None,
+                       headers.get(b"host", b"").decode("latin-1"))
 
 
 def _remote(stream: trio.abc.Stream) -> str:
