@@ -288,6 +288,10 @@ class LoginFailures(Protocol):
         """The reserved attempt was right: clears the pair's count and takes this attempt back
         from the username's and the address's."""
 
+    def reserve_register(self, address: str, window_s: int, limit: int) -> bool:
+        """Atomically counts a `register` from `address` in a window of `window_s` from its
+        first; False (nothing counted) once `limit` were counted in the window."""
+
 
 class Registry(NodeLeases, MasterLock, UserRoutes, LoginFailures, Protocol):
     """Cluster state in Redis, every port above in one: what the node's context holds and the

@@ -7,7 +7,11 @@ import time
 import pytest
 import trio
 
+from vim_cluster.core.lockout import registrations_counted
+from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.node.app import RunningNode
+from vim_cluster.node.handlers.account import LOCKOUT, register
+from vim_cluster.protocol import frames as f
 
 from ..support import PASSWORD, connect
 
@@ -188,3 +192,34 @@ async def test_a_secret_file_readable_by_others_is_warned_about_at_start(start_n
         node = await start_node()
     node.stop()
     assert not [e for e in logs if e["event"] == "secret_file_too_open"]
+
+
+class FromAddress:
+    """A connection as `register` sees it, from a given source address (a real node behind it)."""
+
+    def __init__(self, node: RunningNode, address: str) -> None:
+        self.ctx, self.address = node.ctx, address
+        self.replies: list[object] = []
+
+    async def reply(self, frame: object) -> None:
+        self.replies.append(frame)
+
+
+async def test_registrations_are_counted_per_address_before_the_password_is_hashed(node: RunningNode) -> None:
+    """A flood of `register`s from one address filled the node's two hashing threads, which
+    every login waits for: 30 per 15 minutes per address; loopback (tools, tests) is not counted."""
+    limit = LOCKOUT.registrations_per_address
+    with trio.fail_after(60):
+        outside = FromAddress(node, "10.0.0.9")
+        for n in range(limit):
+            await register(outside, f.Register(f"new-{n}", PASSWORD, None))  # type: ignore[arg-type]
+        with pytest.raises(ClientError) as refused:
+            await register(outside, f.Register("one-more", PASSWORD, None))  # type: ignore[arg-type]
+        assert refused.value.kind is ErrorKind.RATE_LIMITED and "too many new accounts" in refused.value.detail
+        assert len(outside.replies) == limit and await node.ctx.db(node.ctx.directory.user_by_username, "one-more") is None
+        await register(FromAddress(node, "10.0.0.10"), f.Register("elsewhere", PASSWORD, None))  # type: ignore[arg-type]
+        local = FromAddress(node, "127.0.0.1")
+        for n in range(limit + 1):
+            await register(local, f.Register(f"local-{n}", PASSWORD, None))  # type: ignore[arg-type]
+    assert not registrations_counted("127.0.0.1") and not registrations_counted("::/64")
+    assert registrations_counted("10.0.0.9") and registrations_counted("2001:db8::/64")

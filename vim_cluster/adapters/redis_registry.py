@@ -78,6 +78,10 @@ class Keys:
     def login_failures_address(address: str) -> str:
         return f"vim:login-fail:addr:{address}"
 
+    @staticmethod
+    def registrations_address(address: str) -> str:
+        return f"vim:register:addr:{address}"
+
     MASTER_LOCK = "vim:master-lock"  # "node_id owner", PX MASTER_TTL_S: the active master's lease
     MASTER_EPOCH = "vim:master-epoch"  # the fencing epoch: INCR on every takeover
     MASTER = "vim:master"  # hash: node, url, epoch, since (ms), takeovers: the last claim, for everyone
@@ -225,6 +229,14 @@ return 0
 """
 
 
+# KEYS[1] = an address's registrations; ARGV = window_s, limit. 1 (nothing counted) at the limit.
+_RESERVE_REGISTER = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then return 1 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 def _login_keys(username: str, address: str) -> list[str]:
     return [Keys.login_failures_pair(username, address), Keys.login_failures(username),
             Keys.login_failures_address(address)]
@@ -270,6 +282,7 @@ class RedisRegistry:
         self._take_worker = self._r.register_script(_TAKE_WORKER)
         self._reserve_login = self._r.register_script(_RESERVE_LOGIN)
         self._refund_login = self._r.register_script(_REFUND_LOGIN)
+        self._reserve_register = self._r.register_script(_RESERVE_REGISTER)
         self._claim_master = self._r.register_script(_CLAIM_MASTER)
         self._renew_master = self._r.register_script(_RENEW_MASTER)
 
@@ -449,6 +462,10 @@ class RedisRegistry:
     def refund_login(self, username: str, address: str) -> None:
         with self._errors():
             self._refund_login(keys=_login_keys(username, address))
+
+    def reserve_register(self, address: str, window_s: int, limit: int) -> bool:
+        with self._errors():
+            return not int(self._reserve_register(keys=[Keys.registrations_address(address)], args=[window_s, limit]))
 
     # -- cluster duties and erasure (lifecycle_ports.DutyLock) ---------------------------------
 

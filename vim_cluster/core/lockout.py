@@ -40,6 +40,11 @@ class LockoutPolicy:
     per_pair: int = 5
     per_user: int = 20
     per_address: int = 100
+    # `register`s from one address per window: each costs a password hash on the node's two
+    # hashing threads, which logins wait for (a flood of them slowed every login). Loopback
+    # is not counted (`registrations_counted`): tools and tests on the node's host register
+    # thousands.
+    registrations_per_address: int = 30
 
     @property
     def limits(self) -> tuple[int, int, int]:
@@ -62,3 +67,14 @@ def source_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+def registrations_counted(key: str) -> bool:
+    """Whether `register`s from this source key count against the address's limit: not from
+    this host's loopback (127.0.0.0/8, ::1, whose /64 key is ::/64) nor an unknown address."""
+    if not key or key == "::/64":
+        return False
+    try:
+        return not ipaddress.ip_network(key, strict=False).network_address.is_loopback
+    except ValueError:
+        return True  # no IP address (a Unix socket path): counted like one

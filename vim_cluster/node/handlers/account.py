@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ...core import auth, usernames
-from ...core.lockout import EXHAUSTED_ORDER, LockoutPolicy
+from ...core.lockout import EXHAUSTED_ORDER, LockoutPolicy, registrations_counted
 from ...errors import ClientError, Conflict, ErrorKind
 from ...model import User, UserId
 from ...protocol import frames as f
@@ -30,7 +30,14 @@ async def ping(conn: Connection, command: f.Ping) -> None:
 
 
 async def register(conn: Connection, command: f.Register) -> None:
+    """Counted per address before the password is hashed (core.lockout): the hashing threads
+    are the logins' too."""
     ctx = conn.ctx
+    if registrations_counted(conn.address) and not await ctx.redis(
+            ctx.registry.reserve_register, conn.address, LOCKOUT.window_s, LOCKOUT.registrations_per_address):
+        log.warning("register_limited", address=conn.address)
+        minutes = LOCKOUT.window_s // 60
+        raise ClientError(ErrorKind.RATE_LIMITED, f"too many new accounts from this address: try again within {minutes} minutes")
     password_hash = await ctx.cpu(auth.hash_password, command.password)
     user = User(UserId(await ctx.ids.next_id()), command.username, command.name or command.username, password_hash)
     try:
