@@ -1,4 +1,5 @@
-"""docker/ and the systemd unit, checked as files (no container daemon runs here).
+"""docker/, checked as files (no container daemon runs here; the systemd unit is
+test_systemd_unit.py's).
 
 compose.yaml parses; every node service runs a real `vim-cluster` command (parsed by the
 CLI's own argparse parser) on a config it mounts; each node service's filesystem is rebuilt
@@ -11,8 +12,6 @@ user with a HEALTHCHECK through `vim-cluster heartbeat`; .dockerignore keeps sec
 
 from __future__ import annotations
 
-import configparser
-import shlex
 import shutil
 import subprocess
 import sys
@@ -188,31 +187,6 @@ def test_the_wheel_builds_from_what_dockerignore_lets_into_the_context(tmp_path:
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"vim_cluster/web/index.html", "vim_cluster/web/dashboard.html", "vim_cluster/cli.py"} <= names
     assert "vim-cluster = vim_cluster.cli:main" in entry_points
-
-
-def test_the_systemd_unit_runs_one_node_per_config_and_restarts_it_on_failure(tmp_path: Path) -> None:
-    unit_file = ROOT / "scripts" / "systemd" / "vim-cluster@.service"
-    unit = configparser.ConfigParser(interpolation=None, strict=True)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string(unit_file.read_text())
-    service = unit["Service"]
-    assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "2"
-    assert service["User"] not in ("root", "0") and service["KillSignal"] == "SIGTERM"
-    start = shlex.split(service["ExecStart"].replace("%i", "dept-1"))
-    assert Path(start[0]).name == "vim-cluster"
-    args = build_parser().parse_args(start[1:])
-    assert args.command == "run" and args.config == "/etc/vim-cluster/dept-1.yaml"
-    check = build_parser().parse_args(shlex.split(service["ExecStartPre"].replace("%i", "dept-1"))[1:])
-    assert check.command == "check" and check.config == args.config
-    assert unit["Install"]["WantedBy"] == "multi-user.target"
-    assert "VIM_CLUSTER_CONFIG=/etc/vim-cluster/%i.yaml" in service["Environment"].split()  # for heartbeat etc.
-    analyze = shutil.which("systemd-analyze")
-    if analyze:  # systemd's own reading of the unit: no warning about any line of it
-        instance = tmp_path / "vim-cluster@dept-1.service"
-        instance.write_text(unit_file.read_text().replace("/opt/vim-cluster/bin/vim-cluster",
-                                                         str(Path(sys.executable).parent / "vim-cluster")))
-        result = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)
-        assert str(instance) not in result.stdout + result.stderr, result
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
