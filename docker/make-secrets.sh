@@ -2,16 +2,40 @@
 # Makes the files docker/compose.yaml passes to the nodes as compose secrets:
 #   cluster-secret                    the forward channel's shared secret (32 random bytes, hex)
 #   tls-ca.pem, tls-ca-key.pem        a private CA (keep tls-ca-key.pem offline in production)
-#   HOST-tls-cert.pem, HOST-tls-key.pem   for master, dept-1, dept-2: valid for that hostname
-# Usage: docker/make-secrets.sh [FOLDER]   (default docker/secrets; existing files are kept)
+#   HOST-tls-cert.pem, HOST-tls-key.pem   for master, dept-1, dept-2: valid for that hostname,
+#                                     localhost, 127.0.0.1 and the names in EXTRA_SANS
+# Usage: [EXTRA_SANS=NAME,IP,...] docker/make-secrets.sh [FOLDER]
+#   FOLDER defaults to docker/secrets; existing files are kept (delete a HOST's pair to remake
+#   it). EXTRA_SANS: comma-separated DNS names and IP addresses to put in every certificate
+#   too, such as the Docker host's name, by which clients reach the published ports.
+# The cluster secret and the private keys are mode 0600 (tls-ca.pem and the certificates 0644).
+# The node containers run as uid 10001 (docker/Dockerfile): run as root, this gives them the
+# files they read (compose file secrets keep the host's owner and mode); run as another user,
+# it prints the chown to run. tls-ca-key.pem stays with whoever ran it.
 # Needs openssl. Replace the CA with your own by putting your files there first.
 set -euo pipefail
 out="${1:-$(cd "$(dirname "$0")" && pwd)/secrets}"
 days="${DAYS:-825}"
+node_uid=10001  # the image's user (docker/Dockerfile)
 hosts=(master dept-1 dept-2)
+umask 077
 mkdir -p "$out"
-chmod 700 "$out"  # the folder guards the files; they are 0644 so the container's user reads them
+chmod 700 "$out"
 cd "$out"
+out="$(pwd)"
+
+extra=""
+IFS=',' read -r -a sans <<< "${EXTRA_SANS:-}"
+for name in "${sans[@]}"; do
+  name="${name//[[:space:]]/}"
+  [ -n "$name" ] || continue
+  if [[ "$name" =~ ^[0-9.]+$ || "$name" == *:* ]]; then
+    extra+=",IP:$name"
+  else
+    extra+=",DNS:$name"
+  fi
+done
+
 if [ ! -e cluster-secret ]; then
   openssl rand -hex 32 > cluster-secret
 fi
@@ -20,13 +44,12 @@ if [ ! -e tls-ca.pem ]; then
     -keyout tls-ca-key.pem -out tls-ca.pem -subj "/CN=vim-cluster private CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
     -addext "subjectKeyIdentifier=hash" 2>/dev/null
-  chmod 600 tls-ca-key.pem
 fi
 for host in "${hosts[@]}"; do
   [ -e "$host-tls-cert.pem" ] && continue
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 \
     -keyout "$host-tls-key.pem" -out "$host.csr" -subj "/CN=$host" 2>/dev/null
-  printf '%s\n' "subjectAltName=DNS:$host,DNS:localhost,IP:127.0.0.1" \
+  printf '%s\n' "subjectAltName=DNS:$host,DNS:localhost,IP:127.0.0.1$extra" \
     "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
     "extendedKeyUsage=serverAuth" "subjectKeyIdentifier=hash" \
     "authorityKeyIdentifier=keyid,issuer" > "$host.ext"
@@ -34,5 +57,17 @@ for host in "${hosts[@]}"; do
     -sha256 -days "$days" -extfile "$host.ext" -out "$host-tls-cert.pem" 2>/dev/null
   rm -f "$host.csr" "$host.ext"
 done
-chmod 644 cluster-secret tls-ca.pem ./*-tls-cert.pem ./*-tls-key.pem
+chmod 600 cluster-secret tls-ca-key.pem ./*-tls-key.pem
+chmod 644 tls-ca.pem ./*-tls-cert.pem
+if [ -e tls-ca.srl ]; then chmod 644 tls-ca.srl; fi
+node_files=(cluster-secret tls-ca.pem)
+for host in "${hosts[@]}"; do
+  node_files+=("$host-tls-cert.pem" "$host-tls-key.pem")
+done
 echo "secrets in $out: cluster-secret, tls-ca.pem, ${hosts[*]/%/-tls-*.pem}"
+if [ "$(id -u)" = 0 ]; then
+  chown "$node_uid:$node_uid" "${node_files[@]}"
+else
+  echo "the node containers (uid $node_uid) read them once you run:"
+  echo "  sudo chown $node_uid:$node_uid ${node_files[*]/#/$out/}"
+fi

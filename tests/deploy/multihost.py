@@ -44,7 +44,16 @@ HOSTS: dict[str, tuple[int, tuple[str, ...]]] = {
     "dept-2": (22, ("dept-2",)),
     "clients": (50, ("clients",)),
 }
-CLIENT_PORT, HTTP_PORT = 8180, 8190  # on every node (docker/node-configs)
+
+
+def _ports(node: str) -> tuple[int, int]:
+    """The node's client and HTTP ports, as docker/node-configs/NODE.yaml sets them."""
+    vim = yaml.safe_load((NODE_CONFIGS / f"{node}.yaml").read_text())["vim"]
+    return int(vim["websocket"]["port"]), int(vim["http"]["port"])
+
+
+CLIENT_PORT = {node: _ports(node)[0] for node in NODES}  # each node its own (docker/node-configs)
+HTTP_PORT = {node: _ports(node)[1] for node in NODES}
 MYSQL_PASSWORD = "vim-dev-password"  # the configs' mysql:// URL
 START_TIMEOUT = 60.0
 
@@ -290,10 +299,10 @@ class Deployment:
 
     # addresses as the hosts see them
     def client_url(self, node: str) -> str:
-        return f"{'wss' if self.tls else 'ws'}://{node}:{CLIENT_PORT}/"
+        return f"{'wss' if self.tls else 'ws'}://{node}:{CLIENT_PORT[node]}/"
 
     def healthz_url(self, node: str) -> str:
-        return f"{'https' if self.tls else 'http'}://{node}:{HTTP_PORT}/healthz"
+        return f"{'https' if self.tls else 'http'}://{node}:{HTTP_PORT[node]}/healthz"
 
     def env(self) -> dict[str, str]:
         return host_env(self.ca_file if self.tls else None)

@@ -92,7 +92,7 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
     assert {node: rows[node]["ALIVE"] for node in NODES} == dict.fromkeys(NODES, "yes"), nodes.stdout
     # Every node advertises the name other hosts reach it by (vim.websocket.public-host).
     assert {node: rows[node]["URL"] for node in NODES} == {
-        node: f"wss://{node}:8180/" for node in NODES}, nodes.stdout
+        node: d.client_url(node) for node in NODES}, nodes.stdout
     beat = d.cli("master", "heartbeat", master_config)
     assert beat.returncode == 0 and "master: alive" in beat.stdout, beat
     where = d.cli("master", "whereis", erin["user"], "--config", master_config)

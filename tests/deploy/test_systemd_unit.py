@@ -1,0 +1,106 @@
+"""scripts/systemd/vim-cluster@.service, checked as a file (and by `systemd-analyze verify`
+when it is installed), and docs/operations.md's account of it.
+
+A config error exits 2 from `run` itself and is not restarted (`RestartPreventExitStatus=2`
+applies to the main process only, never to an `ExecStartPre=`: systemd/systemd#11868); a node
+that exits 1 (its store down at start) is restarted for as long as it takes, never stopped by
+a start limit (after which even the operator's `systemctl start` is refused).
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vim_cluster.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT_FILE = ROOT / "scripts" / "systemd" / "vim-cluster@.service"
+OPERATIONS = ROOT / "docs" / "operations.md"
+RESTARTS_FOR_AT_LEAST_S = 600.0  # a db host may take many minutes to come back after a power loss
+
+
+@pytest.fixture(scope="module")
+def unit() -> configparser.ConfigParser:
+    parsed = configparser.ConfigParser(interpolation=None, strict=True)
+    parsed.optionxform = str  # type: ignore[assignment,method-assign]
+    parsed.read_string(UNIT_FILE.read_text())
+    return parsed
+
+
+def seconds(value: str) -> float:
+    """A systemd time span (`5s`, `300`, `10min`, `1h 30s`, `infinity`) in seconds."""
+    if value.strip() == "infinity":
+        return float("inf")
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    assert parts and "".join(f"{n}{u}" for n, u in parts) == value.replace(" ", ""), value
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_the_unit_runs_one_node_per_config_and_restarts_it_on_failure(
+    unit: configparser.ConfigParser, tmp_path: Path
+) -> None:
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "2"
+    assert service["User"] not in ("root", "0") and service["KillSignal"] == "SIGTERM"
+    start = shlex.split(service["ExecStart"].replace("%i", "dept-1"))
+    assert Path(start[0]).name == "vim-cluster"
+    args = build_parser().parse_args(start[1:])
+    assert args.command == "run" and args.config == "/etc/vim-cluster/dept-1.yaml"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "VIM_CLUSTER_CONFIG=/etc/vim-cluster/%i.yaml" in service["Environment"].split()  # for heartbeat etc.
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd's own reading of the unit: no warning about any line of it
+        instance = tmp_path / "vim-cluster@dept-1.service"
+        instance.write_text(UNIT_FILE.read_text().replace("/opt/vim-cluster/bin/vim-cluster",
+                                                          str(Path(sys.executable).parent / "vim-cluster")))
+        result = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)
+        assert str(instance) not in result.stdout + result.stderr, result
+
+
+def test_a_config_error_fails_once_and_is_not_restarted(unit: configparser.ConfigParser) -> None:
+    """The config error must come from the main process, where RestartPreventExitStatus=2
+    applies: an ExecStartPre that fails with it is restarted until the start limit."""
+    service = unit["Service"]
+    assert service["RestartPreventExitStatus"] == "2"
+    for key in ("ExecStartPre", "ExecCondition"):
+        assert key not in service, f"{key}={service[key]}: its exit 2 is restarted (systemd/systemd#11868)"
+
+
+def test_no_start_limit_stops_the_restarts_of_a_node_whose_store_is_down(unit: configparser.ConfigParser) -> None:
+    """`run` exits 1 within a second while a store is down at start; it is restarted every
+    RestartSec. A start limit reached within 10 minutes would leave the node failed for good."""
+    service, section = unit["Service"], unit["Unit"]
+    restart_s = seconds(service.get("RestartSec", "100ms"))
+    assert 1 <= restart_s <= 30, "RestartSec stays modest: a node comes back soon after its store"
+    assert "StartLimitIntervalSec" not in service and "StartLimitBurst" not in service  # [Unit] keys
+    interval = seconds(section.get("StartLimitIntervalSec", "10s"))
+    burst = int(section.get("StartLimitBurst", "5"))
+    if interval == 0:
+        return  # no start limit at all
+    starts_in_a_window = int(interval // restart_s) + 1  # a start takes at least RestartSec
+    hit_after_s = burst * restart_s
+    assert starts_in_a_window <= burst or hit_after_s >= RESTARTS_FOR_AT_LEAST_S, (interval, burst, restart_s)
+
+
+def test_operations_md_describes_the_unit_as_it_is(unit: configparser.ConfigParser) -> None:
+    text = OPERATIONS.read_text()
+    start = text.index("\n## systemd\n")
+    section = text[start:text.index("\n## ", start + 5)]
+    service, section_unit = unit["Service"], unit["Unit"]
+    assert section.count("ExecStartPre") == section.count("no `ExecStartPre") + section.count(
+        "a failing `ExecStartPre`")  # named only as what the unit does not have
+    assert f"RestartPreventExitStatus={service['RestartPreventExitStatus']}" in section
+    assert f"StartLimitIntervalSec={section_unit['StartLimitIntervalSec']}" in section
+    assert f"RestartSec={service['RestartSec']}" in section
+    assert f"TimeoutStopSec={service['TimeoutStopSec']}" in section
+    assert "shutdown-grace" in section  # the stop timeout grows with the drain
+    assert "reset-failed" not in section or "StartLimitIntervalSec=0" in section
