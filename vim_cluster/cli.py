@@ -15,7 +15,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -30,8 +30,12 @@ from .logs import configure_logging
 from .ports import Route
 from .sysinfo import raise_fd_limit
 
+if TYPE_CHECKING:
+    from .node.app import RunningNode
+
 DEFAULT_DIR = "node-configs"
 CONFIG_ENV = "VIM_CLUSTER_CONFIG"
+log = structlog.get_logger()
 EXIT_NO_SESSION, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 CONFIG_HELP = f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)"
 
@@ -63,19 +67,31 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _run_node(config: NodeConfig) -> None:
+    """Serves until SIGINT or SIGTERM, which are taken from the first moment: one during the
+    start (up to seconds on a new Redis) ends it at once. A container's node is pid 1, which
+    the kernel gives no default action for SIGTERM: `docker stop` would wait its whole timeout."""
     from .node.app import serve_node
 
-    async with trio.open_nursery() as nursery:
-        running = await nursery.start(serve_node, config)
-        # What startup made (modules, config, pools) lives as long as the node: keeping it out
-        # of the collector's generations makes each full collection scan only newer objects
-        # (a full collection of the startup heap takes 25 ms on a 2-core test machine).
-        gc.freeze()
-        print(f"{config.node_id} ({config.cluster.node_type.value}) ready at {config.client_url}", flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                running.stop()
-                break
+    running: list[RunningNode] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    if running:
+                        running[0].stop()  # drains: sessions get 1001, the link leaves (node/app.py)
+                    else:
+                        log.info("node_start_cancelled", why="a signal came during the start")
+                        nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            running.append(await nursery.start(serve_node, config))
+            # What startup made (modules, config, pools) lives as long as the node: keeping it out
+            # of the collector's generations makes each full collection scan only newer objects
+            # (a full collection of the startup heap takes 25 ms on a 2-core test machine).
+            gc.freeze()
+            print(f"{config.node_id} ({config.cluster.node_type.value}) ready at {config.client_url}", flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
