@@ -200,7 +200,7 @@ def _user_routes(args: argparse.Namespace) -> tuple[NodeConfig, int, list[Route]
     from .admin import resolve_user, routes_of
     from .errors import ClientError, StoreUnavailable
 
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, stores_exist=("directory",))
     try:
         user_id = resolve_user(config, args.user)
         routes = routes_of(config, user_id)

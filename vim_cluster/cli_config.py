@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import NodeConfig, load_config
@@ -39,10 +40,24 @@ def at_least(low: float, kind: Callable[[str], Any] = float) -> Callable[[str], 
     return parse
 
 
-def load_or_exit(path: str) -> NodeConfig:
-    """The config, or exit 2 with the one-line ConfigError."""
+def load_or_exit(path: str, stores_exist: Sequence[str] = ()) -> NodeConfig:
+    """The config, or exit 2 with the one-line ConfigError. `stores_exist` ("directory",
+    "messages"): a command that only reads or changes what is there also exits 2 if such a
+    SQLite store file is missing (opening it would create an empty one: a typo in its path
+    would show an empty directory)."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        for store in stores_exist:
+            missing_sqlite_store(config, store)
+        return config
     except ConfigError as exc:
         print(f"vim-cluster: config error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+
+
+def missing_sqlite_store(config: NodeConfig, store: str) -> None:
+    """Raises ConfigError if `store` ("directory" or "messages") is a SQLite file that does not exist."""
+    url: str = getattr(config.store, store)
+    if url.startswith("sqlite://") and not Path(url[len("sqlite://"):]).exists():
+        raise ConfigError(str(config.file), f"vim.store.{store}", f"{url[len('sqlite://'):]} does not exist (a typo? a "
+                          "node creates it at its first start, as do `user add` and `import`)")

@@ -54,13 +54,14 @@ def _per_second(count: int, seconds: float) -> str:
 _ConfigCommand = Callable[[argparse.Namespace, NodeConfig], int]
 
 
-def _on_config(name: str) -> Callable[[_ConfigCommand], Callable[[argparse.Namespace], int]]:
-    """The command `name` runs on the config of --config (a config error: exit 2); a store or
-    Redis that does not answer: one line on stderr and exit 3."""
+def _on_config(name: str, stores_exist: tuple[str, ...] = ()) -> Callable[[_ConfigCommand], Callable[[argparse.Namespace], int]]:
+    """The command `name` runs on the config of --config (a config error, or one of the SQLite
+    `stores_exist` missing: exit 2); a store or Redis that does not answer: one line on stderr
+    and exit 3."""
     def wrap(command: _ConfigCommand) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(command)
         def run(args: argparse.Namespace) -> int:
-            config = load_or_exit(args.config)
+            config = load_or_exit(args.config, stores_exist)
             try:
                 return command(args, config)
             except StoreUnavailable as exc:
@@ -69,7 +70,7 @@ def _on_config(name: str) -> Callable[[_ConfigCommand], Callable[[argparse.Names
     return wrap
 
 
-@_on_config("export")
+@_on_config("export", stores_exist=("messages",))
 def cmd_export(args: argparse.Namespace, config: NodeConfig) -> int:
     from . import wiring
     from .admin import resolve_user
@@ -138,7 +139,7 @@ def cmd_import(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0
 
 
-@_on_config("purge")
+@_on_config("purge", stores_exist=("messages",))
 def cmd_purge(args: argparse.Namespace, config: NodeConfig) -> int:
     import trio
 
@@ -155,7 +156,7 @@ def cmd_purge(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0
 
 
-@_on_config("user delete")
+@_on_config("user delete", stores_exist=("directory",))
 def cmd_user_delete(args: argparse.Namespace, config: NodeConfig) -> int:
     from .erasure import delete_user
 

@@ -68,7 +68,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_user_list(args: argparse.Namespace) -> int:
     from .admin import list_users
 
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, stores_exist=("directory",))
     code, users = _answer(lambda: list_users(config))
     if code == 0:
         rows = [("ID", "USERNAME", "NAME", "DEPARTMENT")] + [
@@ -82,7 +82,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     from .admin import set_password
 
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, stores_exist=("directory",))
     code, user_id = _answer(lambda: set_password(config, args.username, read_password(
         args.password_file, f"New password for {args.username}: ")))
     if code == 0:

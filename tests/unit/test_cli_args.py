@@ -61,3 +61,23 @@ def test_nodes_without_redis_is_one_line_and_exit_3(tmp_path: Path, monkeypatch:
     result = run_cli("nodes", "--config", str(embedded))
     assert result.returncode == 3 and result.stderr.count("\n") == 1, result
     assert result.stderr.startswith("vim-cluster nodes: cannot ask Redis: the embedded Redis is not running"), result
+
+
+def test_commands_that_read_a_store_refuse_a_missing_sqlite_file_instead_of_creating_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A typo in a `sqlite:` path made `user list` create and show an empty directory."""
+    config = write_config(tmp_path, node_id="master", redis_url=redis_url,
+                          store={"directory": "sqlite:typo/directory.db", "messages": "sqlite:typo/messages.db"})
+    directory = tmp_path / "typo" / "directory.db"
+    for command in (["user", "list"], ["user", "passwd", "bob"], ["whereis", "bob"], ["kick", "bob"],
+                    ["user", "delete", "bob"], ["export", "--chat", "f1-2"], ["purge"]):
+        result = run_cli(*command, "--config", str(config), stdin="a good password\n")
+        store = "messages" if command[0] in ("export", "purge") else "directory"
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (command, result)
+        assert f"vim.store.{store}: {tmp_path / 'typo' / f'{store}.db'} does not exist (a typo?" in result.stderr
+        assert not directory.exists() and not (tmp_path / "typo").exists()
+    added = run_cli("user", "add", "bob", "--config", str(config), stdin="a good password\n")
+    assert added.returncode == 0 and directory.exists(), added  # user add creates it, as a node does
+    listed = run_cli("user", "list", "--config", str(config))
+    assert listed.returncode == 0 and "bob" in listed.stdout, listed
