@@ -129,13 +129,14 @@ def write_config(
     return path
 
 
-def wait_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None,
+              host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"node process exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
@@ -145,10 +146,11 @@ def wait_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None
 class NodeProcess:
     """`vim-cluster run CONFIG` as a subprocess; stopped (or killed) by the test."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
         self.config = config
         self.port = port
-        self.url = f"ws://127.0.0.1:{port}/"
+        self.host = host  # where it listens (its vim.websocket.host)
+        self.url = f"ws://{host}:{port}/"
         self.log = config.with_suffix(".log")
         self._env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -163,7 +165,7 @@ class NodeProcess:
                 stdout=log, stderr=subprocess.STDOUT, env=self._env,
             )
         deadline = time.monotonic() + timeout
-        wait_port(self.port, timeout, self.process)
+        wait_port(self.port, timeout, self.process, self.host)
         while b" ready at " not in self.log.read_bytes()[log_from:]:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node process exited with {self.process.returncode}")

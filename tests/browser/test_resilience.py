@@ -282,6 +282,25 @@ def test_the_page_moves_to_another_node_when_its_own_stays_down(cluster: Cluster
         expect(message(pam, "from another node")).to_be_visible()
 
 
+def test_the_page_moves_to_a_node_on_another_host_by_the_name_it_advertises(cluster: Cluster, new_page: Any) -> None:
+    """Nodes on hosts of their own (here dept-1b listens on 127.0.0.2 only): the page, served by
+    dept-1 under the name dept-1 advertises, moves to dept-1b's own address, not to its own host
+    name at dept-1b's port (right only behind one published host, as with compose)."""
+    other_host = cluster._start_node(
+        lambda: cluster.write_node("dept-1b", "slave", cluster.slave_master_url("dept-1b"), host="127.0.0.2"))
+    try:
+        other_host.wait_health(200)
+        ida = open_chat(new_page(), cluster.dept1)
+        register(ida, "ida")
+        ida.wait_for_function("knownNodes.some((n) => n.node === 'dept-1b' && n.url.includes('127.0.0.2'))")
+        with brought_back(cluster.dept1):
+            cluster.dept1.kill()  # dept-1b comes next in the page's list (nodes sorted by id)
+            expect(ida.locator("#status")).to_have_text(re.compile("logged in as ida on dept-1b"), timeout=RECONNECT_MS)
+    finally:
+        other_host.stop()
+        cluster.nodes.pop("dept-1b")
+
+
 def test_an_unavailable_store_answering_ready_keeps_the_token(cluster: Cluster, new_page: Any) -> None:
     """Only an authentication error (unauthorized, invalid) answering `ready` signs the person
     out. Here the first `ready` after a reload is answered `unavailable` (a WebSocket route in

@@ -116,17 +116,19 @@ def routes_on(redis_url: str, user_id: str, node_id: str) -> list[str]:
 
 
 class ClusterNode:
-    def __init__(self, name: str, config: Path, port: int, http_port: int, forward_port: int | None) -> None:
+    def __init__(self, name: str, config: Path, port: int, http_port: int, forward_port: int | None,
+                 host: str = "127.0.0.1") -> None:
         self.name = name
         self.config = config
         self.port = port
         self.http_port = http_port
         self.forward_port = forward_port
-        self.process = NodeProcess(config, port, env=cli_env())
+        self.host = host  # the address it listens on (its vim.websocket.host)
+        self.process = NodeProcess(config, port, env=cli_env(), host=host)
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+        return f"ws://{self.host}:{self.port}/"
 
     @property
     def pid(self) -> int:
@@ -156,11 +158,11 @@ class ClusterNode:
         return self.process.process.wait(timeout)
 
     def healthz(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
-        status, body = http_get(f"http://127.0.0.1:{self.http_port}/healthz", timeout)
+        status, body = http_get(f"http://{self.host}:{self.http_port}/healthz", timeout)
         return status, json.loads(body) if body.startswith("{") else {"raw": body}
 
     def metrics(self) -> str:
-        status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        status, body = http_get(f"http://{self.host}:{self.http_port}/metrics")
         assert status == 200, (status, body)
         return body
 
@@ -224,15 +226,16 @@ class Cluster:
         return f"ws://127.0.0.1:{self.master.forward_port}/forward"
 
     def write_node(self, node_id: str, node_type: str, master_url: str | None = None,
-                   folder: Path | None = None) -> ClusterNode:
-        """Writes a config for a node of this cluster (or of `folder`: another secret)."""
+                   folder: Path | None = None, host: str = "127.0.0.1") -> ClusterNode:
+        """Writes a config for a node of this cluster (or of `folder`: another secret), listening
+        on `host` only."""
         http_port = free_port()
         config = write_config(
             folder or self.folder, node_id=node_id, node_type=node_type, redis_url=self.redis_url,
-            master_url=master_url, store=self.store, extra={"http": {"port": http_port}},
+            master_url=master_url, store=self.store, extra={"http": {"port": http_port}}, websocket={"host": host},
         )
         written = _read_yaml(config)["vim"]["websocket"]
-        return ClusterNode(node_id, config, written["port"], http_port, written.get("forward-port"))
+        return ClusterNode(node_id, config, written["port"], http_port, written.get("forward-port"), host)
 
     def slave_master_url(self, node_id: str) -> str:
         if node_id in self._proxied:
