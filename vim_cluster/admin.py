@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from . import departments, wiring
-from .config import NodeConfig
+from .config import NodeConfig, url_host
 from .core import auth, usernames
 from .core.lease import MintGate
 from .core.mastership import MasterView, shown_role
@@ -223,12 +223,8 @@ def node_health(config: NodeConfig) -> tuple[bool, str]:
 
 def probe_host(host: str) -> str:
     """Where a local tool reaches a node bound to `host`: that address, or loopback for every
-    address."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+    address (IPv6's for `::`, whose listener takes no IPv4)."""
+    return "[::1]" if host == "::" else url_host(host)
 
 
 def _unhealthy(answer: urllib.error.HTTPError) -> str:

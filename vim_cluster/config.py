@@ -145,7 +145,7 @@ class NodeConfig:
     def public_host(self) -> str:
         """The host part of this node's URLs as others reach it: `public-host` when set, else
         the listen address (a wildcard address stands for loopback)."""
-        return _url_host(self.websocket.public_host or self.websocket.host)
+        return url_host(self.websocket.public_host or self.websocket.host)
 
     @property
     def http_url(self) -> str | None:
@@ -156,7 +156,8 @@ class NodeConfig:
         return f"{scheme}://{self.public_host}:{self.http.port}/"
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """A listen address as a URL's host: a wildcard address stands for loopback (IPv4)."""
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host

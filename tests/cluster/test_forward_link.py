@@ -128,11 +128,9 @@ async def test_a_slave_killed_while_unlinked_has_its_acked_messages_relayed_once
         with trio.fail_after(90):
             async with contextlib.AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
-                bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
-                carol = await online(stack, cluster.master.url, f"carol-{tag}")
-                at = {"bob": Collector(bob), "carol": Collector(carol)}
-                for collector in at.values():
-                    nursery.start_soon(collector.run)
+                bob, at_bob = await collecting(stack, nursery, cluster.dept1.url, f"bob-{tag}")
+                carol, at_carol = await collecting(stack, nursery, cluster.master.url, f"carol-{tag}")
+                at = {"bob": at_bob, "carol": at_carol}
                 targets = {"bob": bob.user_id, "carol": carol.user_id}
                 sent: dict[str, list[str]] = {"bob": [], "carol": []}
                 async with contextlib.AsyncExitStack() as on_dept2:
