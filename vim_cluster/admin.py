@@ -126,7 +126,8 @@ def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> 
     """The lines under the `nodes` table: the active master, its epoch, the standbys, takeovers."""
     standbys = [n.node_id for n in nodes if n.alive and shown_role(n.node_id, n.role, view) == "standby"]
     if view is None:
-        return "active master: none (no master ever took the lease)\nstandbys: " + (", ".join(standbys) or "none")
+        return "\n".join(["active master: none (no master ever took the lease)",
+                          "standbys: " + (", ".join(standbys) or "none"), *draining_line(nodes)])
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.since_ms / 1000))
     ago = f"{max(0, now - view.since_ms) / 1000:.1f}s ago"
     state = "" if view.alive else LAPSED if standbys else LAPSED_ALONE
@@ -134,7 +135,15 @@ def master_summary(view: MasterView | None, nodes: list[NodeInfo], now: int) -> 
         f"active master: {view.node_id}{state}, epoch {view.epoch}, forward {view.forward_url}",
         f"standbys: {', '.join(standbys) or 'none'}",
         f"takeovers: {view.takeovers} (the first start included), the last {since} ({ago})",
+        *draining_line(nodes),
     ])
+
+
+def draining_line(nodes: list[NodeInfo]) -> list[str]:
+    """The `nodes` line naming the live nodes that take no new clients (drained, or stopping),
+    as their last heartbeat said; none when there are none."""
+    draining = [n.node_id for n in nodes if n.alive and n.draining]
+    return [f"draining: {', '.join(draining)} (no new client connections)"] if draining else []
 
 
 def resolve_user(config: NodeConfig, user: str) -> UserId:

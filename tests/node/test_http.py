@@ -183,6 +183,8 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
             assert (await carol.expect_closed()).code == 4005
             assert len(ctx.local_sessions) == 0
         assert await upgrade_status(node.client_port) == 503  # no new client connections while draining
+        while not [n for n in await ctx.redis(ctx.registry.nodes) if n.node_id == ctx.node_id and n.draining]:
+            await ctx.ids.lease.changed()  # registered with the heartbeat the drain asked for at once
         status, _, health = await http(port, "/healthz")
         assert status == 503 and json.loads(health)["draining"] is True
         status, _, raw = await http(port, "/dashboard.json", cookie=cookie)

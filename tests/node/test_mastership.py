@@ -3,10 +3,12 @@ deadline of a master cut off from Redis, and the epoch after Redis lost its data
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import attrs
 import pytest
 import redis
 import trio
@@ -17,6 +19,7 @@ from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.master_finder import MasterFinder
 from vim_cluster.node.mastership import MasterMetrics, Mastership
 from vim_cluster.node.metrics import NodeMetrics
+from vim_cluster.ports import NodeInfo
 from vim_cluster.tunables import Tunables
 
 from ..cluster.proxy import TcpProxy
@@ -170,3 +173,19 @@ async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
     finally:
         for registry in registries:
             registry.close()
+
+
+def test_a_registration_says_draining_only_while_true_and_unknown_fields_are_skipped(registry: RedisRegistry) -> None:
+    """Nodes and tools older than `draining` refuse a field they do not know: a registration
+    carries it only while the node drains. This one skips fields a newer node may add."""
+    info = NodeInfo("a", "slave", "ws://a:1/", None, None, 1, "t", 0, 0, 0)
+    assert registry.acquire_node(info, "owner-a", 30)
+    raw = registry._r.hget(Keys.NODES, "a")
+    assert raw is not None and "draining" not in json.loads(raw)
+    registry.heartbeat(attrs.evolve(info, draining=True), "owner-a", 30, None)
+    assert [n.draining for n in registry.nodes()] == [True]
+    raw = registry._r.hget(Keys.NODES, "a")
+    assert raw is not None
+    newer = dict(json.loads(raw), zone="b")  # a field from a newer node
+    registry._r.hset(Keys.NODES, "a", json.dumps(newer))
+    assert [(n.node_id, n.draining, n.alive) for n in registry.nodes()] == [("a", True, True)]

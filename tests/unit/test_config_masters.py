@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vim_cluster.admin import master_summary, nodes_table
@@ -58,3 +59,6 @@ def test_nodes_shows_the_lease_holder_as_master_and_the_other_masters_as_standby
         "active master: b (its lease LAPSED and no standby is alive: start a master-capable node), epoch 7, "
         "forward ws://b:8081/forward", "standbys: none"]
     assert master_summary(None, nodes, 0).startswith("active master: none")
+    drained = [attrs.evolve(nodes[3], draining=True), attrs.evolve(nodes[0], draining=True), nodes[1]]
+    assert master_summary(view, drained, 10_000).splitlines()[-1] == "draining: d (no new client connections)"
+    assert master_summary(None, drained, 0).splitlines()[-1] == "draining: d (no new client connections)"

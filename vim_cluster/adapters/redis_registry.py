@@ -243,11 +243,20 @@ def _login_keys(username: str, address: str) -> list[str]:
 
 
 def _info_json(info: NodeInfo) -> str:
-    return json.dumps(attrs.asdict(info))
+    """The registration; `draining` only while true, so that nodes and tools older than it
+    (which refuse a field they do not know) still read the registrations of the others."""
+    fields = attrs.asdict(info)
+    if not info.draining:
+        del fields["draining"]
+    return json.dumps(fields)
+
+
+NODE_INFO_FIELDS = frozenset(field.name for field in attrs.fields(NodeInfo))
 
 
 def _info(raw: str | bytes, alive: bool) -> NodeInfo:
-    fields = json.loads(raw)
+    """A registration; fields a newer node wrote that this one does not know are left out."""
+    fields = {key: value for key, value in json.loads(raw).items() if key in NODE_INFO_FIELDS}
     fields["alive"] = alive
     return NodeInfo(**fields)
 

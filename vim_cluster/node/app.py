@@ -94,6 +94,7 @@ class _Parts:
     local_sessions: LocalSessions = attrs.Factory(LocalSessions)
     redis: BlockingRunner = attrs.Factory(lambda: BlockingRunner("redis", 16))
     mastership: Mastership | None = None
+    draining: Callable[[], bool] = lambda: False  # the context's flag, once there is one
 
     @classmethod
     def new(cls, config: NodeConfig, clock_ms: Callable[[], int], listeners: NodeListeners) -> _Parts:
@@ -116,6 +117,7 @@ class _Parts:
             connections=len(self.local_sessions),
             heartbeat_at=self.clock_ms(),
             messages=self.metrics.accepted,
+            draining=self.draining(),
         )
 
 
@@ -154,6 +156,7 @@ async def serve_node(
             lease = await _take_lease(stack, parts, registry)
             parts.mastership = _master_lease(stack, parts, registry, lease)
             ctx = _context(parts, lease, registry, directory, messages)
+            parts.draining = lambda: ctx.draining  # registered with the next heartbeat (`nodes`)
             serving = True
             purge = functools.partial(_purge, ctx, registry, messages)
             await _serve(ctx, parts, listeners, lease, purge, task_status)

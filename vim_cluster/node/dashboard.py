@@ -161,8 +161,10 @@ async def kick_user(ctx: NodeContext, user: str) -> tuple[int, int | None]:
 
 
 def drain_here(ctx: NodeContext) -> int:
-    """Stops accepting client connections and closes every session with 4005."""
+    """Stops accepting client connections and closes every session with 4005; the next
+    heartbeat, at once, tells Redis (`vim-cluster nodes`)."""
     ctx.draining = True
+    ctx.ids.lease.beat_soon()
     closed = 0
     for user_id in ctx.local_sessions.users():
         for session in ctx.local_sessions.sessions(user_id):
