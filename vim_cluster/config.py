@@ -127,6 +127,7 @@ class NodeConfig:
     store: StoreConfig
     message: MessageConfig
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
+    ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
 
     @property
     def node_id(self) -> str:
@@ -369,7 +370,23 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         ),
         message=_message_config(name, v["message"]),
         tunables=_tunables(name, v),
+        ignored=_ignored(node_type, v),
     )
+
+
+MASTER_ONLY = {  # keys a slave node does not use, and what they are for
+    ("websocket", "forward-port"): "a master's port for the forward channel",
+    ("cluster", "forward-url"): "the forward URL a master publishes",
+    ("cluster", "master-lease-ttl"): "a master's lease",
+}
+
+
+def _ignored(node_type: NodeType, v: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The keys given that this node's type ignores (`check` and the node's start warn)."""
+    if node_type is not NodeType.SLAVE:
+        return ()
+    return tuple(f"vim.{section}.{key}: ignored on a slave node ({why})"
+                 for (section, key), why in MASTER_ONLY.items() if v[section][key] is not None)
 
 
 def _tunables(name: str, v: dict[str, dict[str, Any]]) -> Tunables:

@@ -60,6 +60,19 @@ def test_check_says_ok_or_exits_2_with_one_line(config: Path, tmp_path: Path) ->
     assert failed.stderr.count("\n") == 1 and "vim.websocket.forward-prt: unknown key" in failed.stderr
 
 
+def test_check_warns_of_master_only_keys_on_a_slave(tmp_path: Path, redis_url: str) -> None:
+    """A slave ignores the forward channel's port and URL and the master lease: `check` says
+    so (stderr, still exit 0), so a copied master config does not hide a mistake."""
+    slave = write_config(tmp_path / "cluster", node_id="dept-a", node_type="slave", redis_url=redis_url,
+                         master_url="ws://127.0.0.1:1/forward", websocket={"forward-port": free_port()},
+                         extra={"cluster": {"master-lease-ttl": 8}})
+    result = run_cli("check", str(slave))
+    assert result.returncode == 0 and result.stdout == f"ok: {slave} (dept-a, slave)\n", result
+    assert result.stderr.splitlines() == [
+        f"warning: {slave}: vim.websocket.forward-port: ignored on a slave node (a master's port for the forward channel)",
+        f"warning: {slave}: vim.cluster.master-lease-ttl: ignored on a slave node (a master's lease)"]
+
+
 def test_config_comes_from_the_environment(config: Path, tmp_path: Path) -> None:
     add(config, "erin")
     env = {**cli_env(), "VIM_CLUSTER_CONFIG": str(config)}

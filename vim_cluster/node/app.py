@@ -146,6 +146,8 @@ async def serve_node(
     listeners closed."""
     structlog.contextvars.bind_contextvars(node_id=config.node_id)
     _check_secret_file(config.cluster.secret_file)
+    for ignored in config.ignored:
+        log.warning("config_key_ignored", file=str(config.file), key=ignored)
     serving = False
     try:
         async with contextlib.AsyncExitStack() as stack:
