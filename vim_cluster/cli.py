@@ -61,9 +61,11 @@ def _config_from_env(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .tls import certificate_problems
+
     config = load_or_exit(args.config)
-    for ignored in config.ignored:
-        print(f"warning: {args.config}: {ignored}", file=sys.stderr)
+    for warning in (*config.ignored, *certificate_problems(config)):
+        print(f"warning: {args.config}: {warning}", file=sys.stderr)
     print(f"ok: {args.config} ({config.node_id}, {config.cluster.node_type.value})")
     return 0
 

@@ -8,12 +8,15 @@
 - `local_probe_context`: for a node's own HTTPS port on 127.0.0.1 (`vim-cluster heartbeat`):
   the chain is verified against the CA, the name is not (the certificate names the host, the
   probe dials loopback).
+- `certificate_problems`: what `check` and a node's start warn of in its own certificate: it
+  does not name the host the node advertises, it expired, or it expires within 14 days.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
+import time
 
 from .config import NodeConfig
 
@@ -55,3 +58,60 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+EXPIRY_WARNING_S = 14 * 86400
+
+
+def certificate_problems(config: NodeConfig, now: float | None = None) -> list[str]:
+    """One line per problem of the node's certificate that clients and the other nodes would
+    hit: not valid for the host it advertises (vim.websocket.public-host, else host; not
+    checked for a loopback host, which only local tools dial), expired or not yet valid, or
+    expiring within 14 days. Found by a TLS handshake in memory against the node's own
+    context, with the certificate itself as the trust anchor (so only the name and the dates
+    are judged, not the CA); [] without TLS."""
+    server = server_context(config)
+    if server is None:
+        return []
+    assert config.websocket.tls_cert is not None
+    host = config.public_host.strip("[]")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cafile=str(config.websocket.tls_cert))
+    client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    client.check_hostname = not is_loopback(host)
+    try:
+        peer = _handshake(server, client, host)
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return [f"the certificate {config.websocket.tls_cert} is not valid for {host}, the host this node "
+                    "advertises (vim.websocket.public-host, else host): clients and nodes that dial it refuse it"]
+        return [f"the certificate {config.websocket.tls_cert} is refused by clients: {exc.verify_message}"]
+    left = ssl.cert_time_to_seconds(str(peer["notAfter"])) - (time.time() if now is None else now)
+    if left < EXPIRY_WARNING_S:
+        return [f"the certificate {config.websocket.tls_cert} expires in {left / 86400:.1f} days "
+                f"({peer['notAfter']}): renew it"]
+    return []
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> dict[str, object]:
+    """A TLS handshake between two contexts through memory buffers; the client's view of the
+    server's certificate."""
+    buffers = [ssl.MemoryBIO() for _ in range(4)]
+    near = client.wrap_bio(buffers[0], buffers[1], server_hostname=host)
+    far = server.wrap_bio(buffers[2], buffers[3], server_side=True)
+    done = [False, False]
+    for _ in range(10):  # TLS 1.3 takes 2 round trips, 1.2 at most 3
+        for i, end in enumerate((near, far)):
+            if not done[i]:
+                try:
+                    end.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+        buffers[2].write(buffers[1].read())
+        buffers[0].write(buffers[3].read())
+        if all(done):
+            break
+    peer = near.getpeercert()
+    assert peer, "the in-memory handshake did not finish"
+    return dict(peer)

@@ -12,6 +12,7 @@ module imports them); `healthz`, `wait_healthy` and `wait_link_problem` read a n
 
 from __future__ import annotations
 
+import datetime
 import json
 import secrets as random
 import ssl
@@ -52,10 +53,11 @@ class Pki:
         self.ca_file = folder / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
 
-    def node_files(self, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> NodeFiles:
+    def node_files(self, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                   not_after: datetime.datetime | None = None) -> NodeFiles:
         target = self.folder / name
         target.mkdir(parents=True, exist_ok=True)
-        cert = self.ca.issue_cert(*hosts)
+        cert = self.ca.issue_cert(*hosts, not_after=not_after)
         files = NodeFiles(target / "cert.pem", target / "key.pem", self.ca_file)
         cert.private_key_pem.write_to_path(str(files.key))
         with open(files.cert, "wb") as out:

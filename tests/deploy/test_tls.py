@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import secrets
 import ssl
 import urllib.error
@@ -148,3 +149,22 @@ async def test_the_load_generator_runs_over_wss_trusting_the_ca_file(
         args = argparse.Namespace(size=20, duration=0, messages=10, window=4, rate=0)
         result = await bench.run_pair(url, url, accounts[:1], accounts[1:], args)
     assert url.startswith("wss://") and (result["delivered"], result["lost"], result["errors"]) == (10, 0, 0)
+
+
+def test_check_warns_of_a_certificate_for_another_host_or_near_its_end(pki: Pki, tmp_path: Path, redis_url: str) -> None:
+    """`check` (and the node's start, in its log) warns when the certificate would be refused
+    by those who dial the host the node advertises, or soon will be; the config stays valid."""
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3)
+    cases = {"good": (("chat.example",), None), "other": (("other.example",), None), "soon": (("chat.example",), soon)}
+    warnings = {}
+    for name, (hosts, not_after) in cases.items():
+        files = pki.node_files(name, hosts, not_after)
+        config = write_config(tmp_path / "cluster", node_id=name, redis_url=redis_url,
+                              websocket={"public-host": "chat.example", "tls": files.tls()})
+        result = run_cli("check", str(config))
+        assert result.returncode == 0 and result.stdout == f"ok: {config} ({name}, master)\n", result
+        warnings[name] = result.stderr
+    assert warnings["good"] == ""
+    assert warnings["other"].count("\n") == 1 and f"{tmp_path}/pki/other/cert.pem is not valid for chat.example" \
+        in warnings["other"]
+    assert warnings["soon"].count("\n") == 1 and "expires in 3.0 days" in warnings["soon"]

@@ -41,6 +41,7 @@ from ..errors import CloseCode
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
+from ..tls import certificate_problems
 from .blocking import BlockingRunner
 from .context import NodeContext
 from .delivery import Delivery, LocalDelivery
@@ -148,6 +149,8 @@ async def serve_node(
     _check_secret_file(config.cluster.secret_file)
     for ignored in config.ignored:
         log.warning("config_key_ignored", file=str(config.file), key=ignored)
+    for problem in certificate_problems(config):
+        log.warning("tls_certificate_problem", problem=problem)
     serving = False
     try:
         async with contextlib.AsyncExitStack() as stack:
