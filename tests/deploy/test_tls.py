@@ -154,7 +154,7 @@ async def test_the_load_generator_runs_over_wss_trusting_the_ca_file(
 def test_check_warns_of_a_certificate_for_another_host_or_near_its_end(pki: Pki, tmp_path: Path, redis_url: str) -> None:
     """`check` (and the node's start, in its log) warns when the certificate would be refused
     by those who dial the host the node advertises, or soon will be; the config stays valid."""
-    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
     cases = {"good": (("chat.example",), None), "other": (("other.example",), None), "soon": (("chat.example",), soon)}
     warnings = {}
     for name, (hosts, not_after) in cases.items():
