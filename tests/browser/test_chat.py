@@ -6,6 +6,7 @@ The node-restart test restarts dept-2: it is the last of the module."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -109,6 +110,37 @@ def test_group_chat_and_recall(cluster: Cluster, new_page: Any) -> None:
     cat.locator("#main").wait_for(state="visible")
     cat.locator("#groups .contact", has_text="launch team").click()
     expect(message(cat, "kick-off at ten").locator(".readcount")).to_have_text("read by 1")
+
+
+def test_the_page_offers_recall_for_the_window_the_node_says(cluster: Cluster, new_page: Any) -> None:
+    """`ready-ok` carries the node's recall window (`recallWindowMs`); the page offers recall
+    for that long, not for a window of its own. Here the page's socket is routed so that
+    `ready-ok` says 5 s, and the page's clock is moved past it."""
+
+    def five_seconds(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(text: str | bytes) -> None:
+            if isinstance(text, str) and '"code":"ready-ok"' in text:
+                frame = json.loads(text)
+                frame["message"]["recallWindowMs"] = 5000
+                text = json.dumps(frame)
+            ws.send(text)
+
+        server.on_message(from_server)
+
+    rena = new_page()
+    rena.clock.install()
+    rena.route_web_socket(re.compile(".*"), five_seconds)
+    register(open_chat(rena, cluster.dept1), "rena")
+    rico = open_chat(new_page(), cluster.dept1)
+    register(rico, "rico")
+    contact(rena, "rico").click()
+    send_text(rena, "gone in five")
+    expect(tick(rena, "gone in five")).to_have_text(re.compile("sent|delivered"))
+    expect(message(rena, "gone in five").locator("button.recall")).to_be_visible()
+    rena.clock.fast_forward(11_000)  # past the window, and the page's 10 s redraw
+    expect(message(rena, "gone in five").locator("button.recall")).to_have_count(0)
 
 
 def test_other_login_takes_over_with_a_human_message(cluster: Cluster, new_page: Any) -> None:

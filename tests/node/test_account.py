@@ -136,6 +136,7 @@ async def test_ready_answers_ready_ok_then_sync_done_zero(node: RunningNode, url
             assert ready["userId"] == client.user_id
             assert ready["nodeId"] == node.ctx.node_id
             assert before - 1000 <= ready["serverTime"] <= now_ms() + 1000
+            assert ready["recallWindowMs"] == round(node.ctx.config.message.recall_window * 1000)
             assert ready["rid"] == "go"
             first = await client.next_frame()
             assert first["code"] == "sync-done" and first["message"]["count"] == 0

@@ -49,6 +49,8 @@ GOLDEN: list[tuple[f.Reply, str]] = [
     (f.LoginOk(11, "tok", 99, rid="r"),
      '{"code":"login-ok","message":{"userId":"11","token":"tok","expiresAt":99,"rid":"r"}}'),
     (f.ReadyOk(11, "node-1", 5), '{"code":"ready-ok","message":{"userId":"11","nodeId":"node-1","serverTime":5}}'),
+    (f.ReadyOk(11, "node-1", 5, 120_000),
+     '{"code":"ready-ok","message":{"userId":"11","nodeId":"node-1","serverTime":5,"recallWindowMs":120000}}'),
     (f.SyncDone(3), '{"code":"sync-done","message":{"count":3}}'),
     (f.ReadOut(22, ChatType.FRIEND, 8, by=22),
      '{"code":"read","message":{"chatId":"22","type":"friend","timestamp":8,"by":"22"}}'),

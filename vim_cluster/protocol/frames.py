@@ -209,6 +209,7 @@ class ReadyOk(Reply):
     user_id: Annotated[int, ID]
     node_id: str
     server_time: int
+    recall_window_ms: Annotated[int | None, OMIT_NONE] = None  # vim.message.recall-window (an extension)
     rid: str | None = None
 
 

@@ -106,7 +106,8 @@ async def ready(conn: Connection, command: f.Ready) -> None:
         conn.session.holding = []
     assert conn.session is not None
     conn.state.transition("ready", user_id)
-    await conn.reply(f.ReadyOk(user_id, ctx.node_id, ctx.clock_ms(), rid=command.rid))
+    await conn.reply(f.ReadyOk(user_id, ctx.node_id, ctx.clock_ms(),
+                               round(ctx.config.message.recall_window * 1000), rid=command.rid))
     replayed: set[int] = set()
     try:
         await offline_replay.replay(conn, user_id, replayed)
