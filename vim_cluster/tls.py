@@ -8,8 +8,9 @@
 - `local_probe_context`: for a node's own HTTPS port on 127.0.0.1 (`vim-cluster heartbeat`):
   the chain is verified against the CA, the name is not (the certificate names the host, the
   probe dials loopback).
-- `certificate_problems`: what `check` and a node's start warn of in its own certificate: it
-  does not name the host the node advertises, it expired, or it expires within 14 days.
+- `check_certificate` / `certificate_problems`: what `check` and a node's start warn of in its
+  own certificate (it does not name the host the node advertises, it expired, or it expires
+  within 14 days), and its end date (the metric `vim_tls_certificate_expiry_timestamp_seconds`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import time
+
+import attrs
 
 from .config import NodeConfig
 
@@ -63,34 +66,46 @@ def is_loopback(host: str) -> bool:
 EXPIRY_WARNING_S = 14 * 86400
 
 
+@attrs.frozen
+class CertificateCheck:
+    problems: list[str]  # one line each
+    not_after: float | None  # the certificate's end (Unix seconds), if the handshake got that far
+
+
 def certificate_problems(config: NodeConfig, now: float | None = None) -> list[str]:
-    """One line per problem of the node's certificate that clients and the other nodes would
-    hit: not valid for the host it advertises (vim.websocket.public-host, else host; not
+    return check_certificate(config, now).problems
+
+
+def check_certificate(config: NodeConfig, now: float | None = None) -> CertificateCheck:
+    """The problems of the node's certificate that clients and the other nodes would hit, one
+    line each: not valid for the host it advertises (vim.websocket.public-host, else host; not
     checked for a loopback host, which only local tools dial), expired or not yet valid, or
     expiring within 14 days. Found by a TLS handshake in memory against the node's own
     context, with the certificate itself as the trust anchor (so only the name and the dates
-    are judged, not the CA); [] without TLS."""
+    are judged, not the CA); none without TLS."""
     server = server_context(config)
     if server is None:
-        return []
-    assert config.websocket.tls_cert is not None
+        return CertificateCheck([], None)
+    cert = config.websocket.tls_cert
     host = config.public_host.strip("[]")
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(cafile=str(config.websocket.tls_cert))
+    client.load_verify_locations(cafile=str(cert))
     client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     client.check_hostname = not is_loopback(host)
     try:
         peer = _handshake(server, client, host)
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return [f"the certificate {config.websocket.tls_cert} is not valid for {host}, the host this node "
-                    "advertises (vim.websocket.public-host, else host): clients and nodes that dial it refuse it"]
-        return [f"the certificate {config.websocket.tls_cert} is refused by clients: {exc.verify_message}"]
-    left = ssl.cert_time_to_seconds(str(peer["notAfter"])) - (time.time() if now is None else now)
+            return CertificateCheck([f"the certificate {cert} is not valid for {host}, the host this node advertises "
+                                     "(vim.websocket.public-host, else host): clients and nodes that dial it refuse it"],
+                                    None)
+        return CertificateCheck([f"the certificate {cert} is refused by clients: {exc.verify_message}"], None)
+    not_after = float(ssl.cert_time_to_seconds(str(peer["notAfter"])))
+    left = not_after - (time.time() if now is None else now)
     if left < EXPIRY_WARNING_S:
-        return [f"the certificate {config.websocket.tls_cert} expires in {left / 86400:.1f} days "
-                f"({peer['notAfter']}): renew it"]
-    return []
+        return CertificateCheck([f"the certificate {cert} expires in {left / 86400:.1f} days ({peer['notAfter']}): "
+                                 "renew it"], not_after)
+    return CertificateCheck([], not_after)
 
 
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> dict[str, object]:

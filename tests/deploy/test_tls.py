@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import secrets
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,6 +47,9 @@ async def test_a_client_chats_over_wss_and_the_http_port_is_https(nodes: Nodes, 
     assert config.http_url is not None and config.http_url.startswith("https://")
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # not the system's CAs
         await blocking(healthz, config, ssl.create_default_context())
+    expiry = [line for line in master.ctx.metrics.render().decode().splitlines()
+              if line.startswith("vim_tls_certificate_expiry_timestamp_seconds")]
+    assert len(expiry) == 1 and float(expiry[0].split()[-1]) > time.time() + 300 * 86400  # trustme: years ahead
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])

@@ -41,7 +41,7 @@ from ..errors import CloseCode
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
-from ..tls import certificate_problems
+from ..tls import check_certificate
 from .blocking import BlockingRunner
 from .context import NodeContext
 from .delivery import Delivery, LocalDelivery
@@ -100,6 +100,7 @@ class _Parts:
     @classmethod
     def new(cls, config: NodeConfig, clock_ms: Callable[[], int], listeners: NodeListeners) -> _Parts:
         metrics, fence = NodeMetrics(config.node_id), Fence()
+        _watch_certificate(config, metrics)
         forward_port = port_of(listeners.forward) if listeners.forward else None
         return cls(config, clock_ms, forward_port, clock_ms(), metrics, MasterMetrics(metrics.registry, fence), fence)
 
@@ -120,6 +121,17 @@ class _Parts:
             messages=self.metrics.accepted,
             draining=self.draining(),
         )
+
+
+def _watch_certificate(config: NodeConfig, metrics: NodeMetrics) -> None:
+    """Logs what clients would refuse in the node's TLS certificate (as `check` prints it), and
+    exports its end date for an alert before it comes (docs/operations.md, Alerts)."""
+    checked = check_certificate(config)
+    for problem in checked.problems:
+        log.warning("tls_certificate_problem", problem=problem)
+    if checked.not_after is not None:
+        metrics.gauge("vim_tls_certificate_expiry_timestamp_seconds",
+                      "when the node's TLS certificate expires (Unix time)").set(checked.not_after)
 
 
 def _check_secret_file(path: Path) -> None:
@@ -149,8 +161,6 @@ async def serve_node(
     _check_secret_file(config.cluster.secret_file)
     for ignored in config.ignored:
         log.warning("config_key_ignored", file=str(config.file), key=ignored)
-    for problem in certificate_problems(config):
-        log.warning("tls_certificate_problem", problem=problem)
     serving = False
     try:
         async with contextlib.AsyncExitStack() as stack:
