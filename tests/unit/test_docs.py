@@ -136,6 +136,7 @@ def _metric_names() -> tuple[set[str], set[str]]:
     purge = PurgeMetrics(metrics.registry)  # registered by the retention job on every node
     purge.removed.labels(kind="messages").inc(0)
     MasterMetrics(metrics.registry, Fence())  # registered on every node (node/mastership.py)
+    metrics.certificate_ends(0)  # registered on nodes with TLS
     required: set[str] = set()
     exported: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):

@@ -130,8 +130,7 @@ def _watch_certificate(config: NodeConfig, metrics: NodeMetrics) -> None:
     for problem in checked.problems:
         log.warning("tls_certificate_problem", problem=problem)
     if checked.not_after is not None:
-        metrics.gauge("vim_tls_certificate_expiry_timestamp_seconds",
-                      "when the node's TLS certificate expires (Unix time)").set(checked.not_after)
+        metrics.certificate_ends(checked.not_after)
 
 
 def _check_secret_file(path: Path) -> None:

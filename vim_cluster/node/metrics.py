@@ -176,6 +176,12 @@ class NodeMetrics:
     def message_accepted(self) -> None:
         self.messages_in.value += 1
 
+    def certificate_ends(self, at: float) -> None:
+        """Exports the end of the node's TLS certificate (only nodes with TLS have the gauge:
+        on others an alert on it would fire)."""
+        self.gauge("vim_tls_certificate_expiry_timestamp_seconds",
+                   "when the node's TLS certificate expires (Unix time)").set(at)
+
     def bind(self, connections: Callable[[], int], forward_queue: Callable[[], int]) -> None:
         self.connections.set_function(connections)
         self.forward_queue.set_function(forward_queue)
