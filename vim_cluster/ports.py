@@ -260,7 +260,9 @@ class MasterLock(Protocol):
 class UserRoutes(Protocol):
     """Where each user's sessions live: one route per session, only on live nodes."""
 
-    def add_route(self, user_id: UserId, route: Route) -> None: ...
+    def add_route(self, user_id: UserId, route: Route) -> list[Route]:
+        """Adds the route; returns the user's routes (on live nodes) from before it, read in
+        the same transaction: of two sessions opening at once, the later sees the earlier."""
 
     def remove_route(self, user_id: UserId, session_id: str) -> None:
         """Removes exactly that session's route; a newer session's route stays."""

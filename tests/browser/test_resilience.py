@@ -150,7 +150,8 @@ def answering_for_the_node(error_for: Callable[[str, dict[str, Any]], dict[str, 
 
 def test_a_refused_message_gets_retry_and_a_rate_limited_one_is_resent(cluster: Cluster, new_page: Any) -> None:
     """`unavailable` names the message's cid: its bubble says "not sent" with Retry, which resends
-    it with the same cid. `rate-limited` names none: the page resends what is waiting by itself.
+    it with the same cid. `rate-limited` (naming the cid, as a node does, or none, as older nodes
+    did) is not shown as "not sent": the page resends what is waiting by itself.
     The node's answers are played by a WebSocket route in front of the real node."""
     refused: set[str] = set()
 
@@ -161,6 +162,8 @@ def test_a_refused_message_gets_retry_and_a_rate_limited_one_is_resent(cluster: 
         refused.add(content)
         if content == "refuse unavailable":
             return {"error": "unavailable", "detail": "store down", "cid": body["cid"]}
+        if content == "refuse rate-limited":
+            return {"error": "rate-limited", "detail": "too fast", "cid": body["cid"]}
         return {"error": "rate-limited", "detail": "too fast"}
 
     cal = new_page()
@@ -178,10 +181,13 @@ def test_a_refused_message_gets_retry_and_a_rate_limited_one_is_resent(cluster: 
     expect(message(cal, "refuse unavailable").locator("button.retry")).to_have_count(0)
     send_text(cal, "refuse rate-limited")
     expect(tick(cal, "refuse rate-limited")).to_have_text(re.compile("sent ✓|delivered"))
+    send_text(cal, "refuse too fast, no cid")
+    expect(tick(cal, "refuse too fast, no cid")).to_have_text(re.compile("sent ✓|delivered"))
     contact(dee, "cal").click()
     expect(message(dee, "refuse unavailable")).to_have_count(1)
     expect(message(dee, "refuse rate-limited")).to_have_count(1)
-    expect(message(cal, "refuse")).to_have_count(2)
+    expect(message(dee, "refuse too fast, no cid")).to_have_count(1)
+    expect(message(cal, "refuse")).to_have_count(3)
 
 
 def test_after_a_reconnect_the_open_conversation_has_no_gap(cluster: Cluster, new_page: Any) -> None:

@@ -199,6 +199,7 @@ def test_recall_empties_the_message_everywhere_and_is_idempotent(messages: Messa
     messages.save_messages([new(message, BOB)])
     recalled = messages.recall(message.id)
     assert recalled.message_type is MessageType.RECALLED and recalled.content == ""
+    assert recalled.extend is None  # an image's URL, a file's name: recalled with its content
     assert (recalled.id, recalled.cid, recalled.from_id, recalled.timestamp) == (message.id, message.cid, ALICE, message.timestamp)
     assert messages.recall(message.id) == recalled
     assert messages.get(message.id) == recalled

@@ -261,9 +261,10 @@ async def test_a_session_opening_as_the_node_starts_draining_is_closed_4005_and_
         ctx = node.ctx
         real = ctx.registry.add_route
 
-        def add_route_then_drain(user_id: UserId, route: Route) -> None:
-            real(user_id, route)
+        def add_route_then_drain(user_id: UserId, route: Route) -> list[Route]:
+            earlier = real(user_id, route)
             ctx.draining = True
+            return earlier
 
         ctx.registry.add_route = add_route_then_drain
         async with contextlib.AsyncExitStack() as stack:

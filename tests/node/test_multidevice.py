@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import trio
 
+from vim_cluster.model import UserId
 from vim_cluster.node.app import RunningNode
+from vim_cluster.ports import Route
 
 from ..support import connect, online
+from .test_presence import cluster_of_two, ws_url
 
 
 async def test_every_device_of_the_recipient_gets_every_message(url: str) -> None:
@@ -102,3 +106,68 @@ async def test_a_device_going_away_leaves_the_others_receiving(url: str) -> None
             assert bob_pc.user_id is not None
             ack = await alice.chat(bob_pc.user_id, "still here", "c-still")
             assert (await bob_pc.expect("message"))["id"] == ack["id"]
+
+
+async def test_two_sessions_of_one_client_type_opening_at_once_on_two_nodes_leave_one(start_node) -> None:
+    """The slave's session reads the user's routes while the master's opens: each node used to
+    read them before adding its own, so each missed the other and both sessions stayed."""
+    master, slave = await cluster_of_two(start_node)
+    adding, opened = threading.Event(), threading.Event()
+    real = slave.ctx.registry.add_route
+
+    def add_route_once_the_master_opened(user_id: UserId, route: Route) -> list[Route]:
+        adding.set()
+        assert opened.wait(10)
+        return real(user_id, route)
+
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            on_slave = await stack.enter_async_context(connect(ws_url(slave)))
+            await on_slave.register_login("bob")
+            slave.ctx.registry.add_route = add_route_once_the_master_opened  # type: ignore[method-assign]
+            await on_slave.send("ready", token=on_slave.token, client="web", uuid="web-s")
+            await trio.to_thread.run_sync(adding.wait, 10)
+            on_master = await stack.enter_async_context(connect(ws_url(master)))
+            await on_master.login("bob")
+            await on_master.ready(client="web", uuid="web-m")
+            opened.set()
+            await on_slave.expect("ready-ok")
+            assert await on_master.expect("other-login") == {"uuid": "web-s", "nodeId": slave.ctx.node_id}
+            assert (await on_master.expect_closed()).code == 4001
+            await on_slave.send("ping", rid="alive")
+            assert (await on_slave.expect("pong"))["rid"] == "alive"
+
+
+async def test_a_session_replaced_while_it_joins_its_node_is_closed_all_the_same(start_node) -> None:
+    """The master's new session reads the slave's session's route and kicks it, and the kick
+    reaches the slave before that session joined its node's sessions: it used to find no one
+    there and be dropped, and both sessions stayed."""
+    master, slave = await cluster_of_two(start_node)
+    kicked = threading.Event()
+    real = slave.ctx.registry.add_route
+
+    def add_route_and_wait_for_the_kick(user_id: UserId, route: Route) -> list[Route]:
+        earlier = real(user_id, route)
+        assert kicked.wait(10)
+        return earlier
+
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            carol = await online(stack, ws_url(slave), "carol")
+            assert carol.user_id is not None
+            on_slave = await stack.enter_async_context(connect(ws_url(slave)))
+            await on_slave.register_login("bob")
+            slave.ctx.registry.add_route = add_route_and_wait_for_the_kick  # type: ignore[method-assign]
+            await on_slave.send("ready", token=on_slave.token, client="web", uuid="web-s")
+            on_master = await stack.enter_async_context(connect(ws_url(master)))
+            await on_master.login("bob")
+            await on_master.ready(client="web", uuid="web-m")
+            # The master sent the slave the kick while that session opened; what it relays to
+            # the slave after it comes after it.
+            await on_master.chat(carol.user_id, "after the kick", "c-1")
+            await carol.expect("message")
+            kicked.set()
+            assert await on_slave.expect("other-login") == {"uuid": "web-m", "nodeId": master.ctx.node_id}
+            assert (await on_slave.expect_closed()).code == 4001
+            await on_master.send("ping", rid="alive")
+            assert (await on_master.expect("pong"))["rid"] == "alive"

@@ -89,6 +89,24 @@ async def test_read_tells_the_peer_with_the_readers_id_as_chat_id(url: str) -> N
             assert notice_pc == expected
 
 
+async def test_an_older_read_leaves_the_cursor_and_the_peer_hears_the_cursor(url: str) -> None:
+    """A late `read` from another device (an older timestamp) does not move the cursor back,
+    and the peer's notice says where the cursor is, as history's statuses do."""
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            bob = await online(stack, url, "bob")
+            assert bob.user_id is not None
+            first = await alice.chat(bob.user_id, "one", "rd-1")
+            second = await alice.chat(bob.user_id, "two", "rd-2")
+            await bob.send("read", chatId=alice.user_id, type="friend", timestamp=second["timestamp"])
+            assert (await alice.expect("read"))["timestamp"] == second["timestamp"]
+            await bob.send("read", chatId=alice.user_id, type="friend", timestamp=first["timestamp"] - 1)
+            assert (await alice.expect("read"))["timestamp"] == second["timestamp"]
+            await alice.send("history", chatId=bob.user_id, type="friend")
+            assert [m["status"] for m in (await alice.expect("history"))["messages"]] == ["read", "read"]
+
+
 async def test_read_of_an_unknown_chat_is_refused(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:

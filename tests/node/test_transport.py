@@ -167,6 +167,27 @@ async def test_frames_beyond_the_rate_limit_get_rate_limited_and_the_connection_
             assert (await client.expect("pong"))["rid"] == "later"
 
 
+async def test_a_rate_limited_frame_echoes_its_rid_and_cid(start_node, jump_clock: MockClock) -> None:
+    """The error a dropped frame causes carries its rid (and a message's cid, PROTOCOL.md §2,
+    §2.5), so that a pipelining client knows which request to resend."""
+    with trio.fail_after(10 + 1):
+        node: RunningNode = await start_node(websocket={"rate-limit": 2})
+        async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
+            await client.send("ping", rid="p0")
+            await client.send("ping", rid="p1")
+            await client.send("ping", rid="p2")
+            await client.send("message", rid="m3", cid="c3", chatId="1", type="friend", messageType="text",
+                              content="x")
+            await client.send_raw("not json")
+            frames = [await client.next_frame() for _ in range(5)]
+            assert [f["message"].get("rid") for f in frames[:2]] == ["p0", "p1"]
+            assert [f["message"] for f in frames[2:]] == [
+                {"error": "rate-limited", "detail": "more frames per second than allowed", "rid": "p2"},
+                {"error": "rate-limited", "detail": "more frames per second than allowed", "rid": "m3", "cid": "c3"},
+                {"error": "rate-limited", "detail": "more frames per second than allowed"},
+            ]
+
+
 async def test_idle_connection_is_closed_with_1001(start_node, jump_clock: MockClock) -> None:
     with trio.fail_after(10 + 5):
         node: RunningNode = await start_node(websocket={"idle-timeout": 5})

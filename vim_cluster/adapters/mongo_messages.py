@@ -521,10 +521,10 @@ class MongoMessages(MongoLifecycle):
         return message_of(doc) if doc is not None else None
 
     def recall(self, message_id: MessageId) -> Message:
-        """Marks the message recalled (type `recalled`, empty content), its copies first (the
-        offline rows' and the claim's: a failure before the document leaves no copy with the
-        content); idempotent."""
-        recalled = {"message_type": MessageType.RECALLED.value, "content": ""}
+        """Marks the message recalled (type `recalled`, empty content, no extend), its copies
+        first (the offline rows' and the claim's: a failure before the document leaves no copy
+        with the content); idempotent."""
+        recalled = {"message_type": MessageType.RECALLED.value, "content": "", "extend": None}
         with translated(self.name):
             claim = self._claims.find_one({"_id": message_id}, {"shard": 1, "message._id": 1})
             doc = None

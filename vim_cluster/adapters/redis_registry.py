@@ -438,12 +438,14 @@ class RedisRegistry:
         with self._errors():
             self._r.hdel(Keys.NODES, node_id)
 
-    def add_route(self, user_id: UserId, route: Route) -> None:
+    def add_route(self, user_id: UserId, route: Route) -> list[Route]:
         with self._errors():
             pipe = self._r.pipeline(transaction=True)
+            pipe.hgetall(Keys.routes(user_id))
             pipe.hset(Keys.routes(user_id), route.session_id, json.dumps(attrs.asdict(route)))
             pipe.sadd(Keys.node_sessions(route.node_id), f"{user_id}:{route.session_id}")
-            pipe.execute()
+            before = pipe.execute()[0]
+            return self._on_live_nodes({user_id: [Route(**json.loads(v)) for v in before.values()]})[user_id]
 
     def remove_route(self, user_id: UserId, session_id: str) -> None:
         with self._errors():
@@ -460,8 +462,11 @@ class RedisRegistry:
                 user: [Route(**json.loads(v)) for v in fields.values()]
                 for user, fields in zip(users, raw, strict=True)
             }
-            nodes = sorted({r.node_id for rs in routes.values() for r in rs})
-            alive = dict(zip(nodes, self._r.mget([Keys.node_lock(n) for n in nodes]), strict=True)) if nodes else {}
+            return self._on_live_nodes(routes)
+
+    def _on_live_nodes(self, routes: dict[UserId, list[Route]]) -> dict[UserId, list[Route]]:
+        nodes = sorted({r.node_id for rs in routes.values() for r in rs})
+        alive = dict(zip(nodes, self._r.mget([Keys.node_lock(n) for n in nodes]), strict=True)) if nodes else {}
         return {user: [r for r in rs if alive.get(r.node_id)] for user, rs in routes.items()}
 
     def reserve_login(self, username: str, address: str, window_s: int, limits: tuple[int, int, int]) -> int:

@@ -234,7 +234,7 @@ class SqliteMessages(SqliteLifecycle):
     def recall(self, message_id: MessageId) -> Message:
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE messages SET message_type = ?, content = '' WHERE id = ?",
+                "UPDATE messages SET message_type = ?, content = '', extend = NULL WHERE id = ?",
                 (MessageType.RECALLED.value, message_id),
             )
             row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()

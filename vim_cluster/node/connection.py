@@ -115,12 +115,14 @@ class Connection:
             holding=[] if holding else None,
         )
         route = Route(session.id, ctx.node_id, client, uuid)
-        earlier = (await ctx.redis(ctx.registry.routes, [UserId(user_id)])).get(UserId(user_id), [])
-        await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
+        # Read with the add, in one transaction: read before it, two sessions of one client type
+        # opening at once on two nodes each missed the other, and both stayed.
+        earlier = await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
         if ctx.draining:  # it began meanwhile: its kicks would miss this session
             await ctx.redis(ctx.registry.remove_route, UserId(user_id), session.id)
             raise NodeDraining(DRAINING_DETAIL)
         ctx.local_sessions.add(session)
+        ctx.delivery.local.take_early_kick(session)  # replaced already by a session that saw its route
         ctx.delivery.cluster.session_opened(session)
         self.session = session
         log.info("session_opened", session_id=session.id, user_id=user_id, client=client)

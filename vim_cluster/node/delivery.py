@@ -158,6 +158,7 @@ def kick_packet(dst: str, user: int, session: str | None, code: CloseCode, notic
     return ff.Kick(dst, user, session, int(code), frame_json(notice) if notice else None)
 
 
+EARLY_KICKS = 1024  # kicks for sessions not (yet) held, kept for a session that is opening
 UNKNOWN_ID = -1  # a forwarded frame's message id, not carried by its packet (a list of frames)
 
 
@@ -243,6 +244,11 @@ class LocalDelivery:
     # node stops trusting its cache of existing users for it.
     forget_user: Callable[[int], None] = lambda user: None
     presence_chunk: int = DEFAULTS.presence_chunk  # changes in one presence frame (Tunables)
+    # Kicks that named a session this node does not hold: most for sessions already closed,
+    # some for one still opening here (another node read its route before it joined
+    # LocalSessions), which takes its kick once it joins (Connection.open_session). The newest
+    # EARLY_KICKS are kept.
+    early_kicks: dict[str, tuple[CloseCode, OutFrame | None]] = attrs.Factory(dict)
 
     def sessions(self) -> list[SessionRow]:
         """Every local session as (user, session, client, uuid): what a slave reports."""
@@ -254,7 +260,18 @@ class LocalDelivery:
             if session is None or local.id == session:
                 local.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
                 kicked += 1
+        if session is not None and not kicked:
+            self.early_kicks[session] = (code, notice)
+            if len(self.early_kicks) > EARLY_KICKS:
+                del self.early_kicks[next(iter(self.early_kicks))]
         return kicked
+
+    def take_early_kick(self, session: Session) -> None:
+        """Applies a kick that came for `session` before it joined LocalSessions."""
+        early = self.early_kicks.pop(session.id, None)
+        if early is not None:
+            code, notice = early
+            session.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
 
     def apply_deliver(self, users: Sequence[int], frame: bytes | list[bytes], message_id: int | None,
                       exclude: str | None, ts: int, now_ms: int) -> None:

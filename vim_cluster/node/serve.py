@@ -31,7 +31,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..protocol import frames as f
-from ..protocol.codec import FrameError, decode
+from ..protocol.codec import FrameError, decode, request_ids
 from ..protocol.session import ClientState
 from .connection import Connection
 from .context import NodeContext
@@ -183,7 +183,8 @@ async def _reader(conn: Connection) -> Close:
         if isinstance(data, str) and len(data) * 4 > max_frame and len(data.encode("utf-8", "surrogatepass")) > max_frame:
             return Close(CloseCode.TOO_BIG, f"frame larger than {max_frame} bytes")
         if not state.frame_received(trio.current_time()):
-            await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed"))
+            rid, cid = request_ids(data)
+            await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed", rid=rid, cid=cid))
             continue
         if isinstance(data, bytes):
             queue.binary = True

@@ -354,6 +354,23 @@ def decode(data: str | bytes, *, max_content: int = 16384) -> f.Command:
     return PARSERS[code](fields)
 
 
+def request_ids(data: str | bytes) -> tuple[str | None, str | None]:
+    """The `rid` and (of a `message`) `cid` of a frame answered without being processed (a
+    `rate-limited` one), when they can be read: the client learns which request to resend."""
+    if data == "ping":
+        return None, None
+    try:
+        obj = _load(data)
+    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None, None  # malformed: its error would be `bad-frame`, which echoes nothing
+    body = obj.get("message") if isinstance(obj, dict) else None
+    if not isinstance(body, dict):
+        return None, None
+    rid, cid = body.get("rid"), body.get("cid") if obj.get("code") == "message" else None
+    return (rid if isinstance(rid, str) and len(rid) <= MAX_RID else None,
+            cid if isinstance(cid, str) and 0 < len(cid) <= MAX_CID else None)
+
+
 def encode_object(reply: f.Reply) -> dict[str, Any]:
     """The frame as a `{"code", "message"}` object (a new dict)."""
     return {"code": reply.code, "message": reply.wire()}

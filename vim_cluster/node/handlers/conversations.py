@@ -18,9 +18,12 @@ async def read(conn: Connection, command: f.Read) -> None:
     ctx = conn.ctx
     await require_chat(conn, command.chat_type, command.chat_id, ErrorKind.NOT_MEMBER)
     reader = UserId(conn.user_id)
-    await ctx.store(ctx.messages.set_read_cursor, reader, command.chat_type, command.chat_id, command.timestamp)
+    # A cursor only moves forward: an older `read` (another device's, late) leaves it, and the
+    # peer is told the cursor as it stands, as history's statuses show it.
+    cursor = await ctx.store(ctx.messages.set_read_cursor, reader, command.chat_type, command.chat_id,
+                             command.timestamp)
     if command.chat_type is ChatType.FRIEND and command.chat_id != reader:
-        notice = f.ReadOut(reader, ChatType.FRIEND, command.timestamp, by=reader)
+        notice = f.ReadOut(reader, ChatType.FRIEND, cursor, by=reader)
         ctx.delivery.to_users([command.chat_id], notice)
 
 
