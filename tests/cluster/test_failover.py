@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -239,3 +240,49 @@ async def test_master_url_candidates_are_the_fallback_when_the_published_url_doe
         assert f"master_url=ws://127.0.0.1:{a.forward_port}/forward" in cluster.dept1.log_text()
     finally:
         cluster.stop()
+
+
+def in_send_order(traffic: Traffic) -> None:
+    """Per sender, the first deliveries came in ack (send) order."""
+    for name, ids in traffic.acked.items():
+        acked = set(ids)
+        arrived = [i for i in traffic.collectors[name].order if i in acked]
+        assert arrived == ids[:len(arrived)], f"{name}: delivered out of its send order"
+
+
+@pytest.mark.parametrize("hang_s", [6.0, 13.0])  # past the master lease (4 s); and past the node lock (10 s)
+async def test_a_hung_master_resumed_after_a_takeover_steps_down_and_nothing_acked_is_lost(
+    failover_cluster: Cluster, hang_s: float,
+) -> None:
+    """master-a is SIGSTOPped (hung, not dead) past its lease; master-b takes over and the
+    traffic flows through it, to and from master-a's own clients too once it runs again. On
+    SIGCONT master-a does not relay beside master-b: it stops at its relay deadline, steps down
+    and links to master-b as a standby, handing its own clients' packets over."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("ma", A, DEPT2), ("ta", DEPT1, A)]
+    with trio.fail_after(120):
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+                                   check_timeout=45) as traffic:
+            a.signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
+                wanted = {n: len(traffic.acked[n]) + 5 for n in ("d1", "d2", "mb", "ta")}
+                while any(len(traffic.acked[n]) < k for n, k in wanted.items()):  # through master-b
+                    await trio.sleep(0.05)  # polls the acks of the senders not on master-a
+                shown = await blocking(cluster.cli, "nodes", "--config", str(b.config))
+                await trio.sleep(max(0.0, stopped_at + hang_s - time.monotonic()))  # the hang's length is under test
+            finally:
+                a.signal(signal.SIGCONT)
+            await blocking(wait_for, lambda: a.healthz()[1].get("role") == "standby", 20, "master-a a standby")
+    in_send_order(traffic)
+    table = nodes_table(shown.stdout)
+    assert table[A]["ROLE"] == "standby" and table[B]["ROLE"] == "master", shown.stdout
+    assert f"active master: {B}, epoch {epoch + 1}" in shown.stdout
+    stepped_down = log_time(a, "master_stepped_down")
+    assert log_time(a, "master_relay_deadline") <= stepped_down < log_time(a, "forward_link_up")
+    assert not re.search(r"\]\s+relaying\s", a.log_text().split("master_relay_deadline", 1)[1])  # never again
+    assert metric(b, "vim_master_epoch") == epoch + 1 and metric(a, "vim_master_active") == 0
+    assert metric(a, "vim_master_epoch") == epoch + 1

@@ -136,3 +136,50 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
           f"the restore; numbered: " + ", ".join(
               f"{t} sent {r['sent']} acked {len(r['acks'])} errors {[e.get('error') for e in r['errors']]} "
               f"frames {len(r['frames'])}" for t, r in reports.items()) + f"\nvim-cluster nodes:\n{nodes.stdout}")
+
+
+LONG_CUT_S = 15.0  # past the node lock's 10 s TTL: the cluster declares the node dead
+
+
+@pytest.mark.timeout(300)
+def test_a_department_cut_off_past_its_lease_is_declared_dead_and_comes_back_losing_nothing(
+    deployment: Deployment,
+) -> None:
+    """dept-1's cable pulled for LONG_CUT_S (cut from the master, Redis, the stores and its
+    clients) under numbered traffic both ways: `nodes` shows it DEAD after about 10 s, the
+    master drops it (its routes purged, every node asked to catch up); restored, it re-takes its
+    lease, republishes its routes, links again and catches up its sessions: nothing acked is
+    lost, each sender's order holds, its clients' connections survive."""
+    d = deployment
+    prefix = f"lc{secrets.token_hex(3)}"
+    master_config = str(d.configs["master"])
+    numbered = d.agent("clients", "numbered", prefix=prefix, interval=SEND_INTERVAL, drain_s=45, pairs=[
+        {"tag": "to1", "from": d.client_url("dept-2"), "to": d.client_url("dept-1")},
+        {"tag": "from1", "from": d.client_url("dept-1"), "to": d.client_url("dept-2")},
+    ])
+    numbered.expect("sending", 60)
+    cut_at = time.monotonic()
+    d.network.cut("dept-1")
+    shown: list[tuple[float, str]] = []  # (seconds into the cut, dept-1's ALIVE as `nodes` on the master host shows)
+    try:
+        while time.monotonic() < cut_at + LONG_CUT_S:  # the cut's length is under test
+            rows = table(d.cli("master", "nodes", "--config", master_config).stdout)
+            shown.append((time.monotonic() - cut_at, rows["dept-1"]["ALIVE"]))
+            time.sleep(0.3)
+    finally:
+        d.network.restore("dept-1")
+    d.wait_health("dept-1", 200, 30)
+    back = table(d.cli("master", "nodes", "--config", master_config).stdout)
+    numbered.tell("stop")
+    reports = {r["tag"]: r for r in (numbered.expect("numbered", 120) for _ in range(2))}
+    assert numbered.finish(30) == 0, numbered.log_tail()
+    for report in reports.values():
+        check_numbered(report)
+    dead = [at for at, alive in shown if alive == "DEAD"]
+    assert dead and 8.0 <= dead[0] <= 13.0, shown  # the node lock's 10 s TTL, and the CLI's own time
+    assert back["dept-1"]["ALIVE"] == "yes", back
+    master_log, dept_log = d.nodes["master"].log_tail(400), d.nodes["dept-1"].log_tail(400)
+    for event in ("dead_node_routes_purged", "forward_peer_dropped", "catch_up_asked_of_all"):
+        assert event in master_log, f"master never logged {event}:\n{master_log}"
+    for event in ("lease_retaken", "routes_republished", "catch_up_done"):
+        assert event in dept_log, f"dept-1 never logged {event}:\n{dept_log}"
