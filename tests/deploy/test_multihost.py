@@ -142,7 +142,7 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
 
 
 LONG_CUT_S = 15.0  # past the node lock's 10 s TTL: the cluster declares the node dead
-LONG_CUT_EVENTS = {  # what each side logs: the node cut off, and a node that saw it go
+LONG_CUT_EVENTS: dict[str, dict[str, tuple[str, ...]]] = {  # what each side logs: the node cut off, and a node that saw it go
     "dept-1": {"dept-1": ("lease_retaken", "routes_republished", "catch_up_done"),
                "master": ("dead_node_routes_purged", "forward_peer_dropped", "catch_up_asked_of_all")},
     "master": {"master": ("master_relay_deadline", "relaying_stopped", "master_lease_retaken", "lease_retaken",
