@@ -286,3 +286,25 @@ async def test_a_hung_master_resumed_after_a_takeover_steps_down_and_nothing_ack
     assert not re.search(r"\]\s+relaying\s", a.log_text().split("master_relay_deadline", 1)[1])  # never again
     assert metric(b, "vim_master_epoch") == epoch + 1 and metric(a, "vim_master_active") == 0
     assert metric(a, "vim_master_epoch") == epoch + 1
+
+
+async def test_sigterm_of_the_active_master_hands_over_at_once_and_nothing_acked_is_lost(
+    failover_cluster: Cluster,
+) -> None:
+    """A graceful stop gives the lease up (operations.md: "SIGTERM hands over at once"): master-b
+    takes over without waiting for the 4 s lease to lapse."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    with trio.fail_after(90):
+        async with flowing_traffic(steady_traffic(cluster)) as traffic:
+            stopped_at = time.monotonic()
+            a.signal(signal.SIGTERM)
+            before = known_ids(traffic)
+            while (resumed := first_new_delivery(traffic, before)) is None:
+                await trio.sleep(0.05)  # polls the collectors: a message acked after the stop, delivered
+            assert await blocking(a.wait_exit, 30) == 0
+    in_send_order(traffic)
+    assert log_time(b, "master_takeover") - log_time(a, "node_stopping") < 1.5
+    assert resumed - stopped_at < 3.0, f"first new cross-node delivery {resumed - stopped_at:.2f} s after SIGTERM"
+    assert metric(b, "vim_master_epoch") == epoch + 1 and metric(b, "vim_master_active") == 1
