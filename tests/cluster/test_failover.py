@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -308,3 +309,22 @@ async def test_sigterm_of_the_active_master_hands_over_at_once_and_nothing_acked
     assert log_time(b, "master_takeover") - log_time(a, "node_stopping") < 1.5
     assert resumed - stopped_at < 3.0, f"first new cross-node delivery {resumed - stopped_at:.2f} s after SIGTERM"
     assert metric(b, "vim_master_epoch") == epoch + 1 and metric(b, "vim_master_active") == 1
+
+
+async def test_a_flushed_redis_costs_no_failover_and_nothing_acked_is_lost(failover_cluster: Cluster) -> None:
+    """FLUSHALL under traffic: Redis loses its data without failing anyone's request. master-a
+    takes its lease again in place (a new epoch) and keeps relaying; master-b, which never saw
+    Redis fail, leaves the lease to it (before, it took over: a needless failover)."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    with trio.fail_after(90):
+        async with flowing_traffic(steady_traffic(cluster)) as traffic:
+            with redis.Redis.from_url(cluster.redis_url) as r:
+                r.flushall()
+            await blocking(wait_for, lambda: metric(a, "vim_master_epoch") > epoch, 15, "master-a retakes its lease")
+            await traffic.flowing()
+    in_send_order(traffic)
+    assert metric(a, "vim_master_active") == 1 and metric(b, "vim_master_active") == 0
+    assert metric(b, "vim_master_takeovers_total") == 0
+    assert "master_lease_retaken" in a.log_text()
