@@ -13,12 +13,14 @@ import contextlib
 import json
 import re
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -239,3 +241,90 @@ async def test_master_url_candidates_are_the_fallback_when_the_published_url_doe
         assert f"master_url=ws://127.0.0.1:{a.forward_port}/forward" in cluster.dept1.log_text()
     finally:
         cluster.stop()
+
+
+def in_send_order(traffic: Traffic) -> None:
+    """Per sender, the first deliveries came in ack (send) order."""
+    for name, ids in traffic.acked.items():
+        acked = set(ids)
+        arrived = [i for i in traffic.collectors[name].order if i in acked]
+        assert arrived == ids[:len(arrived)], f"{name}: delivered out of its send order"
+
+
+@pytest.mark.parametrize("hang_s", [6.0, 13.0])  # past the master lease (4 s); and past the node lock (10 s)
+async def test_a_hung_master_resumed_after_a_takeover_steps_down_and_nothing_acked_is_lost(
+    failover_cluster: Cluster, hang_s: float,
+) -> None:
+    """master-a is SIGSTOPped (hung, not dead) past its lease; master-b takes over and the
+    traffic flows through it, to and from master-a's own clients too once it runs again. On
+    SIGCONT master-a does not relay beside master-b: it stops at its relay deadline, steps down
+    and links to master-b as a standby, handing its own clients' packets over."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("ma", A, DEPT2), ("ta", DEPT1, A)]
+    with trio.fail_after(120):
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+                                   check_timeout=45) as traffic:
+            a.signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
+                wanted = {n: len(traffic.acked[n]) + 5 for n in ("d1", "d2", "mb", "ta")}
+                while any(len(traffic.acked[n]) < k for n, k in wanted.items()):  # through master-b
+                    await trio.sleep(0.05)  # polls the acks of the senders not on master-a
+                shown = await blocking(cluster.cli, "nodes", "--config", str(b.config))
+                await trio.sleep(max(0.0, stopped_at + hang_s - time.monotonic()))  # the hang's length is under test
+            finally:
+                a.signal(signal.SIGCONT)
+            await blocking(wait_for, lambda: a.healthz()[1].get("role") == "standby", 20, "master-a a standby")
+    in_send_order(traffic)
+    table = nodes_table(shown.stdout)
+    assert table[A]["ROLE"] == "standby" and table[B]["ROLE"] == "master", shown.stdout
+    assert f"active master: {B}, epoch {epoch + 1}" in shown.stdout
+    stepped_down = log_time(a, "master_stepped_down")
+    assert log_time(a, "master_relay_deadline") <= stepped_down < log_time(a, "forward_link_up")
+    assert not re.search(r"\]\s+relaying\s", a.log_text().split("master_relay_deadline", 1)[1])  # never again
+    assert metric(b, "vim_master_epoch") == epoch + 1 and metric(a, "vim_master_active") == 0
+    assert metric(a, "vim_master_epoch") == epoch + 1
+
+
+async def test_sigterm_of_the_active_master_hands_over_at_once_and_nothing_acked_is_lost(
+    failover_cluster: Cluster,
+) -> None:
+    """A graceful stop gives the lease up (operations.md: "SIGTERM hands over at once"): master-b
+    takes over without waiting for the 4 s lease to lapse."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    with trio.fail_after(90):
+        async with flowing_traffic(steady_traffic(cluster)) as traffic:
+            stopped_at = time.monotonic()
+            a.signal(signal.SIGTERM)
+            before = known_ids(traffic)
+            while (resumed := first_new_delivery(traffic, before)) is None:
+                await trio.sleep(0.05)  # polls the collectors: a message acked after the stop, delivered
+            assert await blocking(a.wait_exit, 30) == 0
+    in_send_order(traffic)
+    assert log_time(b, "master_takeover") - log_time(a, "node_stopping") < 1.5
+    assert resumed - stopped_at < 3.0, f"first new cross-node delivery {resumed - stopped_at:.2f} s after SIGTERM"
+    assert metric(b, "vim_master_epoch") == epoch + 1 and metric(b, "vim_master_active") == 1
+
+
+async def test_a_flushed_redis_costs_no_failover_and_nothing_acked_is_lost(failover_cluster: Cluster) -> None:
+    """FLUSHALL under traffic: Redis loses its data without failing anyone's request. master-a
+    takes its lease again in place (a new epoch) and keeps relaying; master-b, which never saw
+    Redis fail, leaves the lease to it (before, it took over: a needless failover)."""
+    cluster = failover_cluster
+    a, b = cluster.nodes[A], cluster.nodes[B]
+    epoch = int(metric(a, "vim_master_epoch"))
+    with trio.fail_after(90):
+        async with flowing_traffic(steady_traffic(cluster)) as traffic:
+            with redis.Redis.from_url(cluster.redis_url) as r:
+                r.flushall()
+            await blocking(wait_for, lambda: metric(a, "vim_master_epoch") > epoch, 15, "master-a retakes its lease")
+            await traffic.flowing()
+    in_send_order(traffic)
+    assert metric(a, "vim_master_active") == 1 and metric(b, "vim_master_active") == 0
+    assert metric(b, "vim_master_takeovers_total") == 0
+    assert "master_lease_retaken" in a.log_text()

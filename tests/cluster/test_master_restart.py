@@ -7,6 +7,7 @@ restart they arrived, and the local traffic of a slave meanwhile.
 
 from __future__ import annotations
 
+import secrets
 import signal
 import time
 from typing import Any
@@ -14,7 +15,18 @@ from typing import Any
 import trio
 
 from ..support import online
-from .harness import Cluster, Collector, alice_on_dept1, blocking
+from .harness import (
+    DEPT1,
+    DEPT2,
+    MASTER,
+    Cluster,
+    Collector,
+    alice_on_dept1,
+    blocking,
+    nodes_table,
+    run_cli,
+)
+from .traffic import flowing_traffic, traffic_pairs
 
 MEASUREMENTS = "/tmp/vim-measurements.txt"
 OUTAGE_S = 3.0  # how long the test keeps sending while the master is down
@@ -150,3 +162,41 @@ async def test_outage_messages_reach_a_slave_that_relinks_after_the_senders_slav
                 f"bob got {len(at_bob.order)} of the {len(acks)} messages queued on dept-1")
             assert [m for m in at_bob.order if m in {a["id"] for a in acks}] == [a["id"] for a in acks]
             nursery.cancel_scope.cancel()
+
+
+
+async def test_a_lone_master_hung_past_its_leases_takes_them_back_and_nothing_acked_is_lost(cluster: Cluster) -> None:
+    """No standby: the master is SIGSTOPped (hung, not dead) past its master lease (4 s) and its
+    node lock (10 s), then continued. Meanwhile the slaves' /healthz answer 503 once the link is
+    silent for 10 s, and `nodes` shows it as the master whose lease lapsed (never as a standby of
+    its own), then DEAD. Continued, it takes both leases back (a new epoch), the slaves link
+    again, and every message acked meanwhile arrives, in each sender's order."""
+    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("m", MASTER, DEPT1), ("tm", DEPT2, MASTER)]
+    master, config = cluster.master, str(cluster.dept1.config)
+    with trio.fail_after(150):
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+                                   check_timeout=45) as traffic:
+            master.signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                shown: list[tuple[str, str, str]] = []  # (ROLE, ALIVE, the standbys line) as `nodes` showed
+                while not shown or shown[-1][1] != "DEAD":
+                    listed = await blocking(run_cli, "nodes", "--config", config)
+                    row = nodes_table(listed.stdout)[MASTER]
+                    shown.append((row["ROLE"], row["ALIVE"], listed.stdout.splitlines()[-2]))
+                    assert time.monotonic() < stopped_at + 20, f"the hung master never shown DEAD: {shown}"
+                    await trio.sleep(0.3)
+                for slave in (cluster.dept1, cluster.dept2):
+                    await blocking(slave.wait_health, 503, 10)
+                await trio.sleep(max(0.0, stopped_at + 15 - time.monotonic()))  # the hang's length is under test
+            finally:
+                master.signal(signal.SIGCONT)
+            for node in (master, cluster.dept1, cluster.dept2):
+                await blocking(node.wait_health, 200, 30)
+    assert {role for role, _, _ in shown} == {"master"}, shown
+    assert {standbys for _, _, standbys in shown} == {"standbys: none"}, shown
+    assert "master_lease_retaken" in master.log_text() and "lease_retaken" in master.log_text()
+    for name, ids in traffic.acked.items():
+        acked = set(ids)
+        arrived = [i for i in traffic.collectors[name].order if i in acked]
+        assert arrived == ids[:len(arrived)], f"{name}: delivered out of its send order"

@@ -175,6 +175,57 @@ async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
             registry.close()
 
 
+async def test_a_flushed_redis_leaves_the_lease_to_the_active_master(redis_url: str) -> None:
+    """Redis lost its data without going away (FLUSHALL, a fast restart or a failover to an empty
+    replica between two polls): the standby never saw Redis fail, yet it must leave the missing
+    lease to the active master, which takes it again in place, as after a restart it saw."""
+    flush_redis(redis_url)
+    registries = [RedisRegistry(redis_url) for _ in range(2)]
+    try:
+        active, standby = mastership(registries[0], "a"), mastership(registries[1], "b")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(active.run)
+            with trio.fail_after(5):
+                while not active.holding:
+                    await active.changed()
+            nursery.start_soon(standby.run)
+            with trio.fail_after(5):
+                while standby.fence.known != active.epoch:  # the standby knows the master
+                    await trio.sleep(0.05)
+            epoch = active.epoch
+            with redis.Redis.from_url(redis_url) as r:
+                r.flushall()
+            with trio.fail_after(10):
+                while active.epoch == epoch and active.holding:
+                    await active.changed()
+            await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)
+            assert active.holding and not standby.holding, "a Redis flush cost a failover"
+            assert (await trio.to_thread.run_sync(registries[1].active_master)).node_id == "a"  # type: ignore[union-attr]
+            nursery.cancel_scope.cancel()
+    finally:
+        for registry in registries:
+            registry.close()
+
+
+async def test_a_standby_takes_a_lost_lease_after_the_grace_when_no_master_takes_it_again(redis_url: str) -> None:
+    """Redis lost its data and the master is gone too: the standby's grace only delays the takeover."""
+    flush_redis(redis_url)
+    fence = Fence()
+    fence.learn(5)  # it knew a master of epoch 5, which Redis no longer names
+    registry = RedisRegistry(redis_url)
+    try:
+        standby = mastership(registry, "b", fence)
+        await standby.try_claim()
+        assert not standby.holding  # the grace: the master may take it again in place
+        with trio.fail_after(T.master_retake_grace_s + 2):
+            while not standby.holding:
+                await trio.sleep(T.master_claim_poll_s)
+                await standby.try_claim()
+        assert standby.epoch > 5
+    finally:
+        registry.close()
+
+
 def test_a_registration_says_draining_only_while_true_and_unknown_fields_are_skipped(registry: RedisRegistry) -> None:
     """Nodes and tools older than `draining` refuse a field they do not know: a registration
     carries it only while the node drains. This one skips fields a newer node may add."""

@@ -62,3 +62,15 @@ def test_nodes_shows_the_lease_holder_as_master_and_the_other_masters_as_standby
     drained = [attrs.evolve(nodes[3], draining=True), attrs.evolve(nodes[0], draining=True), nodes[1]]
     assert master_summary(view, drained, 10_000).splitlines()[-1] == "draining: d (no new client connections)"
     assert master_summary(None, drained, 0).splitlines()[-1] == "draining: d (no new client connections)"
+
+
+def test_a_master_whose_lease_lapsed_is_shown_as_the_master_not_as_its_own_standby() -> None:
+    """A lone master hung (or cut off from Redis) past its lease but not yet past its node lock:
+    it is still alive in Redis, and no standby exists to take over."""
+    nodes = [node("m", "master"), node("d", "slave")]
+    view = MasterView("m", "ws://m:8081/forward", 1, 0, 1, False)
+    roles = {line.split()[0]: line.split()[1] for line in nodes_table(nodes, 10_000, view).splitlines()[1:]}
+    assert roles == {"m": "master", "d": "slave"}
+    assert master_summary(view, nodes, 10_000).splitlines()[:2] == [
+        "active master: m (its lease LAPSED and no standby is alive: start a master-capable node), epoch 1, "
+        "forward ws://m:8081/forward", "standbys: none"]

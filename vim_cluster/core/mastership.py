@@ -97,8 +97,9 @@ class Fence:
 def shown_role(node_id: str, registered: str, view: MasterView | None) -> str:
     """A node's role as of now (`vim-cluster nodes`, the dashboard): the master lease decides
     which master-capable node is the master; a registration says what the node was at its
-    last heartbeat."""
+    last heartbeat. The node the lease names stays `master` after the lease lapsed (hung, cut
+    off from Redis, or dead): it is no standby, and no standby of its own to take over."""
     if registered not in (Role.ACTIVE.value, Role.STANDBY.value):
         return registered
-    active = view is not None and view.alive and view.node_id == node_id
+    active = view is not None and view.node_id == node_id
     return Role.ACTIVE.value if active else Role.STANDBY.value

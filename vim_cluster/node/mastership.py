@@ -62,6 +62,7 @@ class Mastership:
     gate: RelayGate = attrs.Factory(lambda self: RelayGate(relay_s=self.tunables.master_relay_s), takes_self=True)
     fenced_at: float | None = None  # when we last stopped relaying (monotonic)
     redis_lost_at: float | None = None  # a standby's last claim attempt that Redis did not answer
+    data_lost_seen: bool = False  # a standby found Redis without any master after knowing one (its grace began)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     @property
@@ -107,8 +108,15 @@ class Mastership:
                 and owner_is_dead_here(view.owner) else None
             if view is not None:
                 self.fence.learn(view.epoch)
-            elif self._in_retake_grace(sent):
-                return
+                self.data_lost_seen = False
+            else:
+                if self.fence.known and not self.data_lost_seen:
+                    # No master at all in a Redis where one was: it lost its data (a flush, a restart
+                    # or failover we did not see fail between two polls). As after an outage we saw.
+                    self.data_lost_seen = True
+                    self.redis_lost_at = sent
+                if self._in_retake_grace(sent):
+                    return
             epoch = await self.runner(self.registry.claim_master, self.node_id, self.owner, self.forward_url(),
                                       self.ttl_ms, self.fence.known, dead)
         except StoreUnavailable as exc:
@@ -127,7 +135,8 @@ class Mastership:
 
     def _in_retake_grace(self, now: float) -> bool:
         """Whether a missing lease is left to the master that held it. A standby that could not
-        reach Redis lets master_retake_grace_s pass after Redis answers again before it claims a
+        reach Redis, or finds it without the master it knew (its data lost), lets
+        master_retake_grace_s pass after Redis answers again before it claims a
         lease it finds missing: the lease may be missing only because Redis restarted empty, and
         the active master (which retries its renewal every master_claim_poll_s meanwhile) takes it
         again in place; a failover for every Redis restart would cost a relay switch each time."""
