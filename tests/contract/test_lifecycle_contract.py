@@ -250,6 +250,33 @@ def test_import_refuses_a_file_that_is_not_an_export(messages: LifecycleStore) -
         import_lines(messages, io.StringIO('{"id": 1}\n'), ImportCount())
     with pytest.raises(BadExportLine, match="line 3"):
         import_lines(messages, io.StringIO(header() + message_line(sample()[0]) + "{bad\n"), ImportCount())
+    with pytest.raises(BadExportLine, match=r"line 1: .*\(it is empty\)"):
+        import_lines(messages, io.StringIO(""), ImportCount())
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("id", "-5", "id '-5' is not a positive 64-bit id"),  # was saved, and no export saw it again
+    ("id", str(2**64), "is not a positive 64-bit id"),  # was a traceback (SQLite: OverflowError)
+    ("fromId", "0", "fromId '0' is not a positive 64-bit id"),
+    ("timestamp", 10**30, "is not a time in ms"),
+    ("cid", None, "no 'cid'"),  # said: 'cid'
+])
+def test_import_refuses_ids_outside_the_64_bit_range_in_one_line_and_saves_nothing(
+    messages: LifecycleStore, field: str, value: object, problem: str,
+) -> None:
+    import json
+
+    from vim_cluster.export import BadExportLine
+
+    line = json.loads(message_line(sample()[0]))
+    if value is None:
+        del line[field]
+    else:
+        line[field] = value
+    with pytest.raises(BadExportLine, match=f"line 2: .*{problem}") as refused:
+        import_lines(messages, io.StringIO(header() + json.dumps(line) + "\n"), ImportCount())
+    assert "\n" not in str(refused.value)
+    assert everything(messages) == [] and list(exported(messages, Selection(user_id=ALICE))) == []
 
 
 # -- erasure -------------------------------------------------------------------------------------
