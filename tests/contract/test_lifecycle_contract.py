@@ -341,3 +341,29 @@ def test_mongo_drops_whole_daily_frame_logs_past_retention(request: pytest.Fixtu
         assert [store._db[n].count_documents({}) for n in names] == [0, 1]
     finally:
         store.close()
+
+
+def test_sqlite_erasure_leaves_no_copy_of_the_content_or_the_account_in_the_files(tmp_path: Path) -> None:
+    """The erased rows' older versions stayed in `messages.db-wal` / `directory.db-wal` (and in
+    the database file until a checkpoint) while the nodes kept the files open: found by grep."""
+    from vim_cluster.adapters.sqlite_directory import SqliteDirectory
+
+    files = lambda name: [tmp_path / name, tmp_path / f"{name}-wal"]  # noqa: E731
+    node, cli = SqliteMessages(str(tmp_path / "messages.db")), SqliteMessages(str(tmp_path / "messages.db"))
+    node_dir, cli_dir = SqliteDirectory(str(tmp_path / "directory.db")), SqliteDirectory(str(tmp_path / "directory.db"))
+    try:
+        node_dir.create_user(User(ALICE, "alice-the-erased", "Alice Erased", "hash"))
+        save(node, [message(NOW, n, content=f"secret words {n}") for n in range(50)], BOB)
+        assert all(b"secret words" in f.read_bytes() for f in files("messages.db")[1:])  # the test sees it
+        after = MessageId(0)
+        while ids := cli.erase_sent(ALICE, after, 20):
+            after = ids[-1]
+        cli.forget_user(ALICE)
+        assert cli_dir.delete_user(ALICE)
+        for f in files("messages.db") + files("directory.db"):
+            raw = f.read_bytes() if f.exists() else b""
+            assert b"secret words" not in raw and b"alice-the-erased" not in raw and b"Alice Erased" not in raw, f
+        assert [m.message_type for m in node.pending(BOB, MessageId(0), 100)] == [MessageType.DELETED] * 50
+    finally:
+        for adapter in (node, cli, node_dir, cli_dir):
+            adapter.close()

@@ -192,8 +192,10 @@ class SqliteDirectory:
             return [g for g in (self._group(conn, i) for i in ids) if g is not None]
 
     def delete_user(self, user_id: UserId) -> bool:
-        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on."""
+        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on.
+        Its row leaves the files too (secure_delete, then SqliteDatabase.wipe_wal)."""
         with self._db.transaction() as conn:
+            conn.execute("PRAGMA secure_delete = ON")
             if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM group_members WHERE user_id = ?", (user_id,))
@@ -205,6 +207,7 @@ class SqliteDirectory:
                 else:
                     conn.execute("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group_id))
             conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        self._db.wipe_wal()
         return True
 
     def create_department(self, department: Department) -> None:
