@@ -98,8 +98,15 @@ class SqliteDirectory:
             raise NotFound(f"department {user.department_id}") from None
 
     def user_by_username(self, username: str) -> User | None:
+        key = usernames.key(username)
         with self._db.reading() as conn:
-            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = ?", (usernames.key(username),)).fetchone()
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = ?", (key,)).fetchone()
+            if row is None:
+                # A node of a release before migration 2, during a rolling upgrade, writes users
+                # without a key; their usernames are ASCII, whose key is the lower case (as the
+                # migration says). Through the username's own NOCASE index.
+                row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ? AND username_key IS NULL",
+                                   (key,)).fetchone()
         return _user(row) if row else None
 
     def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
