@@ -82,7 +82,7 @@ def cmd_export(args: argparse.Namespace, config: NodeConfig) -> int:
     except ValueError as exc:
         return _fail("export", str(exc), 2)
     try:
-        user = resolve_user(config, args.user) if args.user else None
+        user = resolve_user(config, args.user) if args.user is not None else None
     except ClientError as exc:
         return _fail("export", exc.detail, 2)
     store = wiring.open_messages(config)

@@ -40,13 +40,15 @@ class DeleteReport:
 def user_id_of(config: NodeConfig, user: str) -> tuple[UserId, str | None]:
     """The user's id and username (None: the account is gone); a bare id is accepted for an
     account already deleted (so an erasure can be finished). Raises ClientError(not-found)."""
+    from .admin import user_id_in
+
     directory = wiring.open_directory(config)
     try:
         record = directory.user_by_username(user)
-        if record is None and user.isdigit():
-            record = directory.users_by_id([UserId(int(user))]).get(UserId(int(user)))
+        if record is None and (user_id := user_id_in(user)) is not None:
+            record = directory.users_by_id([user_id]).get(user_id)
             if record is None:
-                return UserId(int(user)), None
+                return user_id, None
         if record is not None:
             return record.id, record.username
     finally:

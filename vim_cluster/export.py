@@ -26,6 +26,7 @@ from .ids import first_id_at
 from .lifecycle_ports import MessageExport
 from .model import ChatType, Message, MessageId, MessageType, UserId
 from .ports import MessageStore, NewMessage
+from .protocol.codec import MAX_ID
 
 FORMAT = "vim-cluster-messages"
 VERSION = 1
@@ -99,9 +100,6 @@ def exported(store: MessageExport, selection: Selection, page: int = PAGE) -> It
 
 class BadExportLine(ValueError):
     """A line of an import file is not a message of this format (says which line)."""
-
-
-MAX_ID = 2**63 - 1  # ids are signed 64-bit on every backend (snowflakes are positive)
 
 
 def _id(fields: dict[str, Any], key: str) -> int:
