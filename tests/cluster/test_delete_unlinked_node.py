@@ -43,6 +43,28 @@ async def test_a_node_cut_off_from_the_master_during_the_deletion_closes_the_use
                 await again.expect_error("unauthorized")
 
 
+async def test_a_node_stopped_during_the_deletion_refuses_the_token_once_started_again(
+    proxied_cluster: Cluster,
+) -> None:
+    cluster = proxied_cluster
+    name = f"stopped-{secrets.token_hex(3)}"
+    with trio.fail_after(90):
+        async with connect(cluster.dept2.url) as first:
+            await first.register_login(name)
+            await first.ready()
+            token = first.token
+        assert await blocking(cluster.dept2.stop) == 0
+        try:
+            deleted = await blocking(run_cli, "user", "delete", name, "--erase", "--config", str(cluster.master.config))
+            assert deleted.returncode == 0 and "dept-2" not in deleted.stdout, deleted
+        finally:
+            await blocking(cluster.dept2.start)
+            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+        async with connect(cluster.dept2.url) as again:
+            await again.send("ready", token=token, client="web")
+            await again.expect_error("unauthorized")
+
+
 async def test_a_node_frozen_past_its_lease_during_the_deletion_closes_the_users_sessions_once_it_links(
     proxied_cluster: Cluster,
 ) -> None:
