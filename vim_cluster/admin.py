@@ -18,7 +18,7 @@ from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
 from .model import User, UserId
 from .ports import NodeInfo, Route
-from .protocol.codec import MIN_PASSWORD
+from .protocol.codec import MAX_ID, MIN_PASSWORD
 from .tls import local_probe_context
 from .wiring import hold_embedded_redis, release_embedded_redis
 
@@ -146,12 +146,18 @@ def draining_line(nodes: list[NodeInfo]) -> list[str]:
     return [f"draining: {', '.join(draining)} (no new client connections)"] if draining else []
 
 
+def user_id_in(text: str) -> UserId | None:
+    """`text` as a user id, if it is one (digits of a positive 64-bit integer: what every
+    store holds); None otherwise (a username, or a number no store could hold)."""
+    return UserId(int(text)) if text.isdigit() and 0 < int(text) <= MAX_ID else None
+
+
 def resolve_user(config: NodeConfig, user: str) -> UserId:
     """A user id from an id or a username; raises ClientError(not-found)."""
     directory = wiring.open_directory(config)
     try:
-        if user.isdigit():
-            found = directory.users_by_id([UserId(int(user))])
+        if (user_id := user_id_in(user)) is not None:
+            found = directory.users_by_id([user_id])
             if found:
                 return next(iter(found))
         record = directory.user_by_username(user)

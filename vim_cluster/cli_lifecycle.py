@@ -82,7 +82,7 @@ def cmd_export(args: argparse.Namespace, config: NodeConfig) -> int:
     except ValueError as exc:
         return _fail("export", str(exc), 2)
     try:
-        user = resolve_user(config, args.user) if args.user else None
+        user = resolve_user(config, args.user) if args.user is not None else None
     except ClientError as exc:
         return _fail("export", exc.detail, 2)
     store = wiring.open_messages(config)
@@ -176,8 +176,9 @@ def cmd_user_delete(args: argparse.Namespace, config: NodeConfig) -> int:
               f"and {report.routes_removed} routes removed", end="")
     print()
     if report.kick_error:
-        return _fail("user delete", f"the live nodes were not told ({report.kick_error}); their sessions of "
-                     f"user {report.user_id} may stay open: run it again once the master is up", EXIT_UNREACHABLE)
+        return _fail("user delete", f"the live nodes were not all told ({report.kick_error}); a node not told "
+                     f"closes the sessions of user {report.user_id} and refuses its token once it links to the "
+                     "master; run it again once the master answers", EXIT_UNREACHABLE)
     return 0
 
 

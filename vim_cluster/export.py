@@ -26,6 +26,7 @@ from .ids import first_id_at
 from .lifecycle_ports import MessageExport
 from .model import ChatType, Message, MessageId, MessageType, UserId
 from .ports import MessageStore, NewMessage
+from .protocol.codec import MAX_ID
 
 FORMAT = "vim-cluster-messages"
 VERSION = 1
@@ -101,17 +102,36 @@ class BadExportLine(ValueError):
     """A line of an import file is not a message of this format (says which line)."""
 
 
+def _id(fields: dict[str, Any], key: str) -> int:
+    value = int(fields[key])
+    if not 0 < value <= MAX_ID:
+        raise ValueError(f"{key} {fields[key]!r} is not a positive 64-bit id")
+    return value
+
+
+def _time(fields: dict[str, Any]) -> int:
+    value = int(fields["timestamp"])
+    if not 0 <= value <= MAX_ID:
+        raise ValueError(f"timestamp {fields['timestamp']!r} is not a time in ms")
+    return value
+
+
 def parse_line(number: int, text: str) -> Message:
+    problem = f"line {number}: not a message of {FORMAT} v{VERSION}"
     try:
         d = json.loads(text)
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
         return Message(
-            id=MessageId(int(d["id"])), cid=str(d["cid"]), from_id=UserId(int(d["fromId"])),
-            chat_id=int(d["chatId"]), chat_type=ChatType(d["chatType"]),
+            id=MessageId(_id(d, "id")), cid=str(d["cid"]), from_id=UserId(_id(d, "fromId")),
+            chat_id=_id(d, "chatId"), chat_type=ChatType(d["chatType"]),
             message_type=MessageType(d["messageType"]), content=str(d["content"]),
-            extend=d["extend"], timestamp=int(d["timestamp"]),
+            extend=d["extend"], timestamp=_time(d),
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadExportLine(f"line {number}: not a message of {FORMAT} v{VERSION}: {exc}") from None
+    except KeyError as exc:
+        raise BadExportLine(f"{problem}: no {exc.args[0]!r}") from None
+    except (ValueError, TypeError) as exc:
+        raise BadExportLine(f"{problem}: {exc}") from None
 
 
 def check_header(text: str) -> None:
@@ -143,6 +163,7 @@ def import_lines(store: MessageStore, lines: Iterable[str], count: ImportCount, 
                 count.existing += 1
         pending.clear()
 
+    number = 0
     for number, text in enumerate(lines, start=1):
         if number == 1:
             check_header(text)
@@ -152,6 +173,8 @@ def import_lines(store: MessageStore, lines: Iterable[str], count: ImportCount, 
         pending.append(NewMessage(parse_line(number, text), ()))
         if len(pending) >= batch:
             flush()
+    if number == 0:
+        raise BadExportLine(f"line 1: not a {FORMAT} file (it is empty)")
     if pending:
         flush()
     return count

@@ -250,6 +250,33 @@ def test_import_refuses_a_file_that_is_not_an_export(messages: LifecycleStore) -
         import_lines(messages, io.StringIO('{"id": 1}\n'), ImportCount())
     with pytest.raises(BadExportLine, match="line 3"):
         import_lines(messages, io.StringIO(header() + message_line(sample()[0]) + "{bad\n"), ImportCount())
+    with pytest.raises(BadExportLine, match=r"line 1: .*\(it is empty\)"):
+        import_lines(messages, io.StringIO(""), ImportCount())
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("id", "-5", "id '-5' is not a positive 64-bit id"),  # was saved, and no export saw it again
+    ("id", str(2**64), "is not a positive 64-bit id"),  # was a traceback (SQLite: OverflowError)
+    ("fromId", "0", "fromId '0' is not a positive 64-bit id"),
+    ("timestamp", 10**30, "is not a time in ms"),
+    ("cid", None, "no 'cid'"),  # said: 'cid'
+])
+def test_import_refuses_ids_outside_the_64_bit_range_in_one_line_and_saves_nothing(
+    messages: LifecycleStore, field: str, value: object, problem: str,
+) -> None:
+    import json
+
+    from vim_cluster.export import BadExportLine
+
+    line = json.loads(message_line(sample()[0]))
+    if value is None:
+        del line[field]
+    else:
+        line[field] = value
+    with pytest.raises(BadExportLine, match=f"line 2: .*{problem}") as refused:
+        import_lines(messages, io.StringIO(header() + json.dumps(line) + "\n"), ImportCount())
+    assert "\n" not in str(refused.value)
+    assert everything(messages) == [] and list(exported(messages, Selection(user_id=ALICE))) == []
 
 
 # -- erasure -------------------------------------------------------------------------------------
@@ -314,3 +341,29 @@ def test_mongo_drops_whole_daily_frame_logs_past_retention(request: pytest.Fixtu
         assert [store._db[n].count_documents({}) for n in names] == [0, 1]
     finally:
         store.close()
+
+
+def test_sqlite_erasure_leaves_no_copy_of_the_content_or_the_account_in_the_files(tmp_path: Path) -> None:
+    """The erased rows' older versions stayed in `messages.db-wal` / `directory.db-wal` (and in
+    the database file until a checkpoint) while the nodes kept the files open: found by grep."""
+    from vim_cluster.adapters.sqlite_directory import SqliteDirectory
+
+    files = lambda name: [tmp_path / name, tmp_path / f"{name}-wal"]  # noqa: E731
+    node, cli = SqliteMessages(str(tmp_path / "messages.db")), SqliteMessages(str(tmp_path / "messages.db"))
+    node_dir, cli_dir = SqliteDirectory(str(tmp_path / "directory.db")), SqliteDirectory(str(tmp_path / "directory.db"))
+    try:
+        node_dir.create_user(User(ALICE, "alice-the-erased", "Alice Erased", "hash"))
+        save(node, [message(NOW, n, content=f"secret words {n}") for n in range(50)], BOB)
+        assert all(b"secret words" in f.read_bytes() for f in files("messages.db")[1:])  # the test sees it
+        after = MessageId(0)
+        while ids := cli.erase_sent(ALICE, after, 20):
+            after = ids[-1]
+        cli.forget_user(ALICE)
+        assert cli_dir.delete_user(ALICE)
+        for f in files("messages.db") + files("directory.db"):
+            raw = f.read_bytes() if f.exists() else b""
+            assert b"secret words" not in raw and b"alice-the-erased" not in raw and b"Alice Erased" not in raw, f
+        assert [m.message_type for m in node.pending(BOB, MessageId(0), 100)] == [MessageType.DELETED] * 50
+    finally:
+        for adapter in (node, cli, node_dir, cli_dir):
+            adapter.close()

@@ -173,3 +173,9 @@ def test_user_add_on_an_embedded_redis_leaves_none_running(tmp_path: Path, redis
     # No node runs (nor its embedded Redis): no session to close, nothing to report as failed.
     assert deleted.returncode == 0 and deleted.stdout == f"user {result.stdout.strip()}: account deleted\n", deleted
     assert running_url(redis_dir) is None
+    # --erase too: no route to remove (a Redis started later starts empty); it said "stopped part
+    # way: the embedded Redis is not running" (exit 3) with everything done, at every re-run
+    erased = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "user", "delete", result.stdout.strip(), "--erase",
+                             "--config", str(master)], text=True, capture_output=True, timeout=60, env=env_for(redis_dir))
+    assert erased.returncode == 0 and "account already gone" in erased.stdout and "0 routes removed" in erased.stdout, erased
+    assert running_url(redis_dir) is None

@@ -217,6 +217,19 @@ class SqliteDatabase:
             _busy, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return frames, copied
 
+    def wipe_wal(self) -> bool:
+        """After an erasure: copies the whole WAL into the database file and empties the WAL
+        file (a TRUNCATE checkpoint), so that the older versions of the rows it held (erased
+        content, a deleted account) leave the files; the erasure's own writes run with
+        `secure_delete`, which zeroes what they free in the database file. False (logged) when
+        another connection's read or write kept part of the WAL: those versions stay there
+        until later commits overwrite them."""
+        with self.reading() as conn:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("sqlite_wal_not_emptied", path=self.path, frames=frames, copied=copied)
+        return not busy
+
     def close(self) -> None:
         with self._checkpoint_lock:
             if self._checkpointer is not None:

@@ -98,8 +98,15 @@ class SqliteDirectory:
             raise NotFound(f"department {user.department_id}") from None
 
     def user_by_username(self, username: str) -> User | None:
+        key = usernames.key(username)
         with self._db.reading() as conn:
-            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = ?", (usernames.key(username),)).fetchone()
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = ?", (key,)).fetchone()
+            if row is None:
+                # A node of a release before migration 2, during a rolling upgrade, writes users
+                # without a key; their usernames are ASCII, whose key is the lower case (as the
+                # migration says). Through the username's own NOCASE index.
+                row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ? AND username_key IS NULL",
+                                   (key,)).fetchone()
         return _user(row) if row else None
 
     def users_by_id(self, ids: Iterable[UserId]) -> dict[UserId, User]:
@@ -192,8 +199,10 @@ class SqliteDirectory:
             return [g for g in (self._group(conn, i) for i in ids) if g is not None]
 
     def delete_user(self, user_id: UserId) -> bool:
-        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on."""
+        """UserRemoval (lifecycle_ports): the account, its memberships; owned groups pass on.
+        Its row leaves the files too (secure_delete, then SqliteDatabase.wipe_wal)."""
         with self._db.transaction() as conn:
+            conn.execute("PRAGMA secure_delete = ON")
             if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM group_members WHERE user_id = ?", (user_id,))
@@ -205,6 +214,7 @@ class SqliteDirectory:
                 else:
                     conn.execute("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group_id))
             conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        self._db.wipe_wal()
         return True
 
     def create_department(self, department: Department) -> None:

@@ -91,6 +91,7 @@ class SqliteLifecycle:
 
     def erase_sent(self, user_id: UserId, after: MessageId, limit: int) -> list[MessageId]:
         with self._db.transaction() as conn:
+            conn.execute("PRAGMA secure_delete = ON")  # the replaced content is zeroed (SqliteDatabase.wipe_wal)
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (user_id, after, limit),
@@ -105,7 +106,10 @@ class SqliteLifecycle:
         return [MessageId(i) for i in ids]
 
     def forget_user(self, user_id: UserId) -> int:
+        """The erasure's last step on this store: then the WAL is emptied (SqliteDatabase.wipe_wal)."""
         with self._db.transaction() as conn:
+            conn.execute("PRAGMA secure_delete = ON")
             removed = conn.execute("DELETE FROM pending WHERE user_id = ?", (user_id,)).rowcount
             conn.execute("DELETE FROM read_cursors WHERE user_id = ?", (user_id,))
+        self._db.wipe_wal()
         return int(removed)

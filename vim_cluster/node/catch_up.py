@@ -15,6 +15,10 @@ What is re-delivered:
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
+Before re-delivering, a run checks its sessions' users with the directory and empties the
+node's cache of existing users: `user delete` tells the nodes through the master, which cannot
+reach a node that is not linked (cut off, frozen past its lease), so an account deleted
+meanwhile has its sessions here closed with 4006, and its token is refused here from then on.
 A run that the store fails (StoreUnavailable) is tried again while the link stays up, after
 catch_up_retry_s doubling up to RETRY_CAP_S, with jitter (`run_until_done`): a session that
 stays connected would otherwise miss those messages until it logs in again. Packets held for
@@ -33,7 +37,7 @@ import structlog
 import trio
 
 from ..core.backoff import Backoff
-from ..errors import StoreUnavailable
+from ..errors import CloseCode, StoreUnavailable
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
@@ -152,12 +156,32 @@ class CatchUp:
 
 async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
     """Pushes to every local session the stored messages for its user since `since_ms` (see
-    the module's rules), oldest first; returns the frames pushed."""
+    the module's rules), oldest first; returns the frames pushed. Users deleted meanwhile are
+    dropped first (`drop_deleted_users`)."""
+    await drop_deleted_users(ctx)
     pushed = 0
     for user_id in ctx.local_sessions.users():
         pushed += await _user_since(ctx, UserId(user_id), since_ms)
         await trio.lowlevel.checkpoint()
     return pushed
+
+
+async def drop_deleted_users(ctx: NodeContext) -> int:
+    """Closes (4006) the local sessions of users the directory no longer has, and empties the
+    cache of existing users (`known_users`: it refills as handlers look users up), so that a
+    deleted user's token is refused here: what a kick of `user delete` does, for a deletion
+    whose kick never reached this node. One directory read per 500 connected users, none per
+    cached one. Returns the users whose sessions were closed."""
+    ctx.known_users.clear()
+    users = ctx.local_sessions.users()
+    if not users:
+        return 0
+    found = await ctx.db(ctx.directory.users_by_id, [UserId(u) for u in users])
+    gone = sorted(set(users) - set(found))
+    for user in gone:
+        closed = ctx.delivery.local.kick_local(user, None, CloseCode.ACCOUNT_DELETED, None)
+        log.warning("deleted_user_dropped", user_id=user, sessions_closed=closed)
+    return len(gone)
 
 
 async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:

@@ -88,6 +88,11 @@ log = structlog.get_logger()
 _REFUSALS = (EndReason.REFUSED_BY_PEER, EndReason.BAD_MAC, EndReason.WRONG_NODE, EndReason.FENCED)
 
 
+class NotConfirmed(trio.TooSlowError):
+    """The master took an operator's packets but did not ack them all in time: a node they go
+    to has not acked them (its link is down); the master keeps them for it while it is live."""
+
+
 class ForwardLinkRefused(Exception):
     """The master refused this node (unknown or duplicate node id, bad secret), or this node
     refused the master (it does not hold the secret, or its epoch is older than ours)."""
@@ -390,7 +395,7 @@ def link_problem(master_url: str, exc: Exception,
     """One line: which master, what went wrong."""
     if isinstance(exc, LinkOpenError):
         return str(exc)
-    if isinstance(exc, LookupError):
+    if isinstance(exc, LookupError | NotConfirmed):
         return str(exc)
     if isinstance(exc, ForwardLinkRefused):
         return f"{master_url} refused this node: {exc}"
@@ -423,18 +428,31 @@ async def client_handshake(ws: MessageWebSocket, conn: ForwardConnection[Any], s
 async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Packet], timeout: float = 10.0,
                            ssl_context: ssl.SSLContext | None = None) -> None:
     """Sends packets to the master as an operator tool and returns once all are acked (the
-    master acks a kick when the node holding the session has it)."""
-    with trio.fail_after(timeout):
-        async with open_link(master_url, ssl_context, timeout=DEFAULTS.link_open_timeout_s,
-                             max_message_size=MAX_FRAME) as ws:
-            stream: PeerStream[None] = PeerStream()
-            conn: ForwardConnection[None] = ForwardConnection(
-                PeerRole.OPERATOR, f"operator-{secrets.token_hex(4)}", secret, stream=stream)
-            await client_handshake(ws, conn, [])
-            for packet in packets:
-                stream.push(packet)
-            await ws.send_message(conn.send(Flush(len(packets) + 1)))
-            while len(stream.window):
-                for event in await exchange(ws, conn):
-                    if isinstance(event, LinkEnded):
-                        raise ForwardLinkRefused(event.detail)
+    master acks a kick when the node holding the session has it). TooSlowError: no link or
+    handshake within `timeout`; NotConfirmed: the master took them, not every ack came."""
+    unconfirmed = False
+    try:
+        with trio.fail_after(timeout):
+            async with open_link(master_url, ssl_context, timeout=DEFAULTS.link_open_timeout_s,
+                                 max_message_size=MAX_FRAME) as ws:
+                stream: PeerStream[None] = PeerStream()
+                conn: ForwardConnection[None] = ForwardConnection(
+                    PeerRole.OPERATOR, f"operator-{secrets.token_hex(4)}", secret, stream=stream)
+                await client_handshake(ws, conn, [])
+                for packet in packets:
+                    stream.push(packet)
+                await ws.send_message(conn.send(Flush(len(packets) + 1)))
+                try:
+                    while len(stream.window):
+                        for event in await exchange(ws, conn):
+                            if isinstance(event, LinkEnded):
+                                raise ForwardLinkRefused(event.detail)
+                except trio.Cancelled:
+                    unconfirmed = True
+                    raise
+    except trio.TooSlowError:
+        if not unconfirmed:
+            raise
+        raise NotConfirmed(f"{master_url}: the master took them but did not confirm within {timeout:g} s that "
+                           "every node has them (a node whose link to it is down gets them when it links "
+                           "again)") from None
