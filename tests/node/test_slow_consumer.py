@@ -48,12 +48,13 @@ async def _offline_backlog(url: str, count: int) -> tuple[str, list[str]]:
     return bob.user_id, [a["id"] for a in acks]
 
 
-async def test_frames_held_for_a_replay_that_does_not_get_on_are_bounded_by_its_queue(start_node) -> None:
+async def test_frames_held_for_a_replay_that_does_not_get_on_are_bounded_by_its_queue_bytes(start_node) -> None:
     # bob sends `ready` with more offline messages than his queue and socket take, and reads
     # nothing more: his replay waits for room, and what is sent to him meanwhile is held for
-    # after it. Held past his queue's limit (4 frames here), he is a slow consumer: before,
+    # after it. Held past his queue's byte limit (1 MiB here), he is a slow consumer: before,
     # it was held for as long as the connection stayed open.
-    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4})
+    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4,
+                                       "send-queue-bytes": 1 << 20})
     url = f"ws://127.0.0.1:{node.client_port}/"
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
@@ -65,9 +66,9 @@ async def test_frames_held_for_a_replay_that_does_not_get_on_are_bounded_by_its_
             (session,) = node.ctx.local_sessions.sessions(int(bob_id))
             alice = await online(stack, url, "alice", register=False)
             live = []
-            for i in range(5):
+            for i in range(6):  # frames of some 200 KB: the 6th is past 1 MiB
                 assert session.close_code is None and len(session.holding or ()) == i
-                live.append((await alice.chat(bob_id, f"live {i}", f"live-{i}"))["id"])
+                live.append((await alice.chat(bob_id, f"live {i} " + "y" * (BIG // 2), f"live-{i}"))["id"])
             assert session.close_code is CloseCode.SLOW_CONSUMER and session.holding is None
             async with connect(url) as again:  # nothing was lost
                 await again.login("bob")

@@ -6,9 +6,11 @@ Rules:
   replay, which lasts until it confirms).
 - While a session replays its offline messages (`holding` is a list), live frames are held
   and released after the replay, so a device sees messages in order. They are held within
-  the limits of its SendQueue (frames and bytes, counted apart from what the queue holds):
-  more, and the session is a slow consumer too (a client that stops reading during its
-  replay stalls the replay, and what is sent to it would pile up here for ever).
+  its SendQueue's byte limit (counted apart from what the queue holds): more, and the session
+  is a slow consumer too (a client that reads next to nothing keeps its replay going, and
+  what is sent to it would pile up here). Not its frame limit: a client that reads a long
+  replay at its own pace gets the live frames of that time (many small ones: receipts,
+  presence) without being cut off, which would start its replay over.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Session:
         holding, queue = self.holding, self.send_queue
         assert holding is not None
         size = len(frame.payload(queue.binary))
-        if len(holding) >= queue.limit or self.held_bytes + size > queue.byte_limit:
+        if self.held_bytes + size > queue.byte_limit:
             self.slow_consumer()
             return
         self.held_bytes += size
