@@ -35,3 +35,60 @@ async def test_a_recipient_that_reads_nothing_is_closed_4004_and_loses_nothing(s
                 replayed = await again.ready()
             assert [m["id"] for m in replayed] == [a["id"] for a in acks] + [replayed[-1]["id"]]
             assert replayed[-1]["content"] == "after"
+
+
+async def _offline_backlog(url: str, count: int) -> tuple[str, list[str]]:
+    """bob registered and away while alice sends him `count` big messages: (bob's id, their ids)."""
+    async with connect(url) as alice, connect(url) as bob:
+        await alice.register_login("alice")
+        await alice.ready()
+        await bob.register_login("bob")
+        assert bob.user_id is not None
+        acks = [await alice.chat(bob.user_id, f"{i:03d}" + "x" * (BIG // 2), f"away-{i}") for i in range(count)]
+    return bob.user_id, [a["id"] for a in acks]
+
+
+async def test_frames_held_for_a_replay_that_does_not_get_on_are_bounded_by_its_queue_bytes(start_node) -> None:
+    # bob sends `ready` with more offline messages than his queue and socket take, and reads
+    # nothing more: his replay waits for room, and what is sent to him meanwhile is held for
+    # after it. Held past his queue's byte limit (1 MiB here), he is a slow consumer: before,
+    # it was held for as long as the connection stayed open.
+    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4,
+                                       "send-queue-bytes": 1 << 20})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            bob_id, away = await _offline_backlog(url, 40)
+            bob = await stack.enter_async_context(connect(url))
+            await bob.login("bob")
+            await bob.send("ready", token=bob.token)
+            await bob.expect("ready-ok")  # then it reads nothing
+            (session,) = node.ctx.local_sessions.sessions(int(bob_id))
+            alice = await online(stack, url, "alice", register=False)
+            live = []
+            for i in range(6):  # frames of some 200 KB: the 6th is past 1 MiB
+                assert session.close_code is None and len(session.holding or ()) == i
+                live.append((await alice.chat(bob_id, f"live {i} " + "y" * (BIG // 2), f"live-{i}"))["id"])
+            assert session.close_code is CloseCode.SLOW_CONSUMER and session.holding is None
+            async with connect(url) as again:  # nothing was lost
+                await again.login("bob")
+                replayed = await again.ready()
+            assert [m["id"] for m in replayed] == away + live
+
+
+async def test_a_replay_whose_client_reads_nothing_ends_at_the_idle_timeout(start_node) -> None:
+    # The same bob, and nobody sends him anything more: his replay waited for room for ever,
+    # and his connection stayed open (its idle deadline is only on the wait for his frames).
+    node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4,
+                                       "idle-timeout": 1})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            bob_id, _ = await _offline_backlog(url, 40)
+            bob = await stack.enter_async_context(connect(url))
+            await bob.login("bob")
+            await bob.send("ready", token=bob.token)
+            await bob.expect("ready-ok")  # then it reads nothing
+            (session,) = node.ctx.local_sessions.sessions(int(bob_id))
+            await node.ctx.local_sessions.wait_empty()  # its connection ended
+            assert session.close_code is CloseCode.SLOW_CONSUMER

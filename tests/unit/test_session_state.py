@@ -134,6 +134,14 @@ def test_authenticated_deadline_is_last_frame_plus_idle_timeout_only() -> None:
     assert not s.auth_expired(10_000.0)
 
 
+def test_an_answer_waits_for_room_an_idle_timeout_from_now_and_an_anonymous_one_not_past_its_auth_deadline() -> None:
+    s = state(now=100.0, idle=60.0)
+    assert s.room_deadline(105.0) == 110.0  # anonymous: the auth deadline comes first
+    assert state(now=100.0, idle=1.0).room_deadline(105.0) == 106.0
+    s.transition("ready", 7)
+    assert s.room_deadline(500.0) == 560.0  # from the wait's start, not the last frame's
+
+
 def test_frames_beyond_the_rate_limit_in_one_second_are_refused() -> None:
     s = state(now=0.0, rate=5)
     admitted = [s.frame_received(10.0 + i * 0.01) for i in range(8)]

@@ -20,7 +20,7 @@ from ..protocol.codec import OutFrame
 from ..protocol.session import ClientState
 from .context import NodeContext
 from .local_sessions import Session
-from .send_queue import SendQueue
+from .send_queue import Close, SendQueue
 from .ws_server import ServerSocket
 
 log = structlog.get_logger()
@@ -66,9 +66,28 @@ class Connection:
         return self.session.id if self.session else None
 
     async def reply(self, reply: f.Reply) -> None:
-        """Queue a reply behind whatever this connection was sent before (waits for room)."""
-        await self.send_queue.room()
-        self.send_queue.append(OutFrame(reply))
+        """Queue a reply behind whatever this connection was sent before. Waits for room, for
+        the idle timeout at most (an anonymous client: until its authentication deadline): a
+        client that took nothing for so long is a slow consumer (a reader or a replay waiting
+        for room would otherwise wait for ever, deadlines and all, and the frames sent to its
+        session pile up)."""
+        queue = self.send_queue
+        if len(queue) >= queue.limit:  # else no wait, and no cancel scope (a replay's every frame)
+            with trio.move_on_at(self.state.room_deadline(trio.current_time())) as waited:
+                await queue.room()
+            if waited.cancelled_caught:
+                self.slow_consumer()
+                return
+        queue.append(OutFrame(reply))
+
+    def slow_consumer(self) -> None:
+        """Close this connection with 4004: its session's way, or the same without one."""
+        if self.session is not None:
+            self.session.slow_consumer()
+            return
+        log.warning("slow_consumer_closed", conn_id=self.conn_id)
+        self.cancel_scope.cancel()
+        self.send_queue.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))
 
     def answer(self, reply: f.Reply) -> None:
         """Queue a reply without waiting (acks: the ack window bounds them)."""

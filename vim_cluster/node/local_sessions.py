@@ -5,7 +5,12 @@ Rules:
   queue is full is a slow consumer and is closed (it gets everything again through offline
   replay, which lasts until it confirms).
 - While a session replays its offline messages (`holding` is a list), live frames are held
-  and released after the replay, so a device sees messages in order.
+  and released after the replay, so a device sees messages in order. They are held within
+  its SendQueue's byte limit (counted apart from what the queue holds): more, and the session
+  is a slow consumer too (a client that reads next to nothing keeps its replay going, and
+  what is sent to it would pile up here). Not its frame limit: a client that reads a long
+  replay at its own pace gets the live frames of that time (many small ones: receipts,
+  presence) without being cut off, which would start its replay over.
 """
 
 from __future__ import annotations
@@ -32,14 +37,26 @@ class Session:
     send_queue: SendQueue
     cancel_scope: trio.CancelScope
     holding: list[OutFrame] | None = None
+    held_bytes: int = 0  # of the frames in `holding`
     close_code: CloseCode | None = None
     wants_presence: bool = False  # asked for `contacts`: gets their live updates (presence)
 
     def push(self, frame: OutFrame) -> None:
         if self.holding is not None:
-            self.holding.append(frame)
+            self.hold(frame)
         elif not self.send_queue.push(frame):
             self.slow_consumer()
+
+    def hold(self, frame: OutFrame) -> None:
+        """Keeps `frame` until the replay ends, or closes a slow consumer (see the rules)."""
+        holding, queue = self.holding, self.send_queue
+        assert holding is not None
+        size = len(frame.payload(queue.binary))
+        if self.held_bytes + size > queue.byte_limit:
+            self.slow_consumer()
+            return
+        self.held_bytes += size
+        holding.append(frame)
 
     def slow_consumer(self) -> None:
         """Its queue is full: close it (it gets everything again through offline replay)."""
@@ -54,6 +71,7 @@ class Session:
     def close_now(self, code: CloseCode) -> None:
         """Stop reading, drop what waits, close with `code` after the frame being sent."""
         self.close_code = code
+        self.holding, self.held_bytes = None, 0  # nothing more is held for it (its queue drops it)
         self.cancel_scope.cancel()
         self.send_queue.abort(Close(code, code.name.lower().replace("_", "-")))
 
@@ -112,7 +130,7 @@ class LocalSessions:
                 if session.id != exclude:
                     # Session.push inlined: this runs once per copy of a group message.
                     if session.holding is not None:
-                        session.holding.append(frame)
+                        session.hold(frame)
                     elif not session.send_queue.push(frame):
                         session.slow_consumer()
                     delivered += 1

@@ -44,7 +44,7 @@ def merge_page(a: list[Message], b: list[Message], size: int) -> list[Message]:
 
 def release(session: Session, replayed: set[int]) -> None:
     """Sends the frames held during replay, but the messages replay already sent."""
-    held, session.holding = session.holding or [], None
+    held, session.holding, session.held_bytes = session.holding or [], None, 0
     for frame in held:
         if frame.reply.message_id() in replayed:
             continue

@@ -69,6 +69,14 @@ class ClientState:
             return min(idle, self.opened_at + self.auth_timeout)
         return idle
 
+    def room_deadline(self, now: float) -> float:
+        """Until when an answer may wait for room among the frames the client has not read
+        (node/connection.py): the idle timeout, and no later than the authentication
+        deadline while the client is anonymous."""
+        if self.phase is Phase.ANONYMOUS:
+            return min(now + self.idle_timeout, self.opened_at + self.auth_timeout)
+        return now + self.idle_timeout
+
     def auth_expired(self, now: float) -> bool:
         return self.phase is Phase.ANONYMOUS and now >= self.opened_at + self.auth_timeout
 
