@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
-from wsproto.events import TextMessage
+from wsproto.events import Pong, TextMessage
 
 from vim_cluster.core.auth import TOKEN_TTL_MS, TokenIssuer
 from vim_cluster.node.app import RunningNode
@@ -240,6 +240,25 @@ async def test_frames_keep_a_connection_from_idling_out(start_node, jump_clock: 
                 assert (await client.expect("pong"))["rid"] == f"k{i}"
             jump_clock.jump(2)
             assert (await client.expect_closed(timeout=4)).code == 1001
+
+
+async def test_websocket_pings_keep_a_connection_from_idling_out(start_node, jump_clock: MockClock) -> None:
+    """PROTOCOL.md closes a connection that sends nothing; a WebSocket ping control frame (the
+    keep-alive of many client libraries) is something, answered with its pong."""
+    with trio.fail_after(10 + 6):
+        node: RunningNode = await start_node(websocket={"idle-timeout": 2})
+        raw = await RawSocket.open(node.client_port)
+        try:
+            for i in range(5):  # 7.5 s of pings only, longer than the idle timeout
+                jump_clock.jump(1.5)
+                await raw.send_frame(0x9, f"k{i}".encode())
+                pong = await raw.next_event()
+                assert isinstance(pong, Pong) and pong.payload == f"k{i}".encode()
+            jump_clock.jump(2)
+            closed = await raw.close_frame()
+            assert closed is not None and closed.code == 1001
+        finally:
+            await raw.aclose()
 
 
 async def test_a_frame_just_before_the_idle_timeout_is_answered_even_when_the_store_is_slow(

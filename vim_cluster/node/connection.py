@@ -51,6 +51,12 @@ class Connection:
                           linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
         return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address)
 
+    def pinged(self, pong: bytes) -> None:
+        """A WebSocket ping came: it keeps the connection from being idle, as any frame does
+        (PROTOCOL.md closes a connection that sends nothing), and its pong is queued."""
+        self.state.last_frame_at = trio.current_time()
+        self.send_queue.control(pong)
+
     async def arm_deadline(self) -> None:
         """Before the reader waits for data: the wait (only the wait) ends at the idle or
         authentication deadline (node/serve.py's _reader disarms it once a frame came)."""

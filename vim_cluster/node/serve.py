@@ -173,7 +173,7 @@ async def _reader(conn: Connection) -> Close:
         # always handled and answered, however long its handler takes. The deadline is set
         # just before the socket is waited on (a frame read with others is handled at once).
         try:
-            data = await conn.ws.receive(queue.control, conn.arm_deadline)
+            data = await conn.ws.receive(conn.pinged, conn.arm_deadline)
         except Disconnect as exc:  # the peer closed, went away or broke the protocol
             scope.deadline = math.inf
             return Close(exc.code, exc.reason)
