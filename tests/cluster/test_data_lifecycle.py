@@ -55,6 +55,10 @@ async def test_erase_closes_every_session_with_4006_voids_the_token_and_leaves_d
                 assert [(m["id"], m["messageType"], m["content"]) for m in replayed] == [(waiting["id"], "deleted", "")]
         assert routes_on(cluster.redis_url, web.user_id, "dept-1") == []
 
+        left = await blocking(run_cli, "export", "--user", web.user_id, "--config", master_cfg)  # said: no such user
+        assert left.returncode == 0 and "no account" in left.stderr, left
+        assert [(m["id"], m["state"], m["content"]) for m in map(json.loads, left.stdout.splitlines()[1:])] == [
+            (kept["id"], "live", "bob's own words"), (secret["id"], "deleted", ""), (waiting["id"], "deleted", "")]
         rerun = await blocking(run_cli, "user", "delete", web.user_id, "--erase", "--config", master_cfg)
         assert rerun.returncode == 0, rerun
         assert "already gone" in rerun.stdout and "2 sent messages erased" in rerun.stdout  # idempotent
