@@ -7,6 +7,7 @@ restart they arrived, and the local traffic of a slave meanwhile.
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import time
@@ -23,6 +24,7 @@ from .harness import (
     Collector,
     alice_on_dept1,
     blocking,
+    http_get,
     nodes_table,
     run_cli,
 )
@@ -188,6 +190,14 @@ async def test_a_lone_master_hung_past_its_leases_takes_them_back_and_nothing_ac
                     await trio.sleep(0.3)
                 for slave in (cluster.dept1, cluster.dept2):
                     await blocking(slave.wait_health, 503, 10)
+                # dept-1's dashboard says the same: the master DEAD, unreachable, its lease lapsed, no standby
+                status, body = await blocking(http_get, f"http://127.0.0.1:{cluster.dept1.http_port}/dashboard.json")
+                board = json.loads(body)
+                shown_row = next(n for n in board["nodes"] if n["node"] == MASTER)
+                assert status == 200 and shown_row["role"] == "master" and not shown_row["alive"], shown_row
+                assert shown_row["stats"]["status"] == "unreachable", shown_row
+                assert board["master"]["node"] == MASTER and not board["master"]["alive"], board["master"]
+                assert board["master"]["standbys"] == [], board["master"]
                 await trio.sleep(max(0.0, stopped_at + 15 - time.monotonic()))  # the hang's length is under test
             finally:
                 master.signal(signal.SIGCONT)
