@@ -142,7 +142,11 @@ class RawSocket:
 
     @classmethod
     async def open(cls, port: int, target: str = "/") -> RawSocket:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        return await cls.handshake(await trio.open_tcp_stream("127.0.0.1", port), target)
+
+    @classmethod
+    async def handshake(cls, stream: trio.SocketStream, target: str = "/") -> RawSocket:
+        """The WebSocket handshake on a TCP connection to a node's client port."""
         ws = WSConnection(ConnectionType.CLIENT)
         await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
         raw = cls(stream, ws)

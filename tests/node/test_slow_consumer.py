@@ -5,11 +5,17 @@ node carry on."""
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 
+import attrs
 import trio
+from structlog.testing import capture_logs
 
 from vim_cluster.errors import CloseCode
+from vim_cluster.tunables import DEFAULTS
 
+from ..adversarial.attack import RawSocket
 from ..support import connect, online
 
 BIG = 400_000  # characters a message: a few dozen fill the loopback socket buffers
@@ -92,3 +98,25 @@ async def test_a_replay_whose_client_reads_nothing_ends_at_the_idle_timeout(star
             (session,) = node.ctx.local_sessions.sessions(int(bob_id))
             await node.ctx.local_sessions.wait_empty()  # its connection ended
             assert session.close_code is CloseCode.SLOW_CONSUMER
+
+
+async def test_an_anonymous_client_that_sends_and_reads_nothing_is_closed_at_its_auth_deadline(start_node) -> None:
+    # Pings, answered with `pong`s it never reads (its receive buffer kept small), until the
+    # node's answers wait for room: the node stopped reading it for ever, past the time it
+    # gives a client to authenticate (15 s here), and kept it open.
+    tunables = attrs.evolve(DEFAULTS, client_auth_timeout_s=15.0, client_close_grace_s=1.0)
+    node = await start_node(websocket={"send-queue-frames": 4, "rate-limit": 1_000_000}, tunables=tunables)
+    ping = json.dumps({"code": "ping", "message": {"rid": "r" * 64}}).encode()
+    with trio.fail_after(60), capture_logs() as logs:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", node.client_port))
+        raw = await RawSocket.handshake(trio.SocketStream(sock))
+        try:
+            with contextlib.suppress(trio.BrokenResourceError):
+                while True:  # until the node ends the connection, which fails these sends
+                    await raw.send_frame(0x1, ping)
+        finally:
+            await raw.aclose()
+    closed = [entry for entry in logs if entry["event"] == "slow_consumer_closed"]
+    assert len(closed) == 1 and "session_id" not in closed[0]

@@ -47,13 +47,18 @@ class RecordingQueue:
 @attrs.define
 class RecordingSession:
     """What LocalSessions.deliver needs of a session: its ids, `holding` (None: no offline
-    replay running) and its send queue's `push`."""
+    replay running) with its `hold`, and its send queue's `push`."""
 
     id: str
     user_id: int
     send_queue: RecordingQueue = attrs.Factory(RecordingQueue)
     holding: list[OutFrame] | None = None
+    held_bytes: int = 0
     wants_presence: bool = False
+
+    def hold(self, frame: OutFrame) -> None:
+        assert self.holding is not None
+        self.holding.append(frame)
 
     @property
     def got(self) -> list[OutFrame]:
