@@ -25,7 +25,7 @@ def test_schema_is_versioned_utf8mb4_and_migrated_once(mysql_url: str, raw: pymy
     MysqlDirectory(mysql_url).close()
     MysqlDirectory(mysql_url).close()
     raw.execute("SELECT version FROM schema_version")
-    assert raw.fetchall() == ((1,), (2,))
+    assert raw.fetchall() == ((1,), (2,), (3,))
     raw.execute(
         "SELECT table_name, table_collation FROM information_schema.tables"
         " WHERE table_schema = DATABASE() ORDER BY table_name"

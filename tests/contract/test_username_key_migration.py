@@ -60,21 +60,34 @@ def test_users_from_before_the_key_migration_keep_logging_in(
         reopened.close()
 
 
-def test_a_user_an_older_sqlite_node_registers_after_the_migration_can_log_in(tmp_path: Path) -> None:
-    """A rolling upgrade: the first upgraded node migrated the file, a node not upgraded yet
-    registers a user without a key. New nodes found no such user (login refused, on every node
-    once all are upgraded); they find it by its username, in any case, and it stays unique."""
-    new = sqlite_directory.SqliteDirectory(str(tmp_path / "directory.db"))
-    older = SqliteDatabase(str(tmp_path / "directory.db"), sqlite_directory.MIGRATIONS[:1])  # its INSERT
-    try:
-        with older.transaction() as conn:
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_a_user_an_older_node_registers_after_the_migration_can_log_in(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A rolling upgrade: the first upgraded node migrated the store, a node not upgraded yet
+    registers a user without a key. SQLite: new nodes found no such user (login refused, on
+    every node once all were upgraded). MySQL: the older node's INSERT failed (NOT NULL). New
+    nodes find it by its username, in any case, and it stays unique."""
+    if backend == "sqlite":
+        new: Directory = sqlite_directory.SqliteDirectory(str(tmp_path / "directory.db"))
+        older_sqlite = SqliteDatabase(str(tmp_path / "directory.db"), sqlite_directory.MIGRATIONS[:1])
+        with older_sqlite.transaction() as conn:  # its INSERT
             conn.executemany("INSERT INTO users (id, username, name, password_hash) VALUES (?, ?, ?, ?)", OLD_ROWS)
+        older_sqlite.close()
+    else:
+        url = request.getfixturevalue("mysql_url")
+        new = mysql_directory.MysqlDirectory(url)
+        older_mysql = MysqlDatabase(url, mysql_directory.MIGRATIONS[:1])
+        with older_mysql.cursor() as cur:
+            cur.executemany("INSERT INTO users (id, username, name, password_hash) VALUES (%s, %s, %s, %s)", OLD_ROWS)
+        older_mysql.close()
+    try:
         alice = User(UserId(1), "Alice", "Alice A.", "$argon2id$old1")
         assert new.user_by_username("alice") == alice
         assert new.user_by_username("ＡＬＩＣＥ") == alice
         assert new.user_by_username("bob.smith") is not None and new.user_by_username("carol") is None
-        with pytest.raises(Conflict):
-            new.create_user(User(UserId(3), "ALICE", "Mallory", "$argon2id$new"))
+        for spelling in ("ALICE", "ａｌｉｃｅ"):
+            with pytest.raises(Conflict):
+                new.create_user(User(UserId(3), spelling, "Mallory", "$argon2id$new"))
     finally:
-        older.close()
         new.close()

@@ -69,6 +69,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE users MODIFY username_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
         "CREATE UNIQUE INDEX IF NOT EXISTS users_username_key ON users (username_key)",
     ],
+    # 3: the key may be NULL again, for the rows a node of a release before 2 writes during a
+    # rolling upgrade (its INSERT names no key: NOT NULL failed its `register`); lookups find
+    # such a row by its ASCII username (user_by_username). New nodes always write the key.
+    [
+        "ALTER TABLE users MODIFY username_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
+    ],
 ]
 
 USER_COLUMNS = "id, username, name, password_hash, department_id"
@@ -132,6 +138,9 @@ class MysqlDirectory:
         with self._db.cursor() as cur:
             cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username_key = %s", (key,))
             row = cur.fetchone()
+            if row is None:  # a row an older node wrote without a key (migration 3)
+                cur.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = %s AND username_key IS NULL", (key,))
+                row = cur.fetchone()
         user = _user(row) if row else None
         # utf8mb4_bin pads: 'alice   ' would find alice, and each such spelling would get a
         # login lockout budget of its own (the lockout counts by the key asked for).

@@ -85,12 +85,14 @@ class SqliteDirectory:
         self._groups_version: tuple[int, int] | None = None
 
     def create_user(self, user: User) -> None:
+        key = usernames.key(user.username)
         try:
             with self._db.transaction() as conn:
+                if conn.execute("SELECT 1 FROM users WHERE username = ? AND username_key IS NULL", (key,)).fetchone():
+                    raise Conflict(f"username {user.username!r} exists")  # an older node's row (user_by_username)
                 conn.execute(
                     f"INSERT INTO users ({USER_COLUMNS}, username_key) VALUES (?, ?, ?, ?, ?, ?)",
-                    (user.id, user.username, user.name, user.password_hash, user.department_id,
-                     usernames.key(user.username)),
+                    (user.id, user.username, user.name, user.password_hash, user.department_id, key),
                 )
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):

@@ -453,6 +453,5 @@ async def send_as_operator(master_url: str, secret: bytes, packets: list[ff.Pack
     except trio.TooSlowError:
         if not unconfirmed:
             raise
-        raise NotConfirmed(f"{master_url}: the master took them but did not confirm within {timeout:g} s that "
-                           "every node has them (a node whose link to it is down gets them when it links "
-                           "again)") from None
+        raise NotConfirmed(f"{master_url}: not every node confirmed within {timeout:g} s (the master keeps "
+                           "the packets for a node whose link to it is down)") from None
