@@ -205,7 +205,7 @@ class NodeInfo:
     heartbeat_at: int  # ms
     messages: int = 0  # chat messages accepted since start
     alive: bool = True
-    draining: bool = False  # an operator drained it (or it is stopping): it takes no new client
+    draining: bool = False  # an operator drained it (or it is stopping): it takes no new clients
 
 
 class NodeLeases(Protocol):

@@ -226,17 +226,21 @@ async def test_a_standby_takes_a_lost_lease_after_the_grace_when_no_master_takes
         registry.close()
 
 
-def test_a_registration_says_draining_only_while_true_and_unknown_fields_are_skipped(registry: RedisRegistry) -> None:
-    """Nodes and tools older than `draining` refuse a field they do not know: a registration
-    carries it only while the node drains. This one skips fields a newer node may add."""
+def test_draining_is_kept_beside_the_registration_and_unknown_fields_are_skipped(registry: RedisRegistry) -> None:
+    """Nodes and tools older than `draining` refuse a registration field they do not know, and
+    would fail to list the nodes during a rolling upgrade: it is a key of its own, with the
+    lock's TTL. This node skips registration fields a newer node may add."""
     info = NodeInfo("a", "slave", "ws://a:1/", None, None, 1, "t", 0, 0, 0)
     assert registry.acquire_node(info, "owner-a", 30)
-    raw = registry._r.hget(Keys.NODES, "a")
-    assert raw is not None and "draining" not in json.loads(raw)
     registry.heartbeat(attrs.evolve(info, draining=True), "owner-a", 30, None)
-    assert [n.draining for n in registry.nodes()] == [True]
     raw = registry._r.hget(Keys.NODES, "a")
-    assert raw is not None
-    newer = dict(json.loads(raw), zone="b")  # a field from a newer node
-    registry._r.hset(Keys.NODES, "a", json.dumps(newer))
+    assert raw is not None and set(json.loads(raw)) <= {f.name for f in attrs.fields(NodeInfo)} - {"draining"}
+    assert 0 < registry._r.ttl(Keys.node_draining("a")) <= 30
+    assert [n.draining for n in registry.nodes()] == [True]
+    registry._r.hset(Keys.NODES, "a", json.dumps(dict(json.loads(raw), zone="b")))  # a field from a newer node
     assert [(n.node_id, n.draining, n.alive) for n in registry.nodes()] == [("a", True, True)]
+    registry.release_node("a", "owner-a")
+    assert [(n.node_id, n.draining, n.alive) for n in registry.nodes()] == [("a", False, False)]
+    assert registry.acquire_node(info, "owner-a2", 30)  # started again: not draining
+    registry.heartbeat(info, "owner-a2", 30, None)
+    assert [(n.draining, n.alive) for n in registry.nodes()] == [(False, True)]

@@ -53,6 +53,13 @@ class Keys:
         return f"vim:node-lock:{node_id}"
 
     @staticmethod
+    def node_draining(node_id: str) -> str:
+        """Set (with the lock's TTL, renewed by the heartbeats) while the node drains. Not a
+        field of the registration: nodes and tools older than it refuse a field they do not
+        know, and would fail to list the nodes during a rolling upgrade."""
+        return f"vim:node-draining:{node_id}"
+
+    @staticmethod
     def node_sessions(node_id: str) -> str:
         return f"vim:node-sessions:{node_id}"  # set of "user_id:session_id"
 
@@ -243,21 +250,19 @@ def _login_keys(username: str, address: str) -> list[str]:
 
 
 def _info_json(info: NodeInfo) -> str:
-    """The registration; `draining` only while true, so that nodes and tools older than it
-    (which refuse a field they do not know) still read the registrations of the others."""
+    """The registration, without `alive` and `draining` (kept in keys of their own)."""
     fields = attrs.asdict(info)
-    if not info.draining:
-        del fields["draining"]
+    del fields["alive"], fields["draining"]
     return json.dumps(fields)
 
 
 NODE_INFO_FIELDS = frozenset(field.name for field in attrs.fields(NodeInfo))
 
 
-def _info(raw: str | bytes, alive: bool) -> NodeInfo:
+def _info(raw: str | bytes, alive: bool, draining: bool) -> NodeInfo:
     """A registration; fields a newer node wrote that this one does not know are left out."""
     fields = {key: value for key, value in json.loads(raw).items() if key in NODE_INFO_FIELDS}
-    fields["alive"] = alive
+    fields["alive"], fields["draining"] = alive, draining
     return NodeInfo(**fields)
 
 
@@ -311,7 +316,10 @@ class RedisRegistry:
         with self._errors():
             if not self._claim(keys=[Keys.node_lock(info.node_id)], args=[owner, ttl_s, replacing or ""]):
                 return False
-            self._r.hset(Keys.NODES, info.node_id, _info_json(info))
+            with self._r.pipeline() as pipe:  # a node that starts does not drain
+                pipe.hset(Keys.NODES, info.node_id, _info_json(info))
+                pipe.delete(Keys.node_draining(info.node_id))
+                pipe.execute()
             return True
 
     def node_owner(self, node_id: str) -> str | None:
@@ -368,7 +376,11 @@ class RedisRegistry:
             report = BeatReport(Generation(str(token), int(age_ms) / 1000), _state(node),
                                 _state(master_state), _state(worker_state))
             if report.node is not KeyState.OTHER:
-                self._r.hset(Keys.NODES, info.node_id, _info_json(info))
+                with self._r.pipeline(transaction=False) as pipe:
+                    pipe.hset(Keys.NODES, info.node_id, _info_json(info))
+                    if info.draining:
+                        pipe.set(Keys.node_draining(info.node_id), 1, ex=ttl_s)
+                    pipe.execute()
             return report
 
     def release_node(self, node_id: str, owner: str, worker: int | None = None) -> None:
@@ -377,6 +389,7 @@ class RedisRegistry:
                 self._release(keys=[Keys.worker(worker)], args=[owner])
             self._release(keys=[Keys.MASTER_LOCK], args=[f"{node_id} {owner}"])
             if self._release(keys=[Keys.node_lock(node_id)], args=[owner]):
+                self._r.delete(Keys.node_draining(node_id))
                 self.purge_routes(node_id)
 
     def purge_routes(self, node_id: str) -> int:
@@ -431,8 +444,14 @@ class RedisRegistry:
         with self._errors():
             described = self._r.hgetall(Keys.NODES)
             ids = sorted(str(i) for i in described)
-            alive = self._r.mget([Keys.node_lock(i) for i in ids]) if ids else []
-        return [_info(described[i], a is not None) for i, a in zip(ids, alive, strict=True)]
+            if not ids:
+                return []
+            with self._r.pipeline(transaction=False) as pipe:
+                pipe.mget([Keys.node_lock(i) for i in ids])
+                pipe.mget([Keys.node_draining(i) for i in ids])
+                alive, draining = pipe.execute()
+        return [_info(described[i], a is not None, d is not None)
+                for i, a, d in zip(ids, alive, draining, strict=True)]
 
     def forget_node(self, node_id: str) -> None:
         with self._errors():
