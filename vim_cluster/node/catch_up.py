@@ -9,7 +9,10 @@ the node started) minus Tunables.catch_up_margin_ms. The same runs when the mast
 slave died or restarted while it may have held packets it had not relayed (a `CatchUp` packet,
 node/forward_hub.py): its senders' messages were acked and stored, and then relayed nowhere.
 What is re-delivered:
-- friend messages: every unconfirmed (offline-set) row of the user;
+- friend messages: the unconfirmed (offline-set) rows of the user whose ids were minted since
+  then (`ids.first_id_at`): older ones were relayed while the link was up, and a user whose
+  devices confirm nothing would otherwise get all of them again at every link-up (more than
+  a send queue holds: closed 4004), read from the store for every online user;
 - group messages: those of the user's groups by timestamp, NOT limited by the read cursor (a
   client's `read` of a later message moves the cursor past the ones it missed).
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
@@ -38,6 +41,7 @@ import trio
 
 from ..core.backoff import Backoff
 from ..errors import CloseCode, StoreUnavailable
+from ..ids import first_id_at
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
@@ -188,10 +192,11 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
     groups = await ctx.db(ctx.directory.groups_of, uid)
     cursors: dict[GroupId, int] = {g.id: since_ms for g in groups}
     after = MessageId(0)
+    first = MessageId(first_id_at(since_ms) - 1)  # friend messages minted since `since_ms`
     pushed = 0
     while True:
         size = ctx.tunables.replay_page
-        friends = await ctx.store(ctx.messages.pending, uid, after, size)
+        friends = await ctx.store(ctx.messages.pending, uid, max(after, first), size)
         grouped = await ctx.store(ctx.messages.group_messages_after, cursors, after, size) if cursors else []
         page = merge_page(friends, grouped, size)
         if not page:
