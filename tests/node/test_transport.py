@@ -188,6 +188,22 @@ async def test_a_rate_limited_frame_echoes_its_rid_and_cid(start_node, jump_cloc
             ]
 
 
+async def test_a_first_binary_frame_that_is_rate_limited_is_answered_in_messagepack(
+        start_node, jump_clock: MockClock) -> None:
+    """A connection is answered in MessagePack from its first binary frame on, also when that
+    frame is the one refused for the rate."""
+    with trio.fail_after(10 + 1):
+        node: RunningNode = await start_node(websocket={"rate-limit": 1})
+        async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
+            await client.send("ping", rid="text")
+            await client.ws.send_message(msgpack.packb({"code": "ping", "message": {"rid": "binary"}}))
+            assert (await client.next_frame())["message"]["rid"] == "text"
+            refused = await client.ws.get_message()
+            assert isinstance(refused, bytes)
+            assert msgpack.unpackb(refused)["message"] == {
+                "error": "rate-limited", "detail": "more frames per second than allowed", "rid": "binary"}
+
+
 async def test_idle_connection_is_closed_with_1001(start_node, jump_clock: MockClock) -> None:
     with trio.fail_after(10 + 5):
         node: RunningNode = await start_node(websocket={"idle-timeout": 5})

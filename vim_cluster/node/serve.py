@@ -182,12 +182,12 @@ async def _reader(conn: Connection) -> Close:
         # The socket caps text frames in characters; the limit is in bytes.
         if isinstance(data, str) and len(data) * 4 > max_frame and len(data.encode("utf-8", "surrogatepass")) > max_frame:
             return Close(CloseCode.TOO_BIG, f"frame larger than {max_frame} bytes")
+        if isinstance(data, bytes):  # answered in MessagePack from its first binary frame on
+            queue.binary = True
         if not state.frame_received(trio.current_time()):
             rid, cid = request_ids(data)
             await conn.reply(f.ErrorReply(ErrorKind.RATE_LIMITED, "more frames per second than allowed", rid=rid, cid=cid))
             continue
-        if isinstance(data, bytes):
-            queue.binary = True
         try:
             await _handle(conn, data)
         except Disconnect as exc:
