@@ -67,6 +67,9 @@ def _ephemeral_low() -> int:
 
 
 _handed_out: set[int] = set()
+# Ports browsers refuse to open (Chromium's kRestrictedPorts; of those from 10000 on, only
+# 10080): a web page served there fails with ERR_UNSAFE_PORT.
+BROWSER_UNSAFE_PORTS = frozenset({10080})
 
 
 def free_port() -> int:
@@ -78,7 +81,7 @@ def free_port() -> int:
     high = _ephemeral_low() - 1
     for _ in range(200):
         port = secrets.randbelow(high - low + 1) + low if high > low else 0
-        if port in _handed_out:
+        if port in _handed_out or port in BROWSER_UNSAFE_PORTS:
             continue
         with socket.socket() as s:
             try:
