@@ -3,9 +3,10 @@ deadline of a master cut off from Redis, and the epoch after Redis lost its data
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import attrs
@@ -41,6 +42,27 @@ def mastership(registry: RedisRegistry, node_id: str, fence: Fence | None = None
     fence = fence or Fence()
     return Mastership(registry, BlockingRunner("redis", 4), node_id, f"host/{os.getpid()}/{node_id}",
                       lambda: f"ws://127.0.0.1:1/{node_id}", fence, MasterMetrics(NodeMetrics(node_id).registry, fence), T)
+
+
+@contextlib.asynccontextmanager
+async def active_and_standby(url: str) -> AsyncIterator[tuple[Mastership, Mastership, RedisRegistry]]:
+    """On an emptied Redis: `a` running and holding the lease, `b` running as its standby, and
+    b's registry; both stopped on the way out."""
+    flush_redis(url)
+    registries = [RedisRegistry(url) for _ in range(2)]
+    try:
+        active, standby = mastership(registries[0], "a"), mastership(registries[1], "b")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(active.run)
+            with trio.fail_after(5):
+                while not active.holding:
+                    await active.changed()
+            nursery.start_soon(standby.run)
+            yield active, standby, registries[1]
+            nursery.cancel_scope.cancel()
+    finally:
+        for registry in registries:
+            registry.close()
 
 
 def test_only_one_claim_holds_and_every_takeover_raises_the_epoch(registry: RedisRegistry) -> None:
@@ -146,65 +168,39 @@ async def test_an_empty_redis_restart_leaves_the_lease_to_the_active_master(
     """Redis restarted empty: the lease is missing for everyone. The active master takes it
     again in place (a new epoch); a standby that saw Redis away leaves it to it for
     T.master_retake_grace_s, so a Redis restart costs no failover."""
-    flush_redis(redis_process.url)
-    registries = [RedisRegistry(redis_process.url) for _ in range(2)]
-    try:
-        active, standby = mastership(registries[0], "a"), mastership(registries[1], "b")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(active.run)
-            with trio.fail_after(5):
-                while not active.holding:
-                    await active.changed()
-            nursery.start_soon(standby.run)
-            epoch = active.epoch
-            await trio.to_thread.run_sync(redis_process.kill)
-            with trio.fail_after(5):
-                while standby.redis_lost_at is None:  # the standby saw Redis away
-                    await trio.sleep(0.05)
-            await trio.to_thread.run_sync(redis_process.start)
-            with trio.fail_after(10):
-                while active.epoch == epoch:
-                    await active.changed()
-            assert active.holding and not standby.holding
-            await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)  # the standby's grace is over
-            assert active.holding and not standby.holding
-            assert (await trio.to_thread.run_sync(registries[1].active_master)).node_id == "a"  # type: ignore[union-attr]
-            nursery.cancel_scope.cancel()
-    finally:
-        for registry in registries:
-            registry.close()
+    async with active_and_standby(redis_process.url) as (active, standby, seen):
+        epoch = active.epoch
+        await trio.to_thread.run_sync(redis_process.kill)
+        with trio.fail_after(5):
+            while standby.redis_lost_at is None:  # the standby saw Redis away
+                await trio.sleep(0.05)
+        await trio.to_thread.run_sync(redis_process.start)
+        with trio.fail_after(10):
+            while active.epoch == epoch:
+                await active.changed()
+        assert active.holding and not standby.holding
+        await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)  # the standby's grace is over
+        assert active.holding and not standby.holding
+        assert (await trio.to_thread.run_sync(seen.active_master)).node_id == "a"  # type: ignore[union-attr]
 
 
 async def test_a_flushed_redis_leaves_the_lease_to_the_active_master(redis_url: str) -> None:
     """Redis lost its data without going away (FLUSHALL, a fast restart or a failover to an empty
     replica between two polls): the standby never saw Redis fail, yet it must leave the missing
     lease to the active master, which takes it again in place, as after a restart it saw."""
-    flush_redis(redis_url)
-    registries = [RedisRegistry(redis_url) for _ in range(2)]
-    try:
-        active, standby = mastership(registries[0], "a"), mastership(registries[1], "b")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(active.run)
-            with trio.fail_after(5):
-                while not active.holding:
-                    await active.changed()
-            nursery.start_soon(standby.run)
-            with trio.fail_after(5):
-                while standby.fence.known != active.epoch:  # the standby knows the master
-                    await trio.sleep(0.05)
-            epoch = active.epoch
-            with redis.Redis.from_url(redis_url) as r:
-                r.flushall()
-            with trio.fail_after(10):
-                while active.epoch == epoch and active.holding:
-                    await active.changed()
-            await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)
-            assert active.holding and not standby.holding, "a Redis flush cost a failover"
-            assert (await trio.to_thread.run_sync(registries[1].active_master)).node_id == "a"  # type: ignore[union-attr]
-            nursery.cancel_scope.cancel()
-    finally:
-        for registry in registries:
-            registry.close()
+    async with active_and_standby(redis_url) as (active, standby, seen):
+        with trio.fail_after(5):
+            while standby.fence.known != active.epoch:  # the standby knows the master
+                await trio.sleep(0.05)
+        epoch = active.epoch
+        with redis.Redis.from_url(redis_url) as r:
+            r.flushall()
+        with trio.fail_after(10):
+            while active.epoch == epoch and active.holding:
+                await active.changed()
+        await trio.sleep(T.master_retake_grace_s + 4 * T.master_claim_poll_s)
+        assert active.holding and not standby.holding, "a Redis flush cost a failover"
+        assert (await trio.to_thread.run_sync(seen.active_master)).node_id == "a"  # type: ignore[union-attr]
 
 
 async def test_a_standby_takes_a_lost_lease_after_the_grace_when_no_master_takes_it_again(redis_url: str) -> None:
