@@ -147,10 +147,14 @@ class Connection:
             await ctx.redis(ctx.registry.remove_route, UserId(user_id), session.id)
             raise NodeDraining(DRAINING_DETAIL)
         ctx.local_sessions.add(session)
-        ctx.delivery.local.take_early_kick(session)  # replaced already by a session that saw its route
+        # Replaced already by a session that saw its route: that one is the newer, and stays
+        # (this one would find it among the local sessions and close it too).
+        replaced = ctx.delivery.local.take_early_kick(session)
         ctx.delivery.cluster.session_opened(session)
         self.session = session
         log.info("session_opened", session_id=session.id, user_id=user_id, client=client)
+        if replaced:
+            return session
         # Sessions Redis may not list yet (opened a moment ago here) count too.
         local = [Route(s.id, ctx.node_id, s.client, s.uuid) for s in ctx.local_sessions.sessions(user_id)]
         candidates = {r.session_id: r for r in [*earlier, *local]}
