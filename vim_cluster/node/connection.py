@@ -53,8 +53,12 @@ class Connection:
 
     def pinged(self, pong: bytes) -> None:
         """A WebSocket ping came: it keeps the connection from being idle, as any frame does
-        (PROTOCOL.md closes a connection that sends nothing), and its pong is queued."""
-        self.state.last_frame_at = trio.current_time()
+        (PROTOCOL.md closes a connection that sends nothing), and its pong is queued. Not while
+        the pong of an earlier one still waits: pings are not rate-limited and their pongs
+        replace each other, so a client that floods them and reads nothing puts no back-pressure
+        on this reader; its idle timeout ends it."""
+        if not self.send_queue.control_waiting():
+            self.state.last_frame_at = trio.current_time()
         self.send_queue.control(pong)
 
     async def arm_deadline(self) -> None:
