@@ -171,3 +171,39 @@ async def test_a_session_replaced_while_it_joins_its_node_is_closed_all_the_same
             assert (await on_slave.expect_closed()).code == 4001
             await on_master.send("ping", rid="alive")
             assert (await on_master.expect("pong"))["rid"] == "alive"
+
+
+async def test_a_session_replaced_while_it_joins_does_not_close_the_one_that_replaced_it(start_node) -> None:
+    """Two sessions of one client type open at once on one node; the later in Redis (it read
+    the earlier's route) joins first and kicks the earlier, which is not joined yet (an early
+    kick). The earlier, once it joins, takes that kick and must not in turn replace the later
+    one, which it finds among the node's sessions: both were closed."""
+    node: RunningNode = await start_node()
+    added, release = threading.Event(), threading.Event()
+    real = node.ctx.registry.add_route
+    calls = 0
+
+    def add_route_first_waits(user_id: UserId, route: Route) -> list[Route]:
+        nonlocal calls
+        calls += 1
+        earlier = real(user_id, route)
+        if calls == 1:
+            added.set()
+            assert release.wait(10)
+        return earlier
+
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(connect(ws_url(node)))
+            await first.register_login("bob")
+            node.ctx.registry.add_route = add_route_first_waits  # type: ignore[method-assign]
+            await first.send("ready", token=first.token, client="web", uuid="web-1")
+            await trio.to_thread.run_sync(added.wait, 10)
+            second = await stack.enter_async_context(connect(ws_url(node)))
+            await second.login("bob")
+            await second.ready(client="web", uuid="web-2")
+            release.set()
+            assert await first.expect("other-login") == {"uuid": "web-2", "nodeId": node.ctx.node_id}
+            assert (await first.expect_closed()).code == 4001
+            await second.send("ping", rid="alive")
+            assert (await second.expect("pong"))["rid"] == "alive"

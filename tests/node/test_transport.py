@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import socket
 import time
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 import trio
@@ -414,3 +416,26 @@ async def test_two_clients_are_independent(url: str) -> None:
 
 
 __all__ = ["Client"]
+
+
+async def test_a_client_that_floods_websocket_pings_and_reads_no_pong_still_idles_out(start_node) -> None:
+    """Pings keep a connection alive only while their pongs are read: one that sends WebSocket
+    pings as fast as it can and reads nothing (its pongs wait, one replacing the other) is not
+    rate-limited (they are control frames) and gives the node no back-pressure, so its idle
+    timeout is what ends it. Since pings reset the idle timer, it was kept open for ever, the
+    node reading its pings at full speed."""
+    tunables = attrs.evolve(DEFAULTS, client_close_timeout_s=1.0, client_close_grace_s=1.0)
+    node: RunningNode = await start_node(websocket={"idle-timeout": 1}, tunables=tunables)
+    async with connect(f"ws://127.0.0.1:{node.client_port}/") as client:
+        await client.register_login("bob")
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with trio.fail_after(20):
+        await sock.connect(("127.0.0.1", node.client_port))
+        raw = await RawSocket.handshake(trio.SocketStream(sock), f"/?token={client.token}")
+        try:
+            with contextlib.suppress(trio.BrokenResourceError):
+                while True:  # until the node ends the connection, which fails these sends
+                    await raw.send_frame(0x9, b"p" * 100)
+        finally:
+            await raw.aclose()

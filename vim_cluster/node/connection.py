@@ -53,8 +53,12 @@ class Connection:
 
     def pinged(self, pong: bytes) -> None:
         """A WebSocket ping came: it keeps the connection from being idle, as any frame does
-        (PROTOCOL.md closes a connection that sends nothing), and its pong is queued."""
-        self.state.last_frame_at = trio.current_time()
+        (PROTOCOL.md closes a connection that sends nothing), and its pong is queued. Not while
+        the pong of an earlier one still waits: pings are not rate-limited and their pongs
+        replace each other, so a client that floods them and reads nothing puts no back-pressure
+        on this reader; its idle timeout ends it."""
+        if not self.send_queue.control_waiting():
+            self.state.last_frame_at = trio.current_time()
         self.send_queue.control(pong)
 
     async def arm_deadline(self) -> None:
@@ -147,10 +151,14 @@ class Connection:
             await ctx.redis(ctx.registry.remove_route, UserId(user_id), session.id)
             raise NodeDraining(DRAINING_DETAIL)
         ctx.local_sessions.add(session)
-        ctx.delivery.local.take_early_kick(session)  # replaced already by a session that saw its route
+        # Replaced already by a session that saw its route: that one is the newer, and stays
+        # (this one would find it among the local sessions and close it too).
+        replaced = ctx.delivery.local.take_early_kick(session)
         ctx.delivery.cluster.session_opened(session)
         self.session = session
         log.info("session_opened", session_id=session.id, user_id=user_id, client=client)
+        if replaced:
+            return session
         # Sessions Redis may not list yet (opened a moment ago here) count too.
         local = [Route(s.id, ctx.node_id, s.client, s.uuid) for s in ctx.local_sessions.sessions(user_id)]
         candidates = {r.session_id: r for r in [*earlier, *local]}

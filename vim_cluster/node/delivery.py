@@ -266,12 +266,14 @@ class LocalDelivery:
                 del self.early_kicks[next(iter(self.early_kicks))]
         return kicked
 
-    def take_early_kick(self, session: Session) -> None:
-        """Applies a kick that came for `session` before it joined LocalSessions."""
+    def take_early_kick(self, session: Session) -> bool:
+        """Applies a kick that came for `session` before it joined LocalSessions; whether one had."""
         early = self.early_kicks.pop(session.id, None)
-        if early is not None:
-            code, notice = early
-            session.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
+        if early is None:
+            return False
+        code, notice = early
+        session.kick(code, CloseCode(code).name.lower().replace("_", "-"), notice)
+        return True
 
     def apply_deliver(self, users: Sequence[int], frame: bytes | list[bytes], message_id: int | None,
                       exclude: str | None, ts: int, now_ms: int) -> None:

@@ -155,6 +155,10 @@ class SendQueue:
         if not self._closing:
             self._add(item)
 
+    def control_waiting(self) -> bool:
+        """Whether a control frame (a pong) still waits to be sent: the client is not reading."""
+        return bool(self._items) and isinstance(self._items[-1], bytes)
+
     def control(self, data: bytes) -> None:
         """Queue a pre-framed control frame; it replaces one of its kind still waiting."""
         if self._closing:
