@@ -100,6 +100,9 @@ def check_certificate(config: NodeConfig, now: float | None = None) -> Certifica
                                      "(vim.websocket.public-host, else host): clients and nodes that dial it refuse it"],
                                     None)
         return CertificateCheck([f"the certificate {cert} is refused by clients: {exc.verify_message}"], None)
+    except (ssl.SSLError, HandshakeUnfinished) as exc:  # what the name and dates cannot tell
+        return CertificateCheck([f"the certificate {cert} could not be checked: a TLS handshake with it failed "
+                                 f"({exc})"], None)
     not_after = float(ssl.cert_time_to_seconds(str(peer["notAfter"])))
     left = not_after - (time.time() if now is None else now)
     if left < EXPIRY_WARNING_S:
@@ -128,5 +131,10 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> dic
         if all(done):
             break
     peer = near.getpeercert()
-    assert peer, "the in-memory handshake did not finish"
+    if not peer:
+        raise HandshakeUnfinished("the handshake in memory did not finish")
     return dict(peer)
+
+
+class HandshakeUnfinished(Exception):
+    pass

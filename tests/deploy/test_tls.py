@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from vim_cluster import bench
+from vim_cluster import bench, tls
 from vim_cluster.config import load_config
 
 from ..cluster.harness import blocking, cli_env, run_cli
@@ -172,3 +172,21 @@ def test_check_warns_of_a_certificate_for_another_host_or_near_its_end(pki: Pki,
     assert warnings["other"].count("\n") == 1 and f"{tmp_path}/pki/other/cert.pem is not valid for chat.example" \
         in warnings["other"]
     assert warnings["soon"].count("\n") == 1 and "expires in 3.0 days" in warnings["soon"]
+
+
+@pytest.mark.parametrize("failure", [ssl.SSLError(1, "[SSL: NO_SHARED_CIPHER] no shared cipher"),
+                                     tls.HandshakeUnfinished("the handshake in memory did not finish")])
+def test_a_certificate_check_that_cannot_finish_is_a_line_not_a_crash(
+        pki: Pki, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, failure: Exception) -> None:
+    """The node's start and `check` run the check: a handshake failing for a reason other than
+    the name or the dates is reported as one line too."""
+    files = pki.node_files("odd", ("chat.example",))
+    config = load_config(write_config(tmp_path / "cluster", node_id="odd", redis_url=redis_url,
+                                      websocket={"public-host": "chat.example", "tls": files.tls()}))
+
+    def fail(*_: object) -> dict[str, object]:
+        raise failure
+
+    monkeypatch.setattr(tls, "_handshake", fail)
+    (problem,) = tls.certificate_problems(config)
+    assert problem.startswith(f"the certificate {files.cert} could not be checked: a TLS handshake with it failed")
