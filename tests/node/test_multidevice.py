@@ -7,6 +7,7 @@ import threading
 
 import trio
 
+from vim_cluster.errors import StoreUnavailable
 from vim_cluster.model import UserId
 from vim_cluster.node.app import RunningNode
 from vim_cluster.ports import Route
@@ -207,3 +208,26 @@ async def test_a_session_replaced_while_it_joins_does_not_close_the_one_that_rep
             assert (await first.expect_closed()).code == 4001
             await second.send("ping", rid="alive")
             assert (await second.expect("pong"))["rid"] == "alive"
+
+
+async def test_a_session_whose_route_was_written_but_its_open_failed_leaves_no_route(node: RunningNode, url: str) -> None:
+    """Redis failed between the route's write and the read of which nodes are live (two round
+    trips): the session did not open (`error unavailable`), and its route must not stay behind
+    as a session that does not exist (whereis, presence) until the node stops."""
+    registry = node.ctx.registry
+    real = registry.add_route
+
+    def written_then_failed(user_id: UserId, route: Route) -> list[Route]:
+        real(user_id, route)
+        raise StoreUnavailable("redis: connection lost after the route was written")
+
+    with trio.fail_after(10):
+        async with connect(url) as bob:
+            await bob.register_login("bob")
+            registry.add_route = written_then_failed  # type: ignore[method-assign]
+            await bob.send("ready", token=bob.token, rid="r1")
+            await bob.expect_error("unavailable")
+            registry.add_route = real  # type: ignore[method-assign]
+            assert bob.user_id is not None
+            assert await node.ctx.redis(registry.routes, [UserId(int(bob.user_id))]) == {int(bob.user_id): []}
+            await bob.ready()  # Redis answers again: the session opens

@@ -128,8 +128,9 @@ class Connection:
         joins LocalSessions, and closes the sessions it replaces.
 
         With `holding`, live frames are held until `offline_replay.release` (used while
-        replaying). Raises StoreUnavailable if Redis is down (then nothing was registered), and
-        NodeDraining while the node drains or stops.
+        replaying). Raises StoreUnavailable if Redis is down (then nothing stays registered, unless
+        Redis also refuses the route's removal: `route_left_behind`), and NodeDraining while the
+        node drains or stops.
         """
         ctx = self.ctx
         if ctx.draining:  # drained by an operator, or stopping: nothing may be queued for the cluster any more
@@ -146,7 +147,11 @@ class Connection:
         route = Route(session.id, ctx.node_id, client, uuid)
         # Read with the add, in one transaction: read before it, two sessions of one client type
         # opening at once on two nodes each missed the other, and both stayed.
-        earlier = await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
+        try:
+            earlier = await ctx.redis(ctx.registry.add_route, UserId(user_id), route)
+        except StoreUnavailable:  # perhaps after the route was written (its liveness read failed)
+            await self._forget_route(UserId(user_id), session.id)
+            raise
         if ctx.draining:  # it began meanwhile: its kicks would miss this session
             await ctx.redis(ctx.registry.remove_route, UserId(user_id), session.id)
             raise NodeDraining(DRAINING_DETAIL)
@@ -166,6 +171,14 @@ class Connection:
         for old in replaced_sessions(candidates.values(), session.id, client):
             ctx.delivery.kick(old.node_id, user_id, old.session_id, CloseCode.OTHER_LOGIN, notice)
         return session
+
+    async def _forget_route(self, user_id: UserId, session_id: str) -> None:
+        """Removes the route of a session that failed to open, if Redis takes it: else it would
+        list a session that does not exist (whereis, presence) until this node stops."""
+        try:
+            await self.ctx.redis(self.ctx.registry.remove_route, user_id, session_id)
+        except StoreUnavailable as exc:
+            log.warning("route_left_behind", session_id=session_id, user_id=user_id, error=str(exc))
 
     async def close_session(self) -> None:
         """Leaves LocalSessions and removes this session's route (never a newer session's)."""
