@@ -157,6 +157,10 @@ class NodeProcess:
         self.log = config.with_suffix(".log")
         self._env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
+        # Another checkout's interpreter runs that checkout's code (a rolling upgrade's older
+        # nodes), from its own folder: `-m` imports from the working directory first.
+        self.python: str = sys.executable
+        self.cwd: Path | None = None
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
         """Starts the node; returns once it says it is ready (its ports are bound before it
@@ -164,8 +168,8 @@ class NodeProcess:
         log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "vim_cluster.cli", "run", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, env=self._env,
+                [self.python, "-m", "vim_cluster.cli", "run", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         wait_port(self.port, timeout, self.process, self.host)

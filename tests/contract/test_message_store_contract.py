@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
+import msgspec
 import pytest
 
+from vim_cluster.adapters.mongo_base import shard_of
+from vim_cluster.adapters.mongo_messages import MongoMessages
+from vim_cluster.adapters.sqlite_messages import SqliteMessages
 from vim_cluster.errors import NotFound
 from vim_cluster.model import (
     ChatType,
@@ -210,6 +216,35 @@ def test_recall_empties_the_message_everywhere_and_is_idempotent(messages: Messa
     assert messages.confirm(BOB, [message.id]) == [recalled]  # what a confirm returns is recalled too
     with pytest.raises(NotFound):
         messages.recall(mid(404))
+
+
+def _recall_as_an_older_node(messages: MessageStore, message: Message) -> None:
+    """What a node of the release before 2026-12-03 (4b4c6e9) wrote for a recall, in plain
+    data: the type and the empty content, the extend left as it was (on MongoDB: in the
+    claim's copy and the document, the offline rows' string copies dropped)."""
+    recalled = {"message_type": MessageType.RECALLED.value, "content": ""}
+    if isinstance(messages, SqliteMessages):
+        with contextlib.closing(sqlite3.connect(messages._db.path)) as conn, conn:
+            conn.execute("UPDATE messages SET message_type = ?, content = '' WHERE id = ?", (recalled["message_type"], message.id))
+        return
+    assert isinstance(messages, MongoMessages)
+    messages._pending.update_many({"message_id": message.id}, {"$unset": {"message_json": ""}})
+    messages._claims.update_one({"_id": message.id}, {"$set": {f"message.{k}": v for k, v in recalled.items()}})
+    messages._shards[shard_of(message.chat_key, len(messages._shards))].update_one({"_id": message.id}, {"$set": recalled})
+
+
+def test_a_message_an_older_node_recalled_is_read_without_its_extend(messages: MessageStore) -> None:
+    """During a rolling upgrade, a recall through a node of the earlier release leaves the
+    extend (an image's URL, a file's name) in the store: the upgraded nodes show the recalled
+    message without it in history, offline replay, confirms and get (export reads the same)."""
+    message = friend(1, message_type=MessageType.FILE, extend={"fileName": "plan.pdf"})
+    messages.save_messages([new(message, BOB)])
+    _recall_as_an_older_node(messages, message)
+    recalled = msgspec.structs.replace(message, message_type=MessageType.RECALLED, content="", extend=None)
+    assert messages.get(message.id) == recalled
+    assert messages.history(message.chat_key, None, 10) == ([recalled], False)
+    assert messages.pending(BOB, MessageId(0), 10) == [recalled]
+    assert messages.confirm(BOB, [message.id]) == [recalled]
 
 
 def test_chinese_emoji_and_extend_round_trip(messages: MessageStore) -> None:

@@ -240,3 +240,18 @@ def test_draining_is_kept_beside_the_registration_and_unknown_fields_are_skipped
     assert registry.acquire_node(info, "owner-a2", 30)  # started again: not draining
     registry.heartbeat(info, "owner-a2", 30, None)
     assert [(n.draining, n.alive) for n in registry.nodes()] == [(False, True)]
+
+
+def test_a_drained_nodes_mark_does_not_pass_to_an_older_node_started_under_its_id(registry: RedisRegistry) -> None:
+    """A drained node killed (its draining key stays for the lock's TTL), then a node of the
+    release before `draining` started under its id (a rollback during a rolling upgrade): that
+    node neither deletes the key nor drains, and `nodes` must not call it draining."""
+    info = NodeInfo("a", "slave", "ws://a:1/", None, None, 1, "t", 0, 0, 0)
+    assert registry.acquire_node(info, "owner-a", 30)
+    registry.heartbeat(attrs.evolve(info, draining=True), "owner-a", 30, None)
+    # kill -9, the lock lapses; the older node takes it and registers as that release wrote it
+    registry._r.delete(Keys.node_lock("a"))
+    registry._r.set(Keys.node_lock("a"), "owner-older", ex=30)
+    registry._r.hset(Keys.NODES, "a", json.dumps({**attrs.asdict(info), "alive": True}))
+    assert registry._r.exists(Keys.node_draining("a"))
+    assert [(n.node_id, n.draining, n.alive) for n in registry.nodes()] == [("a", False, True)]

@@ -181,15 +181,18 @@ def copy_update(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_of(doc: dict[str, Any]) -> Message:
-    extend = doc.get("extend")
+    """A message document (a shard's, or a copy). A recalled message has no extend, also when a
+    node of an earlier release recalled it (it emptied the content only: docs/operations.md,
+    Upgrading)."""
+    extend, message_type = doc.get("extend"), MessageType(doc["message_type"])
     return Message(
         id=MessageId(doc["_id"]),
         cid=doc["cid"],
         from_id=UserId(doc["from_id"]),
         chat_id=doc["chat_id"],
         chat_type=ChatType(doc["chat_type"]),
-        message_type=MessageType(doc["message_type"]),
+        message_type=message_type,
         content=doc["content"],
-        extend=json.loads(extend) if extend is not None else None,
+        extend=json.loads(extend) if extend is not None and message_type is not MessageType.RECALLED else None,
         timestamp=doc["timestamp"],
     )

@@ -56,7 +56,9 @@ class Keys:
     def node_draining(node_id: str) -> str:
         """Set (with the lock's TTL, renewed by the heartbeats) while the node drains. Not a
         field of the registration: nodes and tools older than it refuse a field they do not
-        know, and would fail to list the nodes during a rolling upgrade."""
+        know, and would fail to list the nodes during a rolling upgrade. It holds the lock's
+        owner: it counts only while that owner holds the lock (a node of an older release,
+        which does not delete it, may start under the id before it lapses)."""
         return f"vim:node-draining:{node_id}"
 
     @staticmethod
@@ -379,7 +381,7 @@ class RedisRegistry:
                 with self._r.pipeline(transaction=False) as pipe:
                     pipe.hset(Keys.NODES, info.node_id, _info_json(info))
                     if info.draining:
-                        pipe.set(Keys.node_draining(info.node_id), 1, ex=ttl_s)
+                        pipe.set(Keys.node_draining(info.node_id), owner, ex=ttl_s)
                     pipe.execute()
             return report
 
@@ -450,7 +452,7 @@ class RedisRegistry:
                 pipe.mget([Keys.node_lock(i) for i in ids])
                 pipe.mget([Keys.node_draining(i) for i in ids])
                 alive, draining = pipe.execute()
-        return [_info(described[i], a is not None, d is not None)
+        return [_info(described[i], a is not None, d is not None and d == a)
                 for i, a, d in zip(ids, alive, draining, strict=True)]
 
     def forget_node(self, node_id: str) -> None:
