@@ -6,9 +6,11 @@ between every pair of nodes, old and new alike, and `vim-cluster nodes` of both 
 Nothing acked may be lost: each receiver (it confirms nothing) finds every message acked to
 it in its offline replay at the end, in acked order, and got them live meanwhile.
 
-The previous release is a checkout with its own virtualenv (scripts/venv.sh), named by
-VIM_PREVIOUS_RELEASE, e.g. `git clone -q . /tmp/prev && git -C /tmp/prev checkout -q 4b4c6e9 &&
-(cd /tmp/prev && . scripts/venv.sh test)`; without it the test is skipped."""
+The previous release is a checkout with a virtualenv (`.venv`), named by VIM_PREVIOUS_RELEASE.
+scripts/test.sh (and so CI) makes one from this repository's history (its PREVIOUS_RELEASE
+commit, run with this checkout's .venv: the dependencies are the same); by hand, e.g.
+`git clone -q . /tmp/prev && git -C /tmp/prev checkout -q 4b4c6e9 && (cd /tmp/prev && .
+scripts/venv.sh test)`. Without it the test is skipped."""
 
 from __future__ import annotations
 
