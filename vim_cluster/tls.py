@@ -130,7 +130,7 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> dic
         buffers[0].write(buffers[3].read())
         if all(done):
             break
-    peer = near.getpeercert()
+    peer = near.getpeercert() if done[0] else None  # (it raises ValueError before the end)
     if not peer:
         raise HandshakeUnfinished("the handshake in memory did not finish")
     return dict(peer)
