@@ -16,9 +16,9 @@ from .core.lease import MintGate
 from .core.mastership import MasterView, shown_role
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
 from .ids import IdGenerator
-from .model import User, UserId
+from .model import User, UserId, user_id_in
 from .ports import NodeInfo, Route
-from .protocol.codec import MAX_ID, MIN_PASSWORD
+from .protocol.codec import MIN_PASSWORD
 from .tls import local_probe_context
 from .wiring import hold_embedded_redis, release_embedded_redis
 
@@ -144,12 +144,6 @@ def draining_line(nodes: list[NodeInfo]) -> list[str]:
     as their last heartbeat said; none when there are none."""
     draining = [n.node_id for n in nodes if n.alive and n.draining]
     return [f"draining: {', '.join(draining)} (no new client connections)"] if draining else []
-
-
-def user_id_in(text: str) -> UserId | None:
-    """`text` as a user id, if it is one (digits of a positive 64-bit integer: what every
-    store holds); None otherwise (a username, or a number no store could hold)."""
-    return UserId(int(text)) if text.isdigit() and 0 < int(text) <= MAX_ID else None
 
 
 def resolve_user(config: NodeConfig, user: str) -> UserId:

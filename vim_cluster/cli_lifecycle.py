@@ -73,8 +73,9 @@ def _on_config(name: str, stores_exist: tuple[str, ...] = ()) -> Callable[[_Conf
 @_on_config("export", stores_exist=("messages",))
 def cmd_export(args: argparse.Namespace, config: NodeConfig) -> int:
     from . import wiring
-    from .admin import resolve_user, user_id_in
+    from .admin import resolve_user
     from .export import Selection, chat_key_of, exported, header, message_line, parse_since
+    from .model import user_id_in
 
     try:
         since = parse_since(args.since) if args.since else None

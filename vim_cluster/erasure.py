@@ -40,7 +40,7 @@ class DeleteReport:
 def user_id_of(config: NodeConfig, user: str) -> tuple[UserId, str | None]:
     """The user's id and username (None: the account is gone); a bare id is accepted for an
     account already deleted (so an erasure can be finished). Raises ClientError(not-found)."""
-    from .admin import user_id_in
+    from .model import user_id_in
 
     directory = wiring.open_directory(config)
     try:

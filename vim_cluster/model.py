@@ -14,6 +14,13 @@ import msgspec
 UserId = NewType("UserId", int)
 GroupId = NewType("GroupId", int)
 MessageId = NewType("MessageId", int)
+MAX_ID = (1 << 63) - 1  # every id (user, group, message) is a positive signed 64-bit integer
+
+
+def user_id_in(text: str) -> UserId | None:
+    """`text` as a user id, if it is one (digits of a positive 64-bit integer: what every
+    store holds); None otherwise (a username, or a number no store could hold)."""
+    return UserId(int(text)) if text.isdigit() and 0 < int(text) <= MAX_ID else None
 NodeId = NewType("NodeId", str)
 
 

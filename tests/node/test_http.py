@@ -293,3 +293,15 @@ async def test_heartbeat_asks_the_node_where_it_listens_and_says_why_it_is_unhea
         healthy, line = await trio.to_thread.run_sync(node_health, ctx.config)
         assert not healthy and line == (f"{ctx.node_id}: alive but http://127.0.0.2:{node.http_port}/healthz answers"
                                         " 503: draining (it takes no new connections; restart it to serve again)")
+
+
+async def test_a_kick_of_a_number_no_store_holds_is_no_such_user(start_node) -> None:
+    """The dashboard's kick reads a number as a user id only when a store could hold it (the
+    CLI's rule, model.user_id_in): a number past 64 bits was a traceback in the directory's thread."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port, secret = node.http_port, node.ctx.config.cluster.secret.decode()
+        _, headers, _ = await post_json(port, "/login", {"secret": secret, "name": "ops-anna"})
+        cookie = headers["set-cookie"].split(";")[0]
+        status, _, body = await post_json(port, "/admin/kick", {"user": str(2**64)}, cookie=cookie)
+        assert status == 404 and body == {"ok": False, "result": "no such user"}

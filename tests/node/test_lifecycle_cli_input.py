@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vim_cluster import wiring
-from vim_cluster.admin import user_id_in
 from vim_cluster.config import load_config
+from vim_cluster.model import user_id_in
 
 from ..support import PASSWORD, write_config
 

@@ -26,7 +26,7 @@ import trio
 from ..config import NodeConfig
 from ..core.mastership import MasterView, shown_role
 from ..errors import CloseCode, StoreUnavailable
-from ..model import UserId
+from ..model import user_id_in
 from ..ports import NodeInfo
 from ..tls import operator_context
 from .context import NodeContext
@@ -148,8 +148,8 @@ def _json_body(request: Request) -> dict[str, Any] | None:
 async def kick_user(ctx: NodeContext, user: str) -> tuple[int, int | None]:
     """Closes every session of `user` (username or id) with 4002; (sessions, user id)."""
     found = None
-    if user.isdigit():
-        found = (await ctx.db(ctx.directory.users_by_id, [UserId(int(user))])).get(UserId(int(user)))
+    if (user_id := user_id_in(user)) is not None:
+        found = (await ctx.db(ctx.directory.users_by_id, [user_id])).get(user_id)
     if found is None:
         found = await ctx.db(ctx.directory.user_by_username, user)
     if found is None:

@@ -42,14 +42,13 @@ import msgspec
 
 from ..core import usernames
 from ..errors import ClientError, ErrorKind
-from ..model import ChatType, MessageType
+from ..model import MAX_ID, ChatType, MessageType
 from . import frames as f
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_RID = 64
 MAX_CID = 64
-MAX_ID = (1 << 63) - 1
 MAX_LIST = 1000
 MAX_NAME = 64
 MAX_EXTEND_DEPTH = 16
