@@ -163,7 +163,7 @@ class SendQueue:
         """Queue a pre-framed control frame; it replaces one of its kind still waiting."""
         if self._closing:
             return
-        if self._items and isinstance(self._items[-1], bytes):
+        if self.control_waiting():
             self._items[-1] = data
         else:
             self._add(data)
