@@ -198,6 +198,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "forward-url": (ws_url, None),
         "link-dead-after": (seconds_up_to(HOUR), None),  # None: tunables.DEFAULTS (so for the four below)
         "master-lease-ttl": (seconds_up_to(HOUR), None),
+        "forward-queue-bytes": (int_range(65536, 1 << 40), None),
     },
     "websocket": {
         "host": (string, "127.0.0.1"),

@@ -7,7 +7,8 @@ Rules:
   object; a node builds its own once from the config (`config.NodeConfig.tunables`) and hands
   it to what needs it (NodeContext, Lease, Mastership, the links, each SendQueue ...).
 - Only a few are config keys (`CONFIG_KEYS`, documented in docs/protocol.md §5): the forward
-  link's dead-after, the master lease's TTL, the shutdown grace and the send-queue limits. A
+  link's dead-after and queue cap, the master lease's TTL, the shutdown grace and the
+  send-queue limits. A
   key that sets one value of a group sets the values tied to it in proportion (`from_keys`:
   the master's renewal and relay deadline follow its TTL, the link's warm-up and routed wait
   its dead-after), so that the defaults' margins hold at every setting.
@@ -42,6 +43,7 @@ RELAY_MARGIN_S = 0.5  # core/mastership.py: the master lease outlives the right 
 CONFIG_KEYS = {
     "vim.cluster.link-dead-after": "link_dead_after_s",
     "vim.cluster.master-lease-ttl": "master_ttl_s",
+    "vim.cluster.forward-queue-bytes": "link_queue_bytes",
     "vim.websocket.shutdown-grace": "shutdown_grace_s",
     "vim.websocket.send-queue-frames": "client_queue_frames",
     "vim.websocket.send-queue-bytes": "client_queue_bytes",
@@ -63,6 +65,7 @@ class Tunables:
     link_routed_wait_s: float = 10.0  # a new session's replay waits this long for the master's routing ack
     link_warmup_s: float = 7.0  # a started master holds slaves' packets until all linked, at most this
     link_warmup_retry_s: float = 0.5  # the warm-up asks Redis again after this when it did not answer
+    link_queue_bytes: int = 16 * 1024 * 1024  # client frames a slave holds for the master (more: dropped, caught up)
     # --- the node lease (core/lease.py, node/heartbeat.py) ----------------------------------
     lease_ttl_s: int = 10  # TTL of the node lock, worker id and registration in Redis
     lease_hold_s: float = 8.0  # (H) a confirmation lets the holder mint this long

@@ -29,6 +29,7 @@ def test_a_fresh_node_shows_every_family_with_its_type() -> None:
         "vim_frames_out": "counter", "vim_frames_out_created": "gauge",
         "vim_presence_frames": "counter", "vim_presence_frames_created": "gauge",
         "vim_forward_queue_depth": "gauge",
+        "vim_forward_dropped_frames": "counter", "vim_forward_dropped_frames_created": "gauge",
         "vim_relay_latency_seconds": "histogram", "vim_relay_latency_seconds_created": "gauge",
         "vim_node_info": "gauge",
     }

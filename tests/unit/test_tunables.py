@@ -87,14 +87,16 @@ def test_without_the_keys_a_config_has_the_defaults(tmp_path: Path) -> None:
 
 def test_the_config_keys_are_parsed_and_the_values_tied_to_them_follow(tmp_path: Path) -> None:
     config = load_config(_config(
-        tmp_path, cluster={"link-dead-after": 20, "master-lease-ttl": 8},
+        tmp_path, cluster={"link-dead-after": 20, "master-lease-ttl": 8, "forward-queue-bytes": 65536},
         websocket={"shutdown-grace": 0.5, "send-queue-frames": 64, "send-queue-bytes": 65536}))
     t = config.tunables
     assert (t.link_dead_after_s, t.link_warmup_s, t.link_routed_wait_s) == (20.0, 14.0, 20.0)
     assert (t.master_ttl_s, t.master_renew_s, t.master_relay_s, t.master_retake_grace_s) == (8.0, 1.6, 6.0, 3.2)
     assert (t.shutdown_grace_s, t.client_queue_frames, t.client_queue_bytes) == (0.5, 64, 65536)
+    assert t.link_queue_bytes == 65536
     assert t.link_beat_s == DEFAULTS.link_beat_s and t.lease_ttl_s == DEFAULTS.lease_ttl_s  # the others stay
     assert set(CONFIG_KEYS) == {"vim.cluster.link-dead-after", "vim.cluster.master-lease-ttl",
+                                "vim.cluster.forward-queue-bytes",
                                 "vim.websocket.shutdown-grace", "vim.websocket.send-queue-frames",
                                 "vim.websocket.send-queue-bytes"}
 

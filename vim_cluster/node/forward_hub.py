@@ -28,7 +28,11 @@ Rules:
   master's sessions too. A catch-up the store fails frees the waiting peers and is tried again
   beside serving (`own_catch_up_again`; also for the run before serving, node/roles.py).
   A slave whose last packet was a Leaving (it stopped gracefully, everything relayed) is
-  dropped without a catch-up (`Peer.left`).
+  dropped without a catch-up (`Peer.left`). A live slave asks for the same catch-up with a
+  CatchUp packet of its own when it emptied its queue past vim.cluster.forward-queue-bytes
+  (node/forward_link.py): since its oldest emptied packet was queued; the other slaves get
+  the CatchUp ahead of what it sends after, and the master's own sessions get its (and every
+  slave's) Delivers after the master's own catch-up (`_held_local`, link_warmup_s at most).
 - A master that starts never knew the processes of slaves that have not linked to it yet, and
   one of them may hold acked messages (unlinked since the old master went): the warm-up keeps a
   stand-in peer for each, with its lease owner (`_stand_in_for_unlinked`). A stand-in takes no
@@ -147,6 +151,8 @@ class MasterRelay:
         self._caught_up = trio.Event()  # set while it does not run
         self._caught_up.set()
         self._tasks: trio.Nursery | None = None  # while serving: where they run
+        # Slaves' Delivers for the own sessions, while the catch-up a slave asked for runs
+        self._held_local: list[ff.Deliver] | None = None
         self.tunables = tunables
         self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
         self.secret = secret
@@ -155,7 +161,7 @@ class MasterRelay:
         self.redis = redis
         self.clock_ms = clock_ms
         self.epoch = epoch  # this master's fencing epoch
-        self.instance = ff.instance_with(secrets.token_hex(8), ff.LEAVING_FEATURE)
+        self.instance = ff.instance_with(secrets.token_hex(8), ff.LEAVING_FEATURE, ff.CATCH_UP_FEATURE)
         self.routes = RouteTable()
         self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
@@ -249,7 +255,11 @@ class MasterRelay:
             if slave:  # a Leaving counts only while nothing comes after it
                 peer.left = isinstance(packet, ff.Leaving)
             if isinstance(packet, ff.Deliver) and slave:
-                self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+                if self._held_local is None:
+                    self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude,
+                                             packet.ts, now)
+                else:
+                    self._held_local.append(packet)
                 plan = self.routes.plan(packet.users, skip=peer.node_id)
                 if plan:
                     forwards = self._forward(plan, packet.frame, packet.message_id, packet.exclude, packet.src,
@@ -261,6 +271,8 @@ class MasterRelay:
                 peer.ack_now = True  # the session's offline replay waits for this ack
             elif isinstance(packet, ff.SessionClose) and slave:
                 self.routes.remove(packet.user, packet.session)
+            elif isinstance(packet, ff.CatchUp) and slave:
+                self._slave_emptied(peer, packet)
             elif isinstance(packet, ff.Leaving) and slave:
                 log.info("forward_peer_leaving", peer=peer.name)
                 peer.ack_now = True  # it waits for this ack before it stops
@@ -326,26 +338,56 @@ class MasterRelay:
         if gone.left:
             log.info("catch_up_not_needed", gone=gone.node_id, why="it left with everything relayed")
             return
+        self._ask_catch_up(gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms(), gone.node_id)
+
+    def _slave_emptied(self, peer: Peer, packet: ff.CatchUp) -> None:
+        """`peer` emptied its queue (see the module's rules): every node catches up, and the
+        own sessions get what slaves send after it once theirs is delivered."""
+        log.warning("forward_peer_emptied_queue", peer=peer.name, since_ms=packet.since)
+        self._ask_catch_up(packet.since, peer.node_id, asking=peer)
+        if self._catching_up and self._held_local is None and self._tasks is not None:
+            try:
+                self._tasks.start_soon(self._release_local, self._caught_up)
+            except RuntimeError:  # its nursery closed (serving ended): nothing to hold for
+                return
+            self._held_local = []
+
+    async def _release_local(self, caught_up: trio.Event) -> None:
+        """Delivers the Delivers held for the own sessions once their catch-up is delivered,
+        link_warmup_s at most (past it, a slow store: older messages may come after newer)."""
+        try:
+            with trio.move_on_after(self.tunables.link_warmup_s) as waited:
+                await caught_up.wait()
+            if waited.cancelled_caught:
+                log.warning("catch_up_slow", held=len(self._held_local or ()), waited_s=self.tunables.link_warmup_s)
+        finally:
+            held, self._held_local = self._held_local or [], None
+            now = self.clock_ms()
+            for packet in held:
+                self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+
+    def _ask_catch_up(self, own: int, node: str, asking: Peer | None = None) -> None:
+        """Every slave but `asking`, and the own sessions, re-deliver what they may have missed
+        since `own` (or earlier: below) because of slave `node`."""
         # A slave still unlinked (or resending) keeps what it holds and sends it later: a
         # catch-up from after its link went down would bring its newer messages before those.
         # Reaching back at most catch_up_margin_ms more: a slave cut off for hours (or one never
         # reaped) would otherwise make every catch-up re-send hours of group messages.
         now, settle = self.clock_ms(), self.tunables.link_dead_after_s * 1000
-        own = gone.down_at_ms if gone.down_at_ms is not None else now
-        held = [t for p in self.peers.values() if p.role is PeerRole.SLAVE
+        held = [t for p in self.peers.values() if p.role is PeerRole.SLAVE and p is not asking
                 and (t := p.missing_since(now, settle)) is not None]
         since = min(own, max(min(held, default=own), own - self.tunables.catch_up_margin_ms))
-        packet = ff.CatchUp(since, gone.node_id)
+        packet = ff.CatchUp(since, node)
         told = older = 0
         for peer in self.peers.values():
-            if peer.role is not PeerRole.SLAVE or peer.stand_in_for is not None:
+            if peer.role is not PeerRole.SLAVE or peer.stand_in_for is not None or peer is asking:
                 continue  # a stand-in's node catches up at its link-up, from before this relay started
             if ff.CATCH_UP_FEATURE in ff.features_of(peer.instance):
                 peer.push(packet, None)
                 told += 1
             else:  # an older node would drop its link over it: its sessions get them at their next login
                 older += 1
-        log.info("catch_up_asked_of_all", gone=gone.node_id, since_ms=since, slaves=told, older_slaves=older)
+        log.info("catch_up_asked_of_all", gone=node, since_ms=since, slaves=told, older_slaves=older)
         if self.catch_up is None:
             return
         self.catch_up.missed_since(since)

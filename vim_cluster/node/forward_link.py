@@ -12,6 +12,16 @@ Rules:
   Deliver joins one still unsent for the same users (node/delivery.py `merged_deliver`), going
   back only past Delivers for none of its users (`passes`): a group commit's messages to one
   chat cross as one packet, and every device gets its frames in the order they were pushed.
+- The queue's bound (vim.cluster.forward-queue-bytes: Tunables.link_queue_bytes): the client
+  frames of the Delivers it holds for the master (unacked) count. One that would take it past
+  the cap empties the queue, if the master it last linked to takes a slave's CatchUp (feature
+  `catch-up`): every Deliver held becomes an empty one under the same sequence number (the
+  master may have some already), a CatchUp(since the oldest was queued, this node) follows
+  them, and until the link is up again no Delivers are queued (`dropping`). The master then
+  asks every node to catch up since then (node/forward_hub.py), before anything after it: the
+  messages come from the store (the Delivers' other frames, receipts and notices, are lost, as
+  when a slave dies). Other packets (route updates, kicks) are small and always kept. A master
+  of an earlier release: the queue is kept whole (`forward_queue_over_cap`, logged once).
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
@@ -103,7 +113,7 @@ class SlaveLink:
                  clock_ms: Callable[[], int], ssl_context: ssl.SSLContext | None = None, *, epoch: int = 0,
                  finder: MasterFinder | None = None, watch: Callable[[Event], None] = lambda event: None,
                  catch_up: CatchUpRun | None = None, reregister: Callable[[], None] | None = None,
-                 tunables: Tunables = DEFAULTS) -> None:
+                 tunables: Tunables = DEFAULTS, on_dropped: Callable[[int], None] = lambda frames: None) -> None:
         self.node_id = node_id
         # called when the master refuses this node as not registered (UNREGISTERED): the lease's
         # heartbeat, now, so that the next attempt finds the node registered again
@@ -129,6 +139,14 @@ class SlaveLink:
         self.conn: ForwardConnection[None] | None = None
         self.refused_packets = 0  # packets the master may not send (a SessionOpen ...)
         self._all_acked: trio.Event | None = None  # while `leave` waits: set once nothing is unacked
+        # The queue's bound (see the rules): bytes of the client frames held in Delivers, what the
+        # master it last linked to takes, and whether Delivers are dropped until the next link-up.
+        self.queued_bytes = 0
+        self.master_features: frozenset[str] = frozenset()
+        self.dropping = False
+        self.on_dropped = on_dropped  # frames dropped (the node's metric)
+        self._empty = ff.Deliver(node_id, [], b"", None, 0)  # what an emptied Deliver becomes
+        self._over_cap_told = False
 
     def set_epoch(self, epoch: int) -> None:
         """The cluster's fencing epoch is now `epoch` (a takeover): refuse older masters."""
@@ -139,9 +157,41 @@ class SlaveLink:
     # --- ClusterLink -----------------------------------------------------------------
 
     def deliver(self, users: list[int], frames: Sequence[OutFrame], exclude: str | None) -> None:
+        if self.dropping:  # the master's catch-up brings them (see the rules)
+            self.on_dropped(len(frames))
+            return
         packet = deliver_packet(self.node_id, users, frames, exclude, self.clock_ms())
+        size = packet.size
+        if self.queued_bytes + size > self.tunables.link_queue_bytes and self._empty_queue(packet):
+            return
+        self.queued_bytes += size
         if not self.peer.stream.window.merge_unsent(packet, merged_deliver, passes(packet), MERGE_LOOKBACK):
             self.peer.push(packet)
+
+    def _empty_queue(self, packet: ff.Deliver) -> bool:
+        """`packet` would take the queue past its cap: empties its Delivers, `packet` with them,
+        and asks the master for the catch-up (True), or keeps them if the master would not
+        understand (False). See the rules."""
+        cap = self.tunables.link_queue_bytes
+        if ff.CATCH_UP_FEATURE not in self.master_features:
+            if not self._over_cap_told:
+                self._over_cap_told = True
+                log.warning("forward_queue_over_cap", master=self.master_id, cap_bytes=cap,
+                            why="the master is of an earlier release: the queue is kept whole")
+            return False
+        empty = self._empty
+        emptied = self.peer.stream.window.empty_out(
+            lambda held: empty if held.kind == ff.DELIVER and held is not empty else None)
+        delivers = [held for held in emptied if isinstance(held, ff.Deliver)] + [packet]
+        since = min(held.ts for held in delivers)
+        frames = sum(len(held.frames) for held in delivers)
+        self.peer.push(ff.CatchUp(since, self.node_id))
+        self.queued_bytes = 0
+        self.dropping = not self.connected
+        self.on_dropped(frames)
+        log.warning("forward_queue_overflow", master=self.master_id, dropped_frames=frames, since_ms=since,
+                    cap_bytes=cap, linked=self.connected)
+        return True
 
     def kick(self, dst: str, user: int, session: str | None, code: CloseCode, notice: OutFrame | None) -> None:
         self.peer.push(kick_packet(dst, user, session, code, notice))
@@ -215,6 +265,10 @@ class SlaveLink:
             for item in event.items:  # new sessions' replays wait for their route (see the rules)
                 if isinstance(item.packet, ff.SessionOpen):
                     self._routed(item.packet.session)
+                elif isinstance(item.packet, ff.Deliver):
+                    self.queued_bytes -= item.packet.size
+            if not len(self.peer):
+                self.queued_bytes = 0
             if self._all_acked is not None and not len(self.peer):
                 self._all_acked.set()
         else:  # about the link itself (handshake, fencing, its end)
@@ -307,6 +361,8 @@ class SlaveLink:
                     with trio.fail_after(self.tunables.link_handshake_timeout_s):
                         opened = await client_handshake(ws, conn, self.local.sessions(), self.peer)
                     self.master_id = opened.peer
+                    self.master_features = ff.features_of(conn.peer_instance or "")
+                    self.dropping = False  # what comes from now on goes after the CatchUp
                     if self.finder is not None:
                         self.finder.linked(self.master_url, opened.peer, conn.epoch)
                     self.connected = True

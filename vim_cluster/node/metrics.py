@@ -133,6 +133,10 @@ class NodeMetrics:
         self.frames_out = self.counter("vim_frames_out", "frames queued to client sessions")
         self.presence_frames = self.counter("vim_presence_frames", "presence frames queued to client sessions")
         self.forward_queue = self.gauge("vim_forward_queue_depth", "forward packets not yet acknowledged")
+        self.forward_dropped = self.counter(
+            "vim_forward_dropped_frames",
+            "client frames a slave dropped from its forward queue past vim.cluster.forward-queue-bytes "
+            "(their messages are caught up from the store)")
         self.relay_latency = self.histogram(
             "vim_relay_latency_seconds",
             "time from a frame entering the cluster to its delivery on another node",

@@ -100,7 +100,8 @@ class ClusterRoles:
                          self.ctx.delivery.local, self.ctx.clock_ms,
                          ssl_context=client_context(config),  # used for wss:// only
                          epoch=self.fence.known, finder=self.finder, watch=self._watch,
-                         catch_up=self.catch_up, reregister=self.ctx.ids.lease.beat_soon, tunables=self.ctx.tunables)
+                         catch_up=self.catch_up, reregister=self.ctx.ids.lease.beat_soon, tunables=self.ctx.tunables,
+                         on_dropped=self.ctx.metrics.forward_dropped.inc)
 
     async def _as_standby(self) -> None:
         assert self.mastership is not None

@@ -110,6 +110,22 @@ class UnackedWindow(Generic[Tag]):
             raise OutOfOrder(f"peer claims {peer_received}, only {self.next_seq - 1} sent")
         self.sent_upto = max(peer_received, self.acked_upto)
 
+    def empty_out(self, stand_in: Callable[[Packet], Packet | None]) -> list[Packet]:
+        """Replaces each packet kept for which `stand_in(packet)` gives another by that one,
+        under the same sequence number (a peer that got the original keeps it, one that did
+        not gets the stand-in: numbering and resends stay as they were); returns the packets
+        replaced, oldest first."""
+        replaced: list[Packet] = []
+        kept: deque[Unacked[Tag]] = deque()
+        for item in self.items:
+            other = stand_in(item.packet)
+            if other is not None:
+                replaced.append(item.packet)
+                item = Unacked(item.seq, other, item.tag)
+            kept.append(item)
+        self.items = kept
+        return replaced
+
     def unsent(self) -> int:
         return self.next_seq - 1 - self.sent_upto
 

@@ -22,7 +22,8 @@ Older masters compare instances as opaque strings, so the suffix changes nothing
 a master sends such a packet (`CatchUp`: feature `catch-up`) only to slaves that name it, so an
 older slave linked to a newer master during a rolling upgrade never gets a packet it would
 drop its link over. The master's instance names what it takes the same way (`Leaving`:
-feature `leaving`), and a slave sends it only to a master that names it. `received` is the highest
+feature `leaving`; a slave's `CatchUp`: feature `catch-up`), and a slave sends such a packet
+only to a master that names it. `received` is the highest
 sequence number the sender of that frame got from the peer's current instance: the peer resends
 everything after it. `base` is the highest sequence number the slave no longer holds
 (acknowledged): a master that has no receiver for the slave's instance (it restarted) starts one
@@ -42,7 +43,11 @@ Packets are plain tuples (NamedTuples, packed as MessagePack arrays as they are)
     CatchUp       [since, node, 5]                                master -> slave: `node`, a slave,
                   died or restarted, and may have taken packets it never relayed with it (its
                   outbox); re-deliver from the store what your sessions may have missed since
-                  `since` (ms: when its link went down) before any packet after this one
+                  `since` (ms: when its link went down) before any packet after this one;
+                  slave -> master: `node`, the sender, emptied the Delivers it held past
+                  vim.cluster.forward-queue-bytes (node/forward_link.py): the master asks
+                  every node to catch up since `since` (ms: when the oldest of them was
+                  queued), as for a slave that died
     Leaving       [node, 6]                                       slave -> master: this process
                   stops and has queued everything it will (its sessions are gone, its store
                   writer idle): once the master has it, and nothing after it, the slave holds
@@ -79,7 +84,7 @@ class PeerRole(enum.Enum):
 # ----------------------------------------------------------------------------- features
 
 FEATURES_MARK = "+"
-CATCH_UP_FEATURE = "catch-up"  # takes CatchUp packets (a slave)
+CATCH_UP_FEATURE = "catch-up"  # takes CatchUp packets (a slave from the master, a master from a slave)
 LEAVING_FEATURE = "leaving"  # takes Leaving packets (a master)
 
 
@@ -116,6 +121,11 @@ class Deliver(NamedTuple):
         """The client frames it carries, in order: its one frame, or its list."""
         return [self.frame] if isinstance(self.frame, bytes) else self.frame
 
+    @property
+    def size(self) -> int:
+        """The bytes of the client frames it carries."""
+        return len(self.frame) if isinstance(self.frame, bytes) else sum(map(len, self.frame))
+
 
 class Kick(NamedTuple):
     dst: str  # the node holding the session
@@ -147,7 +157,7 @@ class Presence(NamedTuple):
 
 class CatchUp(NamedTuple):
     since: int  # ms: when the link of `node` went down (the receiver subtracts its catch-up margin)
-    node: str  # the slave that died or restarted
+    node: str  # the slave that died or restarted (to the master: the slave that emptied its queue)
     kind: int = CATCH_UP
 
 
