@@ -11,6 +11,7 @@ import structlog.testing
 import trio
 import trio.testing
 
+from vim_cluster.errors import CloseCode
 from vim_cluster.node.forward_link import SlaveLink
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
@@ -38,6 +39,10 @@ def message(n: int) -> list[OutFrame]:
     out = frame(n)
     out.payload(False)  # encoded once, as the codec does
     return [out]
+
+
+def held(link: SlaveLink) -> list[ff.Packet]:
+    return [item.packet for item in link.peer.stream.window.items]
 
 
 def sizes(link: SlaveLink) -> int:
@@ -71,22 +76,22 @@ async def test_an_unlinked_slave_past_its_cap_empties_its_delivers_asks_the_catc
             link.deliver([2 + n % 2], message(n), None)  # alternating users: no two join
             assert dropped or link.queued_bytes == sizes(link)
             n += 1
-        link.kick("dept-1", 9, None, 4001, None)
+        link.kick("dept-1", 9, None, CloseCode.OTHER_LOGIN, None)
     assert before <= CAP < before + len(message(n - 1)[0].payload(False)), "emptied at the first past the cap"
-    packets = queued(link.peer)  # the messages joined into a few packets (up to 32 KiB each)
+    packets = held(link)  # the messages joined into a few packets (up to 32 KiB each)
     empty = ff.Deliver("dept-2", [], b"", None, 0)
-    held = len(packets) - 2
-    assert 2 <= held < n and packets[:held] == [empty] * held, "every Deliver held is emptied"
-    assert packets[held] == ff.CatchUp(10_001, "dept-2"), "since the oldest emptied one was queued"
-    assert isinstance(packets[held + 1], ff.Kick), "other packets are kept"
+    emptied = len(packets) - 2
+    assert 2 <= emptied < n and packets[:emptied] == [empty] * emptied, "every Deliver held is emptied"
+    assert packets[emptied] == ff.CatchUp(10_001, "dept-2"), "since the oldest emptied one was queued"
+    assert isinstance(packets[emptied + 1], ff.Kick), "other packets are kept"
     assert dropped == [n] and link.dropping and link.queued_bytes == 0
     [overflow] = [e for e in logs if e["event"] == "forward_queue_overflow"]
     assert overflow["dropped_frames"] == n and overflow["since_ms"] == 10_001 and overflow["cap_bytes"] == CAP
     link.deliver([2], message(1000), None)  # still unlinked: in the store, the catch-up brings it
-    assert len(queued(link.peer)) == held + 2 and dropped == [n, 1]
+    assert len(held(link)) == emptied + 2 and dropped == [n, 1]
     link.dropping = False  # what a link-up does (run())
     link.deliver([2], message(1001), None)
-    assert queued(link.peer)[-1].kind == ff.DELIVER and link.queued_bytes == sizes(link) > 0
+    assert held(link)[-1].kind == ff.DELIVER and link.queued_bytes == sizes(link) > 0
 
 
 async def test_acks_free_the_count_and_a_linked_slave_past_its_cap_asks_without_dropping_after() -> None:
@@ -95,18 +100,18 @@ async def test_acks_free_the_count_and_a_linked_slave_past_its_cap_asks_without_
     link.connected = True
     for n in range(20):
         link.deliver([2], message(n), None)
-        link.kick("dept-1", 9, None, 4001, None)  # no Deliver joins one before it
+        link.kick("dept-1", 9, None, CloseCode.OTHER_LOGIN, None)  # no Deliver joins one before it
     assert link.queued_bytes == sizes(link) > 0
     link.peer.stream.window.take_batch(40)
     link.link_event(link.peer, Acked(link.peer.stream.window.ack(10)))
     assert link.queued_bytes == sizes(link) > 0 and len(link.peer) == 30
     link.link_event(link.peer, Acked(link.peer.stream.window.ack(link.peer.stream.window.next_seq - 1)))
     assert link.queued_bytes == 0
-    while not any(isinstance(p, ff.CatchUp) for p in queued(link.peer)):
+    while not any(isinstance(p, ff.CatchUp) for p in held(link)):
         link.deliver([2], message(99), None)
     assert not link.dropping, "linked: what comes next goes after the CatchUp"
     link.deliver([2], message(100), None)
-    assert queued(link.peer)[-1].kind == ff.DELIVER
+    assert held(link)[-1].kind == ff.DELIVER
 
 
 def test_past_its_cap_a_slave_whose_master_is_of_an_earlier_release_keeps_everything_and_says_so_once() -> None:
@@ -117,7 +122,7 @@ def test_past_its_cap_a_slave_whose_master_is_of_an_earlier_release_keeps_everyt
         for n in range(600):
             link.deliver([2 + n % 2], message(n), None)
     assert link.queued_bytes > CAP and not dropped and not link.dropping
-    assert not any(isinstance(p, ff.CatchUp) for p in queued(link.peer))
+    assert not any(isinstance(p, ff.CatchUp) for p in held(link))
     assert [e["event"] for e in logs].count("forward_queue_over_cap") == 1
 
 
