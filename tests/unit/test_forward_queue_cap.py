@@ -13,6 +13,7 @@ import trio.testing
 
 from vim_cluster.errors import CloseCode
 from vim_cluster.node.forward_link import SlaveLink
+from vim_cluster.node.roles import hand_over
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import UnackedWindow
@@ -171,3 +172,25 @@ async def test_the_masters_held_delivers_go_out_after_the_warm_up_if_its_catch_u
             assert ids(carol) == [6]
             nursery.cancel_scope.cancel()
     assert "catch_up_slow" in [e["event"] for e in logs]
+
+
+def test_a_role_change_hands_over_the_emptied_queues_catch_up_and_the_count() -> None:
+    """A standby's or slave's link is replaced (roles.hand_over): the next link sends its
+    CatchUp and counts the Delivers it takes; a relay that takes over asks for the catch-up."""
+    now = [10_000]
+    old = capped_slave(now)
+    while not any(isinstance(p, ff.CatchUp) for p in held(old)):
+        now[0] += 1
+        old.deliver([2], message(now[0]), None)
+    old.dropping = False
+    old.deliver([2], message(1), None)
+    new = capped_slave(now)
+    hand_over(old, new, "dept-2")
+    assert ff.CatchUp(10_001, "dept-2") in held(new)
+    assert new.queued_bytes == sizes(new) > 0
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    relay = relay_with(catch_up, carol, now)
+    dept1 = peer_of(relay, "dept-1")
+    hand_over(old, relay, "dept-2")
+    assert queued(dept1)[0] == ff.CatchUp(10_001, "dept-2") and catch_up.missed == [10_001]

@@ -338,13 +338,13 @@ class MasterRelay:
         if gone.left:
             log.info("catch_up_not_needed", gone=gone.node_id, why="it left with everything relayed")
             return
-        self._ask_catch_up(gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms(), gone.node_id)
+        self.ask_catch_up(gone.down_at_ms if gone.down_at_ms is not None else self.clock_ms(), gone.node_id)
 
     def _slave_emptied(self, peer: Peer, packet: ff.CatchUp) -> None:
         """`peer` emptied its queue (see the module's rules): every node catches up, and the
         own sessions get what slaves send after it once theirs is delivered."""
         log.warning("forward_peer_emptied_queue", peer=peer.name, since_ms=packet.since)
-        self._ask_catch_up(packet.since, peer.node_id, asking=peer)
+        self.ask_catch_up(packet.since, peer.node_id, asking=peer)
         if self._catching_up and self._held_local is None and self._tasks is not None:
             try:
                 self._tasks.start_soon(self._release_local, self._caught_up)
@@ -366,7 +366,7 @@ class MasterRelay:
             for packet in held:
                 self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
 
-    def _ask_catch_up(self, own: int, node: str, asking: Peer | None = None) -> None:
+    def ask_catch_up(self, own: int, node: str, asking: Peer | None = None) -> None:
         """Every slave but `asking`, and the own sessions, re-deliver what they may have missed
         since `own` (or earlier: below) because of slave `node`."""
         # A slave still unlinked (or resending) keeps what it holds and sends it later: a

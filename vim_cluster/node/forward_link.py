@@ -168,6 +168,12 @@ class SlaveLink:
         if not self.peer.stream.window.merge_unsent(packet, merged_deliver, passes(packet), MERGE_LOOKBACK):
             self.peer.push(packet)
 
+    def take_over(self, packet: ff.Packet) -> None:
+        """A packet the link this one replaces held (roles.hand_over), in its order."""
+        if isinstance(packet, ff.Deliver):
+            self.queued_bytes += packet.size
+        self.peer.push(packet)
+
     def _empty_queue(self, packet: ff.Deliver) -> bool:
         """`packet` would take the queue past its cap: empties its Delivers, `packet` with them,
         and asks the master for the catch-up (True), or keeps them if the master would not

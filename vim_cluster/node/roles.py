@@ -9,7 +9,9 @@ Rules:
 - Nothing the node's own clients sent is lost in a switch: the packets the old side still held
   unacknowledged (a slave link's outbox; a relay's own packets queued to peers) are handed to the
   new side, which relays them again (clients drop duplicates by id). Packets from other nodes
-  need no hand-over: their senders keep them until acked end to end, and resend.
+  need no hand-over: their senders keep them until acked end to end, and resend. A slave
+  link's own CatchUp (it emptied its queue past its cap) goes with them: a new link sends it,
+  a relay asks the slaves linked to it then, and its own sessions, for the catch-up.
 - Catch-up (node/catch_up.py): a slave link re-delivers what the node's sessions may have
   missed once it is up; a relay does so before it starts serving (and after each pause).
 - A new relay takes the node's own traffic over only once it is warm (every live slave and
@@ -199,10 +201,14 @@ def hand_over(old: ClusterLink, new: ClusterLink, node_id: str) -> int:
     """Gives `new` what `old` held of this node's own traffic (see the module's rules)."""
     if old is new:
         return 0
-    packets = [p for p in pending_own(old) if isinstance(p, ff.Deliver | ff.Kick)]
+    # A CatchUp of this node's own: its slave link emptied its queue (node/forward_link.py)
+    packets = [p for p in pending_own(old) if isinstance(p, ff.Deliver | ff.Kick)
+               or (isinstance(p, ff.CatchUp) and p.node == node_id)]
     for packet in packets:
         if isinstance(new, SlaveLink):
-            new.peer.push(packet)
+            new.take_over(packet)
+        elif isinstance(new, MasterRelay) and isinstance(packet, ff.CatchUp):
+            new.ask_catch_up(packet.since, node_id)  # the slaves linked by then, and its own sessions
         elif isinstance(new, MasterRelay) and isinstance(packet, ff.Deliver):
             plan = new.routes.plan(list(packet.users), skip=node_id)
             new._forward(plan, packet.frame, packet.message_id, packet.exclude, packet.src, packet.ts, tag=None)
