@@ -21,7 +21,8 @@ Rules:
   asks every node to catch up since then (node/forward_hub.py), before anything after it: the
   messages come from the store (the Delivers' other frames, receipts and notices, are lost, as
   when a slave dies). Other packets (route updates, kicks) are small and always kept. A master
-  of an earlier release: the queue is kept whole (`forward_queue_over_cap`, logged once).
+  of an earlier release, or none linked since the start (which release is unknown): the queue
+  is kept whole (`forward_queue_over_cap`, logged once).
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
@@ -182,8 +183,9 @@ class SlaveLink:
         if ff.CATCH_UP_FEATURE not in self.master_features:
             if not self._over_cap_told:
                 self._over_cap_told = True
+                why = "the master is of an earlier release" if self.master_id else "no master linked since the start"
                 log.warning("forward_queue_over_cap", master=self.master_id, cap_bytes=cap,
-                            why="the master is of an earlier release: the queue is kept whole")
+                            why=f"{why}: the queue is kept whole")
             return False
         empty = self._empty
         emptied = self.peer.stream.window.empty_out(
