@@ -442,7 +442,7 @@ class Report:
 class ChaosRun:
     def __init__(self, folder: Path, seed: int, duration: float, min_faults: int = 5, every: float = 0.1,
                  down: tuple[float, float] = (1.0, 3.0), quiet: tuple[float, float] = (2.0, 5.0),
-                 masters: int = 1, log: Callable[[str], None] = print) -> None:
+                 masters: int = 1, log: Callable[[str], None] = print, forward_queue_bytes: int | None = None) -> None:
         self.folder = folder
         self.seed = seed
         self.duration = duration
@@ -459,6 +459,15 @@ class ChaosRun:
         # two: each master publishes its forward URL through a proxy in front of it (a cut link
         # is every link of the active master, which keeps its Redis lease)
         self.cluster = Cluster(folder / "cluster", self.redis.url, proxied=() if self.two_masters else (DEPT1, DEPT2))
+        if forward_queue_bytes is not None:  # every node's forward queue capped (vim.cluster.forward-queue-bytes)
+            write_node = self.cluster.write_node
+
+            def write_capped(*args: Any, **kwargs: Any) -> ClusterNode:
+                node = write_node(*args, **kwargs)
+                set_cluster_keys(node, {"forward-queue-bytes": forward_queue_bytes})
+                return node
+
+            self.cluster.write_node = write_capped  # type: ignore[method-assign]
         self.home_m1, self.home_m2 = (MASTER_A, MASTER_B) if self.two_masters else (MASTER, MASTER)
         self.stopping = False
         self.chatters: dict[str, Chatter] = {}
@@ -862,17 +871,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="2: an active and a standby master (kills of either, the active one's links cut at "
                              "a proxy); 1: one master (a killed master is restarted, a slave's link is cut). "
                              "Default 2")
+    parser.add_argument("--forward-queue-bytes", type=int, default=None, metavar="BYTES",
+                        help="every node's vim.cluster.forward-queue-bytes (default: the node's default, 16 MiB); "
+                             "a small one (65536) makes cut links empty their queues and the catch-up deliver")
     parser.add_argument("--keep", metavar="DIR", type=Path, default=None,
                         help="keep the logs in DIR (default: a temp folder, removed after a clean run)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.every <= 0 or args.min_faults < 0:
         parser.error("--duration and --every must be > 0, --min-faults >= 0")
+    if args.forward_queue_bytes is not None and args.forward_queue_bytes < 65536:
+        parser.error("--forward-queue-bytes must be at least 65536 (the config key's smallest)")
     seed = args.seed if args.seed is not None else seed_from_env()
     print(f"chaos: seed {seed}, {args.duration:.0f} s, {args.masters} master(s) (replay: scripts/chaos.sh "
-          f"--duration {args.duration:.0f} --seed {seed} --masters {args.masters})", flush=True)
+          f"--duration {args.duration:.0f} --seed {seed} --masters {args.masters}"
+          f"{f' --every {args.every:g}' if args.every != 0.1 else ''}"
+          f"{f' --forward-queue-bytes {args.forward_queue_bytes}' if args.forward_queue_bytes else ''})", flush=True)
     folder = args.keep if args.keep is not None else Path(tempfile.mkdtemp(prefix="vim-chaos-"))
     report = trio.run(lambda: run_chaos(folder, seed, args.duration, min_faults=args.min_faults, every=args.every,
-                                        masters=args.masters, log=lambda line: print(line, flush=True)))
+                                        masters=args.masters, log=lambda line: print(line, flush=True),
+                                        forward_queue_bytes=args.forward_queue_bytes))
     print(report.table(), flush=True)
     if not report.ok:
         from .explain import explain
