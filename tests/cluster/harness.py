@@ -196,9 +196,11 @@ class ClusterNode:
 
 
 class Cluster:
-    """master + dept-1 + dept-2; `proxied` slaves reach the master through a TcpProxy."""
+    """master + dept-1 + dept-2; `proxied` slaves reach the master through a TcpProxy; `extra`
+    adds config sections per node (`{"dept-2": {"cluster": {...}}}`, merged into its `vim`)."""
 
-    def __init__(self, folder: Path, redis_url: str, proxied: tuple[str, ...] = ()) -> None:
+    def __init__(self, folder: Path, redis_url: str, proxied: tuple[str, ...] = (),
+                 extra: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
         self.folder = folder
         self.redis_url = redis_url
         self.store = {
@@ -208,6 +210,7 @@ class Cluster:
         self.nodes: dict[str, ClusterNode] = {}
         self.proxies: dict[str, ProxyThread] = {}
         self._proxied = proxied
+        self._extra = extra or {}
 
     @property
     def master(self) -> ClusterNode:
@@ -232,7 +235,8 @@ class Cluster:
         http_port = free_port()
         config = write_config(
             folder or self.folder, node_id=node_id, node_type=node_type, redis_url=self.redis_url,
-            master_url=master_url, store=self.store, extra={"http": {"port": http_port}}, websocket={"host": host},
+            master_url=master_url, store=self.store, extra={**self._extra.get(node_id, {}), "http": {"port": http_port}},
+            websocket={"host": host},
         )
         written = _read_yaml(config)["vim"]["websocket"]
         return ClusterNode(node_id, config, written["port"], http_port, written.get("forward-port"), host)

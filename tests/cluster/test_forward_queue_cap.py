@@ -1,0 +1,131 @@
+"""The cap on a slave's forward queue (`vim.cluster.forward-queue-bytes`): dept-2, cut off from
+the master (its link only: Redis still names it live, so the master does not drop it, and the
+other nodes stay linked, so they run no catch-up of their own), keeps bounded memory while its
+user sends far more than the cap to users of the other nodes; once linked again, the master
+has every other node (and its own sessions) re-deliver from the store, so every acked message
+still reaches its online recipients, in order per chat, and later messages after them. The
+mode resets: a second cut after the recovery overflows and recovers the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from ..support import Client, make_group, online
+from .harness import DEPT2, Cluster, ClusterNode, Collector, blocking
+
+CAP = 65536  # the smallest cap: 600 messages of ~300 bytes overflow it several times over
+MESSAGES = 600  # per cut, alternating bob (dept-1) and carol (master); every 50th to the group
+LIMIT = 90  # seconds for the whole test (it takes about 20 s when the machine is idle)
+
+
+@pytest.fixture(scope="module")
+def capped_cluster(tmp_path_factory: pytest.TempPathFactory, cluster_redis_url: str) -> Iterator[Cluster]:
+    """master, dept-1, dept-2 (through a proxy) with dept-2's forward queue capped at CAP; its
+    rate limit is raised so that one connection sends MESSAGES in a few seconds."""
+    cluster = Cluster(tmp_path_factory.mktemp("capped"), cluster_redis_url, (DEPT2,), extra={
+        DEPT2: {"cluster": {"forward-queue-bytes": CAP}, "websocket": {"rate-limit": 100_000}},
+    })
+    cluster.start()  # stops what it started if it fails
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def metric(node: ClusterNode, name: str) -> float:
+    """The value of an unlabelled metric on the node's /metrics (fails if it is not there)."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", node.metrics(), re.MULTILINE)
+    assert found is not None, f"{node.name} has no metric {name}"
+    return float(found.group(1))
+
+
+class Chats:
+    """What alice sent, per chat (the ids in ack order) and per recipient."""
+
+    def __init__(self, bob: Client, carol: Client, group_id: str) -> None:
+        assert bob.user_id is not None and carol.user_id is not None
+        self.targets = [(bob.user_id, "friend"), (carol.user_id, "friend")]
+        self.group = (group_id, "group")
+        self.sent: dict[str, list[str]] = {chat: [] for chat, _ in [*self.targets, self.group]}
+        self.bob, self.carol = bob.user_id, carol.user_id
+
+    async def send(self, alice: Client, count: int, tag: str, group_every: int = 50) -> None:
+        for i in range(count):
+            chat, kind = self.group if i % group_every == group_every - 1 else self.targets[i % 2]
+            content = f"{tag} {i:04d} " + "x" * 290
+            ack = await alice.chat(chat, content, f"{tag}-{i}", chat_type=kind)
+            assert "id" in ack, ack
+            self.sent[chat].append(ack["id"])
+
+    def of(self, user: str) -> dict[str, list[str]]:
+        """The chats `user` gets messages of: theirs with alice, and the group."""
+        return {chat: ids for chat, ids in self.sent.items() if chat in (user, self.group[0])}
+
+
+async def expect_all_in_order(at: Collector, chats: dict[str, list[str]], who: str) -> None:
+    """Every id of `chats` reached `at` (first arrivals), and in each chat in the order sent."""
+    wanted = [i for ids in chats.values() for i in ids]
+    assert await at.wait_for(wanted, 30), \
+        f"{len(set(wanted) - at.arrived.keys())} of {len(wanted)} messages never reached {who}"
+    for chat, ids in chats.items():
+        mine = set(ids)
+        assert [i for i in at.order if i in mine] == ids, f"{who}: chat {chat} out of order"
+
+
+async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, tag: str) -> None:
+    """Cuts dept-2's link, alice sends MESSAGES, checks the cap held, brings the link back."""
+    proxy, dept2 = cluster.proxies[DEPT2], cluster.dept2
+    log_from = len(dept2.log_text())
+    dropped_before = metric(dept2, "vim_forward_dropped_frames_total")
+    await blocking(proxy.sever)
+    try:
+        await blocking(dept2.wait_health, 503, 5)
+        await chats.send(alice, MESSAGES, tag)
+        # bounded: what it holds is the Delivers kept before the overflow (at most CAP bytes of
+        # frames of ~300 bytes), now empty, and one CatchUp; not a packet per message
+        depth = metric(dept2, "vim_forward_queue_depth")
+        assert depth <= CAP // 300 + 10 < MESSAGES, depth
+        assert metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
+        overflow = [line for line in dept2.log_text()[log_from:].splitlines() if "forward_queue_overflow" in line]
+        assert overflow, dept2.log_tail()
+        assert f"cap_bytes={CAP}" in overflow[0], overflow
+    finally:
+        await blocking(proxy.restore)
+    await blocking(dept2.wait_health, 200, 15)
+
+
+async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message_arrives_once_linked(
+    capped_cluster: Cluster,
+) -> None:
+    cluster = capped_cluster
+    cluster.check_running()
+    tag = secrets.token_hex(3)
+    with trio.fail_after(LIMIT):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            alice = await online(stack, cluster.dept2.url, f"alice-{tag}")
+            bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
+            carol = await online(stack, cluster.master.url, f"carol-{tag}")
+            group_id = await make_group(alice, [bob, carol], name=f"capped-{tag}")
+            chats = Chats(bob, carol, group_id)
+            at_bob, at_carol = Collector(bob), Collector(carol)
+            nursery.start_soon(at_bob.run)
+            nursery.start_soon(at_carol.run)
+
+            for round_ in ("first", "second"):  # the second cut: the overflow mode was reset
+                master_log_from = len(cluster.master.log_text())
+                await cut_overflow_restore(cluster, alice, chats, f"{tag}-{round_}")
+                await chats.send(alice, 4, f"{tag}-{round_}-after", group_every=3)  # linked again: after the rest
+                await expect_all_in_order(at_bob, chats.of(chats.bob), "bob")
+                await expect_all_in_order(at_carol, chats.of(chats.carol), "carol")
+                asked = [line for line in cluster.master.log_text()[master_log_from:].splitlines()
+                         if "catch_up_asked_of_all" in line]
+                assert asked and "gone=dept-2" in asked[0], cluster.master.log_tail()
+            at_bob.stop()
+            at_carol.stop()
