@@ -9,6 +9,7 @@ mode resets: a second cut after the recovery overflows and recovers the same way
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import secrets
 from collections.abc import Iterator
@@ -55,13 +56,27 @@ class Chats:
         self.sent: dict[str, list[str]] = {chat: [] for chat, _ in [*self.targets, self.group]}
         self.bob, self.carol = bob.user_id, carol.user_id
 
-    async def send(self, alice: Client, count: int, tag: str, group_every: int = 50) -> None:
+        self.count = 0  # messages acked
+        self._changed = trio.Event()
+
+    async def send(self, alice: Client, count: int, tag: str, group_every: int = 50,
+                   stop: trio.Event | None = None) -> None:
+        """alice sends `count` messages (or until `stop`), each once the one before was acked."""
         for i in range(count):
+            if stop is not None and stop.is_set():
+                return
             chat, kind = self.group if i % group_every == group_every - 1 else self.targets[i % 2]
             content = f"{tag} {i:04d} " + "x" * 290
             ack = await alice.chat(chat, content, f"{tag}-{i}", chat_type=kind)
             assert "id" in ack, ack
             self.sent[chat].append(ack["id"])
+            self.count += 1
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_sent(self, count: int) -> None:
+        while self.count < count:
+            await self._changed.wait()
 
     def of(self, user: str) -> dict[str, list[str]]:
         """The chats `user` gets messages of: theirs with alice, and the group."""
@@ -79,7 +94,9 @@ async def expect_all_in_order(at: Collector, chats: dict[str, list[str]], who: s
 
 
 async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, tag: str) -> None:
-    """Cuts dept-2's link, alice sends MESSAGES, checks the cap held, brings the link back."""
+    """Cuts dept-2's link, alice sends MESSAGES, checks the cap held, brings the link back while
+    alice goes on sending (so that some messages cross the link while the catch-ups run), and
+    returns once 100 messages were acked after the link was back."""
     proxy, dept2 = cluster.proxies[DEPT2], cluster.dept2
     log_from = len(dept2.log_text())
     dropped_before = metric(dept2, "vim_forward_dropped_frames_total")
@@ -95,9 +112,17 @@ async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, ta
         overflow = [line for line in dept2.log_text()[log_from:].splitlines() if "forward_queue_overflow" in line]
         assert overflow, dept2.log_tail()
         assert f"cap_bytes={CAP}" in overflow[0], overflow
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+            nursery.start_soon(functools.partial(chats.send, alice, 1_000_000, f"{tag}-across", stop=stop))
+            try:
+                await blocking(proxy.restore)
+                await blocking(dept2.wait_health, 200, 15)
+                await chats.wait_sent(chats.count + 100)
+            finally:
+                stop.set()
     finally:
         await blocking(proxy.restore)
-    await blocking(dept2.wait_health, 200, 15)
 
 
 async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message_arrives_once_linked(
