@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from ..support import Client, make_group, online
-from .harness import DEPT2, Cluster, ClusterNode, Collector, blocking
+from .harness import DEPT1, DEPT2, MASTER, Cluster, ClusterNode, Collector, blocking
 
 CAP = 65536  # the smallest cap: 600 messages of ~300 bytes overflow it several times over
 MESSAGES = 600  # per cut, alternating bob (dept-1) and carol (master); every 50th to the group
@@ -28,8 +28,12 @@ LIMIT = 90  # seconds for the whole test (it takes about 20 s when the machine i
 @pytest.fixture(scope="module")
 def capped_cluster(tmp_path_factory: pytest.TempPathFactory, cluster_redis_url: str) -> Iterator[Cluster]:
     """master, dept-1, dept-2 (through a proxy) with dept-2's forward queue capped at CAP; its
-    rate limit is raised so that one connection sends MESSAGES in a few seconds."""
+    rate limit is raised so that one connection sends MESSAGES in a few seconds, and the
+    recipients' send queues take a catch-up of every message of the test at once (the second
+    catch-up re-delivers the first's messages too: within its margin) rather than close 4004."""
+    big_queue = {"websocket": {"send-queue-frames": 10_000}}
     cluster = Cluster(tmp_path_factory.mktemp("capped"), cluster_redis_url, (DEPT2,), extra={
+        MASTER: big_queue, DEPT1: big_queue,
         DEPT2: {"cluster": {"forward-queue-bytes": CAP}, "websocket": {"rate-limit": 100_000}},
     })
     cluster.start()  # stops what it started if it fails
@@ -60,11 +64,14 @@ class Chats:
         self._changed = trio.Event()
 
     async def send(self, alice: Client, count: int, tag: str, group_every: int = 50,
-                   stop: trio.Event | None = None) -> None:
-        """alice sends `count` messages (or until `stop`), each once the one before was acked."""
+                   stop: trio.Event | None = None, every: float = 0.0) -> None:
+        """alice sends `count` messages (or until `stop`), each once the one before was acked
+        (and `every` seconds after it)."""
         for i in range(count):
             if stop is not None and stop.is_set():
                 return
+            if i and every:
+                await trio.sleep(every)
             chat, kind = self.group if i % group_every == group_every - 1 else self.targets[i % 2]
             content = f"{tag} {i:04d} " + "x" * 290
             ack = await alice.chat(chat, content, f"{tag}-{i}", chat_type=kind)
@@ -95,8 +102,9 @@ async def expect_all_in_order(at: Collector, chats: dict[str, list[str]], who: s
 
 async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, tag: str) -> None:
     """Cuts dept-2's link, alice sends MESSAGES, checks the cap held, brings the link back while
-    alice goes on sending (so that some messages cross the link while the catch-ups run), and
-    returns once 100 messages were acked after the link was back."""
+    alice goes on sending (so that some messages cross the link while the catch-ups run; paced,
+    so that a slow reconnect does not pile up thousands), and returns once 100 messages were
+    acked after the link was back."""
     proxy, dept2 = cluster.proxies[DEPT2], cluster.dept2
     log_from = len(dept2.log_text())
     dropped_before = metric(dept2, "vim_forward_dropped_frames_total")
@@ -114,7 +122,8 @@ async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, ta
         assert f"cap_bytes={CAP}" in overflow[0], overflow
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
-            nursery.start_soon(functools.partial(chats.send, alice, 1_000_000, f"{tag}-across", stop=stop))
+            nursery.start_soon(functools.partial(chats.send, alice, 1_000_000, f"{tag}-across",
+                                                     stop=stop, every=0.005))
             try:
                 await blocking(proxy.restore)
                 await blocking(dept2.wait_health, 200, 15)
