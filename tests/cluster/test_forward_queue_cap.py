@@ -153,7 +153,7 @@ async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message
             nursery.start_soon(at_carol.run)
 
             for round_ in ("first", "second"):  # the second cut: the overflow mode was reset
-                master_log_from = len(cluster.master.log_text())
+                master_log_from, dept1_log_from = len(cluster.master.log_text()), len(cluster.dept1.log_text())
                 await cut_overflow_restore(cluster, alice, chats, f"{tag}-{round_}")
                 await chats.send(alice, 4, f"{tag}-{round_}-after", group_every=3)  # linked again: after the rest
                 await expect_all_in_order(at_bob, chats.of(chats.bob), "bob")
@@ -161,5 +161,9 @@ async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message
                 asked = [line for line in cluster.master.log_text()[master_log_from:].splitlines()
                          if "catch_up_asked_of_all" in line]
                 assert asked and "gone=dept-2" in asked[0], cluster.master.log_tail()
+                # dept-1 stayed linked: it caught up because the master asked (for dept-2)
+                told = [line for line in cluster.dept1.log_text()[dept1_log_from:].splitlines()
+                        if "catch_up_asked" in line]
+                assert told and "dead_node=dept-2" in told[0], cluster.dept1.log_tail()
             at_bob.stop()
             at_carol.stop()
