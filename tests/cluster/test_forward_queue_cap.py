@@ -46,9 +46,9 @@ def capped_cluster(tmp_path_factory: pytest.TempPathFactory, cluster_redis_url: 
         cluster.stop()
 
 
-def metric(node: ClusterNode, name: str) -> float:
+async def metric(node: ClusterNode, name: str) -> float:
     """The value of an unlabelled metric on the node's /metrics (fails if it is not there)."""
-    found = re.search(rf"^{re.escape(name)} (\S+)$", node.metrics(), re.MULTILINE)
+    found = re.search(rf"^{re.escape(name)} (\S+)$", await blocking(node.metrics), re.MULTILINE)
     assert found is not None, f"{node.name} has no metric {name}"
     return float(found.group(1))
 
@@ -110,16 +110,16 @@ async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, ta
     acked after the link was back."""
     proxy, dept2 = cluster.proxies[DEPT2], cluster.dept2
     log_from = len(dept2.log_text())
-    dropped_before = metric(dept2, "vim_forward_dropped_frames_total")
+    dropped_before = await metric(dept2, "vim_forward_dropped_frames_total")
     await blocking(proxy.sever)
     try:
         await blocking(dept2.wait_health, 503, 5)
         await chats.send(alice, MESSAGES, tag)
         # bounded: what it holds is the Delivers kept before the overflow (at most CAP bytes of
         # frames of ~300 bytes), now empty, and one CatchUp; not a packet per message
-        depth = metric(dept2, "vim_forward_queue_depth")
+        depth = await metric(dept2, "vim_forward_queue_depth")
         assert depth <= CAP // 300 + 10 < MESSAGES, depth
-        assert metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
+        assert await metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
         overflow = [line for line in dept2.log_text()[log_from:].splitlines() if "forward_queue_overflow" in line]
         assert overflow, dept2.log_tail()
         assert f"cap_bytes={CAP}" in overflow[0], overflow
@@ -199,14 +199,14 @@ async def test_a_slave_whose_master_stops_reading_empties_its_queue_while_linked
     with trio.fail_after(LIMIT):
         async with three_users(cluster) as (alice, chats, at_bob, at_carol, tag):
             log_from = len(dept2.log_text())
-            dropped_before = metric(dept2, "vim_forward_dropped_frames_total")
+            dropped_before = await metric(dept2, "vim_forward_dropped_frames_total")
             cluster.master.signal(signal.SIGSTOP)
             try:  # about 0.5 s (2 s on a busy machine): well within the master lease's 4 s
                 await chats.send(alice, MESSAGES // 2, tag)
             finally:
                 cluster.master.signal(signal.SIGCONT)
             # (its depth in packets is not bounded here: the emptied Delivers keep their places)
-            assert metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
+            assert await metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
             overflow = lines_since(dept2, log_from, "forward_queue_overflow")
             assert overflow and all("linked=True" in line for line in overflow), overflow
             await expect_everything(chats, at_bob, at_carol)
