@@ -62,7 +62,6 @@ class Chats:
         self.group = (group_id, "group")
         self.sent: dict[str, list[str]] = {chat: [] for chat, _ in [*self.targets, self.group]}
         self.bob, self.carol = bob.user_id, carol.user_id
-
         self.count = 0  # messages acked
         self._changed = trio.Event()
 
@@ -103,6 +102,11 @@ async def expect_all_in_order(at: Collector, chats: dict[str, list[str]], who: s
         assert [i for i in at.order if i in mine] == ids, f"{who}: chat {chat} out of order"
 
 
+def lines_since(node: ClusterNode, start: int, event: str) -> list[str]:
+    """The node's log lines from offset `start` on that name `event`."""
+    return [line for line in node.log_text()[start:].splitlines() if event in line]
+
+
 async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, tag: str) -> None:
     """Cuts dept-2's link, alice sends MESSAGES, checks the cap held, brings the link back while
     alice goes on sending (so that some messages cross the link while the catch-ups run; paced,
@@ -120,7 +124,7 @@ async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, ta
         depth = await metric(dept2, "vim_forward_queue_depth")
         assert depth <= CAP // 300 + 10 < MESSAGES, depth
         assert await metric(dept2, "vim_forward_dropped_frames_total") > dropped_before
-        overflow = [line for line in dept2.log_text()[log_from:].splitlines() if "forward_queue_overflow" in line]
+        overflow = lines_since(dept2, log_from, "forward_queue_overflow")
         assert overflow, dept2.log_tail()
         assert f"cap_bytes={CAP}" in overflow[0], overflow
         async with trio.open_nursery() as nursery:
@@ -159,10 +163,6 @@ async def three_users(cluster: Cluster) -> AsyncIterator[tuple[Client, Chats, Co
 async def expect_everything(chats: Chats, at_bob: Collector, at_carol: Collector) -> None:
     await expect_all_in_order(at_bob, chats.of(chats.bob), "bob")
     await expect_all_in_order(at_carol, chats.of(chats.carol), "carol")
-
-
-def lines_since(node: ClusterNode, start: int, event: str) -> list[str]:
-    return [line for line in node.log_text()[start:].splitlines() if event in line]
 
 
 async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message_arrives_once_linked(
