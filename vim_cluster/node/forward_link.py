@@ -13,8 +13,8 @@ Rules:
   back only past Delivers for none of its users (`passes`): a group commit's messages to one
   chat cross as one packet, and every device gets its frames in the order they were pushed.
 - The queue's bound (vim.cluster.forward-queue-bytes: Tunables.link_queue_bytes): the client
-  frames of the Delivers it holds for the master (unacked) count. One that would take it past
-  the cap empties the queue, if the master it last linked to takes a slave's CatchUp (feature
+  frames of the Delivers it holds for the master (unacked) count. One that comes when they
+  reach the cap empties the queue (so one message, however large, never does alone), if the master it last linked to takes a slave's CatchUp (feature
   `catch-up`): every Deliver held becomes an empty one under the same sequence number (the
   master may have some already), a CatchUp(since the oldest was queued, this node) follows
   them, and until the link is up again no Delivers are queued (`dropping`). The master then
@@ -162,10 +162,9 @@ class SlaveLink:
             self.on_dropped(len(frames))
             return
         packet = deliver_packet(self.node_id, users, frames, exclude, self.clock_ms())
-        size = packet.size
-        if self.queued_bytes + size > self.tunables.link_queue_bytes and self._empty_queue(packet):
+        if self.queued_bytes >= self.tunables.link_queue_bytes and self._empty_queue(packet):
             return
-        self.queued_bytes += size
+        self.queued_bytes += packet.size
         if not self.peer.stream.window.merge_unsent(packet, merged_deliver, passes(packet), MERGE_LOOKBACK):
             self.peer.push(packet)
 
@@ -176,7 +175,7 @@ class SlaveLink:
         self.peer.push(packet)
 
     def _empty_queue(self, packet: ff.Deliver) -> bool:
-        """`packet` would take the queue past its cap: empties its Delivers, `packet` with them,
+        """`packet` comes to a queue at its cap: empties its Delivers, `packet` with them,
         and asks the master for the catch-up (True), or keeps them if the master would not
         understand (False). See the rules."""
         cap = self.tunables.link_queue_bytes
