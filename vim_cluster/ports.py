@@ -155,6 +155,11 @@ class MessageStore(Protocol):
     ) -> list[Message]:
         """Messages of each group newer than its cursor (ms) with id > after, oldest first."""
 
+    def sent_after(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        """Messages `user_id` sent (to friends and groups) with id > after, oldest first, at
+        most `limit`: fewer only when there are no more (the catch-up's copies for a sender's
+        other devices, node/catch_up.py)."""
+
     def set_read_cursor(self, user_id: UserId, chat_type: ChatType, chat_id: int, timestamp: int) -> int:
         """Moves the cursor forward only; returns the cursor now stored."""
 

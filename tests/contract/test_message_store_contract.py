@@ -338,3 +338,15 @@ def test_unread_counts_count_others_messages_after_the_cursor(messages: MessageS
     assert messages.unread_counts(ALICE, {}) == {}
     many = {chat_key(ChatType.FRIEND, ALICE, UserId(BASE + 10_000 + n)): 0 for n in range(450)}
     assert messages.unread_counts(ALICE, {**many, with_bob: 0}) == {with_bob: 1}
+
+
+def test_sent_after_pages_a_senders_friend_and_group_messages_oldest_first(messages: MessageStore) -> None:
+    messages.save_messages([new(friend(1), BOB), new(grouped(2)), new(friend(3, BOB, ALICE), ALICE),
+                            new(friend(4, ALICE, CAROL), CAROL), new(grouped(5, group=G2)), new(grouped(6, CAROL))])
+    assert [m.id for m in messages.sent_after(ALICE, MessageId(0), 10)] == [mid(1), mid(2), mid(4), mid(5)]
+    assert [m.id for m in messages.sent_after(ALICE, MessageId(0), 2)] == [mid(1), mid(2)]
+    assert [m.id for m in messages.sent_after(ALICE, mid(2), 2)] == [mid(4), mid(5)]
+    assert messages.sent_after(ALICE, mid(5), 2) == []
+    assert messages.sent_after(BOB, MessageId(0), 10) == [friend(3, BOB, ALICE)]
+    messages.confirm(BOB, [mid(1)])  # a confirmed message is still a sent one
+    assert messages.sent_after(ALICE, MessageId(0), 1) == [friend(1)]

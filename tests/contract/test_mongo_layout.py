@@ -516,3 +516,14 @@ async def test_the_writer_keeps_the_newest_saves_of_failed_commits_up_to_its_lim
             await failed_commit(writer, nursery, *saves)
             assert writer.unfinished == saves[1:]
             nursery.cancel_scope.cancel()
+
+
+def test_sent_after_reads_past_claims_without_a_document_to_a_full_page(store: MongoMessages, raw: Database) -> None:
+    """A claim whose save was cut off before its document gives no message, and must not end a
+    page early: the catch-up would take the sender's other messages for the last ones."""
+    store.save_messages([new(friend(1), BOB)])
+    for n in (2, 3):
+        raw["message_ids"].insert_one(store._claim(new(friend(n), BOB)))  # cut off after the claim
+    store.save_messages([new(friend(4), BOB), new(grouped(5)), new(friend(6), BOB)])
+    assert [m.id for m in store.sent_after(ALICE, MessageId(0), 2)] == [friend(1).id, friend(4).id]
+    assert [m.id for m in store.sent_after(ALICE, friend(4).id, 5)] == [grouped(5).id, friend(6).id]

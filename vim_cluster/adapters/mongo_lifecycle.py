@@ -102,6 +102,22 @@ class MongoLifecycle:
             after = bound  # every claim of this page had no document (an unfinished save)
 
     def _user_page(self, user_id: UserId, after: MessageId, limit: int) -> tuple[list[Message], MessageId | None]:
+        sent, last_claim = self._sent_page(user_id, after, limit)
+        pages = [sent]
+        with translated(self.name):
+            for collection in self._shards:
+                query = {"chat_id": user_id, "_id": {"$gt": after}, "chat_type": ChatType.FRIEND.value}
+                pages.append([message_of(d) for d in collection.find(query).sort("_id", ASCENDING).limit(limit)])
+        page, bound = merge_pages(pages, limit)
+        if last_claim is not None and last_claim < (bound if bound is not None else last_claim + 1):
+            bound = last_claim  # a full page of claims bounds even if some had no document
+            page = [m for m in page if m.id <= bound]
+        return page, bound
+
+    def _sent_page(self, user_id: UserId, after: MessageId, limit: int) -> tuple[list[Message], MessageId | None]:
+        """The messages of `user_id`'s next `limit` claims after `after` (the from_id_id index;
+        a claim without a document, an unfinished save, gives none), and the last claim's id
+        if there were `limit` of them (more may follow), else None."""
         with translated(self.name):
             claims = list(
                 self._claims.find({"from_id": user_id, "_id": {"$gt": after}}, {"shard": 1})
@@ -114,16 +130,20 @@ class MongoLifecycle:
             for shard, ids in by_shard.items():
                 for doc in self._shards[shard].find({"_id": {"$in": ids}}):
                     found[doc["_id"]] = message_of(doc)
-            sent = [found[c["_id"]] for c in claims if c["_id"] in found]
-            pages = [sent]
-            for collection in self._shards:
-                query = {"chat_id": user_id, "_id": {"$gt": after}, "chat_type": ChatType.FRIEND.value}
-                pages.append([message_of(d) for d in collection.find(query).sort("_id", ASCENDING).limit(limit)])
-        page, bound = merge_pages(pages, limit)
-        if len(claims) >= limit and claims[-1]["_id"] < (bound if bound is not None else claims[-1]["_id"] + 1):
-            bound = MessageId(claims[-1]["_id"])  # a full page of claims bounds even if some had no document
-            page = [m for m in page if m.id <= bound]
-        return page, bound
+        sent = [found[c["_id"]] for c in claims if c["_id"] in found]
+        return sent, (MessageId(claims[-1]["_id"]) if claims and len(claims) >= limit else None)
+
+    def sent_after(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        """The MessageStore port's (ports.py): pages of claims until `limit` messages or the
+        last claim (claims without a document would otherwise end the page early)."""
+        sent: list[Message] = []
+        while len(sent) < limit:
+            page, last = self._sent_page(user_id, after, limit - len(sent))
+            sent += page
+            if last is None:
+                break
+            after = last
+        return sent
 
     def messages_of_chat(self, chat_key: str, after: MessageId, limit: int) -> list[Message]:
         collection = self._shards[shard_of(chat_key, len(self._shards))]

@@ -11,6 +11,9 @@ Rules:
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 from ..core.paging import merge_pages
 from ..model import ChatType, Message, MessageId, MessageType, UserId
 from .sqlite_base import SqliteDatabase
@@ -67,10 +70,7 @@ class SqliteLifecycle:
         its next `limit` ids, merged (core/paging): no page reads more than 2 * limit rows."""
         while True:
             with self._db.reading() as conn:
-                sent = conn.execute(
-                    f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?",
-                    (user_id, after, limit),
-                ).fetchall()
+                sent = _sent_rows(conn, user_id, after, limit)
                 received = conn.execute(
                     f"SELECT {COLUMNS} FROM messages INDEXED BY messages_by_recipient"
                     " WHERE chat_id = ? AND id > ? AND chat_type = ? ORDER BY id LIMIT ?",
@@ -80,6 +80,11 @@ class SqliteLifecycle:
             if page or bound is None:
                 return page
             after = bound
+
+    def sent_after(self, user_id: UserId, after: MessageId, limit: int) -> list[Message]:
+        """The MessageStore port's (ports.py), by the messages_by_sender index."""
+        with self._db.reading() as conn:
+            return [_message(r) for r in _sent_rows(conn, user_id, after, limit)]
 
     def messages_of_chat(self, chat_key: str, after: MessageId, limit: int) -> list[Message]:
         with self._db.reading() as conn:
@@ -113,3 +118,10 @@ class SqliteLifecycle:
             conn.execute("DELETE FROM read_cursors WHERE user_id = ?", (user_id,))
         self._db.wipe_wal()
         return int(removed)
+
+
+def _sent_rows(conn: sqlite3.Connection, user_id: UserId, after: MessageId, limit: int) -> list[Any]:
+    """The rows of the next `limit` messages `user_id` sent after `after` (messages_by_sender)."""
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE from_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit),
+    ).fetchall()
