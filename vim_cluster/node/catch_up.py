@@ -50,6 +50,7 @@ from .offline_replay import merge_page
 
 if TYPE_CHECKING:
     from .context import NodeContext
+    from .local_sessions import Session
 
 log = structlog.get_logger()
 RETRY_CAP_S = 30.0  # the longest wait between two tries of a failed catch-up
@@ -206,6 +207,23 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
                 continue
             frame = OutFrame(f.MessageOut(message, offline=True))
             for session in ctx.local_sessions.sessions(uid):
+                await _room(ctx, session, frame)
                 session.push(frame)
                 pushed += 1
         after = MessageId(page[-1].id)
+
+
+async def _room(ctx: NodeContext, session: Session, frame: OutFrame) -> None:
+    """Waits until `session`'s send queue takes `frame`, for the idle timeout at most: a
+    session that took nothing for so long is a slow consumer (closed 4004; its messages come
+    with its next login's replay), and the catch-up goes on. Without the wait, a catch-up of
+    more than send-queue-frames messages for one user closed it even while it read promptly.
+    No wait for a session whose offline replay runs: it holds the frame."""
+    queue = session.send_queue
+    size = len(frame.payload(queue.binary))
+    if session.holding is not None or queue.takes(1, size):
+        return
+    with trio.move_on_after(ctx.config.websocket.idle_timeout) as waited:
+        await queue.room(1, size)
+    if waited.cancelled_caught:
+        session.slow_consumer()

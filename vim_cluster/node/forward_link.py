@@ -268,8 +268,33 @@ class SlaveLink:
                     await done.wait()
                 if waited.cancelled_caught:
                     log.warning("catch_up_slow", held=len(self.held or ()), waited_s=self.tunables.link_warmup_s)
+            with trio.move_on_after(self.tunables.link_warmup_s) as paced:
+                await self._release_paced()
+            if paced.cancelled_caught:
+                log.warning("held_release_slow", held=len(self.held or ()), waited_s=self.tunables.link_warmup_s)
         finally:
             self._release()
+
+    async def _release_paced(self) -> None:
+        """Delivers the held packets in order, each Deliver once the send queues it goes to
+        have room for its frames (LocalDelivery.room_for), while what arrives meanwhile is held
+        behind them: released in one go, more than send-queue-frames of them closed a
+        recipient 4004 even while it read promptly. Stops before a CatchUp packet (`_release`
+        hands the rest to its own catch-up); the caller bounds the wait, then `_release`
+        delivers what is left at once (a recipient that reads nothing is closed 4004)."""
+        while self.held:
+            batch, self.held = self.held, []
+            done = 0
+            try:
+                for packet in batch:
+                    if isinstance(packet, ff.CatchUp):
+                        return
+                    if isinstance(packet, ff.Deliver):
+                        await self.local.room_for(packet)
+                    self._apply([packet])
+                    done += 1
+            finally:
+                self.held = batch[done:] + (self.held or [])
 
     async def _one_catch_up_run(self, done: trio.Event) -> None:
         """One run at a time (CatchUp's own lock), tried again while it fails: `done` is set
