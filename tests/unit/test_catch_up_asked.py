@@ -643,17 +643,25 @@ def bob_over(stream: trio.abc.SendStream, limit: int) -> Session:
 
 def wire(*packets: ff.Deliver) -> bytes:
     """What a text client reads of these packets' frames."""
-    return b"".join(ws_frame(p.frame, False) for p in packets if isinstance(p.frame, bytes))
+    return b"".join(ws_frame(text, False) for p in packets
+                    for text in ([p.frame] if isinstance(p.frame, bytes) else p.frame))
+
+
+def delivers(first: int, last: int) -> ff.Deliver:
+    """One packet of several frames (a slave joins a sender's messages to one user)."""
+    body, message_id = deliver_body([frame(n) for n in range(first, last + 1)])
+    return ff.Deliver("dept-2", [2], body, None, 1_000, message_id)
 
 
 async def test_packets_held_during_a_catch_up_go_to_a_client_that_reads_without_closing_it() -> None:
     # Five send queues' worth held, released in one go: before, bob was closed 4004 at the
     # 9th frame though he read everything at once (after a master outage: a wave of 4004s).
+    # A packet of more frames than his queue holds goes a frame at a time.
     sending, receiving = trio.testing.lockstep_stream_one_way_pair()  # bob reads what he is sent, promptly
     bob = bob_over(sending, limit=8)
     link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1", bob),  # type: ignore[arg-type]
                      clock_ms=lambda: 1_000, catch_up=NothingMissed())
-    held = [deliver(n) for n in range(1, 41)]
+    held = [deliver(n) for n in range(1, 21)] + [delivers(21, 40)]
     later = deliver(41)
     got = bytearray()
     with trio.fail_after(10):

@@ -283,7 +283,7 @@ class SlaveLink:
         hands the rest to its own catch-up); the caller bounds the wait, then `_release`
         delivers what is left at once (a recipient that reads nothing is closed 4004)."""
         while self.held:
-            batch, self.held = self.held, []
+            batch, self.held = frame_by_frame(self.held), []
             done = 0
             try:
                 for packet in batch:
@@ -413,6 +413,14 @@ class SlaveLink:
         else:
             log.debug("forward_link_failed", master_url=self.master_url, error=problem)
         self.problem = problem
+
+
+def frame_by_frame(packets: Sequence[ff.Packet]) -> list[ff.Packet]:
+    """`packets`, each Deliver of several frames split in one a frame (each still a list, whose
+    frame reads its own message id): a send queue may hold fewer frames than a packet carries."""
+    return [part for packet in packets
+            for part in ([packet._replace(frame=[text]) for text in packet.frame]
+                         if isinstance(packet, ff.Deliver) and isinstance(packet.frame, list) else [packet])]
 
 
 def link_problem(master_url: str, exc: Exception,
