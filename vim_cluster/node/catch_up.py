@@ -18,6 +18,12 @@ What is re-delivered:
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
+A session gets the catch-up as fast as its send queue takes it: before each frame the run
+waits for room there (pushed in one go, more than send-queue-frames closed a client 4004 even
+while it read promptly), for the idle timeout at most: a session that took nothing for so long
+is closed 4004 (its messages come with its next login's replay), and the run goes on. Such a
+session holds up the sessions after it that long (the held packets go out beside the run
+after link_warmup_s).
 Before re-delivering, a run checks its sessions' users with the directory and empties the
 node's cache of existing users: `user delete` tells the nodes through the master, which cannot
 reach a node that is not linked (cut off, frozen past its lease), so an account deleted

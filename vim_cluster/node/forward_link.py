@@ -22,7 +22,10 @@ Rules:
   wait link_warmup_s at most (a slow store then gives older messages after newer ones, never
   stops live delivery); a catch-up the store fails lets them go at once and is tried again
   while linked (CatchUp.run_until_done); a link that ends cancels its catch-up, left for the
-  next link-up.
+  next link-up. The held packets then go out in order, a frame at a time, each once its
+  recipients' send queues have room (a client that reads promptly is not closed 4004 by the
+  burst), while newer ones are held behind them, for link_warmup_s at most: then the rest at
+  once (a client that reads nothing is closed 4004).
 - A session opened while linked replays its offline messages only once the master acked its
   SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
   route is then in the replay (a session opened while unlinked has the catch-up).
