@@ -46,9 +46,14 @@ async def test_a_catch_up_of_several_send_queues_of_messages_keeps_a_client_that
             assert session.close_code is None
 
 
-async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_timeout(start_node) -> None:
+async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_timeout_and_goes_on(
+        start_node) -> None:
+    # bob stops reading; dave, whose catch-up comes after bob's (his session opened later),
+    # reads: he gets his while the catch-up waits for room in bob's queue, which it does for
+    # the idle timeout, then closes him 4004. Before the users' catch-ups ran side by side,
+    # dave's waited for bob's timeout.
     node = await start_node(websocket={"max-content": 2 * BIG, "max-frame": 4 * BIG, "send-queue-frames": 4,
-                                       "idle-timeout": 3})
+                                       "idle-timeout": 3, "rate-limit": 1_000_000})
     url = f"ws://127.0.0.1:{node.client_port}/"
     with trio.fail_after(90), capture_logs() as logs:
         async with contextlib.AsyncExitStack() as stack:
@@ -63,6 +68,12 @@ async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_
             for i in range(60):  # each once bob has the one before (his client reads them slowly)
                 sent.append((await alice.chat(bob.user_id, f"{i:03d}" + "x" * BIG, f"big-{i}"))["id"])
                 assert await at_bob.wait_for(sent, 10)
+            dave = await online(stack, url, "dave")  # now: he would end idle meanwhile
+            assert dave.user_id is not None
+            at_dave = Collector(dave)
+            nursery.start_soon(at_dave.run)
+            to_dave = [(await alice.chat(dave.user_id, f"d {i}", f"d-{i}"))["id"] for i in range(10 * 4)]
+            assert await at_dave.wait_for(to_dave, 10)
             at_bob.stop()
             await bob.barrier()  # bob was heard from just now; from here on he reads nothing
             (session,) = node.ctx.local_sessions.sessions(int(bob.user_id))
@@ -77,11 +88,14 @@ async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_
             while len(queue) < queue.limit:  # the catch-up filled bob's socket and his queue
                 assert not done.is_set()
                 await trio.sleep(0.01)
-            # A frame from bob keeps his connection from ending idle: its answer waits for room
-            # too (the idle timeout from now, later than the catch-up's wait, which began first).
+            # A frame from bob keeps his connection from ending idle (1001) first: its answer
+            # waits for room too, as long (either wait closes him 4004, the other then ends).
             await bob.send("ping", rid="keep")
             started = trio.current_time()
-            await done.wait()  # the catch-up did not wait for him for ever
+            assert await at_dave.wait_frames(2 * len(to_dave), 10)  # dave has his catch-up ...
+            assert session.close_code is None and not done.is_set()  # ... while bob's still waits
+            assert not at_dave.closed
+            await done.wait()  # the catch-up did not wait for bob for ever
             assert 2 < trio.current_time() - started < 3 + 2  # its wait: the idle timeout (3 s)
             assert session.close_code is CloseCode.SLOW_CONSUMER
             assert (await bob.expect_closed(timeout=30)).code == int(CloseCode.SLOW_CONSUMER)

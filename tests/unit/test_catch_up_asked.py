@@ -2,12 +2,14 @@
 messages): the master drops it and asks every other slave, with a `CatchUp` packet, and its
 own sessions to re-deliver from the store what they may have missed since the slave's link
 went down (node/forward_hub.py, node/forward_link.py, node/catch_up.py). Driven without
-sockets: sessions record what they are pushed, a fake catch-up what it is asked."""
+sockets: sessions record what they are pushed, a fake catch-up what it is asked; the last
+tests' sessions have real send queues, over trio streams that a reader empties or nobody reads."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import TypeVar
 
 import pytest
@@ -19,6 +21,7 @@ from vim_cluster.errors import CloseCode, StoreUnavailable
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.catch_up import CatchUp
+from vim_cluster.node.catch_up import _room as room_in
 from vim_cluster.node.delivery import deliver_body
 from vim_cluster.node.forward_hub import MasterRelay, Peer
 from vim_cluster.node.forward_link import SlaveLink
@@ -696,4 +699,20 @@ async def test_packets_held_for_a_client_that_reads_nothing_close_it_4004_after_
         await link._catch_up_then_release()
         assert trio.current_time() - started >= DEFAULTS.link_warmup_s
         assert bob.close_code is CloseCode.SLOW_CONSUMER and link.held is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_catch_up_waits_for_room_the_idle_timeout_then_closes_a_session_that_reads_nothing(
+        autojump_clock) -> None:
+    sending, _ = trio.testing.lockstep_stream_one_way_pair()  # nobody reads
+    bob = bob_over(sending, limit=2)
+    ctx = SimpleNamespace(config=SimpleNamespace(websocket=SimpleNamespace(idle_timeout=60.0)))
+    async with trio.open_nursery() as nursery:
+        bob.send_queue.attach(nursery, bob.cancel_scope)
+        started = trio.current_time()
+        for n in range(1, 11):  # one in the writer's hands, two in the queue, then a wait
+            await room_in(ctx, bob, frame(n))  # type: ignore[arg-type]
+            bob.push(frame(n))
+        assert trio.current_time() - started == pytest.approx(60.0)
+        assert bob.close_code is CloseCode.SLOW_CONSUMER
         nursery.cancel_scope.cancel()

@@ -21,9 +21,10 @@ The sender's own messages are not sent back to it.
 A session gets the catch-up as fast as its send queue takes it: before each frame the run
 waits for room there (pushed in one go, more than send-queue-frames closed a client 4004 even
 while it read promptly), for the idle timeout at most: a session that took nothing for so long
-is closed 4004 (its messages come with its next login's replay), and the run goes on. Such a
-session holds up the sessions after it that long (the held packets go out beside the run
-after link_warmup_s).
+is closed 4004 (its messages come with its next login's replay), and the run goes on.
+USERS_AT_ONCE users are caught up at once, so such a session holds up only its own user's
+(each user's messages still go out in order); as many sessions that read nothing hold up the
+run that long (the held packets go out beside it after link_warmup_s).
 Before re-delivering, a run checks its sessions' users with the directory and empties the
 node's cache of existing users: `user delete` tells the nodes through the master, which cannot
 reach a node that is not linked (cut off, frozen past its lease), so an account deleted
@@ -60,6 +61,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 RETRY_CAP_S = 30.0  # the longest wait between two tries of a failed catch-up
+# Users whose catch-up runs at once: a session that waits for room (up to the idle timeout)
+# holds up one of them, not every user after it; each holds one page of the store meanwhile.
+USERS_AT_ONCE = 8
 
 
 class CatchUpRun(Protocol):
@@ -171,9 +175,25 @@ async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
     dropped first (`drop_deleted_users`)."""
     await drop_deleted_users(ctx)
     pushed = 0
-    for user_id in ctx.local_sessions.users():
-        pushed += await _user_since(ctx, UserId(user_id), since_ms)
-        await trio.lowlevel.checkpoint()
+    failed: list[StoreUnavailable] = []
+    slots = trio.Semaphore(USERS_AT_ONCE)
+
+    async def one_user(user_id: UserId) -> None:
+        nonlocal pushed
+        try:
+            pushed += await _user_since(ctx, user_id, since_ms)
+        except StoreUnavailable as exc:  # the run fails as a whole (CatchUp.run tries it again)
+            failed.append(exc)
+            nursery.cancel_scope.cancel()
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for user_id in ctx.local_sessions.users():
+            await slots.acquire()
+            nursery.start_soon(one_user, UserId(user_id))
+    if failed:
+        raise failed[0]
     return pushed
 
 
