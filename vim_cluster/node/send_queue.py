@@ -11,7 +11,10 @@ Ways in:
 - push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
   frames of `byte_limit` bytes, are waiting (the caller closes the slow consumer; replay
   brings the frames back). The bytes count until a frame is written, so a client that stops
-  reading holds at most `byte_limit` bytes of the node's memory (plus one batch).
+  reading holds at most `byte_limit` bytes of the node's memory (plus one batch). A caller
+  that can wait (a catch-up, the release of packets held during it) first waits until the
+  queue `takes` what it pushes (`room(frames, size)`, which bounds nothing itself): a burst
+  of more than `limit` frames then does not close a client that reads.
 - append(frame): the connection's own replies and acks; no limit here, the reader bounds them
   by waiting for `room()` before it takes the next request.
 - control(data): a pre-framed control frame (a pong); a newer one replaces one still waiting.
