@@ -481,6 +481,17 @@ class Collector:
             return True
         return False
 
+    async def wait_frames(self, count: int, timeout: float) -> bool:
+        """Waits until `count` message frames (duplicates included) arrived (True), or
+        `timeout` passed or the client closed (False)."""
+        with trio.move_on_after(timeout):
+            while self.frames < count:
+                if self.closed:
+                    return False
+                await self._changed.wait()
+            return True
+        return False
+
     async def wait_closed(self, timeout: float) -> None:
         """Waits until the node closed the client's connection (fails after `timeout`)."""
         with trio.fail_after(timeout):

@@ -2,12 +2,14 @@
 messages): the master drops it and asks every other slave, with a `CatchUp` packet, and its
 own sessions to re-deliver from the store what they may have missed since the slave's link
 went down (node/forward_hub.py, node/forward_link.py, node/catch_up.py). Driven without
-sockets: sessions record what they are pushed, a fake catch-up what it is asked."""
+sockets: sessions record what they are pushed, a fake catch-up what it is asked; the last
+tests' sessions have real send queues, over trio streams that a reader empties or nobody reads."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import TypeVar
 
 import pytest
@@ -19,9 +21,13 @@ from vim_cluster.errors import CloseCode, StoreUnavailable
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.catch_up import CatchUp
+from vim_cluster.node.catch_up import _room as room_in
 from vim_cluster.node.delivery import deliver_body
 from vim_cluster.node.forward_hub import MasterRelay, Peer
 from vim_cluster.node.forward_link import SlaveLink
+from vim_cluster.node.local_sessions import Session
+from vim_cluster.node.send_queue import SendQueue
+from vim_cluster.node.ws_server import frame as ws_frame
 from vim_cluster.ports import NodeInfo
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
@@ -34,6 +40,7 @@ from vim_cluster.protocol.forward_connection import (
     PeerRole,
 )
 from vim_cluster.protocol.frames import MessageOut
+from vim_cluster.tunables import DEFAULTS
 
 from .test_delivery import RecordingSession, local_of
 
@@ -599,3 +606,113 @@ async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_
     with trio.fail_after(10):
         await relay.reap_dead()
     assert len(queued(dept1)) == 2 and catch_up.missed == [44_000, 45_000]
+
+
+class StreamSocket:
+    """What a SendQueue writes to, over a trio stream: frames as they are, no close frame."""
+
+    def __init__(self, stream: trio.abc.SendStream) -> None:
+        self.stream = stream
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    def close_frame(self, code: int, reason: str) -> bytes:
+        return b""
+
+
+class NothingMissed:
+    """A catch-up that has nothing to deliver."""
+
+    last_failed = False
+
+    def lost(self) -> None:
+        return None
+
+    def missed_since(self, since_ms: int) -> None:
+        return None
+
+    async def run(self) -> int:
+        return 0
+
+    async def run_until_done(self, failed: trio.Event | None = None) -> int:
+        return 0
+
+
+def bob_over(stream: trio.abc.SendStream, limit: int) -> Session:
+    """bob (user 2), whose send queue of `limit` frames writes to `stream` (its writer task only)."""
+    return Session("s-2", 2, "web", None, SendQueue(StreamSocket(stream), limit), trio.CancelScope())
+
+
+def wire(*packets: ff.Deliver) -> bytes:
+    """What a text client reads of these packets' frames."""
+    return b"".join(ws_frame(text, False) for p in packets
+                    for text in ([p.frame] if isinstance(p.frame, bytes) else p.frame))
+
+
+def delivers(first: int, last: int) -> ff.Deliver:
+    """One packet of several frames (a slave joins a sender's messages to one user)."""
+    body, message_id = deliver_body([frame(n) for n in range(first, last + 1)])
+    return ff.Deliver("dept-2", [2], body, None, 1_000, message_id)
+
+
+async def test_packets_held_during_a_catch_up_go_to_a_client_that_reads_without_closing_it() -> None:
+    # Five send queues' worth held, released in one go: before, bob was closed 4004 at the
+    # 9th frame though he read everything at once (after a master outage: a wave of 4004s).
+    # A packet of more frames than his queue holds goes a frame at a time.
+    sending, receiving = trio.testing.lockstep_stream_one_way_pair()  # bob reads what he is sent, promptly
+    bob = bob_over(sending, limit=8)
+    link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1", bob),  # type: ignore[arg-type]
+                     clock_ms=lambda: 1_000, catch_up=NothingMissed())
+    held = [deliver(n) for n in range(1, 21)] + [delivers(21, 40)]
+    later = deliver(41)
+    got = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            bob.send_queue.attach(nursery, bob.cancel_scope)
+            link._tasks = nursery  # linked: the pump's nursery
+            link.held = []  # the link came up: packets wait for its catch-up
+            link.link_event(link.peer, PacketsReceived(1, held))
+            nursery.start_soon(link._catch_up_then_release)
+            await trio.testing.wait_all_tasks_blocked()
+            link.link_event(link.peer, PacketsReceived(41, [later]))  # comes while the release runs
+            while len(got) < len(wire(*held, later)):
+                got += await receiving.receive_some()
+            nursery.cancel_scope.cancel()
+    assert bob.close_code is None
+    assert bytes(got) == wire(*held, later)  # every frame, in order, the later packet last
+    assert link.held is None
+
+
+async def test_packets_held_for_a_client_that_reads_nothing_close_it_4004_after_the_warm_up(autojump_clock) -> None:
+    # bob never reads: the release waits for room in his queue link_warmup_s at most (live
+    # delivery waits behind it), then delivers the rest at once, and he is a slow consumer.
+    sending, _ = trio.testing.lockstep_stream_one_way_pair()
+    bob = bob_over(sending, limit=8)
+    link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1", bob),  # type: ignore[arg-type]
+                     clock_ms=lambda: 1_000, catch_up=NothingMissed())
+    async with trio.open_nursery() as nursery:
+        bob.send_queue.attach(nursery, bob.cancel_scope)
+        link._tasks = nursery
+        link.held = [deliver(n) for n in range(1, 41)]
+        started = trio.current_time()
+        await link._catch_up_then_release()
+        assert trio.current_time() - started >= DEFAULTS.link_warmup_s
+        assert bob.close_code is CloseCode.SLOW_CONSUMER and link.held is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_catch_up_waits_for_room_the_idle_timeout_then_closes_a_session_that_reads_nothing(
+        autojump_clock) -> None:
+    sending, _ = trio.testing.lockstep_stream_one_way_pair()  # nobody reads
+    bob = bob_over(sending, limit=2)
+    ctx = SimpleNamespace(config=SimpleNamespace(websocket=SimpleNamespace(idle_timeout=60.0)))
+    async with trio.open_nursery() as nursery:
+        bob.send_queue.attach(nursery, bob.cancel_scope)
+        started = trio.current_time()
+        for n in range(1, 11):  # one in the writer's hands, two in the queue, then a wait
+            await room_in(ctx, bob, frame(n))  # type: ignore[arg-type]
+            bob.push(frame(n))
+        assert trio.current_time() - started == pytest.approx(60.0)
+        assert bob.close_code is CloseCode.SLOW_CONSUMER
+        nursery.cancel_scope.cancel()

@@ -43,6 +43,9 @@ class RecordingQueue:
         self.got.append(frame)
         return True
 
+    async def room(self, frames: int = 1, size: int = 0) -> None:
+        """It takes everything: a held packet's release never waits for it."""
+
 
 @attrs.define
 class RecordingSession:

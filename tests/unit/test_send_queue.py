@@ -142,6 +142,44 @@ async def test_a_full_queue_refuses_pushes_but_not_replies_and_room_waits_for_th
         nursery.cancel_scope.cancel()
 
 
+async def test_room_for_several_frames_waits_until_that_many_fit_and_an_abort_ends_the_wait() -> None:
+    # What a catch-up or a held packet's release waits for before it pushes (a frame at a time).
+    async with writing_frame_0(limit=3) as (ws, box, nursery):
+        assert box.push(frame(1)) and box.takes(2) and not box.takes(3)
+        assert not box.takes(50)  # more than the queue holds: only once it is empty
+        waited = trio.Event()
+
+        async def wait_for_room() -> None:
+            await box.room(3)
+            waited.set()
+
+        nursery.start_soon(wait_for_room)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))  # closing: it takes (drops) anything
+        await waited.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_room_for_bytes_comes_once_the_frame_being_written_is_written() -> None:
+    # Nothing else queued: no batch starts that would wake the wait, only the write's end.
+    size = len(frame(0).payload(False))
+    async with writing_frame_0(limit=100, byte_limit=2 * size) as (ws, box, nursery):
+        assert box.takes(1, size) and not box.takes(1, 2 * size)  # frame 0's bytes count until written
+        waited = trio.Event()
+
+        async def wait_for_room() -> None:
+            await box.room(1, 2 * size)
+            waited.set()
+
+        nursery.start_soon(wait_for_room)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        ws.gate.set()
+        await waited.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def test_close_sends_its_frame_and_the_close_frame_then_ends_the_connection_scope() -> None:
     ws = Socket()
     box = queue(ws, limit=10)

@@ -18,6 +18,13 @@ What is re-delivered:
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
 The sender's own messages are not sent back to it.
+A session gets the catch-up as fast as its send queue takes it: before each frame the run
+waits for room there (pushed in one go, more than send-queue-frames closed a client 4004 even
+while it read promptly), for the idle timeout at most: a session that took nothing for so long
+is closed 4004 (its messages come with its next login's replay), and the run goes on.
+USERS_AT_ONCE users are caught up at once, so such a session holds up only its own user's
+(each user's messages still go out in order); as many sessions that read nothing hold up the
+run that long (the held packets go out beside it after link_warmup_s).
 Before re-delivering, a run checks its sessions' users with the directory and empties the
 node's cache of existing users: `user delete` tells the nodes through the master, which cannot
 reach a node that is not linked (cut off, frozen past its lease), so an account deleted
@@ -50,9 +57,13 @@ from .offline_replay import merge_page
 
 if TYPE_CHECKING:
     from .context import NodeContext
+    from .local_sessions import Session
 
 log = structlog.get_logger()
 RETRY_CAP_S = 30.0  # the longest wait between two tries of a failed catch-up
+# Users whose catch-up runs at once: a session that waits for room (up to the idle timeout)
+# holds up one of them, not every user after it; each holds one page of the store meanwhile.
+USERS_AT_ONCE = 8
 
 
 class CatchUpRun(Protocol):
@@ -164,9 +175,25 @@ async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
     dropped first (`drop_deleted_users`)."""
     await drop_deleted_users(ctx)
     pushed = 0
-    for user_id in ctx.local_sessions.users():
-        pushed += await _user_since(ctx, UserId(user_id), since_ms)
-        await trio.lowlevel.checkpoint()
+    failed: list[StoreUnavailable] = []
+    slots = trio.Semaphore(USERS_AT_ONCE)
+
+    async def one_user(user_id: UserId) -> None:
+        nonlocal pushed
+        try:
+            pushed += await _user_since(ctx, user_id, since_ms)
+        except StoreUnavailable as exc:  # the run fails as a whole (CatchUp.run tries it again)
+            failed.append(exc)
+            nursery.cancel_scope.cancel()
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for user_id in ctx.local_sessions.users():
+            await slots.acquire()
+            nursery.start_soon(one_user, UserId(user_id))
+    if failed:
+        raise failed[0]
     return pushed
 
 
@@ -206,6 +233,23 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
                 continue
             frame = OutFrame(f.MessageOut(message, offline=True))
             for session in ctx.local_sessions.sessions(uid):
+                await _room(ctx, session, frame)
                 session.push(frame)
                 pushed += 1
         after = MessageId(page[-1].id)
+
+
+async def _room(ctx: NodeContext, session: Session, frame: OutFrame) -> None:
+    """Waits until `session`'s send queue takes `frame`, for the idle timeout at most: a
+    session that took nothing for so long is a slow consumer (closed 4004; its messages come
+    with its next login's replay), and the catch-up goes on. Without the wait, a catch-up of
+    more than send-queue-frames messages for one user closed it even while it read promptly.
+    No wait for a session whose offline replay runs: it holds the frame."""
+    queue = session.send_queue
+    size = len(frame.payload(queue.binary))
+    if session.holding is not None or queue.takes(1, size):
+        return
+    with trio.move_on_after(ctx.config.websocket.idle_timeout) as waited:
+        await queue.room(1, size)
+    if waited.cancelled_caught:
+        session.slow_consumer()

@@ -291,6 +291,14 @@ class LocalDelivery:
                 self.metrics.frames_out.inc(delivered)
                 self.metrics.relay_delivered(latency)
 
+    async def room_for(self, packet: ff.Deliver) -> None:
+        """Returns once every session here that `packet` goes to has room for its frames in
+        its send queue (LocalSessions.room); the caller bounds the wait."""
+        if not self.local_sessions.has_any(packet.users):
+            return
+        texts = (packet.frame,) if isinstance(packet.frame, bytes) else packet.frame
+        await self.local_sessions.room(packet.users, len(texts), sum(map(len, texts)), packet.exclude)
+
     def presence_local(self, changes: list[Change]) -> int:
         """Announce presence changes to every local session that asked for `contacts` (the
         snapshot presence keeps up to date); returns the frames queued."""

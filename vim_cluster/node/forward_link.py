@@ -34,7 +34,10 @@ Rules:
   wait link_warmup_s at most (a slow store then gives older messages after newer ones, never
   stops live delivery); a catch-up the store fails lets them go at once and is tried again
   while linked (CatchUp.run_until_done); a link that ends cancels its catch-up, left for the
-  next link-up.
+  next link-up. The held packets then go out in order, a frame at a time, each once its
+  recipients' send queues have room (a client that reads promptly is not closed 4004 by the
+  burst), while newer ones are held behind them, for link_warmup_s at most: then the rest at
+  once (a client that reads nothing is closed 4004).
 - A session opened while linked replays its offline messages only once the master acked its
   SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
   route is then in the replay (a session opened while unlinked has the catch-up).
@@ -330,8 +333,33 @@ class SlaveLink:
                     await done.wait()
                 if waited.cancelled_caught:
                     log.warning("catch_up_slow", held=len(self.held or ()), waited_s=self.tunables.link_warmup_s)
+            with trio.move_on_after(self.tunables.link_warmup_s) as paced:
+                await self._release_paced()
+            if paced.cancelled_caught:
+                log.warning("held_release_slow", held=len(self.held or ()), waited_s=self.tunables.link_warmup_s)
         finally:
             self._release()
+
+    async def _release_paced(self) -> None:
+        """Delivers the held packets in order, each Deliver once the send queues it goes to
+        have room for its frames (LocalDelivery.room_for), while what arrives meanwhile is held
+        behind them: released in one go, more than send-queue-frames of them closed a
+        recipient 4004 even while it read promptly. Stops before a CatchUp packet (`_release`
+        hands the rest to its own catch-up); the caller bounds the wait, then `_release`
+        delivers what is left at once (a recipient that reads nothing is closed 4004)."""
+        while self.held:
+            batch, self.held = frame_by_frame(self.held), []
+            done = 0
+            try:
+                for packet in batch:
+                    if isinstance(packet, ff.CatchUp):
+                        return
+                    if isinstance(packet, ff.Deliver):
+                        await self.local.room_for(packet)
+                    self._apply([packet])
+                    done += 1
+            finally:
+                self.held = batch[done:] + (self.held or [])
 
     async def _one_catch_up_run(self, done: trio.Event) -> None:
         """One run at a time (CatchUp's own lock), tried again while it fails: `done` is set
@@ -452,6 +480,14 @@ class SlaveLink:
         else:
             log.debug("forward_link_failed", master_url=self.master_url, error=problem)
         self.problem = problem
+
+
+def frame_by_frame(packets: Sequence[ff.Packet]) -> list[ff.Packet]:
+    """`packets`, each Deliver of several frames split in one a frame (each still a list, whose
+    frame reads its own message id): a send queue may hold fewer frames than a packet carries."""
+    return [part for packet in packets
+            for part in ([packet._replace(frame=[text]) for text in packet.frame]
+                         if isinstance(packet, ff.Deliver) and isinstance(packet.frame, list) else [packet])]
 
 
 def link_problem(master_url: str, exc: Exception,

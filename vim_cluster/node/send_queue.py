@@ -11,7 +11,10 @@ Ways in:
 - push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
   frames of `byte_limit` bytes, are waiting (the caller closes the slow consumer; replay
   brings the frames back). The bytes count until a frame is written, so a client that stops
-  reading holds at most `byte_limit` bytes of the node's memory (plus one batch).
+  reading holds at most `byte_limit` bytes of the node's memory (plus one batch). A caller
+  that can wait (a catch-up, the release of packets held during it) first waits until the
+  queue `takes` what it pushes (`room(frames, size)`, which bounds nothing itself): a burst
+  of more than `limit` frames then does not close a client that reads.
 - append(frame): the connection's own replies and acks; no limit here, the reader bounds them
   by waiting for `room()` before it takes the next request.
 - control(data): a pre-framed control frame (a pong); a newer one replaces one still waiting.
@@ -185,14 +188,31 @@ class SendQueue:
         self._bytes = 0
         self._closing = True
         self._batch += 1
+        self._freed()  # nothing more is taken: what waits for room goes on
         self._poke()
 
-    async def room(self) -> None:
-        """Returns once fewer than `limit` frames wait to be sent."""
-        while len(self._items) >= self.limit and not self._closing:
+    def takes(self, frames: int = 1, size: int = 0) -> bool:
+        """Whether `push` takes `frames` more frames of `size` bytes in all now (a closing
+        queue takes anything: it drops it). More than `limit` frames count as `limit`, and
+        more than `byte_limit` bytes as what an empty queue takes: those never fit whole."""
+        if self._closing:
+            return True
+        return len(self._items) <= self.limit - min(frames, self.limit) and \
+            (not size or not self._bytes or self._bytes + size <= self.byte_limit)
+
+    async def room(self, frames: int = 1, size: int = 0) -> None:
+        """Returns once the queue `takes` `frames` more frames of `size` bytes (by default: once
+        fewer than `limit` frames wait to be sent)."""
+        while not self.takes(frames, size):
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
+
+    def _freed(self) -> None:
+        """Frames left the queue or their bytes were written: what waits for room looks again."""
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def _add(self, item: Item) -> None:
         if isinstance(item, OutFrame):
@@ -265,9 +285,7 @@ class SendQueue:
         if written == len(data):
             self._items = []
             self._bytes = 0
-            if self._room is not None:
-                self._room.set()
-                self._room = None
+            self._freed()
             return
         if written:
             self._items = [Rest(data[written:])]  # the writer sends the rest first
@@ -284,9 +302,7 @@ class SendQueue:
                 batch, self._items = self._items, []
                 self._batch += 1
                 number = self._batch
-                if self._room is not None:
-                    self._room.set()
-                    self._room = None
+                self._freed()
                 close = await self._send_batch(batch, number)
                 if number != self._batch:
                     continue  # aborted: self._items holds the close
@@ -295,6 +311,7 @@ class SendQueue:
                     return
                 if not self._items:
                     self._bytes = 0  # all written (forgets any drift of a switch to binary)
+                    self._freed()
                     self._wake = trio.Event()
                     with trio.move_on_after(self.linger_s):
                         await self._wake.wait()
@@ -325,6 +342,7 @@ class SendQueue:
             if size >= self.send_bytes:
                 await self._ws.send_all(b"".join(chunks))
                 self._bytes = max(0, self._bytes - counted)
+                self._freed()
                 chunks, size, counted = [], 0, 0
                 if number != self._batch:
                     return None
@@ -333,6 +351,7 @@ class SendQueue:
         if chunks:
             await self._ws.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self._bytes = max(0, self._bytes - counted)
+            self._freed()
         return item if isinstance(item, Close) else None
 
     async def _send_close(self, item: Close) -> None:
