@@ -49,6 +49,11 @@ def timestamp_of(snowflake: int) -> int:
     return (snowflake >> (WORKER_BITS + SEQUENCE_BITS)) + EPOCH_MS
 
 
+def worker_of(snowflake: int) -> int:
+    """The worker id an id was minted with."""
+    return (snowflake >> SEQUENCE_BITS) & MAX_WORKER
+
+
 def first_id_at(ms: int) -> int:
     """The smallest id any worker can mint at wall-clock millisecond `ms` (or later): every id
     minted before `ms` is smaller. Retention and export bound their id ranges with it."""

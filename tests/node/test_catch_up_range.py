@@ -7,7 +7,10 @@ import contextlib
 
 import trio
 
+from vim_cluster.ids import MAX_WORKER, IdGenerator
+from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.catch_up import deliver_since
+from vim_cluster.ports import NewMessage
 
 from ..support import Collector, connect, online
 
@@ -37,3 +40,32 @@ async def test_a_catch_up_re_delivers_friend_messages_since_its_start_not_every_
             assert await at_bob.wait_for([new], 10)
             assert await deliver_since(node.ctx, since) == 1  # `new` only (alice is sent none of her own)
             at_bob.stop()
+
+
+async def test_a_catch_up_gives_a_senders_devices_here_what_it_sent_from_elsewhere_not_what_it_sent_here(
+    url, node
+) -> None:
+    """PROTOCOL.md: the sender's other sessions get the same frame. A message alice sent from a
+    device on another node (minted there), whose packet the catch-up stands for, reaches her
+    devices here; what she sent here (minted by this process) went to them then, and is not
+    sent back."""
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            bob = await online(stack, url, "bob-2")
+            alice = await online(stack, url, "alice-2", client="pc")
+            assert alice.user_id is not None and bob.user_id is not None
+            alice_id, bob_id = UserId(int(alice.user_id)), UserId(int(bob.user_id))
+            since = node.ctx.clock_ms()
+            here = (await alice.chat(bob.user_id, "sent here", "here"))["id"]
+            elsewhere = Message(MessageId(IdGenerator(MAX_WORKER, node.ctx.clock_ms).next_id()), "elsewhere",
+                                alice_id, bob_id, ChatType.FRIEND, MessageType.TEXT,
+                                "sent from a device on another node", None, node.ctx.clock_ms())
+            at_alice = Collector(alice)  # after her ack
+            nursery.start_soon(at_alice.run)
+            assert not node.ctx.ids.minted_here(elsewhere.id) and node.ctx.ids.minted_here(int(here))
+            await node.ctx.store(node.ctx.messages.save_messages, [NewMessage(elsewhere, (bob_id,))])
+            assert await deliver_since(node.ctx, since) == 3  # bob: both; alice: the one from elsewhere
+            assert await at_alice.wait_for([str(elsewhere.id)], 10)
+            assert here not in at_alice.arrived
+            at_alice.stop()

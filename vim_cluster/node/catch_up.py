@@ -14,10 +14,14 @@ What is re-delivered:
   devices confirm nothing would otherwise get all of them again at every link-up (more than
   a send queue holds: closed 4004), read from the store for every online user;
 - group messages: those of the user's groups by timestamp, NOT limited by the read cursor (a
-  client's `read` of a later message moves the cursor past the ones it missed).
+  client's `read` of a later message moves the cursor past the ones it missed);
+- the user's own messages (friend and group) minted since then by other processes
+  (`MessageStore.sent_after`): the copies for its devices here of what it sent from devices
+  elsewhere (PROTOCOL.md: the sender's other sessions get the same frame), lost with the
+  packets the catch-up stands for. What this process minted is not sent back: it went to the
+  user's sessions here when it was sent (`LeasedIds.minted_here`).
 Clients drop duplicates by id. To keep each sender's order, the caller delivers the catch-up
 before any packet that arrives on the new link (node/forward_link.py holds them meanwhile).
-The sender's own messages are not sent back to it.
 A session gets the catch-up as fast as its send queue takes it: before each frame the run
 waits for room there (pushed in one go, more than send-queue-frames closed a client 4004 even
 while it read promptly), for the idle timeout at most: a session that took nothing for so long
@@ -47,13 +51,13 @@ import structlog
 import trio
 
 from ..core.backoff import Backoff
+from ..core.paging import merge_pages
 from ..errors import CloseCode, StoreUnavailable
 from ..ids import first_id_at
 from ..model import GroupId, MessageId, UserId
 from ..protocol import frames as f
 from ..protocol.codec import OutFrame
 from ..tunables import DEFAULTS
-from .offline_replay import merge_page
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -181,7 +185,8 @@ async def deliver_since(ctx: NodeContext, since_ms: int) -> int:
     async def one_user(user_id: UserId) -> None:
         nonlocal pushed
         try:
-            pushed += await _user_since(ctx, user_id, since_ms)
+            user_pushed = await _user_since(ctx, user_id, since_ms)
+            pushed += user_pushed  # not `pushed += await ...`: that reads `pushed` before the wait
         except StoreUnavailable as exc:  # the run fails as a whole (CatchUp.run tries it again)
             failed.append(exc)
             nursery.cancel_scope.cancel()
@@ -225,11 +230,12 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
         size = ctx.tunables.replay_page
         friends = await ctx.store(ctx.messages.pending, uid, max(after, first), size)
         grouped = await ctx.store(ctx.messages.group_messages_after, cursors, after, size) if cursors else []
-        page = merge_page(friends, grouped, size)
+        own = await ctx.store(ctx.messages.sent_after, uid, max(after, first), size)
+        page, _ = merge_pages([friends, grouped, own], size)
         if not page:
             return pushed
         for message in page:
-            if message.from_id == uid:
+            if message.from_id == uid and ctx.ids.minted_here(message.id):
                 continue
             frame = OutFrame(f.MessageOut(message, offline=True))
             for session in ctx.local_sessions.sessions(uid):

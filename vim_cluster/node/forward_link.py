@@ -19,9 +19,8 @@ Rules:
   master may have some already), a CatchUp(since the oldest was queued, this node) follows
   them, and until the link is up again no Delivers are queued (`dropping`). The master then
   asks every node to catch up since then (node/forward_hub.py), before anything after it: the
-  messages come from the store to their recipients (the copies for their senders' other
-  devices, receipts and notices are lost, as when a slave dies: the catch-up sends a user none of
-  its own messages). Other packets (route updates, kicks) are small and always kept. A master
+  messages come from the store to their recipients and their senders' other devices (receipts
+  and notices are lost, as when a slave dies). Other packets (route updates, kicks) are small and always kept. A master
   of an earlier release, or none linked since the start (which release is unknown): the queue
   is kept whole (`forward_queue_over_cap`, logged once).
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,

@@ -30,7 +30,7 @@ import trio
 
 from ..core.lease import Generation, KeyState, MintGate, decide_beat
 from ..errors import StoreUnavailable, VimError
-from ..ids import IdGenerator
+from ..ids import IdGenerator, worker_of
 from ..ports import NodeInfo, Registry
 from ..sysinfo import pid_alive
 from ..tunables import DEFAULTS, Tunables
@@ -233,6 +233,10 @@ class LeasedIds:
         if generator is None:
             generator = self._generators[worker] = IdGenerator(worker, self.clock_ms)
         return generator.next_id()
+
+    def minted_here(self, snowflake: int) -> bool:
+        """Whether this process minted `snowflake` (with one of the worker ids it minted with)."""
+        return worker_of(snowflake) in self._generators
 
     async def _wait_until_safe(self) -> None:
         with trio.move_on_after(self.wait_s):
