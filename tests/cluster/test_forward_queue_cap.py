@@ -63,6 +63,7 @@ class Chats:
         self.sent: dict[str, list[str]] = {chat: [] for chat, _ in [*self.targets, self.group]}
         self.bob, self.carol = bob.user_id, carol.user_id
         self.count = 0  # messages acked
+        self.at_alice_pc: Collector | None = None  # alice's other device (three_users)
         self._changed = trio.Event()
 
     async def send(self, alice: Client, count: int, tag: str, group_every: int = 50,
@@ -144,7 +145,8 @@ async def cut_overflow_restore(cluster: Cluster, alice: Client, chats: Chats, ta
 @contextlib.asynccontextmanager
 async def three_users(cluster: Cluster) -> AsyncIterator[tuple[Client, Chats, Collector, Collector, str]]:
     """(alice on dept-2, her Chats, a Collector at bob on dept-1 and one at carol on the master,
-    a fresh tag); alice, bob and carol share a group."""
+    a fresh tag); alice, bob and carol share a group. `chats.at_alice_pc` collects at alice's
+    second device, on the master: the sender's other session gets every message too."""
     tag = secrets.token_hex(3)
     async with contextlib.AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -152,17 +154,22 @@ async def three_users(cluster: Cluster) -> AsyncIterator[tuple[Client, Chats, Co
         bob = await online(stack, cluster.dept1.url, f"bob-{tag}")
         carol = await online(stack, cluster.master.url, f"carol-{tag}")
         group_id = await make_group(alice, [bob, carol], name=f"capped-{tag}")
-        at_bob, at_carol = Collector(bob), Collector(carol)
-        nursery.start_soon(at_bob.run)
-        nursery.start_soon(at_carol.run)
-        yield alice, Chats(bob, carol, group_id), at_bob, at_carol, tag
-        at_bob.stop()
-        at_carol.stop()
+        alice_pc = await online(stack, cluster.master.url, f"alice-{tag}", register=False, client="pc")
+        at_bob, at_carol, at_alice_pc = Collector(bob), Collector(carol), Collector(alice_pc)
+        chats = Chats(bob, carol, group_id)
+        chats.at_alice_pc = at_alice_pc
+        for collector in (at_bob, at_carol, at_alice_pc):
+            nursery.start_soon(collector.run)
+        yield alice, chats, at_bob, at_carol, tag
+        for collector in (at_bob, at_carol, at_alice_pc):
+            collector.stop()
 
 
 async def expect_everything(chats: Chats, at_bob: Collector, at_carol: Collector) -> None:
     await expect_all_in_order(at_bob, chats.of(chats.bob), "bob")
     await expect_all_in_order(at_carol, chats.of(chats.carol), "carol")
+    assert chats.at_alice_pc is not None
+    await expect_all_in_order(chats.at_alice_pc, chats.sent, "alice's other device")
 
 
 async def test_a_slave_cut_off_keeps_its_forward_queue_bounded_and_every_message_arrives_once_linked(
