@@ -14,15 +14,16 @@ Rules:
   chat cross as one packet, and every device gets its frames in the order they were pushed.
 - The queue's bound (vim.cluster.forward-queue-bytes: Tunables.link_queue_bytes): the client
   frames of the Delivers it holds for the master (unacked) count. One that comes when they
-  reach the cap empties the queue (so one message, however large, never does alone), if the master it last linked to takes a slave's CatchUp (feature
-  `catch-up`): every Deliver held becomes an empty one under the same sequence number (the
-  master may have some already), a CatchUp(since the oldest was queued, this node) follows
-  them, and until the link is up again no Delivers are queued (`dropping`). The master then
-  asks every node to catch up since then (node/forward_hub.py), before anything after it: the
-  messages come from the store to their recipients and their senders' other devices (receipts
-  and notices are lost, as when a slave dies). Other packets (route updates, kicks) are small and always kept. A master
-  of an earlier release, or none linked since the start (which release is unknown): the queue
-  is kept whole (`forward_queue_over_cap`, logged once).
+  reach the cap empties the queue (so one message, however large, never does alone), if the
+  master it last linked to takes a slave's CatchUp (feature `catch-up`): every Deliver held
+  becomes an empty one under the same sequence number (the master may have some already), a
+  CatchUp(since the oldest was queued, this node) follows them, and until the link is up
+  again no Delivers are queued (`dropping`). The master then asks every node to catch up
+  since then (node/forward_hub.py), before anything after it: the messages come from the
+  store to their recipients and their senders' other devices (receipts and notices are lost,
+  as when a slave dies). Other packets (route updates, kicks) are small and always kept. A
+  master of an earlier release, or none linked since the start (which release is unknown):
+  the queue is kept whole (`forward_queue_over_cap`, logged once).
 - Fencing: frames carry the epoch this node follows (the master's, learned at each handshake,
   or set with `set_epoch`); a master of an older epoch is refused.
 - Catch-up (node/catch_up.py): once linked, the node re-delivers from the store what its
