@@ -197,7 +197,7 @@ async def post(ctx: NodeContext, request: Request) -> Answer:
     if body is None:
         return Answer(400, {"error": "send a JSON object with Content-Type application/json"})
     if request.path == "/login":
-        locked = ctx.operator.locked_for_s()
+        locked = ctx.operator.locked_for_s(request.remote)
         if locked:  # a right secret too: said so, not "wrong secret" (the attempt is logged)
             ctx.operator.login(str(body.get("secret", "")), str(body.get("name", "")), request.remote)
             return Answer(429, {"error": f"too many failed logins on this node: try again in {locked} s"},
