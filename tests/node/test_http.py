@@ -208,6 +208,7 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
         assert status == 200 and body["who"] == "ops-anna"
         cookie = headers["set-cookie"].split(";")[0]
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        assert "Secure" not in headers["set-cookie"]  # plain HTTP: a Secure cookie would not come back
         status, _, body = await post_json(port, "/admin/kick", {}, cookie=cookie)
         assert status == 400 and "name the user" in body["error"]
         async with contextlib.AsyncExitStack() as stack:

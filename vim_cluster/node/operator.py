@@ -7,7 +7,8 @@ Rules:
   address's attempts for the rest of that minute; fifty from all addresses together refuse
   everyone's (one address alone cannot lock the operators out).
 - The session is a cookie `vim_operator` = `EXPIRES.NAME.MAC` (MAC: HMAC-SHA256 with the
-  cluster secret), HttpOnly, SameSite=Strict, valid SESSION_S on every node of the cluster.
+  cluster secret), HttpOnly, SameSite=Strict (and Secure on a node with TLS), valid SESSION_S on
+  every node of the cluster.
 - Actions: kick a user (every session, close code 4002) and drain a node (refuse new client
   connections with HTTP 503, close every session with 4005 "node draining": clients
   reconnect to another node). A drained node stays drained until it restarts.
@@ -108,8 +109,10 @@ class Operator:
         log.info("operator_action", **entry)
 
 
-def cookie_header(value: str, max_age: int = SESSION_S) -> str:
-    return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+def cookie_header(value: str, max_age: int = SESSION_S, *, secure: bool = False) -> str:
+    """The Set-Cookie value; `secure` (a node with TLS): the browser sends it over HTTPS only,
+    never to a plain-HTTP port of the same host (cookies do not tell ports apart)."""
+    return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}" + ("; Secure" if secure else "")
 
 
 def cookie_of(header: str | None) -> str | None:
