@@ -26,7 +26,6 @@ from .context import NodeContext
 from .health import health
 from .listeners import Listeners
 from .operator import cookie_of
-from .origin_check import host_known
 
 log = structlog.get_logger()
 # No page of this port may be framed (clickjacking of the dashboard's kick and drain, even from
@@ -84,7 +83,8 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
             host = request.headers.get("host", "")
             if request.method not in ("GET", "HEAD") and not post_ok:
                 status, kind, body = 405, "text/plain", b"only GET\n"
-            elif request.path not in ANY_HOST and not await host_known(ctx, host):
+            elif request.path not in ANY_HOST and not await ctx.cluster_hosts.host_known(
+                    ctx.config, ctx.redis, ctx.registry, host):
                 log.warning("http_request_rejected", reason="host not known", host=host, path=request.path,
                             remote=request.remote)
                 status, kind, body = 403, "text/plain", UNKNOWN_HOST

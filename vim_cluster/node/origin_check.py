@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,16 +21,14 @@ from ..errors import StoreUnavailable
 from ..ports import Registry
 from .blocking import BlockingRunner
 
-if TYPE_CHECKING:
-    from .context import NodeContext
-
 log = structlog.get_logger()
 REFRESH_S = 10.0
 
 
 @attrs.define
 class ClusterHosts:
-    """The public hosts of the cluster's live nodes, as last read from Redis."""
+    """The public hosts of the cluster's live nodes, as last read from Redis, and this node's
+    own names; the client port's and the HTTP port's checks (core/origins.py) on them."""
 
     hosts: frozenset[str] = frozenset()
     read_at: float = -REFRESH_S
@@ -54,27 +51,26 @@ class ClusterHosts:
                 self.hosts = frozenset(h for n in nodes if n.alive and (h := urlsplit(n.client_url).hostname))
         return self.hosts
 
+    async def origin_refusal(self, config: NodeConfig, redis: BlockingRunner, registry: Registry,
+                             origin: str | None, host: str) -> str | None:
+        """Why the client port refuses a handshake with this Origin and Host, or None."""
+        if origin is None:  # a native client
+            return None
+        listed = config.websocket.allowed_origins
+        own = await self.own(config)
+        if origins.refusal(origin, host, own, listed) is None:  # no Redis for the common cases
+            return None
+        return origins.refusal(origin, host, own | await self.current(redis, registry), listed)
+
+    async def host_known(self, config: NodeConfig, redis: BlockingRunner, registry: Registry, host: str) -> bool:
+        """Whether a request to the HTTP port names the node by a name it knows (no DNS rebinding)."""
+        listed = config.websocket.allowed_origins
+        own = await self.own(config)
+        if origins.ANY in listed or origins.known_host(host, own, listed):
+            return True
+        return origins.known_host(host, own | await self.current(redis, registry), listed)
+
 
 def _machine_names() -> tuple[str, str]:
     return socket.gethostname(), socket.getfqdn()
 
-
-async def origin_refusal(ctx: NodeContext, origin: str | None, host: str) -> str | None:
-    """Why the client port refuses a handshake with this Origin and Host, or None."""
-    if origin is None:  # a native client
-        return None
-    listed = ctx.config.websocket.allowed_origins
-    own = await ctx.cluster_hosts.own(ctx.config)
-    if origins.refusal(origin, host, own, listed) is None:  # no Redis for the common cases
-        return None
-    cluster = await ctx.cluster_hosts.current(ctx.redis, ctx.registry)
-    return origins.refusal(origin, host, own | cluster, listed)
-
-
-async def host_known(ctx: NodeContext, host: str) -> bool:
-    """Whether a request to the HTTP port names the node by a name it knows (no DNS rebinding)."""
-    listed = ctx.config.websocket.allowed_origins
-    own = await ctx.cluster_hosts.own(ctx.config)
-    if origins.ANY in listed or origins.known_host(host, own, listed):
-        return True
-    return origins.known_host(host, own | await ctx.cluster_hosts.current(ctx.redis, ctx.registry), listed)

@@ -36,7 +36,6 @@ from .connection import Connection
 from .context import NodeContext
 from .handlers import dispatch
 from .handlers.account import authenticate_token
-from .origin_check import origin_refusal
 from .send_queue import Close
 from .ws_server import Request, ServerSocket
 
@@ -97,7 +96,8 @@ async def _accept(ctx: NodeContext, request: Request) -> tuple[ServerSocket, int
     if ctx.draining:  # an operator drained this node (see node/operator.py)
         await request.reject(503, b"node draining: connect to another node")
         return None
-    refused = await origin_refusal(ctx, request.origin, request.host)
+    refused = await ctx.cluster_hosts.origin_refusal(ctx.config, ctx.redis, ctx.registry, request.origin,
+                                                     request.host)
     if refused is not None:  # a page of another site, or one reached by DNS rebinding (core/origins.py)
         log.warning("handshake_rejected", reason=refused, origin=request.origin, host=request.host,
                     remote=request.remote)
