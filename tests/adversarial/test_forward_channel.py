@@ -107,6 +107,24 @@ async def test_an_outsiders_newer_epoch_does_not_unseat_the_master(cluster: Clus
         assert b"master_stepped_down" not in cluster.master.process.log.read_bytes()
 
 
+async def test_a_web_page_cannot_open_the_forward_port(cluster: Cluster) -> None:
+    """Attack: a page of any site, opened by an operator whose host may reach the forward port,
+    opens a WebSocket to it from the operator's browser (past the firewall). Defended: a
+    handshake with an Origin (only browsers send one) is refused with 403; nodes and
+    operator tools send none."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", cluster.master.forward_port or 0)
+        async with stream:
+            await stream.send_all(
+                b"GET /forward HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Origin: https://evil.example\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
+            answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        async with forward(cluster) as ws:  # a tool (no Origin) still gets its challenge
+            await _hello(ws, "evil-node", secrets.token_hex(16))
+
+
 async def test_a_recorded_handshake_cannot_be_replayed(cluster: Cluster, secret: bytes) -> None:
     """Attack: replay a genuine slave handshake recorded off the wire (a valid hello and auth
     MAC for one pair of nonces) on a new connection; and reflect the master's own challenge
