@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from . import __version__, cli_users
-from .cli_config import add_command, at_least, load_or_exit
+from .cli_config import add_command, at_least, load_or_exit, shown
 from .cli_lifecycle import add_lifecycle_commands, add_user_delete
 from .cli_users import cmd_user_add
 from .config import NodeConfig
@@ -224,7 +224,7 @@ def cmd_whereis(args: argparse.Namespace) -> int:
     if not routes:
         return EXIT_NO_SESSION
     for route in sorted(routes, key=lambda r: (r.node_id, r.session_id)):
-        print(f"{route.node_id}\tsession {route.session_id}\tclient {route.client}\tuuid {route.uuid or '-'}")
+        print(f"{route.node_id}\tsession {route.session_id}\tclient {shown(route.client)}\tuuid {shown(route.uuid or '-')}")
     return 0
 
 

@@ -12,8 +12,16 @@ from typing import Any
 
 from .config import NodeConfig, load_config
 from .errors import ConfigError
+from .logs import escaped
 
 EXIT_USAGE = 2
+
+
+def shown(text: str) -> str:
+    """`text` (a user's name, a client type: anyone can choose them) for the operator's terminal,
+    its control characters written as escapes (`\\x1b`): no escape sequence a user chose moves
+    the cursor, rewrites a row or talks to the terminal."""
+    return escaped(text)
 
 
 def add_command(commands: Any, name: str, run: Callable[[argparse.Namespace], int],

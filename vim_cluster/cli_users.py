@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .cli_config import add_command, load_or_exit
+from .cli_config import add_command, load_or_exit, shown
 from .errors import ClientError, ErrorKind, StoreUnavailable
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -72,7 +72,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     code, users = _answer(lambda: list_users(config))
     if code == 0:
         rows = [("ID", "USERNAME", "NAME", "DEPARTMENT")] + [
-            (str(u.id), u.username, u.name, path) for u, path in users]
+            (str(u.id), shown(u.username), shown(u.name), shown(path)) for u, path in users]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

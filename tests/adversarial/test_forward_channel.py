@@ -5,6 +5,7 @@ frames before authenticating."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.forward_connection import PRE_AUTH_MAX_FRAME
 
-from ..cluster.harness import Cluster
+from ..cluster.harness import Cluster, blocking, http_get
 from ..support import connect, online
 from .attack import name, rss_kib, watch
 
@@ -72,6 +73,56 @@ async def test_a_peer_without_the_secret_is_refused_as_slave_and_as_operator(clu
                     assert any(isinstance(f, ff.Refused) for f in frames), frames
             await victim.send("ping", rid="still-here")
             assert (await victim.expect("pong"))["rid"] == "still-here"
+
+
+async def _master_lease(cluster: Cluster) -> dict[str, object]:
+    status, body = await blocking(http_get, f"http://127.0.0.1:{cluster.master.http_port}/dashboard.json")
+    assert status == 200, body
+    master = json.loads(body)["master"]
+    return {key: master[key] for key in ("node", "epoch", "since", "takeovers")}
+
+
+async def test_an_outsiders_newer_epoch_does_not_unseat_the_master(cluster: Cluster) -> None:
+    """Attack: without the secret, say hello with fencing epoch 10**18 (and then an auth with a
+    wrong MAC at that epoch). The master used to believe a newer master existed: it stepped
+    down, closed its forward port and took its lease again at epoch 10**18 + 1, so that every
+    such frame cut cross-node delivery for seconds, and one near 2**63 left no epoch to take.
+    Defended: an epoch counts only from a peer that proved the secret; the master keeps its
+    lease, its epoch and its links."""
+    with trio.fail_after(30):
+        before = await _master_lease(cluster)
+        async with watch(cluster, cluster.dept1):
+            for auth in (False, True):
+                async with forward(cluster) as ws:
+                    nonce = secrets.token_hex(16)
+                    await ws.send_message(ff.encode_frame(ff.Hello("evil-node", ff.PeerRole.SLAVE, "i", nonce), 10**18))
+                    epoch, challenge = ff.decode_frame(await ws.get_message())
+                    assert isinstance(challenge, ff.Challenge) and epoch == before["epoch"], (epoch, challenge)
+                    if auth:
+                        mac = ff.slave_mac(WRONG_SECRET, "evil-node", nonce, challenge.nonce)
+                        await ws.send_message(ff.encode_frame(ff.Auth(mac, 0, 0), 10**18))
+                        frames, code = await _closed(ws)
+                        assert code == 1008 and any(isinstance(f, ff.Refused) for f in frames), (frames, code)
+        assert await _master_lease(cluster) == before
+        assert b"master_stepped_down" not in cluster.master.process.log.read_bytes()
+
+
+async def test_a_web_page_cannot_open_the_forward_port(cluster: Cluster) -> None:
+    """Attack: a page of any site, opened by an operator whose host may reach the forward port,
+    opens a WebSocket to it from the operator's browser (past the firewall). Defended: a
+    handshake with an Origin (only browsers send one) is refused with 403; nodes and
+    operator tools send none."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", cluster.master.forward_port or 0)
+        async with stream:
+            await stream.send_all(
+                b"GET /forward HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Origin: https://evil.example\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
+            answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        async with forward(cluster) as ws:  # a tool (no Origin) still gets its challenge
+            await _hello(ws, "evil-node", secrets.token_hex(16))
 
 
 async def test_a_recorded_handshake_cannot_be_replayed(cluster: Cluster, secret: bytes) -> None:

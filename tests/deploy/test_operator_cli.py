@@ -122,6 +122,21 @@ def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path:
     assert both.returncode == 2 and both.stderr == "vim-cluster user: no such user: nobody\n"
 
 
+def test_user_list_writes_control_characters_of_names_as_escapes(config: Path, tmp_path: Path) -> None:
+    """Attack: a user registers with a display name holding terminal escape sequences (clear
+    the screen, move the cursor up over other rows, set the title, OSC 52 into the clipboard).
+    `user list` prints them as text, not to the operator's terminal."""
+    password_file = tmp_path / "pw.txt"
+    password_file.write_text("first password 1\n")
+    name = "\x1b[2J\x1b[1A\rroot\x1b]52;c;ZWNobyBwd25lZA==\x07"
+    added = run_cli("user", "add", "mallory", "--name", name, "--password-file", str(password_file),
+                    "--config", str(config))
+    assert added.returncode == 0, added
+    listed = run_cli("user", "list", "--config", str(config))
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\r" not in listed.stdout, listed
+    assert "\\x1b[2J\\x1b[1A\\rroot\\x1b]52;c;ZWNobyBwd25lZA==\\x07" in listed.stdout, listed.stdout
+
+
 def listed_row(config: Path, username: str) -> list[str]:
     listed = run_cli("user", "list", "--config", str(config))
     assert listed.returncode == 0, listed

@@ -47,6 +47,11 @@ async def test_a_client_chats_over_wss_and_the_http_port_is_https(nodes: Nodes, 
     assert config.http_url is not None and config.http_url.startswith("https://")
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # not the system's CAs
         await blocking(healthz, config, ssl.create_default_context())
+    # The operator's cookie over HTTPS is Secure: never sent to a plain-HTTP port of the host.
+    login = urllib.request.Request(config.http_url + "login", method="POST", headers={"content-type": "application/json"},
+                                   data=b'{"secret": "%s", "name": "ops"}' % config.cluster.secret)
+    with await blocking(lambda: urllib.request.urlopen(login, timeout=5, context=context)) as answer:
+        assert answer.status == 200 and answer.headers["set-cookie"].endswith("; Secure")
     expiry = [line for line in master.ctx.metrics.render().decode().splitlines()
               if line.startswith("vim_tls_certificate_expiry_timestamp_seconds")]
     assert len(expiry) == 1 and float(expiry[0].split()[-1]) > time.time() + 300 * 86400  # trustme: years ahead

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 
 import trio
+from structlog.testing import capture_logs
 
 from vim_cluster.admin import node_health
 from vim_cluster.model import UserId
@@ -16,12 +18,12 @@ from ..support import connect, free_port, online
 
 
 async def exchange(port: int, method: str, path: str, cookie: str | None, body: bytes | None,
-                   content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+                   content_type: str | None = None, host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 request (a body: with its Content-Length); the node answers and closes
     the connection. (status, lower-case headers, body)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
         if content_type:
             head += f"Content-Type: {content_type}\r\n"
         if body is not None:
@@ -106,8 +108,8 @@ async def post_json(port: int, path: str, body: dict, cookie: str | None = None)
     return status, headers, json.loads(payload)
 
 
-async def upgrade_status(port: int, origin: str | None = None, host: str = "127.0.0.1") -> int:
-    """The HTTP status a WebSocket upgrade request gets (with this Origin and Host)."""
+async def upgrade(port: int, origin: str | None = None, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """The HTTP status and body a WebSocket upgrade request gets (with this Origin and Host)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(
@@ -115,7 +117,11 @@ async def upgrade_status(port: int, origin: str | None = None, host: str = "127.
             + (f"Origin: {origin}\r\n".encode() if origin else b"")
             + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         answer = await stream.receive_some(4096)
-    return int(answer.split(b" ", 2)[1])
+    return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]
+
+
+async def upgrade_status(port: int, origin: str | None = None, host: str = "127.0.0.1") -> int:
+    return (await upgrade(port, origin, host))[0]
 
 
 async def test_a_page_of_another_site_cannot_open_a_client_connection(start_node) -> None:
@@ -129,7 +135,8 @@ async def test_a_page_of_another_site_cannot_open_a_client_connection(start_node
         assert await upgrade_status(port, "null") == 403
         assert await upgrade_status(port) == 101
         assert await upgrade_status(port, f"http://127.0.0.1:{node.http_port}") == 101  # its web client
-        assert await upgrade_status(port, "https://chat.corp.example", host="chat.corp.example:443") == 101
+        own = socket.gethostname()  # the machine's own name is one the node knows
+        assert await upgrade_status(port, f"https://{own}:8190", host=f"{own}:443") == 101
         listed = await start_node(websocket={"allowed-origins": ["https://app.corp.example"]})
         assert await upgrade_status(listed.client_port, "https://app.corp.example") == 101
         assert await upgrade_status(listed.client_port, "https://evil.example") == 403
@@ -138,6 +145,41 @@ async def test_a_page_of_another_site_cannot_open_a_client_connection(start_node
         assert await upgrade_status(port, "https://dept-2.corp.example:8192") == 403  # the hosts read before it
         node.ctx.cluster_hosts.read_at = -60.0  # read Redis again now, not in 10 s
         assert await upgrade_status(port, "https://dept-2.corp.example:8192") == 101
+
+
+async def test_a_page_reached_by_dns_rebinding_is_refused(start_node) -> None:
+    """DNS rebinding: a page on evil.example whose name the attacker made resolve to the node's
+    address sends `Origin: http://evil.example:PORT` and `Host: evil.example:PORT`. The client
+    port refuses its handshake (403, logged with the host), the HTTP port its dashboard and
+    operator login (not counted as a failed login); monitoring paths and native clients (no
+    Origin) are not checked, and a listed origin makes its host known."""
+    with trio.fail_after(30), capture_logs() as logs:
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port, http_port = node.client_port, node.http_port
+        evil = f"evil.example:{port}"
+        status, body = await upgrade(port, f"http://{evil}", host=evil)
+        assert status == 403 and b"vim.websocket.allowed-origins" in body and b"\n" not in body
+        rejected = [e for e in logs if e["event"] == "handshake_rejected"]
+        assert rejected and rejected[-1]["host"] == evil and rejected[-1]["reason"] == "host not known"
+        assert await upgrade_status(port, host=evil) == 101  # a native client: no Origin
+        for path in ("/", "/dashboard", "/dashboard.json", "/stats.json"):
+            status, _, body = await exchange(http_port, "GET", path, None, None, host=f"evil.example:{http_port}")
+            assert status == 403 and b"vim.websocket.allowed-origins" in body, path
+        status, _, _ = await exchange(http_port, "POST", "/login", None, b'{"secret": "guess"}', "application/json",
+                                      host=f"evil.example:{http_port}")
+        assert status == 403 and not node.ctx.operator._failures  # no failed login spent
+        assert any(e["event"] == "http_request_rejected" and e["host"] == f"evil.example:{http_port}" for e in logs)
+        for path in ("/healthz", "/metrics"):  # monitoring tools use whatever name they were given
+            status, _, _ = await exchange(http_port, "GET", path, None, None, host=f"evil.example:{http_port}")
+            assert status == 200, path
+        for host in (f"localhost:{http_port}", f"[::1]:{http_port}", f"{socket.gethostname()}:{http_port}"):
+            status, _, _ = await exchange(http_port, "GET", "/dashboard.json", None, None, host=host)
+            assert status == 200, host
+        listed = await start_node(extra={"http": {"port": free_port()}},
+                                  websocket={"allowed-origins": ["https://chat.corp.example"]})
+        assert await upgrade_status(listed.client_port, "https://chat.corp.example", host="chat.corp.example") == 101
+        status, _, _ = await exchange(listed.http_port, "GET", "/", None, None, host="chat.corp.example")
+        assert status == 200
 
 
 async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node) -> None:
@@ -166,6 +208,7 @@ async def test_operator_actions_need_a_login_with_the_cluster_secret(start_node)
         assert status == 200 and body["who"] == "ops-anna"
         cookie = headers["set-cookie"].split(";")[0]
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        assert "Secure" not in headers["set-cookie"]  # plain HTTP: a Secure cookie would not come back
         status, _, body = await post_json(port, "/admin/kick", {}, cookie=cookie)
         assert status == 400 and "name the user" in body["error"]
         async with contextlib.AsyncExitStack() as stack:
@@ -245,7 +288,7 @@ async def forwarded_drain(port: int, cookie: str) -> int:
     async with stream:
         data = b'{"node": "m"}'
         await stream.send_all(
-            b"POST /admin/drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"POST /admin/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
             + f"Cookie: {cookie}\r\nX-Vim-Forwarded-By: m\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
         raw = b""
         while chunk := await stream.receive_some(65536):
@@ -305,3 +348,22 @@ async def test_a_kick_of_a_number_no_store_holds_is_no_such_user(start_node) -> 
         cookie = headers["set-cookie"].split(";")[0]
         status, _, body = await post_json(port, "/admin/kick", {"user": str(2**64)}, cookie=cookie)
         assert status == 404 and body == {"ok": False, "result": "no such user"}
+
+
+async def test_health_checks_that_overlap_all_get_the_backends_answer(start_node) -> None:
+    """Attack: 20 /healthz at once (or a load balancer's /healthz while the dashboard fetches
+    /stats.json). Each check used to fail at once with 'the previous check has not returned
+    yet' while another was out: 503 for a healthy node, which a load balancer takes out of
+    rotation. Now each waits for the probe in flight and gets its answer."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        answers: list[tuple[int, dict]] = []
+
+        async def check(path: str) -> None:
+            status, _, body = await http(node.http_port, path)
+            answers.append((status, json.loads(body)["checks"]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(check, "/stats.json" if i % 4 == 0 else "/healthz")
+        assert [a for a in answers if a[0] != 200 or set(a[1].values()) != {"ok"}] == []

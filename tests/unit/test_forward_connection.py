@@ -495,15 +495,56 @@ def test_a_master_that_hears_of_a_newer_epoch_ends_the_link_and_reports_it() -> 
     assert [e for e in net.master.events if isinstance(e, EpochRaised)] == [EpochRaised(5, 7, "dept-1")]
     assert net.master.ended is not None and net.master.ended.reason is EndReason.NEWER_EPOCH
     assert net.master.conn.epoch == 5  # a master never adopts another master's epoch
-    assert net.slave.ended is not None and net.slave.ended.reason is EndReason.REFUSED_BY_PEER
+    # The slave fenced the stale master at its challenge, after sending the proof that told it.
+    assert net.slave.ended is not None and net.slave.ended.reason is EndReason.FENCED
+
+
+def _challenge_nonce(master: ForwardConnection[Any]) -> str:
+    [data] = master.data_to_send()
+    _, challenge = ff.decode_frame(data)
+    assert isinstance(challenge, ff.Challenge)
+    return challenge.nonce
 
 
 def test_an_older_epoch_in_a_hello_is_fine_but_not_after_it() -> None:
     master = ForwardConnection[Any](PeerRole.MASTER, "master", SECRET, epoch=3)
     master.receive_data(ff.encode_frame(ff.Hello("dept-1", PeerRole.SLAVE, "i", "n"), 1))
     assert master.state is LinkState.AWAIT_AUTH
-    master.receive_data(ff.encode_frame(ff.Auth("mac", 0, 0), 2))
+    mac = ff.slave_mac(SECRET, "dept-1", "n", _challenge_nonce(master))
+    master.receive_data(ff.encode_frame(ff.Auth(mac, 0, 0), 2))
     assert [type(e) for e in master.events()] == [Fenced, LinkEnded]
+
+
+def test_an_outsiders_epoch_is_not_heard_before_it_proved_the_secret() -> None:
+    """Attack: a hello of epoch 10**18 on the master's forward port, without the secret. It used
+    to raise EpochRaised (the master stepped down and took its lease again at 10**18 + 1), and
+    an auth with a wrong MAC did the same or counted as fenced. Now only a proved peer's epoch
+    counts: the hello gets its challenge, the wrong MAC ends the link as BAD_MAC, no epoch event."""
+    huge = 10**18
+    master = ForwardConnection[Any](PeerRole.MASTER, "master", SECRET, epoch=3)
+    master.receive_data(ff.encode_frame(ff.Hello("evil", PeerRole.SLAVE, "i", "n"), huge))
+    assert master.state is LinkState.AWAIT_AUTH and list(master.events()) == []
+    assert ff.decode_frame(master.data_to_send()[0])[0] == 3
+    master.receive_data(ff.encode_frame(ff.Auth("0" * 64, 0, 0), huge))
+    assert [type(e) for e in master.events()] == [LinkEnded]
+    assert master.ended is not None and master.ended.reason is EndReason.BAD_MAC and master.epoch == 3
+    for frame in (ff.Auth("0" * 64, 0, 0), ff.Batch(None, 1, [])):  # out of turn, before any hello
+        other = ForwardConnection[Any](PeerRole.MASTER, "master", SECRET, epoch=3)
+        other.receive_data(ff.encode_frame(frame, huge))
+        assert [type(e) for e in other.events()] == [LinkEnded] and other.epoch == 3
+
+
+def test_a_fake_masters_epoch_does_not_raise_a_slaves_fence() -> None:
+    """Attack: a master without the secret (a master-url the attacker answers) challenges with
+    epoch 10**18. The slave used to follow it before checking the MAC (its fence raised for
+    good: the real master's frames fenced as older). Now it ends the link as BAD_MAC at its epoch."""
+    slave = ForwardConnection[Any](PeerRole.SLAVE, "dept-1", SECRET, epoch=4)
+    fake = ForwardConnection[Any](PeerRole.MASTER, "master", b"another-secret-of-32-bytes......", epoch=10**18)
+    fake.receive_data(slave.send(Connect()))
+    for data in fake.data_to_send():
+        slave.receive_data(data)
+    assert [type(e) for e in slave.events()] == [LinkEnded]
+    assert slave.ended is not None and slave.ended.reason is EndReason.BAD_MAC and slave.epoch == 4
 
 
 def test_an_operator_links_sends_a_kick_and_sees_it_acked() -> None:

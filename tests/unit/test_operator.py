@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from vim_cluster.node.operator import FAILURES_PER_MINUTE, SESSION_S, Operator, cookie_of
+from vim_cluster.node.operator import (
+    FAILURES_PER_MINUTE,
+    FAILURES_PER_MINUTE_ALL,
+    SESSION_S,
+    Operator,
+    cookie_of,
+)
 
 SECRET = b"a-cluster-secret-of-32-bytes...."
 
@@ -22,16 +28,36 @@ def test_cookie_names_the_operator_until_it_expires() -> None:
     assert cookie_of(f"a=b; vim_operator={cookie}; c=d") == cookie
 
 
-def test_logins_are_refused_for_a_minute_after_five_failures() -> None:
+def test_logins_are_refused_for_a_minute_after_five_failures_from_that_address() -> None:
+    """Attack: an outsider sends 5 wrong secrets a minute to each node. That used to refuse
+    every operator's login for the minute (even the right secret): the dashboard's actions were
+    locked for as long as the attacker kept it up. Now it refuses that address only."""
     now = [0]
     operator = Operator(SECRET, lambda: now[0])
     for _ in range(FAILURES_PER_MINUTE):
         assert operator.login("wrong", "eve", "10.0.0.9") is None
-    assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is None  # even the right secret
-    assert operator.locked_for_s() == 60
+    assert operator.login(SECRET.decode(), "eve", "10.0.0.9") is None  # even the right secret
+    assert operator.locked_for_s("10.0.0.9") == 60
+    assert operator.locked_for_s("10.0.0.1") == 0
+    assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is not None  # another operator's address
     now[0] += 59_500
-    assert operator.locked_for_s() == 1
+    assert operator.locked_for_s("10.0.0.9") == 1
     now[0] += 501
-    assert operator.locked_for_s() == 0
-    assert operator.login(SECRET.decode(), "anna", "10.0.0.1") is not None
-    assert [e["action"] for e in operator.trail] == ["login"]
+    assert operator.locked_for_s("10.0.0.9") == 0
+    assert operator.login(SECRET.decode(), "eve", "10.0.0.9") is not None
+    assert [e["action"] for e in operator.trail] == ["login", "login"]
+
+
+def test_an_ipv6_address_counts_as_its_64_and_all_addresses_together_have_a_cap() -> None:
+    now = [0]
+    operator = Operator(SECRET, lambda: now[0])
+    for i in range(FAILURES_PER_MINUTE):
+        operator.login("wrong", "eve", f"2001:db8:1:2::{i + 1}")
+    assert operator.locked_for_s("2001:db8:1:2::ff") == 60 and operator.locked_for_s("2001:db8:1:3::1") == 0
+    for i in range(FAILURES_PER_MINUTE_ALL - FAILURES_PER_MINUTE):
+        now[0] += 10
+        operator.login("wrong", "eve", f"10.0.{i}.1")  # a botnet: one guess per address
+    assert operator.locked_for_s("10.9.9.9") == 60  # then nobody, for a minute from the oldest
+    assert operator.login(SECRET.decode(), "anna", "10.9.9.9") is None
+    now[0] += 60_000 - 10 * (FAILURES_PER_MINUTE_ALL - FAILURES_PER_MINUTE) + 1
+    assert operator.locked_for_s("10.9.9.9") == 0

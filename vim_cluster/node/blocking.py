@@ -12,13 +12,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import attrs
 import outcome
 import structlog
 import trio
-
-from ..errors import StoreUnavailable
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -43,7 +42,7 @@ class BlockingRunner:
         self._lock = threading.Lock()  # the thread list, against threads that end while idle
         self._threads: list[threading.Thread] = []
         self._busy = 0  # calls given and not yet reported back
-        self._probing = False
+        self._probe: _Probe | None = None  # the health probe in flight
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -87,17 +86,41 @@ class BlockingRunner:
 
     async def probe(self, fn: Callable[..., T], *args: Any) -> T:
         """A read for a health check: in a thread outside the limit (a backend that hangs fills
-        the limit first) and abandoned on cancel, so the check's timeout holds however long
-        the backend's socket waits. One probe at a time: while one is still out, the next
-        fails at once with StoreUnavailable (no thread piles up during an outage)."""
-        if self._probing:
-            raise StoreUnavailable(f"{self.name}: the previous check has not returned yet")
-        self._probing = True
+        the limit first) and left behind on cancel, so the check's timeout holds however long
+        the backend's socket waits. One probe at a time: a probe asked while one is still out
+        waits for that one's outcome (within its own timeout) instead of starting a thread, so
+        no thread piles up during an outage and checks that overlap (a load balancer's
+        /healthz and the dashboard's /stats.json) all get the backend's answer."""
+        shared = self._probe
+        if shared is None:
+            shared = self._probe = _Probe()
+            token = trio.lowlevel.current_trio_token()
 
-        def run() -> T:
-            try:
-                return fn(*args)
-            finally:
-                self._probing = False
+            def deliver(result: outcome.Outcome[Any]) -> None:  # in the probe's thread
+                def finish() -> None:
+                    if isinstance(result, outcome.Error):
+                        shared.error = result.error
+                    elif isinstance(result, outcome.Value):
+                        shared.value = result.value
+                    self._probe = None
+                    shared.done.set()
 
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+                try:
+                    token.run_sync_soon(finish)
+                except trio.RunFinishedError:  # the node stopped while the backend hung
+                    pass
+
+            trio.lowlevel.start_thread_soon(lambda: fn(*args), deliver, name=f"vim-{self.name}-probe")
+        await shared.done.wait()
+        if shared.error is not None:
+            raise shared.error
+        return cast(T, shared.value)
+
+
+@attrs.define
+class _Probe:
+    """A health probe in its thread, and its outcome once it returned."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    value: Any = None
+    error: BaseException | None = None

@@ -197,7 +197,7 @@ async def post(ctx: NodeContext, request: Request) -> Answer:
     if body is None:
         return Answer(400, {"error": "send a JSON object with Content-Type application/json"})
     if request.path == "/login":
-        locked = ctx.operator.locked_for_s()
+        locked = ctx.operator.locked_for_s(request.remote)
         if locked:  # a right secret too: said so, not "wrong secret" (the attempt is logged)
             ctx.operator.login(str(body.get("secret", "")), str(body.get("name", "")), request.remote)
             return Answer(429, {"error": f"too many failed logins on this node: try again in {locked} s"},
@@ -205,9 +205,11 @@ async def post(ctx: NodeContext, request: Request) -> Answer:
         cookie = ctx.operator.login(str(body.get("secret", "")), str(body.get("name", "")), request.remote)
         if cookie is None:
             return Answer(401, {"error": "wrong cluster secret"})
-        return Answer(200, {"ok": True, "who": ctx.operator.who(cookie)}, (("set-cookie", cookie_header(cookie)),))
+        secure = ctx.config.websocket.tls
+        return Answer(200, {"ok": True, "who": ctx.operator.who(cookie)},
+                      (("set-cookie", cookie_header(cookie, secure=secure)),))
     if request.path == "/logout":
-        return Answer(200, {"ok": True}, (("set-cookie", cookie_header("", 0)),))
+        return Answer(200, {"ok": True}, (("set-cookie", cookie_header("", 0, secure=ctx.config.websocket.tls)),))
     who = ctx.operator.who(cookie_of(request.headers.get("cookie")))
     if who is None:
         log.warning("operator_action_refused", path=request.path, remote=request.remote)

@@ -527,6 +527,11 @@ class MasterRelay:
         self.warm.set()
 
     async def _serve_peer(self, request: Request) -> None:
+        if request.origin is not None:  # only a browser sends one: a web page has no business here
+            log.warning("handshake_rejected", reason="a browser on the forward port", origin=request.origin,
+                        host=request.host, remote=request.remote)
+            await request.reject(403, b"the forward port takes nodes and operator tools, not browsers")
+            return
         ws = MessageSocket(await request.accept())
         conn: ForwardConnection[Tag] = ForwardConnection(PeerRole.MASTER, self.node_id, self.secret,
                                                          epoch=self.epoch, instance=self.instance)

@@ -3,6 +3,10 @@ the dashboard's JSON and operator endpoints (see `dashboard`).
 
 Each request is its own bulkhead: an error is logged and answered 500, never the node's end.
 GET, HEAD and POST (the operator's, see `dashboard`) are served; one request per connection.
+Every path but the monitoring ones (/healthz, /metrics: tools may use any name) answers 403
+to a `Host` the node does not know (DNS rebinding: core/origins.py): a page of another site
+whose name an attacker made resolve to the node could otherwise read the dashboard and spend
+the operator login's failures from a browser inside the network.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = structlog.get_logger()
 FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", "frame-ancestors 'none'"),
            ("x-content-type-options", "nosniff"))
 MAX_REQUEST = 16 * 1024
+ANY_HOST = ("/healthz", "/metrics")  # monitoring tools, by whatever name they are given
+UNKNOWN_HOST = b"host not known to this node: list its origin (scheme://host:port) in vim.websocket.allowed-origins\n"
 
 
 def _static(name: str) -> bytes:
@@ -74,8 +80,14 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
                 return
             extra: tuple[tuple[str, str], ...] = ()
             post_ok = request.method == "POST" and request.path in dashboard.POST_PATHS
+            host = request.headers.get("host", "")
             if request.method not in ("GET", "HEAD") and not post_ok:
                 status, kind, body = 405, "text/plain", b"only GET\n"
+            elif request.path not in ANY_HOST and not await ctx.cluster_hosts.host_known(
+                    ctx.config, ctx.redis, ctx.registry, host):
+                log.warning("http_request_rejected", reason="host not known", host=host, path=request.path,
+                            remote=request.remote)
+                status, kind, body = 403, "text/plain", UNKNOWN_HOST
             else:
                 try:
                     status, kind, body, extra = await _route(ctx, request)

@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 import trio
 
-from ..core import origins
 from ..core.lockout import source_key
 from ..errors import (
     DRAINING_DETAIL,
@@ -97,9 +96,12 @@ async def _accept(ctx: NodeContext, request: Request) -> tuple[ServerSocket, int
     if ctx.draining:  # an operator drained this node (see node/operator.py)
         await request.reject(503, b"node draining: connect to another node")
         return None
-    if not await _origin_allowed(ctx, request):  # a page of another site (core/origins.py)
-        log.warning("handshake_rejected", reason="origin not allowed", origin=request.origin, remote=request.remote)
-        await request.reject(403, b"origin not allowed: list it in vim.websocket.allowed-origins")
+    refused = await ctx.cluster_hosts.origin_refusal(ctx.config, ctx.redis, ctx.registry, request.origin,
+                                                     request.host)
+    if refused is not None:  # a page of another site, or one reached by DNS rebinding (core/origins.py)
+        log.warning("handshake_rejected", reason=refused, origin=request.origin, host=request.host,
+                    remote=request.remote)
+        await request.reject(403, f"{refused}: list the page's origin in vim.websocket.allowed-origins".encode())
         return None
     if token:
         try:
@@ -113,14 +115,6 @@ async def _accept(ctx: NodeContext, request: Request) -> tuple[ServerSocket, int
             await request.reject(503, UNAVAILABLE_DETAIL.encode())
             return None
     return await request.accept(), user, client, uuid
-
-
-async def _origin_allowed(ctx: NodeContext, request: Request) -> bool:
-    listed, own = ctx.config.websocket.allowed_origins, [ctx.config.public_host.strip("[]")]
-    if origins.allowed(request.origin, request.host, own, listed):  # no Redis for the common cases
-        return True
-    cluster = await ctx.cluster_hosts.current(ctx.redis, ctx.registry)
-    return origins.allowed(request.origin, request.host, [*own, *cluster], listed)
 
 
 async def _close_frame_if_unsent(conn: Connection) -> None:

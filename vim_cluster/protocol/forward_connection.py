@@ -37,7 +37,12 @@ known epoch is refused (Fenced, then LinkEnded(FENCED)). A newer one is reported
 a connecting side (slave, operator) follows the master's epoch and goes on; the accepting master
 ends the link (NEWER_EPOCH), since a newer master exists and it must not relay for it. The one
 exception is the hello: a slave that never saw the master's epoch yet may say an older one, and
-follows from the challenge on.
+follows from the challenge on. Before the peer proved the secret its epoch is only a claim: the
+hello's is not looked at, and the epoch of a challenge or an auth only once its MAC checked out
+(an outsider's hello of epoch 10**18 made the master step down, and a fake master's challenge
+raised a slave's fence for good). A slave that finds the master's challenge older than the epoch
+it knows sends its proof before refusing, so that the master hears of the newer epoch from a
+peer that proved the secret.
 
 The handshake: hello (node, role, instance, nonce) -> challenge (master's MAC over both nonces)
 -> auth (the slave's MAC, what it received from the master's instance, its acked base) and its
@@ -256,6 +261,7 @@ class ForwardConnection(Generic[Tag]):
         self.sent_ack = -1  # the ack our last batch carried
         self.duplicates = 0  # packets dropped as already received
         self._authenticated = False  # the peer proved the secret
+        self._frame_epoch = 0  # the epoch of the frame being handled
         self._nonce = secrets.token_hex(16)
         self._peer_nonce = ""
         self._sessions: Sequence[ff.SessionRow] = ()
@@ -333,7 +339,9 @@ class ForwardConnection(Generic[Tag]):
                 raise _End(EndReason.REFUSED_BY_PEER, f"{self._peer_name()} refused: {frame.reason}")
             if self.peer_node is None and isinstance(frame, ff.Hello | ff.Challenge):
                 self.peer_node = frame.node  # names the peer in an epoch event already
-            self._check_epoch(epoch, frame)
+            if self._authenticated:
+                self._check_epoch(epoch, frame)
+            self._frame_epoch = epoch  # the handshake's steps check it once the peer proved the secret
             self._handle(frame)
         except _End as end:
             if end.reply is not None:
@@ -398,6 +406,7 @@ class ForwardConnection(Generic[Tag]):
         if self.peer_node == self.node_id and self.peer_role is PeerRole.SLAVE:
             raise _End(EndReason.WRONG_NODE, f"a peer claims this master's own node id {self.node_id!r}",
                        reply=f"node id {self.node_id!r} is the master's own")
+        self._check_epoch(self._frame_epoch, auth)  # proved: its epoch counts now
         self._authenticated = True
         self._auth = auth
         self.state = LinkState.AWAIT_SESSIONS
@@ -436,6 +445,9 @@ class ForwardConnection(Generic[Tag]):
         if challenge.node == self.node_id or (self.expect_peer is not None and challenge.node != self.expect_peer):
             raise _End(EndReason.WRONG_NODE, f"the master is {challenge.node!r}, expected "
                        f"{self.expect_peer or 'another node than this one'!r}", reply="wrong node")
+        if self._frame_epoch < self.epoch:  # a stale master: our proof carries the newer epoch to it
+            self._out.append(ff.encode_frame(ff.Auth(mac, 0, 0), self.epoch))
+        self._check_epoch(self._frame_epoch, challenge)  # proved: its epoch counts (fenced, or followed)
         self._authenticated = True
         if challenge.instance != self.stream.receiver.instance:  # a new master process: start over
             self.stream.new_peer_instance(challenge.instance)
