@@ -73,7 +73,7 @@ USERS_AT_ONCE = 8
 class CatchUpRun(Protocol):
     """A CatchUp, as the forward link and the relay use it (tests give their own)."""
 
-    last_failed: bool  # the last run failed: it is still to do
+    last_failed: bool  # the last run failed (or was cut short): it is still to do
 
     def lost(self) -> None: ...
 
@@ -100,7 +100,7 @@ class CatchUp:
         self.retry_s = retry_s
         self.runs = 0
         self.failures = 0
-        self.last_failed = False  # the last run failed: it is still to do
+        self.last_failed = False  # the last run failed (or was cut short): it is still to do
         self._one = trio.Lock()  # one run at a time: two would interleave their users' pages
         self._retrying = False  # a run_until_done is trying again
 

@@ -161,8 +161,16 @@ class ClusterRoles:
     async def _serve_relay(self, relay: MasterRelay) -> None:
         assert self.mastership is not None
         ctx, mastership = self.ctx, self.mastership
-        # Before any slave's packet is delivered to the node's sessions (see the module's rules).
-        await self.catch_up.run()
+        # Before any slave's packet is delivered to the node's sessions (see the module's rules),
+        # for link_warmup_s at most: a catch-up waits for room in its sessions' send queues, and
+        # sessions whose network is slow to come back (the host was cut off) would keep the forward
+        # port unserved for as long. Cut short, it runs again beside serving, and the slaves'
+        # packets wait for it as for any catch-up of the master's own sessions (forward_hub.py).
+        with trio.move_on_after(ctx.tunables.link_warmup_s) as waited:
+            await self.catch_up.run()
+        if waited.cancelled_caught:
+            log.warning("catch_up_slow", waited_s=ctx.tunables.link_warmup_s, why="before relaying: goes on beside it")
+            self.catch_up.last_failed = True  # not done: relay.serve runs it again (its `down_since` was kept)
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve, self.forward)  # tries a failed run again beside serving
             nursery.start_soon(relay.run_reaper, ctx.tunables.lease_heartbeat_s)
