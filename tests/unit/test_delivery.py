@@ -43,7 +43,7 @@ class RecordingQueue:
         self.got.append(frame)
         return True
 
-    async def room(self, frames: int = 1, size: int = 0) -> None:
+    async def room(self, frames: int = 1, size: int = 0, spare: bool = False) -> None:
         """It takes everything: a held packet's release never waits for it."""
 
 

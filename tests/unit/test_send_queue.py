@@ -161,6 +161,23 @@ async def test_room_for_several_frames_waits_until_that_many_fit_and_an_abort_en
         nursery.cancel_scope.cancel()
 
 
+async def test_a_waiting_caller_that_spares_half_the_queue_never_takes_the_places_the_reader_waits_for() -> None:
+    # A catch-up that pushed as soon as a place was free kept the queue full: the connection's
+    # reader, which waits for room() before it reads the client's next request (its close),
+    # waited until the catch-up ended (a client's close unanswered for a minute).
+    async with writing_frame_0(limit=8, byte_limit=1 << 20) as (ws, box, nursery):
+        pushed = 0
+        while box.takes(1, 10, spare=True):
+            assert box.push(frame(100 + pushed))
+            pushed += 1
+        assert len(box._items) == 4, "it stops with half the queue free"
+        assert box.takes(1) and box.takes(4) and not box.takes(5)
+        with trio.move_on_after(1) as waited:
+            await box.room()  # the reader's wait: at once
+        assert not waited.cancelled_caught
+        nursery.cancel_scope.cancel()
+
+
 async def test_room_for_bytes_comes_once_the_frame_being_written_is_written() -> None:
     # Nothing else queued: no batch starts that would wake the wait, only the write's end.
     size = len(frame(0).payload(False))

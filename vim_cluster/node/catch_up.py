@@ -253,9 +253,9 @@ async def _room(ctx: NodeContext, session: Session, frame: OutFrame) -> None:
     No wait for a session whose offline replay runs: it holds the frame."""
     queue = session.send_queue
     size = len(frame.payload(queue.binary))
-    if session.holding is not None or queue.takes(1, size):
+    if session.holding is not None or queue.takes(1, size, spare=True):
         return
     with trio.move_on_after(ctx.config.websocket.idle_timeout) as waited:
-        await queue.room(1, size)
+        await queue.room(1, size, spare=True)
     if waited.cancelled_caught:
         session.slow_consumer()

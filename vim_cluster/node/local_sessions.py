@@ -138,12 +138,13 @@ class LocalSessions:
 
     async def room(self, user_ids: Iterable[int], frames: int, size: int, exclude: str | None = None) -> None:
         """Returns once the send queue of every session of these users here (but `exclude`)
-        takes `frames` more frames of `size` bytes (SendQueue.room); a session whose offline
+        takes `frames` more frames of `size` bytes, half of it still free after them
+        (SendQueue.room, `spare`); a session whose offline
         replay runs holds them instead, and needs no room. The caller bounds the wait."""
         for user_id in user_ids:
             for session in self.sessions(user_id):
                 if session.id != exclude and session.holding is None:
-                    await session.send_queue.room(frames, size)
+                    await session.send_queue.room(frames, size, spare=True)
 
     def deliver_to_presence_watchers(self, frame: OutFrame) -> int:
         """Queue `frame` to every local session that asked for `contacts`; returns how many."""

@@ -191,19 +191,26 @@ class SendQueue:
         self._freed()  # nothing more is taken: what waits for room goes on
         self._poke()
 
-    def takes(self, frames: int = 1, size: int = 0) -> bool:
+    def takes(self, frames: int = 1, size: int = 0, spare: bool = False) -> bool:
         """Whether `push` takes `frames` more frames of `size` bytes in all now (a closing
         queue takes anything: it drops it). More than `limit` frames count as `limit`, and
-        more than `byte_limit` bytes as what an empty queue takes: those never fit whole."""
+        more than `byte_limit` bytes as what an empty queue takes: those never fit whole.
+        `spare`: and half the queue (frames and bytes) still free after them, what a caller
+        that can wait asks (a catch-up, the release of held packets): it never takes the last
+        places, which the connection's reader waits for (`room()`) before it reads on (the
+        client's next request, its close): a catch-up that filled every place as soon as it
+        was free kept a client's requests and close unanswered until it ended."""
         if self._closing:
             return True
+        if spare:
+            frames, size = frames + self.limit // 2, (size + self.byte_limit // 2 if size else 0)
         return len(self._items) <= self.limit - min(frames, self.limit) and \
             (not size or not self._bytes or self._bytes + size <= self.byte_limit)
 
-    async def room(self, frames: int = 1, size: int = 0) -> None:
+    async def room(self, frames: int = 1, size: int = 0, spare: bool = False) -> None:
         """Returns once the queue `takes` `frames` more frames of `size` bytes (by default: once
         fewer than `limit` frames wait to be sent)."""
-        while not self.takes(frames, size):
+        while not self.takes(frames, size, spare):
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
