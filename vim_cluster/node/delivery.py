@@ -296,8 +296,7 @@ class LocalDelivery:
         its send queue (LocalSessions.room); the caller bounds the wait."""
         if not self.local_sessions.has_any(packet.users):
             return
-        texts = (packet.frame,) if isinstance(packet.frame, bytes) else packet.frame
-        await self.local_sessions.room(packet.users, len(texts), sum(map(len, texts)), packet.exclude)
+        await self.local_sessions.room(packet.users, len(packet.frames), packet.size, packet.exclude)
 
     def presence_local(self, changes: list[Change]) -> int:
         """Announce presence changes to every local session that asked for `contacts` (the
