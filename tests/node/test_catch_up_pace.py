@@ -12,10 +12,20 @@ from structlog.testing import capture_logs
 from vim_cluster.errors import CloseCode
 from vim_cluster.node.catch_up import deliver_since
 
-from ..support import Collector, connect, online
+from ..support import Client, Collector, connect, online
 
 QUEUE = 16  # vim.websocket.send-queue-frames here
 BIG = 400_000  # characters a message: a few dozen fill the loopback socket buffers
+
+
+async def alice_and_reading_bob(stack: contextlib.AsyncExitStack, nursery: trio.Nursery,
+                                url: str) -> tuple[Client, Client, Collector]:
+    """alice and bob online (closed with `stack`), and a Collector reading bob's frames."""
+    alice = await online(stack, url, "alice")
+    bob = await online(stack, url, "bob")
+    at_bob = Collector(bob)
+    nursery.start_soon(at_bob.run)
+    return alice, bob, at_bob
 
 
 async def test_a_catch_up_of_several_send_queues_of_messages_keeps_a_client_that_reads(start_node) -> None:
@@ -27,11 +37,8 @@ async def test_a_catch_up_of_several_send_queues_of_messages_keeps_a_client_that
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
+            alice, bob, at_bob = await alice_and_reading_bob(stack, nursery, url)
             assert bob.user_id is not None
-            at_bob = Collector(bob)
-            nursery.start_soon(at_bob.run)
             since = node.ctx.clock_ms()
             sent = [(await alice.chat(bob.user_id, f"m {i}", f"m-{i}"))["id"] for i in range(6 * QUEUE)]
             assert await at_bob.wait_for(sent, 10)
@@ -58,11 +65,8 @@ async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_
     with trio.fail_after(90), capture_logs() as logs:
         async with contextlib.AsyncExitStack() as stack:
             nursery = await stack.enter_async_context(trio.open_nursery())
-            alice = await online(stack, url, "alice")
-            bob = await online(stack, url, "bob")
+            alice, bob, at_bob = await alice_and_reading_bob(stack, nursery, url)
             assert bob.user_id is not None
-            at_bob = Collector(bob)
-            nursery.start_soon(at_bob.run)
             since = node.ctx.clock_ms()
             sent = []
             for i in range(60):  # each once bob has the one before (his client reads them slowly)

@@ -6,8 +6,9 @@ wait_all_tasks_blocked and events; timers (the writer's linger) on trio's autoju
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -84,6 +85,21 @@ async def writing_frame_0(limit: int, byte_limit: int = 1 << 62) -> AsyncIterato
             yield ws, box, nursery
 
 
+async def waiting_for(nursery: trio.Nursery, wait: Callable[[], Awaitable[None]]) -> trio.Event:
+    """Starts `wait` in `nursery`; the event it sets once it returned, checked not set while
+    every task is blocked."""
+    waited = trio.Event()
+
+    async def run() -> None:
+        await wait()
+        waited.set()
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not waited.is_set()
+    return waited
+
+
 async def test_frames_go_out_in_order_in_one_write_and_the_writer_exists_only_while_there_is_work(
         autojump_clock: trio.testing.MockClock) -> None:
     ws = Socket()
@@ -125,15 +141,7 @@ async def test_a_full_queue_refuses_pushes_but_not_replies_and_room_waits_for_th
         assert not box.push(frame(4))  # three wait: a slow consumer
         box.append(frame(5))  # the connection's own replies are bounded elsewhere
         assert len(box) == 4
-        waited = trio.Event()
-
-        async def wait_for_room() -> None:
-            await box.room()
-            waited.set()
-
-        nursery.start_soon(wait_for_room)
-        await trio.testing.wait_all_tasks_blocked()
-        assert not waited.is_set()
+        waited = await waiting_for(nursery, box.room)
         ws.gate.set()
         await waited.wait()
         await trio.testing.wait_all_tasks_blocked()
@@ -147,15 +155,7 @@ async def test_room_for_several_frames_waits_until_that_many_fit_and_an_abort_en
     async with writing_frame_0(limit=3) as (ws, box, nursery):
         assert box.push(frame(1)) and box.takes(2) and not box.takes(3)
         assert not box.takes(50)  # more than the queue holds: only once it is empty
-        waited = trio.Event()
-
-        async def wait_for_room() -> None:
-            await box.room(3)
-            waited.set()
-
-        nursery.start_soon(wait_for_room)
-        await trio.testing.wait_all_tasks_blocked()
-        assert not waited.is_set()
+        waited = await waiting_for(nursery, functools.partial(box.room, 3))
         box.abort(Close(CloseCode.SLOW_CONSUMER, "slow-consumer"))  # closing: it takes (drops) anything
         await waited.wait()
         nursery.cancel_scope.cancel()
@@ -183,15 +183,7 @@ async def test_room_for_bytes_comes_once_the_frame_being_written_is_written() ->
     size = len(frame(0).payload(False))
     async with writing_frame_0(limit=100, byte_limit=2 * size) as (ws, box, nursery):
         assert box.takes(1, size) and not box.takes(1, 2 * size)  # frame 0's bytes count until written
-        waited = trio.Event()
-
-        async def wait_for_room() -> None:
-            await box.room(1, 2 * size)
-            waited.set()
-
-        nursery.start_soon(wait_for_room)
-        await trio.testing.wait_all_tasks_blocked()
-        assert not waited.is_set()
+        waited = await waiting_for(nursery, functools.partial(box.room, 1, 2 * size))
         ws.gate.set()
         await waited.wait()
         nursery.cancel_scope.cancel()
