@@ -143,13 +143,12 @@ def test_a_cluster_across_hosts_serves_chats_operators_and_survives_a_cut_link(d
 
 LONG_CUT_S = 15.0  # past the node lock's 10 s TTL: the cluster declares the node dead
 LONG_CUT_EVENTS: dict[str, dict[str, tuple[str, ...]]] = {  # what each side logs: the node cut off, and a node that saw it go
-    "dept-1": {"dept-1": ("lease_retaken", "routes_republished", "catch_up_done"),
+    # `lease_lapsed`, not `lease_retaken`: the beat that re-took the lock may be one sent into the
+    # cut whose answer never came (node/heartbeat.py); in about 1 run of 4 the master's was.
+    "dept-1": {"dept-1": ("lease_lapsed", "routes_republished", "catch_up_done"),
                "master": ("dead_node_routes_purged", "forward_peer_dropped", "catch_up_asked_of_all")},
-    # The master's node lease: `nodes` shows it DEAD during the cut and alive after (asserted
-    # above), but in about one run of four here (2026-12-03) its log had no `lease_retaken` /
-    # `routes_republished` within 15 s of the traffic's end (not understood; see the session's
-    # note): only its master lease's retake is asked of it.
-    "master": {"master": ("master_relay_deadline", "relaying_stopped", "master_lease_retaken"),
+    "master": {"master": ("master_relay_deadline", "relaying_stopped", "master_lease_retaken", "lease_lapsed",
+                          "routes_republished"),
                "dept-2": ("forward_link_lost", "catch_up_done")},  # and it follows the new epoch (below)
 }
 

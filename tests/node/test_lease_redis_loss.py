@@ -11,11 +11,13 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
 from vim_cluster.adapters.redis_registry import RedisRegistry
 from vim_cluster.config import load_config
+from vim_cluster.core.lease import KeyState
 from vim_cluster.errors import StoreUnavailable
 from vim_cluster.ids import MAX_WORKER
 from vim_cluster.model import UserId
@@ -125,6 +127,38 @@ async def test_another_owner_of_the_node_id_still_stops_the_node(registry: Redis
     await lease(registry, "dept-2")  # another process now holds the node id
     with pytest.raises(LeaseLost, match="another process holds this node id"):
         await first.beat()
+
+
+async def test_a_lapse_whose_retaking_beat_went_unanswered_still_republishes_the_routes(
+    registry: RedisRegistry,
+) -> None:
+    """Bad day: the node is cut from Redis past its lease's TTL, so the master declares it dead
+    and purges its routes. A heartbeat sent into the cut reaches Redis once the network is back
+    (TCP delivers what a timed-out socket had queued) and re-takes the lock, but its answer is
+    lost, so the node's next beat finds the lock RENEWED. Before the fix the node never
+    published its routes again: its users looked offline to every other node until they logged
+    in again (seen as the master's missing `lease_retaken` in 1 of 4 multihost long cuts). Now
+    a beat after lease_hold_s without a confirmed one publishes them, and so does the next (a
+    master that read the node dead just before may purge them once more)."""
+    short = attrs.evolve(DEFAULTS, lease_ttl_s=2, lease_hold_s=1.5, lease_settle_s=1.6, lease_heartbeat_s=0.5)
+    short.check()
+    held = Lease(registry, BlockingRunner("redis", 4), describe("dept-4"), short)
+    await held.acquire()
+    republished: list[float] = []
+
+    async def republish() -> int:
+        republished.append(trio.current_time())
+        return 1
+
+    assert await held.beat(republish) and republished == []  # a beat on time publishes nothing
+    await trio.sleep(short.lease_ttl_s + 0.5)  # the cut: no beat answered; the lock expires
+    assert await trio.to_thread.run_sync(registry.node_owner, "dept-4") is None
+    unanswered = await trio.to_thread.run_sync(registry.heartbeat, held.describe(), held.owner, held.ttl_s,
+                                               held.worker)
+    assert unanswered.node is KeyState.RETAKEN  # what the node never hears
+    assert await held.beat(republish) and len(republished) == 1  # finds it RENEWED, publishes anyway
+    assert await held.beat(republish) and len(republished) == 2  # once more, after any late purge
+    assert await held.beat(republish) and len(republished) == 2
 
 
 async def test_redis_unreachable_minting_waits_then_answers_unavailable(

@@ -12,7 +12,13 @@ Rules:
 - Routes left under this node id by a crashed earlier process are purged at start.
 - A key that is simply missing (Redis lost its data: a crash, a flush, a failover to an empty
   replica) is re-taken by the next heartbeat, and the node's live routes are published again
-  (`run`'s `republish`). Only a key held by another owner is a loss (core/lease.py): the node
+  (`run`'s `republish`). So are they after any stretch of lease_hold_s without a confirmed
+  heartbeat (a cut from Redis, a hung process), whatever the next answer says: the lock may
+  have lapsed meanwhile and the master purged the routes, and the beat that re-took the lock
+  may be one whose answer never came (a request sent into the cut is delivered by TCP once the
+  network is back, after its socket timed out), leaving the next beat to find it RENEWED. They
+  are published at the next beat too: a master that read the node as dead just before may
+  purge them after the first publishing. Only a key held by another owner is a loss (core/lease.py): the node
   id (`LeaseLost`: the node stops, two processes must never serve one node id), or the worker id (the node takes another one and mints with it once it is safe).
 - Redis being down for a while is logged and retried; the node keeps running. It mints ids
   only while its worker id is confirmed (`MintGate`): `LeasedIds.next_id` waits for that.
@@ -84,6 +90,8 @@ class Lease:
         self.gate = MintGate(hold_s=tunables.lease_hold_s, settle_s=tunables.lease_settle_s)
         self.generation: str | None = None  # the Redis generation this node last saw
         self.last_beat_ms = 0
+        self._confirmed_sent: float | None = None  # when the last answered beat (or take) was sent
+        self._republish_beats = 0  # beats left that publish the routes again after a lapse
         self._changed = trio.Event()
         self._soon = trio.Event()  # set: beat now, not at the end of the interval
 
@@ -94,6 +102,7 @@ class Lease:
     async def acquire(self) -> int:
         """Takes the node-id lock and a worker id; returns the worker id."""
         info: NodeInfo = self.describe()
+        self._confirmed_sent = trio.current_time()
         dead = await self.runner(self.registry.node_owner, info.node_id)
         dead = dead if dead and owner_is_dead_here(dead) else None
         if not await self.runner(self.registry.acquire_node, info, self.owner, self.ttl_s, dead):
@@ -143,6 +152,7 @@ class Lease:
             log.warning("heartbeat_failed", error=str(exc), worker=self.gate.worker)
             return False
         decision = decide_beat(report, self.generation)
+        self._note_lapse(sent)
         if decision.lost:
             raise LeaseLost(f"node {info.node_id}: {decision.lost} in Redis")
         if decision.reset:
@@ -160,11 +170,23 @@ class Lease:
             self.gate.lost()
         if self.gate.worker is None:
             await self._retake_worker()
-        if decision.republish and republish is not None:
+        if (decision.republish or self._republish_beats) and republish is not None:
+            self._republish_beats = max(0, self._republish_beats - 1)
             await self._republish(republish)
         self.last_beat_ms = info.heartbeat_at
         self._wake()
         return True
+
+    def _note_lapse(self, sent: float) -> None:
+        """An answered beat sent at `sent`: after lease_hold_s or more without one, the
+        routes are published again at this beat and the next (the module's docstring)."""
+        unconfirmed = trio.current_time() - (self._confirmed_sent if self._confirmed_sent is not None else sent)
+        self._confirmed_sent = sent
+        if unconfirmed >= self.tunables.lease_hold_s:
+            self._republish_beats = 2
+            log.warning("lease_lapsed", unconfirmed_s=round(unconfirmed, 1),
+                        reason="no heartbeat confirmed for that long: Redis may have dropped this node's "
+                               "keys and the master its routes, which are published again")
 
     async def _retake_worker(self) -> None:
         try:
