@@ -81,6 +81,20 @@ def test_only_one_claim_holds_and_every_takeover_raises_the_epoch(registry: Redi
     assert registry.claim_master("c", "oc", "ws://c/forward", TTL_MS, 0, replacing="ob") is None  # not c's own
 
 
+async def test_a_claim_whose_answer_was_lost_is_recognised_by_the_next_one(registry: RedisRegistry) -> None:
+    """Bad day: a standby's claim was sent into a network cut, its socket timed out, and TCP
+    delivered it once the network healed: it took the lapsed lease, and its answer was lost.
+    Before the fix the standby's next claim found the lease held ("by another") and nobody
+    relayed until it lapsed again (4 s), the old master having found it 'other'. Now the next
+    claim takes it again with a new epoch."""
+    standby = mastership(registry, "b")
+    lost = await trio.to_thread.run_sync(registry.claim_master, "b", standby.owner, standby.forward_url(), TTL_MS, 0)
+    assert lost == 1  # what the standby never hears
+    await standby.try_claim()
+    assert standby.holding and standby.epoch == 2
+    assert await trio.to_thread.run_sync(registry.claim_master, "c", "oc", "ws://c/", TTL_MS, 0) is None
+
+
 async def test_a_standby_claims_only_after_the_lease_lapsed(registry: RedisRegistry) -> None:
     active, standby = mastership(registry, "a"), mastership(registry, "b")
     await active.try_claim()

@@ -176,12 +176,14 @@ return {gen[1], gen[2], -1}
 """
 # KEYS = master lock, epoch counter, master hash; ARGV = lock value, ttl ms, floor epoch, node,
 # forward URL, replacing. Takes the master lease only if no one holds it (a holder's lease must
-# lapse first) or it holds exactly `replacing` (this node's own process, known dead), raises the epoch above both the counter and `floor` (the highest epoch the claimer
+# lapse first), it holds exactly `replacing` (this node's own process, known dead) or the
+# claimer itself does (a claim of its own whose answer never came: sent into a network cut and
+# delivered by TCP once it healed, after the socket timed out), raises the epoch above both the counter and `floor` (the highest epoch the claimer
 # saw: a Redis that lost its data must not hand out an old epoch again) and publishes the
 # master. Returns {1, epoch} or {0, 0}.
 _CLAIM_MASTER = """
 local current = redis.call('GET', KEYS[1])
-if current and (ARGV[6] == '' or current ~= ARGV[6]) then return {0, 0} end
+if current and current ~= ARGV[1] and (ARGV[6] == '' or current ~= ARGV[6]) then return {0, 0} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local epoch = redis.call('INCR', KEYS[2])
 if epoch <= tonumber(ARGV[3]) then
