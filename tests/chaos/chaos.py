@@ -26,7 +26,11 @@ are numbered; each sends its messages 0, 1, 2, ... in order to one conversation:
 Faults (`schedule`, seeded): SIGKILL of the active master, of a standby master (when the
 cluster has two), of a department node, SIGTERM of a department node (a graceful stop: it must
 exit 0; since session 27, so a seed of an earlier run gives another schedule), Redis killed and
-started again empty, a slave's link to the master cut at the proxy. One fault at a time: inject, wait `down` seconds,
+started again empty, a slave's link to the master cut at the proxy, Redis's network cut (since
+session 31: every node reaches Redis through a proxy that stalls, a pulled cable that carries
+nothing and closes nothing, for 4.5-13 s, past the master lease's 4 s TTL and at times past the
+node lock's 10 s; what the nodes sent into it reaches Redis when it heals, requests they gave up
+on included). One fault at a time: inject, wait `down` seconds,
 repair (restart the process / restore the link), wait until every node is healthy, let
 traffic run `quiet` seconds, next fault. The first faults are a shuffle of every kind, so a
 short run still sees each kind once.
@@ -75,7 +79,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 from ..cluster.harness import DEPT1, DEPT2, MASTER, Cluster, ClusterNode, blocking
 from ..cluster.proxy import ProxyThread
 from ..servers import RedisServer
-from ..support import PASSWORD, Client, connect, flush_redis, online
+from ..support import PASSWORD, Client, connect, flush_redis, free_port, online
 
 MASTER_A, MASTER_B = "master-a", "master-b"  # the two-master cluster's masters
 ACTIVE, STANDBY = "active", "standby"  # fault targets resolved when the fault comes
@@ -85,6 +89,8 @@ KILL_DEPT = "kill-dept"
 STOP_DEPT = "stop-dept"  # SIGTERM: a graceful stop (it tells the master it leaves), then started again
 RESTART_REDIS = "restart-redis"
 CUT_LINK = "cut-link"
+CUT_REDIS = "cut-redis"
+DOWN_S = {CUT_REDIS: (4.5, 13.0)}  # a kind's own range of `down` seconds (else the run's)
 
 RECONNECT_S = 0.25  # a client's pause before it opens its session again
 SESSION_TIMEOUT_S = 15.0  # login + ready + replay, or the client tries again
@@ -118,7 +124,8 @@ def schedule(seed: int, kinds: dict[str, list[str]], down: tuple[float, float] =
     rng = random.Random(seed)
 
     def make(kind: str) -> Fault:
-        return Fault(kind, rng.choice(kinds[kind]), round(rng.uniform(*down), 2), round(rng.uniform(*quiet), 2))
+        return Fault(kind, rng.choice(kinds[kind]), round(rng.uniform(*DOWN_S.get(kind, down)), 2),
+                     round(rng.uniform(*quiet), 2))
 
     first = sorted(kinds)
     rng.shuffle(first)
@@ -455,10 +462,12 @@ class ChaosRun:
             raise ValueError("masters must be 1 or 2")
         self.two_masters = masters == 2
         self.redis = RedisServer(folder / "redis-server")
+        # every node reaches Redis through this proxy (CUT_REDIS stalls it); the run itself directly
+        self.redis_proxy = ProxyThread(self.redis.port, listen_port=free_port())
         # one master: both slaves reach it through a proxy each (a cut link is one slave's);
         # two: each master publishes its forward URL through a proxy in front of it (a cut link
         # is every link of the active master, which keeps its Redis lease)
-        self.cluster = Cluster(folder / "cluster", self.redis.url, proxied=() if self.two_masters else (DEPT1, DEPT2))
+        self.cluster = Cluster(folder / "cluster", f"redis://127.0.0.1:{self.redis_proxy.proxy.listen_port}/0", proxied=() if self.two_masters else (DEPT1, DEPT2))
         if forward_queue_bytes is not None:  # every node's forward queue capped (vim.cluster.forward-queue-bytes)
             write_node = self.cluster.write_node
 
@@ -501,6 +510,7 @@ class ChaosRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         flush_redis(self.redis.url)
+        self.redis_proxy.start()
         if self.two_masters:
             self._start_two_masters()
         else:
@@ -539,14 +549,15 @@ class ChaosRun:
         try:
             await blocking(self.cluster.stop)  # in a thread: the proxies' threads are stopped from outside trio
         finally:
+            await blocking(self.redis_proxy.stop)
             self.redis.kill()
 
     def fault_kinds(self) -> dict[str, list[str]]:
         if self.two_masters:
             return {KILL_MASTER: [ACTIVE], KILL_STANDBY: [STANDBY], KILL_DEPT: [DEPT1, DEPT2],
-                    STOP_DEPT: [DEPT1, DEPT2], RESTART_REDIS: ["redis"], CUT_LINK: [ACTIVE]}
+                    STOP_DEPT: [DEPT1, DEPT2], RESTART_REDIS: ["redis"], CUT_LINK: [ACTIVE], CUT_REDIS: ["redis"]}
         return {KILL_MASTER: [MASTER], KILL_DEPT: [DEPT1, DEPT2], STOP_DEPT: [DEPT1, DEPT2],
-                RESTART_REDIS: ["redis"], CUT_LINK: sorted(self.cluster.proxies)}
+                RESTART_REDIS: ["redis"], CUT_LINK: sorted(self.cluster.proxies), CUT_REDIS: ["redis"]}
 
     def active_master(self) -> str:
         """The master whose /metrics says it relays (two-master clusters)."""
@@ -615,6 +626,8 @@ class ChaosRun:
             self.redis.kill()  # from this thread: the server dies with the thread that started it
         elif fault.kind == CUT_LINK:
             await blocking(self.cluster.proxies[target].sever)
+        elif fault.kind == CUT_REDIS:
+            await blocking(self.redis_proxy.stall)
         else:
             raise ValueError(fault.kind)
 
@@ -626,6 +639,8 @@ class ChaosRun:
             self.redis.start()  # empty: no persistence
         elif fault.kind == CUT_LINK:
             await blocking(self.cluster.proxies[target].restore)
+        elif fault.kind == CUT_REDIS:
+            await blocking(self.redis_proxy.unstall)
 
     async def heal(self, record: FaultRecord) -> None:
         """Waits until every node is healthy; a node that exited on its own is a finding (it is
@@ -860,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="scripts/chaos.sh",
         description="The chaos suite's long run: a master + two department nodes on a private redis-server, "
                     "steady cross-node, group and offline traffic, a seeded random schedule of faults (SIGKILL "
-                    "of masters and department nodes, Redis restarted empty, links cut), then the accounting "
+                    "of masters and department nodes, Redis restarted empty, links cut, Redis's network cut), then the accounting "
                     "table. Exits 1 if anything acked was lost, arrived out of order or under two ids.")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (default 600)")
     parser.add_argument("--seed", type=int, default=None,

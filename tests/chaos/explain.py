@@ -47,8 +47,8 @@ def explain(folder: Path) -> str:
         index = {m: i for i, m in enumerate(ids)}
         for u_name, user in data["users"].items():
             arrived = {a[0]: a for a in user["arrivals"]}
-            if not arrived.keys() & index.keys():
-                continue  # not one of this sender's recipients
+            if u_name == s_name or not arrived.keys() & index.keys():
+                continue  # not one of this sender's recipients (a catch-up may echo its own)
             pair = f"{s_name}@{sender['home']} -> {u_name}@{user['home']}"
             for i, m in enumerate(ids):
                 if m not in arrived:

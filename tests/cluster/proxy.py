@@ -3,6 +3,10 @@
 `TcpProxy` listens on a port and pipes every accepted connection to a target port.
 `sever()` closes every proxied connection and, until `restore()`, closes each new connection
 as soon as it is accepted (the peer sees its connection refused mid-handshake).
+`stall()` is a pulled cable instead: nothing is carried either way, and nothing is closed; what
+was sent meanwhile is carried at `unstall()`, even on a connection its sender gave up on and
+closed meanwhile (TCP delivers what a closed socket had queued once the network heals, so a
+request that timed out may still reach its server, its answer lost).
 With `record=True` it keeps every byte it carried (both directions) in `carried`: what a
 sniffer on the link would read.
 `ProxyThread` runs a `TcpProxy` in its own thread with its own trio loop, so tests that block
@@ -35,6 +39,8 @@ class TcpProxy:
         self.accepted = 0  # connections piped to the target
         self.refused = 0  # connections closed at once while severed
         self._links: set[trio.CancelScope] = set()
+        self._flowing = trio.Event()  # set while not stalled
+        self._flowing.set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.listen_port, host=self.host)
@@ -51,6 +57,14 @@ class TcpProxy:
     def restore(self) -> None:
         self.severed = False
 
+    def stall(self) -> None:
+        """Carry nothing until `unstall`; keep every connection and what is sent on it."""
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def unstall(self) -> None:
+        self._flowing.set()
+
     @property
     def open_links(self) -> int:
         return len(self._links)
@@ -60,6 +74,7 @@ class TcpProxy:
             self.refused += 1
             await trio.aclose_forcefully(downstream)
             return
+        await self._flowing.wait()  # a connection made into a stall reaches the target after it
         try:
             upstream = await trio.open_tcp_stream(self.host, self.target_port)
         except OSError:
@@ -82,6 +97,7 @@ class TcpProxy:
         """Copies bytes until either side ends; then ends both directions."""
         try:
             while data := await source.receive_some(BUFFER):
+                await self._flowing.wait()
                 if self.record:
                     self.carried += data
                 await sink.send_all(data)
@@ -91,10 +107,11 @@ class TcpProxy:
 
 
 class ProxyThread:
-    """A TcpProxy in a thread of its own: `start()`, `sever()`, `restore()`, `stop()`."""
+    """A TcpProxy in a thread of its own: `start()`, `sever()`, `restore()`, `stall()`,
+    `unstall()`, `stop()`."""
 
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
-        self.proxy = TcpProxy(target_port, host)
+    def __init__(self, target_port: int, host: str = "127.0.0.1", listen_port: int = 0) -> None:
+        self.proxy = TcpProxy(target_port, host, listen_port)
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
@@ -139,6 +156,12 @@ class ProxyThread:
 
     def restore(self) -> None:
         self._call(self.proxy.restore)
+
+    def stall(self) -> None:
+        self._call(self.proxy.stall)
+
+    def unstall(self) -> None:
+        self._call(self.proxy.unstall)
 
     def open_links(self) -> int:
         return int(self._call(lambda: self.proxy.open_links))

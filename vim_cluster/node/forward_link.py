@@ -38,9 +38,10 @@ Rules:
   recipients' send queues have room (a client that reads promptly is not closed 4004 by the
   burst), while newer ones are held behind them, for link_warmup_s at most: then the rest at
   once (a client that reads nothing is closed 4004).
-- A session opened while linked replays its offline messages only once the master acked its
-  SessionOpen (`routed`, at most link_routed_wait_s): a message relayed before the master knew the
-  route is then in the replay (a session opened while unlinked has the catch-up).
+- A session opened while linked, or while the link's handshake runs (after the hello that
+  lists the sessions), replays its offline messages only once the master acked its SessionOpen
+  (`routed`, at most link_routed_wait_s): a message relayed before the master knew the route is
+  then in the replay (a session opened while unlinked is in the next hello, and has the catch-up).
 - A wss:// master-url is verified (CA of vim.websocket.tls.ca-file, hostname); a failed attempt
   is logged once per cause as `forward_link_failed` naming the master URL and the cause
   (refused, timeout, TLS verification, the secret), which /healthz shows while the link is down.
@@ -209,7 +210,11 @@ class SlaveLink:
 
     def session_opened(self, session: Session) -> None:
         self.peer.push(ff.SessionOpen(session.user_id, session.id, session.client, session.uuid))
-        if self.connected:  # unlinked: the catch-up at the next link-up covers the session
+        # Linked, or linking (the hello that lists the sessions is sent: the master learns this
+        # one from its SessionOpen, which it may read only after its own catch-up, seconds after
+        # this link's catch-up read the store): the replay waits for the route. Unlinked: the
+        # next hello lists the session, and the catch-up at that link-up covers it.
+        if self.conn is not None:
             self.unrouted[session.id] = trio.Event()
 
     def session_closed(self, session: Session) -> None:
