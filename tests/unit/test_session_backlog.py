@@ -114,3 +114,25 @@ async def test_a_kick_ends_the_backlogs_task_and_drops_what_waits() -> None:
             assert not bob.backlog and bob.backlog_bytes == 0
             nursery.start_soon(receiving.receive_some)  # the writer's batch goes, then the queue ends
     assert bob.backlog is None
+
+
+async def test_a_backlog_holds_up_only_its_own_session() -> None:
+    # bob reads nothing: his frames wait in his backlog, and the forward link's Delivers (a
+    # packet of many frames for both) go on to dave, who reads, at once.
+    to_bob, _ = trio.testing.lockstep_stream_one_way_pair()
+    to_dave, at_dave = trio.testing.lockstep_stream_one_way_pair()
+    bob, sessions = bob_over(to_bob, limit=4)
+    dave = Session("s-4", 4, "web", None, SendQueue(StreamSocket(to_dave), 4), trio.CancelScope(), idle_timeout=60.0)
+    sessions.add(dave)
+    local = LocalDelivery("dept-1", sessions, NodeMetrics("dept-1"))
+    frames = [frame(n) for n in range(1, 31)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for session in (bob, dave):
+                session.send_queue.attach(nursery, session.cancel_scope)
+            for item in frames:  # sync: the link's reader never waits for either
+                local.local_sessions.deliver([2, 4], item)
+            got = await read(at_dave, len(wire(frames)))
+            assert got == wire(frames) and dave.close_code is None
+            assert bob.backlog and bob.close_code is None
+            nursery.cancel_scope.cancel()
