@@ -10,8 +10,9 @@ send_all per frame costs ~42 µs of CPU, one per batch of 16 ~7 µs a frame).
 Ways in:
 - push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
   frames of `byte_limit` bytes, are waiting (the session keeps the frame in its backlog, or
-  closes a slow consumer: node/local_sessions.py; replay brings the frames back). The bytes count until a frame is written, so a client that stops
-  reading holds at most `byte_limit` bytes of the node's memory (plus one batch). A caller
+  closes a slow consumer: node/local_sessions.py; replay brings the frames back). The bytes
+  count until a frame is written, so a client that stops reading holds at most `byte_limit`
+  bytes of the node's memory in its queue (plus one batch; its backlog as much again). A caller
   that can wait (a catch-up, the release of packets held during it) first waits until the
   queue `takes` what it pushes (`room(frames, size)`, which bounds nothing itself): a burst
   of more than `limit` frames then does not close a client that reads.
