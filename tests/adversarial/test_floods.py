@@ -166,7 +166,8 @@ async def test_a_recipient_that_stops_reading_is_cut_off_before_it_costs_much_me
     """Attack: a user on dept-1 stops reading while her own second account on the master
     sends her messages of 16 KiB content plus 16 KiB extend as fast as it may (a slow
     consumer used to make the node hold up to 1,024 queued frames, 32 MiB, per connection).
-    Defended: dept-1 closes the reader with 4004 once 4 MiB wait for her, its memory grows by
+    Defended: dept-1 closes the reader with 4004 once 4 MiB wait for her in her send queue and
+    4 MiB more in her backlog behind it (node/local_sessions.py), its memory grows by
     well under that 32 MiB, another user on dept-1 stays fast, and every message is kept for
     her offline replay."""
     node = cluster.dept1

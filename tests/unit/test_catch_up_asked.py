@@ -639,9 +639,10 @@ class NothingMissed:
         return 0
 
 
-def bob_over(stream: trio.abc.SendStream, limit: int) -> Session:
+def bob_over(stream: trio.abc.SendStream, limit: int, idle_timeout: float = 60.0) -> Session:
     """bob (user 2), whose send queue of `limit` frames writes to `stream` (its writer task only)."""
-    return Session("s-2", 2, "web", None, SendQueue(StreamSocket(stream), limit), trio.CancelScope())
+    return Session("s-2", 2, "web", None, SendQueue(StreamSocket(stream), limit), trio.CancelScope(),
+                   idle_timeout=idle_timeout)
 
 
 def wire(*packets: ff.Deliver) -> bytes:
@@ -684,11 +685,12 @@ async def test_packets_held_during_a_catch_up_go_to_a_client_that_reads_without_
     assert link.held is None
 
 
-async def test_packets_held_for_a_client_that_reads_nothing_close_it_4004_after_the_warm_up(autojump_clock) -> None:
+async def test_packets_held_for_a_client_that_reads_nothing_close_it_4004_at_its_idle_timeout(autojump_clock) -> None:
     # bob never reads: the release waits for room in his queue link_warmup_s at most (live
-    # delivery waits behind it), then delivers the rest at once, and he is a slow consumer.
+    # delivery waits behind it), then delivers the rest at once: into his backlog, which waits
+    # for him to read his idle timeout at most, then he is a slow consumer.
     sending, _ = trio.testing.lockstep_stream_one_way_pair()
-    bob = bob_over(sending, limit=8)
+    bob = bob_over(sending, limit=8, idle_timeout=60.0)
     link = SlaveLink("dept-1", "ws://127.0.0.1:9/forward", b"s" * 32, local_of("dept-1", bob),  # type: ignore[arg-type]
                      clock_ms=lambda: 1_000, catch_up=NothingMissed())
     async with trio.open_nursery() as nursery:
@@ -698,7 +700,11 @@ async def test_packets_held_for_a_client_that_reads_nothing_close_it_4004_after_
         started = trio.current_time()
         await link._catch_up_then_release()
         assert trio.current_time() - started >= DEFAULTS.link_warmup_s
-        assert bob.close_code is CloseCode.SLOW_CONSUMER and link.held is None
+        assert bob.close_code is None and bob.backlog and link.held is None
+        await trio.sleep(59)  # autojump_clock: nothing read meanwhile
+        assert bob.close_code is None
+        await trio.sleep(2)
+        assert bob.close_code is CloseCode.SLOW_CONSUMER and not bob.backlog
         nursery.cancel_scope.cancel()
 
 

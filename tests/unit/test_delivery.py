@@ -43,14 +43,13 @@ class RecordingQueue:
         self.got.append(frame)
         return True
 
-    async def room(self, frames: int = 1, size: int = 0, spare: bool = False) -> None:
-        """It takes everything: a held packet's release never waits for it."""
 
 
 @attrs.define
 class RecordingSession:
     """What LocalSessions.deliver needs of a session: its ids, `holding` (None: no offline
-    replay running) with its `hold`, and its send queue's `push`."""
+    replay running) with its `hold`, its `backlog` (never any: its queue takes everything) and
+    its send queue's `push`."""
 
     id: str
     user_id: int
@@ -58,6 +57,10 @@ class RecordingSession:
     holding: list[OutFrame] | None = None
     held_bytes: int = 0
     wants_presence: bool = False
+    backlog: None = None
+
+    async def room(self, frames: int, size: int) -> None:
+        """It takes everything: a held packet's release never waits for it."""
 
     def hold(self, frame: OutFrame) -> None:
         assert self.holding is not None

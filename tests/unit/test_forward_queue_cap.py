@@ -14,7 +14,9 @@ import trio.testing
 from vim_cluster.errors import CloseCode
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
 from vim_cluster.node.forward_link import SlaveLink
+from vim_cluster.node.local_sessions import Session
 from vim_cluster.node.roles import hand_over
+from vim_cluster.node.send_queue import SendQueue
 from vim_cluster.protocol import forward_frames as ff
 from vim_cluster.protocol.codec import OutFrame
 from vim_cluster.protocol.forward import UnackedWindow
@@ -22,8 +24,18 @@ from vim_cluster.protocol.forward_connection import Acked, PacketsReceived
 from vim_cluster.protocol.frames import MessageOut
 from vim_cluster.tunables import DEFAULTS
 
-from .test_catch_up_asked import FakeCatchUp, deliver, frame, ids, peer_of, queued, relay_with
+from .test_catch_up_asked import (
+    FakeCatchUp,
+    StreamSocket,
+    deliver,
+    frame,
+    ids,
+    peer_of,
+    queued,
+    relay_with,
+)
 from .test_delivery import RecordingSession, local_of
+from .test_session_backlog import read, wire
 
 CAP = 65536
 
@@ -210,3 +222,51 @@ def test_one_message_larger_than_the_cap_alone_empties_nothing() -> None:
     now[0] += 1
     link.deliver([3], message(2), None)  # the queue reached its cap: this one empties it
     assert dropped == [2] and ff.CatchUp(10_000, "dept-2") in held(link)
+
+
+async def test_the_master_holds_only_the_asking_slaves_delivers_for_its_own_sessions() -> None:
+    # dept-1 did not ask: its messages reach carol at once, not after dept-2's catch-up (before,
+    # every slave's Delivers waited for it, link_warmup_s at most, and then went out at once).
+    carol = RecordingSession("s-3", 2)
+    catch_up = FakeCatchUp(carol, replayed=5)
+    relay = relay_with(catch_up, carol, [50_000])
+    asking, dept1 = peer_of(relay, "dept-2"), peer_of(relay, "dept-1")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            relay._tasks = nursery
+            relay.link_event(asking, PacketsReceived(1, [ff.CatchUp(42_000, "dept-2"), deliver(6)]))
+            relay.link_event(dept1, PacketsReceived(1, [deliver(20), deliver(21)]))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(carol) == [20, 21] and relay._held_local is not None
+            catch_up.go.set()
+    assert ids(carol) == [20, 21, 5, 6]
+    assert relay._held_local is None
+
+
+async def test_the_masters_held_delivers_go_to_a_client_that_reads_paced_without_closing_it() -> None:
+    # Five queues' worth held from the asking slave: released at once, carol's queue and the
+    # backlog behind it (its bytes: 8 frames' each) overflowed and she was closed 4004 though
+    # she read promptly. Now a frame at a time as her queue has room; what the slave sends
+    # meanwhile comes after them.
+    sending, receiving = trio.testing.lockstep_stream_one_way_pair()
+    size = len(frame(1).payload(False))
+    carol = Session("s-3", 2, "web", None, SendQueue(StreamSocket(sending), 8, 8 * size), trio.CancelScope(),
+                    idle_timeout=60.0)
+    catch_up = FakeCatchUp(carol, replayed=5)  # type: ignore[arg-type]
+    relay = relay_with(catch_up, carol, [50_000])  # type: ignore[arg-type]
+    asking = peer_of(relay, "dept-2")
+    held = [deliver(n) for n in range(10, 50)]
+    expected = [frame(5), *(frame(n) for n in range(10, 51))]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            carol.send_queue.attach(nursery, carol.cancel_scope)
+            relay._tasks = nursery
+            relay.link_event(asking, PacketsReceived(1, [ff.CatchUp(42_000, "dept-2"), *held]))
+            catch_up.go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            relay.link_event(asking, PacketsReceived(42, [deliver(50)]))  # while the release runs
+            got = await read(receiving, len(wire(expected)))
+            nursery.cancel_scope.cancel()
+    assert carol.close_code is None
+    assert got == wire(expected)
+    assert relay._held_local is None

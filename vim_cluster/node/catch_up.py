@@ -246,16 +246,16 @@ async def _user_since(ctx: NodeContext, uid: UserId, since_ms: int) -> int:
 
 
 async def _room(ctx: NodeContext, session: Session, frame: OutFrame) -> None:
-    """Waits until `session`'s send queue takes `frame`, for the idle timeout at most: a
-    session that took nothing for so long is a slow consumer (closed 4004; its messages come
-    with its next login's replay), and the catch-up goes on. Without the wait, a catch-up of
-    more than send-queue-frames messages for one user closed it even while it read promptly.
-    No wait for a session whose offline replay runs: it holds the frame."""
-    queue = session.send_queue
-    size = len(frame.payload(queue.binary))
-    if session.holding is not None or queue.takes(1, size, spare=True):
+    """Waits until `session` takes `frame` (its send queue, with nothing in its backlog:
+    Session.takes), for the idle timeout at most: a session that took nothing for so long is
+    a slow consumer (closed 4004; its messages come with its next login's replay), and the
+    catch-up goes on. Without the wait, a catch-up of more than send-queue-frames messages for
+    one user went into its backlog at once, which then could pass its bytes. No wait for a
+    session whose offline replay runs: it holds the frame."""
+    size = len(frame.payload(session.send_queue.binary))
+    if session.holding is not None or session.takes(1, size):
         return
     with trio.move_on_after(ctx.config.websocket.idle_timeout) as waited:
-        await queue.room(1, size, spare=True)
+        await session.room(1, size)
     if waited.cancelled_caught:
         session.slow_consumer()

@@ -143,6 +143,7 @@ class Connection:
             send_queue=self.send_queue,
             cancel_scope=self.cancel_scope,
             holding=[] if holding else None,
+            idle_timeout=self.state.idle_timeout,
         )
         route = Route(session.id, ctx.node_id, client, uuid)
         # Read with the add, in one transaction: read before it, two sessions of one client type

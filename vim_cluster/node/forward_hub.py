@@ -31,8 +31,10 @@ Rules:
   dropped without a catch-up (`Peer.left`). A live slave asks for the same catch-up with a
   CatchUp packet of its own when it emptied its queue past vim.cluster.forward-queue-bytes
   (node/forward_link.py): since its oldest emptied packet was queued; the other slaves get
-  the CatchUp ahead of what it sends after, and the master's own sessions get its (and every
-  slave's) Delivers after the master's own catch-up (`_held_local`, link_warmup_s at most).
+  the CatchUp ahead of what it sends after, and the master's own sessions get its Delivers
+  after the master's own catch-up (`_held_local`, link_warmup_s at most; the other slaves'
+  go on at once), then as their send queues take them (link_warmup_s more at most), as a
+  slave releases what it held during a catch-up.
 - A master that starts never knew the processes of slaves that have not linked to it yet, and
   one of them may hold acked messages (unlinked since the old master went): the warm-up keeps a
   stand-in peer for each, with its lease owner (`_stand_in_for_unlinked`). A stand-in takes no
@@ -87,6 +89,7 @@ from ..tunables import DEFAULTS, Tunables
 from .blocking import BlockingRunner
 from .catch_up import CatchUpRun
 from .delivery import LocalDelivery, deliver_body, kick_packet
+from .forward_link import frame_by_frame
 from .link import MessageWebSocket, PeerLink, Signal, exchange, pump
 from .link_tally import LinkTally
 from .listeners import Listeners
@@ -151,8 +154,10 @@ class MasterRelay:
         self._caught_up = trio.Event()  # set while it does not run
         self._caught_up.set()
         self._tasks: trio.Nursery | None = None  # while serving: where they run
-        # Slaves' Delivers for the own sessions, while the catch-up a slave asked for runs
-        self._held_local: list[ff.Deliver] | None = None
+        # The Delivers for the own sessions of the slaves that asked for a catch-up
+        # (`_held_from`), from their CatchUp on, while it runs and they are released
+        self._held_local: list[ff.Packet] | None = None
+        self._held_from: set[str] = set()
         self.tunables = tunables
         self.tally = LinkTally(watch, far_end="peer")  # watch: the master lease
         self.secret = secret
@@ -255,7 +260,7 @@ class MasterRelay:
             if slave:  # a Leaving counts only while nothing comes after it
                 peer.left = isinstance(packet, ff.Leaving)
             if isinstance(packet, ff.Deliver) and slave:
-                if self._held_local is None:
+                if self._held_local is None or peer.node_id not in self._held_from:
                     self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude,
                                              packet.ts, now)
                 else:
@@ -342,29 +347,64 @@ class MasterRelay:
 
     def _slave_emptied(self, peer: Peer, packet: ff.CatchUp) -> None:
         """`peer` emptied its queue (see the module's rules): every node catches up, and the
-        own sessions get what slaves send after it once theirs is delivered."""
+        own sessions get what `peer` sends after it once theirs is delivered. Only `peer`'s:
+        the catch-up brings the messages it dropped, which must come before its newer ones;
+        another slave's come in their order whenever the catch-up brings them again (clients
+        drop the copies by id)."""
         log.warning("forward_peer_emptied_queue", peer=peer.name, since_ms=packet.since)
         self.ask_catch_up(packet.since, peer.node_id, asking=peer)
-        if self._catching_up and self._held_local is None and self._tasks is not None:
+        if not self._catching_up or self._tasks is None:
+            return  # no catch-up of the own sessions runs: nothing to hold for
+        if self._held_local is None:
             try:
-                self._tasks.start_soon(self._release_local, self._caught_up)
+                self._tasks.start_soon(self._release_local)
             except RuntimeError:  # its nursery closed (serving ended): nothing to hold for
                 return
             self._held_local = []
+        self._held_from.add(peer.node_id)
 
-    async def _release_local(self, caught_up: trio.Event) -> None:
+    async def _release_local(self) -> None:
         """Delivers the Delivers held for the own sessions once their catch-up is delivered,
-        link_warmup_s at most (past it, a slow store: older messages may come after newer)."""
+        link_warmup_s at most (past it, a slow store: older messages may come after newer),
+        then paced (`_release_paced`) link_warmup_s more at most, then the rest at once."""
         try:
             with trio.move_on_after(self.tunables.link_warmup_s) as waited:
-                await caught_up.wait()
+                while not self._caught_up.is_set():  # one asked meanwhile runs again, or after it
+                    await self._caught_up.wait()
             if waited.cancelled_caught:
                 log.warning("catch_up_slow", held=len(self._held_local or ()), waited_s=self.tunables.link_warmup_s)
+            with trio.move_on_after(self.tunables.link_warmup_s) as paced:
+                await self._release_paced()
+            if paced.cancelled_caught:
+                log.warning("held_release_slow", held=len(self._held_local or ()),
+                            waited_s=self.tunables.link_warmup_s)
         finally:
-            held, self._held_local = self._held_local or [], None
+            held, self._held_local, self._held_from = self._held_local or [], None, set()
             now = self.clock_ms()
             for packet in held:
+                assert isinstance(packet, ff.Deliver)
                 self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude, packet.ts, now)
+
+    async def _release_paced(self) -> None:
+        """The held Delivers in order, as a slave releases what it held during a catch-up
+        (SlaveLink._release_paced): a frame at a time, each once the send queues it goes to
+        have room for it (LocalDelivery.room_for), while what the asking slaves send meanwhile
+        is held behind them; each also after a catch-up of the own sessions asked meanwhile
+        (another slave emptied its queue). The caller bounds the wait."""
+        while self._held_local:
+            batch, self._held_local = frame_by_frame(self._held_local), []
+            done = 0
+            try:
+                for packet in batch:
+                    assert isinstance(packet, ff.Deliver)
+                    while not self._caught_up.is_set():
+                        await self._caught_up.wait()
+                    await self.local.room_for(packet)
+                    self.local.apply_deliver(packet.users, packet.frame, packet.message_id, packet.exclude,
+                                             packet.ts, self.clock_ms())
+                    done += 1
+            finally:
+                self._held_local = batch[done:] + (self._held_local or [])
 
     def ask_catch_up(self, own: int, node: str, asking: Peer | None = None) -> None:
         """Every slave but `asking`, and the own sessions, re-deliver what they may have missed

@@ -37,7 +37,8 @@ Rules:
   next link-up. The held packets then go out in order, a frame at a time, each once its
   recipients' send queues have room (a client that reads promptly is not closed 4004 by the
   burst), while newer ones are held behind them, for link_warmup_s at most: then the rest at
-  once (a client that reads nothing is closed 4004).
+  once (a session whose queue is full keeps them in its backlog: node/local_sessions.py; a
+  client that reads nothing is closed 4004).
 - A session opened while linked, or while the link's handshake runs (after the hello that
   lists the sessions), replays its offline messages only once the master acked its SessionOpen
   (`routed`, at most link_routed_wait_s): a message relayed before the master knew the route is
@@ -351,7 +352,8 @@ class SlaveLink:
         behind them: released in one go, more than send-queue-frames of them closed a
         recipient 4004 even while it read promptly. Stops before a CatchUp packet (`_release`
         hands the rest to its own catch-up); the caller bounds the wait, then `_release`
-        delivers what is left at once (a recipient that reads nothing is closed 4004)."""
+        delivers what is left at once (into the backlog of a recipient whose queue is full:
+        one that reads nothing is closed 4004)."""
         while self.held:
             batch, self.held = frame_by_frame(self.held), []
             done = 0

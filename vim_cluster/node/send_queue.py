@@ -9,9 +9,10 @@ send_all per frame costs ~42 µs of CPU, one per batch of 16 ~7 µs a frame).
 
 Ways in:
 - push(frame): deliveries from other sessions; never blocks; False when `limit` frames, or
-  frames of `byte_limit` bytes, are waiting (the caller closes the slow consumer; replay
-  brings the frames back). The bytes count until a frame is written, so a client that stops
-  reading holds at most `byte_limit` bytes of the node's memory (plus one batch). A caller
+  frames of `byte_limit` bytes, are waiting (the session keeps the frame in its backlog, or
+  closes a slow consumer: node/local_sessions.py; replay brings the frames back). The bytes
+  count until a frame is written, so a client that stops reading holds at most `byte_limit`
+  bytes of the node's memory in its queue (plus one batch; its backlog as much again). A caller
   that can wait (a catch-up, the release of packets held during it) first waits until the
   queue `takes` what it pushes (`room(frames, size)`, which bounds nothing itself): a burst
   of more than `limit` frames then does not close a client that reads.
@@ -37,6 +38,7 @@ what a group message to hundreds of members saves per copy (issue 12).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 import attrs
@@ -206,6 +208,29 @@ class SendQueue:
             frames, size = frames + self.limit // 2, (size + self.byte_limit // 2 if size else 0)
         return len(self._items) <= self.limit - min(frames, self.limit) and \
             (not size or not self._bytes or self._bytes + size <= self.byte_limit)
+
+    @property
+    def closing(self) -> bool:
+        """Its close is queued (or it ended): it takes and drops anything pushed."""
+        return self._closing
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        """Runs `fn` in the connection's nursery (it ends with the connection); False if the
+        connection has ended (or the queue is not attached yet)."""
+        if self._nursery is None:
+            return False
+        try:
+            self._nursery.start_soon(fn)
+        except RuntimeError:  # its nursery closed: the connection ended
+            return False
+        return True
+
+    async def freed(self) -> None:
+        """Returns once frames next leave the queue or their bytes are written (the client
+        read), or the queue closes."""
+        if self._room is None:
+            self._room = trio.Event()
+        await self._room.wait()
 
     async def room(self, frames: int = 1, size: int = 0, spare: bool = False) -> None:
         """Returns once the queue `takes` `frames` more frames of `size` bytes (by default: once
