@@ -12,7 +12,7 @@ from vim_cluster import wiring
 from vim_cluster.config import load_config
 from vim_cluster.errors import StoreUnavailable
 
-from ..servers import MariaDB, RedisServer, redis_process  # noqa: F401 - fixture
+from ..servers import FerretDB, MariaDB, RedisServer, redis_process  # noqa: F401 - fixture
 from ..unit.test_config import config, write
 
 PASSWORD = "p@ss/w:rd%?#&é "
@@ -43,3 +43,25 @@ def test_the_registry_reaches_a_redis_that_requires_the_password_of_its_file(
     with pytest.raises(StoreUnavailable, match="authenticated"):
         wiring.open_registry(load_config(without)).ping()
     wiring.open_registry(load_config(with_file)).ping()
+
+
+def test_the_message_store_opens_with_the_password_of_its_file(tmp_path: Path) -> None:
+    """FerretDB requiring SCRAM authentication, its user made at start as MongoDB's image makes
+    the root user from MONGO_INITDB_ROOT_PASSWORD_FILE; the URL names the user and `admin`."""
+    server = FerretDB(tmp_path / "ferretdb", root_password=PASSWORD)
+    try:
+        server.create()
+        (tmp_path / "mongo-password").write_text(PASSWORD + "\n")
+        base = f"mongodb://{server.user}@127.0.0.1:{server.port}/vim?authSource=admin"
+        path = write(tmp_path, config(store={"messages": base, "messages-password-file": "mongo-password"}))
+        messages = wiring.open_messages(load_config(path))
+        try:
+            assert messages.history("u1-2", None, 10) == ([], False)
+        finally:
+            messages.close()
+        (tmp_path / "wrong").write_text("not-" + PASSWORD)
+        wrong = write(tmp_path / "wrong-config", config(store={"messages": base, "messages-password-file": "../wrong"}))
+        with pytest.raises(Exception, match="Authentication failed"):
+            wiring.open_messages(load_config(wrong))
+    finally:
+        server.stop()
