@@ -37,6 +37,7 @@ from .config_values import (
     ws_url,
     ws_urls,
 )
+from .core.lockout import LockoutPolicy
 from .errors import ConfigError
 from .tunables import CONFIG_KEYS, DEFAULTS, Tunables
 
@@ -129,6 +130,7 @@ class NodeConfig:
     store: StoreConfig
     message: MessageConfig
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
+    lockout: LockoutPolicy = LockoutPolicy()  # vim.login: the login lockout's limits (core/lockout.py)
     ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
 
     @property
@@ -187,6 +189,7 @@ def _store_sync(value: Any) -> StoreSync:
 
 
 PORT = int_range(1, 65535)
+LOCKOUT_DEFAULTS = LockoutPolicy()
 HOUR, DAY = 3600.0, 86400.0  # the upper bounds of timing keys
 
 # (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
@@ -236,6 +239,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "offline-retention-days": (int_range(1, 36_500), None),
         "purge-hour": (int_range(0, 23), 2),
         "purge-batch": (int_range(10, 100_000), 50),
+    },
+    # The lockout's shared limits (core/lockout.py), the same on every node. Never below the
+    # per-(username, address) 5 of the contract: fewer would lock a user out before it says.
+    "login": {
+        "lockout-per-user": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_user),
+        "lockout-per-address": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_address),
     },
 }
 
@@ -382,6 +391,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         ),
         message=_message_config(name, v["message"]),
         tunables=_tunables(name, v),
+        lockout=LockoutPolicy(per_user=v["login"]["lockout-per-user"], per_address=v["login"]["lockout-per-address"]),
         ignored=_ignored(node_type, v),
     )
 
