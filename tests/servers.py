@@ -311,27 +311,35 @@ FERRETDB_GOGC = "400"
 
 
 class FerretDB(PrivateServer):
-    """FerretDB on its SQLite backend: MongoDB's wire protocol over files in `folder`/data."""
+    """FerretDB on its SQLite backend: MongoDB's wire protocol over files in `folder`/data.
+    With `root_password`, it requires authentication (SCRAM) and has one user, `vim` in
+    `admin` (as MongoDB's image makes MONGO_INITDB_ROOT_USERNAME)."""
 
     name = "ferretdb"
+    user = "vim"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, root_password: str | None = None) -> None:
         super().__init__(folder)
         self.binary = find_ferretdb()
         self.data = folder / "data"
         self.data.mkdir(exist_ok=True)
+        self.root_password = root_password
 
     def command(self) -> list[str]:
+        auth = ["--test-enable-new-auth", "--setup-database=admin", f"--setup-username={self.user}"]
         return [
             self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.data}/",
             f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=127.0.0.1:0",
             f"--state-dir={self.folder}", "--telemetry=disable", "--log-level=WARN",
+            *(auth if self.root_password is not None else []),
         ]
 
     def environment(self) -> dict[str, str]:
         """Go's collector at GOGC=400 unless GOGC is set (an A/B): FerretDB's CPU per message
-        -15 % at 11 MB more RSS (docs/operations.md, session 25)."""
-        return {"GOGC": FERRETDB_GOGC, **os.environ}
+        -15 % at 11 MB more RSS (docs/operations.md, session 25). The setup user's password
+        goes in the environment, not on the command line."""
+        password = {"FERRETDB_SETUP_PASSWORD": self.root_password} if self.root_password is not None else {}
+        return {"GOGC": FERRETDB_GOGC, **os.environ, **password}
 
     def create(self) -> FerretDB:
         """Starts the server (its data folder is made empty with it)."""

@@ -3,9 +3,11 @@
 Rules:
 - Unknown keys and bad values are errors; `load_config` raises `ConfigError(file, key,
   problem)` for the first problem found, so the node stops with one clear line.
-- Relative paths (secret-file, TLS files, sqlite stores) are relative to the config file's folder.
-- The secret file is read here and the TLS files are loaded: a node that cannot read them does
-  not start (and `vim-cluster check` says so).
+- Relative paths (secret-file, password files, TLS files, sqlite stores) are relative to the
+  config file's folder.
+- The secret file and the password files are read here and the TLS files are loaded: a node
+  that cannot read them does not start (and `vim-cluster check` says so). A password file's
+  password goes into its URL (percent-encoded), so the config file itself need hold none.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 import yaml
@@ -35,6 +37,7 @@ from .config_values import (
     ws_url,
     ws_urls,
 )
+from .core.lockout import LockoutPolicy
 from .errors import ConfigError
 from .tunables import CONFIG_KEYS, DEFAULTS, Tunables
 
@@ -127,6 +130,7 @@ class NodeConfig:
     store: StoreConfig
     message: MessageConfig
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
+    lockout: LockoutPolicy = LockoutPolicy()  # vim.login: the login lockout's limits (core/lockout.py)
     ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
 
     @property
@@ -185,6 +189,7 @@ def _store_sync(value: Any) -> StoreSync:
 
 
 PORT = int_range(1, 65535)
+LOCKOUT_DEFAULTS = LockoutPolicy()
 HOUR, DAY = 3600.0, 86400.0  # the upper bounds of timing keys
 
 # (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
@@ -220,10 +225,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "send-queue-bytes": (int_range(1024, 1 << 40), None),
     },
     "http": {"port": (PORT, None)},
-    "redis": {"url": (redis_url, "embedded")},
+    "redis": {"url": (redis_url, "embedded"), "password-file": (string, None)},
     "store": {
         "directory": (string, "sqlite:data/directory.db"),
         "messages": (string, "sqlite:data/messages.db"),
+        "directory-password-file": (string, None),
+        "messages-password-file": (string, None),
         "sync": (_store_sync, StoreSync.FULL),
     },
     "message": {
@@ -232,6 +239,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "offline-retention-days": (int_range(1, 36_500), None),
         "purge-hour": (int_range(0, 23), 2),
         "purge-batch": (int_range(10, 100_000), 50),
+    },
+    # The lockout's shared limits (core/lockout.py), the same on every node. Never below the
+    # per-(username, address) 5 of the contract: fewer would lock a user out before it says.
+    "login": {
+        "lockout-per-user": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_user),
+        "lockout-per-address": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_address),
     },
 }
 
@@ -363,14 +376,22 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             allowed_origins=ws["allowed-origins"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
-        redis=RedisConfig(url=v["redis"]["url"]),
+        redis=RedisConfig(url=_with_password(name, "vim.redis", "url", v["redis"]["url"], "password-file",
+                                             v["redis"]["password-file"], base)),
         store=StoreConfig(
-            directory=_store_url(name, "vim.store.directory", store["directory"], base, ("sqlite", "mysql")),
-            messages=_store_url(name, "vim.store.messages", store["messages"], base, ("sqlite", "mongodb")),
+            directory=_with_password(
+                name, "vim.store", "directory",
+                _store_url(name, "vim.store.directory", store["directory"], base, ("sqlite", "mysql")),
+                "directory-password-file", store["directory-password-file"], base),
+            messages=_with_password(
+                name, "vim.store", "messages",
+                _store_url(name, "vim.store.messages", store["messages"], base, ("sqlite", "mongodb")),
+                "messages-password-file", store["messages-password-file"], base),
             sync=store["sync"],
         ),
         message=_message_config(name, v["message"]),
         tunables=_tunables(name, v),
+        lockout=LockoutPolicy(per_user=v["login"]["lockout-per-user"], per_address=v["login"]["lockout-per-address"]),
         ignored=_ignored(node_type, v),
     )
 
@@ -429,6 +450,37 @@ def _read_secret(name: str, path: Path) -> bytes:
         problem = f"{path} must hold at least {MIN_SECRET_BYTES} bytes of secret"
         raise ConfigError(name, "vim.cluster.secret-file", problem)
     return secret
+
+
+def _with_password(name: str, section: str, url_key: str, url: str, file_key: str, file: str | None,
+                   base: Path) -> str:
+    """`url` with the password read from `file` (a key `*password-file`), percent-encoded into
+    it: the URL names the user (a Redis URL may name none) and no password of its own."""
+    if file is None:
+        return url
+    dotted = f"{section}.{file_key}"
+    scheme = urlsplit(url).scheme
+    if scheme not in ("mysql", "mongodb", "redis", "rediss", "redis+sentinel"):
+        raise ConfigError(name, dotted, f"takes a password for a network URL in {section}.{url_key}, "
+                          f"not {url.split(':', 1)[0]!r}")
+    rest = url[len(scheme) + 3:]
+    netloc, slash, tail = rest.partition("/")
+    credentials, _, hosts = netloc.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if colon:
+        raise ConfigError(name, dotted, f"{section}.{url_key} holds a password already: give it in one place")
+    if not user and scheme in ("mysql", "mongodb"):
+        raise ConfigError(name, dotted, f"{section}.{url_key} must name the user: {scheme}://USER@HOST...")
+    source = base / file
+    try:
+        password = source.read_text(encoding="utf-8").rstrip("\r\n")  # as the database images read *_FILE
+    except OSError as exc:
+        raise ConfigError(name, dotted, f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, dotted, f"{source} is not UTF-8 text") from None
+    if not password:
+        raise ConfigError(name, dotted, f"{source} is empty")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{hosts}{slash}{tail}"
 
 
 def _tls_files(name: str, ws: dict[str, Any], base: Path) -> dict[str, Path | None]:

@@ -38,7 +38,7 @@ def test_schema_is_versioned_utf8mb4_and_migrated_once(mysql_url: str, raw: pymy
 def test_url_parts_are_percent_decoded_and_the_password_is_redacted() -> None:
     params = connect_params("mysql://vim%40ops:p%3Aw%2F1@db.example:3307/vim%5Fdir")
     assert (params["user"], params["password"], params["host"], params["port"], params["database"]) == (
-        "vim@ops", "p:w/1", "db.example", 3307, "vim_dir",
+        "vim@ops", b"p:w/1", "db.example", 3307, "vim_dir",
     )
     assert params["charset"] == "utf8mb4"
     assert connect_params("mysql://u:p@h/d")["port"] == 3306

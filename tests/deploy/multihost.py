@@ -2,10 +2,13 @@
 
 Hosts (netns.Network, one namespace each, one address each on a private bridge):
 - db: Debian's redis-server, a private MariaDB and FerretDB (SQLite backend) on their standard
-  ports; the names redis, mariadb and mongo resolve to it;
+  ports, each requiring its generated password as compose.yaml's stores do (Redis through an
+  ACL file with the password's SHA-256, FerretDB with SCRAM and its user `vim` in `admin`); the
+  names redis, mariadb and mongo resolve to it;
 - master, dept-1, dept-2: `vim-cluster run` with a copy of docker/node-configs/NODE.yaml, unchanged
   (with tls=False: its tls section removed and the master URL ws://), and a generated secrets/
-  folder beside it (cluster secret; a trustme CA and a certificate for the node's hostname);
+  folder beside it (cluster secret; a trustme CA and a certificate for the node's hostname; the
+  three store passwords);
 - clients: where the test's client programs (agent.py) run.
 
 `Deployment.start()` returns once every node's /healthz answers 200 (seen by a watcher on the
@@ -15,6 +18,7 @@ every process it started and removes the namespaces, whatever state the run is i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -54,7 +58,7 @@ def _ports(node: str) -> tuple[int, int]:
 
 CLIENT_PORT = {node: _ports(node)[0] for node in NODES}  # each node its own (docker/node-configs)
 HTTP_PORT = {node: _ports(node)[1] for node in NODES}
-MYSQL_PASSWORD = "vim-dev-password"  # the configs' mysql:// URL
+STORE_PASSWORDS = ("mariadb-password", "mongo-password", "redis-password")  # the configs' *password-file
 START_TIMEOUT = 60.0
 
 
@@ -74,22 +78,25 @@ class NetnsRedis(PrivateServer):
 
     name = "redis"
 
-    def __init__(self, folder: Path, network: netns.Network) -> None:
+    def __init__(self, folder: Path, network: netns.Network, password: str) -> None:
         super().__init__(folder)
         self.network = network
         self.port = 6379
         self.socket = folder / "redis.sock"
+        self.password = password
+        self.acl = folder / "redis-users.acl"  # as docker/make-secrets.sh writes it
+        self.acl.write_text(f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all\n")
 
     def command(self) -> list[str]:
         return [*self.network.exec_prefix("db"), "redis-server", "--bind", "0.0.0.0", "--port", str(self.port),
                 "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(self.folder),
-                "--unixsocket", str(self.socket), "--daemonize", "no"]
+                "--unixsocket", str(self.socket), "--daemonize", "no", "--aclfile", str(self.acl)]
 
     def answers(self) -> bool:
         if not self.socket.exists():
             return False
         try:
-            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2) as client:
+            with redis.Redis(unix_socket_path=str(self.socket), password=self.password, socket_timeout=2) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
@@ -98,11 +105,11 @@ class NetnsRedis(PrivateServer):
 class NetnsMariaDB(MariaDB):
     """The tests' private MariaDB on the db host's 3306, with the configs' `vim` account."""
 
-    def __init__(self, folder: Path, network: netns.Network) -> None:
+    def __init__(self, folder: Path, network: netns.Network, password: str) -> None:
         super().__init__(folder)
         self.network = network
         self.port = 3306
-        self.password = MYSQL_PASSWORD
+        self.password = password
 
     def command(self) -> list[str]:
         command = [arg.replace("--bind-address=127.0.0.1", "--bind-address=0.0.0.0") for arg in super().command()]
@@ -125,8 +132,8 @@ class NetnsMariaDB(MariaDB):
 class NetnsFerretDB(FerretDB):
     """The tests' FerretDB (SQLite backend) on the db host's 27017; answers on a Unix socket too."""
 
-    def __init__(self, folder: Path, network: netns.Network) -> None:
-        super().__init__(folder)
+    def __init__(self, folder: Path, network: netns.Network, password: str) -> None:
+        super().__init__(folder, root_password=password)
         self.network = network
         self.port = 27017
         self.socket = folder / "ferretdb.sock"
@@ -290,6 +297,7 @@ class Deployment:
         self.pki = Pki(folder / "pki")  # a CA made now; each node gets a certificate for its hostname
         self.ca_file = self.pki.ca_file
         self.secret = secrets.token_hex(32)
+        self.passwords = {name: secrets.token_hex(24) for name in STORE_PASSWORDS}  # as make-secrets.sh makes them
         self.configs: dict[str, Path] = {}
         self.nodes: dict[str, HostProcess] = {}
         self.watchers: dict[str, Agent] = {}
@@ -315,7 +323,9 @@ class Deployment:
             self.timings["db host"] = time.monotonic() - started
             for node in NODES:
                 self.configs[node] = copy_config(node, self.folder / node, self.tls)
-                self.pki.secrets_folder(self.folder / node, node, self.secret)
+                folder = self.pki.secrets_folder(self.folder / node, node, self.secret)
+                for name, password in self.passwords.items():
+                    (folder / name).write_text(password + "\n")
             self._start_node("master")
             for node in NODES[1:]:
                 self._start_node(node)
@@ -329,8 +339,9 @@ class Deployment:
 
     def _start_db_host(self) -> None:
         db = self.folder / "db"
-        mariadb = NetnsMariaDB(db / "mariadb", self.network)
-        for server in (NetnsRedis(db / "redis", self.network), NetnsFerretDB(db / "ferretdb", self.network)):
+        mariadb = NetnsMariaDB(db / "mariadb", self.network, self.passwords["mariadb-password"])
+        for server in (NetnsRedis(db / "redis", self.network, self.passwords["redis-password"]),
+                       NetnsFerretDB(db / "ferretdb", self.network, self.passwords["mongo-password"])):
             self.servers.append(server)
             server.start()
         self.servers.append(mariadb)

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
@@ -45,6 +45,8 @@ STORES = ("redis", "mariadb", "mongo")
 MOUNT = PurePosixPath("/etc/vim-cluster")
 OPERATIONS = ROOT / "docs" / "operations.md"
 IMAGE_UID = 10001  # the Dockerfile's user (checked below)
+STORE_UID = 999  # the user of the mariadb, mongo and redis images
+STORE_SECRETS = ("mariadb-password", "mongo-password", "redis-password", "redis-users.acl")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_compose_has_the_services_volumes_and_start_order(compose: dict[str, Any
     assert list(services) == ["redis", "mariadb", "mongo", *NODES]
     assert set(compose["volumes"]) == {"redis-data", "mariadb-data", "mongo-data"}
     for name in ("redis", "mariadb", "mongo"):
-        assert services[name]["healthcheck"]["test"][0] == "CMD"
+        assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
         assert any(v.split(":")[0] in compose["volumes"] for v in services[name]["volumes"])
     for name in NODES:
         service = services[name]
@@ -182,9 +184,12 @@ def test_ports_hostnames_and_service_names_agree(compose: dict[str, Any], made_s
         directory, messages = urlsplit(config.store.directory), urlsplit(config.store.messages)
         assert (directory.hostname, directory.port) == ("mariadb", 3306)
         assert directory.username == services["mariadb"]["environment"]["MARIADB_USER"]
-        assert directory.password == services["mariadb"]["environment"]["MARIADB_PASSWORD"]
         assert directory.path.strip("/") == services["mariadb"]["environment"]["MARIADB_DATABASE"]
         assert (messages.hostname, messages.port) == ("mongo", 27017)
+        assert messages.username == services["mongo"]["environment"]["MONGO_INITDB_ROOT_USERNAME"]
+        assert "authSource=admin" in messages.query.split("&")  # the image makes its root user in admin
+        for url, source in ((directory, "mariadb-password"), (messages, "mongo-password"), (redis, "redis-password")):
+            assert unquote(url.password or "") == (made_secrets / source).read_text().strip(), (name, source)
         if name != "master":
             master_url = urlsplit(config.cluster.master_url or "")
             assert master_url.scheme == "wss" and master_url.hostname == services["master"]["hostname"]
@@ -204,15 +209,17 @@ def test_make_secrets_keeps_the_secret_and_keys_private_and_owned_by_the_image_u
     assert result.returncode == 0, result
     read_by_nodes = ["cluster-secret", "tls-ca.pem", *(f"{n}-tls-{k}.pem" for n in NODES for k in ("cert", "key"))]
     private = ["cluster-secret", "tls-ca-key.pem", *(f"{n}-tls-key.pem" for n in NODES)]
-    assert sorted(p.name for p in out.iterdir()) == sorted({*read_by_nodes, *private, "tls-ca.srl"})
+    assert sorted(p.name for p in out.iterdir()) == sorted({*read_by_nodes, *private, *STORE_SECRETS, "tls-ca.srl"})
     assert out.stat().st_mode & 0o777 == 0o700
     for file in out.iterdir():
         mode = file.stat().st_mode & 0o777
-        assert mode == (0o600 if file.name in private else 0o644), (file.name, oct(mode))
+        wanted_mode = 0o440 if file.name in STORE_SECRETS else 0o600 if file.name in private else 0o644
+        assert mode == wanted_mode, (file.name, oct(mode))
     if os.geteuid() == 0:  # root: the files a node container reads belong to the image's user
         for file in out.iterdir():
-            wanted = IMAGE_UID if file.name in read_by_nodes else 0
-            assert (file.stat().st_uid, file.stat().st_gid) == (wanted, wanted), file.name
+            wanted = (STORE_UID, IMAGE_UID) if file.name in STORE_SECRETS else (
+                (IMAGE_UID, IMAGE_UID) if file.name in read_by_nodes else (0, 0))
+            assert (file.stat().st_uid, file.stat().st_gid) == wanted, file.name
     for node in NODES:
         cert = x509.load_pem_x509_certificate((out / f"{node}-tls-cert.pem").read_bytes())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -233,8 +240,9 @@ def test_make_secrets_run_by_another_user_prints_the_chown_to_run() -> None:
                                 capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result
     chown = [line.strip() for line in result.stdout.splitlines() if "chown" in line]
-    assert len(chown) == 1 and f"chown {IMAGE_UID}:{IMAGE_UID} " in chown[0], result.stdout
+    assert len(chown) == 2 and f"chown {IMAGE_UID}:{IMAGE_UID} " in chown[0], result.stdout
     assert "tls-ca-key.pem" not in chown[0] and str(out / "cluster-secret") in chown[0]
+    assert f"chown {STORE_UID}:{IMAGE_UID} " in chown[1] and all(str(out / f) in chown[1] for f in STORE_SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +323,8 @@ def test_the_docs_slave_snippet_passes_check_and_advertises_its_public_host(
     assert document["vim"]["websocket"]["host"] == "0.0.0.0"
     (tmp_path / "secrets").mkdir()
     for file, made in (("cluster-secret", "cluster-secret"), ("tls-ca.pem", "tls-ca.pem"),
-                       ("tls-cert.pem", "dept-1-tls-cert.pem"), ("tls-key.pem", "dept-1-tls-key.pem")):
+                       ("tls-cert.pem", "dept-1-tls-cert.pem"), ("tls-key.pem", "dept-1-tls-key.pem"),
+                       *((p, p) for p in ("mariadb-password", "mongo-password", "redis-password"))):
         shutil.copy(made_secrets / made, tmp_path / "secrets" / file)
     config = tmp_path / "dept-1.yaml"
     config.write_text(snippet)
@@ -435,3 +444,129 @@ def _instructions(text: str) -> list[tuple[str, str]]:
             op, _, args = line.partition(" ")
             out.append((op.upper(), " ".join(args.split())))
     return out
+
+
+# --- secrets, pinned images, hardening -----------------------------------------------------------
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a YAML value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def test_no_password_is_written_in_compose_or_the_configs(compose: dict[str, Any]) -> None:
+    """The stores read their passwords from compose secrets (*_FILE, Redis' ACL file), the nodes
+    from the same files (vim.store.*-password-file, vim.redis.password-file)."""
+    services = compose["services"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key and key != "MARIADB_RANDOM_ROOT_PASSWORD":
+                assert key.endswith("_FILE"), f"{name}: {key} holds a password in the compose file"
+                mounted = [f"/run/secrets/{s}" for s in service["secrets"]]
+                assert value in mounted, (name, key, value)
+    for node in NODES:
+        document = yaml.safe_load((DOCKER / "node-configs" / f"{node}.yaml").read_text())
+        urls = [document["vim"]["redis"]["url"], document["vim"]["store"]["directory"],
+                document["vim"]["store"]["messages"]]
+        assert all(urlsplit(url).password is None for url in urls), (node, urls)
+    text = "\n".join([(DOCKER / "compose.yaml").read_text(),
+                      *((DOCKER / "node-configs" / f"{n}.yaml").read_text() for n in NODES)])
+    assert "vim-dev-password" not in text
+    # the file each store reads is the one its nodes read
+    store_secret = {"mariadb": services["mariadb"]["environment"]["MARIADB_PASSWORD_FILE"],
+                    "mongo": services["mongo"]["environment"]["MONGO_INITDB_ROOT_PASSWORD_FILE"]}
+    assert store_secret == {"mariadb": "/run/secrets/mariadb-password", "mongo": "/run/secrets/mongo-password"}
+    assert "/run/secrets/redis-users.acl" in services["redis"]["command"]
+    for node in NODES:
+        targets = {s["source"]: PurePosixPath(s["target"]) for s in services[node]["secrets"]}
+        store = yaml.safe_load((DOCKER / "node-configs" / f"{node}.yaml").read_text())["vim"]
+        for key, source in ((store["store"]["directory-password-file"], "mariadb-password"),
+                            (store["store"]["messages-password-file"], "mongo-password"),
+                            (store["redis"]["password-file"], "redis-password")):
+            assert MOUNT / key == targets[source], (node, key, source)
+
+
+def test_the_compose_healthcheck_of_redis_authenticates(compose: dict[str, Any]) -> None:
+    redis_service = compose["services"]["redis"]
+    assert redis_service["healthcheck"]["test"][0] == "CMD-SHELL"
+    check = redis_service["healthcheck"]["test"][1]
+    assert "REDISCLI_AUTH=" in check and "/run/secrets/redis-password" in check and "$$(" in check
+    assert "redis-password" in redis_service["secrets"]
+
+
+def test_a_real_redis_with_the_made_acl_file_takes_the_nodes_password_only(
+    compose: dict[str, Any], made_secrets: Path, tmp_path: Path
+) -> None:
+    """redis-server started as compose starts it (--aclfile with make-secrets.sh's file); each
+    node's config, read where its container reads it, reaches it; no password, no answer."""
+    from vim_cluster.adapters.redis_registry import RedisRegistry
+    from vim_cluster.errors import StoreUnavailable
+
+    from ..servers import RedisServer
+
+    class AclRedis(RedisServer):
+        def command(self) -> list[str]:
+            return [*super().command(), "--aclfile", str(made_secrets / "redis-users.acl")]
+
+        def answers(self) -> bool:  # a PING needs the password
+            return self.port_open()
+
+    server = AclRedis(tmp_path / "redis")
+    try:
+        server.start()
+        for name in NODES:
+            root = container_root(tmp_path, compose, name, made_secrets)
+            config = load_config(root / service_config(compose["services"][name]).relative_to("/"))
+            assert "@redis:6379/" in config.redis.url
+            RedisRegistry(config.redis.url.replace("@redis:6379/", f"@127.0.0.1:{server.port}/")).ping()
+        with pytest.raises(StoreUnavailable, match="(?i)auth"):
+            RedisRegistry(server.url).ping()
+    finally:
+        server.kill()
+
+
+PINNED = re.compile(r"[a-z0-9./-]+:\d+\.\d+\.\d+(?:[-.][a-z0-9.]+)*(?:@sha256:[0-9a-f]{64})?")
+
+
+def test_every_image_is_pinned_to_a_release(compose: dict[str, Any]) -> None:
+    """`redis:7.4.2-alpine`, never `redis:7` or `latest`: an image changes only by an edit here."""
+    for name in STORES:
+        image = compose["services"][name]["image"]
+        assert PINNED.fullmatch(image), f"{name}: {image} is not pinned to a release"
+    text = (DOCKER / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    for stage in [a for op, a in _instructions(text) if op == "FROM"]:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], stage.split()[0])
+        assert PINNED.fullmatch(image), f"Dockerfile: {image} is not pinned to a release"
+    tools = re.findall(r"pip install --no-cache-dir ([a-z]\S*)", text)  # what the builder installs from PyPI
+    assert tools and all(re.fullmatch(r"[a-z-]+==\d\S*", t) for t in tools), tools
+    section = _section(OPERATIONS.read_text(), "## Containers")
+    assert "Updating the images" in section
+
+
+def test_every_container_is_hardened(compose: dict[str, Any]) -> None:
+    """No capabilities for the nodes (uid 10001, ports above 1024) on a read-only root with a
+    tmpfs /tmp; the stores keep only what their entrypoints need to chown their data and drop
+    to their own user; nobody gains privileges; everything restarts and has a healthcheck."""
+    allowed_for_stores = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}
+    for name, service in compose["services"].items():
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert not service.get("privileged"), name
+        if name in NODES:
+            assert service["read_only"] is True and "/tmp" in service["tmpfs"], name
+            assert not service.get("cap_add"), name
+            assert "user" not in service, name  # the image's own USER (uid 10001)
+        else:
+            assert set(service["cap_add"]) <= allowed_for_stores, name
+    final = _instructions((DOCKER / "Dockerfile").read_text())
+    env = " ".join(a for op, a in final if op == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing to write on the read-only root

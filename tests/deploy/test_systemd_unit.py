@@ -10,16 +10,28 @@ a start limit (after which even the operator's `systemctl start` is refused).
 from __future__ import annotations
 
 import configparser
+import contextlib
+import ctypes.util
+import errno
+import json
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import trio
 
 from vim_cluster.cli import build_parser
+from vim_cluster.config import load_config
+
+from ..servers import RedisServer, redis_process  # noqa: F401 - fixture
+from ..support import NodeProcess, free_port, online, write_config
+from .pki import Pki
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_FILE = ROOT / "scripts" / "systemd" / "vim-cluster@.service"
@@ -113,8 +125,12 @@ def test_the_unit_confines_the_node_to_what_it_needs(unit: configparser.ConfigPa
     assert service["CapabilityBoundingSet"] == "" and service["UMask"] == "0027"
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
     for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables", "ProtectKernelModules",
-                "ProtectControlGroups", "RestrictNamespaces", "RestrictSUIDSGID", "LockPersonality"):
+                "ProtectControlGroups", "RestrictNamespaces", "RestrictSUIDSGID", "LockPersonality", "ProtectHome",
+                "MemoryDenyWriteExecute"):
         assert service[key] == "yes", key
+    assert service["ProtectSystem"] == "strict" and service["ReadWritePaths"] == service["WorkingDirectory"]
+    assert service["SystemCallFilter"] == "@system-service" and service["SystemCallErrorNumber"] == "EPERM"
+    assert int(service["LimitNOFILE"]) >= 65536  # one descriptor per client connection
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         return  # the file's own lines are checked above
@@ -122,3 +138,112 @@ def test_the_unit_confines_the_node_to_what_it_needs(unit: configparser.ConfigPa
                             timeout=60)
     level = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert level is not None and float(level.group(1)) <= 4.0, result.stdout[-500:]
+
+
+CONFINE = '''\
+"""Runs a command as the unit confines it: MemoryDenyWriteExecute (PR_SET_MDWE) and
+SystemCallFilter (a seccomp allow list through libseccomp), then execs it."""
+import ctypes, json, mmap, os, sys
+
+settings = json.loads(os.environ.pop("CONFINE"))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS, as NoNewPrivileges=yes
+if settings["mdwe"]:
+    assert libc.prctl(65, 1, 0, 0, 0) == 0, ctypes.get_errno()  # PR_SET_MDWE, REFUSE_EXEC_GAIN
+    try:
+        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except OSError:
+        pass
+    else:
+        raise SystemExit("MDWE did not refuse a writable and executable mapping")
+seccomp = ctypes.CDLL("libseccomp.so.2")
+seccomp.seccomp_init.restype = ctypes.c_void_p
+seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
+seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+seccomp.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = seccomp.seccomp_init(0x00050000 | settings["errno"])  # SCMP_ACT_ERRNO(EPERM)
+for name in settings["allowed"]:
+    number = seccomp.seccomp_syscall_resolve_name(name.encode())
+    if number >= 0:
+        assert seccomp.seccomp_rule_add(ctx, 0x7FFF0000, number, 0) == 0, name  # SCMP_ACT_ALLOW
+assert seccomp.seccomp_load(ctx) == 0
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+'''
+
+
+def syscall_set(analyze: str, names: list[str]) -> set[str]:
+    """The system calls of SystemCallFilter= entries (`@group`s expanded as systemd-analyze
+    lists them, recursively; @default always, as systemd adds it to an allow list)."""
+    listing = subprocess.run([analyze, "syscall-filter"], capture_output=True, text=True, timeout=60, check=True)
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in listing.stdout.splitlines():
+        if line.startswith("@"):
+            current = line.strip()
+            groups[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            groups[current].append(line.strip())
+    out: set[str] = set()
+
+    def add(entry: str) -> None:
+        if entry.startswith("@"):
+            for member in groups[entry]:
+                add(member)
+        else:
+            out.add(entry)
+
+    for name in [*names, "@default"]:
+        add(name)
+    return out
+
+
+async def test_a_node_serves_under_the_units_syscall_filter_and_memory_deny_write_execute(
+    unit: configparser.ConfigParser, tmp_path: Path, redis_process: RedisServer  # noqa: F811 - the fixture
+) -> None:
+    """A real node (TLS, argon2 login, SQLite, Redis, HTTP) run under the unit's
+    SystemCallFilter (its groups as this systemd expands them) and MemoryDenyWriteExecute,
+    applied with seccomp and PR_SET_MDWE as systemd would: it starts, answers /healthz, two
+    users register, log in and exchange a message."""
+    service = unit["Service"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None or ctypes.util.find_library("seccomp") is None:
+        pytest.skip("needs systemd-analyze (the groups) and libseccomp")
+    assert service["SystemCallErrorNumber"] == "EPERM" and service["MemoryDenyWriteExecute"] == "yes"
+    allowed = syscall_set(analyze, service["SystemCallFilter"].split())
+    confine = tmp_path / "confine.py"
+    confine.write_text(CONFINE)
+    wrapper = tmp_path / "confined-python"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(confine))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    pki = Pki(tmp_path / "pki")
+    folder = tmp_path / "node"
+    pki.secrets_folder(folder, "localhost")
+    port = free_port()
+    config = write_config(folder, redis_url=redis_process.url, websocket={"port": port, "tls": {
+        "cert-file": "secrets/tls-cert.pem", "key-file": "secrets/tls-key.pem"}}, extra={"http": {"port": free_port()}})
+    node = NodeProcess(config, port, env={"CONFINE": json.dumps({"mdwe": True, "errno": errno.EPERM,
+                                                                 "allowed": sorted(allowed)})})
+    node.python = str(wrapper)
+    node.url = f"wss://127.0.0.1:{port}/"
+    try:
+        await trio.to_thread.run_sync(node.start, 60.0)
+        http_port = load_config(config).http.port
+        context = pki.client_context()
+        with trio.fail_after(60):
+            status = await trio.to_thread.run_sync(
+                lambda: urllib.request.urlopen(f"https://127.0.0.1:{http_port}/healthz", context=context,
+                                               timeout=10).status)
+            assert status == 200
+            async with contextlib.AsyncExitStack() as stack:
+                tag = secrets.token_hex(3)
+                alice = await online(stack, node.url, f"alice{tag}", ssl_context=context)
+                bob = await online(stack, node.url, f"bob{tag}", ssl_context=context)
+                await alice.send("message", cid=f"c{tag}", chatId=bob.user_id, type="friend",
+                                 messageType="text", content="confined")
+                assert (await alice.expect("ack", 20))["id"]
+                assert (await bob.expect("message", 20))["content"] == "confined"
+    finally:
+        node.stop()
+    log = node.log.read_text()
+    assert "Traceback" not in log and "Operation not permitted" not in log, log[-3000:]

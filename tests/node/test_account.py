@@ -10,7 +10,7 @@ import trio
 from vim_cluster.core.lockout import registrations_counted
 from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.node.app import RunningNode
-from vim_cluster.node.handlers.account import LOCKOUT, register
+from vim_cluster.node.handlers.account import register
 from vim_cluster.protocol import frames as f
 
 from ..support import PASSWORD, connect
@@ -209,7 +209,7 @@ class FromAddress:
 async def test_registrations_are_counted_per_address_before_the_password_is_hashed(node: RunningNode) -> None:
     """A flood of `register`s from one address filled the node's two hashing threads, which
     every login waits for: 30 per 15 minutes per address; loopback (tools, tests) is not counted."""
-    limit = LOCKOUT.registrations_per_address
+    limit = node.ctx.config.lockout.registrations_per_address
     with trio.fail_after(60):
         outside = FromAddress(node, "10.0.0.9")
         for n in range(limit):

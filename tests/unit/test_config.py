@@ -123,6 +123,8 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("cluster", "node-type", ["master"]),
         ("redis", "url", "http://127.0.0.1:6379"),
         ("http", "port", 70000),
+        ("login", "lockout-per-user", 4),  # below the contract's 5 per username and address
+        ("login", "lockout-per-address", "many"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, section: str, key: str, value: Any) -> None:
@@ -357,3 +359,12 @@ def test_wildcard_host_without_public_host_advertises_loopback(tmp_path: Path) -
 def test_bad_public_host_names_the_key(tmp_path: Path, host: Any) -> None:
     error = config_error(write(tmp_path, config(websocket={"public-host": host})))
     assert error.key == "vim.websocket.public-host"
+
+
+def test_the_shared_lockout_limits_are_config_keys(tmp_path: Path) -> None:
+    """vim.login.lockout-per-user (all addresses together) and lockout-per-address; the
+    per-(username, address) 5 and the 15 min window stay the contract's."""
+    default = load_config(write(tmp_path / "default", config())).lockout
+    assert (default.per_pair, default.per_user, default.per_address, default.window_s) == (5, 20, 100, 900)
+    raised = load_config(write(tmp_path / "set", config(login={"lockout-per-user": 50, "lockout-per-address": 400})))
+    assert raised.lockout.limits == (5, 50, 400) and raised.lockout.window_s == 900

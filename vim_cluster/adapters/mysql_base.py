@@ -50,7 +50,8 @@ ER_DUP_ENTRY = 1062
 
 def connect_params(url: str) -> dict[str, Any]:
     """pymysql.connect() arguments for `mysql://USER:PASS@HOST:PORT/DB` (user and password
-    may be percent-encoded)."""
+    may be percent-encoded). The password goes as UTF-8 bytes, as the server stored it:
+    pymysql would encode a str as Latin-1, and a password with any other character is refused."""
     parts = urlsplit(url)
     database = parts.path.lstrip("/")
     if parts.scheme != "mysql" or not parts.hostname or not database:
@@ -59,7 +60,7 @@ def connect_params(url: str) -> dict[str, Any]:
         "host": parts.hostname,
         "port": parts.port or 3306,
         "user": unquote(parts.username or ""),
-        "password": unquote(parts.password or ""),
+        "password": unquote(parts.password or "").encode(),
         "database": unquote(database),
         "charset": "utf8mb4",
         "autocommit": True,

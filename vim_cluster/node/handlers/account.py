@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ...core import auth, usernames
-from ...core.lockout import EXHAUSTED_ORDER, LockoutPolicy, registrations_counted
+from ...core.lockout import EXHAUSTED_ORDER, registrations_counted
 from ...errors import ClientError, Conflict, ErrorKind
 from ...model import User, UserId
 from ...protocol import frames as f
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ..context import NodeContext
 
 log = structlog.get_logger()
-LOCKOUT = LockoutPolicy()
 
 
 async def raw_ping(conn: Connection, command: f.RawPing) -> None:
@@ -33,10 +32,11 @@ async def register(conn: Connection, command: f.Register) -> None:
     """Counted per address before the password is hashed (core.lockout): the hashing threads
     are the logins' too."""
     ctx = conn.ctx
+    policy = ctx.config.lockout
     if registrations_counted(conn.address) and not await ctx.redis(
-            ctx.registry.reserve_register, conn.address, LOCKOUT.window_s, LOCKOUT.registrations_per_address):
+            ctx.registry.reserve_register, conn.address, policy.window_s, policy.registrations_per_address):
         log.warning("register_limited", address=conn.address)
-        minutes = LOCKOUT.window_s // 60
+        minutes = policy.window_s // 60
         raise ClientError(ErrorKind.RATE_LIMITED, f"too many new accounts from this address: try again within {minutes} minutes")
     password_hash = await ctx.cpu(auth.hash_password, command.password)
     user = User(UserId(await ctx.ids.next_id()), command.username, command.name or command.username, password_hash)
@@ -51,14 +51,17 @@ async def register(conn: Connection, command: f.Register) -> None:
 
 async def login(conn: Connection, command: f.Login) -> None:
     """Counts the attempt first (atomically, see core.lockout), then checks the password: as
-    many guesses as the lockout allows are checked, however many arrive at once."""
+    many guesses as the lockout allows are checked, however many arrive at once. The counters
+    are the username's whether or not it exists, and a refusal comes before the directory is
+    asked: `locked` says nothing of whether the account exists."""
     ctx = conn.ctx
+    policy = ctx.config.lockout
     key = usernames.key(command.username)
-    refused = await ctx.redis(ctx.registry.reserve_login, key, conn.address, LOCKOUT.window_s, LOCKOUT.limits)
+    refused = await ctx.redis(ctx.registry.reserve_login, key, conn.address, policy.window_s, policy.limits)
     if refused:
         scope = EXHAUSTED_ORDER[refused - 1]
         log.warning("login_locked", scope=scope.name.lower(), address=conn.address)
-        minutes = LOCKOUT.window_s // 60
+        minutes = policy.window_s // 60
         raise ClientError(ErrorKind.LOCKED, f"too many failed logins for {scope.value}: try again within {minutes} minutes")
     user = await ctx.db(ctx.directory.user_by_username, command.username)
     password_hash = user.password_hash if user else auth.DUMMY_HASH
