@@ -76,6 +76,7 @@ class WebsocketConfig:
     tls_ca: Path | None = None  # vim.websocket.tls.ca-file: verifies the master's certificate
     public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
     allowed_origins: tuple[str, ...] = ()  # vim.websocket.allowed-origins (core/origins.py)
+    contacts_budget: int = 100_000  # vim.websocket.contacts-budget: users `contacts` lists per minute per connection
 
     @property
     def tls(self) -> bool:
@@ -211,6 +212,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         # same size) then fits in one forward frame (16 MiB, protocol/forward_connection.py).
         "max-content": (int_range(1, 2 * 1024 * 1024), 16384),
         "rate-limit": (int_range(1, 10_000_000), 200),
+        "contacts-budget": (int_range(1, 1_000_000_000), 100_000),
         "allowed-origins": (origins, ()),
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file
@@ -361,6 +363,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             tls_ca=tls["ca-file"],
             public_host=ws["public-host"],
             allowed_origins=ws["allowed-origins"],
+            contacts_budget=ws["contacts-budget"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=v["redis"]["url"]),

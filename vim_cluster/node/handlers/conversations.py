@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 from ...core import read_state
 from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId, chat_key
@@ -69,9 +71,16 @@ async def _friend_statuses(conn: Connection, messages: list[Message], peer: User
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
     me = UserId(conn.user_id)
+    # Its answer costs the node about 15 µs of CPU per user of the directory (80 ms for 5,000):
+    # within the frame rate alone one connection could keep a node busy.
+    budget = conn.contacts_budget
+    if not budget.admit(trio.current_time()):
+        raise ClientError(ErrorKind.RATE_LIMITED, "contacts asked too often for the directory's size: "
+                                                  "ask again in a few seconds")
     if conn.session is not None:
         conn.session.wants_presence = True  # from now on it gets `presence` updates
     everyone = await ctx.db(ctx.directory.all_users)
+    budget.charge(len(everyone), trio.current_time())
     users = [u for u in everyone if u.id != me]
     groups = await ctx.db(ctx.directory.groups_of, me)
     departments = await ctx.db(ctx.directory.departments)

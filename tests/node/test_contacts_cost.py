@@ -1,0 +1,65 @@
+"""What `contacts` may cost a node (docs/security.md): its answer lists every user of the
+directory, so one connection's flood of it is refused (`rate-limited`) beyond the
+connection's budget (vim.websocket.contacts-budget users a minute)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from vim_cluster.model import User, UserId
+from vim_cluster.node.app import RunningNode
+
+from ..support import all_online
+
+USERS = 5000
+FLOOD = 150
+
+
+async def fill_directory(node: RunningNode, users: int) -> None:
+    """`users` more users, written straight into the node's directory (no password hashing)."""
+    directory = node.ctx.directory
+
+    def fill() -> None:
+        for i in range(users):
+            directory.create_user(User(UserId(10**15 + i), f"filler{i}", f"Filler {i}", "-", None))
+
+    await node.ctx.db(fill)
+
+
+async def test_a_contacts_flood_is_refused_beyond_the_budget_and_messages_keep_flowing(
+        node: RunningNode, url: str) -> None:
+    """Attack: Mallory sends `contacts` as fast as the frame rate allows (150 in a burst) on a
+    directory of 5,000 users, 80 ms of node CPU each. Defended: the node answers as many as
+    the default budget of 100,000 users a minute holds (20, and what refills meanwhile), the
+    rest `rate-limited` with their `rid`; Alice's messages to Bob all arrive meanwhile."""
+    await fill_directory(node, USERS)
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, bob, mallory = await all_online(stack, url, "alice", "bob", "mallory")
+            assert bob.user_id is not None
+            answers: dict[str, int] = {}
+            refused: list[str] = []
+
+            async def read_answers() -> None:
+                while answers.get("contacts", 0) + answers.get("error", 0) < FLOOD:
+                    frame = await mallory.receive()
+                    answers[frame["code"]] = answers.get(frame["code"], 0) + 1  # `presence` too
+                    if frame["code"] == "error":
+                        assert frame["message"]["error"] == "rate-limited", frame
+                        refused.append(frame["message"]["rid"])
+
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_answers)
+                for i in range(FLOOD):
+                    await mallory.send("contacts", rid=f"c{i}")
+                for i in range(20):
+                    await alice.chat(bob.user_id, f"still here {i}", f"m{i}")
+                for i in range(20):
+                    assert (await bob.expect("message"))["content"] == f"still here {i}"
+            assert answers["contacts"] >= 20
+            # 20 from the full budget, then one per 3 s of refill (slack for a slow machine).
+            assert answers["contacts"] <= 22 + (trio.current_time() - started) / 3, answers
+            assert len(refused) == answers["error"] and all(rid.startswith("c") for rid in refused)
