@@ -119,6 +119,14 @@ class MessageConfig:
 
 
 @attrs.frozen
+class GroupConfig:
+    """What one user may create (docs/protocol.md §2.6): groups a user creates per hour, and owns."""
+
+    create_per_hour: int = 20
+    max_owned: int = 1000
+
+
+@attrs.frozen
 class NodeConfig:
     file: Path
     cluster: ClusterConfig
@@ -127,6 +135,7 @@ class NodeConfig:
     redis: RedisConfig
     store: StoreConfig
     message: MessageConfig
+    group: GroupConfig = GroupConfig()
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
     ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
 
@@ -234,6 +243,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "offline-retention-days": (int_range(1, 36_500), None),
         "purge-hour": (int_range(0, 23), 2),
         "purge-batch": (int_range(10, 100_000), 50),
+    },
+    "group": {
+        "create-per-hour": (int_range(1, 1_000_000), 20),
+        "max-owned": (int_range(1, 10_000_000), 1000),
     },
 }
 
@@ -373,6 +386,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             sync=store["sync"],
         ),
         message=_message_config(name, v["message"]),
+        group=GroupConfig(create_per_hour=v["group"]["create-per-hour"], max_owned=v["group"]["max-owned"]),
         tunables=_tunables(name, v),
         ignored=_ignored(node_type, v),
     )

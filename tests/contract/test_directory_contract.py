@@ -12,9 +12,9 @@ import pytest
 
 from vim_cluster.adapters.sqlite_directory import SqliteDirectory
 from vim_cluster.departments import ensure_path, path_of
-from vim_cluster.errors import ClientError, Conflict, NotFound
+from vim_cluster.errors import ClientError, Conflict, ErrorKind, NotFound
 from vim_cluster.model import Department, Group, GroupId, User, UserId
-from vim_cluster.ports import Directory
+from vim_cluster.ports import Directory, GroupQuota
 
 from .conftest import DirectoryOpener
 
@@ -186,6 +186,51 @@ def test_concurrent_member_changes_all_apply(open_directory: DirectoryOpener) ->
     assert errors == []
     group = directory.group(GroupId(100))
     assert group is not None and group.members == tuple(range(1, 21))
+
+
+def test_group_create_quota_counts_an_owners_groups_in_the_window_and_in_all(open_directory: DirectoryOpener) -> None:
+    """group-create's quota (vim.group.*): groups with an id from `since` on count against
+    the window (`rate-limited`), every group owned against the total (`forbidden`); a refused
+    create leaves nothing; another owner's groups do not count."""
+    directory = open_directory()
+    add_users(directory, 1, 2)
+    for n, group_id in enumerate((100, 200, 300)):  # 100 is older than the window
+        directory.create_group(Group(GroupId(group_id), f"g{n}", UserId(1), (UserId(1), UserId(2))))
+    directory.create_group(Group(GroupId(400), "bob's", UserId(2), (UserId(2),)))
+    quota = GroupQuota(since=GroupId(150), per_window=3, window_s=3600, owned=5)
+    directory.create_group(Group(GroupId(500), "third in the window", UserId(1), (UserId(1),)), quota)
+    with pytest.raises(ClientError) as refused:
+        directory.create_group(Group(GroupId(600), "fourth", UserId(1), (UserId(1),)), quota)
+    assert refused.value.kind is ErrorKind.RATE_LIMITED and "3 groups" in refused.value.detail
+    assert directory.group(GroupId(600)) is None and [g.id for g in directory.groups_of(UserId(1))] == [100, 200, 300, 500]
+    with pytest.raises(ClientError) as refused:  # a window further on: the total still holds
+        directory.create_group(Group(GroupId(600), "fifth", UserId(1), (UserId(1),)), GroupQuota(GroupId(550), 3, 3600, 4))
+    assert refused.value.kind is ErrorKind.FORBIDDEN and "4" in refused.value.detail
+    directory.create_group(Group(GroupId(700), "bob's second", UserId(2), (UserId(2),)), quota)
+
+
+def test_group_creates_at_once_cannot_pass_the_quota_together(open_directory: DirectoryOpener) -> None:
+    """Counted inside the create's transaction, serialized per owner: 10 creates at once from
+    two adapters (two nodes) with room for 3 create 3."""
+    first, second = open_directory(), open_directory()
+    add_users(first, 1)
+    quota = GroupQuota(since=GroupId(1), per_window=3, window_s=3600, owned=1000)
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        try:
+            (first if n % 2 else second).create_group(Group(GroupId(100 + n), "g", UserId(1), (UserId(1),)), quota)
+            outcomes.append("created")
+        except ClientError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 7
+    assert len(first.groups_of(UserId(1))) == 3
 
 
 def test_member_changes_at_once_cannot_pass_the_group_limit_together(open_directory: DirectoryOpener) -> None:

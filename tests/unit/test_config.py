@@ -82,6 +82,7 @@ def test_documented_defaults_apply(tmp_path: Path) -> None:
     assert loaded.redis.url == "embedded"
     assert loaded.message.recall_window == 120
     assert loaded.http.port is None
+    assert (loaded.group.create_per_hour, loaded.group.max_owned) == (20, 1000)
 
 
 def test_missing_node_id_names_the_key(tmp_path: Path) -> None:
@@ -113,6 +114,8 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("websocket", "max-content", 2 * 1024 * 1024 + 1),  # a message must fit in one forward frame
         ("websocket", "rate-limit", "lots"),
         ("websocket", "contacts-budget", 0),
+        ("group", "create-per-hour", 0),
+        ("group", "max-owned", "many"),
         ("message", "recall-window", "2m"),
         ("message", "recall-window", float("nan")),
         ("message", "recall-window", float("inf")),

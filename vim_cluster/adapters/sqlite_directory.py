@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
-from ..ports import too_many
+from ..ports import GroupQuota, over_quota, too_many
 from .sqlite_base import SqliteDatabase, WouldWait
 
 MIGRATIONS = [
@@ -55,6 +55,10 @@ MIGRATIONS = [
     ALTER TABLE users ADD COLUMN username_key TEXT;
     UPDATE users SET username_key = lower(username);
     CREATE UNIQUE INDEX users_username_key ON users (username_key)
+    """,
+    # 3: groups by owner, for the group-create quota (and a deleted user's groups).
+    """
+    CREATE INDEX chat_groups_by_owner ON chat_groups (owner_id, id)
     """,
 ]
 
@@ -132,8 +136,14 @@ class SqliteDirectory:
         if not changed:
             raise NotFound(f"user {user_id}")
 
-    def create_group(self, group: Group) -> None:
-        with _unknown_user_is_not_found(), self._db.transaction() as conn:
+    def create_group(self, group: Group, quota: GroupQuota | None = None) -> None:
+        with _unknown_user_is_not_found(), self._db.transaction() as conn:  # one writer: serialized
+            if quota is not None:
+                owned, recent = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(id >= ?), 0) FROM chat_groups WHERE owner_id = ?",
+                    (quota.since, group.owner_id),
+                ).fetchone()
+                over_quota(quota, owned, recent)
             conn.execute(
                 "INSERT INTO chat_groups (id, name, owner_id) VALUES (?, ?, ?)",
                 (group.id, group.name, group.owner_id),
