@@ -19,6 +19,7 @@ from .local_sessions import LocalSessions
 from .metrics import NodeMetrics
 from .operator import Operator
 from .origin_check import ClusterHosts
+from .peer_fetch import PeerFetches
 from .stats import Stats
 from .store_writer import StoreWriter
 
@@ -47,6 +48,7 @@ class NodeContext:
     draining: bool = False  # an operator drained the node: no new client connections
     cluster_role: str = "slave"  # "master" (relaying), "standby" or "slave" (node/roles.py)
     cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
+    peer_fetches: PeerFetches = attrs.Factory(PeerFetches)  # the dashboard's fetches of other nodes
 
     @property
     def node_id(self) -> str:
