@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 
+import redis
 import trio
 
 from vim_cluster.model import User, UserId
 from vim_cluster.node.app import RunningNode
 
-from ..support import all_online
+from ..support import Client, all_online, connect, online
 
 USERS = 5000
 FLOOD = 150
@@ -63,3 +64,55 @@ async def test_a_contacts_flood_is_refused_beyond_the_budget_and_messages_keep_f
             # 20 from the full budget, then one per 3 s of refill (slack for a slow machine).
             assert answers["contacts"] <= 22 + (trio.current_time() - started) / 3, answers
             assert len(refused) == answers["error"] and all(rid.startswith("c") for rid in refused)
+
+
+async def test_contacts_asked_at_once_on_many_connections_share_one_read(node: RunningNode, url: str,
+                                                                        redis_url: str) -> None:
+    """A reconnect storm: 20 users ask `contacts` at once on a directory of 5,000. The
+    directory and the online flags (5,000 route reads in Redis, 50 ms of node CPU) are read
+    for them together, a few times, not once each; every answer still has every other user
+    of the 20 online and the rest offline."""
+    await fill_directory(node, USERS)
+    stats = redis.Redis.from_url(redis_url)
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await all_online(stack, url, *(f"user{n}" for n in range(20)))
+            ids = {c.user_id for c in clients}
+            before = stats.info("commandstats")["cmdstat_hgetall"]["calls"]
+            answers: dict[str | None, dict] = {}
+
+            async def ask(client: Client) -> None:
+                await client.send("contacts")
+                answers[client.user_id] = await client.expect("contacts", timeout=50)
+
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(ask, client)
+            route_reads = stats.info("commandstats")["cmdstat_hgetall"]["calls"] - before
+            assert route_reads <= 4 * (USERS + len(clients)), route_reads  # 20 answers, at most 4 reads
+            for me, answer in answers.items():
+                online_ids = {u["userId"] for u in answer["users"] if u["online"]}
+                assert online_ids == ids - {me} and len(answer["users"]) == USERS + len(clients) - 1
+
+
+async def test_contacts_answers_what_changed_before_it_was_asked(url: str) -> None:
+    """Each answer is read after its request: a user registered, a group created, a session
+    opened just before are in it, however many `contacts` came before."""
+    with trio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await online(stack, url, "alice")
+            for _ in range(3):
+                await alice.send("contacts")
+                await alice.expect("contacts")
+            async with connect(url) as carol:
+                await carol.register_login("carol")
+                await alice.send("contacts")
+                users = {u["userId"]: u for u in (await alice.expect("contacts"))["users"]}
+                assert users[carol.user_id]["online"] is False
+                await carol.ready()
+                await alice.send("group-create", name="new", members=[carol.user_id])
+                group = await alice.expect("group-ok")
+                await alice.send("contacts")
+                answer = await alice.expect("contacts")
+                assert {u["userId"]: u["online"] for u in answer["users"]} == {carol.user_id: True}
+                assert [g["groupId"] for g in answer["groups"]] == [group["groupId"]]

@@ -10,6 +10,7 @@ from ...core import read_state
 from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId, chat_key
 from ...protocol import frames as f
+from ..context import ContactsBase, NodeContext
 from .lookups import require_chat
 
 if TYPE_CHECKING:
@@ -79,26 +80,34 @@ async def contacts(conn: Connection, command: f.Contacts) -> None:
                                                   "ask again in a few seconds")
     if conn.session is not None:
         conn.session.wants_presence = True  # from now on it gets `presence` updates
-    everyone = await ctx.db(ctx.directory.all_users)
-    budget.charge(len(everyone), trio.current_time())
-    users = [u for u in everyone if u.id != me]
+    # Read after this request (and its presence watch) began, and shared with the requests
+    # of other connections that wait meanwhile: a reconnect storm reads it once or twice.
+    base = await ctx.contacts_base.get(lambda: _read_base(ctx))
+    budget.charge(len(base.everyone), trio.current_time())
+    users = [u for u in base.everyone if u.id != me]
     groups = await ctx.db(ctx.directory.groups_of, me)
-    departments = await ctx.db(ctx.directory.departments)
-    routes = await ctx.redis(ctx.registry.routes, [u.id for u in users])
     cursors = await ctx.store(ctx.messages.read_cursors, me)
     wanted = read_state.unread_cursors(me, [u.id for u in users], [g.id for g in groups], cursors)
     unread = await ctx.store(ctx.messages.unread_counts, me, wanted)
     contact_users = tuple(
-        f.ContactUser(u.id, u.name, bool(routes.get(u.id)), u.department_id,
+        f.ContactUser(u.id, u.name, u.id in base.online, u.department_id,
                       unread.get(chat_key(ChatType.FRIEND, me, u.id), 0))
         for u in users
     )
+    await conn.reply(f.ContactsOut(
+        contact_users, tuple(groups), rid=command.rid, departments=tuple(base.departments),
+        group_unread={g.id: unread.get(chat_key(ChatType.GROUP, me, g.id), 0) for g in groups},
+        members=base.members,
+    ))
+
+
+async def _read_base(ctx: NodeContext) -> ContactsBase:
+    everyone = await ctx.db(ctx.directory.all_users)
+    departments = await ctx.db(ctx.directory.departments)
+    routes = await ctx.redis(ctx.registry.routes, [u.id for u in everyone])
     members: dict[int, list[int]] = {}
     for u in everyone:
         if u.department_id is not None:
             members.setdefault(u.department_id, []).append(u.id)
-    await conn.reply(f.ContactsOut(
-        contact_users, tuple(groups), rid=command.rid, departments=tuple(departments),
-        group_unread={g.id: unread.get(chat_key(ChatType.GROUP, me, g.id), 0) for g in groups},
-        members={k: tuple(v) for k, v in members.items()},
-    ))
+    return ContactsBase(everyone, departments, {k: tuple(v) for k, v in members.items()},
+                        frozenset(user for user, found in routes.items() if found))
