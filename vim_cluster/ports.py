@@ -278,6 +278,10 @@ class UserRoutes(Protocol):
     def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
         """Routes of the users, only those on live nodes."""
 
+    def online(self, user_ids: Iterable[UserId]) -> set[UserId]:
+        """The users among `user_ids` with a route on a live node: the users `routes` gives
+        routes for, without reading the routes (`contacts` asks it of the whole directory)."""
+
     def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
         """Adds these routes again (a node's live sessions, after Redis lost them)."""
 
