@@ -7,12 +7,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from vim_cluster.adapters.sqlite_directory import SqliteDirectory
 from vim_cluster.departments import ensure_path, path_of
 from vim_cluster.errors import ClientError, Conflict, ErrorKind, NotFound
+from vim_cluster.lifecycle_ports import UserRemoval
 from vim_cluster.model import Department, Group, GroupId, User, UserId
 from vim_cluster.ports import Directory, GroupQuota
 
@@ -336,6 +338,26 @@ def test_sqlite_keeps_a_group_until_any_process_commits(tmp_path: Path) -> None:
         assert here.cached_group(GroupId(100)) is None
     finally:
         here.close()
+
+
+def test_all_users_is_never_stale(open_directory: DirectoryOpener, tmp_path: Path) -> None:
+    """`all_users` (kept between commits on SQLite) answers what was committed before it was
+    asked, by this adapter, another one (another node) or, on SQLite, another process."""
+    here, there = open_directory(), open_directory()
+    add_users(here, 1, 2)
+    assert [u.id for u in here.all_users()] == [1, 2]
+    there.create_user(user(3))
+    assert [u.id for u in here.all_users()] == [1, 2, 3]
+    cast(UserRemoval, there).delete_user(UserId(1))  # both adapters are a UserRemoval too
+    assert [u.id for u in here.all_users()] == [2, 3]
+    here.all_users().clear()  # what a caller does with its list is its own
+    assert [u.id for u in here.all_users()] == [2, 3]
+    if isinstance(here, SqliteDirectory):
+        subprocess.run([sys.executable, "-c", (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10);"
+            " c.execute(\"UPDATE users SET name = 'Renamed' WHERE id = 2\")"), str(tmp_path / "directory.db")],
+            check=True, timeout=30)
+        assert [u.name for u in here.all_users()] == ["Renamed", "User 3"]
 
 
 def test_sqlite_cached_group_does_not_wait_for_a_busy_connection(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ unchanged, i.e. while no connection of any process has committed anything to the
 commit, not only one to the group, forgets them all: simple, and never stale. A group message
 thus costs no read of its 500 members (two queries, ~370 µs here, in a worker thread) while the
 directory does not change (issue 12).
+
+`all_users` is kept the same way, with the version of its read, and answered from memory
+while the version is unchanged: `contacts` reads every user (12 ms for 5,000 here).
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class SqliteDirectory:
         # Read and written only under the database's lock (`reading`), by any thread.
         self._groups: dict[GroupId, Group] = {}
         self._groups_version: tuple[int, int] | None = None
+        self._users: list[User] = []
+        self._users_version: tuple[int, int] | None = None
 
     def create_user(self, user: User) -> None:
         key = usernames.key(user.username)
@@ -128,7 +133,11 @@ class SqliteDirectory:
 
     def all_users(self) -> list[User]:
         with self._db.reading() as conn:
-            return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+            version = self._db.version(conn)  # before the read: a later commit makes it stale
+            if version != self._users_version:
+                self._users = [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+                self._users_version = version
+            return list(self._users)
 
     def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
         with self._db.transaction() as conn:
