@@ -34,7 +34,7 @@ async def fill_directory(node: RunningNode, users: int) -> None:
 async def test_a_contacts_flood_is_refused_beyond_the_budget_and_messages_keep_flowing(
         node: RunningNode, url: str) -> None:
     """Attack: Mallory sends `contacts` as fast as the frame rate allows (150 in a burst) on a
-    directory of 5,000 users, 40 ms of node CPU each. Defended: the node answers as many as
+    directory of 5,000 users, 30 ms of node CPU each. Defended: the node answers as many as
     the default budget of 100,000 users a minute holds (20, and what refills meanwhile), the
     rest `rate-limited` with their `rid`; Alice's messages to Bob all arrive meanwhile."""
     await fill_directory(node, USERS)

@@ -72,7 +72,7 @@ async def _friend_statuses(conn: Connection, messages: list[Message], peer: User
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
     me = UserId(conn.user_id)
-    # Its answer costs the node about 8 µs of CPU per user of the directory (40 ms for 5,000):
+    # Its answer costs the node 6 to 15 µs of CPU per user of the directory (docs/performance.md):
     # within the frame rate alone one connection could keep a node busy.
     budget = conn.contacts_budget
     if not budget.admit(trio.current_time()):
