@@ -79,6 +79,7 @@ class WebsocketConfig:
     tls_ca: Path | None = None  # vim.websocket.tls.ca-file: verifies the master's certificate
     public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
     allowed_origins: tuple[str, ...] = ()  # vim.websocket.allowed-origins (core/origins.py)
+    contacts_budget: int = 100_000  # vim.websocket.contacts-budget: users `contacts` lists per minute per connection
 
     @property
     def tls(self) -> bool:
@@ -121,6 +122,14 @@ class MessageConfig:
 
 
 @attrs.frozen
+class GroupConfig:
+    """What one user may create (docs/protocol.md §2.6): groups a user creates per hour, and owns."""
+
+    create_per_hour: int = 20
+    max_owned: int = 1000
+
+
+@attrs.frozen
 class NodeConfig:
     file: Path
     cluster: ClusterConfig
@@ -129,6 +138,7 @@ class NodeConfig:
     redis: RedisConfig
     store: StoreConfig
     message: MessageConfig
+    group: GroupConfig = GroupConfig()
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
     lockout: LockoutPolicy = LockoutPolicy()  # vim.login: the login lockout's limits (core/lockout.py)
     ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
@@ -216,6 +226,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         # same size) then fits in one forward frame (16 MiB, protocol/forward_connection.py).
         "max-content": (int_range(1, 2 * 1024 * 1024), 16384),
         "rate-limit": (int_range(1, 10_000_000), 200),
+        "contacts-budget": (int_range(1, 1_000_000_000), 100_000),
         "allowed-origins": (origins, ()),
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file
@@ -245,6 +256,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "login": {
         "lockout-per-user": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_user),
         "lockout-per-address": (int_range(LOCKOUT_DEFAULTS.per_pair, 1_000_000), LOCKOUT_DEFAULTS.per_address),
+    },
+    "group": {
+        "create-per-hour": (int_range(1, 1_000_000), 20),
+        "max-owned": (int_range(1, 10_000_000), 1000),
     },
 }
 
@@ -374,6 +389,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             tls_ca=tls["ca-file"],
             public_host=ws["public-host"],
             allowed_origins=ws["allowed-origins"],
+            contacts_budget=ws["contacts-budget"],
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=_with_password(name, "vim.redis", "url", v["redis"]["url"], "password-file",
@@ -390,6 +406,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             sync=store["sync"],
         ),
         message=_message_config(name, v["message"]),
+        group=GroupConfig(create_per_hour=v["group"]["create-per-hour"], max_owned=v["group"]["max-owned"]),
         tunables=_tunables(name, v),
         lockout=LockoutPolicy(per_user=v["login"]["lockout-per-user"], per_address=v["login"]["lockout-per-address"]),
         ignored=_ignored(node_type, v),

@@ -49,8 +49,11 @@ class Directory(Protocol):
     def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
         """Replaces the user's password hash; durable when it returns. Raises NotFound."""
 
-    def create_group(self, group: Group) -> None:
-        """Creates the group and its members in one transaction."""
+    def create_group(self, group: Group, quota: GroupQuota | None = None) -> None:
+        """Creates the group and its members in one transaction. With a `quota`, first counts
+        the groups its owner owns, in the transaction and serialized per owner (two creates at
+        once cannot pass it together), and raises ClientError (`over_quota`) with nothing
+        created when one more would exceed it."""
 
     def group(self, group_id: GroupId) -> Group | None:
         """The group with its members (ordered by id), or None."""
@@ -275,6 +278,10 @@ class UserRoutes(Protocol):
     def routes(self, user_ids: Iterable[UserId]) -> dict[UserId, list[Route]]:
         """Routes of the users, only those on live nodes."""
 
+    def online(self, user_ids: Iterable[UserId]) -> set[UserId]:
+        """The users among `user_ids` with a route on a live node: the users `routes` gives
+        routes for, without reading the routes (`contacts` asks it of the whole directory)."""
+
     def republish_routes(self, routes: Sequence[tuple[UserId, Route]]) -> None:
         """Adds these routes again (a node's live sessions, after Redis lost them)."""
 
@@ -305,6 +312,28 @@ class Registry(NodeLeases, MasterLock, UserRoutes, LoginFailures, Protocol):
     """Cluster state in Redis, every port above in one: what the node's context holds and the
     one adapter (adapters/redis_registry.py) implements. A consumer that needs one concern
     takes that port."""
+
+
+@attrs.frozen
+class GroupQuota:
+    """What one owner may create (docs/protocol.md §2.6): at most `per_window` groups with an id
+    from `since` on (ids are time-ordered: the groups created since that time), and at most
+    `owned` groups owned in all."""
+
+    since: GroupId
+    per_window: int
+    window_s: int  # the window's length, for the error's detail
+    owned: int
+
+
+def over_quota(quota: GroupQuota, owned: int, recent: int) -> None:
+    """Raises when an owner of `owned` groups, `recent` of them created within the quota's
+    window, may create no more: `rate-limited` for the window, `forbidden` for the total."""
+    if owned >= quota.owned:
+        raise ClientError(ErrorKind.FORBIDDEN, f"you own {owned} groups: at most {quota.owned} may be created")
+    if recent >= quota.per_window:
+        raise ClientError(ErrorKind.RATE_LIMITED, f"at most {quota.per_window} groups may be created in "
+                                                  f"{quota.window_s // 60} minutes: try again later")
 
 
 def too_many(group: Group, most: int | None) -> None:

@@ -7,14 +7,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from vim_cluster.adapters.sqlite_directory import SqliteDirectory
 from vim_cluster.departments import ensure_path, path_of
-from vim_cluster.errors import ClientError, Conflict, NotFound
+from vim_cluster.errors import ClientError, Conflict, ErrorKind, NotFound
+from vim_cluster.lifecycle_ports import UserRemoval
 from vim_cluster.model import Department, Group, GroupId, User, UserId
-from vim_cluster.ports import Directory
+from vim_cluster.ports import Directory, GroupQuota
 
 from .conftest import DirectoryOpener
 
@@ -188,6 +190,51 @@ def test_concurrent_member_changes_all_apply(open_directory: DirectoryOpener) ->
     assert group is not None and group.members == tuple(range(1, 21))
 
 
+def test_group_create_quota_counts_an_owners_groups_in_the_window_and_in_all(open_directory: DirectoryOpener) -> None:
+    """group-create's quota (vim.group.*): groups with an id from `since` on count against
+    the window (`rate-limited`), every group owned against the total (`forbidden`); a refused
+    create leaves nothing; another owner's groups do not count."""
+    directory = open_directory()
+    add_users(directory, 1, 2)
+    for n, group_id in enumerate((100, 200, 300)):  # 100 is older than the window
+        directory.create_group(Group(GroupId(group_id), f"g{n}", UserId(1), (UserId(1), UserId(2))))
+    directory.create_group(Group(GroupId(400), "bob's", UserId(2), (UserId(2),)))
+    quota = GroupQuota(since=GroupId(150), per_window=3, window_s=3600, owned=5)
+    directory.create_group(Group(GroupId(500), "third in the window", UserId(1), (UserId(1),)), quota)
+    with pytest.raises(ClientError) as refused:
+        directory.create_group(Group(GroupId(600), "fourth", UserId(1), (UserId(1),)), quota)
+    assert refused.value.kind is ErrorKind.RATE_LIMITED and "3 groups" in refused.value.detail
+    assert directory.group(GroupId(600)) is None and [g.id for g in directory.groups_of(UserId(1))] == [100, 200, 300, 500]
+    with pytest.raises(ClientError) as refused:  # a window further on: the total still holds
+        directory.create_group(Group(GroupId(600), "fifth", UserId(1), (UserId(1),)), GroupQuota(GroupId(550), 3, 3600, 4))
+    assert refused.value.kind is ErrorKind.FORBIDDEN and "4" in refused.value.detail
+    directory.create_group(Group(GroupId(700), "bob's second", UserId(2), (UserId(2),)), quota)
+
+
+def test_group_creates_at_once_cannot_pass_the_quota_together(open_directory: DirectoryOpener) -> None:
+    """Counted inside the create's transaction, serialized per owner: 10 creates at once from
+    two adapters (two nodes) with room for 3 create 3."""
+    first, second = open_directory(), open_directory()
+    add_users(first, 1)
+    quota = GroupQuota(since=GroupId(1), per_window=3, window_s=3600, owned=1000)
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        try:
+            (first if n % 2 else second).create_group(Group(GroupId(100 + n), "g", UserId(1), (UserId(1),)), quota)
+            outcomes.append("created")
+        except ClientError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 7
+    assert len(first.groups_of(UserId(1))) == 3
+
+
 def test_member_changes_at_once_cannot_pass_the_group_limit_together(open_directory: DirectoryOpener) -> None:
     """The limit is counted inside the change's transaction: a node that read the group before
     another's change (the handler checks first) cannot add past it (security review: two
@@ -291,6 +338,26 @@ def test_sqlite_keeps_a_group_until_any_process_commits(tmp_path: Path) -> None:
         assert here.cached_group(GroupId(100)) is None
     finally:
         here.close()
+
+
+def test_all_users_is_never_stale(open_directory: DirectoryOpener, tmp_path: Path) -> None:
+    """`all_users` (kept between commits on SQLite) answers what was committed before it was
+    asked, by this adapter, another one (another node) or, on SQLite, another process."""
+    here, there = open_directory(), open_directory()
+    add_users(here, 1, 2)
+    assert [u.id for u in here.all_users()] == [1, 2]
+    there.create_user(user(3))
+    assert [u.id for u in here.all_users()] == [1, 2, 3]
+    cast(UserRemoval, there).delete_user(UserId(1))  # both adapters are a UserRemoval too
+    assert [u.id for u in here.all_users()] == [2, 3]
+    here.all_users().clear()  # what a caller does with its list is its own
+    assert [u.id for u in here.all_users()] == [2, 3]
+    if isinstance(here, SqliteDirectory):
+        subprocess.run([sys.executable, "-c", (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10);"
+            " c.execute(\"UPDATE users SET name = 'Renamed' WHERE id = 2\")"), str(tmp_path / "directory.db")],
+            check=True, timeout=30)
+        assert [u.name for u in here.all_users()] == ["Renamed", "User 3"]
 
 
 def test_sqlite_cached_group_does_not_wait_for_a_busy_connection(tmp_path: Path) -> None:

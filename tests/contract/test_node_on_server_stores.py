@@ -67,6 +67,19 @@ async def test_friend_chat_and_offline_replay_on_mysql_and_mongo(start_node, mys
                 assert [m["id"] for m in replayed] == [ack["id"], offline["id"]]
 
 
+async def test_group_create_quota_on_mysql(start_node, mysql_url: str) -> None:
+    """vim.group.create-per-hour and max-owned, counted in MariaDB (test_contacts_groups.py has
+    the SQLite node's)."""
+    node = await start_node(store={"directory": mysql_url, "messages": "sqlite:data/messages.db"},
+                            extra={"group": {"create-per-hour": 2, "max-owned": 2}})
+    async with alice_and_bob(node) as (alice, bob):
+        for n in range(2):
+            await make_group(alice, [bob], name=f"g{n}")
+        await alice.send("group-create", name="third", members=[], rid="third")
+        assert (await alice.expect_error("forbidden"))["rid"] == "third"
+        await make_group(bob, [alice], name="bob's")
+
+
 async def test_message_store_outage_is_answered_unavailable_then_heals(
     start_node, mysql_url: str, private_ferretdb: FerretDB
 ) -> None:

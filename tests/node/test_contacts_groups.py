@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import trio
+
+from vim_cluster.node.app import RunningNode
 
 from ..support import Client, all_online, connect, make_group, online
 
@@ -169,3 +172,34 @@ async def test_adding_an_unknown_user_is_not_found_and_changes_nothing(url: str)
             await alice.send("contacts")
             (group,) = (await alice.expect("contacts"))["groups"]
             assert group["members"] == [alice.user_id]
+
+
+async def test_group_create_is_limited_per_hour_and_in_all(start_node) -> None:
+    """Attack: one user creates groups without end (each a directory write and a fan-out to
+    its members). Defended: vim.group.create-per-hour groups an hour (`rate-limited`, nothing
+    created, nobody told) and vim.group.max-owned owned in all (`forbidden`). Here 2 an hour
+    and 3 in all; the node's wall clock is moved an hour on."""
+    later = [0]
+    node: RunningNode = await start_node(extra={"group": {"create-per-hour": 2, "max-owned": 3}},
+                                         clock_ms=lambda: int(time.time() * 1000) + later[0])
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    with trio.fail_after(15):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, bob = await all_online(stack, url, "alice", "bob")
+            for n in range(2):
+                await make_group(alice, [bob], name=f"g{n}")
+            await alice.send("group-create", name="one too many", members=[bob.user_id], rid="third")
+            refused = await alice.expect_error("rate-limited")
+            assert refused["rid"] == "third" and "2 groups" in refused["detail"]
+            await bob.send("group-create", name="bob's", members=[alice.user_id])  # another user's own count
+            await bob.expect("group-ok")
+            await alice.expect("group-ok")
+            later[0] = 3601 * 1000
+            await make_group(alice, [bob], name="an hour later")
+            await alice.send("group-create", name="a fourth", members=[], rid="fourth")
+            refused = await alice.expect_error("forbidden")
+            assert refused["rid"] == "fourth" and "at most 3" in refused["detail"]
+            await bob.no_frame("group-ok")
+            await alice.send("contacts")
+            owned = [g for g in (await alice.expect("contacts"))["groups"] if g["owner"] == alice.user_id]
+            assert sorted(g["name"] for g in owned) == ["an hour later", "g0", "g1"]

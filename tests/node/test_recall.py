@@ -104,6 +104,32 @@ async def test_recalling_an_unknown_message_is_not_found(url: str) -> None:
             assert (await alice.expect_error("not-found"))["rid"] == "nf"
 
 
+async def test_a_message_one_cannot_see_is_answered_as_an_unknown_id(url: str) -> None:
+    """Mallory, who is neither in Alice's friend chat with Bob nor in their group, gets for
+    each of their message ids what an id that does not exist gets (the same kind and detail):
+    `forbidden` would tell her the id exists. Bob, who sees them, still gets `forbidden`."""
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, bob, mallory = await all_online(stack, url, "alice", "bob", "mallory")
+            assert bob.user_id is not None
+            private = await alice.chat(bob.user_id, "ours", "rc-p")
+            await bob.expect("message")
+            group_id = await make_group(alice, [bob])
+            grouped = await alice.chat(group_id, "team", "rc-g", chat_type="group")
+            await bob.expect("message")
+            unknown = str(int(grouped["id"]) + 1)
+            answers = []
+            for message_id in (private["id"], grouped["id"], unknown):
+                await mallory.send("recall", id=message_id, rid="probe")
+                error = await mallory.expect_error("not-found")
+                answers.append(error["detail"].replace(message_id, "ID"))
+            assert answers[0] == answers[1] == answers[2]
+            for message_id in (private["id"], grouped["id"]):
+                await bob.send("recall", id=message_id, rid="seen")
+                assert (await bob.expect_error("forbidden"))["rid"] == "seen"
+            await alice.no_frame("recall")
+
+
 async def test_a_removed_group_member_cannot_recall_and_the_message_stays(url: str) -> None:
     with trio.fail_after(10):
         async with contextlib.AsyncExitStack() as stack:

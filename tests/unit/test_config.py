@@ -76,12 +76,13 @@ def test_documented_defaults_apply(tmp_path: Path) -> None:
     document = config(websocket={"host": ..., "forward-port": 8081}, redis={"url": ...}, message={"recall-window": ...})
     del document["vim"]["http"]
     ws = load_config(write(tmp_path, document)).websocket
-    assert (ws.host, ws.idle_timeout, ws.max_frame, ws.max_content, ws.rate_limit) == (
-        "127.0.0.1", 60, 65536, 16384, 200)
+    assert (ws.host, ws.idle_timeout, ws.max_frame, ws.max_content, ws.rate_limit, ws.contacts_budget) == (
+        "127.0.0.1", 60, 65536, 16384, 200, 100_000)
     loaded = load_config(write(tmp_path, document))
     assert loaded.redis.url == "embedded"
     assert loaded.message.recall_window == 120
     assert loaded.http.port is None
+    assert (loaded.group.create_per_hour, loaded.group.max_owned) == (20, 1000)
 
 
 def test_missing_node_id_names_the_key(tmp_path: Path) -> None:
@@ -112,6 +113,9 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("websocket", "max-content", 0),
         ("websocket", "max-content", 2 * 1024 * 1024 + 1),  # a message must fit in one forward frame
         ("websocket", "rate-limit", "lots"),
+        ("websocket", "contacts-budget", 0),
+        ("group", "create-per-hour", 0),
+        ("group", "max-owned", "many"),
         ("message", "recall-window", "2m"),
         ("message", "recall-window", float("nan")),
         ("message", "recall-window", float("inf")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vim_cluster.core.limits import RateWindow
+from vim_cluster.core.limits import CostBudget, RateWindow
 from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.model import ChatType, MessageType
 from vim_cluster.protocol import frames as f
@@ -154,3 +154,16 @@ def test_rate_window_resets_after_one_second() -> None:
     window = RateWindow(2)
     assert [window.admit(t) for t in (0.0, 0.1, 0.2, 0.99)] == [True, True, False, False]
     assert [window.admit(t) for t in (1.0, 1.1, 1.2)] == [True, True, False]
+
+
+def test_cost_budget_admits_while_left_then_refills_over_its_period() -> None:
+    budget = CostBudget(10_000, period=60.0)
+    for _ in range(2):
+        assert budget.admit(0.0)
+        budget.charge(5000, 0.0)
+    assert not budget.admit(0.0)  # used up
+    assert budget.admit(0.1)  # 16 units refilled
+    budget.charge(25_000, 0.1)  # larger than the budget: answered, and in debt
+    assert not budget.admit(60.0)  # 10,000 refilled of the 24,984 owed
+    assert budget.admit(150.0)
+    assert budget.admit(10_000.0) and budget._refilled(10_000.0) == 10_000  # never more than its size

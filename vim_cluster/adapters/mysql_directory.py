@@ -6,7 +6,8 @@ Rules (beyond those of `mysql_base`):
   'ALICE' and full-width 'ａｌｉｃｅ' collide (Conflict) and a lookup by any spelling finds the
   user. (`users.username`'s own UNIQUE index under utf8mb4_unicode_ci stays.)
 - create_group and change_members each run in one InnoDB transaction; change_members first
-  locks the group's row (SELECT ... FOR UPDATE), so concurrent changes to one group serialize.
+  locks the group's row (SELECT ... FOR UPDATE), so concurrent changes to one group serialize,
+  and create_group with a quota its owner's row, so one owner's creates count in turn.
 - Reads of a group and its members are one statement (one consistent snapshot).
 - The groups table is `chat_groups` (GROUPS is a reserved word since MySQL 8.0.2).
 - A duplicate key becomes Conflict; a reference to a missing user, group or department
@@ -24,7 +25,7 @@ from pymysql.cursors import Cursor
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
-from ..ports import too_many
+from ..ports import GroupQuota, over_quota, too_many
 from .mysql_base import ER_DUP_ENTRY, ER_NO_REFERENCED_ROW, POOL_SIZE, TABLE_OPTIONS, MysqlDatabase
 
 MIGRATIONS: list[list[str]] = [
@@ -173,8 +174,18 @@ class MysqlDirectory:
                 if cur.fetchone() is None:
                     raise NotFound(f"user {user_id}")
 
-    def create_group(self, group: Group) -> None:
+    def create_group(self, group: Group, quota: GroupQuota | None = None) -> None:
         with _integrity(f"group {group.id}"), self._db.transaction() as cur:
+            if quota is not None:
+                # The owner's row locked: one owner's creates count one after another.
+                cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (group.owner_id,))
+                cur.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(id >= %s), 0) FROM chat_groups WHERE owner_id = %s",
+                    (quota.since, group.owner_id),
+                )
+                row = cur.fetchone()
+                assert row is not None  # an aggregate always answers one row
+                over_quota(quota, int(row[0]), int(row[1]))
             cur.execute(
                 "INSERT INTO chat_groups (id, name, owner_id) VALUES (%s, %s, %s)",
                 (group.id, group.name, group.owner_id),

