@@ -54,14 +54,26 @@ async def test_http_port_serves_pages_json_health_and_metrics(start_node) -> Non
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert int(headers["content-length"]) == len(body)
         page = body.decode()
-        assert "<script>" in page and '"register"' in page and "/healthz" in page  # the chat client
+        assert '<script src="/chat.js"></script>' in page and "<script>" not in page  # the CSP forbids inline
         assert "http://" not in page and "https://" not in page  # self-contained
+        status, headers, body = await http(port, "/chat.js")
+        assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+        script = body.decode()
+        assert '"register"' in script and "/healthz" in script  # the chat client
+        assert "http://" not in script and "https://" not in script
 
         status, headers, body = await http(port, "/dashboard")
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
-        assert headers["content-security-policy"] == "frame-ancestors 'none'"  # no clickjacking of kick/drain
-        assert "/dashboard.json" in body.decode()
+        assert headers["referrer-policy"] == "no-referrer"
+        policy = dict((d.split(" ", 1) + [""])[:2] for d in headers["content-security-policy"].split("; "))
+        assert policy["frame-ancestors"] == "'none'"  # no clickjacking of kick/drain
+        assert policy["script-src"] == "'self'" and policy["default-src"] == "'self'"  # nothing inline, no eval
+        assert policy["object-src"] == policy["base-uri"] == "'none'" and policy["form-action"] == "'self'"
+        assert policy["connect-src"] == "'self' ws: wss:"  # any node's client port
+        assert '<script src="/dashboard.js"></script>' in body.decode() and "<script>" not in body.decode()
+        status, headers, body = await http(port, "/dashboard.js")
+        assert status == 200 and "/dashboard.json" in body.decode()
 
         status, headers, body = await http(port, "/healthz")
         assert status == 200 and headers["content-type"] == "application/json"

@@ -1,5 +1,6 @@
-"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard and
-the dashboard's JSON and operator endpoints (see `dashboard`).
+"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard, their
+scripts (/chat.js, /dashboard.js) and the dashboard's JSON and operator endpoints (see
+`dashboard`).
 
 Each request is its own bulkhead: an error is logged and answered 500, never the node's end.
 GET, HEAD and POST (the operator's, see `dashboard`) are served; one request per connection.
@@ -28,11 +29,19 @@ from .listeners import Listeners
 from .operator import cookie_of
 
 log = structlog.get_logger()
-# No page of this port may be framed (clickjacking of the dashboard's kick and drain, even from
-# a page of the same site) nor have its type guessed.
-FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", "frame-ancestors 'none'"),
-           ("x-content-type-options", "nosniff"))
+# Every answer of this port (docs/security.md, "The HTTP port's pages"): scripts only from
+# this port's own files (chat.js, dashboard.js), never inline, so text that reaches a page as
+# HTML (a message, a display name) cannot run; connections to this port and to any node's
+# client port (ws:, wss:: the web client moves between nodes and takes a typed-in address);
+# no plugins, <base>, foreign form targets or referrers; no framing (clickjacking of the
+# dashboard's kick and drain, even from a page of the same site) nor guessed types.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'self'")
+FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", CSP),
+           ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer"))
 MAX_REQUEST = 16 * 1024
+SCRIPTS = ("/chat.js", "/dashboard.js")  # the pages' scripts (CSP: none inline)
 ANY_HOST = ("/healthz", "/metrics")  # monitoring tools, by whatever name they are given
 UNKNOWN_HOST = b"host not known to this node: list its origin (scheme://host:port) in vim.websocket.allowed-origins\n"
 
@@ -68,6 +77,8 @@ async def _route(ctx: NodeContext, request: dashboard.Request) -> Response:
         return 200, "text/html; charset=utf-8", _static("dashboard.html"), ()
     if path in ("/", "/index.html"):
         return 200, "text/html; charset=utf-8", _static("index.html"), ()
+    if path in SCRIPTS:
+        return 200, "text/javascript; charset=utf-8", _static(path[1:]), ()
     return 404, "text/plain", b"not found\n", ()
 
 
