@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 
+import attrs
+import structlog
 import trio
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from vim_cluster.admin import node_health
 from vim_cluster.model import UserId
 from vim_cluster.node.operator import FAILURES_PER_MINUTE
 from vim_cluster.ports import Route
+from vim_cluster.tunables import DEFAULTS
 
 from ..support import connect, free_port, online
 
@@ -113,6 +117,94 @@ async def test_method_not_allowed_carries_its_body(start_node) -> None:
         status, headers, body = await http(node.http_port, "/", method="POST")
         assert status == 405
         assert int(headers["content-length"]) == len(body) and body == b"only GET\n"
+
+
+async def raw_exchange(port: int, data: bytes, end: bool = True) -> bytes:
+    """Sends `data` as it is (then ends our side, unless `end` is false) and reads the answer
+    until the node closes the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        if end:
+            await stream.send_eof()
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    return raw
+
+
+def http_tasks() -> list[trio.lowlevel.Task]:
+    """The HTTP port's connection tasks still running in this trio run."""
+    found, todo = [], [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        assert task is not None
+        found += [task] if task.name.endswith("http._handle") else []
+        todo += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return found
+
+
+async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node, monkeypatch) -> None:
+    """Attack: garbage, a cut-off request line, a head over 16 KiB, a bad or conflicting
+    Content-Length, a body over 16 KiB, a request that never ends. Each used to end in a
+    silent close; now each gets its status (400, 431, 413, 408) with one line saying what was
+    wrong (not the bytes sent) and the port's headers, is logged at debug with the peer, and
+    leaves no task behind; the node serves on."""
+    monkeypatch.setattr("vim_cluster.node.http.REQUEST_TIMEOUT", 1.0)
+    captured = LogCapture()  # the HTTP port's log at debug level (the tests' is warning)
+    monkeypatch.setattr("vim_cluster.node.http.log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    logs = captured.entries
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        post = b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        cases = [
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400, b"illegal request line"),
+            (b"GET /dashb", 400, b"incomplete request"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431,
+             b"request head larger than 16384 bytes"),
+            (post + b"Content-Length: ten\r\n\r\n{}", 400, b"bad Content-Length"),
+            (post + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, b"conflicting Content-Length headers"),
+            (post + b"Content-Length: 20000\r\n\r\n" + b" " * 20_000, 413, b"request body larger than 16384 bytes"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", 408, b"no whole request within 1 s"),  # and nothing more
+        ]
+        for data, status, reason in cases:
+            answer = await raw_exchange(port, data, end=status != 408)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            assert lines[0].startswith(f"HTTP/1.1 {status} "), (data[:40], answer[:200])
+            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+            assert body == reason + b"\n" and int(headers["content-length"]) == len(body)
+            assert headers["x-content-type-options"] == "nosniff" and "script-src 'self'" in headers[
+                "content-security-policy"]
+        refused = [e for e in logs if e["event"] == "http_request_refused"]
+        assert [(e["status"], e["reason"].encode()) for e in refused] == [(s, r) for _, s, r in cases]
+        assert all(e["remote"] == "127.0.0.1" and e["log_level"] == "debug" for e in refused)
+        assert await raw_exchange(port, b"", end=True) == b""  # a connection that sends nothing: closed unanswered
+        assert http_tasks() == []
+        status, _, _ = await http(port, "/healthz")
+        assert status == 200
+
+
+async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
+    """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
+    be closed unanswered) and one never finished (closed unanswered at the handshake deadline):
+    now 400 and 408 with the reason, logged at debug with the peer."""
+    captured = LogCapture()
+    monkeypatch.setattr("vim_cluster.node.ws_server.log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    with trio.fail_after(30):
+        node = await start_node(tunables=attrs.evolve(DEFAULTS, client_handshake_timeout_s=1.0))
+        begun = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: webs"
+        answer = await raw_exchange(node.client_port, begun)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"\r\n\r\nbad HTTP request: peer unexpectedly "
+                                                                        b"closed connection"), answer
+        answer = await raw_exchange(node.client_port, begun, end=False)
+        assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b"no whole upgrade request within 1 s"), answer
+        assert await raw_exchange(node.client_port, b"") == b""  # nothing sent: nothing to answer
+        assert [(e["event"], e["status"], e["remote"]) for e in captured.entries] == [
+            ("handshake_refused", 400, "127.0.0.1"), ("handshake_refused", 408, "127.0.0.1")]
 
 
 async def post_json(port: int, path: str, body: dict, cookie: str | None = None) -> tuple[int, dict[str, str], dict]:

@@ -13,7 +13,9 @@ the operator login's failures from a browser inside the network.
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
+from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
@@ -41,6 +43,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", CSP),
            ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer"))
 MAX_REQUEST = 16 * 1024
+REQUEST_TIMEOUT = 10.0  # to read a request and answer it
+REFUSAL_TIMEOUT = 2.0  # to write the one line that refuses a request
 SCRIPTS = ("/chat.js", "/dashboard.js")  # the pages' scripts (CSP: none inline)
 ANY_HOST = ("/healthz", "/metrics")  # monitoring tools, by whatever name they are given
 UNKNOWN_HOST = b"host not known to this node: list its origin (scheme://host:port) in vim.websocket.allowed-origins\n"
@@ -84,11 +88,22 @@ async def _route(ctx: NodeContext, request: dashboard.Request) -> Response:
 
 async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    deadline = trio.current_time() + REQUEST_TIMEOUT
     try:
-        with trio.fail_after(10):
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
+        request, refusal = None, None
+        with trio.move_on_at(deadline) as reading:
+            try:
+                request = await _read_request(conn, stream)
+            except h11.RemoteProtocolError as exc:
+                refusal = exc.error_status_hint, _reason(exc)
+        if reading.cancelled_caught and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
+            refusal = 408, f"no whole request within {REQUEST_TIMEOUT:g} s"  # a request began: say why it ends
+        if refusal is not None:
+            await _refuse(stream, *refusal)
+            return
+        if request is None:
+            return
+        with trio.fail_at(deadline):
             extra: tuple[tuple[str, str], ...] = ()
             post_ok = request.method == "POST" and request.path in dashboard.POST_PATHS
             host = request.headers.get("host", "")
@@ -118,22 +133,52 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
         await stream.aclose()
 
 
+def _reason(exc: h11.RemoteProtocolError) -> str:
+    """What was wrong with a request, in a few words (not the bytes h11 quotes)."""
+    if exc.error_status_hint == 431:
+        return f"request head larger than {MAX_REQUEST} bytes"
+    if str(exc) == "peer unexpectedly closed connection":
+        return "incomplete request"
+    return re.split(r""":? (?:bytearray\(|b['"])""", str(exc))[0][:100]
+
+
+async def _refuse(stream: trio.abc.Stream, status: int, reason: str) -> None:
+    """Answers a request that cannot be served (malformed: 400, 431, 413; incomplete: 408) with
+    one line saying why, then the connection ends. Logged at debug: anyone can send these.
+
+    What the client still sends (the rest of an oversized request) is read and dropped after
+    our side ended, for REFUSAL_TIMEOUT at most: closing with data unread would make the kernel
+    reset the connection, and the client would see the reset, not the answer."""
+    log.debug("http_request_refused", remote=_remote(stream), status=status, reason=reason)
+    body = f"{reason}\n".encode()
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: text/plain; charset=utf-8",
+            f"content-length: {len(body)}", "connection: close", "cache-control: no-store",
+            *(f"{name}: {value}" for name, value in FRAMING)]
+    with trio.move_on_after(REFUSAL_TIMEOUT):
+        await stream.send_all("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while await stream.receive_some(MAX_REQUEST):
+            pass
+
+
 async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> dashboard.Request | None:
     """The request with its body (at most MAX_REQUEST bytes), or None if the client closed
-    before sending a whole one."""
+    before sending a byte. Raises h11.RemoteProtocolError (with the status to answer) for a
+    malformed, oversized or cut-off one."""
     head: h11.Request | None = None
     body = b""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))
+            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))  # b"": EOF, h11 says if early
             continue
         if isinstance(event, h11.Request):
             head = event
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_REQUEST:
-                raise h11.LocalProtocolError("request body too large")
+                raise h11.RemoteProtocolError(f"request body larger than {MAX_REQUEST} bytes", 413)
         elif isinstance(event, h11.EndOfMessage) and head is not None:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
             remote = _remote(stream)
