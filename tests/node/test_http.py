@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import socket
+from pathlib import Path
 
 import attrs
 import structlog
@@ -13,12 +14,16 @@ import trio
 from structlog.testing import LogCapture, capture_logs
 
 from vim_cluster.admin import node_health
+from vim_cluster.config import load_config
 from vim_cluster.model import UserId
+from vim_cluster.node.app import RunningNode, serve_node
+from vim_cluster.node.http import UNAVAILABLE
 from vim_cluster.node.operator import FAILURES_PER_MINUTE
 from vim_cluster.ports import Route
 from vim_cluster.tunables import DEFAULTS
 
-from ..support import connect, free_port, online
+from ..servers import MariaDB, RedisServer, private_mariadb, redis_process  # noqa: F401 - fixtures
+from ..support import connect, free_port, online, write_config
 
 
 async def exchange(port: int, method: str, path: str, cookie: str | None, body: bytes | None,
@@ -471,3 +476,48 @@ async def test_health_checks_that_overlap_all_get_the_backends_answer(start_node
             for i in range(20):
                 nursery.start_soon(check, "/stats.json" if i % 4 == 0 else "/healthz")
         assert [a for a in answers if a[0] != 200 or set(a[1].values()) != {"ok"}] == []
+
+
+async def test_healthz_and_a_503_name_what_is_down_not_the_backend_s_error(
+        nursery: trio.Nursery, node_folder: Path, redis_process: RedisServer,  # noqa: F811
+        private_mariadb: MariaDB) -> None:  # noqa: F811
+    """Attack: read /healthz (and a 503) while MariaDB and Redis are down. Their errors named
+    the database account, hosts and ports (`down: mysql vim@127.0.0.1:PORT: (2003, "Can't
+    connect ...")`) to anyone; now the checks say `down: unavailable` (or `down: timeout`), the
+    503 one fixed line, the node's log has each error once however often it is probed, and
+    the logged-in operator's /stats.json has them in `problems`."""
+    with private_mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute("CREATE DATABASE vim CHARACTER SET utf8mb4")
+    config = load_config(write_config(
+        node_folder, redis_url=redis_process.url, extra={"http": {"port": free_port()}},
+        store={"directory": private_mariadb.url("vim"), "messages": "sqlite:data/messages.db"}))
+    with trio.fail_after(60), capture_logs() as logs:
+        node: RunningNode = await nursery.start(serve_node, config)
+        port = node.http_port
+        assert port is not None
+        status, _, body = await http(port, "/healthz")
+        assert status == 200, body
+        private_mariadb.stop()
+        redis_process.kill()
+        secrets_shown = (private_mariadb.password, str(private_mariadb.port), str(redis_process.port), "vim@",
+                         "mysql", "Connect", "refused", "Errno")
+        for _ in range(3):
+            status, _, body = await http(port, "/healthz")
+            assert status == 503 and not [s for s in secrets_shown if s in body.decode()], body
+            checks = json.loads(body)["checks"]
+            assert checks["directory"] in ("down: unavailable", "down: timeout"), checks
+            assert checks["redis"] in ("down: unavailable", "down: timeout") and checks["messages"] == "ok", checks
+        for _ in range(2):
+            status, _, body = await http(port, "/dashboard.json")  # lists the nodes from Redis
+            assert status == 503 and body == UNAVAILABLE
+        status, _, body = await http(port, "/stats.json")
+        assert "problems" not in json.loads(body)
+        _, headers, _ = await post_json(port, "/login", {"secret": config.cluster.secret.decode(), "name": "ops"})
+        status, _, body = await http(port, "/stats.json", cookie=headers["set-cookie"].split(";")[0])
+        problems = json.loads(body)["problems"]
+        assert set(problems) == {"redis", "directory"} and str(private_mariadb.port) in problems["directory"]
+        assert str(redis_process.port) in problems["redis"]
+    failed = [(e["event"], e["check"]) for e in logs if e["event"] in ("health_check_failed", "http_store_unavailable")]
+    assert sorted(failed) == [("health_check_failed", "directory"), ("health_check_failed", "redis"),
+                              ("http_store_unavailable", "http")], failed
+    assert all(str(private_mariadb.port) in e["error"] for e in logs if e.get("check") == "directory")

@@ -47,6 +47,7 @@ class NodeContext:
     draining: bool = False  # an operator drained the node: no new client connections
     cluster_role: str = "slave"  # "master" (relaying), "standby" or "slave" (node/roles.py)
     cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
+    problems: dict[str, str] = attrs.Factory(dict)  # what is down, in full, as last logged (node/health.py)
 
     @property
     def node_id(self) -> str:

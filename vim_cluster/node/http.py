@@ -26,7 +26,7 @@ import trio
 from ..errors import StoreUnavailable
 from . import dashboard
 from .context import NodeContext
-from .health import health
+from .health import health, note
 from .listeners import Listeners
 from .operator import cookie_of
 
@@ -47,6 +47,7 @@ REQUEST_TIMEOUT = 10.0  # to read a request and answer it
 REFUSAL_TIMEOUT = 2.0  # to write the one line that refuses a request
 SCRIPTS = ("/chat.js", "/dashboard.js")  # the pages' scripts (CSP: none inline)
 ANY_HOST = ("/healthz", "/metrics")  # monitoring tools, by whatever name they are given
+UNAVAILABLE = b"unavailable: Redis or a store is down (the node's log says why); retry later\n"
 UNKNOWN_HOST = b"host not known to this node: list its origin (scheme://host:port) in vim.websocket.allowed-origins\n"
 
 
@@ -72,10 +73,10 @@ async def _route(ctx: NodeContext, request: dashboard.Request) -> Response:
         return _json(200 if ok and not ctx.draining else 503, body)
     if path == "/metrics":
         return 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render(), ()
+    who = ctx.operator.who(cookie_of(request.headers.get("cookie"))) if ctx.operator else None
     if path == "/stats.json":
-        return _json(200, await dashboard.node_stats(ctx))
+        return _json(200, await dashboard.node_stats(ctx, who is not None))
     if path == "/dashboard.json":
-        who = ctx.operator.who(cookie_of(request.headers.get("cookie"))) if ctx.operator else None
         return _json(200, await dashboard.dashboard_data(ctx, who))
     if path == "/dashboard":
         return 200, "text/html; charset=utf-8", _static("dashboard.html"), ()
@@ -117,8 +118,10 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
             else:
                 try:
                     status, kind, body, extra = await _route(ctx, request)
-                except StoreUnavailable as exc:
-                    status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
+                    note(ctx, "http", None)  # logged when it was down
+                except StoreUnavailable as exc:  # its text names hosts, users, paths: the log's, not the body's
+                    note(ctx, "http", str(exc), "http_store_unavailable")
+                    status, kind, body = 503, "text/plain", UNAVAILABLE
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
                        ("cache-control", "no-store"), *FRAMING, *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")

@@ -39,7 +39,7 @@ function nodeRow(n, now) {
   const tr = document.createElement("tr"); tr.className = rowClass; tr.dataset.node = n.node;
   const checks = cell("", "checks");
   for (const [name, value] of Object.entries(st.checks || {})) {
-    const p = pillOf(value === "ok" ? "ok" : "bad", name); p.title = value; checks.append(p);
+    const p = pillOf(value === "ok" ? "ok" : "bad", name); p.title = (st.problems || {})[name] || value; checks.append(p);
   }
   if (!st.checks) checks.textContent = st.error ? "no answer" : "–";
   const history = cell(""); if (samples.length) history.append(spark(samples));
