@@ -5,6 +5,7 @@ handler) is refused, not run (docs/security.md, "The HTTP port's pages")."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -78,3 +79,23 @@ def test_the_pages_work_under_the_csp_and_injected_script_does_not_run(cluster: 
     assert dashboard.evaluate(INJECT.replace('"log"', '"nodes"')) == ["script-src-attr", "script-src-elem"]
     assert dashboard.evaluate("window.pwned") is None
     assert dashboard_refusals and all("script-src" in text for text in dashboard_refusals)
+
+
+def test_a_name_stored_before_the_name_rule_shows_without_its_bidi_and_control_characters(
+        cluster: Cluster, new_page: Any) -> None:
+    """A display name from before the node refused them (an older release's row) holding a
+    right-to-left override (U+202E: "Rex gnp.exe" would read "Rex exe.png", and so would the
+    text after it in the same line) and a line break: the page shows it without them."""
+    rex = open_chat(new_page(), cluster.dept1)
+    register(rex, "rex")
+    database = sqlite3.connect(cluster.folder / "data" / "directory.db", timeout=10)
+    try:
+        with database:
+            database.execute("UPDATE users SET name = ? WHERE username = 'rex'", ("Rex \u202egnp.exe\n\u2067",))
+    finally:
+        database.close()
+    viv = open_chat(new_page(), cluster.dept2)
+    register(viv, "viv")
+    contact(viv, "Rex gnp.exe").click()
+    assert viv.locator("#convhead").text_content() == "Rex gnp.exe"
+    assert viv.locator("#users .contact", has_text="Rex").first.text_content().startswith("Rex gnp.exe")

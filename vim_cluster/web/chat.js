@@ -40,6 +40,12 @@ const CLOSES = {
   4006: ["Your account was deleted by an administrator.", false],
 };
 const $ = (id) => document.getElementById(id);
+// Names are put in the page as text only. A name stored before the node refused them
+// (docs/protocol.md §2.3) may still hold control, bidi or other invisible format characters:
+// they are left out when it is shown, so it cannot reverse or hide the text around it (the
+// joiners of emoji and of Persian spellings stay).
+const UNSHOWN = /(?![\u200C\u200D])[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
+const named = (o) => (typeof o.name === "string" ? {...o, name: o.name.replace(UNSHOWN, "")} : o);
 const Q = new URLSearchParams(location.search);
 // A ping every 25 s (`?ping=S`: every S seconds); no frame at all within 10 s of a ping (or of
 // opening a connection; `?ping=S` below 10: S seconds) means the connection is dead.
@@ -174,7 +180,7 @@ function handle(code, m) {
     case "contacts": onContacts(m); break;
     case "presence": onPresence(m); break;
     case "group-ok":
-      groups.set(m.groupId, m); renderContacts(); break;
+      groups.set(m.groupId, named(m)); renderContacts(); break;
     case "message": onMessage(m); break;
     case "ack": acked(m); break;
     case "receipt": {
@@ -249,9 +255,9 @@ function onError(m) {
 
 // ---------- contacts, presence, departments ----------
 function onContacts(m) {
-  users = new Map(m.users.map((u) => [u.userId, u]));
-  groups = new Map(m.groups.map((g) => [g.groupId, g]));
-  depts = m.departments || [];
+  users = new Map(m.users.map((u) => [u.userId, named(u)]));
+  groups = new Map(m.groups.map((g) => [g.groupId, named(g)]));
+  depts = (m.departments || []).map(named);
   for (const u of m.users) { const c = conv("friend", u.userId); if (c !== open) c.unread = u.unread || 0; }
   for (const g of m.groups) { const c = conv("group", g.groupId); if (c !== open) c.unread = g.unread || 0; }
   renderContacts();
