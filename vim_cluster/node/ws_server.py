@@ -432,13 +432,14 @@ async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Re
     431 for a head over MAX_REQUEST, 408 for one begun and not whole in time) or after a
     connection that closed, or stayed silent, before its first byte."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
-    with trio.move_on_after(timeout):
+    refusal: tuple[int, str] | None = None
+    with trio.move_on_after(timeout) as reading:
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                await _refuse(socket, remote, exc.error_status_hint, f"bad HTTP request: {exc}")
-                return None
+                refusal = exc.error_status_hint, f"bad HTTP request: {exc}"
+                break
             if event is h11.NEED_DATA:
                 conn.receive_data(cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES)))  # b"": EOF
                 continue
@@ -448,32 +449,35 @@ async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Re
             if (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
                     or b"upgrade" not in headers.get(b"connection", b"").lower()
                     or b"sec-websocket-key" not in headers):
-                await _refuse(socket, remote, 400, "this port speaks WebSocket: send a GET with Upgrade: websocket")
-                return None
-            if headers.get(b"sec-websocket-version") != b"13":
-                await _refuse(socket, remote, 426, "WebSocket version 13 only")
-                return None
-            trailing = bytes(conn.trailing_data[0])
-            origin = headers.get(b"origin")
-            return Request(socket, event.target.decode("ascii", "replace"), remote, headers[b"sec-websocket-key"],
-                           trailing, origin.decode("latin-1") if origin is not None else None,
-                           headers.get(b"host", b"").decode("latin-1"))
-    if conn.their_state is not h11.IDLE or conn.trailing_data[0]:  # a request began: say why it ends
-        with trio.move_on_after(REFUSAL_TIMEOUT):
-            await _refuse(socket, remote, 408, f"no whole upgrade request within {timeout:g} s")
+                refusal = 400, "this port speaks WebSocket: send a GET with Upgrade: websocket"
+            elif headers.get(b"sec-websocket-version") != b"13":
+                refusal = 426, "WebSocket version 13 only"
+            else:
+                trailing = bytes(conn.trailing_data[0])
+                origin = headers.get(b"origin")
+                return Request(socket, event.target.decode("ascii", "replace"), remote,
+                               headers[b"sec-websocket-key"], trailing,
+                               origin.decode("latin-1") if origin is not None else None,
+                               headers.get(b"host", b"").decode("latin-1"))
+            break
+    if reading.cancelled_caught and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
+        refusal = 408, f"no whole upgrade request within {timeout:g} s"  # a request began: say why it ends
+    if refusal is not None:
+        await _refuse(socket, remote, *refusal)
     return None
 
 
 async def _refuse(socket: ServerSocket, remote: str, status: int, reason: str) -> None:
-    """Answers a handshake that is not one; logged at debug (anyone can send these).
+    """Answers a handshake that is not one, within REFUSAL_TIMEOUT; logged at debug (anyone
+    can send these).
 
     What the client still sends (the rest of an oversized request) is read and dropped after
-    our side ended, for REFUSAL_TIMEOUT at most: closing with data unread would make the kernel
-    reset the connection, and the client would see the reset, not the answer."""
+    our side ended: closing with data unread would make the kernel reset the connection, and
+    the client would see the reset, not the answer."""
     log.debug("handshake_refused", remote=remote, status=status, reason=reason[:200])
-    await socket.send_all(_response(status, reason.encode()))
     stream = socket.stream
     with trio.move_on_after(REFUSAL_TIMEOUT):
+        await socket.send_all(_response(status, reason.encode()))
         if isinstance(stream, trio.abc.HalfCloseableStream):
             await stream.send_eof()
         while await stream.receive_some(RECEIVE_BYTES):
