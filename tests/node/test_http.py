@@ -169,6 +169,8 @@ async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node
             (b"GET /dashb", 400, b"incomplete request"),
             (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431,
              b"request head larger than 16384 bytes"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 16_400 + b"\r\n\r\n", 431,
+             b"request head larger than 16384 bytes"),  # whole in the second read: h11 let it pass
             (post + b"Content-Length: ten\r\n\r\n{}", 400, b"bad Content-Length"),
             (post + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, b"conflicting Content-Length headers"),
             (post + b"Content-Length: 20000\r\n\r\n" + b" " * 20_000, 413, b"request body larger than 16384 bytes"),
@@ -194,8 +196,9 @@ async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node
 
 async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
     """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
-    be closed unanswered) and one never finished (closed unanswered at the handshake deadline):
-    now 400 and 408 with the reason, logged at debug with the peer."""
+    be closed unanswered), one never finished (closed unanswered at the handshake deadline) and
+    one with a 20 KB header read at once (upgraded: h11 checks its limit only on a head still
+    incomplete): now 400, 408 and 431 with the reason, logged at debug with the peer."""
     captured = LogCapture()
     monkeypatch.setattr("vim_cluster.node.ws_server.log", structlog.wrap_logger(
         None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
@@ -208,8 +211,14 @@ async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_po
         answer = await raw_exchange(node.client_port, begun, end=False)
         assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b"no whole upgrade request within 1 s"), answer
         assert await raw_exchange(node.client_port, b"") == b""  # nothing sent: nothing to answer
+        big = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Big: "
+               + b"a" * 20_000 + b"\r\n\r\n")  # whole in one read: h11 let it pass (its limit is 16 KiB)
+        answer = await raw_exchange(node.client_port, big)
+        assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"head larger than 16384 bytes"), answer
         assert [(e["event"], e["status"], e["remote"]) for e in captured.entries] == [
-            ("handshake_refused", 400, "127.0.0.1"), ("handshake_refused", 408, "127.0.0.1")]
+            ("handshake_refused", 400, "127.0.0.1"), ("handshake_refused", 408, "127.0.0.1"),
+            ("handshake_refused", 431, "127.0.0.1")]
 
 
 async def post_json(port: int, path: str, body: dict, cookie: str | None = None) -> tuple[int, dict[str, str], dict]:

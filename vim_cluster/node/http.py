@@ -171,13 +171,18 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> dashbo
     malformed, oversized or cut-off one."""
     head: h11.Request | None = None
     body = b""
+    received = 0
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))  # b"": EOF, h11 says if early
+            data = bytes(await stream.receive_some(MAX_REQUEST))
+            received += len(data)
+            conn.receive_data(data)  # b"": EOF, h11 says if early
             continue
         if isinstance(event, h11.Request):
             head = event
+            if received - len(conn.trailing_data[0]) > MAX_REQUEST:  # h11 counts only a head still incomplete
+                raise h11.RemoteProtocolError("request head too large", 431)
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_REQUEST:

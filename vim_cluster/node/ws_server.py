@@ -433,6 +433,7 @@ async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Re
     connection that closed, or stayed silent, before its first byte."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     refusal: tuple[int, str] | None = None
+    received = 0
     with trio.move_on_after(timeout) as reading:
         while True:
             try:
@@ -441,19 +442,23 @@ async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Re
                 refusal = exc.error_status_hint, f"bad HTTP request: {exc}"
                 break
             if event is h11.NEED_DATA:
-                conn.receive_data(cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES)))  # b"": EOF
+                data = cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES))
+                received += len(data)
+                conn.receive_data(data)  # b"": EOF
                 continue
             if not isinstance(event, h11.Request):
                 return None  # the peer closed before a byte
             headers = dict(event.headers)
-            if (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
+            trailing = bytes(conn.trailing_data[0])
+            if received - len(trailing) > MAX_REQUEST:  # h11 counts only a head still incomplete
+                refusal = 431, f"bad HTTP request: head larger than {MAX_REQUEST} bytes"
+            elif (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
                     or b"upgrade" not in headers.get(b"connection", b"").lower()
                     or b"sec-websocket-key" not in headers):
                 refusal = 400, "this port speaks WebSocket: send a GET with Upgrade: websocket"
             elif headers.get(b"sec-websocket-version") != b"13":
                 refusal = 426, "WebSocket version 13 only"
             else:
-                trailing = bytes(conn.trailing_data[0])
                 origin = headers.get(b"origin")
                 return Request(socket, event.target.decode("ascii", "replace"), remote,
                                headers[b"sec-websocket-key"], trailing,
