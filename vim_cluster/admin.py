@@ -11,7 +11,7 @@ import urllib.request
 
 from . import departments, wiring
 from .config import NodeConfig, url_host
-from .core import auth, usernames
+from .core import auth, names, usernames
 from .core.lease import MintGate
 from .core.mastership import MasterView, shown_role
 from .errors import ClientError, Conflict, ErrorKind, StoreUnavailable
@@ -35,6 +35,10 @@ def add_user(config: NodeConfig, username: str, password: str, name: str | None 
     username = normal
     if len(password) < MIN_PASSWORD:
         raise ClientError(ErrorKind.INVALID, f"password must be at least {MIN_PASSWORD} characters")
+    if name:  # the display name others see: `register`'s rule (core/names.py)
+        name = names.valid_new(name)
+        if name is None:
+            raise ClientError(ErrorKind.INVALID, f"name {names.RULE}")
     # Ids are minted with a worker id leased like a node's, so they never collide with a node's.
     # An embedded Redis is held meanwhile: one this command had to start stops again after it.
     # A worker id taken in a young Redis generation waits until it is safe (core/lease.py).

@@ -26,6 +26,7 @@ from .conftest import (
     open_chat,
     register,
     send_text,
+    wait_for_url_port,
 )
 
 try:
@@ -258,7 +259,7 @@ def test_a_frozen_node_is_noticed_by_the_ping_deadline(cluster: Cluster, new_pag
     (SIGSTOP: the TCP connection stays open, nothing answers) shows as reconnecting."""
     page = new_page()
     page.goto(f"http://127.0.0.1:{cluster.dept1.http_port}/?ping=2")
-    page.wait_for_function(f"document.getElementById('url').value.includes(':{cluster.dept1.port}/')")
+    wait_for_url_port(page, cluster.dept1.port)
     register(page, "ned")
     expect(page.locator("#status")).to_contain_text("logged in as ned on dept-1")
     with brought_back(cluster.dept1):
@@ -298,7 +299,7 @@ def test_the_page_moves_to_a_node_on_another_host_by_the_name_it_advertises(clus
         other_host.wait_health(200)
         ida = open_chat(new_page(), cluster.dept1)
         register(ida, "ida")
-        ida.wait_for_function("knownNodes.some((n) => n.node === 'dept-1b' && n.url.includes('127.0.0.2'))")
+        ida.wait_for_function("() => knownNodes.some((n) => n.node === 'dept-1b' && n.url.includes('127.0.0.2'))")
         with brought_back(cluster.dept1):
             cluster.dept1.kill()  # dept-1b comes next in the page's list (nodes sorted by id)
             expect(ida.locator("#status")).to_have_text(re.compile("logged in as ida on dept-1b"), timeout=RECONNECT_MS)

@@ -430,7 +430,8 @@ def test_the_wheel_builds_from_what_dockerignore_lets_into_the_context(tmp_path:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"vim_cluster/web/index.html", "vim_cluster/web/dashboard.html", "vim_cluster/cli.py"} <= names
+    assert {"vim_cluster/web/index.html", "vim_cluster/web/dashboard.html", "vim_cluster/web/chat.js",
+            "vim_cluster/web/dashboard.js", "vim_cluster/cli.py"} <= names  # the pages need their scripts
     assert "vim-cluster = vim_cluster.cli:main" in entry_points
 
 

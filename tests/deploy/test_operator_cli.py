@@ -125,13 +125,23 @@ def test_users_are_added_listed_and_given_a_new_password(config: Path, tmp_path:
 def test_user_list_writes_control_characters_of_names_as_escapes(config: Path, tmp_path: Path) -> None:
     """Attack: a user registers with a display name holding terminal escape sequences (clear
     the screen, move the cursor up over other rows, set the title, OSC 52 into the clipboard).
-    `user list` prints them as text, not to the operator's terminal."""
+    Since 2026-12-03 such a name is refused (`register` and `user add --name` alike,
+    core/names.py); one stored before, as here, is printed by `user list` as text, not to the
+    operator's terminal."""
     password_file = tmp_path / "pw.txt"
     password_file.write_text("first password 1\n")
     name = "\x1b[2J\x1b[1A\rroot\x1b]52;c;ZWNobyBwd25lZA==\x07"
-    added = run_cli("user", "add", "mallory", "--name", name, "--password-file", str(password_file),
-                    "--config", str(config))
+    refused = run_cli("user", "add", "mallory", "--name", name, "--password-file", str(password_file),
+                      "--config", str(config))
+    assert refused.returncode == 1 and "name must be 1 to 64 characters" in refused.stderr, refused
+    added = run_cli("user", "add", "mallory", "--password-file", str(password_file), "--config", str(config))
     assert added.returncode == 0, added
+    directory = wiring.open_directory(load_config(config))
+    try:  # the row as an older release stored it
+        with directory._db.transaction() as db:  # type: ignore[attr-defined]
+            db.execute("UPDATE users SET name = ? WHERE username = 'mallory'", (name,))
+    finally:
+        directory.close()
     listed = run_cli("user", "list", "--config", str(config))
     assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\r" not in listed.stdout, listed
     assert "\\x1b[2J\\x1b[1A\\rroot\\x1b]52;c;ZWNobyBwd25lZA==\\x07" in listed.stdout, listed.stdout

@@ -57,6 +57,28 @@ async def test_register_with_a_bad_username_or_short_password_is_invalid(url: st
             await client.expect_error("unauthorized")
 
 
+async def test_a_display_or_group_name_that_could_impersonate_is_invalid_and_a_good_one_is_stored_nfc(
+        url: str) -> None:
+    """Attack: mallory registers as "admin\u202egnp.exe" (a right-to-left override: others
+    read "adminexe.png") and names a group with a bidi isolate: `error invalid`, nothing made.
+    A name that passes is stored in NFC without surrounding spaces, as everyone's contacts show."""
+    with trio.fail_after(10):
+        async with connect(url) as client:
+            await client.send("register", username="mallory", password=PASSWORD, name="admin\u202egnp.exe", rid="r")
+            error = await client.expect_error("invalid")
+            assert error["rid"] == "r" and error["detail"].startswith("register.name: must be 1 to 64 characters")
+            await client.send("register", username="mallory", password=PASSWORD, name=" Ame\u0301lie ")
+            await client.expect("register-ok")  # the first one made nothing: the username is free
+            await client.ready(await client.login("mallory"))
+            await client.send("group-create", name="team\u2067", members=[], rid="g")
+            assert (await client.expect_error("invalid"))["detail"].startswith("group-create.name: ")
+        async with connect(url) as other:
+            await other.ready(await other.register_login("olga"))
+            await other.send("contacts")
+            users = {u["name"] for u in (await other.expect("contacts"))["users"]}
+            assert users == {"Amélie"}
+
+
 async def test_login_returns_user_id_token_and_expiry(url: str) -> None:
     with trio.fail_after(10):
         async with connect(url) as client:

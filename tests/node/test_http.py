@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
+from pathlib import Path
 
+import attrs
+import structlog
 import trio
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from vim_cluster.admin import node_health
+from vim_cluster.config import load_config
 from vim_cluster.model import UserId
+from vim_cluster.node.app import RunningNode, serve_node
+from vim_cluster.node.http import UNAVAILABLE
 from vim_cluster.node.operator import FAILURES_PER_MINUTE
 from vim_cluster.ports import Route
+from vim_cluster.tunables import DEFAULTS
 
-from ..support import connect, free_port, online
+from ..servers import MariaDB, RedisServer, private_mariadb, redis_process  # noqa: F401 - fixtures
+from ..support import connect, free_port, online, write_config
 
 
 async def exchange(port: int, method: str, path: str, cookie: str | None, body: bytes | None,
@@ -54,14 +63,26 @@ async def test_http_port_serves_pages_json_health_and_metrics(start_node) -> Non
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert int(headers["content-length"]) == len(body)
         page = body.decode()
-        assert "<script>" in page and '"register"' in page and "/healthz" in page  # the chat client
+        assert '<script src="/chat.js"></script>' in page and "<script>" not in page  # the CSP forbids inline
         assert "http://" not in page and "https://" not in page  # self-contained
+        status, headers, body = await http(port, "/chat.js")
+        assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+        script = body.decode()
+        assert '"register"' in script and "/healthz" in script  # the chat client
+        assert "http://" not in script and "https://" not in script
 
         status, headers, body = await http(port, "/dashboard")
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
-        assert headers["content-security-policy"] == "frame-ancestors 'none'"  # no clickjacking of kick/drain
-        assert "/dashboard.json" in body.decode()
+        assert headers["referrer-policy"] == "no-referrer"
+        policy = dict((d.split(" ", 1) + [""])[:2] for d in headers["content-security-policy"].split("; "))
+        assert policy["frame-ancestors"] == "'none'"  # no clickjacking of kick/drain
+        assert policy["script-src"] == "'self'" and policy["default-src"] == "'self'"  # nothing inline, no eval
+        assert policy["object-src"] == policy["base-uri"] == "'none'" and policy["form-action"] == "'self'"
+        assert policy["connect-src"] == "'self' ws: wss:"  # any node's client port
+        assert '<script src="/dashboard.js"></script>' in body.decode() and "<script>" not in body.decode()
+        status, headers, body = await http(port, "/dashboard.js")
+        assert status == 200 and "/dashboard.json" in body.decode()
 
         status, headers, body = await http(port, "/healthz")
         assert status == 200 and headers["content-type"] == "application/json"
@@ -101,6 +122,103 @@ async def test_method_not_allowed_carries_its_body(start_node) -> None:
         status, headers, body = await http(node.http_port, "/", method="POST")
         assert status == 405
         assert int(headers["content-length"]) == len(body) and body == b"only GET\n"
+
+
+async def raw_exchange(port: int, data: bytes, end: bool = True) -> bytes:
+    """Sends `data` as it is (then ends our side, unless `end` is false) and reads the answer
+    until the node closes the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        if end:
+            await stream.send_eof()
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    return raw
+
+
+def http_tasks() -> list[trio.lowlevel.Task]:
+    """The HTTP port's connection tasks still running in this trio run."""
+    found, todo = [], [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        assert task is not None
+        found += [task] if task.name.endswith("http._handle") else []
+        todo += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return found
+
+
+async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node, monkeypatch) -> None:
+    """Attack: garbage, a cut-off request line, a head over 16 KiB, a bad or conflicting
+    Content-Length, a body over 16 KiB, a request that never ends. Each used to end in a
+    silent close; now each gets its status (400, 431, 413, 408) with one line saying what was
+    wrong (not the bytes sent) and the port's headers, is logged at debug with the peer, and
+    leaves no task behind; the node serves on."""
+    monkeypatch.setattr("vim_cluster.node.http.REQUEST_TIMEOUT", 1.0)
+    captured = LogCapture()  # the HTTP port's log at debug level (the tests' is warning)
+    monkeypatch.setattr("vim_cluster.node.http.log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    logs = captured.entries
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        post = b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        cases = [
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400, b"illegal request line"),
+            (b"GET /dashb", 400, b"incomplete request"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431,
+             b"request head larger than 16384 bytes"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 16_400 + b"\r\n\r\n", 431,
+             b"request head larger than 16384 bytes"),  # whole in the second read: h11 let it pass
+            (post + b"Content-Length: ten\r\n\r\n{}", 400, b"bad Content-Length"),
+            (post + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, b"conflicting Content-Length headers"),
+            (post + b"Content-Length: 20000\r\n\r\n" + b" " * 20_000, 413, b"request body larger than 16384 bytes"),
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", 408, b"no whole request within 1 s"),  # and nothing more
+        ]
+        for data, status, reason in cases:
+            answer = await raw_exchange(port, data, end=status != 408)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            assert lines[0].startswith(f"HTTP/1.1 {status} "), (data[:40], answer[:200])
+            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+            assert body == reason + b"\n" and int(headers["content-length"]) == len(body)
+            assert headers["x-content-type-options"] == "nosniff" and "script-src 'self'" in headers[
+                "content-security-policy"]
+        refused = [e for e in logs if e["event"] == "http_request_refused"]
+        assert [(e["status"], e["reason"].encode()) for e in refused] == [(s, r) for _, s, r in cases]
+        assert all(e["remote"] == "127.0.0.1" and e["log_level"] == "debug" for e in refused)
+        assert await raw_exchange(port, b"", end=True) == b""  # a connection that sends nothing: closed unanswered
+        assert http_tasks() == []
+        status, _, _ = await http(port, "/healthz")
+        assert status == 200
+
+
+async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
+    """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
+    be closed unanswered), one never finished (closed unanswered at the handshake deadline) and
+    one with a 20 KB header read at once (upgraded: h11 checks its limit only on a head still
+    incomplete): now 400, 408 and 431 with the reason, logged at debug with the peer."""
+    captured = LogCapture()
+    monkeypatch.setattr("vim_cluster.node.ws_server.log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    with trio.fail_after(30):
+        node = await start_node(tunables=attrs.evolve(DEFAULTS, client_handshake_timeout_s=1.0))
+        begun = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: webs"
+        answer = await raw_exchange(node.client_port, begun)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"\r\n\r\nbad HTTP request: peer unexpectedly "
+                                                                        b"closed connection"), answer
+        answer = await raw_exchange(node.client_port, begun, end=False)
+        assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b"no whole upgrade request within 1 s"), answer
+        assert await raw_exchange(node.client_port, b"") == b""  # nothing sent: nothing to answer
+        big = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Big: "
+               + b"a" * 20_000 + b"\r\n\r\n")  # whole in one read: h11 let it pass (its limit is 16 KiB)
+        answer = await raw_exchange(node.client_port, big)
+        assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"head larger than 16384 bytes"), answer
+        assert [(e["event"], e["status"], e["remote"]) for e in captured.entries] == [
+            ("handshake_refused", 400, "127.0.0.1"), ("handshake_refused", 408, "127.0.0.1"),
+            ("handshake_refused", 431, "127.0.0.1")]
 
 
 async def post_json(port: int, path: str, body: dict, cookie: str | None = None) -> tuple[int, dict[str, str], dict]:
@@ -367,3 +485,48 @@ async def test_health_checks_that_overlap_all_get_the_backends_answer(start_node
             for i in range(20):
                 nursery.start_soon(check, "/stats.json" if i % 4 == 0 else "/healthz")
         assert [a for a in answers if a[0] != 200 or set(a[1].values()) != {"ok"}] == []
+
+
+async def test_healthz_and_a_503_name_what_is_down_not_the_backend_s_error(
+        nursery: trio.Nursery, node_folder: Path, redis_process: RedisServer,  # noqa: F811
+        private_mariadb: MariaDB) -> None:  # noqa: F811
+    """Attack: read /healthz (and a 503) while MariaDB and Redis are down. Their errors named
+    the database account, hosts and ports (`down: mysql vim@127.0.0.1:PORT: (2003, "Can't
+    connect ...")`) to anyone; now the checks say `down: unavailable` (or `down: timeout`), the
+    503 one fixed line, the node's log has each error once however often it is probed, and
+    the logged-in operator's /stats.json has them in `problems`."""
+    with private_mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute("CREATE DATABASE vim CHARACTER SET utf8mb4")
+    config = load_config(write_config(
+        node_folder, redis_url=redis_process.url, extra={"http": {"port": free_port()}},
+        store={"directory": private_mariadb.url("vim"), "messages": "sqlite:data/messages.db"}))
+    with trio.fail_after(60), capture_logs() as logs:
+        node: RunningNode = await nursery.start(serve_node, config)
+        port = node.http_port
+        assert port is not None
+        status, _, body = await http(port, "/healthz")
+        assert status == 200, body
+        private_mariadb.stop()
+        redis_process.kill()
+        secrets_shown = (private_mariadb.password, str(private_mariadb.port), str(redis_process.port), "vim@",
+                         "mysql", "Connect", "refused", "Errno")
+        for _ in range(3):
+            status, _, body = await http(port, "/healthz")
+            assert status == 503 and not [s for s in secrets_shown if s in body.decode()], body
+            checks = json.loads(body)["checks"]
+            assert checks["directory"] in ("down: unavailable", "down: timeout"), checks
+            assert checks["redis"] in ("down: unavailable", "down: timeout") and checks["messages"] == "ok", checks
+        for _ in range(2):
+            status, _, body = await http(port, "/dashboard.json")  # lists the nodes from Redis
+            assert status == 503 and body == UNAVAILABLE
+        status, _, body = await http(port, "/stats.json")
+        assert "problems" not in json.loads(body)
+        _, headers, _ = await post_json(port, "/login", {"secret": config.cluster.secret.decode(), "name": "ops"})
+        status, _, body = await http(port, "/stats.json", cookie=headers["set-cookie"].split(";")[0])
+        problems = json.loads(body)["problems"]
+        assert set(problems) == {"redis", "directory"} and str(private_mariadb.port) in problems["directory"]
+        assert str(redis_process.port) in problems["redis"]
+    failed = [(e["event"], e["check"]) for e in logs if e["event"] in ("health_check_failed", "http_store_unavailable")]
+    assert sorted(failed) == [("health_check_failed", "directory"), ("health_check_failed", "redis"),
+                              ("http_store_unavailable", "http")], failed
+    assert all(str(private_mariadb.port) in e["error"] for e in logs if e.get("check") == "directory")

@@ -62,6 +62,7 @@ class NodeContext:
     cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
     peer_fetches: PeerFetches = attrs.Factory(PeerFetches)  # the dashboard's fetches of other nodes
     contacts_base: SharedRead[ContactsBase] = attrs.Factory(SharedRead)  # one read for concurrent `contacts`
+    problems: dict[str, str] = attrs.Factory(dict)  # what is down, in full, as last logged (node/health.py)
 
     @property
     def node_id(self) -> str:

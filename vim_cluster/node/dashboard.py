@@ -73,8 +73,12 @@ def _fetch(config: NodeConfig, url: str, data: bytes | None = None,
             return exc.code, None
 
 
-async def node_stats(ctx: NodeContext) -> dict[str, Any]:
+async def node_stats(ctx: NodeContext, operator: bool = False) -> dict[str, Any]:
+    """This node's /stats.json; for a logged-in `operator` with `problems`: each failing
+    backend check's error in full (/healthz says only `down: unavailable` or `down: timeout`)."""
     ok, body = await health(ctx)
+    if operator:
+        body["problems"] = {name: ctx.problems[name] for name in body["checks"] if name in ctx.problems}
     body["draining"] = ctx.draining
     body["master_epoch"] = ctx.metrics.registry.get_sample_value("vim_master_epoch")
     body["samples"] = ctx.stats.wire() if ctx.stats is not None else []
@@ -99,7 +103,7 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
 
     async def one(node_id: str, http_url: str | None, alive: bool) -> None:
         if node_id == ctx.node_id:
-            stats[node_id] = await node_stats(ctx)
+            stats[node_id] = await node_stats(ctx, who is not None)
             return
         if not http_url:
             return

@@ -1,5 +1,6 @@
-"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard and
-the dashboard's JSON and operator endpoints (see `dashboard`).
+"""The node's HTTP port (h11 over trio): /healthz, /metrics, / (web client), /dashboard, their
+scripts (/chat.js, /dashboard.js) and the dashboard's JSON and operator endpoints (see
+`dashboard`).
 
 Each request is its own bulkhead: an error is logged and answered 500, never the node's end.
 GET, HEAD and POST (the operator's, see `dashboard`) are served; one request per connection.
@@ -12,7 +13,9 @@ the operator login's failures from a browser inside the network.
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
+from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
@@ -23,17 +26,28 @@ import trio
 from ..errors import StoreUnavailable
 from . import dashboard
 from .context import NodeContext
-from .health import health
+from .health import health, note
 from .listeners import Listeners
 from .operator import cookie_of
 
 log = structlog.get_logger()
-# No page of this port may be framed (clickjacking of the dashboard's kick and drain, even from
-# a page of the same site) nor have its type guessed.
-FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", "frame-ancestors 'none'"),
-           ("x-content-type-options", "nosniff"))
+# Every answer of this port (docs/security.md, "The HTTP port's pages"): scripts only from
+# this port's own files (chat.js, dashboard.js), never inline, so text that reaches a page as
+# HTML (a message, a display name) cannot run; connections to this port and to any node's
+# client port (ws:, wss:: the web client moves between nodes and takes a typed-in address);
+# no plugins, <base>, foreign form targets or referrers; no framing (clickjacking of the
+# dashboard's kick and drain, even from a page of the same site) nor guessed types.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'self'")
+FRAMING = (("x-frame-options", "DENY"), ("content-security-policy", CSP),
+           ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer"))
 MAX_REQUEST = 16 * 1024
+REQUEST_TIMEOUT = 10.0  # to read a request and answer it
+REFUSAL_TIMEOUT = 2.0  # to write the one line that refuses a request
+SCRIPTS = ("/chat.js", "/dashboard.js")  # the pages' scripts (CSP: none inline)
 ANY_HOST = ("/healthz", "/metrics")  # monitoring tools, by whatever name they are given
+UNAVAILABLE = b"unavailable: Redis or a store is down (the node's log says why); retry later\n"
 UNKNOWN_HOST = b"host not known to this node: list its origin (scheme://host:port) in vim.websocket.allowed-origins\n"
 
 
@@ -59,25 +73,38 @@ async def _route(ctx: NodeContext, request: dashboard.Request) -> Response:
         return _json(200 if ok and not ctx.draining else 503, body)
     if path == "/metrics":
         return 200, "text/plain; version=0.0.4; charset=utf-8", ctx.metrics.render(), ()
+    who = ctx.operator.who(cookie_of(request.headers.get("cookie"))) if ctx.operator else None
     if path == "/stats.json":
-        return _json(200, await dashboard.node_stats(ctx))
+        return _json(200, await dashboard.node_stats(ctx, who is not None))
     if path == "/dashboard.json":
-        who = ctx.operator.who(cookie_of(request.headers.get("cookie"))) if ctx.operator else None
         return _json(200, await dashboard.dashboard_data(ctx, who))
     if path == "/dashboard":
         return 200, "text/html; charset=utf-8", _static("dashboard.html"), ()
     if path in ("/", "/index.html"):
         return 200, "text/html; charset=utf-8", _static("index.html"), ()
+    if path in SCRIPTS:
+        return 200, "text/javascript; charset=utf-8", _static(path[1:]), ()
     return 404, "text/plain", b"not found\n", ()
 
 
 async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    deadline = trio.current_time() + REQUEST_TIMEOUT
     try:
-        with trio.fail_after(10):
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
+        request, refusal = None, None
+        with trio.move_on_at(deadline) as reading:
+            try:
+                request = await _read_request(conn, stream)
+            except h11.RemoteProtocolError as exc:
+                refusal = exc.error_status_hint, _reason(exc)
+        if reading.cancelled_caught and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
+            refusal = 408, f"no whole request within {REQUEST_TIMEOUT:g} s"  # a request began: say why it ends
+        if refusal is not None:
+            await _refuse(stream, *refusal)
+            return
+        if request is None:
+            return
+        with trio.fail_at(deadline):
             extra: tuple[tuple[str, str], ...] = ()
             post_ok = request.method == "POST" and request.path in dashboard.POST_PATHS
             host = request.headers.get("host", "")
@@ -91,8 +118,10 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
             else:
                 try:
                     status, kind, body, extra = await _route(ctx, request)
-                except StoreUnavailable as exc:
-                    status, kind, body = 503, "text/plain", f"unavailable: {exc}\n".encode()
+                    note(ctx, "http", None)  # logged when it was down
+                except StoreUnavailable as exc:  # its text names hosts, users, paths: the log's, not the body's
+                    note(ctx, "http", str(exc), "http_store_unavailable")
+                    status, kind, body = 503, "text/plain", UNAVAILABLE
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
                        ("cache-control", "no-store"), *FRAMING, *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
@@ -107,22 +136,57 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
         await stream.aclose()
 
 
+def _reason(exc: h11.RemoteProtocolError) -> str:
+    """What was wrong with a request, in a few words (not the bytes h11 quotes)."""
+    if exc.error_status_hint == 431:
+        return f"request head larger than {MAX_REQUEST} bytes"
+    if str(exc) == "peer unexpectedly closed connection":
+        return "incomplete request"
+    return re.split(r""":? (?:bytearray\(|b['"])""", str(exc))[0][:100]
+
+
+async def _refuse(stream: trio.abc.Stream, status: int, reason: str) -> None:
+    """Answers a request that cannot be served (malformed: 400, 431, 413; incomplete: 408) with
+    one line saying why, then the connection ends. Logged at debug: anyone can send these.
+
+    What the client still sends (the rest of an oversized request) is read and dropped after
+    our side ended, for REFUSAL_TIMEOUT at most: closing with data unread would make the kernel
+    reset the connection, and the client would see the reset, not the answer."""
+    log.debug("http_request_refused", remote=_remote(stream), status=status, reason=reason)
+    body = f"{reason}\n".encode()
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: text/plain; charset=utf-8",
+            f"content-length: {len(body)}", "connection: close", "cache-control: no-store",
+            *(f"{name}: {value}" for name, value in FRAMING)]
+    with trio.move_on_after(REFUSAL_TIMEOUT):
+        await stream.send_all("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while await stream.receive_some(MAX_REQUEST):
+            pass
+
+
 async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> dashboard.Request | None:
     """The request with its body (at most MAX_REQUEST bytes), or None if the client closed
-    before sending a whole one."""
+    before sending a byte. Raises h11.RemoteProtocolError (with the status to answer) for a
+    malformed, oversized or cut-off one."""
     head: h11.Request | None = None
     body = b""
+    received = 0
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(MAX_REQUEST)))
+            data = bytes(await stream.receive_some(MAX_REQUEST))
+            received += len(data)
+            conn.receive_data(data)  # b"": EOF, h11 says if early
             continue
         if isinstance(event, h11.Request):
             head = event
+            if received - len(conn.trailing_data[0]) > MAX_REQUEST:  # h11 counts only a head still incomplete
+                raise h11.RemoteProtocolError("request head too large", 431)
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_REQUEST:
-                raise h11.LocalProtocolError("request body too large")
+                raise h11.RemoteProtocolError(f"request body larger than {MAX_REQUEST} bytes", 413)
         elif isinstance(event, h11.EndOfMessage) and head is not None:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
             remote = _remote(stream)

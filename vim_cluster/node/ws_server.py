@@ -8,8 +8,9 @@ write at a time (node/send_queue.py's writer is that task).
 
 Rules:
 - The handshake must arrive within `handshake_timeout`; a request that is not a WebSocket
-  upgrade (a plain GET, a POST, a TLS hello on a plain port, an oversized URL or header) gets
-  an HTTP 400 (426 for another WebSocket version) and the connection ends at once.
+  upgrade (a plain GET, a POST, a TLS hello on a plain port, one cut off by the client's FIN)
+  gets an HTTP 400 (426 for another WebSocket version, 431 for an oversized URL or header,
+  408 for one begun and not whole in time) and the connection ends at once (`_refuse`).
   `request.reject(status, body)` refuses one (401 for a bad token, 503 while draining).
 - A peer that breaks the WebSocket protocol (invalid UTF-8 in a text frame, a bad opcode,
   an unmasked frame...) gets `Disconnect` with its code (1007 for invalid UTF-8, 1002
@@ -50,6 +51,7 @@ from ..errors import CloseCode, Disconnect, PeerClosed
 log = structlog.get_logger()
 RECEIVE_BYTES = 65536  # one read from the socket
 MAX_REQUEST = 16384  # bytes of the HTTP upgrade request (URL and headers)
+REFUSAL_TIMEOUT = 2.0  # to answer a handshake that is not one, and drop what its client still sends
 UTF8_REASON = "a text frame is not valid UTF-8"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -404,8 +406,7 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
     async def connection(stream: trio.abc.Stream) -> None:
         socket = ServerSocket(stream, max_message_size, flusher)
         try:
-            with trio.move_on_after(handshake_timeout):
-                request = await _read_request(socket, _remote(stream))
+            request = await _read_request(socket, _remote(stream), handshake_timeout)
             if request is not None:
                 serving = handler(request)
                 del request  # the handler keeps what it needs of it, nothing more
@@ -426,36 +427,66 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
                                                                   list(listeners))))
 
 
-async def _read_request(socket: ServerSocket, remote: str) -> Request | None:
-    """The upgrade request, or None after answering one that is not (400/426)."""
+async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Request | None:
+    """The upgrade request within `timeout`, or None after answering one that is not (400/426,
+    431 for a head over MAX_REQUEST, 408 for one begun and not whole in time) or after a
+    connection that closed, or stayed silent, before its first byte."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            await socket.send_all(_response(exc.error_status_hint, f"bad HTTP request: {exc}".encode()))
-            return None
-        if event is h11.NEED_DATA:
-            data = cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES))
-            if not data:
-                return None
-            conn.receive_data(data)
-            continue
-        if not isinstance(event, h11.Request):
-            return None  # the peer closed
-        headers = dict(event.headers)
-        if (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
-                or b"upgrade" not in headers.get(b"connection", b"").lower() or b"sec-websocket-key" not in headers):
-            await socket.send_all(_response(400, b"this port speaks WebSocket: send a GET with Upgrade: websocket"))
-            return None
-        if headers.get(b"sec-websocket-version") != b"13":
-            await socket.send_all(_response(426, b"WebSocket version 13 only"))
-            return None
-        trailing = bytes(conn.trailing_data[0])
-        origin = headers.get(b"origin")
-        return Request(socket, event.target.decode("ascii", "replace"), remote, headers[b"sec-websocket-key"],
-                       trailing, origin.decode("latin-1") if origin is not None else None,
-                       headers.get(b"host", b"").decode("latin-1"))
+    refusal: tuple[int, str] | None = None
+    received = 0
+    with trio.move_on_after(timeout) as reading:
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                refusal = exc.error_status_hint, f"bad HTTP request: {exc}"
+                break
+            if event is h11.NEED_DATA:
+                data = cast(bytes, await socket.stream.receive_some(RECEIVE_BYTES))
+                received += len(data)
+                conn.receive_data(data)  # b"": EOF
+                continue
+            if not isinstance(event, h11.Request):
+                return None  # the peer closed before a byte
+            headers = dict(event.headers)
+            trailing = bytes(conn.trailing_data[0])
+            if received - len(trailing) > MAX_REQUEST:  # h11 counts only a head still incomplete
+                refusal = 431, f"bad HTTP request: head larger than {MAX_REQUEST} bytes"
+            elif (event.method != b"GET" or b"websocket" not in headers.get(b"upgrade", b"").lower()
+                    or b"upgrade" not in headers.get(b"connection", b"").lower()
+                    or b"sec-websocket-key" not in headers):
+                refusal = 400, "this port speaks WebSocket: send a GET with Upgrade: websocket"
+            elif headers.get(b"sec-websocket-version") != b"13":
+                refusal = 426, "WebSocket version 13 only"
+            else:
+                origin = headers.get(b"origin")
+                return Request(socket, event.target.decode("ascii", "replace"), remote,
+                               headers[b"sec-websocket-key"], trailing,
+                               origin.decode("latin-1") if origin is not None else None,
+                               headers.get(b"host", b"").decode("latin-1"))
+            break
+    if reading.cancelled_caught and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
+        refusal = 408, f"no whole upgrade request within {timeout:g} s"  # a request began: say why it ends
+    if refusal is not None:
+        await _refuse(socket, remote, *refusal)
+    return None
+
+
+async def _refuse(socket: ServerSocket, remote: str, status: int, reason: str) -> None:
+    """Answers a handshake that is not one, within REFUSAL_TIMEOUT; logged at debug (anyone
+    can send these).
+
+    What the client still sends (the rest of an oversized request) is read and dropped after
+    our side ended: closing with data unread would make the kernel reset the connection, and
+    the client would see the reset, not the answer."""
+    log.debug("handshake_refused", remote=remote, status=status, reason=reason[:200])
+    stream = socket.stream
+    with trio.move_on_after(REFUSAL_TIMEOUT):
+        await socket.send_all(_response(status, reason.encode()))
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while await stream.receive_some(RECEIVE_BYTES):
+            pass
 
 
 def _remote(stream: trio.abc.Stream) -> str:

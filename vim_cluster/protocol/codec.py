@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import msgpack
 import msgspec
 
-from ..core import usernames
+from ..core import names, usernames
 from ..errors import ClientError, ErrorKind
 from ..model import MAX_ID, ChatType, MessageType
 from . import frames as f
@@ -194,7 +194,7 @@ def _register(r: _Fields) -> f.Command:
     if len(password) < MIN_PASSWORD:
         raise r.fail("password", f"must be at least {MIN_PASSWORD} characters")
     name = r.string("name", max_len=MAX_NAME, min_len=1, required=False)
-    return f.Register(username, password, name, rid=r.rid)
+    return f.Register(username, password, None if name is None else _name(r, name), rid=r.rid)
 
 
 def _login(r: _Fields) -> f.Command:
@@ -256,8 +256,16 @@ def _contacts(r: _Fields) -> f.Command:
     return f.Contacts(rid=r.rid)
 
 
+def _name(r: _Fields, name: str) -> str:
+    """A display or group name as stored (core/names.py), or `error invalid`."""
+    normal = names.valid_new(name)
+    if normal is None:
+        raise r.fail("name", names.RULE)
+    return normal
+
+
 def _group_create(r: _Fields) -> f.Command:
-    name = r.string("name", max_len=MAX_NAME, min_len=1)
+    name = _name(r, r.string("name", max_len=MAX_NAME, min_len=1))
     return f.GroupCreate(name, r.ids("members"), rid=r.rid)
 
 
