@@ -42,8 +42,8 @@ async def test_a_user_cannot_read_change_or_speak_for_chats_that_are_not_theirs(
     reads the history of their group, recalls their messages, adds herself to and removes Bob
     from their group, marks their group read, posts to it, confirms Bob's pending messages as
     received, sends a message claiming `fromId` Alice, and reuses Alice's `cid`. Defended:
-    `forbidden`/`not-member` for every group probe, `not-found` for a recall of a message
-    she cannot see (as for an id that does not exist); a friend-chat history only ever holds
+    `forbidden`/`not-member` for every group probe, `forbidden` for a recall (as for an id
+    that does not exist); a friend-chat history only ever holds
     Mallory's own conversation; recipients see Mallory's real id; a reused cid is a new
     message of Mallory's, never Alice's ack; Bob's pending message stays pending and Alice
     gets no receipt."""
@@ -62,8 +62,8 @@ async def test_a_user_cannot_read_change_or_speak_for_chats_that_are_not_theirs(
 
             probes = [
                 ("history", {"chatId": group, "type": "group"}, "forbidden"),
-                ("recall", {"id": private["id"]}, "not-found"),  # as an unknown id: no oracle
-                ("recall", {"id": grouped["id"]}, "not-found"),
+                ("recall", {"id": private["id"]}, "forbidden"),  # as an unknown id: no oracle
+                ("recall", {"id": grouped["id"]}, "forbidden"),
                 ("group-add", {"groupId": group, "members": [mallory.user_id]}, "forbidden"),
                 ("group-remove", {"groupId": group, "members": [bob.user_id]}, "forbidden"),
                 ("read", {"chatId": group, "type": "group", "timestamp": 1}, "not-member"),

@@ -144,24 +144,12 @@ def confirmed(conn: Connection, command: f.Received, removed: list[Message], err
         conn.answer(f.ErrorReply(ErrorKind.INTERNAL, "internal error", rid=rid))
 
 
-async def _can_see(conn: Connection, message: Message) -> bool:
-    """Whether a user other than the sender can see the message: its friend chat's recipient,
-    or a member of its group now (who may read its history)."""
-    if message.chat_type is ChatType.FRIEND:
-        return message.chat_id == conn.user_id
-    group = await group_of(conn.ctx, message.chat_id)
-    return group is not None and conn.user_id in group.members
-
-
 async def recall(conn: Connection, command: f.Recall) -> None:
     ctx = conn.ctx
-    unknown = ClientError(ErrorKind.NOT_FOUND, f"no such message: {command.id}")
     message = await ctx.store(ctx.messages.get, MessageId(command.id))
-    if message is None:
-        raise unknown
-    if message.from_id != conn.user_id:
-        if not await _can_see(conn, message):
-            raise unknown  # as for an id that does not exist: `forbidden` would tell it does
+    if message is None or message.from_id != conn.user_id:
+        # The contract's `forbidden` for another user's message, and the same answer for an id
+        # that does not exist: a different one would tell a prober which ids exist.
         raise ClientError(ErrorKind.FORBIDDEN, "only the sender may recall a message")
     window_ms = ctx.config.message.recall_window * 1000
     if ctx.clock_ms() - message.timestamp > window_ms:
