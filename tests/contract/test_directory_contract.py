@@ -416,3 +416,29 @@ def test_department_path_is_created_once_and_then_found(directory: Directory) ->
     assert path_of(directory.departments(), 404) == "[404]"
     with pytest.raises(ClientError):
         ensure_path(directory, "Engineering//Backend", lambda: next(ids))
+
+
+def test_group_creates_naming_each_other_all_succeed(open_directory: DirectoryOpener) -> None:
+    """Two owners creating groups with each other as members at once, quota and all: every
+    create succeeds (on MariaDB, an owner's row locked FOR UPDATE while the insert of a member
+    waited for the other owner's row made InnoDB deadlocks: `unavailable` to one of them)."""
+    first, second = open_directory(), open_directory()
+    add_users(first, 1, 2)
+    quota = GroupQuota(since=GroupId(1), per_window=1000, window_s=3600, owned=1000)
+    failures: list[BaseException] = []
+
+    def create(owner: int, other: int, directory: Directory) -> None:
+        for n in range(40):
+            try:
+                directory.create_group(
+                    Group(GroupId(owner * 1000 + n), "g", UserId(owner), (UserId(1), UserId(2))), quota)
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=create, args=(1, 2, first)), threading.Thread(target=create, args=(2, 1, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    assert len(first.groups_of(UserId(1))) == 80

@@ -10,6 +10,9 @@ import pytest
 from vim_cluster.adapters.mysql_base import connect_params
 from vim_cluster.adapters.mysql_directory import MysqlDirectory
 from vim_cluster.config_values import redact
+from vim_cluster.errors import ClientError
+from vim_cluster.model import Group, GroupId, User, UserId
+from vim_cluster.ports import GroupQuota
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,3 +48,25 @@ def test_url_parts_are_percent_decoded_and_the_password_is_redacted() -> None:
     assert redact("mysql://u:secret@h:1/d") == "mysql://u:***@h:1/d"
     with pytest.raises(ValueError):
         connect_params("mysql://u:p@h:1/")
+
+
+def test_a_refused_group_create_keeps_its_pooled_connection(mysql_url: str, raw: pymysql.cursors.Cursor) -> None:
+    """A quota's refusal (a ClientError, a rule of the data) is rolled back and the connection
+    goes back to the pool: dropping it made every refused `group-create` a new connection."""
+    directory = MysqlDirectory(mysql_url)
+    try:
+        directory.create_user(User(UserId(1), "owner", "Owner", "x"))
+        quota = GroupQuota(since=GroupId(1), per_window=1, window_s=3600, owned=1000)
+        directory.create_group(Group(GroupId(10), "g", UserId(1), (UserId(1),)), quota)
+
+        def connections() -> set[int]:
+            raw.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()")
+            return {row[0] for row in raw.fetchall()}
+
+        before = connections()
+        for n in range(3):
+            with pytest.raises(ClientError):
+                directory.create_group(Group(GroupId(20 + n), "g", UserId(1), (UserId(1),)), quota)
+        assert connections() == before and len(before) == 1
+    finally:
+        directory.close()

@@ -124,3 +124,35 @@ async def test_peer_fetches_beyond_the_limit_are_refused_at_once_and_shared_per_
     assert sorted(started) == [f"u{n}" for n in range(PEER_FETCHES)]  # u0 once
     assert len(answers) == PEER_FETCHES + 1 and fetches.in_flight() == 0
     assert fetches.limiter.borrowed_tokens == 0
+
+
+async def test_a_node_answering_what_is_not_http_is_shown_unreachable(start_node) -> None:
+    """A node registered alive whose HTTP port answers something that is not HTTP (another
+    program took the port) or cuts its answer short: that node is shown unreachable, with
+    the cause; /dashboard.json still answers 200 (urllib raises http.client's errors, which
+    are no OSError: they failed the whole request)."""
+    node: RunningNode = await start_node(extra={"http": {"port": free_port()}})
+    assert node.http_port
+
+    async def garbage(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    async def short(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"status\"")
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as servers:
+            for name, handler in (("garbage", garbage), ("short", short)):
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                servers.start_soon(trio.serve_listeners, handler, listeners)
+                await node.ctx.redis(register(node, name, int(listeners[0].socket.getsockname()[1])))
+            status, _, body = await http(node.http_port, "/dashboard.json")
+            assert status == 200, body
+            stats = {n["node"]: n["stats"] for n in json.loads(body)["nodes"]}
+            assert stats["garbage"]["status"] == stats["short"]["status"] == "unreachable", stats
+            assert stats["garbage"]["error"] and stats["short"]["error"]
+            servers.cancel_scope.cancel()

@@ -35,12 +35,13 @@ from pymysql.connections import Connection
 from pymysql.cursors import Cursor
 
 from ..config_values import redact
-from ..errors import Conflict, NotFound, StoreUnavailable
+from ..errors import ClientError, Conflict, NotFound, StoreUnavailable
 
 POOL_SIZE = 4
 CONNECT_TIMEOUT_S = 3
 IO_TIMEOUT_S = 10
 MIGRATION_LOCK_WAIT_S = 60
+NAMED_LOCK_WAIT_S = 5  # a transaction's named lock (`transaction(lock=...)`): below IO_TIMEOUT_S
 TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
 
 # Server errors that mean "this row references a row that does not exist".
@@ -91,17 +92,37 @@ class MysqlDatabase:
             yield cur
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        """One transaction, committed on exit and rolled back on any error."""
+    def transaction(self, lock: str | None = None) -> Iterator[Cursor]:
+        """One transaction, committed on exit and rolled back on any error. With `lock`, the
+        server-wide named lock of that name (GET_LOCK, NAMED_LOCK_WAIT_S at most) is held from
+        before it begins until after it ends: what one owner's transactions take to run one
+        after another without locking a row that other transactions' foreign keys lock too."""
         with self._borrow() as conn:
-            conn.begin()
+            if lock is not None:
+                self._named_lock(conn, lock)
             try:
-                with conn.cursor() as cur:
-                    yield cur
-            except BaseException:  # noqa: BLE001 - roll back, then re-raise
-                self._rollback(conn)
-                raise
-            conn.commit()
+                conn.begin()
+                try:
+                    with conn.cursor() as cur:
+                        yield cur
+                except BaseException:  # noqa: BLE001 - roll back, then re-raise
+                    self._rollback(conn)
+                    raise
+                conn.commit()
+            finally:
+                if lock is not None:  # a connection that cannot is dropped: the server frees it
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT RELEASE_LOCK(%s)", (self._lock_name(lock),))
+
+    def _lock_name(self, lock: str) -> str:
+        return f"vim_cluster.{lock}.{self._params['database']}"[:64]
+
+    def _named_lock(self, conn: Connection, lock: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, %s)", (self._lock_name(lock), NAMED_LOCK_WAIT_S))
+            row = cur.fetchone()
+        if row is None or row[0] != 1:
+            raise StoreUnavailable(f"mysql {self.name}: lock {lock} not granted after {NAMED_LOCK_WAIT_S} s")
 
     @staticmethod
     def _rollback(conn: Connection) -> None:
@@ -121,8 +142,8 @@ class MysqlDatabase:
                     conn = self._revive(self._take_idle())
                     yield conn
                 healthy = True
-            except (pymysql.IntegrityError, Conflict, NotFound):
-                healthy = True  # a rule of the data, rolled back: the connection is fine
+            except (pymysql.IntegrityError, Conflict, NotFound, ClientError):
+                healthy = True  # a rule of the data (a quota's too), rolled back: the connection is fine
                 raise
             finally:
                 self._give_back(conn, healthy)

@@ -7,7 +7,8 @@ Rules (beyond those of `mysql_base`):
   user. (`users.username`'s own UNIQUE index under utf8mb4_unicode_ci stays.)
 - create_group and change_members each run in one InnoDB transaction; change_members first
   locks the group's row (SELECT ... FOR UPDATE), so concurrent changes to one group serialize,
-  and create_group with a quota its owner's row, so one owner's creates count in turn.
+  and create_group with a quota runs under its owner's named lock (GET_LOCK), so one owner's
+  creates count in turn (not the owner's row: the foreign keys of other creates lock it too).
 - Reads of a group and its members are one statement (one consistent snapshot).
 - The groups table is `chat_groups` (GROUPS is a reserved word since MySQL 8.0.2).
 - A duplicate key becomes Conflict; a reference to a missing user, group or department
@@ -175,10 +176,12 @@ class MysqlDirectory:
                     raise NotFound(f"user {user_id}")
 
     def create_group(self, group: Group, quota: GroupQuota | None = None) -> None:
-        with _integrity(f"group {group.id}"), self._db.transaction() as cur:
+        # With a quota, the owner's named lock: one owner's creates count one after another.
+        # (Its row locked FOR UPDATE deadlocked two owners creating groups with each other:
+        # each insert of a member waits for that user's row, for its foreign key.)
+        lock = f"groups-of.{group.owner_id}" if quota is not None else None
+        with _integrity(f"group {group.id}"), self._db.transaction(lock) as cur:
             if quota is not None:
-                # The owner's row locked: one owner's creates count one after another.
-                cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (group.owner_id,))
                 cur.execute(
                     "SELECT COUNT(*), COALESCE(SUM(id >= %s), 0) FROM chat_groups WHERE owner_id = %s",
                     (quota.since, group.owner_id),

@@ -14,6 +14,7 @@ POSTs take JSON bodies (Content-Type application/json; a form elsewhere cannot s
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -116,8 +117,9 @@ async def dashboard_data(ctx: NodeContext, who: str | None) -> dict[str, Any]:
         except trio.WouldBlock:
             stats[node_id] = {"status": "unreachable", "error": "busy: other nodes' answers are awaited"}
             return
-        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-            stats[node_id] = {"status": "unreachable", "error": str(exc)}
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # TimeoutError is an OSError
+            # HTTPException: what answered is not HTTP, or cut its answer short
+            stats[node_id] = {"status": "unreachable", "error": str(exc) or type(exc).__name__}
             return
         if not isinstance(body, dict):
             stats[node_id] = {"status": "unreachable", "error": f"HTTP {status}"}
@@ -198,8 +200,8 @@ async def _drain(ctx: NodeContext, request: Request, node: str) -> Answer:
         status, body = await trio.to_thread.run_sync(
             _fetch, ctx.config, target.http_url.rstrip("/") + "/admin/drain", json.dumps({"node": node}).encode(),
             headers, limiter=ctx.peer_fetches.limiter)  # not trio's default pool (node/peer_fetch.py)
-    except OSError as exc:
-        return Answer(502, {"error": f"{node} does not answer: {exc}"})
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(502, {"error": f"{node} does not answer: {exc or type(exc).__name__}"})
     return Answer(status, body)
 
 
