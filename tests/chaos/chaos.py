@@ -14,7 +14,8 @@ The cluster (`vim-cluster run` subprocesses, tests/cluster/harness.py) on a real
 
 Traffic (`Chatter`): users on every node, one WebSocket each, behaving as a real client does:
 a session that drops is opened again on the same node (login, ready, offline replay); every
-message received is confirmed (`received` for friend messages, `read` for group messages);
+message received is confirmed (`received` for friend messages, `read` for group messages; a
+replay's in batches after `sync-done`, live ones one by one);
 a message whose ack did not come (the connection dropped, the node died) is sent again with
 the SAME cid (the protocol's idempotent retry); a refused one (`error`) is retried too. Senders
 are numbered; each sends its messages 0, 1, 2, ... in order to one conversation:
@@ -275,8 +276,18 @@ class Chatter:
             token = (await self._answer(client, "login-ok"))["token"]
             await client.send("ready", token=token, client="web")
             await self._answer(client, "ready-ok")
+            # The replay's messages are confirmed once it is done, in batches, as a real client
+            # does: the node reads nothing from a client while it replays to it, so one frame
+            # sent back per replayed message blocks a client that sends before it reads (this
+            # one) once the sockets' buffers fill, after some hundred messages (session 31).
+            replayed: list[dict[str, Any]] = []
             while (frame := await client.next_frame())["code"] != "sync-done":
-                await self._handle(client, frame)
+                if frame["code"] == "message":
+                    self._record(frame["message"])
+                    replayed.append(frame["message"])
+                else:
+                    await self._handle(client, frame)
+            await self._confirm(client, replayed)
         self.sessions += 1
         self.client = client
         self._up.set()
@@ -304,6 +315,19 @@ class Chatter:
             self._resolve(message)
         elif code == "error" and self._pending is not None and message.get("cid") == self._pending:
             self._resolve(str(message.get("error")))
+
+    async def _confirm(self, client: Client, messages: list[dict[str, Any]]) -> None:
+        """`received` for the friend messages (1,000 ids a frame), `read` up to the newest of
+        each group's."""
+        friends = [m["id"] for m in messages if m["type"] != "group"]
+        for start in range(0, len(friends), 1000):
+            await client.send("received", ids=friends[start:start + 1000])
+        newest: dict[str, int] = {}
+        for m in messages:
+            if m["type"] == "group":
+                newest[m["chatId"]] = max(newest.get(m["chatId"], 0), m["timestamp"])
+        for chat_id, timestamp in newest.items():
+            await client.send("read", chatId=chat_id, type="group", timestamp=timestamp)
 
     def _record(self, message: dict[str, Any]) -> None:
         message_id = message["id"]
