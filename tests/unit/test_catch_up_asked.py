@@ -132,6 +132,38 @@ async def test_a_linked_slave_catches_up_before_any_packet_after_the_catch_up_pa
     assert link.held is None
 
 
+class KickedSession(RecordingSession):
+    """A RecordingSession that records its kicks."""
+
+    kicks: list[int]
+
+    def __init__(self, session_id: str, user_id: int) -> None:
+        super().__init__(session_id, user_id)
+        self.kicks = []
+
+    def kick(self, code: CloseCode, reason: str, frame: OutFrame | None = None) -> None:
+        self.kicks.append(int(code))
+
+
+async def test_kicks_and_presence_are_not_held_behind_a_catch_up() -> None:
+    """A kick that comes during a catch-up (the user logged in again with the same client type
+    elsewhere) closes the old session at once, not up to link_warmup_s later; messages still
+    wait behind the catch-up."""
+    bob = KickedSession("s-2", 2)
+    catch_up = FakeCatchUp(bob, replayed=5)
+    link = slave_with(catch_up, bob)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            link._tasks = nursery
+            link.link_event(link.peer, PacketsReceived(1, [ff.CatchUp(777, "dept-2"), deliver(2)]))
+            kick = ff.Kick("dept-1", 2, "s-2", int(CloseCode.OTHER_LOGIN), None)
+            link.link_event(link.peer, PacketsReceived(3, [deliver(3), kick]))
+            await trio.testing.wait_all_tasks_blocked()
+            assert bob.kicks == [int(CloseCode.OTHER_LOGIN)] and ids(bob) == []
+            catch_up.go.set()
+    assert ids(bob) == [5, 2, 3]
+
+
 async def test_an_unlinked_slave_notes_the_loss_for_its_next_link_up_and_delivers_on() -> None:
     bob = RecordingSession("s-2", 2)
     catch_up = FakeCatchUp(bob)

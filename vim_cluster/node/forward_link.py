@@ -30,7 +30,8 @@ Rules:
   sessions may have missed while it was not linked; packets that arrive on the new link
   meanwhile are held and delivered after it, so each sender's order holds. The same when the
   master sends a CatchUp packet (a slave died or restarted with packets it had not relayed:
-  node/forward_hub.py), for the packets after it. One catch-up runs at a time; held packets
+  node/forward_hub.py), for the packets after it. Kicks and presence are not held: they
+  apply at once. One catch-up runs at a time; held packets
   wait link_warmup_s at most (a slow store then gives older messages after newer ones, never
   stops live delivery); a catch-up the store fails lets them go at once and is tried again
   while linked (CatchUp.run_until_done); a link that ends cancels its catch-up, left for the
@@ -275,7 +276,15 @@ class SlaveLink:
     def link_event(self, peer: PeerLink[Any], event: Event) -> None:
         if isinstance(event, PacketsReceived):
             if self.held is not None:
-                self.held.extend(event.packets)
+                # Only messages need to wait behind the catch-up: a kick (another login of the
+                # same client type, a deleted account) and presence apply at once, not up to
+                # link_warmup_s later.
+                now = [p for p in event.packets if isinstance(p, (ff.Kick, ff.Presence))]
+                if now:
+                    self._apply(now)
+                    self.held.extend(p for p in event.packets if not isinstance(p, (ff.Kick, ff.Presence)))
+                else:
+                    self.held.extend(event.packets)
             else:
                 self._apply(event.packets)
         elif isinstance(event, Acked):
