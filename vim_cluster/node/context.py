@@ -62,6 +62,8 @@ class NodeContext:
     cluster_hosts: ClusterHosts = attrs.Factory(ClusterHosts)  # for the client port's Origin check
     peer_fetches: PeerFetches = attrs.Factory(PeerFetches)  # the dashboard's fetches of other nodes
     contacts_base: SharedRead[ContactsBase] = attrs.Factory(SharedRead)  # one read for concurrent `contacts`
+    # routes of closed sessions that Redis did not take the removal of (app.remove_routes_left)
+    routes_left: set[tuple[UserId, str]] = attrs.Factory(set)
 
     @property
     def node_id(self) -> str:
