@@ -258,3 +258,35 @@ async def test_a_session_closed_while_its_node_is_cut_from_redis_leaves_no_route
             located = await blocking(run_cli, "whereis", f"leaves-{tag}", "--config", str(cluster.master.config))
             assert located.returncode == 1 and "no session" in located.stdout, located
     assert "lease_lapsed" not in cluster.dept2.log_text() and "dead_node_routes_purged" not in cluster.master.log_text()
+
+
+async def test_an_active_master_cut_from_redis_past_its_relay_deadline_but_not_its_lease_relays_again(
+    with_standby: tuple[Cluster, dict[str, ProxyThread]],
+) -> None:
+    """The active master loses Redis for about 3.5 s: past its relay deadline (3 s, it stops relaying
+    and closes its links) but not past its lease (4 s, renewed by what it sent into the cut
+    once it heals). master-b never takes over; the master relays again, same epoch."""
+    cluster, proxies = with_standby
+    master, b = cluster.master, cluster.nodes[B]
+    epoch = int(metric(master, "vim_master_epoch"))
+    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("m", MASTER, DEPT2), ("tm", DEPT1, MASTER)]
+    with trio.fail_after(100):
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+                                   check_timeout=30) as traffic:
+            await blocking(proxies[MASTER].stall)
+            try:
+                await blocking(wait_for, lambda: metric(master, "vim_master_active") == 0, 10, "the master stops")
+                await trio.sleep(0.4)  # the cut's length is under test: 3.4 s or more, under the lease's 4 s
+            finally:
+                await blocking(proxies[MASTER].unstall)
+            healed_at = time.monotonic()
+            await blocking(wait_for, lambda: metric(master, "vim_master_active") == 1, HEAL_BOUND_S, "it relays again")
+            relaying_in = time.monotonic() - healed_at
+    in_send_order(traffic)
+    assert_nobody_stopped(cluster)
+    assert metric(b, "vim_master_takeovers_total") == 0 and metric(master, "vim_master_epoch") == epoch
+    # Once: the late answer to the renewal sent into the cut is followed by a fresh renewal at
+    # once (before, the next one came 0.8 s later, after the deadline that late answer set, and
+    # the master stopped relaying, closing every link, a second time).
+    assert master.log_text().count("master_relay_deadline") == 1, master.log_tail()
+    print(f"\nmaster stalled past its relay deadline only: relaying again {relaying_in:.1f} s after the cut healed")
