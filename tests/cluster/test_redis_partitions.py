@@ -184,9 +184,11 @@ async def test_an_active_master_cut_from_redis_is_fenced_and_a_standby_takes_ove
         async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
                                    check_timeout=30) as traffic:
             await blocking(proxies[MASTER].stall)
+            cut_at = time.monotonic()
             try:
                 await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
-                await trio.sleep(6.0)  # the cut outlasts the takeover: the old master's renewals arrive late
+                # past the old master's node lock (10 s): its renewals and heartbeats arrive late
+                await trio.sleep(max(0.0, cut_at + 13.0 - time.monotonic()))
             finally:
                 await blocking(proxies[MASTER].unstall)
             healed_at = time.monotonic()
