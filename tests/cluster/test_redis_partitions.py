@@ -24,11 +24,11 @@ import trio
 
 from vim_cluster.tunables import DEFAULTS
 
-from ..support import PASSWORD, connect, online
+from ..support import PASSWORD, Client, connect, online
 from .harness import DEPT1, DEPT2, MASTER, Cluster, ClusterNode, blocking, routes_on, run_cli
 from .proxy import ProxyThread
 from .test_failover import in_send_order, log_time, metric, wait_for
-from .traffic import Traffic, assert_nobody_stopped, bad_day, flowing_traffic, traffic_pairs
+from .traffic import Traffic, assert_nobody_stopped, bad_day, flowing_traffic, send, traffic_pairs
 
 B = "master-b"
 HEAL_BOUND_S = 20.0  # the cluster serves again (new logins, a round trip) this long after a cut heals
@@ -94,6 +94,18 @@ async def login_in_cut(url: str, username: str, password: str) -> tuple[dict[str
                 return frame, time.monotonic() - started
 
 
+async def receipt_round(sender: Client, recipient: Client, cid: str) -> None:
+    """sender -> recipient on another node, the recipient confirms it (`received`), and the
+    sender gets the `receipt`."""
+    assert recipient.user_id is not None
+    ack = await send(sender, recipient.user_id, cid)
+    assert ack is not None, "the message was refused"
+    assert (await recipient.expect("message", 10))["id"] == ack["id"]
+    await recipient.send("received", ids=[ack["id"]])
+    receipt = await sender.expect("receipt", 10)
+    assert receipt["id"] == ack["id"] and receipt["status"] == "delivered", receipt
+
+
 def arrivals_between(traffic: Traffic, name: str, start: float, end: float) -> int:
     return sum(1 for t in traffic.collectors[name].arrived.values() if start <= t < end)
 
@@ -104,22 +116,31 @@ async def test_a_department_node_cut_from_redis_only_keeps_relaying_and_heals_wi
 ) -> None:
     """dept-2 loses Redis; its clients and its link to the master stay. Messages to its users
     keep arriving through the link all along (the master relays from its own route table, and
-    keeps the linked peer whatever Redis says of its lease); its users' sends are acked while
-    its worker id is confirmed (lease_hold_s, 8 s) and refused after (never acked and lost).
+    keeps the linked peer whatever Redis says of its lease), and receipts cross both ways; its
+    users' sends are acked while its worker id is confirmed (lease_hold_s, 8 s), then wait for
+    Redis (10 s at most, then refused: never acked and lost); a new login answers `error
+    unavailable` (Redis counts login attempts).
     Past the lock's TTL the master purges dept-2's routes in Redis; once the cut heals dept-2
     takes its lock again, publishes its routes again and serves on, no restart."""
     cluster, proxies = without_standby
     tag = secrets.token_hex(3)
     with trio.fail_after(100):
-        async with bad_day(cluster, tag, check_timeout=30) as (traffic, prober):
+        async with bad_day(cluster, tag, check_timeout=30) as (traffic, prober), \
+                contextlib.AsyncExitStack() as stack:
             at_dept2 = traffic.pairs[0][2]  # d1-to-d2's recipient, on dept-2
             assert at_dept2.user_id is not None
+            alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
+            bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
             await blocking(proxies[DEPT2].stall)
             cut_at = time.monotonic()
+            await receipt_round(alice, bob, "to-bob-in-cut")  # bob confirms: alice's receipt crosses
+            await receipt_round(bob, alice, "to-alice-in-cut")  # within dept-2's worker-id hold (8 s)
             if cut_s > 10:  # a login in the cut: Redis counts login attempts (the lockout)
                 login, login_s = await login_in_cut(cluster.dept2.url, prober.names[DEPT2], PASSWORD)
                 assert login["code"] == "error" and login["message"]["error"] == "unavailable", login
                 assert login_s < 6, f"the login was answered after {login_s:.1f} s"
+            await trio.sleep(max(0.0, cut_at + cut_s - 2 - time.monotonic()))
+            await receipt_round(alice, bob, "to-bob-late-in-cut")  # past the hold too: confirms need no Redis
             await trio.sleep(max(0.0, cut_at + cut_s - time.monotonic()))  # the cut's length is under test
             await blocking(proxies[DEPT2].unstall)
             healed_at = time.monotonic()
