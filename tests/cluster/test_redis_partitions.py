@@ -313,3 +313,30 @@ async def test_an_active_master_cut_from_redis_past_its_relay_deadline_but_not_i
     # the master stopped relaying, closing every link, a second time).
     assert master.log_text().count("master_relay_deadline") == 1, master.log_tail()
     print(f"\nmaster stalled past its relay deadline only: relaying again {relaying_in:.1f} s after the cut healed")
+
+
+async def test_a_department_node_cut_from_redis_through_a_failover_follows_the_new_master_once_healed(
+    with_standby: tuple[Cluster, dict[str, ProxyThread]],
+) -> None:
+    """Two faults: dept-2 cannot reach Redis, and meanwhile the active master dies. dept-2
+    learns of master-b only from Redis (its `master-url` names the old master alone), so its
+    users' messages wait, acked, in its queue until its cut heals; then it follows master-b and
+    they are delivered, in order."""
+    cluster, proxies = with_standby
+    b = cluster.nodes[B]
+    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT2)]
+    with trio.fail_after(100):
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+                                   check_timeout=30) as traffic:
+            await blocking(proxies[DEPT2].stall)
+            try:
+                cluster.master.kill()
+                await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
+                await trio.sleep(2.0)  # the cut outlasts the takeover
+            finally:
+                await blocking(proxies[DEPT2].unstall)
+            healed_at = time.monotonic()
+            await blocking(wait_for, lambda: cluster.dept2.healthz()[0] == 200, HEAL_BOUND_S, "dept-2 linked")
+            linked_in = time.monotonic() - healed_at
+    in_send_order(traffic)
+    print(f"\ndept-2 cut through a failover: linked to master-b {linked_in:.1f} s after its cut healed")
