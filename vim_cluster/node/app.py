@@ -3,6 +3,7 @@
     serve_node
     ├── lease heartbeat          (a lease held by another owner stops the node; a missing
     │                             one is re-taken and the node's routes republished)
+    ├── routes left              (after a heartbeat: closed sessions' routes Redis refused to remove)
     ├── store writer             (group commit of new messages)
     ├── retention purge          (when configured; one node of the cluster at a time)
     ├── master lease         (master-capable nodes: claim, renew, relay deadline)
@@ -37,7 +38,7 @@ from .. import __version__, wiring
 from ..config import NodeConfig
 from ..core.auth import TokenIssuer
 from ..core.mastership import Fence
-from ..errors import CloseCode
+from ..errors import CloseCode, StoreUnavailable
 from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
@@ -264,6 +265,7 @@ async def _serve(ctx: NodeContext, parts: _Parts, listeners: NodeListeners, leas
     config, tunables, sessions, delivery = ctx.config, ctx.tunables, ctx.local_sessions, ctx.delivery
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lease.run, functools.partial(republish_routes, ctx))
+        nursery.start_soon(remove_routes_left, ctx, lease)
         ctx.writer.on_finished = functools.partial(deliver_finished, ctx)
         nursery.start_soon(ctx.writer.run)
         if ctx.frame_log.enabled:
@@ -310,6 +312,23 @@ async def republish_routes(ctx: NodeContext) -> int:
         if session not in ctx.local_sessions.sessions(session.user_id):
             await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)
     return len(routes)
+
+
+async def remove_routes_left(ctx: NodeContext, lease: Lease) -> None:
+    """After each answered heartbeat, removes the routes of sessions that closed while Redis
+    refused their removal (`route_remove_failed`, `route_left_behind`). Left, such a route lists
+    a session that is gone (`whereis`, every `contacts`) until this node stops: the master purges
+    a node's routes only once its lock lapsed, and an outage shorter than that leaves them."""
+    while True:
+        await lease.changed()
+        for user_id, session_id in list(ctx.routes_left):
+            try:
+                await ctx.redis(ctx.registry.remove_route, user_id, session_id)
+            except StoreUnavailable as exc:
+                log.warning("routes_left_remove_failed", left=len(ctx.routes_left), error=str(exc))
+                break
+            ctx.routes_left.discard((user_id, session_id))
+            log.info("route_left_removed", session_id=session_id, user_id=user_id)
 
 
 async def _close_listeners(listeners: NodeListeners) -> None:

@@ -181,6 +181,7 @@ class Connection:
         try:
             await self.ctx.redis(self.ctx.registry.remove_route, user_id, session_id)
         except StoreUnavailable as exc:
+            self.ctx.routes_left.add((user_id, session_id))  # removed once Redis answers again
             log.warning("route_left_behind", session_id=session_id, user_id=user_id, error=str(exc))
 
     async def close_session(self) -> None:
@@ -194,6 +195,7 @@ class Connection:
         try:
             await ctx.redis(ctx.registry.remove_route, UserId(session.user_id), session.id)
         except StoreUnavailable as exc:
-            # The route stays until this node's routes are purged; routing ignores dead sessions.
+            # Removed again at the first heartbeat Redis answers (app.remove_routes_left).
+            ctx.routes_left.add((UserId(session.user_id), session.id))
             log.warning("route_remove_failed", session_id=session.id, user_id=session.user_id, error=str(exc))
         log.info("session_closed", session_id=session.id, user_id=session.user_id)

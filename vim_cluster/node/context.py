@@ -63,6 +63,8 @@ class NodeContext:
     peer_fetches: PeerFetches = attrs.Factory(PeerFetches)  # the dashboard's fetches of other nodes
     contacts_base: SharedRead[ContactsBase] = attrs.Factory(SharedRead)  # one read for concurrent `contacts`
     problems: dict[str, str] = attrs.Factory(dict)  # what is down, in full, as last logged (node/health.py)
+    # routes of closed sessions that Redis did not take the removal of (app.remove_routes_left)
+    routes_left: set[tuple[UserId, str]] = attrs.Factory(set)
 
     @property
     def node_id(self) -> str:

@@ -91,8 +91,14 @@ class Mastership:
             nursery.start_soon(self._watchdog)
             while True:
                 if self.holding:  # after a failed renewal, try again soon (Redis may be back empty)
-                    await trio.sleep(self.tunables.master_renew_s if await self._renew()
-                                     else self.tunables.master_claim_poll_s)
+                    sent = trio.current_time()
+                    if await self._renew():
+                        # The next one renew_s after this one was SENT: the late answer to a
+                        # renewal sent into a network cut sets a deadline near at hand, and a
+                        # renewal renew_s after it came would miss it (the relay stopped twice).
+                        await trio.sleep_until(sent + self.tunables.master_renew_s)
+                    else:
+                        await trio.sleep(self.tunables.master_claim_poll_s)
                 else:
                     await self.try_claim()
                     await trio.sleep(0 if self.holding else self.tunables.master_claim_poll_s)
