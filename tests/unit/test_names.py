@@ -24,6 +24,9 @@ KEPT = [
     ("❤\ufe0f <b>bold</b> & 'quotes'", "❤\ufe0f <b>bold</b> & 'quotes'"),  # markup is only text
     ("שלום world", "שלום world"),  # right-to-left letters themselves are fine
     ("x" * 64, "x" * 64),
+    ("Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # the Scottish flag: tags
+     "Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"),
+    ("\u1832\u1820\u1828\u180e\u1820", "\u1832\u1820\u1828\u180e\u1820"),  # Mongolian Tana: vowel separator
 ]
 
 REFUSED = [
@@ -37,6 +40,7 @@ REFUSED = [
     "ali\u200bce",  # zero-width space: looks like "alice"
     "\ufeffalice", "ali\u00adce",  # BOM, soft hyphen
     "alice\U000e0041",  # a tag character (invisible)
+    "\U0001f3f4\U000e0067\U000e0062", "\U0001f3f4\U000e007f",  # a flag's tags without their end, or none
     "line\nbreak", "tab\there", "esc\x1b[31mred", "del\x7f", "c1\x85x",
     "a\u2028b", "a\u2029b",  # line and paragraph separators
     "a\ud800b",  # a lone surrogate
