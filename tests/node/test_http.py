@@ -194,6 +194,32 @@ async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node
         assert status == 200
 
 
+async def test_a_body_nested_too_deep_or_a_failing_page_is_answered_not_dropped(start_node, monkeypatch) -> None:
+    """Attack: a JSON body of 10,000 nested arrays to POST /login (anyone may send it). json
+    raised RecursionError, no ValueError: the request crashed, was logged with its traceback
+    at error level each time and the connection closed unanswered. Now it is 400 like any body
+    that is not a JSON object; and a request whose page does fail is answered 500, not dropped."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        with capture_logs() as logs:
+            status, _, body = await exchange(port, "POST", "/login", None, b"[" * 10_000, "application/json")
+        assert status == 400 and json.loads(body) == {"error": "send a JSON object with Content-Type application/json"}
+        assert [e for e in logs if e["log_level"] == "error"] == []
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+        monkeypatch.setattr("vim_cluster.node.dashboard.node_stats", broken)
+        with capture_logs() as logs:
+            status, _, body = await exchange(port, "GET", "/stats.json", None, None)
+        assert status == 500 and body == b"internal error (the node's log says why)\n"
+        assert [(e["event"], e["path"]) for e in logs if e["log_level"] == "error"] == [
+            ("http_request_crashed", "/stats.json")]
+        assert http_tasks() == []
+        status, _, _ = await http(port, "/healthz")
+        assert status == 200
+
+
 async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
     """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
     be closed unanswered), one never finished (closed unanswered at the handshake deadline) and

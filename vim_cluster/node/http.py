@@ -122,6 +122,9 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
                 except StoreUnavailable as exc:  # its text names hosts, users, paths: the log's, not the body's
                     note(ctx, "http", str(exc), "http_store_unavailable")
                     status, kind, body = 503, "text/plain", UNAVAILABLE
+                except Exception:  # noqa: BLE001 - the request's bulkhead: logged, answered 500
+                    log.exception("http_request_crashed", path=request.path, remote=request.remote)
+                    status, kind, body = 500, "text/plain", b"internal error (the node's log says why)\n"
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
                        ("cache-control", "no-store"), *FRAMING, *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
