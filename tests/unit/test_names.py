@@ -75,3 +75,20 @@ def test_register_and_group_create_refuse_such_names_as_invalid(code: str, wire)
     assert caught.value.detail == f"{code}.name: {RULE}"
     command = decode(wire(code, {**base, "name": " Ame\u0301lie "}), max_content=1024)
     assert isinstance(command, f.Register | f.GroupCreate) and command.name == "Amélie"
+
+
+@pytest.mark.parametrize("code", ["register", "group-create"])
+def test_the_length_limit_applies_to_the_name_after_nfc_and_trimming(code: str) -> None:
+    """A Korean name of 28 syllables sent decomposed (NFD, as text copied from a macOS file
+    name comes: 75 code points) and 64 letters with a space either side were refused by the
+    frame's length check before the name rule's NFC and trimming; both are 28 and 64
+    characters as stored."""
+    base = ({"username": "mallory", "password": "12345678"} if code == "register" else {"members": ["2"]})
+    hangul = "김민준박서연최지훈" * 3 + "한"  # each syllable three jamo in NFD
+    for sent, stored in ((unicodedata.normalize("NFD", hangul), hangul), (" " + "x" * 64 + " ", "x" * 64)):
+        assert len(sent) > 64
+        command = decode(as_text(code, {**base, "name": sent}), max_content=1024)
+        assert isinstance(command, f.Register | f.GroupCreate) and command.name == stored
+    with pytest.raises(FrameError) as caught:
+        decode(as_text(code, {**base, "name": "x" * 65}), max_content=1024)
+    assert caught.value.detail == f"{code}.name: {RULE}"
