@@ -220,6 +220,24 @@ async def test_a_body_nested_too_deep_or_a_failing_page_is_answered_not_dropped(
         assert status == 200
 
 
+async def test_a_forged_operator_cookie_with_a_letter_outside_ascii_is_no_login(start_node) -> None:
+    """Attack: an operator cookie whose MAC holds a byte over 0x7f (the header is read as
+    latin-1). hmac.compare_digest raised TypeError on it: every page but /healthz and /metrics
+    (the cookie is read for all of them since the dashboard's `problems`) and every operator
+    action crashed with a traceback at error level. Now it is no login, like any wrong MAC."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        cookie = "vim_operator=99999999999999.ZXZl.\xff"
+        with capture_logs() as logs:
+            for path in ("/", "/stats.json", "/dashboard.json"):
+                status, _, body = await exchange(port, "GET", path, cookie, None)
+                assert status == 200 and b'"problems"' not in body, path
+            status, _, body = await exchange(port, "POST", "/admin/drain", cookie, b"{}", "application/json")
+            assert status == 401 and not node.ctx.draining
+        assert [e for e in logs if e["log_level"] == "error"] == []
+
+
 async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
     """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
     be closed unanswered), one never finished (closed unanswered at the handshake deadline) and
