@@ -238,6 +238,28 @@ async def test_a_forged_operator_cookie_with_a_letter_outside_ascii_is_no_login(
         assert [e for e in logs if e["log_level"] == "error"] == []
 
 
+async def test_a_page_failing_on_redis_is_logged_once_while_pages_without_a_store_answer(
+        nursery: trio.Nursery, node_folder: Path, redis_process: RedisServer) -> None:  # noqa: F811
+    """Redis is down, a dashboard polls /dashboard.json (503) and a load balancer /healthz (a
+    503 it answers itself). Each /healthz ended the outage of "http" in the log
+    (`health_check_ok`) and the next /dashboard.json began it again: two lines a poll, and an
+    "ok" in the middle of the outage. Now the outage is noted per path: one warning, no "ok"."""
+    with trio.fail_after(60), capture_logs() as logs:
+        config = load_config(write_config(node_folder, redis_url=redis_process.url,
+                                          extra={"http": {"port": free_port()}}))
+        node: RunningNode = await nursery.start(serve_node, config)
+        port = node.http_port
+        assert port is not None
+        redis_process.kill()
+        for _ in range(3):
+            status, _, body = await http(port, "/dashboard.json")
+            assert status == 503 and body == UNAVAILABLE
+            status, _, _ = await http(port, "/healthz")
+            assert status == 503
+    noted = [(e["event"], e["check"]) for e in logs if e.get("check", "").startswith("http")]
+    assert noted == [("http_store_unavailable", "http /dashboard.json")], noted
+
+
 async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
     """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
     be closed unanswered), one never finished (closed unanswered at the handshake deadline) and
@@ -572,5 +594,5 @@ async def test_healthz_and_a_503_name_what_is_down_not_the_backend_s_error(
         assert str(redis_process.port) in problems["redis"]
     failed = [(e["event"], e["check"]) for e in logs if e["event"] in ("health_check_failed", "http_store_unavailable")]
     assert sorted(failed) == [("health_check_failed", "directory"), ("health_check_failed", "redis"),
-                              ("http_store_unavailable", "http")], failed
+                              ("http_store_unavailable", "http /dashboard.json")], failed
     assert all(str(private_mariadb.port) in e["error"] for e in logs if e.get("check") == "directory")
