@@ -99,3 +99,26 @@ def test_a_name_stored_before_the_name_rule_shows_without_its_bidi_and_control_c
     contact(viv, "Rex gnp.exe").click()
     assert viv.locator("#convhead").text_content() == "Rex gnp.exe"
     assert viv.locator("#users .contact", has_text="Rex").first.text_content().startswith("Rex gnp.exe")
+
+
+SCOT = "Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"  # the Scottish flag: tags
+TANA = "\u1832\u1820\u1828\u180e\u1820"  # Tana in Mongolian script: a vowel separator (Cf)
+
+
+def test_names_whose_spelling_needs_format_characters_register_and_show_whole(cluster: Cluster,
+                                                                             new_page: Any) -> None:
+    """A flag made of tag characters and a Mongolian name with its vowel separator: both are
+    format characters (Cf) that the name rule and the page keep, unlike a bidi override."""
+    for username, name in (("ewan", SCOT), ("tana", TANA)):
+        page = open_chat(new_page(), cluster.dept1)
+        form = page.locator("#registerForm")
+        form.locator("[name=username]").fill(username)
+        form.locator("[name=name]").fill(name)
+        form.locator("[name=password]").fill(PASSWORD)
+        form.locator("button").click()
+        page.locator("#main").wait_for(state="visible")
+    una = open_chat(new_page(), cluster.dept2)
+    register(una, "una")
+    for name in (SCOT, TANA):
+        contact(una, name).click()
+        expect(una.locator("#convhead")).to_have_text(name)

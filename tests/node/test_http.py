@@ -194,6 +194,72 @@ async def test_a_malformed_request_gets_a_one_line_answer_and_a_close(start_node
         assert status == 200
 
 
+async def test_a_body_nested_too_deep_or_a_failing_page_is_answered_not_dropped(start_node, monkeypatch) -> None:
+    """Attack: a JSON body of 10,000 nested arrays to POST /login (anyone may send it). json
+    raised RecursionError, no ValueError: the request crashed, was logged with its traceback
+    at error level each time and the connection closed unanswered. Now it is 400 like any body
+    that is not a JSON object; and a request whose page does fail is answered 500, not dropped."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        with capture_logs() as logs:
+            status, _, body = await exchange(port, "POST", "/login", None, b"[" * 10_000, "application/json")
+        assert status == 400 and json.loads(body) == {"error": "send a JSON object with Content-Type application/json"}
+        assert [e for e in logs if e["log_level"] == "error"] == []
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+        monkeypatch.setattr("vim_cluster.node.dashboard.node_stats", broken)
+        with capture_logs() as logs:
+            status, _, body = await exchange(port, "GET", "/stats.json", None, None)
+        assert status == 500 and body == b"internal error (the node's log says why)\n"
+        assert [(e["event"], e["path"]) for e in logs if e["log_level"] == "error"] == [
+            ("http_request_crashed", "/stats.json")]
+        assert http_tasks() == []
+        status, _, _ = await http(port, "/healthz")
+        assert status == 200
+
+
+async def test_a_forged_operator_cookie_with_a_letter_outside_ascii_is_no_login(start_node) -> None:
+    """Attack: an operator cookie whose MAC holds a byte over 0x7f (the header is read as
+    latin-1). hmac.compare_digest raised TypeError on it: every page but /healthz and /metrics
+    (the cookie is read for all of them since the dashboard's `problems`) and every operator
+    action crashed with a traceback at error level. Now it is no login, like any wrong MAC."""
+    with trio.fail_after(30):
+        node = await start_node(extra={"http": {"port": free_port()}})
+        port = node.http_port
+        cookie = "vim_operator=99999999999999.ZXZl.\xff"
+        with capture_logs() as logs:
+            for path in ("/", "/stats.json", "/dashboard.json"):
+                status, _, body = await exchange(port, "GET", path, cookie, None)
+                assert status == 200 and b'"problems"' not in body, path
+            status, _, body = await exchange(port, "POST", "/admin/drain", cookie, b"{}", "application/json")
+            assert status == 401 and not node.ctx.draining
+        assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+async def test_a_page_failing_on_redis_is_logged_once_while_pages_without_a_store_answer(
+        nursery: trio.Nursery, node_folder: Path, redis_process: RedisServer) -> None:  # noqa: F811
+    """Redis is down, a dashboard polls /dashboard.json (503) and a load balancer /healthz (a
+    503 it answers itself). Each /healthz ended the outage of "http" in the log
+    (`health_check_ok`) and the next /dashboard.json began it again: two lines a poll, and an
+    "ok" in the middle of the outage. Now the outage is noted per path: one warning, no "ok"."""
+    with trio.fail_after(60), capture_logs() as logs:
+        config = load_config(write_config(node_folder, redis_url=redis_process.url,
+                                          extra={"http": {"port": free_port()}}))
+        node: RunningNode = await nursery.start(serve_node, config)
+        port = node.http_port
+        assert port is not None
+        redis_process.kill()
+        for _ in range(3):
+            status, _, body = await http(port, "/dashboard.json")
+            assert status == 503 and body == UNAVAILABLE
+            status, _, _ = await http(port, "/healthz")
+            assert status == 503
+    noted = [(e["event"], e["check"]) for e in logs if e.get("check", "").startswith("http")]
+    assert noted == [("http_store_unavailable", "http /dashboard.json")], noted
+
+
 async def test_a_cut_off_or_endless_upgrade_request_is_answered_on_the_client_port(start_node, monkeypatch) -> None:
     """Attack: on the client port, an upgrade request cut off by the client's FIN (it used to
     be closed unanswered), one never finished (closed unanswered at the handshake deadline) and
@@ -528,5 +594,5 @@ async def test_healthz_and_a_503_name_what_is_down_not_the_backend_s_error(
         assert str(redis_process.port) in problems["redis"]
     failed = [(e["event"], e["check"]) for e in logs if e["event"] in ("health_check_failed", "http_store_unavailable")]
     assert sorted(failed) == [("health_check_failed", "directory"), ("health_check_failed", "redis"),
-                              ("http_store_unavailable", "http")], failed
+                              ("http_store_unavailable", "http /dashboard.json")], failed
     assert all(str(private_mariadb.port) in e["error"] for e in logs if e.get("check") == "directory")

@@ -24,6 +24,9 @@ KEPT = [
     ("❤\ufe0f <b>bold</b> & 'quotes'", "❤\ufe0f <b>bold</b> & 'quotes'"),  # markup is only text
     ("שלום world", "שלום world"),  # right-to-left letters themselves are fine
     ("x" * 64, "x" * 64),
+    ("Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # the Scottish flag: tags
+     "Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"),
+    ("\u1832\u1820\u1828\u180e\u1820", "\u1832\u1820\u1828\u180e\u1820"),  # Mongolian Tana: vowel separator
 ]
 
 REFUSED = [
@@ -37,6 +40,7 @@ REFUSED = [
     "ali\u200bce",  # zero-width space: looks like "alice"
     "\ufeffalice", "ali\u00adce",  # BOM, soft hyphen
     "alice\U000e0041",  # a tag character (invisible)
+    "\U0001f3f4\U000e0067\U000e0062", "\U0001f3f4\U000e007f",  # a flag's tags without their end, or none
     "line\nbreak", "tab\there", "esc\x1b[31mred", "del\x7f", "c1\x85x",
     "a\u2028b", "a\u2029b",  # line and paragraph separators
     "a\ud800b",  # a lone surrogate
@@ -71,3 +75,20 @@ def test_register_and_group_create_refuse_such_names_as_invalid(code: str, wire)
     assert caught.value.detail == f"{code}.name: {RULE}"
     command = decode(wire(code, {**base, "name": " Ame\u0301lie "}), max_content=1024)
     assert isinstance(command, f.Register | f.GroupCreate) and command.name == "Amélie"
+
+
+@pytest.mark.parametrize("code", ["register", "group-create"])
+def test_the_length_limit_applies_to_the_name_after_nfc_and_trimming(code: str) -> None:
+    """A Korean name of 28 syllables sent decomposed (NFD, as text copied from a macOS file
+    name comes: 75 code points) and 64 letters with a space either side were refused by the
+    frame's length check before the name rule's NFC and trimming; both are 28 and 64
+    characters as stored."""
+    base = ({"username": "mallory", "password": "12345678"} if code == "register" else {"members": ["2"]})
+    hangul = "김민준박서연최지훈" * 3 + "한"  # each syllable three jamo in NFD
+    for sent, stored in ((unicodedata.normalize("NFD", hangul), hangul), (" " + "x" * 64 + " ", "x" * 64)):
+        assert len(sent) > 64
+        command = decode(as_text(code, {**base, "name": sent}), max_content=1024)
+        assert isinstance(command, f.Register | f.GroupCreate) and command.name == stored
+    with pytest.raises(FrameError) as caught:
+        decode(as_text(code, {**base, "name": "x" * 65}), max_content=1024)
+    assert caught.value.detail == f"{code}.name: {RULE}"

@@ -7,8 +7,10 @@ for `register`'s `name`, `group-create`'s `name` and `vim-cluster user add --nam
   stored and shown. It must then be 1 to 64 characters.
 - Refused: control characters (category Cc: newline, tab, escape, DEL, C1), format characters
   (Cf: the bidi embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069, the marks
-  U+200E, U+200F, U+061C, zero-width space, BOM, soft hyphen, tag characters) except the two
-  joiners (U+200D in emoji sequences, U+200C in Persian and Indic spellings), surrogates (Cs),
+  U+200E, U+200F, U+061C, zero-width space, BOM, soft hyphen, tag characters) except those
+  spellings need (SPELLING: U+200D in emoji sequences, U+200C in Persian and Indic spellings,
+  U+180E in Mongolian ones) and the tags of an emoji flag (England, Scotland, Wales: U+1F3F4,
+  tags, U+E007F), surrogates (Cs),
   line and paragraph separators (Zl, Zp), the blank Hangul fillers (a name that shows as
   nothing), and more than MAX_MARKS combining marks (Mn, Me) in a row (text that spills over
   the lines around it).
@@ -19,11 +21,13 @@ for `register`'s `name`, `group-create`'s `name` and `vim-cluster user add --nam
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 MAX_LENGTH = 64
 MAX_MARKS = 4  # combining marks in a row (Vietnamese, Indic and Tibetan spellings need fewer)
-JOINERS = frozenset("\u200c\u200d")
+SPELLING = frozenset("\u200c\u200d\u180e")  # ZWNJ, ZWJ, MONGOLIAN VOWEL SEPARATOR (in the name Tana)
+FLAG_TAGS = re.compile("(?<=\U0001f3f4)[\U000e0020-\U000e007e]+\U000e007f")  # an emoji tag sequence's tags
 FILLERS = frozenset("\u115f\u1160\u3164\uffa0")  # Hangul fillers: letters that show as nothing
 REFUSED = frozenset(("Cc", "Cs", "Zl", "Zp"))
 RULE = (f"must be 1 to {MAX_LENGTH} characters (after Unicode NFC and trimming white space) without control, "
@@ -36,9 +40,9 @@ def valid_new(name: str) -> str | None:
     if not 1 <= len(normal) <= MAX_LENGTH:
         return None
     marks = 0
-    for char in normal:
+    for char in FLAG_TAGS.sub("", normal):
         category = unicodedata.category(char)
-        if category in REFUSED or (category == "Cf" and char not in JOINERS) or char in FILLERS:
+        if category in REFUSED or (category == "Cf" and char not in SPELLING) or char in FILLERS:
             return None
         marks = marks + 1 if category in ("Mn", "Me") else 0
         if marks > MAX_MARKS:

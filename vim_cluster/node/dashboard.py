@@ -154,7 +154,7 @@ def _json_body(request: Request) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
         return None
     return body if isinstance(body, dict) else None
 

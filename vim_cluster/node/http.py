@@ -116,12 +116,18 @@ async def _handle(ctx: NodeContext, stream: trio.abc.Stream) -> None:
                             remote=request.remote)
                 status, kind, body = 403, "text/plain", UNKNOWN_HOST
             else:
+                # Noted per path: a page that needs no store (/healthz, /chat.js) answering
+                # meanwhile is no end of the outage of one that does (/dashboard.json).
+                check = f"http {request.path}"
                 try:
                     status, kind, body, extra = await _route(ctx, request)
-                    note(ctx, "http", None)  # logged when it was down
+                    note(ctx, check, None)  # logged when it was down
                 except StoreUnavailable as exc:  # its text names hosts, users, paths: the log's, not the body's
-                    note(ctx, "http", str(exc), "http_store_unavailable")
+                    note(ctx, check, str(exc), "http_store_unavailable")
                     status, kind, body = 503, "text/plain", UNAVAILABLE
+                except Exception:  # noqa: BLE001 - the request's bulkhead: logged, answered 500
+                    log.exception("http_request_crashed", path=request.path, remote=request.remote)
+                    status, kind, body = 500, "text/plain", b"internal error (the node's log says why)\n"
             headers = [("content-type", kind), ("content-length", str(len(body))), ("connection", "close"),
                        ("cache-control", "no-store"), *FRAMING, *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")

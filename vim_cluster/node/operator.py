@@ -98,7 +98,9 @@ class Operator:
             expires, name = int(expires_text), _unb64(name_b64)
         except (ValueError, UnicodeDecodeError):
             return None
-        if expires < self.clock_ms() or not hmac.compare_digest(mac, self._mac(expires, name)):
+        # Bytes: compare_digest raises TypeError for a str with a letter outside ASCII (the
+        # header is read as latin-1, so anyone can send one).
+        if expires < self.clock_ms() or not hmac.compare_digest(mac.encode(), self._mac(expires, name).encode()):
             return None
         return name
 

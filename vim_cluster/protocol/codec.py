@@ -51,6 +51,7 @@ MAX_RID = 64
 MAX_CID = 64
 MAX_LIST = 1000
 MAX_NAME = 64
+MAX_NAME_INPUT = 4 * MAX_NAME  # a display name as sent: names.MAX_LENGTH applies after NFC and trimming
 MAX_EXTEND_DEPTH = 16
 EXTEND_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what both JSON peers and MessagePack carry
 SENDABLE_TYPES = tuple(t for t in MessageType if t not in (MessageType.RECALLED, MessageType.DELETED))
@@ -193,7 +194,7 @@ def _register(r: _Fields) -> f.Command:
     password = r.string("password", max_len=MAX_PASSWORD)
     if len(password) < MIN_PASSWORD:
         raise r.fail("password", f"must be at least {MIN_PASSWORD} characters")
-    name = r.string("name", max_len=MAX_NAME, min_len=1, required=False)
+    name = r.string("name", max_len=MAX_NAME_INPUT, min_len=1, required=False)
     return f.Register(username, password, None if name is None else _name(r, name), rid=r.rid)
 
 
@@ -265,7 +266,7 @@ def _name(r: _Fields, name: str) -> str:
 
 
 def _group_create(r: _Fields) -> f.Command:
-    name = _name(r, r.string("name", max_len=MAX_NAME, min_len=1))
+    name = _name(r, r.string("name", max_len=MAX_NAME_INPUT, min_len=1))
     return f.GroupCreate(name, r.ids("members"), rid=r.rid)
 
 

@@ -42,10 +42,11 @@ const CLOSES = {
 const $ = (id) => document.getElementById(id);
 // Names are put in the page as text only. A name stored before the node refused them
 // (docs/protocol.md §2.3) may still hold control, bidi or other invisible format characters:
-// they are left out when it is shown, so it cannot reverse or hide the text around it (the
-// joiners of emoji and of Persian spellings stay).
-const UNSHOWN = /(?![\u200C\u200D])[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
-const named = (o) => (typeof o.name === "string" ? {...o, name: o.name.replace(UNSHOWN, "")} : o);
+// they are left out when it is shown, so it cannot reverse or hide the text around it (what
+// spellings need stays: the joiners of emoji and of Persian spellings, the Mongolian vowel
+// separator, and the tags of a flag such as Scotland's, kept by the first alternative).
+const UNSHOWN = /(\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F})|(?![\u200C\u200D\u180E])[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
+const named = (o) => (typeof o.name === "string" ? {...o, name: o.name.replace(UNSHOWN, (_, flag) => flag || "")} : o);
 const Q = new URLSearchParams(location.search);
 // A ping every 25 s (`?ping=S`: every S seconds); no frame at all within 10 s of a ping (or of
 // opening a connection; `?ping=S` below 10: S seconds) means the connection is dead.
