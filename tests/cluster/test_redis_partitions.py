@@ -14,7 +14,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +32,19 @@ from .traffic import Traffic, assert_nobody_stopped, bad_day, flowing_traffic, s
 
 B = "master-b"
 HEAL_BOUND_S = 20.0  # the cluster serves again (new logins, a round trip) this long after a cut heals
+# numbered pairs through the active master and across the departments, with master-b's users
+MASTER_PAIRS = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("m", MASTER, DEPT2), ("tm", DEPT1, MASTER)]
+
+
+@contextlib.asynccontextmanager
+async def stalled(proxy: ProxyThread) -> AsyncIterator[float]:
+    """`proxy` stalled (a pulled cable) for the block, healed on the way out whatever happens;
+    yields when the cut began."""
+    await blocking(proxy.stall)
+    try:
+        yield time.monotonic()
+    finally:
+        await blocking(proxy.unstall)
 
 
 @contextlib.contextmanager
@@ -131,18 +144,16 @@ async def test_a_department_node_cut_from_redis_only_keeps_relaying_and_heals_wi
             assert at_dept2.user_id is not None
             alice = await online(stack, cluster.dept1.url, f"alice-{tag}")
             bob = await online(stack, cluster.dept2.url, f"bob-{tag}")
-            await blocking(proxies[DEPT2].stall)
-            cut_at = time.monotonic()
-            await receipt_round(alice, bob, "to-bob-in-cut")  # bob confirms: alice's receipt crosses
-            await receipt_round(bob, alice, "to-alice-in-cut")  # within dept-2's worker-id hold (8 s)
-            if cut_s > 10:  # a login in the cut: Redis counts login attempts (the lockout)
-                login, login_s = await login_in_cut(cluster.dept2.url, prober.names[DEPT2], PASSWORD)
-                assert login["code"] == "error" and login["message"]["error"] == "unavailable", login
-                assert login_s < 6, f"the login was answered after {login_s:.1f} s"
-            await trio.sleep(max(0.0, cut_at + cut_s - 2 - time.monotonic()))
-            await receipt_round(alice, bob, "to-bob-late-in-cut")  # past the hold too: confirms need no Redis
-            await trio.sleep(max(0.0, cut_at + cut_s - time.monotonic()))  # the cut's length is under test
-            await blocking(proxies[DEPT2].unstall)
+            async with stalled(proxies[DEPT2]) as cut_at:
+                await receipt_round(alice, bob, "to-bob-in-cut")  # bob confirms: alice's receipt crosses
+                await receipt_round(bob, alice, "to-alice-in-cut")  # within dept-2's worker-id hold (8 s)
+                if cut_s > 10:  # a login in the cut: Redis counts login attempts (the lockout)
+                    login, login_s = await login_in_cut(cluster.dept2.url, prober.names[DEPT2], PASSWORD)
+                    assert login["code"] == "error" and login["message"]["error"] == "unavailable", login
+                    assert login_s < 6, f"the login was answered after {login_s:.1f} s"
+                await trio.sleep(max(0.0, cut_at + cut_s - 2 - time.monotonic()))
+                await receipt_round(alice, bob, "to-bob-late-in-cut")  # past the hold too: confirms need no Redis
+                await trio.sleep(max(0.0, cut_at + cut_s - time.monotonic()))  # the cut's length is under test
             healed_at = time.monotonic()
             delivered_in_cut = arrivals_between(traffic, "d1-to-d2", cut_at, healed_at)
             serving_in = await prober.serving_again(healed_at, HEAL_BOUND_S)
@@ -177,9 +188,8 @@ async def test_a_standby_cut_from_redis_does_not_take_over_when_it_heals(
     with trio.fail_after(100):
         async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
                                    check_timeout=30) as traffic:
-            await blocking(proxies[B].stall)
-            await trio.sleep(13.0)  # past the master lease (4 s) and the node lock (10 s)
-            await blocking(proxies[B].unstall)
+            async with stalled(proxies[B]):
+                await trio.sleep(13.0)  # past the master lease (4 s) and the node lock (10 s)
             await blocking(wait_for, lambda: "lease_lapsed" in b.log_text(), HEAL_BOUND_S, "master-b beats again")
             await traffic.flowing()
     in_send_order(traffic)
@@ -200,18 +210,13 @@ async def test_an_active_master_cut_from_redis_is_fenced_and_a_standby_takes_ove
     cluster, proxies = with_standby
     master, b = cluster.master, cluster.nodes[B]
     epoch = int(metric(master, "vim_master_epoch"))
-    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("m", MASTER, DEPT2), ("tm", DEPT1, MASTER)]
     with trio.fail_after(100):
-        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), MASTER_PAIRS),
                                    check_timeout=30) as traffic:
-            await blocking(proxies[MASTER].stall)
-            cut_at = time.monotonic()
-            try:
+            async with stalled(proxies[MASTER]) as cut_at:
                 await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
                 # past the old master's node lock (10 s): its renewals and heartbeats arrive late
                 await trio.sleep(max(0.0, cut_at + 13.0 - time.monotonic()))
-            finally:
-                await blocking(proxies[MASTER].unstall)
             healed_at = time.monotonic()
             await blocking(wait_for, lambda: standby_ready(master),
                            HEAL_BOUND_S, "the old master a standby")
@@ -237,13 +242,9 @@ async def test_an_active_master_cut_from_redis_without_a_standby_relays_again_wh
     tag = secrets.token_hex(3)
     with trio.fail_after(100):
         async with bad_day(cluster, tag, check_timeout=30) as (traffic, prober):
-            await blocking(proxies[MASTER].stall)
-            cut_at = time.monotonic()
-            try:
+            async with stalled(proxies[MASTER]) as cut_at:
                 await blocking(wait_for, lambda: metric(master, "vim_master_active") == 0, 10, "the master stops")
                 await trio.sleep(max(0.0, cut_at + cut_s - time.monotonic()))  # the cut's length is under test
-            finally:
-                await blocking(proxies[MASTER].unstall)
             healed_at = time.monotonic()
             serving_in = await prober.serving_again(healed_at, HEAL_BOUND_S)
     in_send_order(traffic)
@@ -292,16 +293,12 @@ async def test_an_active_master_cut_from_redis_past_its_relay_deadline_but_not_i
     cluster, proxies = with_standby
     master, b = cluster.master, cluster.nodes[B]
     epoch = int(metric(master, "vim_master_epoch"))
-    pairs = [("d1", DEPT1, DEPT2), ("d2", DEPT2, DEPT1), ("mb", B, DEPT1), ("m", MASTER, DEPT2), ("tm", DEPT1, MASTER)]
     with trio.fail_after(100):
-        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
+        async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), MASTER_PAIRS),
                                    check_timeout=30) as traffic:
-            await blocking(proxies[MASTER].stall)
-            try:
+            async with stalled(proxies[MASTER]):
                 await blocking(wait_for, lambda: metric(master, "vim_master_active") == 0, 10, "the master stops")
                 await trio.sleep(0.4)  # the cut's length is under test: 3.4 s or more, under the lease's 4 s
-            finally:
-                await blocking(proxies[MASTER].unstall)
             healed_at = time.monotonic()
             await blocking(wait_for, lambda: metric(master, "vim_master_active") == 1, HEAL_BOUND_S, "it relays again")
             relaying_in = time.monotonic() - healed_at
@@ -328,13 +325,10 @@ async def test_a_department_node_cut_from_redis_through_a_failover_follows_the_n
     with trio.fail_after(100):
         async with flowing_traffic(lambda stack: traffic_pairs(stack, cluster, secrets.token_hex(3), pairs),
                                    check_timeout=30) as traffic:
-            await blocking(proxies[DEPT2].stall)
-            try:
+            async with stalled(proxies[DEPT2]):
                 cluster.master.kill()
                 await blocking(wait_for, lambda: metric(b, "vim_master_active") == 1, 20, "master-b relays")
                 await trio.sleep(2.0)  # the cut outlasts the takeover
-            finally:
-                await blocking(proxies[DEPT2].unstall)
             healed_at = time.monotonic()
             await blocking(wait_for, lambda: cluster.dept2.healthz()[0] == 200, HEAL_BOUND_S, "dept-2 linked")
             linked_in = time.monotonic() - healed_at
