@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 from ..core.conn_caps import Refusal
 
 RECENT_LATENCIES = 4096
+PORTS = ("client", "forward", "http")  # the ports whose connections are capped (node/admission.py)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -171,6 +172,8 @@ class NodeMetrics:
             "vim_connections_refused",
             "connections refused at their accept by a connection cap (port: client, forward, http; "
             "reason: address, pending, node)", ("port", "reason")))
+        for port in PORTS:  # every series from the start, at 0 (a rate() alert needs it)
+            self.refusals(port)
         self.client_connections = self.gauge(
             "vim_client_connections_open", "TCP connections open on the client port, handshakes and anonymous ones too")
         self.client_unauthenticated = self.gauge(
@@ -196,7 +199,7 @@ class NodeMetrics:
         return metric
 
     def refusals(self, port: str) -> dict[Refusal, Count]:
-        """The refusal counters of one port, by reason (each shown from the start, at 0)."""
+        """The refusal counters of one port (PORTS), by reason."""
         return {reason: self.refused.child(port, reason.name.lower()) for reason in Refusal}
 
     @property
