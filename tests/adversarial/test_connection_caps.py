@@ -73,7 +73,10 @@ async def test_a_flood_of_half_open_handshakes_from_one_address_leaves_other_add
             # The flood holds its address's slots: another connection from it is refused...
             async with await tcp_from("127.0.0.2", node.port) as more:
                 await more.send_all(HALF_OPEN)
-                first = await more.receive_some(65536)
+                try:
+                    first = await more.receive_some(65536)
+                except trio.BrokenResourceError:  # reset: closed unanswered
+                    first = b""
                 assert first == b"" or first.startswith(b"HTTP/1.1 429 "), first
             # ...and another address is served as usual.
             async with contextlib.AsyncExitStack() as users:

@@ -90,7 +90,7 @@ async def test_an_address_gets_its_caps_others_are_not_affected_and_a_close_free
             assert third.headers["connection"] == "close" and int(third.headers["content-length"]) == len(third.body)
             assert (await handshake(stack, "127.0.0.1", port)).status == 101  # another address: unaffected
 
-            await first.ready(token=alice.token)  # authenticated: no longer pending
+            await first.ready(token=alice.token, client="pc")  # authenticated: no longer pending
             assert (await handshake(stack, "127.0.0.2", port)).status == 101  # three open, two pending
             fifth = await handshake(stack, "127.0.0.2", port)
             assert fifth.status == 429 and fifth.headers["retry-after"] == "60"
