@@ -3,9 +3,12 @@ and their log (node/admission.py)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import structlog
 import trio
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture
 
 from vim_cluster.core.conn_caps import ConnectionCaps, Refusal, Slot, loopback_key
 from vim_cluster.core.lockout import source_key
@@ -40,7 +43,7 @@ def test_other_addresses_are_not_affected() -> None:
     slot(counts.admit("10.0.0.1"))
     assert counts.admit("10.0.0.1") is Refusal.ADDRESS
     slot(counts.admit("10.0.0.2"))
-    slot(counts.admit("2001:db8::1"))
+    slot(counts.admit(source_key("2001:db8::1")))
     assert counts.admit(source_key("2001:db8::2")) is Refusal.ADDRESS  # the same /64
     assert counts.open == 3 and counts.pending == 3
 
@@ -115,15 +118,19 @@ def test_a_refusal_answer_is_one_http_response_clients_can_tell_apart() -> None:
     assert b"Retry-After: 10" in admission.answer(Refusal.PENDING)
 
 
-async def test_refusals_are_counted_and_warned_of_at_most_once_a_minute(autojump_clock: trio.abc.Clock) -> None:
+async def test_refusals_are_counted_and_warned_of_at_most_once_a_minute(
+        autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    captured = LogCapture()  # at debug level (the tests' is warning)
+    monkeypatch.setattr("vim_cluster.node.admission.log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    logs = captured.entries
     metrics = NodeMetrics("n")
-    admission = Admission("client", caps(per_address=1, pending=1), metrics.refusals("client"))
+    admission = Admission("client", caps(per_address=5, pending=1), metrics.refusals("client"))
     assert isinstance(admission.admit("10.0.0.1"), Slot)
-    with capture_logs() as logs:
-        for _ in range(5):
-            assert admission.admit("10.0.0.1") is Refusal.PENDING
-        await trio.sleep(WARN_EVERY_S)
+    for _ in range(5):
         assert admission.admit("10.0.0.1") is Refusal.PENDING
+    await trio.sleep(WARN_EVERY_S)
+    assert admission.admit("10.0.0.1") is Refusal.PENDING
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
     assert [w["refused"] for w in warnings] == [1, 5]  # the first at once, then the rest a minute later
     assert all(w["event"] == "connections_refused" and w["port"] == "client" for w in warnings)
