@@ -197,6 +197,19 @@ class NodeProcess:
         return self.process.returncode if self.process else None
 
 
+async def tcp_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:port whose source address is `source` (127.x.y.z: all
+    loopback on Linux, one machine as many hosts)."""
+    sock = trio.socket.socket()
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
 class Client:
     """A protocol client: JSON (or MessagePack) frames, with a backlog for out-of-order codes."""
 

@@ -27,6 +27,7 @@ import yaml
 from .config_values import (
     TLS_KEYS,
     SubkeyError,
+    boolean,
     int_range,
     origins,
     public_host,
@@ -66,6 +67,17 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class ConnectionCapsConfig:
+    """vim.websocket.max-connections-per-address, max-unauthenticated-per-address,
+    max-connections (None: from the open-files limit) and count-loopback."""
+
+    per_address: int = 4096
+    unauthenticated_per_address: int = 256
+    total: int | None = None
+    count_loopback: bool = False
+
+
+@attrs.frozen
 class WebsocketConfig:
     host: str
     port: int
@@ -80,6 +92,9 @@ class WebsocketConfig:
     public_host: str | None = None  # vim.websocket.public-host: the name others reach it by
     allowed_origins: tuple[str, ...] = ()  # vim.websocket.allowed-origins (core/origins.py)
     contacts_budget: int = 100_000  # vim.websocket.contacts-budget: users `contacts` lists per minute per connection
+    # Connection caps (core/conn_caps.py): per source address, of those not yet authenticated,
+    # of the client port (None: from the open-files limit, node/admission.py), loopback counted
+    caps: ConnectionCapsConfig = ConnectionCapsConfig()
 
     @property
     def tls(self) -> bool:
@@ -200,6 +215,7 @@ def _store_sync(value: Any) -> StoreSync:
 
 PORT = int_range(1, 65535)
 LOCKOUT_DEFAULTS = LockoutPolicy()
+CAPS_DEFAULTS = ConnectionCapsConfig()
 HOUR, DAY = 3600.0, 86400.0  # the upper bounds of timing keys
 
 # (section, key) -> (checker, default); a default of REQUIRED means the key must be given.
@@ -227,6 +243,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max-content": (int_range(1, 2 * 1024 * 1024), 16384),
         "rate-limit": (int_range(1, 10_000_000), 200),
         "contacts-budget": (int_range(1, 1_000_000_000), 100_000),
+        "max-connections-per-address": (int_range(1, 10_000_000), CAPS_DEFAULTS.per_address),
+        "max-unauthenticated-per-address": (int_range(1, 10_000_000), None),  # None: 256, at most the above
+        "max-connections": (int_range(1, 10_000_000), None),  # None: from the open-files limit
+        "count-loopback": (boolean, False),
         "allowed-origins": (origins, ()),
         "tls": (tls_section, None),
         "tls-cert": (string, None),  # older spelling of tls.cert-file
@@ -390,6 +410,7 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
             public_host=ws["public-host"],
             allowed_origins=ws["allowed-origins"],
             contacts_budget=ws["contacts-budget"],
+            caps=_caps(name, ws),
         ),
         http=HttpConfig(port=v["http"]["port"]),
         redis=RedisConfig(url=_with_password(name, "vim.redis", "url", v["redis"]["url"], "password-file",
@@ -438,6 +459,18 @@ def _tunables(name: str, v: dict[str, dict[str, Any]]) -> Tunables:
         return Tunables.from_keys(keys)
     except ConfigError as exc:
         raise ConfigError(name, exc.key, exc.problem) from None
+
+
+def _caps(name: str, ws: dict[str, Any]) -> ConnectionCapsConfig:
+    """The connection caps; the unauthenticated cap, unless given, is its default or the
+    per-address cap if that is lower."""
+    per_address, pending = ws["max-connections-per-address"], ws["max-unauthenticated-per-address"]
+    if pending is None:
+        pending = min(CAPS_DEFAULTS.unauthenticated_per_address, per_address)
+    elif pending > per_address:
+        raise ConfigError(name, "vim.websocket.max-unauthenticated-per-address",
+                          f"must not exceed vim.websocket.max-connections-per-address ({per_address}), got {pending}")
+    return ConnectionCapsConfig(per_address, pending, ws["max-connections"], ws["count-loopback"])
 
 
 def _message_config(name: str, m: dict[str, Any]) -> MessageConfig:

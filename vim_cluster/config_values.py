@@ -74,6 +74,12 @@ def origins(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
 def string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a non-empty string, got {value!r}")

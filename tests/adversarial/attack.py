@@ -18,7 +18,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request
 
 from ..cluster.harness import Cluster, ClusterNode, blocking
-from ..support import Client, online
+from ..support import Client, online, tcp_from
 
 # The worst ping round trip another user may see while an attack runs. Generous for a loaded
 # 2-core machine; a node that stalls (a blocked event loop, a crash, a restart) misses it.
@@ -92,18 +92,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-async def tcp_from(source: str, port: int) -> trio.SocketStream:
-    """A TCP connection to 127.0.0.1:port whose source address is `source` (127.x.y.z)."""
-    sock = trio.socket.socket()
-    try:
-        await sock.bind((source, 0))
-        await sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
 
 
 @contextlib.asynccontextmanager

@@ -99,8 +99,9 @@ class Nodes:
         self.running: list[RunningNode] = []
 
     async def start(self, node_id: str, tls: dict[str, str] | None, *, master_url: str | None = None,
-                    wait: bool = True) -> tuple[RunningNode, NodeConfig]:
+                    wait: bool = True, websocket_keys: dict[str, Any] | None = None) -> tuple[RunningNode, NodeConfig]:
         websocket: dict[str, Any] = {"tls": tls} if tls else {}
+        websocket.update(websocket_keys or {})
         path = write_config(self.folder, node_id=node_id, node_type="slave" if master_url else "master",
                             redis_url=self.redis_url, master_url=master_url, websocket=websocket,
                             extra={"http": {"port": free_port()}})

@@ -57,6 +57,25 @@ async def test_a_client_chats_over_wss_and_the_http_port_is_https(nodes: Nodes, 
     assert len(expiry) == 1 and float(expiry[0].split()[-1]) > time.time() + 300 * 86400  # trustme: years ahead
 
 
+async def test_a_connection_over_a_cap_is_refused_over_tls_too(nodes: Nodes, pki: Pki) -> None:
+    """The client port at its node-wide cap answers a wss:// connection 503 through TLS."""
+    master, config = await nodes.start("master", pki.node_files("master").tls(), websocket_keys={"max-connections": 1})
+    with trio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            await online(stack, config.client_url, "alice", ssl_context=pki.client_context())
+            tcp = await trio.open_tcp_stream("127.0.0.1", master.client_port)
+            stream = trio.SSLStream(tcp, pki.client_context(), server_hostname="127.0.0.1")
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = b""
+                with contextlib.suppress(trio.BrokenResourceError):  # TLS: the node ends without close_notify
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+    assert answer.endswith(b"\r\n\r\nconnection limit: the node holds as many connections as it takes (1); "
+                           b"retry later\n"), answer
+
+
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
 async def test_cross_node_delivery_over_the_forward_link_and_what_a_sniffer_reads(
     nodes: Nodes, pki: Pki, nursery: trio.Nursery, tls: bool

@@ -114,6 +114,10 @@ def test_bad_port_names_the_key_and_the_value(tmp_path: Path, port: Any) -> None
         ("websocket", "max-content", 2 * 1024 * 1024 + 1),  # a message must fit in one forward frame
         ("websocket", "rate-limit", "lots"),
         ("websocket", "contacts-budget", 0),
+        ("websocket", "max-connections-per-address", 0),
+        ("websocket", "max-unauthenticated-per-address", "lots"),
+        ("websocket", "max-connections", -1),
+        ("websocket", "count-loopback", "yes"),
         ("group", "create-per-hour", 0),
         ("group", "max-owned", "many"),
         ("message", "recall-window", "2m"),
@@ -372,3 +376,15 @@ def test_the_shared_lockout_limits_are_config_keys(tmp_path: Path) -> None:
     assert (default.per_pair, default.per_user, default.per_address, default.window_s) == (5, 20, 100, 900)
     raised = load_config(write(tmp_path / "set", config(login={"lockout-per-user": 50, "lockout-per-address": 400})))
     assert raised.lockout.limits == (5, 50, 400) and raised.lockout.window_s == 900
+
+
+def test_connection_caps_have_defaults_and_agree(tmp_path: Path) -> None:
+    caps = load_config(write(tmp_path, config())).websocket.caps
+    assert (caps.per_address, caps.unauthenticated_per_address, caps.total, caps.count_loopback) == (4096, 256, None, False)
+    caps = load_config(write(tmp_path, config(websocket={"max-connections-per-address": 100, "max-connections": 5000,
+                                                         "count-loopback": True}))).websocket.caps
+    assert (caps.per_address, caps.unauthenticated_per_address, caps.total, caps.count_loopback) == (100, 100, 5000, True)
+    error = config_error(write(tmp_path, config(websocket={"max-connections-per-address": 100,
+                                                           "max-unauthenticated-per-address": 101})))
+    assert error.key == "vim.websocket.max-unauthenticated-per-address"
+    assert error.problem == "must not exceed vim.websocket.max-connections-per-address (100), got 101"

@@ -15,6 +15,7 @@ from vim_cluster.core.lockout import source_key
     ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
     ("fe80::1%eth0", "fe80::/64"),
     ("/run/vim.sock", "/run/vim.sock"),  # not an IP: as it is
+    ("01.2.3.4", "01.2.3.4"), ("999.1.1.1", "999.1.1.1"), ("1.2.3", "1.2.3"),  # dotted digits, no address
 ])
 def test_source_key(host: str, key: str) -> None:
     assert source_key(host) == key

@@ -31,9 +31,14 @@ def test_a_fresh_node_shows_every_family_with_its_type() -> None:
         "vim_forward_queue_depth": "gauge",
         "vim_forward_dropped_frames": "counter", "vim_forward_dropped_frames_created": "gauge",
         "vim_relay_latency_seconds": "histogram", "vim_relay_latency_seconds_created": "gauge",
+        "vim_connections_refused": "counter", "vim_connections_refused_created": "gauge",
+        "vim_client_connections_open": "gauge", "vim_client_connections_unauthenticated": "gauge",
         "vim_node_info": "gauge",
     }
     assert families["vim_node_info"][1] == {("vim_node_info", (("node", "n-1"),)): 1.0}
+    refused = families["vim_connections_refused"][1]  # every port and reason from the start, at 0
+    assert refused == {("vim_connections_refused_total", (("port", port), ("reason", reason))): 0.0
+                       for port in ("client", "forward", "http") for reason in ("address", "pending", "node")}
     assert families["vim_messages_in"][1] == {("vim_messages_in_total", ()): 0.0}
 
 

@@ -43,6 +43,7 @@ from ..lifecycle_ports import ClusterRegistry, LifecycleStore
 from ..model import UserId
 from ..ports import Directory, NodeInfo, Route
 from ..tls import check_certificate
+from .admission import Admission
 from .blocking import BlockingRunner
 from .context import NodeContext
 from .delivery import Delivery, LocalDelivery
@@ -353,10 +354,15 @@ async def _start_cluster_role(ctx: NodeContext, nursery: trio.Nursery, forward: 
 
 async def _serve_clients(ctx: NodeContext, listeners: Listeners, *,
                          task_status: trio.TaskStatus[list[Any]]) -> None:
+    admission = Admission.for_port("client", ctx.config, ctx.metrics, total=True)
+    caps = admission.caps
+    ctx.metrics.client_connections.set_function(lambda: caps.open)
+    ctx.metrics.client_unauthenticated.set_function(lambda: caps.pending)
     await serve_websockets(functools.partial(serve_connection, ctx), listeners,
                            max_message_size=ctx.config.websocket.max_frame,
                            handshake_timeout=ctx.tunables.client_handshake_timeout_s,
-                           close_timeout=ctx.tunables.client_close_timeout_s, task_status=task_status)
+                           close_timeout=ctx.tunables.client_close_timeout_s, admission=admission,
+                           task_status=task_status)
 
 
 async def _stop_when(stopping: trio.Event, ctx: NodeContext, scope: trio.CancelScope) -> None:

@@ -10,6 +10,7 @@ import attrs
 import structlog
 import trio
 
+from ..core.conn_caps import Slot
 from ..core.limits import CostBudget, RateWindow
 from ..core.login import replaced_sessions
 from ..errors import DRAINING_DETAIL, CloseCode, NodeDraining, StoreUnavailable
@@ -35,13 +36,14 @@ class Connection:
     send_queue: SendQueue
     cancel_scope: trio.CancelScope  # cancelled: stop reading (a kick of a full queue, a slow consumer)
     address: str  # the client's source key (core.lockout.source_key): what lockouts count by
+    slot: Slot | None = None  # its place in the client port's caps: unauthenticated until a session opens
     session: Session | None = None
     contacts_budget: CostBudget = attrs.field(factory=lambda: CostBudget(1))  # set by `new`
     unacked: int = 0  # sent messages and `received` confirms waiting for their commit
     _commits: trio.Event | None = None  # set when one of them is committed (someone waits)
 
     @classmethod
-    def new(cls, ctx: NodeContext, ws: ServerSocket, conn_id: int, address: str) -> Connection:
+    def new(cls, ctx: NodeContext, ws: ServerSocket, conn_id: int, address: str, slot: Slot | None = None) -> Connection:
         """A connection just accepted: anonymous, an empty SendQueue (the node's Tunables:
         client_queue_frames, client_queue_bytes)."""
         websocket, tunables = ctx.config.websocket, ctx.tunables
@@ -50,7 +52,7 @@ class Connection:
         flusher = ws.flusher if ws.writes_directly else None  # TLS: the writer task writes
         queue = SendQueue(ws, tunables.client_queue_frames, tunables.client_queue_bytes, flusher,
                           linger_s=tunables.client_linger_s, send_bytes=tunables.client_send_bytes)
-        return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address,
+        return cls(ctx, ws, conn_id, state, queue, trio.CancelScope(), address, slot,
                    contacts_budget=CostBudget(websocket.contacts_budget))
 
     def pinged(self, pong: bytes) -> None:
@@ -164,6 +166,8 @@ class Connection:
         replaced = ctx.delivery.local.take_early_kick(session)
         ctx.delivery.cluster.session_opened(session)
         self.session = session
+        if self.slot is not None:  # authenticated: no longer under the unauthenticated cap
+            self.slot.authenticated()
         log.info("session_opened", session_id=session.id, user_id=user_id, client=client)
         if replaced:
             return session

@@ -86,6 +86,7 @@ from ..protocol.forward_connection import (
     Refuse,
 )
 from ..tunables import DEFAULTS, Tunables
+from .admission import Admission
 from .blocking import BlockingRunner
 from .catch_up import CatchUpRun
 from .delivery import LocalDelivery, deliver_body, kick_packet
@@ -146,8 +147,9 @@ class MasterRelay:
     def __init__(self, node_id: str, secret: bytes, local: LocalDelivery, registry: Registry,
                  redis: BlockingRunner, clock_ms: Callable[[], int], *, epoch: int = 0,
                  watch: Callable[[Event], None] = lambda event: None, tunables: Tunables = DEFAULTS,
-                 catch_up: CatchUpRun | None = None) -> None:
+                 catch_up: CatchUpRun | None = None, admission: Admission | None = None) -> None:
         self.node_id = node_id
+        self.admission = admission  # the forward port's cap of unauthenticated connections per address
         self.catch_up = catch_up  # the node's own sessions' (see the module's rules)
         self._catching_up = False  # the node's own sessions' catch-up runs
         self._again = False  # and must run again: another peer was dropped meanwhile
@@ -493,7 +495,7 @@ class MasterRelay:
                 await nursery.start(functools.partial(serve_websockets, handler, listeners,
                                                       max_message_size=PRE_AUTH_MAX_FRAME,
                                                       handshake_timeout=self.tunables.link_handshake_timeout_s,
-                                                      close_timeout=5))
+                                                      close_timeout=5, admission=self.admission))
                 nursery.start_soon(self._warm_up)
                 if self.catch_up is not None and self.catch_up.last_failed:  # the run before serving
                     self.own_catch_up_again()  # tried again beside serving, one run at a time
@@ -583,6 +585,8 @@ class MasterRelay:
             return
         if peer is None:
             return
+        if request.slot is not None:  # a node or tool that proved the secret: never capped
+            request.slot.authenticated()
         structlog.contextvars.bind_contextvars(peer=peer.name)
         log.info("forward_peer_up", role=peer.role.value, pending=len(peer))
         try:

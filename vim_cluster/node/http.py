@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -25,6 +24,7 @@ import trio
 
 from ..errors import StoreUnavailable
 from . import dashboard
+from .admission import Admission
 from .context import NodeContext
 from .health import health, note
 from .listeners import Listeners
@@ -213,5 +213,19 @@ def _remote(stream: Any) -> str:
 
 
 async def serve_http(ctx: NodeContext, listeners: Listeners) -> None:
-    """Serves the HTTP port on bound `listeners` (HTTPS when they are TLS ones)."""
-    await trio.serve_listeners(partial(_handle, ctx), listeners)
+    """Serves the HTTP port on bound `listeners` (HTTPS when they are TLS ones). Every
+    connection of it is unauthenticated: an address gets at most
+    vim.websocket.max-unauthenticated-per-address at once (node/admission.py)."""
+    admission = Admission.for_port("http", ctx.config, ctx.metrics, per_address=False,
+                                   extra_headers=(("cache-control", "no-store"), *FRAMING))
+
+    async def connection(stream: trio.abc.Stream) -> None:
+        slot = await admission.enter(stream, _remote(stream))
+        if slot is None:
+            return
+        try:
+            await _handle(ctx, stream)
+        finally:
+            slot.release()
+
+    await trio.serve_listeners(connection, listeners)

@@ -29,7 +29,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from ..core.conn_caps import Refusal
+
 RECENT_LATENCIES = 4096
+PORTS = ("client", "forward", "http")  # the ports whose connections are capped (node/admission.py)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -48,6 +51,28 @@ class Count:
 
     def family(self) -> Metric:
         return CounterMetricFamily(self.name, self.help, value=self.value, created=self.created)
+
+
+class CountFamily:
+    """Counters of one name told apart by labels (`child(values)`: a Count of its own)."""
+
+    __slots__ = ("name", "help", "labels", "children")
+
+    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
+        self.name, self.help, self.labels = name, help, tuple(labels)
+        self.children: dict[tuple[str, ...], Count] = {}
+
+    def child(self, *values: str) -> Count:
+        count = self.children.get(values)
+        if count is None:
+            count = self.children[values] = Count(self.name, self.help)
+        return count
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for values, count in self.children.items():
+            family.add_metric(list(values), count.value, created=count.created)
+        return family
 
 
 class Level:
@@ -110,7 +135,7 @@ class PlainCollector:
     """Hands the plain metrics to prometheus_client at scrape time, in declaration order."""
 
     def __init__(self) -> None:
-        self.metrics: list[Count | Level | Spread] = []
+        self.metrics: list[Count | CountFamily | Level | Spread] = []
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.metrics:
@@ -120,7 +145,7 @@ class PlainCollector:
         return iter(())  # families are known at scrape time (added metrics too)
 
 
-M = TypeVar("M", Count, Level, Spread)
+M = TypeVar("M", Count, CountFamily, Level, Spread)
 
 
 class NodeMetrics:
@@ -143,6 +168,17 @@ class NodeMetrics:
             LATENCY_BUCKETS,
         )
         self._recent_latencies: collections.deque[float] = collections.deque(maxlen=RECENT_LATENCIES)
+        self.refused = self._add(CountFamily(
+            "vim_connections_refused",
+            "connections refused at their accept by a connection cap (port: client, forward, http; "
+            "reason: address, pending, node)", ("port", "reason")))
+        for port in PORTS:  # every series from the start, at 0 (a rate() alert needs it)
+            self.refusals(port)
+        self.client_connections = self.gauge(
+            "vim_client_connections_open", "TCP connections open on the client port, handshakes and anonymous ones too")
+        self.client_unauthenticated = self.gauge(
+            "vim_client_connections_unauthenticated",
+            "connections open on the client port that have not authenticated yet")
         self.info = self.gauge("vim_node_info", "constant 1, labelled with the node id", labels={"node": node_id})
         self.info.set(1)
 
@@ -161,6 +197,10 @@ class NodeMetrics:
             raise ValueError(f"metric {metric.name} is declared twice")
         self._plain.metrics.append(metric)
         return metric
+
+    def refusals(self, port: str) -> dict[Refusal, Count]:
+        """The refusal counters of one port (PORTS), by reason."""
+        return {reason: self.refused.child(port, reason.name.lower()) for reason in Refusal}
 
     @property
     def accepted(self) -> int:

@@ -32,6 +32,7 @@ from ..core.mastership import Fence
 from ..protocol import forward_frames as ff
 from ..protocol.forward_connection import EpochRaised, Event, Fenced
 from ..tls import client_context
+from .admission import Admission
 from .catch_up import CatchUp, deliver_since
 from .context import NodeContext
 from .delivery import ClusterLink, Unlinked
@@ -62,9 +63,12 @@ class ClusterRoles:
     forward: Listeners | None  # the bound forward port (closed while not the master)
     forward_port: int | None = attrs.field(init=False)
     catch_up: CatchUp = attrs.field(init=False)
+    forward_admission: Admission | None = attrs.field(init=False)  # one for every relay this node runs
 
     def __attrs_post_init__(self) -> None:
         self.forward_port = port_of(self.forward) if self.forward else None
+        self.forward_admission = (None if self.mastership is None else
+                                  Admission.for_port("forward", self.ctx.config, self.ctx.metrics, per_address=False))
         self.catch_up = CatchUp(functools.partial(deliver_since, self.ctx), self.ctx.clock_ms,
                                 self.ctx.tunables.catch_up_margin_ms, self.ctx.tunables.catch_up_retry_s)
 
@@ -130,7 +134,7 @@ class ClusterRoles:
         ctx.cluster_role = "master"
         relay = MasterRelay(ctx.node_id, ctx.config.cluster.secret, ctx.delivery.local, ctx.registry, ctx.redis,
                             ctx.clock_ms, epoch=mastership.epoch, watch=self._watch, tunables=ctx.tunables,
-                            catch_up=self.catch_up)
+                            catch_up=self.catch_up, admission=self.forward_admission)
         for user_id in ctx.local_sessions.users():
             for session in ctx.local_sessions.sessions(user_id):
                 relay.session_opened(session)

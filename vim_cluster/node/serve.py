@@ -52,14 +52,14 @@ async def serve_connection(ctx: NodeContext, request: Request) -> None:
         if opened is None:
             return
         ws, handshake_user, client, uuid = opened
-        address = source_key(request.remote)
+        address, slot = source_key(request.remote), request.slot
         del request, opened  # nothing of the handshake stays with the connection
         conn_id = next(_conn_ids)
         structlog.contextvars.bind_contextvars(conn_id=conn_id)
         # The queue starts its writer in the connection's nursery when there is something to
         # send; `conn.cancel_scope` (kicks, slow consumers) stops the reading, not the writing.
         async with trio.open_nursery() as nursery:
-            conn = Connection.new(ctx, ws, conn_id, address)
+            conn = Connection.new(ctx, ws, conn_id, address, slot)
             conn.send_queue.attach(nursery, nursery.cancel_scope)
             close: Close | None = None
             with conn.cancel_scope:  # cancelled by a kick, or by the reader's deadline

@@ -7,6 +7,9 @@ owner reads with `receive()` and writes pre-framed bytes with `send_all()`; only
 write at a time (node/send_queue.py's writer is that task).
 
 Rules:
+- With an `admission` (node/admission.py), a connection is counted from its accept, before
+  its first byte is read, until its socket closes; one over the port's caps is answered
+  (HTTP 429 or 503, `connection limit: ...`) and closed without its request being read.
 - The handshake must arrive within `handshake_timeout`; a request that is not a WebSocket
   upgrade (a plain GET, a POST, a TLS hello on a plain port, one cut off by the client's FIN)
   gets an HTTP 400 (426 for another WebSocket version, 431 for an oversized URL or header,
@@ -46,7 +49,9 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import Side
 
+from ..core.conn_caps import Slot
 from ..errors import CloseCode, Disconnect, PeerClosed
+from .admission import Admission
 
 log = structlog.get_logger()
 RECEIVE_BYTES = 65536  # one read from the socket
@@ -143,10 +148,10 @@ class Rejected(Exception):
 class Request:
     """A WebSocket upgrade request, until `accept` or `reject` answers it."""
 
-    __slots__ = ("path", "remote", "origin", "host", "_socket", "_key", "_trailing")
+    __slots__ = ("path", "remote", "origin", "host", "slot", "_socket", "_key", "_trailing")
 
     def __init__(self, socket: ServerSocket, path: str, remote: str, key: bytes, trailing: bytes,
-                 origin: str | None = None, host: str = "") -> None:
+                 origin: str | None = None, host: str = "", slot: Slot | None = None) -> None:
         self._socket = socket
         self._key = key
         self._trailing = trailing  # frames the client sent right behind its request
@@ -154,6 +159,7 @@ class Request:
         self.remote = remote  # the peer's address ("" if unknown)
         self.origin = origin  # the Origin header (browsers send one; native clients none)
         self.host = host  # the Host header
+        self.slot = slot  # the connection's place in the port's caps (None: the port has none)
 
     async def accept(self) -> ServerSocket:
         token = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
@@ -398,15 +404,24 @@ Handler = Callable[[Request], Awaitable[None]]
 
 async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]], *,
                            max_message_size: int, handshake_timeout: float = 10.0, close_timeout: float = 5.0,
+                           admission: Admission | None = None,
                            task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Accepts connections on `listeners` for ever; `handler(request)` runs in each one's task."""
+    """Accepts connections on `listeners` for ever; `handler(request)` runs in each one's task.
+    With `admission`, a connection over its caps is answered at its accept and closed, and
+    one within them holds its slot (`Request.slot`) until its socket closes."""
 
     flusher = Flusher()
 
     async def connection(stream: trio.abc.Stream) -> None:
+        remote = _remote(stream)
+        slot = None
+        if admission is not None:
+            slot = await admission.enter(stream, remote)
+            if slot is None:
+                return
         socket = ServerSocket(stream, max_message_size, flusher)
         try:
-            request = await _read_request(socket, _remote(stream), handshake_timeout)
+            request = await _read_request(socket, remote, handshake_timeout, slot)
             if request is not None:
                 serving = handler(request)
                 del request  # the handler keeps what it needs of it, nothing more
@@ -419,6 +434,8 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
             log.exception("websocket_connection_crashed")
         finally:
             socket.ended()
+            if slot is not None:
+                slot.release()
             await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
@@ -427,7 +444,7 @@ async def serve_websockets(handler: Handler, listeners: Sequence[trio.abc.Listen
                                                                   list(listeners))))
 
 
-async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Request | None:
+async def _read_request(socket: ServerSocket, remote: str, timeout: float, slot: Slot | None) -> Request | None:
     """The upgrade request within `timeout`, or None after answering one that is not (400/426,
     431 for a head over MAX_REQUEST, 408 for one begun and not whole in time) or after a
     connection that closed, or stayed silent, before its first byte."""
@@ -463,7 +480,7 @@ async def _read_request(socket: ServerSocket, remote: str, timeout: float) -> Re
                 return Request(socket, event.target.decode("ascii", "replace"), remote,
                                headers[b"sec-websocket-key"], trailing,
                                origin.decode("latin-1") if origin is not None else None,
-                               headers.get(b"host", b"").decode("latin-1"))
+                               headers.get(b"host", b"").decode("latin-1"), slot)
             break
     if reading.cancelled_caught and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
         refusal = 408, f"no whole upgrade request within {timeout:g} s"  # a request began: say why it ends
