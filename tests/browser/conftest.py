@@ -125,6 +125,15 @@ def send_text(page: Any, text: str) -> None:
     page.locator("#compose button").click()
 
 
+def create_group(page: Any, name: str, members: list[str]) -> None:
+    """With the page's "+ new" form: a group of the people named (as the picker shows them)."""
+    page.locator("#toggleGroup").click()
+    page.locator("#newgroup [name=name]").fill(name)
+    for member in members:
+        page.locator("#pick label", has_text=member).locator("input").check()
+    page.locator("#newgroup button").click()
+
+
 def message(page: Any, text: str) -> Any:
     return page.locator("#log .msg", has_text=text)
 

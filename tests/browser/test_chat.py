@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 
 from ..cluster.harness import Cluster
-from .conftest import TEST_TIMEOUT_S, contact, log_in, message, open_chat, register, send_text, tick
+from .conftest import (
+    TEST_TIMEOUT_S,
+    contact,
+    create_group,
+    log_in,
+    message,
+    open_chat,
+    register,
+    send_text,
+    tick,
+)
 
 try:
     from playwright.sync_api import expect
@@ -84,10 +94,7 @@ def test_group_chat_and_recall(cluster: Cluster, new_page: Any) -> None:
     register(cat, "cat")
     dan = open_chat(new_page(), cluster.master)
     register(dan, "dan")
-    cat.locator("#toggleGroup").click()
-    cat.locator("#newgroup [name=name]").fill("launch team")
-    cat.locator("#pick label", has_text="dan").locator("input").check()
-    cat.locator("#newgroup button").click()
+    create_group(cat, "launch team", ["dan"])
     dan.locator("#groups .contact", has_text="launch team").click()
     cat.locator("#groups .contact", has_text="launch team").click()
     send_text(cat, "kick-off at ten")

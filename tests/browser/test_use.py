@@ -20,6 +20,7 @@ from .conftest import (
     TEST_TIMEOUT_S,
     answering_for_the_node,
     contact,
+    create_group,
     from_another_device,
     message,
     open_chat,
@@ -170,10 +171,7 @@ def test_a_group_shows_its_members_and_goes_away_for_one_removed(cluster: Cluste
     register(amy, "amy")
     bob = open_chat(new_page(), cluster.dept2)
     register(bob, "bob")
-    amy.locator("#toggleGroup").click()
-    amy.locator("#newgroup [name=name]").fill("design")
-    amy.locator("#pick label", has_text="bob").locator("input").check()
-    amy.locator("#newgroup button").click()
+    create_group(amy, "design", ["bob"])
     amy.locator("#groups .contact", has_text="design").click()
     expect(amy.locator("#convhead")).to_have_text("# design  (2 members)")
     expect(amy.locator("#members")).to_have_text(re.compile(r"^(you, bob|bob, you)$"))
