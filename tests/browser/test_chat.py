@@ -172,9 +172,12 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     register(gus, "gus")
     contact(gus, "fay").click()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
+    expect(contact(gus, "fay").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
     cluster.dept2.stop()  # gus's node goes away (close code 1001, then nothing answers)
     expect(gus.locator("#status")).to_have_text(re.compile("reconnecting…"))
     expect(gus.locator("#banners .banner")).to_contain_text("The server is restarting")
+    # gus's page hears no presence now: it shows nobody online rather than what it last heard
+    expect(contact(gus, "fay").locator(".dot")).not_to_have_class(re.compile(r"\bon\b"))
     expect(contact(fay, "gus").locator(".dot")).not_to_have_class(re.compile(r"\bon\b"))
     contact(fay, "gus").click()
     send_text(fay, "sent while your node was down")
@@ -184,6 +187,7 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     expect(gus.locator("#banners .banner")).to_have_count(0)  # no stale banner
     expect(message(gus, "sent while your node was down")).to_be_visible()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
+    expect(contact(gus, "fay").locator(".dot")).to_have_class(re.compile(r"\bon\b"))  # from the new contacts
 
 
 def test_an_erased_account_is_signed_out_in_words_and_leaves_the_contact_list(

@@ -106,6 +106,8 @@ function drop(why) {  // a dead or half-open connection: give up on it now, as i
 function onClose(code) {
   if (code === 1009) closedByTooLarge(ws);
   ws = null; live = false; pingSentAt = 0; clearTimeout(openTimer);
+  contactsAsk.current = false;
+  if (owner) renderContacts();  // no presence comes while disconnected: no dot says online until the next contacts
   console.info("websocket closed with code", code);
   const [text, retry] = CLOSES[code] || ["The connection was closed.", true];
   if (stopped) return;                             // logout, other-login, kick: we said why already
@@ -300,10 +302,11 @@ function onError(m) {
 // one (rate-limited: the connection's contacts budget is used up; unavailable, internal) is asked
 // again after 1 s, doubling to 30 s (±25 %): until then the list is not up to date, and a message
 // from someone not in it would stay out of sight.
-const contactsAsk = {inFlight: false, again: false, timer: null, tries: 0, loaded: false};
+// current: answered on this connection (before that, and while disconnected, no dot says online)
+const contactsAsk = {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false};
 function askContacts(fresh) {
   const a = contactsAsk;
-  if (fresh) { clearTimeout(a.timer); Object.assign(a, {inFlight: false, again: false, timer: null, tries: 0}); }
+  if (fresh) { clearTimeout(a.timer); Object.assign(a, {inFlight: false, again: false, timer: null, tries: 0, current: false}); }
   if (a.inFlight || a.timer) { a.again = true; return; }
   if (!live) return;                               // the next ready-ok asks
   a.inFlight = true; a.again = false;
@@ -318,7 +321,7 @@ function contactsRefused(kind) {
   renderContacts();
 }
 function onContacts(m) {
-  const a = contactsAsk; a.inFlight = false; a.tries = 0; a.loaded = true;
+  const a = contactsAsk; a.inFlight = false; a.tries = 0; a.loaded = true; a.current = true;
   if (a.again) askContacts();
   users = new Map(m.users.map((u) => [u.userId, named(u)]));
   groups = new Map(m.groups.map((g) => [g.groupId, named(g)]));
@@ -502,7 +505,12 @@ function render(scroll) {  // "bottom", "keep" (older page above), default: foll
 function contactRow(type, id, label, dotOn) {
   const c = convs.get(keyOf(type, id)), div = el("div", "contact" + (open && open.key === keyOf(type, id) ? " active" : ""));
   div.dataset.chat = keyOf(type, id);
-  if (type === "friend") { div.dataset.userId = id; div.append(el("span", "dot" + (dotOn ? " on" : ""))); }
+  if (type === "friend") {
+    div.dataset.userId = id;
+    const known = live && contactsAsk.current;
+    const dot = el("span", "dot" + (known && dotOn ? " on" : "")); dot.title = !known ? "not known until connected" : dotOn ? "online" : "offline";
+    div.append(dot);
+  }
   div.append(el("span", "name", label));
   if (c && c.unread) div.append(el("span", "badge", c.unread));
   div.onclick = () => openConv(type, id);
@@ -517,8 +525,8 @@ function renderContacts() {
     const people = (inDept.get(d.deptId) || []).sort(byName);
     people.forEach((u) => placed.add(u.userId));
     const children = depts.filter((k) => k.parentId === d.deptId).map(node);
-    const online = people.filter((u) => u.online).length;
-    const summary = el("summary", "", d.name); summary.append(el("span", "count", online + "/" + people.length));
+    const online = people.filter((u) => u.online).length;  // while disconnected the page does not know who is online
+    const summary = el("summary", "", d.name); summary.append(el("span", "count", (live && contactsAsk.current ? online : "?") + "/" + people.length));
     box.append(summary, ...people.map((u) => contactRow("friend", u.userId, u.name, u.online)), ...children);
     return box;
   };
@@ -547,7 +555,7 @@ function renderContacts() {
 function resetUser() {  // everything that belongs to the person signed in (logout, or another person's ready-ok)
   owner = null; open = null; convs.clear(); byId.clear(); pendingByCid.clear(); peerRead.clear(); sentRead.clear();
   toConfirm = []; clearTimeout(confirmTimer); users = new Map(); groups = new Map(); depts = [];
-  clearTimeout(contactsAsk.timer); Object.assign(contactsAsk, {inFlight: false, again: false, timer: null, tries: 0, loaded: false});
+  clearTimeout(contactsAsk.timer); Object.assign(contactsAsk, {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false});
   $("convhead").textContent = "Pick a contact"; $("members").hidden = true; $("compose").hidden = true; $("text").value = ""; fitText();
   $("log").replaceChildren(el("div", "empty", "No conversation open"));
   $("newgroup").reset(); $("newgroup").hidden = true;
