@@ -8,6 +8,7 @@ Each test that freezes or kills a node brings it back (healthy) before it ends."
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
 import signal
 from collections.abc import Iterator
@@ -188,6 +189,26 @@ def test_logout_then_another_person_in_the_same_tab_starts_clean(cluster: Cluste
     expect(tick(tab, "lou to max")).to_have_text("delivered ✓✓")  # not kim's "read"
     contact(max_, "lou").click()
     expect(tick(max_, "max to lou")).to_have_text("read ✓✓")  # lou's read reached the server
+
+
+def test_a_tab_brought_back_to_the_front_reconnects_at_once(cluster: Cluster, new_page: Any) -> None:
+    """A background tab's timers are throttled (Chromium: once a minute after 5 minutes), so the
+    reconnect waiting for its backoff may come long after the person looks at the tab again.
+    Here the page's clock is paused (no timer fires at all) while its node is killed and started
+    again: the tab coming to the front (visibilitychange) reconnects at once."""
+    page = new_page()
+    page.clock.install()
+    open_chat(page, cluster.dept1)
+    register(page, "tia")
+    with brought_back(cluster.dept1):
+        page.clock.pause_at(datetime.datetime.now() + datetime.timedelta(seconds=1))
+        cluster.dept1.kill()
+        expect(page.locator("#status")).to_have_text(re.compile("reconnecting…"))
+        cluster.dept1.start()
+        cluster.dept1.wait_health(200)
+        page.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
+        expect(page.locator("#status")).to_contain_text("logged in as tia on dept-1")
+    page.clock.resume()
 
 
 def test_a_frozen_node_is_noticed_by_the_ping_deadline(cluster: Cluster, new_page: Any) -> None:

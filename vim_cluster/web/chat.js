@@ -126,10 +126,15 @@ function scheduleReconnect(why) {
   attempt++;
   setStatus("reconnecting… (attempt " + attempt + ")", "reconnecting");
   banner("warn", why + " Reconnecting… next try in " + Math.round(delay / 1000) + " s.", "Try now", reconnect, "conn");
-  retryTimer = setTimeout(reconnect, lastClose === 4005 && attempt === 1 ? 0 : delay);
+  retryTimer = setTimeout(reconnect, lastClose === 4005 && attempt === 1 ? 0 : delay); retryWaiting = true;
 }
+// A tab in the background has its timers throttled (Chromium: once a minute after 5 minutes), so
+// the next try may come long after the person looks again: coming to the front tries at once.
+let retryWaiting = false;
+function backInFront() { if (document.visibilityState === "visible" && retryWaiting && !ws) reconnect(); }
+document.addEventListener("visibilitychange", backInFront);
 async function reconnect() {
-  clearTimeout(retryTimer);
+  clearTimeout(retryTimer); retryWaiting = false;
   if (lastClose === 4005) await moveToAnotherNode(true);
   else if (triesHere >= TRIES_PER_NODE) await moveToAnotherNode(false);  // this node stays down
   triesHere++;
@@ -581,7 +586,7 @@ $("newgroup").onsubmit = (e) => {
   e.target.reset(); e.target.hidden = true;
 };
 $("logout").onclick = () => {
-  token.clear(); L.removeItem("username"); stopped = true; clearTimeout(retryTimer); if (ws) ws.close();
+  token.clear(); L.removeItem("username"); stopped = true; clearTimeout(retryTimer); retryWaiting = false; if (ws) ws.close();
   live = false; attempt = 0; triesHere = 0; lastClose = null; outage = null;
   resetUser(); showAuth(); setStatus("logged out");
   document.querySelectorAll("#banners .banner").forEach((d) => d.remove());
