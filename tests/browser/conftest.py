@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -124,5 +125,89 @@ def send_text(page: Any, text: str) -> None:
     page.locator("#compose button").click()
 
 
+def create_group(page: Any, name: str, members: list[str]) -> None:
+    """With the page's "+ new" form: a group of the people named (as the picker shows them)."""
+    page.locator("#toggleGroup").click()
+    page.locator("#newgroup [name=name]").fill(name)
+    for member in members:
+        page.locator("#pick label", has_text=member).locator("input").check()
+    page.locator("#newgroup button").click()
+
+
 def message(page: Any, text: str) -> Any:
     return page.locator("#log .msg", has_text=text)
+
+
+def answering_for_the_node(error_for: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> Callable[[Any], None]:
+    """A Playwright WebSocket route in front of the real node: a frame from the page for which
+    `error_for(code, message)` gives an error body is answered with that `error` frame (the node
+    never sees it); every other frame goes on to the node."""
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(data: str | bytes) -> None:
+            frame = json.loads(data) if isinstance(data, str) else {}
+            error = error_for(frame.get("code", ""), frame.get("message") or {})
+            if error is None:
+                server.send(data)
+            else:
+                ws.send(json.dumps({"code": "error", "message": error}))
+
+        ws.on_message(from_page)
+
+    return route
+
+
+def tick(page: Any, text: str) -> Any:
+    return message(page, text).locator(".state")
+
+
+# A second device of a user: a raw protocol session (client "pc") opened from a page of the node,
+# which logs in and sends requests one by one ([code, message, the code of the answer] each),
+# each waiting for its answer. It sends no `read` and no `received`.
+RAW_SESSION_JS = """async ([url, username, password, requests]) => {
+  const ws = new WebSocket(url), inbox = [];
+  let wake = () => {};
+  ws.onmessage = (e) => { inbox.push(JSON.parse(e.data)); wake(); };
+  await new Promise((ok, ko) => { ws.onopen = ok; ws.onerror = () => ko(new Error("cannot connect to " + url)); });
+  const next = async (code) => {
+    for (;;) {
+      const i = inbox.findIndex((f) => f.code === code || f.code === "error");
+      if (i >= 0) { const f = inbox.splice(i, 1)[0]; if (f.code === "error") throw new Error(JSON.stringify(f)); return f.message; }
+      await new Promise((r) => { wake = r; });
+    }
+  };
+  const send = (code, message) => ws.send(JSON.stringify({code, message}));
+  send("login", {username, password});
+  const {token} = await next("login-ok");
+  send("ready", {token, client: "pc", uuid: "raw-" + username});
+  await next("ready-ok");
+  for (const [code, message, answer] of requests) {
+    send(code, message);
+    await next(answer);
+  }
+  ws.close();
+}"""
+
+
+def from_another_device(page: Any, node: ClusterNode, username: str, requests: list[tuple[str, dict[str, Any], str]]) -> None:
+    page.goto(f"http://127.0.0.1:{node.http_port}/healthz")  # a local page (about:blank may not reach 127.0.0.1)
+    page.evaluate(RAW_SESSION_JS, [node.url, username, PASSWORD, requests])
+
+
+def send_from_another_device(page: Any, node: ClusterNode, username: str, chat_id: str, texts: list[str]) -> None:
+    """Friend messages to `chat_id`, one by one, each waiting for its ack."""
+    from_another_device(page, node, username, [
+        ("message", {"cid": f"raw-{i}-{content}", "chatId": chat_id, "type": "friend", "messageType": "text",
+                     "content": content}, "ack")
+        for i, content in enumerate(texts)])
+
+
+def user_id(page: Any, name: str) -> str:
+    found = contact(page, name).get_attribute("data-user-id")
+    assert found, name
+    return str(found)
+
+
+def texts_in_log(page: Any) -> list[str]:
+    return [str(t) for t in page.locator("#log .msg .text").all_text_contents()]

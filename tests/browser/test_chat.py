@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 
 from ..cluster.harness import Cluster
-from .conftest import TEST_TIMEOUT_S, contact, log_in, message, open_chat, register, send_text
+from .conftest import (
+    TEST_TIMEOUT_S,
+    contact,
+    create_group,
+    log_in,
+    message,
+    open_chat,
+    register,
+    send_text,
+    tick,
+)
 
 try:
     from playwright.sync_api import expect
@@ -21,10 +31,6 @@ except ImportError:  # the `browser` fixture says how to get it (or fails in CI)
     expect = None  # type: ignore[assignment]
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
-
-
-def tick(page: Any, text: str) -> Any:
-    return message(page, text).locator(".state")
 
 
 def test_two_people_chat_across_nodes_with_ticks_presence_and_offline_delivery(
@@ -88,10 +94,7 @@ def test_group_chat_and_recall(cluster: Cluster, new_page: Any) -> None:
     register(cat, "cat")
     dan = open_chat(new_page(), cluster.master)
     register(dan, "dan")
-    cat.locator("#toggleGroup").click()
-    cat.locator("#newgroup [name=name]").fill("launch team")
-    cat.locator("#pick label", has_text="dan").locator("input").check()
-    cat.locator("#newgroup button").click()
+    create_group(cat, "launch team", ["dan"])
     dan.locator("#groups .contact", has_text="launch team").click()
     cat.locator("#groups .contact", has_text="launch team").click()
     send_text(cat, "kick-off at ten")
@@ -115,7 +118,8 @@ def test_group_chat_and_recall(cluster: Cluster, new_page: Any) -> None:
 def test_the_page_offers_recall_for_the_window_the_node_says(cluster: Cluster, new_page: Any) -> None:
     """`ready-ok` carries the node's recall window (`recallWindowMs`); the page offers recall
     for that long, not for a window of its own. Here the page's socket is routed so that
-    `ready-ok` says 5 s, and the page's clock is moved past it."""
+    `ready-ok` says 5 s, and the page's clock is moved past it. The button goes by itself,
+    leaving the text the person selected selected."""
 
     def five_seconds(ws: Any) -> None:
         server = ws.connect_to_server()
@@ -139,8 +143,12 @@ def test_the_page_offers_recall_for_the_window_the_node_says(cluster: Cluster, n
     send_text(rena, "gone in five")
     expect(tick(rena, "gone in five")).to_have_text(re.compile("sent|delivered"))
     expect(message(rena, "gone in five").locator("button.recall")).to_be_visible()
-    rena.clock.fast_forward(11_000)  # past the window, and the page's 10 s redraw
+    expect(tick(rena, "gone in five")).to_have_text("delivered ✓✓")  # nothing more to redraw the conversation
+    message(rena, "gone in five").locator(".text").evaluate("(text) => getSelection().selectAllChildren(text)")
+    rena.clock.fast_forward(11_000)  # past the window, and the page's 10 s check of recall buttons
     expect(message(rena, "gone in five").locator("button.recall")).to_have_count(0)
+    # the button went without a redraw of the conversation, which would undo what the person selected
+    assert rena.evaluate("() => getSelection().toString()") == "gone in five"
 
 
 def test_other_login_takes_over_with_a_human_message(cluster: Cluster, new_page: Any) -> None:
@@ -164,9 +172,12 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     register(gus, "gus")
     contact(gus, "fay").click()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
+    expect(contact(gus, "fay").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
     cluster.dept2.stop()  # gus's node goes away (close code 1001, then nothing answers)
     expect(gus.locator("#status")).to_have_text(re.compile("reconnecting…"))
     expect(gus.locator("#banners .banner")).to_contain_text("The server is restarting")
+    # gus's page hears no presence now: it shows nobody online rather than what it last heard
+    expect(contact(gus, "fay").locator(".dot")).not_to_have_class(re.compile(r"\bon\b"))
     expect(contact(fay, "gus").locator(".dot")).not_to_have_class(re.compile(r"\bon\b"))
     contact(fay, "gus").click()
     send_text(fay, "sent while your node was down")
@@ -176,6 +187,7 @@ def test_node_restart_shows_reconnecting_then_resyncs(cluster: Cluster, new_page
     expect(gus.locator("#banners .banner")).to_have_count(0)  # no stale banner
     expect(message(gus, "sent while your node was down")).to_be_visible()
     expect(contact(fay, "gus").locator(".dot")).to_have_class(re.compile(r"\bon\b"))
+    expect(contact(gus, "fay").locator(".dot")).to_have_class(re.compile(r"\bon\b"))  # from the new contacts
 
 
 def test_an_erased_account_is_signed_out_in_words_and_leaves_the_contact_list(

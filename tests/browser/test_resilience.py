@@ -8,24 +8,28 @@ Each test that freezes or kills a node brings it back (healthy) before it ends."
 from __future__ import annotations
 
 import contextlib
-import json
+import datetime
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ..cluster.harness import Cluster, ClusterNode
 from .conftest import (
-    PASSWORD,
     TEST_TIMEOUT_S,
+    answering_for_the_node,
     contact,
     log_in,
     message,
     open_chat,
     register,
+    send_from_another_device,
     send_text,
+    texts_in_log,
+    tick,
+    user_id,
     wait_for_url_port,
 )
 
@@ -37,10 +41,6 @@ except ImportError:  # the `browser` fixture says how to get it (or fails in CI)
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 RECONNECT_MS = 40_000  # a node restart plus the client's backoff
-
-
-def tick(page: Any, text: str) -> Any:
-    return message(page, text).locator(".state")
 
 
 @contextlib.contextmanager
@@ -60,49 +60,6 @@ def restart_killed(node: ClusterNode) -> None:
     """SIGKILL (a frozen node too), then start it again on the same ports."""
     node.kill()
     node.start()
-
-
-# A second device of a user: a raw protocol session (client "pc") opened from a page of the node,
-# which logs in and sends friend messages one by one, each waiting for its ack. It sends no
-# `read` and no `received`.
-RAW_SESSION_JS = """async ([url, username, password, chatId, texts]) => {
-  const ws = new WebSocket(url), inbox = [];
-  let wake = () => {};
-  ws.onmessage = (e) => { inbox.push(JSON.parse(e.data)); wake(); };
-  await new Promise((ok, ko) => { ws.onopen = ok; ws.onerror = () => ko(new Error("cannot connect to " + url)); });
-  const next = async (code) => {
-    for (;;) {
-      const i = inbox.findIndex((f) => f.code === code || f.code === "error");
-      if (i >= 0) { const f = inbox.splice(i, 1)[0]; if (f.code === "error") throw new Error(JSON.stringify(f)); return f.message; }
-      await new Promise((r) => { wake = r; });
-    }
-  };
-  const send = (code, message) => ws.send(JSON.stringify({code, message}));
-  send("login", {username, password});
-  const {token} = await next("login-ok");
-  send("ready", {token, client: "pc", uuid: "raw-" + username});
-  await next("ready-ok");
-  for (const [i, content] of texts.entries()) {
-    send("message", {cid: "raw-" + i + "-" + content, chatId, type: "friend", messageType: "text", content});
-    await next("ack");
-  }
-  ws.close();
-}"""
-
-
-def send_from_another_device(page: Any, node: ClusterNode, username: str, chat_id: str, texts: list[str]) -> None:
-    page.goto(f"http://127.0.0.1:{node.http_port}/healthz")  # a local page (about:blank may not reach 127.0.0.1)
-    page.evaluate(RAW_SESSION_JS, [node.url, username, PASSWORD, chat_id, texts])
-
-
-def user_id(page: Any, name: str) -> str:
-    found = contact(page, name).get_attribute("data-user-id")
-    assert found, name
-    return str(found)
-
-
-def texts_in_log(page: Any) -> list[str]:
-    return [str(t) for t in page.locator("#log .msg .text").all_text_contents()]
 
 
 def test_a_message_sent_into_a_frozen_node_is_resent_with_its_cid_after_the_reconnect(
@@ -127,26 +84,6 @@ def test_a_message_sent_into_a_frozen_node_is_resent_with_its_cid_after_the_reco
     contact(ada, "bea").click()
     expect(message(ada, "sent into a frozen node")).to_have_count(1)
     expect(ada.locator("#log .msg")).to_have_count(1)
-
-
-def answering_for_the_node(error_for: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> Callable[[Any], None]:
-    """A Playwright WebSocket route in front of the real node: a frame from the page for which
-    `error_for(code, message)` gives an error body is answered with that `error` frame (the node
-    never sees it); every other frame goes on to the node."""
-    def route(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def from_page(data: str | bytes) -> None:
-            frame = json.loads(data) if isinstance(data, str) else {}
-            error = error_for(frame.get("code", ""), frame.get("message") or {})
-            if error is None:
-                server.send(data)
-            else:
-                ws.send(json.dumps({"code": "error", "message": error}))
-
-        ws.on_message(from_page)
-
-    return route
 
 
 def test_a_refused_message_gets_retry_and_a_rate_limited_one_is_resent(cluster: Cluster, new_page: Any) -> None:
@@ -252,6 +189,26 @@ def test_logout_then_another_person_in_the_same_tab_starts_clean(cluster: Cluste
     expect(tick(tab, "lou to max")).to_have_text("delivered ✓✓")  # not kim's "read"
     contact(max_, "lou").click()
     expect(tick(max_, "max to lou")).to_have_text("read ✓✓")  # lou's read reached the server
+
+
+def test_a_tab_brought_back_to_the_front_reconnects_at_once(cluster: Cluster, new_page: Any) -> None:
+    """A background tab's timers are throttled (Chromium: once a minute after 5 minutes), so the
+    reconnect waiting for its backoff may come long after the person looks at the tab again.
+    Here the page's clock is paused (no timer fires at all) while its node is killed and started
+    again: the tab coming to the front (visibilitychange) reconnects at once."""
+    page = new_page()
+    page.clock.install()
+    open_chat(page, cluster.dept1)
+    register(page, "tia")
+    with brought_back(cluster.dept1):
+        page.clock.pause_at(datetime.datetime.now() + datetime.timedelta(seconds=1))
+        cluster.dept1.kill()
+        expect(page.locator("#status")).to_have_text(re.compile("reconnecting…"))
+        cluster.dept1.start()
+        cluster.dept1.wait_health(200)
+        page.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
+        expect(page.locator("#status")).to_contain_text("logged in as tia on dept-1")
+    page.clock.resume()
 
 
 def test_a_frozen_node_is_noticed_by_the_ping_deadline(cluster: Cluster, new_page: Any) -> None:

@@ -22,7 +22,15 @@ const CONTEXT_ERRORS = {  // (rid, kind) where the general sentence would mislea
   "ready:invalid": "Your sign-in has expired. Please log in again.",
   "ready:unavailable": "The service is having trouble right now.",
   "ready:internal": "The server ran into a problem while signing you in.",
+  "register:rate-limited": "Too many accounts were made from this network lately. Please try again in 15 minutes.",
+  "group:rate-limited": "You have made as many groups as allowed in one hour. Please try again later.",
+  "group:forbidden": "You already own as many groups as allowed.",
+  "group:not-found": "Someone you picked no longer has an account.",
+  "history:forbidden": "You are no longer a member of this group.",
+  "history:not-found": "That account no longer exists.",
 };
+// a message refused for good says why on its bubble ("not sent: too long"), after the banner is gone
+const WHY_NOT_SENT = {"too-large": "too long", "not-member": "not a member", "not-found": "no such account", "forbidden": "not allowed"};
 const RETRYABLE = new Set(["unavailable", "rate-limited", "internal"]);  // a message refused with these may be resent (same cid)
 // close code -> [what people read, reconnect by itself?]
 const CLOSES = {
@@ -61,6 +69,7 @@ const token = { get: () => S.getItem("token") || L.getItem("token"),
 let ws = null, me = null, myNode = null, clockSkew = 0, pendingCreds = null, stayNext = false;
 let stopped = false, attempt = 0, retryTimer = null, lastClose = null, outage = null;  // outage: why we lost the node
 let live = false, owner = null;                   // live: ready-ok on this socket; owner: whose state is loaded
+let opened = false;                               // the current connection opened (else the server was not reached)
 let pingSentAt = 0, openTimer = null, triesHere = 0, knownNodes = [];  // knownNodes: [{node, url, ok}] from /dashboard.json
 let users = new Map(), groups = new Map(), depts = [];
 const convs = new Map();                          // "type:id" -> {type, id, msgs: Map(key -> msg), more, loaded, unread}
@@ -77,7 +86,7 @@ function send(code, message = {}) {
   banner("err", "Not connected: please wait until the connection is back.", null, null, "offline"); return false;
 }
 function connect(then) {
-  clearTimeout(retryTimer); clearTimeout(openTimer); stopped = false; live = false; pingSentAt = 0;
+  clearTimeout(retryTimer); clearTimeout(openTimer); stopped = false; live = false; pingSentAt = 0; opened = false;
   if (ws) detach(ws);
   const url = $("url").value.trim();
   S.setItem("url", url);
@@ -85,7 +94,7 @@ function connect(then) {
   try { ws = new WebSocket(url); } catch (e) { console.warn("bad url", e); banner("err", "That server address is not valid."); return; }
   const sock = ws;
   openTimer = setTimeout(() => { if (ws === sock && sock.readyState === WebSocket.CONNECTING) drop("the node did not answer"); }, DEADLINE_MS);
-  ws.onopen = () => { clearTimeout(openTimer); if (!attempt) setStatus("connected (not logged in)"); clearBanner("offline"); then && then(); };
+  ws.onopen = () => { opened = true; clearTimeout(openTimer); if (!attempt) setStatus("connected (not logged in)"); clearBanner("offline"); then && then(); };
   ws.onmessage = (ev) => { pingSentAt = 0; let f; try { f = JSON.parse(ev.data); } catch { return; } handle(f.code, f.message || {}); };
   ws.onclose = (ev) => onClose(ev.code);
 }
@@ -95,11 +104,18 @@ function drop(why) {  // a dead or half-open connection: give up on it now, as i
   if (ws) { detach(ws); onClose(1006); }
 }
 function onClose(code) {
+  if (code === 1009) closedByTooLarge(ws);
   ws = null; live = false; pingSentAt = 0; clearTimeout(openTimer);
+  contactsAsk.current = false;
+  if (owner) renderContacts();  // no presence comes while disconnected: no dot says online until the next contacts
   console.info("websocket closed with code", code);
   const [text, retry] = CLOSES[code] || ["The connection was closed.", true];
   if (stopped) return;                             // logout, other-login, kick: we said why already
-  if (!token.get() && !me) { setStatus("disconnected"); return; }  // not signed in: the next form submit reconnects
+  if (!token.get() && !me) {  // not signed in: the next form submit reconnects
+    setStatus("disconnected");
+    if (!opened) banner("err", "Cannot reach the server at " + $("url").value.trim() + ". Please check the server address, or try again in a moment.");
+    return;
+  }
   if (code === 4006) { token.clear(); showAuth(); setStatus("account deleted"); banner("warn", text); return; }
   if (!retry) { setStatus("disconnected"); banner("warn", text, "Reconnect", reconnect, "conn"); return; }
   if (!outage || code !== 1006) { outage = text; lastClose = code; }  // failed retries keep the first reason
@@ -110,10 +126,15 @@ function scheduleReconnect(why) {
   attempt++;
   setStatus("reconnecting… (attempt " + attempt + ")", "reconnecting");
   banner("warn", why + " Reconnecting… next try in " + Math.round(delay / 1000) + " s.", "Try now", reconnect, "conn");
-  retryTimer = setTimeout(reconnect, lastClose === 4005 && attempt === 1 ? 0 : delay);
+  retryTimer = setTimeout(reconnect, lastClose === 4005 && attempt === 1 ? 0 : delay); retryWaiting = true;
 }
+// A tab in the background has its timers throttled (Chromium: once a minute after 5 minutes), so
+// the next try may come long after the person looks again: coming to the front tries at once.
+let retryWaiting = false;
+function backInFront() { if (document.visibilityState === "visible" && retryWaiting && !ws) reconnect(); }
+document.addEventListener("visibilitychange", backInFront);
 async function reconnect() {
-  clearTimeout(retryTimer);
+  clearTimeout(retryTimer); retryWaiting = false;
   if (lastClose === 4005) await moveToAnotherNode(true);
   else if (triesHere >= TRIES_PER_NODE) await moveToAnotherNode(false);  // this node stays down
   triesHere++;
@@ -151,7 +172,10 @@ setInterval(() => {  // beats the idle timeout, and finds out a dead connection
   send("ping");
 }, PING_MS);
 setInterval(() => { if (ws && pingSentAt && Date.now() - pingSentAt > DEADLINE_MS) drop("no answer to a ping"); }, 500);
-setInterval(() => { if (open) render(); }, 10000);  // recall buttons expire
+setInterval(() => {  // recall buttons expire: removed in place (a redraw would undo what the person has selected)
+  const now = Date.now() + clockSkew;
+  for (const b of document.querySelectorAll("#log button.recall")) if (now - +b.dataset.ts >= recallMs) b.remove();
+}, 10000);
 
 // ---------- banners (an error banner goes away with the next success) ----------
 function banner(kind, text, action, fn, tag) {
@@ -180,8 +204,7 @@ function handle(code, m) {
     case "sync-done": case "pong": break;
     case "contacts": onContacts(m); break;
     case "presence": onPresence(m); break;
-    case "group-ok":
-      groups.set(m.groupId, named(m)); renderContacts(); break;
+    case "group-ok": onGroup(m); break;
     case "message": onMessage(m); break;
     case "ack": acked(m); break;
     case "receipt": {
@@ -213,7 +236,7 @@ function onReady(m) {
   setStatus("logged in as " + (S.getItem("username") || L.getItem("username") || me) + " on " + m.nodeId);
   $("auth").hidden = true; $("main").hidden = false; $("logout").hidden = false;
   clearBanner("conn"); clearBanner("offline");
-  send("contacts", {rid: "contacts"});
+  askContacts(true);
   resendPending();  // before history: a resent message already stored is acked before history shows it
   // resync: what changed meanwhile comes with history; a cached conversation may have a gap
   // behind its newest page, so the page replaces what is older (trimStale)
@@ -222,27 +245,52 @@ function onReady(m) {
   loadNodes();
 }
 const frameOf = (msg) => ({cid: msg.cid, chatId: msg.chatId, type: msg.type, messageType: msg.messageType, content: msg.content});
+// A message whose frame is larger than the node's vim.websocket.max-frame closes the connection
+// (1009) before the node reads it, so it gets no `error too-large`. The largest message sent on
+// that connection and not acked is then the one: it shows "not sent" (resending it would only
+// close the next connection too), and no frame that large is sent again.
+let frameLimit = Infinity;
+const frameBytes = (msg) => new TextEncoder().encode(JSON.stringify({code: "message", message: frameOf(msg)})).length;
+function sendMessage(msg) {
+  const bytes = frameBytes(msg);
+  if (bytes >= frameLimit) { tooLarge(msg); return; }
+  if (send("message", frameOf(msg))) { msg.sentOn = ws; msg.bytes = bytes; }
+}
+function tooLarge(msg) {
+  msg.state = "failed"; msg.retry = false; msg.why = WHY_NOT_SENT["too-large"]; pendingByCid.delete(msg.cid);
+  banner("err", ERRORS["too-large"]);
+  if (open) render();
+}
+function closedByTooLarge(sock) {
+  const sent = [...pendingByCid.values()].filter((m) => m.state === "pending" && m.sentOn === sock);
+  const largest = sent.sort((a, b) => b.bytes - a.bytes)[0];
+  if (!largest) return;
+  frameLimit = Math.min(frameLimit, largest.bytes);
+  tooLarge(largest);
+}
 function resendPending() {  // protocol §2.4: without an ack, resend with the same cid (the node dedupes)
   if (!live) return;
-  for (const msg of pendingByCid.values()) if (msg.state === "pending") send("message", frameOf(msg));
+  for (const msg of pendingByCid.values()) if (msg.state === "pending") sendMessage(msg);
 }
 function retry(msg) {
   if (!pendingByCid.has(msg.cid)) return;
   msg.state = "pending"; msg.retry = false;
-  if (live) send("message", frameOf(msg));
+  if (live) sendMessage(msg);
   if (open) render();
 }
 function takeOver() { clearBanner("conn"); stopped = false; attempt = 0; reconnect(); }
 function onError(m) {
   console.warn("error from the node:", m.error, m.detail, m.rid || m.cid || "");
   if (m.cid && pendingByCid.has(m.cid) && m.error !== "rate-limited") {
-    const msg = pendingByCid.get(m.cid); msg.state = "failed";
+    const msg = pendingByCid.get(m.cid); msg.state = "failed"; msg.why = WHY_NOT_SENT[m.error];
     if (RETRYABLE.has(m.error)) msg.retry = true; else pendingByCid.delete(m.cid);  // "Retry" resends the same cid
     if (open) render();
   }
   // rate-limited: the dropped frame (its cid named, or, from an older node, none) may have been
   // a message, so every message still waiting for its ack goes again (same cid) a second later
   if (m.error === "rate-limited") setTimeout(resendPending, 1000);
+  if (m.rid === "contacts" && RETRYABLE.has(m.error)) { contactsRefused(m.error); return; }  // no banner: the page asks again
+  if (m.rid === "history") for (const c of convs.values()) c.paging = false;  // "older messages" may be asked again
   const text = CONTEXT_ERRORS[(m.rid || "") + ":" + m.error] || ERRORS[m.error] || "Something went wrong.";
   if (m.rid === "ready") {
     if (m.error === "unauthorized" || m.error === "invalid") { token.clear(); showAuth(); banner("err", text); return; }  // expired or foreign token
@@ -255,13 +303,37 @@ function onError(m) {
 }
 
 // ---------- contacts, presence, departments ----------
+// One `contacts` at a time (a burst of new colleagues asks once more after the answer). A refused
+// one (rate-limited: the connection's contacts budget is used up; unavailable, internal) is asked
+// again after 1 s, doubling to 30 s (±25 %): until then the list is not up to date, and a message
+// from someone not in it would stay out of sight.
+// current: answered on this connection (before that, and while disconnected, no dot says online)
+const contactsAsk = {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false};
+function askContacts(fresh) {
+  const a = contactsAsk;
+  if (fresh) { clearTimeout(a.timer); Object.assign(a, {inFlight: false, again: false, timer: null, tries: 0, current: false}); }
+  if (a.inFlight || a.timer) { a.again = true; return; }
+  if (!live) return;                               // the next ready-ok asks
+  a.inFlight = true; a.again = false;
+  send("contacts", {rid: "contacts"});
+}
+function contactsRefused(kind) {
+  const a = contactsAsk; a.inFlight = false;
+  const delay = Math.min(30000, 1000 * 2 ** Math.min(a.tries, 5)) * (0.75 + Math.random() / 2);
+  a.tries++;
+  console.info("contacts refused (" + kind + "): asking again in", Math.round(delay), "ms");
+  a.timer = setTimeout(() => { a.timer = null; askContacts(); }, delay);
+  renderContacts();
+}
 function onContacts(m) {
+  const a = contactsAsk; a.inFlight = false; a.tries = 0; a.loaded = true; a.current = true;
+  if (a.again) askContacts();
   users = new Map(m.users.map((u) => [u.userId, named(u)]));
   groups = new Map(m.groups.map((g) => [g.groupId, named(g)]));
   depts = (m.departments || []).map(named);
   for (const u of m.users) { const c = conv("friend", u.userId); if (c !== open) c.unread = u.unread || 0; }
-  for (const g of m.groups) { const c = conv("group", g.groupId); if (c !== open) c.unread = g.unread || 0; }
-  renderContacts();
+  for (const g of m.groups) { const c = conv("group", g.groupId); c.name = g.name; if (c !== open) c.unread = g.unread || 0; }
+  renderContacts(); showHead();
 }
 function onPresence(m) {
   let unknown = false;
@@ -270,7 +342,7 @@ function onPresence(m) {
     const u = users.get(p.userId);
     if (u) u.online = p.online; else unknown = true;
   }
-  if (unknown) send("contacts", {rid: "contacts"});  // a new colleague
+  if (unknown) askContacts();  // a new colleague
   renderContacts();
 }
 
@@ -313,7 +385,7 @@ function onMessage(m) {
     toConfirm.push(m.id);
     clearTimeout(confirmTimer); confirmTimer = setTimeout(flushConfirm, 30);
   }
-  if (m.fromId !== me && !users.has(m.fromId)) send("contacts", {rid: "contacts"});
+  if ((m.fromId !== me && !users.has(m.fromId)) || (m.type === "group" && !groups.has(m.chatId))) askContacts();
   if (!c) return;
   if (c === open) { render(); markRead(); } else if (m.fromId !== me) { c.unread++; renderContacts(); }
 }
@@ -326,8 +398,9 @@ function onHistory(m) {
   const c = conv(m.type, m.chatId);
   if (c.stale && !c.paging) { trimStale(c, m.messages); c.stale = false; }
   for (const msg of m.messages) addMsg(msg);
-  c.more = c.paging ? m.more : (c.loaded ? c.more : m.more); c.loaded = true;
-  if (c === open) { render(c.paging ? "keep" : "bottom"); c.paging = false; markRead(); }
+  const paging = c.paging; c.paging = false;
+  c.more = paging ? m.more : (c.loaded ? c.more : m.more); c.loaded = true;
+  if (c === open) { render(paging ? "keep" : "bottom"); markRead(); }
 }
 function trimStale(c, page) {  // the newest page after a reconnect: drop the cached messages older than it
   if (!page.length) return;     // ("older messages" then pages back from the page, so no gap is left)
@@ -336,19 +409,33 @@ function trimStale(c, page) {  // the newest page after a reconnect: drop the ca
 }
 function openConv(type, id) {
   open = conv(type, id); open.unread = 0;
-  const name = type === "group" ? (groups.get(id) || {}).name : (users.get(id) || {}).name;
-  $("convhead").textContent = (type === "group" ? "# " : "") + (name || id) +
-    (type === "group" && groups.get(id) ? "  (" + groups.get(id).members.length + " members)" : "");
-  $("compose").hidden = false; $("text").focus();
+  showHead(); $("text").focus();
   renderContacts(); render("bottom");
   if (!open.loaded) send("history", {chatId: id, type, limit: 30, rid: "history"});
   markRead();
 }
+function showHead() {  // the open conversation's name; a group's members; no compose box in a group one has left
+  if (!open) return;
+  const g = open.type === "group" ? groups.get(open.id) : null, u = users.get(open.id);
+  if (open.type === "friend") $("convhead").textContent = u ? u.name : open.id;
+  else if (g) $("convhead").textContent = "# " + g.name + "  (" + g.members.length + (g.members.length === 1 ? " member)" : " members)");
+  else $("convhead").textContent = "# " + (named(open).name || "") + "  (you are no longer a member of this group)";
+  $("members").hidden = !g;
+  if (g) $("members").textContent = g.members.map((x) => (x === me ? "you" : (users.get(x) || {}).name || x)).join(", ");
+  $("compose").hidden = open.type === "group" && !g;
+}
+function onGroup(m) {  // created, changed, or (members without me) this person was removed
+  conv("group", m.groupId).name = m.name;  // kept for the head of a group one has left
+  if (Array.isArray(m.members) && !m.members.includes(me)) groups.delete(m.groupId); else groups.set(m.groupId, named(m));
+  renderContacts(); showHead();
+}
 function older() {
+  if (!open || open.paging || !live) return;
   const oldest = sorted(open).find((m) => m.id);
   open.paging = true;
   send("history", {chatId: open.id, type: open.type, before: oldest ? oldest.id : undefined, limit: 30, rid: "history"});
 }
+$("log").onscroll = () => { if (open && open.more && $("log").scrollTop < 40) older(); };  // scrolled to the top: the older page
 function markRead() {
   if (!open || !live || document.visibilityState !== "visible") return;
   const last = sorted(open).filter((m) => m.id && m.fromId !== me).pop(); if (!last) return;
@@ -367,9 +454,15 @@ $("compose").onsubmit = (e) => {
   const cid = crypto.randomUUID();
   const msg = {cid, chatId: open.id, type: open.type, messageType: "text", content, fromId: me, timestamp: Date.now() + clockSkew, state: "pending"};
   pendingByCid.set(cid, msg); open.msgs.set("c:" + cid, msg);
-  if (live) send("message", frameOf(msg));  // else it goes out (resendPending) once the connection is back
-  $("text").value = ""; render("bottom");
+  if (live) sendMessage(msg);  // else it goes out (resendPending) once the connection is back
+  $("text").value = ""; fitText(); render("bottom");
 };
+// Enter sends, Shift+Enter starts a new line (not while an input method composes: its Enter picks the word)
+$("text").onkeydown = (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) { e.preventDefault(); $("compose").requestSubmit(); }
+};
+function fitText() { const t = $("text"); t.rows = Math.min(6, t.value.split("\n").length); }
+$("text").oninput = fitText;
 
 // ---------- rendering ----------
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; };
@@ -403,10 +496,10 @@ function render(scroll) {  // "bottom", "keep" (older page above), default: foll
       let state = m.state;
       if (m.id && c.type === "friend" && readTs >= m.timestamp) state = "read";
       if (c.type === "group" && m.id) meta.append(el("span", "state readcount", "read by " + (m.readCount || 0)));
-      else meta.append(el("span", "state " + state, TICKS[state] || state));
+      else meta.append(el("span", "state " + state, (TICKS[state] || state) + (state === "failed" && m.why ? ": " + m.why : "")));
       if (m.state === "failed" && m.retry) { const b = el("button", "retry", "Retry"); b.onclick = () => retry(m); meta.append(b); }
       if (m.id && now - m.timestamp < recallMs) {
-        const b = el("button", "recall", "recall"); b.onclick = () => send("recall", {id: m.id, rid: "recall"}); meta.append(b);
+        const b = el("button", "recall", "recall"); b.dataset.ts = m.timestamp; b.onclick = () => send("recall", {id: m.id, rid: "recall"}); meta.append(b);
       }
     }
     div.append(meta); log.append(div);
@@ -417,7 +510,12 @@ function render(scroll) {  // "bottom", "keep" (older page above), default: foll
 function contactRow(type, id, label, dotOn) {
   const c = convs.get(keyOf(type, id)), div = el("div", "contact" + (open && open.key === keyOf(type, id) ? " active" : ""));
   div.dataset.chat = keyOf(type, id);
-  if (type === "friend") { div.dataset.userId = id; div.append(el("span", "dot" + (dotOn ? " on" : ""))); }
+  if (type === "friend") {
+    div.dataset.userId = id;
+    const known = live && contactsAsk.current;
+    const dot = el("span", "dot" + (known && dotOn ? " on" : "")); dot.title = !known ? "not known until connected" : dotOn ? "online" : "offline";
+    div.append(dot);
+  }
   div.append(el("span", "name", label));
   if (c && c.unread) div.append(el("span", "badge", c.unread));
   div.onclick = () => openConv(type, id);
@@ -432,8 +530,8 @@ function renderContacts() {
     const people = (inDept.get(d.deptId) || []).sort(byName);
     people.forEach((u) => placed.add(u.userId));
     const children = depts.filter((k) => k.parentId === d.deptId).map(node);
-    const online = people.filter((u) => u.online).length;
-    const summary = el("summary", "", d.name); summary.append(el("span", "count", online + "/" + people.length));
+    const online = people.filter((u) => u.online).length;  // while disconnected the page does not know who is online
+    const summary = el("summary", "", d.name); summary.append(el("span", "count", (live && contactsAsk.current ? online : "?") + "/" + people.length));
     box.append(summary, ...people.map((u) => contactRow("friend", u.userId, u.name, u.online)), ...children);
     return box;
   };
@@ -445,8 +543,12 @@ function renderContacts() {
     tree.push(box);
   } else if (!tree.length) tree.push(...rest.map((u) => contactRow("friend", u.userId, u.name, u.online)));
   $("users").replaceChildren(...tree);
-  if (!users.size) $("users").append(el("div", "empty", "no other users yet"));
+  if (!users.size) $("users").append(el("div", "empty", !contactsAsk.loaded ? "loading people …" : "no other users yet"));
+  if (contactsAsk.timer) $("users").prepend(el("div", "empty stale", "The server is busy: this list may be out of date. Asking again shortly …"));
   $("groups").replaceChildren(...[...groups.values()].map((g) => contactRow("group", g.groupId, "# " + g.name)));
+  // the tab's title counts what is unread in the conversations listed (seen from another tab)
+  const unread = [...convs.values()].filter((c) => (c.type === "group" ? groups : users).has(c.id)).reduce((n, c) => n + c.unread, 0);
+  document.title = (unread ? "(" + unread + ") " : "") + "vim-cluster chat";
   const picked = new Set([...$("pick").querySelectorAll("input:checked")].map((cb) => cb.value));
   $("pick").replaceChildren(...[...users.values()].map((u) => {
     const l = el("label"), cb = el("input"); cb.type = "checkbox"; cb.value = u.userId; cb.checked = picked.has(u.userId);
@@ -458,7 +560,8 @@ function renderContacts() {
 function resetUser() {  // everything that belongs to the person signed in (logout, or another person's ready-ok)
   owner = null; open = null; convs.clear(); byId.clear(); pendingByCid.clear(); peerRead.clear(); sentRead.clear();
   toConfirm = []; clearTimeout(confirmTimer); users = new Map(); groups = new Map(); depts = [];
-  $("convhead").textContent = "Pick a contact"; $("compose").hidden = true; $("text").value = "";
+  clearTimeout(contactsAsk.timer); Object.assign(contactsAsk, {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false});
+  $("convhead").textContent = "Pick a contact"; $("members").hidden = true; $("compose").hidden = true; $("text").value = ""; fitText();
   $("log").replaceChildren(el("div", "empty", "No conversation open"));
   $("newgroup").reset(); $("newgroup").hidden = true;
   renderContacts();
@@ -483,7 +586,7 @@ $("newgroup").onsubmit = (e) => {
   e.target.reset(); e.target.hidden = true;
 };
 $("logout").onclick = () => {
-  token.clear(); L.removeItem("username"); stopped = true; clearTimeout(retryTimer); if (ws) ws.close();
+  token.clear(); L.removeItem("username"); stopped = true; clearTimeout(retryTimer); retryWaiting = false; if (ws) ws.close();
   live = false; attempt = 0; triesHere = 0; lastClose = null; outage = null;
   resetUser(); showAuth(); setStatus("logged out");
   document.querySelectorAll("#banners .banner").forEach((d) => d.remove());
