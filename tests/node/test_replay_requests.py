@@ -67,7 +67,7 @@ async def away(url: str, count: int, content: str = "") -> tuple[str, list[str]]
 
 async def read_to_sync_done(client: Client, timeout: float = 20) -> list[dict[str, Any]]:
     """Every frame up to and with `sync-done` (the backlog first)."""
-    frames = []
+    frames: list[dict[str, Any]] = []
     with trio.fail_after(timeout):
         while not frames or frames[-1]["code"] != "sync-done":
             frames.append(await client.next_frame())
@@ -84,8 +84,9 @@ async def test_a_client_that_confirms_each_replayed_message_before_it_reads_on_g
     # the next one, as a simple client does. The node read nothing from him while it replayed:
     # once his frames filled the sockets' buffers (small ones here; some hundred messages with
     # the kernel's defaults), his send waited for the node to read, and the node's replay for
-    # him to read, until the idle timeout (60 s) closed him 4004.
-    node = await start_node(websocket={"rate-limit": 1_000_000})
+    # him to read, until the idle timeout (60 s) closed him 4004. (A send queue of 64 frames:
+    # the replay waits for room in it, not only in the sockets' buffers.)
+    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-frames": 64})
     url = f"ws://127.0.0.1:{node.client_port}/"
     bob_id, ids = await away(url, 2000)
     with trio.fail_after(60):
@@ -241,7 +242,7 @@ async def test_a_replay_whose_store_fails_ends_with_error_unavailable_and_the_co
             await bob.login("bob")
             await bob.send("ready", token=bob.token, rid="back")
             await bob.expect("ready-ok")
-            frames = []
+            frames: list[dict[str, Any]] = []
             while (frame := await bob.next_frame())["code"] != "error":
                 frames.append(frame)
             assert frame["message"]["error"] == "unavailable" and frame["message"]["rid"] == "back"
