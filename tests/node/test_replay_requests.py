@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 from trio_websocket import wrap_client_stream
 
@@ -153,6 +154,32 @@ async def test_a_message_sent_during_the_replay_is_acked_before_sync_done(start_
                 assert frames[-1]["message"]["count"] == 300
                 live = await alice.expect("message")
                 assert live["id"] == ack["id"] and not live.get("offline")
+
+
+async def test_the_replay_leaves_room_in_the_send_queue_for_the_answers(start_node, acked) -> None:
+    # bob reads nothing after the first replayed messages: his replay fills what it may of his
+    # send queue (16 frames here) and waits. His `ping` is answered into the rest of the queue at once, so the
+    # node reads on: his `message` is stored and acked while he still reads nothing. A replay
+    # that took the whole queue left the `pong` waiting for room, and the reader with it.
+    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-frames": 16})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    bob_id, ids = await away(url, 300, "x" * BIG)
+    with trio.fail_after(30):
+        async with small_buffers(node) as bob:
+            await bob.login("bob")
+            await bob.send("ready", token=bob.token)
+            await bob.expect("ready-ok")
+            first = [await bob.next_frame() for _ in range(3)]  # the replay's one page was read
+            await trio.testing.wait_all_tasks_blocked()  # its next frames wait for room in the queue
+            await bob.send("ping", rid="p")
+            await bob.send("message", cid="queued", chatId=bob_id, type="friend", messageType="text",
+                           content="to myself")
+            with trio.fail_after(10):
+                await acked.setdefault("queued", trio.Event()).wait()  # bob has read nothing since
+            frames = first + await read_to_sync_done(bob)
+            codes = [f["code"] for f in frames]
+            assert codes.index("pong") < codes.index("ack") < len(codes) - 1
+            assert replayed_ids(frames)[:len(ids)] == ids
 
 
 async def test_answers_come_during_the_replay_and_a_second_ready_is_refused(start_node) -> None:
