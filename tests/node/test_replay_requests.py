@@ -237,6 +237,29 @@ async def test_a_client_that_closes_during_its_replay_ends_it_and_loses_nothing(
     assert not [e for e in logs if e["log_level"] in ("error", "critical") or "crashed" in e["event"]]
 
 
+async def test_a_session_replaced_during_its_replay_ends_it_and_the_new_one_gets_everything(start_node) -> None:
+    # bob's `web` session is replaced (other-login) while its replay waits for him to read:
+    # the old one gets the replay's queued frames, `other-login` and 4001, no `sync-done`; the
+    # new one the whole replay.
+    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    bob_id, ids = await away(url, 300, "x" * BIG)
+    with trio.fail_after(30):
+        async with small_buffers(node) as old:
+            await old.login("bob")
+            await old.send("ready", token=old.token, client="web", uuid="old")
+            await old.expect("ready-ok")
+            assert (await old.next_frame())["message"]["id"] == ids[0]
+            async with connect(url) as new:
+                await new.login("bob")
+                await new.send("ready", token=new.token, client="web", uuid="new")
+                assert (await old.expect_closed(timeout=20)).code == int(CloseCode.OTHER_LOGIN)
+                codes = [f["code"] for f in old.backlog]
+                assert codes[-1] == "other-login" and set(codes[:-1]) == {"message"}
+                frames = await read_to_sync_done(new)
+                assert replayed_ids(frames) == ids
+
+
 def _failing_second_page(monkeypatch: pytest.MonkeyPatch, node: RunningNode, error: Exception) -> None:
     """The message store's `pending` answers its first page, then raises `error`."""
     store = node.ctx.messages
