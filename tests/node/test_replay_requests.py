@@ -66,6 +66,22 @@ async def away(url: str, count: int, content: str = "") -> tuple[str, list[str]]
     return bob.user_id, ids
 
 
+async def big_replay(start_node: Any, **websocket: Any) -> tuple[RunningNode, str, str, list[str]]:
+    """A node (a send queue of 256 KiB) where 300 messages of 8 KB wait for bob, more than the
+    queue and small socket buffers take: (node, url, bob's id, their ids)."""
+    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024, **websocket})
+    url = f"ws://127.0.0.1:{node.client_port}/"
+    bob_id, ids = await away(url, 300, "x" * BIG)
+    return node, url, bob_id, ids
+
+
+async def ready(bob: Client, **message: Any) -> None:
+    """Logs bob in and sends `ready`; returns once `ready-ok` came (the replay has begun)."""
+    await bob.login("bob")
+    await bob.send("ready", token=bob.token, **message)
+    await bob.expect("ready-ok")
+
+
 async def read_to_sync_done(client: Client, timeout: float = 20) -> list[dict[str, Any]]:
     """Every frame up to and with `sync-done` (the backlog first)."""
     frames: list[dict[str, Any]] = []
@@ -127,9 +143,7 @@ async def test_a_message_sent_during_the_replay_is_acked_before_sync_done(start_
     # A replay of some 2.4 MB to a client with small buffers that reads nothing for a while
     # waits for him (its half of a 256 KiB send queue, the sockets' buffers): the ack of what
     # he sent meanwhile comes among the replayed messages, not after the whole replay.
-    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    bob_id, ids = await away(url, 300, "x" * BIG)
+    node, url, bob_id, ids = await big_replay(start_node)
     async with connect(url) as alice:
         await alice.login("alice")
         await alice.ready()
@@ -161,14 +175,10 @@ async def test_the_replay_leaves_room_in_the_send_queue_for_the_answers(start_no
     # send queue (16 frames here) and waits. His `ping` is answered into the rest of the queue at once, so the
     # node reads on: his `message` is stored and acked while he still reads nothing. A replay
     # that took the whole queue left the `pong` waiting for room, and the reader with it.
-    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-frames": 16})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    bob_id, ids = await away(url, 300, "x" * BIG)
+    node, url, bob_id, ids = await big_replay(start_node, **{"send-queue-frames": 16, "send-queue-bytes": 4 << 20})
     with trio.fail_after(30):
         async with small_buffers(node) as bob:
-            await bob.login("bob")
-            await bob.send("ready", token=bob.token)
-            await bob.expect("ready-ok")
+            await ready(bob)
             first = [await bob.next_frame() for _ in range(3)]  # the replay's one page was read
             await trio.testing.wait_all_tasks_blocked()  # its next frames wait for room in the queue
             await bob.send("ping", rid="p")
@@ -186,14 +196,10 @@ async def test_answers_come_during_the_replay_and_a_second_ready_is_refused(star
     # A second `ready` is `error invalid` (its rid echoed) whenever it comes: during the replay
     # it is answered at once, and the replay goes on to its `sync-done`. `history` and `ping`
     # are answered meanwhile too.
-    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    bob_id, ids = await away(url, 300, "x" * BIG)
+    node, url, bob_id, ids = await big_replay(start_node)
     with trio.fail_after(30):
         async with small_buffers(node) as bob:
-            await bob.login("bob")
-            await bob.send("ready", token=bob.token, rid="first")
-            await bob.expect("ready-ok")
+            await ready(bob, rid="first")
             await bob.send("ready", token=bob.token, rid="second")
             await bob.send("history", chatId=bob_id, type="friend", limit=1, rid="h")
             await bob.send("ping", rid="p")
@@ -213,14 +219,10 @@ async def test_a_client_that_closes_during_its_replay_ends_it_and_loses_nothing(
     # bob closes after a few replayed messages while a live message to him is held for after
     # the replay: the replay task ends with his connection (his session closes), nothing is
     # logged as an error, and the next `ready` replays everything, the held message too.
-    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    bob_id, ids = await away(url, 300, "x" * BIG)
+    node, url, bob_id, ids = await big_replay(start_node)
     with trio.fail_after(30), capture_logs() as logs:
         async with small_buffers(node) as bob:
-            await bob.login("bob")
-            await bob.send("ready", token=bob.token)
-            await bob.expect("ready-ok")
+            await ready(bob)
             assert [(await bob.next_frame())["message"]["id"] for _ in range(3)] == ids[:3]
             (session,) = node.ctx.local_sessions.sessions(int(bob_id))
             async with connect(url) as alice:
@@ -241,14 +243,10 @@ async def test_a_session_replaced_during_its_replay_ends_it_and_the_new_one_gets
     # bob's `web` session is replaced (other-login) while its replay waits for him to read:
     # the old one gets the replay's queued frames, `other-login` and 4001, no `sync-done`; the
     # new one the whole replay.
-    node = await start_node(websocket={"rate-limit": 1_000_000, "send-queue-bytes": 256 * 1024})
-    url = f"ws://127.0.0.1:{node.client_port}/"
-    bob_id, ids = await away(url, 300, "x" * BIG)
+    node, url, bob_id, ids = await big_replay(start_node)
     with trio.fail_after(30):
         async with small_buffers(node) as old:
-            await old.login("bob")
-            await old.send("ready", token=old.token, client="web", uuid="old")
-            await old.expect("ready-ok")
+            await ready(old, client="web", uuid="old")
             assert (await old.next_frame())["message"]["id"] == ids[0]
             async with connect(url) as new:
                 await new.login("bob")
@@ -289,9 +287,7 @@ async def test_a_replay_whose_store_fails_ends_with_error_unavailable_and_the_co
             alice = await online(stack, url, "alice", register=False)
             _failing_second_page(monkeypatch, node, StoreUnavailable("sqlite: disk I/O error"))
             bob = await stack.enter_async_context(connect(url))
-            await bob.login("bob")
-            await bob.send("ready", token=bob.token, rid="back")
-            await bob.expect("ready-ok")
+            await ready(bob, rid="back")
             frames: list[dict[str, Any]] = []
             while (frame := await bob.next_frame())["code"] != "error":
                 frames.append(frame)
@@ -317,9 +313,7 @@ async def test_a_replay_that_crashes_answers_error_internal_and_closes_1011(
     _failing_second_page(monkeypatch, node, RuntimeError("a bug"))
     with trio.fail_after(20), capture_logs() as logs:
         async with connect(url) as bob:
-            await bob.login("bob")
-            await bob.send("ready", token=bob.token, rid="back")
-            await bob.expect("ready-ok")
+            await ready(bob, rid="back")
             reason = await bob.expect_closed()
             assert reason.code == int(CloseCode.INTERNAL)
             codes = [f["code"] for f in bob.backlog]
