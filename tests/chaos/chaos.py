@@ -276,10 +276,11 @@ class Chatter:
             token = (await self._answer(client, "login-ok"))["token"]
             await client.send("ready", token=token, client="web")
             await self._answer(client, "ready-ok")
-            # The replay's messages are confirmed once it is done, in batches, as a real client
-            # does: the node reads nothing from a client while it replays to it, so one frame
-            # sent back per replayed message blocks a client that sends before it reads (this
-            # one) once the sockets' buffers fill, after some hundred messages (session 31).
+            # The replay's messages are confirmed once it is done, in batches: fewer frames (and
+            # none past the rate limit). Until 2026-12-04 the node read nothing from a client
+            # while it replayed to it, and one frame sent back per replayed message stalled a
+            # client that sends before it reads (this one) once the sockets' buffers filled
+            # (session 31); the node now reads during the replay (protocol.md §2.5).
             replayed: list[dict[str, Any]] = []
             while (frame := await client.next_frame())["code"] != "sync-done":
                 if frame["code"] == "message":

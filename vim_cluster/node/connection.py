@@ -82,11 +82,11 @@ class Connection:
     async def reply(self, reply: f.Reply) -> None:
         """Queue a reply behind whatever this connection was sent before. Waits for room, for
         the idle timeout at most (an anonymous client: until its authentication deadline): a
-        client that took nothing for so long is a slow consumer (a reader or a replay waiting
-        for room would otherwise wait for ever, deadlines and all, and the frames sent to its
-        session pile up)."""
+        client that took nothing for so long is a slow consumer (a reader waiting for room would
+        otherwise wait for ever, deadlines and all, and the frames sent to its session pile up;
+        the offline replay waits the same way for room of its own: offline_replay.queue_frame)."""
         queue = self.send_queue
-        if len(queue) >= queue.limit:  # else no wait, and no cancel scope (a replay's every frame)
+        if len(queue) >= queue.limit:  # else no wait, and no cancel scope (most answers)
             with trio.move_on_at(self.state.room_deadline(trio.current_time())) as waited:
                 await queue.room()
             if waited.cancelled_caught:

@@ -6,7 +6,8 @@ other exception is logged with its traceback, answered `error internal`, and clo
 connection (code 1011), never the node.
 
 One task per connection reads (node/ws_server.py); the SendQueue's writer task exists only
-while frames wait to be sent.
+while frames wait to be sent, and a `ready`'s offline replay only while it runs, beside the
+reader (node/offline_replay.py): the client's frames are read and answered during it.
 """
 
 from __future__ import annotations

@@ -111,11 +111,5 @@ async def ready(conn: Connection, command: f.Ready) -> None:
     conn.state.transition("ready", user_id)
     await conn.reply(f.ReadyOk(user_id, ctx.node_id, ctx.clock_ms(),
                                round(ctx.config.message.recall_window * 1000), rid=command.rid))
-    replayed: set[int] = set()
-    try:
-        await offline_replay.replay(conn, user_id, replayed)
-        await conn.reply(f.SyncDone(len(replayed), rid=command.rid))
-    finally:
-        # Live frames flow again whatever happened: after an error mid-replay the rest comes
-        # next time, since replay lasts until `received`.
-        offline_replay.release(conn.session, replayed)
+    # The replay runs beside the reader: the client's frames are read and answered meanwhile.
+    offline_replay.start(conn, user_id, command.rid)
