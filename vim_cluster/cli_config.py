@@ -15,6 +15,9 @@ from .errors import ConfigError
 from .logs import escaped
 
 EXIT_USAGE = 2
+DEFAULT_CONFIG = "node-configs/master.yaml"  # every command's config when none is given (cli.py)
+NO_CONFIG_HINT = (f"{DEFAULT_CONFIG} is the default config, found only in a checkout: name the node's config "
+                  "(--config /etc/vim-cluster/NODE.yaml; heartbeat: its CONFIG argument) or set VIM_CLUSTER_CONFIG")
 
 
 def shown(text: str) -> str:
@@ -59,7 +62,8 @@ def load_or_exit(path: str, stores_exist: Sequence[str] = ()) -> NodeConfig:
             missing_sqlite_store(config, store)
         return config
     except ConfigError as exc:
-        print(f"vim-cluster: config error: {exc}", file=sys.stderr)
+        hint = f" ({NO_CONFIG_HINT})" if path == DEFAULT_CONFIG and not Path(path).exists() else ""
+        print(f"vim-cluster: config error: {exc}{hint}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -69,3 +73,16 @@ def missing_sqlite_store(config: NodeConfig, store: str) -> None:
     if url.startswith("sqlite://") and not Path(url[len("sqlite://"):]).exists():
         raise ConfigError(str(config.file), f"vim.store.{store}", f"{url[len('sqlite://'):]} does not exist (a typo? a "
                           "node creates it at its first start, as do `user add` and `import`)")
+
+
+def secret_file_warnings(config: NodeConfig) -> list[str]:
+    """`check`'s warning when the cluster secret's file may be read or changed by others than its
+    owner (the node logs it as `secret_file_too_open` at its start): whoever reads it can act
+    as any user (docs/security.md). `openssl rand -hex 32 > FILE` makes it 0644 under the usual
+    umask."""
+    path = config.cluster.secret_file
+    mode = path.stat().st_mode & 0o777
+    if not mode & 0o077:
+        return []
+    return [f"vim.cluster.secret-file: {path} is mode {mode:04o}: others than its owner may read it, and whoever "
+            f"reads it can act as any user (chmod 600 {path}; docs/security.md)"]

@@ -73,6 +73,21 @@ def test_check_warns_of_master_only_keys_on_a_slave(tmp_path: Path, redis_url: s
         f"warning: {slave}: vim.cluster.master-lease-ttl: ignored on a slave node (a master's lease)"]
 
 
+def test_check_warns_of_a_secret_file_that_others_may_read(config: Path) -> None:
+    """`openssl rand -hex 32 > FILE`, as the docs make the secret, leaves it 0644 under the usual
+    umask: only the node's log said so (`secret_file_too_open`), at its start; `check`, run
+    before, said ok."""
+    secret = load_config(config).cluster.secret_file
+    secret.chmod(0o644)
+    result = run_cli("check", str(config))
+    assert result.returncode == 0 and result.stdout == f"ok: {config} (master, master)\n", result
+    assert result.stderr == (f"warning: {config}: vim.cluster.secret-file: {secret} is mode 0644: others than its "
+                             f"owner may read it, and whoever reads it can act as any user (chmod 600 {secret}; "
+                             "docs/security.md)\n")
+    secret.chmod(0o600)
+    assert run_cli("check", str(config)).stderr == ""
+
+
 def test_config_comes_from_the_environment(config: Path, tmp_path: Path) -> None:
     add(config, "erin")
     env = {**cli_env(), "VIM_CLUSTER_CONFIG": str(config)}
