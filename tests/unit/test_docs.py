@@ -186,6 +186,12 @@ def _load_example(tmp_path: Path, text: str) -> config.NodeConfig:
     """Loads a config example with the files it names made in `tmp_path`: the secret, a real
     certificate for its public-host (TLS files are loaded), its password files."""
     document = yaml.safe_load(text)["vim"]
+    websocket = document["websocket"]
+    named = [document["cluster"]["secret-file"], *(websocket.get("tls") or {}).values(),
+             *(websocket[k] for k in ("tls-cert", "tls-key") if k in websocket),
+             *(v for section in ("redis", "store") for k, v in document[section].items() if k.endswith("password-file"))]
+    absolute = [name for name in named if Path(name).is_absolute()]
+    assert not absolute, f"the example names files by absolute paths (this test would write them there): {absolute}"
     secret = tmp_path / document["cluster"]["secret-file"]
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("x" * 32)
