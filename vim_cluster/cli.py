@@ -358,8 +358,8 @@ def _add_node_commands(commands: Any) -> None:
         commands, "check", cmd_check, help="validate a node config without starting anything",
         description="Load CONFIG as `run` would (keys, values, the secret and TLS files) and start "
         "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error. "
-        "Warnings (stderr, still exit 0): master-only keys in a slave's config, a secret file that others "
-        "than its owner may read, a TLS certificate not "
+        "Warnings (stderr, still exit 0): master-only keys in a slave's config, a cluster secret that others "
+        "than its owner may read, a TLS key or password file that every user may read, a TLS certificate not "
         "valid for the host the node advertises, expired or expiring within 14 days.")
     check.add_argument("config", help="the node's YAML or TOML config file")
 

@@ -76,13 +76,19 @@ def missing_sqlite_store(config: NodeConfig, store: str) -> None:
 
 
 def secret_file_warnings(config: NodeConfig) -> list[str]:
-    """`check`'s warning when the cluster secret's file may be read or changed by others than its
-    owner (the node logs it as `secret_file_too_open` at its start): whoever reads it can act
-    as any user (docs/security.md). `openssl rand -hex 32 > FILE` makes it 0644 under the usual
-    umask."""
-    path = config.cluster.secret_file
-    mode = path.stat().st_mode & 0o777
-    if not mode & 0o077:
-        return []
-    return [f"vim.cluster.secret-file: {path} is mode {mode:04o}: others than its owner may read it, and whoever "
-            f"reads it can act as any user (chmod 600 {path}; docs/security.md)"]
+    """`check`'s warnings for files that hold secrets and that others may read: the cluster
+    secret with any group or other permission (the node logs it as `secret_file_too_open` at
+    its start: whoever reads it can act as any user, docs/security.md), the TLS key and the
+    stores' password files readable by every user of the host (a group may read those: the
+    containers' password files are 0440 for the stores' and the nodes' group). `openssl rand
+    -hex 32 > FILE`, as the docs make them, leaves 0644 under the usual umask."""
+    warnings = []
+    secret = config.cluster.secret_file
+    if (mode := secret.stat().st_mode & 0o777) & 0o077:
+        warnings.append(f"vim.cluster.secret-file: {secret} is mode {mode:04o}: others than its owner may read it, "
+                        f"and whoever reads it can act as any user (chmod 600 {secret}; docs/security.md)")
+    private = [("vim.websocket.tls.key-file", config.websocket.tls_key)] if config.websocket.tls_key else []
+    for key, path in (*private, *config.password_files):
+        if (mode := path.stat().st_mode & 0o777) & 0o007:
+            warnings.append(f"{key}: {path} is mode {mode:04o}: every user of this host may read it (chmod 600 {path})")
+    return warnings
