@@ -21,7 +21,14 @@ import structlog
 import trio
 
 from . import __version__, cli_users
-from .cli_config import add_command, at_least, load_or_exit, shown
+from .cli_config import (
+    DEFAULT_CONFIG,
+    add_command,
+    at_least,
+    load_or_exit,
+    secret_file_warnings,
+    shown,
+)
 from .cli_lifecycle import add_lifecycle_commands, add_user_delete
 from .cli_users import cmd_user_add
 from .config import NodeConfig
@@ -37,16 +44,16 @@ DEFAULT_DIR = "node-configs"
 CONFIG_ENV = "VIM_CLUSTER_CONFIG"
 log = structlog.get_logger()
 EXIT_NO_SESSION, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
-CONFIG_HELP = f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)"
+CONFIG_HELP = f"a node config of the cluster (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})"
 
 
 def config_default() -> str:
     """--config's default: $VIM_CLUSTER_CONFIG, else node-configs/master.yaml."""
-    return os.environ.get(CONFIG_ENV) or f"{DEFAULT_DIR}/master.yaml"
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=CONFIG_HELP)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
 
 
 def _config_from_env(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +63,7 @@ def _config_from_env(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _config_from_env(sub)
-        elif action.dest == "config" and action.default == f"{DEFAULT_DIR}/master.yaml":
+        elif action.dest == "config" and action.default == DEFAULT_CONFIG:
             action.default = config_default()
 
 
@@ -64,7 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .tls import certificate_problems
 
     config = load_or_exit(args.config)
-    for warning in (*config.ignored, *certificate_problems(config)):
+    for warning in (*config.ignored, *secret_file_warnings(config), *certificate_problems(config)):
         print(f"warning: {args.config}: {warning}", file=sys.stderr)
     print(f"ok: {args.config} ({config.node_id}, {config.cluster.node_type.value})")
     return 0
@@ -310,10 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vim-cluster",
         description="A clustered instant-messaging relay server: one master, one node per department.",
+        epilog="Global options go before COMMAND (vim-cluster --log-level debug run CONFIG). "
+        "`vim-cluster COMMAND --help` gives a command's options and exit codes. Commands that act on a "
+        f"cluster read a node's config: --config FILE, else ${CONFIG_ENV}, else {DEFAULT_CONFIG} (in a checkout). "
+        "Deploying, backups, upgrades: docs/operations.md; every command: docs/protocol.md section 6.",
     )
     parser.add_argument("--version", action="version", version=f"vim-cluster {__version__}")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="the least level logged to stderr (default info)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_node_commands(commands)  # up, run, check
     _add_cluster_commands(commands)  # nodes, heartbeat, whereis, kick
@@ -345,7 +357,10 @@ def _add_node_commands(commands: Any) -> None:
     check = add_command(
         commands, "check", cmd_check, help="validate a node config without starting anything",
         description="Load CONFIG as `run` would (keys, values, the secret and TLS files) and start "
-        "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error.")
+        "nothing: print `ok: CONFIG (NODE-ID, NODE-TYPE)` and exit 0, or exit 2 with the one-line error. "
+        "Warnings (stderr, still exit 0): master-only keys in a slave's config, a cluster secret that others "
+        "than its owner may read, a TLS key or password file that every user may read, a TLS certificate not "
+        "valid for the host the node advertises, expired or expiring within 14 days.")
     check.add_argument("config", help="the node's YAML or TOML config file")
 
 
@@ -356,7 +371,8 @@ def _add_cluster_commands(commands: Any) -> None:
         help="the cluster as Redis sees it",
         description="Every node registered in Redis: role (master, standby or slave), client URL, "
         "seconds since its last heartbeat, connections, messages accepted, and whether it is alive; "
-        "then the active master, its epoch, the standbys, and the takeovers of the master lease.",
+        "then the active master, its epoch, the standbys, and the takeovers of the master lease. "
+        "Exit 0; 3 if Redis cannot be reached (one line).",
     )
     add_config_option(nodes)
     nodes.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
@@ -367,10 +383,12 @@ def _add_cluster_commands(commands: Any) -> None:
         commands, "heartbeat", cmd_heartbeat,
         help="exit 0 if CONFIG's node is registered and alive",
         description="Check one node for cron and health checks: exit 0 when the node of CONFIG is "
-        "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise.",
+        "registered in Redis, its lease is alive and its /healthz answers 200; exit 1 otherwise (one line "
+        "saying why). /healthz is asked at the node's own listen address (127.0.0.1 when it listens on "
+        "0.0.0.0), so run it on the node's host.",
     )
-    heartbeat.add_argument("config", nargs="?", default=f"{DEFAULT_DIR}/master.yaml",
-                           help=f"the node's config file (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
+    heartbeat.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                           help=f"the node's config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
 
     whereis = add_command(commands, "whereis", cmd_whereis, help="which nodes hold a user's sessions",
                           description="List every live session of USER (a username or user id). "
@@ -397,9 +415,11 @@ def _add_bench_command(commands: Any) -> None:
         "cross-node (senders on one node, recipients on another, pipelined), local (one node), "
         "group (one group spread over every node), connections (K idle authenticated "
         "connections; RSS per connection), churn (connect/ready/close cycles per second). "
-        "Raise vim.websocket.rate-limit in the nodes' configs for high rates.",
+        "Raise vim.websocket.rate-limit in the nodes' configs for high rates. Exit 0; 1 a node did not "
+        "answer or closed the connection; 2 no cluster given or an option out of range.",
     )
-    bench.add_argument("scenario", choices=["cross-node", "local", "group", "connections", "churn"])
+    bench.add_argument("scenario", choices=["cross-node", "local", "group", "connections", "churn"],
+                       help="what to run (above)")
     bench.add_argument("--configs", default=DEFAULT_DIR, help="node-configs folder of the running cluster")
     bench.add_argument("--url", action="append", help="a node's client URL (repeat; instead of --configs)")
     bench.add_argument("--pid", action="append", type=int, help="a node's pid for CPU/RSS (with --url)")
@@ -427,15 +447,19 @@ def _add_user_commands(commands: Any) -> None:
     add = add_command(
         user_commands, "add", cmd_user_add,
         help="add a user (password prompted, or from stdin / --password-file)",
-        description="Add a user to the directory of CONFIG's node. The password is prompted twice "
-        "without echo on a terminal, else read from stdin, or from --password-file.",
+        description="Add a user to the directory of CONFIG's node (no node needs to run) and print "
+        "its id. The password (at least 8 characters) is prompted twice without echo on a terminal, "
+        "else read from the first line of stdin, or of --password-file. Exit 0; 1 refused (an invalid "
+        "or taken username, a short password, prompts that differ); 2 config error; 3 a store or "
+        "Redis unreachable.",
     )
-    add.add_argument("username")
+    add.add_argument("username", help="the login name: 3 to 32 of A-Z a-z 0-9 _ . - (unique whatever its case)")
     cli_users.add_password_file_option(add)
     add.add_argument("--name", help="display name (default: the username)")
     add.add_argument("--dept", metavar="DEPT",
                      help="department path, e.g. 'Engineering/Backend' (missing departments are created)")
-    add.add_argument("--config", default=f"{DEFAULT_DIR}/master.yaml", help=f"a node config naming the directory (default: ${CONFIG_ENV}, else {DEFAULT_DIR}/master.yaml)")
+    add.add_argument("--config", default=DEFAULT_CONFIG,
+                     help=f"a node config naming the directory (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
     add_user_delete(user_commands)
 
 

@@ -15,6 +15,9 @@ from .errors import ConfigError
 from .logs import escaped
 
 EXIT_USAGE = 2
+DEFAULT_CONFIG = "node-configs/master.yaml"  # every command's config when none is given (cli.py)
+NO_CONFIG_HINT = (f"{DEFAULT_CONFIG} is the default config, found only in a checkout: name the node's config "
+                  "(--config /etc/vim-cluster/NODE.yaml; heartbeat: its CONFIG argument) or set VIM_CLUSTER_CONFIG")
 
 
 def shown(text: str) -> str:
@@ -59,7 +62,8 @@ def load_or_exit(path: str, stores_exist: Sequence[str] = ()) -> NodeConfig:
             missing_sqlite_store(config, store)
         return config
     except ConfigError as exc:
-        print(f"vim-cluster: config error: {exc}", file=sys.stderr)
+        hint = f" ({NO_CONFIG_HINT})" if path == DEFAULT_CONFIG and not Path(path).exists() else ""
+        print(f"vim-cluster: config error: {exc}{hint}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -69,3 +73,22 @@ def missing_sqlite_store(config: NodeConfig, store: str) -> None:
     if url.startswith("sqlite://") and not Path(url[len("sqlite://"):]).exists():
         raise ConfigError(str(config.file), f"vim.store.{store}", f"{url[len('sqlite://'):]} does not exist (a typo? a "
                           "node creates it at its first start, as do `user add` and `import`)")
+
+
+def secret_file_warnings(config: NodeConfig) -> list[str]:
+    """`check`'s warnings for files that hold secrets and that others may read: the cluster
+    secret with any group or other permission (the node logs it as `secret_file_too_open` at
+    its start: whoever reads it can act as any user, docs/security.md), the TLS key and the
+    stores' password files readable by every user of the host (a group may read those: the
+    containers' password files are 0440 for the stores' and the nodes' group). `openssl rand
+    -hex 32 > FILE`, as the docs make them, leaves 0644 under the usual umask."""
+    warnings = []
+    secret = config.cluster.secret_file
+    if (mode := secret.stat().st_mode & 0o777) & 0o077:
+        warnings.append(f"vim.cluster.secret-file: {secret} is mode {mode:04o}: others than its owner may read it, "
+                        f"and whoever reads it can act as any user (chmod 600 {secret}; docs/security.md)")
+    private = [("vim.websocket.tls.key-file", config.websocket.tls_key)] if config.websocket.tls_key else []
+    for key, path in (*private, *config.password_files):
+        if (mode := path.stat().st_mode & 0o777) & 0o007:
+            warnings.append(f"{key}: {path} is mode {mode:04o}: every user of this host may read it (chmod 600 {path})")
+    return warnings

@@ -20,13 +20,11 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from .cli_config import add_command, load_or_exit
+from .cli_config import DEFAULT_CONFIG, add_command, load_or_exit
 from .config import NodeConfig
 from .errors import ClientError, StoreUnavailable
 
 EXIT_UNREACHABLE = 3
-
-DEFAULT_CONFIG = "node-configs/master.yaml"
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +191,8 @@ def add_lifecycle_commands(commands: Any) -> None:
         help="write messages as JSON Lines (a user's data request, moving backends)",
         description="Write the messages of one user (--user: what they sent, and friend messages "
         "sent to them) or of one conversation (--chat) as JSON Lines, oldest first; the same bytes "
-        "on every backend. A progress bar goes to stderr when it is a terminal.")
+        "on every backend. A progress bar goes to stderr when it is a terminal. Exit 0; 2 a bad option, "
+        "an unknown user, an unwritable --out or a config error; 3 a store unreachable.")
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--user", help="username or user id")
     which.add_argument("--chat", help="g<groupId>, f<userId>-<userId>, or a group id")
@@ -205,14 +204,17 @@ def add_lifecycle_commands(commands: Any) -> None:
         commands, "import", cmd_import, help="load an export file (idempotent)",
         description="Load a file written by `vim-cluster export` into CONFIG's message store. "
         "Idempotent: a message that exists (same sender and cid) is left alone, so running it "
-        "twice creates nothing twice.")
+        "twice creates nothing twice. Exit 0; 2 an unreadable or malformed file (the line is named) or a "
+        "config error; 3 a store unreachable.")
     imp.add_argument("file", help="a JSON Lines file written by `vim-cluster export`")
     _config_arg(imp)
 
     purge = add_command(
         commands, "purge", cmd_purge, help="run the retention purge now",
         description="Run the retention purge now (what each node does daily at vim.message.purge-hour), "
-        "under the cluster's purge lock, so it never runs twice at once.")
+        "under the cluster's purge lock, so it never runs twice at once. Exit 0; 1 another purge holds "
+        "the lock; 2 the config keeps everything (no retention set) or a config error; 3 a store or Redis "
+        "unreachable.")
     _config_arg(purge)
 
 
@@ -224,7 +226,8 @@ def add_user_delete(user_commands: Any) -> None:
         description="Delete USERNAME's account and close its sessions on every node. With --erase also "
         "erase what they sent (kept as 'deleted' placeholders so conversations keep their shape), "
         "the offline messages waiting for them, their read cursors and routes. Give the user id "
-        "to finish an erasure whose account is already gone.")
+        "to finish an erasure whose account is already gone. Exit 0; 2 no such user or a config error; 3 a "
+        "store or Redis unreachable, or the master did not confirm (what is done stays done: run it again).")
     delete.add_argument("username", help="username or user id")
     delete.add_argument("--erase", action="store_true", help="also erase the user's messages and data")
     _config_arg(delete)

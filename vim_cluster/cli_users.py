@@ -98,13 +98,19 @@ def add_password_file_option(parser: argparse.ArgumentParser) -> None:
 def register_user_actions(user_commands: Any, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
     """Adds `user list` and `user passwd` to the `user` subcommand."""
     listing = add_command(user_commands, "list", cmd_user_list, help="list every user",
-                          description="Every user of CONFIG's directory: id, username, name, department.")
+                          description="Every user of CONFIG's directory: id, username, name, department. "
+                          "Exit 0; 2 config error (or a SQLite directory file that does not exist); 3 a store "
+                          "unreachable.")
     config_option(listing)
 
     passwd = add_command(
         user_commands, "passwd", cmd_user_passwd, help="set a user's password",
         description="Set USERNAME's password: prompted twice without echo on a terminal, else "
-        "read from stdin, or from --password-file. Exit 2 if there is no such user.")
-    passwd.add_argument("username")
+        "read from the first line of stdin, or of --password-file. Open sessions stay logged in and tokens "
+        "already issued stay valid until they expire (7 days): `vim-cluster kick USERNAME` closes the "
+        "sessions, only rotating the cluster secret ends the tokens (docs/security.md). Exit 0; 1 a "
+        "password under 8 characters or prompts that differ; 2 no such user or config error; 3 a store "
+        "unreachable.")
+    passwd.add_argument("username", help="username (as given to `user add`)")
     add_password_file_option(passwd)
     config_option(passwd)

@@ -157,6 +157,7 @@ class NodeConfig:
     tunables: Tunables = DEFAULTS  # timings and sizes: defaults, a few set by config keys (tunables.py)
     lockout: LockoutPolicy = LockoutPolicy()  # vim.login: the login lockout's limits (core/lockout.py)
     ignored: tuple[str, ...] = ()  # "KEY: why" for keys given that this node's type does not use
+    password_files: tuple[tuple[str, Path], ...] = ()  # (dotted key, file) of each *password-file given
 
     @property
     def node_id(self) -> str:
@@ -431,6 +432,9 @@ def _build(file: Path, v: dict[str, dict[str, Any]]) -> NodeConfig:
         tunables=_tunables(name, v),
         lockout=LockoutPolicy(per_user=v["login"]["lockout-per-user"], per_address=v["login"]["lockout-per-address"]),
         ignored=_ignored(node_type, v),
+        password_files=tuple((f"{section}.{key}", base / file) for section, values, key in (
+            ("vim.redis", v["redis"], "password-file"), ("vim.store", store, "directory-password-file"),
+            ("vim.store", store, "messages-password-file")) if (file := values[key]) is not None),
     )
 
 

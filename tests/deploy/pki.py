@@ -60,6 +60,7 @@ class Pki:
         cert = self.ca.issue_cert(*hosts, not_after=not_after)
         files = NodeFiles(target / "cert.pem", target / "key.pem", self.ca_file)
         cert.private_key_pem.write_to_path(str(files.key))
+        files.key.chmod(0o600)  # as openssl makes a key (`check` warns of one every user may read)
         with open(files.cert, "wb") as out:
             for blob in cert.cert_chain_pems:
                 out.write(blob.bytes())
@@ -72,6 +73,7 @@ class Pki:
         (folder / "cluster-secret").write_text((secret or random.token_hex(32)) + "\n")
         cert = self.ca.issue_cert(host, "localhost", "127.0.0.1")
         cert.private_key_pem.write_to_path(str(folder / "tls-key.pem"))
+        (folder / "tls-key.pem").chmod(0o600)
         with open(folder / "tls-cert.pem", "wb") as out:
             for blob in cert.cert_chain_pems:
                 out.write(blob.bytes())

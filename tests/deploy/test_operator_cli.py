@@ -23,6 +23,9 @@ from vim_cluster.core.auth import verify_password
 
 from ..cluster.harness import cli_env, run_cli
 from ..support import PASSWORD, free_port, write_config
+from .pki import Pki, pki
+
+__all__ = ["pki"]  # fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,6 +74,46 @@ def test_check_warns_of_master_only_keys_on_a_slave(tmp_path: Path, redis_url: s
     assert result.stderr.splitlines() == [
         f"warning: {slave}: vim.websocket.forward-port: ignored on a slave node (a master's port for the forward channel)",
         f"warning: {slave}: vim.cluster.master-lease-ttl: ignored on a slave node (a master's lease)"]
+
+
+def test_check_warns_of_a_secret_file_that_others_may_read(config: Path) -> None:
+    """`openssl rand -hex 32 > FILE`, as the docs make the secret, leaves it 0644 under the usual
+    umask: only the node's log said so (`secret_file_too_open`), at its start; `check`, run
+    before, said ok."""
+    secret = load_config(config).cluster.secret_file
+    secret.chmod(0o644)
+    result = run_cli("check", str(config))
+    assert result.returncode == 0 and result.stdout == f"ok: {config} (master, master)\n", result
+    assert result.stderr == (f"warning: {config}: vim.cluster.secret-file: {secret} is mode 0644: others than its "
+                             f"owner may read it, and whoever reads it can act as any user (chmod 600 {secret}; "
+                             "docs/security.md)\n")
+    secret.chmod(0o600)
+    assert run_cli("check", str(config)).stderr == ""
+
+
+def test_check_warns_of_a_password_file_or_tls_key_every_user_may_read(tmp_path: Path, pki: Pki) -> None:
+    """A store's password made with `openssl rand -hex 24 > FILE` is 0644: every user of the host
+    reads the database's password. Group-readable is left alone (the containers' password files
+    are 0440, for the stores' and the nodes' group)."""
+    files = pki.node_files("master", ("master",), None)
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    (folder / "redis-password").write_text("a-password\n")
+    (folder / "redis-password").chmod(0o644)
+    config = write_config(folder, node_id="master", redis_url="redis://127.0.0.1:6379/0",
+                          websocket={"public-host": "master", "tls": files.tls()},
+                          extra={"redis": {"password-file": "redis-password"}})
+    Path(files.tls()["key-file"]).chmod(0o604)
+    result = run_cli("check", str(config))
+    assert result.returncode == 0 and result.stdout == f"ok: {config} (master, master)\n", result
+    assert result.stderr.splitlines() == [
+        f"warning: {config}: vim.websocket.tls.key-file: {files.tls()['key-file']} is mode 0604: every user of this "
+        f"host may read it (chmod 600 {files.tls()['key-file']})",
+        f"warning: {config}: vim.redis.password-file: {folder / 'redis-password'} is mode 0644: every user of this "
+        f"host may read it (chmod 600 {folder / 'redis-password'})"]
+    (folder / "redis-password").chmod(0o640)
+    Path(files.tls()["key-file"]).chmod(0o600)
+    assert run_cli("check", str(config)).stderr == ""
 
 
 def test_config_comes_from_the_environment(config: Path, tmp_path: Path) -> None:

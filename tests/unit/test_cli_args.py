@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,40 @@ def test_commands_that_read_a_store_refuse_a_missing_sqlite_file_instead_of_crea
     assert added.returncode == 0 and directory.exists(), added  # user add creates it, as a node does
     listed = run_cli("user", "list", "--config", str(config))
     assert listed.returncode == 0 and "bob" in listed.stdout, listed
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, name: str) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command that runs something (`user add`, not `user`), with its parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(name, parser)]
+    return [leaf for sub in subs for child, p in sub.choices.items() for leaf in _leaf_commands(p, f"{name} {child}")]
+
+
+def test_every_commands_help_gives_its_exit_codes() -> None:
+    """An operator's script needs a command's exit codes: `--help` gave them for some commands
+    only (not `nodes`, `user add|list`, `export`, `import`, `purge`, `user delete`, `bench`)."""
+    leaves = _leaf_commands(build_parser(), "vim-cluster")
+    assert {"vim-cluster user add", "vim-cluster nodes", "vim-cluster purge"} <= {n for n, _ in leaves}
+    silent = [name for name, parser in leaves if not re.search(r"\bexit 0\b", parser.description or "", re.I)]
+    assert not silent, f"--help without exit codes: {silent}"
+    undescribed = [f"{name} {a.dest}" for name, parser in leaves for a in parser._actions
+                   if a.help is None and not a.option_strings]
+    assert not undescribed, f"arguments without help: {undescribed}"
+
+
+def test_a_command_run_away_from_a_checkout_says_how_to_name_the_config(tmp_path: Path) -> None:
+    """On a node host (no checkout, VIM_CLUSTER_CONFIG set only inside the systemd unit), the
+    default node-configs/master.yaml is missing: the error named that file and nothing else,
+    not that it was a default nor how to give the node's config."""
+    env = {k: v for k, v in os.environ.items() if k != "VIM_CLUSTER_CONFIG"}
+    for command in (["nodes"], ["user", "list"], ["heartbeat"], ["purge"]):
+        result = subprocess.run([sys.executable, "-m", "vim_cluster.cli", *command], capture_output=True,
+                                text=True, timeout=60, env=env, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1, (command, result)
+        assert result.stderr.startswith("vim-cluster: config error: node-configs/master.yaml: -: cannot read the file")
+        assert "--config /etc/vim-cluster/NODE.yaml" in result.stderr and "VIM_CLUSTER_CONFIG" in result.stderr
+    given = subprocess.run([sys.executable, "-m", "vim_cluster.cli", "nodes", "--config", "elsewhere.yaml"],
+                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert given.returncode == 2 and given.stderr == (
+        "vim-cluster: config error: elsewhere.yaml: -: cannot read the file: No such file or directory\n")

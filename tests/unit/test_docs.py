@@ -182,24 +182,52 @@ def test_every_config_key_is_documented() -> None:
     assert not missing, f"config keys missing from docs/protocol.md §5: {missing}"
 
 
-def test_the_config_example_loads(tmp_path: Path) -> None:
-    blocks = re.findall(r"^```yaml\n(.*?)^```", _section(_read(PROTOCOL), "5. Configuration"), re.S | re.M)
-    assert len(blocks) == 1, "§5 holds one ```yaml example"
-    document = yaml.safe_load(blocks[0])
-    secret = tmp_path / document["vim"]["cluster"]["secret-file"]
+def _load_example(tmp_path: Path, text: str) -> config.NodeConfig:
+    """Loads a config example with the files it names made in `tmp_path`: the secret, a real
+    certificate for its public-host (TLS files are loaded), its password files."""
+    document = yaml.safe_load(text)["vim"]
+    websocket = document["websocket"]
+    named = [document["cluster"]["secret-file"], *(websocket.get("tls") or {}).values(),
+             *(websocket[k] for k in ("tls-cert", "tls-key") if k in websocket),
+             *(v for section in ("redis", "store") for k, v in document[section].items() if k.endswith("password-file"))]
+    absolute = [name for name in named if Path(name).is_absolute()]
+    assert not absolute, f"the example names files by absolute paths (this test would write them there): {absolute}"
+    secret = tmp_path / document["cluster"]["secret-file"]
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("x" * 32)
-    tls = document["vim"]["websocket"]["tls"]  # read at load: a real certificate, made here
+    tls = document["websocket"]["tls"]
     authority = trustme.CA()
-    issued = authority.issue_cert(document["vim"]["websocket"]["public-host"])
+    issued = authority.issue_cert(document["websocket"]["public-host"])
     issued.cert_chain_pems[0].write_to_path(str(tmp_path / tls["cert-file"]))
     issued.private_key_pem.write_to_path(str(tmp_path / tls["key-file"]))
     authority.cert_pem.write_to_path(str(tmp_path / tls["ca-file"]))
+    for section in ("redis", "store"):
+        for key, name in document[section].items():
+            if key.endswith("password-file"):
+                (tmp_path / name).write_text("a-password\n")
     file = tmp_path / "node.yaml"
-    file.write_text(blocks[0], encoding="utf-8")
-    loaded = config.load_config(file)  # raises ConfigError naming the key if the example is stale
-    assert loaded.node_id == document["vim"]["cluster"]["node-id"]
+    file.write_text(text, encoding="utf-8")
+    return config.load_config(file)  # raises ConfigError naming the key if the example is stale
+
+
+def test_the_config_example_loads(tmp_path: Path) -> None:
+    blocks = re.findall(r"^```yaml\n(.*?)^```", _section(_read(PROTOCOL), "5. Configuration"), re.S | re.M)
+    assert len(blocks) == 1, "§5 holds one ```yaml example"
+    loaded = _load_example(tmp_path, blocks[0])
+    assert loaded.node_id == yaml.safe_load(blocks[0])["vim"]["cluster"]["node-id"]
     assert loaded.client_url == "wss://dept-1.example.internal:8180/"
+
+
+def test_the_shared_servers_example_loads_and_advertises_its_public_host(tmp_path: Path) -> None:
+    """README points to node-configs/shared-servers.yaml.example for shared servers: it had the
+    old TLS keys, passwords in the URLs and no public-host (bound to 0.0.0.0, the node then
+    advertised 127.0.0.1 to the other hosts and the clients)."""
+    lines = (ROOT / "node-configs" / "shared-servers.yaml.example").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# vim:")
+    loaded = _load_example(tmp_path, "\n".join(line.removeprefix("# ") for line in lines[start:]) + "\n")
+    assert (loaded.node_id, loaded.cluster.node_type) == ("dept-sales", config.NodeType.SLAVE)
+    assert loaded.client_url == "wss://dept-sales.example.internal:8180/"
+    assert loaded.websocket.tls_ca is not None and ":a-password@" in loaded.store.directory
 
 
 def test_every_command_and_option_is_documented() -> None:

@@ -326,10 +326,20 @@ class RedisRegistry:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
+        """Redis not serving this node is StoreUnavailable (one line; a node then answers
+        `unavailable`, a command exits 3): down, slow, loading, a read-only replica, a wrong
+        password, and a server that refuses this client: protected mode (`DENIED`: no password
+        set and a client from another host, so a Redis left as packaged refuses every node
+        host) or an ACL user without the command (`NOPERM`), which were tracebacks."""
         try:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+                redis.exceptions.NoPermissionError) as exc:
+            raise StoreUnavailable(f"redis {self.name}: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("DENIED"):
+                raise
             raise StoreUnavailable(f"redis {self.name}: {exc}") from exc
 
     def ping(self) -> None:
