@@ -26,6 +26,7 @@ import json
 import secrets
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import attrs
 import redis
@@ -294,7 +295,7 @@ def connect(url: str) -> redis.Redis:
     # A connection refused or reset (a restart, a failover) is retried twice at once; a
     # timeout is not (a hung server would hold the caller three times as long).
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(redis.exceptions.ConnectionError,))
-    options = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True, "retry": retry}
+    options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True, "retry": retry}
     if not url.startswith("redis+sentinel://"):
         return redis.Redis.from_url(url, **options)
     parsed = parse_sentinel_url(url)
