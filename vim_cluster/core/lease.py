@@ -169,8 +169,9 @@ class LeaseSightings:
         self._renewed_after = {n: t for n, t in self._renewed_after.items() if n in beats}
         self._last_read = now
 
-    def released(self, node: str, now: int) -> bool:
-        """Whether `node`'s lock, gone at `now`, was released rather than lapsed: its holder
-        renewed it less than LEASE_TTL_S before. False when unknown (a first read)."""
+    def released(self, node: str, now: int) -> bool | None:
+        """Whether `node`'s lock, gone at `now`, was released (its holder renewed it less than
+        LEASE_TTL_S before) rather than lapsed. None: not known (no renewal of it seen yet: the
+        reader started less than two heartbeats ago)."""
         after = self._renewed_after.get(node)
-        return after is not None and now - after < self.ttl_ms
+        return None if after is None else now - after < self.ttl_ms

@@ -692,7 +692,11 @@ class MasterRelay:
                        if p.role is PeerRole.SLAVE and k in dead and p.connection is None]
             self.sightings.saw({n.node_id: n.heartbeat_at for n in nodes}, asked)
             for key in dropped:
-                if not self.sightings.released(key, self.clock_ms()):
+                released = self.sightings.released(key, self.clock_ms())
+                if released is None:
+                    self.drop_peer(key, "its lease lapsed in Redis, or it stopped (this master saw no heartbeat "
+                                        "of it yet to tell)")
+                elif not released:
                     self.drop_peer(key, "its lease lapsed in Redis")
                 elif self.peers[key].stand_in_for is not None:
                     self.drop_peer(key, "it stopped before it linked to this master (its lease released, "
