@@ -19,8 +19,19 @@ from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, Collector, make_group, online
 from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
+from .proxy import ProxyThread
 
 CUT_S = 2.0
+
+
+async def every_node_up_and_dept2_linked(cluster: Cluster, proxy: ProxyThread) -> None:
+    """After a test that cut dept-2's link and stopped nodes: the module's cluster goes on."""
+    with trio.CancelScope(shield=True):
+        await blocking(proxy.restore)
+        for node in (cluster.master, cluster.dept1, cluster.dept2):
+            if not node.running():
+                await blocking(node.start)
+        await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
 
 
 async def collecting(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, url: str,
@@ -274,12 +285,7 @@ async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linkin
                 assert cluster.master.log_text()[master_from:].count("catch_up_asked_of_all") == 1
                 nursery.cancel_scope.cancel()
     finally:  # the module's cluster goes on with dept-2 linked
-        with trio.CancelScope(shield=True):
-            await blocking(proxy.restore)
-            for node in (cluster.master, cluster.dept1, cluster.dept2):
-                if not node.running():
-                    await blocking(node.start)
-            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+        await every_node_up_and_dept2_linked(cluster, proxy)
 
 
 async def test_a_slave_stopped_cleanly_before_linking_to_a_new_master_is_said_to_have_stopped_not_lapsed(
@@ -311,9 +317,4 @@ async def test_a_slave_stopped_cleanly_before_linking_to_a_new_master_is_said_to
             while "catch_up_asked_of_all" not in cluster.master.log_text()[master_from:]:
                 await trio.sleep(0.1)
     finally:  # the module's cluster goes on with dept-2 linked
-        with trio.CancelScope(shield=True):
-            await blocking(proxy.restore)
-            for node in (cluster.master, cluster.dept1, cluster.dept2):
-                if not node.running():
-                    await blocking(node.start)
-            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+        await every_node_up_and_dept2_linked(cluster, proxy)
