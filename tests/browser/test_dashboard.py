@@ -42,6 +42,47 @@ def test_dashboard_shows_three_nodes_with_their_numbers(cluster: Cluster, new_pa
     expect(page.locator("#totAlive")).to_have_text("3 / 3 serving")
 
 
+# Where each visible header cell of the node table is, and whether it can be seen: the page
+# never scrolls sideways; a cell beyond the table's box is reachable by scrolling that box.
+COLUMNS = """() => {
+  const table = document.getElementById("nodes").closest("table");
+  let box = table.parentElement;  // the table's scroll container
+  while (box !== document.body && !["auto", "scroll"].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+  const seen = box.getBoundingClientRect();
+  const cells = [...table.querySelectorAll("thead th")].filter((th) => !th.hidden);
+  const out = {page: document.documentElement.scrollWidth - innerWidth, box: [seen.left, seen.right, innerWidth],
+               scrolls: box.scrollWidth - box.clientWidth, hidden: []};
+  for (const th of cells) {
+    th.scrollIntoView({block: "nearest", inline: "nearest"});
+    const r = th.getBoundingClientRect(), now = box.getBoundingClientRect();
+    if (r.left < now.left - 1 || r.right > now.right + 1 || r.right > innerWidth + 1) out.hidden.push(th.textContent || "(drain)");
+  }
+  box.scrollLeft = 0;
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1300, 1024, 390])
+def test_every_column_of_the_node_table_can_be_seen(cluster: Cluster, new_page: Any, width: int) -> None:
+    """At 1300 px (the operator walkthrough: State was cut off) and at 1024 px the whole table
+    fits, the operator's drain column included; at a phone's width it scrolls sideways in its
+    own box (the page does not), and scrolling that box shows every column."""
+    page = open_dashboard(new_page(), cluster)
+    page.set_viewport_size({"width": width, "height": 800})
+    page.locator("#login [name=name]").fill("ops-ida")
+    page.locator("#login [name=secret]").fill((cluster.folder / "secret.key").read_text())
+    page.locator("#login button").click()
+    expect(page.locator("#nodes button", has_text="drain")).to_have_count(3)
+    expect(row(page, "dept-1").locator(".checks .pill")).to_have_count(4)
+    columns = page.evaluate(COLUMNS)
+    assert columns["page"] <= 0 and columns["hidden"] == [], columns
+    assert 0 <= columns["box"][0] and columns["box"][1] <= columns["box"][2], columns  # its scrollbar is in view
+    if width >= 1024:
+        assert columns["scrolls"] <= 0, columns  # nothing to scroll: every column in view at once
+    else:
+        assert columns["scrolls"] > 0, columns
+
+
 def test_admin_actions_work_only_after_the_operator_login(cluster: Cluster, new_page: Any) -> None:
     hal = open_chat(new_page(), cluster.dept1)
     register(hal, "hal")

@@ -19,8 +19,19 @@ from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, Collector, make_group, online
 from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
+from .proxy import ProxyThread
 
 CUT_S = 2.0
+
+
+async def every_node_up_and_dept2_linked(cluster: Cluster, proxy: ProxyThread) -> None:
+    """After a test that cut dept-2's link and stopped nodes: the module's cluster goes on."""
+    with trio.CancelScope(shield=True):
+        await blocking(proxy.restore)
+        for node in (cluster.master, cluster.dept1, cluster.dept2):
+            if not node.running():
+                await blocking(node.start)
+        await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
 
 
 async def collecting(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, url: str,
@@ -274,9 +285,36 @@ async def test_a_slave_unlinked_across_a_master_restart_and_killed_before_linkin
                 assert cluster.master.log_text()[master_from:].count("catch_up_asked_of_all") == 1
                 nursery.cancel_scope.cancel()
     finally:  # the module's cluster goes on with dept-2 linked
-        with trio.CancelScope(shield=True):
-            await blocking(proxy.restore)
-            for node in (cluster.master, cluster.dept1, cluster.dept2):
-                if not node.running():
-                    await blocking(node.start)
-            await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+        await every_node_up_and_dept2_linked(cluster, proxy)
+
+
+async def test_a_slave_stopped_cleanly_before_linking_to_a_new_master_is_said_to_have_stopped_not_lapsed(
+    proxied_cluster: Cluster,
+) -> None:
+    """The operator walkthrough's secret rotation: the master restarts while dept-2 cannot link
+    (here its link is cut), so the new master stands in for dept-2's process; then dept-2 is
+    stopped cleanly (SIGTERM), unlinked, so it cannot say it leaves. Its lease is released, not
+    lapsed: the master drops it with an info line that says so (it warned `its lease lapsed in
+    Redis` before), and asks for the catch-up as for any process that may hold messages."""
+    cluster = proxied_cluster
+    proxy = cluster.proxies["dept-2"]
+    try:
+        with trio.fail_after(90):
+            await blocking(proxy.sever)
+            await blocking(cluster.dept2.wait_health, 503, CUT_S + 10)
+            assert await blocking(cluster.master.stop) == 0
+            await blocking(cluster.master.start)
+            await blocking(cluster.master.wait_health, 200)
+            master_from = len(cluster.master.log_text())
+            while "forward_hub_warm" not in cluster.master.log_text()[master_from:]:
+                await trio.sleep(0.1)  # link_warmup_s: its reaper has seen dept-2 beat meanwhile
+            assert await blocking(cluster.dept2.stop) == 0
+            while "forward_peer_dropped" not in (master_log := cluster.master.log_text()[master_from:]):
+                await trio.sleep(0.1)  # the reaper finds its lock gone (every lease_heartbeat_s)
+            dropped = next(line for line in master_log.splitlines() if "forward_peer_dropped" in line)
+            assert "[info" in dropped and "peer=dept-2" in dropped, dropped
+            assert "it stopped before it linked to this master (its lease released, not lapsed)" in dropped, dropped
+            while "catch_up_asked_of_all" not in cluster.master.log_text()[master_from:]:
+                await trio.sleep(0.1)
+    finally:  # the module's cluster goes on with dept-2 linked
+        await every_node_up_and_dept2_linked(cluster, proxy)

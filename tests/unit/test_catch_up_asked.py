@@ -8,10 +8,12 @@ tests' sessions have real send queues, over trio streams that a reader empties o
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import TypeVar
 
+import attrs
 import pytest
 import structlog.testing
 import trio
@@ -19,6 +21,7 @@ import trio.testing
 
 from vim_cluster.errors import CloseCode, StoreUnavailable
 from vim_cluster.model import ChatType, Message, MessageId, MessageType, UserId
+from vim_cluster.node import forward_hub
 from vim_cluster.node.blocking import BlockingRunner
 from vim_cluster.node.catch_up import CatchUp
 from vim_cluster.node.catch_up import _room as room_in
@@ -638,6 +641,72 @@ async def test_a_dead_slave_whose_routes_were_left_that_the_relay_never_knew_is_
     with trio.fail_after(10):
         await relay.reap_dead()
     assert len(queued(dept1)) == 2 and catch_up.missed == [44_000, 45_000]
+
+
+class Beating(Registry):
+    """The registry, with each node's last heartbeat time as its registration says."""
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        super().__init__(owners)
+        self.beats = dict.fromkeys(owners, 0)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [attrs.evolve(n, heartbeat_at=self.beats[n.node_id]) for n in super().nodes()]
+
+    def beat(self, at: int) -> None:
+        self.beats.update((node, at) for node in self.owners)
+
+
+async def test_a_slave_whose_lease_was_released_is_said_to_have_stopped_not_to_have_lapsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reaper drops a slave whose lock is gone from Redis. A clean stop releases it (a
+    restart: the next process takes it a second later), a dead process lets it lapse, and Redis
+    shows both alike; but a lock renewed less than lease_ttl_s ago cannot have lapsed
+    (core/lease.py `LeaseSightings`). The operator's walkthrough: the master restarted with a
+    new secret, then dept-2 (refused, unlinked) restarted cleanly, and the master warned that
+    its lease lapsed. The catch-up is asked all the same (it could not say it left)."""
+    captured = structlog.testing.LogCapture()  # info lines too (the tests' own config drops them)
+    monkeypatch.setattr(forward_hub, "log", structlog.wrap_logger(
+        None, processors=[captured], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)))
+    carol = RecordingSession("s-3", 3)
+    catch_up = FakeCatchUp(carol)
+    now = [50_000]
+    relay = relay_with(catch_up, carol, now)
+    relay.started_ms = 50_000
+    registry = Beating({"dept-1": "h/1/a", "dept-2": "h/2/b", "dept-3": "h/3/c"})
+    relay.registry = registry  # type: ignore[assignment]
+    relay.redis = Inline()  # type: ignore[assignment]
+    dept1 = peer_of(relay, "dept-1")
+    dept1.connection = object()  # type: ignore[assignment]
+    relay.peers["dept-2"] = relay._unknown_slave("dept-2", 50_000, stand_in_for="h/2/b")
+    peer_of(relay, "dept-3").down_at_ms = 50_000  # linked once; its link is down, no Leaving came
+    with trio.fail_after(10):
+        await relay.reap_dead()  # the first read: when they beat is not known yet
+        now[0] = 52_000
+        registry.beat(51_500)
+        await relay.reap_dead()  # both renewed their locks since the last read
+        now[0] = 54_000
+        del registry.owners["dept-2"], registry.owners["dept-3"]  # released: clean stops
+        captured.entries.clear()
+        await relay.reap_dead()
+        assert sorted((e["peer"], e["log_level"], e["why"]) for e in captured.entries if e["event"] == "forward_peer_dropped") == [
+
+            ("dept-2", "info", "it stopped before it linked to this master (its lease released, not lapsed)"),
+            ("dept-3", "info", "it stopped (its lease released, not lapsed)")]
+        assert queued(dept1)[-2:] == [ff.CatchUp(50_000, "dept-2"), ff.CatchUp(50_000, "dept-3")]  # asked all the same
+
+        peer_of(relay, "dept-3")  # started again; then its process hangs: no more beats
+        registry.owners["dept-3"] = "h/3/d"
+        registry.beat(55_000)
+        now[0] = 56_000
+        await relay.reap_dead()  # renewed after the read at 54 s: held until 64 s at least
+        del registry.owners["dept-3"]  # lapsed
+        now[0] = 66_000
+        captured.entries.clear()
+        await relay.reap_dead()
+        assert [(e["log_level"], e["why"]) for e in captured.entries if e["event"] == "forward_peer_dropped"] == [
+            ("warning", "its lease lapsed in Redis")]
 
 
 class StreamSocket:

@@ -20,6 +20,7 @@ from vim_cluster.core.lease import (
     BeatReport,
     Generation,
     KeyState,
+    LeaseSightings,
     MintGate,
     decide_beat,
 )
@@ -269,3 +270,22 @@ def test_the_simulation_sees_overlaps_without_the_settling_wait() -> None:
     finally:
         MintGate.took = original  # type: ignore[method-assign]
     assert found > 0
+
+
+def test_lease_sightings_tell_a_released_lock_from_a_lapsed_one_by_the_renewals_seen() -> None:
+    """A registration that changed between two reads shows a renewal after the earlier one:
+    the lock holds LEASE_TTL_S past that read unless released. Nothing is known before a
+    change was seen; only the reader's clock counts (the nodes' heartbeat_at is compared only
+    with itself)."""
+    seen = LeaseSightings(10_000)
+    seen.saw({"dept-2": 7_000_000}, 1_000)  # a node clock far off: never compared with ours
+    assert seen.released("dept-2", 1_500) is None  # a first read: when it beat is unknown
+    seen.saw({"dept-2": 7_000_000}, 3_000)
+    assert seen.released("dept-2", 3_500) is None  # no renewal seen yet
+    seen.saw({"dept-2": 7_002_000}, 5_000)  # renewed after the read at 3 s: held until 13 s
+    assert seen.released("dept-2", 12_999) is True
+    assert seen.released("dept-2", 13_000) is False  # it may have lapsed by now
+    seen.saw({"dept-2": 7_002_000}, 7_000)  # no beat since: the bound stays
+    assert seen.released("dept-2", 13_000) is False
+    seen.saw({}, 9_000)  # forgotten by Redis (not listed): forgotten here
+    assert seen.released("dept-2", 9_500) is None

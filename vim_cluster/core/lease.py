@@ -142,3 +142,36 @@ class MintGate:
         if not self.holding(now):
             return None
         return max(0.0, self.safe_from - now)
+
+
+@attrs.define
+class LeaseSightings:
+    """What the master's reaper saw of the nodes' heartbeats, to tell a lease that lapsed from
+    one its holder released (a clean stop: `release_node`). Redis shows both alike: the lock is
+    gone, the registration stays. But every registration a node writes follows a renewal of
+    its lock for LEASE_TTL_S (the beat's script runs first), so a registration that changed
+    between two reads of the reaper shows a renewal after the earlier read: the lock cannot
+    lapse before LEASE_TTL_S after that read. One gone sooner was released. Only the master's
+    own clock is read (milliseconds): no comparison with the clocks of the node hosts."""
+
+    ttl_ms: int  # the lease TTL (lease_ttl_s): a node's lock outlives its last renewal that long
+    _renewed_after: dict[str, int] = attrs.Factory(dict)  # node -> a read before its last renewal seen
+    _beats: dict[str, int] = attrs.Factory(dict)  # node -> its registration's heartbeat_at, last read
+    _last_read: int | None = None
+
+    def saw(self, beats: dict[str, int], now: int) -> None:
+        """A read of the registrations (node -> heartbeat_at) asked for at `now`."""
+        for node, beat in beats.items():
+            before = self._beats.get(node)
+            if before is not None and beat != before and self._last_read is not None:
+                self._renewed_after[node] = self._last_read
+        self._beats = dict(beats)
+        self._renewed_after = {n: t for n, t in self._renewed_after.items() if n in beats}
+        self._last_read = now
+
+    def released(self, node: str, now: int) -> bool | None:
+        """Whether `node`'s lock, gone at `now`, was released (its holder renewed it less than
+        LEASE_TTL_S before) rather than lapsed. None: not known (no renewal of it seen yet: the
+        reader started less than two heartbeats ago)."""
+        after = self._renewed_after.get(node)
+        return None if after is None else now - after < self.ttl_ms

@@ -12,7 +12,9 @@ Rules:
 - A packet from slave A is acknowledged to A only when every forward the master made of it was
   acknowledged by its destination (end to end), so a master restart loses nothing: A resends.
 - A peer whose lease lapsed in Redis is dead: its queue is dropped (its users replay from the
-  store when they reconnect elsewhere), its routes are forgotten here and purged in Redis.
+  store when they reconnect elsewhere), its routes are forgotten here and purged in Redis. So
+  is one whose lease was released (it stopped), which the reaper tells from a lapse by its
+  heartbeats (core/lease.py `LeaseSightings`) only to log it truthfully, as info.
 - A slave that died (its lease lapsed) or restarted (it links with a new instance) may have
   taken packets with it that it never relayed: its senders' messages, acked once stored. So
   when the master drops such a peer it asks every other slave (a `CatchUp` packet, ahead of
@@ -62,6 +64,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from ..core import presence
+from ..core.lease import LeaseSightings
 from ..core.relay import RouteTable
 from ..errors import CloseCode, StoreUnavailable
 from ..ports import NodeInfo, Registry
@@ -170,6 +173,7 @@ class MasterRelay:
         self.epoch = epoch  # this master's fencing epoch
         self.instance = ff.instance_with(secrets.token_hex(8), ff.LEAVING_FEATURE, ff.CATCH_UP_FEATURE)
         self.routes = RouteTable()
+        self.sightings = LeaseSightings(tunables.lease_ttl_s * 1000)  # the reaper's: lapsed or released
         self.board = presence.PresenceBoard()
         self.peers: dict[str, Peer] = {}
         self.warm = trio.Event()  # every slave alive in Redis has linked since we started
@@ -322,8 +326,9 @@ class MasterRelay:
             await trio.sleep(self.tunables.presence_window_s)
             self.publish_presence()
 
-    def drop_peer(self, key: str, why: str) -> None:
-        """Forget a dead or restarted peer: its queue, its routes."""
+    def drop_peer(self, key: str, why: str, *, stopped: bool = False) -> None:
+        """Forget a dead or restarted peer: its queue, its routes. `stopped`: it stopped
+        cleanly (its lease was released), which is logged as info, not as a warning."""
         peer = self.peers.pop(key, None)
         if peer is None:
             return
@@ -334,7 +339,8 @@ class MasterRelay:
             log.info("forward_peer_dropped", peer=key, why="it stopped and left the cluster",
                      dropped_packets=len(dropped), sessions=sessions)
         else:
-            log.warning("forward_peer_dropped", peer=key, why=why, dropped_packets=len(dropped), sessions=sessions)
+            (log.info if stopped else log.warning)("forward_peer_dropped", peer=key, why=why,
+                                                   dropped_packets=len(dropped), sessions=sessions)
         if peer.role is PeerRole.SLAVE:
             self._catch_up_everywhere(peer)
 
@@ -674,6 +680,7 @@ class MasterRelay:
     async def reap_dead(self) -> None:
         """Drops peers whose lease lapsed and purges dead nodes' routes in Redis."""
         try:
+            asked = self.clock_ms()
             nodes = await self.redis(self.registry.nodes)
             # Registered but not alive: its lease lapsed. A node Redis does not list at all is
             # not dead: Redis lost its data and the node re-registers at its next heartbeat.
@@ -683,8 +690,19 @@ class MasterRelay:
             # undelivered. Its link's own watchdog ends a link that went silent.
             dropped = [k for k, p in self.peers.items()
                        if p.role is PeerRole.SLAVE and k in dead and p.connection is None]
+            self.sightings.saw({n.node_id: n.heartbeat_at for n in nodes}, asked)
             for key in dropped:
-                self.drop_peer(key, "its lease lapsed in Redis")
+                released = self.sightings.released(key, self.clock_ms())
+                if released is None:
+                    self.drop_peer(key, "its lease lapsed in Redis, or it stopped (this master saw no heartbeat "
+                                        "of it yet to tell)")
+                elif not released:
+                    self.drop_peer(key, "its lease lapsed in Redis")
+                elif self.peers[key].stand_in_for is not None:
+                    self.drop_peer(key, "it stopped before it linked to this master (its lease released, "
+                                        "not lapsed)", stopped=True)
+                else:
+                    self.drop_peer(key, "it stopped (its lease released, not lapsed)", stopped=True)
             for node in nodes:
                 if not node.alive:
                     purged = await self.redis(self.registry.purge_routes, node.node_id)

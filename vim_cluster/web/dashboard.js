@@ -4,6 +4,12 @@ const INTERVAL = 2000;
 let operator = null;
 
 function cell(text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
+function urlCell(url) {  // may break after the scheme and before the port or path, never inside a name
+  const td = cell("", "url");
+  for (const part of String(url || "").split(/(?<=:\/\/)|(?=:\d)|(?<=\d)(?=\/)/)) td.append(part, document.createElement("wbr"));
+  td.lastChild?.remove();
+  return td;
+}
 function pillOf(kind, text) { const s = document.createElement("span"); s.className = "pill " + kind; s.textContent = text; return s; }
 function pill(kind, text) { const td = cell(""); td.append(pillOf(kind, text)); return td; }
 const fmt = (v, digits = 1) => v == null ? "–" : Number(v).toFixed(digits);
@@ -11,7 +17,7 @@ const fmt = (v, digits = 1) => v == null ? "–" : Number(v).toFixed(digits);
 function spark(samples) {  // two polylines, each scaled to its own maximum
   const W = 160, H = 32, NS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(NS, "svg"); svg.setAttribute("class", "spark");
-  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H); svg.setAttribute("preserveAspectRatio", "none");  // CSS sizes it
   const line = (key, color) => {
     const values = samples.map((s) => s[key] || 0), max = Math.max(1, ...values);
     const step = samples.length > 1 ? W / (samples.length - 1) : W;
@@ -37,13 +43,14 @@ function nodeRow(n, now) {
   const st = n.stats || {}, samples = st.samples || [], last = samples[samples.length - 1] || {};
   const [kind, label, rowClass] = stateOf(n);
   const tr = document.createElement("tr"); tr.className = rowClass; tr.dataset.node = n.node;
-  const checks = cell("", "checks");
+  const checks = cell("", "checks"), pills = document.createElement("div");  // pills wrap in a narrow column
+  pills.className = "pills";
   for (const [name, value] of Object.entries(st.checks || {})) {
-    const p = pillOf(value === "ok" ? "ok" : "bad", name); p.title = (st.problems || {})[name] || value; checks.append(p);
+    const p = pillOf(value === "ok" ? "ok" : "bad", name); p.title = (st.problems || {})[name] || value; pills.append(p);
   }
-  if (!st.checks) checks.textContent = st.error ? "no answer" : "–";
+  if (st.checks) checks.append(pills); else checks.textContent = st.error ? "no answer" : "–";
   const history = cell(""); if (samples.length) history.append(spark(samples));
-  tr.append(cell(n.node), cell(n.role), cell(n.url),
+  tr.append(cell(n.node), cell(n.role), urlCell(n.url),
     cell(n.heartbeat_age_s.toFixed(1) + " s ago", "num" + (n.heartbeat_age_s > 5 ? " stale" : "")),
     cell(st.connections != null ? st.connections : n.connections, "num"), cell(fmt(last.msgs_per_s), "num"),
     cell(st.forward_queue != null ? st.forward_queue : "–", "num"),
