@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from vim_cluster.errors import CloseCode
@@ -92,8 +93,11 @@ async def test_a_catch_up_closes_a_client_that_stopped_reading_4004_at_its_idle_
             while len(queue) < queue.limit // 2:  # the catch-up filled bob's socket and half his queue (spare)
                 assert not done.is_set()
                 await trio.sleep(0.01)
-            # A frame from bob keeps his connection from ending idle (1001) first: its answer
-            # waits for room too, as long (either wait closes him 4004, the other then ends).
+            await trio.testing.wait_all_tasks_blocked()  # its last wait for room began: nothing moves
+            # A frame from bob after it keeps his connection from ending idle (1001) first. (Sent
+            # while the catch-up still got room now and then, his idle timeout came first: his
+            # close, queued, ends the catch-up at once since a close wakes what waits for room;
+            # before, the catch-up waited on and turned the idle close into a 4004.)
             await bob.send("ping", rid="keep")
             started = trio.current_time()
             assert await at_dave.wait_frames(2 * len(to_dave), 10)  # dave has his catch-up ...

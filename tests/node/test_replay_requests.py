@@ -14,12 +14,14 @@ import pytest
 import trio
 import trio.testing
 from structlog.testing import capture_logs
+from trio.testing import MockClock
 from trio_websocket import wrap_client_stream
 
 from vim_cluster.errors import CloseCode, StoreUnavailable
 from vim_cluster.node.app import RunningNode
 from vim_cluster.node.connection import Connection
 from vim_cluster.node.handlers import messages
+from vim_cluster.node.send_queue import SendQueue
 from vim_cluster.ports import Saved
 from vim_cluster.protocol import frames as f
 from vim_cluster.tunables import DEFAULTS
@@ -320,3 +322,123 @@ async def test_a_replay_that_crashes_answers_error_internal_and_closes_1011(
             assert codes == ["message"] * 10 + ["error"]
             assert bob.backlog[-1]["message"] == {"error": "internal", "detail": "internal error", "rid": "back"}
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["replay_crashed"]
+
+
+@attrs.define
+class RoomWait:
+    """A replay's waits for room in one send queue: `began` is set once one waits, `ended` once
+    one returned (the client read, or the queue closed; not when its deadline ended it)."""
+
+    began: trio.Event = attrs.Factory(trio.Event)
+    ended: trio.Event = attrs.Factory(trio.Event)
+    ends: int = 0  # how many returned
+
+
+@pytest.fixture
+def room_waits(monkeypatch: pytest.MonkeyPatch) -> dict[SendQueue, RoomWait]:
+    """send queue -> its RoomWait, for the waits of a caller that spares half the queue (the
+    offline replay)."""
+    waits: dict[SendQueue, RoomWait] = {}
+    room = SendQueue.room
+
+    async def told(self: SendQueue, frames: int = 1, size: int = 0, spare: bool = False) -> None:
+        wait = waits.setdefault(self, RoomWait()) if spare else None
+        if wait is not None:
+            wait.began.set()
+        await room(self, frames, size, spare)
+        if wait is not None:
+            wait.ended.set()
+            wait.ends += 1
+
+    monkeypatch.setattr(SendQueue, "room", told)
+    return waits
+
+
+def session_of(node: RunningNode, user_id: str) -> Any:
+    (session,) = node.ctx.local_sessions.sessions(int(user_id))
+    return session
+
+
+async def test_a_client_that_reads_a_replay_longer_than_the_idle_timeout_and_sends_nothing_stays(
+        start_node, jump_clock: MockClock, room_waits: dict[SendQueue, RoomWait]) -> None:
+    # bob reads his replay as it comes and sends nothing, on a slow link: the first times the
+    # replay gets room in his send queue, 1 s passes (the test's clock jumped), more than the
+    # idle timeout (1.5 s) in all. Since the replay ran beside the reader, the idle timeout
+    # closed him 1001 mid-replay, and the next `ready` started it over. He is not idle while
+    # the replay runs, and the idle timer runs again from its end (a client that reads
+    # nothing is closed 4004 by the replay's wait for room: the next test). (Jumps tied to the
+    # replay's waits, not to his reads: the node's socket buffer may take a hundred frames
+    # and more; and few: jumps of 8 s and more in all lapse the node's lease.)
+    node, url, bob_id, ids = await big_replay(start_node, **{"idle-timeout": 1.5})
+    with trio.fail_after(60):
+        async with small_buffers(node) as bob:
+            await ready(bob, rid="back")
+            wait = room_waits.setdefault(session_of(node, bob_id).send_queue, RoomWait())
+            frames: list[dict[str, Any]] = []
+            jumped, seen = 0.0, 0
+            while not frames or frames[-1]["code"] != "sync-done":
+                frames.append(await bob.next_frame())
+                await trio.testing.wait_all_tasks_blocked()  # the node wrote what it could
+                if wait.ends != seen and jumped < 2:  # the replay got room since the last jump: a new wait
+                    seen = wait.ends
+                    jump_clock.jump(1.0)
+                    jumped += 1.0
+            assert replayed_ids(frames) == ids and frames[-1]["message"] == {"count": 300, "rid": "back"}
+            assert jumped == 2  # the replay lasted longer than the idle timeout
+            await trio.testing.wait_all_tasks_blocked()
+            assert bob.ws.closed is None
+            jump_clock.jump(1.6)  # the idle timeout since the replay's end
+            assert (await bob.expect_closed(timeout=5)).code == int(CloseCode.GOING_AWAY)
+            assert bob.backlog == []
+
+
+async def test_a_client_that_reads_nothing_during_its_replay_is_closed_4004_at_the_idle_timeout(
+        start_node, jump_clock: MockClock, room_waits: dict[SendQueue, RoomWait]) -> None:
+    # bob sends `ready` and reads nothing: his replay waits for room in his send queue, and
+    # ends him as a slow consumer once it waited the idle timeout (he is not closed idle
+    # while the replay runs: its wait is what bounds him). Once he reads, the close is 4004.
+    node, url, bob_id, ids = await big_replay(start_node, **{"idle-timeout": 2})
+    with trio.fail_after(20):
+        async with small_buffers(node) as bob:
+            await ready(bob)
+            session = session_of(node, bob_id)
+            await room_waits.setdefault(session.send_queue, RoomWait()).began.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            jump_clock.jump(1.5)
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.close_code is None
+            jump_clock.jump(1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.close_code is CloseCode.SLOW_CONSUMER
+            assert not room_waits[session.send_queue].ended.is_set()
+            assert (await bob.expect_closed(timeout=10)).code == int(CloseCode.SLOW_CONSUMER)
+            assert {f["code"] for f in bob.backlog} == {"message"}
+
+
+async def test_a_session_kicked_while_its_replay_waits_for_room_ends_the_replay_at_once(
+        start_node, room_waits: dict[SendQueue, RoomWait]) -> None:
+    # bob's `web` session is replaced (other-login) while its replay waits for him to read,
+    # and he reads nothing: its close is queued, and the replay must see it at once. The
+    # queued close woke nothing: the replay waited for the idle timeout (60 s) and then
+    # closed him 4004 as a slow consumer, dropping `other-login` and its 4001.
+    node, url, bob_id, ids = await big_replay(start_node)
+    with trio.fail_after(30), capture_logs() as logs:
+        async with small_buffers(node) as old:
+            await ready(old, client="web", uuid="old")
+            session = session_of(node, bob_id)
+            wait = room_waits.setdefault(session.send_queue, RoomWait())
+            await wait.began.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            async with connect(url) as new:
+                await new.login("bob")
+                await new.send("ready", token=new.token, client="web", uuid="new")
+                await new.expect("ready-ok")
+                with trio.fail_after(5):
+                    await wait.ended.wait()  # the close woke it, old read nothing
+                await trio.testing.wait_all_tasks_blocked()
+                assert session.holding is None  # the replay ended: released what it held
+                assert (await old.expect_closed(timeout=20)).code == int(CloseCode.OTHER_LOGIN)
+                codes = [f["code"] for f in old.backlog]
+                assert codes[-1] == "other-login" and set(codes[:-1]) == {"message"}
+    assert session.close_code is None
+    assert not [e for e in logs if e["event"] == "slow_consumer_closed"]

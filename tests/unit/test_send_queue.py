@@ -161,6 +161,20 @@ async def test_room_for_several_frames_waits_until_that_many_fit_and_an_abort_en
         nursery.cancel_scope.cancel()
 
 
+async def test_a_close_ends_every_wait_for_room_at_once() -> None:
+    # A kick queues a close while the offline replay waits for room (sparing half the queue)
+    # and the client reads nothing: the replay waited for its own deadline (the idle timeout),
+    # then closed the client 4004 in place of the kick's code.
+    async with writing_frame_0(limit=4) as (ws, box, nursery):
+        assert box.push(frame(1)) and box.push(frame(2)) and not box.takes(1, spare=True)
+        spared = await waiting_for(nursery, functools.partial(box.room, 1, 0, True))
+        freed = await waiting_for(nursery, box.freed)
+        assert box.close(Close(CloseCode.OTHER_LOGIN, "other login"))
+        await spared.wait()
+        await freed.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_waiting_caller_that_spares_half_the_queue_never_takes_the_places_the_reader_waits_for() -> None:
     # A catch-up that pushed as soon as a place was free kept the queue full: the connection's
     # reader, which waits for room() before it reads the client's next request (its close),

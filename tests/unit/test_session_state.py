@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from vim_cluster.core.limits import CostBudget, RateWindow
 from vim_cluster.errors import ClientError, ErrorKind
 from vim_cluster.model import ChatType, MessageType
 from vim_cluster.protocol import frames as f
-from vim_cluster.protocol.session import ClientState, Phase
+from vim_cluster.protocol.session import REPLAYING, ClientState, Phase
 from vim_cluster.tunables import DEFAULTS
 
 ANONYMOUS_OK = [
@@ -132,6 +134,19 @@ def test_authenticated_deadline_is_last_frame_plus_idle_timeout_only() -> None:
     s.frame_received(150.0)
     assert s.deadline() == 210.0
     assert not s.auth_expired(10_000.0)
+
+
+def test_no_idle_deadline_while_the_offline_replay_runs_and_the_idle_timer_restarts_at_its_end() -> None:
+    s = state(now=100.0, idle=60.0)
+    s.transition("ready", 7)
+    s.replaying = True
+    assert s.deadline() == REPLAYING and REPLAYING != math.inf  # finite: the reader waits (Connection)
+    s.frame_received(150.0)
+    assert s.deadline() == REPLAYING
+    s.replay_ended(500.0)
+    assert s.deadline() == 560.0  # from the replay's end, not its last frame
+    s.frame_received(530.0)
+    assert s.deadline() == 590.0
 
 
 def test_an_answer_waits_for_room_an_idle_timeout_from_now_and_an_anonymous_one_not_past_its_auth_deadline() -> None:

@@ -6,6 +6,8 @@ This module imports neither the handlers nor the serving loop (node/serve.py), w
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import structlog
 import trio
@@ -67,8 +69,18 @@ class Connection:
 
     async def arm_deadline(self) -> None:
         """Before the reader waits for data: the wait (only the wait) ends at the idle or
-        authentication deadline (node/serve.py's _reader disarms it once a frame came)."""
+        authentication deadline (node/serve.py's _reader disarms it once a frame came); none
+        while the offline replay runs (`replay_ended` arms it)."""
         self.cancel_scope.deadline = self.state.deadline()
+
+    def replay_ended(self) -> None:
+        """The offline replay ended (node/offline_replay.py): the idle timer restarts now, and
+        the reader's wait, if it waits for a frame, ends at the idle deadline again. (While
+        the replay ran, its wait for the client to read bounded the connection: 4004.)"""
+        state = self.state
+        state.replay_ended(trio.current_time())
+        if self.cancel_scope.deadline != math.inf:  # armed: the reader waits (ClientState.REPLAYING)
+            self.cancel_scope.deadline = state.deadline()
 
     @property
     def user_id(self) -> int:

@@ -7,6 +7,12 @@ frames are read and answered while it runs (a `received` for each replayed messa
 most half the send queue (SendQueue.takes, `spare`), so an answer waits behind that much of it
 at most, and the reader never waits for room the replay took. Live frames are held
 (Session.holding) until `sync-done` is queued, as before.
+
+The connection is not closed as idle while the replay runs (ClientState.replaying): a client
+that reads a long replay need not send anything meanwhile. Its wait for room bounds a client
+that reads nothing (`queue_frame`: 4004 after the idle timeout), and the idle timer restarts
+when the replay ends. A close of the connection (a kick, the client's own) wakes that wait
+(SendQueue.close): the replay ends at once.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ def start(conn: Connection, user_id: int, rid: str | None) -> None:
     (the session holds live frames meanwhile); if the connection has ended, releases them (its
     queue drops them)."""
     assert conn.session is not None
+    conn.state.replaying = True  # not idle meanwhile; `run` ends it
     if not conn.send_queue.start_soon(functools.partial(run, conn, conn.session, user_id, rid)):
         release(conn.session, set())
+        conn.replay_ended()
 
 
 async def run(conn: Connection, session: Session, user_id: int, rid: str | None) -> None:
@@ -52,6 +60,7 @@ async def run(conn: Connection, session: Session, user_id: int, rid: str | None)
             # Live frames flow again whatever happened: after an error mid-replay the rest comes
             # next time, since replay lasts until `received`.
             release(session, replayed)
+            conn.replay_ended()  # the idle timer runs again, from now
     except StoreUnavailable as exc:
         log.warning("store_unavailable", error=str(exc), rid=rid)
         await conn.reply(f.ErrorReply(ErrorKind.UNAVAILABLE, UNAVAILABLE_DETAIL, rid=rid))
@@ -95,7 +104,9 @@ async def queue_frame(conn: Connection, frame: OutFrame) -> None:
     """Queues a frame of the replay once the send queue takes it with half of the queue (frames
     and bytes) still free: that half is the reader's, for the answers to what the client sends
     meanwhile. Waits for the idle timeout at most, as Connection.reply does: a client that took
-    nothing for so long is a slow consumer (closed 4004)."""
+    nothing for so long is a slow consumer (closed 4004). That is what closes a client that
+    reads nothing during its replay (it is not closed as idle meanwhile: ClientState.replaying);
+    a close of the connection ends the wait at once (the queue then drops the frame)."""
     queue = conn.send_queue
     size = len(frame.payload(queue.binary))
     if not queue.takes(1, size, spare=True):

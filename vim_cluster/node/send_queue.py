@@ -20,7 +20,8 @@ Ways in:
   by waiting for `room()` before it takes the next request.
 - control(data): a pre-framed control frame (a pong); a newer one replaces one still waiting.
 - close(Close): the last item; its frame and the close frame are sent, then `scope` is
-  cancelled (the connection ends). Anything queued after it is dropped.
+  cancelled (the connection ends). Anything queued after it is dropped, and what waits for
+  room (`room`, `freed`: an offline replay, a backlog's hand-over, a reply) goes on at once.
 - abort(Close): drops what waits and closes right after the batch being sent (a kick of a
   full queue, a slow consumer): a WebSocket frame is never cut in two by a close frame.
 
@@ -181,6 +182,7 @@ class SendQueue:
             return False
         self._add(item)
         self._closing = True
+        self._freed()  # a closing queue takes (drops) anything: what waits for room goes on
         return True
 
     def abort(self, item: Close) -> None:

@@ -13,6 +13,9 @@ Rules:
 - A connection still ANONYMOUS `auth_timeout` seconds (Tunables.client_auth_timeout_s, 10) after
   it opened must be closed.
 - `ready` is accepted once.
+- No idle deadline while the connection's offline replay runs (`replaying`): the replay's own
+  wait for the client to read bounds it (node/offline_replay.py); the idle timer restarts when
+  the replay ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from ..core.limits import RateWindow
 from ..errors import ClientError, ErrorKind
 from ..tunables import DEFAULTS
 from . import frames as f
+
+# The deadline while the offline replay runs: never reached, yet not math.inf, which the reader
+# sets once a frame came (node/serve.py): a finite deadline tells that the reader waits for a
+# frame, and the replay's end arms the idle deadline there (Connection.replay_ended).
+REPLAYING = 2.0 ** 60
 
 
 class Phase(enum.Enum):
@@ -57,14 +65,16 @@ class ClientState:
     user_id: int | None = None
     last_frame_at: float = attrs.field(default=None)
     auth_timeout: float = attrs.field(default=DEFAULTS.client_auth_timeout_s, kw_only=True)
+    replaying: bool = attrs.field(default=False, kw_only=True)  # its offline replay runs: not idle
 
     def __attrs_post_init__(self) -> None:
         if self.last_frame_at is None:
             self.last_frame_at = self.opened_at
 
     def deadline(self) -> float:
-        """When the connection must be closed if no frame arrives before."""
-        idle = self.last_frame_at + self.idle_timeout
+        """When the connection must be closed if no frame arrives before (REPLAYING, never,
+        while its offline replay runs)."""
+        idle = REPLAYING if self.replaying else self.last_frame_at + self.idle_timeout
         if self.phase is Phase.ANONYMOUS:
             return min(idle, self.opened_at + self.auth_timeout)
         return idle
@@ -76,6 +86,11 @@ class ClientState:
         if self.phase is Phase.ANONYMOUS:
             return min(now + self.idle_timeout, self.opened_at + self.auth_timeout)
         return now + self.idle_timeout
+
+    def replay_ended(self, now: float) -> None:
+        """Its offline replay ended: the idle timer restarts `now` (the client was reading it)."""
+        self.replaying = False
+        self.last_frame_at = max(self.last_frame_at, now)
 
     def auth_expired(self, now: float) -> bool:
         return self.phase is Phase.ANONYMOUS and now >= self.opened_at + self.auth_timeout
