@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed
 from vim_cluster.tunables import DEFAULTS
 
 from ..support import Client, Collector, make_group, online
-from .harness import Cluster, alice_on_dept1, blocking, steady_to_dept2
+from .harness import Cluster, ClusterNode, alice_on_dept1, blocking, steady_to_dept2
 from .proxy import ProxyThread
 
 CUT_S = 2.0
@@ -32,6 +32,14 @@ async def every_node_up_and_dept2_linked(cluster: Cluster, proxy: ProxyThread) -
             if not node.running():
                 await blocking(node.start)
         await blocking(cluster.dept2.wait_health, 200, DEFAULTS.link_open_timeout_s + 10)
+
+
+async def logged(node: ClusterNode, start: int, *events: str) -> str:
+    """The node's log from `start` once it holds one of `events` (a line another process
+    writes to its file: read again every 0.1 s, under the caller's deadline)."""
+    while not any(event in (text := node.log_text()[start:]) for event in events):
+        await trio.sleep(0.1)
+    return text
 
 
 async def collecting(stack: contextlib.AsyncExitStack, nursery: trio.Nursery, url: str,
@@ -220,9 +228,8 @@ async def test_a_slave_stopped_gracefully_leaves_with_everything_relayed_and_no_
                 assert await at_bob.wait_for(sent, 15), f"missing: {set(sent) - at_bob.arrived.keys()}"
                 acked = set(sent)
                 assert [m for m in at_bob.order if m in acked] == sent  # unacked ones may come too
-                while not any(event in (master_log := cluster.master.log_text()[master_from:])
-                              for event in ("catch_up_not_needed", "catch_up_asked_of_all")):
-                    await trio.sleep(0.1)  # until the master drops dept-2 (its lease released)
+                # until the master drops dept-2 (its lease released)
+                master_log = await logged(cluster.master, master_from, "catch_up_not_needed", "catch_up_asked_of_all")
                 assert "forward_peer_leaving" in master_log
                 assert "catch_up_asked_of_all" not in master_log, master_log
                 assert "forward_link_left" in cluster.dept2.log_text()[dept2_from:]
@@ -306,15 +313,13 @@ async def test_a_slave_stopped_cleanly_before_linking_to_a_new_master_is_said_to
             await blocking(cluster.master.start)
             await blocking(cluster.master.wait_health, 200)
             master_from = len(cluster.master.log_text())
-            while "forward_hub_warm" not in cluster.master.log_text()[master_from:]:
-                await trio.sleep(0.1)  # link_warmup_s: its reaper has seen dept-2 beat meanwhile
+            await logged(cluster.master, master_from, "forward_hub_warm")  # its reaper has seen dept-2 beat
             assert await blocking(cluster.dept2.stop) == 0
-            while "forward_peer_dropped" not in (master_log := cluster.master.log_text()[master_from:]):
-                await trio.sleep(0.1)  # the reaper finds its lock gone (every lease_heartbeat_s)
+            # the reaper finds its lock gone (every lease_heartbeat_s)
+            master_log = await logged(cluster.master, master_from, "forward_peer_dropped")
             dropped = next(line for line in master_log.splitlines() if "forward_peer_dropped" in line)
             assert "[info" in dropped and "peer=dept-2" in dropped, dropped
             assert "it stopped before it linked to this master (its lease released, not lapsed)" in dropped, dropped
-            while "catch_up_asked_of_all" not in cluster.master.log_text()[master_from:]:
-                await trio.sleep(0.1)
+            await logged(cluster.master, master_from, "catch_up_asked_of_all")
     finally:  # the module's cluster goes on with dept-2 linked
         await every_node_up_and_dept2_linked(cluster, proxy)
