@@ -98,13 +98,20 @@ class Connection:
         otherwise wait for ever, deadlines and all, and the frames sent to its session pile up;
         the offline replay waits the same way for room of its own: offline_replay.queue_frame)."""
         queue = self.send_queue
-        if len(queue) >= queue.limit:  # else no wait, and no cancel scope (most answers)
-            with trio.move_on_at(self.state.room_deadline(trio.current_time())) as waited:
-                await queue.room()
-            if waited.cancelled_caught:
-                self.slow_consumer()
-                return
+        if len(queue) >= queue.limit and not await self.wait_for_room():  # else no wait, no cancel scope
+            return
         queue.append(OutFrame(reply))
+
+    async def wait_for_room(self, frames: int = 1, size: int = 0, spare: bool = False) -> bool:
+        """Waits until the send queue takes `frames` of `size` bytes (SendQueue.room), for the
+        idle timeout at most (an anonymous client: until its authentication deadline). False:
+        the client took nothing for so long, and is closed as a slow consumer (4004)."""
+        with trio.move_on_at(self.state.room_deadline(trio.current_time())) as waited:
+            await self.send_queue.room(frames, size, spare=spare)
+        if waited.cancelled_caught:
+            self.slow_consumer()
+            return False
+        return True
 
     def slow_consumer(self) -> None:
         """Close this connection with 4004: its session's way, or the same without one."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 
 import structlog
-import trio
 
 from ..errors import UNAVAILABLE_DETAIL, CloseCode, ErrorKind, StoreUnavailable
 from ..model import ChatType, Message, MessageId, UserId
@@ -109,12 +108,8 @@ async def queue_frame(conn: Connection, frame: OutFrame) -> None:
     a close of the connection ends the wait at once (the queue then drops the frame)."""
     queue = conn.send_queue
     size = len(frame.payload(queue.binary))
-    if not queue.takes(1, size, spare=True):
-        with trio.move_on_at(conn.state.room_deadline(trio.current_time())) as waited:
-            await queue.room(1, size, spare=True)
-        if waited.cancelled_caught:
-            conn.slow_consumer()
-            return
+    if not queue.takes(1, size, spare=True) and not await conn.wait_for_room(1, size, spare=True):
+        return
     queue.append(frame)
 
 
