@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import NodeConfig, load_config
+from .config import SECRET_OPEN_BITS, WORLD_OPEN_BITS, NodeConfig, load_config, too_open
 from .errors import ConfigError
 from .logs import escaped
 
@@ -76,19 +76,18 @@ def missing_sqlite_store(config: NodeConfig, store: str) -> None:
 
 
 def secret_file_warnings(config: NodeConfig) -> list[str]:
-    """`check`'s warnings for files that hold secrets and that others may read: the cluster
-    secret with any group or other permission (the node logs it as `secret_file_too_open` at
-    its start: whoever reads it can act as any user, docs/security.md), the TLS key and the
-    stores' password files readable by every user of the host (a group may read those: the
-    containers' password files are 0440 for the stores' and the nodes' group). `openssl rand
-    -hex 32 > FILE`, as the docs make them, leaves 0644 under the usual umask."""
+    """`check`'s warnings for files that hold secrets and that others may read (config.too_open):
+    the cluster secret with any group or other permission (the node logs it as
+    `secret_file_too_open` at its start), the TLS key and the stores' password files readable
+    by every user of the host. `openssl rand -hex 32 > FILE`, as the docs make them, leaves
+    0644 under the usual umask."""
     warnings = []
     secret = config.cluster.secret_file
-    if (mode := secret.stat().st_mode & 0o777) & 0o077:
+    if (mode := too_open(secret, SECRET_OPEN_BITS)) is not None:
         warnings.append(f"vim.cluster.secret-file: {secret} is mode {mode:04o}: others than its owner may read it, "
                         f"and whoever reads it can act as any user (chmod 600 {secret}; docs/security.md)")
     private = [("vim.websocket.tls.key-file", config.websocket.tls_key)] if config.websocket.tls_key else []
     for key, path in (*private, *config.password_files):
-        if (mode := path.stat().st_mode & 0o777) & 0o007:
+        if (mode := too_open(path, WORLD_OPEN_BITS)) is not None:
             warnings.append(f"{key}: {path} is mode {mode:04o}: every user of this host may read it (chmod 600 {path})")
     return warnings

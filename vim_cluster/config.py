@@ -51,6 +51,19 @@ class NodeType(enum.Enum):
     SLAVE = "slave"
 
 
+# Permission bits that make a file of secrets too open (`too_open`): the cluster secret with
+# any bit for its group or others (whoever reads it can act as any user, docs/security.md); a
+# TLS key or a password file readable by every user (a group may: the containers' are 0440).
+SECRET_OPEN_BITS, WORLD_OPEN_BITS = 0o077, 0o007
+
+
+def too_open(path: Path, bits: int) -> int | None:
+    """The file's permission bits when any of `bits` is set, else None (OSError if it cannot
+    be read): the node's start-up check of its secret and `vim-cluster check` share it."""
+    mode = path.stat().st_mode & 0o777
+    return mode if mode & bits else None
+
+
 @attrs.frozen
 class ClusterConfig:
     node_type: NodeType

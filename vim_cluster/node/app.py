@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from .. import __version__, wiring
-from ..config import NodeConfig
+from ..config import SECRET_OPEN_BITS, NodeConfig, too_open
 from ..core.auth import TokenIssuer
 from ..core.mastership import Fence
 from ..errors import CloseCode, StoreUnavailable
@@ -139,11 +139,11 @@ def _check_secret_file(path: Path) -> None:
     """Warns when the cluster secret can be read or written by others than its owner (whoever
     reads it can act as any user: docs/security.md)."""
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = too_open(path, SECRET_OPEN_BITS)
     except OSError as exc:
         log.warning("secret_file_unchecked", file=str(path), error=str(exc))
         return
-    if mode & 0o077:
+    if mode is not None:
         log.warning("secret_file_too_open", file=str(path), mode=oct(mode), fix=f"chmod 600 {path}")
 
 
