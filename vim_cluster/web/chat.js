@@ -121,8 +121,10 @@ function onClose(code) {
   if (!outage || code !== 1006) { outage = text; lastClose = code; }  // failed retries keep the first reason
   scheduleReconnect(outage);
 }
+// the wait before the next try after `tries` failed ones: 1 s doubling to 30 s, ±25 %
+const backoffMs = (tries) => Math.min(30000, 1000 * 2 ** Math.min(tries, 5)) * (0.75 + Math.random() / 2);
 function scheduleReconnect(why) {
-  const delay = Math.min(30000, 1000 * 2 ** Math.min(attempt, 5)) * (0.75 + Math.random() / 2);
+  const delay = backoffMs(attempt);
   attempt++;
   setStatus("reconnecting… (attempt " + attempt + ")", "reconnecting");
   banner("warn", why + " Reconnecting… next try in " + Math.round(delay / 1000) + " s.", "Try now", reconnect, "conn");
@@ -309,9 +311,13 @@ function onError(m) {
 // from someone not in it would stay out of sight.
 // current: answered on this connection (before that, and while disconnected, no dot says online)
 const contactsAsk = {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false};
+function forgetContactsAsk(loaded) {  // a new connection (loaded: a list was shown before), or a sign-out
+  clearTimeout(contactsAsk.timer);
+  Object.assign(contactsAsk, {inFlight: false, again: false, timer: null, tries: 0, loaded, current: false});
+}
 function askContacts(fresh) {
   const a = contactsAsk;
-  if (fresh) { clearTimeout(a.timer); Object.assign(a, {inFlight: false, again: false, timer: null, tries: 0, current: false}); }
+  if (fresh) forgetContactsAsk(a.loaded);
   if (a.inFlight || a.timer) { a.again = true; return; }
   if (!live) return;                               // the next ready-ok asks
   a.inFlight = true; a.again = false;
@@ -319,7 +325,7 @@ function askContacts(fresh) {
 }
 function contactsRefused(kind) {
   const a = contactsAsk; a.inFlight = false;
-  const delay = Math.min(30000, 1000 * 2 ** Math.min(a.tries, 5)) * (0.75 + Math.random() / 2);
+  const delay = backoffMs(a.tries);
   a.tries++;
   console.info("contacts refused (" + kind + "): asking again in", Math.round(delay), "ms");
   a.timer = setTimeout(() => { a.timer = null; askContacts(); }, delay);
@@ -560,7 +566,7 @@ function renderContacts() {
 function resetUser() {  // everything that belongs to the person signed in (logout, or another person's ready-ok)
   owner = null; open = null; convs.clear(); byId.clear(); pendingByCid.clear(); peerRead.clear(); sentRead.clear();
   toConfirm = []; clearTimeout(confirmTimer); users = new Map(); groups = new Map(); depts = [];
-  clearTimeout(contactsAsk.timer); Object.assign(contactsAsk, {inFlight: false, again: false, timer: null, tries: 0, loaded: false, current: false});
+  forgetContactsAsk(false);
   $("convhead").textContent = "Pick a contact"; $("members").hidden = true; $("compose").hidden = true; $("text").value = ""; fitText();
   $("log").replaceChildren(el("div", "empty", "No conversation open"));
   $("newgroup").reset(); $("newgroup").hidden = true;
